@@ -1,0 +1,224 @@
+/* `dsr1 run`: one prompt through the engine in this process — a prefill pass over the
+ * prompt, then either forced ids fed one at a time through the decode path (teacher
+ * forcing, for conformance against golden logits) or greedy generation. Optionally dumps
+ * every logit row as raw little-endian float32 (the layout check_logits.py reads). */
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ckpt.h"
+#include "commands.h"
+#include "forward.h"
+#include "log.h"
+#include "progress.h"
+
+static void run_usage(FILE *f)
+{
+    fprintf(f,
+            "usage: dsr1 run --model DIR --prompt-ids IDS [options]\n\n"
+            "Prefill the prompt, then teacher-force --force-ids through the decode path, or\n"
+            "generate --max-tokens greedy tokens. Prints the generated (argmax) ids.\n\n"
+            "  --model DIR          checkpoint directory (HF layout: config.json, shards, index)\n"
+            "  --prompt-ids IDS     comma-separated token ids, e.g. 0,19923,14\n"
+            "  --force-ids IDS      feed these ids one at a time after the prompt (teacher\n"
+            "                       forcing); the printed ids are the model's argmax at each\n"
+            "                       step\n"
+            "  --max-tokens N       greedy tokens to generate without --force-ids (default 16)\n"
+            "  --dump-logits FILE   write float32 logit rows: one per prompt position, then one\n"
+            "                       per token fed through the decode path\n"
+            "  --threads N          worker threads (default: DSR1_THREADS or all cores)\n"
+            "  --kernels NAME       kernel variant: auto (default) or portable\n"
+            "  -h, --help           this text\n");
+}
+
+/* Parse "1,2,3" strictly: integers separated by single commas, nothing else. */
+static int parse_ids(const char *s, const char *flag, int32_t **ids, int *n)
+{
+    int cap = 16, cnt = 0;
+    int32_t *v = malloc(sizeof(int32_t) * cap);
+    const char *p = s;
+    if (!v) return -1;
+    while (*p) {
+        char *end;
+        errno = 0;
+        long x = strtol(p, &end, 10);
+        if (end == p || errno || x < 0 || x > INT32_MAX || (*end && *end != ',') ||
+            (*end == ',' && end[1] == 0)) {
+            fprintf(stderr, "dsr1 run: %s: '%s' is not a comma-separated list of non-negative "
+                            "token ids\n", flag, s);
+            free(v);
+            return -1;
+        }
+        if (cnt == cap) {
+            int32_t *g = realloc(v, sizeof(int32_t) * (cap *= 2));
+            if (!g) {
+                free(v);
+                return -1;
+            }
+            v = g;
+        }
+        v[cnt++] = (int32_t)x;
+        p = *end ? end + 1 : end;
+    }
+    if (cnt == 0) {
+        fprintf(stderr, "dsr1 run: %s is empty\n", flag);
+        free(v);
+        return -1;
+    }
+    *ids = v;
+    *n = cnt;
+    return 0;
+}
+
+static int32_t argmax(const float *x, int n)
+{
+    int32_t best = 0;
+    for (int i = 1; i < n; i++)
+        if (x[i] > x[best]) best = i;
+    return best;
+}
+
+static int write_rows(FILE *f, const float *rows, size_t n, const char *path)
+{
+    if (!f) return 0;
+    if (fwrite(rows, sizeof(float), n, f) != n) {
+        fprintf(stderr, "dsr1 run: writing %s: %s\n", path, strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+int dsr1_cmd_run(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"model", required_argument, 0, 'm'},      {"prompt-ids", required_argument, 0, 'p'},
+        {"force-ids", required_argument, 0, 'f'},  {"max-tokens", required_argument, 0, 'n'},
+        {"dump-logits", required_argument, 0, 'd'}, {"threads", required_argument, 0, 't'},
+        {"kernels", required_argument, 0, 'k'},    {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0}};
+    const char *model = NULL, *prompt_s = NULL, *force_s = NULL, *dump = NULL, *kname = NULL;
+    int max_tokens = 16, threads = 0, c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'm': model = optarg; break;
+        case 'p': prompt_s = optarg; break;
+        case 'f': force_s = optarg; break;
+        case 'd': dump = optarg; break;
+        case 'k': kname = optarg; break;
+        case 'n':
+        case 't': {
+            char *end;
+            long v = strtol(optarg, &end, 10);
+            if (*end || v < (c == 'n' ? 0 : 1) || v > 1000000) {
+                fprintf(stderr, "dsr1 run: --%s: '%s' is not a valid count\n",
+                        c == 'n' ? "max-tokens" : "threads", optarg);
+                return 2;
+            }
+            if (c == 'n') max_tokens = (int)v;
+            else threads = (int)v;
+            break;
+        }
+        case 'h': run_usage(stdout); return 0;
+        default: run_usage(stderr); return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "dsr1 run: unexpected argument '%s'\n", argv[optind]);
+        return 2;
+    }
+    if (!model || !prompt_s) {
+        fprintf(stderr, "dsr1 run: --model and --prompt-ids are required\n\n");
+        run_usage(stderr);
+        return 2;
+    }
+    int32_t *prompt = NULL, *force = NULL;
+    int np = 0, nf = 0;
+    if (parse_ids(prompt_s, "--prompt-ids", &prompt, &np)) return 2;
+    if (force_s && parse_ids(force_s, "--force-ids", &force, &nf)) {
+        free(prompt);
+        return 2;
+    }
+    const dsr1_kernels *kern = dsr1_kernels_select(kname);
+    if (!kern) {
+        fprintf(stderr, "dsr1 run: --kernels: unknown variant '%s' (auto, portable)\n", kname);
+        free(prompt);
+        free(force);
+        return 2;
+    }
+    const int n_decode = force ? nf : max_tokens;
+
+    int rc = 1;
+    dsr1_ckpt *ck = NULL;
+    dsr1_weights *w = NULL;
+    dsr1_pool *pool = NULL;
+    dsr1_engine *eng = NULL;
+    float *logits = NULL;
+    FILE *df = NULL;
+    dsr1_status st;
+    if ((st = dsr1_ckpt_open(model, &ck)) != DSR1_OK) goto fail;
+    const dsr1_model_config *cfg = dsr1_ckpt_config(ck);
+    const int vocab = cfg->vocab_size;
+    dsr1_slice all = dsr1_slice_all(cfg);
+    if ((st = dsr1_weights_load(ck, &all, &w)) != DSR1_OK) goto fail;
+    if ((st = dsr1_pool_create(threads, &pool)) != DSR1_OK) goto fail;
+    if ((st = dsr1_engine_create(w, kern, pool, 1, np + n_decode, &eng)) != DSR1_OK) goto fail;
+    if (!(logits = malloc(sizeof(float) * (size_t)vocab * np))) {
+        st = dsr1_error(DSR1_ERR_NOMEM, "out of memory for %d logit rows", np);
+        goto fail;
+    }
+    if (dump && !(df = fopen(dump, "wb"))) {
+        fprintf(stderr, "dsr1 run: cannot write %s: %s\n", dump, strerror(errno));
+        goto out;
+    }
+    DSR1_INFO("run: %d prompt tokens, %d %s tokens, kernels %s, %d threads", np, n_decode,
+              force ? "forced" : "generated", kern->name, dsr1_pool_size(pool));
+
+    double t0 = dsr1_now();
+    dsr1_seq_step step = {0, 0, np, prompt, df ? DSR1_LOGITS_ALL : DSR1_LOGITS_LAST};
+    dsr1_batch batch = {1, &step, logits};
+    if ((st = dsr1_engine_forward(eng, &batch)) != DSR1_OK) goto fail;
+    double t_prefill = dsr1_now() - t0;
+    if (write_rows(df, logits, (size_t)vocab * (df ? np : 0), dump)) goto out;
+    int32_t next = argmax(logits + (size_t)vocab * (df ? np - 1 : 0), vocab);
+    printf("%d", next);
+    t0 = dsr1_now();
+    for (int i = 0; i < n_decode - (force ? 0 : 1); i++) {
+        int32_t tok = force ? force[i] : next;
+        dsr1_seq_step ds = {0, np + i, 1, &tok, DSR1_LOGITS_LAST};
+        dsr1_batch db = {1, &ds, logits};
+        if ((st = dsr1_engine_forward(eng, &db)) != DSR1_OK) goto fail;
+        if (write_rows(df, logits, (size_t)vocab * (df ? 1 : 0), dump)) goto out;
+        next = argmax(logits, vocab);
+        printf(",%d", next);
+        if (!force && next == cfg->eos_token_id) break;
+    }
+    printf("\n");
+    double t_decode = dsr1_now() - t0;
+    int nd = n_decode - (force ? 0 : 1);
+    DSR1_INFO("run: prefill %d tokens in %.3f s (%.1f tok/s); decode %d tokens in %.3f s "
+              "(%.2f tok/s)", np, t_prefill, np / t_prefill, nd, t_decode,
+              nd > 0 ? nd / t_decode : 0.0);
+    if (df && fclose(df) != 0) {
+        df = NULL;
+        fprintf(stderr, "dsr1 run: writing %s: %s\n", dump, strerror(errno));
+        goto out;
+    }
+    df = NULL;
+    rc = 0;
+    goto out;
+fail:
+    fprintf(stderr, "dsr1 run: %s\n", dsr1_errmsg());
+out:
+    if (df) fclose(df);
+    free(logits);
+    dsr1_engine_destroy(eng);
+    dsr1_pool_destroy(pool);
+    dsr1_weights_destroy(w);
+    dsr1_ckpt_close(ck);
+    free(prompt);
+    free(force);
+    return rc;
+}

@@ -1,0 +1,53 @@
+/* The batched forward pass of one worker: the model executor.
+ *
+ * One call runs one step for several sequences at once. Each sequence brings its own new
+ * tokens (a prefill chunk or a single decode token), the cache slot holding its earlier
+ * tokens, and the position of its first new token — exactly what a continuous-batching
+ * scheduler hands a worker. Sequences never see each other: each token's result is the
+ * same alone or in any batch (every kernel computes a row independently of the others).
+ *
+ * The executor owns the MLA cache and the scratch memory; it borrows the weights, the
+ * kernel table and the thread pool, which must outlive it. */
+#ifndef DSR1_FORWARD_H
+#define DSR1_FORWARD_H
+
+#include <stdint.h>
+
+#include "kernels.h"
+#include "kv_cache.h"
+#include "weights.h"
+
+typedef enum {
+    DSR1_LOGITS_NONE = 0, /* e.g. a prefill chunk that is not the prompt's last */
+    DSR1_LOGITS_LAST = 1, /* the last new token's row only */
+    DSR1_LOGITS_ALL = 2,  /* one row per new token (prompt logprobs, conformance dumps) */
+} dsr1_logits_mode;
+
+typedef struct {
+    int slot;              /* cache slot of the sequence */
+    int pos;               /* position of tokens[0]; positions [0, pos) are already cached */
+    int n_tokens;          /* >= 1 */
+    const int32_t *tokens; /* n_tokens ids */
+    dsr1_logits_mode logits;
+} dsr1_seq_step;
+
+typedef struct {
+    int n_seqs;
+    const dsr1_seq_step *seqs;
+    /* Output: the requested logit rows, vocab_size floats each, sequence after sequence
+     * (0, 1 or n_tokens rows per sequence as its mode says). */
+    float *logits;
+} dsr1_batch;
+
+typedef struct dsr1_engine dsr1_engine;
+
+dsr1_status dsr1_engine_create(const dsr1_weights *w, const dsr1_kernels *k, dsr1_pool *pool,
+                               int n_slots, int max_tokens, dsr1_engine **out);
+void dsr1_engine_destroy(dsr1_engine *e);
+/* Number of logit rows a batch asks for (size the output as rows * vocab_size). */
+int dsr1_batch_logit_rows(const dsr1_batch *b);
+/* Run one step. Validates slots, positions, capacity and token ids first; on error nothing
+ * is written to the cache. */
+dsr1_status dsr1_engine_forward(dsr1_engine *e, const dsr1_batch *b);
+
+#endif

@@ -1,0 +1,30 @@
+/* Mixture-of-experts pieces of a MoE layer, split so that expert parallelism can insert
+ * its dispatch/combine all-to-all between routing and expert computation:
+ *   dsr1_moe_route()   — router scores -> top-k (expert, weight) per token (any rank);
+ *   dsr1_moe_experts() — run the *owned* experts on the tokens routed to them and add
+ *                        weight * output into y (a rank with a subset of experts adds its
+ *                        part; the sum over ranks is the full MoE output);
+ * the shared expert is a plain FFN (dsr1_ffn_forward). */
+#ifndef DSR1_MOE_H
+#define DSR1_MOE_H
+
+#include "kernels.h"
+#include "weights.h"
+
+/* y[m][hidden] = down(silu(gate x) * up x); scratch: 2 * m * inter floats. */
+void dsr1_ffn_forward(const dsr1_kernels *k, dsr1_pool *pool, const dsr1_ffn_weights *f,
+                      const float *x, int m, float *y, float *scratch);
+
+/* Sigmoid / noaux_tc group-limited routing (MODEL.md "Router"): for each of m tokens,
+ * ids[m][topk] and weights[m][topk] (normalised, times routed_scaling_factor). */
+dsr1_status dsr1_moe_route(const dsr1_kernels *k, dsr1_pool *pool, const dsr1_model_config *cfg,
+                           const dsr1_layer_weights *L, const float *x, int m, int *ids,
+                           float *weights);
+
+/* y[m][hidden] += sum over owned experts e chosen for the token of w_e * expert_e(x). */
+dsr1_status dsr1_moe_experts(const dsr1_kernels *k, dsr1_pool *pool,
+                             const dsr1_model_config *cfg, const dsr1_layer_weights *L,
+                             const bool *owned, const float *x, int m, const int *ids,
+                             const float *weights, float *y);
+
+#endif
