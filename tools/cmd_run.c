@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "ckpt.h"
 #include "commands.h"
@@ -28,6 +29,11 @@ static void run_usage(FILE *f)
             "  --max-tokens N       greedy tokens to generate without --force-ids (default 16)\n"
             "  --dump-logits FILE   write float32 logit rows: one per prompt position, then one\n"
             "                       per token fed through the decode path\n"
+            "  --dummy-weights      random weights made in memory from the config alone (--model\n"
+            "                       may then be a directory holding only config.json, or the\n"
+            "                       config file itself); for benchmarking real shapes\n"
+            "  --seed S             seed of --dummy-weights (default 1)\n"
+            "  --layers N           with --dummy-weights: keep only the first N layers\n"
             "  --threads N          worker threads (default: DSR1_THREADS or all cores)\n"
             "  --kernels NAME       kernel variant: auto (default) or portable\n"
             "  -h, --help           this text\n");
@@ -90,6 +96,24 @@ static int write_rows(FILE *f, const float *rows, size_t n, const char *path)
     return 0;
 }
 
+/* The config of --dummy-weights: DIR/config.json, or a config file given directly. */
+static dsr1_status load_config(const char *path, dsr1_model_config *cfg)
+{
+    struct stat sb;
+    if (stat(path, &sb) == 0 && S_ISDIR(sb.st_mode)) return dsr1_model_config_load(path, cfg);
+    FILE *f = fopen(path, "rb");
+    if (!f) return dsr1_error(DSR1_ERR_IO, "%s: %s", path, strerror(errno));
+    char *buf = malloc(1 << 20);
+    size_t n = buf ? fread(buf, 1, 1 << 20, f) : 0;
+    fclose(f);
+    if (!buf) return dsr1_error(DSR1_ERR_NOMEM, "out of memory");
+    dsr1_status st = n == (1 << 20) ? dsr1_error(DSR1_ERR_FORMAT, "%s: larger than 1 MB", path)
+                                    : dsr1_model_config_parse(buf, n, cfg);
+    free(buf);
+    if (st != DSR1_OK) return dsr1_error_context(st, "%s", path);
+    return DSR1_OK;
+}
+
 int dsr1_cmd_run(int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -97,9 +121,12 @@ int dsr1_cmd_run(int argc, char **argv)
         {"force-ids", required_argument, 0, 'f'},  {"max-tokens", required_argument, 0, 'n'},
         {"dump-logits", required_argument, 0, 'd'}, {"threads", required_argument, 0, 't'},
         {"kernels", required_argument, 0, 'k'},    {"help", no_argument, 0, 'h'},
+        {"dummy-weights", no_argument, 0, 'D'},    {"seed", required_argument, 0, 's'},
+        {"layers", required_argument, 0, 'L'},
         {0, 0, 0, 0}};
     const char *model = NULL, *prompt_s = NULL, *force_s = NULL, *dump = NULL, *kname = NULL;
-    int max_tokens = 16, threads = 0, c;
+    int max_tokens = 16, threads = 0, dummy = 0, layers = 0, c;
+    unsigned long long seed = 1;
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
@@ -108,17 +135,30 @@ int dsr1_cmd_run(int argc, char **argv)
         case 'f': force_s = optarg; break;
         case 'd': dump = optarg; break;
         case 'k': kname = optarg; break;
+        case 'D': dummy = 1; break;
+        case 's': {
+            char *end;
+            errno = 0;
+            seed = strtoull(optarg, &end, 10);
+            if (*end || !*optarg || errno || optarg[0] == '-') {
+                fprintf(stderr, "dsr1 run: --seed: '%s' is not a non-negative integer\n", optarg);
+                return 2;
+            }
+            break;
+        }
         case 'n':
-        case 't': {
+        case 't':
+        case 'L': {
             char *end;
             long v = strtol(optarg, &end, 10);
-            if (*end || v < (c == 'n' ? 0 : 1) || v > 1000000) {
+            if (*end || !*optarg || v < (c == 'n' ? 0 : 1) || v > 1000000) {
                 fprintf(stderr, "dsr1 run: --%s: '%s' is not a valid count\n",
-                        c == 'n' ? "max-tokens" : "threads", optarg);
+                        c == 'n' ? "max-tokens" : c == 't' ? "threads" : "layers", optarg);
                 return 2;
             }
             if (c == 'n') max_tokens = (int)v;
-            else threads = (int)v;
+            else if (c == 't') threads = (int)v;
+            else layers = (int)v;
             break;
         }
         case 'h': run_usage(stdout); return 0;
@@ -127,6 +167,10 @@ int dsr1_cmd_run(int argc, char **argv)
     }
     if (optind < argc) {
         fprintf(stderr, "dsr1 run: unexpected argument '%s'\n", argv[optind]);
+        return 2;
+    }
+    if (layers && !dummy) {
+        fprintf(stderr, "dsr1 run: --layers needs --dummy-weights\n");
         return 2;
     }
     if (!model || !prompt_s) {
@@ -158,11 +202,22 @@ int dsr1_cmd_run(int argc, char **argv)
     float *logits = NULL;
     FILE *df = NULL;
     dsr1_status st;
-    if ((st = dsr1_ckpt_open(model, &ck)) != DSR1_OK) goto fail;
-    const dsr1_model_config *cfg = dsr1_ckpt_config(ck);
+    if (dummy) {
+        dsr1_model_config dc;
+        if ((st = load_config(model, &dc)) != DSR1_OK) goto fail;
+        if (layers && layers < dc.num_hidden_layers) {
+            dc.num_hidden_layers = layers;
+            if (dc.first_k_dense_replace > layers) dc.first_k_dense_replace = layers;
+        }
+        dsr1_slice all = dsr1_slice_all(&dc);
+        if ((st = dsr1_weights_dummy(&dc, &all, seed, &w)) != DSR1_OK) goto fail;
+    } else {
+        if ((st = dsr1_ckpt_open(model, &ck)) != DSR1_OK) goto fail;
+        dsr1_slice all = dsr1_slice_all(dsr1_ckpt_config(ck));
+        if ((st = dsr1_weights_load(ck, &all, &w)) != DSR1_OK) goto fail;
+    }
+    const dsr1_model_config *cfg = &w->cfg;
     const int vocab = cfg->vocab_size;
-    dsr1_slice all = dsr1_slice_all(cfg);
-    if ((st = dsr1_weights_load(ck, &all, &w)) != DSR1_OK) goto fail;
     if ((st = dsr1_pool_create(threads, &pool)) != DSR1_OK) goto fail;
     if ((st = dsr1_engine_create(w, kern, pool, 1, np + n_decode, &eng)) != DSR1_OK) goto fail;
     if (!(logits = malloc(sizeof(float) * (size_t)vocab * np))) {

@@ -38,6 +38,19 @@ static bool select_tensor(const char *name, void *arg)
     return dsr1_slice_wants(a->cfg, a->slice, name);
 }
 
+/* A tensor of the slice, from the mapped checkpoint or from the in-memory dummy store. */
+static const void *weights_tensor(const dsr1_weights *w, const char *name,
+                                  const dsr1_st_tensor **t)
+{
+    if (w->map) return dsr1_ckpt_map_data(w->map, name, t);
+    if (!w->dummy_plan) return NULL;
+    const dsr1_tensor_spec *spec = dsr1_tensor_plan_find(w->dummy_plan, name);
+    if (!spec) return NULL;
+    const struct dsr1_dummy_tensor *d = &w->dummy[spec - w->dummy_plan->t];
+    *t = &d->desc;
+    return d->data;
+}
+
 static dsr1_status shape_error(const char *name, const dsr1_st_tensor *t, int rows, int cols)
 {
     return dsr1_error(DSR1_ERR_FORMAT, "tensor '%s' has shape [%lld, %lld] (%s) but the config "
@@ -53,7 +66,7 @@ static dsr1_status get_linear(dsr1_weights *w, const char *prefix, int rows, int
     char name[256];
     snprintf(name, sizeof(name), "%s.weight", prefix);
     const dsr1_st_tensor *t;
-    const void *data = dsr1_ckpt_map_data(w->map, name, &t);
+    const void *data = weights_tensor(w, name, &t);
     if (!data) return dsr1_error(DSR1_ERR_NOT_FOUND, "checkpoint lacks tensor '%s'", name);
     if (t->ndim != 2 || t->shape[0] != rows || t->shape[1] != cols)
         return shape_error(name, t, rows, cols);
@@ -67,7 +80,7 @@ static dsr1_status get_linear(dsr1_weights *w, const char *prefix, int rows, int
         const int sc = (cols + DSR1_QBLOCK - 1) / DSR1_QBLOCK;
         snprintf(name, sizeof(name), "%s.weight_scale_inv", prefix);
         const dsr1_st_tensor *s;
-        out->scale = dsr1_ckpt_map_data(w->map, name, &s);
+        out->scale = weights_tensor(w, name, &s);
         if (!out->scale)
             return dsr1_error(DSR1_ERR_NOT_FOUND, "checkpoint lacks tensor '%s' (the block "
                               "scales of an FP8 weight)", name);
@@ -88,7 +101,7 @@ static dsr1_status get_linear(dsr1_weights *w, const char *prefix, int rows, int
 static dsr1_status get_vec(dsr1_weights *w, const char *name, int n, float **out)
 {
     const dsr1_st_tensor *t;
-    const void *data = dsr1_ckpt_map_data(w->map, name, &t);
+    const void *data = weights_tensor(w, name, &t);
     if (!data) return dsr1_error(DSR1_ERR_NOT_FOUND, "checkpoint lacks tensor '%s'", name);
     if (t->ndim != 1 || t->shape[0] != n)
         return dsr1_error(DSR1_ERR_FORMAT, "tensor '%s' must be a vector of %d values", name, n);
@@ -195,9 +208,9 @@ static dsr1_status check_slice(const dsr1_model_config *c, const dsr1_slice *s)
     return DSR1_OK;
 }
 
-dsr1_status dsr1_weights_load(const dsr1_ckpt *ck, const dsr1_slice *slice, dsr1_weights **out)
+dsr1_status dsr1__weights_begin(const dsr1_model_config *c, const dsr1_slice *slice,
+                                dsr1_weights **out)
 {
-    const dsr1_model_config *c = dsr1_ckpt_config(ck);
     dsr1_status st = check_slice(c, slice);
     if (st != DSR1_OK) return st;
     dsr1_weights *w = calloc(1, sizeof(*w));
@@ -214,25 +227,45 @@ dsr1_status dsr1_weights_load(const dsr1_ckpt *ck, const dsr1_slice *slice, dsr1
     for (int e = 0; e < c->n_routed_experts; e++) w->expert_owned[e] = slice->n_experts < 0;
     for (int i = 0; i < slice->n_experts; i++) w->expert_owned[slice->experts[i]] = true;
     for (int e = 0; e < c->n_routed_experts; e++) w->n_owned += w->expert_owned[e];
-
-    select_arg sa = {c, slice};
-    if ((st = dsr1_ckpt_map_tensors(ck, select_tensor, &sa, &w->map)) != DSR1_OK) goto err;
-    if (slice->layer_begin == 0 &&
-        (st = get_linear(w, "model.embed_tokens", c->vocab_size, c->hidden_size, &w->embed)))
-        goto err;
-    if (slice->layer_end == c->num_hidden_layers) {
-        if ((st = get_linear(w, "lm_head", c->vocab_size, c->hidden_size, &w->head))) goto err;
-        if ((st = get_vec(w, "model.norm.weight", c->hidden_size, &w->final_norm))) goto err;
-    }
-    for (int l = slice->layer_begin; l < slice->layer_end; l++)
-        if ((st = load_layer(w, l)) != DSR1_OK) goto err;
-    DSR1_INFO("weights: layers [%d, %d), %d/%d routed experts, %.1f MB held", w->layer_begin,
-              w->layer_end, w->n_owned, c->n_routed_experts, w->bytes / 1e6);
     *out = w;
     return DSR1_OK;
 err:
     dsr1_weights_destroy(w);
     return st;
+}
+
+dsr1_status dsr1__weights_finish(dsr1_weights *w)
+{
+    const dsr1_model_config *c = &w->cfg;
+    dsr1_status st = DSR1_OK;
+    if (w->layer_begin == 0 &&
+        (st = get_linear(w, "model.embed_tokens", c->vocab_size, c->hidden_size, &w->embed)))
+        goto err;
+    if (w->layer_end == c->num_hidden_layers) {
+        if ((st = get_linear(w, "lm_head", c->vocab_size, c->hidden_size, &w->head))) goto err;
+        if ((st = get_vec(w, "model.norm.weight", c->hidden_size, &w->final_norm))) goto err;
+    }
+    for (int l = w->layer_begin; l < w->layer_end; l++)
+        if ((st = load_layer(w, l)) != DSR1_OK) goto err;
+    DSR1_INFO("weights: layers [%d, %d), %d/%d routed experts, %.1f MB held", w->layer_begin,
+              w->layer_end, w->n_owned, c->n_routed_experts, w->bytes / 1e6);
+err:
+    return st;
+}
+
+dsr1_status dsr1_weights_load(const dsr1_ckpt *ck, const dsr1_slice *slice, dsr1_weights **out)
+{
+    dsr1_weights *w;
+    dsr1_status st = dsr1__weights_begin(dsr1_ckpt_config(ck), slice, &w);
+    if (st != DSR1_OK) return st;
+    select_arg sa = {&w->cfg, slice};
+    if ((st = dsr1_ckpt_map_tensors(ck, select_tensor, &sa, &w->map)) != DSR1_OK ||
+        (st = dsr1__weights_finish(w)) != DSR1_OK) {
+        dsr1_weights_destroy(w);
+        return st;
+    }
+    *out = w;
+    return DSR1_OK;
 }
 
 void dsr1_weights_destroy(dsr1_weights *w)
@@ -253,6 +286,9 @@ void dsr1_weights_destroy(dsr1_weights *w)
     free(w->final_norm);
     free(w->expert_owned);
     dsr1_ckpt_map_release(w->map);
-    free(w->dummy_mem);
+    for (size_t i = 0; i < w->n_dummy; i++) free(w->dummy[i].data);
+    free(w->dummy);
+    if (w->dummy_plan) dsr1_tensor_plan_free(w->dummy_plan);
+    free(w->dummy_plan);
     free(w);
 }

@@ -18,6 +18,7 @@
 #include "ckpt.h"
 #include "kernels.h"
 #include "model_config.h"
+#include "tensor_plan.h"
 
 typedef struct {
     int layer_begin, layer_end; /* main layers [begin, end); end <= num_hidden_layers */
@@ -65,7 +66,9 @@ typedef struct dsr1_weights {
     float *final_norm;           /* [hidden], with head */
     dsr1_layer_weights *layers;  /* indexed by absolute layer; only [begin, end) filled */
     dsr1_ckpt_map *map;          /* owned: mapped checkpoint tensors */
-    void *dummy_mem;             /* owned: random weights of --dummy-weights */
+    struct dsr1_dummy_tensor *dummy; /* owned: random tensors of --dummy-weights, indexed */
+    size_t n_dummy;                  /* like dummy_plan's entries (data NULL: not held) */
+    dsr1_tensor_plan *dummy_plan;
     uint64_t bytes;              /* tensor bytes held */
 } dsr1_weights;
 
@@ -73,6 +76,22 @@ typedef struct dsr1_weights {
  * the weights are alive. */
 dsr1_status dsr1_weights_load(const dsr1_ckpt *ck, const dsr1_slice *slice, dsr1_weights **out);
 void dsr1_weights_destroy(dsr1_weights *w);
+
+/* Random weights made in memory from a config alone (no files), for benchmarking real
+ * shapes: the tensors of the slice, filled as `dsr1 mkmodel` would with `seed`. */
+dsr1_status dsr1_weights_dummy(const dsr1_model_config *cfg, const dsr1_slice *slice,
+                               uint64_t seed, dsr1_weights **out);
+
+/* Internal to the loaders: allocate the object for a slice, then (after its tensor source
+ * is set) resolve and check every tensor. */
+dsr1_status dsr1__weights_begin(const dsr1_model_config *cfg, const dsr1_slice *slice,
+                                dsr1_weights **out);
+dsr1_status dsr1__weights_finish(dsr1_weights *w);
+
+struct dsr1_dummy_tensor {
+    dsr1_st_tensor desc; /* name points into the plan */
+    void *data;          /* owned; NULL when the slice does not hold the tensor */
+};
 
 /* True when the checkpoint tensor `name` belongs to the slice (used for mapping and for
  * memory reports). */
