@@ -1,13 +1,23 @@
-/* Persistent pthread pool (see threadpool.h). A generation counter tells workers that a new
- * job was posted; `pending` counts chunks not yet finished. */
+/* Persistent pthread pool (see threadpool.h).
+ *
+ * A job is split into chunks that participants claim one at a time from a shared atomic
+ * word holding (job generation << 32 | next chunk). The caller claims chunks too, so when
+ * the machine is oversubscribed and a worker thread is not running, the caller simply does
+ * that worker's share instead of waiting for it to be scheduled. A worker that wakes late
+ * cannot claim a chunk of a finished job: its compare-and-swap names the generation it
+ * read, and the word has moved on. The job's fields are read between loading the word and
+ * the successful CAS, during which the job cannot have ended (an unclaimed chunk remains).
+ *
+ * Results never depend on the split: every kernel computes each output element in a fixed
+ * order whatever the chunk boundaries. */
 #include "threadpool.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <unistd.h>
-
-#include "log.h"
 
 #if defined(__x86_64__) || defined(__i386__)
 #define cpu_relax() __builtin_ia32_pause()
@@ -19,53 +29,70 @@ struct dsr1_pool {
     int nthreads;
     pthread_t *threads;
     pthread_mutex_t mu;
-    pthread_cond_t cv_job, cv_done;
-    atomic_int generation;
-    atomic_int pending;
+    pthread_cond_t cv;
     int stop;
-    /* the current job */
+    _Atomic uint64_t word; /* generation << 32 | next chunk to claim */
+    atomic_int done;       /* chunks finished in the current job */
+    /* the current job: written by the caller only between jobs */
     dsr1_pool_fn fn;
     void *arg;
     int n, nchunks;
 };
+
+static uint32_t word_gen(uint64_t w)
+{
+    return (uint32_t)(w >> 32);
+}
+
+/* Claim and run chunks of generation `gen` until none is left; returns chunks run. */
+static void work(dsr1_pool *p, uint32_t gen, int tid)
+{
+    for (;;) {
+        uint64_t w = atomic_load_explicit(&p->word, memory_order_acquire);
+        if (word_gen(w) != gen) return;
+        const int c = (int)(uint32_t)w;
+        const int nchunks = p->nchunks, n = p->n;
+        dsr1_pool_fn fn = p->fn;
+        void *arg = p->arg;
+        if (c >= nchunks) return;
+        if (!atomic_compare_exchange_weak_explicit(&p->word, &w, w + 1, memory_order_acq_rel,
+                                                   memory_order_acquire))
+            continue;
+        const int begin = (int)((long)n * c / nchunks), end = (int)((long)n * (c + 1) / nchunks);
+        if (begin < end) fn(arg, begin, end, tid);
+        atomic_fetch_add_explicit(&p->done, 1, memory_order_release);
+    }
+}
 
 typedef struct {
     dsr1_pool *p;
     int tid;
 } pool_thread_arg;
 
-static void run_chunk(dsr1_pool *p, int tid)
-{
-    if (tid >= p->nchunks) return;
-    int begin = (int)((long)p->n * tid / p->nchunks);
-    int end = (int)((long)p->n * (tid + 1) / p->nchunks);
-    if (begin < end) p->fn(p->arg, begin, end, tid);
-}
-
 static void *pool_main(void *varg)
 {
     pool_thread_arg a = *(pool_thread_arg *)varg;
     free(varg);
     dsr1_pool *p = a.p;
-    int seen = 0;
+    uint32_t seen = 0;
     for (;;) {
-        /* spin briefly: decode steps post many tiny jobs back to back */
-        for (int i = 0; i < 20000 && atomic_load(&p->generation) == seen; i++)
+        uint32_t gen = word_gen(atomic_load_explicit(&p->word, memory_order_acquire));
+        /* spin briefly: a decode step posts many small jobs back to back */
+        for (int i = 0; i < 4000 && gen == seen; i++) {
             cpu_relax();
-        pthread_mutex_lock(&p->mu);
-        while (atomic_load(&p->generation) == seen && !p->stop) pthread_cond_wait(&p->cv_job, &p->mu);
-        if (p->stop) {
-            pthread_mutex_unlock(&p->mu);
-            return NULL;
+            gen = word_gen(atomic_load_explicit(&p->word, memory_order_acquire));
         }
-        seen = atomic_load(&p->generation);
-        pthread_mutex_unlock(&p->mu);
-        run_chunk(p, a.tid);
-        if (atomic_fetch_sub(&p->pending, 1) == 1) {
+        if (gen == seen) {
             pthread_mutex_lock(&p->mu);
-            pthread_cond_signal(&p->cv_done);
+            while (!p->stop &&
+                   (gen = word_gen(atomic_load_explicit(&p->word, memory_order_acquire))) == seen)
+                pthread_cond_wait(&p->cv, &p->mu);
+            int stop = p->stop;
             pthread_mutex_unlock(&p->mu);
+            if (stop) return NULL;
         }
+        seen = gen;
+        work(p, gen, a.tid);
     }
 }
 
@@ -77,34 +104,35 @@ dsr1_status dsr1_pool_create(int nthreads, dsr1_pool **out)
         if (nthreads <= 0) nthreads = (int)sysconf(_SC_NPROCESSORS_ONLN);
         if (nthreads <= 0) nthreads = 1;
     }
-    if (nthreads > 1024) return dsr1_error(DSR1_ERR_INVALID_ARG, "thread count %d too large", nthreads);
+    if (nthreads > 1024)
+        return dsr1_error(DSR1_ERR_INVALID_ARG, "thread count %d too large (max 1024)", nthreads);
     dsr1_pool *p = calloc(1, sizeof(*p));
     if (!p) return dsr1_error(DSR1_ERR_NOMEM, "thread pool: out of memory");
-    p->nthreads = nthreads;
-    pthread_mutex_init(&p->mu, NULL);
-    pthread_cond_init(&p->cv_job, NULL);
-    pthread_cond_init(&p->cv_done, NULL);
     p->threads = calloc((size_t)nthreads, sizeof(pthread_t));
-    if (!p->threads) goto err_free;
+    if (!p->threads) {
+        free(p);
+        return dsr1_error(DSR1_ERR_NOMEM, "thread pool: out of memory");
+    }
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->cv, NULL);
+    p->nthreads = 1;
     for (int t = 1; t < nthreads; t++) {
         pool_thread_arg *a = malloc(sizeof(*a));
-        if (!a) goto err_threads;
+        if (!a) break;
         a->p = p;
         a->tid = t;
         if (pthread_create(&p->threads[t], NULL, pool_main, a) != 0) {
             free(a);
-            p->nthreads = t;
-            goto err_threads;
+            break;
         }
+        p->nthreads++;
+    }
+    if (p->nthreads != nthreads) {
+        dsr1_pool_destroy(p);
+        return dsr1_error(DSR1_ERR_NOMEM, "thread pool: cannot start %d threads", nthreads);
     }
     *out = p;
     return DSR1_OK;
-err_threads:
-    dsr1_pool_destroy(p);
-    return dsr1_error(DSR1_ERR_NOMEM, "thread pool: cannot start %d threads", nthreads);
-err_free:
-    free(p);
-    return dsr1_error(DSR1_ERR_NOMEM, "thread pool: out of memory");
 }
 
 void dsr1_pool_destroy(dsr1_pool *p)
@@ -112,13 +140,12 @@ void dsr1_pool_destroy(dsr1_pool *p)
     if (!p) return;
     pthread_mutex_lock(&p->mu);
     p->stop = 1;
-    pthread_cond_broadcast(&p->cv_job);
+    pthread_cond_broadcast(&p->cv);
     pthread_mutex_unlock(&p->mu);
     for (int t = 1; t < p->nthreads; t++) pthread_join(p->threads[t], NULL);
     free(p->threads);
     pthread_mutex_destroy(&p->mu);
-    pthread_cond_destroy(&p->cv_job);
-    pthread_cond_destroy(&p->cv_done);
+    pthread_cond_destroy(&p->cv);
     free(p);
 }
 
@@ -131,9 +158,10 @@ void dsr1_pool_run(dsr1_pool *p, int n, int grain, dsr1_pool_fn fn, void *arg)
 {
     if (n <= 0) return;
     if (grain < 1) grain = 1;
-    int nchunks = p ? p->nthreads : 1;
+    /* a few chunks per thread, so that uneven progress evens out */
+    int nchunks = p ? p->nthreads * 4 : 1;
     if (nchunks > (n + grain - 1) / grain) nchunks = (n + grain - 1) / grain;
-    if (nchunks <= 1) {
+    if (nchunks <= 1 || p->nthreads == 1) {
         fn(arg, 0, n, 0);
         return;
     }
@@ -141,17 +169,16 @@ void dsr1_pool_run(dsr1_pool *p, int n, int grain, dsr1_pool_fn fn, void *arg)
     p->arg = arg;
     p->n = n;
     p->nchunks = nchunks;
-    atomic_store(&p->pending, p->nthreads - 1);
+    atomic_store_explicit(&p->done, 0, memory_order_relaxed);
+    uint32_t gen = word_gen(atomic_load_explicit(&p->word, memory_order_relaxed)) + 1;
+    atomic_store_explicit(&p->word, (uint64_t)gen << 32, memory_order_release);
     pthread_mutex_lock(&p->mu);
-    atomic_fetch_add(&p->generation, 1);
-    pthread_cond_broadcast(&p->cv_job);
+    pthread_cond_broadcast(&p->cv);
     pthread_mutex_unlock(&p->mu);
-    run_chunk(p, 0);
-    /* wait for the other threads (they decrement even when they had no chunk) */
-    for (int i = 0; i < 200000 && atomic_load(&p->pending) > 0; i++) cpu_relax();
-    if (atomic_load(&p->pending) > 0) {
-        pthread_mutex_lock(&p->mu);
-        while (atomic_load(&p->pending) > 0) pthread_cond_wait(&p->cv_done, &p->mu);
-        pthread_mutex_unlock(&p->mu);
+    work(p, gen, 0);
+    /* only chunks already claimed by running threads remain */
+    for (int i = 0; atomic_load_explicit(&p->done, memory_order_acquire) < nchunks; i++) {
+        if (i < 1000) cpu_relax();
+        else sched_yield();
     }
 }

@@ -254,8 +254,9 @@ int dsr1_cmd_run(int argc, char **argv)
     double t_decode = dsr1_now() - t0;
     int nd = n_decode - (force ? 0 : 1);
     DSR1_INFO("run: prefill %d tokens in %.3f s (%.1f tok/s); decode %d tokens in %.3f s "
-              "(%.2f tok/s)", np, t_prefill, np / t_prefill, nd, t_decode,
-              nd > 0 ? nd / t_decode : 0.0);
+              "(%.2f tok/s); decode reads %.3f GB of weights per token", np, t_prefill,
+              np / t_prefill, nd, t_decode, nd > 0 ? nd / t_decode : 0.0,
+              dsr1_weights_active_bytes(w) / 1e9);
     if (df && fclose(df) != 0) {
         df = NULL;
         fprintf(stderr, "dsr1 run: writing %s: %s\n", dump, strerror(errno));

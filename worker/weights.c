@@ -292,3 +292,40 @@ void dsr1_weights_destroy(dsr1_weights *w)
     free(w->dummy_plan);
     free(w);
 }
+
+static uint64_t linear_bytes(const dsr1_linear *l)
+{
+    if (!l->data) return 0;
+    uint64_t n = (uint64_t)l->rows * (uint64_t)l->cols * dsr1_dtype_size(l->dtype);
+    if (l->scale)
+        n += sizeof(float) * (uint64_t)((l->rows + 127) / 128) * (uint64_t)((l->cols + 127) / 128);
+    return n;
+}
+
+static uint64_t ffn_bytes(const dsr1_ffn_weights *f)
+{
+    return linear_bytes(&f->gate) + linear_bytes(&f->up) + linear_bytes(&f->down);
+}
+
+uint64_t dsr1_weights_active_bytes(const dsr1_weights *w)
+{
+    const dsr1_model_config *c = &w->cfg;
+    uint64_t n = linear_bytes(&w->head);
+    if (w->embed.data) n += (uint64_t)c->hidden_size * dsr1_dtype_size(w->embed.dtype);
+    for (int l = w->layer_begin; l < w->layer_end; l++) {
+        const dsr1_layer_weights *L = &w->layers[l];
+        n += linear_bytes(&L->q_a) + linear_bytes(&L->q_b) + linear_bytes(&L->q) +
+             linear_bytes(&L->kv_a) + linear_bytes(&L->kv_b) + linear_bytes(&L->o);
+        if (!L->moe) {
+            n += ffn_bytes(&L->dense);
+            continue;
+        }
+        n += linear_bytes(&L->router) + ffn_bytes(&L->shared);
+        for (int e = 0; e < c->n_routed_experts; e++)
+            if (w->expert_owned[e]) {
+                n += ffn_bytes(&L->experts[e]) * (uint64_t)c->num_experts_per_tok /
+                     (uint64_t)c->n_routed_experts;
+            }
+    }
+    return n;
+}

@@ -77,6 +77,11 @@ typedef struct dsr1_weights {
 dsr1_status dsr1_weights_load(const dsr1_ckpt *ck, const dsr1_slice *slice, dsr1_weights **out);
 void dsr1_weights_destroy(dsr1_weights *w);
 
+/* Bytes of weights one decode token reads at batch 1: everything held except the
+ * embedding (one row) and the routed experts, plus num_experts_per_tok experts per MoE
+ * layer. The bandwidth roofline of decode is DRAM bandwidth / this. */
+uint64_t dsr1_weights_active_bytes(const dsr1_weights *w);
+
 /* Random weights made in memory from a config alone (no files), for benchmarking real
  * shapes: the tensors of the slice, filled as `dsr1 mkmodel` would with `seed`. */
 dsr1_status dsr1_weights_dummy(const dsr1_model_config *cfg, const dsr1_slice *slice,
