@@ -351,8 +351,7 @@ const void *dsr1_ckpt_map_data(const dsr1_ckpt_map *m, const char *name,
     int s;
     const dsr1_st_tensor *ten = find_in(m->ck, name, &s);
     if (!ten) return NULL;
-    /* selected? (tensor pointers are in offset order: index = pointer difference) */
-    size_t k = (size_t)(ten - dsr1_st_at(m->ck->shards[s], 0));
+    size_t k = dsr1_st_index(m->ck->shards[s], ten);
     if (!m->selected[m->ck->first[s] + k]) return NULL;
     for (size_t i = 0; i < m->nruns; i++) {
         const map_run *r = &m->runs[i];

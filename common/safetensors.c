@@ -476,6 +476,11 @@ const dsr1_st_tensor *dsr1_st_at(const dsr1_st_file *f, size_t i)
     return i < f->count ? &f->tensors[i] : NULL;
 }
 
+size_t dsr1_st_index(const dsr1_st_file *f, const dsr1_st_tensor *t)
+{
+    return (size_t)(t - f->tensors);
+}
+
 const dsr1_st_tensor *dsr1_st_find(const dsr1_st_file *f, const char *name)
 {
     if (!f || !name || !f->slots) return NULL;

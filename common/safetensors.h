@@ -77,6 +77,8 @@ uint64_t dsr1_st_file_size(const dsr1_st_file *f);
 /* Tensors in data order (sorted by offset). */
 size_t dsr1_st_count(const dsr1_st_file *f);
 const dsr1_st_tensor *dsr1_st_at(const dsr1_st_file *f, size_t i);
+/* Position of a tensor of this file in data order: dsr1_st_at(f, dsr1_st_index(f, t)) == t. */
+size_t dsr1_st_index(const dsr1_st_file *f, const dsr1_st_tensor *t);
 /* NULL when absent (hash lookup, O(1)). */
 const dsr1_st_tensor *dsr1_st_find(const dsr1_st_file *f, const char *name);
 

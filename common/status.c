@@ -5,7 +5,7 @@
 #include <stdio.h>
 #include <string.h>
 
-static _Thread_local char errbuf[1024];
+static _Thread_local char errbuf[4096];
 
 const char *dsr1_status_str(dsr1_status s)
 {
@@ -34,13 +34,14 @@ dsr1_status dsr1_error(dsr1_status s, const char *fmt, ...)
 
 dsr1_status dsr1_error_context(dsr1_status s, const char *fmt, ...)
 {
-    char prefix[512], old[sizeof(errbuf)];
+    char old[sizeof(errbuf)];
+    memcpy(old, errbuf, sizeof(old));
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(prefix, sizeof(prefix), fmt, ap);
+    int n = vsnprintf(errbuf, sizeof(errbuf), fmt, ap);
     va_end(ap);
-    memcpy(old, errbuf, sizeof(old));
-    snprintf(errbuf, sizeof(errbuf), "%s: %s", prefix, old);
+    if (n >= 0 && (size_t)n < sizeof(errbuf))
+        snprintf(errbuf + n, sizeof(errbuf) - (size_t)n, ": %s", old);
     return s;
 }
 
