@@ -94,11 +94,14 @@ static dsr1_status read_index(dsr1_ckpt *ck, const char *index_path)
     }
     const char *tname;
     json_t *v;
-    json_object_foreach(map, tname, v) {
+    json_object_foreach(map, tname, v)
+    {
         const char *file = json_string_value(v);
         if (!file || !shard_name_ok(file)) {
-            st = dsr1_error(DSR1_ERR_FORMAT, "%s: tensor '%s': shard must be a file name in the "
-                            "checkpoint directory", index_path, tname);
+            st = dsr1_error(DSR1_ERR_FORMAT,
+                            "%s: tensor '%s': shard must be a file name in the "
+                            "checkpoint directory",
+                            index_path, tname);
             goto out;
         }
         int s = shard_index(ck, file);
@@ -108,8 +111,10 @@ static dsr1_status read_index(dsr1_ckpt *ck, const char *index_path)
             s = ck->nshards - 1;
         }
         if (!dsr1_st_find(ck->shards[s], tname)) {
-            st = dsr1_error(DSR1_ERR_NOT_FOUND, "%s: tensor '%s' is listed for %s but that shard "
-                            "does not contain it", index_path, tname, file);
+            st = dsr1_error(DSR1_ERR_NOT_FOUND,
+                            "%s: tensor '%s' is listed for %s but that shard "
+                            "does not contain it",
+                            index_path, tname, file);
             goto out;
         }
     }
@@ -135,12 +140,17 @@ dsr1_status dsr1_ckpt_open(const char *dir, dsr1_ckpt **out)
     if (st != DSR1_OK) goto err;
     char *index = path_join(dir, "model.safetensors.index.json");
     char *single = path_join(dir, "model.safetensors");
-    if (!index || !single) st = dsr1_error(DSR1_ERR_NOMEM, "out of memory");
-    else if (file_exists(index)) st = read_index(ck, index);
-    else if (file_exists(single)) st = open_shard(ck, "model.safetensors");
+    if (!index || !single)
+        st = dsr1_error(DSR1_ERR_NOMEM, "out of memory");
+    else if (file_exists(index))
+        st = read_index(ck, index);
+    else if (file_exists(single))
+        st = open_shard(ck, "model.safetensors");
     else
-        st = dsr1_error(DSR1_ERR_NOT_FOUND, "%s: neither model.safetensors.index.json nor "
-                        "model.safetensors found", dir);
+        st = dsr1_error(DSR1_ERR_NOT_FOUND,
+                        "%s: neither model.safetensors.index.json nor "
+                        "model.safetensors found",
+                        dir);
     free(index);
     free(single);
     if (st != DSR1_OK) goto err;
@@ -345,8 +355,7 @@ void dsr1_ckpt_map_release(dsr1_ckpt_map *m)
     free(m);
 }
 
-const void *dsr1_ckpt_map_data(const dsr1_ckpt_map *m, const char *name,
-                               const dsr1_st_tensor **t)
+const void *dsr1_ckpt_map_data(const dsr1_ckpt_map *m, const char *name, const dsr1_st_tensor **t)
 {
     int s;
     const dsr1_st_tensor *ten = find_in(m->ck, name, &s);

@@ -46,8 +46,7 @@ dsr1_status dsr1_ckpt_map_tensors(const dsr1_ckpt *ck, dsr1_ckpt_select_fn selec
                                   dsr1_ckpt_map **out);
 void dsr1_ckpt_map_release(dsr1_ckpt_map *m);
 /* Data of a mapped tensor and its description; NULL when `name` was not selected. */
-const void *dsr1_ckpt_map_data(const dsr1_ckpt_map *m, const char *name,
-                               const dsr1_st_tensor **t);
+const void *dsr1_ckpt_map_data(const dsr1_ckpt_map *m, const char *name, const dsr1_st_tensor **t);
 /* Bytes of tensor data selected, and bytes actually mapped (page rounding, small gaps). */
 uint64_t dsr1_ckpt_map_tensor_bytes(const dsr1_ckpt_map *m);
 uint64_t dsr1_ckpt_map_mapped_bytes(const dsr1_ckpt_map *m);

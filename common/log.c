@@ -51,6 +51,9 @@ void dsr1_log_write(int level, const char *fmt, ...)
     struct tm tm;
     localtime_r(&ts.tv_sec, &tm);
     fprintf(stderr, "%02d:%02d:%02d.%03ld %-5s %s%s%s\n", tm.tm_hour, tm.tm_min, tm.tm_sec,
-            ts.tv_nsec / 1000000, names[level < 0 ? 0 : level > 3 ? 3 : level],
+            ts.tv_nsec / 1000000,
+            names[level < 0   ? 0
+                  : level > 3 ? 3
+                              : level],
             log_tag[0] ? log_tag : "", log_tag[0] ? ": " : "", msg);
 }

@@ -8,12 +8,11 @@
         E4M3_VAL(hi, 5), E4M3_VAL(hi, 6), E4M3_VAL(hi, 7)
 
 /* value of sign/exponent byte-part `hi` (the top 5 bits) and mantissa m */
-#define E4M3_MAG(e, m) ((e) == 0 ? (m) / 8.0f / 64.0f : (1.0f + (m) / 8.0f) * E4M3_P2((e) - 7))
+#define E4M3_MAG(e, m) ((e) == 0 ? (m) / 8.0f / 64.0f : (1.0f + (m) / 8.0f) * E4M3_P2((e)-7))
 #define E4M3_P2(k)                                                                                 \
     ((k) >= 0 ? (float)(1u << ((k) < 0 ? 0 : (k))) : 1.0f / (float)(1u << ((k) > 0 ? 0 : -(k))))
 #define E4M3_VAL(hi, m)                                                                            \
-    (((hi) & 15) == 15 && (m) == 7 ? NAN                                                           \
-                                   : ((hi) & 16 ? -1.0f : 1.0f) * E4M3_MAG((hi) & 15, (m)))
+    (((hi)&15) == 15 && (m) == 7 ? NAN : ((hi)&16 ? -1.0f : 1.0f) * E4M3_MAG((hi)&15, (m)))
 
 const float dsr1_e4m3_table[256] = {
     E4M3_ROW(0),  E4M3_ROW(1),  E4M3_ROW(2),  E4M3_ROW(3),  E4M3_ROW(4),  E4M3_ROW(5),
@@ -34,8 +33,10 @@ uint8_t dsr1_f32_to_e4m3(float x)
     int lo = 0, hi = 126;
     while (lo < hi) {
         int mid = (lo + hi + 1) / 2;
-        if (dsr1_e4m3_table[mid] <= a) lo = mid;
-        else hi = mid - 1;
+        if (dsr1_e4m3_table[mid] <= a)
+            lo = mid;
+        else
+            hi = mid - 1;
     }
     /* lo: largest pattern <= a; pick the nearer of lo, lo+1, ties to even (lower bit 0) */
     if (lo < 126) {
@@ -49,8 +50,11 @@ float dsr1_f16_to_f32(uint16_t h)
 {
     int s = h >> 15, e = (h >> 10) & 31, m = h & 1023;
     float v;
-    if (e == 0) v = ldexpf((float)m, -24);
-    else if (e == 31) v = m ? NAN : INFINITY;
-    else v = ldexpf((float)(m | 1024), e - 25);
+    if (e == 0)
+        v = ldexpf((float)m, -24);
+    else if (e == 31)
+        v = m ? NAN : INFINITY;
+    else
+        v = ldexpf((float)(m | 1024), e - 25);
     return s ? -v : v;
 }

@@ -15,8 +15,7 @@ double dsr1_now(void)
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-void dsr1_progress_begin(dsr1_progress *p, const char *what, uint64_t total_bytes,
-                         int total_items)
+void dsr1_progress_begin(dsr1_progress *p, const char *what, uint64_t total_bytes, int total_items)
 {
     p->what = what;
     p->total_bytes = total_bytes;
@@ -39,8 +38,8 @@ static void progress_show(dsr1_progress *p, bool final)
         char bar[64];
         for (int i = 0; i < width; i++) bar[i] = i < fill ? '#' : '.';
         bar[width] = 0;
-        fprintf(stderr, "\r%s [%s] %.2f/%.2f GB, %d/%d shards, %.1f s, %.2f GB/s%s", p->what,
-                bar, gb, tot, p->done_items, p->total_items, el, rate, final ? "\n" : "");
+        fprintf(stderr, "\r%s [%s] %.2f/%.2f GB, %d/%d shards, %.1f s, %.2f GB/s%s", p->what, bar,
+                gb, tot, p->done_items, p->total_items, el, rate, final ? "\n" : "");
         fflush(stderr);
     } else {
         DSR1_INFO("%s: %.2f/%.2f GB, %d/%d shards, %.1f s, %.2f GB/s%s", p->what, gb, tot,

@@ -15,8 +15,7 @@ typedef struct {
     bool tty, quiet;
 } dsr1_progress;
 
-void dsr1_progress_begin(dsr1_progress *p, const char *what, uint64_t total_bytes,
-                         int total_items);
+void dsr1_progress_begin(dsr1_progress *p, const char *what, uint64_t total_bytes, int total_items);
 /* Add bytes (and finished items); redraws or logs when due. */
 void dsr1_progress_add(dsr1_progress *p, uint64_t bytes, int items);
 void dsr1_progress_end(dsr1_progress *p);

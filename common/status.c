@@ -10,15 +10,24 @@ static _Thread_local char errbuf[4096];
 const char *dsr1_status_str(dsr1_status s)
 {
     switch (s) {
-    case DSR1_OK: return "ok";
-    case DSR1_ERR_INVALID_ARG: return "invalid argument";
-    case DSR1_ERR_IO: return "I/O error";
-    case DSR1_ERR_FORMAT: return "malformed input";
-    case DSR1_ERR_UNSUPPORTED: return "unsupported";
-    case DSR1_ERR_NOMEM: return "out of memory";
-    case DSR1_ERR_NOT_FOUND: return "not found";
-    case DSR1_ERR_RANGE: return "out of range";
-    case DSR1_ERR_INTERNAL: return "internal error";
+    case DSR1_OK:
+        return "ok";
+    case DSR1_ERR_INVALID_ARG:
+        return "invalid argument";
+    case DSR1_ERR_IO:
+        return "I/O error";
+    case DSR1_ERR_FORMAT:
+        return "malformed input";
+    case DSR1_ERR_UNSUPPORTED:
+        return "unsupported";
+    case DSR1_ERR_NOMEM:
+        return "out of memory";
+    case DSR1_ERR_NOT_FOUND:
+        return "not found";
+    case DSR1_ERR_RANGE:
+        return "out of range";
+    case DSR1_ERR_INTERNAL:
+        return "internal error";
     }
     return "unknown status";
 }

@@ -178,7 +178,9 @@ void dsr1_pool_run(dsr1_pool *p, int n, int grain, dsr1_pool_fn fn, void *arg)
     work(p, gen, 0);
     /* only chunks already claimed by running threads remain */
     for (int i = 0; atomic_load_explicit(&p->done, memory_order_acquire) < nchunks; i++) {
-        if (i < 1000) cpu_relax();
-        else sched_yield();
+        if (i < 1000)
+            cpu_relax();
+        else
+            sched_yield();
     }
 }

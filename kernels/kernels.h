@@ -31,12 +31,12 @@ typedef struct dsr1_kernels {
     const char *name;
     /* y[i][ldy-strided: r - r0] = sum_k x[i][k] W[r][k], for i < m, r in [r0, r1).
      * x has row stride ldx (>= W.cols), y has row stride ldy. */
-    void (*linear)(dsr1_pool *pool, const dsr1_linear *w, int r0, int r1, const float *x,
-                   int ldx, int m, float *y, int ldy);
+    void (*linear)(dsr1_pool *pool, const dsr1_linear *w, int r0, int r1, const float *x, int ldx,
+                   int m, float *y, int ldy);
     /* y[i][c] = sum_{r in [r0, r1)} x[i][r - r0] W[r][c], for all columns c of W: the
      * transposed product used to absorb kv_b into the query (q' = Wk^T q_nope). */
-    void (*linear_t)(dsr1_pool *pool, const dsr1_linear *w, int r0, int r1, const float *x,
-                     int ldx, int m, float *y, int ldy);
+    void (*linear_t)(dsr1_pool *pool, const dsr1_linear *w, int r0, int r1, const float *x, int ldx,
+                     int m, float *y, int ldy);
     /* y[i] = x[i] / sqrt(mean(x[i]^2) + eps) * g, for m rows of n; y may alias x. */
     void (*rmsnorm)(dsr1_pool *pool, const float *x, int ldx, const float *g, int n, int m,
                     float eps, float *y, int ldy);
@@ -46,9 +46,9 @@ typedef struct dsr1_kernels {
      *   s(j) = scale * (q_abs[i][h] . kv[j][:kvl] + q_pe[i][h] . kv[j][kvl:]),  j <= pos0+i
      *   out[i][h] = sum_j softmax(s)(j) kv[j][:kvl]
      * q_abs: [t][heads][kvl], q_pe: [t][heads][rope], out: [t][heads][kvl]. */
-    void (*mla_attention)(dsr1_pool *pool, int t, int heads, int kvl, int rope,
-                          const float *q_abs, const float *q_pe, const float *kv, int ld_kv,
-                          int pos0, float scale, float *out);
+    void (*mla_attention)(dsr1_pool *pool, int t, int heads, int kvl, int rope, const float *q_abs,
+                          const float *q_pe, const float *kv, int ld_kv, int pos0, float scale,
+                          float *out);
 } dsr1_kernels;
 
 const dsr1_kernels *dsr1_kernels_portable(void);

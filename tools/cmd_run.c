@@ -52,8 +52,10 @@ static int parse_ids(const char *s, const char *flag, int32_t **ids, int *n)
         long x = strtol(p, &end, 10);
         if (end == p || errno || x < 0 || x > INT32_MAX || (*end && *end != ',') ||
             (*end == ',' && end[1] == 0)) {
-            fprintf(stderr, "dsr1 run: %s: '%s' is not a comma-separated list of non-negative "
-                            "token ids\n", flag, s);
+            fprintf(stderr,
+                    "dsr1 run: %s: '%s' is not a comma-separated list of non-negative "
+                    "token ids\n",
+                    flag, s);
             free(v);
             return -1;
         }
@@ -117,25 +119,36 @@ static dsr1_status load_config(const char *path, dsr1_model_config *cfg)
 int dsr1_cmd_run(int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"model", required_argument, 0, 'm'},      {"prompt-ids", required_argument, 0, 'p'},
-        {"force-ids", required_argument, 0, 'f'},  {"max-tokens", required_argument, 0, 'n'},
+        {"model", required_argument, 0, 'm'},       {"prompt-ids", required_argument, 0, 'p'},
+        {"force-ids", required_argument, 0, 'f'},   {"max-tokens", required_argument, 0, 'n'},
         {"dump-logits", required_argument, 0, 'd'}, {"threads", required_argument, 0, 't'},
-        {"kernels", required_argument, 0, 'k'},    {"help", no_argument, 0, 'h'},
-        {"dummy-weights", no_argument, 0, 'D'},    {"seed", required_argument, 0, 's'},
-        {"layers", required_argument, 0, 'L'},
-        {0, 0, 0, 0}};
+        {"kernels", required_argument, 0, 'k'},     {"help", no_argument, 0, 'h'},
+        {"dummy-weights", no_argument, 0, 'D'},     {"seed", required_argument, 0, 's'},
+        {"layers", required_argument, 0, 'L'},      {0, 0, 0, 0}};
     const char *model = NULL, *prompt_s = NULL, *force_s = NULL, *dump = NULL, *kname = NULL;
     int max_tokens = 16, threads = 0, dummy = 0, layers = 0, c;
     unsigned long long seed = 1;
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
-        case 'm': model = optarg; break;
-        case 'p': prompt_s = optarg; break;
-        case 'f': force_s = optarg; break;
-        case 'd': dump = optarg; break;
-        case 'k': kname = optarg; break;
-        case 'D': dummy = 1; break;
+        case 'm':
+            model = optarg;
+            break;
+        case 'p':
+            prompt_s = optarg;
+            break;
+        case 'f':
+            force_s = optarg;
+            break;
+        case 'd':
+            dump = optarg;
+            break;
+        case 'k':
+            kname = optarg;
+            break;
+        case 'D':
+            dummy = 1;
+            break;
         case 's': {
             char *end;
             errno = 0;
@@ -153,16 +166,26 @@ int dsr1_cmd_run(int argc, char **argv)
             long v = strtol(optarg, &end, 10);
             if (*end || !*optarg || v < (c == 'n' ? 0 : 1) || v > 1000000) {
                 fprintf(stderr, "dsr1 run: --%s: '%s' is not a valid count\n",
-                        c == 'n' ? "max-tokens" : c == 't' ? "threads" : "layers", optarg);
+                        c == 'n'   ? "max-tokens"
+                        : c == 't' ? "threads"
+                                   : "layers",
+                        optarg);
                 return 2;
             }
-            if (c == 'n') max_tokens = (int)v;
-            else if (c == 't') threads = (int)v;
-            else layers = (int)v;
+            if (c == 'n')
+                max_tokens = (int)v;
+            else if (c == 't')
+                threads = (int)v;
+            else
+                layers = (int)v;
             break;
         }
-        case 'h': run_usage(stdout); return 0;
-        default: run_usage(stderr); return 2;
+        case 'h':
+            run_usage(stdout);
+            return 0;
+        default:
+            run_usage(stderr);
+            return 2;
         }
     }
     if (optind < argc) {
@@ -254,8 +277,8 @@ int dsr1_cmd_run(int argc, char **argv)
     double t_decode = dsr1_now() - t0;
     int nd = n_decode - (force ? 0 : 1);
     DSR1_INFO("run: prefill %d tokens in %.3f s (%.1f tok/s); decode %d tokens in %.3f s "
-              "(%.2f tok/s); decode reads %.3f GB of weights per token", np, t_prefill,
-              np / t_prefill, nd, t_decode, nd > 0 ? nd / t_decode : 0.0,
+              "(%.2f tok/s); decode reads %.3f GB of weights per token",
+              np, t_prefill, np / t_prefill, nd, t_decode, nd > 0 ? nd / t_decode : 0.0,
               dsr1_weights_active_bytes(w) / 1e9);
     if (df && fclose(df) != 0) {
         df = NULL;

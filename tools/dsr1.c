@@ -19,8 +19,9 @@ static const command commands[] = {
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: dsr1 <command> [options]   (dsr1 <command> --help for details)\n\n"
-               "DeepSeek-R1 inference engine, version %s.\n\ncommands:\n",
+    fprintf(f,
+            "usage: dsr1 <command> [options]   (dsr1 <command> --help for details)\n\n"
+            "DeepSeek-R1 inference engine, version %s.\n\ncommands:\n",
             DSR1_VERSION);
     for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
         fprintf(f, "  %-14s %s\n", commands[i].name, commands[i].summary);

@@ -63,8 +63,7 @@ int dsr1_batch_logit_rows(const dsr1_batch *b)
 static dsr1_status validate(const dsr1_engine *e, const dsr1_batch *b)
 {
     const int cap = dsr1_kv_cache_capacity(e->cache), slots = dsr1_kv_cache_slots(e->cache);
-    if (b->n_seqs < 1 || !b->seqs)
-        return dsr1_error(DSR1_ERR_INVALID_ARG, "forward: empty batch");
+    if (b->n_seqs < 1 || !b->seqs) return dsr1_error(DSR1_ERR_INVALID_ARG, "forward: empty batch");
     for (int s = 0; s < b->n_seqs; s++) {
         const dsr1_seq_step *q = &b->seqs[s];
         if (q->slot < 0 || q->slot >= slots)
@@ -72,21 +71,27 @@ static dsr1_status validate(const dsr1_engine *e, const dsr1_batch *b)
                               q->slot, slots);
         for (int o = 0; o < s; o++)
             if (b->seqs[o].slot == q->slot)
-                return dsr1_error(DSR1_ERR_INVALID_ARG, "sequences %d and %d share cache slot "
-                                  "%d", o, s, q->slot);
+                return dsr1_error(DSR1_ERR_INVALID_ARG,
+                                  "sequences %d and %d share cache slot "
+                                  "%d",
+                                  o, s, q->slot);
         if (q->n_tokens < 1 || q->pos < 0 || q->pos > cap - q->n_tokens)
-            return dsr1_error(DSR1_ERR_RANGE, "sequence %d: positions [%d, %d) do not fit the "
-                              "cache capacity of %d tokens", s, q->pos, q->pos + q->n_tokens,
-                              cap);
+            return dsr1_error(DSR1_ERR_RANGE,
+                              "sequence %d: positions [%d, %d) do not fit the "
+                              "cache capacity of %d tokens",
+                              s, q->pos, q->pos + q->n_tokens, cap);
         for (int i = 0; i < q->n_tokens; i++)
             if (q->tokens[i] < 0 || q->tokens[i] >= e->w->cfg.vocab_size)
-                return dsr1_error(DSR1_ERR_RANGE, "sequence %d: token id %d at index %d is "
-                                  "outside the vocabulary [0, %d)", s, q->tokens[i], i,
-                                  e->w->cfg.vocab_size);
+                return dsr1_error(DSR1_ERR_RANGE,
+                                  "sequence %d: token id %d at index %d is "
+                                  "outside the vocabulary [0, %d)",
+                                  s, q->tokens[i], i, e->w->cfg.vocab_size);
     }
     if (e->w->layer_begin != 0 || e->w->layer_end != e->w->cfg.num_hidden_layers)
-        return dsr1_error(DSR1_ERR_INVALID_ARG, "forward from tokens to logits needs all layers; "
-                          "this worker holds [%d, %d)", e->w->layer_begin, e->w->layer_end);
+        return dsr1_error(DSR1_ERR_INVALID_ARG,
+                          "forward from tokens to logits needs all layers; "
+                          "this worker holds [%d, %d)",
+                          e->w->layer_begin, e->w->layer_end);
     return DSR1_OK;
 }
 
@@ -121,10 +126,10 @@ static void step_free(step_buf *s)
 static dsr1_status step_alloc(step_buf *s, const dsr1_model_config *c, int T)
 {
     const size_t t = (size_t)T, nh = (size_t)c->num_attention_heads;
-    const size_t inter = (size_t)(c->intermediate_size > c->moe_intermediate_size *
-                                                             c->n_shared_experts
-                                      ? c->intermediate_size
-                                      : c->moe_intermediate_size * c->n_shared_experts);
+    const size_t inter =
+        (size_t)(c->intermediate_size > c->moe_intermediate_size * c->n_shared_experts
+                     ? c->intermediate_size
+                     : c->moe_intermediate_size * c->n_shared_experts);
     memset(s, 0, sizeof(*s));
     s->h = malloc(sizeof(float) * t * c->hidden_size);
     s->x = malloc(sizeof(float) * t * c->hidden_size);
@@ -162,8 +167,8 @@ static void attention(dsr1_engine *e, const dsr1_batch *b, int l, step_buf *s, i
     k->rmsnorm(e->pool, s->h, d, L->attn_norm, d, T, c->rms_norm_eps, s->x, d);
     if (c->q_lora_rank > 0) {
         k->linear(e->pool, &L->q_a, 0, c->q_lora_rank, s->x, d, T, s->qa, c->q_lora_rank);
-        k->rmsnorm(e->pool, s->qa, c->q_lora_rank, L->q_a_norm, c->q_lora_rank, T,
-                   c->rms_norm_eps, s->qa, c->q_lora_rank);
+        k->rmsnorm(e->pool, s->qa, c->q_lora_rank, L->q_a_norm, c->q_lora_rank, T, c->rms_norm_eps,
+                   s->qa, c->q_lora_rank);
         k->linear(e->pool, &L->q_b, 0, nh * qk, s->qa, c->q_lora_rank, T, s->q, nh * qk);
     } else {
         k->linear(e->pool, &L->q, 0, nh * qk, s->x, d, T, s->q, nh * qk);
@@ -174,8 +179,8 @@ static void attention(dsr1_engine *e, const dsr1_batch *b, int l, step_buf *s, i
         const int pos = s->tok_pos[t];
         float *kvt = s->kv + (size_t)t * kvw;
         dsr1_rope_apply(&e->rope, kvt + kvl, pos);
-        float *row = dsr1_kv_cache_rows(e->cache, b->seqs[s->tok_seq[t]].slot, l) +
-                     (size_t)pos * kvw;
+        float *row =
+            dsr1_kv_cache_rows(e->cache, b->seqs[s->tok_seq[t]].slot, l) + (size_t)pos * kvw;
         memcpy(row, kvt, sizeof(float) * kvw);
         for (int h = 0; h < nh; h++) {
             float *qpe = s->qpe + ((size_t)t * nh + h) * rope;
@@ -190,9 +195,8 @@ static void attention(dsr1_engine *e, const dsr1_batch *b, int l, step_buf *s, i
     for (int q = 0, t0 = 0; q < b->n_seqs; t0 += b->seqs[q].n_tokens, q++) {
         const dsr1_seq_step *sq = &b->seqs[q];
         k->mla_attention(e->pool, sq->n_tokens, nh, kvl, rope, s->qabs + (size_t)t0 * nh * kvl,
-                         s->qpe + (size_t)t0 * nh * rope,
-                         dsr1_kv_cache_rows(e->cache, sq->slot, l), kvw, sq->pos,
-                         e->rope.softmax_scale, s->oc + (size_t)t0 * nh * kvl);
+                         s->qpe + (size_t)t0 * nh * rope, dsr1_kv_cache_rows(e->cache, sq->slot, l),
+                         kvw, sq->pos, e->rope.softmax_scale, s->oc + (size_t)t0 * nh * kvl);
     }
     /* expand: o_h = Wv_h (attention-weighted latent), Wv_h = the v rows after Wk_h */
     for (int h = 0; h < nh; h++)
@@ -215,8 +219,8 @@ static dsr1_status ffn(dsr1_engine *e, int l, step_buf *s, int T)
         if ((st = dsr1_moe_route(e->k, e->pool, c, L, s->x, T, s->ids, s->rw)) != DSR1_OK)
             return st;
         memset(s->y, 0, sizeof(float) * (size_t)T * d);
-        st = dsr1_moe_experts(e->k, e->pool, c, L, e->w->expert_owned, s->x, T, s->ids, s->rw,
-                              s->y);
+        st =
+            dsr1_moe_experts(e->k, e->pool, c, L, e->w->expert_owned, s->x, T, s->ids, s->rw, s->y);
         if (st != DSR1_OK) return st;
         /* shared expert, added after the routed sum as in the reference */
         dsr1_ffn_forward(e->k, e->pool, &L->shared, s->x, T, s->shared, s->ffn);

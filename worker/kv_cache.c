@@ -16,8 +16,10 @@ dsr1_status dsr1_kv_cache_create(const dsr1_model_config *cfg, int layer_begin, 
                                  int n_slots, int max_tokens, dsr1_kv_cache **out)
 {
     if (n_slots < 1 || max_tokens < 1 || layer_begin < 0 || layer_end <= layer_begin)
-        return dsr1_error(DSR1_ERR_INVALID_ARG, "kv cache: bad shape (%d slots, %d tokens, "
-                          "layers [%d, %d))", n_slots, max_tokens, layer_begin, layer_end);
+        return dsr1_error(DSR1_ERR_INVALID_ARG,
+                          "kv cache: bad shape (%d slots, %d tokens, "
+                          "layers [%d, %d))",
+                          n_slots, max_tokens, layer_begin, layer_end);
     dsr1_kv_cache *c = calloc(1, sizeof(*c));
     if (!c) return dsr1_error(DSR1_ERR_NOMEM, "out of memory");
     c->layer_begin = layer_begin;
@@ -31,8 +33,8 @@ dsr1_status dsr1_kv_cache_create(const dsr1_model_config *cfg, int layer_begin, 
         return dsr1_error(DSR1_ERR_NOMEM, "kv cache too large");
     }
     c->bytes = n * (size_t)c->width * sizeof(float);
-    void *m = mmap(NULL, c->bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS |
-                   MAP_NORESERVE, -1, 0);
+    void *m = mmap(NULL, c->bytes, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (m == MAP_FAILED) {
         free(c);
         return dsr1_error(DSR1_ERR_NOMEM, "kv cache: cannot reserve %zu bytes", n);
@@ -66,7 +68,7 @@ int dsr1_kv_cache_row_width(const dsr1_kv_cache *c)
 
 float *dsr1_kv_cache_rows(dsr1_kv_cache *c, int slot, int layer)
 {
-    size_t region = (size_t)slot * (size_t)(c->layer_end - c->layer_begin) +
-                    (size_t)(layer - c->layer_begin);
+    size_t region =
+        (size_t)slot * (size_t)(c->layer_end - c->layer_begin) + (size_t)(layer - c->layer_begin);
     return c->mem + region * (size_t)c->capacity * (size_t)c->width;
 }

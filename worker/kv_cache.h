@@ -17,7 +17,7 @@ dsr1_status dsr1_kv_cache_create(const dsr1_model_config *cfg, int layer_begin, 
                                  int n_slots, int max_tokens, dsr1_kv_cache **out);
 void dsr1_kv_cache_destroy(dsr1_kv_cache *c);
 int dsr1_kv_cache_slots(const dsr1_kv_cache *c);
-int dsr1_kv_cache_capacity(const dsr1_kv_cache *c); /* tokens per slot */
+int dsr1_kv_cache_capacity(const dsr1_kv_cache *c);  /* tokens per slot */
 int dsr1_kv_cache_row_width(const dsr1_kv_cache *c); /* kv_lora_rank + qk_rope_head_dim */
 /* Rows [0, capacity) of `slot` for absolute layer `layer` (within the cache's layers). */
 float *dsr1_kv_cache_rows(dsr1_kv_cache *c, int slot, int layer);

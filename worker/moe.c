@@ -90,10 +90,9 @@ out:
     return st;
 }
 
-dsr1_status dsr1_moe_experts(const dsr1_kernels *k, dsr1_pool *pool,
-                             const dsr1_model_config *cfg, const dsr1_layer_weights *L,
-                             const bool *owned, const float *x, int m, const int *ids,
-                             const float *weights, float *y)
+dsr1_status dsr1_moe_experts(const dsr1_kernels *k, dsr1_pool *pool, const dsr1_model_config *cfg,
+                             const dsr1_layer_weights *L, const bool *owned, const float *x, int m,
+                             const int *ids, const float *weights, float *y)
 {
     const int d = cfg->hidden_size, inter = cfg->moe_intermediate_size;
     const int topk = cfg->num_experts_per_tok;

@@ -22,9 +22,8 @@ dsr1_status dsr1_moe_route(const dsr1_kernels *k, dsr1_pool *pool, const dsr1_mo
                            float *weights);
 
 /* y[m][hidden] += sum over owned experts e chosen for the token of w_e * expert_e(x). */
-dsr1_status dsr1_moe_experts(const dsr1_kernels *k, dsr1_pool *pool,
-                             const dsr1_model_config *cfg, const dsr1_layer_weights *L,
-                             const bool *owned, const float *x, int m, const int *ids,
-                             const float *weights, float *y);
+dsr1_status dsr1_moe_experts(const dsr1_kernels *k, dsr1_pool *pool, const dsr1_model_config *cfg,
+                             const dsr1_layer_weights *L, const bool *owned, const float *x, int m,
+                             const int *ids, const float *weights, float *y);
 
 #endif

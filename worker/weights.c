@@ -39,8 +39,7 @@ static bool select_tensor(const char *name, void *arg)
 }
 
 /* A tensor of the slice, from the mapped checkpoint or from the in-memory dummy store. */
-static const void *weights_tensor(const dsr1_weights *w, const char *name,
-                                  const dsr1_st_tensor **t)
+static const void *weights_tensor(const dsr1_weights *w, const char *name, const dsr1_st_tensor **t)
 {
     if (w->map) return dsr1_ckpt_map_data(w->map, name, t);
     if (!w->dummy_plan) return NULL;
@@ -53,10 +52,11 @@ static const void *weights_tensor(const dsr1_weights *w, const char *name,
 
 static dsr1_status shape_error(const char *name, const dsr1_st_tensor *t, int rows, int cols)
 {
-    return dsr1_error(DSR1_ERR_FORMAT, "tensor '%s' has shape [%lld, %lld] (%s) but the config "
-                      "implies [%d, %d]", name, (long long)t->shape[0],
-                      t->ndim > 1 ? (long long)t->shape[1] : -1LL, dsr1_dtype_name(t->dtype),
-                      rows, cols);
+    return dsr1_error(DSR1_ERR_FORMAT,
+                      "tensor '%s' has shape [%lld, %lld] (%s) but the config "
+                      "implies [%d, %d]",
+                      name, (long long)t->shape[0], t->ndim > 1 ? (long long)t->shape[1] : -1LL,
+                      dsr1_dtype_name(t->dtype), rows, cols);
 }
 
 /* A linear weight `prefix.weight` [rows, cols]: FP8 with its block scales, or bf16/f32. */
@@ -82,14 +82,20 @@ static dsr1_status get_linear(dsr1_weights *w, const char *prefix, int rows, int
         const dsr1_st_tensor *s;
         out->scale = weights_tensor(w, name, &s);
         if (!out->scale)
-            return dsr1_error(DSR1_ERR_NOT_FOUND, "checkpoint lacks tensor '%s' (the block "
-                              "scales of an FP8 weight)", name);
+            return dsr1_error(DSR1_ERR_NOT_FOUND,
+                              "checkpoint lacks tensor '%s' (the block "
+                              "scales of an FP8 weight)",
+                              name);
         if (s->dtype != DSR1_DT_F32 || s->ndim != 2 || s->shape[0] != sr || s->shape[1] != sc)
-            return dsr1_error(DSR1_ERR_FORMAT, "tensor '%s' must be F32 [%d, %d] (128x128 "
-                              "blocks of a [%d, %d] weight)", name, sr, sc, rows, cols);
+            return dsr1_error(DSR1_ERR_FORMAT,
+                              "tensor '%s' must be F32 [%d, %d] (128x128 "
+                              "blocks of a [%d, %d] weight)",
+                              name, sr, sc, rows, cols);
     } else if (t->dtype != DSR1_DT_BF16 && t->dtype != DSR1_DT_F32) {
-        return dsr1_error(DSR1_ERR_UNSUPPORTED, "tensor '%s': dtype %s is not supported for a "
-                          "linear weight (F8_E4M3, BF16, F32)", name, dsr1_dtype_name(t->dtype));
+        return dsr1_error(DSR1_ERR_UNSUPPORTED,
+                          "tensor '%s': dtype %s is not supported for a "
+                          "linear weight (F8_E4M3, BF16, F32)",
+                          name, dsr1_dtype_name(t->dtype));
     }
     w->bytes += t->nbytes + (out->scale ? sizeof(float) * (size_t)((rows + 127) / 128) *
                                               (size_t)((cols + 127) / 128)
@@ -109,13 +115,21 @@ static dsr1_status get_vec(dsr1_weights *w, const char *name, int n, float **out
     if (!v) return dsr1_error(DSR1_ERR_NOMEM, "out of memory");
     for (int i = 0; i < n; i++) {
         switch (t->dtype) {
-        case DSR1_DT_BF16: v[i] = dsr1_bf16_to_f32(((const uint16_t *)data)[i]); break;
-        case DSR1_DT_F16: v[i] = dsr1_f16_to_f32(((const uint16_t *)data)[i]); break;
-        case DSR1_DT_F32: memcpy(&v[i], (const uint8_t *)data + 4 * (size_t)i, 4); break;
+        case DSR1_DT_BF16:
+            v[i] = dsr1_bf16_to_f32(((const uint16_t *)data)[i]);
+            break;
+        case DSR1_DT_F16:
+            v[i] = dsr1_f16_to_f32(((const uint16_t *)data)[i]);
+            break;
+        case DSR1_DT_F32:
+            memcpy(&v[i], (const uint8_t *)data + 4 * (size_t)i, 4);
+            break;
         default:
             free(v);
-            return dsr1_error(DSR1_ERR_UNSUPPORTED, "tensor '%s': dtype %s not supported for a "
-                              "vector", name, dsr1_dtype_name(t->dtype));
+            return dsr1_error(DSR1_ERR_UNSUPPORTED,
+                              "tensor '%s': dtype %s not supported for a "
+                              "vector",
+                              name, dsr1_dtype_name(t->dtype));
         }
     }
     *out = v;
@@ -196,11 +210,11 @@ static dsr1_status load_layer(dsr1_weights *w, int l)
 
 static dsr1_status check_slice(const dsr1_model_config *c, const dsr1_slice *s)
 {
-    if (s->layer_begin < 0 || s->layer_end > c->num_hidden_layers ||
-        s->layer_begin >= s->layer_end)
-        return dsr1_error(DSR1_ERR_INVALID_ARG, "slice layers [%d, %d) are not a non-empty "
-                          "range of the model's %d layers", s->layer_begin, s->layer_end,
-                          c->num_hidden_layers);
+    if (s->layer_begin < 0 || s->layer_end > c->num_hidden_layers || s->layer_begin >= s->layer_end)
+        return dsr1_error(DSR1_ERR_INVALID_ARG,
+                          "slice layers [%d, %d) are not a non-empty "
+                          "range of the model's %d layers",
+                          s->layer_begin, s->layer_end, c->num_hidden_layers);
     for (int i = 0; i < s->n_experts; i++)
         if (s->experts[i] < 0 || s->experts[i] >= c->n_routed_experts)
             return dsr1_error(DSR1_ERR_INVALID_ARG, "slice names expert %d; the model has %d",

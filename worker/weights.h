@@ -49,27 +49,27 @@ typedef struct {
     dsr1_linear o;        /* [hidden, heads * v] */
     /* FFN */
     bool moe;
-    dsr1_ffn_weights dense;  /* dense layers */
-    dsr1_linear router;      /* [n_routed_experts, hidden] bf16 */
-    float *router_bias;      /* [n_routed_experts] e_score_correction_bias */
-    dsr1_ffn_weights shared; /* shared experts (width moe_intermediate * n_shared) */
+    dsr1_ffn_weights dense;    /* dense layers */
+    dsr1_linear router;        /* [n_routed_experts, hidden] bf16 */
+    float *router_bias;        /* [n_routed_experts] e_score_correction_bias */
+    dsr1_ffn_weights shared;   /* shared experts (width moe_intermediate * n_shared) */
     dsr1_ffn_weights *experts; /* [n_routed_experts]; data NULL where not owned */
 } dsr1_layer_weights;
 
 typedef struct dsr1_weights {
     dsr1_model_config cfg;
     int layer_begin, layer_end;
-    bool *expert_owned;          /* [n_routed_experts] */
+    bool *expert_owned; /* [n_routed_experts] */
     int n_owned;
-    dsr1_linear embed;           /* [vocab, hidden] bf16, when layer_begin == 0 */
-    dsr1_linear head;            /* [vocab, hidden], when layer_end == num_hidden_layers */
-    float *final_norm;           /* [hidden], with head */
-    dsr1_layer_weights *layers;  /* indexed by absolute layer; only [begin, end) filled */
-    dsr1_ckpt_map *map;          /* owned: mapped checkpoint tensors */
+    dsr1_linear embed;               /* [vocab, hidden] bf16, when layer_begin == 0 */
+    dsr1_linear head;                /* [vocab, hidden], when layer_end == num_hidden_layers */
+    float *final_norm;               /* [hidden], with head */
+    dsr1_layer_weights *layers;      /* indexed by absolute layer; only [begin, end) filled */
+    dsr1_ckpt_map *map;              /* owned: mapped checkpoint tensors */
     struct dsr1_dummy_tensor *dummy; /* owned: random tensors of --dummy-weights, indexed */
     size_t n_dummy;                  /* like dummy_plan's entries (data NULL: not held) */
     dsr1_tensor_plan *dummy_plan;
-    uint64_t bytes;              /* tensor bytes held */
+    uint64_t bytes; /* tensor bytes held */
 } dsr1_weights;
 
 /* Map the slice's tensors from an open checkpoint. The checkpoint must stay open while
@@ -84,8 +84,8 @@ uint64_t dsr1_weights_active_bytes(const dsr1_weights *w);
 
 /* Random weights made in memory from a config alone (no files), for benchmarking real
  * shapes: the tensors of the slice, filled as `dsr1 mkmodel` would with `seed`. */
-dsr1_status dsr1_weights_dummy(const dsr1_model_config *cfg, const dsr1_slice *slice,
-                               uint64_t seed, dsr1_weights **out);
+dsr1_status dsr1_weights_dummy(const dsr1_model_config *cfg, const dsr1_slice *slice, uint64_t seed,
+                               dsr1_weights **out);
 
 /* Internal to the loaders: allocate the object for a slice, then (after its tensor source
  * is set) resolve and check every tensor. */

@@ -30,8 +30,8 @@ static void fill_task(void *arg, int begin, int end, int tid)
     }
 }
 
-dsr1_status dsr1_weights_dummy(const dsr1_model_config *cfg, const dsr1_slice *slice,
-                               uint64_t seed, dsr1_weights **out)
+dsr1_status dsr1_weights_dummy(const dsr1_model_config *cfg, const dsr1_slice *slice, uint64_t seed,
+                               dsr1_weights **out)
 {
     dsr1_weights *w;
     dsr1_status st = dsr1__weights_begin(cfg, slice, &w);
@@ -80,8 +80,8 @@ dsr1_status dsr1_weights_dummy(const dsr1_model_config *cfg, const dsr1_slice *s
     dsr1_pool_run(pool, ntodo, 1, fill_task, &job);
     for (int i = 0; i < ntodo; i++)
         if (status[i] != DSR1_OK) {
-            st = dsr1_error(status[i], "dummy weights: cannot generate '%s'",
-                            plan->t[todo[i]].name);
+            st =
+                dsr1_error(status[i], "dummy weights: cannot generate '%s'", plan->t[todo[i]].name);
             goto err;
         }
     DSR1_INFO("dummy weights: done in %.1f s", dsr1_now() - t0);

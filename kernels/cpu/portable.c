@@ -81,8 +81,8 @@ static void linear_task(void *arg, int begin, int end, int tid)
     free(buf);
 }
 
-static void portable_linear(dsr1_pool *pool, const dsr1_linear *w, int r0, int r1,
-                            const float *x, int ldx, int m, float *y, int ldy)
+static void portable_linear(dsr1_pool *pool, const dsr1_linear *w, int r0, int r1, const float *x,
+                            int ldx, int m, float *y, int ldy)
 {
     linear_job j = {w, r0, r1, x, ldx, m, y, ldy};
     const int tasks = (r1 - r0 + ROWS_PER_TASK - 1) / ROWS_PER_TASK;
@@ -123,8 +123,8 @@ static void linear_t_task(void *arg, int begin, int end, int tid)
     free(row);
 }
 
-static void portable_linear_t(dsr1_pool *pool, const dsr1_linear *w, int r0, int r1,
-                              const float *x, int ldx, int m, float *y, int ldy)
+static void portable_linear_t(dsr1_pool *pool, const dsr1_linear *w, int r0, int r1, const float *x,
+                              int ldx, int m, float *y, int ldy)
 {
     linear_t_job j = {w, r0, r1, x, ldx, m, y, ldy};
     const int tasks = (w->cols + DSR1_QBLOCK - 1) / DSR1_QBLOCK;
@@ -132,8 +132,8 @@ static void portable_linear_t(dsr1_pool *pool, const dsr1_linear *w, int r0, int
     dsr1_pool_run(work < 32768 ? NULL : pool, tasks, 1, linear_t_task, &j);
 }
 
-static void portable_rmsnorm(dsr1_pool *pool, const float *x, int ldx, const float *g, int n,
-                             int m, float eps, float *y, int ldy)
+static void portable_rmsnorm(dsr1_pool *pool, const float *x, int ldx, const float *g, int n, int m,
+                             float eps, float *y, int ldy)
 {
     (void)pool; /* memory-bound and tiny next to the matrix products */
     for (int i = 0; i < m; i++) {

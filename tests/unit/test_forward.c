@@ -142,7 +142,8 @@ static void reference(const dsr1_weights *w, const int32_t *tok, int n, double *
     double *x = malloc(sizeof(double) * d), *y = malloc(sizeof(double) * d);
     double *q = malloc(sizeof(double) * H * qk), *qa = malloc(sizeof(double) * (kvl + d + 1024));
     double *K = malloc(sizeof(double) * n * H * qk), *V = malloc(sizeof(double) * n * H * vd);
-    double *Q = malloc(sizeof(double) * n * H * qk), *kvo = malloc(sizeof(double) * H * (nope + vd));
+    double *Q = malloc(sizeof(double) * n * H * qk),
+           *kvo = malloc(sizeof(double) * H * (nope + vd));
     double *kv = malloc(sizeof(double) * (kvl + rp)), *cn = malloc(sizeof(double) * kvl);
     double *att = malloc(sizeof(double) * H * vd), *p = malloc(sizeof(double) * n);
     for (int l = 0; l < c->num_hidden_layers; l++) {
@@ -212,7 +213,11 @@ static void reference(const dsr1_weights *w, const int32_t *tok, int n, double *
                     for (int i = 0; i < per; i++) v[i] = b[g * per + i];
                     for (int i = 0; i < per; i++)
                         for (int j = i + 1; j < per; j++)
-                            if (v[j] > v[i]) { double tt = v[i]; v[i] = v[j]; v[j] = tt; }
+                            if (v[j] > v[i]) {
+                                double tt = v[i];
+                                v[i] = v[j];
+                                v[j] = tt;
+                            }
                     gs[g] = per > 1 ? v[0] + v[1] : v[0];
                 }
                 int keep[16] = {0};
@@ -256,8 +261,20 @@ static void reference(const dsr1_weights *w, const int32_t *tok, int n, double *
         }
     }
     free(head);
-    free(h); free(row); free(x); free(y); free(q); free(qa); free(K); free(V); free(Q);
-    free(kvo); free(kv); free(cn); free(att); free(p);
+    free(h);
+    free(row);
+    free(x);
+    free(y);
+    free(q);
+    free(qa);
+    free(K);
+    free(V);
+    free(Q);
+    free(kvo);
+    free(kv);
+    free(cn);
+    free(att);
+    free(p);
 }
 
 /* ---- tests ---- */
@@ -278,7 +295,8 @@ static double row_err(const float *a, const double *b, int rows, int vocab)
         m /= vocab;
         for (int i = 0; i < vocab; i++) v += pow(b[(size_t)r * vocab + i] - m, 2);
         double sd = sqrt(v / vocab);
-        for (int i = 0; i < vocab; i++) e = fmax(e, fabs(a[(size_t)r * vocab + i] - b[(size_t)r * vocab + i]));
+        for (int i = 0; i < vocab; i++)
+            e = fmax(e, fabs(a[(size_t)r * vocab + i] - b[(size_t)r * vocab + i]));
         worst = fmax(worst, e / sd);
     }
     return worst;

@@ -26,8 +26,10 @@ static void test_e4m3_table(void **state)
     (void)state;
     for (int b = 0; b < 256; b++) {
         double want = e4m3_formula(b);
-        if (isnan(want)) assert_true(isnan(dsr1_e4m3_to_f32((uint8_t)b)));
-        else assert_true(dsr1_e4m3_to_f32((uint8_t)b) == (float)want);
+        if (isnan(want))
+            assert_true(isnan(dsr1_e4m3_to_f32((uint8_t)b)));
+        else
+            assert_true(dsr1_e4m3_to_f32((uint8_t)b) == (float)want);
     }
     assert_true(dsr1_e4m3_to_f32(0x7e) == 448.0f);
     assert_true(dsr1_e4m3_to_f32(0x01) == 0x1p-9f);
