@@ -41,8 +41,8 @@ void dsr1_randw_init(dsr1_randw *rw, uint64_t seed)
     x[DSR1_ZIG_LAYERS] = 0.0;
     for (int i = 0; i <= DSR1_ZIG_LAYERS; i++) f[i] = exp(-0.5 * x[i] * x[i]);
     for (int i = 0; i < DSR1_ZIG_LAYERS; i++) {
-        rw->zk[i] = (uint64_t)(x[i + 1] / x[i] * 9007199254740992.0); /* 2^53 */
-        rw->zw[i] = x[i] / 9007199254740992.0;
+        rw->zk32[i] = (uint32_t)(x[i + 1] / x[i] * 8388608.0); /* 2^23 */
+        rw->zw32[i] = (float)(x[i] / 8388608.0);
     }
 }
 
@@ -54,6 +54,8 @@ void dsr1_rng_init(dsr1_rng *r, const dsr1_randw *rw, const char *stream, uint64
     uint64_t b = splitmix64(&k);
     k = b ^ (piece * 0xd1b54a32d192ed03ull);
     for (int i = 0; i < 4; i++) r->s[i] = splitmix64(&k);
+    r->spare = 0;
+    r->has_spare = 0;
     r->rw = rw;
 }
 
@@ -111,60 +113,61 @@ static double normal_slow(dsr1_rng *r, int i, double x, int *ok)
     return 0.0;
 }
 
-static inline double rng_normal(dsr1_rng *r)
-{
-    const dsr1_randw *rw = r->rw;
-    for (;;) {
-        uint64_t u = rng_next(r);
-        int i = (int)(u & 0xff);
-        uint64_t m = u >> 11;
-        double sign = (u & 0x100) ? -1.0 : 1.0;
-        double x = (double)(int64_t)m * rw->zw[i];
-        if (m < rw->zk[i]) return sign * x;
-        int ok;
-        double v = normal_slow(r, i, x, &ok);
-        if (ok) return sign * v;
-    }
-}
-
-double dsr1_rng_normal(dsr1_rng *r)
-{
-    return rng_normal(r);
-}
-
-/* n values add + mul * normal into out: the same draws as n calls of rng_normal(), with the
- * generator state held in registers (through r->s it would be stored and reloaded every
- * draw, which triples the cost). */
-static void normals(dsr1_rng *r, float *out, int64_t n, double mul, double add)
+/* n values add + mul * normal into out. Each 64-bit draw gives two 32-bit words, one per
+ * normal (8 bits layer, 1 sign, 23 bits position: float precision, plenty for weights
+ * stored in 8 or 16 bits); a word left over stays in r->spare, so the values never depend
+ * on how a caller splits its requests. The generator state is held in registers: through
+ * r->s it would be stored and reloaded every draw, which triples the cost. */
+static void normals(dsr1_rng *r, float *out, int64_t n, float mul, float add)
 {
     const dsr1_randw *rw = r->rw;
     uint64_t s0 = r->s[0], s1 = r->s[1], s2 = r->s[2], s3 = r->s[3];
+    uint32_t spare = r->spare;
+    int have = r->has_spare;
     for (int64_t k = 0; k < n;) {
-        uint64_t u = rotl(s1 * 5, 7) * 9, t = s1 << 17;
-        s2 ^= s0;
-        s3 ^= s1;
-        s1 ^= s2;
-        s0 ^= s3;
-        s2 ^= t;
-        s3 = rotl(s3, 45);
-        int i = (int)(u & 0xff);
-        uint64_t m = u >> 11;
-        double x = (double)(int64_t)m * rw->zw[i];
-        if (m >= rw->zk[i]) {
+        uint32_t w;
+        if (have) {
+            w = spare;
+            have = 0;
+        } else {
+            uint64_t u = rotl(s1 * 5, 7) * 9, t = s1 << 17;
+            s2 ^= s0;
+            s3 ^= s1;
+            s1 ^= s2;
+            s0 ^= s3;
+            s2 ^= t;
+            s3 = rotl(s3, 45);
+            w = (uint32_t)u;
+            spare = (uint32_t)(u >> 32);
+            have = 1;
+        }
+        int i = (int)(w & 0xff);
+        uint32_t m = w >> 9;
+        float x = (float)(int32_t)m * rw->zw32[i];
+        if (m >= rw->zk32[i]) { /* about 1 in 100: tail or wedge */
             int ok;
             r->s[0] = s0, r->s[1] = s1, r->s[2] = s2, r->s[3] = s3;
-            x = normal_slow(r, i, x, &ok);
+            x = (float)normal_slow(r, i, x, &ok);
             s0 = r->s[0], s1 = r->s[1], s2 = r->s[2], s3 = r->s[3];
             if (!ok) continue;
         }
         /* random sign by flipping the sign bit: a branch on it would mispredict half the time */
-        uint64_t xb;
-        memcpy(&xb, &x, 8);
-        xb ^= (u & 0x100) << 55;
-        memcpy(&x, &xb, 8);
-        out[k++] = (float)(add + mul * x);
+        uint32_t xb;
+        memcpy(&xb, &x, 4);
+        xb ^= (w & 0x100) << 23;
+        memcpy(&x, &xb, 4);
+        out[k++] = add + mul * x;
     }
     r->s[0] = s0, r->s[1] = s1, r->s[2] = s2, r->s[3] = s3;
+    r->spare = spare;
+    r->has_spare = have;
+}
+
+double dsr1_rng_normal(dsr1_rng *r)
+{
+    float x;
+    normals(r, &x, 1, 1.0f, 0.0f);
+    return x;
 }
 
 void dsr1_randw_fp8_rows(const dsr1_randw *rw, const char *stream, int64_t out, int64_t in,
@@ -184,7 +187,7 @@ void dsr1_randw_fp8_rows(const dsr1_randw *rw, const char *stream, int64_t out, 
             int64_t c0 = j * B, nc = in - c0 < B ? in - c0 : B;
             double s = std * (0.5 + 1.5 * rng_uniform(&r)); /* block magnitude in [0.5, 2) */
             float amax = 0.0f;
-            normals(&r, blk, nr * nc, s, 0.0);
+            normals(&r, blk, nr * nc, (float)s, 0.0f);
             for (int64_t k = 0; k < nr * nc; k++) {
                 float a = fabsf(blk[k]);
                 amax = a > amax ? a : amax;

@@ -14,7 +14,8 @@
  *   Others: mean + std * normal, rounded to the tensor's dtype (BF16 round-to-nearest-even,
  *     F32 as is). The plan sets mean/std: norms 1 +- 0.1, embedding 1, lm_head and router
  *     1/sqrt(hidden), bias 0.05, eh_proj 1/sqrt(2 hidden).
- * Normals come from a 256-layer ziggurat (Marsaglia & Tsang) on 64-bit draws.
+ * Normals come from a 256-layer ziggurat (Marsaglia & Tsang) on 32-bit words, two per
+ * 64-bit draw (float precision).
  *
  * Determinism holds for one build; another compiler or libm could differ in the last bit of
  * the rare tail/wedge samples, which use exp and log. */
@@ -22,6 +23,7 @@
 #define DSR1_RANDW_H
 
 #include <stdint.h>
+#include <string.h>
 
 #include "status.h"
 #include "tensor_plan.h"
@@ -35,8 +37,8 @@ typedef struct {
     uint64_t seed;
     double zx[DSR1_ZIG_LAYERS + 1]; /* layer edges, decreasing: zx[1] = tail start, zx[256]=0 */
     double zf[DSR1_ZIG_LAYERS + 1]; /* exp(-zx^2/2) */
-    uint64_t zk[DSR1_ZIG_LAYERS];   /* fast-path bound: 53-bit draw < zk[i] -> inside */
-    double zw[DSR1_ZIG_LAYERS];     /* zx[i] / 2^53 */
+    uint32_t zk32[DSR1_ZIG_LAYERS]; /* fast path: 23-bit position < zk32[i] -> inside */
+    float zw32[DSR1_ZIG_LAYERS];    /* zx[i] / 2^23 */
 } dsr1_randw;
 
 void dsr1_randw_init(dsr1_randw *rw, uint64_t seed);
@@ -44,6 +46,8 @@ void dsr1_randw_init(dsr1_randw *rw, uint64_t seed);
 /* One random stream. */
 typedef struct {
     uint64_t s[4];
+    uint32_t spare; /* the unused half of the last draw, for the next normal */
+    int has_spare;
     const dsr1_randw *rw;
 } dsr1_rng;
 
@@ -51,7 +55,7 @@ void dsr1_rng_init(dsr1_rng *r, const dsr1_randw *rw, const char *stream, uint64
 uint64_t dsr1_rng_next(dsr1_rng *r);
 /* Uniform in [0, 1) with 53 random bits. */
 double dsr1_rng_uniform(dsr1_rng *r);
-/* Standard normal. */
+/* Standard normal (float precision). */
 double dsr1_rng_normal(dsr1_rng *r);
 
 /* Block rows [brow0, brow1) of an FP8 linear [out, in] (a block row is 128 rows, the last
@@ -74,29 +78,30 @@ void dsr1_randw_normal_range(const dsr1_randw *rw, const char *stream, dsr1_dtyp
 dsr1_status dsr1_randw_fill(const dsr1_randw *rw, const dsr1_tensor_spec *t, void *data,
                             void *companion);
 
-/* float32 -> e4m3 bits, equal to dsr1_f32_to_e4m3() for every finite input but much faster
- * (bit arithmetic instead of a search); NaN maps to 0x7f. */
-static inline uint8_t dsr1_randw_e4m3(float x);
-
-#include <math.h>
-#include <string.h>
+/* float32 -> e4m3 bits, equal to dsr1_f32_to_e4m3() for every finite input (checked
+ * exhaustively over all floats up to 480 when written; the unit test checks every code,
+ * tie and neighbour) but much faster: bit arithmetic instead of a search. NaN maps to a
+ * NaN code. */
 static inline uint8_t dsr1_randw_e4m3(float x)
 {
-    uint32_t u;
+    /* branch-free so that loops over blocks vectorise */
+    uint32_t u, sub_bits;
     memcpy(&u, &x, 4);
-    uint8_t sign = (uint8_t)((u >> 24) & 0x80);
-    u &= 0x7fffffffu;
-    if (u > 0x7f800000u) return 0x7f;
-    if (u >= 0x43e00000u) return sign | 0x7e; /* >= 448: saturate */
-    if (u < 0x3c800000u) {                    /* < 2^-6: subnormal, step 2^-9 */
-        float a;
-        memcpy(&a, &u, 4);
-        return sign | (uint8_t)lrintf(a * 512.0f); /* ties to even, as the codes are */
-    }
-    /* round the float32 mantissa to 3 bits (to nearest even); the carry may bump the
-     * exponent, which is the next code up; rebias the exponent from 127 to 7 */
-    u += 0x7ffffu + ((u >> 20) & 1u);
-    return sign | (uint8_t)((u >> 20) - (120u << 3));
+    uint32_t sign = (u >> 24) & 0x80, a = u & 0x7fffffffu;
+    float af, sub_f;
+    memcpy(&af, &a, 4);
+    /* below 2^-6 the codes are subnormal, step 2^-9: round a*512 to an integer (0..8, 8 being
+     * the smallest normal code) by adding 2^23, which rounds to nearest even */
+    sub_f = af * 512.0f + 8388608.0f;
+    memcpy(&sub_bits, &sub_f, 4);
+    uint32_t sub = sub_bits - 0x4b000000u;
+    /* above: round the mantissa to 3 bits (nearest even); a carry bumps the exponent, which
+     * is the next code up; rebias the exponent from 127 to 7 */
+    uint32_t nrm = ((a + 0x7ffffu + ((a >> 20) & 1u)) >> 20) - (120u << 3);
+    uint32_t code = a < 0x3c800000u ? sub : nrm;
+    code = a >= 0x43e00000u ? 0x7eu : code; /* >= 448 saturates */
+    code = a > 0x7f800000u ? 0x7fu : code;  /* NaN */
+    return (uint8_t)(sign | code);
 }
 
 #endif

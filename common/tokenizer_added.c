@@ -76,6 +76,7 @@ int32_t dsr1__trie_longest(const dsr1__trie *t, const uint8_t *text, size_t len,
                            size_t *mlen)
 {
     int32_t cur = t->root[text[pos]], best = -1;
+    if (cur < 0) return -1;
     size_t i = pos + 1;
     for (;;) {
         if (t->nodes[cur].token >= 0) {

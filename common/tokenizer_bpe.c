@@ -14,12 +14,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-typedef struct {
-    int32_t rank;
-    int32_t pos;   /* left symbol's position (its first byte in the word) */
-    int32_t right; /* right symbol's position */
-    int32_t left_id, right_id;
-} heap_entry;
+/* A heap entry: rank in the high half, the left symbol's position in the low half, so
+ * that one integer comparison orders by (rank, position). The pair itself is not stored:
+ * a rank names exactly one pair, so an entry is still valid iff the pair now at its
+ * position has the same rank. */
+typedef uint64_t heap_entry;
 
 void dsr1__bpe_scratch_free(dsr1__bpe_scratch *s)
 {
@@ -99,17 +98,12 @@ static dsr1_status bpe_scan(const dsr1_tokenizer *tok, const uint8_t *word, size
     return st;
 }
 
-static inline bool entry_less(const heap_entry *a, const heap_entry *b)
-{
-    return a->rank < b->rank || (a->rank == b->rank && a->pos < b->pos);
-}
-
 static void heap_push(heap_entry *h, size_t *n, heap_entry e)
 {
     size_t i = (*n)++;
     while (i > 0) {
         size_t parent = (i - 1) / 2;
-        if (!entry_less(&e, &h[parent])) break;
+        if (h[parent] <= e) break;
         h[i] = h[parent];
         i = parent;
     }
@@ -123,8 +117,8 @@ static heap_entry heap_pop(heap_entry *h, size_t *n)
     for (;;) {
         size_t c = 2 * i + 1;
         if (c >= *n) break;
-        if (c + 1 < *n && entry_less(&h[c + 1], &h[c])) c++;
-        if (!entry_less(&h[c], &last)) break;
+        if (c + 1 < *n && h[c + 1] < h[c]) c++;
+        if (last <= h[c]) break;
         h[i] = h[c];
         i = c;
     }
@@ -132,15 +126,20 @@ static heap_entry heap_pop(heap_entry *h, size_t *n)
     return top;
 }
 
-/* Candidate pair (left, right) if it has a merge. The heap has room for 2 * len entries:
- * len - 1 initial pairs plus at most two new ones per merge (len - 1 merges at most). */
-static void push_pair(const dsr1_tokenizer *tok, dsr1__bpe_scratch *s, size_t *hn,
-                      int32_t left, int32_t right)
+/* Rank of the pair starting at symbol position left, INT32_MAX if none. */
+static inline int32_t rank_at(const dsr1_tokenizer *tok, const dsr1__bpe_scratch *s,
+                              int32_t left)
 {
-    const dsr1__merge_slot *m = dsr1__merges_get(&tok->merges, s->sym[left], s->sym[right]);
-    if (!m) return;
-    heap_entry e = {m->rank, left, right, s->sym[left], s->sym[right]};
-    heap_push((heap_entry *)s->heap, hn, e);
+    int32_t right = s->next[left];
+    return right < 0 ? INT32_MAX : pair_rank(&tok->merges, s->sym[left], s->sym[right]);
+}
+
+/* The heap never holds more than 2 * len entries: it starts with at most len - 1 pairs,
+ * and each merge pops one entry and pushes at most two. */
+static void push_pair(const dsr1_tokenizer *tok, dsr1__bpe_scratch *s, size_t *hn, int32_t left)
+{
+    int32_t r = rank_at(tok, s, left);
+    if (r != INT32_MAX) heap_push((heap_entry *)s->heap, hn, ((uint64_t)r << 32) | (uint32_t)left);
 }
 
 static dsr1_status bpe_heap(const dsr1_tokenizer *tok, const uint8_t *word, size_t len,
@@ -155,22 +154,22 @@ static dsr1_status bpe_heap(const dsr1_tokenizer *tok, const uint8_t *word, size
         s->next[i] = i + 1 < n ? i + 1 : -1;
     }
     size_t hn = 0;
-    for (int32_t i = 0; i + 1 < n; i++) push_pair(tok, s, &hn, i, i + 1);
+    for (int32_t i = 0; i + 1 < n; i++) push_pair(tok, s, &hn, i);
     heap_entry *h = s->heap;
     size_t remaining = len;
     while (hn) {
         heap_entry e = heap_pop(h, &hn);
-        if (s->sym[e.pos] != e.left_id || s->next[e.pos] != e.right ||
-            s->sym[e.right] != e.right_id)
-            continue; /* stale: one side merged with something else first */
-        s->sym[e.pos] = dsr1__merges_get(&tok->merges, e.left_id, e.right_id)->merged;
-        int32_t after = s->next[e.right];
-        s->next[e.pos] = after;
-        if (after >= 0) s->prev[after] = e.pos;
-        s->sym[e.right] = -1;
+        int32_t pos = (int32_t)(uint32_t)e, rank = (int32_t)(e >> 32);
+        /* stale: the symbol died, or it or its right neighbour merged with something else */
+        if (s->sym[pos] < 0 || rank_at(tok, s, pos) != rank) continue;
+        int32_t right = s->next[pos], after = s->next[right];
+        s->sym[pos] = dsr1__merges_get(&tok->merges, s->sym[pos], s->sym[right])->merged;
+        s->next[pos] = after;
+        if (after >= 0) s->prev[after] = pos;
+        s->sym[right] = -1;
         remaining--;
-        if (s->prev[e.pos] >= 0) push_pair(tok, s, &hn, s->prev[e.pos], e.pos);
-        if (after >= 0) push_pair(tok, s, &hn, e.pos, after);
+        if (s->prev[pos] >= 0) push_pair(tok, s, &hn, s->prev[pos]);
+        if (after >= 0) push_pair(tok, s, &hn, pos);
     }
     st = dsr1__ids_reserve(out, remaining);
     if (st) return st;

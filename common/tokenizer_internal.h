@@ -139,6 +139,7 @@ typedef struct {
     bool jit[DSR1__MAX_SPLITS];
     int n;
     uint32_t max_capture_pairs;
+    pcre2_match_context *mctx; /* lifts the match limit; read-only, shared by threads */
 } dsr1__pretok;
 
 /* Compiles a Split pattern (HF/Oniguruma syntax) into slot p->n. `what` names it in

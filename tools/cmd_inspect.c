@@ -1,10 +1,313 @@
-/* placeholder while the command is being written */
+/* `dsr1 inspect`: what a checkpoint is and what it costs to serve.
+ *
+ * Prints the config in one paragraph, parameter counts (total, main model, MTP, activated
+ * per token, per kind), a dtype census, and the memory each of N workers needs under expert
+ * parallelism (routed experts round-robin, the rest replicated). Works on a checkpoint
+ * directory (tensors from its safetensors headers, checked against the tensor plan of its
+ * config: missing, unknown or mis-shaped tensors are reported and make the exit status 1)
+ * or on a config.json alone (tensors from the plan), e.g. the full R1 config. */
+#include <getopt.h>
+#include <jansson.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "census.h"
+#include "ckpt.h"
 #include "commands.h"
+#include "model_config.h"
+#include "tensor_plan.h"
+
+#define MAX_WORKER_COUNTS 16
+
+typedef struct {
+    const char *source; /* the directory or config file */
+    int nshards;        /* 0 for a config alone */
+    const dsr1_model_config *cfg;
+    const dsr1_census *cs;
+    int nworkers[MAX_WORKER_COUNTS], nw;
+} report;
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: dsr1 inspect (--model DIR | --config FILE) [--workers N] [--json]\n\n"
+            "Summarise a DeepSeek-V3/R1 checkpoint: config, parameter counts (total, per "
+            "kind,\nactivated per token), tensors per dtype, and memory per worker when the "
+            "routed\nexperts are spread over N workers (round-robin) and the rest is "
+            "replicated.\n\n"
+            "  --model DIR     a checkpoint directory (config.json, index, shards); its tensors\n"
+            "                  are checked against the layout its config implies\n"
+            "  --config FILE   a config.json alone: counts from the layout it implies\n"
+            "  --workers N     memory for N workers (repeatable; default 1, 2, 4, 8)\n"
+            "  --json          machine-readable output\n\n"
+            "exit status: 0 ok, 1 error or a checkpoint that does not match its config, 2 usage\n");
+}
+
+static const char *human(double v, const char *unit, char *buf, size_t len)
+{
+    static const char *const pre[] = {"", "K", "M", "G", "T"};
+    int i = 0;
+    while (v >= 1000.0 && i < 4) v /= 1000.0, i++;
+    if (i)
+        snprintf(buf, len, "%.2f %s%s", v, pre[i], unit);
+    else
+        snprintf(buf, len, *unit ? "%.0f %s" : "%.0f%s", v, unit);
+    return buf;
+}
+
+static void print_config(const dsr1_model_config *c)
+{
+    int moe = c->num_hidden_layers - c->first_k_dense_replace;
+    printf("config: hidden %d, %d layers (%d dense, %d MoE) + %d MTP, %d heads, vocab %d\n",
+           c->hidden_size, c->num_hidden_layers, c->first_k_dense_replace, moe < 0 ? 0 : moe,
+           c->num_nextn_predict_layers, c->num_attention_heads, c->vocab_size);
+    printf("  MLA: q_lora %d, kv_lora %d, head dims nope %d + rope %d, v %d\n", c->q_lora_rank,
+           c->kv_lora_rank, c->qk_nope_head_dim, c->qk_rope_head_dim, c->v_head_dim);
+    printf("  FFN: dense %d; MoE %d routed experts of %d (%d per token, %d groups, top %d) "
+           "+ %d shared, scaling %.3g\n",
+           c->intermediate_size, c->n_routed_experts, c->moe_intermediate_size,
+           c->num_experts_per_tok, c->n_group, c->topk_group, c->n_shared_experts,
+           (double)c->routed_scaling_factor);
+    if (c->rope_type == DSR1_ROPE_YARN)
+        printf("  RoPE: theta %g, YaRN factor %g from %d, beta %g/%g; weights %s\n", c->rope_theta,
+               c->rope_factor, c->rope_original_max_position_embeddings, c->rope_beta_fast,
+               c->rope_beta_slow, c->fp8 ? "FP8 e4m3, 128x128 blocks" : "");
+    else
+        printf("  RoPE: theta %g; weights %s\n", c->rope_theta,
+               c->fp8 ? "FP8 e4m3, 128x128 blocks" : "");
+}
+
+static void print_text(const report *r)
+{
+    const dsr1_census *cs = r->cs;
+    char a[32], b[32];
+    if (r->nshards)
+        printf("checkpoint %s: %d shard%s, %llu tensors\n", r->source, r->nshards,
+               r->nshards == 1 ? "" : "s", (unsigned long long)cs->tensors);
+    else
+        printf("config %s: %llu tensors planned\n", r->source, (unsigned long long)cs->tensors);
+    print_config(r->cfg);
+    printf("\nparameters (weights; scale_inv not counted):\n");
+    printf("  total      %14llu  (%s), %s of tensors\n", (unsigned long long)cs->all.params,
+           human((double)cs->all.params, "", a, sizeof(a)),
+           human((double)cs->all.bytes, "B", b, sizeof(b)));
+    printf("  main model %14llu  (%s)\n", (unsigned long long)cs->main.params,
+           human((double)cs->main.params, "", a, sizeof(a)));
+    printf("  MTP        %14llu  (%s)\n", (unsigned long long)cs->mtp.params,
+           human((double)cs->mtp.params, "", a, sizeof(a)));
+    uint64_t act = dsr1_census_activated(cs, r->cfg);
+    printf("  activated  %14llu  (%s) per token: non-expert + %d routed experts per MoE layer\n",
+           (unsigned long long)act, human((double)act, "", a, sizeof(a)),
+           r->cfg->num_experts_per_tok);
+    printf("\n  %-14s %16s %12s\n", "kind", "parameters", "bytes");
+    for (int k = 0; k < DSR1_TK_COUNT; k++)
+        if (cs->kind[k].bytes)
+            printf("  %-14s %16llu %12s\n", dsr1_tensor_kind_name((dsr1_tensor_kind)k),
+                   (unsigned long long)cs->kind[k].params,
+                   human((double)cs->kind[k].bytes, "B", a, sizeof(a)));
+    printf("\n  %-14s %16s %12s\n", "dtype", "tensors", "bytes");
+    for (int d = 0; d < DSR1_DT_COUNT; d++)
+        if (cs->dtype_count[d])
+            printf("  %-14s %16llu %12s\n", dsr1_dtype_name((dsr1_dtype)d),
+                   (unsigned long long)cs->dtype_count[d],
+                   human((double)cs->dtype_bytes[d], "B", a, sizeof(a)));
+    printf("  (of which FP8 block scales: %s)\n",
+           human((double)cs->scale_bytes, "B", a, sizeof(a)));
+    printf("\nmemory per worker (routed experts round-robin, the rest replicated: %s):\n",
+           human((double)cs->replicated_bytes, "B", a, sizeof(a)));
+    printf("  %7s %12s %12s %12s\n", "workers", "max", "min", "all workers");
+    for (int i = 0; i < r->nw; i++) {
+        int n = r->nworkers[i];
+        uint64_t mx = 0, mn = UINT64_MAX, sum = 0;
+        for (int w = 0; w < n; w++) {
+            uint64_t v = dsr1_census_worker_bytes(cs, n, w);
+            mx = v > mx ? v : mx;
+            mn = v < mn ? v : mn;
+            sum += v;
+        }
+        char c[32];
+        printf("  %7d %12s %12s %12s\n", n, human((double)mx, "B", a, sizeof(a)),
+               human((double)mn, "B", b, sizeof(b)), human((double)sum, "B", c, sizeof(c)));
+    }
+    uint64_t missing = dsr1_census_missing(cs);
+    if (missing || cs->unknown || cs->mismatched)
+        printf("\nWARNING: %llu planned tensors missing, %llu unknown, %llu with another "
+               "dtype/shape than the config implies\n",
+               (unsigned long long)missing, (unsigned long long)cs->unknown,
+               (unsigned long long)cs->mismatched);
+}
+
+static json_t *sum_json(const dsr1_census_sum *s)
+{
+    return json_pack("{s:I, s:I}", "params", (json_int_t)s->params, "bytes", (json_int_t)s->bytes);
+}
+
+static int print_json(const report *r)
+{
+    const dsr1_census *cs = r->cs;
+    const dsr1_model_config *c = r->cfg;
+    json_t *kinds = json_object(), *dtypes = json_object(), *workers = json_array();
+    for (int k = 0; k < DSR1_TK_COUNT; k++)
+        json_object_set_new(kinds, dsr1_tensor_kind_name((dsr1_tensor_kind)k),
+                            sum_json(&cs->kind[k]));
+    for (int d = 0; d < DSR1_DT_COUNT; d++)
+        if (cs->dtype_count[d])
+            json_object_set_new(dtypes, dsr1_dtype_name((dsr1_dtype)d),
+                                json_pack("{s:I, s:I}", "tensors", (json_int_t)cs->dtype_count[d],
+                                          "bytes", (json_int_t)cs->dtype_bytes[d]));
+    for (int i = 0; i < r->nw; i++) {
+        json_t *per = json_array();
+        for (int w = 0; w < r->nworkers[i]; w++)
+            json_array_append_new(
+                per, json_integer((json_int_t)dsr1_census_worker_bytes(cs, r->nworkers[i], w)));
+        json_array_append_new(
+            workers, json_pack("{s:i, s:o}", "workers", r->nworkers[i], "bytes_per_worker", per));
+    }
+    json_t *o = json_pack(
+        "{s:s, s:i, s:{s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i}, s:o, s:o, s:o, s:I, s:o, "
+        "s:o, s:I, s:I, s:o, s:{s:I, s:I, s:I}}",
+        "source", r->source, "shards", r->nshards, "config", "hidden_size", c->hidden_size,
+        "num_hidden_layers", c->num_hidden_layers, "first_k_dense_replace",
+        c->first_k_dense_replace, "num_nextn_predict_layers", c->num_nextn_predict_layers,
+        "num_attention_heads", c->num_attention_heads, "n_routed_experts", c->n_routed_experts,
+        "num_experts_per_tok", c->num_experts_per_tok, "moe_intermediate_size",
+        c->moe_intermediate_size, "vocab_size", c->vocab_size, "total", sum_json(&cs->all), "main",
+        sum_json(&cs->main), "mtp", sum_json(&cs->mtp), "activated_params",
+        (json_int_t)dsr1_census_activated(cs, c), "kinds", kinds, "dtypes", dtypes, "scale_bytes",
+        (json_int_t)cs->scale_bytes, "replicated_bytes", (json_int_t)cs->replicated_bytes,
+        "workers", workers, "check", "missing", (json_int_t)dsr1_census_missing(cs), "unknown",
+        (json_int_t)cs->unknown, "mismatched", (json_int_t)cs->mismatched);
+    if (!o) return -1;
+    char *s = json_dumps(o, JSON_INDENT(1) | JSON_PRESERVE_ORDER);
+    json_decref(o);
+    if (!s) return -1;
+    printf("%s\n", s);
+    free(s);
+    return 0;
+}
+
+static dsr1_status load_config_file(const char *path, dsr1_model_config *cfg)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) return dsr1_error(DSR1_ERR_IO, "%s: cannot open", path);
+    char *buf = NULL;
+    size_t len = 0, cap = 0;
+    for (;;) {
+        if (len == cap) {
+            char *n = cap > (64u << 20) ? NULL : realloc(buf, cap = cap ? 2 * cap : 65536);
+            if (!n) {
+                free(buf);
+                fclose(f);
+                return dsr1_error(DSR1_ERR_FORMAT, "%s: too large for a config", path);
+            }
+            buf = n;
+        }
+        size_t k = fread(buf + len, 1, cap - len, f);
+        if (k == 0) break;
+        len += k;
+    }
+    fclose(f);
+    dsr1_status st = dsr1_model_config_parse(buf, len, cfg);
+    free(buf);
+    if (st != DSR1_OK) return dsr1_error_context(st, "%s", path);
+    return DSR1_OK;
+}
+
 int dsr1_cmd_inspect(int argc, char **argv)
 {
-    (void)argc;
-    (void)argv;
-    fprintf(stderr, "dsr1 inspect: not built yet\n");
-    return 1;
+    static const struct option opts[] = {
+        {"model", required_argument, 0, 'm'},   {"config", required_argument, 0, 'c'},
+        {"workers", required_argument, 0, 'w'}, {"json", no_argument, 0, 'J'},
+        {"help", no_argument, 0, 'h'},          {0, 0, 0, 0}};
+    const char *model = NULL, *config = NULL;
+    int json = 0, c;
+    report r = {0};
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'm':
+            model = optarg;
+            break;
+        case 'c':
+            config = optarg;
+            break;
+        case 'J':
+            json = 1;
+            break;
+        case 'w': {
+            char *end;
+            long v = strtol(optarg, &end, 10);
+            if (*optarg == 0 || *end || v < 1 || v > 65536 || r.nw == MAX_WORKER_COUNTS) {
+                fprintf(stderr,
+                        "dsr1 inspect: --workers '%s': expected 1..65536 (at most %d "
+                        "times)\n",
+                        optarg, MAX_WORKER_COUNTS);
+                return 2;
+            }
+            r.nworkers[r.nw++] = (int)v;
+            break;
+        }
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (optind < argc || !model == !config) {
+        fprintf(stderr, "dsr1 inspect: give exactly one of --model and --config\n\n");
+        usage(stderr);
+        return 2;
+    }
+    if (!r.nw) {
+        static const int def[] = {1, 2, 4, 8};
+        for (r.nw = 0; r.nw < 4; r.nw++) r.nworkers[r.nw] = def[r.nw];
+    }
+
+    dsr1_ckpt *ck = NULL;
+    dsr1_model_config cfg;
+    dsr1_tensor_plan plan = {0};
+    dsr1_census cs = {0};
+    int rc = 1;
+    dsr1_status st;
+    if (model) {
+        st = dsr1_ckpt_open(model, &ck);
+        if (st == DSR1_OK) cfg = *dsr1_ckpt_config(ck);
+    } else {
+        st = load_config_file(config, &cfg);
+    }
+    if (st == DSR1_OK) st = dsr1_tensor_plan_build(&cfg, &plan);
+    if (st == DSR1_OK) st = dsr1_census_init(&cs, &cfg, &plan);
+    if (st != DSR1_OK) {
+        fprintf(stderr, "dsr1 inspect: %s\n", dsr1_errmsg());
+        goto out;
+    }
+    if (ck) {
+        for (size_t i = 0; i < dsr1_ckpt_tensor_count(ck); i++) {
+            const dsr1_st_tensor *t = dsr1_ckpt_tensor_at(ck, i);
+            dsr1_census_add(&cs, t->name, t->dtype, t->ndim, t->shape, t->nbytes);
+        }
+    } else {
+        dsr1_census_add_plan(&cs);
+    }
+    r.source = model ? model : config;
+    r.nshards = ck ? dsr1_ckpt_shard_count(ck) : 0;
+    r.cfg = &cfg;
+    r.cs = &cs;
+    if (json) {
+        if (print_json(&r) != 0) {
+            fprintf(stderr, "dsr1 inspect: out of memory\n");
+            goto out;
+        }
+    } else {
+        print_text(&r);
+    }
+    rc = dsr1_census_missing(&cs) || cs.unknown || cs.mismatched ? 1 : 0;
+out:
+    dsr1_census_free(&cs);
+    dsr1_tensor_plan_free(&plan);
+    if (ck) dsr1_ckpt_close(ck);
+    return rc;
 }

@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 
 #include "ckpt.h"
+#include "cluster.h"
 #include "commands.h"
 #include "forward.h"
 #include "log.h"
@@ -34,6 +35,9 @@ static void run_usage(FILE *f)
             "                       config file itself); for benchmarking real shapes\n"
             "  --seed S             seed of --dummy-weights (default 1)\n"
             "  --layers N           with --dummy-weights: keep only the first N layers\n"
+            "  --workers N          run N workers as threads of this process (embedded cluster:\n"
+            "                       expert parallelism over an in-process transport)\n"
+            "  --pp P               pipeline stages among the workers (default 1; N %% P == 0)\n"
             "  --threads N          worker threads (default: DSR1_THREADS or all cores)\n"
             "  --kernels NAME       kernel variant: auto (default) or portable\n"
             "  -h, --help           this text\n");
@@ -98,6 +102,12 @@ static int write_rows(FILE *f, const float *rows, size_t n, const char *path)
     return 0;
 }
 
+/* One step on this process's engine or on the embedded worker grid. */
+static dsr1_status run_step(dsr1_engine *eng, dsr1_cluster *cl, const dsr1_batch *b)
+{
+    return cl ? dsr1_cluster_step(cl, b) : dsr1_engine_forward(eng, b);
+}
+
 /* The config of --dummy-weights: DIR/config.json, or a config file given directly. */
 static dsr1_status load_config(const char *path, dsr1_model_config *cfg)
 {
@@ -124,9 +134,10 @@ int dsr1_cmd_run(int argc, char **argv)
         {"dump-logits", required_argument, 0, 'd'}, {"threads", required_argument, 0, 't'},
         {"kernels", required_argument, 0, 'k'},     {"help", no_argument, 0, 'h'},
         {"dummy-weights", no_argument, 0, 'D'},     {"seed", required_argument, 0, 's'},
-        {"layers", required_argument, 0, 'L'},      {0, 0, 0, 0}};
+        {"layers", required_argument, 0, 'L'},      {"workers", required_argument, 0, 'W'},
+        {"pp", required_argument, 0, 'P'},          {0, 0, 0, 0}};
     const char *model = NULL, *prompt_s = NULL, *force_s = NULL, *dump = NULL, *kname = NULL;
-    int max_tokens = 16, threads = 0, dummy = 0, layers = 0, c;
+    int max_tokens = 16, threads = 0, dummy = 0, layers = 0, workers = 0, pp = 1, c;
     unsigned long long seed = 1;
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -161,6 +172,8 @@ int dsr1_cmd_run(int argc, char **argv)
         }
         case 'n':
         case 't':
+        case 'W':
+        case 'P':
         case 'L': {
             char *end;
             long v = strtol(optarg, &end, 10);
@@ -168,6 +181,8 @@ int dsr1_cmd_run(int argc, char **argv)
                 fprintf(stderr, "dsr1 run: --%s: '%s' is not a valid count\n",
                         c == 'n'   ? "max-tokens"
                         : c == 't' ? "threads"
+                        : c == 'W' ? "workers"
+                        : c == 'P' ? "pp"
                                    : "layers",
                         optarg);
                 return 2;
@@ -176,6 +191,10 @@ int dsr1_cmd_run(int argc, char **argv)
                 max_tokens = (int)v;
             else if (c == 't')
                 threads = (int)v;
+            else if (c == 'W')
+                workers = (int)v;
+            else if (c == 'P')
+                pp = (int)v;
             else
                 layers = (int)v;
             break;
@@ -222,27 +241,40 @@ int dsr1_cmd_run(int argc, char **argv)
     dsr1_weights *w = NULL;
     dsr1_pool *pool = NULL;
     dsr1_engine *eng = NULL;
+    dsr1_cluster *cl = NULL;
     float *logits = NULL;
     FILE *df = NULL;
     dsr1_status st;
+    dsr1_model_config dc;
+    const dsr1_model_config *cfg;
     if (dummy) {
-        dsr1_model_config dc;
         if ((st = load_config(model, &dc)) != DSR1_OK) goto fail;
         if (layers && layers < dc.num_hidden_layers) {
             dc.num_hidden_layers = layers;
             if (dc.first_k_dense_replace > layers) dc.first_k_dense_replace = layers;
         }
-        dsr1_slice all = dsr1_slice_all(&dc);
-        if ((st = dsr1_weights_dummy(&dc, &all, seed, &w)) != DSR1_OK) goto fail;
+        cfg = &dc;
     } else {
         if ((st = dsr1_ckpt_open(model, &ck)) != DSR1_OK) goto fail;
-        dsr1_slice all = dsr1_slice_all(dsr1_ckpt_config(ck));
-        if ((st = dsr1_weights_load(ck, &all, &w)) != DSR1_OK) goto fail;
+        cfg = dsr1_ckpt_config(ck);
     }
-    const dsr1_model_config *cfg = &w->cfg;
     const int vocab = cfg->vocab_size;
-    if ((st = dsr1_pool_create(threads, &pool)) != DSR1_OK) goto fail;
-    if ((st = dsr1_engine_create(w, kern, pool, 1, np + n_decode, &eng)) != DSR1_OK) goto fail;
+    if (workers > 0) {
+        dsr1_cluster_params cp = {ck, dummy ? cfg : NULL, seed, workers, pp, kern, threads,
+                                  1,  np + n_decode,      0};
+        if ((st = dsr1_cluster_create(&cp, &cl)) != DSR1_OK) goto fail;
+    } else {
+        if (pp != 1) {
+            fprintf(stderr, "dsr1 run: --pp needs --workers\n");
+            rc = 2;
+            goto out;
+        }
+        dsr1_slice all = dsr1_slice_all(cfg);
+        st = dummy ? dsr1_weights_dummy(cfg, &all, seed, &w) : dsr1_weights_load(ck, &all, &w);
+        if (st != DSR1_OK) goto fail;
+        if ((st = dsr1_pool_create(threads, &pool)) != DSR1_OK) goto fail;
+        if ((st = dsr1_engine_create(w, kern, pool, 1, np + n_decode, &eng)) != DSR1_OK) goto fail;
+    }
     if (!(logits = malloc(sizeof(float) * (size_t)vocab * np))) {
         st = dsr1_error(DSR1_ERR_NOMEM, "out of memory for %d logit rows", np);
         goto fail;
@@ -251,23 +283,29 @@ int dsr1_cmd_run(int argc, char **argv)
         fprintf(stderr, "dsr1 run: cannot write %s: %s\n", dump, strerror(errno));
         goto out;
     }
-    DSR1_INFO("run: %d prompt tokens, %d %s tokens, kernels %s, %d threads", np, n_decode,
-              force ? "forced" : "generated", kern->name, dsr1_pool_size(pool));
+    if (cl)
+        DSR1_INFO("run: %d prompt tokens, %d %s tokens, kernels %s, %d workers, %d stage(s)", np,
+                  n_decode, force ? "forced" : "generated", kern->name, workers, pp);
+    else
+        DSR1_INFO("run: %d prompt tokens, %d %s tokens, kernels %s, %d threads", np, n_decode,
+                  force ? "forced" : "generated", kern->name, dsr1_pool_size(pool));
 
     double t0 = dsr1_now();
     dsr1_seq_step step = {0, 0, np, prompt, df ? DSR1_LOGITS_ALL : DSR1_LOGITS_LAST};
     dsr1_batch batch = {1, &step, logits};
-    if ((st = dsr1_engine_forward(eng, &batch)) != DSR1_OK) goto fail;
+    if ((st = run_step(eng, cl, &batch)) != DSR1_OK) goto fail;
     double t_prefill = dsr1_now() - t0;
     if (write_rows(df, logits, (size_t)vocab * (df ? np : 0), dump)) goto out;
     int32_t next = argmax(logits + (size_t)vocab * (df ? np - 1 : 0), vocab);
     printf("%d", next);
     t0 = dsr1_now();
+    int nd = 0;
     for (int i = 0; i < n_decode - (force ? 0 : 1); i++) {
         int32_t tok = force ? force[i] : next;
         dsr1_seq_step ds = {0, np + i, 1, &tok, DSR1_LOGITS_LAST};
         dsr1_batch db = {1, &ds, logits};
-        if ((st = dsr1_engine_forward(eng, &db)) != DSR1_OK) goto fail;
+        if ((st = run_step(eng, cl, &db)) != DSR1_OK) goto fail;
+        nd++;
         if (write_rows(df, logits, (size_t)vocab * (df ? 1 : 0), dump)) goto out;
         next = argmax(logits, vocab);
         printf(",%d", next);
@@ -275,11 +313,10 @@ int dsr1_cmd_run(int argc, char **argv)
     }
     printf("\n");
     double t_decode = dsr1_now() - t0;
-    int nd = n_decode - (force ? 0 : 1);
     DSR1_INFO("run: prefill %d tokens in %.3f s (%.1f tok/s); decode %d tokens in %.3f s "
               "(%.2f tok/s); decode reads %.3f GB of weights per token",
               np, t_prefill, np / t_prefill, nd, t_decode, nd > 0 ? nd / t_decode : 0.0,
-              dsr1_weights_active_bytes(w) / 1e9);
+              w ? dsr1_weights_active_bytes(w) / 1e9 : 0.0);
     if (df && fclose(df) != 0) {
         df = NULL;
         fprintf(stderr, "dsr1 run: writing %s: %s\n", dump, strerror(errno));
@@ -293,6 +330,7 @@ fail:
 out:
     if (df) fclose(df);
     free(logits);
+    dsr1_cluster_destroy(cl);
     dsr1_engine_destroy(eng);
     dsr1_pool_destroy(pool);
     dsr1_weights_destroy(w);

@@ -60,10 +60,24 @@ int dsr1_batch_logit_rows(const dsr1_batch *b)
     return rows;
 }
 
-static dsr1_status validate(const dsr1_engine *e, const dsr1_batch *b)
+static dsr1_status validate(const dsr1_engine *e, const dsr1_batch *b, const dsr1_step_io *io)
 {
     const int cap = dsr1_kv_cache_capacity(e->cache), slots = dsr1_kv_cache_slots(e->cache);
-    if (b->n_seqs < 1 || !b->seqs) return dsr1_error(DSR1_ERR_INVALID_ARG, "forward: empty batch");
+    const dsr1_weights *w = e->w;
+    if (b->n_seqs < 0 || (b->n_seqs > 0 && !b->seqs) || (b->n_seqs == 0 && !io->ep))
+        return dsr1_error(DSR1_ERR_INVALID_ARG, "forward: empty batch");
+    if (!io->hidden_in && w->layer_begin != 0 && b->n_seqs > 0)
+        return dsr1_error(DSR1_ERR_INVALID_ARG,
+                          "forward: this worker holds layers [%d, %d) and "
+                          "needs the previous stage's hidden states",
+                          w->layer_begin, w->layer_end);
+    if (!io->hidden_out && w->layer_end != w->cfg.num_hidden_layers && b->n_seqs > 0)
+        return dsr1_error(DSR1_ERR_INVALID_ARG,
+                          "forward: this worker holds layers [%d, %d), not "
+                          "the LM head; it must pass hidden states on",
+                          w->layer_begin, w->layer_end);
+    if (io->ep && !io->expert_owner)
+        return dsr1_error(DSR1_ERR_INVALID_ARG, "forward: expert parallelism without a placement");
     for (int s = 0; s < b->n_seqs; s++) {
         const dsr1_seq_step *q = &b->seqs[s];
         if (q->slot < 0 || q->slot >= slots)
@@ -71,27 +85,21 @@ static dsr1_status validate(const dsr1_engine *e, const dsr1_batch *b)
                               q->slot, slots);
         for (int o = 0; o < s; o++)
             if (b->seqs[o].slot == q->slot)
-                return dsr1_error(DSR1_ERR_INVALID_ARG,
-                                  "sequences %d and %d share cache slot "
-                                  "%d",
+                return dsr1_error(DSR1_ERR_INVALID_ARG, "sequences %d and %d share cache slot %d",
                                   o, s, q->slot);
         if (q->n_tokens < 1 || q->pos < 0 || q->pos > cap - q->n_tokens)
             return dsr1_error(DSR1_ERR_RANGE,
                               "sequence %d: positions [%d, %d) do not fit the "
                               "cache capacity of %d tokens",
                               s, q->pos, q->pos + q->n_tokens, cap);
+        if (io->hidden_in) continue; /* later stages never see token ids */
         for (int i = 0; i < q->n_tokens; i++)
-            if (q->tokens[i] < 0 || q->tokens[i] >= e->w->cfg.vocab_size)
+            if (q->tokens[i] < 0 || q->tokens[i] >= w->cfg.vocab_size)
                 return dsr1_error(DSR1_ERR_RANGE,
-                                  "sequence %d: token id %d at index %d is "
-                                  "outside the vocabulary [0, %d)",
-                                  s, q->tokens[i], i, e->w->cfg.vocab_size);
+                                  "sequence %d: token id %d at index %d is outside "
+                                  "the vocabulary [0, %d)",
+                                  s, q->tokens[i], i, w->cfg.vocab_size);
     }
-    if (e->w->layer_begin != 0 || e->w->layer_end != e->w->cfg.num_hidden_layers)
-        return dsr1_error(DSR1_ERR_INVALID_ARG,
-                          "forward from tokens to logits needs all layers; "
-                          "this worker holds [%d, %d)",
-                          e->w->layer_begin, e->w->layer_end);
     return DSR1_OK;
 }
 
@@ -125,7 +133,8 @@ static void step_free(step_buf *s)
 
 static dsr1_status step_alloc(step_buf *s, const dsr1_model_config *c, int T)
 {
-    const size_t t = (size_t)T, nh = (size_t)c->num_attention_heads;
+    const size_t t = T > 0 ? (size_t)T : 1,
+                 /* a rank with no tokens still takes part */ nh = (size_t)c->num_attention_heads;
     const size_t inter =
         (size_t)(c->intermediate_size > c->moe_intermediate_size * c->n_shared_experts
                      ? c->intermediate_size
@@ -206,7 +215,7 @@ static void attention(dsr1_engine *e, const dsr1_batch *b, int l, step_buf *s, i
     for (size_t i = 0; i < (size_t)T * d; i++) s->h[i] += s->y[i];
 }
 
-static dsr1_status ffn(dsr1_engine *e, int l, step_buf *s, int T)
+static dsr1_status ffn(dsr1_engine *e, const dsr1_step_io *io, int l, step_buf *s, int T)
 {
     const dsr1_model_config *c = &e->w->cfg;
     const dsr1_layer_weights *L = &e->w->layers[l];
@@ -219,8 +228,12 @@ static dsr1_status ffn(dsr1_engine *e, int l, step_buf *s, int T)
         if ((st = dsr1_moe_route(e->k, e->pool, c, L, s->x, T, s->ids, s->rw)) != DSR1_OK)
             return st;
         memset(s->y, 0, sizeof(float) * (size_t)T * d);
-        st =
-            dsr1_moe_experts(e->k, e->pool, c, L, e->w->expert_owned, s->x, T, s->ids, s->rw, s->y);
+        if (io->ep && io->ep->size > 1)
+            st = dsr1_moe_experts_ep(e->k, e->pool, c, L, e->w->expert_owned, io->expert_owner,
+                                     io->ep, s->x, T, s->ids, s->rw, s->y);
+        else
+            st = dsr1_moe_experts(e->k, e->pool, c, L, e->w->expert_owned, s->x, T, s->ids, s->rw,
+                                  s->y);
         if (st != DSR1_OK) return st;
         /* shared expert, added after the routed sum as in the reference */
         dsr1_ffn_forward(e->k, e->pool, &L->shared, s->x, T, s->shared, s->ffn);
@@ -250,9 +263,11 @@ static dsr1_status head(dsr1_engine *e, const dsr1_batch *b, step_buf *s)
     return DSR1_OK;
 }
 
-dsr1_status dsr1_engine_forward(dsr1_engine *e, const dsr1_batch *b)
+dsr1_status dsr1_engine_step(dsr1_engine *e, const dsr1_batch *b, const dsr1_step_io *io)
 {
-    dsr1_status st = validate(e, b);
+    static const dsr1_step_io local = {0};
+    if (!io) io = &local;
+    dsr1_status st = validate(e, b, io);
     if (st != DSR1_OK) return st;
     const dsr1_model_config *c = &e->w->cfg;
     const int d = c->hidden_size;
@@ -264,14 +279,24 @@ dsr1_status dsr1_engine_forward(dsr1_engine *e, const dsr1_batch *b)
         for (int i = 0; i < b->seqs[q].n_tokens; i++, t++) {
             s.tok_seq[t] = q;
             s.tok_pos[t] = b->seqs[q].pos + i;
-            dsr1_linear_dequant_row(&e->w->embed, b->seqs[q].tokens[i], s.h + (size_t)t * d);
+            if (!io->hidden_in)
+                dsr1_linear_dequant_row(&e->w->embed, b->seqs[q].tokens[i], s.h + (size_t)t * d);
         }
+    if (io->hidden_in) memcpy(s.h, io->hidden_in, sizeof(float) * (size_t)T * d);
     for (int l = e->w->layer_begin; l < e->w->layer_end; l++) {
-        attention(e, b, l, &s, T);
-        if ((st = ffn(e, l, &s, T)) != DSR1_OK) goto out;
+        if (T > 0) attention(e, b, l, &s, T);
+        if ((st = ffn(e, io, l, &s, T)) != DSR1_OK) goto out;
     }
-    st = head(e, b, &s);
+    if (io->hidden_out)
+        memcpy(io->hidden_out, s.h, sizeof(float) * (size_t)T * d);
+    else
+        st = head(e, b, &s);
 out:
     step_free(&s);
     return st;
+}
+
+dsr1_status dsr1_engine_forward(dsr1_engine *e, const dsr1_batch *b)
+{
+    return dsr1_engine_step(e, b, NULL);
 }

@@ -13,6 +13,7 @@
 
 #include <stdint.h>
 
+#include "comm.h"
 #include "kernels.h"
 #include "kv_cache.h"
 #include "weights.h"
@@ -46,8 +47,26 @@ dsr1_status dsr1_engine_create(const dsr1_weights *w, const dsr1_kernels *k, dsr
 void dsr1_engine_destroy(dsr1_engine *e);
 /* Number of logit rows a batch asks for (size the output as rows * vocab_size). */
 int dsr1_batch_logit_rows(const dsr1_batch *b);
-/* Run one step. Validates slots, positions, capacity and token ids first; on error nothing
- * is written to the cache. */
+/* Run one step from token ids to logits on a worker that holds every layer. Validates
+ * slots, positions, capacity and token ids first; on error nothing is written to the
+ * cache. */
 dsr1_status dsr1_engine_forward(dsr1_engine *e, const dsr1_batch *b);
+
+/* What a step exchanges with the rest of the cluster. All NULL: dsr1_engine_forward. */
+typedef struct {
+    /* [T][hidden] hidden states from the previous pipeline stage, T = the batch's tokens in
+     * order; NULL: embed the token ids (the first stage). */
+    const float *hidden_in;
+    /* [T][hidden] for the next stage; NULL: this is the last stage and the batch's logits
+     * are computed. */
+    float *hidden_out;
+    /* The expert-parallel group of this stage and the placement expert -> EP rank. Every
+     * rank of the group must call dsr1_engine_step for the same step, with its own
+     * sequences (n_seqs may be 0: it still serves its experts to the others). */
+    dsr1_comm *ep;
+    const int *expert_owner;
+} dsr1_step_io;
+
+dsr1_status dsr1_engine_step(dsr1_engine *e, const dsr1_batch *b, const dsr1_step_io *io);
 
 #endif

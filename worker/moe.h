@@ -8,6 +8,7 @@
 #ifndef DSR1_MOE_H
 #define DSR1_MOE_H
 
+#include "comm.h"
 #include "kernels.h"
 #include "weights.h"
 
@@ -25,5 +26,15 @@ dsr1_status dsr1_moe_route(const dsr1_kernels *k, dsr1_pool *pool, const dsr1_mo
 dsr1_status dsr1_moe_experts(const dsr1_kernels *k, dsr1_pool *pool, const dsr1_model_config *cfg,
                              const dsr1_layer_weights *L, const bool *owned, const float *x, int m,
                              const int *ids, const float *weights, float *y);
+
+/* The same sum across an expert-parallel group: each token's hidden state is sent once to
+ * every rank that owns at least one of its experts (dispatch all-to-all), each rank runs
+ * its experts on what it received, and the weighted partial sums come back (combine
+ * all-to-all) and are added in rank order. owner[e] is the EP rank holding expert e.
+ * Collective: every rank of `ep` calls it for the same layer, m may be 0. */
+dsr1_status dsr1_moe_experts_ep(const dsr1_kernels *k, dsr1_pool *pool,
+                                const dsr1_model_config *cfg, const dsr1_layer_weights *L,
+                                const bool *owned, const int *owner, dsr1_comm *ep, const float *x,
+                                int m, const int *ids, const float *weights, float *y);
 
 #endif

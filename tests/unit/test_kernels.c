@@ -16,7 +16,7 @@
 #include "kernels.h"
 #include "numeric.h"
 
-static const char *variants[] = {"portable"};
+static const char *variants[] = {"portable", "avx512"};
 #define NVAR (sizeof(variants) / sizeof(variants[0]))
 
 static float frand(void)
@@ -66,13 +66,15 @@ static double wval(const rand_linear *r, int row, int col)
     case DSR1_DT_F8_E4M3:
         return (double)dsr1_e4m3_to_f32(((uint8_t *)r->data)[i]) *
                r->scale[(row / 128) * ((r->w.cols + 127) / 128) + col / 128];
-    case DSR1_DT_BF16: return dsr1_bf16_to_f32(((uint16_t *)r->data)[i]);
-    default: return ((float *)r->data)[i];
+    case DSR1_DT_BF16:
+        return dsr1_bf16_to_f32(((uint16_t *)r->data)[i]);
+    default:
+        return ((float *)r->data)[i];
     }
 }
 
-static void check_linear(const dsr1_kernels *k, dsr1_pool *pool, dsr1_dtype dt, int rows,
-                         int cols, int m, int r0, int r1)
+static void check_linear(const dsr1_kernels *k, dsr1_pool *pool, dsr1_dtype dt, int rows, int cols,
+                         int m, int r0, int r1)
 {
     rand_linear r = make_linear(dt, rows, cols);
     const int ldx = cols + 3, ldy = (r1 - r0) + 5;

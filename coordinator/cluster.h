@@ -1,0 +1,42 @@
+/* The coordinator's view of a worker grid, and the embedded launcher that runs the whole
+ * grid as threads of this process over the in-process transport (`dsr1 run --workers N
+ * --pp P`). The same worker loop and control messages serve the multi-process cluster.
+ *
+ * Grid: pp pipeline stages x ep = workers / pp expert-parallel ranks per stage. Stage s
+ * holds layers [s*L/pp, (s+1)*L/pp); EP rank e holds the routed experts the placement
+ * table gives it (balanced contiguous blocks by default) plus everything replicated.
+ * Sequences are attention-data-parallel: the sequence in cache slot q lives on EP rank
+ * q % ep (local slot q / ep) in every stage. */
+#ifndef DSR1_CLUSTER_H
+#define DSR1_CLUSTER_H
+
+#include <stdint.h>
+
+#include "ckpt.h"
+#include "forward.h"
+#include "kernels.h"
+
+typedef struct {
+    const dsr1_ckpt *ckpt;              /* weights from this checkpoint (kept open by caller) */
+    const dsr1_model_config *dummy_cfg; /* or random weights from this config */
+    uint64_t seed;                      /* of the dummy weights */
+    int workers, pp;
+    const dsr1_kernels *kernels;
+    int threads;    /* CPU threads shared by all workers (<= 0: all cores) */
+    int n_slots;    /* cache slots in the whole grid */
+    int max_tokens; /* cache capacity per slot */
+    int timeout_ms; /* bound on every wait for a peer */
+} dsr1_cluster_params;
+
+typedef struct dsr1_cluster dsr1_cluster;
+
+dsr1_status dsr1_cluster_create(const dsr1_cluster_params *p, dsr1_cluster **out);
+/* One step across the grid; same contract as dsr1_engine_forward. A worker failure is
+ * returned as an error naming the worker, stage and EP rank; the grid is unusable after. */
+dsr1_status dsr1_cluster_step(dsr1_cluster *c, const dsr1_batch *b);
+/* Shut the workers down and free everything. */
+void dsr1_cluster_destroy(dsr1_cluster *c);
+/* Bytes of weights held by worker i (for the startup report and tests). */
+uint64_t dsr1_cluster_worker_bytes(const dsr1_cluster *c, int i);
+
+#endif

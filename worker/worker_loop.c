@@ -1,0 +1,128 @@
+/* The worker serving loop (see worker_loop.h). */
+#include "worker_loop.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "wire.h"
+
+static void report_error(dsr1_worker *w, dsr1_status st, uint64_t step)
+{
+    const char *m = dsr1_errmsg();
+    char text[1024];
+    int n = snprintf(text, sizeof(text), "stage %d, EP rank %d: %s", w->stage, w->ep_index, m);
+    if (n < 0) n = 0;
+    if ((size_t)n >= sizeof(text)) n = sizeof(text) - 1;
+    unsigned char *body = malloc(8 + (size_t)n);
+    if (body) {
+        int32_t h[2] = {st, w->world->rank};
+        memcpy(body, h, 8);
+        memcpy(body + 8, text, (size_t)n);
+        void *msg;
+        size_t len;
+        if (dsr1_wire_simple_encode(DSR1_MSG_ERROR, step, body, 8 + (size_t)n, &msg, &len) ==
+            DSR1_OK) {
+            dsr1_comm_send(w->world, 0, DSR1_TAG_RESULT, msg, len);
+            free(msg);
+        }
+        free(body);
+    }
+    DSR1_ERROR("%s", text);
+    if (w->ep) dsr1_comm_abort(w->ep, text);
+}
+
+/* One step; `plan` is a decoded STEP message. */
+static dsr1_status run_step(dsr1_worker *w, uint64_t step, int n_seqs, const dsr1_wire_seq *ws,
+                            int n_tokens, const int32_t *tokens)
+{
+    const int D = w->cfg->hidden_size, V = w->cfg->vocab_size;
+    const int last = w->stage == w->n_stages - 1;
+    dsr1_status st = DSR1_OK;
+    dsr1_seq_step *seqs = calloc((size_t)n_seqs + 1, sizeof(*seqs));
+    float *hin = NULL, *hout = NULL, *logits = NULL;
+    void *msg = NULL;
+    size_t len;
+    if (!seqs) return dsr1_error(DSR1_ERR_NOMEM, "out of memory");
+    for (int i = 0, t = 0; i < n_seqs; t += ws[i].n_tokens, i++)
+        seqs[i] = (dsr1_seq_step){ws[i].slot, ws[i].pos, ws[i].n_tokens, tokens + t,
+                                  (dsr1_logits_mode)ws[i].logits};
+    dsr1_batch b = {n_seqs, seqs, NULL};
+    const int rows = dsr1_batch_logit_rows(&b);
+    if (w->stage > 0 && n_tokens > 0) {
+        int src = dsr1_world_rank(w->stage - 1, w->ep_index, w->ep_size);
+        if ((st = dsr1_comm_recv(w->world, src, DSR1_TAG_HIDDEN, &msg, &len, NULL))) goto out;
+        if (len != sizeof(float) * (size_t)n_tokens * D) {
+            st = dsr1_error(DSR1_ERR_FORMAT,
+                            "step %llu: %zu bytes of hidden states from stage %d "
+                            "for %d tokens",
+                            (unsigned long long)step, len, w->stage - 1, n_tokens);
+            goto out;
+        }
+        hin = msg;
+        msg = NULL;
+    }
+    if (!last && !(hout = malloc(sizeof(float) * ((size_t)n_tokens * D + 1)))) goto nomem;
+    /* the last stage writes the logits straight into the LOGITS message */
+    if (last && (st = dsr1_wire_logits_alloc(step, rows, V, &msg, &len, &logits))) goto out;
+    b.logits = logits;
+    dsr1_step_io io = {w->stage > 0 ? hin : NULL, last ? NULL : hout, w->ep, w->expert_owner};
+    if (n_seqs == 0 && !w->ep) { /* nothing to do, no group to serve */
+    } else if ((st = dsr1_engine_step(w->engine, &b, &io)) != DSR1_OK) {
+        goto out;
+    }
+    if (!last) {
+        if (n_tokens > 0)
+            st = dsr1_comm_send(w->world, dsr1_world_rank(w->stage + 1, w->ep_index, w->ep_size),
+                                DSR1_TAG_HIDDEN, hout, sizeof(float) * (size_t)n_tokens * D);
+    } else {
+        st = dsr1_comm_send(w->world, 0, DSR1_TAG_RESULT, msg, len);
+    }
+    goto out;
+nomem:
+    st = dsr1_error(DSR1_ERR_NOMEM, "out of memory");
+out:
+    free(seqs);
+    free(hin);
+    free(hout);
+    free(msg);
+    return st;
+}
+
+dsr1_status dsr1_worker_serve(dsr1_worker *w)
+{
+    char tag[64];
+    snprintf(tag, sizeof(tag), "worker %d (stage %d, EP %d)", w->world->rank - 1, w->stage,
+             w->ep_index);
+    dsr1_log_set_tag(tag);
+    for (;;) {
+        void *msg;
+        size_t len;
+        dsr1_status st = dsr1_comm_recv(w->world, 0, DSR1_TAG_CTRL, &msg, &len, NULL);
+        if (st != DSR1_OK) {
+            DSR1_ERROR("waiting for the coordinator: %s", dsr1_errmsg());
+            if (w->ep) dsr1_comm_abort(w->ep, "lost the coordinator");
+            return st;
+        }
+        dsr1_wire_header h;
+        uint64_t step = 0;
+        if ((st = dsr1_wire_header_decode(msg, len, &h)) == DSR1_OK) {
+            step = h.step;
+            if (h.type == DSR1_MSG_SHUTDOWN) {
+                free(msg);
+                return DSR1_OK;
+            }
+            int n_seqs, n_tokens;
+            const dsr1_wire_seq *seqs;
+            const int32_t *tokens;
+            st = dsr1_wire_step_decode(msg, len, &step, &n_seqs, &seqs, &n_tokens, &tokens);
+            if (st == DSR1_OK) st = run_step(w, step, n_seqs, seqs, n_tokens, tokens);
+        }
+        free(msg);
+        if (st != DSR1_OK) {
+            report_error(w, st, step);
+            return st;
+        }
+    }
+}
