@@ -90,6 +90,55 @@ out:
     return st;
 }
 
+dsr1_status dsr1_worker_init(dsr1_worker *w, const dsr1_worker_params *p)
+{
+    const dsr1_model_config *cfg = p->ckpt ? dsr1_ckpt_config(p->ckpt) : p->dummy_cfg;
+    const int L = cfg->num_hidden_layers, E = cfg->n_routed_experts, ep = p->workers / p->pp;
+    memset(w, 0, sizeof(*w));
+    w->owner_table = malloc(sizeof(int) * (size_t)E);
+    int *mine = malloc(sizeof(int) * (size_t)E), n = 0;
+    dsr1_status st = DSR1_OK;
+    if (!w->owner_table || !mine) {
+        st = dsr1_error(DSR1_ERR_NOMEM, "out of memory");
+        goto out;
+    }
+    dsr1_placement_balanced(E, ep, w->owner_table);
+    for (int x = 0; x < E; x++)
+        if (w->owner_table[x] == p->ep_index) mine[n++] = x;
+    dsr1_slice s = {dsr1_stage_first_layer(L, p->pp, p->stage),
+                    dsr1_stage_first_layer(L, p->pp, p->stage + 1), n, mine};
+    st = p->ckpt ? dsr1_weights_load(p->ckpt, &s, &w->weights)
+                 : dsr1_weights_dummy(cfg, &s, p->seed, &w->weights);
+    if (st != DSR1_OK) goto out;
+    if ((st = dsr1_pool_create(p->threads > 0 ? p->threads : 1, &w->pool)) != DSR1_OK) goto out;
+    if ((st = dsr1_engine_create(w->weights, p->kernels, w->pool, p->n_slots, p->max_tokens,
+                                 &w->engine)) != DSR1_OK)
+        goto out;
+    w->stage = p->stage;
+    w->n_stages = p->pp;
+    w->ep_index = p->ep_index;
+    w->ep_size = ep;
+    w->expert_owner = w->owner_table;
+    w->cfg = &w->weights->cfg;
+    DSR1_INFO("worker %d: stage %d/%d (layers [%d, %d)), EP rank %d/%d, %d routed experts "
+              "[%d..%d], %.1f MB of weights",
+              p->stage * ep + p->ep_index, p->stage, p->pp, s.layer_begin, s.layer_end, p->ep_index,
+              ep, n, n ? mine[0] : -1, n ? mine[n - 1] : -1, w->weights->bytes / 1e6);
+out:
+    free(mine);
+    if (st != DSR1_OK) dsr1_worker_fini(w);
+    return st;
+}
+
+void dsr1_worker_fini(dsr1_worker *w)
+{
+    dsr1_engine_destroy(w->engine);
+    dsr1_pool_destroy(w->pool);
+    dsr1_weights_destroy(w->weights);
+    free(w->owner_table);
+    memset(w, 0, sizeof(*w));
+}
+
 dsr1_status dsr1_worker_serve(dsr1_worker *w)
 {
     char tag[64];

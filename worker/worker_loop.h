@@ -9,6 +9,7 @@
 #define DSR1_WORKER_LOOP_H
 
 #include "comm.h"
+#include "ckpt.h"
 #include "forward.h"
 
 /* Message tags on the world group. */
@@ -20,6 +21,19 @@ static inline int dsr1_world_rank(int stage, int ep_index, int ep)
     return 1 + stage * ep + ep_index;
 }
 
+/* Balanced placement: expert x on EP rank x * ep / n_experts (contiguous blocks). The
+ * table is data: redundant or uneven placements only change what is written here. */
+static inline void dsr1_placement_balanced(int n_experts, int ep, int *owner)
+{
+    for (int x = 0; x < n_experts; x++) owner[x] = (int)((long)x * ep / n_experts);
+}
+
+/* Layers of pipeline stage s of pp: [s * L / pp, (s + 1) * L / pp). */
+static inline int dsr1_stage_first_layer(int layers, int pp, int s)
+{
+    return (int)((long)s * layers / pp);
+}
+
 typedef struct {
     int stage, n_stages, ep_index, ep_size;
     dsr1_comm *world;        /* coordinator + all workers */
@@ -27,7 +41,27 @@ typedef struct {
     const int *expert_owner; /* [n_routed_experts] -> EP index */
     dsr1_engine *engine;
     const dsr1_model_config *cfg;
+    /* owned by dsr1_worker_init / dsr1_worker_fini */
+    dsr1_weights *weights;
+    dsr1_pool *pool;
+    int *owner_table;
 } dsr1_worker;
+
+typedef struct {
+    const dsr1_ckpt *ckpt;              /* weights from this checkpoint (kept open by caller) */
+    const dsr1_model_config *dummy_cfg; /* or random weights made from this config */
+    uint64_t seed;
+    int workers, pp, stage, ep_index;
+    const dsr1_kernels *kernels;
+    int threads;    /* this worker's CPU threads */
+    int n_slots;    /* cache slots of this worker (its attention-DP share) */
+    int max_tokens; /* cache capacity per slot */
+} dsr1_worker_params;
+
+/* Load the slice of worker (stage, ep_index) and create its engine; world and ep comms
+ * are set by the caller afterwards. */
+dsr1_status dsr1_worker_init(dsr1_worker *w, const dsr1_worker_params *p);
+void dsr1_worker_fini(dsr1_worker *w);
 
 /* Serve steps until SHUTDOWN (DSR1_OK) or an error (returned after reporting it). */
 dsr1_status dsr1_worker_serve(dsr1_worker *w);

@@ -1,0 +1,27 @@
+/* The coordinator's handle on a grid of workers reachable through a world comm (rank 0 is
+ * the coordinator, worker (stage s, EP rank e) is 1 + s * ep + e). It turns a batch into
+ * one STEP plan per attention-data-parallel rank, sent to that rank in every stage, and
+ * gathers the logit rows from the last stage. How the workers were started (threads of
+ * this process, or mpirun/Slurm processes) does not matter here.
+ *
+ * Sequences are attention-data-parallel: the sequence in cache slot q lives on EP rank
+ * q % ep (local slot q / ep) in every stage. */
+#ifndef DSR1_GRID_H
+#define DSR1_GRID_H
+
+#include "comm.h"
+#include "forward.h"
+
+typedef struct dsr1_grid dsr1_grid;
+
+/* world is borrowed and must outlive the grid. */
+dsr1_status dsr1_grid_create(dsr1_comm *world, int workers, int pp, int vocab, dsr1_grid **out);
+/* One step; same contract as dsr1_engine_forward. A worker failure is returned as an error
+ * naming the worker, stage and EP rank, after aborting the world group so that no worker
+ * waits; the grid refuses further steps. */
+dsr1_status dsr1_grid_step(dsr1_grid *g, const dsr1_batch *b);
+/* Tell every worker to exit (or abort the group when the grid failed). */
+void dsr1_grid_shutdown(dsr1_grid *g);
+void dsr1_grid_destroy(dsr1_grid *g);
+
+#endif
