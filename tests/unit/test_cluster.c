@@ -1,0 +1,208 @@
+/* The embedded worker grid (threads over the in-process transport) against the single
+ * process engine: expert parallelism (dispatch/combine all-to-all), pipeline stages and
+ * attention data parallelism (sequences spread over EP ranks by slot) give the same logits
+ * within float rounding, bit-identical from run to run; a failing step returns an error
+ * naming the worker and never hangs the grid. */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "cluster.h"
+#include "forward.h"
+#include "weights.h"
+
+static dsr1_model_config cfg_small(void)
+{
+    dsr1_model_config c = {0};
+    c.vocab_size = 400;
+    c.hidden_size = 160;
+    c.num_hidden_layers = 4;
+    c.first_k_dense_replace = 1;
+    c.moe_layer_freq = 1;
+    c.num_attention_heads = 2;
+    c.q_lora_rank = 96;
+    c.kv_lora_rank = 64;
+    c.qk_nope_head_dim = 16;
+    c.qk_rope_head_dim = 8;
+    c.v_head_dim = 16;
+    c.intermediate_size = 192;
+    c.moe_intermediate_size = 48;
+    c.n_routed_experts = 24;
+    c.num_experts_per_tok = 6;
+    c.n_group = 4;
+    c.topk_group = 2;
+    c.n_shared_experts = 1;
+    c.norm_topk_prob = true;
+    c.routed_scaling_factor = 2.5f;
+    c.rms_norm_eps = 1e-6f;
+    c.max_position_embeddings = 4096;
+    c.eos_token_id = 1;
+    c.rope_theta = 10000;
+    c.rope_type = DSR1_ROPE_YARN;
+    c.rope_factor = 40;
+    c.rope_original_max_position_embeddings = 4096;
+    c.rope_beta_fast = 32;
+    c.rope_beta_slow = 1;
+    c.rope_mscale = 1;
+    c.rope_mscale_all_dim = 1;
+    c.fp8 = true;
+    c.weight_block[0] = c.weight_block[1] = 128;
+    return c;
+}
+
+#define NSEQ 4
+static const int prompt_len[NSEQ] = {7, 3, 9, 1};
+
+/* Two steps over NSEQ sequences in slots 0..3: prefills, then one decode each (logits of
+ * every token), through `step`. Returns the rows (caller frees). */
+typedef dsr1_status (*step_fn)(void *ctx, const dsr1_batch *b);
+
+static float *two_steps(const dsr1_model_config *c, step_fn step, void *ctx, int *nrows)
+{
+    int32_t tok[NSEQ][12];
+    srand(42);
+    for (int s = 0; s < NSEQ; s++)
+        for (int i = 0; i < 12; i++) tok[s][i] = rand() % c->vocab_size;
+    int rows = 0;
+    for (int s = 0; s < NSEQ; s++) rows += prompt_len[s] + 1;
+    float *out = malloc(sizeof(float) * rows * c->vocab_size);
+    dsr1_seq_step ss[NSEQ];
+    for (int s = 0; s < NSEQ; s++)
+        ss[s] = (dsr1_seq_step){s, 0, prompt_len[s], tok[s], DSR1_LOGITS_ALL};
+    dsr1_batch b = {NSEQ, ss, out};
+    assert_int_equal(step(ctx, &b), DSR1_OK);
+    int r = dsr1_batch_logit_rows(&b);
+    for (int s = 0; s < NSEQ; s++)
+        ss[s] = (dsr1_seq_step){s, prompt_len[s], 1, tok[s] + prompt_len[s], DSR1_LOGITS_LAST};
+    b.logits = out + (size_t)r * c->vocab_size;
+    assert_int_equal(step(ctx, &b), DSR1_OK);
+    *nrows = rows;
+    return out;
+}
+
+static dsr1_status engine_step(void *ctx, const dsr1_batch *b)
+{
+    return dsr1_engine_forward(ctx, b);
+}
+
+static dsr1_status cluster_step(void *ctx, const dsr1_batch *b)
+{
+    return dsr1_cluster_step(ctx, b);
+}
+
+static float *reference(const dsr1_model_config *c, int *rows)
+{
+    dsr1_slice all = dsr1_slice_all(c);
+    dsr1_weights *w;
+    assert_int_equal(dsr1_weights_dummy(c, &all, 77, &w), DSR1_OK);
+    dsr1_engine *e;
+    assert_int_equal(dsr1_engine_create(w, dsr1_kernels_portable(), NULL, NSEQ, 16, &e), DSR1_OK);
+    float *out = two_steps(c, engine_step, e, rows);
+    dsr1_engine_destroy(e);
+    dsr1_weights_destroy(w);
+    return out;
+}
+
+static float *grid_run(const dsr1_model_config *c, int workers, int pp, int *rows)
+{
+    dsr1_cluster_params p = {NULL, c, 77, workers, pp, dsr1_kernels_portable(), 2, NSEQ, 16, 20000};
+    dsr1_cluster *cl;
+    assert_int_equal(dsr1_cluster_create(&p, &cl), DSR1_OK);
+    float *out = two_steps(c, cluster_step, cl, rows);
+    dsr1_cluster_destroy(cl);
+    return out;
+}
+
+static void compare_grid(int workers, int pp)
+{
+    dsr1_model_config c = cfg_small();
+    int rows, rows2, rows3;
+    float *ref = reference(&c, &rows);
+    float *got = grid_run(&c, workers, pp, &rows2);
+    float *again = grid_run(&c, workers, pp, &rows3);
+    assert_int_equal(rows, rows2);
+    double worst = 0;
+    for (int r = 0; r < rows; r++) {
+        double m = 0, v = 0, e = 0;
+        const float *a = ref + (size_t)r * c.vocab_size, *b = got + (size_t)r * c.vocab_size;
+        for (int i = 0; i < c.vocab_size; i++) m += a[i];
+        m /= c.vocab_size;
+        for (int i = 0; i < c.vocab_size; i++) v += (a[i] - m) * (a[i] - m);
+        for (int i = 0; i < c.vocab_size; i++) e = fmax(e, fabs(a[i] - b[i]));
+        worst = fmax(worst, e / sqrt(v / c.vocab_size));
+    }
+    print_message("workers %d pp %d: worst error %.2e std\n", workers, pp, worst);
+    assert_true(worst < 1e-5);
+    assert_memory_equal(got, again, sizeof(float) * rows * c.vocab_size); /* deterministic */
+    free(ref);
+    free(got);
+    free(again);
+}
+
+static void test_ep4(void **state)
+{
+    (void)state;
+    compare_grid(4, 1);
+}
+
+static void test_ep2_pp2(void **state)
+{
+    (void)state;
+    compare_grid(4, 2);
+}
+
+static void test_ep3_uneven(void **state)
+{
+    (void)state;
+    compare_grid(3, 1); /* 24 experts over 3 ranks, 4 sequences over 3 DP ranks */
+}
+
+static void test_pp4(void **state)
+{
+    (void)state;
+    compare_grid(4, 4);
+}
+
+static void test_failure_names_worker(void **state)
+{
+    (void)state;
+    dsr1_model_config c = cfg_small();
+    dsr1_cluster_params p = {NULL, &c, 77, 4, 2, dsr1_kernels_portable(), 2, 4, 8, 20000};
+    dsr1_cluster *cl;
+    assert_int_equal(dsr1_cluster_create(&p, &cl), DSR1_OK);
+    float lg[400];
+    int32_t bad[2] = {5, 4000};
+    dsr1_seq_step s = {1, 0, 2, bad, DSR1_LOGITS_LAST}; /* slot 1: EP rank 1 */
+    dsr1_batch b = {1, &s, lg};
+    assert_int_equal(dsr1_cluster_step(cl, &b), DSR1_ERR_RANGE);
+    assert_non_null(strstr(dsr1_errmsg(), "worker 1 failed"));
+    assert_non_null(strstr(dsr1_errmsg(), "token id 4000"));
+    int32_t ok[1] = {5};
+    s = (dsr1_seq_step){0, 0, 1, ok, DSR1_LOGITS_LAST};
+    assert_int_not_equal(dsr1_cluster_step(cl, &b), DSR1_OK); /* the grid is down */
+    dsr1_cluster_destroy(cl);                                 /* joins every worker: no hang */
+    p.workers = 3;
+    p.pp = 2;
+    assert_int_equal(dsr1_cluster_create(&p, &cl), DSR1_ERR_INVALID_ARG);
+    p.workers = 8;
+    p.pp = 8;
+    assert_int_equal(dsr1_cluster_create(&p, &cl), DSR1_ERR_INVALID_ARG);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_ep4),
+        cmocka_unit_test(test_ep2_pp2),
+        cmocka_unit_test(test_ep3_uneven),
+        cmocka_unit_test(test_pp4),
+        cmocka_unit_test(test_failure_names_worker),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
