@@ -52,8 +52,8 @@ typedef enum {
     CT_INT,
     CT_FLOAT,
     CT_STR,
-    CT_LIST, /* also tuples (flag) */
-    CT_DICT, /* also namespace() and loop (flag) */
+    CT_LIST,   /* also tuples (flag) */
+    CT_DICT,   /* also namespace() and loop (flag) */
     CT_METHOD, /* a bound method: recv.name */
     CT_FUNC,   /* a global function: namespace, range, raise_exception, dict */
 } ct_type;
@@ -80,7 +80,8 @@ struct ct_value {
             const ct_value *recv;
             const char *name;
         } m;
-        const char *fn;
+        const char *fn;   /* CT_FUNC: its name */
+        const char *hint; /* CT_UNDEF: what was missing, for the error if it is used */
     };
 };
 
@@ -99,15 +100,22 @@ struct ct_dict {
     int kind;
 };
 
-/* Evaluation context of one render. */
+/* A variable scope: the template's top level, or one iteration of a for loop. */
 typedef struct ct_frame ct_frame;
+struct ct_frame {
+    ct_frame *parent;
+    ct_dict *vars;
+};
+
+/* Evaluation context of one render. */
 typedef struct {
     ct_arena arena;
     ct_err err;
     ct_frame *frame;
     char *out; /* rendered text (malloc'd, not in the arena: it is the result) */
     size_t out_len, out_cap;
-    int line; /* line of the statement being run, for messages */
+    int line;       /* line of the statement being run, for messages */
+    uint64_t steps; /* statements run: bounds runaway loops */
 } ct_ctx;
 
 #define CT_FAIL(c, ...) dsr1__ct_fail(&(c)->err, DSR1_ERR_FORMAT, (c)->line, __VA_ARGS__)
@@ -256,8 +264,8 @@ typedef enum { S_TEXT, S_PRINT, S_IF, S_FOR, S_SET, S_BREAK, S_CONTINUE } ct_ski
 struct ct_stmt {
     ct_skind k;
     int line;
-    ct_str text;    /* S_TEXT */
-    ct_expr *expr;  /* S_PRINT, S_SET value, S_FOR iterable */
+    ct_str text;     /* S_TEXT */
+    ct_expr *expr;   /* S_PRINT, S_SET value, S_FOR iterable */
     ct_expr **conds; /* S_IF: one per branch (if, elifs) */
     ct_body *bodies; /* S_IF: one per branch, plus the else body at [nconds] */
     size_t nconds;

@@ -113,22 +113,50 @@ static ct_str decode_string(lexer *L, const char *s, size_t n)
         uint32_t cp;
         int digits = 0;
         switch (c) {
-        case '\n': continue; /* line continuation */
-        case '\\': o[k++] = '\\'; continue;
-        case '\'': o[k++] = '\''; continue;
-        case '"': o[k++] = '"'; continue;
-        case 'a': o[k++] = '\a'; continue;
-        case 'b': o[k++] = '\b'; continue;
-        case 'f': o[k++] = '\f'; continue;
-        case 'n': o[k++] = '\n'; continue;
-        case 'r': o[k++] = '\r'; continue;
-        case 't': o[k++] = '\t'; continue;
-        case 'v': o[k++] = '\v'; continue;
-        case 'x': digits = 2; break;
-        case 'u': digits = 4; break;
-        case 'U': digits = 8; break;
+        case '\n':
+            continue; /* line continuation */
+        case '\\':
+            o[k++] = '\\';
+            continue;
+        case '\'':
+            o[k++] = '\'';
+            continue;
+        case '"':
+            o[k++] = '"';
+            continue;
+        case 'a':
+            o[k++] = '\a';
+            continue;
+        case 'b':
+            o[k++] = '\b';
+            continue;
+        case 'f':
+            o[k++] = '\f';
+            continue;
+        case 'n':
+            o[k++] = '\n';
+            continue;
+        case 'r':
+            o[k++] = '\r';
+            continue;
+        case 't':
+            o[k++] = '\t';
+            continue;
+        case 'v':
+            o[k++] = '\v';
+            continue;
+        case 'x':
+            digits = 2;
+            break;
+        case 'u':
+            digits = 4;
+            break;
+        case 'U':
+            digits = 8;
+            break;
         case 'N':
-            dsr1__ct_fail(L->e, DSR1_ERR_UNSUPPORTED, L->line, "\\N{...} escapes are not "
+            dsr1__ct_fail(L->e, DSR1_ERR_UNSUPPORTED, L->line,
+                          "\\N{...} escapes are not "
                           "supported");
         default:
             if (c >= '0' && c <= '7') { /* up to 3 octal digits */
@@ -158,14 +186,18 @@ static ct_str decode_string(lexer *L, const char *s, size_t n)
         for (int d = 0; d < digits; d++) {
             int h = i < n ? hexval(s[i]) : -1;
             if (h < 0)
-                dsr1__ct_fail(L->e, DSR1_ERR_FORMAT, L->line, "truncated \\%c escape in a "
-                              "string literal", c);
+                dsr1__ct_fail(L->e, DSR1_ERR_FORMAT, L->line,
+                              "truncated \\%c escape in a "
+                              "string literal",
+                              c);
             cp = cp * 16 + (uint32_t)h;
             i++;
         }
         if (cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
-            dsr1__ct_fail(L->e, DSR1_ERR_FORMAT, L->line, "string escape U+%X is not a "
-                          "Unicode scalar value", cp);
+            dsr1__ct_fail(L->e, DSR1_ERR_FORMAT, L->line,
+                          "string escape U+%X is not a "
+                          "Unicode scalar value",
+                          cp);
         put_utf8(o, &k, cp);
     }
     o[k] = '\0';
@@ -185,16 +217,21 @@ static void lex_tag(lexer *L, bool block)
     for (;;) {
         size_t i = L->pos;
         if (i >= n)
-            dsr1__ct_fail(L->e, DSR1_ERR_FORMAT, L->line, "unexpected end of template inside "
-                          "a %s tag", block ? "{% %}" : "{{ }}");
+            dsr1__ct_fail(L->e, DSR1_ERR_FORMAT, L->line,
+                          "unexpected end of template inside "
+                          "a %s tag",
+                          block ? "{% %}" : "{{ }}");
         /* the end tag, when brackets are balanced */
         const char *end = block ? "%}" : "}}";
         if (depth == 0) {
             size_t m = 0;
             bool eat_space = false, eat_newline = false;
-            if (block && s[i] == '+' && !strncmp(s + i + 1, end, 2)) m = 3;
-            else if (s[i] == '-' && !strncmp(s + i + 1, end, 2)) m = 3, eat_space = true;
-            else if (!strncmp(s + i, end, 2)) m = 2, eat_newline = block;
+            if (block && s[i] == '+' && !strncmp(s + i + 1, end, 2))
+                m = 3;
+            else if (s[i] == '-' && !strncmp(s + i + 1, end, 2))
+                m = 3, eat_space = true;
+            else if (!strncmp(s + i, end, 2))
+                m = 2, eat_newline = block;
             if (m) {
                 size_t j = i + m;
                 if (eat_space) j += space_run(s, n, j);
@@ -219,14 +256,16 @@ static void lex_tag(lexer *L, bool block)
             bool is_float = false;
             if (j + 1 < n && s[j] == '.' && s[j + 1] >= '0' && s[j + 1] <= '9') {
                 is_float = true;
-                for (j++; j < n && s[j] >= '0' && s[j] <= '9'; j++) {}
+                for (j++; j < n && s[j] >= '0' && s[j] <= '9'; j++) {
+                }
             }
             if (j < n && (s[j] == 'e' || s[j] == 'E')) {
                 size_t e = j + 1;
                 if (e < n && (s[e] == '+' || s[e] == '-')) e++;
                 if (e < n && s[e] >= '0' && s[e] <= '9') {
                     is_float = true;
-                    for (j = e; j < n && s[j] >= '0' && s[j] <= '9'; j++) {}
+                    for (j = e; j < n && s[j] >= '0' && s[j] <= '9'; j++) {
+                    }
                 }
             }
             char num[64];
@@ -236,8 +275,10 @@ static void lex_tag(lexer *L, bool block)
             num[j - i] = '\0';
             push(L, is_float ? TK_FLOAT : TK_INT, s + i, j - i);
             ct_token *t = &L->out->v[L->out->n - 1];
-            if (is_float) t->f = strtod(num, NULL);
-            else t->i = strtoll(num, NULL, 10);
+            if (is_float)
+                t->f = strtod(num, NULL);
+            else
+                t->i = strtoll(num, NULL, 10);
             L->pos = j;
             continue;
         }
@@ -268,8 +309,10 @@ static void lex_tag(lexer *L, bool block)
         if (!oplen && c && strchr(OPS1, c)) oplen = 1;
         if (!oplen) {
             dsr1__ct_utf8_at(s, n, i, &k);
-            dsr1__ct_fail(L->e, DSR1_ERR_FORMAT, L->line, "unexpected character '%.*s' in a "
-                          "tag", (int)k, s + i);
+            dsr1__ct_fail(L->e, DSR1_ERR_FORMAT, L->line,
+                          "unexpected character '%.*s' in a "
+                          "tag",
+                          (int)k, s + i);
         }
         if (oplen == 1 && (c == '(' || c == '[' || c == '{')) {
             if (depth == sizeof(stack))
@@ -297,8 +340,10 @@ static void lex_comment(lexer *L)
         }
     if (!p) dsr1__ct_fail(L->e, DSR1_ERR_FORMAT, L->line, "missing end of comment tag");
     size_t i = (size_t)(p - s), j = i + 2;
-    if (i > L->pos && s[i - 1] == '-') j += space_run(s, n, j);
-    else if (!(i > L->pos && s[i - 1] == '+') && j < n && s[j] == '\n') j++;
+    if (i > L->pos && s[i - 1] == '-')
+        j += space_run(s, n, j);
+    else if (!(i > L->pos && s[i - 1] == '+') && j < n && s[j] == '\n')
+        j++;
     count_lines(L, L->pos, j);
     L->line_starting = s[j - 1] == '\n';
     L->pos = j;

@@ -7,6 +7,7 @@
  * markers (rendered as their body). Anything else (macro, call, include, block set, ...)
  * is a DSR1_ERR_UNSUPPORTED error naming the tag, so an unknown template fails loudly at
  * load time instead of rendering a wrong prompt. */
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -43,17 +44,27 @@ _Noreturn static void fail(parser *P, dsr1_status st, const char *fmt, ...)
 static const char *describe(const ct_token *t)
 {
     switch (t->k) {
-    case TK_TEXT: return "template text";
-    case TK_VAR_BEGIN: return "'{{'";
-    case TK_VAR_END: return "'}}'";
-    case TK_BLOCK_BEGIN: return "'{%'";
-    case TK_BLOCK_END: return "'%}'";
-    case TK_NAME: return "a name";
-    case TK_STRING: return "a string";
+    case TK_TEXT:
+        return "template text";
+    case TK_VAR_BEGIN:
+        return "'{{'";
+    case TK_VAR_END:
+        return "'}}'";
+    case TK_BLOCK_BEGIN:
+        return "'{%'";
+    case TK_BLOCK_END:
+        return "'%}'";
+    case TK_NAME:
+        return "a name";
+    case TK_STRING:
+        return "a string";
     case TK_INT:
-    case TK_FLOAT: return "a number";
-    case TK_OP: return "an operator";
-    case TK_EOF: return "the end of the template";
+    case TK_FLOAT:
+        return "a number";
+    case TK_OP:
+        return "an operator";
+    case TK_EOF:
+        return "the end of the template";
     }
     return "?";
 }
@@ -287,10 +298,14 @@ static ct_expr *parse_primary(parser *P)
     if (t->k == TK_NAME) {
         x = node(P, X_LIT);
         const char *n = t->s.p;
-        if (!strcmp(n, "true") || !strcmp(n, "True")) x->lit = ct_bool(true);
-        else if (!strcmp(n, "false") || !strcmp(n, "False")) x->lit = ct_bool(false);
-        else if (!strcmp(n, "none") || !strcmp(n, "None")) x->lit = ct_none();
-        else x->k = X_NAME, x->name = n;
+        if (!strcmp(n, "true") || !strcmp(n, "True"))
+            x->lit = ct_bool(true);
+        else if (!strcmp(n, "false") || !strcmp(n, "False"))
+            x->lit = ct_bool(false);
+        else if (!strcmp(n, "none") || !strcmp(n, "None"))
+            x->lit = ct_none();
+        else
+            x->k = X_NAME, x->name = n;
         P->i++;
     } else if (t->k == TK_STRING) {
         /* adjacent literals concatenate: 'a' 'b' == 'ab' */
@@ -372,8 +387,11 @@ static ct_expr *parse_math2(parser *P)
 {
     ct_expr *x = parse_pow(P);
     for (;;) {
-        const char *op = is_op(P, "*") ? "*" : is_op(P, "/") ? "/" : is_op(P, "//") ? "//"
-                         : is_op(P, "%") ? "%" : NULL;
+        const char *op = is_op(P, "*")    ? "*"
+                         : is_op(P, "/")  ? "/"
+                         : is_op(P, "//") ? "//"
+                         : is_op(P, "%")  ? "%"
+                                          : NULL;
         if (!op) return x;
         P->i++;
         x = binop(P, x, op, parse_pow(P));
@@ -591,11 +609,14 @@ static void parse_set(parser *P, ct_stmt *s)
     const char *name = expect_name(P);
     if (skip_op(P, ".")) s->attr = expect_name(P);
     if (is_op(P, ","))
-        fail(P, DSR1_ERR_UNSUPPORTED, "{%% set a, b = ... %%} (tuple assignment) is not "
+        fail(P, DSR1_ERR_UNSUPPORTED,
+             "{%% set a, b = ... %%} (tuple assignment) is not "
              "supported");
     if (!skip_op(P, "="))
-        fail(P, DSR1_ERR_UNSUPPORTED, "block assignments ({%% set %s %%}...{%% endset %%}) "
-             "are not supported", name);
+        fail(P, DSR1_ERR_UNSUPPORTED,
+             "block assignments ({%% set %s %%}...{%% endset %%}) "
+             "are not supported",
+             name);
     s->targets = dsr1__ct_alloc(P->a, P->e, sizeof(*s->targets));
     s->targets[0] = name;
     s->ntargets = 1;
@@ -609,8 +630,11 @@ static const char *parse_body(parser *P, ct_body *b, const char *const *ends)
     for (;;) {
         const ct_token *t = cur(P);
         if (t->k == TK_EOF) {
-            if (ends) fail(P, DSR1_ERR_FORMAT, "unexpected end of template, expected "
-                           "{%% %s %%}", ends[0]);
+            if (ends)
+                fail(P, DSR1_ERR_FORMAT,
+                     "unexpected end of template, expected "
+                     "{%% %s %%}",
+                     ends[0]);
             P->depth--;
             return NULL;
         }
@@ -654,8 +678,7 @@ static const char *parse_body(parser *P, ct_body *b, const char *const *ends)
                 parse_body(P, b, endgen);
                 expect_block_end(P);
                 continue;
-            } else if (!strncmp(name, "end", 3) || !strcmp(name, "elif") ||
-                       !strcmp(name, "else")) {
+            } else if (!strncmp(name, "end", 3) || !strcmp(name, "elif") || !strcmp(name, "else")) {
                 fail(P, DSR1_ERR_FORMAT, "unexpected {%% %s %%}", name);
             } else {
                 fail(P, DSR1_ERR_UNSUPPORTED, "the {%% %s %%} tag is not supported", name);

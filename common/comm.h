@@ -86,4 +86,38 @@ static inline void dsr1_comm_destroy(dsr1_comm *c)
  * handle (each used by one thread). timeout_ms bounds every blocking call (<= 0: none). */
 dsr1_status dsr1_comm_inproc_create(int size, int timeout_ms, dsr1_comm **comms);
 
+/* UCX backend (comm_ucx.c; defined only when DSR1_HAVE_UCX). Each rank handle owns one
+ * UCP context and worker. Making a group takes two steps because the addresses travel
+ * out of band: every rank creates its local endpoint and publishes its worker address;
+ * once all addresses are known (MPI allgather, or in memory), each rank connects.
+ * Endpoints use peer error handling: a lost peer fails every call that waits for it,
+ * naming it. A handle is used by one thread at a time (it may change threads). */
+typedef struct dsr1_ucx_local dsr1_ucx_local;
+
+dsr1_status dsr1_ucx_local_create(dsr1_ucx_local **out);
+/* This rank's UCP worker address, owned by the local (valid until it is destroyed). */
+void dsr1_ucx_local_address(const dsr1_ucx_local *l, const void **addr, size_t *len);
+void dsr1_ucx_local_destroy(dsr1_ucx_local *l);
+
+typedef struct {
+    int rank, size;
+    int timeout_ms;            /* bound on every blocking call (<= 0: none) */
+    const char *name;          /* of the group, for messages ("world", "stage 0 EP") */
+    const char *const *labels; /* optional [size] names of the ranks for messages; copied */
+} dsr1_ucx_group_params;
+
+/* Rank p->rank's handle on the group whose ranks' worker addresses are addrs[r] (lens[r]
+ * bytes; addrs[p->rank] is this local's own). Takes ownership of `local`, also on
+ * failure. Does not wait for the peers: the first call that talks to them does. */
+dsr1_status dsr1_comm_ucx_connect(dsr1_ucx_local *local, const dsr1_ucx_group_params *p,
+                                  const void *const *addrs, const size_t *lens, dsr1_comm **out);
+/* All `size` ranks of a group in this process, connected over loopback (embedded mode):
+ * comms[r] is rank r's handle. labels as above (may be NULL). */
+dsr1_status dsr1_comm_ucx_create_local(int size, int timeout_ms, const char *name,
+                                       const char *const *labels, dsr1_comm **comms);
+/* Test hook, UCX handles only: after the n-th successful recv with `tag` on c, c and
+ * `also` (may be NULL) die the way a killed process would — their endpoints and workers
+ * close without any notice — and every later call on them fails. */
+void dsr1_comm_ucx_crash_after(dsr1_comm *c, int tag, int n, dsr1_comm *also);
+
 #endif

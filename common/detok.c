@@ -60,7 +60,7 @@ dsr1_status dsr1_detok_push(dsr1_detok *d, int32_t id, const char **text, size_t
     if (st) return st;
     if ((d->flags & DSR1_DETOK_SKIP_SPECIAL) && dsr1_tokenizer_is_special(d->tok, id)) tn = 0;
     size_t n = d->nheld + tn;
-    if (n > d->work_cap) {
+    if (n > d->work_cap || !d->work) {
         size_t cap = n < 64 ? 64 : n * 2;
         uint8_t *w = realloc(d->work, cap);
         if (!w) return dsr1_error(DSR1_ERR_NOMEM, "detok: out of memory");

@@ -62,8 +62,8 @@ static dsr1_status literal_regex(const char *s, size_t len, char **out)
     size_t k = 0;
     for (size_t i = 0; i < len; i++) {
         unsigned char c = (unsigned char)s[i];
-        bool plain = c >= 0x80 || (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') ||
-                     (c >= 'A' && c <= 'Z');
+        bool plain =
+            c >= 0x80 || (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
         if (!plain) o[k++] = '\\';
         o[k++] = (char)c;
     }
@@ -81,13 +81,14 @@ static dsr1_status add_split(dsr1_tokenizer *tok, const json_t *step, const char
                           "'Isolated')",
                           what, behavior ? behavior : "(missing)");
     if (bool_or(step, "invert", false))
-        return dsr1_error(DSR1_ERR_UNSUPPORTED, "tokenizer.json: %s: Split with invert=true "
-                          "is not supported", what);
+        return dsr1_error(DSR1_ERR_UNSUPPORTED,
+                          "tokenizer.json: %s: Split with invert=true "
+                          "is not supported",
+                          what);
     const json_t *pat = json_object_get(step, "pattern");
     const json_t *re = json_object_get(pat, "Regex"), *lit = json_object_get(pat, "String");
     if (json_is_string(re))
-        return dsr1__pretok_add(&tok->pretok, json_string_value(re), json_string_length(re),
-                                what);
+        return dsr1__pretok_add(&tok->pretok, json_string_value(re), json_string_length(re), what);
     if (json_is_string(lit)) {
         char *escaped = NULL;
         dsr1_status st = literal_regex(json_string_value(lit), json_string_length(lit), &escaped);
@@ -96,8 +97,10 @@ static dsr1_status add_split(dsr1_tokenizer *tok, const json_t *step, const char
         free(escaped);
         return st;
     }
-    return dsr1_error(DSR1_ERR_FORMAT, "tokenizer.json: %s: Split needs a pattern with a "
-                      "'Regex' or 'String'", what);
+    return dsr1_error(DSR1_ERR_FORMAT,
+                      "tokenizer.json: %s: Split needs a pattern with a "
+                      "'Regex' or 'String'",
+                      what);
 }
 
 static dsr1_status add_pretokenizer(dsr1_tokenizer *tok, const json_t *step, const char *what,
@@ -106,24 +109,32 @@ static dsr1_status add_pretokenizer(dsr1_tokenizer *tok, const json_t *step, con
     const char *type = type_of(step);
     if (!strcmp(type, "Split")) {
         if (*saw_byte_level)
-            return dsr1_error(DSR1_ERR_UNSUPPORTED, "tokenizer.json: %s: a Split after "
-                              "ByteLevel is not supported", what);
+            return dsr1_error(DSR1_ERR_UNSUPPORTED,
+                              "tokenizer.json: %s: a Split after "
+                              "ByteLevel is not supported",
+                              what);
         return add_split(tok, step, what);
     }
     if (!strcmp(type, "ByteLevel")) {
         if (!last)
-            return dsr1_error(DSR1_ERR_UNSUPPORTED, "tokenizer.json: %s: ByteLevel must be "
-                              "the last pre-tokenizer", what);
+            return dsr1_error(DSR1_ERR_UNSUPPORTED,
+                              "tokenizer.json: %s: ByteLevel must be "
+                              "the last pre-tokenizer",
+                              what);
         if (bool_or(step, "add_prefix_space", false))
-            return dsr1_error(DSR1_ERR_UNSUPPORTED, "tokenizer.json: %s: ByteLevel with "
-                              "add_prefix_space=true is not supported", what);
+            return dsr1_error(DSR1_ERR_UNSUPPORTED,
+                              "tokenizer.json: %s: ByteLevel with "
+                              "add_prefix_space=true is not supported",
+                              what);
         *saw_byte_level = true;
         if (bool_or(step, "use_regex", true))
             return dsr1__pretok_add(&tok->pretok, GPT2_REGEX, strlen(GPT2_REGEX), what);
         return DSR1_OK;
     }
-    return dsr1_error(DSR1_ERR_UNSUPPORTED, "tokenizer.json: %s: pre-tokenizer type '%s' is "
-                      "not supported (only Split and ByteLevel)", what, type);
+    return dsr1_error(DSR1_ERR_UNSUPPORTED,
+                      "tokenizer.json: %s: pre-tokenizer type '%s' is "
+                      "not supported (only Split and ByteLevel)",
+                      what, type);
 }
 
 static dsr1_status load_pretokenizer(dsr1_tokenizer *tok, const json_t *pt)
@@ -132,12 +143,12 @@ static dsr1_status load_pretokenizer(dsr1_tokenizer *tok, const json_t *pt)
     dsr1_status st;
     if (!json_is_object(pt))
         return dsr1_error(DSR1_ERR_UNSUPPORTED, "tokenizer.json: a byte-level pre_tokenizer "
-                          "is required");
+                                                "is required");
     if (!strcmp(type_of(pt), "Sequence")) {
         const json_t *list = json_object_get(pt, "pretokenizers");
         if (!json_is_array(list))
             return dsr1_error(DSR1_ERR_FORMAT, "tokenizer.json: pre_tokenizer.pretokenizers "
-                              "must be an array");
+                                               "must be an array");
         for (size_t i = 0; i < json_array_size(list); i++) {
             char what[64];
             snprintf(what, sizeof(what), "pre_tokenizer.pretokenizers[%zu]", i);
@@ -150,19 +161,21 @@ static dsr1_status load_pretokenizer(dsr1_tokenizer *tok, const json_t *pt)
     }
     if (!saw_byte_level)
         return dsr1_error(DSR1_ERR_UNSUPPORTED, "tokenizer.json: pre_tokenizer has no "
-                          "ByteLevel step; only byte-level BPE is supported");
+                                                "ByteLevel step; only byte-level BPE is supported");
     return DSR1_OK;
 }
 
 static dsr1_status check_model_options(const json_t *model)
 {
     if (strcmp(type_of(model), "BPE"))
-        return dsr1_error(DSR1_ERR_UNSUPPORTED, "tokenizer.json: model type '%s' is not "
-                          "supported (only BPE)", type_of(model));
+        return dsr1_error(DSR1_ERR_UNSUPPORTED,
+                          "tokenizer.json: model type '%s' is not "
+                          "supported (only BPE)",
+                          type_of(model));
     const json_t *dropout = json_object_get(model, "dropout");
     if (!is_null_or_absent(dropout))
         return dsr1_error(DSR1_ERR_UNSUPPORTED, "tokenizer.json: model.dropout is set; "
-                          "BPE dropout is not supported");
+                                                "BPE dropout is not supported");
     static const char *const affixes[] = {"continuing_subword_prefix", "end_of_word_suffix"};
     for (size_t i = 0; i < 2; i++) {
         const json_t *v = json_object_get(model, affixes[i]);
@@ -172,7 +185,7 @@ static dsr1_status check_model_options(const json_t *model)
     }
     if (bool_or(model, "byte_fallback", false))
         return dsr1_error(DSR1_ERR_UNSUPPORTED, "tokenizer.json: model.byte_fallback is not "
-                          "supported");
+                                                "supported");
     return DSR1_OK;
 }
 
@@ -184,9 +197,12 @@ static dsr1_status token_bytes(const char *s, size_t len, uint8_t *out, size_t *
         uint8_t c = (uint8_t)s[i];
         uint32_t cp;
         size_t n;
-        if (c < 0x80) cp = c, n = 1;
-        else if ((c & 0xE0) == 0xC0 && i + 1 < len) cp = ((c & 0x1Fu) << 6) | (s[i + 1] & 0x3F), n = 2;
-        else cp = UINT32_MAX, n = 1; /* 3-4 byte characters are never in the alphabet */
+        if (c < 0x80)
+            cp = c, n = 1;
+        else if ((c & 0xE0) == 0xC0 && i + 1 < len)
+            cp = ((c & 0x1Fu) << 6) | (s[i + 1] & 0x3F), n = 2;
+        else
+            cp = UINT32_MAX, n = 1; /* 3-4 byte characters are never in the alphabet */
         int b = cp == UINT32_MAX ? -1 : dsr1__byte_level_byte(cp);
         if (b < 0) {
             memcpy(out, s, len);
@@ -203,8 +219,10 @@ static dsr1_status token_bytes(const char *s, size_t len, uint8_t *out, size_t *
 static dsr1_status check_id(const json_t *v, const char *what, const char *name, int32_t *id)
 {
     if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) >= MAX_VOCAB)
-        return dsr1_error(DSR1_ERR_FORMAT, "tokenizer.json: %s '%s': id must be an integer in "
-                          "[0, %d)", what, name, MAX_VOCAB);
+        return dsr1_error(DSR1_ERR_FORMAT,
+                          "tokenizer.json: %s '%s': id must be an integer in "
+                          "[0, %d)",
+                          what, name, MAX_VOCAB);
     *id = (int32_t)json_integer_value(v);
     return DSR1_OK;
 }
@@ -216,7 +234,8 @@ static dsr1_status size_vocab(dsr1_tokenizer *tok, const json_t *vocab, const js
     const char *key;
     const json_t *v;
     dsr1_status st;
-    json_object_foreach((json_t *)vocab, key, v) {
+    json_object_foreach((json_t *)vocab, key, v)
+    {
         if ((st = check_id(v, "model.vocab entry", key, &id))) return st;
         if (id > max_id) max_id = id;
     }
@@ -224,8 +243,10 @@ static dsr1_status size_vocab(dsr1_tokenizer *tok, const json_t *vocab, const js
         const json_t *a = json_array_get(added, i);
         const char *content = json_string_value(json_object_get(a, "content"));
         if (!json_is_object(a) || !content)
-            return dsr1_error(DSR1_ERR_FORMAT, "tokenizer.json: added_tokens[%zu] needs a "
-                              "string 'content'", i);
+            return dsr1_error(DSR1_ERR_FORMAT,
+                              "tokenizer.json: added_tokens[%zu] needs a "
+                              "string 'content'",
+                              i);
         if ((st = check_id(json_object_get(a, "id"), "added token", content, &id))) return st;
         if (id > max_id) max_id = id;
     }
@@ -262,14 +283,14 @@ static dsr1_status set_token(dsr1_tokenizer *tok, int32_t id, const char *s, siz
     return DSR1_OK;
 }
 
-static dsr1_status load_vocab(dsr1_tokenizer *tok, const json_t *vocab, size_t *used,
-                              size_t *cap)
+static dsr1_status load_vocab(dsr1_tokenizer *tok, const json_t *vocab, size_t *used, size_t *cap)
 {
     const char *key;
     const json_t *v;
     dsr1_status st = dsr1__strmap_init(&tok->vocab, json_object_size(vocab));
     if (st) return st;
-    json_object_foreach((json_t *)vocab, key, v) {
+    json_object_foreach((json_t *)vocab, key, v)
+    {
         int32_t id = (int32_t)json_integer_value(v);
         if ((st = dsr1__strmap_put(&tok->vocab, key, strlen(key), id))) return st;
         if ((st = set_token(tok, id, key, strlen(key), used, cap))) return st;
@@ -278,11 +299,14 @@ static dsr1_status load_vocab(dsr1_tokenizer *tok, const json_t *vocab, size_t *
         char s[3];
         uint32_t cp = dsr1__byte_level_cp((uint8_t)b);
         size_t n = 1;
-        if (cp < 0x80) s[0] = (char)cp;
-        else s[0] = (char)(0xC0 | (cp >> 6)), s[1] = (char)(0x80 | (cp & 0x3F)), n = 2;
+        if (cp < 0x80)
+            s[0] = (char)cp;
+        else
+            s[0] = (char)(0xC0 | (cp >> 6)), s[1] = (char)(0x80 | (cp & 0x3F)), n = 2;
         tok->byte_token[b] = dsr1__strmap_get(&tok->vocab, s, n);
         if (tok->byte_token[b] < 0)
-            return dsr1_error(DSR1_ERR_UNSUPPORTED, "tokenizer.json: model.vocab has no token "
+            return dsr1_error(DSR1_ERR_UNSUPPORTED,
+                              "tokenizer.json: model.vocab has no token "
                               "for byte 0x%02X ('%.*s'); not a byte-level BPE vocabulary",
                               b, (int)n, s);
     }
@@ -295,8 +319,10 @@ static dsr1_status merge_parts(const json_t *m, size_t i, const char **a, size_t
     if (json_is_string(m)) { /* legacy "left right" */
         const char *s = json_string_value(m), *sp = strchr(s, ' ');
         if (!sp || strchr(sp + 1, ' '))
-            return dsr1_error(DSR1_ERR_FORMAT, "tokenizer.json: model.merges[%zu] '%s' is not "
-                              "two tokens separated by one space", i, s);
+            return dsr1_error(DSR1_ERR_FORMAT,
+                              "tokenizer.json: model.merges[%zu] '%s' is not "
+                              "two tokens separated by one space",
+                              i, s);
         *a = s, *alen = (size_t)(sp - s), *b = sp + 1, *blen = strlen(sp + 1);
         return DSR1_OK;
     }
@@ -308,8 +334,10 @@ static dsr1_status merge_parts(const json_t *m, size_t i, const char **a, size_t
         *blen = json_string_length(json_array_get(m, 1));
         return DSR1_OK;
     }
-    return dsr1_error(DSR1_ERR_FORMAT, "tokenizer.json: model.merges[%zu] must be a string "
-                      "or a pair of strings", i);
+    return dsr1_error(DSR1_ERR_FORMAT,
+                      "tokenizer.json: model.merges[%zu] must be a string "
+                      "or a pair of strings",
+                      i);
 }
 
 static dsr1_status load_merges(dsr1_tokenizer *tok, const json_t *merges)
@@ -339,10 +367,16 @@ static dsr1_status load_merges(dsr1_tokenizer *tok, const json_t *merges)
         int32_t ib = dsr1__strmap_get(&tok->vocab, b, blen);
         int32_t im = dsr1__strmap_get(&tok->vocab, joined, alen + blen);
         if (ia < 0 || ib < 0 || im < 0) {
-            st = dsr1_error(DSR1_ERR_FORMAT, "tokenizer.json: model.merges[%zu] ('%.*s' + "
-                            "'%.*s'): '%.*s' is not in model.vocab", i, (int)alen, a, (int)blen,
-                            b, ia < 0 ? (int)alen : ib < 0 ? (int)blen : (int)(alen + blen),
-                            ia < 0 ? a : ib < 0 ? b : joined);
+            st = dsr1_error(DSR1_ERR_FORMAT,
+                            "tokenizer.json: model.merges[%zu] ('%.*s' + "
+                            "'%.*s'): '%.*s' is not in model.vocab",
+                            i, (int)alen, a, (int)blen, b,
+                            ia < 0   ? (int)alen
+                            : ib < 0 ? (int)blen
+                                     : (int)(alen + blen),
+                            ia < 0   ? a
+                            : ib < 0 ? b
+                                     : joined);
             break;
         }
         dsr1__merges_put(&tok->merges, ia, ib, (int32_t)i, im);
@@ -351,8 +385,30 @@ static dsr1_status load_merges(dsr1_tokenizer *tok, const json_t *merges)
     return st;
 }
 
-static dsr1_status load_added(dsr1_tokenizer *tok, const json_t *added, size_t *used,
-                              size_t *cap)
+/* Fills tok->words (see tokenizer_internal.h): BPE every vocabulary token once. */
+static dsr1_status build_word_memo(dsr1_tokenizer *tok)
+{
+    dsr1_status st = dsr1__strmap_init(&tok->words, tok->vocab.count);
+    if (st) return st;
+    dsr1__bpe_scratch scratch = {0};
+    dsr1__ids ids = {0};
+    for (int32_t id = 0; id < tok->n_vocab && !st; id++) {
+        if (!(tok->flags[id] & DSR1__TOK_PRESENT) || (tok->flags[id] & DSR1__TOK_ADDED)) continue;
+        const uint8_t *b = tok->bytes + tok->bytes_off[id];
+        size_t len = tok->bytes_len[id];
+        ids.n = 0;
+        st = dsr1__bpe_word(tok, b, len, &scratch, &ids, 0);
+        if (!st && ids.n == 1 && ids.v[0] == id) {
+            st = dsr1__strmap_put(&tok->words, (const char *)b, len, id);
+            if (len > tok->max_word_len) tok->max_word_len = len;
+        }
+    }
+    free(ids.v);
+    dsr1__bpe_scratch_free(&scratch);
+    return st;
+}
+
+static dsr1_status load_added(dsr1_tokenizer *tok, const json_t *added, size_t *used, size_t *cap)
 {
     size_t n = json_array_size(added);
     dsr1_status st = dsr1__strmap_init(&tok->added_map, n);
@@ -370,8 +426,10 @@ static dsr1_status load_added(dsr1_tokenizer *tok, const json_t *added, size_t *
         /* HF's default: special tokens are not normalized, the others are. */
         t->normalized = bool_or(a, "normalized", !t->special);
         if (bool_or(a, "single_word", false))
-            return dsr1_error(DSR1_ERR_UNSUPPORTED, "tokenizer.json: added token '%s' has "
-                              "single_word=true, which is not supported", json_string_value(c));
+            return dsr1_error(DSR1_ERR_UNSUPPORTED,
+                              "tokenizer.json: added token '%s' has "
+                              "single_word=true, which is not supported",
+                              json_string_value(c));
         if (t->len == 0)
             return dsr1_error(DSR1_ERR_FORMAT, "tokenizer.json: added_tokens[%zu] is empty", i);
         t->content = malloc(t->len + 1);
@@ -381,8 +439,10 @@ static dsr1_status load_added(dsr1_tokenizer *tok, const json_t *added, size_t *
         if ((st = dsr1__strmap_put(&tok->added_map, t->content, t->len, t->id))) return st;
         if ((st = set_token(tok, t->id, t->content, t->len, used, cap))) return st;
         tok->flags[t->id] |= DSR1__TOK_ADDED;
-        if (t->special) tok->flags[t->id] |= DSR1__TOK_SPECIAL;
-        else tok->flags[t->id] &= (uint8_t)~DSR1__TOK_SPECIAL;
+        if (t->special)
+            tok->flags[t->id] |= DSR1__TOK_SPECIAL;
+        else
+            tok->flags[t->id] &= (uint8_t)~DSR1__TOK_SPECIAL;
         st = dsr1__trie_add(t->normalized ? &tok->trie_norm : &tok->trie_raw, t->content, t->len,
                             (int32_t)(tok->n_added - 1));
         if (st) return st;
@@ -396,14 +456,18 @@ static dsr1_status check_post_and_decoder(const json_t *root)
     for (size_t i = 0; i < 2; i++) {
         const json_t *v = json_object_get(root, keys[i]);
         if (!is_null_or_absent(v) && strcmp(type_of(v), "ByteLevel"))
-            return dsr1_error(DSR1_ERR_UNSUPPORTED, "tokenizer.json: %s of type '%s' is not "
-                              "supported (only ByteLevel)", keys[i], type_of(v));
+            return dsr1_error(DSR1_ERR_UNSUPPORTED,
+                              "tokenizer.json: %s of type '%s' is not "
+                              "supported (only ByteLevel)",
+                              keys[i], type_of(v));
     }
     static const char *const unset[] = {"truncation", "padding"};
     for (size_t i = 0; i < 2; i++)
         if (!is_null_or_absent(json_object_get(root, unset[i])))
-            return dsr1_error(DSR1_ERR_UNSUPPORTED, "tokenizer.json: '%s' is set; dsr1 "
-                              "never truncates or pads, set it to null", unset[i]);
+            return dsr1_error(DSR1_ERR_UNSUPPORTED,
+                              "tokenizer.json: '%s' is set; dsr1 "
+                              "never truncates or pads, set it to null",
+                              unset[i]);
     return DSR1_OK;
 }
 
@@ -418,7 +482,7 @@ static dsr1_status load_json(dsr1_tokenizer *tok, const json_t *root)
     const json_t *added = json_object_get(root, "added_tokens");
     if (!json_is_object(model) || !json_is_object(vocab) || !json_is_array(merges))
         return dsr1_error(DSR1_ERR_FORMAT, "tokenizer.json: needs a 'model' object with a "
-                          "'vocab' object and a 'merges' array");
+                                           "'vocab' object and a 'merges' array");
     if (!is_null_or_absent(added) && !json_is_array(added))
         return dsr1_error(DSR1_ERR_FORMAT, "tokenizer.json: 'added_tokens' must be an array");
     if ((st = check_model_options(model)) || (st = check_post_and_decoder(root)) ||
@@ -428,7 +492,8 @@ static dsr1_status load_json(dsr1_tokenizer *tok, const json_t *root)
     tok->ignore_merges = bool_or(model, "ignore_merges", false);
     size_t used = 0, cap = 0;
     if ((st = size_vocab(tok, vocab, added)) || (st = load_vocab(tok, vocab, &used, &cap)) ||
-        (st = load_merges(tok, merges)) || (st = load_added(tok, added, &used, &cap)))
+        (st = load_merges(tok, merges)) || (st = build_word_memo(tok)) ||
+        (st = load_added(tok, added, &used, &cap)))
         return st;
     return DSR1_OK;
 }
@@ -441,8 +506,7 @@ dsr1_status dsr1_tokenizer_load_file(const char *path, dsr1_tokenizer **out)
         FILE *f = fopen(path, "rb");
         if (!f) return dsr1_error(DSR1_ERR_IO, "%s: cannot open", path);
         fclose(f);
-        return dsr1_error(DSR1_ERR_FORMAT, "%s:%d:%d: %s", path, jerr.line, jerr.column,
-                          jerr.text);
+        return dsr1_error(DSR1_ERR_FORMAT, "%s:%d:%d: %s", path, jerr.line, jerr.column, jerr.text);
     }
     dsr1_tokenizer *tok = calloc(1, sizeof(*tok));
     if (!tok) {
@@ -483,6 +547,7 @@ void dsr1_tokenizer_free(dsr1_tokenizer *tok)
     free(tok->bytes);
     dsr1__strmap_free(&tok->vocab);
     dsr1__strmap_free(&tok->added_map);
+    dsr1__strmap_free(&tok->words);
     dsr1__merges_free(&tok->merges);
     for (size_t i = 0; i < tok->n_added; i++) free(tok->added[i].content);
     free(tok->added);
@@ -514,12 +579,12 @@ int32_t dsr1_tokenizer_token_id(const dsr1_tokenizer *tok, const char *token)
     return id >= 0 ? id : dsr1__strmap_get(&tok->vocab, token, strlen(token));
 }
 
-dsr1_status dsr1_tokenizer_token_bytes(const dsr1_tokenizer *tok, int32_t id,
-                                       const uint8_t **bytes, size_t *len)
+dsr1_status dsr1_tokenizer_token_bytes(const dsr1_tokenizer *tok, int32_t id, const uint8_t **bytes,
+                                       size_t *len)
 {
     if (!dsr1_tokenizer_id_valid(tok, id))
-        return dsr1_error(DSR1_ERR_RANGE, "token id %d is not in the vocabulary (size %d)",
-                          (int)id, (int)tok->n_vocab);
+        return dsr1_error(DSR1_ERR_RANGE, "token id %d is not in the vocabulary (size %d)", (int)id,
+                          (int)tok->n_vocab);
     *bytes = tok->bytes + tok->bytes_off[id];
     *len = tok->bytes_len[id];
     return DSR1_OK;
@@ -531,8 +596,10 @@ dsr1_status dsr1_tokenizer_decode(const dsr1_tokenizer *tok, const int32_t *ids,
     size_t total = 0;
     for (size_t i = 0; i < n; i++) {
         if (!dsr1_tokenizer_id_valid(tok, ids[i]))
-            return dsr1_error(DSR1_ERR_RANGE, "decode: ids[%zu] = %d is not in the vocabulary "
-                              "(size %d)", i, (int)ids[i], (int)tok->n_vocab);
+            return dsr1_error(DSR1_ERR_RANGE,
+                              "decode: ids[%zu] = %d is not in the vocabulary "
+                              "(size %d)",
+                              i, (int)ids[i], (int)tok->n_vocab);
         if (!(skip_special && (tok->flags[ids[i]] & DSR1__TOK_SPECIAL)))
             total += tok->bytes_len[ids[i]];
     }

@@ -70,7 +70,7 @@ bool dsr1_tokenizer_id_valid(const dsr1_tokenizer *tok, int32_t id);
 bool dsr1_tokenizer_is_special(const dsr1_tokenizer *tok, int32_t id);
 /* The bytes a token decodes to (not NUL-terminated; not necessarily complete UTF-8).
  * Borrowed from tok. DSR1_ERR_RANGE for unknown ids. */
-dsr1_status dsr1_tokenizer_token_bytes(const dsr1_tokenizer *tok, int32_t id,
-                                       const uint8_t **bytes, size_t *len);
+dsr1_status dsr1_tokenizer_token_bytes(const dsr1_tokenizer *tok, int32_t id, const uint8_t **bytes,
+                                       size_t *len);
 
 #endif

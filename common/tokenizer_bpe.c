@@ -127,8 +127,7 @@ static heap_entry heap_pop(heap_entry *h, size_t *n)
 }
 
 /* Rank of the pair starting at symbol position left, INT32_MAX if none. */
-static inline int32_t rank_at(const dsr1_tokenizer *tok, const dsr1__bpe_scratch *s,
-                              int32_t left)
+static inline int32_t rank_at(const dsr1_tokenizer *tok, const dsr1__bpe_scratch *s, int32_t left)
 {
     int32_t right = s->next[left];
     return right < 0 ? INT32_MAX : pair_rank(&tok->merges, s->sym[left], s->sym[right]);

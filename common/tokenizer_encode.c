@@ -33,7 +33,8 @@ static uint32_t char_at(const uint8_t *s, size_t i, size_t *n)
     uint8_t c = s[i];
     if (c < 0x80) return *n = 1, c;
     if (c < 0xE0) return *n = 2, ((c & 0x1Fu) << 6) | (s[i + 1] & 0x3Fu);
-    if (c < 0xF0) return *n = 3, ((c & 0x0Fu) << 12) | ((s[i + 1] & 0x3Fu) << 6) | (s[i + 2] & 0x3Fu);
+    if (c < 0xF0)
+        return *n = 3, ((c & 0x0Fu) << 12) | ((s[i + 1] & 0x3Fu) << 6) | (s[i + 2] & 0x3Fu);
     *n = 4;
     return ((c & 0x07u) << 18) | ((s[i + 1] & 0x3Fu) << 12) | ((s[i + 2] & 0x3Fu) << 6) |
            (s[i + 3] & 0x3Fu);
@@ -63,6 +64,10 @@ static size_t strip_right(const uint8_t *s, size_t stop, size_t len)
 static dsr1_status on_piece(void *ctx, const uint8_t *piece, size_t len)
 {
     encoder *e = ctx;
+    if (len > 1 && len <= e->tok->max_word_len) {
+        int32_t id = dsr1__strmap_get(&e->tok->words, (const char *)piece, len);
+        if (id >= 0) return dsr1__ids_push(&e->out, id);
+    }
     return dsr1__bpe_word(e->tok, piece, len, &e->scratch, &e->out, 0);
 }
 
@@ -115,8 +120,10 @@ dsr1_status dsr1_tokenizer_encode(const dsr1_tokenizer *tok, const char *text, s
     const uint8_t *s = (const uint8_t *)text;
     size_t bad = dsr1__utf8_valid_prefix(s, len);
     if (bad < len)
-        return dsr1_error(DSR1_ERR_INVALID_ARG, "encode: input is not valid UTF-8 at byte %zu "
-                          "(0x%02X)", bad, s[bad]);
+        return dsr1_error(DSR1_ERR_INVALID_ARG,
+                          "encode: input is not valid UTF-8 at byte %zu "
+                          "(0x%02X)",
+                          bad, s[bad]);
     encoder e = {.tok = tok, .flags = flags};
     e.md = pcre2_match_data_create(tok->pretok.max_capture_pairs + 1, NULL);
     if (!e.md) return dsr1_error(DSR1_ERR_NOMEM, "encode: out of memory");

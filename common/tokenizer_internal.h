@@ -53,8 +53,7 @@ void dsr1__merges_free(dsr1__merges *m);
 /* Inserts or overwrites (a, b) -> (rank, merged): a later duplicate wins, as in HF. */
 void dsr1__merges_put(dsr1__merges *m, int32_t a, int32_t b, int32_t rank, int32_t merged);
 
-static inline const dsr1__merge_slot *dsr1__merges_get(const dsr1__merges *m, int32_t a,
-                                                       int32_t b)
+static inline const dsr1__merge_slot *dsr1__merges_get(const dsr1__merges *m, int32_t a, int32_t b)
 {
     uint64_t key = ((uint64_t)(uint32_t)a << 32) | (uint32_t)b;
     size_t i = (size_t)((key * 0x9E3779B97F4A7C15ull) >> 20) & m->mask;
@@ -95,7 +94,7 @@ typedef struct {
 void dsr1__bpe_scratch_free(dsr1__bpe_scratch *s);
 
 /* Words at most this long (in bytes) use the direct O(n^2) scan, longer ones a heap. */
-#define DSR1__BPE_SHORT_WORD 24
+#define DSR1__BPE_SHORT_WORD 64
 
 /* BPE of one pre-token (raw bytes), appending ids. force: 0 = choose by length,
  * 1 = always the scan, 2 = always the heap (tests compare the two). */
@@ -195,15 +194,20 @@ static inline int dsr1__byte_level_byte(uint32_t cp)
 enum { DSR1__TOK_PRESENT = 1, DSR1__TOK_ADDED = 2, DSR1__TOK_SPECIAL = 4 };
 
 struct dsr1_tokenizer {
-    int32_t n_vocab; /* one past the largest id */
-    uint8_t *flags;  /* per id: DSR1__TOK_* */
+    int32_t n_vocab;                 /* one past the largest id */
+    uint8_t *flags;                  /* per id: DSR1__TOK_* */
     uint32_t *bytes_off, *bytes_len; /* per id: what it decodes to, in bytes[] */
     uint8_t *bytes;
-    dsr1__strmap vocab;  /* BPE vocabulary string (byte-level form) -> id */
-    dsr1__strmap added_map; /* added token content -> id */
+    dsr1__strmap vocab;      /* BPE vocabulary string (byte-level form) -> id */
+    dsr1__strmap added_map;  /* added token content -> id */
     int32_t byte_token[256]; /* the single-byte token of each byte */
     dsr1__merges merges;
     bool ignore_merges;
+    /* Memo of BPE on whole words: raw bytes of every vocabulary token that BPE turns into
+     * exactly itself -> its id. Most pre-tokens are such words, so one lookup replaces
+     * the merge loop; any other piece goes through BPE as usual (exact either way). */
+    dsr1__strmap words;
+    size_t max_word_len;
     dsr1__added *added;
     size_t n_added;
     dsr1__trie trie_raw;  /* added tokens with normalized=false */

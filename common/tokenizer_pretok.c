@@ -142,8 +142,7 @@ static int match_at(const dsr1__pretok *p, int level, const uint8_t *s, size_t l
          * interpreter keeps its backtracking state on the heap instead. */
         if (rc != PCRE2_ERROR_JIT_STACKLIMIT) return rc;
     }
-    return pcre2_match(p->re[level], s, len, off, PCRE2_NO_UTF_CHECK | PCRE2_NO_JIT, md,
-                       p->mctx);
+    return pcre2_match(p->re[level], s, len, off, PCRE2_NO_UTF_CHECK | PCRE2_NO_JIT, md, p->mctx);
 }
 
 static dsr1_status split_level(const dsr1__pretok *p, int level, const uint8_t *s, size_t len,

@@ -1,14 +1,19 @@
 /* The embedded launcher: the whole worker grid as threads of this process over the
- * in-process transport, driven through the same grid and worker loop as a cluster
- * (see cluster.h). */
+ * in-process transport (or UCX on loopback), driven through the same grid and worker loop
+ * as a cluster; or, with the MPI transport, the coordinator's attachment to worker
+ * processes started by mpirun/srun (see cluster.h). */
 #include "cluster.h"
 
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
 
+#include "bootstrap_mpi.h"
+#include "dsr1_build_config.h"
 #include "grid.h"
 #include "log.h"
+#include "wire.h"
 #include "worker_loop.h"
 
 typedef struct {
@@ -24,7 +29,137 @@ struct dsr1_cluster {
     dsr1_comm **ep_comms; /* [workers]: stage s, index e at s * ep + e */
     worker_slot *slots;
     dsr1_grid *grid;
+    int transport, failed;
+    void *mpi;     /* dsr1_mpi of the MPI transport */
+    int mpi_clean; /* every rank can still reach MPI_Finalize */
 };
+
+#if DSR1_HAVE_UCX
+/* Names of the world ranks for UCX messages: "coordinator", "worker i (stage s, EP e)". */
+static char (*rank_names(int workers, int ep))[64]
+{
+    char(*n)[64] = calloc((size_t)workers + 1, 64);
+    if (!n) return NULL;
+    snprintf(n[0], 64, "coordinator");
+    for (int i = 0; i < workers; i++)
+        snprintf(n[1 + i], 64, "worker %d (stage %d, EP %d)", i, i / ep, i % ep);
+    return n;
+}
+#endif
+
+/* The world and EP groups of the embedded grid as UCX groups on loopback. */
+static dsr1_status make_ucx_groups(dsr1_cluster *c, int timeout)
+{
+#if DSR1_HAVE_UCX
+    char(*names)[64] = rank_names(c->workers, c->ep);
+    const char **labels = calloc((size_t)c->workers + 1, sizeof(char *));
+    dsr1_status st = DSR1_OK;
+    if (!names || !labels) {
+        st = dsr1_error(DSR1_ERR_NOMEM, "out of memory");
+        goto out;
+    }
+    for (int r = 0; r <= c->workers; r++) labels[r] = names[r];
+    if ((st = dsr1_comm_ucx_create_local(c->workers + 1, timeout, "world", labels, c->world)))
+        goto out;
+    for (int s = 0; s < c->pp && c->ep > 1; s++) {
+        char gname[32];
+        snprintf(gname, sizeof(gname), "stage %d EP", s);
+        if ((st = dsr1_comm_ucx_create_local(c->ep, dsr1_ep_timeout(timeout), gname,
+                                             labels + 1 + s * c->ep, c->ep_comms + s * c->ep)))
+            goto out;
+    }
+    /* test hook: DSR1_TEST_KILL_WORKER=i:n makes worker i die on receiving step n */
+    const char *kill = getenv("DSR1_TEST_KILL_WORKER");
+    int kw, ks;
+    char extra;
+    if (kill &&
+        (sscanf(kill, "%d:%d%c", &kw, &ks, &extra) != 2 || kw < 0 || kw >= c->workers || ks < 1)) {
+        st = dsr1_error(DSR1_ERR_INVALID_ARG,
+                        "DSR1_TEST_KILL_WORKER='%s': expected WORKER:STEP, worker < %d, step >= 1",
+                        kill, c->workers);
+        goto out;
+    }
+    if (kill) {
+        DSR1_WARN("test hook: worker %d will die on step %d", kw, ks);
+        dsr1_comm_ucx_crash_after(c->world[1 + kw], DSR1_TAG_CTRL, ks,
+                                  c->ep > 1 ? c->ep_comms[kw] : NULL);
+    }
+out:
+    free(names);
+    free(labels);
+    return st;
+#else
+    (void)c;
+    (void)timeout;
+    return dsr1_error(DSR1_ERR_UNSUPPORTED, "this build has no UCX (install libucx-dev and "
+                                            "reconfigure)");
+#endif
+}
+
+/* Coordinator of worker processes started by an MPI launcher (this process is rank 0). */
+static dsr1_status attach_mpi(dsr1_cluster *c, const dsr1_cluster_params *p,
+                              const dsr1_model_config *cfg, int timeout)
+{
+#if DSR1_HAVE_UCX && DSR1_HAVE_MPI
+    dsr1_mpi *m;
+    dsr1_status st = dsr1_mpi_init(&m);
+    if (st != DSR1_OK) return st;
+    c->mpi = m;
+    const int rank = dsr1_mpi_rank(m), size = dsr1_mpi_size(m);
+    if (rank != 0 || size < 2)
+        return dsr1_error(DSR1_ERR_INVALID_ARG,
+                          "the coordinator must be MPI rank 0 of a job with worker ranks (this "
+                          "is rank %d of %d): mpirun -np 1 dsr1 run ... : -np N dsr1-worker ...",
+                          rank, size);
+    c->workers = size - 1;
+    c->ep = c->workers / p->pp;
+    if (!(c->world = calloc((size_t)c->workers + 1, sizeof(dsr1_comm *))))
+        return dsr1_error(DSR1_ERR_NOMEM, "out of memory");
+    if (p->workers > 0 && p->workers != c->workers)
+        return dsr1_error(DSR1_ERR_INVALID_ARG, "--workers %d, but the MPI job has %d worker ranks",
+                          p->workers, c->workers);
+    if (c->workers % p->pp || p->pp > cfg->num_hidden_layers || c->ep > cfg->n_routed_experts)
+        return dsr1_error(DSR1_ERR_INVALID_ARG,
+                          "%d worker ranks cannot form %d pipeline stages of a %d-layer, "
+                          "%d-expert model",
+                          c->workers, p->pp, cfg->num_hidden_layers, cfg->n_routed_experts);
+    int *owner = malloc(sizeof(int) * (size_t)cfg->n_routed_experts);
+    if (!owner) return dsr1_error(DSR1_ERR_NOMEM, "out of memory");
+    dsr1_placement_balanced(cfg->n_routed_experts, c->ep, owner);
+    dsr1_hello h = {DSR1_WIRE_VERSION,
+                    c->workers,
+                    p->pp,
+                    p->n_slots,
+                    p->max_tokens,
+                    timeout,
+                    p->dummy_cfg != NULL,
+                    p->seed,
+                    dsr1_config_hash(cfg),
+                    dsr1_placement_hash(owner, cfg->n_routed_experts)};
+    free(owner);
+    DSR1_INFO("grid: %d workers = %d pipeline stage(s) x %d expert-parallel rank(s), MPI job of "
+              "%d ranks, UCX transport; waiting for the workers to load",
+              c->workers, p->pp, c->ep, size);
+    st = dsr1_mpi_hello(m, &h);
+    if ((st = dsr1_mpi_agree(m, st)) != DSR1_OK) {
+        c->mpi_clean = 1; /* every rank saw the refusal and finalizes */
+        return st;
+    }
+    dsr1_comm *ep = NULL;
+    if ((st = dsr1_mpi_connect(m, c->workers, p->pp, timeout, &c->world[0], &ep)) != DSR1_OK)
+        return st;
+    DSR1_INFO("grid: all %d workers connected", c->workers);
+    return DSR1_OK;
+#else
+    (void)c;
+    (void)p;
+    (void)cfg;
+    (void)timeout;
+    return dsr1_error(DSR1_ERR_UNSUPPORTED,
+                      "started by an MPI launcher, but this build has no MPI and UCX support "
+                      "(install libopenmpi-dev and libucx-dev and reconfigure)");
+#endif
+}
 
 static void *worker_main(void *arg)
 {
@@ -36,6 +171,25 @@ static void *worker_main(void *arg)
 dsr1_status dsr1_cluster_create(const dsr1_cluster_params *p, dsr1_cluster **out)
 {
     const dsr1_model_config *cfg = p->ckpt ? dsr1_ckpt_config(p->ckpt) : p->dummy_cfg;
+    const int timeout = p->timeout_ms > 0 ? p->timeout_ms : 60000;
+    if (p->transport == DSR1_TRANSPORT_MPI) {
+        dsr1_cluster *c = calloc(1, sizeof(*c));
+        dsr1_status st;
+        if (!c) return dsr1_error(DSR1_ERR_NOMEM, "out of memory");
+        c->transport = DSR1_TRANSPORT_MPI;
+        c->pp = p->pp;
+        if (p->pp < 1) {
+            st = dsr1_error(DSR1_ERR_INVALID_ARG, "%d pipeline stages", p->pp);
+        } else if ((st = attach_mpi(c, p, cfg, timeout)) == DSR1_OK) {
+            st = dsr1_grid_create(c->world[0], c->workers, c->pp, cfg->vocab_size, &c->grid);
+        }
+        if (st != DSR1_OK) {
+            dsr1_cluster_destroy(c);
+            return st;
+        }
+        *out = c;
+        return DSR1_OK;
+    }
     if (p->workers < 1 || p->pp < 1 || p->workers % p->pp)
         return dsr1_error(DSR1_ERR_INVALID_ARG,
                           "%d workers cannot form %d pipeline stages "
@@ -52,6 +206,7 @@ dsr1_status dsr1_cluster_create(const dsr1_cluster_params *p, dsr1_cluster **out
     c->workers = p->workers;
     c->pp = p->pp;
     c->ep = p->workers / p->pp;
+    c->transport = p->transport;
     c->world = calloc((size_t)p->workers + 1, sizeof(dsr1_comm *));
     c->ep_comms = calloc((size_t)p->workers, sizeof(dsr1_comm *));
     c->slots = calloc((size_t)p->workers, sizeof(worker_slot));
@@ -60,14 +215,18 @@ dsr1_status dsr1_cluster_create(const dsr1_cluster_params *p, dsr1_cluster **out
         st = dsr1_error(DSR1_ERR_NOMEM, "out of memory");
         goto err;
     }
-    const int timeout = p->timeout_ms > 0 ? p->timeout_ms : 60000;
-    if ((st = dsr1_comm_inproc_create(p->workers + 1, timeout, c->world)) != DSR1_OK) goto err;
-    for (int s = 0; s < c->pp && c->ep > 1; s++)
-        if ((st = dsr1_comm_inproc_create(c->ep, timeout, c->ep_comms + s * c->ep)) != DSR1_OK)
-            goto err;
-    DSR1_INFO("grid: %d workers = %d pipeline stage(s) x %d expert-parallel rank(s), in-process "
+    if (p->transport == DSR1_TRANSPORT_UCX) {
+        if ((st = make_ucx_groups(c, timeout)) != DSR1_OK) goto err;
+    } else {
+        if ((st = dsr1_comm_inproc_create(p->workers + 1, timeout, c->world)) != DSR1_OK) goto err;
+        for (int s = 0; s < c->pp && c->ep > 1; s++)
+            if ((st = dsr1_comm_inproc_create(c->ep, timeout, c->ep_comms + s * c->ep)) != DSR1_OK)
+                goto err;
+    }
+    DSR1_INFO("grid: %d workers = %d pipeline stage(s) x %d expert-parallel rank(s), %s "
               "transport",
-              c->workers, c->pp, c->ep);
+              c->workers, c->pp, c->ep,
+              p->transport == DSR1_TRANSPORT_UCX ? "UCX (loopback)" : "in-process");
     int threads = p->threads > 0 ? p->threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
     threads = threads / c->workers > 1 ? threads / c->workers : 1;
     for (int s = 0; s < c->pp; s++)
@@ -106,12 +265,17 @@ err:
 
 dsr1_status dsr1_cluster_step(dsr1_cluster *c, const dsr1_batch *b)
 {
-    return dsr1_grid_step(c->grid, b);
+    dsr1_status st = dsr1_grid_step(c->grid, b);
+    if (st != DSR1_OK) c->failed = 1;
+    return st;
 }
 
 void dsr1_cluster_destroy(dsr1_cluster *c)
 {
     if (!c) return;
+#if DSR1_HAVE_UCX && DSR1_HAVE_MPI
+    const int mpi_clean = c->mpi_clean || (c->grid && !c->failed);
+#endif
     if (c->grid)
         dsr1_grid_shutdown(c->grid);
     else if (c->world && c->world[0])
@@ -126,10 +290,21 @@ void dsr1_cluster_destroy(dsr1_cluster *c)
     free(c->world);
     free(c->ep_comms);
     free(c->slots);
+#if DSR1_HAVE_UCX && DSR1_HAVE_MPI
+    /* after a failure some rank may be gone: MPI_Finalize could wait for it forever */
+    if (c->mpi) dsr1_mpi_finalize(c->mpi, mpi_clean);
+#endif
     free(c);
+}
+
+int dsr1_cluster_workers(const dsr1_cluster *c)
+{
+    return c->workers;
 }
 
 uint64_t dsr1_cluster_worker_bytes(const dsr1_cluster *c, int i)
 {
-    return i >= 0 && i < c->workers && c->slots[i].w.weights ? c->slots[i].w.weights->bytes : 0;
+    return i >= 0 && i < c->workers && c->slots && c->slots[i].w.weights
+               ? c->slots[i].w.weights->bytes
+               : 0;
 }

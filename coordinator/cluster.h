@@ -16,6 +16,16 @@
 #include "forward.h"
 #include "kernels.h"
 
+/* How the workers are reached. INPROC and UCX start them as threads of this process (UCX:
+ * over loopback, to exercise that transport without a launcher); MPI attaches to worker
+ * processes started beside this one by mpirun or srun (this process must be MPI rank 0;
+ * the world size gives the number of workers; the steps travel over UCX). */
+typedef enum {
+    DSR1_TRANSPORT_INPROC = 0,
+    DSR1_TRANSPORT_UCX = 1,
+    DSR1_TRANSPORT_MPI = 2,
+} dsr1_transport;
+
 typedef struct {
     const dsr1_ckpt *ckpt;              /* weights from this checkpoint (kept open by caller) */
     const dsr1_model_config *dummy_cfg; /* or random weights from this config */
@@ -26,6 +36,7 @@ typedef struct {
     int n_slots;    /* cache slots in the whole grid */
     int max_tokens; /* cache capacity per slot */
     int timeout_ms; /* bound on every wait for a peer */
+    int transport;  /* dsr1_transport; with MPI, workers may be 0 (taken from the job) */
 } dsr1_cluster_params;
 
 typedef struct dsr1_cluster dsr1_cluster;
@@ -36,6 +47,8 @@ dsr1_status dsr1_cluster_create(const dsr1_cluster_params *p, dsr1_cluster **out
 dsr1_status dsr1_cluster_step(dsr1_cluster *c, const dsr1_batch *b);
 /* Shut the workers down and free everything. */
 void dsr1_cluster_destroy(dsr1_cluster *c);
+/* Workers in the grid (with MPI: the job's worker ranks). */
+int dsr1_cluster_workers(const dsr1_cluster *c);
 /* Bytes of weights held by worker i (for the startup report and tests). */
 uint64_t dsr1_cluster_worker_bytes(const dsr1_cluster *c, int i);
 

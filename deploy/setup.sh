@@ -13,6 +13,7 @@ packages=(
     libjansson-dev libpcre2-dev libcmocka-dev
     python3 python3-numpy python3-jinja2
     clang libclang-rt-14-dev
+    libucx-dev libopenmpi-dev openmpi-bin
     nodejs npm
 )
 if [ "${DSR1_SKIP_APT:-0}" != 1 ]; then

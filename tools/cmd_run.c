@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "bootstrap_mpi.h"
 #include "ckpt.h"
 #include "cluster.h"
 #include "commands.h"
@@ -38,6 +39,13 @@ static void run_usage(FILE *f)
             "  --workers N          run N workers as threads of this process (embedded cluster:\n"
             "                       expert parallelism over an in-process transport)\n"
             "  --pp P               pipeline stages among the workers (default 1; N %% P == 0)\n"
+            "  --transport NAME     between the embedded workers: inproc (default) or ucx\n"
+            "                       (UCX over loopback)\n"
+            "  --mpi                coordinate worker processes of an MPI job (implied when\n"
+            "                       started by mpirun/srun with more than one rank):\n"
+            "                       mpirun -np 1 dsr1 run ... : -np N dsr1-worker --model DIR\n"
+            "  --timeout-ms T       give up on a silent or lost worker after T ms (default\n"
+            "                       60000)\n"
             "  --threads N          worker threads (default: DSR1_THREADS or all cores)\n"
             "  --kernels NAME       kernel variant: auto (default) or portable\n"
             "  -h, --help           this text\n");
@@ -128,6 +136,7 @@ static dsr1_status load_config(const char *path, dsr1_model_config *cfg)
 
 int dsr1_cmd_run(int argc, char **argv)
 {
+    // clang-format off
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},       {"prompt-ids", required_argument, 0, 'p'},
         {"force-ids", required_argument, 0, 'f'},   {"max-tokens", required_argument, 0, 'n'},
@@ -135,9 +144,13 @@ int dsr1_cmd_run(int argc, char **argv)
         {"kernels", required_argument, 0, 'k'},     {"help", no_argument, 0, 'h'},
         {"dummy-weights", no_argument, 0, 'D'},     {"seed", required_argument, 0, 's'},
         {"layers", required_argument, 0, 'L'},      {"workers", required_argument, 0, 'W'},
-        {"pp", required_argument, 0, 'P'},          {0, 0, 0, 0}};
+        {"pp", required_argument, 0, 'P'},          {"transport", required_argument, 0, 'T'},
+        {"mpi", no_argument, 0, 'M'},               {"timeout-ms", required_argument, 0, 'O'},
+        {0, 0, 0, 0}};
+    // clang-format on
     const char *model = NULL, *prompt_s = NULL, *force_s = NULL, *dump = NULL, *kname = NULL;
     int max_tokens = 16, threads = 0, dummy = 0, layers = 0, workers = 0, pp = 1, c;
+    int transport = DSR1_TRANSPORT_INPROC, mpi = dsr1_mpi_launched_size() > 1, timeout_ms = 0;
     unsigned long long seed = 1;
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -160,6 +173,16 @@ int dsr1_cmd_run(int argc, char **argv)
         case 'D':
             dummy = 1;
             break;
+        case 'M':
+            mpi = 1;
+            break;
+        case 'T':
+            if (!strcmp(optarg, "inproc") || !strcmp(optarg, "ucx")) {
+                transport = optarg[0] == 'u' ? DSR1_TRANSPORT_UCX : DSR1_TRANSPORT_INPROC;
+                break;
+            }
+            fprintf(stderr, "dsr1 run: --transport: '%s' is not inproc or ucx\n", optarg);
+            return 2;
         case 's': {
             char *end;
             errno = 0;
@@ -174,6 +197,7 @@ int dsr1_cmd_run(int argc, char **argv)
         case 't':
         case 'W':
         case 'P':
+        case 'O':
         case 'L': {
             char *end;
             long v = strtol(optarg, &end, 10);
@@ -183,6 +207,7 @@ int dsr1_cmd_run(int argc, char **argv)
                         : c == 't' ? "threads"
                         : c == 'W' ? "workers"
                         : c == 'P' ? "pp"
+                        : c == 'O' ? "timeout-ms"
                                    : "layers",
                         optarg);
                 return 2;
@@ -195,6 +220,8 @@ int dsr1_cmd_run(int argc, char **argv)
                 workers = (int)v;
             else if (c == 'P')
                 pp = (int)v;
+            else if (c == 'O')
+                timeout_ms = (int)v;
             else
                 layers = (int)v;
             break;
@@ -259,9 +286,10 @@ int dsr1_cmd_run(int argc, char **argv)
         cfg = dsr1_ckpt_config(ck);
     }
     const int vocab = cfg->vocab_size;
-    if (workers > 0) {
-        dsr1_cluster_params cp = {ck, dummy ? cfg : NULL, seed, workers, pp, kern, threads,
-                                  1,  np + n_decode,      0};
+    if (mpi) transport = DSR1_TRANSPORT_MPI;
+    if (workers > 0 || mpi) {
+        dsr1_cluster_params cp = {ck, dummy ? cfg : NULL, seed,       workers,  pp, kern, threads,
+                                  1,  np + n_decode,      timeout_ms, transport};
         if ((st = dsr1_cluster_create(&cp, &cl)) != DSR1_OK) goto fail;
     } else {
         if (pp != 1) {
@@ -285,7 +313,8 @@ int dsr1_cmd_run(int argc, char **argv)
     }
     if (cl)
         DSR1_INFO("run: %d prompt tokens, %d %s tokens, kernels %s, %d workers, %d stage(s)", np,
-                  n_decode, force ? "forced" : "generated", kern->name, workers, pp);
+                  n_decode, force ? "forced" : "generated", kern->name, dsr1_cluster_workers(cl),
+                  pp);
     else
         DSR1_INFO("run: %d prompt tokens, %d %s tokens, kernels %s, %d threads", np, n_decode,
                   force ? "forced" : "generated", kern->name, dsr1_pool_size(pool));

@@ -7,5 +7,8 @@
 int dsr1_cmd_run(int argc, char **argv);
 int dsr1_cmd_mkmodel(int argc, char **argv);
 int dsr1_cmd_inspect(int argc, char **argv);
+int dsr1_cmd_tokenize(int argc, char **argv);
+int dsr1_cmd_detokenize(int argc, char **argv);
+int dsr1_cmd_chat_template(int argc, char **argv);
 
 #endif

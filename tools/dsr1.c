@@ -15,6 +15,9 @@ static const command commands[] = {
     {"run", dsr1_cmd_run, "prefill a prompt, then teacher-force or generate; dump logits"},
     {"mkmodel", dsr1_cmd_mkmodel, "write a random checkpoint (tiny, r1-proxy) in the HF layout"},
     {"inspect", dsr1_cmd_inspect, "summarise a checkpoint: config, parameters, memory per slice"},
+    {"tokenize", dsr1_cmd_tokenize, "text -> token ids with the checkpoint's tokenizer"},
+    {"detokenize", dsr1_cmd_detokenize, "token ids -> text"},
+    {"chat-template", dsr1_cmd_chat_template, "render a conversation with the chat template"},
 };
 
 static void usage(FILE *f)

@@ -60,15 +60,16 @@ DSR1_AVX512_INLINE __m512 dsr1__bf16x16_n(const uint16_t *p, int n)
     return _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
 }
 
-/* Weights c .. c+16 (or c .. c+n with n < 16, the rest 0) of one row as float32, times
- * `mul` (scale * 256 for FP8; ignored otherwise). `dt` is a compile-time constant at every
- * call site, so the switch disappears. */
-DSR1_AVX512_INLINE __m512 dsr1__wload(dsr1_dtype dt, const void *row, int c, int n, __m512 mul)
+/* Weights c .. c+16 (or c .. c+n with n < 16, the rest 0) of one row as float32, unscaled:
+ * for FP8 the e4m3 value / 256 (the block scale's multiplier, dsr1__wscale, puts it right),
+ * bf16 and f32 exact. `dt` is a compile-time constant at every call site, so the switch
+ * disappears. */
+DSR1_AVX512_INLINE __m512 dsr1__wraw(dsr1_dtype dt, const void *row, int c, int n)
 {
     switch (dt) {
     case DSR1_DT_F8_E4M3: {
         const uint8_t *p = (const uint8_t *)row + c;
-        return _mm512_mul_ps(n >= 16 ? dsr1__e4m3x16(p) : dsr1__e4m3x16_n(p, n), mul);
+        return n >= 16 ? dsr1__e4m3x16(p) : dsr1__e4m3x16_n(p, n);
     }
     case DSR1_DT_BF16: {
         const uint16_t *p = (const uint16_t *)row + c;
@@ -79,6 +80,14 @@ DSR1_AVX512_INLINE __m512 dsr1__wload(dsr1_dtype dt, const void *row, int c, int
         return n >= 16 ? _mm512_loadu_ps(p) : _mm512_maskz_loadu_ps(dsr1__mask16(n), p);
     }
     }
+}
+
+/* The same times `mul` (dsr1__wscale): the exact dequantised weights (FP8 only; bf16 and
+ * f32 are returned as they are). */
+DSR1_AVX512_INLINE __m512 dsr1__wload(dsr1_dtype dt, const void *row, int c, int n, __m512 mul)
+{
+    const __m512 v = dsr1__wraw(dt, row, c, n);
+    return dt == DSR1_DT_F8_E4M3 ? _mm512_mul_ps(v, mul) : v;
 }
 
 /* Element size of a linear weight's dtype (1, 2 or 4 bytes). */

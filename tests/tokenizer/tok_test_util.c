@@ -53,7 +53,8 @@ int tok_test_make_r1_dir(const char *golden, char *dir, size_t cap)
     }
     size_t i;
     json_t *a;
-    json_array_foreach(json_object_get(tj, "added_tokens"), i, a) {
+    json_array_foreach(json_object_get(tj, "added_tokens"), i, a)
+    {
         json_int_t id = json_integer_value(json_object_get(a, "id"));
         if (id == 128798 || id == 128799) {
             json_object_set_new(a, "content", json_string(id == 128798 ? "<think>" : "</think>"));
@@ -120,25 +121,43 @@ void tok_test_put_utf8(char *b, size_t *len, uint32_t c)
  * kinds of White_Space (plus U+180E and U+FEFF, which are not). All were assigned by
  * Unicode 14, the version of Debian's PCRE2, so the reference's newer tables agree. */
 static const uint32_t RANGES[][2] = {
-    {'a', 'z'},       {'A', 'Z'},       {'0', '9'},       {'!', '/'},       {':', '@'},
-    {'[', '`'},       {'{', '~'},       {0xC0, 0xFF},     {0x391, 0x3C9},   {0x410, 0x44F},
-    {0x300, 0x36F},   {0x5D0, 0x5EA},   {0x627, 0x64A},   {0x660, 0x669},   {0x905, 0x939},
-    {0x93E, 0x94D},   {0xB2, 0xB3},     {0x2160, 0x216B}, {0xFF10, 0xFF19}, {0x2010, 0x2027},
-    {0x2030, 0x205E}, {0x20A0, 0x20BF}, {0x2190, 0x21FF}, {0x2200, 0x22FF}, {0x3000, 0x3003},
-    {0x300C, 0x3011}, {0x4E00, 0x4E80}, {0x9F9F, 0x9FAF}, {0x3041, 0x3096}, {0x30A1, 0x30FA},
+    {'a', 'z'},       {'A', 'Z'},       {'0', '9'},         {'!', '/'},         {':', '@'},
+    {'[', '`'},       {'{', '~'},       {0xC0, 0xFF},       {0x391, 0x3C9},     {0x410, 0x44F},
+    {0x300, 0x36F},   {0x5D0, 0x5EA},   {0x627, 0x64A},     {0x660, 0x669},     {0x905, 0x939},
+    {0x93E, 0x94D},   {0xB2, 0xB3},     {0x2160, 0x216B},   {0xFF10, 0xFF19},   {0x2010, 0x2027},
+    {0x2030, 0x205E}, {0x20A0, 0x20BF}, {0x2190, 0x21FF},   {0x2200, 0x22FF},   {0x3000, 0x3003},
+    {0x300C, 0x3011}, {0x4E00, 0x4E80}, {0x9F9F, 0x9FAF},   {0x3041, 0x3096},   {0x30A1, 0x30FA},
     {0x3400, 0x3420}, {0xAC00, 0xAC40}, {0x1F600, 0x1F64F}, {0x1F300, 0x1F320}, {0xFE0F, 0xFE0F},
-    {0x200D, 0x200D}, {0xFF01, 0xFF0F}, {0xE000, 0xE010}, {0xFFFD, 0xFFFD}, {0x1D400, 0x1D420},
+    {0x200D, 0x200D}, {0xFF01, 0xFF0F}, {0xE000, 0xE010},   {0xFFFD, 0xFFFD},   {0x1D400, 0x1D420},
 };
 static const uint32_t SPACES[] = {' ',    '\t',   '\n',   '\r',   0x0B,   0x0C,   0x85,
                                   0xA0,   0x1680, 0x2000, 0x2009, 0x200A, 0x2028, 0x2029,
                                   0x202F, 0x205F, 0x3000, 0x180E, 0xFEFF, 0x200B, 0};
 static const char *const SNIPPETS[] = {
-    "<｜User｜>",       "<｜Assistant｜>", "<think>",          "</think>",
-    "<｜end▁of▁sentence｜>", "<｜begin▁of▁sentence｜>", "<｜tool▁sep｜>", "<|EOT|>",
-    "<｜",              "<｜end▁of",       "<thin",            "</think",
-    "<｜place▁holder▁no▁7｜>", "'s",       "'ll",              " the",
-    "https://",        "\\n",             "```",              "    ",
-    "\r\n",            "...",             "1,000",            "3.14",
+    "<｜User｜>",
+    "<｜Assistant｜>",
+    "<think>",
+    "</think>",
+    "<｜end▁of▁sentence｜>",
+    "<｜begin▁of▁sentence｜>",
+    "<｜tool▁sep｜>",
+    "<|EOT|>",
+    "<｜",
+    "<｜end▁of",
+    "<thin",
+    "</think",
+    "<｜place▁holder▁no▁7｜>",
+    "'s",
+    "'ll",
+    " the",
+    "https://",
+    "\\n",
+    "```",
+    "    ",
+    "\r\n",
+    "...",
+    "1,000",
+    "3.14",
 };
 
 void tok_test_random_piece(tok_rng *r, char *buf, size_t *len)

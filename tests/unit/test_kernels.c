@@ -77,7 +77,9 @@ static void check_linear(const dsr1_kernels *k, dsr1_pool *pool, dsr1_dtype dt, 
                          int m, int r0, int r1)
 {
     rand_linear r = make_linear(dt, rows, cols);
-    const int ldx = cols + 3, ldy = (r1 - r0) + 5;
+    /* x serves both products: cols values for linear, r1 - r0 for linear_t */
+    const int kx = cols > r1 - r0 ? cols : r1 - r0;
+    const int ldx = kx + 3, ldy = (r1 - r0) + 5;
     float *x = malloc(sizeof(float) * m * ldx), *y = malloc(sizeof(float) * m * ldy);
     for (int i = 0; i < m * ldx; i++) x[i] = frand();
     for (int i = 0; i < m * ldy; i++) y[i] = 12345.0f; /* sentinel: padding must stay */
@@ -119,45 +121,129 @@ static void test_linear(void **state)
     dsr1_pool *pool;
     assert_int_equal(dsr1_pool_create(2, &pool), DSR1_OK);
     srand(1);
-    static const int ms[] = {1, 3, 17};
+    static const int ms[] = {1, 3, 4, 5, 17};
     static const dsr1_dtype dts[] = {DSR1_DT_F8_E4M3, DSR1_DT_BF16, DSR1_DT_F32};
     for (size_t v = 0; v < NVAR; v++) {
         const dsr1_kernels *k = dsr1_kernels_select(variants[v]);
         if (!k) continue;
-        for (int d = 0; d < 3; d++)
-            for (int mi = 0; mi < 3; mi++) {
+        for (int d = 0; d < 3; d++) {
+            for (int mi = 0; mi < 5; mi++) {
                 check_linear(k, pool, dts[d], 300, 200, ms[mi], 0, 300);  /* partial blocks */
                 check_linear(k, pool, dts[d], 300, 200, ms[mi], 37, 170); /* mid-block range */
                 check_linear(k, pool, dts[d], 5, 129, ms[mi], 0, 5);      /* tiny, 1 extra col */
+                check_linear(k, pool, dts[d], 70, 600, ms[mi], 3, 67);    /* several K slabs */
             }
+            check_linear(k, pool, dts[d], 70, 600, 300, 3, 67); /* m = 300: several M blocks */
+        }
     }
     dsr1_pool_destroy(pool);
+}
+
+/* y[i] = x[i] W^T must not depend on the other rows of x nor on the thread count: the
+ * engine promises bit-identical logits for a sequence alone or in a batch, and variants
+ * may switch algorithms with m. Rows of a 300-row product against m = 1 and m = 3 and a
+ * single-threaded run. */
+static void test_linear_batch_invariance(void **state)
+{
+    (void)state;
+    dsr1_pool *pool;
+    assert_int_equal(dsr1_pool_create(2, &pool), DSR1_OK);
+    srand(4);
+    static const dsr1_dtype dts[] = {DSR1_DT_F8_E4M3, DSR1_DT_BF16, DSR1_DT_F32};
+    const int m = 300, rows = 70, cols = 600, ldx = cols + 1, ldy = rows;
+    float *x = malloc(sizeof(float) * m * ldx);
+    float *y = malloc(sizeof(float) * m * ldy), *y1 = malloc(sizeof(float) * m * ldy);
+    for (int i = 0; i < m * ldx; i++) x[i] = frand();
+    for (size_t v = 0; v < NVAR; v++) {
+        const dsr1_kernels *k = dsr1_kernels_select(variants[v]);
+        if (!k) continue;
+        for (int d = 0; d < 3; d++) {
+            rand_linear r = make_linear(dts[d], rows, cols);
+            k->linear(pool, &r.w, 0, rows, x, ldx, m, y, ldy);
+            k->linear(NULL, &r.w, 0, rows, x, ldx, m, y1, ldy);
+            assert_memory_equal(y, y1, sizeof(float) * m * ldy);
+            static const int at[] = {0, 7, 150, 297};
+            for (int a = 0; a < 4; a++) {
+                const int i = at[a];
+                k->linear(pool, &r.w, 0, rows, x + (size_t)i * ldx, ldx, 1, y1, ldy);
+                assert_memory_equal(y + (size_t)i * ldy, y1, sizeof(float) * rows);
+                k->linear(pool, &r.w, 0, rows, x + (size_t)i * ldx, ldx, 3, y1, ldy);
+                assert_memory_equal(y + (size_t)i * ldy, y1, sizeof(float) * 3 * rows);
+            }
+            free(r.data);
+            free(r.scale);
+        }
+    }
+    free(x);
+    free(y);
+    free(y1);
+    dsr1_pool_destroy(pool);
+}
+
+/* Every e4m3 bit pattern (subnormals, both zeros, the largest values) times a block scale
+ * must come out exactly as the table value times the scale: one-hot activation rows pick
+ * single weights, through the decode (m = 1) and the batched (m = 256) paths. */
+static void test_linear_fp8_exact(void **state)
+{
+    (void)state;
+    uint8_t q[2 * 256];
+    float scale[2] = {0.75f, 3.0e-3f}; /* [1 row block][2 column blocks] */
+    for (int c = 0; c < 256; c++) {
+        q[c] = (uint8_t)c;
+        q[256 + c] = (uint8_t)(255 - c);
+        if ((q[c] & 0x7f) == 0x7f) q[c] ^= 1; /* no NaN patterns */
+        if ((q[256 + c] & 0x7f) == 0x7f) q[256 + c] ^= 1;
+    }
+    const dsr1_linear w = {DSR1_DT_F8_E4M3, 2, 256, q, scale};
+    float *x = calloc(256 * 256, sizeof(float)), y[256 * 2], y1[2];
+    for (int c = 0; c < 256; c++) x[c * 256 + c] = 1.0f;
+    for (size_t v = 0; v < NVAR; v++) {
+        const dsr1_kernels *k = dsr1_kernels_select(variants[v]);
+        if (!k) continue;
+        k->linear(NULL, &w, 0, 2, x, 256, 256, y, 2);
+        for (int c = 0; c < 256; c++)
+            for (int r = 0; r < 2; r++) {
+                const float want = dsr1_e4m3_to_f32(q[r * 256 + c]) * scale[c / 128];
+                assert_true(y[c * 2 + r] == want);
+                k->linear(NULL, &w, r, r + 1, x + c * 256, 256, 1, y1, 1);
+                assert_true(y1[0] == want);
+            }
+    }
+    free(x);
 }
 
 static void test_rmsnorm(void **state)
 {
     (void)state;
     srand(2);
+    dsr1_pool *pool;
+    assert_int_equal(dsr1_pool_create(2, &pool), DSR1_OK);
     for (size_t v = 0; v < NVAR; v++) {
         const dsr1_kernels *k = dsr1_kernels_select(variants[v]);
-        const int n = 333, m = 17, ld = 400;
-        float *x = malloc(sizeof(float) * m * ld), *y = malloc(sizeof(float) * m * ld);
-        float g[333];
-        for (int i = 0; i < m * ld; i++) x[i] = frand() * 3;
-        for (int i = 0; i < n; i++) g[i] = 1 + frand() * 0.2f;
-        k->rmsnorm(NULL, x, ld, g, n, m, 1e-6f, y, ld);
-        for (int i = 0; i < m; i++) {
-            double ss = 0;
-            for (int c = 0; c < n; c++) ss += (double)x[i * ld + c] * x[i * ld + c];
-            double inv = 1 / sqrt(ss / n + 1e-6);
-            for (int c = 0; c < n; c++)
-                assert_true(fabs(y[i * ld + c] - x[i * ld + c] * inv * g[c]) < 1e-5);
+        if (!k) continue;
+        static const int ms[] = {17, 300}; /* 300 x 333: big enough to be threaded */
+        for (int mi = 0; mi < 2; mi++) {
+            const int n = 333, m = ms[mi], ld = 400;
+            float *x = malloc(sizeof(float) * m * ld), *y = malloc(sizeof(float) * m * ld);
+            float g[333];
+            for (int i = 0; i < m * ld; i++) x[i] = frand() * 3;
+            for (int i = 0; i < n; i++) g[i] = 1 + frand() * 0.2f;
+            k->rmsnorm(pool, x, ld, g, n, m, 1e-6f, y, ld);
+            for (int i = 0; i < m; i++) {
+                double ss = 0;
+                for (int c = 0; c < n; c++) ss += (double)x[i * ld + c] * x[i * ld + c];
+                double inv = 1 / sqrt(ss / n + 1e-6);
+                for (int c = 0; c < n; c++)
+                    assert_true(fabs(y[i * ld + c] - x[i * ld + c] * inv * g[c]) < 1e-5);
+            }
+            k->rmsnorm(pool, x, ld, g, n, m, 1e-6f, x, ld); /* in place */
+            for (int i = 0; i < m; i++)
+                assert_memory_equal(x + (size_t)i * ld, y + (size_t)i * ld, sizeof(float) * n);
+            free(x);
+            free(y);
         }
-        k->rmsnorm(NULL, x, ld, g, n, m, 1e-6f, x, ld); /* in place */
-        assert_memory_equal(x, y, sizeof(float) * n);
-        free(x);
-        free(y);
     }
+    dsr1_pool_destroy(pool);
 }
 
 static void test_mla_attention(void **state)
@@ -168,10 +254,12 @@ static void test_mla_attention(void **state)
     assert_int_equal(dsr1_pool_create(2, &pool), DSR1_OK);
     for (size_t v = 0; v < NVAR; v++) {
         const dsr1_kernels *k = dsr1_kernels_select(variants[v]);
-        const int heads = 3, kvl = 40, rope = 8, ld = kvl + rope + 3;
-        static const int ts[] = {1, 3, 17}, pos0s[] = {0, 5, 300};
+        if (!k) continue;
+        static const int ts[] = {1, 3, 17}, pos0s[] = {0, 5, 300}, hs[] = {3, 10};
         for (int a = 0; a < 3; a++)
             for (int b = 0; b < 3; b++) {
+                /* heads = 10: groups of heads that do not divide evenly */
+                const int heads = hs[(a + b) % 2], kvl = 40, rope = 8, ld = kvl + rope + 3;
                 int t = ts[a], pos0 = pos0s[b], n = pos0 + t;
                 float *qa = malloc(sizeof(float) * t * heads * kvl);
                 float *qp = malloc(sizeof(float) * t * heads * rope);
@@ -215,8 +303,8 @@ static void test_mla_attention(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_linear),
-        cmocka_unit_test(test_rmsnorm),
+        cmocka_unit_test(test_linear),           cmocka_unit_test(test_linear_batch_invariance),
+        cmocka_unit_test(test_linear_fp8_exact), cmocka_unit_test(test_rmsnorm),
         cmocka_unit_test(test_mla_attention),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,0 +1,439 @@
+/* MPI bootstrap of the cluster (see bootstrap_mpi.h): ranks, the coordinator's hello, the
+ * workers' verdicts, and the exchange of UCX worker addresses. Every message here is a
+ * fixed-size, explicitly packed buffer, checked on receipt. */
+#include "bootstrap_mpi.h"
+
+#include <mpi.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "log.h"
+#include "wire.h"
+
+#define HELLO_MAGIC  UINT64_C(0x4f4c454831525344) /* "DSR1HELO" little-endian */
+#define HELLO_BYTES  64
+#define VERDICT_TEXT 480
+#define SUMMARY_TEXT 3000
+
+struct dsr1_mpi {
+    int rank, size;
+};
+
+/* ---- hashes ------------------------------------------------------------------------ */
+
+static uint64_t fnv(uint64_t h, const void *p, size_t n)
+{
+    const unsigned char *b = p;
+    for (size_t i = 0; i < n; i++) h = (h ^ b[i]) * UINT64_C(0x100000001b3);
+    return h;
+}
+static uint64_t fnv_i(uint64_t h, int64_t v)
+{
+    unsigned char b[8];
+    for (int i = 0; i < 8; i++) b[i] = (unsigned char)((uint64_t)v >> (8 * i));
+    return fnv(h, b, 8);
+}
+static uint64_t fnv_d(uint64_t h, double v)
+{
+    int64_t bits;
+    memcpy(&bits, &v, 8);
+    return fnv_i(h, bits);
+}
+
+uint64_t dsr1_config_hash(const dsr1_model_config *c)
+{
+    uint64_t h = UINT64_C(0xcbf29ce484222325);
+    const int64_t ints[] = {c->vocab_size,
+                            c->hidden_size,
+                            c->num_hidden_layers,
+                            c->num_nextn_predict_layers,
+                            c->first_k_dense_replace,
+                            c->moe_layer_freq,
+                            c->num_attention_heads,
+                            c->q_lora_rank,
+                            c->kv_lora_rank,
+                            c->qk_nope_head_dim,
+                            c->qk_rope_head_dim,
+                            c->v_head_dim,
+                            c->intermediate_size,
+                            c->moe_intermediate_size,
+                            c->n_routed_experts,
+                            c->num_experts_per_tok,
+                            c->n_group,
+                            c->topk_group,
+                            c->n_shared_experts,
+                            c->norm_topk_prob,
+                            c->max_position_embeddings,
+                            c->bos_token_id,
+                            c->eos_token_id,
+                            c->tie_word_embeddings,
+                            c->rope_type,
+                            c->rope_original_max_position_embeddings,
+                            c->fp8,
+                            c->weight_block[0],
+                            c->weight_block[1]};
+    for (size_t i = 0; i < sizeof(ints) / sizeof(ints[0]); i++) h = fnv_i(h, ints[i]);
+    const double reals[] = {c->routed_scaling_factor, c->rms_norm_eps,       c->rope_theta,
+                            c->rope_factor,           c->rope_beta_fast,     c->rope_beta_slow,
+                            c->rope_mscale,           c->rope_mscale_all_dim};
+    for (size_t i = 0; i < sizeof(reals) / sizeof(reals[0]); i++) h = fnv_d(h, reals[i]);
+    return h;
+}
+
+uint64_t dsr1_placement_hash(const int *owner, int n_experts)
+{
+    uint64_t h = fnv_i(UINT64_C(0xcbf29ce484222325), n_experts);
+    for (int x = 0; x < n_experts; x++) h = fnv_i(h, owner[x]);
+    return h;
+}
+
+dsr1_status dsr1_hello_check(const dsr1_hello *co, const dsr1_hello *me)
+{
+    if (co->protocol != me->protocol)
+        return dsr1_error(DSR1_ERR_UNSUPPORTED,
+                          "the coordinator speaks protocol version %u, this worker %u: run "
+                          "the same dsr1 build everywhere",
+                          co->protocol, me->protocol);
+    if (co->config_hash != me->config_hash)
+        return dsr1_error(DSR1_ERR_INVALID_ARG,
+                          "the coordinator's model config differs from this worker's (hash "
+                          "%016llx vs %016llx): give every process the same --model (and "
+                          "--layers)",
+                          (unsigned long long)co->config_hash, (unsigned long long)me->config_hash);
+    if (co->dummy != me->dummy || (co->dummy && co->seed != me->seed)) {
+        char a[64], b[64];
+        snprintf(a, sizeof(a), co->dummy ? "dummy weights (seed %llu)" : "checkpoint weights",
+                 (unsigned long long)co->seed);
+        snprintf(b, sizeof(b), me->dummy ? "dummy weights (seed %llu)" : "checkpoint weights",
+                 (unsigned long long)me->seed);
+        return dsr1_error(DSR1_ERR_INVALID_ARG, "the coordinator expects %s, this worker has %s", a,
+                          b);
+    }
+    if (co->placement_hash != me->placement_hash)
+        return dsr1_error(DSR1_ERR_INVALID_ARG,
+                          "the coordinator's expert placement differs from this worker's "
+                          "(hash %016llx vs %016llx)",
+                          (unsigned long long)co->placement_hash,
+                          (unsigned long long)me->placement_hash);
+    return DSR1_OK;
+}
+
+/* ---- packing ----------------------------------------------------------------------- */
+
+static void put32(unsigned char *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++) p[i] = (unsigned char)(v >> (8 * i));
+}
+static void put64(unsigned char *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++) p[i] = (unsigned char)(v >> (8 * i));
+}
+static uint32_t get32(const unsigned char *p)
+{
+    uint32_t v = 0;
+    for (int i = 0; i < 4; i++) v |= (uint32_t)p[i] << (8 * i);
+    return v;
+}
+static uint64_t get64(const unsigned char *p)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++) v |= (uint64_t)p[i] << (8 * i);
+    return v;
+}
+
+/* magic 8 | protocol, workers, pp, n_slots, max_tokens, timeout_ms, dummy, 0 (4 each) |
+ * seed, config_hash, placement_hash (8 each) */
+static void hello_pack(const dsr1_hello *h, unsigned char *b)
+{
+    put64(b, HELLO_MAGIC);
+    const uint32_t w[8] = {h->protocol,
+                           (uint32_t)h->workers,
+                           (uint32_t)h->pp,
+                           (uint32_t)h->n_slots,
+                           (uint32_t)h->max_tokens,
+                           (uint32_t)h->timeout_ms,
+                           (uint32_t)h->dummy,
+                           0};
+    for (int i = 0; i < 8; i++) put32(b + 8 + 4 * i, w[i]);
+    put64(b + 40, h->seed);
+    put64(b + 48, h->config_hash);
+    put64(b + 56, h->placement_hash);
+}
+
+static dsr1_status hello_unpack(const unsigned char *b, int mpi_size, dsr1_hello *out)
+{
+    if (get64(b) != HELLO_MAGIC)
+        return dsr1_error(DSR1_ERR_FORMAT, "rank 0 is not a dsr1 coordinator (bad hello magic)");
+    dsr1_hello h = {get32(b + 8),           (int32_t)get32(b + 12), (int32_t)get32(b + 16),
+                    (int32_t)get32(b + 20), (int32_t)get32(b + 24), (int32_t)get32(b + 28),
+                    (int32_t)get32(b + 32), get64(b + 40),          get64(b + 48),
+                    get64(b + 56)};
+    if (get32(b + 36) != 0 || h.dummy < 0 || h.dummy > 1)
+        return dsr1_error(DSR1_ERR_FORMAT, "malformed hello from the coordinator");
+    if (h.workers != mpi_size - 1 || h.pp < 1 || h.workers % h.pp)
+        return dsr1_error(DSR1_ERR_FORMAT,
+                          "the coordinator announces %d workers in %d stages, but the job "
+                          "has %d worker ranks",
+                          h.workers, h.pp, mpi_size - 1);
+    if (h.n_slots < 1 || h.n_slots > (1 << 20) || h.max_tokens < 1 ||
+        h.max_tokens > DSR1_WIRE_MAX_TOKENS || h.timeout_ms < 0)
+        return dsr1_error(DSR1_ERR_FORMAT,
+                          "the coordinator's hello is out of range (%d slots of %d tokens, "
+                          "timeout %d ms)",
+                          h.n_slots, h.max_tokens, h.timeout_ms);
+    *out = h;
+    return DSR1_OK;
+}
+
+/* ---- MPI steps --------------------------------------------------------------------- */
+
+static dsr1_status mpi_failed(int rc, const char *what)
+{
+    char s[MPI_MAX_ERROR_STRING];
+    int n = 0;
+    if (MPI_Error_string(rc, s, &n) != MPI_SUCCESS) snprintf(s, sizeof(s), "error %d", rc);
+    return dsr1_error(DSR1_ERR_IO, "MPI: %s: %s", what, s);
+}
+
+dsr1_status dsr1_mpi_init(dsr1_mpi **out)
+{
+    int inited = 0, provided = 0, rc;
+    MPI_Initialized(&inited);
+    if (!inited && (rc = MPI_Init_thread(NULL, NULL, MPI_THREAD_SINGLE, &provided)) != MPI_SUCCESS)
+        return mpi_failed(rc, "MPI_Init");
+    MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+    dsr1_mpi *m = calloc(1, sizeof(*m));
+    if (!m) return dsr1_error(DSR1_ERR_NOMEM, "out of memory");
+    MPI_Comm_rank(MPI_COMM_WORLD, &m->rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &m->size);
+    *out = m;
+    return DSR1_OK;
+}
+
+int dsr1_mpi_rank(const dsr1_mpi *m)
+{
+    return m->rank;
+}
+
+int dsr1_mpi_size(const dsr1_mpi *m)
+{
+    return m->size;
+}
+
+dsr1_status dsr1_mpi_hello(dsr1_mpi *m, dsr1_hello *h)
+{
+    unsigned char b[HELLO_BYTES] = {0};
+    if (m->rank == 0) hello_pack(h, b);
+    int rc = MPI_Bcast(b, HELLO_BYTES, MPI_BYTE, 0, MPI_COMM_WORLD);
+    if (rc != MPI_SUCCESS) return mpi_failed(rc, "broadcasting the hello");
+    if (m->rank == 0) return DSR1_OK;
+    return hello_unpack(b, m->size, h);
+}
+
+/* Verdict: i32 status | text (NUL-terminated within VERDICT_TEXT). */
+dsr1_status dsr1_mpi_agree(dsr1_mpi *m, dsr1_status mine)
+{
+    unsigned char v[4 + VERDICT_TEXT] = {0};
+    put32(v, (uint32_t)mine);
+    if (mine != DSR1_OK) snprintf((char *)v + 4, VERDICT_TEXT, "%s", dsr1_errmsg());
+    unsigned char *all = NULL;
+    if (m->rank == 0 && !(all = malloc((size_t)m->size * sizeof(v))))
+        return dsr1_error(DSR1_ERR_NOMEM, "out of memory");
+    int rc =
+        MPI_Gather(v, (int)sizeof(v), MPI_BYTE, all, (int)sizeof(v), MPI_BYTE, 0, MPI_COMM_WORLD);
+    /* summary: i32 worst status | text */
+    unsigned char sum[4 + SUMMARY_TEXT] = {0};
+    if (m->rank == 0 && rc == MPI_SUCCESS) {
+        int32_t worst = 0;
+        size_t o = 0;
+        char *t = (char *)sum + 4;
+        for (int r = 0; r < m->size; r++) {
+            unsigned char *e = all + (size_t)r * sizeof(v);
+            int32_t st = (int32_t)get32(e);
+            if (st == 0) continue;
+            if (st > 0 || st < DSR1_ERR_INTERNAL) st = DSR1_ERR_INTERNAL;
+            if (!worst) worst = st;
+            e[sizeof(v) - 1] = 0;
+            if (o >= SUMMARY_TEXT - 1) continue;
+            int k = r == 0 ? snprintf(t + o, SUMMARY_TEXT - o, "%scoordinator: %s", o ? "; " : "",
+                                      (char *)e + 4)
+                           : snprintf(t + o, SUMMARY_TEXT - o, "%sworker %d (rank %d) refused: %s",
+                                      o ? "; " : "", r - 1, r, (char *)e + 4);
+            if (k > 0) o += (size_t)k < SUMMARY_TEXT - o ? (size_t)k : SUMMARY_TEXT - o - 1;
+        }
+        put32(sum, (uint32_t)worst);
+    }
+    free(all);
+    if (rc != MPI_SUCCESS) return mpi_failed(rc, "gathering the workers' verdicts");
+    if ((rc = MPI_Bcast(sum, (int)sizeof(sum), MPI_BYTE, 0, MPI_COMM_WORLD)) != MPI_SUCCESS)
+        return mpi_failed(rc, "broadcasting the verdict");
+    int32_t worst = (int32_t)get32(sum);
+    sum[sizeof(sum) - 1] = 0;
+    if (worst == 0) return DSR1_OK;
+    if (worst > 0 || worst < DSR1_ERR_INTERNAL) worst = DSR1_ERR_INTERNAL;
+    return dsr1_error((dsr1_status)worst, "cluster start-up refused: %s", (char *)sum + 4);
+}
+
+/* Every rank's address for one group (ranks with no member of it give 0 bytes). */
+static dsr1_status allgather_addrs(const dsr1_mpi *m, const void *mine, size_t len,
+                                   unsigned char **buf, size_t **lens, size_t **offs)
+{
+    const int n = m->size;
+    uint64_t l64 = len, *all64 = malloc(sizeof(uint64_t) * (size_t)n);
+    int *cnt = malloc(sizeof(int) * (size_t)n), *dsp = malloc(sizeof(int) * (size_t)n);
+    size_t *ls = malloc(sizeof(size_t) * (size_t)n), *os = malloc(sizeof(size_t) * (size_t)n);
+    unsigned char *b = NULL;
+    dsr1_status st = DSR1_OK;
+    int rc;
+    if (!all64 || !cnt || !dsp || !ls || !os) {
+        st = dsr1_error(DSR1_ERR_NOMEM, "out of memory");
+        goto out;
+    }
+    if ((rc = MPI_Allgather(&l64, 1, MPI_UINT64_T, all64, 1, MPI_UINT64_T, MPI_COMM_WORLD))) {
+        st = mpi_failed(rc, "exchanging UCX address sizes");
+        goto out;
+    }
+    size_t total = 0;
+    for (int r = 0; r < n; r++) {
+        if (all64[r] > (1u << 20)) {
+            st = dsr1_error(DSR1_ERR_FORMAT, "rank %d announces a %llu-byte UCX address", r,
+                            (unsigned long long)all64[r]);
+            goto out;
+        }
+        ls[r] = (size_t)all64[r];
+        os[r] = total;
+        cnt[r] = (int)ls[r];
+        dsp[r] = (int)total;
+        total += ls[r];
+    }
+    if (total > (size_t)1 << 30 || !(b = malloc(total + 1))) {
+        st = dsr1_error(DSR1_ERR_NOMEM, "out of memory for %zu bytes of addresses", total);
+        goto out;
+    }
+    if ((rc = MPI_Allgatherv(mine, (int)len, MPI_BYTE, b, cnt, dsp, MPI_BYTE, MPI_COMM_WORLD))) {
+        st = mpi_failed(rc, "exchanging UCX addresses");
+        goto out;
+    }
+    *buf = b;
+    *lens = ls;
+    *offs = os;
+    b = NULL;
+    ls = os = NULL;
+out:
+    free(all64);
+    free(cnt);
+    free(dsp);
+    free(ls);
+    free(os);
+    free(b);
+    return st;
+}
+
+static void worker_label(char *buf, size_t cap, int i, int ep)
+{
+    snprintf(buf, cap, "worker %d (stage %d, EP %d)", i, i / ep, i % ep);
+}
+
+dsr1_status dsr1_mpi_connect(dsr1_mpi *m, int workers, int pp, int timeout_ms, dsr1_comm **world,
+                             dsr1_comm **ep_out)
+{
+    const int n = m->size, ep = workers / pp;
+    const int me = m->rank, stage = me > 0 ? (me - 1) / ep : -1;
+    dsr1_ucx_local *lw = NULL, *le = NULL;
+    unsigned char *wb = NULL, *eb = NULL;
+    size_t *wl = NULL, *wo = NULL, *el = NULL, *eo = NULL;
+    char(*names)[64] = calloc((size_t)n, 64);
+    const char **labels = calloc((size_t)n, sizeof(char *));
+    const void **addrs = calloc((size_t)n, sizeof(void *));
+    size_t *lens = calloc((size_t)n, sizeof(size_t));
+    dsr1_comm *w = NULL, *e = NULL;
+    dsr1_status st;
+    if (workers != n - 1 || pp < 1 || workers % pp) {
+        st = dsr1_error(DSR1_ERR_INVALID_ARG, "%d workers in %d stages for an MPI job of %d ranks",
+                        workers, pp, n);
+        goto out;
+    }
+    if (!names || !labels || !addrs || !lens) {
+        st = dsr1_error(DSR1_ERR_NOMEM, "out of memory");
+        goto out;
+    }
+    const void *a;
+    size_t alen;
+    if ((st = dsr1_ucx_local_create(&lw)) != DSR1_OK) goto out;
+    dsr1_ucx_local_address(lw, &a, &alen);
+    if ((st = allgather_addrs(m, a, alen, &wb, &wl, &wo)) != DSR1_OK) goto out;
+    if (me > 0 && ep > 1) {
+        if ((st = dsr1_ucx_local_create(&le)) != DSR1_OK) goto out;
+        dsr1_ucx_local_address(le, &a, &alen);
+    } else {
+        a = NULL;
+        alen = 0;
+    }
+    if ((st = allgather_addrs(m, a, alen, &eb, &el, &eo)) != DSR1_OK) goto out;
+
+    snprintf(names[0], 64, "coordinator");
+    for (int r = 0; r < n; r++) {
+        if (r > 0) worker_label(names[r], 64, r - 1, ep);
+        labels[r] = names[r];
+        addrs[r] = wb + wo[r];
+        lens[r] = wl[r];
+    }
+    dsr1_ucx_group_params gp = {me, n, timeout_ms, "world", labels};
+    st = dsr1_comm_ucx_connect(lw, &gp, addrs, lens, &w);
+    lw = NULL;
+    if (st != DSR1_OK) goto out;
+    if (le) {
+        char gname[32];
+        snprintf(gname, sizeof(gname), "stage %d EP", stage);
+        for (int i = 0; i < ep; i++) {
+            const int r = 1 + stage * ep + i;
+            labels[i] = names[r];
+            addrs[i] = eb + eo[r];
+            lens[i] = el[r];
+        }
+        dsr1_ucx_group_params ge = {(me - 1) % ep, ep, dsr1_ep_timeout(timeout_ms), gname, labels};
+        st = dsr1_comm_ucx_connect(le, &ge, addrs, lens, &e);
+        le = NULL;
+        if (st != DSR1_OK) goto out;
+    }
+    /* every endpoint wired and every rank alive before the first step */
+    if ((st = dsr1_comm_barrier(w)) != DSR1_OK) goto out;
+    if (e && (st = dsr1_comm_barrier(e)) != DSR1_OK) goto out;
+    DSR1_DEBUG("UCX groups connected: world rank %d of %d%s", me, n, e ? ", with an EP group" : "");
+    *world = w;
+    *ep_out = e;
+    w = e = NULL;
+out:
+    dsr1_comm_destroy(e);
+    dsr1_comm_destroy(w);
+    dsr1_ucx_local_destroy(lw);
+    dsr1_ucx_local_destroy(le);
+    free(wb);
+    free(wl);
+    free(wo);
+    free(eb);
+    free(el);
+    free(eo);
+    free(names);
+    free(labels);
+    free(addrs);
+    free(lens);
+    return st;
+}
+
+static void finalize_at_exit(void)
+{
+    int done = 0;
+    MPI_Finalized(&done);
+    if (!done) MPI_Finalize();
+}
+
+void dsr1_mpi_finalize(dsr1_mpi *m, bool clean)
+{
+    if (!m) return;
+    /* MPI_Finalize waits for every rank, and the launcher may end the job as soon as one
+     * rank exits with an error: finalizing at exit lets this process print its own
+     * message (the coordinator's "worker 3 refused: ...") before anyone can go. */
+    if (clean) atexit(finalize_at_exit);
+    free(m);
+}

@@ -1,0 +1,91 @@
+/* Bootstrap of a multi-process cluster with MPI (mpirun, or srun under Slurm): MPI gives
+ * the ranks, carries the coordinator's hello to the workers, collects their verdicts, and
+ * exchanges the UCX worker addresses from which the world group and each stage's
+ * expert-parallel group are built. MPI is used for nothing else: the steps travel over
+ * UCX (comm_ucx.c).
+ *
+ * World ranks: 0 is the coordinator, worker i (stage i / ep, EP rank i % ep) is 1 + i.
+ *
+ * Sequence, the same on every rank:
+ *   dsr1_mpi_init -> dsr1_mpi_hello (rank 0 sends its hello, workers receive it) ->
+ *   [workers check it against their own model and load their slice] ->
+ *   dsr1_mpi_agree (every rank's verdict; one refusal fails all, with its reason) ->
+ *   dsr1_mpi_connect (UCX world + EP groups, one barrier on each) -> ... ->
+ *   dsr1_mpi_finalize.
+ *
+ * The functions are defined only when the build has both MPI and UCX
+ * (DSR1_HAVE_MPI && DSR1_HAVE_UCX); dsr1_mpi_launched_size works everywhere. */
+#ifndef DSR1_BOOTSTRAP_MPI_H
+#define DSR1_BOOTSTRAP_MPI_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+#include "comm.h"
+#include "model_config.h"
+
+/* The world size an MPI launcher advertises in the environment, or 0 when this process
+ * was not started by one: Open MPI's mpirun, PMI (MPICH, Slurm's pmi2), or srun with
+ * PMIx (Slurm's task count, trusted only beside PMIX_RANK). Reads no MPI library. */
+static inline int dsr1_mpi_launched_size(void)
+{
+    const char *v = getenv("OMPI_COMM_WORLD_SIZE");
+    if (!v || !*v) v = getenv("PMI_SIZE");
+    if ((!v || !*v) && getenv("PMIX_RANK")) v = getenv("SLURM_STEP_NUM_TASKS");
+    if (!v || !*v) return 0;
+    long n = strtol(v, NULL, 10);
+    return n > 0 && n < 1000000 ? (int)n : 0;
+}
+
+/* The timeout of a stage's EP group, given the world's: shorter, so that when a worker
+ * goes silent its EP peers give up on it (and report it by name to the coordinator)
+ * before the coordinator gives up on the step without knowing whom to blame. */
+static inline int dsr1_ep_timeout(int world_timeout_ms)
+{
+    return world_timeout_ms > 0 ? world_timeout_ms - world_timeout_ms / 4 : world_timeout_ms;
+}
+
+/* What the coordinator announces and every worker must match. Travels packed, 64 bytes,
+ * little-endian, behind a magic. */
+typedef struct {
+    uint32_t protocol;   /* DSR1_WIRE_VERSION */
+    int32_t workers, pp; /* grid shape */
+    int32_t n_slots;     /* cache slots of the whole grid */
+    int32_t max_tokens;  /* cache capacity per slot */
+    int32_t timeout_ms;  /* the coordinator's bound on waits */
+    int32_t dummy;       /* 1: random weights from the config, made with `seed` */
+    uint64_t seed;
+    uint64_t config_hash;    /* dsr1_config_hash of the model config */
+    uint64_t placement_hash; /* dsr1_placement_hash of the expert -> EP rank table */
+} dsr1_hello;
+
+/* FNV-1a over every field of the config, by value (independent of struct layout). */
+uint64_t dsr1_config_hash(const dsr1_model_config *cfg);
+uint64_t dsr1_placement_hash(const int *owner, int n_experts);
+
+/* Compare a worker's own view (mine) with the coordinator's hello; a clear error names
+ * the first difference (protocol version, model config, weights, placement). */
+dsr1_status dsr1_hello_check(const dsr1_hello *coordinator, const dsr1_hello *mine);
+
+typedef struct dsr1_mpi dsr1_mpi;
+
+/* MPI_Init; rank and size of MPI_COMM_WORLD. */
+dsr1_status dsr1_mpi_init(dsr1_mpi **out);
+int dsr1_mpi_rank(const dsr1_mpi *m);
+int dsr1_mpi_size(const dsr1_mpi *m);
+/* Rank 0 sends *h; the others receive into *h (checked: magic, sizes, shape vs MPI size). */
+dsr1_status dsr1_mpi_hello(dsr1_mpi *m, dsr1_hello *h);
+/* Every rank's verdict (its status and, on failure, dsr1_errmsg()). DSR1_OK when all
+ * agree; otherwise every rank gets an error listing the ranks that refused and why. */
+dsr1_status dsr1_mpi_agree(dsr1_mpi *m, dsr1_status mine);
+/* Build the UCX groups: *world (all ranks) and, on a worker of a stage with ep > 1, *ep
+ * (that stage's workers; NULL otherwise). Waits at a barrier on each (bounded). */
+dsr1_status dsr1_mpi_connect(dsr1_mpi *m, int workers, int pp, int timeout_ms, dsr1_comm **world,
+                             dsr1_comm **ep);
+/* clean: MPI_Finalize at process exit (every rank must get there). Otherwise MPI is left
+ * as it is: the process is about to exit with an error and the launcher reports it.
+ * Frees m. */
+void dsr1_mpi_finalize(dsr1_mpi *m, bool clean);
+
+#endif

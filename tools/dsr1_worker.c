@@ -1,0 +1,269 @@
+/* `dsr1-worker`: one worker of a multi-process cluster, started by an MPI launcher beside
+ * the coordinator (which is MPI rank 0):
+ *
+ *   mpirun -np 1 dsr1 run --model DIR ... [--pp P] : -np N dsr1-worker --model DIR
+ *
+ * It learns the grid shape from the coordinator's hello, refuses a coordinator whose
+ * protocol version, model config, weights or expert placement differ from its own, loads
+ * the slice of its grid position (world rank r is worker r - 1: stage (r-1) / ep, EP rank
+ * (r-1) % ep), connects over UCX and serves steps until the coordinator shuts it down.
+ * Exit status: 0 after a clean shutdown, 1 on any failure (with a message on stderr), 2
+ * on a usage error. Built only when the build has MPI and UCX. */
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "bootstrap_mpi.h"
+#include "ckpt.h"
+#include "kernels.h"
+#include "log.h"
+#include "wire.h"
+#include "worker_loop.h"
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: dsr1-worker --model DIR [options]   (started by mpirun/srun, never alone)\n\n"
+            "One worker of a dsr1 cluster; MPI rank 0 must be the coordinator (dsr1 run).\n"
+            "  mpirun -np 1 dsr1 run --model DIR ... : -np N dsr1-worker --model DIR\n\n"
+            "  --model DIR        checkpoint directory (the same model as the coordinator's)\n"
+            "  --dummy-weights    random weights from the config alone (as the coordinator)\n"
+            "  --seed S           seed of --dummy-weights (default 1)\n"
+            "  --layers N         with --dummy-weights: keep only the first N layers\n"
+            "  --threads N        CPU threads (default: DSR1_THREADS, SLURM_CPUS_PER_TASK,\n"
+            "                     or the cores divided by the ranks on this node)\n"
+            "  --kernels NAME     kernel variant: auto (default) or portable\n"
+            "  --timeout-ms T     bound on every wait for a peer (default: the coordinator's)\n"
+            "  -h, --help         this text\n\n"
+            "environment: UCX_TLS, UCX_NET_DEVICES (UCX transports), DSR1_LOG\n");
+}
+
+static int parse_count(const char *s, const char *flag, long lo, long *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (*end || !*s || errno || v < lo || v > 100000000) {
+        fprintf(stderr, "dsr1-worker: --%s: '%s' is not a valid count\n", flag, s);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+/* The config of --dummy-weights: DIR/config.json, or a config file given directly. */
+static dsr1_status load_config(const char *path, dsr1_model_config *cfg)
+{
+    struct stat sb;
+    if (stat(path, &sb) == 0 && S_ISDIR(sb.st_mode)) return dsr1_model_config_load(path, cfg);
+    FILE *f = fopen(path, "rb");
+    if (!f) return dsr1_error(DSR1_ERR_IO, "%s: %s", path, strerror(errno));
+    char *buf = malloc(1 << 20);
+    size_t n = buf ? fread(buf, 1, 1 << 20, f) : 0;
+    fclose(f);
+    if (!buf) return dsr1_error(DSR1_ERR_NOMEM, "out of memory");
+    dsr1_status st = n == (1 << 20) ? dsr1_error(DSR1_ERR_FORMAT, "%s: larger than 1 MB", path)
+                                    : dsr1_model_config_parse(buf, n, cfg);
+    free(buf);
+    return st != DSR1_OK ? dsr1_error_context(st, "%s", path) : DSR1_OK;
+}
+
+/* DSR1_THREADS; Slurm's --cpus-per-task; or the cores divided among the ranks the
+ * launcher put on this node. */
+static int default_threads(void)
+{
+    const char *e = getenv("DSR1_THREADS");
+    if (e && atoi(e) > 0) return atoi(e);
+    if ((e = getenv("SLURM_CPUS_PER_TASK")) && atoi(e) > 0) return atoi(e);
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    const char *l = getenv("OMPI_COMM_WORLD_LOCAL_SIZE");
+    if (!l) l = getenv("MPI_LOCALNRANKS");
+    int local = l ? atoi(l) : 1;
+    if (local < 1) local = 1;
+    return cores / local > 1 ? (int)(cores / local) : 1;
+}
+
+typedef struct {
+    const char *model, *kernels;
+    int dummy, layers, threads, timeout_ms;
+    unsigned long long seed;
+} options;
+
+/* Check the hello and load this worker's slice; the verdict every rank then agrees on. */
+static dsr1_status prepare(const options *o, const dsr1_hello *h, int rank, const dsr1_ckpt *ck,
+                           const dsr1_model_config *cfg, dsr1_worker *w)
+{
+    const int ep = h->workers / h->pp, i = rank - 1;
+    if (h->pp > cfg->num_hidden_layers || ep > cfg->n_routed_experts)
+        return dsr1_error(DSR1_ERR_INVALID_ARG,
+                          "%d stages x %d EP ranks do not fit a %d-layer, %d-expert model", h->pp,
+                          ep, cfg->num_hidden_layers, cfg->n_routed_experts);
+    int *owner = malloc(sizeof(int) * (size_t)cfg->n_routed_experts);
+    if (!owner) return dsr1_error(DSR1_ERR_NOMEM, "out of memory");
+    dsr1_placement_balanced(cfg->n_routed_experts, ep, owner);
+    dsr1_hello mine = {DSR1_WIRE_VERSION,
+                       h->workers,
+                       h->pp,
+                       h->n_slots,
+                       h->max_tokens,
+                       h->timeout_ms,
+                       o->dummy,
+                       o->seed,
+                       dsr1_config_hash(cfg),
+                       dsr1_placement_hash(owner, cfg->n_routed_experts)};
+    free(owner);
+    dsr1_status st = dsr1_hello_check(h, &mine);
+    if (st != DSR1_OK) return st;
+    const dsr1_kernels *k = dsr1_kernels_select(o->kernels);
+    if (!k) return dsr1_error(DSR1_ERR_INVALID_ARG, "--kernels: unknown variant '%s'", o->kernels);
+    dsr1_worker_params wp = {ck,
+                             o->dummy ? cfg : NULL,
+                             o->seed,
+                             h->workers,
+                             h->pp,
+                             i / ep,
+                             i % ep,
+                             k,
+                             o->threads > 0 ? o->threads : default_threads(),
+                             (h->n_slots + ep - 1) / ep,
+                             h->max_tokens};
+    return dsr1_worker_init(w, &wp);
+}
+
+static int serve(const options *o)
+{
+    dsr1_mpi *m = NULL;
+    dsr1_ckpt *ck = NULL;
+    dsr1_model_config dc;
+    const dsr1_model_config *cfg = NULL;
+    dsr1_worker w;
+    memset(&w, 0, sizeof(w));
+    dsr1_comm *world = NULL, *ep = NULL;
+    int clean = 0, loaded = 0;
+    dsr1_status st = dsr1_mpi_init(&m);
+    if (st != DSR1_OK) {
+        fprintf(stderr, "dsr1-worker: %s\n", dsr1_errmsg());
+        return 1;
+    }
+    const int rank = dsr1_mpi_rank(m);
+    char tag[32];
+    snprintf(tag, sizeof(tag), "rank %d", rank);
+    dsr1_log_set_tag(tag);
+    if (rank == 0) {
+        /* nobody to coordinate: fail alone, the launcher ends the job */
+        fprintf(stderr, "dsr1-worker: MPI rank 0 must be the coordinator: mpirun -np 1 dsr1 run "
+                        "... : -np N dsr1-worker ...\n");
+        dsr1_mpi_finalize(m, false);
+        return 1;
+    }
+    if (o->dummy) {
+        if ((st = load_config(o->model, &dc)) == DSR1_OK) {
+            if (o->layers && o->layers < dc.num_hidden_layers) {
+                dc.num_hidden_layers = o->layers;
+                if (dc.first_k_dense_replace > o->layers) dc.first_k_dense_replace = o->layers;
+            }
+            cfg = &dc;
+        }
+    } else if ((st = dsr1_ckpt_open(o->model, &ck)) == DSR1_OK) {
+        cfg = dsr1_ckpt_config(ck);
+    }
+    dsr1_hello h;
+    memset(&h, 0, sizeof(h));
+    /* every rank takes part in the hello and the verdict, whatever happened before */
+    dsr1_status hs = dsr1_mpi_hello(m, &h);
+    if (st == DSR1_OK) st = hs;
+    if (st == DSR1_OK && (st = prepare(o, &h, rank, ck, cfg, &w)) == DSR1_OK) loaded = 1;
+    if (st != DSR1_OK)
+        fprintf(stderr, "dsr1-worker (rank %d): refusing: %s\n", rank, dsr1_errmsg());
+    if ((st = dsr1_mpi_agree(m, st)) != DSR1_OK) {
+        clean = 1; /* everyone saw the refusal: MPI is healthy */
+        goto out;
+    }
+    const int timeout = o->timeout_ms > 0 ? o->timeout_ms : h.timeout_ms > 0 ? h.timeout_ms : 60000;
+    if ((st = dsr1_mpi_connect(m, h.workers, h.pp, timeout, &world, &ep)) != DSR1_OK) goto out;
+    w.world = world;
+    w.ep = ep;
+    if ((st = dsr1_worker_serve(&w)) == DSR1_OK) clean = 1;
+out:
+    if (st != DSR1_OK) fprintf(stderr, "dsr1-worker (rank %d): %s\n", rank, dsr1_errmsg());
+    if (loaded) dsr1_worker_fini(&w);
+    dsr1_comm_destroy(ep);
+    dsr1_comm_destroy(world);
+    dsr1_ckpt_close(ck);
+    dsr1_mpi_finalize(m, clean);
+    return st == DSR1_OK ? 0 : 1;
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option opts[] = {{"model", required_argument, 0, 'm'},
+                                         {"dummy-weights", no_argument, 0, 'D'},
+                                         {"seed", required_argument, 0, 's'},
+                                         {"layers", required_argument, 0, 'L'},
+                                         {"threads", required_argument, 0, 't'},
+                                         {"kernels", required_argument, 0, 'k'},
+                                         {"timeout-ms", required_argument, 0, 'O'},
+                                         {"help", no_argument, 0, 'h'},
+                                         {0, 0, 0, 0}};
+    const char *model = NULL, *kernels = NULL;
+    long dummy = 0, layers = 0, threads = 0, timeout = 0;
+    unsigned long long seed = 1;
+    int c;
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'm':
+            model = optarg;
+            break;
+        case 'k':
+            kernels = optarg;
+            break;
+        case 'D':
+            dummy = 1;
+            break;
+        case 's': {
+            char *end;
+            errno = 0;
+            seed = strtoull(optarg, &end, 10);
+            if (*end || !*optarg || errno || optarg[0] == '-') {
+                fprintf(stderr, "dsr1-worker: --seed: '%s' is not a non-negative integer\n",
+                        optarg);
+                return 2;
+            }
+            break;
+        }
+        case 'L':
+            if (parse_count(optarg, "layers", 1, &layers)) return 2;
+            break;
+        case 't':
+            if (parse_count(optarg, "threads", 1, &threads)) return 2;
+            break;
+        case 'O':
+            if (parse_count(optarg, "timeout-ms", 1, &timeout)) return 2;
+            break;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (optind < argc || !model) {
+        fprintf(stderr,
+                optind < argc ? "dsr1-worker: unexpected argument '%s'\n\n"
+                              : "dsr1-worker: --model is required%s\n\n",
+                optind < argc ? argv[optind] : "");
+        usage(stderr);
+        return 2;
+    }
+    if (layers && !dummy) {
+        fprintf(stderr, "dsr1-worker: --layers needs --dummy-weights\n");
+        return 2;
+    }
+    options o = {model, kernels, (int)dummy, (int)layers, (int)threads, (int)timeout, seed};
+    return serve(&o);
+}
