@@ -1,6 +1,7 @@
 /* Coordinator side of a worker grid (see grid.h). */
 #include "grid.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -49,10 +50,11 @@ dsr1_status dsr1_grid_step(dsr1_grid *c, const dsr1_batch *b)
     dsr1_wire_seq *ws = malloc(sizeof(*ws) * ((size_t)b->n_seqs + 1));
     int32_t *tok = NULL;
     int *row_of = malloc(sizeof(int) * ((size_t)b->n_seqs + 1)); /* first output row */
+    char *arrived = malloc((size_t)c->ep);
     size_t ntok = 0;
     for (int q = 0; q < b->n_seqs; q++) ntok += (size_t)b->seqs[q].n_tokens;
     tok = malloc(sizeof(int32_t) * (ntok + 1));
-    if (!ws || !tok || !row_of) {
+    if (!ws || !tok || !row_of || !arrived) {
         st = dsr1_error(DSR1_ERR_NOMEM, "out of memory");
         goto out;
     }
@@ -89,14 +91,24 @@ dsr1_status dsr1_grid_step(dsr1_grid *c, const dsr1_batch *b)
         goto out;
     }
     /* one result per EP rank, from the last stage, in whatever order they finish */
+    memset(arrived, 0, sizeof(char) * (size_t)c->ep);
     for (int got = 0; got < c->ep; got++) {
         void *msg;
         size_t len;
         int src;
         if ((st = dsr1_comm_recv(c->world, DSR1_COMM_ANY, DSR1_TAG_RESULT, &msg, &len, &src))) {
-            st = fail(c, dsr1_error_context(st, "waiting for the workers"));
+            /* name the workers that owe a result: the last stage's ranks not heard from */
+            char who[256] = "";
+            size_t o = 0;
+            for (int e = 0; e < c->ep && o < sizeof(who) - 40; e++)
+                if (!arrived[e])
+                    o += (size_t)snprintf(who + o, sizeof(who) - o, "%sworker %d (stage %d, EP %d)",
+                                          o ? ", " : "", (c->pp - 1) * c->ep + e, c->pp - 1, e);
+            st = fail(c, dsr1_error_context(st, "step %llu: no result from %s",
+                                            (unsigned long long)step, who));
             goto out;
         }
+        if (src >= 1 + (c->pp - 1) * c->ep && src <= c->workers) arrived[(src - 1) % c->ep] = 1;
         dsr1_wire_header h;
         int rows, vocab;
         const float *data;
@@ -136,6 +148,7 @@ out:
     free(ws);
     free(tok);
     free(row_of);
+    free(arrived);
     return st;
 }
 

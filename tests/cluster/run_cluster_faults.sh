@@ -122,9 +122,9 @@ if [ -n "$vpid" ]; then
     rc=0
     wait $mp || rc=$?
     kill -KILL "$vpid" 2>/dev/null || true # mpirun normally has; never leave it stopped
-    # named when its EP peers notice first (their wait is shorter); not when it stopped
-    # between its last collective and its result, which only the coordinator waits for
-    check "$name (worker $vw)" $rc "$(secs "$t0" "$(now)")" "$tmp/s.log" ""
+    # named by its EP peers when they notice first (their wait is shorter), else by the
+    # coordinator, which lists the workers whose results are missing
+    check "$name (worker $vw)" $rc "$(secs "$t0" "$(now)")" "$tmp/s.log" "$vw"
 else
     echo "FAIL: $name: no worker process to stop"; fail=1
     wait $mp || true
