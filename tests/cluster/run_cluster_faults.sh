@@ -17,7 +17,7 @@ set -euo pipefail
 build=$(realpath "$1")
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
-model=$(realpath "${2:-${DSR1_GOLDEN_MODELS:-$root/models}/tiny-a}")
+model=$(realpath -m "${2:-${DSR1_GOLDEN_MODELS:-$root/models}/tiny-a}")
 . "$here/cluster_env.sh"
 dsr1=$build/tools/dsr1
 worker=$build/tools/dsr1-worker
