@@ -372,9 +372,11 @@ dsr1_status dsr1_model_config_load(const char *dir, dsr1_model_config *out)
     char *buf = NULL, *path = NULL;
 
     if (!dir || !out) return dsr1_error(DSR1_ERR_INVALID_ARG, "dsr1_model_config_load: NULL");
+    /* a checkpoint directory, or a config file named directly */
+    const int is_dir = stat(dir, &st) == 0 && S_ISDIR(st.st_mode);
     size_t plen = strlen(dir) + sizeof("/config.json");
     if (!(path = malloc(plen))) return dsr1_error(DSR1_ERR_NOMEM, "out of memory");
-    snprintf(path, plen, "%s/config.json", dir);
+    snprintf(path, plen, is_dir ? "%s/config.json" : "%s", dir);
     FILE *fp = fopen(path, "rb");
     if (!fp) {
         s = dsr1_error(errno == ENOENT ? DSR1_ERR_NOT_FOUND : DSR1_ERR_IO, "%s: cannot open: %s",

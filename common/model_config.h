@@ -58,7 +58,7 @@ typedef struct {
 
 /* Parse config.json text (len bytes, need not be NUL-terminated). */
 dsr1_status dsr1_model_config_parse(const char *json, size_t len, dsr1_model_config *out);
-/* Read DIR/config.json and parse it. */
+/* Read DIR/config.json, or the config file itself when `dir` names a file, and parse it. */
 dsr1_status dsr1_model_config_load(const char *dir, dsr1_model_config *out);
 
 /* Derived quantities. */

@@ -187,32 +187,6 @@ static int print_json(const report *r)
     return 0;
 }
 
-static dsr1_status load_config_file(const char *path, dsr1_model_config *cfg)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) return dsr1_error(DSR1_ERR_IO, "%s: cannot open", path);
-    char *buf = NULL;
-    size_t len = 0, cap = 0;
-    for (;;) {
-        if (len == cap) {
-            char *n = cap > (64u << 20) ? NULL : realloc(buf, cap = cap ? 2 * cap : 65536);
-            if (!n) {
-                free(buf);
-                fclose(f);
-                return dsr1_error(DSR1_ERR_FORMAT, "%s: too large for a config", path);
-            }
-            buf = n;
-        }
-        size_t k = fread(buf + len, 1, cap - len, f);
-        if (k == 0) break;
-        len += k;
-    }
-    fclose(f);
-    dsr1_status st = dsr1_model_config_parse(buf, len, cfg);
-    free(buf);
-    if (st != DSR1_OK) return dsr1_error_context(st, "%s", path);
-    return DSR1_OK;
-}
 
 int dsr1_cmd_inspect(int argc, char **argv)
 {
@@ -276,7 +250,7 @@ int dsr1_cmd_inspect(int argc, char **argv)
         st = dsr1_ckpt_open(model, &ck);
         if (st == DSR1_OK) cfg = *dsr1_ckpt_config(ck);
     } else {
-        st = load_config_file(config, &cfg);
+        st = dsr1_model_config_load(config, &cfg);
     }
     if (st == DSR1_OK) st = dsr1_tensor_plan_build(&cfg, &plan);
     if (st == DSR1_OK) st = dsr1_census_init(&cs, &cfg, &plan);

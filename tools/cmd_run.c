@@ -47,7 +47,8 @@ static void run_usage(FILE *f)
             "  --timeout-ms T       give up on a silent or lost worker after T ms (default\n"
             "                       60000)\n"
             "  --threads N          worker threads (default: DSR1_THREADS or all cores)\n"
-            "  --kernels NAME       kernel variant: auto (default) or portable\n"
+            "  --kernels NAME       kernel variant: auto (default: the fastest this CPU runs),\n"
+            "                       portable, avx512 (docs/kernels.md)\n"
             "  -h, --help           this text\n");
 }
 
@@ -114,24 +115,6 @@ static int write_rows(FILE *f, const float *rows, size_t n, const char *path)
 static dsr1_status run_step(dsr1_engine *eng, dsr1_cluster *cl, const dsr1_batch *b)
 {
     return cl ? dsr1_cluster_step(cl, b) : dsr1_engine_forward(eng, b);
-}
-
-/* The config of --dummy-weights: DIR/config.json, or a config file given directly. */
-static dsr1_status load_config(const char *path, dsr1_model_config *cfg)
-{
-    struct stat sb;
-    if (stat(path, &sb) == 0 && S_ISDIR(sb.st_mode)) return dsr1_model_config_load(path, cfg);
-    FILE *f = fopen(path, "rb");
-    if (!f) return dsr1_error(DSR1_ERR_IO, "%s: %s", path, strerror(errno));
-    char *buf = malloc(1 << 20);
-    size_t n = buf ? fread(buf, 1, 1 << 20, f) : 0;
-    fclose(f);
-    if (!buf) return dsr1_error(DSR1_ERR_NOMEM, "out of memory");
-    dsr1_status st = n == (1 << 20) ? dsr1_error(DSR1_ERR_FORMAT, "%s: larger than 1 MB", path)
-                                    : dsr1_model_config_parse(buf, n, cfg);
-    free(buf);
-    if (st != DSR1_OK) return dsr1_error_context(st, "%s", path);
-    return DSR1_OK;
 }
 
 int dsr1_cmd_run(int argc, char **argv)
@@ -256,7 +239,10 @@ int dsr1_cmd_run(int argc, char **argv)
     }
     const dsr1_kernels *kern = dsr1_kernels_select(kname);
     if (!kern) {
-        fprintf(stderr, "dsr1 run: --kernels: unknown variant '%s' (auto, portable)\n", kname);
+        fprintf(stderr,
+                "dsr1 run: --kernels: '%s' is unknown or not supported by this CPU "
+                "(auto, portable, avx512)\n",
+                kname);
         free(prompt);
         free(force);
         return 2;
@@ -275,7 +261,7 @@ int dsr1_cmd_run(int argc, char **argv)
     dsr1_model_config dc;
     const dsr1_model_config *cfg;
     if (dummy) {
-        if ((st = load_config(model, &dc)) != DSR1_OK) goto fail;
+        if ((st = dsr1_model_config_load(model, &dc)) != DSR1_OK) goto fail;
         if (layers && layers < dc.num_hidden_layers) {
             dc.num_hidden_layers = layers;
             if (dc.first_k_dense_replace > layers) dc.first_k_dense_replace = layers;

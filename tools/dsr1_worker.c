@@ -36,7 +36,7 @@ static void usage(FILE *f)
             "  --layers N         with --dummy-weights: keep only the first N layers\n"
             "  --threads N        CPU threads (default: DSR1_THREADS, SLURM_CPUS_PER_TASK,\n"
             "                     or the cores divided by the ranks on this node)\n"
-            "  --kernels NAME     kernel variant: auto (default) or portable\n"
+            "  --kernels NAME     kernel variant: auto (default), portable, avx512\n"
             "  --timeout-ms T     bound on every wait for a peer (default: the coordinator's)\n"
             "  -h, --help         this text\n\n"
             "environment: UCX_TLS, UCX_NET_DEVICES (UCX transports), DSR1_LOG\n");
@@ -55,22 +55,6 @@ static int parse_count(const char *s, const char *flag, long lo, long *out)
     return 0;
 }
 
-/* The config of --dummy-weights: DIR/config.json, or a config file given directly. */
-static dsr1_status load_config(const char *path, dsr1_model_config *cfg)
-{
-    struct stat sb;
-    if (stat(path, &sb) == 0 && S_ISDIR(sb.st_mode)) return dsr1_model_config_load(path, cfg);
-    FILE *f = fopen(path, "rb");
-    if (!f) return dsr1_error(DSR1_ERR_IO, "%s: %s", path, strerror(errno));
-    char *buf = malloc(1 << 20);
-    size_t n = buf ? fread(buf, 1, 1 << 20, f) : 0;
-    fclose(f);
-    if (!buf) return dsr1_error(DSR1_ERR_NOMEM, "out of memory");
-    dsr1_status st = n == (1 << 20) ? dsr1_error(DSR1_ERR_FORMAT, "%s: larger than 1 MB", path)
-                                    : dsr1_model_config_parse(buf, n, cfg);
-    free(buf);
-    return st != DSR1_OK ? dsr1_error_context(st, "%s", path) : DSR1_OK;
-}
 
 /* DSR1_THREADS; Slurm's --cpus-per-task; or the cores divided among the ranks the
  * launcher put on this node. */
@@ -161,7 +145,7 @@ static int serve(const options *o)
         return 1;
     }
     if (o->dummy) {
-        if ((st = load_config(o->model, &dc)) == DSR1_OK) {
+        if ((st = dsr1_model_config_load(o->model, &dc)) == DSR1_OK) {
             if (o->layers && o->layers < dc.num_hidden_layers) {
                 dc.num_hidden_layers = o->layers;
                 if (dc.first_k_dense_replace > o->layers) dc.first_k_dense_replace = o->layers;

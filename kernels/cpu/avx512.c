@@ -162,8 +162,15 @@ static void avx512_rmsnorm(dsr1_pool *pool, const float *x, int ldx, const float
 
 /* ---- MLA attention ------------------------------------------------------------------- */
 
-/* Heads per task: the cache rows are read once per group of heads instead of per head. */
+/* Heads per group: one read of a cache row serves all of them (scores: 8 heads x 2 rows =
+ * 16 accumulators; weighted sum: 8 heads x 32 columns). */
 #define AT_HG 8
+/* Cache rows per tile (64 x 576 floats = 147 KB, L2-resident): a task runs all its groups
+ * of heads over one tile before the next, so that the cache streams from memory once per
+ * task and pass, not once per group. */
+#define AT_TILE 64
+/* Groups per pool chunk, at least: fewer, larger chunks read the cache fewer times. */
+#define AT_GRAIN 4
 
 typedef struct {
     int t, heads, kvl, rope;
@@ -189,46 +196,47 @@ DSR1_AVX512_INLINE void score_part(int hn, const float *const *q, const float *r
     }
 }
 
-DSR1_AVX512_INLINE float hsum16(__m512 v)
+/* Scores of heads h0 .. h0+hn of token i against cache rows s0 .. s1 into p[h][s] (row
+ * stride n). Each score is a 16-lane dot product over the latent then the rope values. */
+DSR1_AVX512_INLINE void score_tile(int hn, const attn_job *j, int i, int h0, int s0, int s1, int n,
+                                   float *p)
 {
-    return _mm512_reduce_add_ps(v);
-}
-
-/* Scores, softmax and weighted sum of `hn` heads of token i; p: [hn][n] scratch. Every
- * output is a fixed-order sum over the cache rows 0 .. n-1. */
-DSR1_AVX512_INLINE void attn_group(int hn, const attn_job *j, int i, int h0, float *p)
-{
-    const int n = j->pos0 + i + 1, kvl = j->kvl;
     const float *qa[AT_HG], *qp[AT_HG];
     for (int h = 0; h < hn; h++) {
-        qa[h] = j->q_abs + ((size_t)i * j->heads + h0 + h) * kvl;
+        qa[h] = j->q_abs + ((size_t)i * j->heads + h0 + h) * j->kvl;
         qp[h] = j->q_pe + ((size_t)i * j->heads + h0 + h) * j->rope;
     }
-    for (int s = 0; s < n; s += 2) {
+    for (int s = s0; s < s1; s += 2) {
         const float *r0 = j->kv + (size_t)s * j->ld_kv;
-        const float *r1 = s + 1 < n ? r0 + j->ld_kv : r0; /* odd count: repeat, not stored */
+        const float *r1 = s + 1 < s1 ? r0 + j->ld_kv : r0; /* odd count: repeat, not stored */
         __m512 a0[AT_HG], a1[AT_HG];
         for (int h = 0; h < hn; h++) a0[h] = a1[h] = _mm512_setzero_ps();
-        score_part(hn, qa, r0, r1, kvl, a0, a1);
-        score_part(hn, qp, r0 + kvl, r1 + kvl, j->rope, a0, a1);
+        score_part(hn, qa, r0, r1, j->kvl, a0, a1);
+        score_part(hn, qp, r0 + j->kvl, r1 + j->kvl, j->rope, a0, a1);
         for (int h = 0; h < hn; h++) {
-            p[(size_t)h * n + s] = hsum16(a0[h]) * j->scale;
-            if (s + 1 < n) p[(size_t)h * n + s + 1] = hsum16(a1[h]) * j->scale;
+            p[(size_t)h * n + s] = _mm512_reduce_add_ps(a0[h]) * j->scale;
+            if (s + 1 < s1) p[(size_t)h * n + s + 1] = _mm512_reduce_add_ps(a1[h]) * j->scale;
         }
     }
-    for (int h = 0; h < hn; h++) {
-        float *ph = p + (size_t)h * n, mx = -INFINITY, sum = 0;
-        for (int s = 0; s < n; s++) mx = ph[s] > mx ? ph[s] : mx;
-        for (int s = 0; s < n; s++) sum += (ph[s] = expf(ph[s] - mx));
-        const float inv = 1.0f / sum;
-        for (int s = 0; s < n; s++) ph[s] *= inv;
-    }
+}
+
+/* out[h] += sum over s in s0 .. s1, in order, of p[h][s] kv[s][:kvl], for heads h0 .. h0+hn
+ * of token i; out holds the running sums between tiles. */
+DSR1_AVX512_INLINE void sum_tile(int hn, const attn_job *j, int i, int h0, int s0, int s1, int n,
+                                 const float *p)
+{
+    const int kvl = j->kvl;
     for (int c = 0; c < kvl; c += 32) {
-        const __mmask16 k0 = dsr1__mask16(kvl - c),
-                        k1 = dsr1__mask16(kvl - c - 16 < 0 ? 0 : kvl - c - 16);
+        const __mmask16 k0 = dsr1__mask16(kvl - c);
+        const __mmask16 k1 = dsr1__mask16(kvl - c - 16 < 0 ? 0 : kvl - c - 16);
+        float *o[AT_HG];
         __m512 o0[AT_HG], o1[AT_HG];
-        for (int h = 0; h < hn; h++) o0[h] = o1[h] = _mm512_setzero_ps();
-        for (int s = 0; s < n; s++) {
+        for (int h = 0; h < hn; h++) {
+            o[h] = j->out + ((size_t)i * j->heads + h0 + h) * kvl + c;
+            o0[h] = _mm512_maskz_loadu_ps(k0, o[h]);
+            o1[h] = _mm512_maskz_loadu_ps(k1, o[h] + 16);
+        }
+        for (int s = s0; s < s1; s++) {
             const float *row = j->kv + (size_t)s * j->ld_kv + c;
             const __m512 v0 = _mm512_maskz_loadu_ps(k0, row);
             const __m512 v1 = _mm512_maskz_loadu_ps(k1, row + 16);
@@ -239,49 +247,88 @@ DSR1_AVX512_INLINE void attn_group(int hn, const attn_job *j, int i, int h0, flo
             }
         }
         for (int h = 0; h < hn; h++) {
-            float *o = j->out + ((size_t)i * j->heads + h0 + h) * kvl + c;
-            _mm512_mask_storeu_ps(o, k0, o0[h]);
-            _mm512_mask_storeu_ps(o + 16, k1, o1[h]);
+            _mm512_mask_storeu_ps(o[h], k0, o0[h]);
+            _mm512_mask_storeu_ps(o[h] + 16, k1, o1[h]);
         }
     }
 }
 
+#define AT_DISPATCH(FN, hn, ...)                                                                   \
+    switch (hn) {                                                                                  \
+    case 1:                                                                                        \
+        FN(1, __VA_ARGS__);                                                                        \
+        break;                                                                                     \
+    case 2:                                                                                        \
+        FN(2, __VA_ARGS__);                                                                        \
+        break;                                                                                     \
+    case 3:                                                                                        \
+        FN(3, __VA_ARGS__);                                                                        \
+        break;                                                                                     \
+    case 4:                                                                                        \
+        FN(4, __VA_ARGS__);                                                                        \
+        break;                                                                                     \
+    case 5:                                                                                        \
+        FN(5, __VA_ARGS__);                                                                        \
+        break;                                                                                     \
+    case 6:                                                                                        \
+        FN(6, __VA_ARGS__);                                                                        \
+        break;                                                                                     \
+    case 7:                                                                                        \
+        FN(7, __VA_ARGS__);                                                                        \
+        break;                                                                                     \
+    default:                                                                                       \
+        FN(8, __VA_ARGS__);                                                                        \
+        break;                                                                                     \
+    }
+
+/* Groups g0 .. g1 of token i: scores tile by tile, softmax per head, weighted sums tile by
+ * tile. p: [g1 - g0][AT_HG][n] scratch. */
+static void attn_token(const attn_job *j, int i, int g0, int g1, float *p)
+{
+    const int n = j->pos0 + i + 1; /* causal: cache rows 0 .. pos0+i */
+    for (int s0 = 0; s0 < n; s0 += AT_TILE) {
+        const int s1 = s0 + AT_TILE < n ? s0 + AT_TILE : n;
+        for (int g = g0; g < g1; g++) {
+            const int h0 = g * AT_HG, hn = j->heads - h0 < AT_HG ? j->heads - h0 : AT_HG;
+            AT_DISPATCH(score_tile, hn, j, i, h0, s0, s1, n, p + (size_t)(g - g0) * AT_HG * n);
+        }
+    }
+    for (int g = g0; g < g1; g++) {
+        const int h0 = g * AT_HG, hn = j->heads - h0 < AT_HG ? j->heads - h0 : AT_HG;
+        for (int h = 0; h < hn; h++) {
+            float *ph = p + ((size_t)(g - g0) * AT_HG + h) * n, mx = -INFINITY, sum = 0;
+            for (int s = 0; s < n; s++) mx = ph[s] > mx ? ph[s] : mx;
+            for (int s = 0; s < n; s++) sum += (ph[s] = expf(ph[s] - mx));
+            const float inv = 1.0f / sum;
+            for (int s = 0; s < n; s++) ph[s] *= inv;
+            float *o = j->out + ((size_t)i * j->heads + h0 + h) * j->kvl;
+            for (int c = 0; c < j->kvl; c += 16)
+                _mm512_mask_storeu_ps(o + c, dsr1__mask16(j->kvl - c), _mm512_setzero_ps());
+        }
+    }
+    for (int s0 = 0; s0 < n; s0 += AT_TILE) {
+        const int s1 = s0 + AT_TILE < n ? s0 + AT_TILE : n;
+        for (int g = g0; g < g1; g++) {
+            const int h0 = g * AT_HG, hn = j->heads - h0 < AT_HG ? j->heads - h0 : AT_HG;
+            AT_DISPATCH(sum_tile, hn, j, i, h0, s0, s1, n, p + (size_t)(g - g0) * AT_HG * n);
+        }
+    }
+}
+
+/* Tasks are (token, group of heads), token-major; a chunk handles its tasks token by token. */
 static void attn_task(void *arg, int begin, int end, int tid)
 {
     (void)tid;
     const attn_job *j = arg;
     const int groups = (j->heads + AT_HG - 1) / AT_HG;
-    float *p = malloc(sizeof(float) * AT_HG * (size_t)(j->pos0 + j->t));
-    if (!p) abort(); /* scores of one token's heads; failing here means the process is lost */
-    for (int task = begin; task < end; task++) {
-        const int i = task / groups, h0 = (task % groups) * AT_HG;
-        const int hn = j->heads - h0 < AT_HG ? j->heads - h0 : AT_HG;
-        switch (hn) {
-        case 1:
-            attn_group(1, j, i, h0, p);
-            break;
-        case 2:
-            attn_group(2, j, i, h0, p);
-            break;
-        case 3:
-            attn_group(3, j, i, h0, p);
-            break;
-        case 4:
-            attn_group(4, j, i, h0, p);
-            break;
-        case 5:
-            attn_group(5, j, i, h0, p);
-            break;
-        case 6:
-            attn_group(6, j, i, h0, p);
-            break;
-        case 7:
-            attn_group(7, j, i, h0, p);
-            break;
-        default:
-            attn_group(8, j, i, h0, p);
-            break;
-        }
+    const int span = end - begin < groups ? end - begin : groups;
+    float *p = malloc(sizeof(float) * AT_HG * (size_t)span * (j->pos0 + j->t));
+    if (!p) abort(); /* scores of the chunk's heads; failing here, the process is lost */
+    for (int task = begin; task < end;) {
+        const int i = task / groups, g0 = task % groups;
+        const int g1 = end - task < groups - g0 ? g0 + (end - task) : groups;
+        attn_token(j, i, g0, g1, p);
+        task += g1 - g0;
     }
     free(p);
 }
@@ -291,7 +338,7 @@ static void avx512_mla_attention(dsr1_pool *pool, int t, int heads, int kvl, int
                                  int pos0, float scale, float *out)
 {
     attn_job j = {t, heads, kvl, rope, q_abs, q_pe, kv, ld_kv, pos0, scale, out};
-    dsr1_pool_run(pool, t * ((heads + AT_HG - 1) / AT_HG), 1, attn_task, &j);
+    dsr1_pool_run(pool, t * ((heads + AT_HG - 1) / AT_HG), AT_GRAIN, attn_task, &j);
 }
 
 static const dsr1_kernels avx512 = {

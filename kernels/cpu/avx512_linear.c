@@ -12,31 +12,32 @@
  * this, so an output depends only on its own activation row and weight row: not on the
  * thread split, not on m, not on which path ran — the engine's batch invariance holds.
  *
- * - m <= SMALL_M (decode): bandwidth-bound. Each weight row is streamed once, converted in
- *   registers and dotted with the activation rows (several weight rows at a time, so that
- *   enough loads are in flight); threads split the rows.
- * - larger m (prefill): compute-bound. A task owns 16 weight rows; for each 128-column
- *   block it converts them once into an L1 tile, which a 4x4 register-blocked micro-kernel
- *   (4 activation rows x 4 weight rows, 16 accumulators) reuses for up to 64 activation
- *   rows; the lane totals live in a small buffer between blocks. */
+ * - m <= SMALL_M (decode): bandwidth-bound. A task streams a group of 8 weight rows once,
+ *   block by block, converting in registers; 8, 4 or 2 rows at a time against all m rows
+ *   (so that enough loads are in flight and the block sums fit in registers), with a
+ *   software prefetch of the next group (rows of 2 KB are too short for the hardware
+ *   prefetcher to ramp up). For m >= 2 the rows of x are first copied to a padded buffer:
+ *   rows a multiple of 4 KB apart (K = 7168, 2048) would all map to the same L1 sets.
+ * - larger m (prefill): compute-bound. The activations are packed block-major in
+ *   superblocks of up to 256 rows (7 MB at K = 7168, they stay in the last-level cache). A
+ *   task converts 16 weight rows once per superblock into an L2-resident panel and runs
+ *   groups of 16 activation rows against it, block by block, in a 4x4 register-blocked
+ *   micro-kernel (16 accumulators); the lane totals of a group (16 x 16 vectors) stay in
+ *   L1 between blocks. */
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "avx512_common.h"
 
-#define SMALL_M 8 /* m up to this: streaming path */
-#ifndef SMALL_USE
-#define SMALL_USE SMALL_M
-#endif
+#define SMALL_M 8  /* m up to this: streaming path */
 #define SM_ROWS 8  /* weight rows per streaming task */
 #define TB_NB   16 /* weight rows per tiled task (a converted panel of 16 x K) */
 #define TB_KB   DSR1_QBLOCK
-#ifndef TB_MG
-#define TB_MG 8 /* activation rows per group (their totals stay in L1) */
-#endif
-#define TB_MR 4 /* micro-kernel activation rows */
-#define TB_NR 4 /* micro-kernel weight rows */
+#define TB_MG   16  /* activation rows per group (their totals stay in L1) */
+#define TB_MS   256 /* activation rows per superblock (packed: 7 MB at K = 7168) */
+#define TB_MR   4   /* micro-kernel activation rows */
+#define TB_NR   4   /* micro-kernel weight rows */
 
 typedef struct {
     const dsr1_linear *w;
@@ -162,11 +163,14 @@ static void small_task(void *arg, int begin, int end, int tid)
     (void)tid;
     const lin_job *j = arg;
     const small_fn *fns = small_fns[dtype_index(j->w->dtype)];
+    /* up to 6 activation rows in one pass; 7 and 8 in passes of 4 (4 weight rows at a
+     * time), which measured faster than one pass of 8 (2 weight rows at a time) */
+    const int chunk = j->m <= 6 ? j->m : 4;
     for (int t = begin; t < end; t++) {
         const int ra = j->r0 + t * SM_ROWS;
         const int nrows = j->r1 - ra < SM_ROWS ? j->r1 - ra : SM_ROWS;
-        for (int i0 = 0; i0 < j->m; i0 += SMALL_M) {
-            const int mm = j->m - i0 < SMALL_M ? j->m - i0 : SMALL_M;
+        for (int i0 = 0; i0 < j->m; i0 += chunk) {
+            const int mm = j->m - i0 < chunk ? j->m - i0 : chunk;
             fns[mm - 1](j->w, ra, nrows, j->x + (size_t)i0 * j->ldx, j->ldx,
                         j->y + (size_t)i0 * j->ldy + (ra - j->r0), j->ldy);
         }
@@ -259,9 +263,10 @@ static void micro_any(int mr, const float *x, const float *P, size_t ldp, const 
 
 /* A task converts its TB_NB weight rows once (an L2-resident panel; the row stride is
  * padded so that the rows' blocks do not all share L1 sets) and runs every group of TB_MG
- * activation rows against it. Per block, the group's slice of x is packed (rows of x are
- * often a multiple of 4 KB apart, which would put them in the same L1 sets too) and the
- * lane totals, TB_MG x TB_NB vectors in L1, take the block sums. */
+ * activation rows against it, block by block, the lane totals (TB_MG x TB_NB vectors)
+ * staying in L1. The activations come packed by the caller, block-major
+ * (X[block][row][TB_KB], zero past the last column): each group's block is 8 contiguous
+ * KB, where rows of x, often a multiple of 4 KB apart, would all share L1 sets. */
 static void tiled_task(void *arg, int begin, int end, int tid)
 {
     (void)tid;
@@ -270,30 +275,18 @@ static void tiled_task(void *arg, int begin, int end, int tid)
     const size_t ldp = (size_t)(k + 15) / 16 * 16 + 16;
     float *P = aligned_alloc(64, sizeof(float) * TB_NB * ldp);
     float *mul = malloc(sizeof(float) * TB_NB * nb);
-    float *X = aligned_alloc(64, sizeof(float) * TB_MG * TB_KB);
     __m512 *C = aligned_alloc(64, sizeof(__m512) * TB_MG * TB_NB);
-    if (!P || !mul || !X || !C) abort(); /* ~0.5 MB; failing here, the process is lost */
+    if (!P || !mul || !C) abort(); /* ~0.5 MB; failing here, the process is lost */
     for (int t = begin; t < end; t++) {
         const int ra = j->r0 + t * TB_NB;
         const int nrows = j->r1 - ra < TB_NB ? j->r1 - ra : TB_NB;
-#ifdef NO_FILL
-        if (t == begin)
-#endif
         panel_fill(j->w, ra, nrows, P, ldp, mul);
         for (int i0 = 0; i0 < j->m; i0 += TB_MG) {
             const int mg = j->m - i0 < TB_MG ? j->m - i0 : TB_MG;
             for (int i = 0; i < TB_MG * TB_NB; i++) C[i] = _mm512_setzero_ps();
             for (int c0 = 0, b = 0; c0 < k; c0 += TB_KB, b++) {
                 const int kbn = k - c0 < TB_KB ? k - c0 : TB_KB;
-#ifdef NO_PACK
-                if (i0 == 0 && c0 == 0)
-#endif
-                for (int i = 0; i < mg; i++) {
-                    const float *xs = j->x + (size_t)(i0 + i) * j->ldx + c0;
-                    float *xd = X + (size_t)i * TB_KB;
-                    for (int c = 0; c < kbn; c += 16)
-                        _mm512_store_ps(xd + c, xload(xs + c, kbn - c));
-                }
+                const float *X = j->x + ((size_t)b * j->m + i0) * TB_KB;
                 for (int rb = 0; rb < nrows; rb += TB_NR)
                     for (int ib = 0; ib < mg; ib += TB_MR)
                         micro_any(mg - ib < TB_MR ? mg - ib : TB_MR, X + (size_t)ib * TB_KB,
@@ -309,9 +302,22 @@ static void tiled_task(void *arg, int begin, int end, int tid)
         }
     }
     free(C);
-    free(X);
     free(mul);
     free(P);
+}
+
+/* x rows [0, m) into X[block][row][TB_KB], zero past column k. */
+static void pack_blocks(const float *x, int ldx, int m, int k, float *X)
+{
+    for (int c0 = 0, b = 0; c0 < k; c0 += TB_KB, b++) {
+        const int kbn = k - c0 < TB_KB ? k - c0 : TB_KB;
+        for (int i = 0; i < m; i++) {
+            const float *xs = x + (size_t)i * ldx + c0;
+            float *xd = X + ((size_t)b * m + i) * TB_KB;
+            for (int c = 0; c < TB_KB; c += 16)
+                _mm512_store_ps(xd + c, c < kbn ? xload(xs + c, kbn - c) : _mm512_setzero_ps());
+        }
+    }
 }
 
 void dsr1__avx512_linear(dsr1_pool *pool, const dsr1_linear *w, int r0, int r1, const float *x,
@@ -322,9 +328,10 @@ void dsr1__avx512_linear(dsr1_pool *pool, const dsr1_linear *w, int r0, int r1, 
     /* small products are not worth waking threads for */
     const long work = (long)(r1 - r0) * w->cols * (m + 1);
     dsr1_pool *p = work < 32768 ? NULL : pool;
-    if (m <= SMALL_USE) {
+    if (m <= SMALL_M) {
+        /* a padded copy of x (see the top of the file); without memory, x as it is: the
+         * copy moves data, the arithmetic is the same */
         float *xp = NULL;
-#ifndef NO_XPACK
         if (m >= 2) {
             const int ldp = (w->cols + 15) / 16 * 16 + 16;
             xp = aligned_alloc(64, sizeof(float) * m * ldp);
@@ -335,9 +342,24 @@ void dsr1__avx512_linear(dsr1_pool *pool, const dsr1_linear *w, int r0, int r1, 
                 j.ldx = ldp;
             }
         }
-#endif
         dsr1_pool_run(p, (r1 - r0 + SM_ROWS - 1) / SM_ROWS, 1, small_task, &j);
         free(xp);
-    } else
-        dsr1_pool_run(p, (r1 - r0 + TB_NB - 1) / TB_NB, 1, tiled_task, &j);
+    } else {
+        /* activation rows in superblocks that stay in the last-level cache while every
+         * weight panel passes over them (each panel is converted once per superblock) */
+        const int nb = (w->cols + DSR1_QBLOCK - 1) / DSR1_QBLOCK;
+        const int ms = m < TB_MS ? m : TB_MS;
+        float *X = aligned_alloc(64, sizeof(float) * ms * nb * TB_KB);
+        if (!X) abort(); /* a few MB; failing here, the process is lost */
+        for (int i0 = 0; i0 < m; i0 += TB_MS) {
+            lin_job js = j;
+            js.m = m - i0 < TB_MS ? m - i0 : TB_MS;
+            pack_blocks(x + (size_t)i0 * ldx, ldx, js.m, w->cols, X);
+            js.x = X;
+            js.ldx = TB_KB;
+            js.y = y + (size_t)i0 * ldy;
+            dsr1_pool_run(p, (r1 - r0 + TB_NB - 1) / TB_NB, 1, tiled_task, &js);
+        }
+        free(X);
+    }
 }

@@ -14,6 +14,8 @@
 
 #include <cmocka.h>
 
+#include "test_util.h"
+
 #include "ckpt.h"
 #include "mkmodel.h"
 #include "weights.h"
@@ -22,18 +24,13 @@ static char base[256];
 
 static dsr1_model_config small(void)
 {
-    dsr1_model_config c = {0};
-    c.vocab_size = 300;
+    dsr1_model_config c = test_config();
     c.hidden_size = 128;
     c.num_hidden_layers = 2;
     c.num_nextn_predict_layers = 1; /* an MTP layer, which loading must skip */
-    c.first_k_dense_replace = 1;
-    c.moe_layer_freq = 1;
     c.num_attention_heads = 2;
     c.q_lora_rank = 64;
     c.kv_lora_rank = 64;
-    c.qk_nope_head_dim = 16;
-    c.qk_rope_head_dim = 8;
     c.v_head_dim = 16;
     c.intermediate_size = 160;
     c.moe_intermediate_size = 32;
@@ -41,15 +38,7 @@ static dsr1_model_config small(void)
     c.num_experts_per_tok = 2;
     c.n_group = 2;
     c.topk_group = 1;
-    c.n_shared_experts = 1;
-    c.norm_topk_prob = true;
-    c.routed_scaling_factor = 2.5f;
-    c.rms_norm_eps = 1e-6f;
-    c.max_position_embeddings = 4096;
-    c.eos_token_id = 1;
-    c.rope_theta = 10000;
-    c.fp8 = true;
-    c.weight_block[0] = c.weight_block[1] = 128;
+    c.rope_type = DSR1_ROPE_NONE;
     return c;
 }
 

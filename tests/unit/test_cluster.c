@@ -13,46 +13,23 @@
 
 #include <cmocka.h>
 
+#include "test_util.h"
+
 #include "cluster.h"
 #include "forward.h"
 #include "weights.h"
 
 static dsr1_model_config cfg_small(void)
 {
-    dsr1_model_config c = {0};
+    dsr1_model_config c = test_config();
     c.vocab_size = 400;
-    c.hidden_size = 160;
     c.num_hidden_layers = 4;
-    c.first_k_dense_replace = 1;
-    c.moe_layer_freq = 1;
     c.num_attention_heads = 2;
-    c.q_lora_rank = 96;
     c.kv_lora_rank = 64;
-    c.qk_nope_head_dim = 16;
-    c.qk_rope_head_dim = 8;
     c.v_head_dim = 16;
     c.intermediate_size = 192;
-    c.moe_intermediate_size = 48;
     c.n_routed_experts = 24;
     c.num_experts_per_tok = 6;
-    c.n_group = 4;
-    c.topk_group = 2;
-    c.n_shared_experts = 1;
-    c.norm_topk_prob = true;
-    c.routed_scaling_factor = 2.5f;
-    c.rms_norm_eps = 1e-6f;
-    c.max_position_embeddings = 4096;
-    c.eos_token_id = 1;
-    c.rope_theta = 10000;
-    c.rope_type = DSR1_ROPE_YARN;
-    c.rope_factor = 40;
-    c.rope_original_max_position_embeddings = 4096;
-    c.rope_beta_fast = 32;
-    c.rope_beta_slow = 1;
-    c.rope_mscale = 1;
-    c.rope_mscale_all_dim = 1;
-    c.fp8 = true;
-    c.weight_block[0] = c.weight_block[1] = 128;
     return c;
 }
 

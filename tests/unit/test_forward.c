@@ -13,46 +13,18 @@
 
 #include <cmocka.h>
 
+#include "test_util.h"
+
 #include "forward.h"
 #include "kernels.h"
 #include "weights.h"
 
 static dsr1_model_config small_config(int q_lora, int yarn)
 {
-    dsr1_model_config c = {0};
-    c.vocab_size = 300;
-    c.hidden_size = 160; /* 1.25 blocks */
-    c.num_hidden_layers = 3;
-    c.first_k_dense_replace = 1;
-    c.moe_layer_freq = 1;
-    c.num_attention_heads = 3;
+    dsr1_model_config c = test_config();
     c.q_lora_rank = q_lora;
-    c.kv_lora_rank = 136;
-    c.qk_nope_head_dim = 16;
-    c.qk_rope_head_dim = 8;
-    c.v_head_dim = 24;
-    c.intermediate_size = 200;
-    c.moe_intermediate_size = 48;
-    c.n_routed_experts = 16;
-    c.num_experts_per_tok = 4;
-    c.n_group = 4;
-    c.topk_group = 2;
-    c.n_shared_experts = 1;
-    c.norm_topk_prob = true;
-    c.routed_scaling_factor = 2.5f;
-    c.rms_norm_eps = 1e-6f;
-    c.max_position_embeddings = 4096;
-    c.eos_token_id = 1;
-    c.rope_theta = 10000;
     c.rope_type = yarn ? DSR1_ROPE_YARN : DSR1_ROPE_NONE;
-    c.rope_factor = 40;
     c.rope_original_max_position_embeddings = 64; /* small, so YaRN's ramp is mid-range */
-    c.rope_beta_fast = 32;
-    c.rope_beta_slow = 1;
-    c.rope_mscale = 1;
-    c.rope_mscale_all_dim = 1;
-    c.fp8 = true;
-    c.weight_block[0] = c.weight_block[1] = 128;
     return c;
 }
 
@@ -302,7 +274,21 @@ static double row_err(const float *a, const double *b, int rows, int vocab)
     return worst;
 }
 
+/* Every test runs with the portable kernels and with the ones this CPU selects. */
+static const dsr1_kernels *variant(int i)
+{
+    return i == 0 ? dsr1_kernels_portable() : dsr1_kernels_select(NULL);
+}
+
+static void check_variant(int q_lora, int yarn, const dsr1_kernels *kern);
+
 static void check_against_reference(int q_lora, int yarn)
+{
+    check_variant(q_lora, yarn, variant(0));
+    if (variant(1) != variant(0)) check_variant(q_lora, yarn, variant(1));
+}
+
+static void check_variant(int q_lora, int yarn, const dsr1_kernels *kern)
 {
     dsr1_model_config c = small_config(q_lora, yarn);
     dsr1_slice all = dsr1_slice_all(&c);
@@ -312,7 +298,7 @@ static void check_against_reference(int q_lora, int yarn)
     assert_int_equal(dsr1_pool_create(2, &pool), DSR1_OK);
     dsr1_engine *e;
     const int n = 11;
-    assert_int_equal(dsr1_engine_create(w, dsr1_kernels_portable(), pool, 2, 64, &e), DSR1_OK);
+    assert_int_equal(dsr1_engine_create(w, kern, pool, 2, 64, &e), DSR1_OK);
     int32_t tok[11];
     random_tokens(tok, n, c.vocab_size, 3);
     double *ref = malloc(sizeof(double) * n * c.vocab_size);
@@ -324,7 +310,7 @@ static void check_against_reference(int q_lora, int yarn)
     dsr1_batch b1 = {1, &s1, lg};
     assert_int_equal(dsr1_engine_forward(e, &b1), DSR1_OK);
     double err = row_err(lg, ref, n, c.vocab_size);
-    print_message("q_lora %d yarn %d: prefill error %.2e std\n", q_lora, yarn, err);
+    print_message("%s: q_lora %d yarn %d: prefill error %.2e std\n", kern->name, q_lora, yarn, err);
     assert_true(err < 1e-4);
 
     /* (2) slot 1: chunk of 4, chunk of 3, then 4 single decode steps */
@@ -337,7 +323,7 @@ static void check_against_reference(int q_lora, int yarn)
         at += chunks[k];
     }
     err = row_err(lg2, ref, n, c.vocab_size);
-    print_message("q_lora %d yarn %d: chunked error %.2e std\n", q_lora, yarn, err);
+    print_message("%s: q_lora %d yarn %d: chunked error %.2e std\n", kern->name, q_lora, yarn, err);
     assert_true(err < 1e-4);
     free(lg2);
     free(lg);
@@ -367,9 +353,8 @@ static void test_reference_no_yarn(void **state)
 
 /* Three sequences at different positions in one step give bit-identical logits to the
  * same steps run alone. */
-static void test_batch_invariance(void **state)
+static void batch_invariance(const dsr1_kernels *kern)
 {
-    (void)state;
     dsr1_model_config c = small_config(96, 1);
     dsr1_slice all = dsr1_slice_all(&c);
     dsr1_weights *w;
@@ -377,9 +362,8 @@ static void test_batch_invariance(void **state)
     dsr1_pool *pool;
     assert_int_equal(dsr1_pool_create(2, &pool), DSR1_OK);
     dsr1_engine *alone, *batched;
-    assert_int_equal(dsr1_engine_create(w, dsr1_kernels_portable(), pool, 3, 32, &alone), DSR1_OK);
-    assert_int_equal(dsr1_engine_create(w, dsr1_kernels_portable(), pool, 3, 32, &batched),
-                     DSR1_OK);
+    assert_int_equal(dsr1_engine_create(w, kern, pool, 3, 32, &alone), DSR1_OK);
+    assert_int_equal(dsr1_engine_create(w, kern, pool, 3, 32, &batched), DSR1_OK);
     int32_t tok[3][12];
     for (int s = 0; s < 3; s++) random_tokens(tok[s], 12, c.vocab_size, 10 + s);
     const int V = c.vocab_size;
@@ -409,6 +393,13 @@ static void test_batch_invariance(void **state)
     dsr1_engine_destroy(batched);
     dsr1_pool_destroy(pool);
     dsr1_weights_destroy(w);
+}
+
+static void test_batch_invariance(void **state)
+{
+    (void)state;
+    batch_invariance(variant(0));
+    if (variant(1) != variant(0)) batch_invariance(variant(1));
 }
 
 static void test_bad_steps(void **state)

@@ -121,13 +121,13 @@ static void test_linear(void **state)
     dsr1_pool *pool;
     assert_int_equal(dsr1_pool_create(2, &pool), DSR1_OK);
     srand(1);
-    static const int ms[] = {1, 3, 4, 5, 17};
+    static const int ms[] = {1, 3, 4, 5, 8, 17};
     static const dsr1_dtype dts[] = {DSR1_DT_F8_E4M3, DSR1_DT_BF16, DSR1_DT_F32};
     for (size_t v = 0; v < NVAR; v++) {
         const dsr1_kernels *k = dsr1_kernels_select(variants[v]);
         if (!k) continue;
         for (int d = 0; d < 3; d++) {
-            for (int mi = 0; mi < 5; mi++) {
+            for (int mi = 0; mi < 6; mi++) {
                 check_linear(k, pool, dts[d], 300, 200, ms[mi], 0, 300);  /* partial blocks */
                 check_linear(k, pool, dts[d], 300, 200, ms[mi], 37, 170); /* mid-block range */
                 check_linear(k, pool, dts[d], 5, 129, ms[mi], 0, 5);      /* tiny, 1 extra col */
