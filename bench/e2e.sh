@@ -16,7 +16,9 @@ import re, sys
 s = sys.stdin.read(); bw = float('$bw')
 pre = float(re.search(r'\(([\d.]+) tok/s\); decode', s).group(1))
 dec = float(re.search(r'decode \d+ tokens in [\d.]+ s \(([\d.]+) tok/s\)', s).group(1))
-gb = float(re.search(r'reads ([\d.]+) GB', s).group(1))
-roof = bw / gb
-print(f'membw {bw:.2f} GB/s; prefill {pre:.2f} tok/s; decode {dec:.3f} tok/s; '
-      f'roofline {roof:.2f} tok/s; decode/roofline {dec/roof:.3f}')"
+m = re.search(r'reads ([\d.]+) GB', s)
+line = f'membw {bw:.2f} GB/s; prefill {pre:.2f} tok/s; decode {dec:.3f} tok/s'
+if m:  # single-process runs report the weight bytes a decode token reads
+    roof = bw / float(m.group(1))
+    line += f'; roofline {roof:.2f} tok/s; decode/roofline {dec/roof:.3f}'
+print(line)"

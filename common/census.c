@@ -1,5 +1,6 @@
 /* Parameter and memory census of a checkpoint (see census.h). */
 #include "census.h"
+#include "placement.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -10,6 +11,7 @@ dsr1_status dsr1_census_init(dsr1_census *c, const dsr1_model_config *cfg,
     memset(c, 0, sizeof(*c));
     c->plan = plan;
     c->nlayers = cfg->num_hidden_layers + cfg->num_nextn_predict_layers;
+    c->nmain = cfg->num_hidden_layers;
     c->nexperts = cfg->n_routed_experts > 0 ? cfg->n_routed_experts : 0;
     size_t n = (size_t)c->nlayers * (size_t)c->nexperts;
     c->expert_bytes = calloc(n ? n : 1, sizeof(uint64_t));
@@ -69,6 +71,7 @@ void dsr1_census_add(dsr1_census *c, const char *name, dsr1_dtype dtype, int ndi
         c->expert_params[t->layer] += params;
     } else {
         c->replicated_bytes += nbytes;
+        if (t->mtp) c->mtp_replicated_bytes += nbytes;
     }
 }
 
@@ -100,9 +103,14 @@ uint64_t dsr1_census_activated(const dsr1_census *c, const dsr1_model_config *cf
 
 uint64_t dsr1_census_worker_bytes(const dsr1_census *c, int n, int w)
 {
-    uint64_t b = c->replicated_bytes;
-    for (int l = 0; l < c->nlayers; l++)
-        for (int e = w; e < c->nexperts; e += n)
-            b += c->expert_bytes[(size_t)l * (size_t)c->nexperts + (size_t)e];
+    /* what a worker loads: main layers only (the MTP layers are never loaded) */
+    uint64_t b = c->replicated_bytes - c->mtp_replicated_bytes;
+    int *owner = malloc(sizeof(int) * (size_t)(c->nexperts ? c->nexperts : 1));
+    if (!owner) return 0;
+    dsr1_placement_balanced(c->nexperts, n, owner);
+    for (int l = 0; l < c->nmain; l++)
+        for (int e = 0; e < c->nexperts; e++)
+            if (owner[e] == w) b += c->expert_bytes[(size_t)l * (size_t)c->nexperts + (size_t)e];
+    free(owner);
     return b;
 }

@@ -15,8 +15,9 @@
  * = every main-model parameter that is not a routed expert, plus num_experts_per_tok routed
  * experts in each MoE layer (embedding and lm_head included).
  *
- * Expert placement: routed expert e of every MoE layer lives on worker e % N (round-robin,
- * which is also balanced when all experts have the same size). */
+ * Memory per worker counts what a worker loads: the main layers (never the MTP layers),
+ * with routed experts placed as the engine places them (placement.h: balanced contiguous
+ * blocks) and everything else replicated. */
 #ifndef DSR1_CENSUS_H
 #define DSR1_CENSUS_H
 
@@ -34,6 +35,7 @@ typedef struct {
 typedef struct {
     const dsr1_tensor_plan *plan; /* borrowed */
     int nlayers;                  /* main + MTP layers */
+    int nmain;                    /* main layers */
     int nexperts;
     /* bytes of routed expert e of layer l: expert_bytes[l * nexperts + e] (owned) */
     uint64_t *expert_bytes;
@@ -43,7 +45,8 @@ typedef struct {
     dsr1_census_sum all, main, mtp, kind[DSR1_TK_COUNT];
     uint64_t scale_bytes;
     uint64_t dtype_count[DSR1_DT_COUNT], dtype_bytes[DSR1_DT_COUNT];
-    uint64_t replicated_bytes; /* everything but routed experts */
+    uint64_t replicated_bytes;     /* everything but routed experts */
+    uint64_t mtp_replicated_bytes; /* the part of it in MTP layers */
     uint64_t tensors, unknown, mismatched;
     uint8_t *seen; /* per plan entry (owned) */
 } dsr1_census;
@@ -64,7 +67,7 @@ uint64_t dsr1_census_missing(const dsr1_census *c);
 
 /* Parameters a token activates in the main model (see above). */
 uint64_t dsr1_census_activated(const dsr1_census *c, const dsr1_model_config *cfg);
-/* Bytes worker w of n holds: replicated + its round-robin share of routed experts. */
+/* Bytes worker w of n loads: the main layers' replicated part + its routed experts. */
 uint64_t dsr1_census_worker_bytes(const dsr1_census *c, int n, int w);
 
 #endif

@@ -2,10 +2,10 @@
  *
  * Prints the config in one paragraph, parameter counts (total, main model, MTP, activated
  * per token, per kind), a dtype census, and the memory each of N workers needs under expert
- * parallelism (routed experts round-robin, the rest replicated). Works on a checkpoint
- * directory (tensors from its safetensors headers, checked against the tensor plan of its
- * config: missing, unknown or mis-shaped tensors are reported and make the exit status 1)
- * or on a config.json alone (tensors from the plan), e.g. the full R1 config. */
+ * parallelism (routed experts in balanced contiguous blocks, the rest replicated). Works on a
+ * checkpoint directory (tensors from its safetensors headers, checked against the tensor plan of
+ * its config: missing, unknown or mis-shaped tensors are reported and make the exit status 1) or on
+ * a config.json alone (tensors from the plan), e.g. the full R1 config. */
 #include <getopt.h>
 #include <jansson.h>
 #include <stdio.h>
@@ -34,7 +34,7 @@ static void usage(FILE *f)
             "usage: dsr1 inspect (--model DIR | --config FILE) [--workers N] [--json]\n\n"
             "Summarise a DeepSeek-V3/R1 checkpoint: config, parameter counts (total, per "
             "kind,\nactivated per token), tensors per dtype, and memory per worker when the "
-            "routed\nexperts are spread over N workers (round-robin) and the rest is "
+            "routed\nexperts are spread over N workers (contiguous blocks) and the rest is "
             "replicated.\n\n"
             "  --model DIR     a checkpoint directory (config.json, index, shards); its tensors\n"
             "                  are checked against the layout its config implies\n"
@@ -114,8 +114,9 @@ static void print_text(const report *r)
                    human((double)cs->dtype_bytes[d], "B", a, sizeof(a)));
     printf("  (of which FP8 block scales: %s)\n",
            human((double)cs->scale_bytes, "B", a, sizeof(a)));
-    printf("\nmemory per worker (routed experts round-robin, the rest replicated: %s):\n",
-           human((double)cs->replicated_bytes, "B", a, sizeof(a)));
+    printf("\nmemory per worker (main layers; routed experts in contiguous blocks, the rest "
+           "replicated: %s):\n",
+           human((double)(cs->replicated_bytes - cs->mtp_replicated_bytes), "B", a, sizeof(a)));
     printf("  %7s %12s %12s %12s\n", "workers", "max", "min", "all workers");
     for (int i = 0; i < r->nw; i++) {
         int n = r->nworkers[i];
@@ -186,7 +187,6 @@ static int print_json(const report *r)
     free(s);
     return 0;
 }
-
 
 int dsr1_cmd_inspect(int argc, char **argv)
 {

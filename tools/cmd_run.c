@@ -328,10 +328,13 @@ int dsr1_cmd_run(int argc, char **argv)
     }
     printf("\n");
     double t_decode = dsr1_now() - t0;
+    char reads[80] = "";
+    if (w) /* the bandwidth roofline of decode: bench/e2e.sh divides by it */
+        snprintf(reads, sizeof(reads), "; decode reads %.3f GB of weights per token",
+                 dsr1_weights_active_bytes(w) / 1e9);
     DSR1_INFO("run: prefill %d tokens in %.3f s (%.1f tok/s); decode %d tokens in %.3f s "
-              "(%.2f tok/s); decode reads %.3f GB of weights per token",
-              np, t_prefill, np / t_prefill, nd, t_decode, nd > 0 ? nd / t_decode : 0.0,
-              w ? dsr1_weights_active_bytes(w) / 1e9 : 0.0);
+              "(%.2f tok/s)%s",
+              np, t_prefill, np / t_prefill, nd, t_decode, nd > 0 ? nd / t_decode : 0.0, reads);
     if (df && fclose(df) != 0) {
         df = NULL;
         fprintf(stderr, "dsr1 run: writing %s: %s\n", dump, strerror(errno));

@@ -10,6 +10,7 @@
 
 #include "comm.h"
 #include "ckpt.h"
+#include "placement.h"
 #include "forward.h"
 
 /* Message tags on the world group. */
@@ -21,12 +22,6 @@ static inline int dsr1_world_rank(int stage, int ep_index, int ep)
     return 1 + stage * ep + ep_index;
 }
 
-/* Balanced placement: expert x on EP rank x * ep / n_experts (contiguous blocks). The
- * table is data: redundant or uneven placements only change what is written here. */
-static inline void dsr1_placement_balanced(int n_experts, int ep, int *owner)
-{
-    for (int x = 0; x < n_experts; x++) owner[x] = (int)((long)x * ep / n_experts);
-}
 
 /* Layers of pipeline stage s of pp: [s * L / pp, (s + 1) * L / pp). */
 static inline int dsr1_stage_first_layer(int layers, int pp, int s)

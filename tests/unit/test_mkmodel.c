@@ -20,6 +20,7 @@
 #include <math.h>
 
 #include "census.h"
+#include "weights.h"
 #include "ckpt.h"
 #include "mkmodel.h"
 #include "model_config.h"
@@ -598,11 +599,20 @@ static void test_checkpoint(void **state)
     assert_int_equal(cs.unknown, 0);
     assert_int_equal(cs.mismatched, 0);
     assert_int_equal(cs.all.bytes, plan.total_bytes);
-    /* one worker holds everything; two split the routed experts evenly */
-    assert_int_equal(dsr1_census_worker_bytes(&cs, 1, 0), plan.total_bytes);
+    /* one worker loads everything but the MTP layers; two split the routed experts evenly;
+     * and the report is what the engine really holds for that slice */
+    assert_int_equal(dsr1_census_worker_bytes(&cs, 1, 0), plan.total_bytes - cs.mtp.bytes);
     assert_int_equal(dsr1_census_worker_bytes(&cs, 2, 0), dsr1_census_worker_bytes(&cs, 2, 1));
-    assert_int_equal(dsr1_census_worker_bytes(&cs, 2, 0) * 2 - cs.replicated_bytes,
-                     plan.total_bytes);
+    assert_int_equal(dsr1_census_worker_bytes(&cs, 2, 0) * 2 -
+                         (cs.replicated_bytes - cs.mtp_replicated_bytes),
+                     plan.total_bytes - cs.mtp.bytes);
+    int first_half[32];
+    for (int e = 0; e < 32; e++) first_half[e] = e; /* worker 0 of 2: experts [0, 32) */
+    dsr1_slice half = {0, back.num_hidden_layers, 32, first_half};
+    dsr1_weights *held;
+    if (dsr1_weights_load(ck, &half, &held) != DSR1_OK) fail_msg("%s", dsr1_errmsg());
+    assert_int_equal(held->bytes, dsr1_census_worker_bytes(&cs, 2, 0));
+    dsr1_weights_destroy(held);
     dsr1_census_free(&cs);
 
     /* an FP8 weight read back through the checkpoint dequantises to the intended spread */
