@@ -14,6 +14,7 @@
 
 #include "census.h"
 #include "ckpt.h"
+#include "args.h"
 #include "commands.h"
 #include "model_config.h"
 #include "tensor_plan.h"
@@ -210,13 +211,11 @@ int dsr1_cmd_inspect(int argc, char **argv)
             json = 1;
             break;
         case 'w': {
-            char *end;
-            long v = strtol(optarg, &end, 10);
-            if (*optarg == 0 || *end || v < 1 || v > 65536 || r.nw == MAX_WORKER_COUNTS) {
-                fprintf(stderr,
-                        "dsr1 inspect: --workers '%s': expected 1..65536 (at most %d "
-                        "times)\n",
-                        optarg, MAX_WORKER_COUNTS);
+            long v;
+            if (dsr1_arg_long("dsr1 inspect", "--workers", optarg, 1, 65536, &v)) return 2;
+            if (r.nw == MAX_WORKER_COUNTS) {
+                fprintf(stderr, "dsr1 inspect: --workers given more than %d times\n",
+                        MAX_WORKER_COUNTS);
                 return 2;
             }
             r.nworkers[r.nw++] = (int)v;

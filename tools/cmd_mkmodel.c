@@ -14,6 +14,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "args.h"
 #include "commands.h"
 #include "mkmodel.h"
 #include "model_config.h"
@@ -190,20 +191,6 @@ static dsr1_status sum_bytes(const dsr1_tensor_spec *t, size_t index, void *arg)
     return DSR1_OK;
 }
 
-static int parse_long(const char *opt, const char *s, long lo, long hi, long *out)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || !*s || *end || v < lo || v > hi) {
-        fprintf(stderr, "dsr1 mkmodel: %s '%s': expected an integer in [%ld, %ld]\n", opt, s, lo,
-                hi);
-        return -1;
-    }
-    *out = v;
-    return 0;
-}
-
 int dsr1_cmd_mkmodel(int argc, char **argv)
 {
     static const struct option opts[] = {{"preset", required_argument, 0, 'p'},
@@ -233,10 +220,11 @@ int dsr1_cmd_mkmodel(int argc, char **argv)
             out_dir = optarg;
             break;
         case 's':
-            if (parse_long("--seed", optarg, 0, 0x7fffffffffffffffL, &seed)) return 2;
+            if (dsr1_arg_long("dsr1 mkmodel", "--seed", optarg, 0, 0x7fffffffffffffffL, &seed))
+                return 2;
             break;
         case 'n':
-            if (parse_long("--shards", optarg, 1, 99999, &shards)) return 2;
+            if (dsr1_arg_long("dsr1 mkmodel", "--shards", optarg, 1, 99999, &shards)) return 2;
             break;
         case 't':
             tok_arg = optarg;
@@ -245,7 +233,7 @@ int dsr1_cmd_mkmodel(int argc, char **argv)
             no_tok = 1;
             break;
         case 'j':
-            if (parse_long("--threads", optarg, 1, 4096, &threads)) return 2;
+            if (dsr1_arg_long("dsr1 mkmodel", "--threads", optarg, 1, 4096, &threads)) return 2;
             break;
         case 'f':
             force = 1;

@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 
 #include "bootstrap_mpi.h"
+#include "args.h"
 #include "ckpt.h"
 #include "cluster.h"
 #include "commands.h"
@@ -50,47 +51,6 @@ static void run_usage(FILE *f)
             "  --kernels NAME       kernel variant: auto (default: the fastest this CPU runs),\n"
             "                       portable, avx512 (docs/kernels.md)\n"
             "  -h, --help           this text\n");
-}
-
-/* Parse "1,2,3" strictly: integers separated by single commas, nothing else. */
-static int parse_ids(const char *s, const char *flag, int32_t **ids, int *n)
-{
-    int cap = 16, cnt = 0;
-    int32_t *v = malloc(sizeof(int32_t) * cap);
-    const char *p = s;
-    if (!v) return -1;
-    while (*p) {
-        char *end;
-        errno = 0;
-        long x = strtol(p, &end, 10);
-        if (end == p || errno || x < 0 || x > INT32_MAX || (*end && *end != ',') ||
-            (*end == ',' && end[1] == 0)) {
-            fprintf(stderr,
-                    "dsr1 run: %s: '%s' is not a comma-separated list of non-negative "
-                    "token ids\n",
-                    flag, s);
-            free(v);
-            return -1;
-        }
-        if (cnt == cap) {
-            int32_t *g = realloc(v, sizeof(int32_t) * (cap *= 2));
-            if (!g) {
-                free(v);
-                return -1;
-            }
-            v = g;
-        }
-        v[cnt++] = (int32_t)x;
-        p = *end ? end + 1 : end;
-    }
-    if (cnt == 0) {
-        fprintf(stderr, "dsr1 run: %s is empty\n", flag);
-        free(v);
-        return -1;
-    }
-    *ids = v;
-    *n = cnt;
-    return 0;
 }
 
 static int32_t argmax(const float *x, int n)
@@ -134,7 +94,7 @@ int dsr1_cmd_run(int argc, char **argv)
     const char *model = NULL, *prompt_s = NULL, *force_s = NULL, *dump = NULL, *kname = NULL;
     int max_tokens = 16, threads = 0, dummy = 0, layers = 0, workers = 0, pp = 1, c;
     int transport = DSR1_TRANSPORT_INPROC, mpi = dsr1_mpi_launched_size() > 1, timeout_ms = 0;
-    unsigned long long seed = 1;
+    uint64_t seed = 1;
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
@@ -166,35 +126,23 @@ int dsr1_cmd_run(int argc, char **argv)
             }
             fprintf(stderr, "dsr1 run: --transport: '%s' is not inproc or ucx\n", optarg);
             return 2;
-        case 's': {
-            char *end;
-            errno = 0;
-            seed = strtoull(optarg, &end, 10);
-            if (*end || !*optarg || errno || optarg[0] == '-') {
-                fprintf(stderr, "dsr1 run: --seed: '%s' is not a non-negative integer\n", optarg);
-                return 2;
-            }
+        case 's':
+            if (dsr1_arg_u64("dsr1 run", "--seed", optarg, &seed)) return 2;
             break;
-        }
         case 'n':
         case 't':
         case 'W':
         case 'P':
         case 'O':
         case 'L': {
-            char *end;
-            long v = strtol(optarg, &end, 10);
-            if (*end || !*optarg || v < (c == 'n' ? 0 : 1) || v > 1000000) {
-                fprintf(stderr, "dsr1 run: --%s: '%s' is not a valid count\n",
-                        c == 'n'   ? "max-tokens"
-                        : c == 't' ? "threads"
-                        : c == 'W' ? "workers"
-                        : c == 'P' ? "pp"
-                        : c == 'O' ? "timeout-ms"
-                                   : "layers",
-                        optarg);
-                return 2;
-            }
+            const char *flag = c == 'n'   ? "--max-tokens"
+                               : c == 't' ? "--threads"
+                               : c == 'W' ? "--workers"
+                               : c == 'P' ? "--pp"
+                               : c == 'O' ? "--timeout-ms"
+                                          : "--layers";
+            long v;
+            if (dsr1_arg_long("dsr1 run", flag, optarg, c == 'n' ? 0 : 1, 1000000, &v)) return 2;
             if (c == 'n')
                 max_tokens = (int)v;
             else if (c == 't')
@@ -231,12 +179,20 @@ int dsr1_cmd_run(int argc, char **argv)
         return 2;
     }
     int32_t *prompt = NULL, *force = NULL;
-    int np = 0, nf = 0;
-    if (parse_ids(prompt_s, "--prompt-ids", &prompt, &np)) return 2;
-    if (force_s && parse_ids(force_s, "--force-ids", &force, &nf)) {
+    size_t np_ = 0, nf_ = 0;
+    if (dsr1_arg_ids("dsr1 run", "--prompt-ids", prompt_s, &prompt, &np_)) return 2;
+    if (force_s && dsr1_arg_ids("dsr1 run", "--force-ids", force_s, &force, &nf_)) {
         free(prompt);
         return 2;
     }
+    if (np_ == 0 || np_ > INT32_MAX / 2 || nf_ > INT32_MAX / 2 || (force_s && nf_ == 0)) {
+        fprintf(stderr, "dsr1 run: %s is empty or too long\n",
+                np_ == 0 || np_ > INT32_MAX / 2 ? "--prompt-ids" : "--force-ids");
+        free(prompt);
+        free(force);
+        return 2;
+    }
+    const int np = (int)np_, nf = (int)nf_;
     const dsr1_kernels *kern = dsr1_kernels_select(kname);
     if (!kern) {
         fprintf(stderr,

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "chat_template.h"
+#include "args.h"
 #include "commands.h"
 #include "detok.h"
 #include "tokenizer.h"
@@ -147,42 +148,6 @@ int dsr1_cmd_tokenize(int argc, char **argv)
     return rc;
 }
 
-/* Ids separated by commas and/or whitespace; '[' and ']' are ignored so a JSON array
- * works too. */
-static int parse_id_list(const char *s, int32_t **ids, size_t *n)
-{
-    size_t cap = 64, cnt = 0;
-    int32_t *v = malloc(cap * sizeof(*v));
-    for (const char *p = s; v && *p;) {
-        if (strchr(", \t\r\n[]", *p)) {
-            p++;
-            continue;
-        }
-        char *end;
-        errno = 0;
-        long long x = strtoll(p, &end, 10);
-        if (end == p || errno || x < INT32_MIN || x > INT32_MAX) {
-            fprintf(stderr, "dsr1 detokenize: '%.20s' is not a token id\n", p);
-            free(v);
-            return 1;
-        }
-        if (cnt == cap) {
-            int32_t *g = realloc(v, (cap *= 2) * sizeof(*v));
-            if (!g) free(v);
-            v = g;
-        }
-        if (v) v[cnt++] = (int32_t)x;
-        p = end;
-    }
-    if (!v) {
-        fprintf(stderr, "dsr1 detokenize: out of memory\n");
-        return 1;
-    }
-    *ids = v;
-    *n = cnt;
-    return 0;
-}
-
 static void detokenize_usage(FILE *f)
 {
     fprintf(f, "usage: dsr1 detokenize --model DIR [--ids 1,2,3] [options]\n\n"
@@ -257,7 +222,8 @@ int dsr1_cmd_detokenize(int argc, char **argv)
     if (!ids_arg && !input) return 1;
     int32_t *ids;
     size_t n;
-    int rc = parse_id_list(ids_arg ? ids_arg : input, &ids, &n);
+    int rc = dsr1_arg_ids("dsr1 detokenize", ids_arg ? "--ids" : "stdin", ids_arg ? ids_arg : input,
+                          &ids, &n);
     free(input);
     if (rc) return 2;
     dsr1_tokenizer *tok;

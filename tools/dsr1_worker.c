@@ -17,6 +17,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "args.h"
 #include "bootstrap_mpi.h"
 #include "ckpt.h"
 #include "kernels.h"
@@ -41,20 +42,6 @@ static void usage(FILE *f)
             "  -h, --help         this text\n\n"
             "environment: UCX_TLS, UCX_NET_DEVICES (UCX transports), DSR1_LOG\n");
 }
-
-static int parse_count(const char *s, const char *flag, long lo, long *out)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (*end || !*s || errno || v < lo || v > 100000000) {
-        fprintf(stderr, "dsr1-worker: --%s: '%s' is not a valid count\n", flag, s);
-        return -1;
-    }
-    *out = v;
-    return 0;
-}
-
 
 /* DSR1_THREADS; Slurm's --cpus-per-task; or the cores divided among the ranks the
  * launcher put on this node. */
@@ -195,7 +182,7 @@ int main(int argc, char **argv)
                                          {0, 0, 0, 0}};
     const char *model = NULL, *kernels = NULL;
     long dummy = 0, layers = 0, threads = 0, timeout = 0;
-    unsigned long long seed = 1;
+    uint64_t seed = 1;
     int c;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
@@ -208,25 +195,18 @@ int main(int argc, char **argv)
         case 'D':
             dummy = 1;
             break;
-        case 's': {
-            char *end;
-            errno = 0;
-            seed = strtoull(optarg, &end, 10);
-            if (*end || !*optarg || errno || optarg[0] == '-') {
-                fprintf(stderr, "dsr1-worker: --seed: '%s' is not a non-negative integer\n",
-                        optarg);
-                return 2;
-            }
+        case 's':
+            if (dsr1_arg_u64("dsr1-worker", "--seed", optarg, &seed)) return 2;
             break;
-        }
         case 'L':
-            if (parse_count(optarg, "layers", 1, &layers)) return 2;
+            if (dsr1_arg_long("dsr1-worker", "--layers", optarg, 1, 100000000, &layers)) return 2;
             break;
         case 't':
-            if (parse_count(optarg, "threads", 1, &threads)) return 2;
+            if (dsr1_arg_long("dsr1-worker", "--threads", optarg, 1, 100000000, &threads)) return 2;
             break;
         case 'O':
-            if (parse_count(optarg, "timeout-ms", 1, &timeout)) return 2;
+            if (dsr1_arg_long("dsr1-worker", "--timeout-ms", optarg, 1, 100000000, &timeout))
+                return 2;
             break;
         case 'h':
             usage(stdout);
