@@ -270,6 +270,16 @@ dsr1_status dsr1_cluster_step(dsr1_cluster *c, const dsr1_batch *b)
     return st;
 }
 
+dsr1_status dsr1_cluster_submit(dsr1_cluster *c, const dsr1_batch *b, uint64_t *step)
+{
+    return dsr1_grid_submit(c->grid, b, step);
+}
+
+dsr1_status dsr1_cluster_wait(dsr1_cluster *c, uint64_t step)
+{
+    return dsr1_grid_wait(c->grid, step);
+}
+
 void dsr1_cluster_destroy(dsr1_cluster *c)
 {
     if (!c) return;

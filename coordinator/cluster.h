@@ -45,6 +45,9 @@ dsr1_status dsr1_cluster_create(const dsr1_cluster_params *p, dsr1_cluster **out
 /* One step across the grid; same contract as dsr1_engine_forward. A worker failure is
  * returned as an error naming the worker, stage and EP rank; the grid is unusable after. */
 dsr1_status dsr1_cluster_step(dsr1_cluster *c, const dsr1_batch *b);
+/* Several steps in flight (see dsr1_grid_submit / dsr1_grid_wait in grid.h). */
+dsr1_status dsr1_cluster_submit(dsr1_cluster *c, const dsr1_batch *b, uint64_t *step);
+dsr1_status dsr1_cluster_wait(dsr1_cluster *c, uint64_t step);
 /* Shut the workers down and free everything. */
 void dsr1_cluster_destroy(dsr1_cluster *c);
 /* Workers in the grid (with MPI: the job's worker ranks). */

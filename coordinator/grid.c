@@ -1,4 +1,10 @@
-/* Coordinator side of a worker grid (see grid.h). */
+/* Coordinator side of a worker grid (see grid.h).
+ *
+ * Steps are submitted and collected separately so that several can be in flight: each
+ * worker serves its STEP messages in order, so while the last stage works on step k the
+ * first stage can already run step k + 1, and a pipeline of P stages stays busy with P
+ * micro-batches. Results arrive tagged with their step id, from the last stage's EP ranks
+ * in any order, and are written straight into the logits of the batch given at submit. */
 #include "grid.h"
 
 #include <stdio.h>
@@ -8,11 +14,21 @@
 #include "wire.h"
 #include "worker_loop.h"
 
+typedef struct {
+    uint64_t step;
+    const dsr1_batch *b; /* borrowed until the step is waited for */
+    int *row_of;         /* first output row of each sequence */
+    char *arrived;       /* [ep]: result of that EP rank received */
+    int pending;         /* EP ranks still owing their result */
+} inflight;
+
 struct dsr1_grid {
     dsr1_comm *world;
     int workers, pp, ep, vocab;
     uint64_t step;
     int broken;
+    inflight *q; /* in submission order */
+    int nq, cap;
 };
 
 dsr1_status dsr1_grid_create(dsr1_comm *world, int workers, int pp, int vocab, dsr1_grid **out)
@@ -40,35 +56,20 @@ static dsr1_status fail(dsr1_grid *c, dsr1_status st)
     return st;
 }
 
-dsr1_status dsr1_grid_step(dsr1_grid *c, const dsr1_batch *b)
+static int seq_rows(const dsr1_seq_step *sq)
 {
-    if (c->broken)
-        return dsr1_error(DSR1_ERR_IO, "the worker grid failed earlier and cannot run steps");
-    const uint64_t step = ++c->step;
-    const int V = c->vocab;
-    dsr1_status st = DSR1_OK;
-    dsr1_wire_seq *ws = malloc(sizeof(*ws) * ((size_t)b->n_seqs + 1));
-    int32_t *tok = NULL;
-    int *row_of = malloc(sizeof(int) * ((size_t)b->n_seqs + 1)); /* first output row */
-    char *arrived = malloc((size_t)c->ep);
+    return sq->logits == DSR1_LOGITS_ALL ? sq->n_tokens : sq->logits == DSR1_LOGITS_LAST;
+}
+
+/* One STEP plan per EP rank, sent to that rank in every stage. */
+static dsr1_status send_plans(dsr1_grid *c, const dsr1_batch *b, uint64_t step)
+{
     size_t ntok = 0;
     for (int q = 0; q < b->n_seqs; q++) ntok += (size_t)b->seqs[q].n_tokens;
-    tok = malloc(sizeof(int32_t) * (ntok + 1));
-    if (!ws || !tok || !row_of || !arrived) {
-        st = dsr1_error(DSR1_ERR_NOMEM, "out of memory");
-        goto out;
-    }
-    for (int q = 0, r = 0; q < b->n_seqs; q++) {
-        row_of[q] = r;
-        const dsr1_seq_step *sq = &b->seqs[q];
-        r += sq->logits == DSR1_LOGITS_ALL ? sq->n_tokens : sq->logits == DSR1_LOGITS_LAST;
-        if (sq->slot < 0 || sq->n_tokens < 1) {
-            st = dsr1_error(DSR1_ERR_RANGE, "sequence %d: cache slot %d, %d tokens", q, sq->slot,
-                            sq->n_tokens);
-            goto out;
-        }
-    }
-    /* one plan per EP rank, sent to that rank in every stage */
+    dsr1_wire_seq *ws = malloc(sizeof(*ws) * ((size_t)b->n_seqs + 1));
+    int32_t *tok = malloc(sizeof(int32_t) * (ntok + 1));
+    dsr1_status st = DSR1_OK;
+    if (!ws || !tok) st = dsr1_error(DSR1_ERR_NOMEM, "out of memory");
     for (int e = 0; e < c->ep && st == DSR1_OK; e++) {
         int n = 0;
         size_t nt = 0;
@@ -86,76 +87,149 @@ dsr1_status dsr1_grid_step(dsr1_grid *c, const dsr1_batch *b)
             st = dsr1_comm_send(c->world, dsr1_world_rank(s, e, c->ep), DSR1_TAG_CTRL, msg, len);
         free(msg);
     }
-    if (st != DSR1_OK) {
-        st = fail(c, st);
-        goto out;
+    free(ws);
+    free(tok);
+    return st;
+}
+
+dsr1_status dsr1_grid_submit(dsr1_grid *c, const dsr1_batch *b, uint64_t *step_out)
+{
+    if (c->broken)
+        return dsr1_error(DSR1_ERR_IO, "the worker grid failed earlier and cannot run steps");
+    for (int q = 0; q < b->n_seqs; q++)
+        if (b->seqs[q].slot < 0 || b->seqs[q].n_tokens < 1)
+            return dsr1_error(DSR1_ERR_RANGE, "sequence %d: cache slot %d, %d tokens", q,
+                              b->seqs[q].slot, b->seqs[q].n_tokens);
+    if (c->nq == c->cap) {
+        int cap = c->cap ? 2 * c->cap : 8;
+        inflight *g = realloc(c->q, sizeof(*g) * (size_t)cap);
+        if (!g) return dsr1_error(DSR1_ERR_NOMEM, "out of memory");
+        c->q = g;
+        c->cap = cap;
     }
-    /* one result per EP rank, from the last stage, in whatever order they finish */
-    memset(arrived, 0, sizeof(char) * (size_t)c->ep);
-    for (int got = 0; got < c->ep; got++) {
-        void *msg;
-        size_t len;
-        int src;
-        if ((st = dsr1_comm_recv(c->world, DSR1_COMM_ANY, DSR1_TAG_RESULT, &msg, &len, &src))) {
-            /* name the workers that owe a result: the last stage's ranks not heard from */
-            char who[256] = "";
-            size_t o = 0;
-            for (int e = 0; e < c->ep && o < sizeof(who) - 40; e++)
-                if (!arrived[e])
-                    o += (size_t)snprintf(who + o, sizeof(who) - o, "%sworker %d (stage %d, EP %d)",
-                                          o ? ", " : "", (c->pp - 1) * c->ep + e, c->pp - 1, e);
-            st = fail(c, dsr1_error_context(st, "step %llu: no result from %s",
-                                            (unsigned long long)step, who));
-            goto out;
-        }
-        if (src >= 1 + (c->pp - 1) * c->ep && src <= c->workers) arrived[(src - 1) % c->ep] = 1;
-        dsr1_wire_header h;
-        int rows, vocab;
-        const float *data;
-        if ((st = dsr1_wire_header_decode(msg, len, &h)) == DSR1_OK && h.type == DSR1_MSG_ERROR) {
+    inflight *f = &c->q[c->nq];
+    f->b = b;
+    f->row_of = malloc(sizeof(int) * ((size_t)b->n_seqs + 1));
+    f->arrived = calloc((size_t)c->ep, 1);
+    f->pending = c->ep;
+    if (!f->row_of || !f->arrived) {
+        free(f->row_of);
+        free(f->arrived);
+        return dsr1_error(DSR1_ERR_NOMEM, "out of memory");
+    }
+    for (int q = 0, r = 0; q < b->n_seqs; r += seq_rows(&b->seqs[q]), q++) f->row_of[q] = r;
+    f->step = ++c->step;
+    c->nq++;
+    dsr1_status st = send_plans(c, b, f->step);
+    if (st != DSR1_OK) return fail(c, st);
+    if (step_out) *step_out = f->step;
+    return DSR1_OK;
+}
+
+/* Place one LOGITS message of EP rank e into its step's batch. */
+static dsr1_status take_logits(dsr1_grid *c, inflight *f, int e, int src, const void *msg,
+                               size_t len)
+{
+    int rows, vocab;
+    const float *data;
+    dsr1_status st = dsr1_wire_logits_decode(msg, len, &rows, &vocab, &data);
+    if (st != DSR1_OK) return st;
+    const dsr1_batch *b = f->b;
+    int r = 0;
+    for (int q = 0; q < b->n_seqs; q++) {
+        const dsr1_seq_step *sq = &b->seqs[q];
+        if (sq->slot % c->ep != e) continue;
+        const int n = seq_rows(sq);
+        if (r + n > rows || vocab != c->vocab)
+            return dsr1_error(DSR1_ERR_FORMAT,
+                              "worker %d returned %d logit rows of %d for step "
+                              "%llu",
+                              src - 1, rows, vocab, (unsigned long long)f->step);
+        memcpy(b->logits + (size_t)f->row_of[q] * c->vocab, data + (size_t)r * c->vocab,
+               sizeof(float) * (size_t)n * c->vocab);
+        r += n;
+    }
+    return DSR1_OK;
+}
+
+/* Receive one result message and account it to its step. */
+static dsr1_status receive_one(dsr1_grid *c)
+{
+    void *msg;
+    size_t len;
+    int src;
+    dsr1_status st = dsr1_comm_recv(c->world, DSR1_COMM_ANY, DSR1_TAG_RESULT, &msg, &len, &src);
+    if (st != DSR1_OK) {
+        /* name the workers that owe results: the last stage's ranks not heard from */
+        char who[256] = "";
+        size_t o = 0;
+        const inflight *f = &c->q[0];
+        for (int e = 0; e < c->ep && o < sizeof(who) - 40; e++)
+            if (!f->arrived[e])
+                o += (size_t)snprintf(who + o, sizeof(who) - o, "%sworker %d (stage %d, EP %d)",
+                                      o ? ", " : "", (c->pp - 1) * c->ep + e, c->pp - 1, e);
+        return dsr1_error_context(st, "step %llu: no result from %s", (unsigned long long)f->step,
+                                  who);
+    }
+    dsr1_wire_header h;
+    if ((st = dsr1_wire_header_decode(msg, len, &h)) == DSR1_OK) {
+        if (h.type == DSR1_MSG_ERROR) {
             int status, rank;
             char text[1024];
             if (dsr1_wire_error_decode(msg, len, &status, &rank, text, sizeof(text)) == DSR1_OK)
                 st = dsr1_error((dsr1_status)status, "worker %d failed: %s", src - 1, text);
-        } else if (st == DSR1_OK &&
-                   (st = dsr1_wire_logits_decode(msg, len, &rows, &vocab, &data)) == DSR1_OK) {
+        } else if (src < 1 + (c->pp - 1) * c->ep || src > c->workers) {
+            st = dsr1_error(DSR1_ERR_FORMAT, "rank %d, not on the last stage, sent a result", src);
+        } else {
             const int e = (src - 1) % c->ep;
-            int r = 0;
-            for (int q = 0; q < b->n_seqs; q++) {
-                const dsr1_seq_step *sq = &b->seqs[q];
-                if (sq->slot % c->ep != e) continue;
-                const int n =
-                    sq->logits == DSR1_LOGITS_ALL ? sq->n_tokens : sq->logits == DSR1_LOGITS_LAST;
-                if (r + n > rows || vocab != V || h.step != step) {
-                    st = dsr1_error(DSR1_ERR_FORMAT,
-                                    "worker %d returned %d logit rows of %d "
-                                    "for step %llu",
-                                    src - 1, rows, vocab, (unsigned long long)h.step);
-                    break;
-                }
-                memcpy(b->logits + (size_t)row_of[q] * V, data + (size_t)r * V,
-                       sizeof(float) * (size_t)n * V);
-                r += n;
+            inflight *f = NULL;
+            for (int i = 0; i < c->nq && !f; i++)
+                if (c->q[i].step == h.step) f = &c->q[i];
+            if (!f || f->arrived[e])
+                st = dsr1_error(DSR1_ERR_FORMAT,
+                                "worker %d sent an unexpected result for step "
+                                "%llu",
+                                src - 1, (unsigned long long)h.step);
+            else if ((st = take_logits(c, f, e, src, msg, len)) == DSR1_OK) {
+                f->arrived[e] = 1;
+                f->pending--;
             }
         }
-        free(msg);
-        if (st != DSR1_OK) {
-            st = fail(c, st);
-            goto out;
-        }
     }
-out:
-    free(ws);
-    free(tok);
-    free(row_of);
-    free(arrived);
+    free(msg);
     return st;
+}
+
+dsr1_status dsr1_grid_wait(dsr1_grid *c, uint64_t step)
+{
+    if (c->broken)
+        return dsr1_error(DSR1_ERR_IO, "the worker grid failed earlier and cannot run steps");
+    if (c->nq == 0 || c->q[0].step != step)
+        return dsr1_error(DSR1_ERR_INVALID_ARG, "step %llu is not the oldest step in flight",
+                          (unsigned long long)step);
+    while (c->q[0].pending > 0) {
+        dsr1_status st = receive_one(c);
+        if (st != DSR1_OK) return fail(c, st);
+    }
+    free(c->q[0].row_of);
+    free(c->q[0].arrived);
+    memmove(c->q, c->q + 1, sizeof(*c->q) * (size_t)(c->nq - 1));
+    c->nq--;
+    return DSR1_OK;
+}
+
+dsr1_status dsr1_grid_step(dsr1_grid *c, const dsr1_batch *b)
+{
+    uint64_t step;
+    dsr1_status st = dsr1_grid_submit(c, b, &step);
+    return st != DSR1_OK ? st : dsr1_grid_wait(c, step);
 }
 
 void dsr1_grid_shutdown(dsr1_grid *c)
 {
-    if (c->broken) {
-        dsr1_comm_abort(c->world, "coordinator shutting down after a failure");
+    if (c->broken || c->nq > 0) {
+        dsr1_comm_abort(c->world, c->broken ? "coordinator shutting down after a failure"
+                                            : "coordinator shutting down with steps in flight");
         return;
     }
     void *msg;
@@ -170,5 +244,11 @@ void dsr1_grid_shutdown(dsr1_grid *c)
 
 void dsr1_grid_destroy(dsr1_grid *g)
 {
+    if (!g) return;
+    for (int i = 0; i < g->nq; i++) {
+        free(g->q[i].row_of);
+        free(g->q[i].arrived);
+    }
+    free(g->q);
     free(g);
 }

@@ -16,7 +16,15 @@ typedef struct dsr1_grid dsr1_grid;
 
 /* world is borrowed and must outlive the grid. */
 dsr1_status dsr1_grid_create(dsr1_comm *world, int workers, int pp, int vocab, dsr1_grid **out);
-/* One step; same contract as dsr1_engine_forward. A worker failure is returned as an error
+/* Send a step's plans without waiting for it (*step receives its id). The batch (its
+ * sequences, tokens and logits buffer) must stay valid until the step is waited for.
+ * Workers serve steps in submission order, each stage on its own, so with several steps
+ * in flight the pipeline stages overlap; steps in flight must not depend on each other's
+ * output (different sequences, or tokens known in advance). */
+dsr1_status dsr1_grid_submit(dsr1_grid *g, const dsr1_batch *b, uint64_t *step);
+/* Wait for the oldest step in flight (which `step` must be) and fill its logits. */
+dsr1_status dsr1_grid_wait(dsr1_grid *g, uint64_t step);
+/* submit + wait. Same contract as dsr1_engine_forward. A worker failure is returned as an error
  * naming the worker, stage and EP rank, after aborting the world group so that no worker
  * waits; the grid refuses further steps. */
 dsr1_status dsr1_grid_step(dsr1_grid *g, const dsr1_batch *b);

@@ -61,14 +61,48 @@ static int32_t argmax(const float *x, int n)
     return best;
 }
 
-static int write_rows(FILE *f, const float *rows, size_t n, const char *path)
+static dsr1_status write_rows(FILE *f, const float *rows, size_t n, const char *path)
 {
-    if (!f) return 0;
-    if (fwrite(rows, sizeof(float), n, f) != n) {
-        fprintf(stderr, "dsr1 run: writing %s: %s\n", path, strerror(errno));
-        return -1;
+    if (f && fwrite(rows, sizeof(float), n, f) != n)
+        return dsr1_error(DSR1_ERR_IO, "writing %s: %s", path, strerror(errno));
+    return DSR1_OK;
+}
+
+/* Teacher-forced decode of `force` on a pipelined grid with up to `depth` steps in flight;
+ * writes each row to df and prints each argmax as the sequential loop does. *done
+ * receives the number of tokens fed. */
+static dsr1_status forced_pipelined(dsr1_cluster *cl, int np, const int32_t *force, int nf,
+                                    int vocab, int depth, FILE *df, const char *dump, int *done)
+{
+    dsr1_status st = DSR1_OK;
+    float *rows = malloc(sizeof(float) * (size_t)vocab * (size_t)depth);
+    dsr1_seq_step *ss = malloc(sizeof(*ss) * (size_t)depth);
+    dsr1_batch *bb = malloc(sizeof(*bb) * (size_t)depth);
+    uint64_t *ids = malloc(sizeof(*ids) * (size_t)depth);
+    if (!rows || !ss || !bb || !ids) st = dsr1_error(DSR1_ERR_NOMEM, "out of memory");
+    int sent = 0, got = 0;
+    while (st == DSR1_OK && got < nf) {
+        while (sent < nf && sent - got < depth && st == DSR1_OK) {
+            const int k = sent % depth;
+            ss[k] = (dsr1_seq_step){0, np + sent, 1, force + sent, DSR1_LOGITS_LAST};
+            bb[k] = (dsr1_batch){1, &ss[k], rows + (size_t)k * vocab};
+            st = dsr1_cluster_submit(cl, &bb[k], &ids[k]);
+            sent++;
+        }
+        if (st != DSR1_OK) break;
+        const int k = got % depth;
+        if ((st = dsr1_cluster_wait(cl, ids[k])) != DSR1_OK) break;
+        const float *r = rows + (size_t)k * vocab;
+        if ((st = write_rows(df, r, (size_t)vocab * (df ? 1 : 0), dump)) != DSR1_OK) break;
+        printf(",%d", argmax(r, vocab));
+        got++;
     }
-    return 0;
+    *done = got;
+    free(rows);
+    free(ss);
+    free(bb);
+    free(ids);
+    return st;
 }
 
 /* One step on this process's engine or on the embedded worker grid. */
@@ -266,18 +300,23 @@ int dsr1_cmd_run(int argc, char **argv)
     dsr1_batch batch = {1, &step, logits};
     if ((st = run_step(eng, cl, &batch)) != DSR1_OK) goto fail;
     double t_prefill = dsr1_now() - t0;
-    if (write_rows(df, logits, (size_t)vocab * (df ? np : 0), dump)) goto out;
+    if ((st = write_rows(df, logits, (size_t)vocab * (df ? np : 0), dump)) != DSR1_OK) goto fail;
     int32_t next = argmax(logits + (size_t)vocab * (df ? np - 1 : 0), vocab);
     printf("%d", next);
     t0 = dsr1_now();
     int nd = 0;
-    for (int i = 0; i < n_decode - (force ? 0 : 1); i++) {
+    if (cl && force && pp > 1) {
+        /* teacher forcing on a pipeline: every token is known in advance, so decode steps
+         * go in flight DEPTH at a time and the stages overlap */
+        if ((st = forced_pipelined(cl, np, force, nf, vocab, 2 * pp, df, dump, &nd))) goto fail;
+    }
+    for (int i = nd; i < n_decode - (force ? 0 : 1); i++) {
         int32_t tok = force ? force[i] : next;
         dsr1_seq_step ds = {0, np + i, 1, &tok, DSR1_LOGITS_LAST};
         dsr1_batch db = {1, &ds, logits};
         if ((st = run_step(eng, cl, &db)) != DSR1_OK) goto fail;
         nd++;
-        if (write_rows(df, logits, (size_t)vocab * (df ? 1 : 0), dump)) goto out;
+        if ((st = write_rows(df, logits, (size_t)vocab * (df ? 1 : 0), dump)) != DSR1_OK) goto fail;
         next = argmax(logits, vocab);
         printf(",%d", next);
         if (!force && next == cfg->eos_token_id) break;

@@ -17,6 +17,7 @@
 
 #include "cluster.h"
 #include "forward.h"
+#include "progress.h"
 #include "weights.h"
 
 static dsr1_model_config cfg_small(void)
@@ -146,6 +147,65 @@ static void test_pp4(void **state)
     compare_grid(4, 4);
 }
 
+/* Micro-batches in flight: K prefills in separate slots, then teacher-forced decode steps of
+ * every sequence, all submitted before any is waited for, give bit-identical logits to the
+ * same steps run one at a time. */
+static void in_flight(int workers, int pp)
+{
+    enum { K = 4, DEC = 3, LEN = 5 };
+    dsr1_model_config c = cfg_small();
+    dsr1_cluster_params p = {NULL, &c, 77, workers, pp, dsr1_kernels_select(NULL), 2, K, 16, 20000};
+    int32_t tok[K][LEN + DEC];
+    srand(9);
+    for (int s = 0; s < K; s++)
+        for (int i = 0; i < LEN + DEC; i++) tok[s][i] = rand() % c.vocab_size;
+    const size_t V = (size_t)c.vocab_size, steps = K * (1 + DEC);
+    float *seq = malloc(sizeof(float) * V * steps), *par = malloc(sizeof(float) * V * steps);
+    dsr1_seq_step ss[K * (1 + DEC)];
+    dsr1_batch bb[K * (1 + DEC)];
+    for (int s = 0, k = 0; s < K; s++)
+        for (int d = 0; d <= DEC; d++, k++) {
+            ss[k] =
+                d == 0 ? (dsr1_seq_step){s, 0, LEN, tok[s], DSR1_LOGITS_LAST}
+                       : (dsr1_seq_step){s, LEN + d - 1, 1, tok[s] + LEN + d - 1, DSR1_LOGITS_LAST};
+        }
+    /* order: all prefills, then decode round by round */
+    int order[K * (1 + DEC)], n = 0;
+    for (int d = 0; d <= DEC; d++)
+        for (int s = 0; s < K; s++) order[n++] = s * (1 + DEC) + d;
+    for (int pass = 0; pass < 2; pass++) {
+        dsr1_cluster *cl;
+        assert_int_equal(dsr1_cluster_create(&p, &cl), DSR1_OK);
+        float *out = pass ? par : seq;
+        uint64_t ids[K * (1 + DEC)];
+        double t0 = dsr1_now();
+        for (int i = 0; i < n; i++) {
+            const int k = order[i];
+            bb[k] = (dsr1_batch){1, &ss[k], out + (size_t)k * V};
+            assert_int_equal(dsr1_cluster_submit(cl, &bb[k], &ids[i]), DSR1_OK);
+            if (!pass) assert_int_equal(dsr1_cluster_wait(cl, ids[i]), DSR1_OK);
+        }
+        if (pass) {
+            assert_int_equal(dsr1_cluster_wait(cl, ids[1]), DSR1_ERR_INVALID_ARG); /* not oldest */
+            for (int i = 0; i < n; i++) assert_int_equal(dsr1_cluster_wait(cl, ids[i]), DSR1_OK);
+        }
+        print_message("workers %d pp %d: %d steps %s: %.1f ms\n", workers, pp, n,
+                      pass ? "in flight" : "one at a time", (dsr1_now() - t0) * 1e3);
+        dsr1_cluster_destroy(cl);
+    }
+    assert_memory_equal(seq, par, sizeof(float) * V * steps);
+    free(seq);
+    free(par);
+}
+
+static void test_in_flight(void **state)
+{
+    (void)state;
+    in_flight(4, 2);
+    in_flight(4, 4);
+    in_flight(2, 1);
+}
+
 static void test_failure_names_worker(void **state)
 {
     (void)state;
@@ -175,11 +235,9 @@ static void test_failure_names_worker(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_ep4),
-        cmocka_unit_test(test_ep2_pp2),
-        cmocka_unit_test(test_ep3_uneven),
-        cmocka_unit_test(test_pp4),
-        cmocka_unit_test(test_failure_names_worker),
+        cmocka_unit_test(test_ep4),        cmocka_unit_test(test_ep2_pp2),
+        cmocka_unit_test(test_ep3_uneven), cmocka_unit_test(test_pp4),
+        cmocka_unit_test(test_in_flight),  cmocka_unit_test(test_failure_names_worker),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
