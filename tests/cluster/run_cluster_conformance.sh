@@ -65,6 +65,13 @@ runs=("1:ucx-a:$dsr1 --workers 4 --transport ucx" "1:ucx-b:$dsr1 --workers 4 --t
 if [ $have_mpi = 1 ]; then
     runs+=("1:mpi-a:$tmp/dsr1-mpi" "1:mpi-b:$tmp/dsr1-mpi" "2:mpi-pp2-a:$tmp/dsr1-mpi --pp 2"
            "2:mpi-pp2-b:$tmp/dsr1-mpi --pp 2")
+    # the design card's launch line: dsr1-coordinator as rank 0 (it takes `dsr1 run`'s
+    # flags; this stand-in drops the leading "run")
+    printf '#!/usr/bin/env bash\nshift\nexec "%s" "$@"\n' "$build/tools/dsr1-coordinator" \
+        >"$tmp/coordinator-as-run"
+    chmod +x "$tmp/coordinator-as-run"
+    cluster_mpi_wrapper "$tmp/coordinator-mpi" "$tmp/coordinator-as-run" "$worker" 4
+    runs+=("2:dsr1-coordinator-pp2:$tmp/coordinator-mpi --pp 2")
 fi
 for r in "${runs[@]}"; do
     pp=${r%%:*}
