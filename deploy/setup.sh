@@ -28,6 +28,11 @@ if [ "${DSR1_SKIP_APT:-0}" != 1 ]; then
     read -r -a missing <<<"${missing[*]}"
     if [ ${#missing[@]} -gt 0 ]; then
         sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+        if [ -n "$sudo" ] && ! command -v sudo >/dev/null; then
+            echo "setup: missing packages: ${missing[*]}" >&2
+            echo "setup: run this script as root, or install sudo (or the packages) first" >&2
+            exit 1
+        fi
         echo "setup: installing ${missing[*]}"
         $sudo apt-get update -qq
         DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
