@@ -421,6 +421,72 @@ out:
     return st;
 }
 
+#if DSR1_HAVE_NCCL
+/* The group's NCCL id travels from its first rank as: i32 status | id. Then every member
+ * says whether it can go on (device found, id received), so that none of them waits in
+ * NCCL for a rank that has already given up. */
+dsr1_status dsr1_mpi_nccl_connect(dsr1_mpi *m, int color, int key, int cuda_device, int timeout_ms,
+                                  const char *name, dsr1_comm **out)
+{
+    (void)m;
+    const char *gname = name ? name : "NCCL";
+    MPI_Comm sub = MPI_COMM_NULL, node = MPI_COMM_NULL;
+    int rc = MPI_Comm_split(MPI_COMM_WORLD, color >= 0 ? color : MPI_UNDEFINED, key, &sub);
+    if (rc != MPI_SUCCESS) return mpi_failed(rc, "forming the NCCL groups");
+    if (color < 0) {
+        *out = NULL;
+        return DSR1_OK;
+    }
+    dsr1_status st = DSR1_OK;
+    int rank = 0, size = 0, local = 0, ndev = 0;
+    MPI_Comm_rank(sub, &rank);
+    MPI_Comm_size(sub, &size);
+    if (cuda_device < 0) {
+        rc = MPI_Comm_split_type(sub, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &node);
+        if (rc != MPI_SUCCESS) {
+            st = mpi_failed(rc, "finding the ranks on this node");
+            goto out; /* every member fails the same collective */
+        }
+        MPI_Comm_rank(node, &local);
+        if ((st = dsr1_cuda_device_count(&ndev)) == DSR1_OK && ndev < 1)
+            st = dsr1_error(DSR1_ERR_UNSUPPORTED, "no CUDA device on this node");
+        if (st == DSR1_OK) cuda_device = local % ndev;
+    }
+    unsigned char b[4 + DSR1_NCCL_ID_BYTES] = {0};
+    if (rank == 0 && st == DSR1_OK) st = dsr1_nccl_unique_id(b + 4);
+    put32(b, (uint32_t)st);
+    if ((rc = MPI_Bcast(b, (int)sizeof(b), MPI_BYTE, 0, sub)) != MPI_SUCCESS) {
+        st = mpi_failed(rc, "broadcasting the NCCL id");
+        goto out;
+    }
+    if (st == DSR1_OK && get32(b) != 0)
+        st = dsr1_error(DSR1_ERR_IO, "its first rank failed (no device or no NCCL id)");
+    int mine = st, worst = 0;
+    if ((rc = MPI_Allreduce(&mine, &worst, 1, MPI_INT, MPI_MIN, sub)) != MPI_SUCCESS) {
+        st = mpi_failed(rc, "agreeing on the NCCL group");
+        goto out;
+    }
+    if (st != DSR1_OK) {
+        st = dsr1_error_context(st, "%s group, rank %d", gname, rank);
+        goto out;
+    }
+    if (worst != 0) {
+        st =
+            dsr1_error(DSR1_ERR_IO, "%s group: another member could not join (see its log)", gname);
+        goto out;
+    }
+    if ((st = dsr1_comm_nccl_create(rank, size, b + 4, cuda_device, timeout_ms, out)) != DSR1_OK)
+        st = dsr1_error_context(st, "%s group", gname);
+    else
+        DSR1_DEBUG("%s group: NCCL rank %d of %d on CUDA device %d", gname, rank, size,
+                   cuda_device);
+out:
+    if (node != MPI_COMM_NULL) MPI_Comm_free(&node);
+    MPI_Comm_free(&sub);
+    return st;
+}
+#endif
+
 static void finalize_at_exit(void)
 {
     int done = 0;

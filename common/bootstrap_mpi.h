@@ -14,7 +14,11 @@
  *   dsr1_mpi_finalize.
  *
  * The functions are defined only when the build has both MPI and UCX
- * (DSR1_HAVE_MPI && DSR1_HAVE_UCX); dsr1_mpi_launched_size works everywhere. */
+ * (DSR1_HAVE_MPI && DSR1_HAVE_UCX); dsr1_mpi_launched_size works everywhere.
+ *
+ * GPU workers (not wired yet): after dsr1_mpi_connect, dsr1_mpi_nccl_connect builds each
+ * stage's EP group over NCCL for the dispatch/combine all-to-alls, beside the UCX groups
+ * that keep carrying the control messages and the coordinator's traffic. */
 #ifndef DSR1_BOOTSTRAP_MPI_H
 #define DSR1_BOOTSTRAP_MPI_H
 
@@ -83,6 +87,18 @@ dsr1_status dsr1_mpi_agree(dsr1_mpi *m, dsr1_status mine);
  * (that stage's workers; NULL otherwise). Waits at a barrier on each (bounded). */
 dsr1_status dsr1_mpi_connect(dsr1_mpi *m, int workers, int pp, int timeout_ms, dsr1_comm **world,
                              dsr1_comm **ep);
+#if DSR1_HAVE_NCCL
+/* An NCCL group over some of the MPI ranks, for workers that are GPU processes: collective
+ * over MPI_COMM_WORLD (every rank calls it). Ranks that pass the same color >= 0 form one
+ * group, ordered by key (each stage's EP group: color = stage, key = EP rank); a rank
+ * with color < 0 takes part in no group and gets *out = NULL. The group's first rank makes
+ * the NCCL unique id and broadcasts it over MPI, then every member creates its handle
+ * (dsr1_comm_nccl_create; bounded by timeout_ms). cuda_device < 0 picks the member's rank
+ * among the group's members on its node, modulo the node's device count. `name` is for
+ * messages. Defined when the build has MPI, UCX and NCCL. */
+dsr1_status dsr1_mpi_nccl_connect(dsr1_mpi *m, int color, int key, int cuda_device, int timeout_ms,
+                                  const char *name, dsr1_comm **out);
+#endif
 /* clean: MPI_Finalize at process exit (every rank must get there). Otherwise MPI is left
  * as it is: the process is about to exit with an error and the launcher reports it.
  * Frees m. */

@@ -1,20 +1,41 @@
 /* The communication interface between workers: one ops table, several backends.
  *
  * A dsr1_comm is one rank's handle on a group of `size` ranks. Backends: in-process
- * (threads of one process, embedded mode; comm_inproc.c), and later UCX between hosts and
- * NCCL between GPUs, with MPI only for bootstrap. Which one runs is configuration; the
- * model code only sees this table.
+ * (threads of one process, embedded mode; comm_inproc.c), UCX between hosts
+ * (comm_ucx.c) and NCCL between GPUs (comm_nccl.c), with MPI only for bootstrap. Which
+ * one runs is configuration; the model code only sees this table.
  *
  * Collectives must be entered by every rank of the group, in the same order, including
  * ranks that have nothing to send (they send zero bytes). Every blocking call gives up
  * after the group's timeout or when any rank calls dsr1_comm_abort(), returning an error
- * that names the peers that did not answer — a dead or failed peer never hangs the rest. */
+ * that names the peers that did not answer — a dead or failed peer never hangs the rest.
+ *
+ * What differs between the backends (the NCCL column is forced by NCCL's point-to-point
+ * model, which is neither tag-matched nor buffered):
+ *
+ *                          inproc          ucx                  nccl
+ *   recv from DSR1_COMM_ANY  yes             yes                  no: DSR1_ERR_UNSUPPORTED
+ *   send returns           once copied     once copied          once the peer received it
+ *   tags from one peer     any order       any order            per-peer FIFO; a recv reads
+ *                                                               ahead and holds up to 256
+ *                                                               other-tag messages for later
+ *   calls between a pair   any mix         any mix              same order on both sides
+ *                                                               (p2p and collectives share
+ *                                                               one channel per pair)
+ *   a recv that times out  returns error   returns error        aborts the handle
+ *   abort reaches          every rank      every live peer      this rank, and the ranks of a
+ *                                          (notice)             _create_local group; other
+ *                                                               processes by their timeout
+ *   failure names          the late rank   the late/lost rank   the peers of the call (NCCL
+ *                                                               cannot tell which is late)
+ *   buffers                host            host                 host, staged through the GPU */
 #ifndef DSR1_COMM_H
 #define DSR1_COMM_H
 
 #include <stddef.h>
 #include <stdint.h>
 
+#include "dsr1_build_config.h"
 #include "status.h"
 
 typedef struct dsr1_comm dsr1_comm;
@@ -119,5 +140,36 @@ dsr1_status dsr1_comm_ucx_create_local(int size, int timeout_ms, const char *nam
  * `also` (may be NULL) die the way a killed process would — their endpoints and workers
  * close without any notice — and every later call on them fails. */
 void dsr1_comm_ucx_crash_after(dsr1_comm *c, int tag, int n, dsr1_comm *also);
+
+#if DSR1_HAVE_NCCL
+/* NCCL backend (comm_nccl.c): one NCCL communicator, CUDA stream and set of staging
+ * buffers per rank handle, each rank on its own GPU (NCCL refuses two ranks of a group on
+ * one device). The ops take host buffers, as the rest of the engine does today: they are
+ * copied through pinned host memory to the device and back (buffers grow on demand and
+ * are kept). Every wait polls the stream and NCCL's error state against the group's
+ * timeout; a timeout, an NCCL or CUDA error, or an abort ends with ncclCommAbort, after
+ * which every call on the handle fails. A handle is used by one thread at a time (it may
+ * change threads: each call selects the handle's device); dsr1_comm_abort may come from
+ * any thread. */
+#define DSR1_NCCL_ID_BYTES 128 /* sizeof(ncclUniqueId) */
+
+/* The number of CUDA devices this process sees (0 is possible). An error, with the CUDA
+ * runtime's reason, when there is no driver or the runtime cannot start. */
+dsr1_status dsr1_cuda_device_count(int *count);
+/* A new group identity: one rank makes it and hands the bytes to every rank of the group
+ * (MPI broadcast: dsr1_mpi_nccl_connect; in memory: dsr1_comm_nccl_create_local). */
+dsr1_status dsr1_nccl_unique_id(unsigned char id[DSR1_NCCL_ID_BYTES]);
+/* Rank `rank`'s handle on the NCCL group of `size` ranks named by unique_id
+ * (DSR1_NCCL_ID_BYTES bytes), on CUDA device cuda_device. Every rank of the group must
+ * call it at about the same time (other threads or processes): it waits, at most
+ * timeout_ms (<= 0: no bound), for the group to form. */
+dsr1_status dsr1_comm_nccl_create(int rank, int size, const void *unique_id, int cuda_device,
+                                  int timeout_ms, dsr1_comm **out);
+/* All `size` ranks of a group in this process, rank r on devices[r] (NULL: device r):
+ * comms[r] is rank r's handle, for thread r (embedded mode). These handles share their
+ * abort state: an abort or a failure on one wakes the calls blocked on all of them. */
+dsr1_status dsr1_comm_nccl_create_local(int size, const int *devices, int timeout_ms,
+                                        dsr1_comm **comms);
+#endif
 
 #endif
