@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "le.h"
 #include "log.h"
 #include "wire.h"
 
@@ -120,32 +121,11 @@ dsr1_status dsr1_hello_check(const dsr1_hello *co, const dsr1_hello *me)
 
 /* ---- packing ----------------------------------------------------------------------- */
 
-static void put32(unsigned char *p, uint32_t v)
-{
-    for (int i = 0; i < 4; i++) p[i] = (unsigned char)(v >> (8 * i));
-}
-static void put64(unsigned char *p, uint64_t v)
-{
-    for (int i = 0; i < 8; i++) p[i] = (unsigned char)(v >> (8 * i));
-}
-static uint32_t get32(const unsigned char *p)
-{
-    uint32_t v = 0;
-    for (int i = 0; i < 4; i++) v |= (uint32_t)p[i] << (8 * i);
-    return v;
-}
-static uint64_t get64(const unsigned char *p)
-{
-    uint64_t v = 0;
-    for (int i = 0; i < 8; i++) v |= (uint64_t)p[i] << (8 * i);
-    return v;
-}
-
 /* magic 8 | protocol, workers, pp, n_slots, max_tokens, timeout_ms, dummy, 0 (4 each) |
  * seed, config_hash, placement_hash (8 each) */
 static void hello_pack(const dsr1_hello *h, unsigned char *b)
 {
-    put64(b, HELLO_MAGIC);
+    dsr1_put_le64(b, HELLO_MAGIC);
     const uint32_t w[8] = {h->protocol,
                            (uint32_t)h->workers,
                            (uint32_t)h->pp,
@@ -154,21 +134,22 @@ static void hello_pack(const dsr1_hello *h, unsigned char *b)
                            (uint32_t)h->timeout_ms,
                            (uint32_t)h->dummy,
                            0};
-    for (int i = 0; i < 8; i++) put32(b + 8 + 4 * i, w[i]);
-    put64(b + 40, h->seed);
-    put64(b + 48, h->config_hash);
-    put64(b + 56, h->placement_hash);
+    for (int i = 0; i < 8; i++) dsr1_put_le32(b + 8 + 4 * i, w[i]);
+    dsr1_put_le64(b + 40, h->seed);
+    dsr1_put_le64(b + 48, h->config_hash);
+    dsr1_put_le64(b + 56, h->placement_hash);
 }
 
 static dsr1_status hello_unpack(const unsigned char *b, int mpi_size, dsr1_hello *out)
 {
-    if (get64(b) != HELLO_MAGIC)
+    if (dsr1_get_le64(b) != HELLO_MAGIC)
         return dsr1_error(DSR1_ERR_FORMAT, "rank 0 is not a dsr1 coordinator (bad hello magic)");
-    dsr1_hello h = {get32(b + 8),           (int32_t)get32(b + 12), (int32_t)get32(b + 16),
-                    (int32_t)get32(b + 20), (int32_t)get32(b + 24), (int32_t)get32(b + 28),
-                    (int32_t)get32(b + 32), get64(b + 40),          get64(b + 48),
-                    get64(b + 56)};
-    if (get32(b + 36) != 0 || h.dummy < 0 || h.dummy > 1)
+    dsr1_hello h = {dsr1_get_le32(b + 8),           (int32_t)dsr1_get_le32(b + 12),
+                    (int32_t)dsr1_get_le32(b + 16), (int32_t)dsr1_get_le32(b + 20),
+                    (int32_t)dsr1_get_le32(b + 24), (int32_t)dsr1_get_le32(b + 28),
+                    (int32_t)dsr1_get_le32(b + 32), dsr1_get_le64(b + 40),
+                    dsr1_get_le64(b + 48),          dsr1_get_le64(b + 56)};
+    if (dsr1_get_le32(b + 36) != 0 || h.dummy < 0 || h.dummy > 1)
         return dsr1_error(DSR1_ERR_FORMAT, "malformed hello from the coordinator");
     if (h.workers != mpi_size - 1 || h.pp < 1 || h.workers % h.pp)
         return dsr1_error(DSR1_ERR_FORMAT,
@@ -234,7 +215,7 @@ dsr1_status dsr1_mpi_hello(dsr1_mpi *m, dsr1_hello *h)
 dsr1_status dsr1_mpi_agree(dsr1_mpi *m, dsr1_status mine)
 {
     unsigned char v[4 + VERDICT_TEXT] = {0};
-    put32(v, (uint32_t)mine);
+    dsr1_put_le32(v, (uint32_t)mine);
     if (mine != DSR1_OK) snprintf((char *)v + 4, VERDICT_TEXT, "%s", dsr1_errmsg());
     unsigned char *all = NULL;
     if (m->rank == 0 && !(all = malloc((size_t)m->size * sizeof(v))))
@@ -249,7 +230,7 @@ dsr1_status dsr1_mpi_agree(dsr1_mpi *m, dsr1_status mine)
         char *t = (char *)sum + 4;
         for (int r = 0; r < m->size; r++) {
             unsigned char *e = all + (size_t)r * sizeof(v);
-            int32_t st = (int32_t)get32(e);
+            int32_t st = (int32_t)dsr1_get_le32(e);
             if (st == 0) continue;
             if (st > 0 || st < DSR1_ERR_INTERNAL) st = DSR1_ERR_INTERNAL;
             if (!worst) worst = st;
@@ -261,13 +242,13 @@ dsr1_status dsr1_mpi_agree(dsr1_mpi *m, dsr1_status mine)
                                       o ? "; " : "", r - 1, r, (char *)e + 4);
             if (k > 0) o += (size_t)k < SUMMARY_TEXT - o ? (size_t)k : SUMMARY_TEXT - o - 1;
         }
-        put32(sum, (uint32_t)worst);
+        dsr1_put_le32(sum, (uint32_t)worst);
     }
     free(all);
     if (rc != MPI_SUCCESS) return mpi_failed(rc, "gathering the workers' verdicts");
     if ((rc = MPI_Bcast(sum, (int)sizeof(sum), MPI_BYTE, 0, MPI_COMM_WORLD)) != MPI_SUCCESS)
         return mpi_failed(rc, "broadcasting the verdict");
-    int32_t worst = (int32_t)get32(sum);
+    int32_t worst = (int32_t)dsr1_get_le32(sum);
     sum[sizeof(sum) - 1] = 0;
     if (worst == 0) return DSR1_OK;
     if (worst > 0 || worst < DSR1_ERR_INTERNAL) worst = DSR1_ERR_INTERNAL;
@@ -454,12 +435,12 @@ dsr1_status dsr1_mpi_nccl_connect(dsr1_mpi *m, int color, int key, int cuda_devi
     }
     unsigned char b[4 + DSR1_NCCL_ID_BYTES] = {0};
     if (rank == 0 && st == DSR1_OK) st = dsr1_nccl_unique_id(b + 4);
-    put32(b, (uint32_t)st);
+    dsr1_put_le32(b, (uint32_t)st);
     if ((rc = MPI_Bcast(b, (int)sizeof(b), MPI_BYTE, 0, sub)) != MPI_SUCCESS) {
         st = mpi_failed(rc, "broadcasting the NCCL id");
         goto out;
     }
-    if (st == DSR1_OK && get32(b) != 0)
+    if (st == DSR1_OK && dsr1_get_le32(b) != 0)
         st = dsr1_error(DSR1_ERR_IO, "its first rank failed (no device or no NCCL id)");
     int mine = st, worst = 0;
     if ((rc = MPI_Allreduce(&mine, &worst, 1, MPI_INT, MPI_MIN, sub)) != MPI_SUCCESS) {

@@ -33,6 +33,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "le.h"
 #include "log.h"
 
 _Static_assert(sizeof(ncclUniqueId) == DSR1_NCCL_ID_BYTES, "DSR1_NCCL_ID_BYTES is stale");
@@ -408,27 +409,6 @@ static dsr1_status nc_barrier(dsr1_comm *c)
 
 /* ---- point to point ---------------------------------------------------------------- */
 
-static void put32(unsigned char *p, uint32_t v)
-{
-    for (int i = 0; i < 4; i++) p[i] = (unsigned char)(v >> (8 * i));
-}
-static void put64(unsigned char *p, uint64_t v)
-{
-    for (int i = 0; i < 8; i++) p[i] = (unsigned char)(v >> (8 * i));
-}
-static uint32_t get32(const unsigned char *p)
-{
-    uint32_t v = 0;
-    for (int i = 0; i < 4; i++) v |= (uint32_t)p[i] << (8 * i);
-    return v;
-}
-static uint64_t get64(const unsigned char *p)
-{
-    uint64_t v = 0;
-    for (int i = 0; i < 8; i++) v |= (uint64_t)p[i] << (8 * i);
-    return v;
-}
-
 /* Append a message to peer's reorder buffer (takes `data`). */
 static dsr1_status hold(nc *x, int peer, int tag, unsigned char *data, size_t bytes)
 {
@@ -490,9 +470,9 @@ static dsr1_status nc_send(dsr1_comm *c, int peer, int tag, const void *data, si
         end(x);
         return st; /* nothing was sent: the handle stays usable */
     }
-    put32(x->h_send, (uint32_t)tag);
-    put32(x->h_send + 4, HDR_MAGIC);
-    put64(x->h_send + 8, bytes);
+    dsr1_put_le32(x->h_send, (uint32_t)tag);
+    dsr1_put_le32(x->h_send + 4, HDR_MAGIC);
+    dsr1_put_le64(x->h_send + 8, bytes);
     if (bytes) memcpy(x->h_send + HDR_BYTES, data, bytes);
     st = cuda_check(
         x,
@@ -526,8 +506,8 @@ static dsr1_status read_one(nc *x, int peer, int want_tag, int64_t dl, int *tag,
              what)) != DSR1_OK ||
         (st = wait_stream(x, dl, what, late)) != DSR1_OK)
         return st;
-    const uint32_t t = get32(x->h_recv), magic = get32(x->h_recv + 4);
-    const uint64_t n = get64(x->h_recv + 8);
+    const uint32_t t = dsr1_get_le32(x->h_recv), magic = dsr1_get_le32(x->h_recv + 4);
+    const uint64_t n = dsr1_get_le64(x->h_recv + 8);
     /* anything else means the two ranks' calls are out of step: the channel is garbage now */
     if (magic != HDR_MAGIC || n > MSG_MAX)
         return fail(x,
