@@ -1,87 +1,32 @@
-/* See tok_test_util.h. The R1 edits mirror make_tiny.py's write_tokenizer/R1_TEMPLATE. */
+/* See tok_test_util.h. */
 #include "tok_test_util.h"
 
-#include <jansson.h>
+#include "mkmodel.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
-static const char V3_ASSISTANT[] =
-    "{%- else %}{{'<｜Assistant｜>' + message['content'] + '<｜end▁of▁sentence｜>'}}";
-static const char R1_ASSISTANT[] =
-    "{%- else %}{% set content = message['content'] %}{% if '</think>' in content %}"
-    "{% set content = content.split('</think>')[-1] %}{% endif %}"
-    "{{'<｜Assistant｜>' + content + '<｜end▁of▁sentence｜>'}}";
-static const char V3_GEN[] = "{{'<｜Assistant｜>'}}{% endif %}";
-static const char R1_GEN[] = "{{'<｜Assistant｜><think>\\n'}}{% endif %}";
-
-char *tok_test_r1_template(const char *v3)
-{
-    const char *at = strstr(v3, V3_ASSISTANT);
-    size_t n = strlen(v3), gl = strlen(V3_GEN);
-    if (!at || n < gl || strcmp(v3 + n - gl, V3_GEN)) return NULL;
-    char *out = malloc(n + strlen(R1_ASSISTANT) + strlen(R1_GEN) + 1);
-    if (!out) return NULL;
-    size_t k = 0, pre = (size_t)(at - v3);
-    memcpy(out, v3, pre);
-    k = pre;
-    memcpy(out + k, R1_ASSISTANT, strlen(R1_ASSISTANT));
-    k += strlen(R1_ASSISTANT);
-    size_t rest = n - gl - (pre + strlen(V3_ASSISTANT));
-    memcpy(out + k, at + strlen(V3_ASSISTANT), rest);
-    k += rest;
-    memcpy(out + k, R1_GEN, strlen(R1_GEN) + 1);
-    return out;
-}
-
 int tok_test_make_r1_dir(const char *golden, char *dir, size_t cap)
 {
-    char path[4096];
-    snprintf(path, sizeof(path), "%s/tokenizer/tokenizer.json", golden);
+    char src[4096], path[4200];
+    snprintf(src, sizeof(src), "%s/tokenizer", golden);
+    snprintf(path, sizeof(path), "%s/tokenizer.json", src);
     if (access(path, R_OK)) {
         fprintf(stderr, "skip: %s not found\n", path);
         return TOK_TEST_SKIP;
     }
-    json_error_t err;
-    json_t *tj = json_load_file(path, 0, &err);
-    snprintf(path, sizeof(path), "%s/tokenizer/tokenizer_config.json", golden);
-    json_t *tc = json_load_file(path, 0, &err);
-    if (!tj || !tc) {
-        fprintf(stderr, "cannot parse the golden tokenizer files: %s\n", err.text);
-        goto err;
-    }
-    size_t i;
-    json_t *a;
-    json_array_foreach(json_object_get(tj, "added_tokens"), i, a)
-    {
-        json_int_t id = json_integer_value(json_object_get(a, "id"));
-        if (id == 128798 || id == 128799) {
-            json_object_set_new(a, "content", json_string(id == 128798 ? "<think>" : "</think>"));
-            json_object_set_new(a, "special", json_false());
-        }
-    }
-    char *tmpl = tok_test_r1_template(json_string_value(json_object_get(tc, "chat_template")));
-    if (!tmpl) {
-        fprintf(stderr, "unexpected V3 chat template\n");
-        goto err;
-    }
-    json_object_set_new(tc, "chat_template", json_string(tmpl));
-    free(tmpl);
     char tmp[] = "/tmp/dsr1-tok-XXXXXX";
-    if (!mkdtemp(tmp) || strlen(tmp) + 1 > cap) goto err;
+    if (!mkdtemp(tmp) || strlen(tmp) + 1 > cap) return 1;
     strcpy(dir, tmp);
-    snprintf(path, sizeof(path), "%s/tokenizer.json", dir);
-    if (json_dump_file(tj, path, JSON_COMPACT)) goto err;
-    snprintf(path, sizeof(path), "%s/tokenizer_config.json", dir);
-    if (json_dump_file(tc, path, JSON_INDENT(1))) goto err;
-    json_decref(tj);
-    json_decref(tc);
+    /* the same R1 edits dsr1 mkmodel applies (common/mkmodel_tokenizer.c) */
+    if (dsr1_mkmodel_tokenizer(src, dir) != DSR1_OK) {
+        fprintf(stderr, "cannot make R1's tokenizer files: %s\n", dsr1_errmsg());
+        tok_test_remove_dir(dir);
+        return 1;
+    }
     return 0;
-err:
-    json_decref(tj);
-    json_decref(tc);
-    return 1;
 }
 
 void tok_test_remove_dir(const char *dir)

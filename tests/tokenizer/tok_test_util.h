@@ -1,8 +1,7 @@
 /* Helpers shared by the tokenizer tests: a DeepSeek-R1 tokenizer directory built from the
- * published DeepSeek-V3 files in ../shared/golden/tokenizer, the way make_tiny.py builds
- * it (ids 128798/128799 become the non-special `<think>`/`</think>`; the chat template
- * gets R1's reasoning stripping and `<think>\n` generation prompt), so the C tests need
- * neither Python nor numpy; and a small deterministic random generator. */
+ * published DeepSeek-V3 files in ../shared/golden/tokenizer by dsr1_mkmodel_tokenizer (the
+ * edits make_tiny.py makes), so the C tests need neither Python nor numpy; and a small
+ * deterministic random generator. */
 #ifndef DSR1_TOK_TEST_UTIL_H
 #define DSR1_TOK_TEST_UTIL_H
 
@@ -17,9 +16,6 @@
 int tok_test_make_r1_dir(const char *golden_dir, char *dir, size_t cap);
 /* Removes what tok_test_make_r1_dir wrote. */
 void tok_test_remove_dir(const char *dir);
-
-/* The R1 chat template from V3's, as make_tiny.py's R1_TEMPLATE (malloc'd), or NULL. */
-char *tok_test_r1_template(const char *v3_template);
 
 /* xorshift64*: reproducible random test data from a seed. */
 typedef struct {
