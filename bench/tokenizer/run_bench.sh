@@ -20,17 +20,7 @@ here=$root/bench/tokenizer
 if [ -z "$model" ]; then
     model=$build/tokenizer-bench-model
     mkdir -p "$model"
-    python3 - "$golden" "$model" <<'PY'
-import ast, json, os, sys
-golden, out = sys.argv[1], sys.argv[2]
-path = os.path.join(golden, "make_tiny.py")
-tree = ast.parse(open(path, encoding="utf-8").read(), path)
-keep = [n for n in tree.body if isinstance(n, ast.FunctionDef)
-        and n.name in ("write_tokenizer", "R1_TEMPLATE")]
-ns = {"json": json, "os": os, "HERE": golden}
-exec(compile(ast.Module(body=keep, type_ignores=[]), path, "exec"), ns)
-ns["write_tokenizer"](out)
-PY
+    python3 "$root/tests/tokenizer/write_r1_tokenizer.py" "$golden" "$model"
 fi
 corpus=$build/tokenizer-corpus.json
 python3 "$here/make_corpus.py" "$golden" "$corpus" "$mb"

@@ -25,18 +25,7 @@ if [ -z "$model" ]; then
     golden=${DSR1_GOLDEN:-$root/../shared/golden}
     if [ ! -f "$model/tokenizer.json" ]; then
         mkdir -p "$model"
-        # write_tokenizer alone, without importing make_tiny (its top level needs numpy)
-        python3 - "$golden" "$model" <<'PY'
-import ast, json, os, sys
-golden, out = sys.argv[1], sys.argv[2]
-path = os.path.join(golden, "make_tiny.py")
-tree = ast.parse(open(path, encoding="utf-8").read(), path)
-keep = [n for n in tree.body if isinstance(n, ast.FunctionDef)
-        and n.name in ("write_tokenizer", "R1_TEMPLATE")]
-ns = {"json": json, "os": os, "HERE": golden}
-exec(compile(ast.Module(body=keep, type_ignores=[]), path, "exec"), ns)
-ns["write_tokenizer"](out)
-PY
+        python3 "$root/tests/tokenizer/write_r1_tokenizer.py" "$golden" "$model"
     fi
 fi
 
