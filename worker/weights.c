@@ -14,17 +14,13 @@ bool dsr1_slice_wants(const dsr1_model_config *cfg, const dsr1_slice *slice, con
     if (!strcmp(name, "model.embed_tokens.weight")) return slice->layer_begin == 0;
     if (!strcmp(name, "lm_head.weight") || !strcmp(name, "model.norm.weight"))
         return slice->layer_end == cfg->num_hidden_layers;
-    int layer, n = 0;
-    if (sscanf(name, "model.layers.%d.%n", &layer, &n) != 1 || n == 0) return false;
+    int layer, expert;
+    if (dsr1_tensor_name_parse(name, &layer, &expert) != DSR1_OK || layer < 0) return false;
     if (layer < slice->layer_begin || layer >= slice->layer_end) return false;
-    int expert, m = 0;
-    if (sscanf(name + n, "mlp.experts.%d.%n", &expert, &m) == 1 && m > 0) {
-        if (slice->n_experts < 0) return true;
-        for (int i = 0; i < slice->n_experts; i++)
-            if (slice->experts[i] == expert) return true;
-        return false;
-    }
-    return true;
+    if (expert < 0 || slice->n_experts < 0) return true;
+    for (int i = 0; i < slice->n_experts; i++)
+        if (slice->experts[i] == expert) return true;
+    return false;
 }
 
 typedef struct {
@@ -57,6 +53,20 @@ static dsr1_status shape_error(const char *name, const dsr1_st_tensor *t, int ro
                       "implies [%d, %d]",
                       name, (long long)t->shape[0], t->ndim > 1 ? (long long)t->shape[1] : -1LL,
                       dsr1_dtype_name(t->dtype), rows, cols);
+}
+
+static uint64_t linear_bytes(const dsr1_linear *l)
+{
+    if (!l->data) return 0;
+    uint64_t n = (uint64_t)l->rows * (uint64_t)l->cols * dsr1_dtype_size(l->dtype);
+    if (l->scale)
+        n += sizeof(float) * (uint64_t)((l->rows + 127) / 128) * (uint64_t)((l->cols + 127) / 128);
+    return n;
+}
+
+static uint64_t ffn_bytes(const dsr1_ffn_weights *f)
+{
+    return linear_bytes(&f->gate) + linear_bytes(&f->up) + linear_bytes(&f->down);
 }
 
 /* A linear weight `prefix.weight` [rows, cols]: FP8 with its block scales, or bf16/f32. */
@@ -97,9 +107,7 @@ static dsr1_status get_linear(dsr1_weights *w, const char *prefix, int rows, int
                           "linear weight (F8_E4M3, BF16, F32)",
                           name, dsr1_dtype_name(t->dtype));
     }
-    w->bytes += t->nbytes + (out->scale ? sizeof(float) * (size_t)((rows + 127) / 128) *
-                                              (size_t)((cols + 127) / 128)
-                                        : 0);
+    w->bytes += linear_bytes(out);
     return DSR1_OK;
 }
 
@@ -305,20 +313,6 @@ void dsr1_weights_destroy(dsr1_weights *w)
     if (w->dummy_plan) dsr1_tensor_plan_free(w->dummy_plan);
     free(w->dummy_plan);
     free(w);
-}
-
-static uint64_t linear_bytes(const dsr1_linear *l)
-{
-    if (!l->data) return 0;
-    uint64_t n = (uint64_t)l->rows * (uint64_t)l->cols * dsr1_dtype_size(l->dtype);
-    if (l->scale)
-        n += sizeof(float) * (uint64_t)((l->rows + 127) / 128) * (uint64_t)((l->cols + 127) / 128);
-    return n;
-}
-
-static uint64_t ffn_bytes(const dsr1_ffn_weights *f)
-{
-    return linear_bytes(&f->gate) + linear_bytes(&f->up) + linear_bytes(&f->down);
 }
 
 uint64_t dsr1_weights_active_bytes(const dsr1_weights *w)
