@@ -277,25 +277,28 @@ static void prefault(const dsr1_ckpt_map *m, dsr1_progress *prog)
 {
     const long page = sysconf(_SC_PAGESIZE);
     volatile uint8_t sink = 0;
+    /* runs were made shard by shard in offset order, as the shard's tensors are sorted */
+    size_t first = 0;
     for (int s = 0; s < m->ck->nshards; s++) {
-        for (size_t i = 0; i < m->nruns; i++) {
-            const map_run *r = &m->runs[i];
-            if (r->shard != s) continue;
+        size_t last = first;
+        for (; last < m->nruns && m->runs[last].shard == s; last++) {
+            const map_run *r = &m->runs[last];
             uintptr_t a = (uintptr_t)r->data & ~(uintptr_t)(page - 1);
             madvise((void *)a, (size_t)((uintptr_t)r->data + (r->end - r->begin) - a),
                     MADV_WILLNEED);
-            const dsr1_st_file *f = m->ck->shards[s];
-            for (size_t k = 0; k < dsr1_st_count(f); k++) {
-                const dsr1_st_tensor *t = dsr1_st_at(f, k);
-                if (!m->selected[m->ck->first[s] + k] || t->offset < r->begin ||
-                    t->offset >= r->end)
-                    continue;
-                const uint8_t *p = r->data + (t->offset - r->begin);
-                for (uint64_t o = 0; o < t->nbytes; o += (uint64_t)page) sink ^= p[o];
-                if (t->nbytes) sink ^= p[t->nbytes - 1];
-                dsr1_progress_add(prog, t->nbytes, 0);
-            }
         }
+        const dsr1_st_file *f = m->ck->shards[s];
+        size_t ri = first;
+        for (size_t k = 0; k < dsr1_st_count(f); k++) {
+            const dsr1_st_tensor *t = dsr1_st_at(f, k);
+            if (!m->selected[m->ck->first[s] + k] || t->nbytes == 0) continue;
+            while (m->runs[ri].end <= t->offset) ri++; /* the run holding t */
+            const uint8_t *p = m->runs[ri].data + (t->offset - m->runs[ri].begin);
+            for (uint64_t o = 0; o < t->nbytes; o += (uint64_t)page) sink ^= p[o];
+            sink ^= p[t->nbytes - 1];
+            dsr1_progress_add(prog, t->nbytes, 0);
+        }
+        first = last;
         dsr1_progress_add(prog, 0, 1);
     }
     (void)sink;
