@@ -44,7 +44,7 @@ static uint32_t word_gen(uint64_t w)
     return (uint32_t)(w >> 32);
 }
 
-/* Claim and run chunks of generation `gen` until none is left; returns chunks run. */
+/* Claim and run chunks of generation `gen` until none is left. */
 static void work(dsr1_pool *p, uint32_t gen, int tid)
 {
     for (;;) {

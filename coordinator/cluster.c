@@ -311,10 +311,3 @@ int dsr1_cluster_workers(const dsr1_cluster *c)
 {
     return c->workers;
 }
-
-uint64_t dsr1_cluster_worker_bytes(const dsr1_cluster *c, int i)
-{
-    return i >= 0 && i < c->workers && c->slots && c->slots[i].w.weights
-               ? c->slots[i].w.weights->bytes
-               : 0;
-}

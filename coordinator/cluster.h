@@ -52,7 +52,5 @@ dsr1_status dsr1_cluster_wait(dsr1_cluster *c, uint64_t step);
 void dsr1_cluster_destroy(dsr1_cluster *c);
 /* Workers in the grid (with MPI: the job's worker ranks). */
 int dsr1_cluster_workers(const dsr1_cluster *c);
-/* Bytes of weights held by worker i (for the startup report and tests). */
-uint64_t dsr1_cluster_worker_bytes(const dsr1_cluster *c, int i);
 
 #endif
