@@ -28,6 +28,12 @@ const char *dsr1_status_str(dsr1_status s)
         return "out of range";
     case DSR1_ERR_INTERNAL:
         return "internal error";
+    case DSR1_ERR_EXISTS:
+        return "already exists";
+    case DSR1_ERR_BUSY:
+        return "busy";
+    case DSR1_ERR_UNAVAILABLE:
+        return "unavailable";
     }
     return "unknown status";
 }

@@ -19,6 +19,9 @@ typedef enum {
     DSR1_ERR_NOT_FOUND = -6, /* a named tensor, key or file is missing */
     DSR1_ERR_RANGE = -7,     /* a value out of its allowed range (ids, sizes, positions) */
     DSR1_ERR_INTERNAL = -8,  /* a broken invariant of ours */
+    DSR1_ERR_EXISTS = -9,      /* a name already in use (request or batch id) */
+    DSR1_ERR_BUSY = -10,       /* a queue or pool is full: retry later */
+    DSR1_ERR_UNAVAILABLE = -11, /* the service stopped (e.g. after a worker failure) */
 } dsr1_status;
 
 const char *dsr1_status_str(dsr1_status s);

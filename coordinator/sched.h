@@ -1,0 +1,136 @@
+/* The continuous-batching scheduler: the coordinator's serving loop.
+ *
+ * Requests are submitted from any thread; one scheduler thread owns everything else. Each
+ * iteration it takes in new requests and aborts, frees finished and expired requests,
+ * then builds one step under a token budget: every running request's next decode token
+ * first, then prefill chunks of waiting requests (admitted while the paged cache has free
+ * blocks; a prompt's blocks already in the prefix cache are reused, not recomputed). When a
+ * running request needs a block and none is free, the most recently admitted one is
+ * preempted: its blocks are freed and it is queued again to recompute its prompt and the
+ * tokens it has generated so far. The step runs on the executor (this process's engine or a
+ * worker grid), each request's logit row is sampled, and the request's events are sent.
+ *
+ * Requests are attention-data-parallel: the router gives each new request to one rank
+ * (the one already holding the longest cached prefix of its prompt, else the least
+ * loaded); its cache blocks live on that rank. */
+#ifndef DSR1_SCHED_H
+#define DSR1_SCHED_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "forward.h"
+#include "sampler.h"
+#include "status.h"
+#include "textout.h"
+#include "tokenizer.h"
+
+typedef enum {
+    DSR1_FINISH_NONE = 0,
+    DSR1_FINISH_STOP = 1,
+    DSR1_FINISH_LENGTH = 2,
+    DSR1_FINISH_ABORT = 3,
+    DSR1_FINISH_ERROR = 4,
+} dsr1_finish;
+
+const char *dsr1_finish_str(dsr1_finish f); /* "stop", "length", ... */
+
+typedef enum { DSR1_EV_DELTA = 1, DSR1_EV_FINAL = 2 } dsr1_event_kind;
+
+/* What a request's callback receives. Everything is borrowed for the duration of the
+ * callback only. */
+typedef struct {
+    dsr1_event_kind kind;
+    const char *request_id;
+    void *ctx; /* the request's ctx */
+    /* DELTA: the ids generated this step (usually one), the text they released, and with
+     * logprobs one entry per id. FINAL: everything generated. */
+    const int32_t *ids;
+    int n_ids;
+    const char *reasoning;
+    size_t reasoning_len;
+    const char *content;
+    size_t content_len;
+    const dsr1_sample_result *logprobs; /* NULL unless requested */
+    /* FINAL only */
+    dsr1_finish finish;
+    const char *stop_reason;                   /* STOP: the string or id; else NULL */
+    const char *error;                         /* ERROR: the message */
+    const dsr1_sample_result *prompt_logprobs; /* n_prompt entries, NULL unless requested */
+    int prompt_tokens, completion_tokens, cached_tokens;
+    double queue_s, ttft_s, e2e_s;
+} dsr1_sched_event;
+
+typedef void (*dsr1_sched_callback)(const dsr1_sched_event *ev);
+
+typedef struct {
+    const char *id;        /* unique among live requests; copied */
+    const int32_t *prompt; /* copied */
+    int n_prompt;
+    dsr1_sampling sampling; /* bias arrays copied */
+    int max_tokens;         /* >= 1 */
+    bool logprobs, prompt_logprobs;
+    dsr1_textout_params text; /* arrays and strings copied */
+    int64_t deadline_ns;      /* CLOCK_MONOTONIC; 0: none. Expired: FINAL ABORT */
+    dsr1_sched_callback callback;
+    void *ctx;
+} dsr1_sched_request;
+
+/* Runs steps for the scheduler: a single-process engine or a worker grid. */
+typedef struct {
+    void *ctx;
+    /* One step; same contract as dsr1_engine_forward (with block tables). An error is
+     * fatal for the executor: the scheduler fails every request and stops. */
+    dsr1_status (*step)(void *ctx, const dsr1_batch *b);
+    int n_ranks;       /* attention data-parallel ranks (each with its own cache) */
+    int blocks_per_rank;
+    int block_tokens;
+} dsr1_executor;
+
+typedef struct {
+    dsr1_executor exec;
+    const dsr1_tokenizer *tok; /* for text output; may be NULL (ids only) */
+    int vocab;
+    int max_context;    /* prompt + generated tokens per request */
+    int step_tokens;    /* token budget of one step (decode + prefill chunks) */
+    int max_running;    /* requests in the running set */
+    int max_queued;     /* waiting requests beyond which submit says DSR1_ERR_BUSY */
+    bool prefix_cache;
+} dsr1_sched_params;
+
+typedef struct dsr1_sched dsr1_sched;
+
+/* Starts the scheduler thread. */
+dsr1_status dsr1_sched_create(const dsr1_sched_params *p, dsr1_sched **out);
+/* Aborts every request (FINAL ABORT), stops the thread and frees everything. */
+void dsr1_sched_destroy(dsr1_sched *s);
+
+/* Queues a request. Errors (nothing queued, no callback): DSR1_ERR_INVALID_ARG (bad
+ * parameters: the message names the field), DSR1_ERR_RANGE (prompt + max_tokens beyond the
+ * context), DSR1_ERR_EXISTS (id in use), DSR1_ERR_BUSY (queue full), DSR1_ERR_UNAVAILABLE
+ * (the scheduler stopped after an executor failure). Otherwise exactly one FINAL event
+ * follows, from the scheduler thread, after zero or more DELTA events. */
+dsr1_status dsr1_sched_submit(dsr1_sched *s, const dsr1_sched_request *r);
+/* Aborts a live request: its FINAL ABORT follows within one step, its blocks are freed.
+ * Returns false when no live request has this id. */
+bool dsr1_sched_abort(dsr1_sched *s, const char *id);
+
+typedef struct {
+    int rank, running;
+    int64_t blocks_total, blocks_used, blocks_cached;
+} dsr1_sched_rank_info;
+
+typedef struct {
+    int queued, running, block_tokens;
+    int64_t blocks_total, blocks_used, blocks_cached;
+    int64_t requests_finished;
+    uint64_t steps;
+    bool healthy; /* false after an executor failure */
+    int n_ranks;
+    dsr1_sched_rank_info ranks[64]; /* the first 64 ranks */
+} dsr1_sched_info;
+
+void dsr1_sched_get_info(dsr1_sched *s, dsr1_sched_info *out);
+
+#endif
