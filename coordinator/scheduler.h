@@ -13,8 +13,8 @@
  * Requests are attention-data-parallel: the router gives each new request to one rank
  * (the one already holding the longest cached prefix of its prompt, else the least
  * loaded); its cache blocks live on that rank. */
-#ifndef DSR1_SCHED_H
-#define DSR1_SCHED_H
+#ifndef DSR1_SCHEDULER_H
+#define DSR1_SCHEDULER_H
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -83,7 +83,7 @@ typedef struct {
     /* One step; same contract as dsr1_engine_forward (with block tables). An error is
      * fatal for the executor: the scheduler fails every request and stops. */
     dsr1_status (*step)(void *ctx, const dsr1_batch *b);
-    int n_ranks;       /* attention data-parallel ranks (each with its own cache) */
+    int n_ranks; /* attention data-parallel ranks (each with its own cache) */
     int blocks_per_rank;
     int block_tokens;
 } dsr1_executor;
@@ -92,10 +92,10 @@ typedef struct {
     dsr1_executor exec;
     const dsr1_tokenizer *tok; /* for text output; may be NULL (ids only) */
     int vocab;
-    int max_context;    /* prompt + generated tokens per request */
-    int step_tokens;    /* token budget of one step (decode + prefill chunks) */
-    int max_running;    /* requests in the running set */
-    int max_queued;     /* waiting requests beyond which submit says DSR1_ERR_BUSY */
+    int max_context; /* prompt + generated tokens per request */
+    int step_tokens; /* token budget of one step (decode + prefill chunks) */
+    int max_running; /* requests in the running set */
+    int max_queued;  /* waiting requests beyond which submit says DSR1_ERR_BUSY */
     bool prefix_cache;
 } dsr1_sched_params;
 
@@ -125,6 +125,7 @@ typedef struct {
     int queued, running, block_tokens;
     int64_t blocks_total, blocks_used, blocks_cached;
     int64_t requests_finished;
+    int64_t preemptions; /* requests sent back to recompute for want of cache blocks */
     uint64_t steps;
     bool healthy; /* false after an executor failure */
     int n_ranks;
