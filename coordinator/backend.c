@@ -1,0 +1,147 @@
+/* Opening what a server runs on (see backend.h). */
+#include "backend.h"
+
+#include <stdlib.h>
+
+#include "ckpt.h"
+#include "forward.h"
+#include "log.h"
+#include "threadpool.h"
+#include "weights.h"
+
+#define DEFAULT_BLOCK_TOKENS 32
+#define DEFAULT_STEP_TOKENS  512
+#define DEFAULT_KV_TOKENS    65536
+#define DEFAULT_KV_BYTES     (8ll << 30) /* cap of the default cache size (reserved virtually) */
+
+struct dsr1_backend {
+    dsr1_ckpt *ck;
+    dsr1_model_config dc; /* dummy weights: the (trimmed) config */
+    const dsr1_model_config *cfg;
+    const dsr1_kernels *kern;
+    dsr1_weights *w;
+    dsr1_pool *pool;
+    dsr1_engine *eng;
+    dsr1_cluster *cl;
+    int workers, pp, n_ranks, blocks, block_tokens;
+};
+
+static dsr1_status backend_step(void *ctx, const dsr1_batch *b)
+{
+    dsr1_backend *be = ctx;
+    return be->cl ? dsr1_cluster_step(be->cl, b) : dsr1_engine_forward(be->eng, b);
+}
+
+/* Cache blocks per attention rank: kv_tokens rounded up to whole blocks; by default 64K
+ * tokens, fewer when they would take more than 8 GiB. */
+static int cache_blocks(const dsr1_backend_params *p, const dsr1_model_config *cfg, int bt)
+{
+    int64_t tokens = p->kv_tokens;
+    if (tokens <= 0) {
+        const int64_t row = (int64_t)(cfg->kv_lora_rank + cfg->qk_rope_head_dim) *
+                            (int64_t)sizeof(float) * cfg->num_hidden_layers;
+        tokens = DEFAULT_KV_TOKENS;
+        if (tokens * row > DEFAULT_KV_BYTES) tokens = DEFAULT_KV_BYTES / row;
+        if (tokens < bt) tokens = bt;
+    }
+    const int64_t blocks = (tokens + bt - 1) / bt;
+    return blocks > 1 << 30 ? 1 << 30 : (int)blocks;
+}
+
+dsr1_status dsr1_backend_open(const dsr1_backend_params *p, dsr1_backend **out)
+{
+    const dsr1_kernels *kern = dsr1_kernels_select(p->kernels);
+    if (!kern)
+        return dsr1_error(DSR1_ERR_INVALID_ARG,
+                          "kernels '%s' are unknown or not supported by this CPU", p->kernels);
+    if (p->workers == 0 && p->transport != DSR1_TRANSPORT_MPI && p->pp != 1)
+        return dsr1_error(DSR1_ERR_INVALID_ARG, "--pp %d needs --workers", p->pp);
+    dsr1_backend *b = calloc(1, sizeof(*b));
+    if (!b) return dsr1_error(DSR1_ERR_NOMEM, "out of memory");
+    b->kern = kern;
+    b->pp = p->pp;
+    b->block_tokens = p->block_tokens > 0 ? p->block_tokens : DEFAULT_BLOCK_TOKENS;
+    const int step_tokens = p->max_step_tokens > 0 ? p->max_step_tokens : DEFAULT_STEP_TOKENS;
+    dsr1_status st;
+    if (p->dummy_weights) {
+        if ((st = dsr1_model_config_load(p->model, &b->dc)) != DSR1_OK) goto fail;
+        if (p->layers && p->layers < b->dc.num_hidden_layers) {
+            b->dc.num_hidden_layers = p->layers;
+            if (b->dc.first_k_dense_replace > p->layers) b->dc.first_k_dense_replace = p->layers;
+        }
+        b->cfg = &b->dc;
+    } else {
+        if ((st = dsr1_ckpt_open(p->model, &b->ck)) != DSR1_OK) goto fail;
+        b->cfg = dsr1_ckpt_config(b->ck);
+    }
+    b->blocks = cache_blocks(p, b->cfg, b->block_tokens);
+    if (p->workers > 0 || p->transport == DSR1_TRANSPORT_MPI) {
+        dsr1_cluster_params cp = {.ckpt = b->ck,
+                                  .dummy_cfg = p->dummy_weights ? b->cfg : NULL,
+                                  .seed = p->seed,
+                                  .workers = p->workers,
+                                  .pp = p->pp,
+                                  .kernels = kern,
+                                  .threads = p->threads,
+                                  .n_slots = 1,
+                                  .max_tokens = step_tokens,
+                                  .timeout_ms = p->timeout_ms,
+                                  .transport = p->transport,
+                                  .kv_blocks = b->blocks,
+                                  .block_tokens = b->block_tokens};
+        if ((st = dsr1_cluster_create(&cp, &b->cl)) != DSR1_OK) goto fail;
+        b->workers = dsr1_cluster_workers(b->cl);
+        b->n_ranks = b->workers / p->pp;
+    } else {
+        dsr1_slice all = dsr1_slice_all(b->cfg);
+        st = p->dummy_weights ? dsr1_weights_dummy(b->cfg, &all, p->seed, &b->w)
+                              : dsr1_weights_load(b->ck, &all, &b->w);
+        if (st != DSR1_OK) goto fail;
+        if ((st = dsr1_pool_create(p->threads, &b->pool)) != DSR1_OK) goto fail;
+        st = dsr1_engine_create_paged(b->w, kern, b->pool, b->blocks, b->block_tokens, step_tokens,
+                                      &b->eng);
+        if (st != DSR1_OK) goto fail;
+        b->n_ranks = 1;
+    }
+    DSR1_INFO("backend: %s, kernels %s, %d attention rank(s) x %d cache blocks of %d tokens",
+              b->cl ? "worker grid" : "this process", kern->name, b->n_ranks, b->blocks,
+              b->block_tokens);
+    *out = b;
+    return DSR1_OK;
+fail:
+    dsr1_backend_close(b);
+    return st;
+}
+
+void dsr1_backend_close(dsr1_backend *b)
+{
+    if (!b) return;
+    dsr1_cluster_destroy(b->cl);
+    dsr1_engine_destroy(b->eng);
+    dsr1_pool_destroy(b->pool);
+    dsr1_weights_destroy(b->w);
+    dsr1_ckpt_close(b->ck);
+    free(b);
+}
+
+dsr1_executor dsr1_backend_executor(dsr1_backend *b)
+{
+    return (dsr1_executor){b, backend_step, b->n_ranks, b->blocks, b->block_tokens};
+}
+
+const dsr1_model_config *dsr1_backend_config(const dsr1_backend *b)
+{
+    return b->cfg;
+}
+const char *dsr1_backend_kernels_name(const dsr1_backend *b)
+{
+    return b->kern->name;
+}
+int dsr1_backend_workers(const dsr1_backend *b)
+{
+    return b->workers;
+}
+int dsr1_backend_pp(const dsr1_backend *b)
+{
+    return b->pp;
+}

@@ -1,0 +1,745 @@
+/* The continuous-batching scheduler (see sched.h).
+ *
+ * Threads: submit/abort/get_info run on any thread and touch only what `mu` guards (the
+ * incoming list, the live-request table, abort flags and the info snapshot). Everything
+ * else — waiting and running lists, cache blocks, sampling, text — belongs to the
+ * scheduler thread, which calls request callbacks without holding `mu` (a callback may
+ * submit or abort). */
+#include "scheduler.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "blocks.h"
+#include "log.h"
+
+typedef enum { REQ_WAITING, REQ_RUNNING } req_state;
+
+typedef struct req {
+    char *id;
+    dsr1_sched_callback callback;
+    void *ctx;
+    int32_t *tokens; /* prompt, then generated ids; capacity n_prompt + max_tokens */
+    int n_prompt, n_tokens, max_tokens;
+    dsr1_sampling sp;
+    int32_t *bias_ids;
+    float *bias_values;
+    bool logprobs, prompt_logprobs;
+    dsr1_textout *text;
+    dsr1_sample_result *lp;  /* [max_tokens] when logprobs */
+    dsr1_sample_result *plp; /* [n_prompt] when prompt_logprobs */
+    int n_plp;               /* prompt positions with their logprob recorded */
+    int64_t deadline_ns, t_submit, t_sched, t_first;
+    /* cache */
+    int rank;
+    int32_t *blocks;
+    int n_blocks, cap_blocks;
+    int n_computed;  /* positions whose cache rows are written */
+    int n_committed; /* leading blocks offered to the prefix cache */
+    int n_cached;    /* prompt tokens served from the prefix cache (usage) */
+    req_state state;
+    bool aborted; /* guarded by mu */
+    const char *abort_why;
+} req;
+
+/* A growable array of request pointers. */
+typedef struct {
+    req **v;
+    int n, cap;
+} req_list;
+
+struct dsr1_sched {
+    dsr1_sched_params p;
+    dsr1_blocks **blocks; /* [n_ranks] */
+    int *rank_running;
+    dsr1_sampler *sampler;
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool stop, failed;
+    req_list incoming, live; /* mu */
+    req_list waiting, running;
+    dsr1_sched_info info; /* mu */
+    int64_t finished, preemptions;
+    uint64_t steps;
+    /* step scratch */
+    dsr1_seq_step *seqs;
+    req **seq_req;
+    float *logits;
+    size_t logits_cap;
+    char *text_buf;
+    size_t text_cap;
+};
+
+static int64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static double secs(int64_t a, int64_t b)
+{
+    return a && b ? (double)(b - a) / 1e9 : 0.0;
+}
+
+const char *dsr1_finish_str(dsr1_finish f)
+{
+    static const char *const names[] = {"none", "stop", "length", "abort", "error"};
+    return f >= DSR1_FINISH_NONE && f <= DSR1_FINISH_ERROR ? names[f] : "unknown";
+}
+
+/* ---- request lists ------------------------------------------------------------------- */
+
+static bool list_push(req_list *l, req *r)
+{
+    if (l->n == l->cap) {
+        int cap = l->cap ? 2 * l->cap : 16;
+        req **v = realloc(l->v, sizeof(*v) * (size_t)cap);
+        if (!v) return false;
+        l->v = v;
+        l->cap = cap;
+    }
+    l->v[l->n++] = r;
+    return true;
+}
+
+/* Removes r keeping the order. */
+static void list_remove(req_list *l, const req *r)
+{
+    for (int i = 0; i < l->n; i++)
+        if (l->v[i] == r) {
+            memmove(l->v + i, l->v + i + 1, sizeof(*l->v) * (size_t)(l->n - i - 1));
+            l->n--;
+            return;
+        }
+}
+
+static req *list_find(const req_list *l, const char *id)
+{
+    for (int i = 0; i < l->n; i++)
+        if (!strcmp(l->v[i]->id, id)) return l->v[i];
+    return NULL;
+}
+
+/* ---- requests ------------------------------------------------------------------------- */
+
+static void req_free(req *r)
+{
+    if (!r) return;
+    dsr1_textout_destroy(r->text);
+    free(r->id);
+    free(r->tokens);
+    free(r->bias_ids);
+    free(r->bias_values);
+    free(r->lp);
+    free(r->plp);
+    free(r->blocks);
+    free(r);
+}
+
+static dsr1_status req_new(const dsr1_sched *s, const dsr1_sched_request *q, req **out)
+{
+    const int bt = s->p.exec.block_tokens;
+    req *r = calloc(1, sizeof(*r));
+    if (!r) return dsr1_error(DSR1_ERR_NOMEM, "out of memory");
+    const int cap = q->n_prompt + q->max_tokens;
+    r->id = strdup(q->id);
+    r->tokens = malloc(sizeof(int32_t) * (size_t)cap);
+    r->cap_blocks = (cap + bt - 1) / bt;
+    r->blocks = malloc(sizeof(int32_t) * (size_t)r->cap_blocks);
+    r->sp = q->sampling;
+    if (q->sampling.n_bias > 0) {
+        r->bias_ids = malloc(sizeof(int32_t) * (size_t)q->sampling.n_bias);
+        r->bias_values = malloc(sizeof(float) * (size_t)q->sampling.n_bias);
+    }
+    if (q->logprobs) r->lp = malloc(sizeof(*r->lp) * (size_t)q->max_tokens);
+    if (q->prompt_logprobs) r->plp = calloc((size_t)q->n_prompt, sizeof(*r->plp));
+    if (!r->id || !r->tokens || !r->blocks ||
+        (q->sampling.n_bias > 0 && (!r->bias_ids || !r->bias_values)) || (q->logprobs && !r->lp) ||
+        (q->prompt_logprobs && !r->plp)) {
+        req_free(r);
+        return dsr1_error(DSR1_ERR_NOMEM, "out of memory for request %s", q->id);
+    }
+    if (q->sampling.n_bias > 0) {
+        memcpy(r->bias_ids, q->sampling.bias_ids, sizeof(int32_t) * (size_t)q->sampling.n_bias);
+        memcpy(r->bias_values, q->sampling.bias_values, sizeof(float) * (size_t)q->sampling.n_bias);
+    }
+    r->sp.bias_ids = r->bias_ids;
+    r->sp.bias_values = r->bias_values;
+    memcpy(r->tokens, q->prompt, sizeof(int32_t) * (size_t)q->n_prompt);
+    r->n_prompt = r->n_tokens = q->n_prompt;
+    r->max_tokens = q->max_tokens;
+    r->logprobs = q->logprobs;
+    r->prompt_logprobs = q->prompt_logprobs;
+    r->callback = q->callback;
+    r->ctx = q->ctx;
+    r->deadline_ns = q->deadline_ns;
+    r->rank = -1;
+    r->state = REQ_WAITING;
+    dsr1_status st = dsr1_textout_create(s->p.tok, &q->text, &r->text);
+    if (st != DSR1_OK) {
+        req_free(r);
+        return st;
+    }
+    *out = r;
+    return DSR1_OK;
+}
+
+static dsr1_status validate(const dsr1_sched *s, const dsr1_sched_request *q)
+{
+    if (!q->id || !q->id[0]) return dsr1_error(DSR1_ERR_INVALID_ARG, "request id is empty");
+    if (!q->callback) return dsr1_error(DSR1_ERR_INVALID_ARG, "request %s has no callback", q->id);
+    if (q->n_prompt < 1) return dsr1_error(DSR1_ERR_INVALID_ARG, "the prompt is empty");
+    if (q->max_tokens < 1)
+        return dsr1_error(DSR1_ERR_INVALID_ARG, "max_tokens is %d; it must be at least 1",
+                          q->max_tokens);
+    for (int i = 0; i < q->n_prompt; i++)
+        if (q->prompt[i] < 0 || q->prompt[i] >= s->p.vocab)
+            return dsr1_error(DSR1_ERR_INVALID_ARG,
+                              "prompt token %d (at index %d) is outside the vocabulary [0, %d)",
+                              q->prompt[i], i, s->p.vocab);
+    const int64_t total = (int64_t)q->n_prompt + q->max_tokens;
+    const int64_t fits = (int64_t)s->p.exec.blocks_per_rank * s->p.exec.block_tokens;
+    if (total > s->p.max_context)
+        return dsr1_error(DSR1_ERR_RANGE,
+                          "prompt (%d tokens) + max_tokens (%d) = %lld exceeds the context length "
+                          "of %d tokens",
+                          q->n_prompt, q->max_tokens, (long long)total, s->p.max_context);
+    if (total > fits)
+        return dsr1_error(DSR1_ERR_RANGE,
+                          "prompt (%d tokens) + max_tokens (%d) = %lld exceeds the KV cache of one "
+                          "rank (%lld tokens)",
+                          q->n_prompt, q->max_tokens, (long long)total, (long long)fits);
+    if (q->sampling.top_logprobs > 0 && !q->logprobs && !q->prompt_logprobs)
+        return dsr1_error(DSR1_ERR_INVALID_ARG, "top_logprobs needs logprobs or prompt_logprobs");
+    return dsr1_sampling_validate(&q->sampling, s->p.vocab);
+}
+
+dsr1_status dsr1_sched_submit(dsr1_sched *s, const dsr1_sched_request *q)
+{
+    dsr1_status st = validate(s, q);
+    if (st != DSR1_OK) return st;
+    req *r = NULL;
+    if ((st = req_new(s, q, &r)) != DSR1_OK) return st;
+    r->t_submit = now_ns();
+    pthread_mutex_lock(&s->mu);
+    if (s->failed || s->stop)
+        st = dsr1_error(DSR1_ERR_UNAVAILABLE, "the scheduler stopped after a worker failure");
+    else if (list_find(&s->live, q->id))
+        st = dsr1_error(DSR1_ERR_EXISTS, "request id '%s' is already in use", q->id);
+    else if (s->info.queued + s->incoming.n >= s->p.max_queued)
+        st = dsr1_error(DSR1_ERR_BUSY, "the queue is full (%d requests waiting)",
+                        s->info.queued + s->incoming.n);
+    else if (!list_push(&s->live, r))
+        st = dsr1_error(DSR1_ERR_NOMEM, "out of memory");
+    else if (!list_push(&s->incoming, r)) {
+        list_remove(&s->live, r);
+        st = dsr1_error(DSR1_ERR_NOMEM, "out of memory");
+    }
+    if (st == DSR1_OK) pthread_cond_signal(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+    if (st != DSR1_OK) req_free(r);
+    return st;
+}
+
+bool dsr1_sched_abort(dsr1_sched *s, const char *id)
+{
+    pthread_mutex_lock(&s->mu);
+    req *r = list_find(&s->live, id);
+    if (r && !r->aborted) {
+        r->aborted = true;
+        r->abort_why = "aborted";
+        pthread_cond_signal(&s->cv);
+    }
+    pthread_mutex_unlock(&s->mu);
+    return r != NULL;
+}
+
+void dsr1_sched_get_info(dsr1_sched *s, dsr1_sched_info *out)
+{
+    pthread_mutex_lock(&s->mu);
+    *out = s->info;
+    out->queued += s->incoming.n;
+    pthread_mutex_unlock(&s->mu);
+}
+
+/* ---- finishing -------------------------------------------------------------------------- */
+
+static void release_blocks(dsr1_sched *s, req *r)
+{
+    for (int i = 0; i < r->n_blocks; i++) dsr1_blocks_release(s->blocks[r->rank], r->blocks[i]);
+    r->n_blocks = r->n_computed = r->n_committed = 0;
+}
+
+/* Ends r: frees its blocks, takes it out of every list, sends its FINAL event, frees it. */
+static void finish(dsr1_sched *s, req *r, dsr1_finish why, const char *stop_reason,
+                   const char *error)
+{
+    if (r->state == REQ_RUNNING) {
+        list_remove(&s->running, r);
+        s->rank_running[r->rank]--;
+    } else {
+        list_remove(&s->waiting, r);
+    }
+    if (r->rank >= 0) release_blocks(s, r);
+    pthread_mutex_lock(&s->mu);
+    list_remove(&s->live, r);
+    pthread_mutex_unlock(&s->mu);
+
+    const int n_out = r->n_tokens - r->n_prompt;
+    const int64_t t = now_ns();
+    dsr1_sched_event ev = {DSR1_EV_FINAL, r->id, r->ctx};
+    ev.ids = r->tokens + r->n_prompt;
+    ev.n_ids = n_out;
+    ev.reasoning = dsr1_textout_reasoning(r->text, &ev.reasoning_len);
+    ev.content = dsr1_textout_content(r->text, &ev.content_len);
+    ev.logprobs = r->lp;
+    ev.finish = why;
+    ev.stop_reason = stop_reason;
+    ev.error = error;
+    ev.prompt_logprobs = r->plp;
+    ev.prompt_tokens = r->n_prompt;
+    ev.completion_tokens = n_out;
+    ev.cached_tokens = r->n_cached;
+    ev.queue_s = secs(r->t_submit, r->t_sched);
+    ev.ttft_s = secs(r->t_submit, r->t_first);
+    ev.e2e_s = secs(r->t_submit, t);
+    r->callback(&ev);
+    s->finished++;
+    req_free(r);
+}
+
+/* ---- one iteration ------------------------------------------------------------------------ */
+
+/* New requests join the waiting list; aborted and expired requests end. */
+static void take_in(dsr1_sched *s)
+{
+    req_list ended = {0};
+    pthread_mutex_lock(&s->mu);
+    for (int i = 0; i < s->incoming.n; i++)
+        if (!list_push(&s->waiting, s->incoming.v[i])) {
+            s->incoming.v[i]->aborted = true; /* cannot happen short of ENOMEM */
+            s->incoming.v[i]->abort_why = "out of memory";
+        }
+    s->incoming.n = 0;
+    s->info.queued = s->waiting.n; /* submit's queue check must not see them vanish */
+    const int64_t t = now_ns();
+    for (int i = 0; i < s->live.n; i++) {
+        req *r = s->live.v[i];
+        if (!r->aborted && r->deadline_ns && t >= r->deadline_ns) {
+            r->aborted = true;
+            r->abort_why = "deadline exceeded";
+        }
+        if (r->aborted) list_push(&ended, r);
+    }
+    pthread_mutex_unlock(&s->mu);
+    for (int i = 0; i < ended.n; i++) {
+        dsr1_textout_delta d;
+        dsr1_textout_finish(ended.v[i]->text, &d);
+        finish(s, ended.v[i], DSR1_FINISH_ABORT, NULL, ended.v[i]->abort_why);
+    }
+    free(ended.v);
+}
+
+/* Gives r blocks for its first `upto` positions; false when the rank has too few free. */
+static bool grow_blocks(dsr1_sched *s, req *r, int upto)
+{
+    const int bt = s->p.exec.block_tokens;
+    const int need = (upto + bt - 1) / bt;
+    if (need - r->n_blocks > dsr1_blocks_available(s->blocks[r->rank])) return false;
+    while (r->n_blocks < need) r->blocks[r->n_blocks++] = dsr1_blocks_alloc(s->blocks[r->rank]);
+    return true;
+}
+
+/* Back to the front of the queue, to recompute everything it has (blocks freed). */
+static void preempt(dsr1_sched *s, req *r)
+{
+    list_remove(&s->running, r);
+    s->rank_running[r->rank]--;
+    release_blocks(s, r);
+    r->state = REQ_WAITING;
+    s->preemptions++;
+    list_push(&s->waiting, r);
+    memmove(s->waiting.v + 1, s->waiting.v, sizeof(*s->waiting.v) * (size_t)(s->waiting.n - 1));
+    s->waiting.v[0] = r;
+    DSR1_DEBUG("sched: preempted %s (%d tokens) to free cache blocks on rank %d", r->id,
+               r->n_tokens, r->rank);
+}
+
+static dsr1_logits_mode logits_mode(const req *r, int chunk)
+{
+    if (r->prompt_logprobs && r->n_plp < r->n_prompt) return DSR1_LOGITS_ALL;
+    return r->n_computed + chunk == r->n_tokens ? DSR1_LOGITS_LAST : DSR1_LOGITS_NONE;
+}
+
+static void add_seq(dsr1_sched *s, int *n, req *r, int chunk)
+{
+    s->seqs[*n] = (dsr1_seq_step){
+        0,         r->n_computed, chunk,  r->tokens + r->n_computed, logits_mode(r, chunk),
+        r->blocks, r->n_blocks,   r->rank};
+    s->seq_req[(*n)++] = r;
+    if (!r->t_sched) r->t_sched = now_ns();
+}
+
+/* The rank for a new (or preempted) request: the longest cached prefix, then the fewest
+ * running requests, then the most free blocks. */
+static int route(dsr1_sched *s, const req *r, int max_blocks)
+{
+    int best = 0, best_match = -1;
+    for (int k = 0; k < s->p.exec.n_ranks; k++) {
+        const int m = max_blocks > 0 ? dsr1_blocks_match(s->blocks[k], r->tokens, r->n_tokens,
+                                                         max_blocks, false, NULL)
+                                     : 0;
+        const bool better =
+            m > best_match ||
+            (m == best_match &&
+             (s->rank_running[k] < s->rank_running[best] ||
+              (s->rank_running[k] == s->rank_running[best] &&
+               dsr1_blocks_available(s->blocks[k]) > dsr1_blocks_available(s->blocks[best]))));
+        if (better) {
+            best = k;
+            best_match = m;
+        }
+    }
+    return best;
+}
+
+/* Admits r to the running set with a chunk of at most `budget` tokens; false when its rank
+ * lacks the blocks (nothing changed). */
+static bool admit(dsr1_sched *s, req *r, int budget, int *n_seqs, int *used)
+{
+    const int bt = s->p.exec.block_tokens;
+    /* positions served from the prefix cache: whole blocks, never the last token (its
+     * logits are needed), none when prompt logprobs are still to be computed */
+    const bool can_match = s->p.prefix_cache && !(r->prompt_logprobs && r->n_plp < r->n_prompt);
+    const int max_match = can_match ? (r->n_tokens - 1) / bt : 0;
+    r->rank = route(s, r, max_match);
+    dsr1_blocks *bl = s->blocks[r->rank];
+    const int m = dsr1_blocks_match(bl, r->tokens, r->n_tokens, max_match, true, r->blocks);
+    r->n_blocks = r->n_committed = m;
+    r->n_computed = m * bt;
+    int chunk = r->n_tokens - r->n_computed;
+    if (chunk > budget) chunk = budget;
+    if (!grow_blocks(s, r, r->n_computed + chunk)) {
+        release_blocks(s, r);
+        return false;
+    }
+    if (!r->t_sched) r->n_cached = m * bt < r->n_prompt ? m * bt : r->n_prompt;
+    list_remove(&s->waiting, r);
+    list_push(&s->running, r);
+    r->state = REQ_RUNNING;
+    s->rank_running[r->rank]++;
+    add_seq(s, n_seqs, r, chunk);
+    *used += chunk;
+    return true;
+}
+
+/* Plans one step: running requests first (oldest first), then new ones. */
+static int plan(dsr1_sched *s)
+{
+    int n = 0, used = 0;
+    const int budget = s->p.step_tokens;
+    for (int i = 0; i < s->running.n && used < budget; i++) {
+        req *r = s->running.v[i];
+        int chunk = r->n_tokens - r->n_computed;
+        if (chunk > budget - used) chunk = budget - used;
+        bool ok;
+        while (!(ok = grow_blocks(s, r, r->n_computed + chunk)) &&
+               s->running.v[s->running.n - 1] != r)
+            preempt(s, s->running.v[s->running.n - 1]);
+        if (!ok) {
+            preempt(s, r);
+            break;
+        }
+        add_seq(s, &n, r, chunk);
+        used += chunk;
+    }
+    while (s->waiting.n > 0 && used < budget && s->running.n < s->p.max_running)
+        if (!admit(s, s->waiting.v[0], budget - used, &n, &used)) break;
+    return n;
+}
+
+static dsr1_status append_text(dsr1_sched *s, size_t at, const char *t, size_t len)
+{
+    if (at + len + 1 > s->text_cap) {
+        size_t cap = 2 * (at + len + 1) + 256;
+        char *b = realloc(s->text_buf, cap);
+        if (!b) return dsr1_error(DSR1_ERR_NOMEM, "out of memory");
+        s->text_buf = b;
+        s->text_cap = cap;
+    }
+    memcpy(s->text_buf + at, t, len);
+    s->text_buf[at + len] = 0;
+    return DSR1_OK;
+}
+
+/* Samples r's next token from its logit row, sends the DELTA, ends r when it is done. */
+static dsr1_status next_token(dsr1_sched *s, req *r, const float *row)
+{
+    const int n_out = r->n_tokens - r->n_prompt;
+    const dsr1_token_history h = {r->tokens, r->n_prompt, r->tokens + r->n_prompt, n_out};
+    dsr1_sample_result res;
+    dsr1_status st = dsr1_sample(s->sampler, &r->sp, row, &h, (uint64_t)n_out, &res);
+    if (st != DSR1_OK) return st;
+    r->tokens[r->n_tokens++] = res.token;
+    if (r->lp) r->lp[n_out] = res;
+    if (!r->t_first) r->t_first = now_ns();
+
+    dsr1_textout_delta d, tail = {0};
+    if ((st = dsr1_textout_push(r->text, res.token, &d)) != DSR1_OK) return st;
+    const bool length = !d.stopped && n_out + 1 == r->max_tokens;
+    if (length && (st = dsr1_textout_finish(r->text, &tail)) != DSR1_OK) return st;
+    /* text_buf: reasoning, NUL, content (each with the finish tail appended) */
+    const size_t rl = d.reasoning_len + tail.reasoning_len;
+    if ((st = append_text(s, 0, d.reasoning, d.reasoning_len)) != DSR1_OK ||
+        (st = append_text(s, d.reasoning_len, tail.reasoning ? tail.reasoning : "",
+                          tail.reasoning_len)) != DSR1_OK ||
+        (st = append_text(s, rl + 1, d.content, d.content_len)) != DSR1_OK ||
+        (st = append_text(s, rl + 1 + d.content_len, tail.content ? tail.content : "",
+                          tail.content_len)) != DSR1_OK)
+        return st;
+    dsr1_sched_event ev = {DSR1_EV_DELTA, r->id, r->ctx};
+    ev.ids = &res.token;
+    ev.n_ids = 1;
+    ev.reasoning = s->text_buf;
+    ev.reasoning_len = rl;
+    ev.content = s->text_buf + rl + 1;
+    ev.content_len = d.content_len + tail.content_len;
+    ev.logprobs = r->lp ? &res : NULL;
+    r->callback(&ev);
+    if (d.stopped)
+        finish(s, r, DSR1_FINISH_STOP, d.stop_reason, NULL);
+    else if (length)
+        finish(s, r, DSR1_FINISH_LENGTH, NULL, NULL);
+    return DSR1_OK;
+}
+
+/* Records prompt logprobs from the rows of a chunk run with DSR1_LOGITS_ALL. */
+static dsr1_status prompt_logprobs(dsr1_sched *s, req *r, int pos, int chunk, const float *rows)
+{
+    if (r->n_plp == 0) {
+        r->plp[0].token = r->tokens[0]; /* the first token has no logprob: 0 */
+        r->n_plp = 1;
+    }
+    for (int i = 0; i < chunk; i++) {
+        const int p = pos + i + 1; /* row i predicts position p */
+        if (p < r->n_plp || p >= r->n_prompt) continue;
+        dsr1_status st = dsr1_logprobs(s->sampler, rows + (size_t)i * s->p.vocab, r->tokens[p],
+                                       r->sp.top_logprobs, &r->plp[p]);
+        if (st != DSR1_OK) return st;
+        r->n_plp = p + 1;
+    }
+    return DSR1_OK;
+}
+
+/* After a step: commit newly full blocks, record logprobs, sample where a row is due. */
+static void after_step(dsr1_sched *s, int n)
+{
+    const int bt = s->p.exec.block_tokens;
+    size_t row = 0;
+    for (int i = 0; i < n; i++) {
+        const dsr1_seq_step *q = &s->seqs[i];
+        req *r = s->seq_req[i];
+        r->n_computed = q->pos + q->n_tokens;
+        if (s->p.prefix_cache)
+            for (; r->n_committed < r->n_computed / bt; r->n_committed++) {
+                const int k = r->n_committed;
+                dsr1_blocks_commit(s->blocks[r->rank], r->blocks[k], k ? r->blocks[k - 1] : -1,
+                                   r->tokens + (size_t)k * bt);
+            }
+        const float *rows = s->logits + row * (size_t)s->p.vocab;
+        const int n_rows = q->logits == DSR1_LOGITS_ALL ? q->n_tokens : q->logits ? 1 : 0;
+        row += (size_t)n_rows;
+        /* a request whose row cannot be sampled (NaN logits) ends alone with ERROR */
+        dsr1_status st = DSR1_OK;
+        if (q->logits == DSR1_LOGITS_ALL) st = prompt_logprobs(s, r, q->pos, q->n_tokens, rows);
+        if (st == DSR1_OK && n_rows && r->n_computed == r->n_tokens)
+            st = next_token(s, r, rows + (size_t)(n_rows - 1) * s->p.vocab);
+        if (st != DSR1_OK) {
+            char msg[512]; /* callbacks may overwrite the thread's message */
+            snprintf(msg, sizeof(msg), "%s", dsr1_errmsg());
+            DSR1_WARN("sched: request %s: %s", r->id, msg);
+            finish(s, r, DSR1_FINISH_ERROR, NULL, msg);
+        }
+    }
+}
+
+static dsr1_status run_step(dsr1_sched *s, int n)
+{
+    const dsr1_batch probe = {n, s->seqs, NULL};
+    const size_t need = (size_t)dsr1_batch_logit_rows(&probe) * (size_t)s->p.vocab;
+    if (need > s->logits_cap) {
+        float *l = realloc(s->logits, sizeof(float) * need);
+        if (!l) return dsr1_error(DSR1_ERR_NOMEM, "out of memory for %zu logits", need);
+        s->logits = l;
+        s->logits_cap = need;
+    }
+    const dsr1_batch b = {n, s->seqs, s->logits};
+    dsr1_status st = s->p.exec.step(s->p.exec.ctx, &b);
+    if (st != DSR1_OK) return st;
+    s->steps++;
+    after_step(s, n);
+    return DSR1_OK;
+}
+
+/* An executor failure: every request ends with ERROR, new ones are refused. */
+static void fail_all(dsr1_sched *s, const char *why)
+{
+    char msg[512]; /* callbacks may overwrite the thread's message */
+    snprintf(msg, sizeof(msg), "%s", why);
+    DSR1_ERROR("sched: %s; failing every request, the server is unhealthy", msg);
+    pthread_mutex_lock(&s->mu);
+    s->failed = true;
+    s->info.healthy = false;
+    for (int i = 0; i < s->incoming.n; i++) list_push(&s->waiting, s->incoming.v[i]);
+    s->incoming.n = 0;
+    pthread_mutex_unlock(&s->mu);
+    while (s->running.n) finish(s, s->running.v[0], DSR1_FINISH_ERROR, NULL, msg);
+    while (s->waiting.n) finish(s, s->waiting.v[0], DSR1_FINISH_ERROR, NULL, msg);
+}
+
+static void publish_info(dsr1_sched *s)
+{
+    dsr1_sched_info in = {0};
+    in.queued = s->waiting.n;
+    in.running = s->running.n;
+    in.block_tokens = s->p.exec.block_tokens;
+    in.requests_finished = s->finished;
+    in.preemptions = s->preemptions;
+    in.steps = s->steps;
+    in.n_ranks = s->p.exec.n_ranks;
+    for (int k = 0; k < s->p.exec.n_ranks; k++) {
+        const dsr1_blocks *b = s->blocks[k];
+        in.blocks_total += dsr1_blocks_total(b);
+        in.blocks_used += dsr1_blocks_used(b);
+        in.blocks_cached += dsr1_blocks_cached(b);
+        if (k < 64)
+            in.ranks[k] = (dsr1_sched_rank_info){k, s->rank_running[k], dsr1_blocks_total(b),
+                                                 dsr1_blocks_used(b), dsr1_blocks_cached(b)};
+    }
+    pthread_mutex_lock(&s->mu);
+    in.healthy = !s->failed;
+    s->info = in;
+    pthread_mutex_unlock(&s->mu);
+}
+
+static void *sched_main(void *arg)
+{
+    dsr1_sched *s = arg;
+    for (;;) {
+        take_in(s);
+        publish_info(s);
+        pthread_mutex_lock(&s->mu);
+        const bool stop = s->stop;
+        pthread_mutex_unlock(&s->mu);
+        if (stop) break;
+        const int n = s->failed ? 0 : plan(s);
+        if (n > 0) {
+            if (run_step(s, n) != DSR1_OK) fail_all(s, dsr1_errmsg());
+            continue;
+        }
+        /* idle: wait for a submission or abort, waking now and then for deadlines */
+        pthread_mutex_lock(&s->mu);
+        if (!s->stop && s->incoming.n == 0) {
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_nsec += 20 * 1000000;
+            if (ts.tv_nsec >= 1000000000) {
+                ts.tv_sec++;
+                ts.tv_nsec -= 1000000000;
+            }
+            pthread_cond_timedwait(&s->cv, &s->mu, &ts);
+        }
+        pthread_mutex_unlock(&s->mu);
+    }
+    /* shutting down: everything still live ends with ABORT */
+    pthread_mutex_lock(&s->mu);
+    for (int i = 0; i < s->live.n; i++) {
+        s->live.v[i]->aborted = true;
+        s->live.v[i]->abort_why = "the server is shutting down";
+    }
+    pthread_mutex_unlock(&s->mu);
+    take_in(s);
+    return NULL;
+}
+
+/* ---- lifetime ------------------------------------------------------------------------------ */
+
+static void sched_free(dsr1_sched *s)
+{
+    if (s->blocks)
+        for (int k = 0; k < s->p.exec.n_ranks; k++) dsr1_blocks_destroy(s->blocks[k]);
+    free(s->blocks);
+    free(s->rank_running);
+    dsr1_sampler_destroy(s->sampler);
+    free(s->incoming.v);
+    free(s->live.v);
+    free(s->waiting.v);
+    free(s->running.v);
+    free(s->seqs);
+    free(s->seq_req);
+    free(s->logits);
+    free(s->text_buf);
+    pthread_mutex_destroy(&s->mu);
+    pthread_cond_destroy(&s->cv);
+    free(s);
+}
+
+dsr1_status dsr1_sched_create(const dsr1_sched_params *p, dsr1_sched **out)
+{
+    const dsr1_executor *x = &p->exec;
+    if (!x->step || x->n_ranks < 1 || x->blocks_per_rank < 1 || x->block_tokens < 1 || !p->tok ||
+        p->vocab < 1 || p->max_context < 1 || p->step_tokens < 1 || p->max_running < 1 ||
+        p->max_queued < 1)
+        return dsr1_error(DSR1_ERR_INVALID_ARG,
+                          "scheduler: bad parameters (ranks %d, blocks %d x %d tokens, vocab %d, "
+                          "context %d, step tokens %d, running %d, queued %d, tokenizer %s)",
+                          x->n_ranks, x->blocks_per_rank, x->block_tokens, p->vocab, p->max_context,
+                          p->step_tokens, p->max_running, p->max_queued, p->tok ? "yes" : "none");
+    dsr1_sched *s = calloc(1, sizeof(*s));
+    if (!s) return dsr1_error(DSR1_ERR_NOMEM, "out of memory");
+    s->p = *p;
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_cond_init(&s->cv, NULL);
+    dsr1_status st = DSR1_OK;
+    s->blocks = calloc((size_t)x->n_ranks, sizeof(*s->blocks));
+    s->rank_running = calloc((size_t)x->n_ranks, sizeof(int));
+    /* a step holds at most one sequence per running request */
+    s->seqs = malloc(sizeof(*s->seqs) * (size_t)p->max_running);
+    s->seq_req = malloc(sizeof(*s->seq_req) * (size_t)p->max_running);
+    if (!s->blocks || !s->rank_running || !s->seqs || !s->seq_req)
+        st = dsr1_error(DSR1_ERR_NOMEM, "out of memory");
+    for (int k = 0; st == DSR1_OK && k < x->n_ranks; k++)
+        st = dsr1_blocks_create(x->blocks_per_rank, x->block_tokens, &s->blocks[k]);
+    if (st == DSR1_OK) st = dsr1_sampler_create(p->vocab, &s->sampler);
+    if (st == DSR1_OK) {
+        publish_info(s);
+        if (pthread_create(&s->thread, NULL, sched_main, s) != 0)
+            st = dsr1_error(DSR1_ERR_INTERNAL, "cannot start the scheduler thread");
+    }
+    if (st != DSR1_OK) {
+        sched_free(s);
+        return st;
+    }
+    DSR1_INFO("sched: %d rank(s) x %d blocks of %d tokens, step budget %d tokens, up to %d "
+              "running and %d queued requests, prefix cache %s",
+              x->n_ranks, x->blocks_per_rank, x->block_tokens, p->step_tokens, p->max_running,
+              p->max_queued, p->prefix_cache ? "on" : "off");
+    *out = s;
+    return DSR1_OK;
+}
+
+void dsr1_sched_destroy(dsr1_sched *s)
+{
+    if (!s) return;
+    pthread_mutex_lock(&s->mu);
+    s->stop = true;
+    pthread_cond_signal(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+    pthread_join(s->thread, NULL);
+    sched_free(s);
+}
