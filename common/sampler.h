@@ -57,9 +57,9 @@ typedef struct {
 } dsr1_logprob;
 
 typedef struct {
-    int32_t token;  /* the sampled id */
-    float logprob;  /* of `token` under the raw logits */
-    int n_top;      /* = params.top_logprobs */
+    int32_t token; /* the sampled id */
+    float logprob; /* of `token` under the raw logits */
+    int n_top;     /* = params.top_logprobs (the vocabulary size if smaller) */
     dsr1_logprob top[DSR1_MAX_TOP_LOGPROBS]; /* most likely first (raw logits; ties: lower id) */
 } dsr1_sample_result;
 
@@ -69,7 +69,8 @@ dsr1_status dsr1_sampler_create(int vocab, dsr1_sampler **out);
 void dsr1_sampler_destroy(dsr1_sampler *s);
 
 /* Samples step `step` (0 for the first generated token) of a request from its logit row
- * (vocab floats; not modified). */
+ * (vocab floats; not modified). h may be NULL (no history). A row with a NaN or +inf logit,
+ * or with no finite one, is DSR1_ERR_RANGE; so is a history id outside the vocabulary. */
 dsr1_status dsr1_sample(dsr1_sampler *s, const dsr1_sampling *p, const float *logits,
                         const dsr1_token_history *h, uint64_t step, dsr1_sample_result *out);
 
@@ -77,5 +78,10 @@ dsr1_status dsr1_sample(dsr1_sampler *s, const dsr1_sampling *p, const float *lo
  * logprobs). */
 dsr1_status dsr1_logprobs(dsr1_sampler *s, const float *logits, int32_t token, int n_top,
                           dsr1_sample_result *out);
+
+/* The number in [0, 1) that step `step` of a request with this seed draws with: the top 53
+ * bits of output step + 1 of SplitMix64 started from the state mix(seed) (mix: SplitMix64's
+ * output function). A pure function of (seed, step), the same on every machine. */
+double dsr1_sample_uniform(uint64_t seed, uint64_t step);
 
 #endif

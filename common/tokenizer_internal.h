@@ -2,8 +2,8 @@
  * tokenizer_encode.c runs the pipeline, tokenizer_bpe.c merges, tokenizer_pretok.c runs
  * the Split regexes, tokenizer_added.c finds added tokens, tokenizer_utf8.c checks and
  * repairs UTF-8, tokenizer_map.c hashes). Not a public interface: only these files, the
- * detokenizer and the tokenizer's tests include it. Everything here is immutable after
- * load, which is what makes concurrent encodes safe. */
+ * detokenizer, textout.c (UTF-8 checks) and the tokenizer's tests include it. Everything
+ * here is immutable after load, which is what makes concurrent encodes safe. */
 #ifndef DSR1_TOKENIZER_INTERNAL_H
 #define DSR1_TOKENIZER_INTERNAL_H
 

@@ -45,6 +45,11 @@ typedef struct req {
     const char *abort_why;
 } req;
 
+typedef struct {
+    char *p;
+    size_t len, cap;
+} text_buf;
+
 /* A growable array of request pointers. */
 typedef struct {
     req **v;
@@ -70,8 +75,7 @@ struct dsr1_sched {
     req **seq_req;
     float *logits;
     size_t logits_cap;
-    char *text_buf;
-    size_t text_cap;
+    text_buf reasoning, content; /* a delta's text */
 };
 
 static int64_t now_ns(void)
@@ -463,18 +467,27 @@ static int plan(dsr1_sched *s)
     return n;
 }
 
-static dsr1_status append_text(dsr1_sched *s, size_t at, const char *t, size_t len)
+/* Appends len bytes to a growable NUL-terminated buffer. */
+static dsr1_status buf_append(text_buf *b, const char *t, size_t len)
 {
-    if (at + len + 1 > s->text_cap) {
-        size_t cap = 2 * (at + len + 1) + 256;
-        char *b = realloc(s->text_buf, cap);
-        if (!b) return dsr1_error(DSR1_ERR_NOMEM, "out of memory");
-        s->text_buf = b;
-        s->text_cap = cap;
+    if (b->len + len + 1 > b->cap) {
+        size_t cap = 2 * (b->len + len + 1) + 256;
+        char *p = realloc(b->p, cap);
+        if (!p) return dsr1_error(DSR1_ERR_NOMEM, "out of memory");
+        b->p = p;
+        b->cap = cap;
     }
-    memcpy(s->text_buf + at, t, len);
-    s->text_buf[at + len] = 0;
+    if (len) memcpy(b->p + b->len, t, len);
+    b->len += len;
+    b->p[b->len] = 0;
     return DSR1_OK;
+}
+
+/* Copies a textout delta's text out (it lives only until the textout's next call). */
+static dsr1_status take_text(dsr1_sched *s, const dsr1_textout_delta *d)
+{
+    dsr1_status st = buf_append(&s->reasoning, d->reasoning, d->reasoning_len);
+    return st == DSR1_OK ? buf_append(&s->content, d->content, d->content_len) : st;
 }
 
 /* Samples r's next token from its logit row, sends the DELTA, ends r when it is done. */
@@ -489,26 +502,20 @@ static dsr1_status next_token(dsr1_sched *s, req *r, const float *row)
     if (r->lp) r->lp[n_out] = res;
     if (!r->t_first) r->t_first = now_ns();
 
-    dsr1_textout_delta d, tail = {0};
-    if ((st = dsr1_textout_push(r->text, res.token, &d)) != DSR1_OK) return st;
+    dsr1_textout_delta d, tail;
+    s->reasoning.len = s->content.len = 0;
+    if ((st = dsr1_textout_push(r->text, res.token, &d)) != DSR1_OK || (st = take_text(s, &d)))
+        return st;
     const bool length = !d.stopped && n_out + 1 == r->max_tokens;
-    if (length && (st = dsr1_textout_finish(r->text, &tail)) != DSR1_OK) return st;
-    /* text_buf: reasoning, NUL, content (each with the finish tail appended) */
-    const size_t rl = d.reasoning_len + tail.reasoning_len;
-    if ((st = append_text(s, 0, d.reasoning, d.reasoning_len)) != DSR1_OK ||
-        (st = append_text(s, d.reasoning_len, tail.reasoning ? tail.reasoning : "",
-                          tail.reasoning_len)) != DSR1_OK ||
-        (st = append_text(s, rl + 1, d.content, d.content_len)) != DSR1_OK ||
-        (st = append_text(s, rl + 1 + d.content_len, tail.content ? tail.content : "",
-                          tail.content_len)) != DSR1_OK)
+    if (length && ((st = dsr1_textout_finish(r->text, &tail)) || (st = take_text(s, &tail))))
         return st;
     dsr1_sched_event ev = {DSR1_EV_DELTA, r->id, r->ctx};
     ev.ids = &res.token;
     ev.n_ids = 1;
-    ev.reasoning = s->text_buf;
-    ev.reasoning_len = rl;
-    ev.content = s->text_buf + rl + 1;
-    ev.content_len = d.content_len + tail.content_len;
+    ev.reasoning = s->reasoning.p;
+    ev.reasoning_len = s->reasoning.len;
+    ev.content = s->content.p;
+    ev.content_len = s->content.len;
     ev.logprobs = r->lp ? &res : NULL;
     r->callback(&ev);
     if (d.stopped)
@@ -683,7 +690,8 @@ static void sched_free(dsr1_sched *s)
     free(s->seqs);
     free(s->seq_req);
     free(s->logits);
-    free(s->text_buf);
+    free(s->reasoning.p);
+    free(s->content.p);
     pthread_mutex_destroy(&s->mu);
     pthread_cond_destroy(&s->cv);
     free(s);
