@@ -12,7 +12,7 @@
 #include "wire.h"
 
 #define HELLO_MAGIC  UINT64_C(0x4f4c454831525344) /* "DSR1HELO" little-endian */
-#define HELLO_BYTES  64
+#define HELLO_BYTES  72
 #define VERDICT_TEXT 480
 #define SUMMARY_TEXT 3000
 
@@ -122,7 +122,7 @@ dsr1_status dsr1_hello_check(const dsr1_hello *co, const dsr1_hello *me)
 /* ---- packing ----------------------------------------------------------------------- */
 
 /* magic 8 | protocol, workers, pp, n_slots, max_tokens, timeout_ms, dummy, 0 (4 each) |
- * seed, config_hash, placement_hash (8 each) */
+ * seed, config_hash, placement_hash (8 each) | kv_blocks, block_tokens (4 each) */
 static void hello_pack(const dsr1_hello *h, unsigned char *b)
 {
     dsr1_put_le64(b, HELLO_MAGIC);
@@ -138,6 +138,8 @@ static void hello_pack(const dsr1_hello *h, unsigned char *b)
     dsr1_put_le64(b + 40, h->seed);
     dsr1_put_le64(b + 48, h->config_hash);
     dsr1_put_le64(b + 56, h->placement_hash);
+    dsr1_put_le32(b + 64, (uint32_t)h->kv_blocks);
+    dsr1_put_le32(b + 68, (uint32_t)h->block_tokens);
 }
 
 static dsr1_status hello_unpack(const unsigned char *b, int mpi_size, dsr1_hello *out)
@@ -148,7 +150,8 @@ static dsr1_status hello_unpack(const unsigned char *b, int mpi_size, dsr1_hello
                     (int32_t)dsr1_get_le32(b + 16), (int32_t)dsr1_get_le32(b + 20),
                     (int32_t)dsr1_get_le32(b + 24), (int32_t)dsr1_get_le32(b + 28),
                     (int32_t)dsr1_get_le32(b + 32), dsr1_get_le64(b + 40),
-                    dsr1_get_le64(b + 48),          dsr1_get_le64(b + 56)};
+                    dsr1_get_le64(b + 48),          dsr1_get_le64(b + 56),
+                    (int32_t)dsr1_get_le32(b + 64), (int32_t)dsr1_get_le32(b + 68)};
     if (dsr1_get_le32(b + 36) != 0 || h.dummy < 0 || h.dummy > 1)
         return dsr1_error(DSR1_ERR_FORMAT, "malformed hello from the coordinator");
     if (h.workers != mpi_size - 1 || h.pp < 1 || h.workers % h.pp)
@@ -156,12 +159,15 @@ static dsr1_status hello_unpack(const unsigned char *b, int mpi_size, dsr1_hello
                           "the coordinator announces %d workers in %d stages, but the job "
                           "has %d worker ranks",
                           h.workers, h.pp, mpi_size - 1);
-    if (h.n_slots < 1 || h.n_slots > (1 << 20) || h.max_tokens < 1 ||
-        h.max_tokens > DSR1_WIRE_MAX_TOKENS || h.timeout_ms < 0)
+    const int paged = h.kv_blocks > 0;
+    if (h.kv_blocks < 0 || (paged && h.block_tokens < 1) ||
+        (!paged && (h.n_slots < 1 || h.n_slots > (1 << 20) || h.max_tokens < 1 ||
+                    h.max_tokens > DSR1_WIRE_MAX_TOKENS)) ||
+        h.timeout_ms < 0)
         return dsr1_error(DSR1_ERR_FORMAT,
                           "the coordinator's hello is out of range (%d slots of %d tokens, "
-                          "timeout %d ms)",
-                          h.n_slots, h.max_tokens, h.timeout_ms);
+                          "%d cache blocks of %d tokens, timeout %d ms)",
+                          h.n_slots, h.max_tokens, h.kv_blocks, h.block_tokens, h.timeout_ms);
     *out = h;
     return DSR1_OK;
 }

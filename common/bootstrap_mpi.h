@@ -50,7 +50,7 @@ static inline int dsr1_ep_timeout(int world_timeout_ms)
     return world_timeout_ms > 0 ? world_timeout_ms - world_timeout_ms / 4 : world_timeout_ms;
 }
 
-/* What the coordinator announces and every worker must match. Travels packed, 64 bytes,
+/* What the coordinator announces and every worker must match. Travels packed, 72 bytes,
  * little-endian, behind a magic. */
 typedef struct {
     uint32_t protocol;   /* DSR1_WIRE_VERSION */
@@ -62,6 +62,8 @@ typedef struct {
     uint64_t seed;
     uint64_t config_hash;    /* dsr1_config_hash of the model config */
     uint64_t placement_hash; /* dsr1_placement_hash of the expert -> EP rank table */
+    int32_t kv_blocks;       /* > 0: paged cache blocks per worker (n_slots, max_tokens unused) */
+    int32_t block_tokens;    /* tokens per cache block when paged */
 } dsr1_hello;
 
 /* FNV-1a over every field of the config, by value (independent of struct layout). */

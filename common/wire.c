@@ -64,32 +64,49 @@ dsr1_status dsr1_wire_simple_encode(dsr1_msg_type type, uint64_t step, const voi
     return DSR1_OK;
 }
 
+/* STEP body: three counts, the sequence records, the token ids, the block ids */
+#define STEP_COUNTS 12
+
+static size_t step_body_bytes(int64_t n_seqs, int64_t n_tokens, int64_t n_block_ids)
+{
+    return STEP_COUNTS + sizeof(dsr1_wire_seq) * (size_t)n_seqs + 4 * (size_t)n_tokens +
+           4 * (size_t)n_block_ids;
+}
+
 dsr1_status dsr1_wire_step_encode(uint64_t step, int n_seqs, const dsr1_wire_seq *seqs,
-                                  const int32_t *tokens, void **msg, size_t *len)
+                                  const int32_t *tokens, const int32_t *blocks, void **msg,
+                                  size_t *len)
 {
     if (n_seqs < 0 || n_seqs > DSR1_WIRE_MAX_SEQS)
         return dsr1_error(DSR1_ERR_RANGE, "step of %d sequences", n_seqs);
-    int64_t nt = 0;
-    for (int i = 0; i < n_seqs; i++) nt += seqs[i].n_tokens;
-    if (nt > DSR1_WIRE_MAX_TOKENS)
-        return dsr1_error(DSR1_ERR_RANGE, "step of %lld tokens", (long long)nt);
-    const size_t body = 8 + sizeof(dsr1_wire_seq) * (size_t)n_seqs + 4 * (size_t)nt;
-    unsigned char *p = malloc(DSR1_WIRE_HEADER + body);
+    int64_t nt = 0, nb = 0;
+    for (int i = 0; i < n_seqs; i++) {
+        if (seqs[i].n_blocks < 0)
+            return dsr1_error(DSR1_ERR_RANGE, "sequence %d: block table of %d blocks", i,
+                              seqs[i].n_blocks);
+        nt += seqs[i].n_tokens;
+        nb += seqs[i].n_blocks;
+    }
+    if (nt > DSR1_WIRE_MAX_TOKENS || nb > DSR1_WIRE_MAX_BLOCKS)
+        return dsr1_error(DSR1_ERR_RANGE, "step of %lld tokens and %lld cache blocks",
+                          (long long)nt, (long long)nb);
+    const size_t body = step_body_bytes(n_seqs, nt, nb);
+    unsigned char *p = malloc(DSR1_WIRE_HEADER + body), *o = p + DSR1_WIRE_HEADER;
     if (!p) return dsr1_error(DSR1_ERR_NOMEM, "out of memory");
     put_header(p, DSR1_MSG_STEP, step, (uint32_t)body);
-    int32_t counts[2] = {n_seqs, (int32_t)nt};
-    memcpy(p + DSR1_WIRE_HEADER, counts, 8);
-    if (n_seqs) memcpy(p + DSR1_WIRE_HEADER + 8, seqs, sizeof(dsr1_wire_seq) * (size_t)n_seqs);
-    if (nt)
-        memcpy(p + DSR1_WIRE_HEADER + 8 + sizeof(dsr1_wire_seq) * (size_t)n_seqs, tokens,
-               4 * (size_t)nt);
+    const int32_t counts[3] = {n_seqs, (int32_t)nt, (int32_t)nb};
+    memcpy(o, counts, STEP_COUNTS);
+    o += STEP_COUNTS;
+    if (n_seqs) memcpy(o, seqs, sizeof(dsr1_wire_seq) * (size_t)n_seqs);
+    o += sizeof(dsr1_wire_seq) * (size_t)n_seqs;
+    if (nt) memcpy(o, tokens, 4 * (size_t)nt);
+    if (nb) memcpy(o + 4 * (size_t)nt, blocks, 4 * (size_t)nb);
     *msg = p;
     *len = DSR1_WIRE_HEADER + body;
     return DSR1_OK;
 }
 
-dsr1_status dsr1_wire_step_decode(const void *msg, size_t len, uint64_t *step, int *n_seqs,
-                                  const dsr1_wire_seq **seqs, int *n_tokens, const int32_t **tokens)
+dsr1_status dsr1_wire_step_decode(const void *msg, size_t len, uint64_t *step, dsr1_wire_step *plan)
 {
     dsr1_wire_header h;
     dsr1_status st = dsr1_wire_header_decode(msg, len, &h);
@@ -97,38 +114,42 @@ dsr1_status dsr1_wire_step_decode(const void *msg, size_t len, uint64_t *step, i
     if (h.type != DSR1_MSG_STEP)
         return dsr1_error(DSR1_ERR_FORMAT, "expected a STEP message, got type %u", h.type);
     const unsigned char *b = (const unsigned char *)msg + DSR1_WIRE_HEADER;
-    if (h.body_bytes < 8)
+    if (h.body_bytes < STEP_COUNTS)
         return dsr1_error(DSR1_ERR_FORMAT, "STEP body of %u bytes is truncated", h.body_bytes);
-    int32_t counts[2];
-    memcpy(counts, b, 8);
+    int32_t counts[3];
+    memcpy(counts, b, STEP_COUNTS);
     if (counts[0] < 0 || counts[0] > DSR1_WIRE_MAX_SEQS || counts[1] < 0 ||
-        counts[1] > DSR1_WIRE_MAX_TOKENS)
-        return dsr1_error(DSR1_ERR_FORMAT, "STEP with %d sequences and %d tokens is out of bounds",
-                          counts[0], counts[1]);
-    const size_t want = 8 + sizeof(dsr1_wire_seq) * (size_t)counts[0] + 4 * (size_t)counts[1];
+        counts[1] > DSR1_WIRE_MAX_TOKENS || counts[2] < 0 || counts[2] > DSR1_WIRE_MAX_BLOCKS)
+        return dsr1_error(DSR1_ERR_FORMAT,
+                          "STEP with %d sequences, %d tokens and %d cache blocks is out of bounds",
+                          counts[0], counts[1], counts[2]);
+    const size_t want = step_body_bytes(counts[0], counts[1], counts[2]);
     if (want != h.body_bytes)
         return dsr1_error(DSR1_ERR_FORMAT,
-                          "STEP body is %u bytes; %d sequences and %d tokens need %zu",
-                          h.body_bytes, counts[0], counts[1], want);
-    const dsr1_wire_seq *s = (const dsr1_wire_seq *)(b + 8);
-    int64_t sum = 0;
+                          "STEP body is %u bytes; %d sequences, %d tokens and %d cache blocks "
+                          "need %zu",
+                          h.body_bytes, counts[0], counts[1], counts[2], want);
+    const dsr1_wire_seq *s = (const dsr1_wire_seq *)(b + STEP_COUNTS);
+    int64_t sum = 0, blocks = 0;
     for (int i = 0; i < counts[0]; i++) {
         if (s[i].n_tokens < 1 || s[i].pos < 0 || s[i].slot < 0 || s[i].logits < 0 ||
-            s[i].logits > 2)
-            return dsr1_error(
-                DSR1_ERR_FORMAT,
-                "STEP sequence %d is malformed (slot %d, pos %d, %d tokens, logits %d)", i,
-                s[i].slot, s[i].pos, s[i].n_tokens, s[i].logits);
+            s[i].logits > 2 || s[i].n_blocks < 0)
+            return dsr1_error(DSR1_ERR_FORMAT,
+                              "STEP sequence %d is malformed (slot %d, pos %d, %d tokens, logits "
+                              "%d, %d cache blocks)",
+                              i, s[i].slot, s[i].pos, s[i].n_tokens, s[i].logits, s[i].n_blocks);
         sum += s[i].n_tokens;
+        blocks += s[i].n_blocks;
     }
-    if (sum != counts[1])
-        return dsr1_error(DSR1_ERR_FORMAT, "STEP sequences hold %lld tokens, header says %d",
-                          (long long)sum, counts[1]);
+    if (sum != counts[1] || blocks != counts[2])
+        return dsr1_error(DSR1_ERR_FORMAT,
+                          "STEP sequences hold %lld tokens and %lld cache blocks, header says %d "
+                          "and %d",
+                          (long long)sum, (long long)blocks, counts[1], counts[2]);
+    const int32_t *tokens =
+        (const int32_t *)(b + STEP_COUNTS + sizeof(dsr1_wire_seq) * (size_t)counts[0]);
     *step = h.step;
-    *n_seqs = counts[0];
-    *seqs = s;
-    *n_tokens = counts[1];
-    *tokens = (const int32_t *)(b + 8 + sizeof(dsr1_wire_seq) * (size_t)counts[0]);
+    *plan = (dsr1_wire_step){counts[0], counts[1], counts[2], s, tokens, tokens + counts[1]};
     return DSR1_OK;
 }
 

@@ -135,7 +135,9 @@ static dsr1_status attach_mpi(dsr1_cluster *c, const dsr1_cluster_params *p,
                     p->dummy_cfg != NULL,
                     p->seed,
                     dsr1_config_hash(cfg),
-                    dsr1_placement_hash(owner, cfg->n_routed_experts)};
+                    dsr1_placement_hash(owner, cfg->n_routed_experts),
+                    p->kv_blocks,
+                    p->block_tokens};
     free(owner);
     DSR1_INFO("grid: %d workers = %d pipeline stage(s) x %d expert-parallel rank(s), MPI job of "
               "%d ranks, UCX transport; waiting for the workers to load",
@@ -241,7 +243,9 @@ dsr1_status dsr1_cluster_create(const dsr1_cluster_params *p, dsr1_cluster **out
                                      p->kernels,
                                      threads,
                                      (p->n_slots + c->ep - 1) / c->ep,
-                                     p->max_tokens};
+                                     p->max_tokens,
+                                     p->kv_blocks,
+                                     p->block_tokens};
             dsr1_worker *w = &c->slots[s * c->ep + e].w;
             if ((st = dsr1_worker_init(w, &wp)) != DSR1_OK) goto err;
             w->world = c->world[dsr1_world_rank(s, e, c->ep)];

@@ -5,8 +5,8 @@
  * Grid: pp pipeline stages x ep = workers / pp expert-parallel ranks per stage. Stage s
  * holds layers [s*L/pp, (s+1)*L/pp); EP rank e holds the routed experts the placement
  * table gives it (balanced contiguous blocks by default) plus everything replicated.
- * Sequences are attention-data-parallel: the sequence in cache slot q lives on EP rank
- * q % ep (local slot q / ep) in every stage. */
+ * Sequences are attention-data-parallel (see grid.h): a sequence with a block table lives on
+ * its EP rank, one without, in cache slot q, on EP rank q % ep (local slot q / ep). */
 #ifndef DSR1_CLUSTER_H
 #define DSR1_CLUSTER_H
 
@@ -37,6 +37,11 @@ typedef struct {
     int max_tokens; /* cache capacity per slot */
     int timeout_ms; /* bound on every wait for a peer */
     int transport;  /* dsr1_transport; with MPI, workers may be 0 (taken from the job) */
+    /* > 0: every worker has a paged cache of kv_blocks blocks of block_tokens tokens (its
+     * EP rank's pool; n_slots and max_tokens unused) and every sequence brings its block
+     * table and rank. 0: slot mode (n_slots, max_tokens). */
+    int kv_blocks;
+    int block_tokens;
 } dsr1_cluster_params;
 
 typedef struct dsr1_cluster dsr1_cluster;

@@ -61,45 +61,78 @@ static int seq_rows(const dsr1_seq_step *sq)
     return sq->logits == DSR1_LOGITS_ALL ? sq->n_tokens : sq->logits == DSR1_LOGITS_LAST;
 }
 
+/* The EP rank a sequence lives on: its rank with a block table, else by its slot. */
+static int seq_rank(const dsr1_grid *c, const dsr1_seq_step *sq)
+{
+    return sq->blocks ? sq->rank : sq->slot % c->ep;
+}
+
 /* One STEP plan per EP rank, sent to that rank in every stage. */
 static dsr1_status send_plans(dsr1_grid *c, const dsr1_batch *b, uint64_t step)
 {
-    size_t ntok = 0;
-    for (int q = 0; q < b->n_seqs; q++) ntok += (size_t)b->seqs[q].n_tokens;
+    size_t ntok = 0, nblk = 0;
+    for (int q = 0; q < b->n_seqs; q++) {
+        ntok += (size_t)b->seqs[q].n_tokens;
+        nblk += b->seqs[q].blocks ? (size_t)b->seqs[q].n_blocks : 0;
+    }
     dsr1_wire_seq *ws = malloc(sizeof(*ws) * ((size_t)b->n_seqs + 1));
-    int32_t *tok = malloc(sizeof(int32_t) * (ntok + 1));
+    int32_t *tok = malloc(sizeof(int32_t) * (ntok + 1)),
+            *blk = malloc(sizeof(int32_t) * (nblk + 1));
     dsr1_status st = DSR1_OK;
-    if (!ws || !tok) st = dsr1_error(DSR1_ERR_NOMEM, "out of memory");
+    if (!ws || !tok || !blk) st = dsr1_error(DSR1_ERR_NOMEM, "out of memory");
     for (int e = 0; e < c->ep && st == DSR1_OK; e++) {
         int n = 0;
-        size_t nt = 0;
+        size_t nt = 0, nb = 0;
         for (int q = 0; q < b->n_seqs; q++) {
             const dsr1_seq_step *sq = &b->seqs[q];
-            if (sq->slot % c->ep != e) continue;
-            ws[n++] = (dsr1_wire_seq){sq->slot / c->ep, sq->pos, sq->n_tokens, sq->logits};
+            if (seq_rank(c, sq) != e) continue;
+            const int n_blocks = sq->blocks ? sq->n_blocks : 0;
+            ws[n++] = (dsr1_wire_seq){sq->blocks ? 0 : sq->slot / c->ep, sq->pos, sq->n_tokens,
+                                      sq->logits, n_blocks};
             memcpy(tok + nt, sq->tokens, sizeof(int32_t) * (size_t)sq->n_tokens);
             nt += (size_t)sq->n_tokens;
+            if (n_blocks) memcpy(blk + nb, sq->blocks, sizeof(int32_t) * (size_t)n_blocks);
+            nb += (size_t)n_blocks;
         }
         void *msg;
         size_t len;
-        if ((st = dsr1_wire_step_encode(step, n, ws, tok, &msg, &len)) != DSR1_OK) break;
+        if ((st = dsr1_wire_step_encode(step, n, ws, tok, blk, &msg, &len)) != DSR1_OK) break;
         for (int s = 0; s < c->pp && st == DSR1_OK; s++)
             st = dsr1_comm_send(c->world, dsr1_world_rank(s, e, c->ep), DSR1_TAG_CTRL, msg, len);
         free(msg);
     }
     free(ws);
     free(tok);
+    free(blk);
     return st;
+}
+
+/* What the coordinator needs to route each sequence (the workers check the rest). */
+static dsr1_status check_routes(const dsr1_grid *c, const dsr1_batch *b)
+{
+    for (int q = 0; q < b->n_seqs; q++) {
+        const dsr1_seq_step *sq = &b->seqs[q];
+        if (sq->n_tokens < 1)
+            return dsr1_error(DSR1_ERR_RANGE, "sequence %d: %d tokens", q, sq->n_tokens);
+        if (!sq->blocks && sq->slot < 0)
+            return dsr1_error(DSR1_ERR_RANGE, "sequence %d: cache slot %d", q, sq->slot);
+        if (sq->blocks && (sq->rank < 0 || sq->rank >= c->ep))
+            return dsr1_error(DSR1_ERR_RANGE,
+                              "sequence %d: attention data-parallel rank %d outside [0, %d)", q,
+                              sq->rank, c->ep);
+        if (sq->blocks && sq->n_blocks < 1)
+            return dsr1_error(DSR1_ERR_RANGE, "sequence %d: block table of %d blocks", q,
+                              sq->n_blocks);
+    }
+    return DSR1_OK;
 }
 
 dsr1_status dsr1_grid_submit(dsr1_grid *c, const dsr1_batch *b, uint64_t *step_out)
 {
     if (c->broken)
         return dsr1_error(DSR1_ERR_IO, "the worker grid failed earlier and cannot run steps");
-    for (int q = 0; q < b->n_seqs; q++)
-        if (b->seqs[q].slot < 0 || b->seqs[q].n_tokens < 1)
-            return dsr1_error(DSR1_ERR_RANGE, "sequence %d: cache slot %d, %d tokens", q,
-                              b->seqs[q].slot, b->seqs[q].n_tokens);
+    dsr1_status st = check_routes(c, b);
+    if (st != DSR1_OK) return st;
     if (c->nq == c->cap) {
         int cap = c->cap ? 2 * c->cap : 8;
         inflight *g = realloc(c->q, sizeof(*g) * (size_t)cap);
@@ -120,8 +153,7 @@ dsr1_status dsr1_grid_submit(dsr1_grid *c, const dsr1_batch *b, uint64_t *step_o
     for (int q = 0, r = 0; q < b->n_seqs; r += seq_rows(&b->seqs[q]), q++) f->row_of[q] = r;
     f->step = ++c->step;
     c->nq++;
-    dsr1_status st = send_plans(c, b, f->step);
-    if (st != DSR1_OK) return fail(c, st);
+    if ((st = send_plans(c, b, f->step)) != DSR1_OK) return fail(c, st);
     if (step_out) *step_out = f->step;
     return DSR1_OK;
 }
@@ -138,7 +170,7 @@ static dsr1_status take_logits(dsr1_grid *c, inflight *f, int e, int src, const 
     int r = 0;
     for (int q = 0; q < b->n_seqs; q++) {
         const dsr1_seq_step *sq = &b->seqs[q];
-        if (sq->slot % c->ep != e) continue;
+        if (seq_rank(c, sq) != e) continue;
         const int n = seq_rows(sq);
         if (r + n > rows || vocab != c->vocab)
             return dsr1_error(DSR1_ERR_FORMAT,

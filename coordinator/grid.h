@@ -4,8 +4,9 @@
  * gathers the logit rows from the last stage. How the workers were started (threads of
  * this process, or mpirun/Slurm processes) does not matter here.
  *
- * Sequences are attention-data-parallel: the sequence in cache slot q lives on EP rank
- * q % ep (local slot q / ep) in every stage. */
+ * Sequences are attention-data-parallel, each on one EP rank in every stage: a sequence
+ * with a block table on its `rank` (the table names blocks of that rank's cache pool), one
+ * without in cache slot q on EP rank q % ep (local slot q / ep). */
 #ifndef DSR1_GRID_H
 #define DSR1_GRID_H
 

@@ -27,6 +27,15 @@ typedef struct {
     const float *scale; /* F8 only: [ceil(rows/128)][ceil(cols/128)] (weight_scale_inv) */
 } dsr1_linear;
 
+/* One routed expert of a grouped FFN call (expert_ffn): its weights and the tokens routed
+ * to it. */
+typedef struct {
+    const dsr1_linear *gate, *up, *down; /* gate, up: [inter][in]; down: [out][inter] */
+    int n;                               /* tokens routed to the expert (0 is allowed) */
+    const int *rows;                     /* [n] their rows in x and y */
+    const float *weight;                 /* [n] their routing weights */
+} dsr1_expert;
+
 typedef struct dsr1_kernels {
     const char *name;
     /* y[i][ldy-strided: r - r0] = sum_k x[i][k] W[r][k], for i < m, r in [r0, r1).
@@ -42,13 +51,26 @@ typedef struct dsr1_kernels {
                     float eps, float *y, int ldy);
     /* Absorbed MLA attention of one sequence's t new tokens, at positions pos0..pos0+t-1,
      * against its compressed cache rows kv[0 .. pos0+t) (each: kvl latent values, then rope
-     * values; row stride ld_kv), causal. For token i, head h:
+     * values), causal. The cache is paged and read in place: row j is row j % block_tokens
+     * of block j / block_tokens, i.e. kv[j] = kv_blocks[j / block_tokens] +
+     * (j % block_tokens) * ld_kv (kv_blocks: the first row of each of the sequence's
+     * blocks, ceil((pos0 + t) / block_tokens) of them). For token i, head h:
      *   s(j) = scale * (q_abs[i][h] . kv[j][:kvl] + q_pe[i][h] . kv[j][kvl:]),  j <= pos0+i
      *   out[i][h] = sum_j softmax(s)(j) kv[j][:kvl]
-     * q_abs: [t][heads][kvl], q_pe: [t][heads][rope], out: [t][heads][kvl]. */
+     * q_abs: [t][heads][kvl], q_pe: [t][heads][rope], out: [t][heads][kvl]. The result does
+     * not depend on how the rows are split into blocks. */
     void (*mla_attention)(dsr1_pool *pool, int t, int heads, int kvl, int rope, const float *q_abs,
-                          const float *q_pe, const float *kv, int ld_kv, int pos0, float scale,
-                          float *out);
+                          const float *q_pe, const float *const *kv_blocks, int block_tokens,
+                          int ld_kv, int pos0, float scale, float *out);
+    /* The routed experts of one MoE layer in one call: for e = 0 .. ne-1 in that order, and
+     * each token t routed to ex[e],
+     *   y[t] += weight * down(silu(gate x[t]) * up x[t]),   silu(g) = g / (1 + e^-g),
+     * with every product computed as this variant's `linear` computes it, so that the result
+     * is bit-identical to running the experts one after another. All experts share the
+     * widths of x (gate/up cols) and y (down rows); x has row stride ldx, y ldy.
+     * DSR1_ERR_INVALID_ARG for mismatched shapes, DSR1_ERR_NOMEM; y is unchanged then. */
+    dsr1_status (*expert_ffn)(dsr1_pool *pool, const dsr1_expert *ex, int ne, const float *x,
+                              int ldx, float *y, int ldy);
 } dsr1_kernels;
 
 const dsr1_kernels *dsr1_kernels_portable(void);

@@ -85,7 +85,9 @@ static dsr1_status prepare(const options *o, const dsr1_hello *h, int rank, cons
                        o->dummy,
                        o->seed,
                        dsr1_config_hash(cfg),
-                       dsr1_placement_hash(owner, cfg->n_routed_experts)};
+                       dsr1_placement_hash(owner, cfg->n_routed_experts),
+                       h->kv_blocks,
+                       h->block_tokens};
     free(owner);
     dsr1_status st = dsr1_hello_check(h, &mine);
     if (st != DSR1_OK) return st;
@@ -101,7 +103,9 @@ static dsr1_status prepare(const options *o, const dsr1_hello *h, int rank, cons
                              k,
                              o->threads > 0 ? o->threads : default_threads(),
                              (h->n_slots + ep - 1) / ep,
-                             h->max_tokens};
+                             h->max_tokens,
+                             h->kv_blocks,
+                             h->block_tokens};
     return dsr1_worker_init(w, &wp);
 }
 

@@ -6,6 +6,7 @@
  * and the attention-weighted latent vector is expanded with Wv_h only at the end. */
 #include "forward.h"
 
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -20,26 +21,67 @@ struct dsr1_engine {
     dsr1_pool *pool;
     dsr1_kv_cache *cache;
     dsr1_rope rope;
+    int max_step_tokens;
+    /* slot mode: slot q owns block slot_block[q] = q; n_slots 0: paged */
+    int n_slots;
+    int32_t *slot_block;
+    /* validation marks per block (see validate): seen by the table walk with this stamp;
+     * written in the step with this stamp, by sequence writer[] */
+    uint64_t stamp, *seen, *written;
+    int *writer;
 };
 
-dsr1_status dsr1_engine_create(const dsr1_weights *w, const dsr1_kernels *k, dsr1_pool *pool,
-                               int n_slots, int max_tokens, dsr1_engine **out)
+static dsr1_status engine_new(const dsr1_weights *w, const dsr1_kernels *k, dsr1_pool *pool,
+                              int n_blocks, int block_tokens, int max_step_tokens, int n_slots,
+                              dsr1_engine **out)
 {
     dsr1_engine *e = calloc(1, sizeof(*e));
     if (!e) return dsr1_error(DSR1_ERR_NOMEM, "out of memory");
     e->w = w;
     e->k = k;
     e->pool = pool;
+    e->max_step_tokens = max_step_tokens;
+    e->n_slots = n_slots;
     dsr1_status st = dsr1_rope_init(&e->rope, &w->cfg);
     if (st == DSR1_OK)
-        st = dsr1_kv_cache_create(&w->cfg, w->layer_begin, w->layer_end, n_slots, max_tokens,
+        st = dsr1_kv_cache_create(&w->cfg, w->layer_begin, w->layer_end, n_blocks, block_tokens,
                                   &e->cache);
+    if (st == DSR1_OK && max_step_tokens < 1)
+        st = dsr1_error(DSR1_ERR_INVALID_ARG, "engine: max_step_tokens %d", max_step_tokens);
+    if (st == DSR1_OK) {
+        e->seen = calloc((size_t)n_blocks, sizeof(*e->seen));
+        e->written = calloc((size_t)n_blocks, sizeof(*e->written));
+        e->writer = calloc((size_t)n_blocks, sizeof(*e->writer));
+        e->slot_block = malloc(sizeof(int32_t) * ((size_t)n_slots + 1));
+        if (!e->seen || !e->written || !e->writer || !e->slot_block)
+            st = dsr1_error(DSR1_ERR_NOMEM, "out of memory for %d cache blocks", n_blocks);
+    }
     if (st != DSR1_OK) {
         dsr1_engine_destroy(e);
         return st;
     }
+    for (int q = 0; q < n_slots; q++) e->slot_block[q] = q;
     *out = e;
     return DSR1_OK;
+}
+
+dsr1_status dsr1_engine_create(const dsr1_weights *w, const dsr1_kernels *k, dsr1_pool *pool,
+                               int n_slots, int max_tokens, dsr1_engine **out)
+{
+    if (n_slots < 1 || max_tokens < 1)
+        return dsr1_error(DSR1_ERR_INVALID_ARG, "engine: %d cache slots of %d tokens", n_slots,
+                          max_tokens);
+    /* every slot's whole capacity in one step, at most */
+    const int64_t step = (int64_t)n_slots * max_tokens;
+    return engine_new(w, k, pool, n_slots, max_tokens, step < INT_MAX ? (int)step : INT_MAX,
+                      n_slots, out);
+}
+
+dsr1_status dsr1_engine_create_paged(const dsr1_weights *w, const dsr1_kernels *k, dsr1_pool *pool,
+                                     int n_blocks, int block_tokens, int max_step_tokens,
+                                     dsr1_engine **out)
+{
+    return engine_new(w, k, pool, n_blocks, block_tokens, max_step_tokens, 0, out);
 }
 
 void dsr1_engine_destroy(dsr1_engine *e)
@@ -47,7 +89,21 @@ void dsr1_engine_destroy(dsr1_engine *e)
     if (!e) return;
     dsr1_kv_cache_destroy(e->cache);
     dsr1_rope_free(&e->rope);
+    free(e->seen);
+    free(e->written);
+    free(e->writer);
+    free(e->slot_block);
     free(e);
+}
+
+int dsr1_engine_block_tokens(const dsr1_engine *e)
+{
+    return dsr1_kv_cache_block_tokens(e->cache);
+}
+
+int dsr1_engine_blocks(const dsr1_engine *e)
+{
+    return dsr1_kv_cache_blocks(e->cache);
 }
 
 int dsr1_batch_logit_rows(const dsr1_batch *b)
@@ -60,9 +116,94 @@ int dsr1_batch_logit_rows(const dsr1_batch *b)
     return rows;
 }
 
-static dsr1_status validate(const dsr1_engine *e, const dsr1_batch *b, const dsr1_step_io *io)
+/* The block table a sequence uses: its own, or its slot's block (slot mode). */
+static const int32_t *seq_table(const dsr1_engine *e, const dsr1_seq_step *q)
 {
-    const int cap = dsr1_kv_cache_capacity(e->cache), slots = dsr1_kv_cache_slots(e->cache);
+    return q->blocks ? q->blocks : e->slot_block + q->slot;
+}
+
+/* How many blocks of its table a sequence's step reads: those of positions [0, pos + n). */
+static int seq_blocks(const dsr1_seq_step *q, int block_tokens)
+{
+    return (q->pos + q->n_tokens - 1) / block_tokens + 1;
+}
+
+/* Sequence s's slot, or its block table: ids in the pool, none twice, long enough. */
+static dsr1_status check_table(dsr1_engine *e, int s, const dsr1_seq_step *q)
+{
+    const int bt = dsr1_kv_cache_block_tokens(e->cache), pool = dsr1_kv_cache_blocks(e->cache);
+    const int64_t end = (int64_t)q->pos + q->n_tokens;
+    if (!q->blocks) {
+        if (!e->n_slots)
+            return dsr1_error(DSR1_ERR_INVALID_ARG,
+                              "sequence %d has no block table, and this engine's cache is paged",
+                              s);
+        if (q->slot < 0 || q->slot >= e->n_slots)
+            return dsr1_error(DSR1_ERR_RANGE, "sequence %d: cache slot %d outside [0, %d)", s,
+                              q->slot, e->n_slots);
+        if (end > bt)
+            return dsr1_error(DSR1_ERR_RANGE,
+                              "sequence %d: positions [%d, %lld) do not fit the cache "
+                              "capacity of %d tokens",
+                              s, q->pos, (long long)end, bt);
+        return DSR1_OK;
+    }
+    if ((int64_t)q->n_blocks * bt < end)
+        return dsr1_error(DSR1_ERR_RANGE,
+                          "sequence %d: positions [%d, %lld) need %lld blocks of %d tokens, its "
+                          "block table has %d",
+                          s, q->pos, (long long)end, (long long)((end + bt - 1) / bt), bt,
+                          q->n_blocks);
+    const uint64_t stamp = ++e->stamp;
+    for (int i = 0; i < q->n_blocks; i++) {
+        const int32_t id = q->blocks[i];
+        if (id < 0 || id >= pool)
+            return dsr1_error(DSR1_ERR_RANGE,
+                              "sequence %d: block table entry %d is block %d, outside the "
+                              "pool [0, %d)",
+                              s, i, id, pool);
+        if (e->seen[id] == stamp)
+            return dsr1_error(DSR1_ERR_INVALID_ARG,
+                              "sequence %d: block %d appears twice in its block table", s, id);
+        e->seen[id] = stamp;
+    }
+    return DSR1_OK;
+}
+
+/* A sequence writes the blocks of its positions [pos, pos + n_tokens) and only reads the
+ * blocks before: no block may be written by two sequences of the step, nor read by one while
+ * another writes it (its result would depend on the batch). Tables already checked. */
+static dsr1_status check_writes(dsr1_engine *e, const dsr1_batch *b)
+{
+    const int bt = dsr1_kv_cache_block_tokens(e->cache);
+    const uint64_t stamp = ++e->stamp;
+    for (int s = 0; s < b->n_seqs; s++) {
+        const dsr1_seq_step *q = &b->seqs[s];
+        const int32_t *tab = seq_table(e, q);
+        for (int i = q->pos / bt; i < seq_blocks(q, bt); i++) {
+            if (e->written[tab[i]] == stamp)
+                return dsr1_error(DSR1_ERR_INVALID_ARG,
+                                  "sequences %d and %d both write cache block %d",
+                                  e->writer[tab[i]], s, tab[i]);
+            e->written[tab[i]] = stamp;
+            e->writer[tab[i]] = s;
+        }
+    }
+    for (int s = 0; s < b->n_seqs; s++) {
+        const dsr1_seq_step *q = &b->seqs[s];
+        const int32_t *tab = seq_table(e, q);
+        for (int i = 0; i < q->pos / bt; i++)
+            if (e->written[tab[i]] == stamp)
+                return dsr1_error(DSR1_ERR_INVALID_ARG,
+                                  "sequence %d reads cache block %d, which sequence %d writes in "
+                                  "the same step",
+                                  s, tab[i], e->writer[tab[i]]);
+    }
+    return DSR1_OK;
+}
+
+static dsr1_status validate(dsr1_engine *e, const dsr1_batch *b, const dsr1_step_io *io)
+{
     const dsr1_weights *w = e->w;
     if (b->n_seqs < 0 || (b->n_seqs > 0 && !b->seqs) || (b->n_seqs == 0 && !io->ep))
         return dsr1_error(DSR1_ERR_INVALID_ARG, "forward: empty batch");
@@ -78,20 +219,15 @@ static dsr1_status validate(const dsr1_engine *e, const dsr1_batch *b, const dsr
                           w->layer_begin, w->layer_end);
     if (io->ep && !io->expert_owner)
         return dsr1_error(DSR1_ERR_INVALID_ARG, "forward: expert parallelism without a placement");
+    int64_t T = 0;
+    dsr1_status st;
     for (int s = 0; s < b->n_seqs; s++) {
         const dsr1_seq_step *q = &b->seqs[s];
-        if (q->slot < 0 || q->slot >= slots)
-            return dsr1_error(DSR1_ERR_RANGE, "sequence %d: cache slot %d outside [0, %d)", s,
-                              q->slot, slots);
-        for (int o = 0; o < s; o++)
-            if (b->seqs[o].slot == q->slot)
-                return dsr1_error(DSR1_ERR_INVALID_ARG, "sequences %d and %d share cache slot %d",
-                                  o, s, q->slot);
-        if (q->n_tokens < 1 || q->pos < 0 || q->pos > cap - q->n_tokens)
-            return dsr1_error(DSR1_ERR_RANGE,
-                              "sequence %d: positions [%d, %d) do not fit the "
-                              "cache capacity of %d tokens",
-                              s, q->pos, q->pos + q->n_tokens, cap);
+        if (q->n_tokens < 1 || q->pos < 0 || q->pos > INT_MAX - q->n_tokens)
+            return dsr1_error(DSR1_ERR_RANGE, "sequence %d: %d tokens at position %d", s,
+                              q->n_tokens, q->pos);
+        if ((st = check_table(e, s, q)) != DSR1_OK) return st;
+        T += q->n_tokens;
         if (io->hidden_in) continue; /* later stages never see token ids */
         for (int i = 0; i < q->n_tokens; i++)
             if (q->tokens[i] < 0 || q->tokens[i] >= w->cfg.vocab_size)
@@ -100,7 +236,10 @@ static dsr1_status validate(const dsr1_engine *e, const dsr1_batch *b, const dsr
                                   "the vocabulary [0, %d)",
                                   s, q->tokens[i], i, w->cfg.vocab_size);
     }
-    return DSR1_OK;
+    if (T > e->max_step_tokens)
+        return dsr1_error(DSR1_ERR_RANGE, "a step of %lld tokens; this engine takes at most %d",
+                          (long long)T, e->max_step_tokens);
+    return check_writes(e, b);
 }
 
 /* Scratch of one step, sized for T tokens. */
@@ -108,7 +247,8 @@ typedef struct {
     float *h, *x, *qa, *q, *kv, *qpe, *qabs, *oc, *ov, *y, *shared, *ffn;
     int *ids;
     float *rw;
-    int *tok_seq, *tok_pos; /* per token: its sequence and position */
+    int *tok_seq, *tok_pos;  /* per token: its sequence and position */
+    const float **kv_blocks; /* one sequence's blocks in one layer, for mla_attention */
 } step_buf;
 
 static void step_free(step_buf *s)
@@ -129,9 +269,11 @@ static void step_free(step_buf *s)
     free(s->rw);
     free(s->tok_seq);
     free(s->tok_pos);
+    free(s->kv_blocks);
 }
 
-static dsr1_status step_alloc(step_buf *s, const dsr1_model_config *c, int T)
+/* max_blocks: the most blocks one sequence of the step reads */
+static dsr1_status step_alloc(step_buf *s, const dsr1_model_config *c, int T, int max_blocks)
 {
     const size_t t = T > 0 ? (size_t)T : 1,
                  /* a rank with no tokens still takes part */ nh = (size_t)c->num_attention_heads;
@@ -156,8 +298,10 @@ static dsr1_status step_alloc(step_buf *s, const dsr1_model_config *c, int T)
     s->rw = malloc(sizeof(float) * t * c->num_experts_per_tok);
     s->tok_seq = malloc(sizeof(int) * t);
     s->tok_pos = malloc(sizeof(int) * t);
+    s->kv_blocks = malloc(sizeof(float *) * ((size_t)max_blocks + 1));
     if (!s->h || !s->x || !s->qa || !s->q || !s->kv || !s->qpe || !s->qabs || !s->oc || !s->ov ||
-        !s->y || !s->shared || !s->ffn || !s->ids || !s->rw || !s->tok_seq || !s->tok_pos) {
+        !s->y || !s->shared || !s->ffn || !s->ids || !s->rw || !s->tok_seq || !s->tok_pos ||
+        !s->kv_blocks) {
         step_free(s);
         return dsr1_error(DSR1_ERR_NOMEM, "forward: out of memory for %d tokens", T);
     }
@@ -171,7 +315,7 @@ static void attention(dsr1_engine *e, const dsr1_batch *b, int l, step_buf *s, i
     const dsr1_kernels *k = e->k;
     const int d = c->hidden_size, nh = c->num_attention_heads, kvl = c->kv_lora_rank;
     const int nope = c->qk_nope_head_dim, rope = c->qk_rope_head_dim, vd = c->v_head_dim;
-    const int qk = nope + rope, kvw = kvl + rope;
+    const int qk = nope + rope, kvw = kvl + rope, bt = dsr1_kv_cache_block_tokens(e->cache);
 
     k->rmsnorm(e->pool, s->h, d, L->attn_norm, d, T, c->rms_norm_eps, s->x, d);
     if (c->q_lora_rank > 0) {
@@ -188,8 +332,8 @@ static void attention(dsr1_engine *e, const dsr1_batch *b, int l, step_buf *s, i
         const int pos = s->tok_pos[t];
         float *kvt = s->kv + (size_t)t * kvw;
         dsr1_rope_apply(&e->rope, kvt + kvl, pos);
-        float *row =
-            dsr1_kv_cache_rows(e->cache, b->seqs[s->tok_seq[t]].slot, l) + (size_t)pos * kvw;
+        const int32_t *tab = seq_table(e, &b->seqs[s->tok_seq[t]]);
+        float *row = dsr1_kv_cache_block(e->cache, l, tab[pos / bt]) + (size_t)(pos % bt) * kvw;
         memcpy(row, kvt, sizeof(float) * kvw);
         for (int h = 0; h < nh; h++) {
             float *qpe = s->qpe + ((size_t)t * nh + h) * rope;
@@ -203,9 +347,12 @@ static void attention(dsr1_engine *e, const dsr1_batch *b, int l, step_buf *s, i
                     s->q + (size_t)h * qk, nh * qk, T, s->qabs + (size_t)h * kvl, nh * kvl);
     for (int q = 0, t0 = 0; q < b->n_seqs; t0 += b->seqs[q].n_tokens, q++) {
         const dsr1_seq_step *sq = &b->seqs[q];
+        const int32_t *tab = seq_table(e, sq);
+        for (int i = 0; i < seq_blocks(sq, bt); i++)
+            s->kv_blocks[i] = dsr1_kv_cache_block(e->cache, l, tab[i]);
         k->mla_attention(e->pool, sq->n_tokens, nh, kvl, rope, s->qabs + (size_t)t0 * nh * kvl,
-                         s->qpe + (size_t)t0 * nh * rope, dsr1_kv_cache_rows(e->cache, sq->slot, l),
-                         kvw, sq->pos, e->rope.softmax_scale, s->oc + (size_t)t0 * nh * kvl);
+                         s->qpe + (size_t)t0 * nh * rope, s->kv_blocks, bt, kvw, sq->pos,
+                         e->rope.softmax_scale, s->oc + (size_t)t0 * nh * kvl);
     }
     /* expand: o_h = Wv_h (attention-weighted latent), Wv_h = the v rows after Wk_h */
     for (int h = 0; h < nh; h++)
@@ -271,10 +418,15 @@ dsr1_status dsr1_engine_step(dsr1_engine *e, const dsr1_batch *b, const dsr1_ste
     if (st != DSR1_OK) return st;
     const dsr1_model_config *c = &e->w->cfg;
     const int d = c->hidden_size;
-    int T = 0;
-    for (int q = 0; q < b->n_seqs; q++) T += b->seqs[q].n_tokens;
+    const int bt = dsr1_kv_cache_block_tokens(e->cache);
+    int T = 0, max_blocks = 0;
+    for (int q = 0; q < b->n_seqs; q++) {
+        const int nb = seq_blocks(&b->seqs[q], bt);
+        T += b->seqs[q].n_tokens;
+        max_blocks = nb > max_blocks ? nb : max_blocks;
+    }
     step_buf s;
-    if ((st = step_alloc(&s, c, T)) != DSR1_OK) return st;
+    if ((st = step_alloc(&s, c, T, max_blocks)) != DSR1_OK) return st;
     for (int q = 0, t = 0; q < b->n_seqs; q++)
         for (int i = 0; i < b->seqs[q].n_tokens; i++, t++) {
             s.tok_seq[t] = q;

@@ -1,5 +1,6 @@
-/* Contiguous per-slot MLA cache (see kv_cache.h). mmap'd anonymous memory so that a
- * large capacity costs only what is used. */
+/* The block pool of the MLA cache (see kv_cache.h). One anonymous mapping, block-major
+ * (block, then layer, then row), so that a block's rows of every layer are contiguous and
+ * untouched blocks cost no memory. */
 #include "kv_cache.h"
 
 #include <stdint.h>
@@ -7,39 +8,35 @@
 #include <sys/mman.h>
 
 struct dsr1_kv_cache {
-    int layer_begin, layer_end, n_slots, capacity, width;
+    int layer_begin, layer_end, n_blocks, block_tokens, width;
     float *mem;
     size_t bytes;
 };
 
 dsr1_status dsr1_kv_cache_create(const dsr1_model_config *cfg, int layer_begin, int layer_end,
-                                 int n_slots, int max_tokens, dsr1_kv_cache **out)
+                                 int n_blocks, int block_tokens, dsr1_kv_cache **out)
 {
-    if (n_slots < 1 || max_tokens < 1 || layer_begin < 0 || layer_end <= layer_begin)
+    if (n_blocks < 1 || block_tokens < 1 || layer_begin < 0 || layer_end <= layer_begin)
         return dsr1_error(DSR1_ERR_INVALID_ARG,
-                          "kv cache: bad shape (%d slots, %d tokens, "
-                          "layers [%d, %d))",
-                          n_slots, max_tokens, layer_begin, layer_end);
+                          "kv cache: bad shape (%d blocks of %d tokens, layers [%d, %d))", n_blocks,
+                          block_tokens, layer_begin, layer_end);
+    const int width = cfg->kv_lora_rank + cfg->qk_rope_head_dim;
+    /* each factor is below 2^31, so blocks x layers cannot overflow; the rest is checked */
+    const size_t regions = (size_t)n_blocks * (size_t)(layer_end - layer_begin);
+    if (regions > SIZE_MAX / sizeof(float) / (size_t)width / (size_t)block_tokens)
+        return dsr1_error(DSR1_ERR_NOMEM, "kv cache of %d blocks of %d tokens is too large",
+                          n_blocks, block_tokens);
+    const size_t bytes = regions * (size_t)block_tokens * (size_t)width * sizeof(float);
+    void *m = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                   -1, 0);
+    if (m == MAP_FAILED)
+        return dsr1_error(DSR1_ERR_NOMEM, "kv cache: cannot reserve %zu bytes", bytes);
     dsr1_kv_cache *c = calloc(1, sizeof(*c));
-    if (!c) return dsr1_error(DSR1_ERR_NOMEM, "out of memory");
-    c->layer_begin = layer_begin;
-    c->layer_end = layer_end;
-    c->n_slots = n_slots;
-    c->capacity = max_tokens;
-    c->width = cfg->kv_lora_rank + cfg->qk_rope_head_dim;
-    size_t n = (size_t)n_slots * (size_t)(layer_end - layer_begin) * (size_t)max_tokens;
-    if (n > SIZE_MAX / sizeof(float) / (size_t)c->width) {
-        free(c);
-        return dsr1_error(DSR1_ERR_NOMEM, "kv cache too large");
+    if (!c) {
+        munmap(m, bytes);
+        return dsr1_error(DSR1_ERR_NOMEM, "out of memory");
     }
-    c->bytes = n * (size_t)c->width * sizeof(float);
-    void *m = mmap(NULL, c->bytes, PROT_READ | PROT_WRITE,
-                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (m == MAP_FAILED) {
-        free(c);
-        return dsr1_error(DSR1_ERR_NOMEM, "kv cache: cannot reserve %zu bytes", n);
-    }
-    c->mem = m;
+    *c = (dsr1_kv_cache){layer_begin, layer_end, n_blocks, block_tokens, width, m, bytes};
     *out = c;
     return DSR1_OK;
 }
@@ -51,14 +48,14 @@ void dsr1_kv_cache_destroy(dsr1_kv_cache *c)
     free(c);
 }
 
-int dsr1_kv_cache_slots(const dsr1_kv_cache *c)
+int dsr1_kv_cache_blocks(const dsr1_kv_cache *c)
 {
-    return c->n_slots;
+    return c->n_blocks;
 }
 
-int dsr1_kv_cache_capacity(const dsr1_kv_cache *c)
+int dsr1_kv_cache_block_tokens(const dsr1_kv_cache *c)
 {
-    return c->capacity;
+    return c->block_tokens;
 }
 
 int dsr1_kv_cache_row_width(const dsr1_kv_cache *c)
@@ -66,9 +63,9 @@ int dsr1_kv_cache_row_width(const dsr1_kv_cache *c)
     return c->width;
 }
 
-float *dsr1_kv_cache_rows(dsr1_kv_cache *c, int slot, int layer)
+float *dsr1_kv_cache_block(dsr1_kv_cache *c, int layer, int block)
 {
-    size_t region =
-        (size_t)slot * (size_t)(c->layer_end - c->layer_begin) + (size_t)(layer - c->layer_begin);
-    return c->mem + region * (size_t)c->capacity * (size_t)c->width;
+    const size_t region =
+        (size_t)block * (size_t)(c->layer_end - c->layer_begin) + (size_t)(layer - c->layer_begin);
+    return c->mem + region * (size_t)c->block_tokens * (size_t)c->width;
 }

@@ -34,9 +34,10 @@ static void report_error(dsr1_worker *w, dsr1_status st, uint64_t step)
 }
 
 /* One step; `plan` is a decoded STEP message. */
-static dsr1_status run_step(dsr1_worker *w, uint64_t step, int n_seqs, const dsr1_wire_seq *ws,
-                            int n_tokens, const int32_t *tokens)
+static dsr1_status run_step(dsr1_worker *w, uint64_t step, const dsr1_wire_step *plan)
 {
+    const int n_seqs = plan->n_seqs, n_tokens = plan->n_tokens;
+    const dsr1_wire_seq *ws = plan->seqs;
     const int D = w->cfg->hidden_size, V = w->cfg->vocab_size;
     const int last = w->stage == w->n_stages - 1;
     dsr1_status st = DSR1_OK;
@@ -45,9 +46,15 @@ static dsr1_status run_step(dsr1_worker *w, uint64_t step, int n_seqs, const dsr
     void *msg = NULL;
     size_t len;
     if (!seqs) return dsr1_error(DSR1_ERR_NOMEM, "out of memory");
-    for (int i = 0, t = 0; i < n_seqs; t += ws[i].n_tokens, i++)
-        seqs[i] = (dsr1_seq_step){ws[i].slot, ws[i].pos, ws[i].n_tokens, tokens + t,
-                                  (dsr1_logits_mode)ws[i].logits};
+    for (int i = 0, t = 0, k = 0; i < n_seqs; t += ws[i].n_tokens, k += ws[i].n_blocks, i++)
+        seqs[i] = (dsr1_seq_step){ws[i].slot,
+                                  ws[i].pos,
+                                  ws[i].n_tokens,
+                                  plan->tokens + t,
+                                  (dsr1_logits_mode)ws[i].logits,
+                                  ws[i].n_blocks ? plan->blocks + k : NULL,
+                                  ws[i].n_blocks,
+                                  w->ep_index};
     dsr1_batch b = {n_seqs, seqs, NULL};
     const int rows = dsr1_batch_logit_rows(&b);
     if (w->stage > 0 && n_tokens > 0) {
@@ -90,6 +97,14 @@ out:
     return st;
 }
 
+/* A paged worker's bound on the tokens of one step: every token of a step writes its own
+ * cache row, and a STEP message carries at most DSR1_WIRE_MAX_TOKENS. */
+static int paged_step_tokens(const dsr1_worker_params *p)
+{
+    const int64_t rows = (int64_t)p->kv_blocks * p->block_tokens;
+    return rows < DSR1_WIRE_MAX_TOKENS ? (int)rows : DSR1_WIRE_MAX_TOKENS;
+}
+
 dsr1_status dsr1_worker_init(dsr1_worker *w, const dsr1_worker_params *p)
 {
     const dsr1_model_config *cfg = p->ckpt ? dsr1_ckpt_config(p->ckpt) : p->dummy_cfg;
@@ -111,9 +126,12 @@ dsr1_status dsr1_worker_init(dsr1_worker *w, const dsr1_worker_params *p)
                  : dsr1_weights_dummy(cfg, &s, p->seed, &w->weights);
     if (st != DSR1_OK) goto out;
     if ((st = dsr1_pool_create(p->threads > 0 ? p->threads : 1, &w->pool)) != DSR1_OK) goto out;
-    if ((st = dsr1_engine_create(w->weights, p->kernels, w->pool, p->n_slots, p->max_tokens,
-                                 &w->engine)) != DSR1_OK)
-        goto out;
+    st = p->kv_blocks > 0
+             ? dsr1_engine_create_paged(w->weights, p->kernels, w->pool, p->kv_blocks,
+                                        p->block_tokens, paged_step_tokens(p), &w->engine)
+             : dsr1_engine_create(w->weights, p->kernels, w->pool, p->n_slots, p->max_tokens,
+                                  &w->engine);
+    if (st != DSR1_OK) goto out;
     w->stage = p->stage;
     w->n_stages = p->pp;
     w->ep_index = p->ep_index;
@@ -162,11 +180,9 @@ dsr1_status dsr1_worker_serve(dsr1_worker *w)
                 free(msg);
                 return DSR1_OK;
             }
-            int n_seqs, n_tokens;
-            const dsr1_wire_seq *seqs;
-            const int32_t *tokens;
-            st = dsr1_wire_step_decode(msg, len, &step, &n_seqs, &seqs, &n_tokens, &tokens);
-            if (st == DSR1_OK) st = run_step(w, step, n_seqs, seqs, n_tokens, tokens);
+            dsr1_wire_step plan;
+            if ((st = dsr1_wire_step_decode(msg, len, &step, &plan)) == DSR1_OK)
+                st = run_step(w, step, &plan);
         }
         free(msg);
         if (st != DSR1_OK) {

@@ -22,7 +22,6 @@ static inline int dsr1_world_rank(int stage, int ep_index, int ep)
     return 1 + stage * ep + ep_index;
 }
 
-
 /* Layers of pipeline stage s of pp: [s * L / pp, (s + 1) * L / pp). */
 static inline int dsr1_stage_first_layer(int layers, int pp, int s)
 {
@@ -51,6 +50,10 @@ typedef struct {
     int threads;    /* this worker's CPU threads */
     int n_slots;    /* cache slots of this worker (its attention-DP share) */
     int max_tokens; /* cache capacity per slot */
+    /* > 0: a paged cache of kv_blocks blocks of block_tokens tokens (n_slots and max_tokens
+     * unused); every sequence of a step then brings its block table */
+    int kv_blocks;
+    int block_tokens;
 } dsr1_worker_params;
 
 /* Load the slice of worker (stage, ep_index) and create its engine; world and ep comms

@@ -174,11 +174,19 @@ static void avx512_rmsnorm(dsr1_pool *pool, const float *x, int ldx, const float
 
 typedef struct {
     int t, heads, kvl, rope;
-    const float *q_abs, *q_pe, *kv;
-    int ld_kv, pos0;
+    const float *q_abs, *q_pe;
+    const float *const *kv_blocks;
+    int block_tokens, ld_kv, pos0;
     float scale;
     float *out;
 } attn_job;
+
+/* rows[s - s0] = cache row s, for s in s0 .. s1 (a tile, which may span blocks). */
+static void tile_rows(const attn_job *j, int s0, int s1, const float **rows)
+{
+    for (int s = s0; s < s1; s++)
+        rows[s - s0] = j->kv_blocks[s / j->block_tokens] + (size_t)(s % j->block_tokens) * j->ld_kv;
+}
 
 /* acc[h] += q[h][c .. c+16) * row[c .. c+16) over c < len, for two rows at once */
 DSR1_AVX512_INLINE void score_part(int hn, const float *const *q, const float *row0,
@@ -196,10 +204,11 @@ DSR1_AVX512_INLINE void score_part(int hn, const float *const *q, const float *r
     }
 }
 
-/* Scores of heads h0 .. h0+hn of token i against cache rows s0 .. s1 into p[h][s] (row
- * stride n). Each score is a 16-lane dot product over the latent then the rope values. */
+/* Scores of heads h0 .. h0+hn of token i against cache rows s0 .. s1 (rows: tile_rows) into
+ * p[h][s] (row stride n). Each score is a 16-lane dot product over the latent then the rope
+ * values. */
 DSR1_AVX512_INLINE void score_tile(int hn, const attn_job *j, int i, int h0, int s0, int s1, int n,
-                                   float *p)
+                                   const float *const *rows, float *p)
 {
     const float *qa[AT_HG], *qp[AT_HG];
     for (int h = 0; h < hn; h++) {
@@ -207,8 +216,8 @@ DSR1_AVX512_INLINE void score_tile(int hn, const attn_job *j, int i, int h0, int
         qp[h] = j->q_pe + ((size_t)i * j->heads + h0 + h) * j->rope;
     }
     for (int s = s0; s < s1; s += 2) {
-        const float *r0 = j->kv + (size_t)s * j->ld_kv;
-        const float *r1 = s + 1 < s1 ? r0 + j->ld_kv : r0; /* odd count: repeat, not stored */
+        const float *r0 = rows[s - s0];
+        const float *r1 = s + 1 < s1 ? rows[s + 1 - s0] : r0; /* odd count: repeat, not stored */
         __m512 a0[AT_HG], a1[AT_HG];
         for (int h = 0; h < hn; h++) a0[h] = a1[h] = _mm512_setzero_ps();
         score_part(hn, qa, r0, r1, j->kvl, a0, a1);
@@ -223,7 +232,7 @@ DSR1_AVX512_INLINE void score_tile(int hn, const attn_job *j, int i, int h0, int
 /* out[h] += sum over s in s0 .. s1, in order, of p[h][s] kv[s][:kvl], for heads h0 .. h0+hn
  * of token i; out holds the running sums between tiles. */
 DSR1_AVX512_INLINE void sum_tile(int hn, const attn_job *j, int i, int h0, int s0, int s1, int n,
-                                 const float *p)
+                                 const float *const *rows, const float *p)
 {
     const int kvl = j->kvl;
     for (int c = 0; c < kvl; c += 32) {
@@ -237,7 +246,7 @@ DSR1_AVX512_INLINE void sum_tile(int hn, const attn_job *j, int i, int h0, int s
             o1[h] = _mm512_maskz_loadu_ps(k1, o[h] + 16);
         }
         for (int s = s0; s < s1; s++) {
-            const float *row = j->kv + (size_t)s * j->ld_kv + c;
+            const float *row = rows[s - s0] + c;
             const __m512 v0 = _mm512_maskz_loadu_ps(k0, row);
             const __m512 v1 = _mm512_maskz_loadu_ps(k1, row + 16);
             for (int h = 0; h < hn; h++) {
@@ -286,11 +295,14 @@ DSR1_AVX512_INLINE void sum_tile(int hn, const attn_job *j, int i, int h0, int s
 static void attn_token(const attn_job *j, int i, int g0, int g1, float *p)
 {
     const int n = j->pos0 + i + 1; /* causal: cache rows 0 .. pos0+i */
+    const float *rows[AT_TILE];
     for (int s0 = 0; s0 < n; s0 += AT_TILE) {
         const int s1 = s0 + AT_TILE < n ? s0 + AT_TILE : n;
+        tile_rows(j, s0, s1, rows);
         for (int g = g0; g < g1; g++) {
             const int h0 = g * AT_HG, hn = j->heads - h0 < AT_HG ? j->heads - h0 : AT_HG;
-            AT_DISPATCH(score_tile, hn, j, i, h0, s0, s1, n, p + (size_t)(g - g0) * AT_HG * n);
+            AT_DISPATCH(score_tile, hn, j, i, h0, s0, s1, n, rows,
+                        p + (size_t)(g - g0) * AT_HG * n);
         }
     }
     for (int g = g0; g < g1; g++) {
@@ -308,9 +320,10 @@ static void attn_token(const attn_job *j, int i, int g0, int g1, float *p)
     }
     for (int s0 = 0; s0 < n; s0 += AT_TILE) {
         const int s1 = s0 + AT_TILE < n ? s0 + AT_TILE : n;
+        tile_rows(j, s0, s1, rows);
         for (int g = g0; g < g1; g++) {
             const int h0 = g * AT_HG, hn = j->heads - h0 < AT_HG ? j->heads - h0 : AT_HG;
-            AT_DISPATCH(sum_tile, hn, j, i, h0, s0, s1, n, p + (size_t)(g - g0) * AT_HG * n);
+            AT_DISPATCH(sum_tile, hn, j, i, h0, s0, s1, n, rows, p + (size_t)(g - g0) * AT_HG * n);
         }
     }
 }
@@ -334,16 +347,19 @@ static void attn_task(void *arg, int begin, int end, int tid)
 }
 
 static void avx512_mla_attention(dsr1_pool *pool, int t, int heads, int kvl, int rope,
-                                 const float *q_abs, const float *q_pe, const float *kv, int ld_kv,
+                                 const float *q_abs, const float *q_pe,
+                                 const float *const *kv_blocks, int block_tokens, int ld_kv,
                                  int pos0, float scale, float *out)
 {
-    attn_job j = {t, heads, kvl, rope, q_abs, q_pe, kv, ld_kv, pos0, scale, out};
+    attn_job j = {t,         heads,        kvl,   rope, q_abs, q_pe,
+                  kv_blocks, block_tokens, ld_kv, pos0, scale, out};
     dsr1_pool_run(pool, t * ((heads + AT_HG - 1) / AT_HG), AT_GRAIN, attn_task, &j);
 }
 
 static const dsr1_kernels avx512 = {
     .name = "avx512",
     .linear = dsr1__avx512_linear,
+    .expert_ffn = dsr1__avx512_expert_ffn,
     .linear_t = dsr1__avx512_linear_t,
     .rmsnorm = avx512_rmsnorm,
     .mla_attention = avx512_mla_attention,
@@ -353,3 +369,21 @@ const dsr1_kernels *dsr1__kernels_avx512(void)
 {
     return &avx512;
 }
+
+#if DSR1_HAVE_AVX512BF16_KERNELS
+/* The bf16 precision mode (avx512_bf16.c): FP8 products with bf16 activations, the rest as
+ * above. */
+static const dsr1_kernels avx512_bf16 = {
+    .name = "avx512-bf16",
+    .linear = dsr1__avx512bf16_linear,
+    .expert_ffn = dsr1__avx512bf16_expert_ffn,
+    .linear_t = dsr1__avx512_linear_t,
+    .rmsnorm = avx512_rmsnorm,
+    .mla_attention = avx512_mla_attention,
+};
+
+const dsr1_kernels *dsr1__kernels_avx512_bf16(void)
+{
+    return &avx512_bf16;
+}
+#endif

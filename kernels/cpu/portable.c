@@ -10,32 +10,37 @@
 
 #include "kernels.h"
 #include "numeric.h"
+#include "rowset.h"
 
-void dsr1_linear_dequant_row(const dsr1_linear *w, int r, float *out)
+/* One row of `cols` weights dequantised (FP8: `scale` holds the row's block scales). */
+static void dequant(dsr1_dtype dtype, int cols, const void *row, const float *scale, float *out)
 {
-    const size_t base = (size_t)r * w->cols;
-    switch (w->dtype) {
+    switch (dtype) {
     case DSR1_DT_F8_E4M3: {
-        const uint8_t *q = (const uint8_t *)w->data + base;
-        const int nb = (w->cols + DSR1_QBLOCK - 1) / DSR1_QBLOCK;
-        const float *s = w->scale + (size_t)(r / DSR1_QBLOCK) * nb;
-        for (int b = 0; b < nb; b++) {
-            const int c0 = b * DSR1_QBLOCK;
-            const int c1 = c0 + DSR1_QBLOCK < w->cols ? c0 + DSR1_QBLOCK : w->cols;
-            const float sc = s[b];
+        const uint8_t *q = row;
+        for (int b = 0, c0 = 0; c0 < cols; b++, c0 += DSR1_QBLOCK) {
+            const int c1 = c0 + DSR1_QBLOCK < cols ? c0 + DSR1_QBLOCK : cols;
+            const float sc = scale[b];
             for (int c = c0; c < c1; c++) out[c] = dsr1_e4m3_table[q[c]] * sc;
         }
         break;
     }
     case DSR1_DT_BF16: {
-        const uint16_t *h = (const uint16_t *)w->data + base;
-        for (int c = 0; c < w->cols; c++) out[c] = dsr1_bf16_to_f32(h[c]);
+        const uint16_t *h = row;
+        for (int c = 0; c < cols; c++) out[c] = dsr1_bf16_to_f32(h[c]);
         break;
     }
     default:
-        memcpy(out, (const float *)w->data + base, (size_t)w->cols * sizeof(float));
+        memcpy(out, row, (size_t)cols * sizeof(float));
         break;
     }
+}
+
+void dsr1_linear_dequant_row(const dsr1_linear *w, int r, float *out)
+{
+    dsr1__rowset rs = {.n = 0};
+    dsr1__rowset_add(&rs, w, r, -1);
+    dequant(w->dtype, w->cols, rs.row[0], rs.scale[0], out);
 }
 
 static float dot(const float *a, const float *b, int n)
@@ -132,6 +137,57 @@ static void portable_linear_t(dsr1_pool *pool, const dsr1_linear *w, int r0, int
     dsr1_pool_run(work < 32768 ? NULL : pool, tasks, 1, linear_t_task, &j);
 }
 
+/* ---- the row-set backend (kernels/rowset.h), which drives expert_ffn ---------------- */
+
+/* Activations: plain rows of k floats. */
+static size_t rs_act_bytes(int m, int k)
+{
+    return sizeof(float) * (size_t)m * k;
+}
+
+static void rs_act_pack(const float *x, int ldx, const int *rows, int m, int k, void *dst)
+{
+    for (int i = 0; i < m; i++)
+        memcpy((float *)dst + (size_t)i * k, x + (size_t)(rows ? rows[i] : i) * ldx,
+               sizeof(float) * k);
+}
+
+static void rs_act_put(void *dst, int m, int k, int i, int c, const float *v, int n)
+{
+    (void)m;
+    memcpy((float *)dst + (size_t)i * k + c, v, sizeof(float) * n);
+}
+
+static size_t rs_scratch_bytes(int m, int k)
+{
+    (void)m;
+    return sizeof(float) * DSR1__RS_MAX * (size_t)k;
+}
+
+/* The set's rows dequantised, then dotted with every activation row: portable_linear's
+ * products exactly. */
+static void rs_rows(const dsr1__rowset *rs, const void *act, int m, float *y, int ldy,
+                    void *scratch)
+{
+    const int k = rs->cols;
+    float *buf = scratch;
+    for (int j = 0; j < rs->n; j++)
+        dequant(rs->dtype, k, rs->row[j], rs->scale[j], buf + (size_t)j * k);
+    for (int i = 0; i < m; i++)
+        for (int j = 0; j < rs->n; j++)
+            y[(size_t)i * ldy + j] =
+                dot((const float *)act + (size_t)i * k, buf + (size_t)j * k, k);
+}
+
+static const dsr1__rowops portable_rowops = {rs_act_bytes, rs_act_pack, rs_act_put,
+                                             rs_scratch_bytes, rs_rows};
+
+static dsr1_status portable_expert_ffn(dsr1_pool *pool, const dsr1_expert *ex, int ne,
+                                       const float *x, int ldx, float *y, int ldy)
+{
+    return dsr1__rowops_expert_ffn(&portable_rowops, pool, ex, ne, x, ldx, y, ldy);
+}
+
 static void portable_rmsnorm(dsr1_pool *pool, const float *x, int ldx, const float *g, int n, int m,
                              float eps, float *y, int ldy)
 {
@@ -148,11 +204,18 @@ static void portable_rmsnorm(dsr1_pool *pool, const float *x, int ldx, const flo
 
 typedef struct {
     int t, heads, kvl, rope;
-    const float *q_abs, *q_pe, *kv;
-    int ld_kv, pos0;
+    const float *q_abs, *q_pe;
+    const float *const *kv_blocks;
+    int block_tokens, ld_kv, pos0;
     float scale;
     float *out;
 } attn_job;
+
+/* Cache row s of the sequence (see kernels.h: rows live in blocks). */
+static const float *kv_row(const attn_job *j, int s)
+{
+    return j->kv_blocks[s / j->block_tokens] + (size_t)(s % j->block_tokens) * j->ld_kv;
+}
 
 /* One task = one (token, head) pair. */
 static void attn_task(void *arg, int begin, int end, int tid)
@@ -169,7 +232,7 @@ static void attn_task(void *arg, int begin, int end, int tid)
         const int n = j->pos0 + i + 1; /* causal: positions 0..pos0+i */
         float mx = -INFINITY;
         for (int s = 0; s < n; s++) {
-            const float *row = j->kv + (size_t)s * j->ld_kv;
+            const float *row = kv_row(j, s);
             p[s] = (dot(qa, row, j->kvl) + dot(qp, row + j->kvl, j->rope)) * j->scale;
             if (p[s] > mx) mx = p[s];
         }
@@ -183,7 +246,7 @@ static void attn_task(void *arg, int begin, int end, int tid)
         for (int c = 0; c < j->kvl; c++) o[c] = 0.0f;
         for (int s = 0; s < n; s++) {
             const float w = p[s] * inv;
-            const float *row = j->kv + (size_t)s * j->ld_kv;
+            const float *row = kv_row(j, s);
             for (int c = 0; c < j->kvl; c++) o[c] += w * row[c];
         }
     }
@@ -191,10 +254,12 @@ static void attn_task(void *arg, int begin, int end, int tid)
 }
 
 static void portable_mla_attention(dsr1_pool *pool, int t, int heads, int kvl, int rope,
-                                   const float *q_abs, const float *q_pe, const float *kv,
-                                   int ld_kv, int pos0, float scale, float *out)
+                                   const float *q_abs, const float *q_pe,
+                                   const float *const *kv_blocks, int block_tokens, int ld_kv,
+                                   int pos0, float scale, float *out)
 {
-    attn_job j = {t, heads, kvl, rope, q_abs, q_pe, kv, ld_kv, pos0, scale, out};
+    attn_job j = {t,         heads,        kvl,   rope, q_abs, q_pe,
+                  kv_blocks, block_tokens, ld_kv, pos0, scale, out};
     dsr1_pool_run(pool, t * heads, 1, attn_task, &j);
 }
 
@@ -204,6 +269,7 @@ static const dsr1_kernels portable = {
     .linear_t = portable_linear_t,
     .rmsnorm = portable_rmsnorm,
     .mla_attention = portable_mla_attention,
+    .expert_ffn = portable_expert_ffn,
 };
 
 const dsr1_kernels *dsr1_kernels_portable(void)

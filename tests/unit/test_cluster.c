@@ -1,8 +1,9 @@
 /* The embedded worker grid (threads over the in-process transport) against the single
  * process engine: expert parallelism (dispatch/combine all-to-all), pipeline stages and
- * attention data parallelism (sequences spread over EP ranks by slot) give the same logits
- * within float rounding, bit-identical from run to run; a failing step returns an error
- * naming the worker and never hangs the grid. */
+ * attention data parallelism (sequences spread over EP ranks by slot, or by rank with
+ * block tables into the workers' paged caches) give the same logits within float rounding,
+ * bit-identical from run to run; a failing step returns an error naming the worker and
+ * never hangs the grid. */
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -37,11 +38,27 @@ static dsr1_model_config cfg_small(void)
 #define NSEQ 4
 static const int prompt_len[NSEQ] = {7, 3, 9, 1};
 
-/* Two steps over NSEQ sequences in slots 0..3: prefills, then one decode each (logits of
- * every token), through `step`. Returns the rows (caller frees). */
+/* The paged runs: a pool of POOL blocks of BT tokens (per worker), and each sequence's block
+ * table, ids in no order. */
+#define POOL 16
+#define BT   4
+static const int32_t tables[NSEQ][3] = {{11, 2, 7}, {5, 14, 0}, {9, 3, 12}, {6, 15, 1}};
+
+/* Two steps over NSEQ sequences: prefills, then one decode each (logits of every token),
+ * through `step`. ep 0: in slots 0..3; else with block tables, sequence s on rank s % ep.
+ * Returns the rows (caller frees). */
 typedef dsr1_status (*step_fn)(void *ctx, const dsr1_batch *b);
 
-static float *two_steps(const dsr1_model_config *c, step_fn step, void *ctx, int *nrows)
+static void use_table(dsr1_seq_step *s, int q, int ep)
+{
+    if (!ep) return;
+    s->slot = -1; /* ignored */
+    s->blocks = tables[q];
+    s->n_blocks = 3;
+    s->rank = q % ep;
+}
+
+static float *two_steps(const dsr1_model_config *c, step_fn step, void *ctx, int ep, int *nrows)
 {
     int32_t tok[NSEQ][12];
     srand(42);
@@ -51,13 +68,17 @@ static float *two_steps(const dsr1_model_config *c, step_fn step, void *ctx, int
     for (int s = 0; s < NSEQ; s++) rows += prompt_len[s] + 1;
     float *out = malloc(sizeof(float) * rows * c->vocab_size);
     dsr1_seq_step ss[NSEQ];
-    for (int s = 0; s < NSEQ; s++)
+    for (int s = 0; s < NSEQ; s++) {
         ss[s] = (dsr1_seq_step){s, 0, prompt_len[s], tok[s], DSR1_LOGITS_ALL};
+        use_table(&ss[s], s, ep);
+    }
     dsr1_batch b = {NSEQ, ss, out};
     assert_int_equal(step(ctx, &b), DSR1_OK);
     int r = dsr1_batch_logit_rows(&b);
-    for (int s = 0; s < NSEQ; s++)
+    for (int s = 0; s < NSEQ; s++) {
         ss[s] = (dsr1_seq_step){s, prompt_len[s], 1, tok[s] + prompt_len[s], DSR1_LOGITS_LAST};
+        use_table(&ss[s], s, ep);
+    }
     b.logits = out + (size_t)r * c->vocab_size;
     assert_int_equal(step(ctx, &b), DSR1_OK);
     *nrows = rows;
@@ -74,47 +95,63 @@ static dsr1_status cluster_step(void *ctx, const dsr1_batch *b)
     return dsr1_cluster_step(ctx, b);
 }
 
-static float *reference(const dsr1_model_config *c, int *rows)
+/* The single engine; paged: with block tables. */
+static float *reference(const dsr1_model_config *c, int paged, int *rows)
 {
     dsr1_slice all = dsr1_slice_all(c);
     dsr1_weights *w;
     assert_int_equal(dsr1_weights_dummy(c, &all, 77, &w), DSR1_OK);
     dsr1_engine *e;
-    assert_int_equal(dsr1_engine_create(w, dsr1_kernels_portable(), NULL, NSEQ, 16, &e), DSR1_OK);
-    float *out = two_steps(c, engine_step, e, rows);
+    const dsr1_kernels *k = dsr1_kernels_portable();
+    assert_int_equal(paged ? dsr1_engine_create_paged(w, k, NULL, POOL, BT, 64, &e)
+                           : dsr1_engine_create(w, k, NULL, NSEQ, 16, &e),
+                     DSR1_OK);
+    float *out = two_steps(c, engine_step, e, paged, rows);
     dsr1_engine_destroy(e);
     dsr1_weights_destroy(w);
     return out;
 }
 
-static float *grid_run(const dsr1_model_config *c, int workers, int pp, int *rows)
+/* paged: workers with paged caches, sequences with block tables */
+static float *grid_run(const dsr1_model_config *c, int workers, int pp, int paged, int *rows)
 {
     dsr1_cluster_params p = {NULL, c, 77, workers, pp, dsr1_kernels_portable(), 2, NSEQ, 16, 20000};
+    if (paged) {
+        p.kv_blocks = POOL;
+        p.block_tokens = BT;
+    }
     dsr1_cluster *cl;
     assert_int_equal(dsr1_cluster_create(&p, &cl), DSR1_OK);
-    float *out = two_steps(c, cluster_step, cl, rows);
+    float *out = two_steps(c, cluster_step, cl, paged ? workers / pp : 0, rows);
     dsr1_cluster_destroy(cl);
     return out;
+}
+
+/* The largest difference of got from ref in any row, in standard deviations of ref's row. */
+static double worst_error(const float *ref, const float *got, int rows, int vocab)
+{
+    double worst = 0;
+    for (int r = 0; r < rows; r++) {
+        double m = 0, v = 0, e = 0;
+        const float *a = ref + (size_t)r * vocab, *b = got + (size_t)r * vocab;
+        for (int i = 0; i < vocab; i++) m += a[i];
+        m /= vocab;
+        for (int i = 0; i < vocab; i++) v += (a[i] - m) * (a[i] - m);
+        for (int i = 0; i < vocab; i++) e = fmax(e, fabs(a[i] - b[i]));
+        worst = fmax(worst, e / sqrt(v / vocab));
+    }
+    return worst;
 }
 
 static void compare_grid(int workers, int pp)
 {
     dsr1_model_config c = cfg_small();
     int rows, rows2, rows3;
-    float *ref = reference(&c, &rows);
-    float *got = grid_run(&c, workers, pp, &rows2);
-    float *again = grid_run(&c, workers, pp, &rows3);
+    float *ref = reference(&c, 0, &rows);
+    float *got = grid_run(&c, workers, pp, 0, &rows2);
+    float *again = grid_run(&c, workers, pp, 0, &rows3);
     assert_int_equal(rows, rows2);
-    double worst = 0;
-    for (int r = 0; r < rows; r++) {
-        double m = 0, v = 0, e = 0;
-        const float *a = ref + (size_t)r * c.vocab_size, *b = got + (size_t)r * c.vocab_size;
-        for (int i = 0; i < c.vocab_size; i++) m += a[i];
-        m /= c.vocab_size;
-        for (int i = 0; i < c.vocab_size; i++) v += (a[i] - m) * (a[i] - m);
-        for (int i = 0; i < c.vocab_size; i++) e = fmax(e, fabs(a[i] - b[i]));
-        worst = fmax(worst, e / sqrt(v / c.vocab_size));
-    }
+    const double worst = worst_error(ref, got, rows, c.vocab_size);
     print_message("workers %d pp %d: worst error %.2e std\n", workers, pp, worst);
     assert_true(worst < 1e-5);
     assert_memory_equal(got, again, sizeof(float) * rows * c.vocab_size); /* deterministic */
@@ -145,6 +182,55 @@ static void test_pp4(void **state)
 {
     (void)state;
     compare_grid(4, 4);
+}
+
+/* Paged caches on the workers: the grid routes each sequence by its rank and the workers
+ * read the block tables. Bit-identical to the same grid in slot mode, and to the paged
+ * single engine where the grid has one EP rank (with several, the expert sums are added in
+ * rank order, so the single engine is matched within rounding as in compare_grid). */
+static void test_paged_grid(void **state)
+{
+    (void)state;
+    dsr1_model_config c = cfg_small();
+    const size_t V = (size_t)c.vocab_size;
+    int rows, r2;
+    float *ref = reference(&c, 1, &rows), *slots = reference(&c, 0, &r2);
+    assert_memory_equal(ref, slots, sizeof(float) * rows * V);
+    free(slots);
+    float *pp2 = grid_run(&c, 2, 2, 1, &r2); /* 2 stages x 1 EP rank */
+    assert_memory_equal(pp2, ref, sizeof(float) * rows * V);
+    free(pp2);
+    static const int shapes[][2] = {{2, 1}, {4, 2}}; /* 2 EP ranks, in 1 and 2 stages */
+    for (int i = 0; i < 2; i++) {
+        float *paged = grid_run(&c, shapes[i][0], shapes[i][1], 1, &r2);
+        float *slotted = grid_run(&c, shapes[i][0], shapes[i][1], 0, &r2);
+        assert_memory_equal(paged, slotted, sizeof(float) * rows * V);
+        assert_true(worst_error(ref, paged, rows, c.vocab_size) < 1e-5);
+        free(paged);
+        free(slotted);
+    }
+    free(ref);
+
+    /* a rank outside the grid is refused before anything is sent; a sequence without a
+     * block table is refused by its worker, named */
+    dsr1_cluster_params p = {NULL, &c, 77, 2, 1, dsr1_kernels_portable(), 2, 0, 0, 20000};
+    p.kv_blocks = POOL;
+    p.block_tokens = BT;
+    dsr1_cluster *cl;
+    assert_int_equal(dsr1_cluster_create(&p, &cl), DSR1_OK);
+    float lg[400];
+    int32_t ok[1] = {5};
+    dsr1_seq_step s = {0, 0, 1, ok, DSR1_LOGITS_LAST, tables[0], 3, 2};
+    dsr1_batch b = {1, &s, lg};
+    assert_int_equal(dsr1_cluster_step(cl, &b), DSR1_ERR_RANGE);
+    assert_non_null(strstr(dsr1_errmsg(), "rank 2 outside [0, 2)"));
+    s.rank = 1;
+    assert_int_equal(dsr1_cluster_step(cl, &b), DSR1_OK);
+    s = (dsr1_seq_step){1, 0, 1, ok, DSR1_LOGITS_LAST};
+    assert_int_equal(dsr1_cluster_step(cl, &b), DSR1_ERR_INVALID_ARG);
+    assert_non_null(strstr(dsr1_errmsg(), "worker 1 failed"));
+    assert_non_null(strstr(dsr1_errmsg(), "no block table"));
+    dsr1_cluster_destroy(cl);
 }
 
 /* Micro-batches in flight: K prefills in separate slots, then teacher-forced decode steps of
@@ -238,6 +324,7 @@ int main(void)
         cmocka_unit_test(test_ep4),        cmocka_unit_test(test_ep2_pp2),
         cmocka_unit_test(test_ep3_uneven), cmocka_unit_test(test_pp4),
         cmocka_unit_test(test_in_flight),  cmocka_unit_test(test_failure_names_worker),
+        cmocka_unit_test(test_paged_grid),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -3,7 +3,9 @@
  * computed from the formulas, router by sorting. Random weights (dsr1_weights_dummy) on
  * small configs with awkward sizes (partial 128-blocks), with and without q_lora, with and
  * without YaRN. Also: chunked prefill + decode == one prefill; a sequence's logits are
- * bit-identical alone and inside a batch with other sequences at other positions. */
+ * bit-identical alone and inside a batch with other sequences at other positions; the
+ * paged cache (shuffled block tables, chunks across block boundaries, a shared prefix
+ * block) gives the slot cache's logits bit for bit, and bad block tables are refused. */
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -280,6 +282,22 @@ static const dsr1_kernels *variant(int i)
     return i == 0 ? dsr1_kernels_portable() : dsr1_kernels_select(NULL);
 }
 
+/* Random weights (dsr1_weights_dummy) for every layer of c. */
+static dsr1_weights *dummy_weights(const dsr1_model_config *c, uint64_t seed)
+{
+    dsr1_slice all = dsr1_slice_all(c);
+    dsr1_weights *w;
+    assert_int_equal(dsr1_weights_dummy(c, &all, seed, &w), DSR1_OK);
+    return w;
+}
+
+/* Run a check with the portable kernels and, when they differ, the ones this CPU selects. */
+static void each_variant(void (*check)(const dsr1_kernels *kern))
+{
+    check(variant(0));
+    if (variant(1) != variant(0)) check(variant(1));
+}
+
 static void check_variant(int q_lora, int yarn, const dsr1_kernels *kern);
 
 static void check_against_reference(int q_lora, int yarn)
@@ -356,9 +374,7 @@ static void test_reference_no_yarn(void **state)
 static void batch_invariance(const dsr1_kernels *kern)
 {
     dsr1_model_config c = small_config(96, 1);
-    dsr1_slice all = dsr1_slice_all(&c);
-    dsr1_weights *w;
-    assert_int_equal(dsr1_weights_dummy(&c, &all, 5, &w), DSR1_OK);
+    dsr1_weights *w = dummy_weights(&c, 5);
     dsr1_pool *pool;
     assert_int_equal(dsr1_pool_create(2, &pool), DSR1_OK);
     dsr1_engine *alone, *batched;
@@ -398,8 +414,7 @@ static void batch_invariance(const dsr1_kernels *kern)
 static void test_batch_invariance(void **state)
 {
     (void)state;
-    batch_invariance(variant(0));
-    if (variant(1) != variant(0)) batch_invariance(variant(1));
+    each_variant(batch_invariance);
 }
 
 static void test_bad_steps(void **state)
@@ -429,6 +444,196 @@ static void test_bad_steps(void **state)
     dsr1_weights_destroy(w);
 }
 
+/* ---- the paged cache ---- */
+
+/* A shuffled permutation of the pool's block ids, handed out as block tables. */
+static void shuffled_ids(int32_t *ids, int n, unsigned seed)
+{
+    srand(seed);
+    for (int i = 0; i < n; i++) ids[i] = i;
+    for (int i = n - 1; i > 0; i--) {
+        const int r = rand() % (i + 1);
+        const int32_t t = ids[i];
+        ids[i] = ids[r];
+        ids[r] = t;
+    }
+}
+
+/* Three sequences in three steps of chunks that cross block boundaries (prefill chunks,
+ * then decode), on a slot engine and on paged engines whose block tables are shuffled ids:
+ * bit-identical logits. */
+static void paged_equals_slots(const dsr1_kernels *kern)
+{
+    dsr1_model_config c = small_config(96, 1);
+    dsr1_weights *w = dummy_weights(&c, 5);
+    dsr1_pool *pool;
+    assert_int_equal(dsr1_pool_create(2, &pool), DSR1_OK);
+    enum { NS = 3, STEPS = 3, LEN = 13, POOL = 20 };
+    static const int chunk[STEPS][NS] = {{6, 7, 3}, {5, 1, 7}, {1, 1, 1}};
+    int32_t tok[NS][LEN], ids[POOL];
+    for (int q = 0; q < NS; q++) random_tokens(tok[q], LEN, c.vocab_size, 20 + q);
+    const int V = c.vocab_size;
+    float *want = malloc(sizeof(float) * NS * LEN * V), *got = malloc(sizeof(float) * NS * LEN * V);
+    static const int block_tokens[] = {4, 5};
+    for (int bi = 0; bi < 2; bi++) {
+        const int bt = block_tokens[bi];
+        dsr1_engine *slots, *paged;
+        assert_int_equal(dsr1_engine_create(w, kern, pool, NS, 32, &slots), DSR1_OK);
+        assert_int_equal(dsr1_engine_create_paged(w, kern, pool, POOL, bt, 64, &paged), DSR1_OK);
+        assert_int_equal(dsr1_engine_block_tokens(paged), bt);
+        assert_int_equal(dsr1_engine_blocks(paged), POOL);
+        shuffled_ids(ids, POOL, 30 + bi);
+        int pos[NS] = {0};
+        for (int st = 0; st < STEPS; st++) {
+            dsr1_seq_step ss[NS], sp[NS];
+            int rows = 0;
+            for (int q = 0; q < NS; q++) {
+                ss[q] = (dsr1_seq_step){q, pos[q], chunk[st][q], tok[q] + pos[q], DSR1_LOGITS_ALL};
+                sp[q] = ss[q];
+                sp[q].slot = -1; /* ignored with a table */
+                sp[q].blocks = ids + q * (POOL / NS);
+                sp[q].n_blocks = POOL / NS;
+                pos[q] += chunk[st][q];
+                rows += chunk[st][q];
+            }
+            dsr1_batch bs = {NS, ss, want}, bp = {NS, sp, got};
+            assert_int_equal(dsr1_engine_forward(slots, &bs), DSR1_OK);
+            assert_int_equal(dsr1_engine_forward(paged, &bp), DSR1_OK);
+            assert_memory_equal(want, got, sizeof(float) * rows * V);
+        }
+        dsr1_engine_destroy(slots);
+        dsr1_engine_destroy(paged);
+    }
+    free(want);
+    free(got);
+    dsr1_pool_destroy(pool);
+    dsr1_weights_destroy(w);
+}
+
+static void test_paged_equals_slots(void **state)
+{
+    (void)state;
+    each_variant(paged_equals_slots);
+}
+
+/* Sequence B shares sequence A's first (full) block, read-only, and starts after it; in the
+ * same step A decodes into another block. B's logits equal B's whole prompt run alone, A's
+ * equal A alone. */
+static void shared_prefix(const dsr1_kernels *kern)
+{
+    dsr1_model_config c = small_config(96, 1);
+    dsr1_weights *w = dummy_weights(&c, 6);
+    enum { BT = 4, LA = 10, LB = 9 };
+    const int V = c.vocab_size;
+    int32_t a[LA + 1], b[LB];
+    random_tokens(a, LA + 1, V, 40);
+    random_tokens(b, LB, V, 41);
+    memcpy(b, a, sizeof(int32_t) * BT); /* the common prefix: one full block */
+    const int32_t ta[] = {7, 2, 9}, tb[] = {7, 5, 11}, alone_b[] = {0, 1, 2}, alone_a[] = {3, 4, 5};
+    dsr1_engine *e, *ref;
+    assert_int_equal(dsr1_engine_create_paged(w, kern, NULL, 12, BT, 32, &e), DSR1_OK);
+    assert_int_equal(dsr1_engine_create_paged(w, kern, NULL, 6, BT, 32, &ref), DSR1_OK);
+    float *got = malloc(sizeof(float) * (LB + 1) * V), *want = malloc(sizeof(float) * LB * V);
+    dsr1_seq_step pa = {0, 0, LA, a, DSR1_LOGITS_NONE, ta, 3, 0};
+    dsr1_batch ba = {1, &pa, got};
+    assert_int_equal(dsr1_engine_forward(e, &ba), DSR1_OK);
+    dsr1_seq_step two[2] = {{0, BT, LB - BT, b + BT, DSR1_LOGITS_ALL, tb, 3, 0},
+                            {0, LA, 1, a + LA, DSR1_LOGITS_LAST, ta, 3, 0}};
+    dsr1_batch bb = {2, two, got};
+    assert_int_equal(dsr1_engine_forward(e, &bb), DSR1_OK);
+
+    dsr1_seq_step rb = {0, 0, LB, b, DSR1_LOGITS_ALL, alone_b, 3, 0};
+    dsr1_batch b1 = {1, &rb, want};
+    assert_int_equal(dsr1_engine_forward(ref, &b1), DSR1_OK);
+    assert_memory_equal(got, want + (size_t)BT * V, sizeof(float) * (LB - BT) * V);
+    dsr1_seq_step ra = {0, 0, LA + 1, a, DSR1_LOGITS_LAST, alone_a, 3, 0};
+    dsr1_batch b2 = {1, &ra, want};
+    assert_int_equal(dsr1_engine_forward(ref, &b2), DSR1_OK);
+    assert_memory_equal(got + (size_t)(LB - BT) * V, want, sizeof(float) * V);
+    free(got);
+    free(want);
+    dsr1_engine_destroy(e);
+    dsr1_engine_destroy(ref);
+    dsr1_weights_destroy(w);
+}
+
+static void test_shared_prefix(void **state)
+{
+    (void)state;
+    each_variant(shared_prefix);
+}
+
+/* Expect `want` and a message containing `needle` from a batch of n sequences. */
+static void expect_error(dsr1_engine *e, dsr1_seq_step *seqs, int n, dsr1_status want,
+                         const char *needle)
+{
+    float lg[8 * 300];
+    dsr1_batch b = {n, seqs, lg};
+    assert_int_equal(dsr1_engine_forward(e, &b), want);
+    if (!strstr(dsr1_errmsg(), needle)) fail_msg("'%s' does not say '%s'", dsr1_errmsg(), needle);
+}
+
+/* Bad block tables are refused before anything is written: afterwards a sequence whose
+ * blocks a refused batch would have overwritten still gives the logits it gives alone. */
+static void test_paged_bad_steps(void **state)
+{
+    (void)state;
+    dsr1_model_config c = small_config(96, 1);
+    c.num_hidden_layers = 1;
+    dsr1_weights *w = dummy_weights(&c, 5);
+    const dsr1_kernels *k = dsr1_kernels_portable();
+    dsr1_engine *e;
+    assert_int_equal(dsr1_engine_create_paged(w, k, NULL, 0, 4, 8, &e), DSR1_ERR_INVALID_ARG);
+    assert_int_equal(dsr1_engine_create_paged(w, k, NULL, 6, 0, 8, &e), DSR1_ERR_INVALID_ARG);
+    assert_int_equal(dsr1_engine_create_paged(w, k, NULL, 6, 4, 0, &e), DSR1_ERR_INVALID_ARG);
+    assert_int_equal(dsr1_engine_create_paged(w, k, NULL, 6, 4, 8, &e), DSR1_OK);
+    const int V = c.vocab_size;
+    int32_t tok[9];
+    random_tokens(tok, 9, V, 50);
+    const int32_t t01[] = {0, 1}, t2[] = {2}, t23[] = {2, 3}, t22[] = {2, 2}, t6[] = {4, 6},
+                  t0[] = {0}, t45[] = {4, 5};
+    /* A: 6 tokens in blocks 0, 1 */
+    float a1[300], a2[300];
+    dsr1_seq_step a = {0, 0, 6, tok, DSR1_LOGITS_LAST, t01, 2, 0};
+    dsr1_batch ba = {1, &a, a1};
+    assert_int_equal(dsr1_engine_forward(e, &ba), DSR1_OK);
+
+    dsr1_seq_step s[2] = {{0, 0, 1, tok, DSR1_LOGITS_LAST}};
+    expect_error(e, s, 1, DSR1_ERR_INVALID_ARG, "no block table");
+    s[0] = (dsr1_seq_step){0, 0, 5, tok, DSR1_LOGITS_LAST, t2, 1, 0};
+    expect_error(e, s, 1, DSR1_ERR_RANGE, "need 2 blocks of 4 tokens");
+    s[0] = (dsr1_seq_step){0, 0, 5, tok, DSR1_LOGITS_LAST, t6, 2, 0};
+    expect_error(e, s, 1, DSR1_ERR_RANGE, "block 6, outside the pool [0, 6)");
+    s[0] = (dsr1_seq_step){0, 0, 5, tok, DSR1_LOGITS_LAST, t22, 2, 0};
+    expect_error(e, s, 1, DSR1_ERR_INVALID_ARG, "block 2 appears twice");
+    s[0] = (dsr1_seq_step){0, 0, 9, tok, DSR1_LOGITS_LAST, t23, 2, 0};
+    expect_error(e, s, 1, DSR1_ERR_RANGE, "need 3 blocks"); /* 9 tokens in 8 positions */
+    s[0] = (dsr1_seq_step){0, 0, 8, tok, DSR1_LOGITS_LAST, t23, 2, 0};
+    s[1] = (dsr1_seq_step){0, 0, 1, tok, DSR1_LOGITS_LAST, t45, 2, 0};
+    expect_error(e, s, 2, DSR1_ERR_RANGE, "at most 8"); /* max_step_tokens */
+    /* B writes A's block 0 (would corrupt A) while C writes it too, or while C reads it */
+    s[0] = (dsr1_seq_step){0, 0, 4, tok + 5, DSR1_LOGITS_LAST, t0, 1, 0};
+    s[1] = (dsr1_seq_step){0, 2, 1, tok + 5, DSR1_LOGITS_LAST, t0, 1, 0};
+    expect_error(e, s, 2, DSR1_ERR_INVALID_ARG, "sequences 0 and 1 both write cache block 0");
+    s[1] = (dsr1_seq_step){0, 4, 1, tok + 5, DSR1_LOGITS_LAST, t01, 2, 0};
+    expect_error(e, s, 2, DSR1_ERR_INVALID_ARG, "sequence 1 reads cache block 0, which sequence 0");
+    s[1] = (dsr1_seq_step){0, 0, 1, tok, DSR1_LOGITS_LAST, t22, 2, 0};
+    expect_error(e, s, 2, DSR1_ERR_INVALID_ARG, "appears twice");
+
+    /* A continues as if nothing had happened */
+    a = (dsr1_seq_step){0, 6, 1, tok + 6, DSR1_LOGITS_LAST, t01, 2, 0};
+    assert_int_equal(dsr1_engine_forward(e, &ba), DSR1_OK);
+    dsr1_engine *ref;
+    assert_int_equal(dsr1_engine_create(w, k, NULL, 1, 8, &ref), DSR1_OK);
+    dsr1_seq_step r = {0, 0, 7, tok, DSR1_LOGITS_LAST};
+    dsr1_batch br = {1, &r, a2};
+    assert_int_equal(dsr1_engine_forward(ref, &br), DSR1_OK);
+    assert_memory_equal(a1, a2, sizeof(a1));
+    dsr1_engine_destroy(ref);
+    dsr1_engine_destroy(e);
+    dsr1_weights_destroy(w);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -437,6 +642,9 @@ int main(void)
         cmocka_unit_test(test_reference_no_yarn),
         cmocka_unit_test(test_batch_invariance),
         cmocka_unit_test(test_bad_steps),
+        cmocka_unit_test(test_paged_equals_slots),
+        cmocka_unit_test(test_shared_prefix),
+        cmocka_unit_test(test_paged_bad_steps),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -18,6 +18,10 @@
 
 static const char *variants[] = {"portable", "avx512"};
 #define NVAR (sizeof(variants) / sizeof(variants[0]))
+/* with the bf16 precision mode, which has its own error bound (test_linear_bf16) but the
+ * same bit-level promises: batch invariance, expert_ffn = linear expert after expert */
+static const char *all_variants[] = {"portable", "avx512", "avx512-bf16"};
+#define NALL (sizeof(all_variants) / sizeof(all_variants[0]))
 
 static float frand(void)
 {
@@ -73,8 +77,10 @@ static double wval(const rand_linear *r, int row, int col)
     }
 }
 
+/* linear and linear_t within 1e-5 x sum |w x| of a double reference; with bf16_x, the
+ * reference of linear takes the activations rounded to bf16 (the bf16 precision mode). */
 static void check_linear(const dsr1_kernels *k, dsr1_pool *pool, dsr1_dtype dt, int rows, int cols,
-                         int m, int r0, int r1)
+                         int m, int r0, int r1, bool bf16_x)
 {
     rand_linear r = make_linear(dt, rows, cols);
     /* x serves both products: cols values for linear, r1 - r0 for linear_t */
@@ -88,8 +94,10 @@ static void check_linear(const dsr1_kernels *k, dsr1_pool *pool, dsr1_dtype dt, 
         for (int row = r0; row < r1; row++) {
             double s = 0, a = 0;
             for (int c = 0; c < cols; c++) {
-                s += wval(&r, row, c) * x[i * ldx + c];
-                a += fabs(wval(&r, row, c) * x[i * ldx + c]);
+                const float xv = x[i * ldx + c];
+                const double xr = bf16_x ? dsr1_bf16_to_f32(dsr1_f32_to_bf16(xv)) : xv;
+                s += wval(&r, row, c) * xr;
+                a += fabs(wval(&r, row, c) * xr);
             }
             assert_true(fabs(y[i * ldy + row - r0] - s) <= 1e-5 * a + 1e-6);
         }
@@ -128,12 +136,12 @@ static void test_linear(void **state)
         if (!k) continue;
         for (int d = 0; d < 3; d++) {
             for (int mi = 0; mi < 6; mi++) {
-                check_linear(k, pool, dts[d], 300, 200, ms[mi], 0, 300);  /* partial blocks */
-                check_linear(k, pool, dts[d], 300, 200, ms[mi], 37, 170); /* mid-block range */
-                check_linear(k, pool, dts[d], 5, 129, ms[mi], 0, 5);      /* tiny, 1 extra col */
-                check_linear(k, pool, dts[d], 70, 600, ms[mi], 3, 67);    /* several K slabs */
+                check_linear(k, pool, dts[d], 300, 200, ms[mi], 0, 300, false); /* partial blocks */
+                check_linear(k, pool, dts[d], 300, 200, ms[mi], 37, 170, false); /* mid-block */
+                check_linear(k, pool, dts[d], 5, 129, ms[mi], 0, 5, false);      /* 1 extra col */
+                check_linear(k, pool, dts[d], 70, 600, ms[mi], 3, 67, false);    /* K slabs */
             }
-            check_linear(k, pool, dts[d], 70, 600, 300, 3, 67); /* m = 300: several M blocks */
+            check_linear(k, pool, dts[d], 70, 600, 300, 3, 67, false); /* several M blocks */
         }
     }
     dsr1_pool_destroy(pool);
@@ -154,8 +162,8 @@ static void test_linear_batch_invariance(void **state)
     float *x = malloc(sizeof(float) * m * ldx);
     float *y = malloc(sizeof(float) * m * ldy), *y1 = malloc(sizeof(float) * m * ldy);
     for (int i = 0; i < m * ldx; i++) x[i] = frand();
-    for (size_t v = 0; v < NVAR; v++) {
-        const dsr1_kernels *k = dsr1_kernels_select(variants[v]);
+    for (size_t v = 0; v < NALL; v++) {
+        const dsr1_kernels *k = dsr1_kernels_select(all_variants[v]);
         if (!k) continue;
         for (int d = 0; d < 3; d++) {
             rand_linear r = make_linear(dts[d], rows, cols);
@@ -212,6 +220,182 @@ static void test_linear_fp8_exact(void **state)
     free(x);
 }
 
+/* The bf16 precision mode. FP8 products: exact but for the activations' rounding to bf16
+ * (so the result must also differ from the exact avx512 one); other weight dtypes: the
+ * avx512 products, bit for bit. */
+static void test_linear_bf16(void **state)
+{
+    (void)state;
+    const dsr1_kernels *k = dsr1_kernels_select("avx512-bf16");
+    const dsr1_kernels *exact = dsr1_kernels_select("avx512");
+    if (!k) skip();
+    dsr1_pool *pool;
+    assert_int_equal(dsr1_pool_create(2, &pool), DSR1_OK);
+    srand(7);
+    static const int ms[] = {1, 3, 17, 300};
+    for (int mi = 0; mi < 4; mi++) {
+        check_linear(k, pool, DSR1_DT_F8_E4M3, 300, 200, ms[mi], 0, 300, true);
+        check_linear(k, pool, DSR1_DT_F8_E4M3, 300, 200, ms[mi], 37, 170, true);
+        check_linear(k, pool, DSR1_DT_F8_E4M3, 5, 129, ms[mi], 0, 5, true);
+        check_linear(k, pool, DSR1_DT_F8_E4M3, 70, 600, ms[mi], 3, 67, true);
+    }
+    const int m = 17, rows = 70, cols = 600;
+    float *x = malloc(sizeof(float) * m * cols), *y = malloc(sizeof(float) * m * rows);
+    float *ye = malloc(sizeof(float) * m * rows);
+    for (int i = 0; i < m * cols; i++) x[i] = frand();
+    static const dsr1_dtype dts[] = {DSR1_DT_F8_E4M3, DSR1_DT_BF16, DSR1_DT_F32};
+    for (int d = 0; d < 3; d++) {
+        rand_linear r = make_linear(dts[d], rows, cols);
+        k->linear(pool, &r.w, 0, rows, x, cols, m, y, rows);
+        exact->linear(pool, &r.w, 0, rows, x, cols, m, ye, rows);
+        assert_int_equal(memcmp(y, ye, sizeof(float) * m * rows) == 0, d > 0);
+        free(r.data);
+        free(r.scale);
+    }
+    free(x);
+    free(y);
+    free(ye);
+    dsr1_pool_destroy(pool);
+}
+
+/* ---- expert_ffn ---------------------------------------------------------------------- */
+
+/* The experts run one after another through k->linear: what worker/moe.c did before the
+ * grouped entry. silu(g) * u written as the kernels write it. */
+static void experts_one_by_one(const dsr1_kernels *k, dsr1_pool *pool, const dsr1_expert *ex,
+                               int ne, const float *x, int ldx, float *y, int ldy)
+{
+    for (int e = 0; e < ne; e++) {
+        const int n = ex[e].n, kk = ex[e].gate->cols, inter = ex[e].gate->rows;
+        const int d = ex[e].down->rows;
+        if (n == 0) continue;
+        float *xin = malloc(sizeof(float) * n * kk), *g = malloc(sizeof(float) * n * inter);
+        float *u = malloc(sizeof(float) * n * inter), *o = malloc(sizeof(float) * n * d);
+        for (int i = 0; i < n; i++)
+            memcpy(xin + (size_t)i * kk, x + (size_t)ex[e].rows[i] * ldx, sizeof(float) * kk);
+        k->linear(pool, ex[e].gate, 0, inter, xin, kk, n, g, inter);
+        k->linear(pool, ex[e].up, 0, inter, xin, kk, n, u, inter);
+        for (int i = 0; i < n * inter; i++) {
+            const float s = g[i] / (1.0f + expf(-g[i]));
+            g[i] = s * u[i];
+        }
+        k->linear(pool, ex[e].down, 0, d, g, inter, n, o, d);
+        for (int i = 0; i < n; i++)
+            for (int c = 0; c < d; c++)
+                y[(size_t)ex[e].rows[i] * ldy + c] += o[(size_t)i * d + c] * ex[e].weight[i];
+        free(xin);
+        free(g);
+        free(u);
+        free(o);
+    }
+}
+
+#define FFN_NE 6
+
+/* Six experts ([inter = 100][hidden = 200] gate and up, [200][100] down: partial 128-blocks,
+ * units that do not divide 100 or 200); each of m tokens goes to two of experts 0, 1, 3, 4,
+ * so experts 2 and 5 get none. */
+typedef struct {
+    rand_linear w[FFN_NE][3];
+    dsr1_expert ex[FFN_NE];
+    int rows[FFN_NE][300];
+    float weight[FFN_NE][300];
+} ffn_case;
+
+static void ffn_case_make(ffn_case *f, dsr1_dtype dt, int m)
+{
+    static const int used[] = {0, 1, 3, 4};
+    for (int e = 0; e < FFN_NE; e++) {
+        f->w[e][0] = make_linear(dt, 100, 200);
+        f->w[e][1] = make_linear(dt, 100, 200);
+        f->w[e][2] = make_linear(dt, 200, 100);
+        f->ex[e] =
+            (dsr1_expert){&f->w[e][0].w, &f->w[e][1].w, &f->w[e][2].w, 0, f->rows[e], f->weight[e]};
+    }
+    for (int t = 0; t < m; t++) {
+        const int a = used[rand() % 4], b = used[(a + 1 + rand() % 3) % 4];
+        for (int j = 0; j < 2; j++) {
+            dsr1_expert *x = &f->ex[j ? b : a];
+            f->rows[x - f->ex][x->n] = t;
+            f->weight[x - f->ex][x->n++] = 0.1f + 0.9f * fabsf(frand());
+        }
+    }
+}
+
+static void ffn_case_free(ffn_case *f)
+{
+    for (int e = 0; e < FFN_NE; e++)
+        for (int j = 0; j < 3; j++) {
+            free(f->w[e][j].data);
+            free(f->w[e][j].scale);
+        }
+}
+
+/* Every variant's expert_ffn against its own linear applied expert after expert, bit for
+ * bit, into strided x and y (y is accumulated into: random to start with; its padding must
+ * stay), at m = 1, 3, 17 and 300 tokens (300 x 2 routed rows: more than one wave). */
+static void test_expert_ffn(void **state)
+{
+    (void)state;
+    dsr1_pool *pool;
+    assert_int_equal(dsr1_pool_create(2, &pool), DSR1_OK);
+    srand(5);
+    static const int ms[] = {1, 3, 17, 300};
+    const int ldx = 203, ldy = 207;
+    for (size_t v = 0; v < NALL; v++) {
+        const dsr1_kernels *k = dsr1_kernels_select(all_variants[v]);
+        if (!k) continue;
+        for (int mi = 0; mi < 4; mi++)
+            for (int d = 0; d < 2; d++) {
+                const int m = ms[mi];
+                if (d == 1 && m != 17) continue; /* bf16 weights: one size is enough */
+                ffn_case *f = calloc(1, sizeof(*f));
+                ffn_case_make(f, d ? DSR1_DT_BF16 : DSR1_DT_F8_E4M3, m);
+                float *x = malloc(sizeof(float) * m * ldx), *y = malloc(sizeof(float) * m * ldy);
+                float *want = malloc(sizeof(float) * m * ldy);
+                for (int i = 0; i < m * ldx; i++) x[i] = frand();
+                for (int i = 0; i < m * ldy; i++) want[i] = y[i] = frand();
+                experts_one_by_one(k, pool, f->ex, FFN_NE, x, ldx, want, ldy);
+                assert_int_equal(k->expert_ffn(pool, f->ex, FFN_NE, x, ldx, y, ldy), DSR1_OK);
+                assert_memory_equal(y, want, sizeof(float) * m * ldy);
+                free(x);
+                free(y);
+                free(want);
+                ffn_case_free(f);
+                free(f);
+            }
+    }
+    dsr1_pool_destroy(pool);
+}
+
+/* Shapes that do not fit together are refused, y untouched; no tokens at all is a no-op. */
+static void test_expert_ffn_bad_shapes(void **state)
+{
+    (void)state;
+    srand(6);
+    ffn_case *f = calloc(1, sizeof(*f));
+    ffn_case_make(f, DSR1_DT_F8_E4M3, 4);
+    float x[4 * 200], y[4 * 200], y0[4 * 200];
+    for (int i = 0; i < 4 * 200; i++) {
+        x[i] = frand();
+        y0[i] = y[i] = frand();
+    }
+    for (size_t v = 0; v < NALL; v++) {
+        const dsr1_kernels *k = dsr1_kernels_select(all_variants[v]);
+        if (!k) continue;
+        dsr1_expert ex[FFN_NE];
+        memcpy(ex, f->ex, sizeof(ex));
+        ex[3].up = ex[3].down; /* [200][100] where [100][200] belongs */
+        assert_int_equal(k->expert_ffn(NULL, ex, FFN_NE, x, 200, y, 200), DSR1_ERR_INVALID_ARG);
+        assert_memory_equal(y, y0, sizeof(y));
+        for (int e = 0; e < FFN_NE; e++) ex[e].n = 0;
+        assert_int_equal(k->expert_ffn(NULL, ex, FFN_NE, x, 200, y, 200), DSR1_OK);
+        assert_memory_equal(y, y0, sizeof(y));
+    }
+    ffn_case_free(f);
+    free(f);
+}
+
 static void test_rmsnorm(void **state)
 {
     (void)state;
@@ -246,6 +430,33 @@ static void test_rmsnorm(void **state)
     dsr1_pool_destroy(pool);
 }
 
+/* A sequence's n cache rows kv[n][ld] copied into a paged pool of blocks of bt rows: its
+ * blocks get shuffled ids among twice as many, so they are neither contiguous nor in order.
+ * Returns the pool (caller frees) and fills blocks[] with the first row of each. */
+static float *page_rows(const float *kv, int n, int ld, int bt, const float **blocks)
+{
+    const int need = (n + bt - 1) / bt, total = 2 * need + 1;
+    float *pool = malloc(sizeof(float) * total * bt * ld);
+    int *ids = malloc(sizeof(int) * total);
+    for (int i = 0; i < total * bt * ld; i++) pool[i] = frand(); /* unused rows: noise */
+    for (int i = 0; i < total; i++) ids[i] = i;
+    for (int i = total - 1; i > 0; i--) {
+        const int r = rand() % (i + 1), t = ids[i];
+        ids[i] = ids[r];
+        ids[r] = t;
+    }
+    for (int b = 0; b < need; b++) {
+        blocks[b] = pool + (size_t)ids[b] * bt * ld;
+        const int rows = n - b * bt < bt ? n - b * bt : bt;
+        memcpy((float *)blocks[b], kv + (size_t)b * bt * ld, sizeof(float) * rows * ld);
+    }
+    free(ids);
+    return pool;
+}
+
+/* Attention over a paged cache: against the double reference for every variant, and
+ * bit-identical whatever the block size (5 and 16 rows, which do not divide the positions,
+ * and one block holding everything). */
 static void test_mla_attention(void **state)
 {
     (void)state;
@@ -261,14 +472,23 @@ static void test_mla_attention(void **state)
                 /* heads = 10: groups of heads that do not divide evenly */
                 const int heads = hs[(a + b) % 2], kvl = 40, rope = 8, ld = kvl + rope + 3;
                 int t = ts[a], pos0 = pos0s[b], n = pos0 + t;
+                const int bts[] = {5, 16, n};
                 float *qa = malloc(sizeof(float) * t * heads * kvl);
                 float *qp = malloc(sizeof(float) * t * heads * rope);
                 float *kv = malloc(sizeof(float) * n * ld);
                 float *out = malloc(sizeof(float) * t * heads * kvl);
+                float *first = malloc(sizeof(float) * t * heads * kvl);
+                const float **blocks = malloc(sizeof(float *) * n);
                 for (int i = 0; i < t * heads * kvl; i++) qa[i] = frand();
                 for (int i = 0; i < t * heads * rope; i++) qp[i] = frand();
                 for (int i = 0; i < n * ld; i++) kv[i] = frand();
-                k->mla_attention(pool, t, heads, kvl, rope, qa, qp, kv, ld, pos0, 0.3f, out);
+                for (int bi = 0; bi < 3; bi++) {
+                    float *paged = page_rows(kv, n, ld, bts[bi], blocks);
+                    k->mla_attention(pool, t, heads, kvl, rope, qa, qp, blocks, bts[bi], ld, pos0,
+                                     0.3f, bi ? out : first);
+                    free(paged);
+                }
+                assert_memory_equal(out, first, sizeof(float) * t * heads * kvl);
                 double *p = malloc(sizeof(double) * n);
                 for (int i = 0; i < t; i++)
                     for (int h = 0; h < heads; h++) {
@@ -295,6 +515,8 @@ static void test_mla_attention(void **state)
                 free(qp);
                 free(kv);
                 free(out);
+                free(first);
+                free(blocks);
             }
     }
     dsr1_pool_destroy(pool);
@@ -304,8 +526,9 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_linear),           cmocka_unit_test(test_linear_batch_invariance),
-        cmocka_unit_test(test_linear_fp8_exact), cmocka_unit_test(test_rmsnorm),
-        cmocka_unit_test(test_mla_attention),
+        cmocka_unit_test(test_linear_fp8_exact), cmocka_unit_test(test_linear_bf16),
+        cmocka_unit_test(test_expert_ffn),       cmocka_unit_test(test_expert_ffn_bad_shapes),
+        cmocka_unit_test(test_rmsnorm),          cmocka_unit_test(test_mla_attention),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
