@@ -10,7 +10,7 @@
 
 #include "cluster.h"
 #include "model_config.h"
-#include "sched.h"
+#include "scheduler.h"
 
 typedef struct {
     const char *model;  /* checkpoint directory (or config with dummy) */
