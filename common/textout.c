@@ -253,8 +253,7 @@ dsr1_status dsr1_textout_push(dsr1_textout *t, int32_t id, dsr1_textout_delta *d
 {
     if (!t || !d) return dsr1_error(DSR1_ERR_INVALID_ARG, "textout: NULL argument");
     if (t->done) return dsr1_error(DSR1_ERR_INVALID_ARG, "textout: generation already ended");
-    if (!dsr1_tokenizer_id_valid(t->tok, id))
-        return dsr1_error(DSR1_ERR_RANGE, "textout: token %d is not in the vocabulary", (int)id);
+    if (id < 0) return dsr1_error(DSR1_ERR_RANGE, "textout: token id %d is negative", (int)id);
     begin_call(t);
     dsr1_status st;
     if (is_stop_id(t, id)) {
@@ -267,6 +266,8 @@ dsr1_status dsr1_textout_push(dsr1_textout *t, int32_t id, dsr1_textout_delta *d
     } else if (id == t->think_end_id && t->part == REASONING) {
         st = end_part(t);
         t->part = CONTENT;
+    } else if (!dsr1_tokenizer_id_valid(t->tok, id)) {
+        st = DSR1_OK; /* an id of the model's vocabulary that the tokenizer lacks: no text */
     } else {
         const char *s;
         size_t n;

@@ -57,7 +57,9 @@ typedef struct {
     const char *stop_reason; /* the stop string, or the stop id in decimal; NULL for none */
 } dsr1_textout_delta;
 
-/* Feeds one generated id. */
+/* Feeds one generated id. An id the tokenizer does not know (a model's vocabulary may be
+ * larger than its tokenizer's: R1 has 129280 ids for about 128815 tokens) releases no text;
+ * a negative id is DSR1_ERR_RANGE. */
 dsr1_status dsr1_textout_push(dsr1_textout *t, int32_t id, dsr1_textout_delta *d);
 /* End of generation for another reason (length, abort): releases held text. */
 dsr1_status dsr1_textout_finish(dsr1_textout *t, dsr1_textout_delta *d);

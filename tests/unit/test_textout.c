@@ -355,12 +355,14 @@ static void test_errors(void **state)
     p = params();
     p.eos_id = -5;
     assert_int_equal(dsr1_textout_create(tok, &p, &t), DSR1_ERR_INVALID_ARG);
-    /* an id outside the vocabulary leaves the stream as it was */
+    /* a negative id leaves the stream as it was */
     p = params();
     assert_int_equal(dsr1_textout_create(tok, &p, &t), DSR1_OK);
     dsr1_textout_delta d;
     push(t, tok->byte_token[0xE4], &d);
     assert_int_equal(dsr1_textout_push(t, -1, &d), DSR1_ERR_RANGE);
+    /* an id the model has but the tokenizer lacks (R1: 129280 > tokenizer ids) has no text */
+    assert_string_equal(push(t, dsr1_tokenizer_vocab_size(tok) + 7, &d), "");
     push(t, tok->byte_token[0xBD], &d);
     assert_string_equal(push(t, tok->byte_token[0xA0], &d), "你");
     assert_int_equal(dsr1_textout_finish(t, &d), DSR1_OK);

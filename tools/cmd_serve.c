@@ -1,0 +1,331 @@
+/* `dsr1 serve`: the gRPC server (docs/api.md) in front of the continuous-batching scheduler,
+ * running steps on the engine in this process, on an embedded worker grid, or on the
+ * worker processes of an MPI job (dsr1-coordinator runs this command as MPI rank 0).
+ *
+ * Prints "serving on HOST:PORT" on stdout once it accepts calls (scripts wait for that
+ * line; with --port 0 it names the port picked). SIGINT or SIGTERM: stops accepting,
+ * aborts the running requests (clients get their final ABORT message) and exits 0. */
+#include <getopt.h>
+#include <libgen.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "args.h"
+#include "backend.h"
+#include "bootstrap_mpi.h"
+#include "commands.h"
+#include "log.h"
+#include "server.h"
+
+#define CMD "dsr1 serve"
+
+static void serve_usage(FILE *f)
+{
+    fprintf(f,
+            "usage: dsr1 serve --model DIR [options]\n\n"
+            "Serve the model over gRPC (proto/dsr1.proto, docs/api.md): streaming generation,\n"
+            "batch jobs, and grpc.health.v1. Prints \"serving on HOST:PORT\" once ready;\n"
+            "SIGINT/SIGTERM shut it down gracefully.\n\n"
+            "  --model DIR             checkpoint directory (config.json, shards, tokenizer)\n"
+            "  --host ADDR             interface to listen on (default 127.0.0.1)\n"
+            "  --port N                port (default 50051; 0: any free port)\n"
+            "  --api-key KEY           require 'authorization: Bearer KEY' on every RPC but\n"
+            "                          health (default: env DSR1_API_KEY; none when unset)\n"
+            "  --workers N             run N workers as threads of this process\n"
+            "  --pp P                  pipeline stages among the workers (default 1)\n"
+            "  --transport NAME        between embedded workers: inproc (default) or ucx\n"
+            "  --mpi                   coordinate the worker processes of an MPI job (implied\n"
+            "                          when started by mpirun/srun with more than one rank)\n"
+            "  --threads N             CPU threads (default: DSR1_THREADS or all cores)\n"
+            "  --kernels NAME          auto (default), portable, avx512, avx512-bf16\n"
+            "  --dummy-weights         random weights from the config alone (--seed S,\n"
+            "                          --layers N keeps the first N layers)\n"
+            "  --kv-tokens N           KV cache per attention rank, in tokens (default 65536,\n"
+            "                          capped at 8 GiB)\n"
+            "  --block-tokens B        tokens per cache block (default 32)\n"
+            "  --step-tokens N         tokens of one step: decodes + prefill chunks (default 512)\n"
+            "  --max-running N         requests decoding together (default 32)\n"
+            "  --max-queued N          waiting requests; beyond, Generate is RESOURCE_EXHAUSTED\n"
+            "                          (default 1024)\n"
+            "  --max-batch-items N     items of one SubmitBatch (default 10000)\n"
+            "  --max-message-bytes N   largest request message (default 4194304)\n"
+            "  --max-context N         prompt + max_tokens (default and most: the model's\n"
+            "                          max_position_embeddings or the KV cache of a rank,\n"
+            "                          whichever is smaller)\n"
+            "  --no-prefix-cache       do not reuse cached prompt prefixes\n"
+            "  --timeout-ms T          give up on a silent worker after T ms (default 60000)\n"
+            "  -h, --help              this text\n");
+}
+
+/* Integer flags: option value FLAG_BASE + index into this table. */
+enum { FLAG_BASE = 1000 };
+enum {
+    F_PORT,
+    F_WORKERS,
+    F_PP,
+    F_THREADS,
+    F_LAYERS,
+    F_TIMEOUT,
+    F_KV_TOKENS,
+    F_BLOCK_TOKENS,
+    F_STEP_TOKENS,
+    F_MAX_RUNNING,
+    F_MAX_QUEUED,
+    F_MAX_BATCH_ITEMS,
+    F_MAX_MESSAGE_BYTES,
+    F_MAX_CONTEXT,
+    N_INT_FLAGS
+};
+
+typedef struct {
+    const char *name;
+    long lo, hi, value;
+} int_flag;
+
+typedef struct {
+    const char *model, *host, *api_key, *kernels;
+    bool dummy, mpi, prefix_cache;
+    int transport;
+    uint64_t seed;
+    int_flag n[N_INT_FLAGS];
+} serve_opts;
+
+static const serve_opts defaults = {
+    .host = "127.0.0.1",
+    .prefix_cache = true,
+    .seed = 1,
+    .n =
+        {
+            [F_PORT] = {"port", 0, 65535, DSR1_SERVER_DEFAULT_PORT},
+            [F_WORKERS] = {"workers", 1, 1000000, 0},
+            [F_PP] = {"pp", 1, 1000000, 1},
+            [F_THREADS] = {"threads", 1, 4096, 0},
+            [F_LAYERS] = {"layers", 1, 1000000, 0},
+            [F_TIMEOUT] = {"timeout-ms", 1, 1000000000, 0},
+            [F_KV_TOKENS] = {"kv-tokens", 1, 1l << 40, 0},
+            [F_BLOCK_TOKENS] = {"block-tokens", 1, 65536, 32},
+            [F_STEP_TOKENS] = {"step-tokens", 1, 1 << 20, 512},
+            [F_MAX_RUNNING] = {"max-running", 1, 1 << 20, 32},
+            [F_MAX_QUEUED] = {"max-queued", 1, 1 << 24, 1024},
+            [F_MAX_BATCH_ITEMS] = {"max-batch-items", 1, 10000000, 10000},
+            [F_MAX_MESSAGE_BYTES] = {"max-message-bytes", 1024, 1 << 30,
+                                     DSR1_SERVER_DEFAULT_MSG_BYTES},
+            [F_MAX_CONTEXT] = {"max-context", 1, 1 << 30, 0},
+        },
+};
+
+/* Parses argv into o; returns -1 to exit 0 (help), 2 on a usage error, else 0. */
+static int parse(int argc, char **argv, serve_opts *o)
+{
+    struct option opts[N_INT_FLAGS + 11] = {
+        {"model", required_argument, 0, 'm'},     {"host", required_argument, 0, 'H'},
+        {"api-key", required_argument, 0, 'a'},   {"kernels", required_argument, 0, 'k'},
+        {"transport", required_argument, 0, 'T'}, {"mpi", no_argument, 0, 'M'},
+        {"dummy-weights", no_argument, 0, 'D'},   {"seed", required_argument, 0, 's'},
+        {"no-prefix-cache", no_argument, 0, 'P'}, {"help", no_argument, 0, 'h'},
+    };
+    for (int i = 0; i < N_INT_FLAGS; i++)
+        opts[10 + i] = (struct option){o->n[i].name, required_argument, 0, FLAG_BASE + i};
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        if (c >= FLAG_BASE && c < FLAG_BASE + N_INT_FLAGS) {
+            int_flag *f = &o->n[c - FLAG_BASE];
+            char flag[64];
+            snprintf(flag, sizeof(flag), "--%s", f->name);
+            if (dsr1_arg_long(CMD, flag, optarg, f->lo, f->hi, &f->value)) return 2;
+            continue;
+        }
+        switch (c) {
+        case 'm':
+            o->model = optarg;
+            break;
+        case 'H':
+            o->host = optarg;
+            break;
+        case 'a':
+            o->api_key = optarg;
+            break;
+        case 'k':
+            o->kernels = optarg;
+            break;
+        case 'M':
+            o->mpi = true;
+            break;
+        case 'D':
+            o->dummy = true;
+            break;
+        case 'P':
+            o->prefix_cache = false;
+            break;
+        case 's':
+            if (dsr1_arg_u64(CMD, "--seed", optarg, &o->seed)) return 2;
+            break;
+        case 'T':
+            if (strcmp(optarg, "inproc") && strcmp(optarg, "ucx")) {
+                fprintf(stderr, CMD ": --transport: '%s' is not inproc or ucx\n", optarg);
+                return 2;
+            }
+            o->transport = optarg[0] == 'u' ? DSR1_TRANSPORT_UCX : DSR1_TRANSPORT_INPROC;
+            break;
+        case 'h':
+            serve_usage(stdout);
+            return -1;
+        default:
+            serve_usage(stderr);
+            return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, CMD ": unexpected argument '%s'\n", argv[optind]);
+        return 2;
+    }
+    if (!o->model) {
+        fprintf(stderr, CMD ": --model DIR is required (see --help)\n");
+        return 2;
+    }
+    if (!o->api_key) o->api_key = getenv("DSR1_API_KEY");
+    return 0;
+}
+
+static const char *transport_name(int t, int workers)
+{
+    if (t == DSR1_TRANSPORT_MPI) return "mpi";
+    if (!workers) return "none";
+    return t == DSR1_TRANSPORT_UCX ? "ucx" : "inproc";
+}
+
+/* The checkpoint directory and config file of --model, which names the directory or, with
+ * --dummy-weights, may name the config file itself. */
+static void model_paths(const char *model, char *dir, char *config, size_t cap)
+{
+    struct stat sb;
+    snprintf(dir, cap, "%s", model);
+    if (!stat(model, &sb) && S_ISREG(sb.st_mode)) {
+        snprintf(config, cap, "%s", model);
+        dirname(dir);
+    } else {
+        snprintf(config, cap, "%s/config.json", model);
+    }
+}
+
+/* Batch items in the scheduler at once: enough to fill the running set twice over, but at
+ * most half the queue, which Generate requests need too. */
+static int batch_window(int max_running, int max_queued)
+{
+    int w = 2 * max_running < max_queued / 2 ? 2 * max_running : max_queued / 2;
+    return w > 0 ? w : 1;
+}
+
+/* Everything a running server holds. The server binds its port first (a port in use fails
+ * before the model loads) and is destroyed first (its shutdown needs the scheduler). */
+typedef struct {
+    dsr1_backend *backend;
+    dsr1_tokenizer *tok;
+    dsr1_sched *sched;
+    dsr1_server *server;
+} serving;
+
+static dsr1_status open_serving(const serve_opts *o, serving *sv)
+{
+    int transport = o->mpi ? DSR1_TRANSPORT_MPI : o->transport;
+    dsr1_status st = dsr1_server_listen(o->host, (int)o->n[F_PORT].value,
+                                        (int)o->n[F_MAX_MESSAGE_BYTES].value, &sv->server);
+    if (st != DSR1_OK) return st;
+    dsr1_backend_params bp = {
+        .model = o->model,
+        .dummy_weights = o->dummy,
+        .seed = o->seed,
+        .layers = (int)o->n[F_LAYERS].value,
+        .workers = (int)o->n[F_WORKERS].value,
+        .pp = (int)o->n[F_PP].value,
+        .transport = transport,
+        .threads = (int)o->n[F_THREADS].value,
+        .kernels = o->kernels,
+        .timeout_ms = (int)o->n[F_TIMEOUT].value,
+        .kv_tokens = o->n[F_KV_TOKENS].value,
+        .block_tokens = (int)o->n[F_BLOCK_TOKENS].value,
+        .max_step_tokens = (int)o->n[F_STEP_TOKENS].value,
+    };
+    if ((st = dsr1_backend_open(&bp, &sv->backend)) != DSR1_OK) return st;
+    const dsr1_model_config *cfg = dsr1_backend_config(sv->backend);
+    dsr1_executor exec = dsr1_backend_executor(sv->backend);
+    /* a request must fit the model's positions and one rank's cache */
+    int64_t max_context = cfg->max_position_embeddings;
+    int64_t cache_tokens = (int64_t)exec.blocks_per_rank * exec.block_tokens;
+    if (cache_tokens < max_context) max_context = cache_tokens;
+    if (o->n[F_MAX_CONTEXT].value && o->n[F_MAX_CONTEXT].value < max_context)
+        max_context = o->n[F_MAX_CONTEXT].value;
+    char dir[4096], config[4096];
+    model_paths(o->model, dir, config, sizeof(dir));
+    if ((st = dsr1_tokenizer_load(dir, &sv->tok)) != DSR1_OK) return st;
+    dsr1_sched_params sp = {
+        .exec = exec,
+        .tok = sv->tok,
+        .vocab = cfg->vocab_size,
+        .max_context = (int)max_context,
+        .step_tokens = (int)o->n[F_STEP_TOKENS].value,
+        .max_running = (int)o->n[F_MAX_RUNNING].value,
+        .max_queued = (int)o->n[F_MAX_QUEUED].value,
+        .prefix_cache = o->prefix_cache,
+    };
+    if ((st = dsr1_sched_create(&sp, &sv->sched)) != DSR1_OK) return st;
+    int workers = dsr1_backend_workers(sv->backend);
+    dsr1_server_params p = {
+        .api_key = o->api_key,
+        .max_batch_items = (int)o->n[F_MAX_BATCH_ITEMS].value,
+        .max_context = (int)max_context,
+        .max_queued = sp.max_queued,
+        .batch_window = batch_window(sp.max_running, sp.max_queued),
+        .model_dir = dir,
+        .config_path = config,
+        .cfg = cfg,
+        .tok = sv->tok,
+        .sched = sv->sched,
+        .workers = workers,
+        .pp = dsr1_backend_pp(sv->backend),
+        .transport = transport_name(transport, workers),
+        .kernels = dsr1_backend_kernels_name(sv->backend),
+    };
+    return dsr1_server_start(sv->server, &p);
+}
+
+static void close_serving(serving *sv)
+{
+    dsr1_server_destroy(sv->server);
+    if (sv->sched) dsr1_sched_destroy(sv->sched);
+    if (sv->tok) dsr1_tokenizer_free(sv->tok);
+    dsr1_backend_close(sv->backend);
+}
+
+int dsr1_cmd_serve(int argc, char **argv)
+{
+    serve_opts o = defaults;
+    if (dsr1_mpi_launched_size() > 1) o.mpi = true;
+    int rc = parse(argc, argv, &o);
+    if (rc) return rc < 0 ? 0 : rc;
+    /* every thread started from here on inherits the mask: the signals wait for sigwait */
+    sigset_t stop;
+    sigemptyset(&stop);
+    sigaddset(&stop, SIGINT);
+    sigaddset(&stop, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &stop, NULL);
+    serving sv = {0};
+    if (open_serving(&o, &sv) != DSR1_OK) {
+        fprintf(stderr, CMD ": %s\n", dsr1_errmsg());
+        close_serving(&sv);
+        return 1;
+    }
+    printf("serving on %s:%d\n", o.host, dsr1_server_port(sv.server));
+    fflush(stdout);
+    int sig = 0;
+    sigwait(&stop, &sig);
+    DSR1_INFO("serve: %s: shutting down", strsignal(sig));
+    close_serving(&sv);
+    DSR1_INFO("serve: stopped");
+    return 0;
+}
