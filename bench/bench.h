@@ -1,15 +1,34 @@
-/* Subcommands of `dsr1-bench` (bench/main.c dispatches; one file per subcommand) and the
- * machine limits they are measured against (bench/limits.c). */
+/* Subcommands of `dsr1-bench` (bench/main.c dispatches; one file per subcommand), the
+ * machine limits they are measured against (bench/limits.c) and the oneDNN baseline
+ * (bench/onednn.c). */
 #ifndef DSR1_BENCH_H
 #define DSR1_BENCH_H
 
+#include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "threadpool.h"
 
 /* bench/kernels.c: machine limits and kernel throughput at R1 shapes. Takes argv starting
  * at its own name; returns the process exit status. */
 int dsr1__bench_kernels(int argc, char **argv);
+/* bench/experts.c: the routed experts of an MoE layer, expert by expert vs expert_ffn. */
+int dsr1__bench_experts(int argc, char **argv);
+/* bench/offline.c: prefill and decode throughput of the engine on fixed batches. */
+int dsr1__bench_offline(int argc, char **argv);
+/* bench/serve.c: a running server's online serving performance, as `vllm bench serve`. */
+int dsr1__bench_serve(int argc, char **argv);
+
+/* xorshift64: the benchmarks' cheap random stream (data, not statistics); s != 0. */
+static inline uint64_t dsr1__bench_rand(uint64_t *s)
+{
+    uint64_t x = *s;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    return *s = x;
+}
 
 /* Streaming read bandwidth of all pool threads over a `bytes` buffer (far larger than the
  * caches), best of `passes`, in GB/s; 0 when the buffer cannot be allocated. */
@@ -17,5 +36,26 @@ double dsr1__bench_read_gbps(dsr1_pool *pool, size_t bytes, int passes);
 /* fp32 FMA peak of all pool threads with AVX-512 (register-only loop), best of `passes`
  * (each ~0.05 s on 2 cores), in GFLOP/s; 0 when the CPU has no AVX-512. */
 double dsr1__bench_fma_gflops(dsr1_pool *pool, int passes);
+
+/* oneDNN's matmul on y = x W^T (W: n x k f32, row-major, as dequantised from our FP8; x:
+ * m x k f32), in bf16 (weights and activations converted once, f32 output) or f32, with
+ * `threads` OpenMP threads; weights reordered once into copies filling pool_bytes, cycled
+ * by successive runs. Returns NULL, with the reason in why, when oneDNN is not built in or
+ * fails. desc receives the packed bytes of one weight copy, oneDNN's implementation name
+ * and the output (m x n f32, valid until destroy). */
+typedef struct dsr1__onednn_mm dsr1__onednn_mm;
+typedef struct {
+    double weight_bytes;
+    char impl[64];
+    const float *y;
+} dsr1__onednn_desc;
+dsr1__onednn_mm *dsr1__onednn_create(bool bf16, const float *w, int n, int k, const float *x, int m,
+                                     size_t pool_bytes, int threads, dsr1__onednn_desc *desc,
+                                     char *why, size_t why_len);
+/* One product on the next weight copy; returns when it is done. */
+void dsr1__onednn_run(dsr1__onednn_mm *mm);
+void dsr1__onednn_destroy(dsr1__onednn_mm *mm);
+/* "oneDNN 2.6.3, 2 OpenMP threads" or why it is absent; written into buf. */
+const char *dsr1__onednn_version(char *buf, size_t len);
 
 #endif

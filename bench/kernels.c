@@ -1,4 +1,5 @@
-/* `dsr1-bench kernels`: how close the CPU kernels come to this machine's limits.
+/* `dsr1-bench kernels`: how close the CPU kernels come to this machine's limits, and how
+ * they compare with oneDNN on the same products.
  *
  * Everything in one run, so that every ratio compares numbers taken minutes apart on the
  * same (often shared, noisy) machine, each the best of several repetitions:
@@ -7,13 +8,17 @@
  *      a large disagreement is reported (the machine was busy at one of the two times);
  *   2. the FP8 linear layer at DeepSeek-R1 expert shapes (N x K = 2048 x 7168, gate/up, and
  *      7168 x 2048, down) for M = 1, 8, 64, 512 (and 4096 without --quick), for every kernel
- *      variant available, variants interleaved per repetition: GFLOP/s, weight GB/s, % of
- *      bandwidth, % of FMA peak, % of the roofline min(peak, bandwidth x 2M flops per
- *      weight byte), speed-up over portable, and the largest difference from portable;
- *   3. the decode-step absorption (q' = Wk^T q over kv_b, FP8) and MLA attention of one
- *      token against 1K-16K cached rows (1K and 4K with --quick), per variant.
+ *      variant available and for oneDNN's bf16 and f32 matmul on the same product
+ *      (bench/onednn.c, when built in), all interleaved per repetition: GFLOP/s, weight
+ *      GB/s, % of bandwidth, % of FMA peak, % of the roofline min(peak, bandwidth x 2M
+ *      flops per weight byte), speed-up over portable, the largest difference from
+ *      portable, and our fastest variant's GFLOP/s over oneDNN's;
+ *   3. the decode-step absorption (q' = Wk^T q over kv_b, FP8) per variant;
+ *   4. MLA attention of one decode token against 1K-32K cached rows in a paged cache,
+ *      per variant: time per call and cache bytes read per second against the bandwidth.
  * Weights are random e4m3 bytes (no NaN patterns) with random positive block scales; many
- * copies are cycled so that, as with real experts, they come from DRAM rather than cache.
+ * copies (of weights, of caches) are cycled so that, as in a real step, they come from DRAM
+ * rather than cache.
  * usage: dsr1-bench kernels [--quick] [--json FILE] */
 #include <getopt.h>
 #include <jansson.h>
@@ -29,7 +34,7 @@
 #include "progress.h"
 
 #define MAX_VARIANTS 8
-#define MAX_ROWS     128
+#define MAX_ROWS     160
 
 typedef struct {
     bool quick;
@@ -39,17 +44,19 @@ typedef struct {
     size_t pool_bytes; /* weight copies cycled per shape */
 } bench_opts;
 
-/* One measured kernel call: a linear at (n, k, m) or a decode kernel (m = 0) at ctx. */
+/* One measured kernel call: a linear at (n, k, m) or a decode kernel (m = 1) at ctx. */
 typedef struct {
-    const char *kernel; /* "linear_fp8", "absorb", "mla_attention" */
+    const char *kernel; /* "linear_fp8", "onednn_matmul", "absorb", "mla_attention" */
     int n, k, m, ctx;
     const char *variant;
     double sec, bytes, flops, speedup, diff; /* diff: NaN when not checked */
+    char impl[64];                           /* oneDNN's implementation */
 } result;
 
 typedef struct {
     result r[MAX_ROWS];
     int n;
+    char onednn_why[160]; /* why oneDNN is absent, when it is */
 } results;
 
 static result *results_add(results *rs)
@@ -77,7 +84,38 @@ static uint8_t e4m3_rand(uint64_t *s) /* any e4m3 byte but the NaN patterns */
     return (v & 0x7f) == 0x7f ? v ^ 1 : v;
 }
 
-/* ---- FP8 linear at expert shapes -------------------------------------------------- */
+/* Best seconds per call of each of n implementations: fn(arg, i) calls implementation i
+ * once. Implementations interleaved per repetition, so that drift on a shared machine hits
+ * all of them; each repetition calls one for at least min_time. */
+static void time_interleaved(void (*fn)(void *arg, int i), void *arg, int n, const bench_opts *o,
+                             double *sec)
+{
+    for (int i = 0; i < n; i++) sec[i] = INFINITY;
+    const double start = dsr1_now();
+    for (int rep = 0; rep < o->reps && dsr1_now() - start < o->budget; rep++)
+        for (int i = 0; i < n; i++) {
+            int calls = 0;
+            const double t0 = dsr1_now();
+            double t;
+            do {
+                fn(arg, i);
+                calls++;
+            } while ((t = dsr1_now() - t0) < o->min_time);
+            sec[i] = fmin(sec[i], t / calls);
+        }
+}
+
+static double max_rel_diff(const float *a, const float *b, size_t n)
+{
+    double d = 0, mx = 0;
+    for (size_t i = 0; i < n; i++) {
+        d = fmax(d, fabs((double)a[i] - b[i]));
+        mx = fmax(mx, fabs((double)b[i]));
+    }
+    return mx > 0 ? d / mx : d;
+}
+
+/* ---- FP8 linear at expert shapes, and oneDNN on the same products ------------------ */
 
 typedef struct {
     dsr1_linear *w;
@@ -113,30 +151,53 @@ static void weight_pool_free(weight_pool *p)
     free(p->scale);
 }
 
-/* One repetition: calls cycling through the copies for at least min_time; s per call. */
-static double time_rep(const dsr1_kernels *k, dsr1_pool *pool, const weight_pool *wp, int *next,
-                       const float *x, int m, float *y, double min_time)
+/* One implementation of a linear shape: one of our kernel tables, or oneDNN. */
+typedef struct {
+    const char *name;
+    const dsr1_kernels *k;  /* NULL: oneDNN */
+    dsr1__onednn_mm *mm;    /* oneDNN */
+    dsr1__onednn_desc desc; /* oneDNN */
+    int next;               /* ours: weight copy of the next call */
+} contender;
+
+typedef struct {
+    contender c[MAX_VARIANTS + 2];
+    dsr1_pool *pool;
+    const weight_pool *wp;
+    const float *x;
+    int m;
+    float *y;
+} linear_job;
+
+/* One call of contender i on its next weight copy. */
+static void linear_call(void *arg, int i)
 {
-    const int n = wp->w[0].rows, kk = wp->w[0].cols;
-    int calls = 0;
-    const double t0 = dsr1_now();
-    double t;
-    do {
-        k->linear(pool, &wp->w[*next], 0, n, x, kk, m, y, n);
-        *next = (*next + 1) % wp->ncopies;
-        calls++;
-    } while ((t = dsr1_now() - t0) < min_time);
-    return t / calls;
+    linear_job *j = arg;
+    contender *c = &j->c[i];
+    if (c->mm) {
+        dsr1__onednn_run(c->mm);
+        return;
+    }
+    const dsr1_linear *w = &j->wp->w[c->next];
+    c->k->linear(j->pool, w, 0, w->rows, j->x, w->cols, j->m, j->y, w->rows);
+    c->next = (c->next + 1) % j->wp->ncopies;
 }
 
-static double max_rel_diff(const float *a, const float *b, size_t n)
+/* oneDNN's bf16 and f32 matmuls on W dequantised (wf), when it is built in; the reason
+ * it is not is kept in rs->onednn_why. Returns the number of contenders added. */
+static int onednn_add(linear_job *j, int nc, const float *wf, int n, int k, const bench_opts *o,
+                      results *rs)
 {
-    double d = 0, mx = 0;
-    for (size_t i = 0; i < n; i++) {
-        d = fmax(d, fabs((double)a[i] - b[i]));
-        mx = fmax(mx, fabs((double)b[i]));
+    int added = 0;
+    for (int bf16 = 1; bf16 >= 0; bf16--) {
+        contender *c = &j->c[nc + added];
+        *c = (contender){bf16 ? "onednn-bf16" : "onednn-f32"};
+        c->mm =
+            dsr1__onednn_create(bf16, wf, n, k, j->x, j->m, o->pool_bytes, dsr1_pool_size(j->pool),
+                                &c->desc, rs->onednn_why, sizeof(rs->onednn_why));
+        added += c->mm != NULL;
     }
-    return mx > 0 ? d / mx : d;
+    return added;
 }
 
 static void bench_linear(dsr1_pool *pool, const bench_opts *o, int n, int k, const int *ms, int nm,
@@ -146,53 +207,59 @@ static void bench_linear(dsr1_pool *pool, const bench_opts *o, int n, int k, con
     const int mmax = ms[nm - 1];
     float *x = malloc(sizeof(float) * mmax * k), *y = malloc(sizeof(float) * mmax * n);
     float *yref = malloc(sizeof(float) * mmax * n), *yv = malloc(sizeof(float) * mmax * n);
+    float *wf = malloc(sizeof(float) * n * k);
+    linear_job *j = calloc(1, sizeof(*j));
     if (weight_pool_make(&wp, n, k, o->pool_bytes, 0x9e3779b97f4a7c15ull ^ (uint64_t)n) != 0 ||
-        !x || !y || !yref || !yv) {
+        !x || !y || !yref || !yv || !wf || !j) {
         fprintf(stderr, "dsr1-bench: out of memory for %d x %d, M = %d\n", n, k, mmax);
         goto out;
     }
     uint64_t s = 12345;
     for (size_t i = 0; i < (size_t)mmax * k; i++) x[i] = frand(&s);
     memset(y, 0, sizeof(float) * mmax * n);
+    for (int r = 0; r < n; r++) dsr1_linear_dequant_row(&wp.w[0], r, wf + (size_t)r * k);
     const double wbytes =
         (double)n * k + sizeof(float) * (double)((n + 127) / 128) * ((k + 127) / 128);
+    *j = (linear_job){.pool = pool, .wp = &wp, .x = x, .y = y};
     for (int mi = 0; mi < nm; mi++) {
         const int m = ms[mi];
         fprintf(stderr, "linear %d x %d, M = %d ...\n", n, k, m);
-        double sec[MAX_VARIANTS], diff[MAX_VARIANTS];
-        int next[MAX_VARIANTS];
+        j->m = m;
+        for (int v = 0; v < nv; v++) j->c[v] = (contender){vars[v]->name, vars[v], .next = 1};
+        const int nc = nv + onednn_add(j, nv, wf, n, k, o, rs);
+        double sec[MAX_VARIANTS + 2], diff[MAX_VARIANTS + 2];
         /* the reference result on copy 0 (also the warm-up); compared when it was cheap */
         const double t0 = dsr1_now();
         vars[0]->linear(pool, &wp.w[0], 0, n, x, k, m, yref, n);
         const bool check = dsr1_now() - t0 < 2.0;
-        for (int v = 0; v < nv; v++) {
-            sec[v] = INFINITY;
-            diff[v] = NAN;
-            next[v] = 1;
-            if (v > 0 && check) {
-                vars[v]->linear(pool, &wp.w[0], 0, n, x, k, m, yv, n);
-                diff[v] = max_rel_diff(yv, yref, (size_t)m * n);
-            }
+        for (int c = 0; c < nc; c++) {
+            diff[c] = NAN;
+            if (c == 0 || !check) continue;
+            const contender *cc = &j->c[c];
+            if (cc->mm) /* oneDNN's first call is on its copy of W 0 */
+                linear_call(j, c);
+            else
+                vars[c]->linear(pool, &wp.w[0], 0, n, x, k, m, yv, n);
+            diff[c] = max_rel_diff(cc->mm ? cc->desc.y : yv, yref, (size_t)m * n);
         }
-        /* variants interleaved per repetition, so that drift on a shared machine hits all */
-        const double start = dsr1_now();
-        for (int rep = 0; rep < o->reps && dsr1_now() - start < o->budget; rep++)
-            for (int v = 0; v < nv; v++)
-                sec[v] = fmin(sec[v], time_rep(vars[v], pool, &wp, &next[v], x, m, y, o->min_time));
-        for (int v = 0; v < nv; v++) {
+        time_interleaved(linear_call, j, nc, o, sec);
+        for (int c = 0; c < nc; c++) {
+            const contender *cc = &j->c[c];
             result *r = results_add(rs);
             if (r)
-                *r = (result){"linear_fp8",
+                *r = (result){cc->mm ? "onednn_matmul" : "linear_fp8",
                               n,
                               k,
                               m,
                               0,
-                              vars[v]->name,
-                              sec[v],
-                              wbytes,
+                              cc->name,
+                              sec[c],
+                              cc->mm ? cc->desc.weight_bytes : wbytes,
                               2.0 * m * n * k,
-                              sec[0] / sec[v],
-                              diff[v]};
+                              sec[0] / sec[c],
+                              diff[c]};
+            if (r && cc->mm) snprintf(r->impl, sizeof(r->impl), "%s", cc->desc.impl);
+            dsr1__onednn_destroy(cc->mm);
         }
     }
 out:
@@ -200,57 +267,39 @@ out:
     free(y);
     free(yref);
     free(yv);
+    free(wf);
+    free(j);
     weight_pool_free(&wp);
 }
 
-/* ---- decode-step attention and absorption ----------------------------------------- */
+/* ---- decode-step absorption -------------------------------------------------------- */
 
 typedef struct {
     const dsr1_kernels *k;
     dsr1_pool *pool;
     const dsr1_linear *w;
-    const float *x, *qa, *qp, *kv;
+    const float *x;
     float *y;
-    int ctx;
-} misc_job;
+} absorb_job;
 
 /* q' = Wk^T q for all 128 heads of one token (kv_b: 128 x (128 nope + 128 v) rows of 512) */
-static void run_absorb(const misc_job *j)
+static void run_absorb(const absorb_job *j)
 {
     for (int h = 0; h < 128; h++)
         j->k->linear_t(j->pool, j->w, h * 256, h * 256 + 128, j->x + h * 128, 128 * 128, 1,
                        j->y + h * 512, 512);
 }
 
-static void run_attention(const misc_job *j)
+/* At R1 shapes: kv_b of 128 heads, kv_lora 512, one token; best single call. */
+static void bench_absorb(dsr1_pool *pool, const bench_opts *o, const dsr1_kernels **vars, int nv,
+                         results *rs)
 {
-    j->k->mla_attention(j->pool, 1, 128, 512, 64, j->qa, j->qp, j->kv, 576, j->ctx - 1, 0.1f, j->y);
-}
-
-static double best_of(void (*fn)(const misc_job *), const misc_job *j, const bench_opts *o)
-{
-    double best = INFINITY;
-    const double start = dsr1_now();
-    for (int rep = 0; rep < o->reps * 3 && dsr1_now() - start < o->budget / 2; rep++) {
-        const double t0 = dsr1_now();
-        fn(j);
-        best = fmin(best, dsr1_now() - t0);
-    }
-    return best;
-}
-
-/* At R1 shapes: 128 heads, kv_lora 512, rope 64, one token. */
-static void bench_decode_kernels(dsr1_pool *pool, const bench_opts *o, const dsr1_kernels **vars,
-                                 int nv, results *rs)
-{
-    const int rows = 128 * 256, cols = 512, ctx_max = o->quick ? 4096 : 16384;
+    const int rows = 128 * 256, cols = 512;
     uint8_t *q = malloc((size_t)rows * cols);
     float *sc = malloc(sizeof(float) * (rows / 128) * (cols / 128));
     float *x = malloc(sizeof(float) * 128 * 128), *y = malloc(sizeof(float) * 128 * 512);
-    float *qa = malloc(sizeof(float) * 128 * 512), *qp = malloc(sizeof(float) * 128 * 64);
-    float *kv = malloc(sizeof(float) * (size_t)ctx_max * 576);
-    if (!q || !sc || !x || !y || !qa || !qp || !kv) {
-        fprintf(stderr, "dsr1-bench: out of memory for the decode kernels\n");
+    if (!q || !sc || !x || !y) {
+        fprintf(stderr, "dsr1-bench: out of memory for the absorption\n");
         goto out;
     }
     uint64_t s = 777;
@@ -258,15 +307,18 @@ static void bench_decode_kernels(dsr1_pool *pool, const bench_opts *o, const dsr
     for (int i = 0; i < (rows / 128) * (cols / 128); i++)
         sc[i] = (float)((0.25 + (xorshift(&s) >> 11) * 0x1p-53) * 1e-3);
     for (int i = 0; i < 128 * 128; i++) x[i] = frand(&s);
-    for (int i = 0; i < 128 * 512; i++) qa[i] = frand(&s);
-    for (int i = 0; i < 128 * 64; i++) qp[i] = frand(&s);
-    for (size_t i = 0; i < (size_t)ctx_max * 576; i++) kv[i] = frand(&s);
     const dsr1_linear w = {DSR1_DT_F8_E4M3, rows, cols, q, sc};
-    fprintf(stderr, "decode-step kernels ...\n");
+    fprintf(stderr, "absorption ...\n");
     double base = 0;
     for (int v = 0; v < nv; v++) {
-        const misc_job j = {vars[v], pool, &w, x, qa, qp, kv, y, 0};
-        const double t = best_of(run_absorb, &j, o);
+        const absorb_job j = {vars[v], pool, &w, x, y};
+        double t = INFINITY;
+        const double start = dsr1_now();
+        for (int rep = 0; rep < o->reps * 3 && dsr1_now() - start < o->budget / 2; rep++) {
+            const double t0 = dsr1_now();
+            run_absorb(&j);
+            t = fmin(t, dsr1_now() - t0);
+        }
         base = v == 0 ? t : base;
         result *r = results_add(rs);
         if (r)
@@ -282,11 +334,80 @@ static void bench_decode_kernels(dsr1_pool *pool, const bench_opts *o, const dsr
                           base / t,
                           NAN};
     }
-    for (int ctx = 1024; ctx <= ctx_max; ctx *= 4)
+out:
+    free(q);
+    free(sc);
+    free(x);
+    free(y);
+}
+
+/* ---- MLA decode attention ---------------------------------------------------------- */
+
+#define MLA_HEADS 128
+#define MLA_KVL   512
+#define MLA_ROPE  64
+#define MLA_ROW   (MLA_KVL + MLA_ROPE)
+#define MLA_BLOCK 64 /* cache rows per block of the paged cache */
+
+/* One decode token against ctx cached rows. The cache buffer holds ncopies contexts (far
+ * more than the caches hold), cycled call by call as the 61 layers' caches of a real step
+ * would be, so rows come from DRAM. It is cut into blocks of MLA_BLOCK rows listed in
+ * random order, as a paged cache hands them out; copy c is blocks[c * nblocks ...]. */
+typedef struct {
+    const dsr1_kernels *const *vars;
+    dsr1_pool *pool;
+    const float *qa, *qp;
+    const float *const *blocks;
+    int ctx, nblocks, ncopies, next[MAX_VARIANTS];
+    float *out;
+} mla_job;
+
+static void mla_call(void *arg, int v)
+{
+    mla_job *j = arg;
+    const float *const *blocks = j->blocks + (size_t)j->next[v] * j->nblocks;
+    j->vars[v]->mla_attention(j->pool, 1, MLA_HEADS, MLA_KVL, MLA_ROPE, j->qa, j->qp, blocks,
+                              MLA_BLOCK, MLA_ROW, j->ctx - 1, 0.1f, j->out);
+    j->next[v] = (j->next[v] + 1) % j->ncopies;
+}
+
+static void bench_mla_attention(dsr1_pool *pool, const bench_opts *o, const dsr1_kernels **vars,
+                                int nv, results *rs)
+{
+    static const int ctxs[] = {1024, 4096, 16384, 32768};
+    const int nctx = sizeof(ctxs) / sizeof(ctxs[0]), ctx_max = ctxs[nctx - 1];
+    const size_t row_bytes = sizeof(float) * MLA_ROW,
+                 rows = (o->pool_bytes > 2 * ctx_max * row_bytes ? o->pool_bytes
+                                                                 : 2 * ctx_max * row_bytes) /
+                        row_bytes;
+    float *kv = malloc(row_bytes * rows), *out = malloc(sizeof(float) * MLA_HEADS * MLA_KVL);
+    float *qa = malloc(sizeof(float) * MLA_HEADS * MLA_KVL);
+    float *qp = malloc(sizeof(float) * MLA_HEADS * MLA_ROPE);
+    const float **blocks = malloc(sizeof(*blocks) * (rows / MLA_BLOCK));
+    if (!kv || !out || !qa || !qp || !blocks) {
+        fprintf(stderr, "dsr1-bench: out of memory for the MLA cache\n");
+        goto out;
+    }
+    uint64_t s = 4242;
+    for (size_t i = 0; i < rows * MLA_ROW; i++) kv[i] = frand(&s);
+    for (int i = 0; i < MLA_HEADS * MLA_KVL; i++) qa[i] = frand(&s);
+    for (int i = 0; i < MLA_HEADS * MLA_ROPE; i++) qp[i] = frand(&s);
+    const size_t nb = rows / MLA_BLOCK;
+    for (size_t b = 0; b < nb; b++) blocks[b] = kv + b * MLA_BLOCK * MLA_ROW;
+    for (size_t b = nb - 1; b > 0; b--) {
+        const size_t r = xorshift(&s) % (b + 1);
+        const float *t = blocks[b];
+        blocks[b] = blocks[r];
+        blocks[r] = t;
+    }
+    for (int ci = 0; ci < nctx; ci++) {
+        const int ctx = ctxs[ci];
+        fprintf(stderr, "MLA attention, %d cached tokens ...\n", ctx);
+        mla_job j = {vars, pool, qa, qp, blocks, ctx, ctx / MLA_BLOCK, (int)(rows / ctx)};
+        j.out = out;
+        double sec[MAX_VARIANTS];
+        time_interleaved(mla_call, &j, nv, o, sec);
         for (int v = 0; v < nv; v++) {
-            const misc_job j = {vars[v], pool, &w, x, qa, qp, kv, y, ctx};
-            const double t = best_of(run_attention, &j, o);
-            base = v == 0 ? t : base;
             result *r = results_add(rs);
             if (r)
                 *r = (result){"mla_attention",
@@ -295,81 +416,156 @@ static void bench_decode_kernels(dsr1_pool *pool, const bench_opts *o, const dsr
                               1,
                               ctx,
                               vars[v]->name,
-                              t,
-                              (double)ctx * 576 * sizeof(float),
-                              128.0 * ctx * (576 + 512) * 2,
-                              base / t,
+                              sec[v],
+                              (double)ctx * row_bytes,
+                              2.0 * MLA_HEADS * ctx * (MLA_ROW + MLA_KVL),
+                              sec[0] / sec[v],
                               NAN};
         }
+    }
 out:
-    free(q);
-    free(sc);
-    free(x);
-    free(y);
+    free(kv);
+    free(out);
     free(qa);
     free(qp);
-    free(kv);
+    free(blocks);
 }
 
 /* ---- report ------------------------------------------------------------------------ */
 
-static void report(const results *rs, double bw, double peak, json_t *jres)
+static bool is_linear(const result *r)
 {
-    printf("\nFP8 e4m3 linear y = x W^T, W: N x K with 128x128 block scales, x: M x K fp32\n");
-    printf("%5s %5s %5s  %-9s %10s %9s %8s %7s %7s %7s %8s  %s\n", "N", "K", "M", "variant",
+    return !strcmp(r->kernel, "linear_fp8") || !strcmp(r->kernel, "onednn_matmul");
+}
+
+/* GFLOP/s of `r` (ours) over oneDNN's `variant` on the same shape; NaN when not measured. */
+static double vs_onednn(const results *rs, const result *r, const char *variant)
+{
+    for (int i = 0; i < rs->n; i++) {
+        const result *o = &rs->r[i];
+        if (!strcmp(o->variant, variant) && o->n == r->n && o->k == r->k && o->m == r->m)
+            return o->sec / r->sec;
+    }
+    return NAN;
+}
+
+/* The compute ceiling of a row: the fp32 FMA peak, twice that for bf16 (one vdpbf16ps does
+ * two multiply-adds per fp32 lane of an FMA). */
+static double row_peak(const result *r, double peak)
+{
+    return strstr(r->variant, "bf16") ? 2 * peak : peak;
+}
+
+static json_t *row_json(const result *r, double bw, double fma_peak)
+{
+    const double peak = row_peak(r, fma_peak);
+    const double gf = r->flops / r->sec / 1e9, gb = r->bytes / r->sec / 1e9;
+    json_t *e =
+        json_pack("{s:s,s:s,s:f,s:f,s:f,s:f,s:f,s:f,s:i,s:i,s:i}", "kernel", r->kernel, "variant",
+                  r->variant, "seconds", r->sec, "gflops", gf, "gbps", gb, "pct_bandwidth",
+                  100 * gb / bw, "pct_fma_peak", peak > 0 ? 100 * gf / peak : 0,
+                  "speedup_vs_portable", r->speedup, "n", r->n, "k", r->k, "m", r->m);
+    if (r->ctx) json_object_set_new(e, "ctx", json_integer(r->ctx));
+    if (!isnan(r->diff)) json_object_set_new(e, "max_rel_diff_vs_portable", json_real(r->diff));
+    if (r->impl[0]) json_object_set_new(e, "impl", json_string(r->impl));
+    return e;
+}
+
+static void report_linear(const results *rs, double bw, double peak, json_t *jres)
+{
+    printf("\nFP8 e4m3 linear y = x W^T, W: N x K with 128x128 block scales, x: M x K fp32; "
+           "oneDNN: the same W dequantised, as bf16 or f32 (%%FMA of bf16: of twice the fp32 "
+           "peak)\n");
+    printf("%5s %5s %5s  %-11s %10s %9s %8s %7s %7s %7s %8s  %s\n", "N", "K", "M", "variant",
            "ms/call", "GFLOP/s", "W GB/s", "%BW", "%FMA", "%roof", "speedup", "max|diff|/max|y|");
-    bool header2 = false;
     for (int i = 0; i < rs->n; i++) {
         const result *r = &rs->r[i];
+        if (!is_linear(r)) continue;
         const double gf = r->flops / r->sec / 1e9, gb = r->bytes / r->sec / 1e9;
-        const double pf = peak > 0 ? 100 * gf / peak : 0;
-        json_t *e =
-            json_pack("{s:s,s:s,s:f,s:f,s:f,s:f,s:f,s:f}", "kernel", r->kernel, "variant",
-                      r->variant, "seconds", r->sec, "gflops", gf, "gbps", gb, "pct_bandwidth",
-                      100 * gb / bw, "pct_fma_peak", pf, "speedup_vs_portable", r->speedup);
-        if (!strcmp(r->kernel, "linear_fp8")) {
-            const double roof = fmin(peak > 0 ? peak : INFINITY, bw * 2.0 * r->m);
-            char d[32] = "(reference)";
-            if (!isnan(r->diff))
-                snprintf(d, sizeof(d), "%.1e", r->diff);
-            else if (r->speedup != 1.0 || strcmp(r->variant, "portable"))
-                strcpy(d, "-");
-            printf("%5d %5d %5d  %-9s %10.3f %9.1f %8.2f %6.1f%% %6.1f%% %6.1f%% %7.2fx  %s\n",
-                   r->n, r->k, r->m, r->variant, r->sec * 1e3, gf, gb, 100 * gb / bw, pf,
-                   100 * gf / roof, r->speedup, d);
-            json_object_set_new(e, "pct_roofline", json_real(100 * gf / roof));
-            if (!isnan(r->diff))
-                json_object_set_new(e, "max_rel_diff_vs_portable", json_real(r->diff));
-        } else {
-            if (!header2) {
-                printf("\ndecode-step kernels at R1 shapes (128 heads, kv_lora 512, rope 64), one "
-                       "token; GB/s: weights read (absorb) or cache rows read (attention)\n");
-                printf("%-35s %-9s %10s %9s %8s %7s %7s %8s\n", "kernel", "variant", "ms/call",
-                       "GFLOP/s", "GB/s", "%BW", "%FMA", "speedup");
-                header2 = true;
-            }
-            char name[64];
-            if (r->ctx)
-                snprintf(name, sizeof(name), "MLA attention, %d cached tokens", r->ctx);
-            else
-                snprintf(name, sizeof(name), "absorb q' = Wk^T q (kv_b, FP8)");
-            printf("%-35s %-9s %10.3f %9.1f %8.2f %6.1f%% %6.1f%% %7.2fx\n", name, r->variant,
-                   r->sec * 1e3, gf, gb, 100 * gb / bw, pf, r->speedup);
-        }
-        json_object_set_new(e, "n", json_integer(r->n));
-        json_object_set_new(e, "k", json_integer(r->k));
-        json_object_set_new(e, "m", json_integer(r->m));
-        if (r->ctx) json_object_set_new(e, "ctx", json_integer(r->ctx));
+        const double pk = row_peak(r, peak);
+        /* the roofline of this variant's own weight bytes */
+        const double roof = fmin(pk > 0 ? pk : INFINITY, bw * r->flops / r->bytes);
+        char d[32] = "(reference)";
+        if (!isnan(r->diff))
+            snprintf(d, sizeof(d), "%.1e", r->diff);
+        else if (r->speedup != 1.0 || strcmp(r->variant, "portable"))
+            strcpy(d, "-");
+        printf("%5d %5d %5d  %-11s %10.3f %9.1f %8.2f %6.1f%% %6.1f%% %6.1f%% %7.2fx  %s\n", r->n,
+               r->k, r->m, r->variant, r->sec * 1e3, gf, gb, 100 * gb / bw,
+               pk > 0 ? 100 * gf / pk : 0, 100 * gf / roof, r->speedup, d);
+        json_t *e = row_json(r, bw, peak);
+        json_object_set_new(e, "pct_roofline", json_real(100 * gf / roof));
+        const double rb = vs_onednn(rs, r, "onednn-bf16"), rf = vs_onednn(rs, r, "onednn-f32");
+        if (!isnan(rb)) json_object_set_new(e, "vs_onednn_bf16", json_real(rb));
+        if (!isnan(rf)) json_object_set_new(e, "vs_onednn_f32", json_real(rf));
         json_array_append_new(jres, e);
+    }
+}
+
+/* Each of our variants (but portable, when there are others) against oneDNN, shape by
+ * shape (n/a without oneDNN). */
+static void report_vs_onednn(const results *rs, int nv, int threads)
+{
+    char ver[96];
+    printf("\nFP8 linear (ours) against oneDNN's matmul on the same product, same run, %d threads "
+           "each (%s): GFLOP/s and ours / oneDNN\n",
+           threads, dsr1__onednn_version(ver, sizeof(ver)));
+    if (rs->onednn_why[0]) printf("oneDNN: %s\n", rs->onednn_why);
+    printf("%5s %5s %5s  %-11s %8s %8s %10s %8s %9s  %s\n", "N", "K", "M", "ours", "GFLOP/s",
+           "bf16", "ours/bf16", "f32", "ours/f32", "oneDNN bf16 implementation");
+    for (int i = 0; i < rs->n; i++) {
+        const result *r = &rs->r[i];
+        if (strcmp(r->kernel, "linear_fp8") || (nv > 1 && !strcmp(r->variant, "portable")))
+            continue;
+        const double gf = r->flops / r->sec / 1e9;
+        char cell[4][16];
+        const char *impl = "n/a";
+        for (int d = 0; d < 2; d++) {
+            const double q = vs_onednn(rs, r, d == 0 ? "onednn-bf16" : "onednn-f32");
+            snprintf(cell[2 * d], 16, isnan(q) ? "n/a" : "%.1f", gf / q);
+            snprintf(cell[2 * d + 1], 16, isnan(q) ? "n/a" : "%.2fx", q);
+        }
+        for (int j = 0; j < rs->n; j++)
+            if (!strcmp(rs->r[j].variant, "onednn-bf16") && rs->r[j].n == r->n &&
+                rs->r[j].k == r->k && rs->r[j].m == r->m)
+                impl = rs->r[j].impl;
+        printf("%5d %5d %5d  %-11s %8.1f %8s %10s %8s %9s  %s\n", r->n, r->k, r->m, r->variant, gf,
+               cell[0], cell[1], cell[2], cell[3], impl);
+    }
+}
+
+static void report_decode(const results *rs, double bw, double peak, json_t *jres)
+{
+    printf("\ndecode-step kernels at R1 shapes (128 heads, kv_lora 512, rope 64), one token; "
+           "GB/s: weights read (absorb) or cache rows read (attention, paged in blocks of %d "
+           "rows)\n",
+           MLA_BLOCK);
+    printf("%-35s %-9s %10s %9s %8s %7s %7s %8s\n", "kernel", "variant", "ms/call", "GFLOP/s",
+           "GB/s", "%BW", "%FMA", "speedup");
+    for (int i = 0; i < rs->n; i++) {
+        const result *r = &rs->r[i];
+        if (is_linear(r)) continue;
+        const double gf = r->flops / r->sec / 1e9, gb = r->bytes / r->sec / 1e9;
+        char name[64];
+        if (r->ctx)
+            snprintf(name, sizeof(name), "MLA attention, %d cached tokens", r->ctx);
+        else
+            snprintf(name, sizeof(name), "absorb q' = Wk^T q (kv_b, FP8)");
+        printf("%-35s %-9s %10.3f %9.1f %8.2f %6.1f%% %6.1f%% %7.2fx\n", name, r->variant,
+               r->sec * 1e3, gf, gb, 100 * gb / bw, peak > 0 ? 100 * gf / peak : 0, r->speedup);
+        json_array_append_new(jres, row_json(r, bw, peak));
     }
 }
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: dsr1-bench kernels [--quick] [--json FILE]\n"
-               "  --quick      smaller buffers, fewer repetitions, no M = 4096 (about a minute)\n"
+    fprintf(f, "usage: dsr1-bench kernels [--quick] [--json FILE]\n\n"
+               "Machine limits (read bandwidth, FMA peak); FP8 linear at R1 expert shapes per\n"
+               "kernel variant and against oneDNN's bf16/f32 matmul (n/a when not built in);\n"
+               "the decode-step absorption; MLA attention over 1K-32K cached tokens.\n\n"
+               "  --quick      smaller buffers, fewer repetitions, no M = 4096 (a few minutes)\n"
                "  --json FILE  also write the results as JSON\n"
-               "environment: DSR1_THREADS=N threads (default: all cores)\n");
+               "environment: DSR1_THREADS=N threads (default: all cores; oneDNN gets as many)\n");
 }
 
 int dsr1__bench_kernels(int argc, char **argv)
@@ -409,7 +605,7 @@ int dsr1__bench_kernels(int argc, char **argv)
     const dsr1_kernels *vars[MAX_VARIANTS];
     int nv = 0;
     vars[nv++] = dsr1_kernels_portable();
-    static const char *const names[] = {"avx512"};
+    static const char *const names[] = {"avx512", "avx512-bf16"};
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         const dsr1_kernels *k = dsr1_kernels_select(names[i]);
         if (k) vars[nv++] = k;
@@ -429,7 +625,8 @@ int dsr1__bench_kernels(int argc, char **argv)
     const int *ms = o.quick ? ms_quick : ms_full, nm = o.quick ? 4 : 5;
     bench_linear(pool, &o, 2048, 7168, ms, nm, vars, nv, rs);
     bench_linear(pool, &o, 7168, 2048, ms, nm, vars, nv, rs);
-    bench_decode_kernels(pool, &o, vars, nv, rs);
+    bench_absorb(pool, &o, vars, nv, rs);
+    bench_mla_attention(pool, &o, vars, nv, rs);
 
     fprintf(stderr, "machine limits again ...\n");
     const double bw1 = dsr1__bench_read_gbps(pool, bw_bytes, passes / 2);
@@ -446,9 +643,13 @@ int dsr1__bench_kernels(int argc, char **argv)
                "(ratios use the larger values)\n");
 
     json_t *root = json_object(), *jres = json_array();
-    report(rs, bw, peak, jres);
+    report_linear(rs, bw, peak, jres);
+    report_vs_onednn(rs, nv, dsr1_pool_size(pool));
+    report_decode(rs, bw, peak, jres);
     json_object_set_new(root, "threads", json_integer(dsr1_pool_size(pool)));
     json_object_set_new(root, "quick", json_boolean(o.quick));
+    char ver[96];
+    json_object_set_new(root, "onednn", json_string(dsr1__onednn_version(ver, sizeof(ver))));
     json_object_set_new(root, "read_gbps", json_real(bw));
     json_object_set_new(root, "fma_peak_gflops", json_real(peak));
     json_object_set_new(root, "read_gbps_before_after", json_pack("[f,f]", bw0, bw1));

@@ -13,7 +13,16 @@ typedef struct {
 
 static const command commands[] = {
     {"kernels", dsr1__bench_kernels,
-     "memory bandwidth, FMA peak, FP8 linear at R1 expert shapes per kernel variant"},
+     "memory bandwidth, FMA peak, FP8 linear at R1 expert shapes per kernel variant and "
+     "against oneDNN, MLA decode attention"},
+    {"experts", dsr1__bench_experts,
+     "the routed experts of an MoE layer at R1 shapes: expert by expert vs one grouped call"},
+    {"offline", dsr1__bench_offline,
+     "prefill and decode throughput of the engine on fixed batches (like SGLang's "
+     "bench_one_batch)"},
+    {"serve", dsr1__bench_serve,
+     "online serving against a running server: throughput, TTFT, TPOT, ITL (like `vllm bench "
+     "serve`)"},
 };
 
 static void usage(FILE *f)

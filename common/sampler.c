@@ -105,6 +105,11 @@ dsr1_status dsr1_sampling_validate(const dsr1_sampling *s, int vocab)
     return DSR1_OK;
 }
 
+bool dsr1_sampling_uses_history(const dsr1_sampling *s)
+{
+    return s->repetition_penalty != 1 || s->presence_penalty != 0 || s->frequency_penalty != 0;
+}
+
 /* SplitMix64's output function (Steele, Lea, Flood 2014; Stafford's mix 13). */
 static uint64_t mix64(uint64_t z)
 {
@@ -235,9 +240,8 @@ static void apply_penalties(dsr1_sampler *s, const dsr1_sampling *p)
 static dsr1_status penalise(dsr1_sampler *s, const dsr1_sampling *p, const float *logits,
                             const dsr1_token_history *h, const float **w)
 {
-    bool rep = p->repetition_penalty != 1;
-    bool freq = p->presence_penalty != 0 || p->frequency_penalty != 0;
-    bool history = h && (rep || freq);
+    const bool rep = p->repetition_penalty != 1;
+    const bool history = h && dsr1_sampling_uses_history(p);
     *w = logits;
     if (!p->n_bias && !history) return DSR1_OK;
     memcpy(s->work, logits, (size_t)s->vocab * sizeof(*logits));

@@ -2,10 +2,11 @@
  * parameters, its token history and its own random stream.
  *
  * The sampler is a pure function of (params, logits, history, step index): it keeps no
- * state between calls, so it can run wherever the logits are (the coordinator today, the
- * last pipeline stage later) and a seeded request gives the same tokens whatever else is
- * in the batch, however the batch is split, and on any rank. The random number of step i
- * of a request is derived from (seed, i) alone (counter-based generator).
+ * state between calls, so it runs wherever the logits are (inside the engine's step: the
+ * last pipeline stage of a grid, worker/forward.h) and a seeded request gives the same
+ * tokens whatever else is in the batch, however the batch is split, and on any rank. The
+ * random number of step i of a request is derived from (seed, i) alone (counter-based
+ * generator).
  *
  * Order of operations (the one vLLM and HF document): logit_bias; repetition penalty
  * (prompt and generated tokens: positive logits divided by it, negative multiplied);
@@ -42,6 +43,8 @@ typedef struct {
 dsr1_sampling dsr1_sampling_defaults(void);
 /* Checks every range above; the message names the field and its allowed range. */
 dsr1_status dsr1_sampling_validate(const dsr1_sampling *s, int vocab);
+/* Whether a penalty is on, i.e. whether dsr1_sample reads the token history. */
+bool dsr1_sampling_uses_history(const dsr1_sampling *s);
 
 /* A request's tokens so far, for the penalties: prompt ids and generated ids. */
 typedef struct {
@@ -62,6 +65,10 @@ typedef struct {
     int n_top;     /* = params.top_logprobs (the vocabulary size if smaller) */
     dsr1_logprob top[DSR1_MAX_TOP_LOGPROBS]; /* most likely first (raw logits; ties: lower id) */
 } dsr1_sample_result;
+
+/* The token of a result that could not be computed, e.g. from a logit row with a NaN or
+ * +inf logit, where results travel without the error (worker/forward.h). */
+#define DSR1_SAMPLE_FAILED (-1)
 
 /* Scratch for one thread's sampling; reused across calls (no allocation per token). */
 typedef struct dsr1_sampler dsr1_sampler;

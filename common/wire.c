@@ -3,6 +3,7 @@
  * build refuses to compile rather than speak a different protocol. */
 #include "wire.h"
 
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -64,46 +65,110 @@ dsr1_status dsr1_wire_simple_encode(dsr1_msg_type type, uint64_t step, const voi
     return DSR1_OK;
 }
 
-/* STEP body: three counts, the sequence records, the token ids, the block ids */
-#define STEP_COUNTS 12
+/* STEP body: six counts, then the sections in the order of dsr1_wire_step */
+#define STEP_COUNTS 24
 
-static size_t step_body_bytes(int64_t n_seqs, int64_t n_tokens, int64_t n_block_ids)
+static size_t step_body_bytes(const dsr1_wire_step *p)
 {
-    return STEP_COUNTS + sizeof(dsr1_wire_seq) * (size_t)n_seqs + 4 * (size_t)n_tokens +
-           4 * (size_t)n_block_ids;
+    return STEP_COUNTS + sizeof(dsr1_wire_seq) * (size_t)p->n_seqs + 4 * (size_t)p->n_tokens +
+           4 * (size_t)p->n_block_ids + sizeof(dsr1_wire_sample) * (size_t)p->n_samples +
+           8 * (size_t)p->n_bias + 4 * (size_t)p->n_history;
 }
 
-dsr1_status dsr1_wire_step_encode(uint64_t step, int n_seqs, const dsr1_wire_seq *seqs,
-                                  const int32_t *tokens, const int32_t *blocks, void **msg,
+/* The counts within the limits (so that the body size cannot overflow). */
+static dsr1_status check_counts(const dsr1_wire_step *p, dsr1_status bad)
+{
+    if (p->n_seqs < 0 || p->n_seqs > DSR1_WIRE_MAX_SEQS || p->n_tokens < 0 ||
+        p->n_tokens > DSR1_WIRE_MAX_TOKENS || p->n_block_ids < 0 ||
+        p->n_block_ids > DSR1_WIRE_MAX_BLOCKS || p->n_samples < 0 || p->n_samples > p->n_seqs ||
+        p->n_bias < 0 || p->n_bias > DSR1_WIRE_MAX_BIAS || p->n_history < 0 ||
+        p->n_history > DSR1_WIRE_MAX_HISTORY)
+        return dsr1_error(bad,
+                          "STEP with %d sequences, %d tokens, %d cache blocks, %d sample records, "
+                          "%d logit biases and %d history ids is out of bounds",
+                          p->n_seqs, p->n_tokens, p->n_block_ids, p->n_samples, p->n_bias,
+                          p->n_history);
+    return DSR1_OK;
+}
+
+/* Every record well formed, and the records adding up to the counts. */
+static dsr1_status check_records(const dsr1_wire_step *p, dsr1_status bad)
+{
+    int64_t tokens = 0, blocks = 0, samples = 0, bias = 0, history = 0;
+    for (int i = 0; i < p->n_seqs; i++) {
+        const dsr1_wire_seq *s = &p->seqs[i];
+        if (s->n_tokens < 1 || s->pos < 0 || s->slot < 0 || s->logits < 0 || s->logits > 2 ||
+            s->n_blocks < 0 || s->sample < 0 || s->sample > 1)
+            return dsr1_error(bad,
+                              "STEP sequence %d is malformed (slot %d, pos %d, %d tokens, logits "
+                              "%d, %d cache blocks, sample %d)",
+                              i, s->slot, s->pos, s->n_tokens, s->logits, s->n_blocks, s->sample);
+        tokens += s->n_tokens;
+        blocks += s->n_blocks;
+        samples += s->sample;
+    }
+    if (samples != p->n_samples)
+        return dsr1_error(bad, "STEP sequences ask for %lld samples, %d sample records follow",
+                          (long long)samples, p->n_samples);
+    const int known = DSR1_WIRE_LOGPROBS | DSR1_WIRE_PROMPT_LOGPROBS | DSR1_WIRE_NEXT;
+    for (int i = 0; i < p->n_samples; i++) {
+        const dsr1_wire_sample *r = &p->samples[i];
+        if ((r->flags & ~known) || r->n_bias < 0 || r->n_prompt < 0 || r->n_history < r->n_prompt)
+            return dsr1_error(bad,
+                              "STEP sample record %d is malformed (flags %#x, %d logit biases, "
+                              "history of %d ids with %d of the prompt)",
+                              i, (unsigned)r->flags, r->n_bias, r->n_history, r->n_prompt);
+        bias += r->n_bias;
+        history += r->n_history;
+    }
+    if (tokens != p->n_tokens || blocks != p->n_block_ids || bias != p->n_bias ||
+        history != p->n_history)
+        return dsr1_error(bad,
+                          "STEP records hold %lld tokens, %lld cache blocks, %lld logit biases "
+                          "and %lld history ids, header says %d, %d, %d and %d",
+                          (long long)tokens, (long long)blocks, (long long)bias, (long long)history,
+                          p->n_tokens, p->n_block_ids, p->n_bias, p->n_history);
+    return DSR1_OK;
+}
+
+/* Appends n bytes of src (may be NULL when n is 0) at *o. */
+static void put(unsigned char **o, const void *src, size_t n)
+{
+    if (n) memcpy(*o, src, n);
+    *o += n;
+}
+
+dsr1_status dsr1_wire_step_encode(uint64_t step, const dsr1_wire_step *plan, void **msg,
                                   size_t *len)
 {
-    if (n_seqs < 0 || n_seqs > DSR1_WIRE_MAX_SEQS)
-        return dsr1_error(DSR1_ERR_RANGE, "step of %d sequences", n_seqs);
-    int64_t nt = 0, nb = 0;
-    for (int i = 0; i < n_seqs; i++) {
-        if (seqs[i].n_blocks < 0)
-            return dsr1_error(DSR1_ERR_RANGE, "sequence %d: block table of %d blocks", i,
-                              seqs[i].n_blocks);
-        nt += seqs[i].n_tokens;
-        nb += seqs[i].n_blocks;
-    }
-    if (nt > DSR1_WIRE_MAX_TOKENS || nb > DSR1_WIRE_MAX_BLOCKS)
-        return dsr1_error(DSR1_ERR_RANGE, "step of %lld tokens and %lld cache blocks",
-                          (long long)nt, (long long)nb);
-    const size_t body = step_body_bytes(n_seqs, nt, nb);
+    dsr1_status st = check_counts(plan, DSR1_ERR_RANGE);
+    if (st == DSR1_OK) st = check_records(plan, DSR1_ERR_RANGE);
+    if (st != DSR1_OK) return st;
+    const size_t body = step_body_bytes(plan);
     unsigned char *p = malloc(DSR1_WIRE_HEADER + body), *o = p + DSR1_WIRE_HEADER;
-    if (!p) return dsr1_error(DSR1_ERR_NOMEM, "out of memory");
+    if (!p) return dsr1_error(DSR1_ERR_NOMEM, "out of memory for a STEP of %zu bytes", body);
     put_header(p, DSR1_MSG_STEP, step, (uint32_t)body);
-    const int32_t counts[3] = {n_seqs, (int32_t)nt, (int32_t)nb};
-    memcpy(o, counts, STEP_COUNTS);
-    o += STEP_COUNTS;
-    if (n_seqs) memcpy(o, seqs, sizeof(dsr1_wire_seq) * (size_t)n_seqs);
-    o += sizeof(dsr1_wire_seq) * (size_t)n_seqs;
-    if (nt) memcpy(o, tokens, 4 * (size_t)nt);
-    if (nb) memcpy(o + 4 * (size_t)nt, blocks, 4 * (size_t)nb);
+    const int32_t counts[6] = {plan->n_seqs,    plan->n_tokens, plan->n_block_ids,
+                               plan->n_samples, plan->n_bias,   plan->n_history};
+    put(&o, counts, STEP_COUNTS);
+    put(&o, plan->seqs, sizeof(dsr1_wire_seq) * (size_t)plan->n_seqs);
+    put(&o, plan->tokens, 4 * (size_t)plan->n_tokens);
+    put(&o, plan->blocks, 4 * (size_t)plan->n_block_ids);
+    put(&o, plan->samples, sizeof(dsr1_wire_sample) * (size_t)plan->n_samples);
+    put(&o, plan->bias_ids, 4 * (size_t)plan->n_bias);
+    put(&o, plan->bias_values, 4 * (size_t)plan->n_bias);
+    put(&o, plan->history, 4 * (size_t)plan->n_history);
     *msg = p;
     *len = DSR1_WIRE_HEADER + body;
     return DSR1_OK;
+}
+
+/* Points *at at n bytes of the body at *o and moves *o past them. */
+static const void *take(const unsigned char **o, size_t n)
+{
+    const void *at = *o;
+    *o += n;
+    return at;
 }
 
 dsr1_status dsr1_wire_step_decode(const void *msg, size_t len, uint64_t *step, dsr1_wire_step *plan)
@@ -116,77 +181,145 @@ dsr1_status dsr1_wire_step_decode(const void *msg, size_t len, uint64_t *step, d
     const unsigned char *b = (const unsigned char *)msg + DSR1_WIRE_HEADER;
     if (h.body_bytes < STEP_COUNTS)
         return dsr1_error(DSR1_ERR_FORMAT, "STEP body of %u bytes is truncated", h.body_bytes);
-    int32_t counts[3];
-    memcpy(counts, b, STEP_COUNTS);
-    if (counts[0] < 0 || counts[0] > DSR1_WIRE_MAX_SEQS || counts[1] < 0 ||
-        counts[1] > DSR1_WIRE_MAX_TOKENS || counts[2] < 0 || counts[2] > DSR1_WIRE_MAX_BLOCKS)
-        return dsr1_error(DSR1_ERR_FORMAT,
-                          "STEP with %d sequences, %d tokens and %d cache blocks is out of bounds",
-                          counts[0], counts[1], counts[2]);
-    const size_t want = step_body_bytes(counts[0], counts[1], counts[2]);
+    int32_t c[6];
+    memcpy(c, b, STEP_COUNTS);
+    dsr1_wire_step p = {c[0], c[1], c[2], c[3], c[4], c[5]};
+    if ((st = check_counts(&p, DSR1_ERR_FORMAT)) != DSR1_OK) return st;
+    const size_t want = step_body_bytes(&p);
     if (want != h.body_bytes)
         return dsr1_error(DSR1_ERR_FORMAT,
-                          "STEP body is %u bytes; %d sequences, %d tokens and %d cache blocks "
-                          "need %zu",
-                          h.body_bytes, counts[0], counts[1], counts[2], want);
-    const dsr1_wire_seq *s = (const dsr1_wire_seq *)(b + STEP_COUNTS);
-    int64_t sum = 0, blocks = 0;
-    for (int i = 0; i < counts[0]; i++) {
-        if (s[i].n_tokens < 1 || s[i].pos < 0 || s[i].slot < 0 || s[i].logits < 0 ||
-            s[i].logits > 2 || s[i].n_blocks < 0)
-            return dsr1_error(DSR1_ERR_FORMAT,
-                              "STEP sequence %d is malformed (slot %d, pos %d, %d tokens, logits "
-                              "%d, %d cache blocks)",
-                              i, s[i].slot, s[i].pos, s[i].n_tokens, s[i].logits, s[i].n_blocks);
-        sum += s[i].n_tokens;
-        blocks += s[i].n_blocks;
-    }
-    if (sum != counts[1] || blocks != counts[2])
-        return dsr1_error(DSR1_ERR_FORMAT,
-                          "STEP sequences hold %lld tokens and %lld cache blocks, header says %d "
-                          "and %d",
-                          (long long)sum, (long long)blocks, counts[1], counts[2]);
-    const int32_t *tokens =
-        (const int32_t *)(b + STEP_COUNTS + sizeof(dsr1_wire_seq) * (size_t)counts[0]);
+                          "STEP body is %u bytes; %d sequences, %d tokens, %d cache blocks, %d "
+                          "sample records, %d logit biases and %d history ids need %zu",
+                          h.body_bytes, p.n_seqs, p.n_tokens, p.n_block_ids, p.n_samples, p.n_bias,
+                          p.n_history, want);
+    const unsigned char *o = b + STEP_COUNTS;
+    p.seqs = take(&o, sizeof(dsr1_wire_seq) * (size_t)p.n_seqs);
+    p.tokens = take(&o, 4 * (size_t)p.n_tokens);
+    p.blocks = take(&o, 4 * (size_t)p.n_block_ids);
+    p.samples = take(&o, sizeof(dsr1_wire_sample) * (size_t)p.n_samples);
+    p.bias_ids = take(&o, 4 * (size_t)p.n_bias);
+    p.bias_values = take(&o, 4 * (size_t)p.n_bias);
+    p.history = take(&o, 4 * (size_t)p.n_history);
+    if ((st = check_records(&p, DSR1_ERR_FORMAT)) != DSR1_OK) return st;
     *step = h.step;
-    *plan = (dsr1_wire_step){counts[0], counts[1], counts[2], s, tokens, tokens + counts[1]};
+    *plan = p;
     return DSR1_OK;
 }
 
-dsr1_status dsr1_wire_logits_alloc(uint64_t step, int rows, int vocab, void **msg, size_t *len,
-                                   float **data)
+/* RESULT body: four counts, the logit rows, the results */
+#define RESULT_COUNTS 16
+#define RESULT_FIXED  12 /* token, logprob, n_top */
+
+dsr1_status dsr1_wire_result_alloc(uint64_t step, int rows, int vocab, int n_samples,
+                                   int n_row_logprobs, void **msg, float **logits)
 {
-    if (rows < 0 || vocab < 1 || (uint64_t)rows * (uint64_t)vocab > (UINT32_MAX - 64) / 4)
-        return dsr1_error(DSR1_ERR_RANGE, "LOGITS of %d x %d floats", rows, vocab);
-    const size_t body = 8 + sizeof(float) * (size_t)rows * (size_t)vocab;
-    unsigned char *p = malloc(DSR1_WIRE_HEADER + body);
+    /* the largest result has every alternative; seal writes what the results hold */
+    const uint64_t per_result = RESULT_FIXED + sizeof(dsr1_logprob) * DSR1_MAX_TOP_LOGPROBS;
+    const bool ok = rows >= 0 && vocab >= 1 && n_samples >= 0 && n_row_logprobs >= 0;
+    const uint64_t most = !ok ? 0
+                              : RESULT_COUNTS + 4 * (uint64_t)rows * (uint64_t)vocab +
+                                    ((uint64_t)n_samples + (uint64_t)n_row_logprobs) * per_result;
+    if (!ok || most > UINT32_MAX - DSR1_WIRE_HEADER)
+        return dsr1_error(DSR1_ERR_RANGE, "RESULT of %d x %d floats, %d samples, %d row logprobs",
+                          rows, vocab, n_samples, n_row_logprobs);
+    unsigned char *p = malloc(DSR1_WIRE_HEADER + (size_t)most);
     if (!p) return dsr1_error(DSR1_ERR_NOMEM, "out of memory for %d logit rows", rows);
-    put_header(p, DSR1_MSG_LOGITS, step, (uint32_t)body);
-    int32_t c[2] = {rows, vocab};
-    memcpy(p + DSR1_WIRE_HEADER, c, 8);
+    put_header(p, DSR1_MSG_RESULT, step, (uint32_t)most);
+    const int32_t c[4] = {rows, vocab, n_samples, n_row_logprobs};
+    memcpy(p + DSR1_WIRE_HEADER, c, RESULT_COUNTS);
     *msg = p;
-    *len = DSR1_WIRE_HEADER + body;
-    *data = (float *)(p + DSR1_WIRE_HEADER + 8);
+    *logits = (float *)(p + DSR1_WIRE_HEADER + RESULT_COUNTS);
     return DSR1_OK;
 }
 
-dsr1_status dsr1_wire_logits_decode(const void *msg, size_t len, int *rows, int *vocab,
-                                    const float **data)
+static void put_result(unsigned char **o, const dsr1_sample_result *r)
+{
+    const int32_t n_top = r->n_top;
+    put(o, &r->token, 4);
+    put(o, &r->logprob, 4);
+    put(o, &n_top, 4);
+    put(o, r->top, sizeof(dsr1_logprob) * (size_t)n_top);
+}
+
+void dsr1_wire_result_seal(void *msg, const dsr1_sample_result *samples,
+                           const dsr1_sample_result *row_logprobs, size_t *len)
+{
+    unsigned char *p = msg;
+    int32_t c[4];
+    memcpy(c, p + DSR1_WIRE_HEADER, RESULT_COUNTS);
+    unsigned char *o = p + DSR1_WIRE_HEADER + RESULT_COUNTS + 4 * (size_t)c[0] * (size_t)c[1];
+    for (int i = 0; i < c[2]; i++) put_result(&o, &samples[i]);
+    for (int i = 0; i < c[3]; i++) put_result(&o, &row_logprobs[i]);
+    const uint32_t body = (uint32_t)(o - p - DSR1_WIRE_HEADER);
+    memcpy(p + 16, &body, 4); /* the header's body size */
+    *len = DSR1_WIRE_HEADER + body;
+}
+
+/* Reads one result at *o, which has `left` bytes after it, checked against the vocabulary,
+ * and moves *o past it. */
+static dsr1_status get_result(const unsigned char **o, size_t left, int vocab,
+                              dsr1_sample_result *r)
+{
+    int32_t n_top;
+    if (left < RESULT_FIXED) return dsr1_error(DSR1_ERR_FORMAT, "RESULT is truncated");
+    memcpy(&r->token, *o, 4);
+    memcpy(&r->logprob, *o + 4, 4);
+    memcpy(&n_top, *o + 8, 4);
+    if (n_top < 0 || n_top > DSR1_MAX_TOP_LOGPROBS ||
+        left - RESULT_FIXED < sizeof(dsr1_logprob) * (size_t)n_top)
+        return dsr1_error(DSR1_ERR_FORMAT, "RESULT entry with %d alternatives in %zu bytes", n_top,
+                          left);
+    r->n_top = n_top;
+    memcpy(r->top, *o + RESULT_FIXED, sizeof(dsr1_logprob) * (size_t)n_top);
+    *o += RESULT_FIXED + sizeof(dsr1_logprob) * (size_t)n_top;
+    if (r->token < DSR1_SAMPLE_FAILED || r->token >= vocab)
+        return dsr1_error(DSR1_ERR_FORMAT, "RESULT token %d is outside the vocabulary [0, %d)",
+                          r->token, vocab);
+    for (int j = 0; j < n_top; j++)
+        if (r->top[j].token_id < 0 || r->top[j].token_id >= vocab)
+            return dsr1_error(DSR1_ERR_FORMAT,
+                              "RESULT alternative %d is token %d, outside the vocabulary [0, %d)",
+                              j, r->top[j].token_id, vocab);
+    return DSR1_OK;
+}
+
+dsr1_status dsr1_wire_result_decode(const void *msg, size_t len, dsr1_wire_result *out)
 {
     dsr1_wire_header h;
     dsr1_status st = dsr1_wire_header_decode(msg, len, &h);
     if (st != DSR1_OK) return st;
-    if (h.type != DSR1_MSG_LOGITS || h.body_bytes < 8)
-        return dsr1_error(DSR1_ERR_FORMAT, "expected a LOGITS message");
-    int32_t c[2];
-    memcpy(c, (const unsigned char *)msg + DSR1_WIRE_HEADER, 8);
-    if (c[0] < 0 || c[1] < 1 || (uint64_t)c[0] * (uint64_t)c[1] * 4 + 8 != h.body_bytes)
-        return dsr1_error(DSR1_ERR_FORMAT, "LOGITS of %d x %d floats in a %u-byte body", c[0], c[1],
-                          h.body_bytes);
-    *rows = c[0];
-    *vocab = c[1];
-    *data = (const float *)((const unsigned char *)msg + DSR1_WIRE_HEADER + 8);
+    if (h.type != DSR1_MSG_RESULT || h.body_bytes < RESULT_COUNTS)
+        return dsr1_error(DSR1_ERR_FORMAT, "expected a RESULT message");
+    const unsigned char *b = (const unsigned char *)msg + DSR1_WIRE_HEADER;
+    int32_t c[4];
+    memcpy(c, b, RESULT_COUNTS);
+    if (c[0] < 0 || c[1] < 1 || c[2] < 0 || c[3] < 0 ||
+        (uint64_t)c[0] * (uint64_t)c[1] * 4 + RESULT_COUNTS > h.body_bytes)
+        return dsr1_error(DSR1_ERR_FORMAT,
+                          "RESULT of %d x %d floats, %d samples and %d row logprobs in a %u-byte "
+                          "body",
+                          c[0], c[1], c[2], c[3], h.body_bytes);
+    dsr1_wire_result r = {c[0], c[1], c[2], c[3], (const float *)(b + RESULT_COUNTS)};
+    r.next = b + RESULT_COUNTS + 4 * (size_t)c[0] * (size_t)c[1];
+    r.left = c[2] + c[3];
+    const unsigned char *o = r.next, *end = b + h.body_bytes;
+    for (int64_t i = 0; i < (int64_t)c[2] + c[3]; i++) {
+        dsr1_sample_result one;
+        if ((st = get_result(&o, (size_t)(end - o), c[1], &one)) != DSR1_OK) return st;
+    }
+    if (o != end)
+        return dsr1_error(DSR1_ERR_FORMAT, "RESULT has %zu bytes after its last result",
+                          (size_t)(end - o));
+    *out = r;
     return DSR1_OK;
+}
+
+dsr1_status dsr1_wire_result_next(dsr1_wire_result *r, dsr1_sample_result *out)
+{
+    if (r->left <= 0) return dsr1_error(DSR1_ERR_FORMAT, "RESULT has no more results");
+    r->left--;
+    /* checked by dsr1_wire_result_decode: it cannot fail or run past the message */
+    return get_result(&r->next, SIZE_MAX, r->vocab, out);
 }
 
 dsr1_status dsr1_wire_error_decode(const void *msg, size_t len, int *status, int *rank, char *text,

@@ -4,12 +4,16 @@
  *
  * Every message starts with a 24-byte header:
  *   u32 magic "DSR1" | u16 version | u16 type | u64 step id | u32 body bytes | u32 reserved (0)
- * Bodies:
- *   STEP      i32 n_seqs, i32 n_tokens, i32 n_block_ids, then n_seqs x {i32 slot, i32 pos,
- *             i32 n_tokens, i32 logits mode, i32 n_blocks}, then n_tokens x i32 token ids,
- *             then n_block_ids x i32 cache block ids (both sequence after sequence; a
- *             sequence with n_blocks 0 has no block table: it uses its cache slot)
- *   LOGITS    i32 rows, i32 vocab, then rows x vocab f32
+ * Bodies (every field 4 bytes; arrays sequence after sequence):
+ *   STEP      i32 n_seqs, n_tokens, n_block_ids, n_samples, n_bias, n_history, then
+ *             n_seqs x dsr1_wire_seq, n_tokens x i32 token ids, n_block_ids x i32 cache block
+ *             ids (a sequence with n_blocks 0 has no block table: it uses its cache slot),
+ *             n_samples x dsr1_wire_sample (one per sequence with `sample` set: the last
+ *             stage samples it), n_bias x i32 logit_bias ids, n_bias x f32 their values,
+ *             n_history x i32 history ids (only for requests with a penalty on)
+ *   RESULT    i32 rows, vocab, n_samples, n_row_logprobs, then rows x vocab f32 logits (the
+ *             sequences without a sample request), then n_samples + n_row_logprobs results,
+ *             each i32 token, f32 logprob, i32 n_top (0..20), n_top x {i32 id, f32 logprob}
  *   ERROR     i32 status, i32 rank, then a UTF-8 message (no NUL)
  *   SHUTDOWN  empty */
 #ifndef DSR1_WIRE_H
@@ -18,32 +22,58 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "sampler.h"
 #include "status.h"
 
-#define DSR1_WIRE_MAGIC      0x31525344u /* "DSR1" little-endian */
-#define DSR1_WIRE_VERSION    2
-#define DSR1_WIRE_HEADER     24
-#define DSR1_WIRE_MAX_SEQS   65536
-#define DSR1_WIRE_MAX_TOKENS (1 << 24)
-#define DSR1_WIRE_MAX_BLOCKS (1 << 24) /* block ids in one STEP */
+#define DSR1_WIRE_MAGIC       0x31525344u /* "DSR1" little-endian */
+#define DSR1_WIRE_VERSION     3
+#define DSR1_WIRE_HEADER      24
+#define DSR1_WIRE_MAX_SEQS    65536
+#define DSR1_WIRE_MAX_TOKENS  (1 << 24)
+#define DSR1_WIRE_MAX_BLOCKS  (1 << 24) /* block ids in one STEP */
+#define DSR1_WIRE_MAX_BIAS    (1 << 24) /* logit_bias entries in one STEP */
+#define DSR1_WIRE_MAX_HISTORY (1 << 26) /* history ids in one STEP */
 
 typedef enum {
     DSR1_MSG_STEP = 1,
-    DSR1_MSG_LOGITS = 2,
+    DSR1_MSG_RESULT = 2,
     DSR1_MSG_ERROR = 3,
     DSR1_MSG_SHUTDOWN = 4,
 } dsr1_msg_type;
 
 typedef struct {
     int32_t slot, pos, n_tokens, logits, n_blocks;
+    int32_t sample; /* 1: a sample record follows in the sample section; 0: none */
 } dsr1_wire_seq;
 
-/* A decoded STEP plan; the arrays point into the message. */
+/* dsr1_wire_sample.flags */
+enum {
+    DSR1_WIRE_LOGPROBS = 1,        /* dsr1_seq_sample.logprobs */
+    DSR1_WIRE_PROMPT_LOGPROBS = 2, /* dsr1_seq_sample.prompt_logprobs */
+    DSR1_WIRE_NEXT = 4,            /* dsr1_seq_sample.next is set: next_token */
+};
+
+/* A sequence's sample request (worker/forward.h: dsr1_seq_sample) as sent to the last stage. */
 typedef struct {
-    int n_seqs, n_tokens, n_block_ids;
+    float temperature, top_p, min_p, presence_penalty, frequency_penalty, repetition_penalty;
+    int32_t top_k, top_logprobs;
+    uint32_t seed[2], step[2]; /* 64-bit values as two words, low first */
+    int32_t flags, next_token;
+    int32_t n_bias;              /* its entries in the bias section */
+    int32_t n_prompt, n_history; /* its ids in the history section, the prompt's first */
+} dsr1_wire_sample;
+
+/* A STEP plan. Decoded: the arrays point into the message. To encode: the counts must be
+ * what the records add up to; an array may be NULL when its count is 0. */
+typedef struct {
+    int n_seqs, n_tokens, n_block_ids, n_samples, n_bias, n_history;
     const dsr1_wire_seq *seqs;
     const int32_t *tokens; /* each sequence's n_tokens, in order */
     const int32_t *blocks; /* each sequence's n_blocks, in order */
+    const dsr1_wire_sample *samples;
+    const int32_t *bias_ids; /* each sample record's n_bias, in order */
+    const float *bias_values;
+    const int32_t *history; /* each sample record's n_history, in order */
 } dsr1_wire_step;
 
 typedef struct {
@@ -55,25 +85,43 @@ typedef struct {
 /* Check magic, version, a known type, and that the body fits: len is the bytes received. */
 dsr1_status dsr1_wire_header_decode(const void *msg, size_t len, dsr1_wire_header *out);
 
-/* Encoders return a malloc'ed message and its size. `blocks` holds every sequence's
- * n_blocks ids, sequence after sequence (may be NULL when all are 0). */
-dsr1_status dsr1_wire_step_encode(uint64_t step, int n_seqs, const dsr1_wire_seq *seqs,
-                                  const int32_t *tokens, const int32_t *blocks, void **msg,
+/* Encoders return a malloc'ed message and its size. The plan is checked as the decoder
+ * checks it (DSR1_ERR_RANGE). */
+dsr1_status dsr1_wire_step_encode(uint64_t step, const dsr1_wire_step *plan, void **msg,
                                   size_t *len);
 /* On success the plan's arrays point into msg (aligned: the header and records are
  * multiples of 4 bytes); counts are checked against the body size and the limits, each
- * sequence's n_tokens >= 1 and n_blocks >= 0, and the sums equal to n_tokens and
- * n_block_ids. Block ids themselves are checked by the engine against its pool. */
+ * sequence's n_tokens >= 1, pos, slot and n_blocks >= 0, a known logits mode, each sample
+ * record's flags known, n_bias >= 0 and 0 <= n_prompt <= n_history, and the sums equal to
+ * the counts. Block ids, token ids and sampling values are checked by the engine. */
 dsr1_status dsr1_wire_step_decode(const void *msg, size_t len, uint64_t *step,
                                   dsr1_wire_step *plan);
 dsr1_status dsr1_wire_simple_encode(dsr1_msg_type type, uint64_t step, const void *body,
                                     size_t body_bytes, void **msg, size_t *len);
-/* A LOGITS message with room for rows x vocab floats, which the caller fills at *data. */
-dsr1_status dsr1_wire_logits_alloc(uint64_t step, int rows, int vocab, void **msg, size_t *len,
-                                   float **data);
-/* LOGITS body: rows x vocab floats follow the two counts. */
-dsr1_status dsr1_wire_logits_decode(const void *msg, size_t len, int *rows, int *vocab,
-                                    const float **data);
+
+/* A RESULT message is built in two calls so that the logit rows are written in place:
+ * alloc reserves room for rows x vocab floats (the caller fills them at *logits) and for the
+ * results; seal writes the n_samples and n_row_logprobs results given to alloc (n_top
+ * alternatives each) after the rows and gives the message's final size. */
+dsr1_status dsr1_wire_result_alloc(uint64_t step, int rows, int vocab, int n_samples,
+                                   int n_row_logprobs, void **msg, float **logits);
+void dsr1_wire_result_seal(void *msg, const dsr1_sample_result *samples,
+                           const dsr1_sample_result *row_logprobs, size_t *len);
+
+/* A decoded RESULT: the rows point into the message, the results are read in order (the
+ * samples, then the row logprobs) with dsr1_wire_result_next. */
+typedef struct {
+    int rows, vocab, n_samples, n_row_logprobs;
+    const float *logits;
+    const unsigned char *next; /* the next result to read */
+    int left;                  /* results not read yet */
+} dsr1_wire_result;
+
+/* Checks the whole message: counts, every result (n_top in [0, 20], token in [-1, vocab)
+ * (-1: DSR1_SAMPLE_FAILED), alternative ids in [0, vocab)) and the body size. */
+dsr1_status dsr1_wire_result_decode(const void *msg, size_t len, dsr1_wire_result *out);
+/* The next result of a decoded message; DSR1_ERR_FORMAT when none is left. */
+dsr1_status dsr1_wire_result_next(dsr1_wire_result *r, dsr1_sample_result *out);
 dsr1_status dsr1_wire_error_decode(const void *msg, size_t len, int *status, int *rank, char *text,
                                    size_t cap);
 

@@ -4,7 +4,11 @@
  * worker serves its STEP messages in order, so while the last stage works on step k the
  * first stage can already run step k + 1, and a pipeline of P stages stays busy with P
  * micro-batches. Results arrive tagged with their step id, from the last stage's EP ranks
- * in any order, and are written straight into the logits of the batch given at submit. */
+ * in any order, and are written straight into the outputs of the batch given at submit.
+ *
+ * Sample requests go to the last stage only (the other stages get the same plan without
+ * them); it samples where the logits are and returns ids and logprobs, so a sampled
+ * sequence costs a few bytes on the way back instead of a logit row of the vocabulary. */
 #include "grid.h"
 
 #include <stdio.h>
@@ -17,7 +21,6 @@
 typedef struct {
     uint64_t step;
     const dsr1_batch *b; /* borrowed until the step is waited for */
-    int *row_of;         /* first output row of each sequence */
     char *arrived;       /* [ep]: result of that EP rank received */
     int pending;         /* EP ranks still owing their result */
 } inflight;
@@ -56,58 +59,134 @@ static dsr1_status fail(dsr1_grid *c, dsr1_status st)
     return st;
 }
 
-static int seq_rows(const dsr1_seq_step *sq)
-{
-    return sq->logits == DSR1_LOGITS_ALL ? sq->n_tokens : sq->logits == DSR1_LOGITS_LAST;
-}
-
 /* The EP rank a sequence lives on: its rank with a block table, else by its slot. */
 static int seq_rank(const dsr1_grid *c, const dsr1_seq_step *sq)
 {
     return sq->blocks ? sq->rank : sq->slot % c->ep;
 }
 
-/* One STEP plan per EP rank, sent to that rank in every stage. */
-static dsr1_status send_plans(dsr1_grid *c, const dsr1_batch *b, uint64_t step)
+/* A sequence's sample request, when it has logits to sample (it is ignored otherwise). */
+static const dsr1_seq_sample *seq_sample(const dsr1_seq_step *sq)
 {
-    size_t ntok = 0, nblk = 0;
+    return sq->logits != DSR1_LOGITS_NONE ? sq->sample : NULL;
+}
+
+/* A STEP plan being built for one EP rank: room for every sequence of the batch. */
+typedef struct {
+    dsr1_wire_step p;
+    dsr1_wire_seq *seqs;
+    int32_t *tokens, *blocks, *bias_ids, *history;
+    float *bias_values;
+    dsr1_wire_sample *samples;
+} plan_buf;
+
+static void plan_free(plan_buf *pb)
+{
+    free(pb->seqs);
+    free(pb->tokens);
+    free(pb->blocks);
+    free(pb->bias_ids);
+    free(pb->bias_values);
+    free(pb->history);
+    free(pb->samples);
+}
+
+static dsr1_status plan_alloc(plan_buf *pb, const dsr1_batch *b)
+{
+    size_t ntok = 0, nblk = 0, nbias = 0, nhist = 0;
     for (int q = 0; q < b->n_seqs; q++) {
-        ntok += (size_t)b->seqs[q].n_tokens;
-        nblk += b->seqs[q].blocks ? (size_t)b->seqs[q].n_blocks : 0;
+        const dsr1_seq_step *sq = &b->seqs[q];
+        ntok += (size_t)sq->n_tokens;
+        nblk += sq->blocks ? (size_t)sq->n_blocks : 0;
+        const dsr1_seq_sample *r = seq_sample(sq);
+        if (!r) continue;
+        nbias += (size_t)r->params.n_bias;
+        nhist += (size_t)dsr1_wire_sample_pack(r).n_history;
     }
-    dsr1_wire_seq *ws = malloc(sizeof(*ws) * ((size_t)b->n_seqs + 1));
-    int32_t *tok = malloc(sizeof(int32_t) * (ntok + 1)),
-            *blk = malloc(sizeof(int32_t) * (nblk + 1));
-    dsr1_status st = DSR1_OK;
-    if (!ws || !tok || !blk) st = dsr1_error(DSR1_ERR_NOMEM, "out of memory");
-    for (int e = 0; e < c->ep && st == DSR1_OK; e++) {
-        int n = 0;
-        size_t nt = 0, nb = 0;
-        for (int q = 0; q < b->n_seqs; q++) {
-            const dsr1_seq_step *sq = &b->seqs[q];
-            if (seq_rank(c, sq) != e) continue;
-            const int n_blocks = sq->blocks ? sq->n_blocks : 0;
-            ws[n++] = (dsr1_wire_seq){sq->blocks ? 0 : sq->slot / c->ep, sq->pos, sq->n_tokens,
-                                      sq->logits, n_blocks};
-            memcpy(tok + nt, sq->tokens, sizeof(int32_t) * (size_t)sq->n_tokens);
-            nt += (size_t)sq->n_tokens;
-            if (n_blocks) memcpy(blk + nb, sq->blocks, sizeof(int32_t) * (size_t)n_blocks);
-            nb += (size_t)n_blocks;
-        }
-        void *msg;
-        size_t len;
-        if ((st = dsr1_wire_step_encode(step, n, ws, tok, blk, &msg, &len)) != DSR1_OK) break;
-        for (int s = 0; s < c->pp && st == DSR1_OK; s++)
-            st = dsr1_comm_send(c->world, dsr1_world_rank(s, e, c->ep), DSR1_TAG_CTRL, msg, len);
-        free(msg);
+    memset(pb, 0, sizeof(*pb));
+    const size_t n = (size_t)b->n_seqs + 1;
+    pb->seqs = malloc(sizeof(*pb->seqs) * n);
+    pb->samples = malloc(sizeof(*pb->samples) * n);
+    pb->tokens = malloc(sizeof(int32_t) * (ntok + 1));
+    pb->blocks = malloc(sizeof(int32_t) * (nblk + 1));
+    pb->bias_ids = malloc(sizeof(int32_t) * (nbias + 1));
+    pb->bias_values = malloc(sizeof(float) * (nbias + 1));
+    pb->history = malloc(sizeof(int32_t) * (nhist + 1));
+    if (!pb->seqs || !pb->samples || !pb->tokens || !pb->blocks || !pb->bias_ids ||
+        !pb->bias_values || !pb->history) {
+        plan_free(pb);
+        return dsr1_error(DSR1_ERR_NOMEM, "out of memory");
     }
-    free(ws);
-    free(tok);
-    free(blk);
+    return DSR1_OK;
+}
+
+/* Appends sequence sq to the plan; with_sample: its sample request too. */
+static void plan_add(plan_buf *pb, const dsr1_grid *c, const dsr1_seq_step *sq, bool with_sample)
+{
+    dsr1_wire_step *p = &pb->p;
+    const int n_blocks = sq->blocks ? sq->n_blocks : 0;
+    const dsr1_seq_sample *r = with_sample ? seq_sample(sq) : NULL;
+    pb->seqs[p->n_seqs++] = (dsr1_wire_seq){
+        sq->blocks ? 0 : sq->slot / c->ep, sq->pos, sq->n_tokens, sq->logits, n_blocks, r != NULL};
+    memcpy(pb->tokens + p->n_tokens, sq->tokens, sizeof(int32_t) * (size_t)sq->n_tokens);
+    p->n_tokens += sq->n_tokens;
+    if (n_blocks) memcpy(pb->blocks + p->n_block_ids, sq->blocks, sizeof(int32_t) * n_blocks);
+    p->n_block_ids += n_blocks;
+    if (!r) return;
+    const dsr1_wire_sample w = dsr1_wire_sample_pack(r);
+    pb->samples[p->n_samples++] = w;
+    if (w.n_bias) {
+        memcpy(pb->bias_ids + p->n_bias, r->params.bias_ids, sizeof(int32_t) * w.n_bias);
+        memcpy(pb->bias_values + p->n_bias, r->params.bias_values, sizeof(float) * w.n_bias);
+    }
+    p->n_bias += w.n_bias;
+    if (w.n_history) memcpy(pb->history + p->n_history, r->history, sizeof(int32_t) * w.n_history);
+    p->n_history += w.n_history;
+}
+
+/* Encodes EP rank e's plan (with the sample requests for the last stage) and sends it to
+ * stages [first, last]. */
+static dsr1_status send_plan(dsr1_grid *c, plan_buf *pb, const dsr1_batch *b, int e,
+                             bool with_samples, int first, int last, uint64_t step)
+{
+    dsr1_wire_step *p = &pb->p;
+    *p = (dsr1_wire_step){0};
+    for (int q = 0; q < b->n_seqs; q++)
+        if (seq_rank(c, &b->seqs[q]) == e) plan_add(pb, c, &b->seqs[q], with_samples);
+    p->seqs = pb->seqs;
+    p->tokens = pb->tokens;
+    p->blocks = pb->blocks;
+    p->samples = pb->samples;
+    p->bias_ids = pb->bias_ids;
+    p->bias_values = pb->bias_values;
+    p->history = pb->history;
+    void *msg;
+    size_t len;
+    dsr1_status st = dsr1_wire_step_encode(step, p, &msg, &len);
+    if (st != DSR1_OK) return st;
+    for (int s = first; s <= last && st == DSR1_OK; s++)
+        st = dsr1_comm_send(c->world, dsr1_world_rank(s, e, c->ep), DSR1_TAG_CTRL, msg, len);
+    free(msg);
     return st;
 }
 
-/* What the coordinator needs to route each sequence (the workers check the rest). */
+/* One STEP plan per EP rank, sent to that rank in every stage; only the last stage's
+ * carries the sample requests. */
+static dsr1_status send_plans(dsr1_grid *c, const dsr1_batch *b, uint64_t step)
+{
+    plan_buf pb;
+    dsr1_status st = plan_alloc(&pb, b);
+    if (st != DSR1_OK) return st;
+    for (int e = 0; e < c->ep && st == DSR1_OK; e++) {
+        if (c->pp > 1) st = send_plan(c, &pb, b, e, false, 0, c->pp - 2, step);
+        if (st == DSR1_OK) st = send_plan(c, &pb, b, e, true, c->pp - 1, c->pp - 1, step);
+    }
+    plan_free(&pb);
+    return st;
+}
+
+/* What the coordinator needs to route each sequence, and the sample requests, so that a bad
+ * one is refused here rather than failing the grid (the workers check the rest). */
 static dsr1_status check_routes(const dsr1_grid *c, const dsr1_batch *b)
 {
     for (int q = 0; q < b->n_seqs; q++) {
@@ -123,6 +202,8 @@ static dsr1_status check_routes(const dsr1_grid *c, const dsr1_batch *b)
         if (sq->blocks && sq->n_blocks < 1)
             return dsr1_error(DSR1_ERR_RANGE, "sequence %d: block table of %d blocks", q,
                               sq->n_blocks);
+        dsr1_status st = dsr1_seq_sample_check(sq, q, c->vocab);
+        if (st != DSR1_OK) return st;
     }
     return DSR1_OK;
 }
@@ -142,15 +223,9 @@ dsr1_status dsr1_grid_submit(dsr1_grid *c, const dsr1_batch *b, uint64_t *step_o
     }
     inflight *f = &c->q[c->nq];
     f->b = b;
-    f->row_of = malloc(sizeof(int) * ((size_t)b->n_seqs + 1));
     f->arrived = calloc((size_t)c->ep, 1);
     f->pending = c->ep;
-    if (!f->row_of || !f->arrived) {
-        free(f->row_of);
-        free(f->arrived);
-        return dsr1_error(DSR1_ERR_NOMEM, "out of memory");
-    }
-    for (int q = 0, r = 0; q < b->n_seqs; r += seq_rows(&b->seqs[q]), q++) f->row_of[q] = r;
+    if (!f->arrived) return dsr1_error(DSR1_ERR_NOMEM, "out of memory");
     f->step = ++c->step;
     c->nq++;
     if ((st = send_plans(c, b, f->step)) != DSR1_OK) return fail(c, st);
@@ -158,30 +233,58 @@ dsr1_status dsr1_grid_submit(dsr1_grid *c, const dsr1_batch *b, uint64_t *step_o
     return DSR1_OK;
 }
 
-/* Place one LOGITS message of EP rank e into its step's batch. */
-static dsr1_status take_logits(dsr1_grid *c, inflight *f, int e, int src, const void *msg,
+/* Where the outputs of a batch's sequence go: its first logit row, sample and row logprob. */
+typedef struct {
+    int row, sample, row_lp;
+} out_pos;
+
+/* Advances o past sequence sq's outputs. */
+static void skip_outputs(out_pos *o, const dsr1_seq_step *sq)
+{
+    const dsr1_batch one = {1, sq};
+    o->row += dsr1_batch_logit_rows(&one);
+    o->sample += dsr1_batch_samples(&one);
+    o->row_lp += dsr1_batch_row_logprobs(&one);
+}
+
+/* Place one RESULT message of EP rank e into its step's batch: the logit rows, samples and
+ * row logprobs of e's sequences, in their order. */
+static dsr1_status take_result(dsr1_grid *c, inflight *f, int e, int src, const void *msg,
                                size_t len)
 {
-    int rows, vocab;
-    const float *data;
-    dsr1_status st = dsr1_wire_logits_decode(msg, len, &rows, &vocab, &data);
+    dsr1_wire_result r;
+    dsr1_status st = dsr1_wire_result_decode(msg, len, &r);
     if (st != DSR1_OK) return st;
     const dsr1_batch *b = f->b;
-    int r = 0;
-    for (int q = 0; q < b->n_seqs; q++) {
-        const dsr1_seq_step *sq = &b->seqs[q];
-        if (seq_rank(c, sq) != e) continue;
-        const int n = seq_rows(sq);
-        if (r + n > rows || vocab != c->vocab)
-            return dsr1_error(DSR1_ERR_FORMAT,
-                              "worker %d returned %d logit rows of %d for step "
-                              "%llu",
-                              src - 1, rows, vocab, (unsigned long long)f->step);
-        memcpy(b->logits + (size_t)f->row_of[q] * c->vocab, data + (size_t)r * c->vocab,
-               sizeof(float) * (size_t)n * c->vocab);
-        r += n;
+    out_pos want = {0}, at = {0};
+    for (int q = 0; q < b->n_seqs; q++)
+        if (seq_rank(c, &b->seqs[q]) == e) skip_outputs(&want, &b->seqs[q]);
+    if (r.vocab != c->vocab || r.rows != want.row || r.n_samples != want.sample ||
+        r.n_row_logprobs != want.row_lp)
+        return dsr1_error(DSR1_ERR_FORMAT,
+                          "worker %d returned %d logit rows of %d, %d samples and %d row "
+                          "logprobs for step %llu; expected %d, %d, %d",
+                          src - 1, r.rows, r.vocab, r.n_samples, r.n_row_logprobs,
+                          (unsigned long long)f->step, want.row, want.sample, want.row_lp);
+    /* the results hold e's samples in order, then its row logprobs in order */
+    const size_t V = (size_t)c->vocab;
+    int row = 0;
+    for (int q = 0; q < b->n_seqs && st == DSR1_OK; skip_outputs(&at, &b->seqs[q]), q++) {
+        const dsr1_batch one = {1, &b->seqs[q]};
+        if (seq_rank(c, &b->seqs[q]) != e) continue;
+        const int n = dsr1_batch_logit_rows(&one);
+        if (n) memcpy(b->logits + at.row * V, r.logits + row * V, sizeof(float) * n * V);
+        row += n;
+        if (dsr1_batch_samples(&one)) st = dsr1_wire_result_next(&r, &b->samples[at.sample]);
     }
-    return DSR1_OK;
+    at = (out_pos){0};
+    for (int q = 0; q < b->n_seqs && st == DSR1_OK; skip_outputs(&at, &b->seqs[q]), q++) {
+        const dsr1_batch one = {1, &b->seqs[q]};
+        if (seq_rank(c, &b->seqs[q]) != e) continue;
+        for (int i = 0; i < dsr1_batch_row_logprobs(&one) && st == DSR1_OK; i++)
+            st = dsr1_wire_result_next(&r, &b->row_logprobs[at.row_lp + i]);
+    }
+    return st;
 }
 
 /* Receive one result message and account it to its step. */
@@ -222,7 +325,7 @@ static dsr1_status receive_one(dsr1_grid *c)
                                 "worker %d sent an unexpected result for step "
                                 "%llu",
                                 src - 1, (unsigned long long)h.step);
-            else if ((st = take_logits(c, f, e, src, msg, len)) == DSR1_OK) {
+            else if ((st = take_result(c, f, e, src, msg, len)) == DSR1_OK) {
                 f->arrived[e] = 1;
                 f->pending--;
             }
@@ -243,7 +346,6 @@ dsr1_status dsr1_grid_wait(dsr1_grid *c, uint64_t step)
         dsr1_status st = receive_one(c);
         if (st != DSR1_OK) return fail(c, st);
     }
-    free(c->q[0].row_of);
     free(c->q[0].arrived);
     memmove(c->q, c->q + 1, sizeof(*c->q) * (size_t)(c->nq - 1));
     c->nq--;
@@ -277,10 +379,7 @@ void dsr1_grid_shutdown(dsr1_grid *c)
 void dsr1_grid_destroy(dsr1_grid *g)
 {
     if (!g) return;
-    for (int i = 0; i < g->nq; i++) {
-        free(g->q[i].row_of);
-        free(g->q[i].arrived);
-    }
+    for (int i = 0; i < g->nq; i++) free(g->q[i].arrived);
     free(g->q);
     free(g);
 }

@@ -1,8 +1,10 @@
 /* The coordinator's handle on a grid of workers reachable through a world comm (rank 0 is
  * the coordinator, worker (stage s, EP rank e) is 1 + s * ep + e). It turns a batch into
- * one STEP plan per attention-data-parallel rank, sent to that rank in every stage, and
- * gathers the logit rows from the last stage. How the workers were started (threads of
- * this process, or mpirun/Slurm processes) does not matter here.
+ * one STEP plan per attention-data-parallel rank, sent to that rank in every stage (the
+ * last stage's with the sample requests, checked here first), and gathers the results of
+ * the last stage: sampled ids and logprobs, and the logit rows of unsampled sequences. How
+ * the workers were started (threads of this process, or mpirun/Slurm processes) does not
+ * matter here.
  *
  * Sequences are attention-data-parallel, each on one EP rank in every stage: a sequence
  * with a block table on its `rank` (the table names blocks of that rank's cache pool), one
@@ -18,12 +20,13 @@ typedef struct dsr1_grid dsr1_grid;
 /* world is borrowed and must outlive the grid. */
 dsr1_status dsr1_grid_create(dsr1_comm *world, int workers, int pp, int vocab, dsr1_grid **out);
 /* Send a step's plans without waiting for it (*step receives its id). The batch (its
- * sequences, tokens and logits buffer) must stay valid until the step is waited for.
+ * sequences and output buffers) must stay valid until the step is waited for; tokens,
+ * block tables and sample requests are copied into the plans.
  * Workers serve steps in submission order, each stage on its own, so with several steps
  * in flight the pipeline stages overlap; steps in flight must not depend on each other's
  * output (different sequences, or tokens known in advance). */
 dsr1_status dsr1_grid_submit(dsr1_grid *g, const dsr1_batch *b, uint64_t *step);
-/* Wait for the oldest step in flight (which `step` must be) and fill its logits. */
+/* Wait for the oldest step in flight (which `step` must be) and fill its outputs. */
 dsr1_status dsr1_grid_wait(dsr1_grid *g, uint64_t step);
 /* submit + wait. Same contract as dsr1_engine_forward. A worker failure is returned as an error
  * naming the worker, stage and EP rank, after aborting the world group so that no worker

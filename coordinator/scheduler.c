@@ -2,9 +2,12 @@
  *
  * Threads: submit/abort/get_info run on any thread and touch only what `mu` guards (the
  * incoming list, the live-request table, abort flags and the info snapshot). Everything
- * else — waiting and running lists, cache blocks, sampling, text — belongs to the
- * scheduler thread, which calls request callbacks without holding `mu` (a callback may
- * submit or abort). */
+ * else — waiting and running lists, cache blocks, text — belongs to the scheduler thread,
+ * which calls request callbacks without holding `mu` (a callback may submit or abort).
+ *
+ * Sampling happens in the executor, where the logits are (the engine, or the last stage of
+ * a grid): each sequence whose step ends at a logits row brings its sample request, and the
+ * step returns token ids and logprobs, never logit rows. */
 #include "scheduler.h"
 
 #include <pthread.h>
@@ -60,7 +63,6 @@ struct dsr1_sched {
     dsr1_sched_params p;
     dsr1_blocks **blocks; /* [n_ranks] */
     int *rank_running;
-    dsr1_sampler *sampler;
     pthread_t thread;
     pthread_mutex_t mu;
     pthread_cond_t cv;
@@ -72,9 +74,11 @@ struct dsr1_sched {
     uint64_t steps;
     /* step scratch */
     dsr1_seq_step *seqs;
+    dsr1_seq_sample *seq_sample; /* [max_running]: the sample requests of seqs */
     req **seq_req;
-    float *logits;
-    size_t logits_cap;
+    dsr1_sample_result *samples; /* [max_running] */
+    dsr1_sample_result *row_lp;  /* prompt logprobs of the step */
+    int row_lp_cap;
     text_buf reasoning, content; /* a delta's text */
 };
 
@@ -380,11 +384,25 @@ static dsr1_logits_mode logits_mode(const req *r, int chunk)
     return r->n_computed + chunk == r->n_tokens ? DSR1_LOGITS_LAST : DSR1_LOGITS_NONE;
 }
 
+/* Adds r's next chunk to the step. When the chunk ends at a logits row, its sample request:
+ * draw the next token (the chunk ends at the last known token), or score the next prompt
+ * token (an earlier prompt chunk run for its prompt logprobs). */
 static void add_seq(dsr1_sched *s, int *n, req *r, int chunk)
 {
+    const int end = r->n_computed + chunk;
+    const dsr1_logits_mode mode = logits_mode(r, chunk);
+    dsr1_seq_sample *q = &s->seq_sample[*n];
+    *q = (dsr1_seq_sample){r->sp,
+                           (uint64_t)(r->n_tokens - r->n_prompt),
+                           r->tokens,
+                           r->n_prompt,
+                           r->n_tokens,
+                           r->logprobs,
+                           mode == DSR1_LOGITS_ALL,
+                           end < r->n_tokens ? &r->tokens[end] : NULL};
     s->seqs[*n] = (dsr1_seq_step){
-        0,         r->n_computed, chunk,  r->tokens + r->n_computed, logits_mode(r, chunk),
-        r->blocks, r->n_blocks,   r->rank};
+        0,           r->n_computed, chunk,          r->tokens + r->n_computed, mode, r->blocks,
+        r->n_blocks, r->rank,       mode ? q : NULL};
     s->seq_req[(*n)++] = r;
     if (!r->t_sched) r->t_sched = now_ns();
 }
@@ -490,33 +508,39 @@ static dsr1_status take_text(dsr1_sched *s, const dsr1_textout_delta *d)
     return st == DSR1_OK ? buf_append(&s->content, d->content, d->content_len) : st;
 }
 
-/* Samples r's next token from its logit row, sends the DELTA, ends r when it is done. */
-static dsr1_status next_token(dsr1_sched *s, req *r, const float *row)
+/* A result the executor could not compute: the model's logits predicting position pos. */
+static dsr1_status check_result(const dsr1_sample_result *x, int pos)
+{
+    if (x->token != DSR1_SAMPLE_FAILED) return DSR1_OK;
+    return dsr1_error(DSR1_ERR_RANGE,
+                      "the logits predicting position %d are not finite (NaN or +inf)", pos);
+}
+
+/* Takes r's next token as the executor sampled it, sends the DELTA, ends r when it is done. */
+static dsr1_status next_token(dsr1_sched *s, req *r, const dsr1_sample_result *res)
 {
     const int n_out = r->n_tokens - r->n_prompt;
-    const dsr1_token_history h = {r->tokens, r->n_prompt, r->tokens + r->n_prompt, n_out};
-    dsr1_sample_result res;
-    dsr1_status st = dsr1_sample(s->sampler, &r->sp, row, &h, (uint64_t)n_out, &res);
+    dsr1_status st = check_result(res, r->n_tokens);
     if (st != DSR1_OK) return st;
-    r->tokens[r->n_tokens++] = res.token;
-    if (r->lp) r->lp[n_out] = res;
+    r->tokens[r->n_tokens++] = res->token;
+    if (r->lp) r->lp[n_out] = *res;
     if (!r->t_first) r->t_first = now_ns();
 
     dsr1_textout_delta d, tail;
     s->reasoning.len = s->content.len = 0;
-    if ((st = dsr1_textout_push(r->text, res.token, &d)) != DSR1_OK || (st = take_text(s, &d)))
+    if ((st = dsr1_textout_push(r->text, res->token, &d)) != DSR1_OK || (st = take_text(s, &d)))
         return st;
     const bool length = !d.stopped && n_out + 1 == r->max_tokens;
     if (length && ((st = dsr1_textout_finish(r->text, &tail)) || (st = take_text(s, &tail))))
         return st;
     dsr1_sched_event ev = {DSR1_EV_DELTA, r->id, r->ctx};
-    ev.ids = &res.token;
+    ev.ids = &res->token;
     ev.n_ids = 1;
     ev.reasoning = s->reasoning.p;
     ev.reasoning_len = s->reasoning.len;
     ev.content = s->content.p;
     ev.content_len = s->content.len;
-    ev.logprobs = r->lp ? &res : NULL;
+    ev.logprobs = r->lp ? res : NULL;
     r->callback(&ev);
     if (d.stopped)
         finish(s, r, DSR1_FINISH_STOP, d.stop_reason, NULL);
@@ -525,29 +549,33 @@ static dsr1_status next_token(dsr1_sched *s, req *r, const float *row)
     return DSR1_OK;
 }
 
-/* Records prompt logprobs from the rows of a chunk run with DSR1_LOGITS_ALL. */
-static dsr1_status prompt_logprobs(dsr1_sched *s, req *r, int pos, int chunk, const float *rows)
+/* Records the prompt logprobs of a chunk of n tokens at pos run with them: lp[i] scores
+ * position pos + i + 1 (n - 1 of them), and `next`, when the chunk is not the prompt's
+ * last, position pos + n. */
+static dsr1_status prompt_logprobs(req *r, int pos, int n, const dsr1_sample_result *lp,
+                                   const dsr1_sample_result *next)
 {
     if (r->n_plp == 0) {
         r->plp[0].token = r->tokens[0]; /* the first token has no logprob: 0 */
         r->n_plp = 1;
     }
-    for (int i = 0; i < chunk; i++) {
+    for (int i = 0; i < n; i++) {
         const int p = pos + i + 1; /* row i predicts position p */
-        if (p < r->n_plp || p >= r->n_prompt) continue;
-        dsr1_status st = dsr1_logprobs(s->sampler, rows + (size_t)i * s->p.vocab, r->tokens[p],
-                                       r->sp.top_logprobs, &r->plp[p]);
+        const dsr1_sample_result *x = i + 1 < n ? &lp[i] : next;
+        if (!x || p < r->n_plp || p >= r->n_prompt) continue;
+        dsr1_status st = check_result(x, p);
         if (st != DSR1_OK) return st;
+        r->plp[p] = *x;
         r->n_plp = p + 1;
     }
     return DSR1_OK;
 }
 
-/* After a step: commit newly full blocks, record logprobs, sample where a row is due. */
+/* After a step: commit newly full blocks, record logprobs, take the sampled tokens. */
 static void after_step(dsr1_sched *s, int n)
 {
     const int bt = s->p.exec.block_tokens;
-    size_t row = 0;
+    const dsr1_sample_result *sample = s->samples, *row_lp = s->row_lp;
     for (int i = 0; i < n; i++) {
         const dsr1_seq_step *q = &s->seqs[i];
         req *r = s->seq_req[i];
@@ -558,14 +586,15 @@ static void after_step(dsr1_sched *s, int n)
                 dsr1_blocks_commit(s->blocks[r->rank], r->blocks[k], k ? r->blocks[k - 1] : -1,
                                    r->tokens + (size_t)k * bt);
             }
-        const float *rows = s->logits + row * (size_t)s->p.vocab;
-        const int n_rows = q->logits == DSR1_LOGITS_ALL ? q->n_tokens : q->logits ? 1 : 0;
-        row += (size_t)n_rows;
+        if (!q->sample) continue;
+        const dsr1_sample_result *last = sample++;
         /* a request whose row cannot be sampled (NaN logits) ends alone with ERROR */
         dsr1_status st = DSR1_OK;
-        if (q->logits == DSR1_LOGITS_ALL) st = prompt_logprobs(s, r, q->pos, q->n_tokens, rows);
-        if (st == DSR1_OK && n_rows && r->n_computed == r->n_tokens)
-            st = next_token(s, r, rows + (size_t)(n_rows - 1) * s->p.vocab);
+        if (q->sample->prompt_logprobs) {
+            st = prompt_logprobs(r, q->pos, q->n_tokens, row_lp, q->sample->next ? last : NULL);
+            row_lp += q->n_tokens - 1;
+        }
+        if (st == DSR1_OK && !q->sample->next) st = next_token(s, r, last);
         if (st != DSR1_OK) {
             char msg[512]; /* callbacks may overwrite the thread's message */
             snprintf(msg, sizeof(msg), "%s", dsr1_errmsg());
@@ -577,15 +606,15 @@ static void after_step(dsr1_sched *s, int n)
 
 static dsr1_status run_step(dsr1_sched *s, int n)
 {
-    const dsr1_batch probe = {n, s->seqs, NULL};
-    const size_t need = (size_t)dsr1_batch_logit_rows(&probe) * (size_t)s->p.vocab;
-    if (need > s->logits_cap) {
-        float *l = realloc(s->logits, sizeof(float) * need);
-        if (!l) return dsr1_error(DSR1_ERR_NOMEM, "out of memory for %zu logits", need);
-        s->logits = l;
-        s->logits_cap = need;
+    dsr1_batch b = {n, s->seqs, NULL, s->samples};
+    const int n_lp = dsr1_batch_row_logprobs(&b);
+    if (n_lp > s->row_lp_cap) {
+        dsr1_sample_result *v = realloc(s->row_lp, sizeof(*v) * (size_t)n_lp);
+        if (!v) return dsr1_error(DSR1_ERR_NOMEM, "out of memory for %d prompt logprobs", n_lp);
+        s->row_lp = v;
+        s->row_lp_cap = n_lp;
     }
-    const dsr1_batch b = {n, s->seqs, s->logits};
+    b.row_logprobs = s->row_lp;
     dsr1_status st = s->p.exec.step(s->p.exec.ctx, &b);
     if (st != DSR1_OK) return st;
     s->steps++;
@@ -682,14 +711,15 @@ static void sched_free(dsr1_sched *s)
         for (int k = 0; k < s->p.exec.n_ranks; k++) dsr1_blocks_destroy(s->blocks[k]);
     free(s->blocks);
     free(s->rank_running);
-    dsr1_sampler_destroy(s->sampler);
     free(s->incoming.v);
     free(s->live.v);
     free(s->waiting.v);
     free(s->running.v);
     free(s->seqs);
+    free(s->seq_sample);
     free(s->seq_req);
-    free(s->logits);
+    free(s->samples);
+    free(s->row_lp);
     free(s->reasoning.p);
     free(s->content.p);
     pthread_mutex_destroy(&s->mu);
@@ -718,12 +748,13 @@ dsr1_status dsr1_sched_create(const dsr1_sched_params *p, dsr1_sched **out)
     s->rank_running = calloc((size_t)x->n_ranks, sizeof(int));
     /* a step holds at most one sequence per running request */
     s->seqs = malloc(sizeof(*s->seqs) * (size_t)p->max_running);
+    s->seq_sample = malloc(sizeof(*s->seq_sample) * (size_t)p->max_running);
     s->seq_req = malloc(sizeof(*s->seq_req) * (size_t)p->max_running);
-    if (!s->blocks || !s->rank_running || !s->seqs || !s->seq_req)
+    s->samples = malloc(sizeof(*s->samples) * (size_t)p->max_running);
+    if (!s->blocks || !s->rank_running || !s->seqs || !s->seq_sample || !s->seq_req || !s->samples)
         st = dsr1_error(DSR1_ERR_NOMEM, "out of memory");
     for (int k = 0; st == DSR1_OK && k < x->n_ranks; k++)
         st = dsr1_blocks_create(x->blocks_per_rank, x->block_tokens, &s->blocks[k]);
-    if (st == DSR1_OK) st = dsr1_sampler_create(p->vocab, &s->sampler);
     if (st == DSR1_OK) {
         publish_info(s);
         if (pthread_create(&s->thread, NULL, sched_main, s) != 0)

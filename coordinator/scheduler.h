@@ -8,7 +8,8 @@
  * running request needs a block and none is free, the most recently admitted one is
  * preempted: its blocks are freed and it is queued again to recompute its prompt and the
  * tokens it has generated so far. The step runs on the executor (this process's engine or a
- * worker grid), each request's logit row is sampled, and the request's events are sent.
+ * worker grid), which samples each request's next token where its logits are (the sample
+ * requests of forward.h), and the request's events are sent.
  *
  * Requests are attention-data-parallel: the router gives each new request to one rank
  * (the one already holding the longest cached prefix of its prompt, else the least

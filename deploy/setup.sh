@@ -14,6 +14,9 @@ packages=(
     python3 python3-numpy python3-jinja2
     clang libclang-rt-14-dev
     libucx-dev libopenmpi-dev openmpi-bin
+    libgrpc-dev protobuf-c-compiler libprotobuf-c-dev   # the gRPC server (dsr1 serve)
+    protobuf-compiler protobuf-compiler-grpc python3-grpcio python3-protobuf  # its tests
+    libdnnl-dev            # optional: the oneDNN baseline of `dsr1-bench kernels`
     nodejs npm
 )
 if [ "${DSR1_SKIP_APT:-0}" != 1 ]; then

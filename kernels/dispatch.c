@@ -3,12 +3,16 @@
  * Each fast variant is compiled only into the files that need its instruction set (see
  * kernels/meson.build) and is handed out only when the CPU in front of us supports it, so
  * one binary runs everywhere and takes the best path available:
- *   "avx512"   AVX-512 F/BW/VL/DQ with FMA and F16C (x86-64 builds only)
- *   "portable" plain C, always available.
- * "auto" (or NULL) picks the first available of those, unless the environment variable
- * DSR1_KERNELS names a variant, which then decides (an unknown or unavailable name there
- * falls back to the automatic choice with a warning, since a typo in the environment must
- * not stop a server). A name passed explicitly must be available: NULL otherwise. */
+ *   "avx512"      AVX-512 F/BW/VL/DQ with FMA and F16C (x86-64 builds only)
+ *   "portable"    plain C, always available
+ * and, never chosen automatically because it is not exact (docs/kernels.md):
+ *   "avx512-bf16" the avx512 variant with bf16 activations in FP8 products; needs
+ *                 AVX512_BF16 (vdpbf16ps) besides.
+ * "auto" (or NULL) picks the first available of the first two, unless the environment
+ * variable DSR1_KERNELS names a variant, which then decides (an unknown or unavailable name
+ * there falls back to the automatic choice with a warning, since a typo in the environment
+ * must not stop a server). A name passed explicitly must be available: NULL otherwise, with
+ * the reason logged. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -26,13 +30,28 @@ static int cpu_has_avx512(void)
            __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 }
 #endif
+#if DSR1_HAVE_AVX512BF16_KERNELS
+const dsr1_kernels *dsr1__kernels_avx512_bf16(void);
+#endif
 
-/* The named variant if this build has it and this CPU runs it, else NULL. */
-static const dsr1_kernels *by_name(const char *name)
+/* The named variant if this build has it and this CPU runs it, else NULL with *why set. */
+static const dsr1_kernels *by_name(const char *name, const char **why)
 {
+    *why = "no such variant in this build (portable, avx512, avx512-bf16 where built)";
     if (strcmp(name, "portable") == 0) return dsr1_kernels_portable();
 #if DSR1_HAVE_AVX512_KERNELS
-    if (strcmp(name, "avx512") == 0) return cpu_has_avx512() ? dsr1__kernels_avx512() : NULL;
+    if (strcmp(name, "avx512") == 0 || strcmp(name, "avx512-bf16") == 0) {
+        *why = "this CPU has no AVX-512 F/BW/VL/DQ with AVX2 and FMA";
+        if (!cpu_has_avx512()) return NULL;
+        if (strcmp(name, "avx512") == 0) return dsr1__kernels_avx512();
+#if DSR1_HAVE_AVX512BF16_KERNELS
+        *why = "this CPU has no AVX512_BF16 (vdpbf16ps)";
+        return __builtin_cpu_supports("avx512bf16") ? dsr1__kernels_avx512_bf16() : NULL;
+#else
+        *why = "this build has no bf16 kernels (the compiler lacks -mavx512bf16)";
+        return NULL;
+#endif
+    }
 #endif
     return NULL;
 }
@@ -47,14 +66,17 @@ static const dsr1_kernels *best(void)
 
 const dsr1_kernels *dsr1_kernels_select(const char *force)
 {
-    if (force != NULL && strcmp(force, "auto") != 0) return by_name(force);
+    const char *why;
+    if (force != NULL && strcmp(force, "auto") != 0) {
+        const dsr1_kernels *k = by_name(force, &why);
+        if (!k) DSR1_ERROR("kernel variant '%s': %s", force, why);
+        return k;
+    }
     const char *env = getenv("DSR1_KERNELS");
     if (env != NULL && env[0] != '\0' && strcmp(env, "auto") != 0) {
-        const dsr1_kernels *k = by_name(env);
+        const dsr1_kernels *k = by_name(env, &why);
         if (k) return k;
-        DSR1_WARN("DSR1_KERNELS=%s: no such kernel variant on this machine; choosing "
-                  "automatically",
-                  env);
+        DSR1_WARN("DSR1_KERNELS=%s: %s; choosing automatically", env, why);
     }
     return best();
 }

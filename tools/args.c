@@ -2,6 +2,7 @@
 #include "args.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,6 +14,20 @@ int dsr1_arg_long(const char *cmd, const char *flag, const char *s, long lo, lon
     long v = strtol(s, &end, 10);
     if (errno || !*s || *end || v < lo || v > hi) {
         fprintf(stderr, "%s: %s '%s': expected an integer in [%ld, %ld]\n", cmd, flag, s, lo, hi);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+int dsr1_arg_double(const char *cmd, const char *flag, const char *s, double lo, double hi,
+                    double *out)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || !*s || *end || isnan(v) || v < lo || v > hi || (isinf(v) && !isinf(hi))) {
+        fprintf(stderr, "%s: %s '%s': expected a number in [%g, %g]\n", cmd, flag, s, lo, hi);
         return -1;
     }
     *out = v;

@@ -11,6 +11,9 @@
 
 /* A decimal integer in [lo, hi], nothing else. */
 int dsr1_arg_long(const char *cmd, const char *flag, const char *s, long lo, long hi, long *out);
+/* A finite decimal number in [lo, hi] (hi may be INFINITY, then "inf" is accepted too). */
+int dsr1_arg_double(const char *cmd, const char *flag, const char *s, double lo, double hi,
+                    double *out);
 /* A non-negative decimal integer up to 2^64 - 1 (seeds). */
 int dsr1_arg_u64(const char *cmd, const char *flag, const char *s, uint64_t *out);
 /* Token ids: non-negative integers separated by commas and/or white space; '[' and ']' are

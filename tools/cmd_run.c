@@ -49,7 +49,7 @@ static void run_usage(FILE *f)
             "                       60000)\n"
             "  --threads N          worker threads (default: DSR1_THREADS or all cores)\n"
             "  --kernels NAME       kernel variant: auto (default: the fastest this CPU runs),\n"
-            "                       portable, avx512 (docs/kernels.md)\n"
+            "                       portable, avx512, avx512-bf16 (docs/kernels.md)\n"
             "  -h, --help           this text\n");
 }
 
@@ -231,7 +231,7 @@ int dsr1_cmd_run(int argc, char **argv)
     if (!kern) {
         fprintf(stderr,
                 "dsr1 run: --kernels: '%s' is unknown or not supported by this CPU "
-                "(auto, portable, avx512)\n",
+                "(auto, portable, avx512, avx512-bf16)\n",
                 kname);
         free(prompt);
         free(force);

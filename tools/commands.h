@@ -10,5 +10,7 @@ int dsr1_cmd_inspect(int argc, char **argv);
 int dsr1_cmd_tokenize(int argc, char **argv);
 int dsr1_cmd_detokenize(int argc, char **argv);
 int dsr1_cmd_chat_template(int argc, char **argv);
+int dsr1_cmd_client(int argc, char **argv);
+int dsr1_cmd_serve(int argc, char **argv);
 
 #endif

@@ -18,6 +18,8 @@ static const command commands[] = {
     {"tokenize", dsr1_cmd_tokenize, "text -> token ids with the checkpoint's tokenizer"},
     {"detokenize", dsr1_cmd_detokenize, "token ids -> text"},
     {"chat-template", dsr1_cmd_chat_template, "render a conversation with the chat template"},
+    {"serve", dsr1_cmd_serve, "serve the model over gRPC: streaming generation and batch jobs"},
+    {"client", dsr1_cmd_client, "call a dsr1 server: generate, batch, status, cancel, list, info"},
 };
 
 static void usage(FILE *f)

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "forward_sample.h"
 #include "log.h"
 #include "moe.h"
 #include "numeric.h"
@@ -29,6 +30,7 @@ struct dsr1_engine {
      * written in the step with this stamp, by sequence writer[] */
     uint64_t stamp, *seen, *written;
     int *writer;
+    dsr1__sampling *sampling; /* made by the first step that samples */
 };
 
 static dsr1_status engine_new(const dsr1_weights *w, const dsr1_kernels *k, dsr1_pool *pool,
@@ -87,6 +89,7 @@ dsr1_status dsr1_engine_create_paged(const dsr1_weights *w, const dsr1_kernels *
 void dsr1_engine_destroy(dsr1_engine *e)
 {
     if (!e) return;
+    dsr1__sampling_destroy(e->sampling);
     dsr1_kv_cache_destroy(e->cache);
     dsr1_rope_free(&e->rope);
     free(e->seen);
@@ -106,13 +109,16 @@ int dsr1_engine_blocks(const dsr1_engine *e)
     return dsr1_kv_cache_blocks(e->cache);
 }
 
+int dsr1_seq_logit_rows(const dsr1_seq_step *q)
+{
+    return q->logits == DSR1_LOGITS_ALL ? q->n_tokens : q->logits == DSR1_LOGITS_LAST;
+}
+
 int dsr1_batch_logit_rows(const dsr1_batch *b)
 {
     int rows = 0;
     for (int s = 0; s < b->n_seqs; s++)
-        rows += b->seqs[s].logits == DSR1_LOGITS_ALL    ? b->seqs[s].n_tokens
-                : b->seqs[s].logits == DSR1_LOGITS_LAST ? 1
-                                                        : 0;
+        if (!b->seqs[s].sample) rows += dsr1_seq_logit_rows(&b->seqs[s]);
     return rows;
 }
 
@@ -227,6 +233,7 @@ static dsr1_status validate(dsr1_engine *e, const dsr1_batch *b, const dsr1_step
             return dsr1_error(DSR1_ERR_RANGE, "sequence %d: %d tokens at position %d", s,
                               q->n_tokens, q->pos);
         if ((st = check_table(e, s, q)) != DSR1_OK) return st;
+        if ((st = dsr1_seq_sample_check(q, s, w->cfg.vocab_size)) != DSR1_OK) return st;
         T += q->n_tokens;
         if (io->hidden_in) continue; /* later stages never see token ids */
         for (int i = 0; i < q->n_tokens; i++)
@@ -236,6 +243,12 @@ static dsr1_status validate(dsr1_engine *e, const dsr1_batch *b, const dsr1_step
                                   "the vocabulary [0, %d)",
                                   s, q->tokens[i], i, w->cfg.vocab_size);
     }
+    if (!io->hidden_out &&
+        ((!b->logits && dsr1_batch_logit_rows(b)) || (!b->samples && dsr1_batch_samples(b)) ||
+         (!b->row_logprobs && dsr1_batch_row_logprobs(b))))
+        return dsr1_error(DSR1_ERR_INVALID_ARG,
+                          "forward: the batch has no room for its logit rows, samples or row "
+                          "logprobs");
     if (T > e->max_step_tokens)
         return dsr1_error(DSR1_ERR_RANGE, "a step of %lld tokens; this engine takes at most %d",
                           (long long)T, e->max_step_tokens);
@@ -390,24 +403,42 @@ static dsr1_status ffn(dsr1_engine *e, const dsr1_step_io *io, int l, step_buf *
     return DSR1_OK;
 }
 
+/* Copies rows [from, n_tokens) of sequence q (its tokens start at t0) into x at *rows. */
+static void gather_rows(const dsr1_seq_step *q, int t0, int from, const float *h, float *x, int d,
+                        int *rows)
+{
+    for (int i = from; i < q->n_tokens; i++, (*rows)++)
+        memcpy(x + (size_t)*rows * d, h + (size_t)(t0 + i) * d, sizeof(float) * d);
+}
+
+/* Final norm and LM head for the rows that want logits: first the rows returned in
+ * b->logits, then those of the sequences sampled here, which go to the sampler. */
 static dsr1_status head(dsr1_engine *e, const dsr1_batch *b, step_buf *s)
 {
     const dsr1_model_config *c = &e->w->cfg;
-    const int d = c->hidden_size;
-    /* gather the rows that want logits into x, in output order */
-    int rows = 0;
+    const int d = c->hidden_size, V = c->vocab_size;
+    int out = 0;
     for (int q = 0, t0 = 0; q < b->n_seqs; t0 += b->seqs[q].n_tokens, q++) {
         const dsr1_seq_step *sq = &b->seqs[q];
-        int from = sq->logits == DSR1_LOGITS_ALL    ? 0
-                   : sq->logits == DSR1_LOGITS_LAST ? sq->n_tokens - 1
-                                                    : sq->n_tokens;
-        for (int i = from; i < sq->n_tokens; i++, rows++)
-            memcpy(s->x + (size_t)rows * d, s->h + (size_t)(t0 + i) * d, sizeof(float) * d);
+        if (!sq->sample)
+            gather_rows(sq, t0, sq->n_tokens - dsr1_seq_logit_rows(sq), s->h, s->x, d, &out);
+    }
+    int rows = out;
+    for (int q = 0, t0 = 0; q < b->n_seqs; t0 += b->seqs[q].n_tokens, q++) {
+        const dsr1_seq_step *sq = &b->seqs[q];
+        gather_rows(sq, t0, sq->n_tokens - dsr1__sample_rows(sq), s->h, s->x, d, &rows);
     }
     if (rows == 0) return DSR1_OK;
     e->k->rmsnorm(e->pool, s->x, d, e->w->final_norm, d, rows, c->rms_norm_eps, s->x, d);
-    e->k->linear(e->pool, &e->w->head, 0, c->vocab_size, s->x, d, rows, b->logits, c->vocab_size);
-    return DSR1_OK;
+    if (out > 0) e->k->linear(e->pool, &e->w->head, 0, V, s->x, d, out, b->logits, V);
+    if (rows == out) return DSR1_OK;
+    dsr1_status st = DSR1_OK;
+    float *sampled;
+    if (!e->sampling) st = dsr1__sampling_create(V, e->pool, &e->sampling);
+    if (st == DSR1_OK) st = dsr1__sampling_rows(e->sampling, rows - out, &sampled);
+    if (st != DSR1_OK) return st;
+    e->k->linear(e->pool, &e->w->head, 0, V, s->x + (size_t)out * d, d, rows - out, sampled, V);
+    return dsr1__sampling_run(e->sampling, b, sampled);
 }
 
 dsr1_status dsr1_engine_step(dsr1_engine *e, const dsr1_batch *b, const dsr1_step_io *io)

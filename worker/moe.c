@@ -94,43 +94,42 @@ dsr1_status dsr1_moe_experts(const dsr1_kernels *k, dsr1_pool *pool, const dsr1_
                              const dsr1_layer_weights *L, const bool *owned, const float *x, int m,
                              const int *ids, const float *weights, float *y)
 {
-    const int d = cfg->hidden_size, inter = cfg->moe_intermediate_size;
-    const int topk = cfg->num_experts_per_tok;
-    int *tok = malloc(sizeof(int) * (size_t)m);
-    float *tw = malloc(sizeof(float) * (size_t)m);
-    float *xin = malloc(sizeof(float) * (size_t)m * d);
-    float *out = malloc(sizeof(float) * (size_t)m * d);
-    float *scratch = malloc(sizeof(float) * 2 * (size_t)m * inter);
+    const int d = cfg->hidden_size, topk = cfg->num_experts_per_tok, ne = cfg->n_routed_experts;
+    int *start = calloc((size_t)ne + 1, sizeof(int)), *next = malloc(sizeof(int) * (size_t)ne);
+    int *rows = malloc(sizeof(int) * ((size_t)m * topk + 1));
+    float *tw = malloc(sizeof(float) * ((size_t)m * topk + 1));
+    dsr1_expert *ex = malloc(sizeof(dsr1_expert) * (size_t)ne);
     dsr1_status st = DSR1_OK;
-    if (!tok || !tw || !xin || !out || !scratch) {
+    if (!start || !next || !rows || !tw || !ex) {
         st = dsr1_error(DSR1_ERR_NOMEM, "experts: out of memory");
         goto out;
     }
-    /* experts in increasing id order, as the reference accumulates them */
-    for (int e = 0; e < cfg->n_routed_experts; e++) {
-        if (!owned[e]) continue;
-        int n = 0;
-        for (int t = 0; t < m; t++)
-            for (int r = 0; r < topk; r++)
-                if (ids[(size_t)t * topk + r] == e) {
-                    tok[n] = t;
-                    tw[n] = weights[(size_t)t * topk + r];
-                    memcpy(xin + (size_t)n * d, x + (size_t)t * d, sizeof(float) * d);
-                    n++;
-                }
-        if (n == 0) continue;
-        dsr1_ffn_forward(k, pool, &L->experts[e], xin, n, out, scratch);
-        for (int i = 0; i < n; i++) {
-            float *yt = y + (size_t)tok[i] * d;
-            const float *o = out + (size_t)i * d;
-            for (int c = 0; c < d; c++) yt[c] += o[c] * tw[i];
+    /* each owned expert's tokens, in token order (ids of experts not owned, -1 included,
+     * are someone else's) */
+    for (size_t i = 0; i < (size_t)m * topk; i++)
+        if (ids[i] >= 0 && ids[i] < ne && owned[ids[i]]) start[ids[i] + 1]++;
+    for (int e = 0; e < ne; e++) start[e + 1] += start[e];
+    memcpy(next, start, sizeof(int) * (size_t)ne);
+    for (size_t i = 0; i < (size_t)m * topk; i++)
+        if (ids[i] >= 0 && ids[i] < ne && owned[ids[i]]) {
+            rows[next[ids[i]]] = (int)(i / topk);
+            tw[next[ids[i]]++] = weights[i];
         }
-    }
+    /* experts in increasing id order, as the reference accumulates them */
+    int nex = 0;
+    for (int e = 0; e < ne; e++)
+        if (start[e + 1] > start[e])
+            ex[nex++] =
+                (dsr1_expert){&L->experts[e].gate,     &L->experts[e].up, &L->experts[e].down,
+                              start[e + 1] - start[e], rows + start[e],   tw + start[e]};
+    /* an entry a variant leaves NULL is the portable one */
+    const dsr1_kernels *kx = k->expert_ffn ? k : dsr1_kernels_portable();
+    st = kx->expert_ffn(pool, ex, nex, x, d, y, d);
 out:
-    free(tok);
+    free(start);
+    free(next);
+    free(rows);
     free(tw);
-    free(xin);
-    free(out);
-    free(scratch);
+    free(ex);
     return st;
 }

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "log.h"
+#include "numa_bind.h"
 #include "wire.h"
 
 static void report_error(dsr1_worker *w, dsr1_status st, uint64_t step)
@@ -33,20 +34,63 @@ static void report_error(dsr1_worker *w, dsr1_status st, uint64_t step)
     if (w->ep) dsr1_comm_abort(w->ep, text);
 }
 
-/* One step; `plan` is a decoded STEP message. */
-static dsr1_status run_step(dsr1_worker *w, uint64_t step, const dsr1_wire_step *plan)
+dsr1_wire_sample dsr1_wire_sample_pack(const dsr1_seq_sample *q)
 {
-    const int n_seqs = plan->n_seqs, n_tokens = plan->n_tokens;
+    const dsr1_sampling *p = &q->params;
+    const bool history = dsr1_sampling_uses_history(p);
+    const int32_t flags = (q->logprobs ? DSR1_WIRE_LOGPROBS : 0) |
+                          (q->prompt_logprobs ? DSR1_WIRE_PROMPT_LOGPROBS : 0) |
+                          (q->next ? DSR1_WIRE_NEXT : 0);
+    return (dsr1_wire_sample){p->temperature,
+                              p->top_p,
+                              p->min_p,
+                              p->presence_penalty,
+                              p->frequency_penalty,
+                              p->repetition_penalty,
+                              p->top_k,
+                              p->top_logprobs,
+                              {(uint32_t)p->seed, (uint32_t)(p->seed >> 32)},
+                              {(uint32_t)q->step, (uint32_t)(q->step >> 32)},
+                              flags,
+                              q->next ? *q->next : 0,
+                              p->n_bias,
+                              history ? q->n_prompt : 0,
+                              history ? q->n_history : 0};
+}
+
+dsr1_seq_sample dsr1_wire_sample_unpack(const dsr1_wire_sample *r, const int32_t *bias_ids,
+                                        const float *bias_values, const int32_t *history)
+{
+    dsr1_seq_sample q = {0};
+    q.params = (dsr1_sampling){.temperature = r->temperature,
+                               .top_p = r->top_p,
+                               .top_k = r->top_k,
+                               .min_p = r->min_p,
+                               .seed = r->seed[0] | (uint64_t)r->seed[1] << 32,
+                               .presence_penalty = r->presence_penalty,
+                               .frequency_penalty = r->frequency_penalty,
+                               .repetition_penalty = r->repetition_penalty,
+                               .n_bias = r->n_bias,
+                               .bias_ids = bias_ids,
+                               .bias_values = bias_values,
+                               .top_logprobs = r->top_logprobs};
+    q.step = r->step[0] | (uint64_t)r->step[1] << 32;
+    q.history = history;
+    q.n_prompt = r->n_prompt;
+    q.n_history = r->n_history;
+    q.logprobs = r->flags & DSR1_WIRE_LOGPROBS;
+    q.prompt_logprobs = r->flags & DSR1_WIRE_PROMPT_LOGPROBS;
+    q.next = r->flags & DSR1_WIRE_NEXT ? &r->next_token : NULL;
+    return q;
+}
+
+/* The steps of a decoded STEP plan's sequences; their sample requests go to req. */
+static void plan_seqs(const dsr1_worker *w, const dsr1_wire_step *plan, dsr1_seq_step *seqs,
+                      dsr1_seq_sample *req)
+{
     const dsr1_wire_seq *ws = plan->seqs;
-    const int D = w->cfg->hidden_size, V = w->cfg->vocab_size;
-    const int last = w->stage == w->n_stages - 1;
-    dsr1_status st = DSR1_OK;
-    dsr1_seq_step *seqs = calloc((size_t)n_seqs + 1, sizeof(*seqs));
-    float *hin = NULL, *hout = NULL, *logits = NULL;
-    void *msg = NULL;
-    size_t len;
-    if (!seqs) return dsr1_error(DSR1_ERR_NOMEM, "out of memory");
-    for (int i = 0, t = 0, k = 0; i < n_seqs; t += ws[i].n_tokens, k += ws[i].n_blocks, i++)
+    int t = 0, k = 0, m = 0, bias = 0, hist = 0;
+    for (int i = 0; i < plan->n_seqs; t += ws[i].n_tokens, k += ws[i].n_blocks, i++) {
         seqs[i] = (dsr1_seq_step){ws[i].slot,
                                   ws[i].pos,
                                   ws[i].n_tokens,
@@ -55,8 +99,34 @@ static dsr1_status run_step(dsr1_worker *w, uint64_t step, const dsr1_wire_step 
                                   ws[i].n_blocks ? plan->blocks + k : NULL,
                                   ws[i].n_blocks,
                                   w->ep_index};
-    dsr1_batch b = {n_seqs, seqs, NULL};
-    const int rows = dsr1_batch_logit_rows(&b);
+        if (!ws[i].sample) continue;
+        const dsr1_wire_sample *r = &plan->samples[m];
+        req[m] = dsr1_wire_sample_unpack(r, plan->bias_ids + bias, plan->bias_values + bias,
+                                         plan->history + hist);
+        seqs[i].sample = &req[m++];
+        bias += r->n_bias;
+        hist += r->n_history;
+    }
+}
+
+/* One step; `plan` is a decoded STEP message. */
+static dsr1_status run_step(dsr1_worker *w, uint64_t step, const dsr1_wire_step *plan)
+{
+    const int n_seqs = plan->n_seqs, n_tokens = plan->n_tokens;
+    const int D = w->cfg->hidden_size, V = w->cfg->vocab_size;
+    const int last = w->stage == w->n_stages - 1;
+    dsr1_status st = DSR1_OK;
+    dsr1_seq_step *seqs = calloc((size_t)n_seqs + 1, sizeof(*seqs));
+    dsr1_seq_sample *req = calloc((size_t)plan->n_samples + 1, sizeof(*req));
+    dsr1_sample_result *res = NULL;
+    float *hin = NULL, *hout = NULL, *logits = NULL;
+    void *msg = NULL;
+    size_t len;
+    if (!seqs || !req) goto nomem;
+    plan_seqs(w, plan, seqs, req);
+    dsr1_batch b = {n_seqs, seqs};
+    const int rows = dsr1_batch_logit_rows(&b), n_samples = dsr1_batch_samples(&b),
+              n_row_lp = dsr1_batch_row_logprobs(&b);
     if (w->stage > 0 && n_tokens > 0) {
         int src = dsr1_world_rank(w->stage - 1, w->ep_index, w->ep_size);
         if ((st = dsr1_comm_recv(w->world, src, DSR1_TAG_HIDDEN, &msg, &len, NULL))) goto out;
@@ -71,9 +141,13 @@ static dsr1_status run_step(dsr1_worker *w, uint64_t step, const dsr1_wire_step 
         msg = NULL;
     }
     if (!last && !(hout = malloc(sizeof(float) * ((size_t)n_tokens * D + 1)))) goto nomem;
-    /* the last stage writes the logits straight into the LOGITS message */
-    if (last && (st = dsr1_wire_logits_alloc(step, rows, V, &msg, &len, &logits))) goto out;
-    b.logits = logits;
+    if (last) {
+        /* the logit rows go straight into the RESULT message, the samples after them */
+        st = dsr1_wire_result_alloc(step, rows, V, n_samples, n_row_lp, &msg, &logits);
+        if (st != DSR1_OK) goto out;
+        if (!(res = malloc(sizeof(*res) * ((size_t)n_samples + n_row_lp + 1)))) goto nomem;
+        b = (dsr1_batch){n_seqs, seqs, logits, res, res + n_samples};
+    }
     dsr1_step_io io = {w->stage > 0 ? hin : NULL, last ? NULL : hout, w->ep, w->expert_owner};
     if (n_seqs == 0 && !w->ep) { /* nothing to do, no group to serve */
     } else if ((st = dsr1_engine_step(w->engine, &b, &io)) != DSR1_OK) {
@@ -84,6 +158,7 @@ static dsr1_status run_step(dsr1_worker *w, uint64_t step, const dsr1_wire_step 
             st = dsr1_comm_send(w->world, dsr1_world_rank(w->stage + 1, w->ep_index, w->ep_size),
                                 DSR1_TAG_HIDDEN, hout, sizeof(float) * (size_t)n_tokens * D);
     } else {
+        dsr1_wire_result_seal(msg, res, res + n_samples, &len);
         st = dsr1_comm_send(w->world, 0, DSR1_TAG_RESULT, msg, len);
     }
     goto out;
@@ -91,6 +166,8 @@ nomem:
     st = dsr1_error(DSR1_ERR_NOMEM, "out of memory");
 out:
     free(seqs);
+    free(req);
+    free(res);
     free(hin);
     free(hout);
     free(msg);
@@ -122,10 +199,15 @@ dsr1_status dsr1_worker_init(dsr1_worker *w, const dsr1_worker_params *p)
         if (w->owner_table[x] == p->ep_index) mine[n++] = x;
     dsr1_slice s = {dsr1_stage_first_layer(L, p->pp, p->stage),
                     dsr1_stage_first_layer(L, p->pp, p->stage + 1), n, mine};
+    /* the slice is faulted in, and the pool's threads start, on the worker's node */
+    w->numa_node = dsr1_numa_node_for(p->stage * ep + p->ep_index);
+    dsr1_numa_binding caller;
+    dsr1_numa_bind(w->numa_node, &caller);
     st = p->ckpt ? dsr1_weights_load(p->ckpt, &s, &w->weights)
                  : dsr1_weights_dummy(cfg, &s, p->seed, &w->weights);
+    if (st == DSR1_OK) st = dsr1_pool_create(p->threads > 0 ? p->threads : 1, &w->pool);
+    dsr1_numa_unbind(&caller);
     if (st != DSR1_OK) goto out;
-    if ((st = dsr1_pool_create(p->threads > 0 ? p->threads : 1, &w->pool)) != DSR1_OK) goto out;
     st = p->kv_blocks > 0
              ? dsr1_engine_create_paged(w->weights, p->kernels, w->pool, p->kv_blocks,
                                         p->block_tokens, paged_step_tokens(p), &w->engine)
@@ -163,6 +245,7 @@ dsr1_status dsr1_worker_serve(dsr1_worker *w)
     snprintf(tag, sizeof(tag), "worker %d (stage %d, EP %d)", w->world->rank - 1, w->stage,
              w->ep_index);
     dsr1_log_set_tag(tag);
+    dsr1_numa_bind(w->numa_node, NULL); /* this thread is thread 0 of the worker's pool */
     for (;;) {
         void *msg;
         size_t len;

@@ -1,7 +1,9 @@
 /* A worker's serving loop: receive a STEP plan from the coordinator, run the step for the
  * sequences of this worker's attention-data-parallel rank (hidden states in from the
  * previous pipeline stage or embedded here, MoE through the stage's expert-parallel group),
- * pass hidden states to the next stage or, on the last stage, return the logit rows.
+ * pass hidden states to the next stage or, on the last stage, sample the sequences that
+ * bring a sample request and return their ids (and logprobs), and the logit rows of the
+ * others.
  * The worker makes no scheduling decisions. Ends on SHUTDOWN, or on an error, after
  * telling the coordinator (an ERROR message naming this rank) and aborting its
  * expert-parallel group so that no peer waits for it. */
@@ -12,6 +14,7 @@
 #include "ckpt.h"
 #include "placement.h"
 #include "forward.h"
+#include "wire.h"
 
 /* Message tags on the world group. */
 enum { DSR1_TAG_CTRL = 1, DSR1_TAG_HIDDEN = 2, DSR1_TAG_RESULT = 3 };
@@ -30,6 +33,7 @@ static inline int dsr1_stage_first_layer(int layers, int pp, int s)
 
 typedef struct {
     int stage, n_stages, ep_index, ep_size;
+    int numa_node;           /* its threads' and weights' NUMA node; -1: not bound */
     dsr1_comm *world;        /* coordinator + all workers */
     dsr1_comm *ep;           /* this stage's EP group (rank = ep_index), NULL when ep_size 1 */
     const int *expert_owner; /* [n_routed_experts] -> EP index */
@@ -60,6 +64,14 @@ typedef struct {
  * are set by the caller afterwards. */
 dsr1_status dsr1_worker_init(dsr1_worker *w, const dsr1_worker_params *p);
 void dsr1_worker_fini(dsr1_worker *w);
+
+/* A sample request as a STEP sample record and back. Packing leaves the arrays out (the
+ * grid copies the logit_bias pairs, and the history only when a penalty reads it, into the
+ * plan's sections: the record's n_history is 0 otherwise). The unpacked request borrows the
+ * record (`next`) and the arrays given, which hold its n_bias and n_history entries. */
+dsr1_wire_sample dsr1_wire_sample_pack(const dsr1_seq_sample *q);
+dsr1_seq_sample dsr1_wire_sample_unpack(const dsr1_wire_sample *r, const int32_t *bias_ids,
+                                        const float *bias_values, const int32_t *history);
 
 /* Serve steps until SHUTDOWN (DSR1_OK) or an error (returned after reporting it). */
 dsr1_status dsr1_worker_serve(dsr1_worker *w);

@@ -21,6 +21,7 @@
 #include <stdint.h>
 
 #include "kernels.h"
+#include "rowset.h"
 
 #define DSR1_AVX512_INLINE static inline __attribute__((always_inline))
 
@@ -97,6 +98,24 @@ DSR1_AVX512_INLINE size_t dsr1__wsize(dsr1_dtype dt)
     return dt == DSR1_DT_F8_E4M3 ? 1 : dt == DSR1_DT_BF16 ? 2 : 4;
 }
 
+/* The same from a row's block scales (a row set's scale[j]; NULL for non-FP8 weights). */
+DSR1_AVX512_INLINE float dsr1__rsscale(dsr1_dtype dt, const float *s, int b)
+{
+    return dt == DSR1_DT_F8_E4M3 ? s[b] * DSR1_E4M3_HALF_BIAS : 1.0f;
+}
+
+/* The fixed tree that adds the 16 lanes of a dot product. */
+DSR1_AVX512_INLINE float dsr1__hsum(__m512 v)
+{
+    __m256 lo = _mm512_castps512_ps256(v);
+    __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
+    __m256 a = _mm256_add_ps(lo, hi);
+    __m128 b = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    b = _mm_add_ps(b, _mm_movehl_ps(b, b));
+    b = _mm_add_ss(b, _mm_movehdup_ps(b));
+    return _mm_cvtss_f32(b);
+}
+
 /* The multiplier for row r, column block b (1 for non-FP8 weights). */
 DSR1_AVX512_INLINE float dsr1__wscale(const dsr1_linear *w, int r, int b)
 {
@@ -105,8 +124,17 @@ DSR1_AVX512_INLINE float dsr1__wscale(const dsr1_linear *w, int r, int b)
     return w->scale[(size_t)(r / DSR1_QBLOCK) * nb + b] * DSR1_E4M3_HALF_BIAS;
 }
 
+/* The exact mode's row-set backend, which drives the two below. */
+const dsr1__rowops *dsr1__avx512_rowops(void);
 void dsr1__avx512_linear(dsr1_pool *pool, const dsr1_linear *w, int r0, int r1, const float *x,
                          int ldx, int m, float *y, int ldy);
+dsr1_status dsr1__avx512_expert_ffn(dsr1_pool *pool, const dsr1_expert *ex, int ne, const float *x,
+                                    int ldx, float *y, int ldy);
+/* The bf16 precision mode (avx512_bf16.c, built with -mavx512bf16). */
+void dsr1__avx512bf16_linear(dsr1_pool *pool, const dsr1_linear *w, int r0, int r1, const float *x,
+                             int ldx, int m, float *y, int ldy);
+dsr1_status dsr1__avx512bf16_expert_ffn(dsr1_pool *pool, const dsr1_expert *ex, int ne,
+                                        const float *x, int ldx, float *y, int ldy);
 void dsr1__avx512_linear_t(dsr1_pool *pool, const dsr1_linear *w, int r0, int r1, const float *x,
                            int ldx, int m, float *y, int ldy);
 

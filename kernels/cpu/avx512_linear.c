@@ -1,27 +1,29 @@
-/* AVX-512 linear layer y = x W^T for FP8 e4m3 (128x128 block scales), bf16 and f32
- * weights, float32 arithmetic (the exact mode).
+/* AVX-512 linear products for FP8 e4m3 (128x128 block scales), bf16 and f32 weights,
+ * float32 arithmetic (the exact mode): the row-set backend (kernels/rowset.h) that the
+ * avx512 variant's `linear` and `expert_ffn` entries are driven by.
  *
  * One arithmetic, two paths. Every output y[i][r] is a 16-lane dot product. Per 128-column
  * scale block b, lane l sums by fused multiply-add, in increasing k, the products of the
  * converted (unscaled) weight W[r][k] and x[i][k] for the k = l (mod 16) of the block; the
  * lane's running total then takes that block sum times the block's scale by one more
  * fused multiply-add (t = fma(blocksum, scale, t)); at the end one fixed tree adds the 16
- * lanes (hsum). Scaling once per block instead of per weight saves a multiply per weight,
- * which is what limits the decode path (the weight conversion is the bottleneck, not the
- * FMAs); the error is that of an ordinary float32 dot product. Both paths below do exactly
- * this, so an output depends only on its own activation row and weight row: not on the
- * thread split, not on m, not on which path ran — the engine's batch invariance holds.
+ * lanes (dsr1__hsum). Scaling once per block instead of per weight saves a multiply per
+ * weight, which is what limits the decode path (the weight conversion is the bottleneck,
+ * not the FMAs); the error is that of an ordinary float32 dot product. Both paths below do
+ * exactly this, so an output depends only on its own activation row and weight row: not on
+ * the thread split, not on m, not on the row set, not on which path ran — the engine's
+ * batch invariance holds, and expert_ffn equals linear expert after expert.
  *
- * - m <= SMALL_M (decode): bandwidth-bound. A task streams a group of 8 weight rows once,
- *   block by block, converting in registers; 8, 4 or 2 rows at a time against all m rows
- *   (so that enough loads are in flight and the block sums fit in registers), with a
- *   software prefetch of the next group (rows of 2 KB are too short for the hardware
- *   prefetcher to ramp up). For m >= 2 the rows of x are first copied to a padded buffer:
- *   rows a multiple of 4 KB apart (K = 7168, 2048) would all map to the same L1 sets.
- * - larger m (prefill): compute-bound. The activations are packed block-major in
- *   superblocks of up to 256 rows (7 MB at K = 7168, they stay in the last-level cache). A
- *   task converts 16 weight rows once per superblock into an L2-resident panel and runs
- *   groups of 16 activation rows against it, block by block, in a 4x4 register-blocked
+ * - m <= SMALL_M (decode): bandwidth-bound. Activations are rows padded off multiples of
+ *   4 KB (rows of K = 7168 or 2048 floats would all map to the same L1 sets). A row set is
+ *   streamed once, in groups of 8 rows, block by block, converting in registers; 8, 4 or 2
+ *   rows at a time against all m rows (so that enough loads are in flight and the block
+ *   sums fit in registers), with a software prefetch of the rows the next group reads
+ *   (rows of 2 KB are too short for the hardware prefetcher to ramp up).
+ * - larger m (prefill): compute-bound. Activations are packed block-major
+ *   (X[block][row][128], zero past the last column: each group's block is 8 contiguous
+ *   KB). The 16 rows of a set are converted once into an L2-resident panel and groups of
+ *   16 activation rows run against it, block by block, in a 4x4 register-blocked
  *   micro-kernel (16 accumulators); the lane totals of a group (16 x 16 vectors) stay in
  *   L1 between blocks. */
 #include <stdbool.h>
@@ -30,39 +32,24 @@
 
 #include "avx512_common.h"
 
-#define SMALL_M 8  /* m up to this: streaming path */
-#define SM_ROWS 8  /* weight rows per streaming task */
-#define TB_NB   16 /* weight rows per tiled task (a converted panel of 16 x K) */
+#define SMALL_M 8              /* m up to this: streaming path */
+#define SM_ROWS DSR1__RS_GROUP /* weight rows streamed together */
+#define TB_NB   DSR1__RS_MAX   /* weight rows of a converted panel (16 x K) */
 #define TB_KB   DSR1_QBLOCK
-#define TB_MG   16  /* activation rows per group (their totals stay in L1) */
-#define TB_MS   256 /* activation rows per superblock (packed: 7 MB at K = 7168) */
-#define TB_MR   4   /* micro-kernel activation rows */
-#define TB_NR   4   /* micro-kernel weight rows */
-
-typedef struct {
-    const dsr1_linear *w;
-    int r0, r1;
-    const float *x;
-    int ldx, m;
-    float *y;
-    int ldy;
-} lin_job;
-
-/* The fixed reduction tree shared by both paths. */
-DSR1_AVX512_INLINE float hsum(__m512 v)
-{
-    __m256 lo = _mm512_castps512_ps256(v);
-    __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
-    __m256 a = _mm256_add_ps(lo, hi);
-    __m128 b = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-    b = _mm_add_ps(b, _mm_movehl_ps(b, b));
-    b = _mm_add_ss(b, _mm_movehdup_ps(b));
-    return _mm_cvtss_f32(b);
-}
+#define TB_MG   16 /* activation rows per group (their totals stay in L1) */
+#define TB_MR   4  /* micro-kernel activation rows */
+#define TB_NR   4  /* micro-kernel weight rows */
 
 DSR1_AVX512_INLINE __m512 xload(const float *p, int n)
 {
     return n >= 16 ? _mm512_loadu_ps(p) : _mm512_maskz_loadu_ps(dsr1__mask16(n), p);
+}
+
+/* Row stride, in floats, of padded activation rows and of converted panels: off multiples
+ * of 4 KB, so that the rows' blocks do not all share L1 sets. */
+static size_t pad_cols(int k)
+{
+    return (size_t)(k + 15) / 16 * 16 + 16;
 }
 
 /* ---- streaming path ---------------------------------------------------------------- */
@@ -79,41 +66,44 @@ DSR1_AVX512_INLINE void small_step(dsr1_dtype dt, int nr, int mm, const char *co
     }
 }
 
-/* Rows ra .. ra+nrows (nrows <= SM_ROWS) against mm activation rows; y at (row 0, ra).
- * Block by block, nr rows at a time (the block of x stays in L1 across them); a short
- * group repeats its last row (computed, not stored). */
-DSR1_AVX512_INLINE void small_group(dsr1_dtype dt, int nr, int mm, const dsr1_linear *w, int ra,
+/* Rows g0 .. g0+nrows (nrows <= SM_ROWS) of a set against mm activation rows; y at (row 0,
+ * set row g0). Block by block, nr rows at a time (the block of x stays in L1 across them);
+ * a short group repeats its last row (computed, not stored). */
+DSR1_AVX512_INLINE void small_group(dsr1_dtype dt, int nr, int mm, const dsr1__rowset *rs, int g0,
                                     int nrows, const float *x, int ldx, float *y, int ldy)
 {
-    const int k = w->cols;
-    const size_t es = dsr1__wsize(dt);
+    const int k = rs->cols;
+    const size_t blockbytes = DSR1_QBLOCK * dsr1__wsize(dt);
     const char *wr[SM_ROWS];
-    int rr[SM_ROWS];
+    const float *sc[SM_ROWS];
     for (int jj = 0; jj < SM_ROWS; jj++) {
-        rr[jj] = ra + (jj < nrows ? jj : nrows - 1);
-        wr[jj] = (const char *)w->data + (size_t)rr[jj] * k * es;
+        const int q = g0 + (jj < nrows ? jj : nrows - 1);
+        wr[jj] = rs->row[q];
+        sc[jj] = rs->scale[q];
     }
     __m512 tot[SM_ROWS][SMALL_M];
     for (int jj = 0; jj < SM_ROWS; jj++)
         for (int i = 0; i < mm; i++) tot[jj][i] = _mm512_setzero_ps();
     for (int c0 = 0, b = 0; c0 < k; c0 += DSR1_QBLOCK, b++) {
-        const int c1 = c0 + DSR1_QBLOCK < k ? c0 + DSR1_QBLOCK : k;
-        { /* the next group's rows, a block's worth per block: short rows (2 KB at K = 2048)
-           * are too-short streams for the hardware prefetcher; a sequential hint is not */
-            const size_t chunk = (size_t)SM_ROWS * DSR1_QBLOCK * es;
-            const char *pf = (const char *)w->data + (size_t)(ra + SM_ROWS) * k * es + b * chunk;
-            for (size_t l = 0; l < chunk; l += 64) _mm_prefetch(pf + l, _MM_HINT_T2);
+        /* the rows the next group reads, a block's worth per block: short rows (2 KB at
+         * K = 2048) are too-short streams for the hardware prefetcher; a hint is not */
+        for (int jj = 0; jj < nrows; jj++) {
+            const char *pf = rs->pf[g0 + jj];
+            if (pf)
+                for (size_t l = 0; l < blockbytes; l += 64)
+                    _mm_prefetch(pf + b * blockbytes + l, _MM_HINT_T2);
         }
         for (int g = 0; g < SM_ROWS; g += nr) {
             if (g < nrows) {
                 __m512 acc[SM_ROWS][SMALL_M];
                 for (int jj = 0; jj < nr; jj++)
                     for (int i = 0; i < mm; i++) acc[jj][i] = _mm512_setzero_ps();
+                const int c1 = c0 + DSR1_QBLOCK < k ? c0 + DSR1_QBLOCK : k;
                 int c = c0;
                 for (; c + 16 <= c1; c += 16) small_step(dt, nr, mm, wr + g, x, ldx, c, 16, acc);
                 if (c < c1) small_step(dt, nr, mm, wr + g, x, ldx, c, c1 - c, acc);
                 for (int jj = 0; jj < nr; jj++) {
-                    const __m512 mul = _mm512_set1_ps(dsr1__wscale(w, rr[g + jj], b));
+                    const __m512 mul = _mm512_set1_ps(dsr1__rsscale(dt, sc[g + jj], b));
                     for (int i = 0; i < mm; i++)
                         tot[g + jj][i] = _mm512_fmadd_ps(acc[jj][i], mul, tot[g + jj][i]);
                 }
@@ -121,7 +111,7 @@ DSR1_AVX512_INLINE void small_group(dsr1_dtype dt, int nr, int mm, const dsr1_li
         }
     }
     for (int jj = 0; jj < nrows; jj++)
-        for (int i = 0; i < mm; i++) y[(size_t)i * ldy + jj] = hsum(tot[jj][i]);
+        for (int i = 0; i < mm; i++) y[(size_t)i * ldy + jj] = dsr1__hsum(tot[jj][i]);
 }
 
 /* Weight rows per step for mm activation rows: nr x mm block sums stay in registers, and
@@ -129,10 +119,10 @@ DSR1_AVX512_INLINE void small_group(dsr1_dtype dt, int nr, int mm, const dsr1_li
 #define SM_NR(MM) ((MM) <= 2 ? 8 : (MM) <= 4 ? 4 : 2)
 
 #define SMALL_FN(DT, MM)                                                                           \
-    static void small_##DT##_##MM(const dsr1_linear *w, int ra, int nrows, const float *x,         \
+    static void small_##DT##_##MM(const dsr1__rowset *rs, int g0, int nrows, const float *x,       \
                                   int ldx, float *y, int ldy)                                      \
     {                                                                                              \
-        small_group(DT, SM_NR(MM), MM, w, ra, nrows, x, ldx, y, ldy);                              \
+        small_group(DT, SM_NR(MM), MM, rs, g0, nrows, x, ldx, y, ldy);                             \
     }
 #define SMALL_FNS(DT)                                                                              \
     SMALL_FN(DT, 1)                                                                                \
@@ -143,8 +133,8 @@ SMALL_FNS(DSR1_DT_F8_E4M3)
 SMALL_FNS(DSR1_DT_BF16)
 SMALL_FNS(DSR1_DT_F32)
 
-typedef void (*small_fn)(const dsr1_linear *w, int ra, int nrows, const float *x, int ldx, float *y,
-                         int ldy);
+typedef void (*small_fn)(const dsr1__rowset *rs, int g0, int nrows, const float *x, int ldx,
+                         float *y, int ldy);
 #define SMALL_ROW(DT)                                                                              \
     {                                                                                              \
         small_##DT##_1, small_##DT##_2, small_##DT##_3, small_##DT##_4, small_##DT##_5,            \
@@ -158,62 +148,56 @@ static int dtype_index(dsr1_dtype dt)
     return dt == DSR1_DT_F8_E4M3 ? 0 : dt == DSR1_DT_BF16 ? 1 : 2;
 }
 
-static void small_task(void *arg, int begin, int end, int tid)
+static void small_rows(const dsr1__rowset *rs, const float *x, int ldx, int m, float *y, int ldy)
 {
-    (void)tid;
-    const lin_job *j = arg;
-    const small_fn *fns = small_fns[dtype_index(j->w->dtype)];
+    const small_fn *fns = small_fns[dtype_index(rs->dtype)];
     /* up to 6 activation rows in one pass; 7 and 8 in passes of 4 (4 weight rows at a
      * time), which measured faster than one pass of 8 (2 weight rows at a time) */
-    const int chunk = j->m <= 6 ? j->m : 4;
-    for (int t = begin; t < end; t++) {
-        const int ra = j->r0 + t * SM_ROWS;
-        const int nrows = j->r1 - ra < SM_ROWS ? j->r1 - ra : SM_ROWS;
-        for (int i0 = 0; i0 < j->m; i0 += chunk) {
-            const int mm = j->m - i0 < chunk ? j->m - i0 : chunk;
-            fns[mm - 1](j->w, ra, nrows, j->x + (size_t)i0 * j->ldx, j->ldx,
-                        j->y + (size_t)i0 * j->ldy + (ra - j->r0), j->ldy);
+    const int chunk = m <= 6 ? m : 4;
+    for (int g0 = 0; g0 < rs->n; g0 += SM_ROWS) {
+        const int nrows = rs->n - g0 < SM_ROWS ? rs->n - g0 : SM_ROWS;
+        for (int i0 = 0; i0 < m; i0 += chunk) {
+            const int mm = m - i0 < chunk ? m - i0 : chunk;
+            fns[mm - 1](rs, g0, nrows, x + (size_t)i0 * ldx, ldx, y + (size_t)i0 * ldy + g0, ldy);
         }
     }
 }
 
 /* ---- tiled path -------------------------------------------------------------------- */
 
-/* Convert rows ra .. ra+nrows of W, all columns, into the panel P (row stride ldp floats,
- * unscaled) and the rows' multipliers into mul[block][TB_NB]; rows past nrows and the
+/* Convert the rows of a set, all columns, into the panel P (row stride ldp floats,
+ * unscaled) and the rows' multipliers into mul[block][TB_NB]; rows past the set's and the
  * columns past the last (up to the next multiple of 16) are zero. */
-DSR1_AVX512_INLINE void panel_fill_dt(dsr1_dtype dt, const dsr1_linear *w, int ra, int nrows,
-                                      float *P, size_t ldp, float *mul)
+DSR1_AVX512_INLINE void panel_fill_dt(dsr1_dtype dt, const dsr1__rowset *rs, float *P, size_t ldp,
+                                      float *mul)
 {
-    const int k = w->cols, nb = (k + DSR1_QBLOCK - 1) / DSR1_QBLOCK;
-    const size_t rowbytes = (size_t)k * dsr1__wsize(dt);
+    const int k = rs->cols, nb = (k + DSR1_QBLOCK - 1) / DSR1_QBLOCK;
     for (int jj = 0; jj < TB_NB; jj++) {
         float *p = P + (size_t)jj * ldp;
-        if (jj >= nrows) {
+        if (jj >= rs->n) {
             for (int c = 0; c < k; c += 16) _mm512_store_ps(p + c, _mm512_setzero_ps());
             for (int b = 0; b < nb; b++) mul[b * TB_NB + jj] = 0;
             continue;
         }
-        const int r = ra + jj;
-        const char *row = (const char *)w->data + (size_t)r * rowbytes;
-        for (int b = 0; b < nb; b++) mul[b * TB_NB + jj] = dsr1__wscale(w, r, b);
+        const char *row = rs->row[jj];
+        for (int b = 0; b < nb; b++) mul[b * TB_NB + jj] = dsr1__rsscale(dt, rs->scale[jj], b);
         int c = 0;
         for (; c + 16 <= k; c += 16) _mm512_store_ps(p + c, dsr1__wraw(dt, row, c, 16));
         if (c < k) _mm512_store_ps(p + c, dsr1__wraw(dt, row, c, k - c));
     }
 }
 
-static void panel_fill(const dsr1_linear *w, int ra, int nrows, float *P, size_t ldp, float *mul)
+static void panel_fill(const dsr1__rowset *rs, float *P, size_t ldp, float *mul)
 {
-    switch (w->dtype) {
+    switch (rs->dtype) {
     case DSR1_DT_F8_E4M3:
-        panel_fill_dt(DSR1_DT_F8_E4M3, w, ra, nrows, P, ldp, mul);
+        panel_fill_dt(DSR1_DT_F8_E4M3, rs, P, ldp, mul);
         break;
     case DSR1_DT_BF16:
-        panel_fill_dt(DSR1_DT_BF16, w, ra, nrows, P, ldp, mul);
+        panel_fill_dt(DSR1_DT_BF16, rs, P, ldp, mul);
         break;
     default:
-        panel_fill_dt(DSR1_DT_F32, w, ra, nrows, P, ldp, mul);
+        panel_fill_dt(DSR1_DT_F32, rs, P, ldp, mul);
         break;
     }
 }
@@ -261,105 +245,107 @@ static void micro_any(int mr, const float *x, const float *P, size_t ldp, const 
     }
 }
 
-/* A task converts its TB_NB weight rows once (an L2-resident panel; the row stride is
- * padded so that the rows' blocks do not all share L1 sets) and runs every group of TB_MG
- * activation rows against it, block by block, the lane totals (TB_MG x TB_NB vectors)
- * staying in L1. The activations come packed by the caller, block-major
- * (X[block][row][TB_KB], zero past the last column): each group's block is 8 contiguous
- * KB, where rows of x, often a multiple of 4 KB apart, would all share L1 sets. */
-static void tiled_task(void *arg, int begin, int end, int tid)
+/* The set's rows, converted once into the panel, against every group of TB_MG rows of the
+ * m packed activation rows X, block by block, the group's lane totals (TB_MG x TB_NB
+ * vectors) staying in L1. scratch: the panel, the multipliers, the totals. */
+static void tiled_rows(const dsr1__rowset *rs, const float *X, int m, float *y, int ldy,
+                       void *scratch)
 {
-    (void)tid;
-    const lin_job *j = arg;
-    const int k = j->w->cols, nb = (k + DSR1_QBLOCK - 1) / DSR1_QBLOCK;
-    const size_t ldp = (size_t)(k + 15) / 16 * 16 + 16;
-    float *P = aligned_alloc(64, sizeof(float) * TB_NB * ldp);
-    float *mul = malloc(sizeof(float) * TB_NB * nb);
-    __m512 *C = aligned_alloc(64, sizeof(__m512) * TB_MG * TB_NB);
-    if (!P || !mul || !C) abort(); /* ~0.5 MB; failing here, the process is lost */
-    for (int t = begin; t < end; t++) {
-        const int ra = j->r0 + t * TB_NB;
-        const int nrows = j->r1 - ra < TB_NB ? j->r1 - ra : TB_NB;
-        panel_fill(j->w, ra, nrows, P, ldp, mul);
-        for (int i0 = 0; i0 < j->m; i0 += TB_MG) {
-            const int mg = j->m - i0 < TB_MG ? j->m - i0 : TB_MG;
-            for (int i = 0; i < TB_MG * TB_NB; i++) C[i] = _mm512_setzero_ps();
-            for (int c0 = 0, b = 0; c0 < k; c0 += TB_KB, b++) {
-                const int kbn = k - c0 < TB_KB ? k - c0 : TB_KB;
-                const float *X = j->x + ((size_t)b * j->m + i0) * TB_KB;
-                for (int rb = 0; rb < nrows; rb += TB_NR)
-                    for (int ib = 0; ib < mg; ib += TB_MR)
-                        micro_any(mg - ib < TB_MR ? mg - ib : TB_MR, X + (size_t)ib * TB_KB,
-                                  P + (size_t)rb * ldp + c0, ldp, mul + b * TB_NB + rb, kbn,
-                                  C + (size_t)ib * TB_NB + rb * TB_MR);
-            }
-            for (int i = 0; i < mg; i++) {
-                const __m512 *ci = C + (size_t)(i / TB_MR) * TB_MR * TB_NB + (i % TB_MR) * TB_NR;
-                float *y = j->y + (size_t)(i0 + i) * j->ldy + (ra - j->r0);
-                for (int r = 0; r < nrows; r++)
-                    y[r] = hsum(ci[(size_t)(r / TB_NR) * TB_MR * TB_NR + r % TB_NR]);
-            }
+    const int k = rs->cols, nb = (k + DSR1_QBLOCK - 1) / DSR1_QBLOCK;
+    const size_t ldp = pad_cols(k);
+    float *P = scratch, *mul = P + TB_NB * ldp;
+    __m512 *C = (__m512 *)(mul + (size_t)TB_NB * nb); /* 64-byte aligned: TB_NB = 16 */
+    panel_fill(rs, P, ldp, mul);
+    for (int i0 = 0; i0 < m; i0 += TB_MG) {
+        const int mg = m - i0 < TB_MG ? m - i0 : TB_MG;
+        for (int i = 0; i < TB_MG * TB_NB; i++) C[i] = _mm512_setzero_ps();
+        for (int c0 = 0, b = 0; c0 < k; c0 += TB_KB, b++) {
+            const int kbn = k - c0 < TB_KB ? k - c0 : TB_KB;
+            const float *Xb = X + ((size_t)b * m + i0) * TB_KB;
+            for (int rb = 0; rb < rs->n; rb += TB_NR)
+                for (int ib = 0; ib < mg; ib += TB_MR)
+                    micro_any(mg - ib < TB_MR ? mg - ib : TB_MR, Xb + (size_t)ib * TB_KB,
+                              P + (size_t)rb * ldp + c0, ldp, mul + b * TB_NB + rb, kbn,
+                              C + (size_t)ib * TB_NB + rb * TB_MR);
+        }
+        for (int i = 0; i < mg; i++) {
+            const __m512 *ci = C + (size_t)(i / TB_MR) * TB_MR * TB_NB + (i % TB_MR) * TB_NR;
+            float *yi = y + (size_t)(i0 + i) * ldy;
+            for (int r = 0; r < rs->n; r++)
+                yi[r] = dsr1__hsum(ci[(size_t)(r / TB_NR) * TB_MR * TB_NR + r % TB_NR]);
         }
     }
-    free(C);
-    free(mul);
-    free(P);
 }
 
-/* x rows [0, m) into X[block][row][TB_KB], zero past column k. */
-static void pack_blocks(const float *x, int ldx, int m, int k, float *X)
+/* ---- the backend ------------------------------------------------------------------- */
+
+/* m <= SMALL_M: padded rows; else block-major X[block][row][TB_KB], zero past column k. */
+static size_t act_bytes(int m, int k)
 {
-    for (int c0 = 0, b = 0; c0 < k; c0 += TB_KB, b++) {
-        const int kbn = k - c0 < TB_KB ? k - c0 : TB_KB;
-        for (int i = 0; i < m; i++) {
-            const float *xs = x + (size_t)i * ldx + c0;
-            float *xd = X + ((size_t)b * m + i) * TB_KB;
+    const size_t nb = (size_t)(k + TB_KB - 1) / TB_KB;
+    return sizeof(float) * (size_t)m * (m <= SMALL_M ? pad_cols(k) : nb * TB_KB);
+}
+
+static float *act_at(float *act, int m, int k, int i, int c)
+{
+    return m <= SMALL_M ? act + (size_t)i * pad_cols(k) + c
+                        : act + ((size_t)(c / TB_KB) * m + i) * TB_KB + c % TB_KB;
+}
+
+static void act_pack(const float *x, int ldx, const int *rows, int m, int k, void *dst)
+{
+    for (int i = 0; i < m; i++) {
+        const float *xs = x + (size_t)(rows ? rows[i] : i) * ldx;
+        if (m <= SMALL_M) {
+            memcpy(act_at(dst, m, k, i, 0), xs, sizeof(float) * k);
+            continue;
+        }
+        for (int c0 = 0; c0 < k; c0 += TB_KB) {
+            const int kbn = k - c0 < TB_KB ? k - c0 : TB_KB;
+            float *xd = act_at(dst, m, k, i, c0);
             for (int c = 0; c < TB_KB; c += 16)
-                _mm512_store_ps(xd + c, c < kbn ? xload(xs + c, kbn - c) : _mm512_setzero_ps());
+                _mm512_store_ps(xd + c,
+                                c < kbn ? xload(xs + c0 + c, kbn - c) : _mm512_setzero_ps());
         }
     }
+}
+
+static void act_put(void *dst, int m, int k, int i, int c, const float *v, int n)
+{
+    memcpy(act_at(dst, m, k, i, c), v, sizeof(float) * n);
+}
+
+static size_t scratch_bytes(int m, int k)
+{
+    const size_t nb = (size_t)(k + TB_KB - 1) / TB_KB;
+    return m <= SMALL_M
+               ? 0
+               : sizeof(float) * TB_NB * (pad_cols(k) + nb) + sizeof(__m512) * TB_MG * TB_NB;
+}
+
+static void rows(const dsr1__rowset *rs, const void *act, int m, float *y, int ldy, void *scratch)
+{
+    if (m <= SMALL_M)
+        small_rows(rs, act, (int)pad_cols(rs->cols), m, y, ldy);
+    else
+        tiled_rows(rs, act, m, y, ldy, scratch);
+}
+
+static const dsr1__rowops exact = {act_bytes, act_pack, act_put, scratch_bytes, rows};
+
+const dsr1__rowops *dsr1__avx512_rowops(void)
+{
+    return &exact;
 }
 
 void dsr1__avx512_linear(dsr1_pool *pool, const dsr1_linear *w, int r0, int r1, const float *x,
                          int ldx, int m, float *y, int ldy)
 {
-    if (m <= 0 || r1 <= r0) return;
-    lin_job j = {w, r0, r1, x, ldx, m, y, ldy};
-    /* small products are not worth waking threads for */
-    const long work = (long)(r1 - r0) * w->cols * (m + 1);
-    dsr1_pool *p = work < 32768 ? NULL : pool;
-    if (m <= SMALL_M) {
-        /* a padded copy of x (see the top of the file); without memory, x as it is: the
-         * copy moves data, the arithmetic is the same */
-        float *xp = NULL;
-        if (m >= 2) {
-            const int ldp = (w->cols + 15) / 16 * 16 + 16;
-            xp = aligned_alloc(64, sizeof(float) * m * ldp);
-            if (xp) {
-                for (int i = 0; i < m; i++)
-                    memcpy(xp + (size_t)i * ldp, x + (size_t)i * ldx, sizeof(float) * w->cols);
-                j.x = xp;
-                j.ldx = ldp;
-            }
-        }
-        dsr1_pool_run(p, (r1 - r0 + SM_ROWS - 1) / SM_ROWS, 1, small_task, &j);
-        free(xp);
-    } else {
-        /* activation rows in superblocks that stay in the last-level cache while every
-         * weight panel passes over them (each panel is converted once per superblock) */
-        const int nb = (w->cols + DSR1_QBLOCK - 1) / DSR1_QBLOCK;
-        const int ms = m < TB_MS ? m : TB_MS;
-        float *X = aligned_alloc(64, sizeof(float) * ms * nb * TB_KB);
-        if (!X) abort(); /* a few MB; failing here, the process is lost */
-        for (int i0 = 0; i0 < m; i0 += TB_MS) {
-            lin_job js = j;
-            js.m = m - i0 < TB_MS ? m - i0 : TB_MS;
-            pack_blocks(x + (size_t)i0 * ldx, ldx, js.m, w->cols, X);
-            js.x = X;
-            js.ldx = TB_KB;
-            js.y = y + (size_t)i0 * ldy;
-            dsr1_pool_run(p, (r1 - r0 + TB_NB - 1) / TB_NB, 1, tiled_task, &js);
-        }
-        free(X);
-    }
+    dsr1__rowops_linear(&exact, pool, w, r0, r1, x, ldx, m, y, ldy);
+}
+
+dsr1_status dsr1__avx512_expert_ffn(dsr1_pool *pool, const dsr1_expert *ex, int ne, const float *x,
+                                    int ldx, float *y, int ldy)
+{
+    return dsr1__rowops_expert_ffn(&exact, pool, ex, ne, x, ldx, y, ldy);
 }

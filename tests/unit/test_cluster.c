@@ -3,7 +3,8 @@
  * attention data parallelism (sequences spread over EP ranks by slot, or by rank with
  * block tables into the workers' paged caches) give the same logits within float rounding,
  * bit-identical from run to run; a failing step returns an error naming the worker and
- * never hangs the grid. */
+ * never hangs the grid. Sample requests travel to the last stage, which returns exactly what
+ * the sampler gives on the grid's own logit rows. */
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -19,6 +20,7 @@
 #include "cluster.h"
 #include "forward.h"
 #include "progress.h"
+#include "sample_ref.h"
 #include "weights.h"
 
 static dsr1_model_config cfg_small(void)
@@ -58,27 +60,37 @@ static void use_table(dsr1_seq_step *s, int q, int ep)
     s->rank = q % ep;
 }
 
-static float *two_steps(const dsr1_model_config *c, step_fn step, void *ctx, int ep, int *nrows)
+static void make_tokens(const dsr1_model_config *c, int32_t tok[NSEQ][12])
 {
-    int32_t tok[NSEQ][12];
     srand(42);
     for (int s = 0; s < NSEQ; s++)
         for (int i = 0; i < 12; i++) tok[s][i] = rand() % c->vocab_size;
+}
+
+/* Step `step` of the two (0: the prompts, every row; 1: one decode token each). */
+static void fill_steps(int step, int32_t tok[NSEQ][12], int ep, dsr1_seq_step *ss)
+{
+    for (int s = 0; s < NSEQ; s++) {
+        ss[s] = step == 0 ? (dsr1_seq_step){s, 0, prompt_len[s], tok[s], DSR1_LOGITS_ALL}
+                          : (dsr1_seq_step){s, prompt_len[s], 1, tok[s] + prompt_len[s],
+                                            DSR1_LOGITS_LAST};
+        use_table(&ss[s], s, ep);
+    }
+}
+
+static float *two_steps(const dsr1_model_config *c, step_fn step, void *ctx, int ep, int *nrows)
+{
+    int32_t tok[NSEQ][12];
+    make_tokens(c, tok);
     int rows = 0;
     for (int s = 0; s < NSEQ; s++) rows += prompt_len[s] + 1;
     float *out = malloc(sizeof(float) * rows * c->vocab_size);
     dsr1_seq_step ss[NSEQ];
-    for (int s = 0; s < NSEQ; s++) {
-        ss[s] = (dsr1_seq_step){s, 0, prompt_len[s], tok[s], DSR1_LOGITS_ALL};
-        use_table(&ss[s], s, ep);
-    }
+    fill_steps(0, tok, ep, ss);
     dsr1_batch b = {NSEQ, ss, out};
     assert_int_equal(step(ctx, &b), DSR1_OK);
     int r = dsr1_batch_logit_rows(&b);
-    for (int s = 0; s < NSEQ; s++) {
-        ss[s] = (dsr1_seq_step){s, prompt_len[s], 1, tok[s] + prompt_len[s], DSR1_LOGITS_LAST};
-        use_table(&ss[s], s, ep);
-    }
+    fill_steps(1, tok, ep, ss);
     b.logits = out + (size_t)r * c->vocab_size;
     assert_int_equal(step(ctx, &b), DSR1_OK);
     *nrows = rows;
@@ -112,8 +124,9 @@ static float *reference(const dsr1_model_config *c, int paged, int *rows)
     return out;
 }
 
-/* paged: workers with paged caches, sequences with block tables */
-static float *grid_run(const dsr1_model_config *c, int workers, int pp, int paged, int *rows)
+/* An embedded grid; paged: workers with paged caches of POOL blocks of BT tokens, else
+ * NSEQ cache slots of 16 tokens. */
+static dsr1_cluster *grid_open(const dsr1_model_config *c, int workers, int pp, int paged)
 {
     dsr1_cluster_params p = {NULL, c, 77, workers, pp, dsr1_kernels_portable(), 2, NSEQ, 16, 20000};
     if (paged) {
@@ -122,6 +135,13 @@ static float *grid_run(const dsr1_model_config *c, int workers, int pp, int page
     }
     dsr1_cluster *cl;
     assert_int_equal(dsr1_cluster_create(&p, &cl), DSR1_OK);
+    return cl;
+}
+
+/* paged: workers with paged caches, sequences with block tables */
+static float *grid_run(const dsr1_model_config *c, int workers, int pp, int paged, int *rows)
+{
+    dsr1_cluster *cl = grid_open(c, workers, pp, paged);
     float *out = two_steps(c, cluster_step, cl, paged ? workers / pp : 0, rows);
     dsr1_cluster_destroy(cl);
     return out;
@@ -233,6 +253,148 @@ static void test_paged_grid(void **state)
     dsr1_cluster_destroy(cl);
 }
 
+/* ---- sampling on the last stage ---- */
+
+/* Sample requests for the two steps of two_steps (sequence 3 has none: its rows come back):
+ * sequence 0 draws with top_p, penalties over its history and logit biases, with logprobs
+ * and prompt logprobs; 1 is greedy with logprobs; 2 scores its known next token with prompt
+ * logprobs, then draws. */
+typedef struct {
+    int32_t bias_ids[2];
+    float bias_values[2];
+    dsr1_seq_sample req[2][NSEQ - 1];
+} grid_samples;
+
+#define GS_SAMPLES 3
+#define GS_ROW_LP  ((7 - 1) + (9 - 1)) /* prompt logprobs of sequences 0 and 2 */
+
+static void grid_samples_init(grid_samples *k, int32_t tok[NSEQ][12])
+{
+    k->bias_ids[0] = tok[0][3];
+    k->bias_ids[1] = 123;
+    k->bias_values[0] = -1.5f;
+    k->bias_values[1] = 2.5f;
+    dsr1_sampling p = dsr1_sampling_defaults();
+    p.temperature = 0.7f;
+    p.top_p = 0.9f;
+    p.seed = 11;
+    p.top_logprobs = 3;
+    p.repetition_penalty = 1.2f;
+    p.presence_penalty = 0.3f;
+    p.n_bias = 2;
+    p.bias_ids = k->bias_ids;
+    p.bias_values = k->bias_values;
+    const int n0 = prompt_len[0];
+    k->req[0][0] = (dsr1_seq_sample){p, 0, tok[0], n0, n0, true, true};
+    k->req[1][0] = (dsr1_seq_sample){p, 1, tok[0], n0, n0 + 1, true};
+    p = dsr1_sampling_defaults();
+    p.temperature = 0;
+    p.top_logprobs = 4;
+    k->req[0][1] = (dsr1_seq_sample){p, .logprobs = true};
+    k->req[1][1] = (dsr1_seq_sample){p, 1, .logprobs = true};
+    p = dsr1_sampling_defaults();
+    p.seed = 3;
+    p.top_logprobs = 2;
+    k->req[0][2] = (dsr1_seq_sample){p, .prompt_logprobs = true, .next = &tok[2][prompt_len[2]]};
+    k->req[1][2] = (dsr1_seq_sample){p};
+}
+
+/* Runs two_steps without sample requests, then the same two steps with them (rewriting the
+ * same cache rows), and checks that the samples and row logprobs equal the sampler's on the
+ * rows of the first run, and the rows of sequence 3 those of the first run. Returns the
+ * results of both steps: 2 x GS_SAMPLES samples, GS_ROW_LP row logprobs. */
+static void sampled_steps(const dsr1_model_config *c, step_fn step, void *ctx, int ep,
+                          dsr1_sample_result *samples, dsr1_sample_result *row_lp)
+{
+    const size_t V = (size_t)c->vocab_size;
+    int n_rows;
+    float *rows = two_steps(c, step, ctx, ep, &n_rows), back[400];
+    int32_t tok[NSEQ][12];
+    make_tokens(c, tok);
+    grid_samples k;
+    grid_samples_init(&k, tok);
+    dsr1_seq_step ss[NSEQ];
+    const float *at = rows;
+    dsr1_sample_result want[GS_SAMPLES], want_lp[GS_ROW_LP];
+    for (int st = 0; st < 2; st++) {
+        fill_steps(st, tok, ep, ss);
+        dsr1_batch b = {NSEQ, ss};
+        const int n = dsr1_batch_logit_rows(&b);
+        for (int q = 0; q < NSEQ - 1; q++) ss[q].sample = &k.req[st][q];
+        b = (dsr1_batch){NSEQ, ss, back, samples + st * GS_SAMPLES, row_lp};
+        assert_int_equal(dsr1_batch_samples(&b), GS_SAMPLES);
+        assert_int_equal(dsr1_batch_row_logprobs(&b), st ? 0 : GS_ROW_LP);
+        assert_int_equal(dsr1_batch_logit_rows(&b), 1);
+        assert_int_equal(step(ctx, &b), DSR1_OK);
+        assert_true(sample_reference(&b, at, (int)V, want, want_lp));
+        for (int i = 0; i < GS_SAMPLES; i++) assert_true(same_result(&b.samples[i], &want[i]));
+        for (int i = 0; i < dsr1_batch_row_logprobs(&b); i++)
+            assert_true(same_result(&row_lp[i], &want_lp[i]));
+        at += (size_t)n * V;
+        assert_memory_equal(back, at - V, sizeof(float) * V); /* sequence 3's last row */
+    }
+    assert_int_equal(samples[2].token, tok[2][prompt_len[2]]); /* scored, not drawn */
+    free(rows);
+}
+
+static void grid_sampled(const dsr1_model_config *c, int workers, int pp, int paged,
+                         dsr1_sample_result *samples, dsr1_sample_result *row_lp)
+{
+    dsr1_cluster *cl = grid_open(c, workers, pp, paged);
+    sampled_steps(c, cluster_step, cl, paged ? workers / pp : 0, samples, row_lp);
+    dsr1_cluster_destroy(cl);
+}
+
+static void assert_same_results(const dsr1_sample_result *a, const dsr1_sample_result *b, int n)
+{
+    for (int i = 0; i < n; i++) assert_true(same_result(&a[i], &b[i]));
+}
+
+/* The last stage samples: each grid returns what the sampler gives on its own logit rows;
+ * with one EP rank (pipeline stages only) that is the single engine's result bit for bit,
+ * with several (whose expert sums are added in another order) the same grid in slot mode's. A
+ * bad sample request is refused before it travels, and the grid stays usable. */
+static void test_grid_sampling(void **state)
+{
+    (void)state;
+    dsr1_model_config c = cfg_small();
+    dsr1_sample_result ref[2 * GS_SAMPLES], ref_lp[GS_ROW_LP], got[2 * GS_SAMPLES],
+        got_lp[GS_ROW_LP], slot[2 * GS_SAMPLES], slot_lp[GS_ROW_LP];
+    dsr1_slice all = dsr1_slice_all(&c);
+    dsr1_weights *w;
+    assert_int_equal(dsr1_weights_dummy(&c, &all, 77, &w), DSR1_OK);
+    dsr1_engine *e;
+    assert_int_equal(dsr1_engine_create_paged(w, dsr1_kernels_portable(), NULL, POOL, BT, 64, &e),
+                     DSR1_OK);
+    sampled_steps(&c, engine_step, e, 1, ref, ref_lp);
+    dsr1_engine_destroy(e);
+    dsr1_weights_destroy(w);
+
+    grid_sampled(&c, 2, 2, 1, got, got_lp); /* 2 stages x 1 EP rank */
+    assert_same_results(got, ref, 2 * GS_SAMPLES);
+    assert_same_results(got_lp, ref_lp, GS_ROW_LP);
+    static const int shapes[][2] = {{2, 1}, {4, 2}}; /* 2 EP ranks, in 1 and 2 stages */
+    for (int i = 0; i < 2; i++) {
+        grid_sampled(&c, shapes[i][0], shapes[i][1], 1, got, got_lp);
+        grid_sampled(&c, shapes[i][0], shapes[i][1], 0, slot, slot_lp);
+        assert_same_results(got, slot, 2 * GS_SAMPLES);
+        assert_same_results(got_lp, slot_lp, GS_ROW_LP);
+    }
+
+    dsr1_cluster *cl = grid_open(&c, 4, 2, 1);
+    int32_t tok[2] = {5, 6}, far = 400;
+    dsr1_seq_sample r = {dsr1_sampling_defaults(), .next = &far};
+    dsr1_seq_step s = {0, 0, 2, tok, DSR1_LOGITS_LAST, tables[0], 3, 1, &r};
+    dsr1_batch b = {1, &s, NULL, got};
+    assert_int_equal(dsr1_cluster_step(cl, &b), DSR1_ERR_RANGE);
+    assert_non_null(strstr(dsr1_errmsg(), "sequence 0: next token id 400"));
+    r.next = NULL;
+    r.params.temperature = 0;
+    assert_int_equal(dsr1_cluster_step(cl, &b), DSR1_OK);
+    assert_true(got[0].token >= 0 && got[0].token < c.vocab_size);
+    dsr1_cluster_destroy(cl);
+}
+
 /* Micro-batches in flight: K prefills in separate slots, then teacher-forced decode steps of
  * every sequence, all submitted before any is waited for, give bit-identical logits to the
  * same steps run one at a time. */
@@ -324,7 +486,7 @@ int main(void)
         cmocka_unit_test(test_ep4),        cmocka_unit_test(test_ep2_pp2),
         cmocka_unit_test(test_ep3_uneven), cmocka_unit_test(test_pp4),
         cmocka_unit_test(test_in_flight),  cmocka_unit_test(test_failure_names_worker),
-        cmocka_unit_test(test_paged_grid),
+        cmocka_unit_test(test_paged_grid), cmocka_unit_test(test_grid_sampling),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

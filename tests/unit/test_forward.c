@@ -5,7 +5,8 @@
  * without YaRN. Also: chunked prefill + decode == one prefill; a sequence's logits are
  * bit-identical alone and inside a batch with other sequences at other positions; the
  * paged cache (shuffled block tables, chunks across block boundaries, a shared prefix
- * block) gives the slot cache's logits bit for bit, and bad block tables are refused. */
+ * block) gives the slot cache's logits bit for bit, and bad block tables are refused.
+ * Sampling inside the step gives what the sampler gives on the engine's own logit rows. */
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -19,6 +20,7 @@
 
 #include "forward.h"
 #include "kernels.h"
+#include "sample_ref.h"
 #include "weights.h"
 
 static dsr1_model_config small_config(int q_lora, int yarn)
@@ -563,14 +565,20 @@ static void test_shared_prefix(void **state)
     each_variant(shared_prefix);
 }
 
-/* Expect `want` and a message containing `needle` from a batch of n sequences. */
+/* Expect `want` and a message containing `needle` from batch b. */
+static void expect_batch_error(dsr1_engine *e, const dsr1_batch *b, dsr1_status want,
+                               const char *needle)
+{
+    assert_int_equal(dsr1_engine_forward(e, b), want);
+    if (!strstr(dsr1_errmsg(), needle)) fail_msg("'%s' does not say '%s'", dsr1_errmsg(), needle);
+}
+
+/* The same from a batch of n sequences. */
 static void expect_error(dsr1_engine *e, dsr1_seq_step *seqs, int n, dsr1_status want,
                          const char *needle)
 {
     float lg[8 * 300];
-    dsr1_batch b = {n, seqs, lg};
-    assert_int_equal(dsr1_engine_forward(e, &b), want);
-    if (!strstr(dsr1_errmsg(), needle)) fail_msg("'%s' does not say '%s'", dsr1_errmsg(), needle);
+    expect_batch_error(e, &(dsr1_batch){n, seqs, lg}, want, needle);
 }
 
 /* Bad block tables are refused before anything is written: afterwards a sequence whose
@@ -634,6 +642,207 @@ static void test_paged_bad_steps(void **state)
     dsr1_weights_destroy(w);
 }
 
+/* ---- sampling inside the step ---- */
+
+enum { NS = 6 };
+static const int sample_len[NS] = {6, 4, 7, 5, 3, 2};
+static const dsr1_logits_mode sample_mode[NS] = {DSR1_LOGITS_LAST, DSR1_LOGITS_LAST,
+                                                 DSR1_LOGITS_ALL,  DSR1_LOGITS_ALL,
+                                                 DSR1_LOGITS_ALL,  DSR1_LOGITS_NONE};
+
+/* Sample requests of every kind (sequence 4 has none and returns its rows; sequence 5 has no
+ * logits, so its request is ignored): greedy with logprobs; seeded top_k/top_p/min_p with
+ * every penalty over a history (whose generated ids are set to the row's argmax, so that
+ * the penalties change the token) and logit biases; prompt logprobs scoring a known next
+ * token; prompt logprobs and a seeded draw with logprobs and a decisive logit bias. */
+typedef struct {
+    int32_t tok[NS][8], hist[7], next, bias_ids[3];
+    float bias_values[3];
+    dsr1_seq_sample req[NS];
+} sample_case;
+
+static void sample_case_init(sample_case *k, int vocab)
+{
+    for (int q = 0; q < NS; q++) random_tokens(k->tok[q], 8, vocab, 60 + q);
+    memcpy(k->hist, k->tok[1], sizeof(int32_t) * 4); /* prompt, then 3 generated ids */
+    k->next = k->tok[2][7];
+    k->bias_ids[0] = k->tok[1][0];
+    k->bias_ids[1] = 17;
+    k->bias_values[0] = 3.5f;
+    k->bias_values[1] = -2;
+    k->bias_ids[2] = 17; /* sequence 3 draws it: a bias of 100 outweighs everything */
+    k->bias_values[2] = 100;
+    dsr1_sampling p = dsr1_sampling_defaults();
+    p.temperature = 0;
+    p.top_logprobs = 5;
+    k->req[0] = (dsr1_seq_sample){p, 0, .logprobs = true};
+    p = (dsr1_sampling){.temperature = 0.05f,
+                        .top_p = 0.9f,
+                        .top_k = 50,
+                        .min_p = 0.02f,
+                        .seed = 99,
+                        .presence_penalty = 0.5f,
+                        .frequency_penalty = 0.4f,
+                        .repetition_penalty = 1.3f,
+                        .n_bias = 2,
+                        .bias_ids = k->bias_ids,
+                        .bias_values = k->bias_values};
+    k->req[1] = (dsr1_seq_sample){p, 3, k->hist, 4, 7};
+    p = dsr1_sampling_defaults();
+    p.top_logprobs = 2;
+    k->req[2] = (dsr1_seq_sample){p, .prompt_logprobs = true, .next = &k->next};
+    p.seed = 5;
+    p.top_logprobs = 3;
+    p.n_bias = 1;
+    p.bias_ids = k->bias_ids + 2;
+    p.bias_values = k->bias_values + 2;
+    k->req[3] = (dsr1_seq_sample){p, 0, .logprobs = true, .prompt_logprobs = true};
+    k->req[5] = k->req[0];
+}
+
+static void sample_steps(sample_case *k, dsr1_seq_step *ss, bool with_samples)
+{
+    for (int q = 0; q < NS; q++) {
+        ss[q] = (dsr1_seq_step){q, 0, sample_len[q], k->tok[q], sample_mode[q]};
+        if (with_samples && q != 4) ss[q].sample = &k->req[q];
+    }
+}
+
+static void engine_sampling(const dsr1_kernels *kern)
+{
+    dsr1_model_config c = small_config(96, 1);
+    dsr1_weights *w = dummy_weights(&c, 5);
+    const int V = c.vocab_size;
+    dsr1_pool *pool;
+    assert_int_equal(dsr1_pool_create(2, &pool), DSR1_OK);
+    dsr1_engine *plain, *sampling;
+    assert_int_equal(dsr1_engine_create(w, kern, pool, NS, 16, &plain), DSR1_OK);
+    assert_int_equal(dsr1_engine_create(w, kern, pool, NS, 16, &sampling), DSR1_OK);
+    sample_case k;
+    sample_case_init(&k, V);
+    dsr1_seq_step ss[NS];
+    sample_steps(&k, ss, false);
+    dsr1_batch b = {NS, ss};
+    const int all_rows = dsr1_batch_logit_rows(&b);
+    float *rows = malloc(sizeof(float) * all_rows * V), *mine = malloc(sizeof(float) * 3 * V);
+    b.logits = rows;
+    assert_int_equal(dsr1_engine_forward(plain, &b), DSR1_OK);
+
+    const float *row1 = rows + V; /* sequence 1's only row */
+    int32_t top1 = 0;
+    for (int v = 0; v < V; v++)
+        if (row1[v] > row1[top1]) top1 = v;
+    for (int i = 4; i < 7; i++) k.hist[i] = top1;
+
+    sample_steps(&k, ss, true);
+    assert_int_equal(dsr1_batch_logit_rows(&b), 3);    /* sequence 4 */
+    assert_int_equal(dsr1_batch_samples(&b), 4);       /* sequences 0..3 */
+    assert_int_equal(dsr1_batch_row_logprobs(&b), 10); /* 6 + 4 */
+    dsr1_sample_result got[4], want[4], got_lp[10], want_lp[10];
+    assert_true(sample_reference(&b, rows, V, want, want_lp));
+    b = (dsr1_batch){NS, ss, mine, got, got_lp};
+    assert_int_equal(dsr1_engine_forward(sampling, &b), DSR1_OK);
+    for (int i = 0; i < 4; i++) assert_true(same_result(&got[i], &want[i]));
+    for (int i = 0; i < 10; i++) assert_true(same_result(&got_lp[i], &want_lp[i]));
+    assert_memory_equal(mine, rows + (size_t)(all_rows - 3) * V, sizeof(float) * 3 * V);
+    /* what the requests ask for */
+    assert_int_equal(got[0].n_top, 5);
+    assert_int_equal(got[1].n_top, 0);        /* no logprobs asked */
+    assert_int_not_equal(got[1].token, top1); /* penalised */
+    assert_int_equal(got[2].token, k.next);
+    assert_int_equal(got[2].n_top, 2);
+    assert_int_equal(got_lp[0].token, k.tok[2][1]);
+    assert_int_equal(got_lp[9].token, k.tok[3][4]);
+    assert_int_equal(got_lp[9].n_top, 3);
+    assert_int_equal(got[3].token, 17);
+    int32_t greedy = 0; /* sequence 0's row is the first */
+    for (int v = 0; v < V; v++)
+        if (rows[v] > rows[greedy]) greedy = v;
+    assert_int_equal(got[0].token, greedy);
+
+    /* decode: every sequence draws its next token, no rows come back (logits NULL) */
+    dsr1_seq_sample dec[NS];
+    for (int q = 0; q < NS; q++) {
+        dec[q] = k.req[q == 4 ? 0 : q];
+        dec[q].prompt_logprobs = false;
+        dec[q].next = NULL;
+        dec[q].step++;
+        ss[q] = (dsr1_seq_step){q, sample_len[q], 1, k.tok[q] + sample_len[q], DSR1_LOGITS_LAST};
+    }
+    assert_int_equal(dsr1_engine_forward(plain, &(dsr1_batch){NS, ss, rows}), DSR1_OK);
+    for (int q = 0; q < NS; q++) ss[q].sample = &dec[q];
+    dsr1_sample_result more[NS], more_want[NS];
+    b = (dsr1_batch){NS, ss, NULL, more};
+    assert_int_equal(dsr1_engine_forward(sampling, &b), DSR1_OK);
+    assert_true(sample_reference(&b, rows, V, more_want, NULL));
+    for (int q = 0; q < NS; q++) assert_true(same_result(&more[q], &more_want[q]));
+    free(rows);
+    free(mine);
+    dsr1_engine_destroy(plain);
+    dsr1_engine_destroy(sampling);
+    dsr1_pool_destroy(pool);
+    dsr1_weights_destroy(w);
+}
+
+static void test_engine_sampling(void **state)
+{
+    (void)state;
+    each_variant(engine_sampling);
+}
+
+/* Expect `want` and a message with `needle` from one sequence with sample request r. */
+static void expect_sample_error(dsr1_engine *e, const int32_t *tok, dsr1_logits_mode mode,
+                                const dsr1_seq_sample *r, dsr1_status want, const char *needle)
+{
+    dsr1_seq_step q = {0, 0, 3, tok, mode};
+    q.sample = r;
+    dsr1_sample_result res[3];
+    expect_batch_error(e, &(dsr1_batch){1, &q, NULL, res, res + 1}, want, needle);
+}
+
+/* Bad sample requests are refused before anything runs; a row of NaN logits fails only its
+ * own result. */
+static void test_sampling_errors(void **state)
+{
+    (void)state;
+    dsr1_model_config c = small_config(96, 1);
+    c.num_hidden_layers = 1;
+    dsr1_weights *w = dummy_weights(&c, 5);
+    dsr1_engine *e;
+    assert_int_equal(dsr1_engine_create(w, dsr1_kernels_portable(), NULL, 1, 8, &e), DSR1_OK);
+    int32_t tok[3] = {4, 5, 6}, bad[4] = {1, 2, 300, 3}, far = 300;
+    const dsr1_sampling ok = dsr1_sampling_defaults();
+    dsr1_seq_sample r = {ok, .prompt_logprobs = true};
+    expect_sample_error(e, tok, DSR1_LOGITS_LAST, &r, DSR1_ERR_INVALID_ARG,
+                        "prompt logprobs need every logit row");
+    r = (dsr1_seq_sample){ok};
+    r.params.top_p = 1.5f;
+    expect_sample_error(e, tok, DSR1_LOGITS_LAST, &r, DSR1_ERR_INVALID_ARG,
+                        "sequence 0: sampling: top_p = 1.5");
+    r = (dsr1_seq_sample){ok, 0, bad, 2, 4};
+    r.params.repetition_penalty = 1.1f;
+    expect_sample_error(e, tok, DSR1_LOGITS_LAST, &r, DSR1_ERR_RANGE, "history id 300 at index 2");
+    r = (dsr1_seq_sample){ok, 0, bad, 3, 2};
+    expect_sample_error(e, tok, DSR1_LOGITS_LAST, &r, DSR1_ERR_INVALID_ARG, "history of 2 ids");
+    r = (dsr1_seq_sample){ok, .next = &far};
+    expect_sample_error(e, tok, DSR1_LOGITS_LAST, &r, DSR1_ERR_RANGE, "next token id 300");
+    dsr1_seq_step q = {0, 0, 3, tok, DSR1_LOGITS_LAST};
+    r = (dsr1_seq_sample){ok};
+    q.sample = &r;
+    dsr1_batch b = {1, &q};
+    assert_int_equal(dsr1_engine_forward(e, &b), DSR1_ERR_INVALID_ARG); /* no room for it */
+
+    w->final_norm[0] = NAN; /* every logit NaN */
+    dsr1_sample_result res[3];
+    r.prompt_logprobs = true;
+    q.logits = DSR1_LOGITS_ALL;
+    b = (dsr1_batch){1, &q, NULL, res, res + 1};
+    assert_int_equal(dsr1_engine_forward(e, &b), DSR1_OK);
+    for (int i = 0; i < 3; i++) assert_int_equal(res[i].token, DSR1_SAMPLE_FAILED);
+    dsr1_engine_destroy(e);
+    dsr1_weights_destroy(w);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -645,6 +854,8 @@ int main(void)
         cmocka_unit_test(test_paged_equals_slots),
         cmocka_unit_test(test_shared_prefix),
         cmocka_unit_test(test_paged_bad_steps),
+        cmocka_unit_test(test_engine_sampling),
+        cmocka_unit_test(test_sampling_errors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,436 @@
+/* `dsr1-bench offline`: the engine's throughput on fixed batches, measured as SGLang's
+ * bench_one_batch does. For each batch size B: one prefill step of B sequences of
+ * --input-len random tokens (each its own cache slot, all in one dsr1_batch), then
+ * --output-len decode steps of B tokens, each sequence feeding its greedy next token.
+ * One warm-up step of B single tokens comes first. Times cover dsr1_engine_forward only.
+ *
+ * Decode is compared with its bandwidth roofline: the bytes one step must read over the
+ * streaming read bandwidth, measured in the same run (bench/limits.c, after loading and
+ * again at the end; the larger is used). The bytes of a step are the weights it touches,
+ * dsr1_weights_active_bytes() with the routed experts counted for B tokens (each owned
+ * expert is hit with probability 1 - (1 - k/E)^B under uniform routing), plus the cache
+ * rows its attention reads (B x context x layers x (kv_lora + rope) floats, at the mean
+ * context of the decode steps).
+ *
+ * usage: dsr1-bench offline --model DIR [--dummy-weights [--layers N]] [--batch 1,8,64] ... */
+#include <getopt.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "args.h"
+#include "bench.h"
+#include "ckpt.h"
+#include "forward.h"
+#include "progress.h"
+
+#define MAX_BATCHES 16
+#define CMD         "dsr1-bench offline"
+
+typedef struct {
+    const char *model, *kernels, *json;
+    bool dummy;
+    int layers, experts, threads, input_len, output_len, nbatch;
+    int batch[MAX_BATCHES];
+    uint64_t seed;
+} offline_opts;
+
+typedef struct {
+    int batch;
+    double prefill_s, decode_s, step_median_s, step_bytes;
+    double *step_s; /* output_len step times */
+} offline_row;
+
+static uint64_t xorshift(uint64_t *s)
+{
+    uint64_t x = *s;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    return *s = x;
+}
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: dsr1-bench offline --model DIR [options]\n\n"
+            "Prefill and decode throughput of the engine on fixed batches (like SGLang's\n"
+            "bench_one_batch): for each batch size B, one prefill step of B sequences of\n"
+            "--input-len tokens, then --output-len decode steps of B tokens; prefill and\n"
+            "decode tokens/s, the median decode step, and decode against the bandwidth\n"
+            "roofline (bytes a step reads / read bandwidth measured in the same run).\n\n"
+            "  --model DIR        checkpoint directory, or with --dummy-weights a config.json\n"
+            "                     (or a directory holding one)\n"
+            "  --dummy-weights    random weights made in memory from the config alone\n"
+            "  --layers N         with --dummy-weights: keep only the first N layers\n"
+            "  --experts N        hold only N routed experts, spread evenly (the share of one\n"
+            "                     expert-parallel rank; tokens routed elsewhere skip them)\n"
+            "  --seed S           seed of --dummy-weights and of the prompts (default 1)\n"
+            "  --batch LIST       batch sizes, comma-separated (default 1,8,64)\n"
+            "  --input-len N      prompt tokens per sequence (default 128)\n"
+            "  --output-len N     decode steps (default 32)\n"
+            "  --kernels NAME     kernel variant: auto (default), portable, avx512, avx512-bf16\n"
+            "  --threads N        worker threads (default: DSR1_THREADS or all cores)\n"
+            "  --json FILE        also write the results as JSON\n"
+            "  -h, --help         this text\n\n"
+            "A prefill step of T = B x input-len tokens needs scratch memory of about 1 MB per\n"
+            "token at R1's shapes; keep T within memory.\n");
+}
+
+static int parse_batches(const char *s, offline_opts *o)
+{
+    int32_t *ids = NULL;
+    size_t n = 0;
+    if (dsr1_arg_ids(CMD, "--batch", s, &ids, &n)) return -1;
+    int rc = 0;
+    if (n == 0 || n > MAX_BATCHES) {
+        fprintf(stderr, CMD ": --batch: expected 1 to %d batch sizes\n", MAX_BATCHES);
+        rc = -1;
+    }
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        if (ids[i] < 1 || ids[i] > 4096) {
+            fprintf(stderr, CMD ": --batch: %d is not a batch size in [1, 4096]\n", ids[i]);
+            rc = -1;
+        }
+        o->batch[i] = ids[i];
+    }
+    o->nbatch = (int)n;
+    free(ids);
+    return rc;
+}
+
+/* 0: run; 1: help printed; 2: usage error (printed). */
+static int parse(int argc, char **argv, offline_opts *o)
+{
+    // clang-format off
+    static const struct option opts[] = {
+        {"model", required_argument, 0, 'm'},      {"dummy-weights", no_argument, 0, 'D'},
+        {"layers", required_argument, 0, 'L'},     {"experts", required_argument, 0, 'E'},
+        {"seed", required_argument, 0, 's'},       {"batch", required_argument, 0, 'b'},
+        {"input-len", required_argument, 0, 'i'},  {"output-len", required_argument, 0, 'o'},
+        {"kernels", required_argument, 0, 'k'},    {"threads", required_argument, 0, 't'},
+        {"json", required_argument, 0, 'j'},       {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0}};
+    // clang-format on
+    *o = (offline_opts){
+        .input_len = 128, .output_len = 32, .nbatch = 3, .batch = {1, 8, 64}, .seed = 1};
+    int c;
+    long v;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'm':
+            o->model = optarg;
+            break;
+        case 'D':
+            o->dummy = true;
+            break;
+        case 'k':
+            o->kernels = optarg;
+            break;
+        case 'j':
+            o->json = optarg;
+            break;
+        case 's':
+            if (dsr1_arg_u64(CMD, "--seed", optarg, &o->seed)) return 2;
+            break;
+        case 'b':
+            if (parse_batches(optarg, o)) return 2;
+            break;
+        case 'L':
+        case 'E':
+        case 't':
+        case 'i':
+        case 'o': {
+            const char *flag = c == 'L'   ? "--layers"
+                               : c == 'E' ? "--experts"
+                               : c == 't' ? "--threads"
+                               : c == 'i' ? "--input-len"
+                                          : "--output-len";
+            if (dsr1_arg_long(CMD, flag, optarg, c == 'o' ? 0 : 1, 1 << 20, &v)) return 2;
+            *(c == 'L'   ? &o->layers
+              : c == 'E' ? &o->experts
+              : c == 't' ? &o->threads
+              : c == 'i' ? &o->input_len
+                         : &o->output_len) = (int)v;
+            break;
+        }
+        case 'h':
+            usage(stdout);
+            return 1;
+        default:
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, CMD ": unexpected argument '%s'\n", argv[optind]);
+        return 2;
+    }
+    if (!o->model) {
+        fprintf(stderr, CMD ": --model is required\n\n");
+        usage(stderr);
+        return 2;
+    }
+    if (o->layers && !o->dummy) {
+        fprintf(stderr, CMD ": --layers needs --dummy-weights\n");
+        return 2;
+    }
+    return 0;
+}
+
+/* The weights: mapped from the checkpoint, or random from its config; all layers, all or
+ * --experts routed experts. */
+static dsr1_status load(const offline_opts *o, dsr1_ckpt **ck, dsr1_weights **w)
+{
+    dsr1_model_config cfg;
+    dsr1_status st;
+    if (o->dummy) {
+        if ((st = dsr1_model_config_load(o->model, &cfg)) != DSR1_OK) return st;
+        if (o->layers && o->layers < cfg.num_hidden_layers) cfg.num_hidden_layers = o->layers;
+        if (cfg.first_k_dense_replace > cfg.num_hidden_layers)
+            cfg.first_k_dense_replace = cfg.num_hidden_layers;
+    } else {
+        if ((st = dsr1_ckpt_open(o->model, ck)) != DSR1_OK) return st;
+        cfg = *dsr1_ckpt_config(*ck);
+    }
+    dsr1_slice slice = dsr1_slice_all(&cfg);
+    if (o->experts > cfg.n_routed_experts)
+        return dsr1_error(DSR1_ERR_INVALID_ARG, "--experts %d: the model has %d routed experts",
+                          o->experts, cfg.n_routed_experts);
+    int *ids = NULL;
+    if (o->experts) {
+        if (!(ids = malloc(sizeof(int) * (size_t)o->experts)))
+            return dsr1_error(DSR1_ERR_NOMEM, "out of memory");
+        for (int i = 0; i < o->experts; i++)
+            ids[i] = (int)((long)i * cfg.n_routed_experts / o->experts);
+        slice.n_experts = o->experts;
+        slice.experts = ids;
+    }
+    st =
+        o->dummy ? dsr1_weights_dummy(&cfg, &slice, o->seed, w) : dsr1_weights_load(*ck, &slice, w);
+    free(ids);
+    return st;
+}
+
+static double linear_bytes(const dsr1_linear *l)
+{
+    if (!l->data) return 0;
+    const double blocks = (double)((l->rows + 127) / 128) * ((l->cols + 127) / 128);
+    return (double)l->rows * l->cols * dsr1_dtype_size(l->dtype) +
+           (l->scale ? sizeof(float) * blocks : 0);
+}
+
+/* Bytes of weights a decode step of b tokens reads (see the top of the file). */
+static double step_weight_bytes(const dsr1_weights *w, int b)
+{
+    const dsr1_model_config *c = &w->cfg;
+    double experts = 0; /* every owned routed expert of every layer */
+    for (int l = w->layer_begin; l < w->layer_end; l++)
+        for (int e = 0; w->layers[l].moe && e < c->n_routed_experts; e++) {
+            const dsr1_ffn_weights *f = &w->layers[l].experts[e];
+            if (w->expert_owned[e])
+                experts += linear_bytes(&f->gate) + linear_bytes(&f->up) + linear_bytes(&f->down);
+        }
+    const double p1 =
+        c->n_routed_experts ? (double)c->num_experts_per_tok / c->n_routed_experts : 0;
+    return (double)dsr1_weights_active_bytes(w) + experts * (1 - pow(1 - p1, b) - p1);
+}
+
+static int32_t argmax(const float *x, int n)
+{
+    int32_t best = 0;
+    for (int i = 1; i < n; i++)
+        if (x[i] > x[best]) best = i;
+    return best;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    const double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* Median of x[0 .. n); NaN when n is 0 or memory is short. */
+static double median(const double *x, int n)
+{
+    double *c = n > 0 ? malloc(sizeof(double) * n) : NULL;
+    if (!c) return NAN;
+    memcpy(c, x, sizeof(double) * n);
+    qsort(c, n, sizeof(double), cmp_double);
+    const double m = n % 2 ? c[n / 2] : (c[n / 2 - 1] + c[n / 2]) / 2;
+    free(c);
+    return m;
+}
+
+/* One step of every sequence: n_tokens each from tokens[s * stride] at position pos;
+ * seconds in *sec, greedy next tokens in next[]. */
+static dsr1_status step(dsr1_engine *e, int b, int pos, int n_tokens, const int32_t *tokens,
+                        int stride, dsr1_seq_step *seqs, float *logits, int vocab, int32_t *next,
+                        double *sec)
+{
+    for (int s = 0; s < b; s++)
+        seqs[s] = (dsr1_seq_step){.slot = s,
+                                  .pos = pos,
+                                  .n_tokens = n_tokens,
+                                  .tokens = tokens + (size_t)s * stride,
+                                  .logits = DSR1_LOGITS_LAST};
+    const dsr1_batch batch = {b, seqs, logits};
+    const double t0 = dsr1_now();
+    const dsr1_status st = dsr1_engine_forward(e, &batch);
+    *sec = dsr1_now() - t0;
+    for (int s = 0; st == DSR1_OK && s < b; s++)
+        next[s] = argmax(logits + (size_t)s * vocab, vocab);
+    return st;
+}
+
+static dsr1_status run_batch(const offline_opts *o, const dsr1_weights *w, const dsr1_kernels *k,
+                             dsr1_pool *pool, int b, offline_row *row)
+{
+    const int vocab = w->cfg.vocab_size, in = o->input_len;
+    dsr1_engine *e = NULL;
+    int32_t *prompt = malloc(sizeof(int32_t) * (size_t)b * in), *next = malloc(sizeof(int32_t) * b);
+    dsr1_seq_step *seqs = malloc(sizeof(*seqs) * b);
+    float *logits = malloc(sizeof(float) * (size_t)b * vocab);
+    double *step_s = calloc((size_t)o->output_len + 1, sizeof(double)); /* + 1: never empty */
+    *row = (offline_row){b, .step_s = step_s};
+    dsr1_status st = DSR1_OK;
+    if (!prompt || !next || !seqs || !logits || !row->step_s)
+        st = dsr1_error(DSR1_ERR_NOMEM, "out of memory for batch %d", b);
+    if (st == DSR1_OK) st = dsr1_engine_create(w, k, pool, b, in + o->output_len, &e);
+    if (st != DSR1_OK) goto out;
+    uint64_t s = o->seed * 0x9e3779b97f4a7c15ull + (uint64_t)b;
+    for (size_t i = 0; i < (size_t)b * in; i++) prompt[i] = (int32_t)(xorshift(&s) % vocab);
+    double t;
+    fprintf(stderr, "batch %d: warm-up, prefill of %d x %d tokens ...\n", b, b, in);
+    if ((st = step(e, b, 0, 1, prompt, in, seqs, logits, vocab, next, &t)) != DSR1_OK) goto out;
+    if ((st = step(e, b, 0, in, prompt, in, seqs, logits, vocab, next, &row->prefill_s))) goto out;
+    fprintf(stderr, "batch %d: %d decode steps ...\n", b, o->output_len);
+    for (int i = 0; i < o->output_len; i++) {
+        if ((st = step(e, b, in + i, 1, next, 1, seqs, logits, vocab, next, &row->step_s[i])))
+            goto out;
+        row->decode_s += row->step_s[i];
+    }
+    row->step_median_s = median(row->step_s, o->output_len);
+    const dsr1_model_config *c = &w->cfg;
+    const double ctx = in + (o->output_len + 1) / 2.0,
+                 row_bytes = sizeof(float) * (double)(c->kv_lora_rank + c->qk_rope_head_dim);
+    row->step_bytes =
+        step_weight_bytes(w, b) + b * ctx * (w->layer_end - w->layer_begin) * row_bytes;
+out:
+    dsr1_engine_destroy(e);
+    free(prompt);
+    free(next);
+    free(seqs);
+    free(logits);
+    return st;
+}
+
+static void report(const offline_opts *o, const dsr1_weights *w, const dsr1_kernels *k, int threads,
+                   double bw, double bw0, double bw1, const offline_row *rows, int n)
+{
+    const dsr1_model_config *c = &w->cfg;
+    const int moe = c->num_hidden_layers - c->first_k_dense_replace;
+    printf("dsr1-bench offline: %s%s (%d layers, %d MoE; %d of %d routed experts held), kernels "
+           "%s, %d threads\n",
+           o->model, o->dummy ? " (dummy weights)" : "", c->num_hidden_layers, moe, w->n_owned,
+           c->n_routed_experts, k->name, threads);
+    printf("input %d, output %d tokens per sequence; streaming read %.1f GB/s (before %.1f, "
+           "after %.1f); weights held %.2f GB\n",
+           o->input_len, o->output_len, bw, bw0, bw1, w->bytes / 1e9);
+    printf("%6s %10s %13s %9s %12s %14s %9s %12s %16s\n", "batch", "prefill s", "prefill tok/s",
+           "decode s", "decode tok/s", "step ms (med)", "GB/step", "roofline ms",
+           "decode/roofline");
+    for (int i = 0; i < n; i++) {
+        const offline_row *r = &rows[i];
+        const double roof = r->step_bytes / (bw * 1e9);
+        printf("%6d %10.3f %13.1f %9.3f %12.2f %14.2f %9.3f %12.2f %16.3f\n", r->batch,
+               r->prefill_s, (double)r->batch * o->input_len / r->prefill_s, r->decode_s,
+               r->decode_s > 0 ? (double)r->batch * o->output_len / r->decode_s : 0,
+               r->step_median_s * 1e3, r->step_bytes / 1e9, roof * 1e3, roof / r->step_median_s);
+    }
+    if (fmin(bw0, bw1) < 0.85 * bw)
+        printf("note: the read bandwidth moved by more than 15%% during the run: the machine "
+               "was busy (the roofline uses the larger value)\n");
+}
+
+static int write_json(const offline_opts *o, const dsr1_weights *w, const dsr1_kernels *k,
+                      int threads, double bw, double bw0, double bw1, const offline_row *rows,
+                      int n)
+{
+    json_t *root = json_pack("{s:s,s:b,s:i,s:i,s:s,s:i,s:i,s:i,s:f,s:[f,f],s:f}", "model", o->model,
+                             "dummy_weights", o->dummy, "layers", w->cfg.num_hidden_layers,
+                             "experts_held", w->n_owned, "kernels", k->name, "threads", threads,
+                             "input_len", o->input_len, "output_len", o->output_len, "read_gbps",
+                             bw, "read_gbps_before_after", bw0, bw1, "weights_gb", w->bytes / 1e9);
+    json_t *jr = json_array();
+    for (int i = 0; i < n; i++) {
+        const offline_row *r = &rows[i];
+        const double roof = r->step_bytes / (bw * 1e9);
+        json_t *steps = json_array();
+        for (int s = 0; s < o->output_len; s++)
+            json_array_append_new(steps, json_real(r->step_s[s]));
+        json_array_append_new(
+            jr, json_pack("{s:i,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:o}", "batch", r->batch,
+                          "prefill_seconds", r->prefill_s, "prefill_tok_s",
+                          (double)r->batch * o->input_len / r->prefill_s, "decode_seconds",
+                          r->decode_s, "decode_tok_s",
+                          r->decode_s > 0 ? (double)r->batch * o->output_len / r->decode_s : 0,
+                          "step_median_seconds", isnan(r->step_median_s) ? 0 : r->step_median_s,
+                          "step_bytes", r->step_bytes, "roofline_seconds", roof,
+                          "decode_vs_roofline", roof / r->step_median_s, "step_seconds", steps));
+    }
+    json_object_set_new(root, "results", jr);
+    const int rc = json_dump_file(root, o->json, JSON_INDENT(2));
+    if (rc) fprintf(stderr, CMD ": cannot write %s\n", o->json);
+    json_decref(root);
+    return rc ? 1 : 0;
+}
+
+int dsr1__bench_offline(int argc, char **argv)
+{
+    offline_opts o;
+    const int prc = parse(argc, argv, &o);
+    if (prc) return prc == 1 ? 0 : 2;
+    const dsr1_kernels *k = dsr1_kernels_select(o.kernels);
+    if (!k) {
+        fprintf(stderr,
+                CMD ": --kernels: '%s' is unknown or not supported by this CPU (auto, portable, "
+                    "avx512, avx512-bf16)\n",
+                o.kernels);
+        return 2;
+    }
+    int rc = 1, done = 0;
+    dsr1_ckpt *ck = NULL;
+    dsr1_weights *w = NULL;
+    dsr1_pool *pool = NULL;
+    offline_row rows[MAX_BATCHES] = {0};
+    dsr1_status st = dsr1_pool_create(o.threads, &pool);
+    if (st == DSR1_OK) st = load(&o, &ck, &w);
+    if (st != DSR1_OK) goto out;
+    fprintf(stderr, "read bandwidth ...\n");
+    const double bw0 = dsr1__bench_read_gbps(pool, (size_t)1 << 30, 5);
+    for (; done < o.nbatch; done++)
+        if ((st = run_batch(&o, w, k, pool, o.batch[done], &rows[done])) != DSR1_OK) {
+            done++; /* its row holds memory to free */
+            goto out;
+        }
+    fprintf(stderr, "read bandwidth again ...\n");
+    const double bw1 = dsr1__bench_read_gbps(pool, (size_t)1 << 30, 5), bw = fmax(bw0, bw1);
+    if (bw <= 0) {
+        st = dsr1_error(DSR1_ERR_NOMEM, "out of memory for the bandwidth test");
+        goto out;
+    }
+    report(&o, w, k, dsr1_pool_size(pool), bw, bw0, bw1, rows, done);
+    rc = o.json ? write_json(&o, w, k, dsr1_pool_size(pool), bw, bw0, bw1, rows, done) : 0;
+out:
+    if (st != DSR1_OK) fprintf(stderr, CMD ": %s\n", dsr1_errmsg());
+    for (int i = 0; i < done; i++) free(rows[i].step_s);
+    dsr1_weights_destroy(w);
+    dsr1_ckpt_close(ck);
+    dsr1_pool_destroy(pool);
+    return rc;
+}
