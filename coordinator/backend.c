@@ -23,7 +23,7 @@ struct dsr1_backend {
     dsr1_pool *pool;
     dsr1_engine *eng;
     dsr1_cluster *cl;
-    int workers, pp, n_ranks, blocks, block_tokens;
+    int workers, pp, n_ranks, blocks, block_tokens, timeout_ms;
 };
 
 static dsr1_status backend_step(void *ctx, const dsr1_batch *b)
@@ -60,6 +60,7 @@ dsr1_status dsr1_backend_open(const dsr1_backend_params *p, dsr1_backend **out)
     if (!b) return dsr1_error(DSR1_ERR_NOMEM, "out of memory");
     b->kern = kern;
     b->pp = p->pp;
+    b->timeout_ms = p->timeout_ms > 0 ? p->timeout_ms : 60000;
     b->block_tokens = p->block_tokens > 0 ? p->block_tokens : DEFAULT_BLOCK_TOKENS;
     const int step_tokens = p->max_step_tokens > 0 ? p->max_step_tokens : DEFAULT_STEP_TOKENS;
     dsr1_status st;
@@ -124,9 +125,24 @@ void dsr1_backend_close(dsr1_backend *b)
     free(b);
 }
 
+/* An empty step through the whole grid: every worker hears from the coordinator and the
+ * last stage answers, so both sides know the other is alive. */
+static dsr1_status backend_heartbeat(void *ctx)
+{
+    dsr1_backend *be = ctx;
+    const dsr1_batch empty = {0, NULL, NULL};
+    dsr1_status st = dsr1_cluster_step(be->cl, &empty);
+    return st == DSR1_OK ? st : dsr1_error_context(st, "heartbeat of an idle grid");
+}
+
 dsr1_executor dsr1_backend_executor(dsr1_backend *b)
 {
-    return (dsr1_executor){b, backend_step, b->n_ranks, b->blocks, b->block_tokens};
+    dsr1_executor x = {b, backend_step, b->n_ranks, b->blocks, b->block_tokens};
+    if (b->cl) { /* a quarter of the time a worker waits for its coordinator */
+        x.heartbeat = backend_heartbeat;
+        x.heartbeat_ms = b->timeout_ms / 4 > 0 ? b->timeout_ms / 4 : 1;
+    }
+    return x;
 }
 
 const dsr1_model_config *dsr1_backend_config(const dsr1_backend *b)
