@@ -666,6 +666,8 @@ static void publish_info(dsr1_sched *s)
 static void *sched_main(void *arg)
 {
     dsr1_sched *s = arg;
+    const dsr1_executor *x = &s->p.exec;
+    int64_t last_work = now_ns(); /* of the last step or heartbeat */
     for (;;) {
         take_in(s);
         publish_info(s);
@@ -676,7 +678,13 @@ static void *sched_main(void *arg)
         const int n = s->failed ? 0 : plan(s);
         if (n > 0) {
             if (run_step(s, n) != DSR1_OK) fail_all(s, dsr1_errmsg());
+            last_work = now_ns();
             continue;
+        }
+        if (x->heartbeat && !s->failed &&
+            now_ns() - last_work >= (int64_t)x->heartbeat_ms * 1000000) {
+            if (x->heartbeat(x->ctx) != DSR1_OK) fail_all(s, dsr1_errmsg());
+            last_work = now_ns();
         }
         /* idle: wait for a submission or abort, waking now and then for deadlines */
         pthread_mutex_lock(&s->mu);

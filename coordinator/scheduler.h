@@ -87,6 +87,11 @@ typedef struct {
     int n_ranks; /* attention data-parallel ranks (each with its own cache) */
     int blocks_per_rank;
     int block_tokens;
+    /* Optional: proves every worker alive when the scheduler has been idle for
+     * heartbeat_ms (workers give up on a silent coordinator, and a worker lost while idle
+     * is then found before the next request); an error is fatal, as for step. */
+    dsr1_status (*heartbeat)(void *ctx);
+    int heartbeat_ms;
 } dsr1_executor;
 
 typedef struct {
