@@ -90,15 +90,14 @@ static void act_put(void *dst, int m, int k, int i, int c, const float *v, int n
 static void panel_fill(const dsr1__rowset *rs, uint16_t *P, size_t ldp, float *mul)
 {
     const dsr1_dtype dt = DSR1_DT_F8_E4M3;
-    const int k = rs->cols, nb = (k + BF_KB - 1) / BF_KB;
+    const int k = rs->cols;
     for (int jj = 0; jj < BF_NB; jj++) {
         uint16_t *p = P + (size_t)jj * ldp;
+        dsr1__rsmul(dt, rs, jj, BF_NB, mul);
         if (jj >= rs->n) {
             for (int c = 0; c < k; c += 32) _mm512_store_si512(p + c, _mm512_setzero_si512());
-            for (int b = 0; b < nb; b++) mul[b * BF_NB + jj] = 0;
             continue;
         }
-        for (int b = 0; b < nb; b++) mul[b * BF_NB + jj] = dsr1__rsscale(dt, rs->scale[jj], b);
         for (int c = 0; c < k; c += 32) {
             const int n = k - c;
             const __m512 lo = dsr1__wraw(dt, rs->row[jj], c, n < 16 ? n : 16);

@@ -104,6 +104,16 @@ DSR1_AVX512_INLINE float dsr1__rsscale(dsr1_dtype dt, const float *s, int b)
     return dt == DSR1_DT_F8_E4M3 ? s[b] * DSR1_E4M3_HALF_BIAS : 1.0f;
 }
 
+/* Row j of a set's multipliers, mul[block * stride + j]: its block scales (times 256 for
+ * FP8, 1 otherwise), or 0 past the set's rows (a converted panel's zero rows). */
+DSR1_AVX512_INLINE void dsr1__rsmul(dsr1_dtype dt, const dsr1__rowset *rs, int j, int stride,
+                                    float *mul)
+{
+    const int nb = (rs->cols + DSR1_QBLOCK - 1) / DSR1_QBLOCK;
+    for (int b = 0; b < nb; b++)
+        mul[b * stride + j] = j < rs->n ? dsr1__rsscale(dt, rs->scale[j], b) : 0.0f;
+}
+
 /* The fixed tree that adds the 16 lanes of a dot product. */
 DSR1_AVX512_INLINE float dsr1__hsum(__m512 v)
 {

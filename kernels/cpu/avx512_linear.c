@@ -171,16 +171,15 @@ static void small_rows(const dsr1__rowset *rs, const float *x, int ldx, int m, f
 DSR1_AVX512_INLINE void panel_fill_dt(dsr1_dtype dt, const dsr1__rowset *rs, float *P, size_t ldp,
                                       float *mul)
 {
-    const int k = rs->cols, nb = (k + DSR1_QBLOCK - 1) / DSR1_QBLOCK;
+    const int k = rs->cols;
     for (int jj = 0; jj < TB_NB; jj++) {
         float *p = P + (size_t)jj * ldp;
+        dsr1__rsmul(dt, rs, jj, TB_NB, mul);
         if (jj >= rs->n) {
             for (int c = 0; c < k; c += 16) _mm512_store_ps(p + c, _mm512_setzero_ps());
-            for (int b = 0; b < nb; b++) mul[b * TB_NB + jj] = 0;
             continue;
         }
         const char *row = rs->row[jj];
-        for (int b = 0; b < nb; b++) mul[b * TB_NB + jj] = dsr1__rsscale(dt, rs->scale[jj], b);
         int c = 0;
         for (; c + 16 <= k; c += 16) _mm512_store_ps(p + c, dsr1__wraw(dt, row, c, 16));
         if (c < k) _mm512_store_ps(p + c, dsr1__wraw(dt, row, c, k - c));
