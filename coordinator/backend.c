@@ -125,6 +125,16 @@ void dsr1_backend_close(dsr1_backend *b)
     free(b);
 }
 
+static dsr1_status backend_submit(void *ctx, const dsr1_batch *b, uint64_t *id)
+{
+    return dsr1_cluster_submit(((dsr1_backend *)ctx)->cl, b, id);
+}
+
+static dsr1_status backend_wait(void *ctx, uint64_t id)
+{
+    return dsr1_cluster_wait(((dsr1_backend *)ctx)->cl, id);
+}
+
 /* An empty step through the whole grid: every worker hears from the coordinator and the
  * last stage answers, so both sides know the other is alive. */
 static dsr1_status backend_heartbeat(void *ctx)
@@ -141,6 +151,11 @@ dsr1_executor dsr1_backend_executor(dsr1_backend *b)
     if (b->cl) { /* a quarter of the time a worker waits for its coordinator */
         x.heartbeat = backend_heartbeat;
         x.heartbeat_ms = b->timeout_ms / 4 > 0 ? b->timeout_ms / 4 : 1;
+    }
+    if (b->cl && b->pp > 1) { /* one step in flight per stage: the stages overlap */
+        x.submit = backend_submit;
+        x.wait = backend_wait;
+        x.depth = b->pp;
     }
     return x;
 }

@@ -44,6 +44,7 @@ typedef struct req {
     int n_committed; /* leading blocks offered to the prefix cache */
     int n_cached;    /* prompt tokens served from the prefix cache (usage) */
     req_state state;
+    bool busy;    /* in a step in flight: not planned, preempted or ended until it returns */
     bool aborted; /* guarded by mu */
     const char *abort_why;
 } req;
@@ -52,6 +53,20 @@ typedef struct {
     char *p;
     size_t len, cap;
 } text_buf;
+
+/* One step, planned and (with a pipelining executor) in flight. */
+typedef struct {
+    int n;
+    dsr1_seq_step *seqs;         /* [max_running] */
+    dsr1_seq_sample *seq_sample; /* [max_running]: the sample requests of seqs */
+    req **seq_req;               /* [max_running] */
+    dsr1_sample_result *samples; /* [max_running] */
+    dsr1_sample_result *row_lp;  /* prompt logprobs of the step */
+    int row_lp_cap;
+    dsr1_batch batch; /* must outlive the step in flight */
+    uint64_t id;      /* the executor's id of the step in flight */
+    dsr1_status st;   /* an executor without submit: the step's outcome */
+} step_slot;
 
 /* A growable array of request pointers. */
 typedef struct {
@@ -72,13 +87,9 @@ struct dsr1_sched {
     dsr1_sched_info info; /* mu */
     int64_t finished, preemptions;
     uint64_t steps;
-    /* step scratch */
-    dsr1_seq_step *seqs;
-    dsr1_seq_sample *seq_sample; /* [max_running]: the sample requests of seqs */
-    req **seq_req;
-    dsr1_sample_result *samples; /* [max_running] */
-    dsr1_sample_result *row_lp;  /* prompt logprobs of the step */
-    int row_lp_cap;
+    /* steps: slots[(head + i) % depth] for the i-th of `inflight` steps in flight */
+    step_slot *slots;
+    int depth, head, inflight;
     text_buf reasoning, content; /* a delta's text */
 };
 
@@ -342,7 +353,7 @@ static void take_in(dsr1_sched *s)
             r->aborted = true;
             r->abort_why = "deadline exceeded";
         }
-        if (r->aborted) list_push(&ended, r);
+        if (r->aborted && !r->busy) list_push(&ended, r); /* busy: after its step */
     }
     pthread_mutex_unlock(&s->mu);
     for (int i = 0; i < ended.n; i++) {
@@ -387,11 +398,12 @@ static dsr1_logits_mode logits_mode(const req *r, int chunk)
 /* Adds r's next chunk to the step. When the chunk ends at a logits row, its sample request:
  * draw the next token (the chunk ends at the last known token), or score the next prompt
  * token (an earlier prompt chunk run for its prompt logprobs). */
-static void add_seq(dsr1_sched *s, int *n, req *r, int chunk)
+static void add_seq(step_slot *st, req *r, int chunk)
 {
+    int *n = &st->n;
     const int end = r->n_computed + chunk;
     const dsr1_logits_mode mode = logits_mode(r, chunk);
-    dsr1_seq_sample *q = &s->seq_sample[*n];
+    dsr1_seq_sample *q = &st->seq_sample[*n];
     *q = (dsr1_seq_sample){r->sp,
                            (uint64_t)(r->n_tokens - r->n_prompt),
                            r->tokens,
@@ -400,10 +412,11 @@ static void add_seq(dsr1_sched *s, int *n, req *r, int chunk)
                            r->logprobs,
                            mode == DSR1_LOGITS_ALL,
                            end < r->n_tokens ? &r->tokens[end] : NULL};
-    s->seqs[*n] = (dsr1_seq_step){
+    st->seqs[*n] = (dsr1_seq_step){
         0,           r->n_computed, chunk,          r->tokens + r->n_computed, mode, r->blocks,
         r->n_blocks, r->rank,       mode ? q : NULL};
-    s->seq_req[(*n)++] = r;
+    st->seq_req[(*n)++] = r;
+    r->busy = true;
     if (!r->t_sched) r->t_sched = now_ns();
 }
 
@@ -432,7 +445,7 @@ static int route(dsr1_sched *s, const req *r, int max_blocks)
 
 /* Admits r to the running set with a chunk of at most `budget` tokens; false when its rank
  * lacks the blocks (nothing changed). */
-static bool admit(dsr1_sched *s, req *r, int budget, int *n_seqs, int *used)
+static bool admit(dsr1_sched *s, step_slot *st, req *r, int budget, int *used)
 {
     const int bt = s->p.exec.block_tokens;
     /* positions served from the prefix cache: whole blocks, never the last token (its
@@ -455,34 +468,49 @@ static bool admit(dsr1_sched *s, req *r, int budget, int *n_seqs, int *used)
     list_push(&s->running, r);
     r->state = REQ_RUNNING;
     s->rank_running[r->rank]++;
-    add_seq(s, n_seqs, r, chunk);
+    add_seq(st, r, chunk);
     *used += chunk;
     return true;
 }
 
-/* Plans one step: running requests first (oldest first), then new ones. */
-static int plan(dsr1_sched *s)
+/* The most recently admitted running request that is not in a step in flight, other than
+ * r; NULL when there is none. */
+static req *youngest_idle(const dsr1_sched *s, const req *r)
 {
-    int n = 0, used = 0;
+    for (int i = s->running.n - 1; i >= 0; i--)
+        if (s->running.v[i] != r && !s->running.v[i]->busy) return s->running.v[i];
+    return NULL;
+}
+
+/* Plans one step: running requests first (oldest first), then new ones; requests in a
+ * step in flight wait for it. With steps in flight (pipeline stages), each step takes a
+ * share of the requests so that the next one has work too. */
+static int plan(dsr1_sched *s, step_slot *st)
+{
+    int used = 0;
     const int budget = s->p.step_tokens;
-    for (int i = 0; i < s->running.n && used < budget; i++) {
+    const int free_slots = s->depth - s->inflight;
+    const int share = (s->running.n + s->waiting.n + free_slots - 1) / free_slots;
+    st->n = 0;
+    for (int i = 0; i < s->running.n && used < budget && st->n < share; i++) {
         req *r = s->running.v[i];
+        if (r->busy) continue;
         int chunk = r->n_tokens - r->n_computed;
         if (chunk > budget - used) chunk = budget - used;
         bool ok;
-        while (!(ok = grow_blocks(s, r, r->n_computed + chunk)) &&
-               s->running.v[s->running.n - 1] != r)
-            preempt(s, s->running.v[s->running.n - 1]);
+        req *victim;
+        while (!(ok = grow_blocks(s, r, r->n_computed + chunk)) && (victim = youngest_idle(s, r)))
+            preempt(s, victim);
         if (!ok) {
             preempt(s, r);
             break;
         }
-        add_seq(s, &n, r, chunk);
+        add_seq(st, r, chunk);
         used += chunk;
     }
-    while (s->waiting.n > 0 && used < budget && s->running.n < s->p.max_running)
-        if (!admit(s, s->waiting.v[0], budget - used, &n, &used)) break;
-    return n;
+    while (s->waiting.n > 0 && used < budget && s->running.n < s->p.max_running && st->n < share)
+        if (!admit(s, st, s->waiting.v[0], budget - used, &used)) break;
+    return st->n;
 }
 
 /* Appends len bytes to a growable NUL-terminated buffer. */
@@ -572,13 +600,14 @@ static dsr1_status prompt_logprobs(req *r, int pos, int n, const dsr1_sample_res
 }
 
 /* After a step: commit newly full blocks, record logprobs, take the sampled tokens. */
-static void after_step(dsr1_sched *s, int n)
+static void after_step(dsr1_sched *s, const step_slot *st)
 {
     const int bt = s->p.exec.block_tokens;
-    const dsr1_sample_result *sample = s->samples, *row_lp = s->row_lp;
-    for (int i = 0; i < n; i++) {
-        const dsr1_seq_step *q = &s->seqs[i];
-        req *r = s->seq_req[i];
+    const dsr1_sample_result *sample = st->samples, *row_lp = st->row_lp;
+    for (int i = 0; i < st->n; i++) {
+        const dsr1_seq_step *q = &st->seqs[i];
+        req *r = st->seq_req[i];
+        r->busy = false;
         r->n_computed = q->pos + q->n_tokens;
         if (s->p.prefix_cache)
             for (; r->n_committed < r->n_computed / bt; r->n_committed++) {
@@ -604,21 +633,36 @@ static void after_step(dsr1_sched *s, int n)
     }
 }
 
-static dsr1_status run_step(dsr1_sched *s, int n)
+/* Sends a planned step to the executor (an executor without submit runs it now). */
+static dsr1_status submit_step(dsr1_sched *s, step_slot *st)
 {
-    dsr1_batch b = {n, s->seqs, NULL, s->samples};
-    const int n_lp = dsr1_batch_row_logprobs(&b);
-    if (n_lp > s->row_lp_cap) {
-        dsr1_sample_result *v = realloc(s->row_lp, sizeof(*v) * (size_t)n_lp);
+    dsr1_batch *b = &st->batch;
+    *b = (dsr1_batch){st->n, st->seqs, NULL, st->samples};
+    const int n_lp = dsr1_batch_row_logprobs(b);
+    if (n_lp > st->row_lp_cap) {
+        dsr1_sample_result *v = realloc(st->row_lp, sizeof(*v) * (size_t)n_lp);
         if (!v) return dsr1_error(DSR1_ERR_NOMEM, "out of memory for %d prompt logprobs", n_lp);
-        s->row_lp = v;
-        s->row_lp_cap = n_lp;
+        st->row_lp = v;
+        st->row_lp_cap = n_lp;
     }
-    b.row_logprobs = s->row_lp;
-    dsr1_status st = s->p.exec.step(s->p.exec.ctx, &b);
-    if (st != DSR1_OK) return st;
+    b->row_logprobs = st->row_lp;
+    const dsr1_executor *x = &s->p.exec;
+    if (x->submit) return x->submit(x->ctx, b, &st->id);
+    st->st = x->step(x->ctx, b);
+    return DSR1_OK;
+}
+
+/* Completes the oldest step in flight: its results go to its requests. */
+static dsr1_status complete_step(dsr1_sched *s)
+{
+    step_slot *st = &s->slots[s->head];
+    const dsr1_executor *x = &s->p.exec;
+    dsr1_status e = x->submit ? x->wait(x->ctx, st->id) : st->st;
+    if (e != DSR1_OK) return e;
+    s->head = (s->head + 1) % s->depth;
+    s->inflight--;
     s->steps++;
-    after_step(s, n);
+    after_step(s, st);
     return DSR1_OK;
 }
 
@@ -634,6 +678,8 @@ static void fail_all(dsr1_sched *s, const char *why)
     for (int i = 0; i < s->incoming.n; i++) list_push(&s->waiting, s->incoming.v[i]);
     s->incoming.n = 0;
     pthread_mutex_unlock(&s->mu);
+    s->inflight = 0; /* the executor is gone: its steps in flight never return */
+    for (int i = 0; i < s->running.n; i++) s->running.v[i]->busy = false;
     while (s->running.n) finish(s, s->running.v[0], DSR1_FINISH_ERROR, NULL, msg);
     while (s->waiting.n) finish(s, s->waiting.v[0], DSR1_FINISH_ERROR, NULL, msg);
 }
@@ -675,9 +721,15 @@ static void *sched_main(void *arg)
         const bool stop = s->stop;
         pthread_mutex_unlock(&s->mu);
         if (stop) break;
-        const int n = s->failed ? 0 : plan(s);
-        if (n > 0) {
-            if (run_step(s, n) != DSR1_OK) fail_all(s, dsr1_errmsg());
+        /* fill the pipeline, then complete the oldest step */
+        while (!s->failed && s->inflight < s->depth) {
+            step_slot *st = &s->slots[(s->head + s->inflight) % s->depth];
+            if (plan(s, st) == 0) break;
+            s->inflight++;
+            if (submit_step(s, st) != DSR1_OK) fail_all(s, dsr1_errmsg());
+        }
+        if (s->inflight > 0) {
+            if (complete_step(s) != DSR1_OK) fail_all(s, dsr1_errmsg());
             last_work = now_ns();
             continue;
         }
@@ -700,7 +752,10 @@ static void *sched_main(void *arg)
         }
         pthread_mutex_unlock(&s->mu);
     }
-    /* shutting down: everything still live ends with ABORT */
+    /* shutting down: the steps in flight complete, then everything still live ends with
+     * ABORT */
+    while (s->inflight > 0 && !s->failed)
+        if (complete_step(s) != DSR1_OK) fail_all(s, dsr1_errmsg());
     pthread_mutex_lock(&s->mu);
     for (int i = 0; i < s->live.n; i++) {
         s->live.v[i]->aborted = true;
@@ -723,11 +778,14 @@ static void sched_free(dsr1_sched *s)
     free(s->live.v);
     free(s->waiting.v);
     free(s->running.v);
-    free(s->seqs);
-    free(s->seq_sample);
-    free(s->seq_req);
-    free(s->samples);
-    free(s->row_lp);
+    for (int i = 0; s->slots && i < s->depth; i++) {
+        free(s->slots[i].seqs);
+        free(s->slots[i].seq_sample);
+        free(s->slots[i].seq_req);
+        free(s->slots[i].samples);
+        free(s->slots[i].row_lp);
+    }
+    free(s->slots);
     free(s->reasoning.p);
     free(s->content.p);
     pthread_mutex_destroy(&s->mu);
@@ -754,13 +812,21 @@ dsr1_status dsr1_sched_create(const dsr1_sched_params *p, dsr1_sched **out)
     dsr1_status st = DSR1_OK;
     s->blocks = calloc((size_t)x->n_ranks, sizeof(*s->blocks));
     s->rank_running = calloc((size_t)x->n_ranks, sizeof(int));
-    /* a step holds at most one sequence per running request */
-    s->seqs = malloc(sizeof(*s->seqs) * (size_t)p->max_running);
-    s->seq_sample = malloc(sizeof(*s->seq_sample) * (size_t)p->max_running);
-    s->seq_req = malloc(sizeof(*s->seq_req) * (size_t)p->max_running);
-    s->samples = malloc(sizeof(*s->samples) * (size_t)p->max_running);
-    if (!s->blocks || !s->rank_running || !s->seqs || !s->seq_sample || !s->seq_req || !s->samples)
+    s->depth = x->submit && x->depth > 1 ? x->depth : 1;
+    s->slots = calloc((size_t)s->depth, sizeof(*s->slots));
+    if (!s->blocks || !s->rank_running || !s->slots)
         st = dsr1_error(DSR1_ERR_NOMEM, "out of memory");
+    /* a step holds at most one sequence per running request */
+    const size_t m = (size_t)p->max_running;
+    for (int i = 0; st == DSR1_OK && i < s->depth; i++) {
+        step_slot *q = &s->slots[i];
+        q->seqs = malloc(sizeof(*q->seqs) * m);
+        q->seq_sample = malloc(sizeof(*q->seq_sample) * m);
+        q->seq_req = malloc(sizeof(*q->seq_req) * m);
+        q->samples = malloc(sizeof(*q->samples) * m);
+        if (!q->seqs || !q->seq_sample || !q->seq_req || !q->samples)
+            st = dsr1_error(DSR1_ERR_NOMEM, "out of memory");
+    }
     for (int k = 0; st == DSR1_OK && k < x->n_ranks; k++)
         st = dsr1_blocks_create(x->blocks_per_rank, x->block_tokens, &s->blocks[k]);
     if (st == DSR1_OK) {
@@ -773,9 +839,9 @@ dsr1_status dsr1_sched_create(const dsr1_sched_params *p, dsr1_sched **out)
         return st;
     }
     DSR1_INFO("sched: %d rank(s) x %d blocks of %d tokens, step budget %d tokens, up to %d "
-              "running and %d queued requests, prefix cache %s",
+              "running and %d queued requests, %d step(s) in flight, prefix cache %s",
               x->n_ranks, x->blocks_per_rank, x->block_tokens, p->step_tokens, p->max_running,
-              p->max_queued, p->prefix_cache ? "on" : "off");
+              p->max_queued, s->depth, p->prefix_cache ? "on" : "off");
     *out = s;
     return DSR1_OK;
 }

@@ -92,6 +92,12 @@ typedef struct {
      * is then found before the next request); an error is fatal, as for step. */
     dsr1_status (*heartbeat)(void *ctx);
     int heartbeat_ms;
+    /* Optional: up to `depth` steps in flight, so that pipeline stages overlap (grid.h's
+     * submit/wait: submit returns at once, wait completes the oldest step). Steps in flight
+     * hold disjoint requests: a request waits for its step before its next one. */
+    dsr1_status (*submit)(void *ctx, const dsr1_batch *b, uint64_t *id);
+    dsr1_status (*wait)(void *ctx, uint64_t id);
+    int depth;
 } dsr1_executor;
 
 typedef struct {

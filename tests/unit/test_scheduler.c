@@ -30,6 +30,9 @@ static const char *golden;
 
 typedef struct {
     dsr1_model_config cfg;
+    const dsr1_batch *queued[4]; /* the pipelining executor's steps in flight */
+    uint64_t next_id, done_id;
+    int depth, max_inflight, violations;
     dsr1_weights *w;
     dsr1_pool *pool;
     dsr1_tokenizer *tok;
@@ -44,6 +47,32 @@ static dsr1_status fx_step(void *ctx, const dsr1_batch *b)
     if (++f->steps == f->fail_at) return dsr1_error(DSR1_ERR_IO, "injected worker failure");
     if (b->n_seqs > f->max_seqs) f->max_seqs = b->n_seqs;
     return dsr1_engine_forward(f->eng, b);
+}
+
+/* A pipelining executor (as a grid of stages is): submit queues the step, wait runs the
+ * oldest. Steps in flight must hold disjoint requests for the results to match. */
+static dsr1_status fx_submit(void *ctx, const dsr1_batch *b, uint64_t *id)
+{
+    fixture *f = ctx;
+    f->violations += f->next_id - f->done_id >= 4;
+    f->queued[f->next_id % 4] = b;
+    *id = f->next_id++;
+    if ((int)(f->next_id - f->done_id) > f->max_inflight)
+        f->max_inflight = (int)(f->next_id - f->done_id);
+    return DSR1_OK;
+}
+
+/* (runs on the scheduler thread: violations are counted, and checked by the test) */
+static dsr1_status fx_wait(void *ctx, uint64_t id)
+{
+    fixture *f = ctx;
+    f->violations += id != f->done_id; /* oldest first */
+    const dsr1_batch *b = f->queued[f->done_id++ % 4];
+    for (int i = 0; i < b->n_seqs; i++) /* a request is in one step in flight at most */
+        for (uint64_t j = f->done_id; j < f->next_id; j++)
+            for (int k = 0; k < f->queued[j % 4]->n_seqs; k++)
+                f->violations += b->seqs[i].blocks == f->queued[j % 4]->seqs[k].blocks;
+    return fx_step(ctx, b);
 }
 
 typedef struct {
@@ -137,7 +166,8 @@ static dsr1_sched *start(fixture *f, int blocks, int bt, int step_tokens, int ma
     assert_int_equal(dsr1_engine_create_paged(f->w, dsr1_kernels_select(NULL), f->pool, blocks, bt,
                                               step_tokens, &f->eng),
                      DSR1_OK);
-    f->steps = f->max_seqs = 0;
+    f->steps = f->max_seqs = f->max_inflight = f->violations = 0;
+    f->next_id = f->done_id = 0;
     f->fail_at = -1;
     dsr1_sched_params p = {{f, fx_step, 1, blocks, bt},
                            f->tok,
@@ -147,6 +177,11 @@ static dsr1_sched *start(fixture *f, int blocks, int bt, int step_tokens, int ma
                            max_running,
                            max_queued,
                            true};
+    if (f->depth > 1) {
+        p.exec.submit = fx_submit;
+        p.exec.wait = fx_wait;
+        p.exec.depth = f->depth;
+    }
     dsr1_sched *s;
     assert_int_equal(dsr1_sched_create(&p, &s), DSR1_OK);
     return s;
@@ -262,6 +297,16 @@ static void test_greedy_under_load(void **state)
     assert_true(f->max_seqs > 1); /* requests were batched */
     assert_idle(s);
     dsr1_sched_destroy(s);
+}
+
+/* The same with two steps in flight (a 2-stage pipeline): disjoint requests per step. */
+static void test_greedy_under_load_pipelined(void **state)
+{
+    fixture *f = *state;
+    f->depth = 2;
+    test_greedy_under_load(state);
+    assert_int_equal(f->max_inflight, 2);
+    assert_int_equal(f->violations, 0);
 }
 
 /* A seeded request samples the same tokens alone and among others. */
@@ -441,6 +486,7 @@ int main(int argc, char **argv)
     }
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_greedy_under_load, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_greedy_under_load_pipelined, setup, teardown),
         cmocka_unit_test_setup_teardown(test_seeded_batch_invariance, setup, teardown),
         cmocka_unit_test_setup_teardown(test_logprobs, setup, teardown),
         cmocka_unit_test_setup_teardown(test_abort_deadline_limits, setup, teardown),
