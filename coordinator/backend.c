@@ -23,7 +23,7 @@ struct dsr1_backend {
     dsr1_pool *pool;
     dsr1_engine *eng;
     dsr1_cluster *cl;
-    int workers, pp, n_ranks, blocks, block_tokens, timeout_ms;
+    int workers, pp, n_ranks, blocks, block_tokens, timeout_ms, in_flight;
 };
 
 static dsr1_status backend_step(void *ctx, const dsr1_batch *b)
@@ -61,6 +61,7 @@ dsr1_status dsr1_backend_open(const dsr1_backend_params *p, dsr1_backend **out)
     b->kern = kern;
     b->pp = p->pp;
     b->timeout_ms = p->timeout_ms > 0 ? p->timeout_ms : 60000;
+    b->in_flight = p->steps_in_flight > 0 ? p->steps_in_flight : p->pp;
     b->block_tokens = p->block_tokens > 0 ? p->block_tokens : DEFAULT_BLOCK_TOKENS;
     const int step_tokens = p->max_step_tokens > 0 ? p->max_step_tokens : DEFAULT_STEP_TOKENS;
     dsr1_status st;
@@ -152,10 +153,10 @@ dsr1_executor dsr1_backend_executor(dsr1_backend *b)
         x.heartbeat = backend_heartbeat;
         x.heartbeat_ms = b->timeout_ms / 4 > 0 ? b->timeout_ms / 4 : 1;
     }
-    if (b->cl && b->pp > 1) { /* one step in flight per stage: the stages overlap */
+    if (b->cl && b->in_flight > 1) { /* by default one step per stage: the stages overlap */
         x.submit = backend_submit;
         x.wait = backend_wait;
-        x.depth = b->pp;
+        x.depth = b->in_flight;
     }
     return x;
 }

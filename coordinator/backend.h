@@ -23,9 +23,10 @@ typedef struct {
     int threads;
     const char *kernels; /* NULL: auto */
     int timeout_ms;
-    int64_t kv_tokens;    /* cache capacity per attention rank, in tokens (0: default) */
-    int block_tokens;     /* tokens per cache block (0: default 32) */
-    int max_step_tokens;  /* tokens of one step (0: default 512) */
+    int64_t kv_tokens;   /* cache capacity per attention rank, in tokens (0: default) */
+    int block_tokens;    /* tokens per cache block (0: default 32) */
+    int max_step_tokens; /* tokens of one step (0: default 512) */
+    int steps_in_flight; /* grid with pp > 1: steps in flight (0: pp) */
 } dsr1_backend_params;
 
 typedef struct dsr1_backend dsr1_backend;

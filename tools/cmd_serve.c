@@ -48,6 +48,8 @@ static void serve_usage(FILE *f)
             "                          capped at 8 GiB)\n"
             "  --block-tokens B        tokens per cache block (default 32)\n"
             "  --step-tokens N         tokens of one step: decodes + prefill chunks (default 512)\n"
+            "  --steps-in-flight N     steps sent before the oldest returns, on a pipeline of\n"
+            "                          several stages (default: --pp; 1: one at a time)\n"
             "  --max-running N         requests decoding together (default 32)\n"
             "  --max-queued N          waiting requests; beyond, Generate is RESOURCE_EXHAUSTED\n"
             "                          (default 1024)\n"
@@ -73,6 +75,7 @@ enum {
     F_KV_TOKENS,
     F_BLOCK_TOKENS,
     F_STEP_TOKENS,
+    F_IN_FLIGHT,
     F_MAX_RUNNING,
     F_MAX_QUEUED,
     F_MAX_BATCH_ITEMS,
@@ -109,6 +112,7 @@ static const serve_opts defaults = {
             [F_KV_TOKENS] = {"kv-tokens", 1, 1l << 40, 0},
             [F_BLOCK_TOKENS] = {"block-tokens", 1, 65536, 32},
             [F_STEP_TOKENS] = {"step-tokens", 1, 1 << 20, 512},
+            [F_IN_FLIGHT] = {"steps-in-flight", 1, 64, 0},
             [F_MAX_RUNNING] = {"max-running", 1, 1 << 20, 32},
             [F_MAX_QUEUED] = {"max-queued", 1, 1 << 24, 1024},
             [F_MAX_BATCH_ITEMS] = {"max-batch-items", 1, 10000000, 10000},
@@ -250,6 +254,7 @@ static dsr1_status open_serving(const serve_opts *o, serving *sv)
         .kv_tokens = o->n[F_KV_TOKENS].value,
         .block_tokens = (int)o->n[F_BLOCK_TOKENS].value,
         .max_step_tokens = (int)o->n[F_STEP_TOKENS].value,
+        .steps_in_flight = (int)o->n[F_IN_FLIGHT].value,
     };
     if ((st = dsr1_backend_open(&bp, &sv->backend)) != DSR1_OK) return st;
     const dsr1_model_config *cfg = dsr1_backend_config(sv->backend);
