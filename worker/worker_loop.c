@@ -239,6 +239,29 @@ void dsr1_worker_fini(dsr1_worker *w)
     memset(w, 0, sizeof(*w));
 }
 
+/* After reporting a failure, waits for the coordinator's verdict (it aborts the world
+ * group, or shuts it down) before returning: a worker process that exited at once could
+ * take the job down (mpirun ends a job whose process failed) before the coordinator has
+ * read the report, which would then blame this worker instead of the one at fault. Steps
+ * still arriving are dropped; the wait is bounded by the group's timeout. Returns st with
+ * the report's message. */
+static dsr1_status await_verdict(dsr1_worker *w, dsr1_status st)
+{
+    char text[1024];
+    snprintf(text, sizeof(text), "%s", dsr1_errmsg());
+    for (;;) {
+        void *msg;
+        size_t len;
+        if (dsr1_comm_recv(w->world, 0, DSR1_TAG_CTRL, &msg, &len, NULL) != DSR1_OK) break;
+        dsr1_wire_header h;
+        const bool shutdown =
+            dsr1_wire_header_decode(msg, len, &h) == DSR1_OK && h.type == DSR1_MSG_SHUTDOWN;
+        free(msg);
+        if (shutdown) break;
+    }
+    return dsr1_error(st, "%s", text);
+}
+
 dsr1_status dsr1_worker_serve(dsr1_worker *w)
 {
     char tag[64];
@@ -270,7 +293,7 @@ dsr1_status dsr1_worker_serve(dsr1_worker *w)
         free(msg);
         if (st != DSR1_OK) {
             report_error(w, st, step);
-            return st;
+            return await_verdict(w, st);
         }
     }
 }

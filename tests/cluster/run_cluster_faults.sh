@@ -63,10 +63,12 @@ since_crash() {
     at=$(grep -a "simulates a crash" "$1" | head -1 | awk '{print $1}')
     [ -n "$at" ] || { echo 999; return; }
     /usr/bin/python3 -c "
-import sys, time
+import sys, datetime
 h, m, s = sys.argv[1].split(':'); t = int(h) * 3600 + int(m) * 60 + float(s)
-lt = time.localtime(); n = lt.tm_hour * 3600 + lt.tm_min * 60 + lt.tm_sec + time.time() % 1
-print(f'{(n - t) % 86400:.2f}')" "$at"
+now = datetime.datetime.now()  # one reading: the log's clock, local time
+n = now.hour * 3600 + now.minute * 60 + now.second + now.microsecond / 1e6
+d = (n - t) % 86400
+print(f'{0.0 if d > 86000 else d:.2f}')  # a hair before the log line (rounding): 0" "$at"
 }
 
 for pp in 1 2; do
