@@ -3,7 +3,8 @@
  * ids (lengths uniform in [len (1 - r), len (1 + r)] for --random-range-ratio r) arrive as
  * a Poisson process of --request-rate per second (inf: all at once), at most
  * --max-concurrency in flight; each asks for exactly its output length (greedy,
- * ignore_eos) and is streamed with Generate.
+ * ignore_eos) and is streamed with Generate. One warm-up request of its own goes first and is
+ * not measured.
  *
  * Per request: TTFT (sent to first token), TPOT ((e2e - TTFT) / (output tokens - 1)), ITL
  * (the gaps between streamed messages that carry tokens) and E2E latency; over the run:
@@ -78,7 +79,8 @@ static void usage(FILE *f)
             "usage: dsr1-bench serve --server HOST:PORT [options]\n\n"
             "Online serving benchmark against a running dsr1 server, as `vllm bench serve\n"
             "--dataset-name random`: random-token prompts arriving as a Poisson process,\n"
-            "streamed with Generate (greedy, ignore_eos, so output lengths are exact).\n\n"
+            "streamed with Generate (greedy, ignore_eos, so output lengths are exact), after\n"
+            "one warm-up request that is not measured.\n\n"
             "  --server HOST:PORT        the server (default 127.0.0.1:50051)\n"
             "  --api-key K               when the server wants one (default $DSR1_API_KEY)\n"
             "  --num-prompts N           requests (default 100)\n"
@@ -187,14 +189,15 @@ static void free_requests(serve_req *reqs, long n)
     free(reqs);
 }
 
-/* Prompts of ordinary (non-special) token ids and Poisson arrival times. */
+/* Prompts of ordinary (non-special) token ids and Poisson arrival times; one more request
+ * at the end for the warm-up. */
 static serve_req *make_requests(const serve_opts *o, int vocab)
 {
-    serve_req *reqs = calloc(o->num_prompts, sizeof(*reqs));
+    serve_req *reqs = calloc(o->num_prompts + 1, sizeof(*reqs));
     uint64_t s = o->seed * 0x9E3779B97F4A7C15ull + 1;
     int top = vocab < 128000 ? vocab : 128000; /* R1's byte-level BPE ids; above: special */
     double t = 0;
-    for (long i = 0; reqs && i < o->num_prompts; i++) {
+    for (long i = 0; reqs && i <= o->num_prompts; i++) {
         serve_req *r = &reqs[i];
         r->n_prompt = draw_len(o->input_len, o->range_ratio, &s);
         r->max_tokens = draw_len(o->output_len, o->range_ratio, &s);
@@ -490,6 +493,29 @@ static void run_all(serve_run *run, long threads)
     free(tid);
 }
 
+/* A warm-up request (not measured: first-call costs, as vLLM's initial test run), then the
+ * run; prints and writes the results. Returns the exit status. */
+static int measure(serve_run *run)
+{
+    const serve_opts *o = run->o;
+    serve_req *warm = &run->reqs[o->num_prompts];
+    run_request(run, warm);
+    if (!warm->ok) {
+        fprintf(stderr, CMD ": the warm-up request failed: %s\n", warm->error);
+        return 1;
+    }
+    long threads = o->max_concurrency && o->max_concurrency < o->num_prompts ? o->max_concurrency
+                                                                             : o->num_prompts;
+    fprintf(stderr, CMD ": %ld requests, %ld in flight at most, to %s ...\n", o->num_prompts,
+            threads, o->server);
+    run_all(run, threads);
+    serve_summary m;
+    summarise(run, &m);
+    print_summary(o, &m, run->reqs);
+    int rc = o->json ? write_json(o, &m, run->reqs) : 0;
+    return rc ? rc : m.completed ? 0 : 1; /* failed requests are reported, not fatal */
+}
+
 int dsr1__bench_serve(int argc, char **argv)
 {
     serve_opts o;
@@ -514,19 +540,8 @@ int dsr1__bench_serve(int argc, char **argv)
         fprintf(stderr, CMD ": out of memory\n");
         rc = 1;
     }
-    if (!rc) {
-        long threads = o.max_concurrency && o.max_concurrency < o.num_prompts ? o.max_concurrency
-                                                                              : o.num_prompts;
-        fprintf(stderr, CMD ": %ld requests, %ld in flight at most, to %s ...\n", o.num_prompts,
-                threads, o.server);
-        run_all(&run, threads);
-        serve_summary m;
-        summarise(&run, &m);
-        print_summary(&o, &m, run.reqs);
-        rc = o.json ? write_json(&o, &m, run.reqs) : 0;
-        if (!rc && !m.completed) rc = 1; /* failures are reported, not fatal */
-    }
-    free_requests(run.reqs, o.num_prompts);
+    if (!rc) rc = measure(&run);
+    free_requests(run.reqs, o.num_prompts + 1);
     dsr1_rpc_client_destroy(client);
     return rc;
 }

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Online serving benchmark (docs/benchmarks.md): starts `dsr1 serve` on a model (loopback,
-# a free port), runs `dsr1-bench serve` at each concurrency in CONCURRENCY with
-# NUM_PROMPTS random prompts of INPUT_LEN tokens and OUTPUT_LEN generated tokens each
-# (request rate inf, so the concurrency limit is what binds), and, as the one-at-a-time
-# baseline without the server, `dsr1 run` on one prompt of the same lengths (bench/e2e.sh's
-# measurement). Prints one summary row per run; each run's full report and JSON go to OUT.
+# a free port), runs `dsr1-bench serve` at each concurrency in CONCURRENCY with random
+# prompts of INPUT_LEN tokens and OUTPUT_LEN generated tokens each (request rate inf, so
+# the concurrency limit is what binds; each run its own prompts, so that none reuses
+# another's cached prefixes), and, as the one-at-a-time baseline without the server,
+# `dsr1 run` on one prompt of the same lengths (bench/e2e.sh's measurement). Prints one
+# summary row per run; each run's full report and JSON go to OUT_DIR.
 #
 # usage: bench/serve.sh BUILD_DIR MODEL_DIR [OUT_DIR] [extra dsr1 serve args...]
 # env:   CONCURRENCY="1 8 32 128" INPUT_LEN=128 OUTPUT_LEN=64
@@ -35,6 +36,7 @@ for c in $conc; do
     n=${NUM_PROMPTS:-$n}
     "$build/bench/dsr1-bench" serve --server "$target" --num-prompts "$n" \
         --max-concurrency "$c" --random-input-len "$ilen" --random-output-len "$olen" \
+        --seed "$c" \
         --label "concurrency $c" --json "$out/c$c.json" >"$out/c$c.txt" 2>&1 ||
         { cat "$out/c$c.txt"; exit 1; }
     python3 - "$out/c$c.json" "concurrency $c" <<'EOF'
