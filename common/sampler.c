@@ -445,6 +445,18 @@ static int32_t draw(dsr1_sampler *s, const dsr1_sampling *p, const float *w, dou
     return s->members[c - 1].id;
 }
 
+/* Draws the token of step `step` (after the penalties; greedy at temperature 0). */
+static dsr1_status pick(dsr1_sampler *s, const dsr1_sampling *p, const float *logits,
+                        const dsr1_token_history *h, uint64_t step, int32_t *token)
+{
+    const float *w;
+    dsr1_status st = penalise(s, p, logits, h, &w);
+    if (st) return st;
+    *token = p->temperature == 0 ? row_argmax(w, s->vocab)
+                                 : draw(s, p, w, dsr1_sample_uniform(p->seed, step));
+    return DSR1_OK;
+}
+
 dsr1_status dsr1_sample(dsr1_sampler *s, const dsr1_sampling *p, const float *logits,
                         const dsr1_token_history *h, uint64_t step, dsr1_sample_result *out)
 {
@@ -455,15 +467,28 @@ dsr1_status dsr1_sample(dsr1_sampler *s, const dsr1_sampling *p, const float *lo
     dsr1_sample_result r = {0};
     double lse;
     if ((st = raw_row(s, logits, p->top_logprobs, &r, &lse))) return st;
-    const float *w;
-    if ((st = penalise(s, p, logits, h, &w))) return st;
-    if (p->temperature == 0)
-        r.token = row_argmax(w, s->vocab);
-    else
-        r.token = draw(s, p, w, dsr1_sample_uniform(p->seed, step));
+    if ((st = pick(s, p, logits, h, step, &r.token))) return st;
     r.logprob = (float)(logits[r.token] - lse);
     *out = r;
     return DSR1_OK;
+}
+
+dsr1_status dsr1_sample_token(dsr1_sampler *s, const dsr1_sampling *p, const float *logits,
+                              const dsr1_token_history *h, uint64_t step, int32_t *token)
+{
+    if (!s || !p || !logits || !token)
+        return dsr1_error(DSR1_ERR_INVALID_ARG, "sampler: NULL argument");
+    dsr1_status st = dsr1_sampling_validate(p, s->vocab);
+    if (st) return st;
+    float max = -INFINITY;
+    for (int i = 0; i < s->vocab; i++) { /* the checks of raw_row, without its exp pass */
+        if (!(logits[i] < INFINITY))
+            return dsr1_error(DSR1_ERR_RANGE, "sampler: logit of token %d is %s", i,
+                              isnan(logits[i]) ? "NaN" : "+inf");
+        max = logits[i] > max ? logits[i] : max;
+    }
+    if (max == -INFINITY) return dsr1_error(DSR1_ERR_RANGE, "sampler: no token has a finite logit");
+    return pick(s, p, logits, h, step, token);
 }
 
 dsr1_status dsr1_logprobs(dsr1_sampler *s, const float *logits, int32_t token, int n_top,

@@ -81,6 +81,11 @@ void dsr1_sampler_destroy(dsr1_sampler *s);
 dsr1_status dsr1_sample(dsr1_sampler *s, const dsr1_sampling *p, const float *logits,
                         const dsr1_token_history *h, uint64_t step, dsr1_sample_result *out);
 
+/* The token dsr1_sample would draw, without its log-probability (and without the pass over
+ * the vocabulary that the log-sum-exp costs): for requests that asked for no logprobs. */
+dsr1_status dsr1_sample_token(dsr1_sampler *s, const dsr1_sampling *p, const float *logits,
+                              const dsr1_token_history *h, uint64_t step, int32_t *token);
+
 /* Log-probability of `token` and the top-n alternatives under a raw logit row (prompt
  * logprobs). */
 dsr1_status dsr1_logprobs(dsr1_sampler *s, const float *logits, int32_t token, int n_top,

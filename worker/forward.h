@@ -45,7 +45,8 @@ typedef struct {
     const int32_t *history;  /* prompt then generated ids so far, for the penalties */
     int n_prompt, n_history; /* history may be NULL/0 when no penalty is on */
     /* Return the drawn token's logprob and params.top_logprobs alternatives (without it the
-     * result's logprob is still set, n_top is 0). */
+     * result holds the token only: logprob 0, n_top 0, and the sampler skips its pass over
+     * the vocabulary for the log-sum-exp). */
     bool logprobs;
     /* With DSR1_LOGITS_ALL: the logprob (and params.top_logprobs alternatives) of each next
      * token inside the chunk: row i scores tokens[i + 1], for rows 0 .. n_tokens - 2. */

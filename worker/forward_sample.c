@@ -142,7 +142,12 @@ static void run_items(void *arg, int begin, int end, int tid)
                                          r->n_history - r->n_prompt};
                 hp = &h;
             }
-            st = dsr1_sample(sm, &p, it->row, hp, r->step, it->out);
+            if (r->logprobs) {
+                st = dsr1_sample(sm, &p, it->row, hp, r->step, it->out);
+            } else { /* the logprob is not wanted: skip the log-sum-exp */
+                *it->out = (dsr1_sample_result){0};
+                st = dsr1_sample_token(sm, &p, it->row, hp, r->step, &it->out->token);
+            }
         } else {
             st = dsr1_logprobs(sm, it->row, it->token, r->params.top_logprobs, it->out);
         }

@@ -35,8 +35,16 @@ static inline bool sample_reference(const dsr1_batch *b, const float *rows, int 
         p.top_logprobs = r->logprobs ? top : 0;
         const dsr1_token_history h = {r->history, r->n_prompt, r->history + r->n_prompt,
                                       r->n_history - r->n_prompt};
-        ok &= (r->next ? dsr1_logprobs(s, last, *r->next, top, samples++)
-                       : dsr1_sample(s, &p, last, &h, r->step, samples++)) == DSR1_OK;
+        if (r->next) {
+            ok &= dsr1_logprobs(s, last, *r->next, top, samples++) == DSR1_OK;
+        } else if (r->logprobs) {
+            ok &= dsr1_sample(s, &p, last, &h, r->step, samples++) == DSR1_OK;
+        } else { /* the token only: logprob 0, no alternatives */
+            *samples = (dsr1_sample_result){0};
+            ok &= dsr1_sample(s, &p, last, &h, r->step, samples) == DSR1_OK;
+            *samples = (dsr1_sample_result){.token = samples->token};
+            samples++;
+        }
     }
     dsr1_sampler_destroy(s);
     return ok;

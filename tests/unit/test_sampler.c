@@ -244,6 +244,9 @@ static void test_matches_reference(void **state)
             uint64_t step = rnd() % 1000;
             dsr1_sample_result got;
             assert_int_equal(dsr1_sample(s, &r.p, x, h, step, &got), DSR1_OK);
+            int32_t token_only; /* the token without the logprob: the same draw */
+            assert_int_equal(dsr1_sample_token(s, &r.p, x, h, step, &token_only), DSR1_OK);
+            assert_int_equal(token_only, got.token);
             int32_t want;
             bool ambiguous;
             ref_sample(&r.p, x, n, h, dsr1_sample_uniform(r.p.seed, step), order, e, &want,
@@ -551,13 +554,17 @@ static void test_logprobs(void **state)
         check_top(&r, x, N);
     }
     /* bad rows */
+    int32_t tok;
     x[10] = NAN;
     assert_int_equal(dsr1_logprobs(s, x, 3, 2, &r), DSR1_ERR_RANGE);
     assert_int_equal(dsr1_sample(s, &p, x, NULL, 0, &r), DSR1_ERR_RANGE);
+    assert_int_equal(dsr1_sample_token(s, &p, x, NULL, 0, &tok), DSR1_ERR_RANGE);
     x[10] = INFINITY;
     assert_int_equal(dsr1_sample(s, &p, x, NULL, 0, &r), DSR1_ERR_RANGE);
+    assert_int_equal(dsr1_sample_token(s, &p, x, NULL, 0, &tok), DSR1_ERR_RANGE);
     for (int i = 0; i < N; i++) x[i] = -INFINITY;
     assert_int_equal(dsr1_sample(s, &p, x, NULL, 0, &r), DSR1_ERR_RANGE);
+    assert_int_equal(dsr1_sample_token(s, &p, x, NULL, 0, &tok), DSR1_ERR_RANGE);
     assert_int_equal(dsr1_logprobs(s, x, N, 2, &r), DSR1_ERR_RANGE);
     assert_int_equal(dsr1_logprobs(s, x, 0, 21, &r), DSR1_ERR_INVALID_ARG);
     dsr1_sampler_destroy(s);
