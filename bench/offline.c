@@ -4,13 +4,17 @@
  * --output-len decode steps of B tokens, each sequence feeding its greedy next token.
  * One warm-up step of B single tokens comes first. Times cover dsr1_engine_forward only.
  *
- * Decode is compared with its bandwidth roofline: the bytes one step must read over the
- * streaming read bandwidth, measured in the same run (bench/limits.c, after loading and
- * again at the end; the larger is used). The bytes of a step are the weights it touches,
- * dsr1_weights_active_bytes() with the routed experts counted for B tokens (each owned
- * expert is hit with probability 1 - (1 - k/E)^B under uniform routing), plus the cache
- * rows its attention reads (B x context x layers x (kv_lora + rope) floats, at the mean
- * context of the decode steps).
+ * Both phases are compared with rooflines built from this machine's limits, measured in the
+ * same run (bench/limits.c, after loading and again at the end; the larger is used):
+ *   - bandwidth: the bytes a decode step must read over the streaming read bandwidth. They
+ *     are the weights it touches, dsr1_weights_active_bytes() with the routed experts
+ *     counted for B tokens (each held expert is hit with probability 1 - (1 - k/E)^B under
+ *     uniform routing), plus the cache rows its attention reads (B x context x layers x
+ *     (kv_lora + rope) floats, at the mean context of the decode steps);
+ *   - compute: the step's flops (2 per weight a token multiplies, its k/E share of the
+ *     held experts, attention against its context, the LM head for the rows asked for)
+ *     over the fp32 FMA peak, the ceiling of the exact kernels.
+ * Decode at small B is bound by the first, prefill and large-B decode by the second.
  *
  * usage: dsr1-bench offline --model DIR [--dummy-weights [--layers N]] [--batch 1,8,64] ... */
 #include <getopt.h>
@@ -40,9 +44,16 @@ typedef struct {
 
 typedef struct {
     int batch;
-    double prefill_s, decode_s, step_median_s, step_bytes;
+    double prefill_s, prefill_flops;
+    double decode_s, step_median_s, step_bytes, step_flops;
     double *step_s; /* output_len step times */
 } offline_row;
+
+/* This machine's limits, measured after loading and at the end (bench/limits.c). */
+typedef struct {
+    double bw, bw0, bw1;       /* streaming read GB/s: max, before, after */
+    double peak, peak0, peak1; /* fp32 FMA GFLOP/s */
+} offline_limits;
 
 static uint64_t xorshift(uint64_t *s)
 {
@@ -60,8 +71,9 @@ static void usage(FILE *f)
             "Prefill and decode throughput of the engine on fixed batches (like SGLang's\n"
             "bench_one_batch): for each batch size B, one prefill step of B sequences of\n"
             "--input-len tokens, then --output-len decode steps of B tokens; prefill and\n"
-            "decode tokens/s, the median decode step, and decode against the bandwidth\n"
-            "roofline (bytes a step reads / read bandwidth measured in the same run).\n\n"
+            "decode tokens/s, the median decode step, and both against this machine's\n"
+            "rooflines measured in the same run: bytes a step reads / read bandwidth, and\n"
+            "its flops / fp32 FMA peak.\n\n"
             "  --model DIR        checkpoint directory, or with --dummy-weights a config.json\n"
             "                     (or a directory holding one)\n"
             "  --dummy-weights    random weights made in memory from the config alone\n"
@@ -224,20 +236,43 @@ static double linear_bytes(const dsr1_linear *l)
            (l->scale ? sizeof(float) * blocks : 0);
 }
 
-/* Bytes of weights a decode step of b tokens reads (see the top of the file). */
-static double step_weight_bytes(const dsr1_weights *w, int b)
+static double linear_macs(const dsr1_linear *l) /* multiply-adds per token */
+{
+    return l->data ? (double)l->rows * l->cols : 0;
+}
+
+static double ffn_macs(const dsr1_ffn_weights *f)
+{
+    return linear_macs(&f->gate) + linear_macs(&f->up) + linear_macs(&f->down);
+}
+
+/* Bytes read and flops of a step of n_tok tokens at mean context ctx, with head_rows rows of
+ * logits (see the top of the file). */
+static void step_cost(const dsr1_weights *w, int n_tok, int head_rows, double ctx, double *bytes,
+                      double *flops)
 {
     const dsr1_model_config *c = &w->cfg;
-    double experts = 0; /* every owned routed expert of every layer */
-    for (int l = w->layer_begin; l < w->layer_end; l++)
-        for (int e = 0; w->layers[l].moe && e < c->n_routed_experts; e++) {
-            const dsr1_ffn_weights *f = &w->layers[l].experts[e];
-            if (w->expert_owned[e])
-                experts += linear_bytes(&f->gate) + linear_bytes(&f->up) + linear_bytes(&f->down);
-        }
+    const int layers = w->layer_end - w->layer_begin, kvw = c->kv_lora_rank + c->qk_rope_head_dim;
+    double ex_bytes = 0, ex_macs = 0, macs = 0; /* ex: all held routed experts */
+    for (int l = w->layer_begin; l < w->layer_end; l++) {
+        const dsr1_layer_weights *L = &w->layers[l];
+        macs += linear_macs(&L->q_a) + linear_macs(&L->q_b) + linear_macs(&L->q) +
+                linear_macs(&L->kv_a) + linear_macs(&L->kv_b) + linear_macs(&L->o) +
+                (L->moe ? linear_macs(&L->router) + ffn_macs(&L->shared) : ffn_macs(&L->dense));
+        for (int e = 0; L->moe && e < c->n_routed_experts; e++)
+            if (w->expert_owned[e]) {
+                const dsr1_ffn_weights *f = &L->experts[e];
+                ex_bytes += linear_bytes(&f->gate) + linear_bytes(&f->up) + linear_bytes(&f->down);
+                ex_macs += ffn_macs(f);
+            }
+    }
+    /* attention: scores over kv_lora + rope, weighted sums over kv_lora */
+    macs += (double)layers * c->num_attention_heads * ctx * (kvw + c->kv_lora_rank);
     const double p1 =
         c->n_routed_experts ? (double)c->num_experts_per_tok / c->n_routed_experts : 0;
-    return (double)dsr1_weights_active_bytes(w) + experts * (1 - pow(1 - p1, b) - p1);
+    *flops = 2 * (n_tok * (macs + p1 * ex_macs) + head_rows * linear_macs(&w->head));
+    *bytes = (double)dsr1_weights_active_bytes(w) + ex_bytes * (1 - pow(1 - p1, n_tok) - p1) +
+             n_tok * ctx * layers * kvw * sizeof(float);
 }
 
 static int32_t argmax(const float *x, int n)
@@ -315,11 +350,9 @@ static dsr1_status run_batch(const offline_opts *o, const dsr1_weights *w, const
         row->decode_s += row->step_s[i];
     }
     row->step_median_s = median(row->step_s, o->output_len);
-    const dsr1_model_config *c = &w->cfg;
-    const double ctx = in + (o->output_len + 1) / 2.0,
-                 row_bytes = sizeof(float) * (double)(c->kv_lora_rank + c->qk_rope_head_dim);
-    row->step_bytes =
-        step_weight_bytes(w, b) + b * ctx * (w->layer_end - w->layer_begin) * row_bytes;
+    double unused;
+    step_cost(w, b * in, b, (in + 1) / 2.0, &unused, &row->prefill_flops);
+    step_cost(w, b, b, in + (o->output_len + 1) / 2.0, &row->step_bytes, &row->step_flops);
 out:
     dsr1_engine_destroy(e);
     free(prompt);
@@ -330,64 +363,85 @@ out:
 }
 
 static void report(const offline_opts *o, const dsr1_weights *w, const dsr1_kernels *k, int threads,
-                   double bw, double bw0, double bw1, const offline_row *rows, int n)
+                   const offline_limits *lim, const offline_row *rows, int n)
 {
     const dsr1_model_config *c = &w->cfg;
     const int moe = c->num_hidden_layers - c->first_k_dense_replace;
-    printf("dsr1-bench offline: %s%s (%d layers, %d MoE; %d of %d routed experts held), kernels "
-           "%s, %d threads\n",
+    printf("dsr1-bench offline: %s%s (%d layers, %d MoE; %d of %d routed experts held, %.2f GB), "
+           "kernels %s, %d threads\n",
            o->model, o->dummy ? " (dummy weights)" : "", c->num_hidden_layers, moe, w->n_owned,
-           c->n_routed_experts, k->name, threads);
-    printf("input %d, output %d tokens per sequence; streaming read %.1f GB/s (before %.1f, "
-           "after %.1f); weights held %.2f GB\n",
-           o->input_len, o->output_len, bw, bw0, bw1, w->bytes / 1e9);
-    printf("%6s %10s %13s %9s %12s %14s %9s %12s %16s\n", "batch", "prefill s", "prefill tok/s",
-           "decode s", "decode tok/s", "step ms (med)", "GB/step", "roofline ms",
-           "decode/roofline");
+           c->n_routed_experts, w->bytes / 1e9, k->name, threads);
+    printf("input %d, output %d tokens per sequence; streaming read %.1f GB/s (before %.1f, after "
+           "%.1f); fp32 FMA peak %.1f GFLOP/s (before %.1f, after %.1f)\n",
+           o->input_len, o->output_len, lim->bw, lim->bw0, lim->bw1, lim->peak, lim->peak0,
+           lim->peak1);
+    printf("%5s %9s %9s %6s %8s %9s %8s %7s %9s %9s %7s %7s\n", "", "prefill", "prefill", "%FMA",
+           "decode", "step ms", "GB", "GFLOP", "BW roof", "FMA roof", "decode", "decode");
+    printf("%5s %9s %9s %6s %8s %9s %8s %7s %9s %9s %7s %7s\n", "batch", "s", "tok/s", "", "tok/s",
+           "(median)", "/step", "/step", "ms", "ms", "/BW roof", "/roof");
     for (int i = 0; i < n; i++) {
         const offline_row *r = &rows[i];
-        const double roof = r->step_bytes / (bw * 1e9);
-        printf("%6d %10.3f %13.1f %9.3f %12.2f %14.2f %9.3f %12.2f %16.3f\n", r->batch,
-               r->prefill_s, (double)r->batch * o->input_len / r->prefill_s, r->decode_s,
+        const double bwr = r->step_bytes / (lim->bw * 1e9), fr = r->step_flops / (lim->peak * 1e9);
+        printf("%5d %9.3f %9.1f %5.1f%% %8.2f %9.2f %8.3f %7.1f %9.2f %9.2f %7.3f %7.3f\n",
+               r->batch, r->prefill_s, (double)r->batch * o->input_len / r->prefill_s,
+               100 * r->prefill_flops / r->prefill_s / (lim->peak * 1e9),
                r->decode_s > 0 ? (double)r->batch * o->output_len / r->decode_s : 0,
-               r->step_median_s * 1e3, r->step_bytes / 1e9, roof * 1e3, roof / r->step_median_s);
+               r->step_median_s * 1e3, r->step_bytes / 1e9, r->step_flops / 1e9, bwr * 1e3,
+               fr * 1e3, bwr / r->step_median_s, fmax(bwr, fr) / r->step_median_s);
     }
-    if (fmin(bw0, bw1) < 0.85 * bw)
-        printf("note: the read bandwidth moved by more than 15%% during the run: the machine "
-               "was busy (the roofline uses the larger value)\n");
+    printf("(decode / BW roof: decode speed as a fraction of the bandwidth roofline, i.e. its "
+           "time over the median step; decode / roof: of the slower of the two rooflines)\n");
+    if (fmin(lim->bw0, lim->bw1) < 0.85 * lim->bw ||
+        fmin(lim->peak0, lim->peak1) < 0.85 * lim->peak)
+        printf("note: the limits moved by more than 15%% during the run: the machine was busy "
+               "(the rooflines use the larger values)\n");
 }
 
 static int write_json(const offline_opts *o, const dsr1_weights *w, const dsr1_kernels *k,
-                      int threads, double bw, double bw0, double bw1, const offline_row *rows,
-                      int n)
+                      int threads, const offline_limits *lim, const offline_row *rows, int n)
 {
-    json_t *root = json_pack("{s:s,s:b,s:i,s:i,s:s,s:i,s:i,s:i,s:f,s:[f,f],s:f}", "model", o->model,
-                             "dummy_weights", o->dummy, "layers", w->cfg.num_hidden_layers,
-                             "experts_held", w->n_owned, "kernels", k->name, "threads", threads,
-                             "input_len", o->input_len, "output_len", o->output_len, "read_gbps",
-                             bw, "read_gbps_before_after", bw0, bw1, "weights_gb", w->bytes / 1e9);
+    json_t *root = json_pack(
+        "{s:s,s:b,s:i,s:i,s:s,s:i,s:i,s:i,s:f,s:[f,f],s:f,s:[f,f],s:f}", "model", o->model,
+        "dummy_weights", o->dummy, "layers", w->cfg.num_hidden_layers, "experts_held", w->n_owned,
+        "kernels", k->name, "threads", threads, "input_len", o->input_len, "output_len",
+        o->output_len, "read_gbps", lim->bw, "read_gbps_before_after", lim->bw0, lim->bw1,
+        "fma_peak_gflops", lim->peak, "fma_peak_gflops_before_after", lim->peak0, lim->peak1,
+        "weights_gb", w->bytes / 1e9);
     json_t *jr = json_array();
     for (int i = 0; i < n; i++) {
         const offline_row *r = &rows[i];
-        const double roof = r->step_bytes / (bw * 1e9);
+        const double bwr = r->step_bytes / (lim->bw * 1e9), fr = r->step_flops / (lim->peak * 1e9);
         json_t *steps = json_array();
         for (int s = 0; s < o->output_len; s++)
             json_array_append_new(steps, json_real(r->step_s[s]));
         json_array_append_new(
-            jr, json_pack("{s:i,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:o}", "batch", r->batch,
+            jr, json_pack("{s:i,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:o}", "batch", r->batch,
                           "prefill_seconds", r->prefill_s, "prefill_tok_s",
-                          (double)r->batch * o->input_len / r->prefill_s, "decode_seconds",
-                          r->decode_s, "decode_tok_s",
+                          (double)r->batch * o->input_len / r->prefill_s, "prefill_flops",
+                          r->prefill_flops, "decode_seconds", r->decode_s, "decode_tok_s",
                           r->decode_s > 0 ? (double)r->batch * o->output_len / r->decode_s : 0,
                           "step_median_seconds", isnan(r->step_median_s) ? 0 : r->step_median_s,
-                          "step_bytes", r->step_bytes, "roofline_seconds", roof,
-                          "decode_vs_roofline", roof / r->step_median_s, "step_seconds", steps));
+                          "step_bytes", r->step_bytes, "step_flops", r->step_flops,
+                          "bandwidth_roofline_seconds", bwr, "fma_roofline_seconds", fr,
+                          "step_seconds", steps));
     }
     json_object_set_new(root, "results", jr);
     const int rc = json_dump_file(root, o->json, JSON_INDENT(2));
     if (rc) fprintf(stderr, CMD ": cannot write %s\n", o->json);
     json_decref(root);
     return rc ? 1 : 0;
+}
+
+/* Read bandwidth and FMA peak, `after` the runs or before them. */
+static void measure_limits(dsr1_pool *pool, offline_limits *lim, bool after)
+{
+    fprintf(stderr, "machine limits%s ...\n", after ? " again" : "");
+    const double bw = dsr1__bench_read_gbps(pool, (size_t)1 << 30, 5);
+    const double peak = dsr1__bench_fma_gflops(pool, 10);
+    *(after ? &lim->bw1 : &lim->bw0) = bw;
+    *(after ? &lim->peak1 : &lim->peak0) = peak;
+    lim->bw = fmax(lim->bw0, lim->bw1);
+    lim->peak = fmax(lim->peak0, lim->peak1);
 }
 
 int dsr1__bench_offline(int argc, char **argv)
@@ -399,7 +453,7 @@ int dsr1__bench_offline(int argc, char **argv)
     if (!k) {
         fprintf(stderr,
                 CMD ": --kernels: '%s' is unknown or not supported by this CPU (auto, portable, "
-                    "avx512, avx512-bf16)\n",
+                    "avx512)\n",
                 o.kernels);
         return 2;
     }
@@ -408,24 +462,25 @@ int dsr1__bench_offline(int argc, char **argv)
     dsr1_weights *w = NULL;
     dsr1_pool *pool = NULL;
     offline_row rows[MAX_BATCHES] = {0};
+    offline_limits lim = {0};
     dsr1_status st = dsr1_pool_create(o.threads, &pool);
     if (st == DSR1_OK) st = load(&o, &ck, &w);
     if (st != DSR1_OK) goto out;
-    fprintf(stderr, "read bandwidth ...\n");
-    const double bw0 = dsr1__bench_read_gbps(pool, (size_t)1 << 30, 5);
+    measure_limits(pool, &lim, false);
     for (; done < o.nbatch; done++)
         if ((st = run_batch(&o, w, k, pool, o.batch[done], &rows[done])) != DSR1_OK) {
             done++; /* its row holds memory to free */
             goto out;
         }
-    fprintf(stderr, "read bandwidth again ...\n");
-    const double bw1 = dsr1__bench_read_gbps(pool, (size_t)1 << 30, 5), bw = fmax(bw0, bw1);
-    if (bw <= 0) {
-        st = dsr1_error(DSR1_ERR_NOMEM, "out of memory for the bandwidth test");
+    measure_limits(pool, &lim, true);
+    if (lim.bw <= 0 || lim.peak <= 0) {
+        st = dsr1_error(DSR1_ERR_UNSUPPORTED,
+                        "cannot measure this machine's limits (memory for the bandwidth test, "
+                        "AVX-512 for the FMA peak)");
         goto out;
     }
-    report(&o, w, k, dsr1_pool_size(pool), bw, bw0, bw1, rows, done);
-    rc = o.json ? write_json(&o, w, k, dsr1_pool_size(pool), bw, bw0, bw1, rows, done) : 0;
+    report(&o, w, k, dsr1_pool_size(pool), &lim, rows, done);
+    rc = o.json ? write_json(&o, w, k, dsr1_pool_size(pool), &lim, rows, done) : 0;
 out:
     if (st != DSR1_OK) fprintf(stderr, CMD ": %s\n", dsr1_errmsg());
     for (int i = 0; i < done; i++) free(rows[i].step_s);

@@ -445,6 +445,15 @@ static int32_t draw(dsr1_sampler *s, const dsr1_sampling *p, const float *w, dou
     return s->members[c - 1].id;
 }
 
+/* The arguments of a sampling call: present, and parameters in range. */
+static dsr1_status check_call(const dsr1_sampler *s, const dsr1_sampling *p, const float *logits,
+                              const void *out)
+{
+    if (!s || !p || !logits || !out)
+        return dsr1_error(DSR1_ERR_INVALID_ARG, "sampler: NULL argument");
+    return dsr1_sampling_validate(p, s->vocab);
+}
+
 /* Draws the token of step `step` (after the penalties; greedy at temperature 0). */
 static dsr1_status pick(dsr1_sampler *s, const dsr1_sampling *p, const float *logits,
                         const dsr1_token_history *h, uint64_t step, int32_t *token)
@@ -460,9 +469,7 @@ static dsr1_status pick(dsr1_sampler *s, const dsr1_sampling *p, const float *lo
 dsr1_status dsr1_sample(dsr1_sampler *s, const dsr1_sampling *p, const float *logits,
                         const dsr1_token_history *h, uint64_t step, dsr1_sample_result *out)
 {
-    if (!s || !p || !logits || !out)
-        return dsr1_error(DSR1_ERR_INVALID_ARG, "sampler: NULL argument");
-    dsr1_status st = dsr1_sampling_validate(p, s->vocab);
+    dsr1_status st = check_call(s, p, logits, out);
     if (st) return st;
     dsr1_sample_result r = {0};
     double lse;
@@ -476,9 +483,7 @@ dsr1_status dsr1_sample(dsr1_sampler *s, const dsr1_sampling *p, const float *lo
 dsr1_status dsr1_sample_token(dsr1_sampler *s, const dsr1_sampling *p, const float *logits,
                               const dsr1_token_history *h, uint64_t step, int32_t *token)
 {
-    if (!s || !p || !logits || !token)
-        return dsr1_error(DSR1_ERR_INVALID_ARG, "sampler: NULL argument");
-    dsr1_status st = dsr1_sampling_validate(p, s->vocab);
+    dsr1_status st = check_call(s, p, logits, token);
     if (st) return st;
     float max = -INFINITY;
     for (int i = 0; i < s->vocab; i++) { /* the checks of raw_row, without its exp pass */
