@@ -313,7 +313,7 @@ static dsr1_status step(dsr1_engine *e, int b, int pos, int n_tokens, const int3
                                   .n_tokens = n_tokens,
                                   .tokens = tokens + (size_t)s * stride,
                                   .logits = DSR1_LOGITS_LAST};
-    const dsr1_batch batch = {b, seqs, logits};
+    const dsr1_batch batch = {.n_seqs = b, .seqs = seqs, .logits = logits};
     const double t0 = dsr1_now();
     const dsr1_status st = dsr1_engine_forward(e, &batch);
     *sec = dsr1_now() - t0;
