@@ -64,23 +64,14 @@ static result *results_add(results *rs)
     return rs->n < MAX_ROWS ? &rs->r[rs->n++] : NULL;
 }
 
-static uint64_t xorshift(uint64_t *s)
-{
-    uint64_t x = *s;
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    return *s = x;
-}
-
 static float frand(uint64_t *s) /* uniform in [-1, 1) */
 {
-    return (float)((xorshift(s) >> 11) * 0x1p-52 - 1.0);
+    return (float)((dsr1__bench_rand(s) >> 11) * 0x1p-52 - 1.0);
 }
 
 static uint8_t e4m3_rand(uint64_t *s) /* any e4m3 byte but the NaN patterns */
 {
-    const uint8_t v = (uint8_t)xorshift(s);
+    const uint8_t v = (uint8_t)dsr1__bench_rand(s);
     return (v & 0x7f) == 0x7f ? v ^ 1 : v;
 }
 
@@ -137,7 +128,7 @@ static int weight_pool_make(weight_pool *p, int n, int k, size_t pool_bytes, uin
     uint64_t s = seed;
     for (size_t i = 0; i < wb * p->ncopies; i++) p->q[i] = e4m3_rand(&s);
     for (size_t i = 0; i < (size_t)sr * sc * p->ncopies; i++)
-        p->scale[i] = (float)((0.25 + (xorshift(&s) >> 11) * 0x1p-53) * 1e-3); /* > 0 */
+        p->scale[i] = (float)((0.25 + (dsr1__bench_rand(&s) >> 11) * 0x1p-53) * 1e-3); /* > 0 */
     for (int c = 0; c < p->ncopies; c++)
         p->w[c] =
             (dsr1_linear){DSR1_DT_F8_E4M3, n, k, p->q + wb * c, p->scale + (size_t)sr * sc * c};
@@ -305,7 +296,7 @@ static void bench_absorb(dsr1_pool *pool, const bench_opts *o, const dsr1_kernel
     uint64_t s = 777;
     for (size_t i = 0; i < (size_t)rows * cols; i++) q[i] = e4m3_rand(&s);
     for (int i = 0; i < (rows / 128) * (cols / 128); i++)
-        sc[i] = (float)((0.25 + (xorshift(&s) >> 11) * 0x1p-53) * 1e-3);
+        sc[i] = (float)((0.25 + (dsr1__bench_rand(&s) >> 11) * 0x1p-53) * 1e-3);
     for (int i = 0; i < 128 * 128; i++) x[i] = frand(&s);
     const dsr1_linear w = {DSR1_DT_F8_E4M3, rows, cols, q, sc};
     fprintf(stderr, "absorption ...\n");
@@ -395,7 +386,7 @@ static void bench_mla_attention(dsr1_pool *pool, const bench_opts *o, const dsr1
     const size_t nb = rows / MLA_BLOCK;
     for (size_t b = 0; b < nb; b++) blocks[b] = kv + b * MLA_BLOCK * MLA_ROW;
     for (size_t b = nb - 1; b > 0; b--) {
-        const size_t r = xorshift(&s) % (b + 1);
+        const size_t r = dsr1__bench_rand(&s) % (b + 1);
         const float *t = blocks[b];
         blocks[b] = blocks[r];
         blocks[r] = t;

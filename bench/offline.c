@@ -55,15 +55,6 @@ typedef struct {
     double peak, peak0, peak1; /* fp32 FMA GFLOP/s */
 } offline_limits;
 
-static uint64_t xorshift(uint64_t *s)
-{
-    uint64_t x = *s;
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    return *s = x;
-}
-
 static void usage(FILE *f)
 {
     fprintf(f,
@@ -338,7 +329,7 @@ static dsr1_status run_batch(const offline_opts *o, const dsr1_weights *w, const
     if (st == DSR1_OK) st = dsr1_engine_create(w, k, pool, b, in + o->output_len, &e);
     if (st != DSR1_OK) goto out;
     uint64_t s = o->seed * 0x9e3779b97f4a7c15ull + (uint64_t)b;
-    for (size_t i = 0; i < (size_t)b * in; i++) prompt[i] = (int32_t)(xorshift(&s) % vocab);
+    for (size_t i = 0; i < (size_t)b * in; i++) prompt[i] = (int32_t)(dsr1__bench_rand(&s) % vocab);
     double t;
     fprintf(stderr, "batch %d: warm-up, prefill of %d x %d tokens ...\n", b, b, in);
     if ((st = step(e, b, 0, 1, prompt, in, seqs, logits, vocab, next, &t)) != DSR1_OK) goto out;
