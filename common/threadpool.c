@@ -33,10 +33,12 @@ struct dsr1_pool {
     int stop;
     _Atomic uint64_t word; /* generation << 32 | next chunk to claim */
     atomic_int done;       /* chunks finished in the current job */
-    /* the current job: written by the caller only between jobs */
-    dsr1_pool_fn fn;
-    void *arg;
-    int n, nchunks;
+    /* the current job: written by the caller before it publishes the job's generation.
+     * Atomic (relaxed) because a worker late from the previous job may read them while they
+     * change; its claim then fails on the generation, but the read must not be a race. */
+    _Atomic(dsr1_pool_fn) fn;
+    _Atomic(void *) arg;
+    atomic_int n, nchunks;
 };
 
 static uint32_t word_gen(uint64_t w)
@@ -51,9 +53,10 @@ static void work(dsr1_pool *p, uint32_t gen, int tid)
         uint64_t w = atomic_load_explicit(&p->word, memory_order_acquire);
         if (word_gen(w) != gen) return;
         const int c = (int)(uint32_t)w;
-        const int nchunks = p->nchunks, n = p->n;
-        dsr1_pool_fn fn = p->fn;
-        void *arg = p->arg;
+        const int nchunks = atomic_load_explicit(&p->nchunks, memory_order_relaxed);
+        const int n = atomic_load_explicit(&p->n, memory_order_relaxed);
+        dsr1_pool_fn fn = atomic_load_explicit(&p->fn, memory_order_relaxed);
+        void *arg = atomic_load_explicit(&p->arg, memory_order_relaxed);
         if (c >= nchunks) return;
         if (!atomic_compare_exchange_weak_explicit(&p->word, &w, w + 1, memory_order_acq_rel,
                                                    memory_order_acquire))
@@ -165,10 +168,10 @@ void dsr1_pool_run(dsr1_pool *p, int n, int grain, dsr1_pool_fn fn, void *arg)
         fn(arg, 0, n, 0);
         return;
     }
-    p->fn = fn;
-    p->arg = arg;
-    p->n = n;
-    p->nchunks = nchunks;
+    atomic_store_explicit(&p->fn, fn, memory_order_relaxed);
+    atomic_store_explicit(&p->arg, arg, memory_order_relaxed);
+    atomic_store_explicit(&p->n, n, memory_order_relaxed);
+    atomic_store_explicit(&p->nchunks, nchunks, memory_order_relaxed);
     atomic_store_explicit(&p->done, 0, memory_order_relaxed);
     uint32_t gen = word_gen(atomic_load_explicit(&p->word, memory_order_relaxed)) + 1;
     atomic_store_explicit(&p->word, (uint64_t)gen << 32, memory_order_release);
