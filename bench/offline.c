@@ -193,9 +193,7 @@ static dsr1_status load(const offline_opts *o, dsr1_ckpt **ck, dsr1_weights **w)
     dsr1_status st;
     if (o->dummy) {
         if ((st = dsr1_model_config_load(o->model, &cfg)) != DSR1_OK) return st;
-        if (o->layers && o->layers < cfg.num_hidden_layers) cfg.num_hidden_layers = o->layers;
-        if (cfg.first_k_dense_replace > cfg.num_hidden_layers)
-            cfg.first_k_dense_replace = cfg.num_hidden_layers;
+        dsr1_model_config_keep_layers(&cfg, o->layers);
     } else {
         if ((st = dsr1_ckpt_open(o->model, ck)) != DSR1_OK) return st;
         cfg = *dsr1_ckpt_config(*ck);

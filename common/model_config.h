@@ -61,6 +61,16 @@ dsr1_status dsr1_model_config_parse(const char *json, size_t len, dsr1_model_con
 /* Read DIR/config.json, or the config file itself when `dir` names a file, and parse it. */
 dsr1_status dsr1_model_config_load(const char *dir, dsr1_model_config *out);
 
+/* Keep only the first `layers` main layers (0, or not fewer than there are: all of them), as
+ * `--dummy-weights --layers N` does to benchmark part of a model at its real shapes; the
+ * dense layers are those of the kept ones. */
+static inline void dsr1_model_config_keep_layers(dsr1_model_config *c, int layers)
+{
+    if (layers <= 0 || layers >= c->num_hidden_layers) return;
+    c->num_hidden_layers = layers;
+    if (c->first_k_dense_replace > layers) c->first_k_dense_replace = layers;
+}
+
 /* Derived quantities. */
 static inline int dsr1_cfg_qk_head_dim(const dsr1_model_config *c)
 {

@@ -67,10 +67,7 @@ dsr1_status dsr1_backend_open(const dsr1_backend_params *p, dsr1_backend **out)
     dsr1_status st;
     if (p->dummy_weights) {
         if ((st = dsr1_model_config_load(p->model, &b->dc)) != DSR1_OK) goto fail;
-        if (p->layers && p->layers < b->dc.num_hidden_layers) {
-            b->dc.num_hidden_layers = p->layers;
-            if (b->dc.first_k_dense_replace > p->layers) b->dc.first_k_dense_replace = p->layers;
-        }
+        dsr1_model_config_keep_layers(&b->dc, p->layers);
         b->cfg = &b->dc;
     } else {
         if ((st = dsr1_ckpt_open(p->model, &b->ck)) != DSR1_OK) goto fail;

@@ -252,10 +252,7 @@ int dsr1_cmd_run(int argc, char **argv)
     const dsr1_model_config *cfg;
     if (dummy) {
         if ((st = dsr1_model_config_load(model, &dc)) != DSR1_OK) goto fail;
-        if (layers && layers < dc.num_hidden_layers) {
-            dc.num_hidden_layers = layers;
-            if (dc.first_k_dense_replace > layers) dc.first_k_dense_replace = layers;
-        }
+        dsr1_model_config_keep_layers(&dc, layers);
         cfg = &dc;
     } else {
         if ((st = dsr1_ckpt_open(model, &ck)) != DSR1_OK) goto fail;

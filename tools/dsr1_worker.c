@@ -137,10 +137,7 @@ static int serve(const options *o)
     }
     if (o->dummy) {
         if ((st = dsr1_model_config_load(o->model, &dc)) == DSR1_OK) {
-            if (o->layers && o->layers < dc.num_hidden_layers) {
-                dc.num_hidden_layers = o->layers;
-                if (dc.first_k_dense_replace > o->layers) dc.first_k_dense_replace = o->layers;
-            }
+            dsr1_model_config_keep_layers(&dc, o->layers);
             cfg = &dc;
         }
     } else if ((st = dsr1_ckpt_open(o->model, &ck)) == DSR1_OK) {
