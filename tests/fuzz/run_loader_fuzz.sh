@@ -16,8 +16,9 @@ cc=${CC_FUZZ:-clang}
 mkdir -p "$out/corpus-safetensors" "$out/corpus-config"
 cd "$root"
 
-srcs="common/status.c common/log.c common/numeric.c common/safetensors.c common/model_config.c"
-flags="-fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -g -O1 -std=gnu11 -D_GNU_SOURCE -I common"
+srcs="common/base/status.c common/base/log.c common/base/numeric.c common/model/safetensors.c
+      common/model/model_config.c"
+flags="-fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -g -O1 -std=gnu11 -D_GNU_SOURCE -I common/base -I common/model"
 for t in safetensors config; do
     # shellcheck disable=SC2086
     $cc $flags -o "$out/fuzz_$t" "tests/fuzz/fuzz_$t.c" $srcs -ljansson -lm

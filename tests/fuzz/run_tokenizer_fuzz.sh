@@ -29,12 +29,8 @@ if [ -z "$model" ]; then
     fi
 fi
 
-srcs="common/status.c common/tokenizer.c common/tokenizer_added.c common/tokenizer_bpe.c
-      common/tokenizer_encode.c common/tokenizer_map.c common/tokenizer_pretok.c
-      common/tokenizer_utf8.c common/detok.c common/chat_template.c
-      common/chat_template_builtins.c common/chat_template_eval.c common/chat_template_lex.c
-      common/chat_template_parse.c common/chat_template_value.c"
-flags="-fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -g -O1 -std=gnu11 -D_GNU_SOURCE -I common"
+srcs="common/base/status.c common/text/*.c"
+flags="-fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -g -O1 -std=gnu11 -D_GNU_SOURCE -I common/base -I common/text"
 # shellcheck disable=SC2086
 $cc $flags -o "$out/fuzz_tokenizer" tests/fuzz/fuzz_tokenizer.c $srcs -ljansson -lpcre2-8 -lm
 
