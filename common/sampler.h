@@ -8,67 +8,15 @@
  * random number of step i of a request is derived from (seed, i) alone (counter-based
  * generator).
  *
- * Order of operations (the one vLLM and HF document): logit_bias; repetition penalty
- * (prompt and generated tokens: positive logits divided by it, negative multiplied);
- * presence and frequency penalties (generated tokens only: logit -= presence + frequency *
- * count); then, unless greedy, temperature, top_k, top_p, min_p, and one draw. temperature
- * 0 is greedy: the argmax of the penalised logits (lowest id on ties).
- * Log-probabilities are the log-softmax of the raw logits (before any of the above). */
+ * The parameters and result types are shared with the coordinator (common/net/sampling.h). */
 #ifndef DSR1_SAMPLER_H
 #define DSR1_SAMPLER_H
 
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "sampling.h"
 #include "status.h"
-
-#define DSR1_MAX_TOP_LOGPROBS 20
-
-typedef struct {
-    float temperature; /* 0: greedy */
-    float top_p;       /* (0, 1]; 1: off */
-    int top_k;         /* 0: off */
-    float min_p;       /* [0, 1]; 0: off */
-    uint64_t seed;
-    float presence_penalty, frequency_penalty; /* 0: off */
-    float repetition_penalty;                  /* 1: off */
-    int n_bias;                                /* logit_bias entries */
-    const int32_t *bias_ids;
-    const float *bias_values;
-    int top_logprobs; /* alternatives to report, 0 .. DSR1_MAX_TOP_LOGPROBS */
-} dsr1_sampling;
-
-/* The defaults before generation_config.json: temperature 1, top_p 1, repetition 1,
- * everything else off. */
-dsr1_sampling dsr1_sampling_defaults(void);
-/* Checks every range above; the message names the field and its allowed range. */
-dsr1_status dsr1_sampling_validate(const dsr1_sampling *s, int vocab);
-/* Whether a penalty is on, i.e. whether dsr1_sample reads the token history. */
-bool dsr1_sampling_uses_history(const dsr1_sampling *s);
-
-/* A request's tokens so far, for the penalties: prompt ids and generated ids. */
-typedef struct {
-    const int32_t *prompt;
-    int n_prompt;
-    const int32_t *output;
-    int n_output;
-} dsr1_token_history;
-
-typedef struct {
-    int32_t token_id;
-    float logprob;
-} dsr1_logprob;
-
-typedef struct {
-    int32_t token; /* the sampled id */
-    float logprob; /* of `token` under the raw logits */
-    int n_top;     /* = params.top_logprobs (the vocabulary size if smaller) */
-    dsr1_logprob top[DSR1_MAX_TOP_LOGPROBS]; /* most likely first (raw logits; ties: lower id) */
-} dsr1_sample_result;
-
-/* The token of a result that could not be computed, e.g. from a logit row with a NaN or
- * +inf logit, where results travel without the error (worker/forward.h). */
-#define DSR1_SAMPLE_FAILED (-1)
 
 /* Scratch for one thread's sampling; reused across calls (no allocation per token). */
 typedef struct dsr1_sampler dsr1_sampler;

@@ -22,7 +22,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "sampler.h"
+#include "sampling.h"
 #include "status.h"
 
 #define DSR1_WIRE_MAGIC       0x31525344u /* "DSR1" little-endian */

@@ -22,7 +22,7 @@
 #include <stdint.h>
 
 #include "forward.h"
-#include "sampler.h"
+#include "sampling.h"
 #include "status.h"
 #include "textout.h"
 #include "tokenizer.h"
