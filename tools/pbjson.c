@@ -14,7 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "tokenizer_internal.h" /* dsr1__utf8_lossy_append */
+#include "utf8.h"
 
 #define MEMBER(type, msg, off) (*(type *)((char *)(msg) + (off)))
 
@@ -84,7 +84,7 @@ static json_t *string_to_json(const char *s)
     if (j) return j;
     char *fixed = NULL; /* not UTF-8: replace the bad bytes as the tokenizer does */
     size_t len = 0, cap = 0;
-    if (!dsr1__utf8_lossy_append((const uint8_t *)s, strlen(s), &fixed, &len, &cap))
+    if (!dsr1_utf8_lossy_append((const uint8_t *)s, strlen(s), &fixed, &len, &cap))
         j = json_stringn(fixed, len);
     free(fixed);
     return j;

@@ -45,7 +45,7 @@ static dsr1_status emit(dsr1_detok *d, const uint8_t *bytes, size_t n, const cha
                         size_t *len)
 {
     size_t out_len = 0;
-    dsr1_status st = dsr1__utf8_lossy_append(bytes, n, &d->out, &out_len, &d->out_cap);
+    dsr1_status st = dsr1_utf8_lossy_append(bytes, n, &d->out, &out_len, &d->out_cap);
     if (st) return st;
     *text = d->out;
     *len = out_len;
@@ -69,7 +69,7 @@ dsr1_status dsr1_detok_push(dsr1_detok *d, int32_t id, const char **text, size_t
     }
     memcpy(d->work, d->held, d->nheld);
     memcpy(d->work + d->nheld, tb, tn);
-    size_t keep = dsr1__utf8_incomplete_tail(d->work, n);
+    size_t keep = dsr1_utf8_incomplete_tail(d->work, n);
     if ((st = emit(d, d->work, n - keep, text, len))) return st;
     memcpy(d->held, d->work + n - keep, keep);
     d->nheld = keep;

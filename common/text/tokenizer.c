@@ -613,7 +613,7 @@ dsr1_status dsr1_tokenizer_decode(const dsr1_tokenizer *tok, const int32_t *ids,
     }
     char *text = NULL;
     size_t len = 0, cap = 0;
-    dsr1_status st = dsr1__utf8_lossy_append(raw, k, &text, &len, &cap);
+    dsr1_status st = dsr1_utf8_lossy_append(raw, k, &text, &len, &cap);
     free(raw);
     if (st) return st;
     *out = text;

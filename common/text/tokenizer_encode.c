@@ -118,7 +118,7 @@ dsr1_status dsr1_tokenizer_encode(const dsr1_tokenizer *tok, const char *text, s
     if (!tok || (!text && len) || !ids || !n)
         return dsr1_error(DSR1_ERR_INVALID_ARG, "encode: NULL argument");
     const uint8_t *s = (const uint8_t *)text;
-    size_t bad = dsr1__utf8_valid_prefix(s, len);
+    size_t bad = dsr1_utf8_valid_prefix(s, len);
     if (bad < len)
         return dsr1_error(DSR1_ERR_INVALID_ARG,
                           "encode: input is not valid UTF-8 at byte %zu "

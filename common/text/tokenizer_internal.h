@@ -1,8 +1,8 @@
 /* Internals of the tokenizer shared by its files (tokenizer.c loads and decodes,
  * tokenizer_encode.c runs the pipeline, tokenizer_bpe.c merges, tokenizer_pretok.c runs
- * the Split regexes, tokenizer_added.c finds added tokens, tokenizer_utf8.c checks and
- * repairs UTF-8, tokenizer_map.c hashes). Not a public interface: only these files, the
- * detokenizer, textout.c (UTF-8 checks) and the tokenizer's tests include it. Everything
+ * the Split regexes, tokenizer_added.c finds added tokens, tokenizer_map.c hashes; UTF-8
+ * checks are public, utf8.h). Not a public interface: only the files of common/text/ and
+ * the tokenizer's tests include it. Everything
  * here is immutable after load, which is what makes concurrent encodes safe. */
 #ifndef DSR1_TOKENIZER_INTERNAL_H
 #define DSR1_TOKENIZER_INTERNAL_H
@@ -16,6 +16,7 @@
 
 #include "status.h"
 #include "tokenizer.h"
+#include "utf8.h"
 
 /* ---- string -> id map (open addressing, keys copied into an arena) ---- */
 typedef struct {
@@ -157,17 +158,6 @@ typedef dsr1_status (*dsr1__piece_fn)(void *ctx, const uint8_t *piece, size_t le
  * pcre2_match_data_create(p->max_capture_pairs, NULL), owned by the caller. */
 dsr1_status dsr1__pretok_run(const dsr1__pretok *p, const uint8_t *text, size_t len,
                              pcre2_match_data *md, dsr1__piece_fn fn, void *ctx);
-
-/* ---- UTF-8 ---- */
-/* Offset of the first byte that is not part of valid UTF-8, or len when all is valid. */
-size_t dsr1__utf8_valid_prefix(const uint8_t *s, size_t len);
-/* Length of the longest suffix of s that is a proper prefix of some valid UTF-8 sequence
- * (0..3): bytes a streaming decoder must hold back until more arrive. */
-size_t dsr1__utf8_incomplete_tail(const uint8_t *s, size_t len);
-/* Appends s to out (capacity grown with realloc), replacing each maximal invalid subpart
- * with U+FFFD. */
-dsr1_status dsr1__utf8_lossy_append(const uint8_t *s, size_t len, char **out, size_t *out_len,
-                                    size_t *out_cap);
 
 /* ---- byte-level alphabet (GPT-2): every byte is a printable code point ---- */
 /* The code point byte b is written as in byte-level vocabularies: printable Latin-1 maps

@@ -7,7 +7,7 @@
  * sequence with one U+FFFD (Unicode's recommended practice, which Rust's
  * String::from_utf8_lossy and the WHATWG TextDecoder both implement), so our decode
  * output matches Hugging Face's byte for byte even for garbage id sequences. */
-#include "tokenizer_internal.h"
+#include "utf8.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -45,7 +45,7 @@ static size_t seq_prefix(const uint8_t *s, size_t avail, size_t *full)
     return k;
 }
 
-size_t dsr1__utf8_valid_prefix(const uint8_t *s, size_t len)
+size_t dsr1_utf8_valid_prefix(const uint8_t *s, size_t len)
 {
     size_t i = 0;
     while (i < len) {
@@ -68,7 +68,7 @@ size_t dsr1__utf8_valid_prefix(const uint8_t *s, size_t len)
     return len;
 }
 
-size_t dsr1__utf8_incomplete_tail(const uint8_t *s, size_t len)
+size_t dsr1_utf8_incomplete_tail(const uint8_t *s, size_t len)
 {
     for (size_t back = 1; back <= 3 && back <= len; back++) {
         uint8_t c = s[len - back];
@@ -91,7 +91,7 @@ static dsr1_status grow(char **out, size_t *cap, size_t need)
     return DSR1_OK;
 }
 
-dsr1_status dsr1__utf8_lossy_append(const uint8_t *s, size_t len, char **out, size_t *out_len,
+dsr1_status dsr1_utf8_lossy_append(const uint8_t *s, size_t len, char **out, size_t *out_len,
                                     size_t *out_cap)
 {
     /* Worst case every byte becomes a 3-byte U+FFFD; +1 keeps room for a NUL. */

@@ -17,7 +17,7 @@
 #include <string.h>
 
 #include "detok.h"
-#include "tokenizer_internal.h"
+#include "utf8.h"
 
 enum { REASONING = 0, CONTENT = 1 };
 
@@ -91,7 +91,7 @@ static dsr1_status check_params(const dsr1_tokenizer *tok, const dsr1_textout_pa
             return dsr1_error(DSR1_ERR_INVALID_ARG,
                               "textout: stop string %d has %zu bytes (1 to %d allowed)", i, n,
                               DSR1_MAX_STOP_STRING_BYTES);
-        if (dsr1__utf8_valid_prefix((const uint8_t *)s, n) != n)
+        if (dsr1_utf8_valid_prefix((const uint8_t *)s, n) != n)
             return dsr1_error(DSR1_ERR_INVALID_ARG, "textout: stop string %d is not valid UTF-8",
                               i);
     }

@@ -23,7 +23,7 @@ static dsr1_tokenizer *tok;
 
 static bool valid_utf8(const char *s, size_t n)
 {
-    return dsr1__utf8_valid_prefix((const uint8_t *)s, n) == n;
+    return dsr1_utf8_valid_prefix((const uint8_t *)s, n) == n;
 }
 
 /* Streams ids through a detokenizer; returns the concatenated text (malloc'd). */

@@ -80,7 +80,7 @@ static void check_delta(const dsr1_textout_delta *d, result *r)
     size_t lens[2] = {d->reasoning_len, d->content_len};
     for (int i = 0; i < 2; i++) {
         assert_int_equal(parts[i][lens[i]], '\0');
-        assert_int_equal(dsr1__utf8_valid_prefix((const uint8_t *)parts[i], lens[i]), lens[i]);
+        assert_int_equal(dsr1_utf8_valid_prefix((const uint8_t *)parts[i], lens[i]), lens[i]);
     }
     str_add(&r->reasoning, d->reasoning, d->reasoning_len);
     str_add(&r->content, d->content, d->content_len);
