@@ -3,7 +3,7 @@
  * Presets: `tiny` (the golden tiny-a shapes: quick tests) and `r1-proxy` (R1's per-layer
  * shapes with 3 layers and 16 experts, ~6 GB: realistic kernel and I/O benchmarks without
  * the 700 GB download); or any config.json with --config. The checkpoint itself is written
- * by common/mkmodel.h; this file picks the config, the tokenizer and the directory. */
+ * by common/model/mkmodel.h; this file picks the config, the tokenizer and the directory. */
 #include <dirent.h>
 #include <errno.h>
 #include <getopt.h>

@@ -13,7 +13,7 @@
  * pool, used by the sequences that bring no block table.
  *
  * A sequence may also bring a sampling request (dsr1_seq_sample): the engine that computes
- * its logits then draws its next token there (common/sampler.h, a pure function of the
+ * its logits then draws its next token there (sampler.h, a pure function of the
  * request, the row, the history and the step index) and returns the id, with logprobs
  * when asked, instead of the logit rows. On a worker grid this runs on the last pipeline
  * stage, so that only ids travel back to the coordinator.
@@ -40,7 +40,7 @@ typedef enum {
 
 /* What to do with a sequence's logit rows in the engine instead of returning them. */
 typedef struct {
-    dsr1_sampling params;    /* common/sampler.h; bias arrays borrowed for the step */
+    dsr1_sampling params;    /* common/net/sampling.h; bias arrays borrowed for the step */
     uint64_t step;           /* index of the token being drawn, 0 for the first (RNG counter) */
     const int32_t *history;  /* prompt then generated ids so far, for the penalties */
     int n_prompt, n_history; /* history may be NULL/0 when no penalty is on */

@@ -4,7 +4,7 @@
  * the LM head, each one's last row is sampled (or scores the known next token) and, with
  * prompt logprobs, every other row scores the chunk's next token. The rows are independent,
  * so they are shared out over the engine's thread pool, each thread with its own sampler
- * scratch (common/sampler.h); results do not depend on which thread ran what. */
+ * scratch (sampler.h); results do not depend on which thread ran what. */
 #ifndef DSR1_FORWARD_SAMPLE_H
 #define DSR1_FORWARD_SAMPLE_H
 

@@ -1,5 +1,5 @@
 /* A stand-in for the CUDA runtime and NCCL, made of threads and host memory, so that the
- * NCCL backend (common/comm_nccl.c) runs its logic in CI, which has no GPU: test_comm_nccl
+ * NCCL backend (common/net/comm_nccl.c) runs its logic in CI, which has no GPU: test_comm_nccl
  * linked against this file instead of libcudart/libnccl (symbols defined in the executable
  * take precedence). It models what comm_nccl.c relies on, not all of NCCL: blocking
  * p2p matched in order per peer, grouped sends/receives, all-reduce, async errors, abort.

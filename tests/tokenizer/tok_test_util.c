@@ -20,7 +20,7 @@ int tok_test_make_r1_dir(const char *golden, char *dir, size_t cap)
     char tmp[] = "/tmp/dsr1-tok-XXXXXX";
     if (!mkdtemp(tmp) || strlen(tmp) + 1 > cap) return 1;
     strcpy(dir, tmp);
-    /* the same R1 edits dsr1 mkmodel applies (common/mkmodel_tokenizer.c) */
+    /* the same R1 edits dsr1 mkmodel applies (common/model/mkmodel_tokenizer.c) */
     if (dsr1_mkmodel_tokenizer(src, dir) != DSR1_OK) {
         fprintf(stderr, "cannot make R1's tokenizer files: %s\n", dsr1_errmsg());
         tok_test_remove_dir(dir);

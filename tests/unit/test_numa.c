@@ -1,4 +1,4 @@
-/* NUMA placement (common/numa_bind.h): node choice, binding the calling thread to a node
+/* NUMA placement (common/base/numa_bind.h): node choice, binding the calling thread to a node
  * and giving its CPUs back. Node 0 exists on every machine, so the binding itself runs
  * here even on one node (where workers are never bound). */
 #include <sched.h>
