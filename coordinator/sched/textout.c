@@ -9,7 +9,12 @@
  * matches the one that completes first wins (at the same end, the longest), which is the
  * one a character-by-character stream would meet first, so the result does not depend on
  * how the text was split into tokens. The end of a part (`</think>`, a stop id, finish)
- * flushes the detokenizer and decides everything pending. */
+ * flushes the detokenizer and decides everything pending.
+ *
+ * Opening the think block from the generation (detect_think): until the first text is
+ * decided, released text collects in `lead`; while lead (less leading whitespace) is a
+ * proper prefix of "<think>" it is held, once it begins with "<think>" that much is dropped
+ * and the rest goes to reasoning, otherwise all of it goes on as content. */
 #include "textout.h"
 
 #include <stdio.h>
@@ -38,8 +43,12 @@ struct dsr1_textout {
     size_t stop_len[DSR1_MAX_STOP_STRINGS];
     int n_stop;
     size_t max_stop_len;
-    int part;  /* REASONING or CONTENT: where released text goes */
-    bool done; /* stopped or finished: no more ids */
+    int part;          /* REASONING or CONTENT: where released text goes */
+    bool armed;        /* detect_think: the generation may still open <think> */
+    bool skip_newline; /* drop one "\n" at the start of reasoning opened by the generation */
+    int32_t think_start_id;
+    textbuf lead; /* armed: text released so far, not yet decided */
+    bool done;    /* stopped or finished: no more ids */
     textbuf pending;
     textbuf text[2];     /* everything released, per part */
     size_t call_mark[2]; /* text[i].n when the current call began */
@@ -70,10 +79,12 @@ static dsr1_status check_id(const dsr1_tokenizer *tok, const char *field, int32_
                       (int)id);
 }
 
-static dsr1_status check_params(const dsr1_tokenizer *tok, const dsr1_textout_params *p)
+dsr1_status dsr1_textout_params_check(const dsr1_tokenizer *tok, const dsr1_textout_params *p)
 {
+    if (!tok || !p) return dsr1_error(DSR1_ERR_INVALID_ARG, "textout: NULL argument");
     dsr1_status st = check_id(tok, "eos_id", p->eos_id);
     if (!st) st = check_id(tok, "think_end_id", p->think_end_id);
+    if (!st && p->detect_think) st = check_id(tok, "think_start_id", p->think_start_id);
     if (st) return st;
     if (p->n_stop_ids < 0 || (p->n_stop_ids > 0 && !p->stop_ids))
         return dsr1_error(DSR1_ERR_INVALID_ARG, "textout: %d stop ids and no array", p->n_stop_ids);
@@ -103,6 +114,8 @@ static dsr1_status copy_params(dsr1_textout *t, const dsr1_textout_params *p)
     t->eos_id = p->ignore_eos ? -1 : p->eos_id;
     t->think_end_id = p->think_end_id;
     t->part = p->in_reasoning && p->think_end_id >= 0 ? REASONING : CONTENT;
+    t->armed = p->detect_think && p->think_end_id >= 0 && t->part == CONTENT;
+    t->think_start_id = p->detect_think ? p->think_start_id : -1;
     if (p->n_stop_ids > 0) {
         t->stop_ids = malloc((size_t)p->n_stop_ids * sizeof(*t->stop_ids));
         if (!t->stop_ids) return dsr1_error(DSR1_ERR_NOMEM, "textout: out of memory");
@@ -123,7 +136,7 @@ dsr1_status dsr1_textout_create(const dsr1_tokenizer *tok, const dsr1_textout_pa
                                 dsr1_textout **out)
 {
     if (!tok || !p || !out) return dsr1_error(DSR1_ERR_INVALID_ARG, "textout: NULL argument");
-    dsr1_status st = check_params(tok, p);
+    dsr1_status st = dsr1_textout_params_check(tok, p);
     if (st) return st;
     dsr1_textout *t = calloc(1, sizeof(*t));
     if (!t) return dsr1_error(DSR1_ERR_NOMEM, "textout: out of memory");
@@ -145,6 +158,7 @@ void dsr1_textout_destroy(dsr1_textout *t)
     free(t->stop_ids);
     for (int i = 0; i < t->n_stop; i++) free(t->stop[i]);
     free(t->pending.p);
+    free(t->lead.p);
     free(t->text[REASONING].p);
     free(t->text[CONTENT].p);
     free(t);
@@ -205,10 +219,57 @@ static dsr1_status settle(dsr1_textout *t, bool end_of_part)
     return st;
 }
 
-static dsr1_status add_text(dsr1_textout *t, const char *s, size_t n, bool end_of_part)
+static dsr1_status add_decided(dsr1_textout *t, const char *s, size_t n, bool end_of_part)
 {
+    if (t->skip_newline && n) {
+        t->skip_newline = false;
+        if (s[0] == '\n') s++, n--;
+    }
     dsr1_status st = textbuf_append(&t->pending, s, n);
     return st ? st : settle(t, end_of_part);
+}
+
+static const char THINK_OPEN[] = "<think>";
+
+static bool is_space(char c)
+{
+    return c == ' ' || c == '\t' || c == '\r' || c == '\n';
+}
+
+/* Enters the reasoning part opened by the generation. */
+static void open_think(dsr1_textout *t)
+{
+    t->armed = false;
+    t->part = REASONING;
+    t->skip_newline = true;
+}
+
+/* Whether lead holds only whitespace (what may precede the <think> token). */
+static bool lead_blank(const dsr1_textout *t)
+{
+    for (size_t i = 0; i < t->lead.n; i++)
+        if (!is_space(t->lead.p[i])) return false;
+    return true;
+}
+
+/* While armed, text goes through lead first (see the top of the file). */
+static dsr1_status add_text(dsr1_textout *t, const char *s, size_t n, bool end_of_part)
+{
+    if (!t->armed) return add_decided(t, s, n, end_of_part);
+    dsr1_status st = textbuf_append(&t->lead, s, n);
+    if (st) return st;
+    size_t ws = 0;
+    while (ws < t->lead.n && is_space(t->lead.p[ws])) ws++;
+    size_t rest = t->lead.n - ws, k = sizeof(THINK_OPEN) - 1;
+    bool prefix = rest < k && !memcmp(t->lead.p + ws, THINK_OPEN, rest);
+    if (prefix && !end_of_part) return DSR1_OK; /* undecided: hold */
+    t->lead.n = 0;
+    if (rest >= k && !memcmp(t->lead.p + ws, THINK_OPEN, k)) {
+        open_think(t);
+        return add_decided(t, t->lead.p + ws + k, rest - k, end_of_part);
+    }
+    t->armed = false;
+    return add_decided(t, t->lead.p, ws + rest, end_of_part);
 }
 
 static dsr1_status end_part(dsr1_textout *t)
@@ -263,6 +324,10 @@ dsr1_status dsr1_textout_push(dsr1_textout *t, int32_t id, dsr1_textout_delta *d
             t->reason = t->id_reason;
         }
         t->done = true;
+    } else if (t->armed && id == t->think_start_id && lead_blank(t)) {
+        st = DSR1_OK;
+        t->lead.n = 0;
+        open_think(t);
     } else if (id == t->think_end_id && t->part == REASONING) {
         st = end_part(t);
         t->part = CONTENT;

@@ -6,6 +6,11 @@
  *   prompt with "<think>\n"), text up to the `</think>` token goes to `reasoning`, the rest
  *   to `content`. The `</think>` token itself appears in neither. Without `</think>` in the
  *   vocabulary, or when the prompt is not in a think block, everything is content.
+ *   With detect_think (R1-0528's template does not open the block: the model writes
+ *   `<think>` itself), a generation that begins with the `<think>` token, or with the text
+ *   "<think>" after optional whitespace, enters reasoning there: the opener and one newline
+ *   right after it appear in neither part. Text that could still become that opener is
+ *   held back until it is decided.
  * - Stop strings: generation stops at the first occurrence of any stop string in the text
  *   of the current part (reasoning or content; a stop string never spans the boundary).
  *   Text that could be the beginning of a stop string is held back until it is decided, so
@@ -25,15 +30,17 @@
 #include "status.h"
 #include "tokenizer.h"
 
-#define DSR1_MAX_STOP_STRINGS 16
+#define DSR1_MAX_STOP_STRINGS      16
 #define DSR1_MAX_STOP_STRING_BYTES 256
 
 typedef struct {
-    bool in_reasoning;        /* the prompt left the model inside <think> */
-    bool skip_special;        /* drop special tokens' text (default true) */
-    int32_t eos_id;           /* -1: none */
+    bool in_reasoning; /* the prompt left the model inside <think> */
+    bool skip_special; /* drop special tokens' text (default true) */
+    int32_t eos_id;    /* -1: none */
     bool ignore_eos;
-    int32_t think_end_id;     /* "</think>", -1: none */
+    int32_t think_end_id;   /* "</think>", -1: none */
+    bool detect_think;      /* a generation may open <think> itself (needs think_end_id) */
+    int32_t think_start_id; /* "<think>" for detect_think; -1: match its text only */
     const int32_t *stop_ids;
     int n_stop_ids;
     const char *const *stop; /* NUL-terminated; copied */

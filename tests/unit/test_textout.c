@@ -22,7 +22,7 @@
 
 static char model_dir[256];
 static dsr1_tokenizer *tok;
-static int32_t eos, think_end;
+static int32_t eos, think_end, think_start;
 
 /* ---- helpers ---- */
 
@@ -168,6 +168,97 @@ static void test_reasoning_split(void **state)
     run(&p, ids, n, true, &r);
     assert_string_equal(r.reasoning.p, "Let me think: 2+2.\n");
     assert_string_equal(r.content.p, "\n\nThe answer is 4.");
+    result_free(&r);
+    free(ids);
+}
+
+/* R1-0528's template leaves the prompt outside a think block: the model opens it, with the
+ * <think> token or (however it is tokenized) its text, maybe after whitespace. R1's
+ * template opens it in the prompt (in_reasoning, above); the same params serve both. */
+static void test_generation_opens_think(void **state)
+{
+    (void)state;
+    dsr1_textout_params p = params();
+    p.detect_think = true;
+    p.think_start_id = think_start;
+    result r;
+    /* the token, a newline, reasoning, </think>, the answer */
+    size_t n = 0;
+    int32_t *ids = ids_add(NULL, &n, think_start);
+    ids = encode_add(ids, &n, "\nLet me think.\n");
+    ids = ids_add(ids, &n, think_end);
+    ids = encode_add(ids, &n, "\n\nIt is 4.");
+    run(&p, ids, n, true, &r);
+    assert_string_equal(r.reasoning.p, "Let me think.\n");
+    assert_string_equal(r.content.p, "\n\nIt is 4.");
+    result_free(&r);
+    /* the same with R1's template: the prompt opened the block, the model does not */
+    dsr1_textout_params q = p;
+    q.in_reasoning = true;
+    run(&q, ids + 2, n - 2, true, &r);
+    assert_string_equal(r.reasoning.p, "Let me think.\n");
+    assert_string_equal(r.content.p, "\n\nIt is 4.");
+    result_free(&r);
+    /* without detect_think the opener is content, as before */
+    q = params();
+    run(&q, ids, n, true, &r);
+    assert_string_equal(r.reasoning.p, "");
+    assert_non_null(strstr(r.content.p, "<think>"));
+    result_free(&r);
+    free(ids);
+    /* the opener as text, one byte per token, after whitespace */
+    n = 0;
+    ids = bytes_add(NULL, &n, " \n<think>\nhmm");
+    ids = ids_add(ids, &n, think_end);
+    ids = bytes_add(ids, &n, "ok");
+    run(&p, ids, n, true, &r);
+    assert_string_equal(r.reasoning.p, "hmm");
+    assert_string_equal(r.content.p, "ok");
+    result_free(&r);
+    free(ids);
+    /* whitespace, then the token */
+    n = 0;
+    ids = bytes_add(NULL, &n, "\n");
+    ids = ids_add(ids, &n, think_start);
+    ids = bytes_add(ids, &n, "a");
+    ids = ids_add(ids, &n, think_end);
+    ids = bytes_add(ids, &n, "b");
+    run(&p, ids, n, true, &r);
+    assert_string_equal(r.reasoning.p, "a");
+    assert_string_equal(r.content.p, "b");
+    result_free(&r);
+    free(ids);
+    /* text that only begins like the opener is content, held until decided */
+    const char *texts[] = {"<thinking about it", "<thi", "Hello <think>", "  <b>"};
+    for (size_t k = 0; k < sizeof(texts) / sizeof(*texts); k++) {
+        n = 0;
+        ids = bytes_add(NULL, &n, texts[k]);
+        run(&p, ids, n, true, &r);
+        assert_string_equal(r.reasoning.p, "");
+        assert_string_equal(r.content.p, texts[k]);
+        result_free(&r);
+        free(ids);
+    }
+    /* held text is not streamed before it is decided */
+    dsr1_textout *t;
+    dsr1_textout_delta d;
+    assert_int_equal(dsr1_textout_create(tok, &p, &t), DSR1_OK);
+    n = 0;
+    ids = bytes_add(NULL, &n, "<thX");
+    assert_string_equal(push(t, ids[0], &d), "");
+    assert_string_equal(push(t, ids[1], &d), "");
+    assert_string_equal(push(t, ids[2], &d), "");
+    assert_string_equal(push(t, ids[3], &d), "<thX");
+    dsr1_textout_destroy(t);
+    free(ids);
+    /* EOS right after the opener: an empty reasoning, nothing else */
+    n = 0;
+    ids = ids_add(NULL, &n, think_start);
+    ids = ids_add(ids, &n, eos);
+    run(&p, ids, n, false, &r);
+    assert_true(r.stopped);
+    assert_string_equal(r.reasoning.p, "");
+    assert_string_equal(r.content.p, "");
     result_free(&r);
     free(ids);
 }
@@ -479,7 +570,8 @@ static int group_setup(void **state)
     if (dsr1_tokenizer_load(model_dir, &tok)) return -1;
     eos = dsr1_tokenizer_token_id(tok, "<｜end▁of▁sentence｜>");
     think_end = dsr1_tokenizer_token_id(tok, "</think>");
-    return eos < 0 || think_end < 0 ? -1 : 0;
+    think_start = dsr1_tokenizer_token_id(tok, "<think>");
+    return eos < 0 || think_end < 0 || think_start < 0 ? -1 : 0;
 }
 
 static int group_teardown(void **state)
@@ -498,9 +590,13 @@ int main(int argc, char **argv)
     int rc = tok_test_make_r1_dir(argv[1], model_dir, sizeof(model_dir));
     if (rc) return rc;
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_reasoning_split), cmocka_unit_test(test_stop_string_across_tokens),
-        cmocka_unit_test(test_prefix_released), cmocka_unit_test(test_utf8_split),
-        cmocka_unit_test(test_stop_ids),        cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_reasoning_split),
+        cmocka_unit_test(test_generation_opens_think),
+        cmocka_unit_test(test_stop_string_across_tokens),
+        cmocka_unit_test(test_prefix_released),
+        cmocka_unit_test(test_utf8_split),
+        cmocka_unit_test(test_stop_ids),
+        cmocka_unit_test(test_errors),
         cmocka_unit_test(test_random_streams),
     };
     rc = cmocka_run_group_tests(tests, group_setup, group_teardown);
