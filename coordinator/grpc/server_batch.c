@@ -199,18 +199,10 @@ static dsr1_status submit_item(srv_batches *r, batch_item *it)
     srv_params pa;
     dsr1_status st = dsr1__srv_params(r->s, sp ? sp : req->default_sampling, &it->prompt, &pa);
     if (st != DSR1_OK) return st;
-    dsr1_sched_request q = {
-        .id = id,
-        .prompt = it->prompt.prompt,
-        .n_prompt = it->prompt.n_prompt,
-        .sampling = pa.sampling,
-        .max_tokens = pa.max_tokens,
-        .logprobs = pa.logprobs,
-        .prompt_logprobs = pa.prompt_logprobs,
-        .text = pa.text,
-        .callback = item_event,
-        .ctx = it,
-    };
+    dsr1_sched_request q = dsr1__srv_request(&it->prompt, &pa);
+    q.id = id;
+    q.callback = item_event;
+    q.ctx = it;
     st = dsr1_sched_submit(r->s->p.sched, &q);
     dsr1__srv_params_free(&pa);
     return st;

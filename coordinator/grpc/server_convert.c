@@ -283,31 +283,17 @@ void dsr1__srv_default_sampling(const dsr1_server *s, Dsr1__V1__SamplingParams *
     out->skip_special_tokens = 1;
 }
 
-static dsr1_status check_lengths(const dsr1_server *s, const Dsr1__V1__SamplingParams *sp,
-                                 int n_prompt, int *max_tokens)
+/* max_tokens: the request's, else what the context leaves after the prompt (at least 1: a
+ * prompt that fills the context is dsr1_sched_check's error, with its own message). */
+static int max_tokens_of(const dsr1_server *s, const Dsr1__V1__SamplingParams *sp, int n_prompt)
 {
-    int ctx = s->p.max_context;
-    if (n_prompt >= ctx)
-        return dsr1_error(DSR1_ERR_INVALID_ARG,
-                          "the prompt has %d tokens; the context length is %d (prompt + "
-                          "max_tokens)",
-                          n_prompt, ctx);
-    *max_tokens = ctx - n_prompt;
-    if (!sp || sp->opt_max_tokens_case != DSR1__V1__SAMPLING_PARAMS__OPT_MAX_TOKENS_MAX_TOKENS)
-        return DSR1_OK;
-    if (sp->max_tokens < 1)
-        return dsr1_error(DSR1_ERR_INVALID_ARG, "max_tokens %d: must be at least 1",
-                          sp->max_tokens);
-    if ((int64_t)n_prompt + sp->max_tokens > ctx)
-        return dsr1_error(DSR1_ERR_INVALID_ARG,
-                          "prompt (%d tokens) + max_tokens (%d) = %lld exceeds the context "
-                          "length %d",
-                          n_prompt, sp->max_tokens, (long long)n_prompt + sp->max_tokens, ctx);
-    *max_tokens = sp->max_tokens;
-    return DSR1_OK;
+    if (sp && sp->opt_max_tokens_case == DSR1__V1__SAMPLING_PARAMS__OPT_MAX_TOKENS_MAX_TOKENS)
+        return sp->max_tokens;
+    int left = s->p.max_context - n_prompt;
+    return left > 1 ? left : 1;
 }
 
-/* The limits of the API itself; ranges are checked by the sampler and the text output. */
+/* The limits of the API itself; everything else is checked by dsr1_sched_check. */
 static dsr1_status check_counts(const Dsr1__V1__SamplingParams *sp)
 {
     if (sp->n_stop_token_ids > MAX_STOP_TOKEN_IDS)
@@ -316,18 +302,7 @@ static dsr1_status check_counts(const Dsr1__V1__SamplingParams *sp)
     if (sp->n_logit_bias > MAX_LOGIT_BIAS)
         return dsr1_error(DSR1_ERR_INVALID_ARG, "%zu logit_bias entries: at most %d",
                           sp->n_logit_bias, MAX_LOGIT_BIAS);
-    if (sp->top_logprobs && !sp->logprobs && !sp->prompt_logprobs)
-        return dsr1_error(DSR1_ERR_INVALID_ARG, "top_logprobs needs logprobs or prompt_logprobs");
     return DSR1_OK;
-}
-
-/* The stop strings and ids as the scheduler's text output will check them. */
-static dsr1_status check_text(const dsr1_server *s, const dsr1_textout_params *p)
-{
-    dsr1_textout *t;
-    dsr1_status st = dsr1_textout_create(s->p.tok, p, &t);
-    if (st == DSR1_OK) dsr1_textout_destroy(t);
-    return st;
 }
 
 /* Copies the request's fields over the defaults in o. */
@@ -379,13 +354,28 @@ dsr1_status dsr1__srv_params(dsr1_server *s, const Dsr1__V1__SamplingParams *sp,
         .eos_id = s->p.cfg->eos_token_id,
         .think_end_id = s->think_end_id,
     };
-    dsr1_status st = check_lengths(s, sp, prompt->n_prompt, &out->max_tokens);
-    if (st == DSR1_OK && sp) st = check_counts(sp);
+    out->max_tokens = max_tokens_of(s, sp, prompt->n_prompt);
+    dsr1_status st = sp ? check_counts(sp) : DSR1_OK;
     if (st == DSR1_OK && sp) st = apply(sp, out);
-    if (st == DSR1_OK) st = dsr1_sampling_validate(&out->sampling, s->p.cfg->vocab_size);
-    if (st == DSR1_OK) st = check_text(s, &out->text);
+    if (st == DSR1_OK) {
+        dsr1_sched_request q = dsr1__srv_request(prompt, out);
+        st = dsr1_sched_check(s->p.sched, &q);
+    }
     if (st != DSR1_OK) dsr1__srv_params_free(out);
     return st;
+}
+
+dsr1_sched_request dsr1__srv_request(const srv_prompt *prompt, const srv_params *pa)
+{
+    return (dsr1_sched_request){
+        .prompt = prompt->prompt,
+        .n_prompt = prompt->n_prompt,
+        .sampling = pa->sampling,
+        .max_tokens = pa->max_tokens,
+        .logprobs = pa->logprobs,
+        .prompt_logprobs = pa->prompt_logprobs,
+        .text = pa->text,
+    };
 }
 
 void dsr1__srv_params_free(srv_params *p)

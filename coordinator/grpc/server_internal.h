@@ -211,6 +211,9 @@ void dsr1__srv_prompt_free(srv_prompt *p);
 /* Sampling parameters with defaults and every limit checked; sp may be NULL. */
 dsr1_status dsr1__srv_params(dsr1_server *s, const Dsr1__V1__SamplingParams *sp,
                              const srv_prompt *prompt, srv_params *out);
+/* The scheduler request of a prompt and its parameters (arrays borrowed); the caller adds
+ * id, callback, ctx and deadline. */
+dsr1_sched_request dsr1__srv_request(const srv_prompt *prompt, const srv_params *pa);
 void dsr1__srv_params_free(srv_params *p);
 /* The defaults in force (ModelInfo.default_sampling). */
 void dsr1__srv_default_sampling(const dsr1_server *s, Dsr1__V1__SamplingParams *out);

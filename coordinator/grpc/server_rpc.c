@@ -135,19 +135,11 @@ static void generate_event(const dsr1_sched_event *ev)
 static dsr1_status submit(srv_call *c, const char *id, const srv_prompt *pr, const srv_params *pa)
 {
     dsr1_server *s = c->srv;
-    dsr1_sched_request r = {
-        .id = id,
-        .prompt = pr->prompt,
-        .n_prompt = pr->n_prompt,
-        .sampling = pa->sampling,
-        .max_tokens = pa->max_tokens,
-        .logprobs = pa->logprobs,
-        .prompt_logprobs = pa->prompt_logprobs,
-        .text = pa->text,
-        .deadline_ns = deadline_ns(c->deadline),
-        .callback = generate_event,
-        .ctx = c,
-    };
+    dsr1_sched_request r = dsr1__srv_request(pr, pa);
+    r.id = id;
+    r.deadline_ns = deadline_ns(c->deadline);
+    r.callback = generate_event;
+    r.ctx = c;
     if (!(c->request_id = strdup(id))) return dsr1_error(DSR1_ERR_NOMEM, "out of memory");
     dsr1__srv_call_ref(c); /* the scheduler's, until the FINAL */
     pthread_mutex_lock(&s->mu);

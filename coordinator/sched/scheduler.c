@@ -208,14 +208,17 @@ static dsr1_status req_new(const dsr1_sched *s, const dsr1_sched_request *q, req
     return DSR1_OK;
 }
 
-static dsr1_status validate(const dsr1_sched *s, const dsr1_sched_request *q)
+dsr1_status dsr1_sched_check(const dsr1_sched *s, const dsr1_sched_request *q)
 {
-    if (!q->id || !q->id[0]) return dsr1_error(DSR1_ERR_INVALID_ARG, "request id is empty");
-    if (!q->callback) return dsr1_error(DSR1_ERR_INVALID_ARG, "request %s has no callback", q->id);
+    const int ctx = s->p.max_context;
     if (q->n_prompt < 1) return dsr1_error(DSR1_ERR_INVALID_ARG, "the prompt is empty");
+    if (q->n_prompt >= ctx)
+        return dsr1_error(DSR1_ERR_RANGE,
+                          "the prompt has %d tokens; the context length is %d (prompt + "
+                          "max_tokens)",
+                          q->n_prompt, ctx);
     if (q->max_tokens < 1)
-        return dsr1_error(DSR1_ERR_INVALID_ARG, "max_tokens is %d; it must be at least 1",
-                          q->max_tokens);
+        return dsr1_error(DSR1_ERR_INVALID_ARG, "max_tokens %d: must be at least 1", q->max_tokens);
     for (int i = 0; i < q->n_prompt; i++)
         if (q->prompt[i] < 0 || q->prompt[i] >= s->p.vocab)
             return dsr1_error(DSR1_ERR_INVALID_ARG,
@@ -223,11 +226,11 @@ static dsr1_status validate(const dsr1_sched *s, const dsr1_sched_request *q)
                               q->prompt[i], i, s->p.vocab);
     const int64_t total = (int64_t)q->n_prompt + q->max_tokens;
     const int64_t fits = (int64_t)s->p.exec.blocks_per_rank * s->p.exec.block_tokens;
-    if (total > s->p.max_context)
+    if (total > ctx)
         return dsr1_error(DSR1_ERR_RANGE,
                           "prompt (%d tokens) + max_tokens (%d) = %lld exceeds the context length "
-                          "of %d tokens",
-                          q->n_prompt, q->max_tokens, (long long)total, s->p.max_context);
+                          "%d",
+                          q->n_prompt, q->max_tokens, (long long)total, ctx);
     if (total > fits)
         return dsr1_error(DSR1_ERR_RANGE,
                           "prompt (%d tokens) + max_tokens (%d) = %lld exceeds the KV cache of one "
@@ -235,12 +238,16 @@ static dsr1_status validate(const dsr1_sched *s, const dsr1_sched_request *q)
                           q->n_prompt, q->max_tokens, (long long)total, (long long)fits);
     if (q->sampling.top_logprobs > 0 && !q->logprobs && !q->prompt_logprobs)
         return dsr1_error(DSR1_ERR_INVALID_ARG, "top_logprobs needs logprobs or prompt_logprobs");
-    return dsr1_sampling_validate(&q->sampling, s->p.vocab);
+    dsr1_status st = dsr1_sampling_validate(&q->sampling, s->p.vocab);
+    if (st == DSR1_OK && s->p.tok) st = dsr1_textout_params_check(s->p.tok, &q->text);
+    return st;
 }
 
 dsr1_status dsr1_sched_submit(dsr1_sched *s, const dsr1_sched_request *q)
 {
-    dsr1_status st = validate(s, q);
+    if (!q->id || !q->id[0]) return dsr1_error(DSR1_ERR_INVALID_ARG, "request id is empty");
+    if (!q->callback) return dsr1_error(DSR1_ERR_INVALID_ARG, "request %s has no callback", q->id);
+    dsr1_status st = dsr1_sched_check(s, q);
     if (st != DSR1_OK) return st;
     req *r = NULL;
     if ((st = req_new(s, q, &r)) != DSR1_OK) return st;

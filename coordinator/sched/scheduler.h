@@ -118,11 +118,19 @@ dsr1_status dsr1_sched_create(const dsr1_sched_params *p, dsr1_sched **out);
 /* Aborts every request (FINAL ABORT), stops the thread and frees everything. */
 void dsr1_sched_destroy(dsr1_sched *s);
 
-/* Queues a request. Errors (nothing queued, no callback): DSR1_ERR_INVALID_ARG (bad
- * parameters: the message names the field), DSR1_ERR_RANGE (prompt + max_tokens beyond the
- * context), DSR1_ERR_EXISTS (id in use), DSR1_ERR_BUSY (queue full), DSR1_ERR_UNAVAILABLE
- * (the scheduler stopped after an executor failure). Otherwise exactly one FINAL event
- * follows, from the scheduler thread, after zero or more DELTA events. */
+/* Checks a request as dsr1_sched_submit does, without queueing it, so that a frontend can
+ * refuse a batch's bad items when the batch arrives: the prompt (non-empty, ids in the
+ * vocabulary), prompt + max_tokens within the context and one rank's KV cache
+ * (DSR1_ERR_RANGE), top_logprobs only with logprobs, the sampling ranges
+ * (dsr1_sampling_validate) and the text output's stops (dsr1_textout_params_check); every
+ * other error is DSR1_ERR_INVALID_ARG, the message naming the field. id and callback are
+ * not looked at. Safe from any thread. */
+dsr1_status dsr1_sched_check(const dsr1_sched *s, const dsr1_sched_request *r);
+/* Queues a request. Errors (nothing queued, no callback): those of dsr1_sched_check, an
+ * empty id or no callback (DSR1_ERR_INVALID_ARG), DSR1_ERR_EXISTS (id in use), DSR1_ERR_BUSY
+ * (queue full), DSR1_ERR_UNAVAILABLE (the scheduler stopped after an executor failure).
+ * Otherwise exactly one FINAL event follows, from the scheduler thread, after zero or more
+ * DELTA events. */
 dsr1_status dsr1_sched_submit(dsr1_sched *s, const dsr1_sched_request *r);
 /* Aborts a live request: its FINAL ABORT follows within one step, its blocks are freed.
  * Returns false when no live request has this id. */

@@ -49,7 +49,10 @@ typedef struct {
 
 typedef struct dsr1_textout dsr1_textout;
 
-/* Validates the stop strings (count, length, non-empty, valid UTF-8). */
+/* Checks the parameters as dsr1_textout_create does, without making a textout: stop ids and
+ * eos/think ids in the vocabulary, stop strings (count, length, non-empty, valid UTF-8). */
+dsr1_status dsr1_textout_params_check(const dsr1_tokenizer *tok, const dsr1_textout_params *p);
+/* Validates the parameters (dsr1_textout_params_check). */
 dsr1_status dsr1_textout_create(const dsr1_tokenizer *tok, const dsr1_textout_params *p,
                                 dsr1_textout **out);
 void dsr1_textout_destroy(dsr1_textout *t);

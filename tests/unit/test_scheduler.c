@@ -426,6 +426,53 @@ static void test_abort_deadline_limits(void **state)
     dsr1_sched_destroy(s);
 }
 
+/* dsr1_sched_check refuses what submit refuses, with the same status, and queues nothing:
+ * frontends call it on a batch's items before they reach the scheduler. */
+static void test_check(void **state)
+{
+    fixture *f = *state;
+    int32_t prompt[40];
+    srand(5);
+    random_ids(prompt, 40);
+    dsr1_sched *s = start(f, 40, 4, 16, 4, 2);
+    result x;
+    int32_t bad = VOCAB;
+    const char *long_stop = "0123456789012345678901234567890123456789012345678901234567890123"
+                            "0123456789012345678901234567890123456789012345678901234567890123"
+                            "0123456789012345678901234567890123456789012345678901234567890123"
+                            "0123456789012345678901234567890123456789012345678901234567890123!";
+    struct {
+        const char *what;
+        dsr1_sched_request q;
+        dsr1_status st;
+        const char *msg; /* a part of the message */
+    } cases[] = {
+        {"ok", request("ok", prompt, 8, 4, &x), DSR1_OK, NULL},
+        {"empty", request("e", prompt, 0, 4, &x), DSR1_ERR_INVALID_ARG, "the prompt is empty"},
+        {"zero", request("z", prompt, 4, 0, &x), DSR1_ERR_INVALID_ARG, "must be at least 1"},
+        {"oov", request("o", &bad, 1, 1, &x), DSR1_ERR_INVALID_ARG, "outside the vocabulary"},
+        {"kv", request("k", prompt, 40, 150, &x), DSR1_ERR_RANGE, "KV cache of one rank"},
+        {"top", request("t", prompt, 4, 2, &x), DSR1_ERR_INVALID_ARG, "top_logprobs needs"},
+        {"temp", request("m", prompt, 4, 2, &x), DSR1_ERR_INVALID_ARG, "temperature"},
+        {"stop", request("s", prompt, 4, 2, &x), DSR1_ERR_INVALID_ARG, "stop string 0"},
+    };
+    cases[5].q.sampling.top_logprobs = 3;
+    cases[6].q.sampling.temperature = -1;
+    cases[7].q.text.stop = &long_stop;
+    cases[7].q.text.n_stop = 1;
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        dsr1_status st = dsr1_sched_check(s, &cases[i].q);
+        if (st != cases[i].st || (cases[i].msg && !strstr(dsr1_errmsg(), cases[i].msg)))
+            fail_msg("%s: status %d, message '%s'", cases[i].what, st, dsr1_errmsg());
+        if (st != DSR1_OK) assert_int_equal(dsr1_sched_submit(s, &cases[i].q), st);
+    }
+    dsr1_sched_info info;
+    dsr1_sched_get_info(s, &info);
+    assert_int_equal(info.queued + info.running, 0);
+    assert_idle(s);
+    dsr1_sched_destroy(s);
+}
+
 /* A queue of 2: the third waiting request is refused with BUSY. */
 static void test_queue_full(void **state)
 {
@@ -490,6 +537,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_seeded_batch_invariance, setup, teardown),
         cmocka_unit_test_setup_teardown(test_logprobs, setup, teardown),
         cmocka_unit_test_setup_teardown(test_abort_deadline_limits, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_check, setup, teardown),
         cmocka_unit_test_setup_teardown(test_queue_full, setup, teardown),
         cmocka_unit_test_setup_teardown(test_executor_failure, setup, teardown),
     };
