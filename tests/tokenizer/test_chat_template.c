@@ -235,18 +235,11 @@ static void test_concurrent_render(void **state)
 
 int main(int argc, char **argv)
 {
-    if (argc < 2) {
-        fprintf(stderr, "usage: %s GOLDEN_DIR\n", argv[0]);
-        return 2;
-    }
-    int rc = tok_test_make_r1_dir(argv[1], model_dir, sizeof(model_dir));
-    if (rc) return rc;
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_r1_format),       cmocka_unit_test(test_bad_conversations),
         cmocka_unit_test(test_template_errors), cmocka_unit_test(test_render_errors_and_limits),
         cmocka_unit_test(test_load_variants),   cmocka_unit_test(test_concurrent_render),
     };
-    rc = cmocka_run_group_tests(tests, NULL, NULL);
-    tok_test_remove_dir(model_dir);
-    return rc;
+    return tok_test_main(argc, argv, tests, sizeof(tests) / sizeof(tests[0]), model_dir,
+                         sizeof(model_dir), NULL, NULL);
 }

@@ -170,33 +170,13 @@ static void test_roundtrip_text(void **state)
     free(ids);
 }
 
-static int group_setup(void **state)
-{
-    (void)state;
-    return dsr1_tokenizer_load(model_dir, &tok) ? -1 : 0;
-}
-
-static int group_teardown(void **state)
-{
-    (void)state;
-    dsr1_tokenizer_free(tok);
-    return 0;
-}
-
 int main(int argc, char **argv)
 {
-    if (argc < 2) {
-        fprintf(stderr, "usage: %s GOLDEN_DIR\n", argv[0]);
-        return 2;
-    }
-    int rc = tok_test_make_r1_dir(argv[1], model_dir, sizeof(model_dir));
-    if (rc) return rc;
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_split_character), cmocka_unit_test(test_first_id_skipped),
         cmocka_unit_test(test_special_tokens),  cmocka_unit_test(test_matches_decode),
         cmocka_unit_test(test_roundtrip_text),
     };
-    rc = cmocka_run_group_tests(tests, group_setup, group_teardown);
-    tok_test_remove_dir(model_dir);
-    return rc;
+    return tok_test_main(argc, argv, tests, sizeof(tests) / sizeof(tests[0]), model_dir,
+                         sizeof(model_dir), &tok, NULL);
 }

@@ -604,32 +604,9 @@ static void test_loader_errors(void **state)
     unlink(path);
 }
 
-static int group_setup(void **state)
-{
-    (void)state;
-    if (dsr1_tokenizer_load(model_dir, &tok)) {
-        fprintf(stderr, "load: %s\n", dsr1_errmsg());
-        return -1;
-    }
-    return 0;
-}
-
-static int group_teardown(void **state)
-{
-    (void)state;
-    dsr1_tokenizer_free(tok);
-    return 0;
-}
-
 int main(int argc, char **argv)
 {
-    if (argc < 2) {
-        fprintf(stderr, "usage: %s GOLDEN_DIR\n", argv[0]);
-        return 2;
-    }
-    golden_dir = argv[1];
-    int rc = tok_test_make_r1_dir(golden_dir, model_dir, sizeof(model_dir));
-    if (rc) return rc;
+    golden_dir = argc > 1 ? argv[1] : NULL;
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_golden_cases),
         cmocka_unit_test(test_roundtrip_random),
@@ -648,7 +625,6 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_synthetic_added_flags),
         cmocka_unit_test(test_loader_errors),
     };
-    rc = cmocka_run_group_tests(tests, group_setup, group_teardown);
-    tok_test_remove_dir(model_dir);
-    return rc;
+    return tok_test_main(argc, argv, tests, sizeof(tests) / sizeof(tests[0]), model_dir,
+                         sizeof(model_dir), &tok, NULL);
 }

@@ -3,6 +3,11 @@
 
 #include "mkmodel.h"
 
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+
+#include <cmocka.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,6 +42,47 @@ void tok_test_remove_dir(const char *dir)
     snprintf(path, sizeof(path), "%s/tokenizer_config.json", dir);
     unlink(path);
     rmdir(dir);
+}
+
+/* What the group's setup and teardown work on: one group per process. */
+static struct {
+    const char *model_dir;
+    dsr1_tokenizer **tok;
+    int (*setup)(void);
+} group;
+
+static int group_setup(void **state)
+{
+    (void)state;
+    if (group.tok && dsr1_tokenizer_load(group.model_dir, group.tok)) {
+        fprintf(stderr, "load: %s\n", dsr1_errmsg());
+        return -1;
+    }
+    return group.setup ? group.setup() : 0;
+}
+
+static int group_teardown(void **state)
+{
+    (void)state;
+    if (group.tok) dsr1_tokenizer_free(*group.tok);
+    return 0;
+}
+
+int tok_test_main(int argc, char **argv, const struct CMUnitTest *tests, size_t n_tests,
+                  char *model_dir, size_t cap, dsr1_tokenizer **tok, int (*setup)(void))
+{
+    if (argc < 2) {
+        fprintf(stderr, "usage: %s GOLDEN_DIR\n", argv[0]);
+        return 2;
+    }
+    int rc = tok_test_make_r1_dir(argv[1], model_dir, cap);
+    if (rc) return rc;
+    group.model_dir = model_dir;
+    group.tok = tok;
+    group.setup = setup;
+    rc = _cmocka_run_group_tests(argv[0], tests, n_tests, group_setup, group_teardown);
+    tok_test_remove_dir(model_dir);
+    return rc;
 }
 
 void tok_test_put_utf8(char *b, size_t *len, uint32_t c)

@@ -8,7 +8,17 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "tokenizer.h"
+
 #define TOK_TEST_SKIP 77 /* meson's exit code for a skipped test */
+
+struct CMUnitTest;
+/* The main() of a cmocka group over R1's tokenizer: argv[1] is GOLDEN_DIR; writes the
+ * tokenizer directory into model_dir (cap bytes), loads it into *tok when tok is not NULL,
+ * runs setup (may be NULL) once loaded, runs the tests, then frees and removes everything.
+ * Returns the exit status (2 on usage, TOK_TEST_SKIP when GOLDEN_DIR lacks the tokenizer). */
+int tok_test_main(int argc, char **argv, const struct CMUnitTest *tests, size_t n_tests,
+                  char *model_dir, size_t cap, dsr1_tokenizer **tok, int (*setup)(void));
 
 /* Writes tokenizer.json and tokenizer_config.json for R1 into a fresh temporary
  * directory, copied to dir (cap bytes). Returns 0, TOK_TEST_SKIP when golden_dir lacks

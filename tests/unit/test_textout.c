@@ -564,31 +564,17 @@ static void test_random_streams(void **state)
     }
 }
 
-static int group_setup(void **state)
+/* The ids the tests look for, once the tokenizer is loaded. */
+static int find_ids(void)
 {
-    (void)state;
-    if (dsr1_tokenizer_load(model_dir, &tok)) return -1;
     eos = dsr1_tokenizer_token_id(tok, "<｜end▁of▁sentence｜>");
     think_end = dsr1_tokenizer_token_id(tok, "</think>");
     think_start = dsr1_tokenizer_token_id(tok, "<think>");
     return eos < 0 || think_end < 0 || think_start < 0 ? -1 : 0;
 }
 
-static int group_teardown(void **state)
-{
-    (void)state;
-    dsr1_tokenizer_free(tok);
-    return 0;
-}
-
 int main(int argc, char **argv)
 {
-    if (argc < 2) {
-        fprintf(stderr, "usage: %s GOLDEN_DIR\n", argv[0]);
-        return 2;
-    }
-    int rc = tok_test_make_r1_dir(argv[1], model_dir, sizeof(model_dir));
-    if (rc) return rc;
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_reasoning_split),
         cmocka_unit_test(test_generation_opens_think),
@@ -599,7 +585,6 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_random_streams),
     };
-    rc = cmocka_run_group_tests(tests, group_setup, group_teardown);
-    tok_test_remove_dir(model_dir);
-    return rc;
+    return tok_test_main(argc, argv, tests, sizeof(tests) / sizeof(tests[0]), model_dir,
+                         sizeof(model_dir), &tok, find_ids);
 }
