@@ -152,6 +152,11 @@ static dsr1_status raw_row(const dsr1_sampler *s, const float *x, int n_top, dsr
 /* ---- penalties ---- */
 
 /* A penalised logit as a float: -inf stays -inf (masked), anything else stays finite. */
+static int mask_words_of(int vocab)
+{
+    return (vocab + 31) / 32;
+}
+
 static float to_logit(double v)
 {
     return v == -INFINITY ? -INFINITY : (float)fmax(-FLT_MAX, fmin(FLT_MAX, v));
@@ -188,16 +193,40 @@ static void apply_penalties(dsr1_sampler *s, const dsr1_sampling *p)
     }
 }
 
-/* Points *w at the row to sample: logits itself, or a copy with logit_bias and the
- * penalties applied. */
+/* Sets the tokens the mask does not allow to -inf in s->work; at least one allowed token
+ * must keep a finite logit. */
+static dsr1_status apply_mask(dsr1_sampler *s, const uint32_t *allowed)
+{
+    bool any = false;
+    for (int wd = 0; wd < mask_words_of(s->vocab); wd++) {
+        const uint32_t bits = allowed[wd];
+        const int base = wd * 32, end = base + 32 < s->vocab ? base + 32 : s->vocab;
+        for (int id = base; id < end; id++)
+            if (!(bits >> (id - base) & 1))
+                s->work[id] = -INFINITY;
+            else if (s->work[id] > -INFINITY)
+                any = true;
+    }
+    if (!any)
+        return dsr1_error(DSR1_ERR_RANGE,
+                          "sampler: the token mask allows no token with a finite logit");
+    return DSR1_OK;
+}
+
+/* Points *w at the row to sample: logits itself, or a copy with the token mask, logit_bias
+ * and the penalties applied. */
 static dsr1_status penalise(dsr1_sampler *s, const dsr1_sampling *p, const float *logits,
                             const dsr1_token_history *h, const float **w)
 {
     const bool rep = p->repetition_penalty != 1;
     const bool history = h && dsr1_sampling_uses_history(p);
     *w = logits;
-    if (!p->n_bias && !history) return DSR1_OK;
+    if (!p->n_bias && !history && !p->allowed) return DSR1_OK;
     memcpy(s->work, logits, (size_t)s->vocab * sizeof(*logits));
+    if (p->allowed) {
+        dsr1_status st = apply_mask(s, p->allowed);
+        if (st) return st;
+    }
     for (int i = 0; i < p->n_bias; i++)
         s->work[p->bias_ids[i]] = to_logit((double)s->work[p->bias_ids[i]] + p->bias_values[i]);
     dsr1_status st = DSR1_OK;

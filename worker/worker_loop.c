@@ -55,11 +55,13 @@ dsr1_wire_sample dsr1_wire_sample_pack(const dsr1_seq_sample *q)
                               q->next ? *q->next : 0,
                               p->n_bias,
                               history ? q->n_prompt : 0,
-                              history ? q->n_history : 0};
+                              history ? q->n_history : 0,
+                              p->allowed ? p->mask_words : 0};
 }
 
 dsr1_seq_sample dsr1_wire_sample_unpack(const dsr1_wire_sample *r, const int32_t *bias_ids,
-                                        const float *bias_values, const int32_t *history)
+                                        const float *bias_values, const int32_t *history,
+                                        const uint32_t *mask)
 {
     dsr1_seq_sample q = {0};
     q.params = (dsr1_sampling){.temperature = r->temperature,
@@ -73,7 +75,9 @@ dsr1_seq_sample dsr1_wire_sample_unpack(const dsr1_wire_sample *r, const int32_t
                                .n_bias = r->n_bias,
                                .bias_ids = bias_ids,
                                .bias_values = bias_values,
-                               .top_logprobs = r->top_logprobs};
+                               .top_logprobs = r->top_logprobs,
+                               .allowed = r->mask_words ? mask : NULL,
+                               .mask_words = r->mask_words};
     q.step = r->step[0] | (uint64_t)r->step[1] << 32;
     q.history = history;
     q.n_prompt = r->n_prompt;
@@ -89,7 +93,7 @@ static void plan_seqs(const dsr1_worker *w, const dsr1_wire_step *plan, dsr1_seq
                       dsr1_seq_sample *req)
 {
     const dsr1_wire_seq *ws = plan->seqs;
-    int t = 0, k = 0, m = 0, bias = 0, hist = 0;
+    int t = 0, k = 0, m = 0, bias = 0, hist = 0, words = 0;
     for (int i = 0; i < plan->n_seqs; t += ws[i].n_tokens, k += ws[i].n_blocks, i++) {
         seqs[i] = (dsr1_seq_step){ws[i].slot,
                                   ws[i].pos,
@@ -102,10 +106,11 @@ static void plan_seqs(const dsr1_worker *w, const dsr1_wire_step *plan, dsr1_seq
         if (!ws[i].sample) continue;
         const dsr1_wire_sample *r = &plan->samples[m];
         req[m] = dsr1_wire_sample_unpack(r, plan->bias_ids + bias, plan->bias_values + bias,
-                                         plan->history + hist);
+                                         plan->history + hist, plan->masks + words);
         seqs[i].sample = &req[m++];
         bias += r->n_bias;
         hist += r->n_history;
+        words += r->mask_words;
     }
 }
 

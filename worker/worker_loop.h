@@ -66,12 +66,14 @@ dsr1_status dsr1_worker_init(dsr1_worker *w, const dsr1_worker_params *p);
 void dsr1_worker_fini(dsr1_worker *w);
 
 /* A sample request as a STEP sample record and back. Packing leaves the arrays out (the
- * grid copies the logit_bias pairs, and the history only when a penalty reads it, into the
- * plan's sections: the record's n_history is 0 otherwise). The unpacked request borrows the
- * record (`next`) and the arrays given, which hold its n_bias and n_history entries. */
+ * grid copies the logit_bias pairs, the history only when a penalty reads it (the record's
+ * n_history is 0 otherwise) and the token mask when there is one into the plan's sections).
+ * The unpacked request borrows the record (`next`) and the arrays given, which hold its
+ * n_bias, n_history and mask_words entries. */
 dsr1_wire_sample dsr1_wire_sample_pack(const dsr1_seq_sample *q);
 dsr1_seq_sample dsr1_wire_sample_unpack(const dsr1_wire_sample *r, const int32_t *bias_ids,
-                                        const float *bias_values, const int32_t *history);
+                                        const float *bias_values, const int32_t *history,
+                                        const uint32_t *mask);
 
 /* Serve steps until SHUTDOWN (DSR1_OK) or an error (returned after reporting it). */
 dsr1_status dsr1_worker_serve(dsr1_worker *w);

@@ -30,6 +30,10 @@ dsr1_status dsr1_sampling_validate(const dsr1_sampling *s, int vocab)
     if (s->n_bias < 0 || (s->n_bias > 0 && (!s->bias_ids || !s->bias_values)))
         return dsr1_error(DSR1_ERR_INVALID_ARG, "sampling: logit_bias has %d entries and no arrays",
                           s->n_bias);
+    if (s->allowed && s->mask_words != (vocab + 31) / 32)
+        return dsr1_error(DSR1_ERR_INVALID_ARG,
+                          "sampling: the token mask has %d words; a vocabulary of %d needs %d",
+                          s->mask_words, vocab, (vocab + 31) / 32);
     for (int i = 0; i < s->n_bias; i++) {
         if (s->bias_ids[i] < 0 || s->bias_ids[i] >= vocab)
             return dsr1_error(DSR1_ERR_INVALID_ARG,

@@ -31,12 +31,20 @@ typedef struct {
     const int32_t *bias_ids;
     const float *bias_values;
     int top_logprobs; /* alternatives to report, 0 .. DSR1_MAX_TOP_LOGPROBS */
+    /* Constrained decoding (a grammar's matcher, common/grammar/grammar.h): NULL, or one bit
+     * per token, bit (id % 32) of word (id / 32) set = the token may be drawn, in
+     * mask_words = (vocab + 31) / 32 words. Applied first: logit_bias and the penalties
+     * change the allowed tokens only, and every filter and the draw see the others at -inf.
+     * Logprobs stay those of the raw logits. Borrowed for one step (it changes every step). */
+    const uint32_t *allowed;
+    int mask_words;
 } dsr1_sampling;
 
 /* The defaults before generation_config.json: temperature 1, top_p 1, repetition 1,
  * everything else off. */
 dsr1_sampling dsr1_sampling_defaults(void);
-/* Checks every range above; the message names the field and its allowed range. */
+/* Checks every range above (and that a mask has (vocab + 31) / 32 words); the message names
+ * the field and its allowed range. */
 dsr1_status dsr1_sampling_validate(const dsr1_sampling *s, int vocab);
 /* Whether a penalty is on, i.e. whether dsr1_sample reads the token history. */
 bool dsr1_sampling_uses_history(const dsr1_sampling *s);

@@ -65,14 +65,14 @@ dsr1_status dsr1_wire_simple_encode(dsr1_msg_type type, uint64_t step, const voi
     return DSR1_OK;
 }
 
-/* STEP body: six counts, then the sections in the order of dsr1_wire_step */
-#define STEP_COUNTS 24
+/* STEP body: seven counts, then the sections in the order of dsr1_wire_step */
+#define STEP_COUNTS 28
 
 static size_t step_body_bytes(const dsr1_wire_step *p)
 {
     return STEP_COUNTS + sizeof(dsr1_wire_seq) * (size_t)p->n_seqs + 4 * (size_t)p->n_tokens +
            4 * (size_t)p->n_block_ids + sizeof(dsr1_wire_sample) * (size_t)p->n_samples +
-           8 * (size_t)p->n_bias + 4 * (size_t)p->n_history;
+           8 * (size_t)p->n_bias + 4 * (size_t)p->n_history + 4 * (size_t)p->n_mask_words;
 }
 
 /* The counts within the limits (so that the body size cannot overflow). */
@@ -82,19 +82,20 @@ static dsr1_status check_counts(const dsr1_wire_step *p, dsr1_status bad)
         p->n_tokens > DSR1_WIRE_MAX_TOKENS || p->n_block_ids < 0 ||
         p->n_block_ids > DSR1_WIRE_MAX_BLOCKS || p->n_samples < 0 || p->n_samples > p->n_seqs ||
         p->n_bias < 0 || p->n_bias > DSR1_WIRE_MAX_BIAS || p->n_history < 0 ||
-        p->n_history > DSR1_WIRE_MAX_HISTORY)
+        p->n_history > DSR1_WIRE_MAX_HISTORY || p->n_mask_words < 0 ||
+        p->n_mask_words > DSR1_WIRE_MAX_MASK)
         return dsr1_error(bad,
                           "STEP with %d sequences, %d tokens, %d cache blocks, %d sample records, "
-                          "%d logit biases and %d history ids is out of bounds",
+                          "%d logit biases, %d history ids and %d mask words is out of bounds",
                           p->n_seqs, p->n_tokens, p->n_block_ids, p->n_samples, p->n_bias,
-                          p->n_history);
+                          p->n_history, p->n_mask_words);
     return DSR1_OK;
 }
 
 /* Every record well formed, and the records adding up to the counts. */
 static dsr1_status check_records(const dsr1_wire_step *p, dsr1_status bad)
 {
-    int64_t tokens = 0, blocks = 0, samples = 0, bias = 0, history = 0;
+    int64_t tokens = 0, blocks = 0, samples = 0, bias = 0, history = 0, mask = 0;
     for (int i = 0; i < p->n_seqs; i++) {
         const dsr1_wire_seq *s = &p->seqs[i];
         if (s->n_tokens < 1 || s->pos < 0 || s->slot < 0 || s->logits < 0 || s->logits > 2 ||
@@ -113,21 +114,26 @@ static dsr1_status check_records(const dsr1_wire_step *p, dsr1_status bad)
     const int known = DSR1_WIRE_LOGPROBS | DSR1_WIRE_PROMPT_LOGPROBS | DSR1_WIRE_NEXT;
     for (int i = 0; i < p->n_samples; i++) {
         const dsr1_wire_sample *r = &p->samples[i];
-        if ((r->flags & ~known) || r->n_bias < 0 || r->n_prompt < 0 || r->n_history < r->n_prompt)
+        if ((r->flags & ~known) || r->n_bias < 0 || r->n_prompt < 0 || r->n_history < r->n_prompt ||
+            r->mask_words < 0)
             return dsr1_error(bad,
                               "STEP sample record %d is malformed (flags %#x, %d logit biases, "
-                              "history of %d ids with %d of the prompt)",
-                              i, (unsigned)r->flags, r->n_bias, r->n_history, r->n_prompt);
+                              "history of %d ids with %d of the prompt, %d mask words)",
+                              i, (unsigned)r->flags, r->n_bias, r->n_history, r->n_prompt,
+                              r->mask_words);
         bias += r->n_bias;
         history += r->n_history;
+        mask += r->mask_words;
     }
     if (tokens != p->n_tokens || blocks != p->n_block_ids || bias != p->n_bias ||
-        history != p->n_history)
+        history != p->n_history || mask != p->n_mask_words)
         return dsr1_error(bad,
-                          "STEP records hold %lld tokens, %lld cache blocks, %lld logit biases "
-                          "and %lld history ids, header says %d, %d, %d and %d",
+                          "STEP records hold %lld tokens, %lld cache blocks, %lld logit biases, "
+                          "%lld history ids and %lld mask words, header says %d, %d, %d, %d and "
+                          "%d",
                           (long long)tokens, (long long)blocks, (long long)bias, (long long)history,
-                          p->n_tokens, p->n_block_ids, p->n_bias, p->n_history);
+                          (long long)mask, p->n_tokens, p->n_block_ids, p->n_bias, p->n_history,
+                          p->n_mask_words);
     return DSR1_OK;
 }
 
@@ -148,8 +154,8 @@ dsr1_status dsr1_wire_step_encode(uint64_t step, const dsr1_wire_step *plan, voi
     unsigned char *p = malloc(DSR1_WIRE_HEADER + body), *o = p + DSR1_WIRE_HEADER;
     if (!p) return dsr1_error(DSR1_ERR_NOMEM, "out of memory for a STEP of %zu bytes", body);
     put_header(p, DSR1_MSG_STEP, step, (uint32_t)body);
-    const int32_t counts[6] = {plan->n_seqs,    plan->n_tokens, plan->n_block_ids,
-                               plan->n_samples, plan->n_bias,   plan->n_history};
+    const int32_t counts[7] = {plan->n_seqs, plan->n_tokens,  plan->n_block_ids, plan->n_samples,
+                               plan->n_bias, plan->n_history, plan->n_mask_words};
     put(&o, counts, STEP_COUNTS);
     put(&o, plan->seqs, sizeof(dsr1_wire_seq) * (size_t)plan->n_seqs);
     put(&o, plan->tokens, 4 * (size_t)plan->n_tokens);
@@ -158,6 +164,7 @@ dsr1_status dsr1_wire_step_encode(uint64_t step, const dsr1_wire_step *plan, voi
     put(&o, plan->bias_ids, 4 * (size_t)plan->n_bias);
     put(&o, plan->bias_values, 4 * (size_t)plan->n_bias);
     put(&o, plan->history, 4 * (size_t)plan->n_history);
+    put(&o, plan->masks, 4 * (size_t)plan->n_mask_words);
     *msg = p;
     *len = DSR1_WIRE_HEADER + body;
     return DSR1_OK;
@@ -181,17 +188,18 @@ dsr1_status dsr1_wire_step_decode(const void *msg, size_t len, uint64_t *step, d
     const unsigned char *b = (const unsigned char *)msg + DSR1_WIRE_HEADER;
     if (h.body_bytes < STEP_COUNTS)
         return dsr1_error(DSR1_ERR_FORMAT, "STEP body of %u bytes is truncated", h.body_bytes);
-    int32_t c[6];
+    int32_t c[7];
     memcpy(c, b, STEP_COUNTS);
-    dsr1_wire_step p = {c[0], c[1], c[2], c[3], c[4], c[5]};
+    dsr1_wire_step p = {c[0], c[1], c[2], c[3], c[4], c[5], c[6]};
     if ((st = check_counts(&p, DSR1_ERR_FORMAT)) != DSR1_OK) return st;
     const size_t want = step_body_bytes(&p);
     if (want != h.body_bytes)
         return dsr1_error(DSR1_ERR_FORMAT,
                           "STEP body is %u bytes; %d sequences, %d tokens, %d cache blocks, %d "
-                          "sample records, %d logit biases and %d history ids need %zu",
+                          "sample records, %d logit biases, %d history ids and %d mask words "
+                          "need %zu",
                           h.body_bytes, p.n_seqs, p.n_tokens, p.n_block_ids, p.n_samples, p.n_bias,
-                          p.n_history, want);
+                          p.n_history, p.n_mask_words, want);
     const unsigned char *o = b + STEP_COUNTS;
     p.seqs = take(&o, sizeof(dsr1_wire_seq) * (size_t)p.n_seqs);
     p.tokens = take(&o, 4 * (size_t)p.n_tokens);
@@ -200,6 +208,7 @@ dsr1_status dsr1_wire_step_decode(const void *msg, size_t len, uint64_t *step, d
     p.bias_ids = take(&o, 4 * (size_t)p.n_bias);
     p.bias_values = take(&o, 4 * (size_t)p.n_bias);
     p.history = take(&o, 4 * (size_t)p.n_history);
+    p.masks = take(&o, 4 * (size_t)p.n_mask_words);
     if ((st = check_records(&p, DSR1_ERR_FORMAT)) != DSR1_OK) return st;
     *step = h.step;
     *plan = p;

@@ -5,12 +5,14 @@
  * Every message starts with a 24-byte header:
  *   u32 magic "DSR1" | u16 version | u16 type | u64 step id | u32 body bytes | u32 reserved (0)
  * Bodies (every field 4 bytes; arrays sequence after sequence):
- *   STEP      i32 n_seqs, n_tokens, n_block_ids, n_samples, n_bias, n_history, then
+ *   STEP      i32 n_seqs, n_tokens, n_block_ids, n_samples, n_bias, n_history, n_mask_words,
+ *             then
  *             n_seqs x dsr1_wire_seq, n_tokens x i32 token ids, n_block_ids x i32 cache block
  *             ids (a sequence with n_blocks 0 has no block table: it uses its cache slot),
  *             n_samples x dsr1_wire_sample (one per sequence with `sample` set: the last
  *             stage samples it), n_bias x i32 logit_bias ids, n_bias x f32 their values,
- *             n_history x i32 history ids (only for requests with a penalty on)
+ *             n_history x i32 history ids (only for requests with a penalty on), n_mask_words x u32
+ *             token masks (each sample record's mask_words: a grammar's allowed tokens)
  *   RESULT    i32 rows, vocab, n_samples, n_row_logprobs, then rows x vocab f32 logits (the
  *             sequences without a sample request), then n_samples + n_row_logprobs results,
  *             each i32 token, f32 logprob, i32 n_top (0..20), n_top x {i32 id, f32 logprob}
@@ -26,13 +28,14 @@
 #include "status.h"
 
 #define DSR1_WIRE_MAGIC       0x31525344u /* "DSR1" little-endian */
-#define DSR1_WIRE_VERSION     3
+#define DSR1_WIRE_VERSION     4
 #define DSR1_WIRE_HEADER      24
 #define DSR1_WIRE_MAX_SEQS    65536
 #define DSR1_WIRE_MAX_TOKENS  (1 << 24)
 #define DSR1_WIRE_MAX_BLOCKS  (1 << 24) /* block ids in one STEP */
 #define DSR1_WIRE_MAX_BIAS    (1 << 24) /* logit_bias entries in one STEP */
 #define DSR1_WIRE_MAX_HISTORY (1 << 26) /* history ids in one STEP */
+#define DSR1_WIRE_MAX_MASK    (1 << 24) /* token mask words in one STEP (64 MiB) */
 
 typedef enum {
     DSR1_MSG_STEP = 1,
@@ -61,12 +64,13 @@ typedef struct {
     int32_t flags, next_token;
     int32_t n_bias;              /* its entries in the bias section */
     int32_t n_prompt, n_history; /* its ids in the history section, the prompt's first */
+    int32_t mask_words;          /* its token mask in the mask section; 0: none */
 } dsr1_wire_sample;
 
 /* A STEP plan. Decoded: the arrays point into the message. To encode: the counts must be
  * what the records add up to; an array may be NULL when its count is 0. */
 typedef struct {
-    int n_seqs, n_tokens, n_block_ids, n_samples, n_bias, n_history;
+    int n_seqs, n_tokens, n_block_ids, n_samples, n_bias, n_history, n_mask_words;
     const dsr1_wire_seq *seqs;
     const int32_t *tokens; /* each sequence's n_tokens, in order */
     const int32_t *blocks; /* each sequence's n_blocks, in order */
@@ -74,6 +78,7 @@ typedef struct {
     const int32_t *bias_ids; /* each sample record's n_bias, in order */
     const float *bias_values;
     const int32_t *history; /* each sample record's n_history, in order */
+    const uint32_t *masks;  /* each sample record's mask_words, in order */
 } dsr1_wire_step;
 
 typedef struct {
@@ -92,8 +97,8 @@ dsr1_status dsr1_wire_step_encode(uint64_t step, const dsr1_wire_step *plan, voi
 /* On success the plan's arrays point into msg (aligned: the header and records are
  * multiples of 4 bytes); counts are checked against the body size and the limits, each
  * sequence's n_tokens >= 1, pos, slot and n_blocks >= 0, a known logits mode, each sample
- * record's flags known, n_bias >= 0 and 0 <= n_prompt <= n_history, and the sums equal to
- * the counts. Block ids, token ids and sampling values are checked by the engine. */
+ * record's flags known, n_bias >= 0, 0 <= n_prompt <= n_history, mask_words >= 0, and the sums
+ * equal to the counts. Block ids, token ids and sampling values are checked by the engine. */
 dsr1_status dsr1_wire_step_decode(const void *msg, size_t len, uint64_t *step,
                                   dsr1_wire_step *plan);
 dsr1_status dsr1_wire_simple_encode(dsr1_msg_type type, uint64_t step, const void *body,

@@ -77,6 +77,7 @@ typedef struct {
     dsr1_wire_seq *seqs;
     int32_t *tokens, *blocks, *bias_ids, *history;
     float *bias_values;
+    uint32_t *masks;
     dsr1_wire_sample *samples;
 } plan_buf;
 
@@ -88,12 +89,13 @@ static void plan_free(plan_buf *pb)
     free(pb->bias_ids);
     free(pb->bias_values);
     free(pb->history);
+    free(pb->masks);
     free(pb->samples);
 }
 
 static dsr1_status plan_alloc(plan_buf *pb, const dsr1_batch *b)
 {
-    size_t ntok = 0, nblk = 0, nbias = 0, nhist = 0;
+    size_t ntok = 0, nblk = 0, nbias = 0, nhist = 0, nmask = 0;
     for (int q = 0; q < b->n_seqs; q++) {
         const dsr1_seq_step *sq = &b->seqs[q];
         ntok += (size_t)sq->n_tokens;
@@ -101,7 +103,9 @@ static dsr1_status plan_alloc(plan_buf *pb, const dsr1_batch *b)
         const dsr1_seq_sample *r = seq_sample(sq);
         if (!r) continue;
         nbias += (size_t)r->params.n_bias;
-        nhist += (size_t)dsr1_wire_sample_pack(r).n_history;
+        const dsr1_wire_sample w = dsr1_wire_sample_pack(r);
+        nhist += (size_t)w.n_history;
+        nmask += (size_t)w.mask_words;
     }
     memset(pb, 0, sizeof(*pb));
     const size_t n = (size_t)b->n_seqs + 1;
@@ -112,8 +116,9 @@ static dsr1_status plan_alloc(plan_buf *pb, const dsr1_batch *b)
     pb->bias_ids = malloc(sizeof(int32_t) * (nbias + 1));
     pb->bias_values = malloc(sizeof(float) * (nbias + 1));
     pb->history = malloc(sizeof(int32_t) * (nhist + 1));
+    pb->masks = malloc(sizeof(uint32_t) * (nmask + 1));
     if (!pb->seqs || !pb->samples || !pb->tokens || !pb->blocks || !pb->bias_ids ||
-        !pb->bias_values || !pb->history) {
+        !pb->bias_values || !pb->history || !pb->masks) {
         plan_free(pb);
         return dsr1_error(DSR1_ERR_NOMEM, "out of memory");
     }
@@ -142,6 +147,9 @@ static void plan_add(plan_buf *pb, const dsr1_grid *c, const dsr1_seq_step *sq, 
     p->n_bias += w.n_bias;
     if (w.n_history) memcpy(pb->history + p->n_history, r->history, sizeof(int32_t) * w.n_history);
     p->n_history += w.n_history;
+    if (w.mask_words)
+        memcpy(pb->masks + p->n_mask_words, r->params.allowed, sizeof(uint32_t) * w.mask_words);
+    p->n_mask_words += w.mask_words;
 }
 
 /* Encodes EP rank e's plan (with the sample requests for the last stage) and sends it to
@@ -160,6 +168,7 @@ static dsr1_status send_plan(dsr1_grid *c, plan_buf *pb, const dsr1_batch *b, in
     p->bias_ids = pb->bias_ids;
     p->bias_values = pb->bias_values;
     p->history = pb->history;
+    p->masks = pb->masks;
     void *msg;
     size_t len;
     dsr1_status st = dsr1_wire_step_encode(step, p, &msg, &len);

@@ -257,11 +257,13 @@ static void test_paged_grid(void **state)
 
 /* Sample requests for the two steps of two_steps (sequence 3 has none: its rows come back):
  * sequence 0 draws with top_p, penalties over its history and logit biases, with logprobs
- * and prompt logprobs; 1 is greedy with logprobs; 2 scores its known next token with prompt
- * logprobs, then draws. */
+ * and prompt logprobs; 1 is greedy with logprobs under a token mask allowing 5 random ids (a
+ * grammar's, which travels in the STEP); 2 scores its known next token with prompt logprobs,
+ * then draws. */
 typedef struct {
     int32_t bias_ids[2];
     float bias_values[2];
+    uint32_t mask[(400 + 31) / 32];
     dsr1_seq_sample req[2][NSEQ - 1];
 } grid_samples;
 
@@ -290,6 +292,13 @@ static void grid_samples_init(grid_samples *k, int32_t tok[NSEQ][12])
     p = dsr1_sampling_defaults();
     p.temperature = 0;
     p.top_logprobs = 4;
+    memset(k->mask, 0, sizeof(k->mask));
+    for (int i = 0; i < 5; i++) {
+        const int id = rand() % 400;
+        k->mask[id / 32] |= 1u << (id % 32);
+    }
+    p.allowed = k->mask;
+    p.mask_words = (400 + 31) / 32;
     k->req[0][1] = (dsr1_seq_sample){p, .logprobs = true};
     k->req[1][1] = (dsr1_seq_sample){p, 1, .logprobs = true};
     p = dsr1_sampling_defaults();
@@ -328,6 +337,8 @@ static void sampled_steps(const dsr1_model_config *c, step_fn step, void *ctx, i
         assert_int_equal(step(ctx, &b), DSR1_OK);
         assert_true(sample_reference(&b, at, (int)V, want, want_lp));
         for (int i = 0; i < GS_SAMPLES; i++) assert_true(same_result(&b.samples[i], &want[i]));
+        const int32_t masked = b.samples[1].token; /* sequence 1 draws under its mask */
+        assert_true(masked >= 0 && (k.mask[masked / 32] >> (masked % 32) & 1));
         for (int i = 0; i < dsr1_batch_row_logprobs(&b); i++)
             assert_true(same_result(&row_lp[i], &want_lp[i]));
         at += (size_t)n * V;

@@ -81,6 +81,7 @@ static void ref_penalise(const dsr1_sampling *p, const float *x, int n, const ds
 {
     for (int i = 0; i < n; i++) {
         double v = x[i];
+        if (p->allowed && !(p->allowed[i / 32] >> (i % 32) & 1)) v = -INFINITY;
         for (int j = 0; j < p->n_bias; j++)
             if (p->bias_ids[j] == i) v = ref_to_logit(v + p->bias_values[j]);
         int in_prompt = h ? ref_count(h->prompt, h->n_prompt, i) : 0;
@@ -241,6 +242,18 @@ static void test_matches_reference(void **state)
             random_request r;
             random_params(&r, n);
             const dsr1_token_history *h = below(4) ? &r.h : NULL;
+            uint32_t mask[5000 / 32 + 1];
+            if (below(3) == 0) { /* a grammar's mask: a random third, and the first maximum */
+                int top = 0;
+                for (int i = 0; i < n; i++) {
+                    if (x[i] > x[top]) top = i;
+                    if (i % 32 == 0) mask[i / 32] = 0;
+                    if (below(3) == 0) mask[i / 32] |= 1u << (i % 32);
+                }
+                mask[top / 32] |= 1u << (top % 32);
+                r.p.allowed = mask;
+                r.p.mask_words = (n + 31) / 32;
+            }
             uint64_t step = rnd() % 1000;
             dsr1_sample_result got;
             assert_int_equal(dsr1_sample(s, &r.p, x, h, step, &got), DSR1_OK);
@@ -256,6 +269,7 @@ static void test_matches_reference(void **state)
                 ambiguous_count++;
             }
             trials++;
+            if (r.p.allowed) assert_true(mask[got.token / 32] >> (got.token % 32) & 1);
             check_logprob(got.logprob, ref_logprob(x, n, got.token));
             assert_int_equal(got.n_top, r.p.top_logprobs < n ? r.p.top_logprobs : n);
             check_top(&got, x, n);
@@ -580,6 +594,65 @@ static void expect_invalid(const dsr1_sampling *p, const char *field)
     assert_non_null(strstr(dsr1_errmsg(), field));
 }
 
+/* A token mask: only allowed tokens are drawn, greedy or sampled, whatever the bias says;
+ * logprobs stay those of the raw row; a mask leaving no finite logit, or of the wrong size,
+ * is an error. */
+static void test_mask(void **state)
+{
+    (void)state;
+    enum { N = 1000 };
+    float x[N];
+    random_row(x, N, 8, false);
+    dsr1_sampler *s;
+    assert_int_equal(dsr1_sampler_create(N, &s), DSR1_OK);
+    uint32_t mask[(N + 31) / 32] = {0};
+    const int32_t ok[3] = {7, 500, 999};
+    for (int i = 0; i < 3; i++) mask[ok[i] / 32] |= 1u << (ok[i] % 32);
+    int32_t bias_id = 3;
+    float bias_value = 100; /* a huge bias on a token the mask forbids changes nothing */
+    dsr1_sampling p = dsr1_sampling_defaults();
+    p.allowed = mask;
+    p.mask_words = (N + 31) / 32;
+    p.n_bias = 1;
+    p.bias_ids = &bias_id;
+    p.bias_values = &bias_value;
+    int hits[3] = {0};
+    for (int t = 0; t < 2; t++) {
+        p.temperature = t ? 1.5f : 0;
+        for (uint64_t step = 0; step < 300; step++) {
+            dsr1_sample_result r;
+            assert_int_equal(dsr1_sample(s, &p, x, NULL, step, &r), DSR1_OK);
+            int k = r.token == ok[0] ? 0 : r.token == ok[1] ? 1 : r.token == ok[2] ? 2 : -1;
+            assert_true(k >= 0);
+            hits[k]++;
+            check_logprob(r.logprob, ref_logprob(x, N, r.token));
+        }
+    }
+    int greedy = ok[0]; /* the greedy pick is the largest allowed logit */
+    for (int i = 1; i < 3; i++)
+        if (x[ok[i]] > x[greedy]) greedy = ok[i];
+    dsr1_sample_result r;
+    p.temperature = 0;
+    assert_int_equal(dsr1_sample(s, &p, x, NULL, 0, &r), DSR1_OK);
+    assert_int_equal(r.token, greedy);
+    /* every allowed token gets drawn at temperature 1.5 over 300 steps unless far below */
+    for (int i = 0; i < 3; i++)
+        if (x[greedy] - x[ok[i]] < 2) assert_true(hits[i] > 0);
+    /* the only allowed token at -inf: nothing to draw */
+    float y[N];
+    memcpy(y, x, sizeof(y));
+    uint32_t one[(N + 31) / 32] = {0};
+    one[0] = 1u << 5;
+    y[5] = -INFINITY;
+    p.allowed = one;
+    assert_int_equal(dsr1_sample(s, &p, y, NULL, 0, &r), DSR1_ERR_RANGE);
+    assert_non_null(strstr(dsr1_errmsg(), "mask allows no token"));
+    p.mask_words = 3;
+    assert_int_equal(dsr1_sample(s, &p, x, NULL, 0, &r), DSR1_ERR_INVALID_ARG);
+    assert_non_null(strstr(dsr1_errmsg(), "token mask has 3 words"));
+    dsr1_sampler_destroy(s);
+}
+
 static void test_validate(void **state)
 {
     (void)state;
@@ -652,6 +725,7 @@ int main(void)
         cmocka_unit_test(test_penalties),
         cmocka_unit_test(test_logit_bias),
         cmocka_unit_test(test_logprobs),
+        cmocka_unit_test(test_mask),
         cmocka_unit_test(test_validate),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -19,33 +19,49 @@
  * first and the last with sample requests (the first with two logit biases and a history of
  * 5 ids, 3 of them the prompt; the last scoring a known next token, with prompt logprobs). */
 static const dsr1_wire_seq seqs3[3] = {{0, 0, 4, 2, 0, 1}, {1, 7, 1, 1, 3, 0}, {5, 3, 2, 2, 2, 1}};
-static const dsr1_wire_sample samples2[2] = {
-    {0.7f, 0.9f, 0.05f, 0.5f, -0.25f, 1.2f, 40, 3, {7, 1}, {9, 0}, DSR1_WIRE_LOGPROBS, 0, 2, 3, 5},
-    {1,
-     1,
-     0,
-     0,
-     0,
-     1,
-     0,
-     2,
-     {0, 0},
-     {0, 0},
-     DSR1_WIRE_PROMPT_LOGPROBS | DSR1_WIRE_NEXT,
-     77,
-     0,
-     0,
-     0}};
+static const dsr1_wire_sample samples2[2] = {{0.7f,
+                                              0.9f,
+                                              0.05f,
+                                              0.5f,
+                                              -0.25f,
+                                              1.2f,
+                                              40,
+                                              3,
+                                              {7, 1},
+                                              {9, 0},
+                                              DSR1_WIRE_LOGPROBS,
+                                              0,
+                                              2,
+                                              3,
+                                              5,
+                                              3},
+                                             {1,
+                                              1,
+                                              0,
+                                              0,
+                                              0,
+                                              1,
+                                              0,
+                                              2,
+                                              {0, 0},
+                                              {0, 0},
+                                              DSR1_WIRE_PROMPT_LOGPROBS | DSR1_WIRE_NEXT,
+                                              77,
+                                              0,
+                                              0,
+                                              0,
+                                              0}};
 
 /* Offsets in the message of step_msg: the counts, the sequence records, the sample records. */
 #define COUNTS  DSR1_WIRE_HEADER
-#define SEQ(i)  (COUNTS + 24 + (i) * sizeof(dsr1_wire_seq))
+#define SEQ(i)  (COUNTS + 28 + (i) * sizeof(dsr1_wire_seq))
 #define SMP(i)  (SEQ(3) + 4 * (7 + 5) + (i) * sizeof(dsr1_wire_sample))
 #define SMP_END SMP(2)
 
 typedef struct {
     int32_t tok[7], blk[5], bias_ids[2], hist[5];
     float bias_values[2];
+    uint32_t mask[3]; /* the first sample record's token mask */
 } plan_data;
 
 static dsr1_wire_step plan3(plan_data *d)
@@ -53,12 +69,26 @@ static dsr1_wire_step plan3(plan_data *d)
     for (int i = 0; i < 7; i++) d->tok[i] = 1000 + rand() % 5000;
     for (int i = 0; i < 5; i++) d->blk[i] = rand() % 100;
     for (int i = 0; i < 5; i++) d->hist[i] = rand() % 5000;
+    for (int i = 0; i < 3; i++) d->mask[i] = (uint32_t)rand() * 2654435761u;
     for (int i = 0; i < 2; i++) {
         d->bias_ids[i] = rand() % 5000;
         d->bias_values[i] = (float)(rand() % 200) - 100;
     }
-    return (dsr1_wire_step){
-        3, 7, 5, 2, 2, 5, seqs3, d->tok, d->blk, samples2, d->bias_ids, d->bias_values, d->hist};
+    return (dsr1_wire_step){3,
+                            7,
+                            5,
+                            2,
+                            2,
+                            5,
+                            3,
+                            seqs3,
+                            d->tok,
+                            d->blk,
+                            samples2,
+                            d->bias_ids,
+                            d->bias_values,
+                            d->hist,
+                            d->mask};
 }
 
 static void *step_msg(size_t *len)
@@ -89,6 +119,7 @@ static void test_step_round_trip(void **state)
     assert_int_equal(p.n_samples, 2);
     assert_int_equal(p.n_bias, 2);
     assert_int_equal(p.n_history, 5);
+    assert_int_equal(p.n_mask_words, 3);
     assert_memory_equal(p.seqs, seqs3, sizeof(seqs3));
     assert_memory_equal(p.tokens, d.tok, sizeof(d.tok));
     assert_memory_equal(p.blocks, d.blk, sizeof(d.blk));
@@ -96,7 +127,8 @@ static void test_step_round_trip(void **state)
     assert_memory_equal(p.bias_ids, d.bias_ids, sizeof(d.bias_ids));
     assert_memory_equal(p.bias_values, d.bias_values, sizeof(d.bias_values));
     assert_memory_equal(p.history, d.hist, sizeof(d.hist));
-    assert_int_equal(len, SMP_END + 4 * (2 + 2 + 5));
+    assert_memory_equal(p.masks, d.mask, sizeof(d.mask));
+    assert_int_equal(len, SMP_END + 4 * (2 + 2 + 5 + 3));
     /* every truncation (of every section), and one byte too many, is refused */
     for (size_t cut = 0; cut < len; cut++)
         assert_int_not_equal(dsr1_wire_step_decode(msg, cut, &step, &p), DSR1_OK);
@@ -111,7 +143,7 @@ static void test_step_round_trip(void **state)
     const dsr1_wire_step one = {1, 7, .seqs = &plain, .tokens = d.tok};
     assert_int_equal(dsr1_wire_step_encode(43, &one, &msg, &len), DSR1_OK);
     assert_int_equal(dsr1_wire_step_decode(msg, len, &step, &p), DSR1_OK);
-    assert_int_equal(p.n_block_ids + p.n_samples + p.n_bias + p.n_history, 0);
+    assert_int_equal(p.n_block_ids + p.n_samples + p.n_bias + p.n_history + p.n_mask_words, 0);
     assert_memory_equal(p.seqs, &plain, sizeof(plain));
     free(msg);
 }
@@ -137,6 +169,7 @@ static void test_step_malformed(void **state)
     const size_t n_bias = offsetof(dsr1_wire_sample, n_bias);
     const size_t n_prompt = offsetof(dsr1_wire_sample, n_prompt);
     const size_t n_history = offsetof(dsr1_wire_sample, n_history);
+    const size_t mask_words = offsetof(dsr1_wire_sample, mask_words);
     corrupt(0, 0x12345678, DSR1_ERR_FORMAT, "magic");
     corrupt(4, 9 | (1u << 16), DSR1_ERR_UNSUPPORTED, "version 9"); /* version 9, type STEP */
     corrupt(4, 2 | (1u << 16), DSR1_ERR_UNSUPPORTED, "version 2"); /* before sample records */
@@ -158,6 +191,9 @@ static void test_step_malformed(void **state)
     corrupt(COUNTS + 20, (uint32_t)-3, DSR1_ERR_FORMAT, "out of bounds"); /* n_history */
     corrupt(COUNTS + 20, DSR1_WIRE_MAX_HISTORY + 1, DSR1_ERR_FORMAT, "out of bounds");
     corrupt(COUNTS + 20, 7, DSR1_ERR_FORMAT, "need");
+    corrupt(COUNTS + 24, (uint32_t)-1, DSR1_ERR_FORMAT, "out of bounds"); /* n_mask_words */
+    corrupt(COUNTS + 24, DSR1_WIRE_MAX_MASK + 1, DSR1_ERR_FORMAT, "out of bounds");
+    corrupt(COUNTS + 24, 4, DSR1_ERR_FORMAT, "need");
     corrupt(SEQ(0) + 8, 0, DSR1_ERR_FORMAT, "malformed");             /* seq 0: n_tokens 0 */
     corrupt(SEQ(0) + 4, (uint32_t)-5, DSR1_ERR_FORMAT, "malformed");  /* seq 0: pos < 0 */
     corrupt(SEQ(0) + 12, 7, DSR1_ERR_FORMAT, "malformed");            /* logits mode */
@@ -176,6 +212,8 @@ static void test_step_malformed(void **state)
     corrupt(SMP(1) + n_bias, 1 << 30, DSR1_ERR_FORMAT, "header says"); /* oversize */
     corrupt(SMP(1) + n_history, 2, DSR1_ERR_FORMAT, "header says");    /* history 7 != 5 */
     corrupt(SMP(0) + n_history, 1u << 31, DSR1_ERR_FORMAT, "malformed");
+    corrupt(SMP(0) + mask_words, (uint32_t)-3, DSR1_ERR_FORMAT, "malformed");
+    corrupt(SMP(1) + mask_words, 2, DSR1_ERR_FORMAT, "header says"); /* mask words 5 != 3 */
 
     /* the encoder refuses what the decoder would */
     srand(7);
