@@ -3,9 +3,7 @@
  * fixed peer and with DSR1_COMM_ANY, a size mismatch, a timeout naming the rank that never
  * answers, abort waking every rank with the origin's reason, and the simulated crash of
  * the test hook. Exit 77 (skip) when the build has no UCX. */
-#include <pthread.h>
 #include <setjmp.h>
-#include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -16,167 +14,32 @@
 #include <cmocka.h>
 
 #include "comm.h"
+#include "comm_harness.h"
 #include "dsr1_build_config.h"
 #include "status.h"
 
 #if DSR1_HAVE_UCX
 
-#define MAXR 8
-
-typedef struct job job;
-typedef void (*rank_fn)(job *j, int r);
-struct job {
-    dsr1_comm *c[MAXR];
-    int n;
-    rank_fn fn;
-    /* results per rank */
-    dsr1_status st[MAXR];
-    char msg[MAXR][1024];
-    double secs[MAXR];
-    int fails; /* data errors found by rank threads */
-    pthread_mutex_t mu;
-    uint64_t seed;
-};
-
-typedef struct {
-    job *j;
-    int r;
-} arg_t;
-
-static double now_s(void)
+/* Every handle of a job is made before its threads start and destroyed after they end. */
+static void run(comm_job *j, int n, int timeout_ms, comm_rank_fn fn)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static uint64_t rnd(uint64_t *s)
-{
-    *s ^= *s << 13;
-    *s ^= *s >> 7;
-    *s ^= *s << 17;
-    return *s;
-}
-
-static void *thread_main(void *p)
-{
-    arg_t *a = p;
-    a->j->fn(a->j, a->r);
-    return NULL;
-}
-
-static void data_error(job *j, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    pthread_mutex_lock(&j->mu);
-    j->fails++;
-    pthread_mutex_unlock(&j->mu);
-}
-
-static void run(job *j, int n, int timeout_ms, rank_fn fn)
-{
-    memset(j, 0, sizeof(*j));
-    j->n = n;
-    j->fn = fn;
-    j->seed = (uint64_t)time(NULL) * 2654435761u + 17;
-    pthread_mutex_init(&j->mu, NULL);
+    comm_job_init(j, n, (uint64_t)time(NULL) * 2654435761u + 17, fn);
     assert_int_equal(dsr1_comm_ucx_create_local(n, timeout_ms, "test", NULL, j->c), DSR1_OK);
-    pthread_t t[MAXR];
-    arg_t a[MAXR];
-    for (int r = 0; r < n; r++) {
-        a[r] = (arg_t){j, r};
-        assert_int_equal(pthread_create(&t[r], NULL, thread_main, &a[r]), 0);
-    }
-    for (int r = 0; r < n; r++) pthread_join(t[r], NULL);
+    comm_job_run(j);
     for (int r = 0; r < n; r++) dsr1_comm_destroy(j->c[r]);
-    pthread_mutex_destroy(&j->mu);
-}
-
-static void record(job *j, int r, dsr1_status st, double t0)
-{
-    j->st[r] = st;
-    j->secs[r] = now_s() - t0;
-    snprintf(j->msg[r], sizeof(j->msg[r]), "%s", st ? dsr1_errmsg() : "");
-    if (st) fprintf(stderr, "rank %d: %s (after %.2f s)\n", r, j->msg[r], j->secs[r]);
 }
 
 /* ---- all-to-all -------------------------------------------------------------------- */
 
-/* bytes rank s sends rank d in round k: random, often zero, same on both sides */
-static size_t pair_bytes(uint64_t seed, int k, int s, int d)
+static void a2a_rank(comm_job *j, int r)
 {
-    uint64_t x = seed ^ ((uint64_t)k * 1000003u + (uint64_t)s * 101u + (uint64_t)d + 1);
-    for (int i = 0; i < 3; i++) rnd(&x);
-    switch (x % 4) {
-    case 0:
-        return 0;
-    case 1:
-        return x % 97;
-    case 2:
-        return (x >> 8) % 5000;
-    default:
-        return (x >> 8) % 300000; /* large enough for rendezvous */
-    }
-}
-
-static unsigned char pair_byte(int k, int s, int d, size_t i)
-{
-    return (unsigned char)((i * 131u + (unsigned)s * 7u + (unsigned)d * 13u + (unsigned)k) ^ 0x5a);
-}
-
-static void a2a_rank(job *j, int r)
-{
-    const int n = j->n;
-    for (int k = 0; k < 12; k++) {
-        size_t sb[MAXR], rb[MAXR], so = 0, ro = 0;
-        for (int p = 0; p < n; p++) {
-            sb[p] = pair_bytes(j->seed, k, r, p);
-            so += sb[p];
-        }
-        /* learn the receive sizes through alltoall_sizes, then check them */
-        dsr1_status st = dsr1_comm_alltoall_sizes(j->c[r], sb, rb);
-        if (st) {
-            record(j, r, st, now_s());
-            return;
-        }
-        for (int p = 0; p < n; p++) {
-            if (rb[p] != pair_bytes(j->seed, k, p, r))
-                data_error(j, "round %d: rank %d expects %zu bytes from %d, told %zu\n", k, r,
-                           pair_bytes(j->seed, k, p, r), p, rb[p]);
-            ro += rb[p];
-        }
-        unsigned char *send = malloc(so + 1), *recv = malloc(ro + 1);
-        for (int p = 0, o = 0; p < n; o += (int)sb[p], p++)
-            for (size_t i = 0; i < sb[p]; i++) send[o + i] = pair_byte(k, r, p, i);
-        memset(recv, 0xee, ro + 1);
-        st = dsr1_comm_alltoallv(j->c[r], send, sb, recv, rb);
-        if (!st) {
-            size_t o = 0;
-            for (int p = 0; p < n; o += rb[p], p++)
-                for (size_t i = 0; i < rb[p]; i++)
-                    if (recv[o + i] != pair_byte(k, p, r, i)) {
-                        data_error(j, "round %d: rank %d: byte %zu from %d wrong\n", k, r, i, p);
-                        break;
-                    }
-            if (recv[ro] != 0xee) data_error(j, "rank %d: write past the receive buffer\n", r);
-        }
-        free(send);
-        free(recv);
-        if (st) {
-            record(j, r, st, now_s());
-            return;
-        }
-    }
-    record(j, r, dsr1_comm_barrier(j->c[r]), now_s());
+    comm_a2a_rank(j, r, 300000); /* large messages: past the eager size, by rendezvous */
 }
 
 static void test_alltoallv_random(void **state)
 {
     (void)state;
-    static job j;
+    static comm_job j;
     for (int n = 1; n <= 4; n += 3) {
         run(&j, n, 10000, a2a_rank);
         for (int r = 0; r < n; r++) assert_int_equal(j.st[r], DSR1_OK);
@@ -186,9 +49,9 @@ static void test_alltoallv_random(void **state)
 
 /* ---- point to point ---------------------------------------------------------------- */
 
-static void p2p_rank(job *j, int r)
+static void p2p_rank(comm_job *j, int r)
 {
-    double t0 = now_s();
+    double t0 = comm_now_s();
     dsr1_status st = DSR1_OK;
     if (r > 0) {
         /* three messages in order on tag 5, one on tag 9, of random contents */
@@ -205,7 +68,7 @@ static void p2p_rank(job *j, int r)
          * receiver has taken them */
         if (!st) st = dsr1_comm_barrier(j->c[r]);
     } else {
-        int next[MAXR] = {0}, seen9[MAXR] = {0};
+        int next[COMM_MAXR] = {0}, seen9[COMM_MAXR] = {0};
         /* tag 9 from anyone first: messages on another tag must not get in the way */
         for (int k = 1; k < j->n && !st; k++) {
             void *d;
@@ -213,7 +76,7 @@ static void p2p_rank(job *j, int r)
             int src = -1;
             if ((st = dsr1_comm_recv(j->c[0], DSR1_COMM_ANY, 9, &d, &len, &src))) break;
             if (src < 1 || src >= j->n || len != 4 || *(int32_t *)d != 1000 + src || seen9[src]++)
-                data_error(j, "tag 9: bad message from %d (%zu bytes)\n", src, len);
+                comm_data_error(j, "tag 9: bad message from %d (%zu bytes)\n", src, len);
             free(d);
         }
         for (int k = 0; k < 3 * (j->n - 1) && !st; k++) {
@@ -227,24 +90,24 @@ static void p2p_rank(job *j, int r)
             const int m = next[src]++;
             const unsigned char *b = d;
             if (len != (size_t)(src * 1000 + m * 70000) || (want >= 0 && src != want))
-                data_error(j, "tag 5: message %d from %d: %zu bytes\n", m, src, len);
+                comm_data_error(j, "tag 5: message %d from %d: %zu bytes\n", m, src, len);
             else
                 for (size_t i = 0; i < len; i++)
                     if (b[i] != (unsigned char)(i * 7 + (size_t)src + (size_t)m)) {
-                        data_error(j, "tag 5: message %d from %d: byte %zu\n", m, src, i);
+                        comm_data_error(j, "tag 5: message %d from %d: byte %zu\n", m, src, i);
                         break;
                     }
             free(d);
         }
         if (!st) st = dsr1_comm_barrier(j->c[0]);
     }
-    record(j, r, st, t0);
+    comm_record(j, r, st, t0);
 }
 
 static void test_p2p(void **state)
 {
     (void)state;
-    static job j;
+    static comm_job j;
     run(&j, 4, 10000, p2p_rank);
     for (int r = 0; r < 4; r++) assert_int_equal(j.st[r], DSR1_OK);
     assert_int_equal(j.fails, 0);
@@ -252,42 +115,39 @@ static void test_p2p(void **state)
 
 /* ---- failures ---------------------------------------------------------------------- */
 
-static void mismatch_rank(job *j, int r)
+static void mismatch_rank(comm_job *j, int r)
 {
     size_t sb[2] = {8, 8}, rb[2] = {8, r == 0 ? 4 : 8}; /* rank 0 expects too little */
     char s[16] = "0123456789abcde", d[16];
-    record(j, r, dsr1_comm_alltoallv(j->c[r], s, sb, d, rb), now_s());
+    comm_record(j, r, dsr1_comm_alltoallv(j->c[r], s, sb, d, rb), comm_now_s());
 }
 
 static void test_size_mismatch(void **state)
 {
     (void)state;
-    static job j;
+    static comm_job j;
     run(&j, 2, 3000, mismatch_rank);
     assert_int_not_equal(j.st[0], DSR1_OK);
     assert_non_null(strstr(j.msg[0], "mismatch"));
 }
 
 /* rank 2 never shows up; rank 1 waits for a message nobody sends */
-static void silent_rank(job *j, int r)
+static void silent_rank(comm_job *j, int r)
 {
-    double t0 = now_s();
-    if (r == 0) record(j, r, dsr1_comm_barrier(j->c[r]), t0);
+    double t0 = comm_now_s();
+    if (r == 0) comm_record(j, r, dsr1_comm_barrier(j->c[r]), t0);
     if (r == 1) {
         void *d;
         size_t len;
-        record(j, r, dsr1_comm_recv(j->c[r], 0, 3, &d, &len, NULL), t0);
+        comm_record(j, r, dsr1_comm_recv(j->c[r], 0, 3, &d, &len, NULL), t0);
     }
-    if (r == 2) {
-        struct timespec ts = {1, 500000000};
-        nanosleep(&ts, NULL);
-    }
+    if (r == 2) comm_sleep_ms(1500);
 }
 
 static void test_timeout(void **state)
 {
     (void)state;
-    static job j;
+    static comm_job j;
     run(&j, 3, 400, silent_rank);
     assert_int_not_equal(j.st[0], DSR1_OK);
     assert_non_null(strstr(j.msg[0], "rank 2"));
@@ -298,27 +158,26 @@ static void test_timeout(void **state)
 }
 
 /* rank 1 aborts while the others wait: in a barrier, in a recv from anyone */
-static void abort_rank(job *j, int r)
+static void abort_rank(comm_job *j, int r)
 {
-    double t0 = now_s();
+    double t0 = comm_now_s();
     if (r == 1) {
-        struct timespec ts = {0, 200000000};
-        nanosleep(&ts, NULL);
+        comm_sleep_ms(200);
         dsr1_comm_abort(j->c[r], "disk on fire");
-        record(j, r, dsr1_comm_barrier(j->c[r]), t0); /* sticky */
+        comm_record(j, r, dsr1_comm_barrier(j->c[r]), t0); /* sticky */
     } else if (r == 0) {
         void *d;
         size_t len;
-        record(j, r, dsr1_comm_recv(j->c[r], DSR1_COMM_ANY, 1, &d, &len, NULL), t0);
+        comm_record(j, r, dsr1_comm_recv(j->c[r], DSR1_COMM_ANY, 1, &d, &len, NULL), t0);
     } else {
-        record(j, r, dsr1_comm_barrier(j->c[r]), t0);
+        comm_record(j, r, dsr1_comm_barrier(j->c[r]), t0);
     }
 }
 
 static void test_abort(void **state)
 {
     (void)state;
-    static job j;
+    static comm_job j;
     run(&j, 4, 20000, abort_rank);
     for (int r = 0; r < 4; r++) {
         assert_int_not_equal(j.st[r], DSR1_OK);
@@ -329,31 +188,31 @@ static void test_abort(void **state)
 }
 
 /* rank 2 "crashes" on its first recv of tag 4; the others then wait for it in a barrier */
-static void crash_rank(job *j, int r)
+static void crash_rank(comm_job *j, int r)
 {
-    double t0 = now_s();
+    double t0 = comm_now_s();
     if (r == 2) {
         dsr1_comm_ucx_crash_after(j->c[2], 4, 1, NULL);
         void *d;
         size_t len;
-        record(j, r, dsr1_comm_recv(j->c[2], 0, 4, &d, &len, NULL), t0);
+        comm_record(j, r, dsr1_comm_recv(j->c[2], 0, 4, &d, &len, NULL), t0);
         return;
     }
     if (r == 0) {
         int32_t v = 1;
         dsr1_status st = dsr1_comm_send(j->c[0], 2, 4, &v, sizeof(v));
         if (st) {
-            record(j, r, st, t0);
+            comm_record(j, r, st, t0);
             return;
         }
     }
-    record(j, r, dsr1_comm_barrier(j->c[r]), t0);
+    comm_record(j, r, dsr1_comm_barrier(j->c[r]), t0);
 }
 
 static void test_crash(void **state)
 {
     (void)state;
-    static job j;
+    static comm_job j;
     run(&j, 3, 1500, crash_rank);
     assert_int_not_equal(j.st[2], DSR1_OK);
     assert_non_null(strstr(j.msg[2], "test hook"));
