@@ -1,14 +1,17 @@
-/* Subcommands of `dsr1-bench` (bench/main.c dispatches; one file per subcommand), the
- * machine limits they are measured against (bench/limits.c) and the oneDNN baseline
- * (bench/onednn.c). */
+/* Subcommands of `dsr1-bench` (bench/main.c dispatches; one file per subcommand), their
+ * shared option parsing (bench/opts.c), the machine limits they are measured against
+ * (bench/limits.c) and the oneDNN baseline (bench/onednn.c). */
 #ifndef DSR1_BENCH_H
 #define DSR1_BENCH_H
 
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "threadpool.h"
+
+struct option; /* getopt.h */
 
 /* bench/kernels.c: machine limits and kernel throughput at R1 shapes. Takes argv starting
  * at its own name; returns the process exit status. */
@@ -19,6 +22,19 @@ int dsr1__bench_experts(int argc, char **argv);
 int dsr1__bench_offline(int argc, char **argv);
 /* bench/serve.c: a running server's online serving performance, as `vllm bench serve`. */
 int dsr1__bench_serve(int argc, char **argv);
+
+/* bench/opts.c: getopt_long over a subcommand's argv, with what every subcommand does the
+ * same way: the option 'h' (-h, --help) prints usage to stdout; an unknown option or a
+ * missing value prints usage to stderr; a non-option argument after the options is refused
+ * with "<cmd>: unexpected argument 'x'" on stderr. Returns the next option for the caller
+ * to handle (optarg set), or -1 at the end with *end = 0 (run), 1 (help printed: exit 0)
+ * or 2 (usage error printed: exit 2). As getopt_long, it goes on from optind. */
+int dsr1__bench_getopt(const char *cmd, int argc, char **argv, const char *shortopts,
+                       const struct option *longopts, void (*usage)(FILE *f), int *end);
+/* The options of `kernels` and `experts`: --quick, --json FILE and --help. Returns 0 to
+ * run, 1 after help, 2 after a usage error, as dsr1__bench_getopt's *end. */
+int dsr1__bench_quick_json(const char *cmd, int argc, char **argv, void (*usage)(FILE *f),
+                           bool *quick, const char **json);
 
 /* xorshift64: the benchmarks' cheap random stream (data, not statistics); s != 0. */
 static inline uint64_t dsr1__bench_rand(uint64_t *s)

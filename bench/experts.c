@@ -10,7 +10,6 @@
  * rather than the cache. Token counts: 1 and 4 (decode: 8 and ~32 experts with a token or
  * two each), 64 and 512 (prefill: 32 and 256 tokens per expert with E = 16).
  * usage: dsr1-bench experts [--quick] [--json FILE] */
-#include <getopt.h>
 #include <jansson.h>
 #include <math.h>
 #include <stdbool.h>
@@ -219,27 +218,11 @@ static void usage(FILE *f)
 
 int dsr1__bench_experts(int argc, char **argv)
 {
-    static const struct option opts[] = {{"quick", no_argument, 0, 'q'},
-                                         {"json", required_argument, 0, 'j'},
-                                         {"help", no_argument, 0, 'h'},
-                                         {0, 0, 0, 0}};
-    bool quick = false;
-    const char *json_path = NULL;
-    int c;
-    while ((c = getopt_long(argc, argv, "qj:h", opts, NULL)) != -1) {
-        if (c == 'q')
-            quick = true;
-        else if (c == 'j')
-            json_path = optarg;
-        else {
-            usage(c == 'h' ? stdout : stderr);
-            return c == 'h' ? 0 : 2;
-        }
-    }
-    if (optind < argc) {
-        fprintf(stderr, "dsr1-bench experts: unexpected argument '%s'\n", argv[optind]);
-        return 2;
-    }
+    bool quick;
+    const char *json_path;
+    const int prc =
+        dsr1__bench_quick_json("dsr1-bench experts", argc, argv, usage, &quick, &json_path);
+    if (prc) return prc == 1 ? 0 : 2;
     dsr1_pool *pool;
     if (dsr1_pool_create(0, &pool) != DSR1_OK) {
         fprintf(stderr, "dsr1-bench: %s\n", dsr1_errmsg());

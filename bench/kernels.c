@@ -20,7 +20,6 @@
  * copies (of weights, of caches) are cycled so that, as in a real step, they come from DRAM
  * rather than cache.
  * usage: dsr1-bench kernels [--quick] [--json FILE] */
-#include <getopt.h>
 #include <jansson.h>
 #include <math.h>
 #include <stdbool.h>
@@ -561,33 +560,13 @@ static void usage(FILE *f)
 
 int dsr1__bench_kernels(int argc, char **argv)
 {
-    static const struct option opts[] = {{"quick", no_argument, 0, 'q'},
-                                         {"json", required_argument, 0, 'j'},
-                                         {"help", no_argument, 0, 'h'},
-                                         {0, 0, 0, 0}};
-    bench_opts o = {false, 5, 0.25, 10.0, (size_t)512 << 20};
-    const char *json_path = NULL;
-    int c;
-    while ((c = getopt_long(argc, argv, "qj:h", opts, NULL)) != -1) {
-        switch (c) {
-        case 'q':
-            o = (bench_opts){true, 3, 0.15, 3.0, (size_t)192 << 20};
-            break;
-        case 'j':
-            json_path = optarg;
-            break;
-        case 'h':
-            usage(stdout);
-            return 0;
-        default:
-            usage(stderr);
-            return 2;
-        }
-    }
-    if (optind < argc) {
-        fprintf(stderr, "dsr1-bench kernels: unexpected argument '%s'\n", argv[optind]);
-        return 2;
-    }
+    bool quick;
+    const char *json_path;
+    const int prc =
+        dsr1__bench_quick_json("dsr1-bench kernels", argc, argv, usage, &quick, &json_path);
+    if (prc) return prc == 1 ? 0 : 2;
+    const bench_opts o = quick ? (bench_opts){true, 3, 0.15, 3.0, (size_t)192 << 20}
+                               : (bench_opts){false, 5, 0.25, 10.0, (size_t)512 << 20};
     dsr1_pool *pool;
     if (dsr1_pool_create(0, &pool) != DSR1_OK) {
         fprintf(stderr, "dsr1-bench: %s\n", dsr1_errmsg());

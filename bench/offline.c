@@ -120,10 +120,10 @@ static int parse(int argc, char **argv, offline_opts *o)
     // clang-format on
     *o = (offline_opts){
         .input_len = 128, .output_len = 32, .nbatch = 3, .batch = {1, 8, 64}, .seed = 1};
-    int c;
+    int c, end;
     long v;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    while ((c = dsr1__bench_getopt(CMD, argc, argv, "h", opts, usage, &end)) != -1) {
         switch (c) {
         case 'm':
             o->model = optarg;
@@ -161,18 +161,9 @@ static int parse(int argc, char **argv, offline_opts *o)
                          : &o->output_len) = (int)v;
             break;
         }
-        case 'h':
-            usage(stdout);
-            return 1;
-        default:
-            usage(stderr);
-            return 2;
         }
     }
-    if (optind < argc) {
-        fprintf(stderr, CMD ": unexpected argument '%s'\n", argv[optind]);
-        return 2;
-    }
+    if (end) return end;
     if (!o->model) {
         fprintf(stderr, CMD ": --model is required\n\n");
         usage(stderr);

@@ -119,9 +119,9 @@ static int parse(int argc, char **argv, serve_opts *o)
                       .input_len = 128,
                       .output_len = 64,
                       .request_rate = INFINITY};
-    int c, bad = 0;
+    int c, end, bad = 0;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    while ((c = dsr1__bench_getopt(CMD, argc, argv, "h", opts, usage, &end)) != -1) {
         switch (c) {
         case 's':
             o->server = optarg;
@@ -156,18 +156,9 @@ static int parse(int argc, char **argv, serve_opts *o)
         case 'j':
             o->json = optarg;
             break;
-        case 'h':
-            usage(stdout);
-            return 1;
-        default:
-            usage(stderr);
-            return 2;
         }
     }
-    if (optind < argc) {
-        fprintf(stderr, CMD ": unexpected argument '%s'\n", argv[optind]);
-        return 2;
-    }
+    if (end) return end;
     return bad ? 2 : 0;
 }
 
