@@ -1,0 +1,239 @@
+/* Internal structures of the grammar engine, shared by its files (not part of the API).
+ *
+ * Pipeline: grammar text (ebnf_parse.c) and /regex/ terminals (regex.c) parse to an AST of
+ * byte strings, code point classes, sequences, alternations, repetitions and rule
+ * references (ast.c). automaton.c turns each rule that is called (rules that are not
+ * recursive are inlined into their callers) into a DFA over bytes whose edges may also
+ * call a rule. earley.c runs an Earley parser over those automata (a chart of item sets,
+ * one set per byte). vocab.c builds the token trie, mask.c computes masks with the
+ * per-state caches, matcher.c is one request's parser. */
+#ifndef DSR1_GRAMMAR_INTERNAL_H
+#define DSR1_GRAMMAR_INTERNAL_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "grammar.h"
+
+/* ---- small growable arrays ---- */
+
+/* Grows *p (element size sz) to hold at least n elements; false when out of memory. */
+bool dsr1__grow(void **p, size_t *cap, size_t n, size_t sz);
+#define DSR1_GROW(p, cap, n) dsr1__grow((void **)&(p), &(cap), (n), sizeof(*(p)))
+
+/* ---- bump arena for the AST ---- */
+
+typedef struct dsr1__arena_chunk dsr1__arena_chunk;
+typedef struct {
+    dsr1__arena_chunk *head;
+    size_t used, size; /* within head */
+} dsr1__arena;
+void *dsr1__arena_alloc(dsr1__arena *a, size_t n); /* zeroed; NULL when out of memory */
+void dsr1__arena_free(dsr1__arena *a);
+
+/* ---- AST ---- */
+
+typedef enum {
+    DSR1__A_EMPTY,  /* matches "" */
+    DSR1__A_BYTES,  /* a byte string */
+    DSR1__A_CLASS,  /* one code point from sorted, disjoint [lo, hi] ranges */
+    DSR1__A_SEQ,    /* kids in order */
+    DSR1__A_ALT,    /* one of the kids */
+    DSR1__A_REPEAT, /* kid repeated min..max times (max < 0: unbounded) */
+    DSR1__A_REF,    /* rule `rule` */
+} dsr1__ast_kind;
+
+typedef struct dsr1__ast dsr1__ast;
+struct dsr1__ast {
+    dsr1__ast_kind kind;
+    int n;        /* bytes / ranges (pairs) / kids */
+    int min, max; /* REPEAT */
+    int rule;     /* REF: rule index (after resolution) */
+    size_t pos;   /* REF: offset of the name in the source, for errors */
+    const char *name;
+    int name_len;
+    uint8_t *bytes;
+    uint32_t *ranges; /* 2n values */
+    dsr1__ast **kids;
+};
+
+typedef struct {
+    const char *text;
+    size_t len;
+    const char *what; /* "grammar" or "regex": the prefix of error messages */
+} dsr1__src;
+
+/* Records an error at byte offset `off` of the source: "<what> LINE:COL: message". */
+dsr1_status dsr1__src_error(const dsr1__src *s, size_t off, dsr1_status st, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+/* Sorted, merged code point ranges (pairs), complement over Unicode scalar values. */
+typedef struct {
+    uint32_t *r;
+    size_t n, cap; /* n pairs */
+} dsr1__ranges;
+bool dsr1__ranges_add(dsr1__ranges *rs, uint32_t lo, uint32_t hi);
+void dsr1__ranges_normalize(dsr1__ranges *rs);
+bool dsr1__ranges_negate(dsr1__ranges *rs);
+/* \d \w \s (lower case) and their negations (upper case) into rs. */
+bool dsr1__ranges_add_escape(dsr1__ranges *rs, char c);
+dsr1__ast *dsr1__ast_class(dsr1__arena *a, const dsr1__ranges *rs);
+dsr1__ast *dsr1__ast_new(dsr1__arena *a, dsr1__ast_kind k);
+dsr1__ast *dsr1__ast_kids(dsr1__arena *a, dsr1__ast_kind k, dsr1__ast **kids, int n);
+/* Decodes one UTF-8 code point at s[*i] (advancing *i); -1 when invalid. */
+int32_t dsr1__utf8_decode(const uint8_t *s, size_t len, size_t *i);
+int dsr1__utf8_encode(uint32_t cp, uint8_t *out);
+
+#define DSR1__MAX_NEST 256 /* parentheses / groups deep, in grammar text and regexes */
+
+/* Parses a regex in src->text[start, end) (the whole of it for a standalone regex). */
+dsr1_status dsr1__regex_parse(dsr1__arena *a, const dsr1__src *src, size_t start, size_t end,
+                              const dsr1_grammar_opts *o, dsr1__ast **out, int *terminals);
+
+typedef struct {
+    const char *name;
+    int name_len;
+    dsr1__ast *body;
+    size_t pos;
+} dsr1__rule_src;
+
+typedef struct {
+    dsr1__rule_src *rules;
+    int nrules, cap;
+    int root;
+    int terminals;
+} dsr1__rules;
+
+/* Parses grammar text into rules (references resolved, start rule found). */
+dsr1_status dsr1__ebnf_parse(dsr1__arena *a, const dsr1__src *src, const dsr1_grammar_opts *o,
+                             dsr1__rules *out);
+
+/* ---- the compiled grammar ---- */
+
+#define DSR1__ORG_ROOT UINT32_MAX
+
+typedef struct {
+    int32_t trans;   /* offset into g->trans of this state's targets, one per byte class */
+    uint32_t cmap;   /* offset into g->cmaps of the rule's 256-byte class map */
+    uint32_t calls;  /* g->calls[calls .. calls + ncalls) */
+    uint32_t ncalls;
+    uint32_t rule;
+    uint8_t final;       /* the rule may end here */
+    uint8_t reach_calls; /* a call edge is reachable from here (else: a plain DFA) */
+    uint8_t scans;       /* has a byte edge or a call edge */
+    uint8_t pad;
+} dsr1__gstate;
+
+typedef struct {
+    uint32_t rule, target;
+} dsr1__gcall;
+
+typedef struct {
+    uint32_t start;
+    bool nullable;
+} dsr1__grule;
+
+/* One entry of the per-state cache (mask.c). */
+typedef struct dsr1__ci dsr1__ci;
+
+struct dsr1_grammar {
+    const dsr1_grammar_vocab *vocab;
+    dsr1__gstate *st;
+    uint32_t nst;
+    int32_t *trans;
+    uint8_t *cmaps;
+    dsr1__gcall *calls;
+    dsr1__grule *rules;
+    uint32_t nrules;
+    uint32_t root; /* automaton rule index of the start rule */
+    dsr1__ci *_Atomic *ci; /* per state, filled lazily */
+    dsr1_grammar_stats stats;
+};
+
+static inline int32_t dsr1__step(const dsr1_grammar *g, uint32_t s, uint8_t b)
+{
+    const dsr1__gstate *st = &g->st[s];
+    return g->trans[st->trans + g->cmaps[st->cmap + b]];
+}
+
+/* Compiles parsed rules to the automata of g (g->vocab set by the caller). */
+dsr1_status dsr1__automaton_build(const dsr1__rules *rs, const dsr1_grammar_opts *o,
+                                  dsr1_grammar *g);
+void dsr1__grammar_free_ci(dsr1_grammar *g);
+
+/* ---- the vocabulary trie ---- */
+
+/* Preorder trie node (the root itself is not stored): the byte on the edge into it, its
+ * depth (1 = first byte) and the index one past its subtree. */
+typedef struct {
+    uint32_t end;
+    uint16_t depth;
+    uint8_t byte;
+    uint8_t pad;
+} dsr1__tnode;
+
+struct dsr1_grammar_vocab {
+    int32_t n, eos;
+    uint8_t *bytes;
+    uint64_t *off;
+    uint32_t *len;
+    uint32_t *sorted; /* ids of matchable tokens sorted by their bytes */
+    uint32_t nsorted;
+    dsr1__tnode *nodes;
+    uint32_t nnodes;
+    uint32_t *tok_lo; /* per node (+ sentinel): first index in sorted of its subtree */
+    uint32_t maxlen;
+};
+
+/* Builds a preorder trie over n byte strings given in sorted order (duplicates allowed);
+ * node_of[i] (optional) receives the node where string i ends, tok_lo as above. */
+dsr1_status dsr1__trie_build(uint32_t n, const uint8_t *const *s, const uint32_t *len,
+                             dsr1__tnode **nodes, uint32_t *nnodes, uint32_t *tok_lo_out,
+                             uint32_t *node_of);
+
+/* ---- Earley chart ---- */
+
+typedef struct {
+    uint32_t st, org;
+} dsr1__item;
+
+typedef struct {
+    const dsr1_grammar *g;
+    dsr1__item *it;
+    size_t n, cap;
+    uint32_t *set; /* set k = it[set[k] .. set[k+1]); set[nset] == n */
+    size_t nset, setcap;
+    uint8_t *rootdone; /* per set: an item with origin ORG_ROOT completed there */
+    uint64_t *hkey;
+    uint32_t *hgen;
+    uint32_t hcap, gen;
+    bool oom;
+} dsr1__chart;
+
+void dsr1__chart_init(dsr1__chart *c, const dsr1_grammar *g);
+void dsr1__chart_free(dsr1__chart *c);
+void dsr1__chart_clear(dsr1__chart *c);
+/* Starts a new set; add items with dsr1__chart_add, then dsr1__chart_close. */
+bool dsr1__chart_begin(dsr1__chart *c);
+bool dsr1__chart_add(dsr1__chart *c, uint32_t st, uint32_t org);
+/* Closes the last set (predictions, completions); false (set removed) when empty. */
+bool dsr1__chart_close(dsr1__chart *c);
+/* Scans byte b from the last set into a new one; false (nothing added) when no item can. */
+bool dsr1__chart_scan(dsr1__chart *c, uint8_t b);
+static inline void dsr1__chart_truncate(dsr1__chart *c, size_t nset)
+{
+    c->nset = nset;
+    c->n = c->set[nset];
+}
+
+/* ---- masks ---- */
+
+typedef struct dsr1__scratch dsr1__scratch;
+dsr1__scratch *dsr1__scratch_new(const dsr1_grammar *g);
+void dsr1__scratch_free(dsr1__scratch *s);
+/* The token mask of the chart's last set (text tokens only; the caller adds eos). */
+void dsr1__mask_compute(const dsr1_grammar *g, dsr1__chart *c, dsr1__scratch *s, uint32_t *mask);
+
+#endif

@@ -1,0 +1,298 @@
+/* Token masks, with the per-state cache that makes them cheap (XGrammar's adaptive token
+ * mask cache, on an Earley chart).
+ *
+ * A token is allowed when some item of the current set can consume all of its bytes. Every
+ * derivation of a token starts at a "kernel" item (origin before the current set, or the
+ * root item at the start); items predicted in the current set are descendants of one.
+ * For a kernel item in automaton state s, the token either stays inside that item's rule
+ * (its bytes run from s, through any rules called from there, without the rule ending
+ * before the last byte), or the rule ends after a proper prefix and the rest of the token
+ * must continue in the caller. The first kind depends on s alone: "accepted" tokens are
+ * computed once per state by walking the vocabulary trie from a one-item parse, and
+ * cached in the grammar. Tokens of the second kind are "uncertain": the cache keeps, per
+ * such token, the suffixes left after each place the rule can end, in a small trie. At
+ * mask time the accepted set is OR'ed in and only the suffix trie is walked, from the
+ * caller items that ending the rule produces (the rest of the chart decides those). */
+#include <stdlib.h>
+#include <string.h>
+
+#include "grammar_internal.h"
+
+struct dsr1__ci {
+    uint32_t *acc_bits; /* mask words, or NULL with acc_list */
+    uint32_t *acc_list;
+    uint32_t nacc;
+    uint32_t nunc; /* uncertain (token, suffix node) pairs */
+    uint32_t *unc_tok, *unc_node;
+    dsr1__tnode *suf;
+    uint32_t nsuf;
+};
+
+typedef struct {
+    uint32_t tok, j;
+} upair;
+
+struct dsr1__scratch {
+    dsr1__chart mini;
+    int32_t *dst;
+    uint32_t *ncomp;
+    size_t dcap;
+    uint32_t *acc;
+    size_t nacc, acap;
+    upair *pairs;
+    size_t npairs, pcap;
+    uint8_t *sufacc;
+    size_t sufcap;
+};
+
+dsr1__scratch *dsr1__scratch_new(const dsr1_grammar *g)
+{
+    dsr1__scratch *s = calloc(1, sizeof(*s));
+    if (!s) return NULL;
+    dsr1__chart_init(&s->mini, g);
+    size_t d = (size_t)g->vocab->maxlen + 2;
+    s->dst = malloc(d * sizeof(int32_t));
+    s->ncomp = malloc(d * sizeof(uint32_t));
+    s->dcap = d;
+    if (!s->dst || !s->ncomp) {
+        dsr1__scratch_free(s);
+        return NULL;
+    }
+    return s;
+}
+
+void dsr1__scratch_free(dsr1__scratch *s)
+{
+    if (!s) return;
+    dsr1__chart_free(&s->mini);
+    free(s->dst);
+    free(s->ncomp);
+    free(s->acc);
+    free(s->pairs);
+    free(s->sufacc);
+    free(s);
+}
+
+static void ci_free(dsr1__ci *c)
+{
+    if (!c) return;
+    free(c->acc_bits);
+    free(c->acc_list);
+    free(c->unc_tok);
+    free(c->unc_node);
+    free(c->suf);
+    free(c);
+}
+
+void dsr1__grammar_free_ci(dsr1_grammar *g)
+{
+    if (!g->ci) return;
+    for (uint32_t s = 0; s < g->nst; s++) ci_free(atomic_load(&g->ci[s]));
+    free((void *)g->ci);
+    g->ci = NULL;
+}
+
+/* Tokens under trie node i (first byte at depth d rejected): uncertain at every earlier
+ * position where the rule ended. */
+static bool dead_subtree(const dsr1_grammar_vocab *v, dsr1__scratch *s, uint32_t i, uint32_t d)
+{
+    if (!s->ncomp[d - 1]) return true;
+    uint32_t lo = v->tok_lo[i], hi = v->tok_lo[v->nodes[i].end];
+    for (uint32_t j = 1; j < d; j++) {
+        if (s->ncomp[j] == s->ncomp[j - 1]) continue;
+        if (!DSR1_GROW(s->pairs, s->pcap, s->npairs + (hi - lo))) return false;
+        for (uint32_t k = lo; k < hi; k++) s->pairs[s->npairs++] = (upair){v->sorted[k], j};
+    }
+    return true;
+}
+
+static bool accept_here(const dsr1_grammar_vocab *v, dsr1__scratch *s, uint32_t i)
+{
+    uint32_t lo = v->tok_lo[i], hi = v->tok_lo[i + 1];
+    if (lo == hi) return true;
+    if (!DSR1_GROW(s->acc, s->acap, s->nacc + (hi - lo))) return false;
+    for (uint32_t k = lo; k < hi; k++) s->acc[s->nacc++] = v->sorted[k];
+    return true;
+}
+
+typedef struct {
+    const uint8_t *p;
+    uint32_t len, id;
+} sref;
+
+static int cmp_sref(const void *a, const void *b)
+{
+    const sref *x = a, *y = b;
+    uint32_t m = x->len < y->len ? x->len : y->len;
+    int c = memcmp(x->p, y->p, m);
+    if (c) return c;
+    return x->len < y->len ? -1 : x->len > y->len;
+}
+
+static dsr1__ci *compute_ci(const dsr1_grammar *g, uint32_t st, dsr1__scratch *s)
+{
+    const dsr1_grammar_vocab *v = g->vocab;
+    s->nacc = s->npairs = 0;
+    s->ncomp[0] = 0;
+    bool ok = true;
+    if (!g->st[st].reach_calls) {
+        /* a plain DFA from here: the rule ends wherever the state is final */
+        s->dst[0] = (int32_t)st;
+        for (uint32_t i = 0; i < v->nnodes && ok;) {
+            const dsr1__tnode *nd = &v->nodes[i];
+            uint32_t d = nd->depth;
+            int32_t t = dsr1__step(g, (uint32_t)s->dst[d - 1], nd->byte);
+            if (t < 0) {
+                ok = dead_subtree(v, s, i, d);
+                i = nd->end;
+                continue;
+            }
+            s->dst[d] = t;
+            s->ncomp[d] = s->ncomp[d - 1] + g->st[t].final;
+            ok = accept_here(v, s, i);
+            i++;
+        }
+    } else {
+        dsr1__chart *c = &s->mini;
+        dsr1__chart_clear(c);
+        if (!dsr1__chart_begin(c) || !dsr1__chart_add(c, st, DSR1__ORG_ROOT) ||
+            !dsr1__chart_close(c))
+            return NULL;
+        for (uint32_t i = 0; i < v->nnodes && ok;) {
+            const dsr1__tnode *nd = &v->nodes[i];
+            uint32_t d = nd->depth;
+            dsr1__chart_truncate(c, d);
+            if (!dsr1__chart_scan(c, nd->byte)) {
+                if (c->oom) return NULL;
+                ok = dead_subtree(v, s, i, d);
+                i = nd->end;
+                continue;
+            }
+            s->ncomp[d] = s->ncomp[d - 1] + c->rootdone[d];
+            ok = accept_here(v, s, i);
+            i++;
+        }
+    }
+    if (!ok) return NULL;
+
+    dsr1__ci *ci = calloc(1, sizeof(*ci));
+    if (!ci) return NULL;
+    size_t nw = dsr1_grammar_mask_words(v->n);
+    if (s->nacc > nw) {
+        if (!(ci->acc_bits = calloc(nw, sizeof(uint32_t)))) goto oom;
+        for (size_t k = 0; k < s->nacc; k++) ci->acc_bits[s->acc[k] >> 5] |= 1u << (s->acc[k] & 31);
+    } else if (s->nacc) {
+        if (!(ci->acc_list = malloc(s->nacc * sizeof(uint32_t)))) goto oom;
+        memcpy(ci->acc_list, s->acc, s->nacc * sizeof(uint32_t));
+    }
+    ci->nacc = (uint32_t)s->nacc;
+    if (s->npairs) {
+        uint32_t n = (uint32_t)s->npairs;
+        sref *sr = malloc(n * sizeof(*sr));
+        const uint8_t **sp = malloc(n * sizeof(*sp));
+        uint32_t *sl = malloc(n * sizeof(*sl)), *node_of = malloc(n * sizeof(uint32_t));
+        ci->unc_tok = malloc(n * sizeof(uint32_t));
+        ci->unc_node = malloc(n * sizeof(uint32_t));
+        bool fine = sr && sp && sl && node_of && ci->unc_tok && ci->unc_node;
+        if (fine) {
+            for (uint32_t k = 0; k < n; k++) {
+                upair p = s->pairs[k];
+                sr[k] = (sref){v->bytes + v->off[p.tok] + p.j, v->len[p.tok] - p.j, k};
+            }
+            qsort(sr, n, sizeof(*sr), cmp_sref);
+            for (uint32_t k = 0; k < n; k++) sp[k] = sr[k].p, sl[k] = sr[k].len;
+            fine = dsr1__trie_build(n, sp, sl, &ci->suf, &ci->nsuf, NULL, node_of) == DSR1_OK;
+            for (uint32_t k = 0; fine && k < n; k++) {
+                ci->unc_tok[k] = s->pairs[sr[k].id].tok;
+                ci->unc_node[k] = node_of[k];
+            }
+            ci->nunc = n;
+        }
+        free(sr);
+        free(sp);
+        free(sl);
+        free(node_of);
+        if (!fine) goto oom;
+    }
+    return ci;
+oom:
+    ci_free(ci);
+    return NULL;
+}
+
+static const dsr1__ci *get_ci(const dsr1_grammar *g, uint32_t st, dsr1__scratch *s)
+{
+    dsr1__ci *c = atomic_load_explicit(&g->ci[st], memory_order_acquire);
+    if (c) return c;
+    dsr1__ci *mine = compute_ci(g, st, s);
+    if (!mine) return NULL;
+    dsr1__ci *expected = NULL;
+    if (atomic_compare_exchange_strong_explicit(&g->ci[st], &expected, mine,
+                                                memory_order_acq_rel, memory_order_acquire))
+        return mine;
+    ci_free(mine);
+    return expected;
+}
+
+/* The uncertain tokens of kernel item (rule of st, org): walk the suffix trie from the
+ * items that ending the rule gives its callers. */
+static void check_uncertain(const dsr1_grammar *g, dsr1__chart *c, dsr1__scratch *s,
+                            const dsr1__ci *ci, uint32_t rule, uint32_t org, uint32_t *mask)
+{
+    size_t nset0 = c->nset;
+    if (!dsr1__chart_begin(c)) return;
+    for (size_t i = c->set[org]; i < c->set[org + 1]; i++) {
+        dsr1__item it = c->it[i];
+        const dsr1__gstate *gs = &g->st[it.st];
+        for (uint32_t k = 0; k < gs->ncalls; k++)
+            if (g->calls[gs->calls + k].rule == rule)
+                dsr1__chart_add(c, g->calls[gs->calls + k].target, it.org);
+    }
+    if (!dsr1__chart_close(c)) return;
+    if (!DSR1_GROW(s->sufacc, s->sufcap, ci->nsuf)) {
+        dsr1__chart_truncate(c, nset0);
+        return;
+    }
+    memset(s->sufacc, 0, ci->nsuf);
+    size_t base = c->nset;
+    for (uint32_t i = 0; i < ci->nsuf;) {
+        const dsr1__tnode *nd = &ci->suf[i];
+        dsr1__chart_truncate(c, base + nd->depth - 1);
+        if (!dsr1__chart_scan(c, nd->byte)) {
+            i = nd->end;
+            continue;
+        }
+        s->sufacc[i++] = 1;
+    }
+    dsr1__chart_truncate(c, nset0);
+    for (uint32_t k = 0; k < ci->nunc; k++)
+        if (s->sufacc[ci->unc_node[k]]) mask[ci->unc_tok[k] >> 5] |= 1u << (ci->unc_tok[k] & 31);
+}
+
+void dsr1__mask_compute(const dsr1_grammar *g, dsr1__chart *c, dsr1__scratch *s, uint32_t *mask)
+{
+    size_t nw = dsr1_grammar_mask_words(g->vocab->n);
+    memset(mask, 0, nw * sizeof(uint32_t));
+    if (!c->nset) return;
+    uint32_t cur = (uint32_t)c->nset - 1;
+    size_t lo = c->set[cur], hi = c->set[cur + 1];
+    for (size_t i = lo; i < hi; i++) {
+        dsr1__item it = c->it[i];
+        if (cur == 0 ? it.st != g->rules[g->root].start : it.org >= cur) continue;
+        if (!g->st[it.st].scans) continue;
+        /* the same state from an earlier item: its accepted tokens are in already */
+        bool seen = false;
+        for (size_t k = lo; k < i && !seen; k++) seen = c->it[k].st == it.st && c->it[k].org < cur;
+        const dsr1__ci *ci = get_ci(g, it.st, s);
+        if (!ci) continue;
+        if (!seen) {
+            if (ci->acc_bits) {
+                for (size_t w = 0; w < nw; w++) mask[w] |= ci->acc_bits[w];
+            } else {
+                for (uint32_t k = 0; k < ci->nacc; k++)
+                    mask[ci->acc_list[k] >> 5] |= 1u << (ci->acc_list[k] & 31);
+            }
+        }
+        if (ci->nunc) check_uncertain(g, c, s, ci, g->st[it.st].rule, it.org, mask);
+    }
+}

@@ -1,0 +1,179 @@
+/* The vocabulary as a token trie: every matchable token's bytes, sorted, laid out as a
+ * preorder array of trie nodes that each know their depth and where their subtree ends.
+ * A mask walks it front to back; a rejected prefix skips its whole subtree in one jump,
+ * and the tokens under a node are one contiguous run of the sorted id list. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "grammar_internal.h"
+
+dsr1_status dsr1__trie_build(uint32_t n, const uint8_t *const *s, const uint32_t *len,
+                             dsr1__tnode **nodes_out, uint32_t *nnodes_out, uint32_t *tok_lo,
+                             uint32_t *node_of)
+{
+    size_t total = 0, maxlen = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        total += len[i];
+        if (len[i] > maxlen) maxlen = len[i];
+    }
+    if (maxlen > UINT16_MAX) return dsr1_error(DSR1_ERR_RANGE, "grammar vocab: token too long");
+    dsr1__tnode *nodes = malloc((total + 1) * sizeof(*nodes));
+    uint32_t *open = malloc((maxlen + 1) * sizeof(uint32_t));
+    if (!nodes || !open) {
+        free(nodes);
+        free(open);
+        return dsr1_error(DSR1_ERR_NOMEM, "grammar vocab: out of memory");
+    }
+    uint32_t nn = 0, depth = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        uint32_t lcp = 0;
+        if (i > 0) {
+            uint32_t m = len[i] < len[i - 1] ? len[i] : len[i - 1];
+            while (lcp < m && s[i][lcp] == s[i - 1][lcp]) lcp++;
+        }
+        if (lcp > depth) lcp = depth;
+        for (uint32_t d = depth; d > lcp; d--) nodes[open[d]].end = nn;
+        for (uint32_t d = lcp + 1; d <= len[i]; d++) {
+            nodes[nn] = (dsr1__tnode){.end = 0, .depth = (uint16_t)d, .byte = s[i][d - 1]};
+            if (tok_lo) tok_lo[nn] = i;
+            open[d] = nn++;
+        }
+        depth = len[i];
+        if (node_of) node_of[i] = len[i] ? open[len[i]] : UINT32_MAX;
+    }
+    for (uint32_t d = depth; d > 0; d--) nodes[open[d]].end = nn;
+    if (tok_lo) tok_lo[nn] = n;
+    free(open);
+    *nodes_out = nodes;
+    *nnodes_out = nn;
+    return DSR1_OK;
+}
+
+typedef struct {
+    const uint8_t *p;
+    uint32_t len, id;
+} tokref;
+
+static int cmp_tok(const void *a, const void *b)
+{
+    const tokref *x = a, *y = b;
+    uint32_t m = x->len < y->len ? x->len : y->len;
+    int c = memcmp(x->p, y->p, m);
+    if (c) return c;
+    if (x->len != y->len) return x->len < y->len ? -1 : 1;
+    return x->id < y->id ? -1 : x->id > y->id;
+}
+
+dsr1_status dsr1_grammar_vocab_create_raw(int32_t n, const uint8_t *const *bytes,
+                                          const uint32_t *lens, int32_t eos_id,
+                                          dsr1_grammar_vocab **out)
+{
+    if (n <= 0 || !bytes || !lens || eos_id < 0 || eos_id >= n)
+        return dsr1_error(DSR1_ERR_INVALID_ARG, "grammar vocab: bad size (%d) or eos id (%d)",
+                          (int)n, (int)eos_id);
+    dsr1_grammar_vocab *v = calloc(1, sizeof(*v));
+    tokref *tr = NULL;
+    const uint8_t **sp = NULL;
+    uint32_t *sl = NULL;
+    if (!v) goto oom;
+    v->n = n;
+    v->eos = eos_id;
+    size_t total = 0;
+    for (int32_t i = 0; i < n; i++) total += lens[i];
+    v->bytes = malloc(total + 1);
+    v->off = malloc(((size_t)n + 1) * sizeof(uint64_t));
+    v->len = malloc((size_t)n * sizeof(uint32_t));
+    tr = malloc((size_t)n * sizeof(*tr));
+    if (!v->bytes || !v->off || !v->len || !tr) goto oom;
+    size_t o = 0;
+    uint32_t ns = 0;
+    for (int32_t i = 0; i < n; i++) {
+        v->off[i] = o;
+        v->len[i] = i == eos_id ? 0 : lens[i];
+        if (lens[i] && !bytes[i]) {
+            dsr1_grammar_vocab_free(v);
+            free(tr);
+            return dsr1_error(DSR1_ERR_INVALID_ARG, "grammar vocab: token %d has no bytes", i);
+        }
+        if (v->len[i]) memcpy(v->bytes + o, bytes[i], v->len[i]);
+        o += v->len[i];
+        if (v->len[i] > v->maxlen) v->maxlen = v->len[i];
+    }
+    v->off[n] = o;
+    for (int32_t i = 0; i < n; i++)
+        if (v->len[i]) tr[ns++] = (tokref){v->bytes + v->off[i], v->len[i], (uint32_t)i};
+    qsort(tr, ns, sizeof(*tr), cmp_tok);
+    v->nsorted = ns;
+    v->sorted = malloc((ns + 1) * sizeof(uint32_t));
+    sp = malloc((ns + 1) * sizeof(*sp));
+    sl = malloc((ns + 1) * sizeof(*sl));
+    v->tok_lo = malloc((total + 2) * sizeof(uint32_t));
+    if (!v->sorted || !sp || !sl || !v->tok_lo) goto oom;
+    for (uint32_t i = 0; i < ns; i++) {
+        v->sorted[i] = tr[i].id;
+        sp[i] = tr[i].p;
+        sl[i] = tr[i].len;
+    }
+    dsr1_status st = dsr1__trie_build(ns, sp, sl, &v->nodes, &v->nnodes, v->tok_lo, NULL);
+    free(tr);
+    free(sp);
+    free(sl);
+    if (st) {
+        dsr1_grammar_vocab_free(v);
+        return st;
+    }
+    *out = v;
+    return DSR1_OK;
+oom:
+    free(tr);
+    free(sp);
+    free(sl);
+    dsr1_grammar_vocab_free(v);
+    return dsr1_error(DSR1_ERR_NOMEM, "grammar vocab: out of memory");
+}
+
+dsr1_status dsr1_grammar_vocab_create(const dsr1_tokenizer *tok, int32_t eos_id,
+                                      dsr1_grammar_vocab **out)
+{
+    if (!tok) return dsr1_error(DSR1_ERR_INVALID_ARG, "grammar vocab: no tokenizer");
+    int32_t n = dsr1_tokenizer_vocab_size(tok);
+    if (n <= 0 || eos_id < 0 || eos_id >= n)
+        return dsr1_error(DSR1_ERR_INVALID_ARG, "grammar vocab: eos id %d outside [0, %d)",
+                          (int)eos_id, (int)n);
+    const uint8_t **b = calloc((size_t)n, sizeof(*b));
+    uint32_t *l = calloc((size_t)n, sizeof(*l));
+    if (!b || !l) {
+        free(b);
+        free(l);
+        return dsr1_error(DSR1_ERR_NOMEM, "grammar vocab: out of memory");
+    }
+    for (int32_t i = 0; i < n; i++) {
+        const uint8_t *p;
+        size_t len;
+        if (!dsr1_tokenizer_id_valid(tok, i) || dsr1_tokenizer_is_special(tok, i)) continue;
+        if (dsr1_tokenizer_token_bytes(tok, i, &p, &len) != DSR1_OK || len > UINT16_MAX) continue;
+        b[i] = p;
+        l[i] = (uint32_t)len;
+    }
+    dsr1_status st = dsr1_grammar_vocab_create_raw(n, b, l, eos_id, out);
+    free(b);
+    free(l);
+    return st;
+}
+
+int32_t dsr1_grammar_vocab_size(const dsr1_grammar_vocab *v)
+{
+    return v ? v->n : 0;
+}
+
+void dsr1_grammar_vocab_free(dsr1_grammar_vocab *v)
+{
+    if (!v) return;
+    free(v->bytes);
+    free(v->off);
+    free(v->len);
+    free(v->sorted);
+    free(v->nodes);
+    free(v->tok_lo);
+    free(v);
+}
