@@ -1,0 +1,146 @@
+/* Internals of the JSON Schema converter (json_schema*.c), shared by its files only.
+ *
+ * The converter builds a small grammar IR (rules whose bodies are expression trees), so that
+ * it can tell which rules derive no string at all (`false` schemas, a required property that
+ * can never be satisfied, `{"$ref":"#"}` with no base case) and prune them before printing the
+ * grammar text that grammar.h documents. */
+#ifndef DSR1_JSON_SCHEMA_INTERNAL_H
+#define DSR1_JSON_SCHEMA_INTERNAL_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "grammar.h"
+
+#define JS_INF (-1) /* an unbounded repetition's max */
+
+/* Records an error (message in dsr1_errmsg) and its status in the context. */
+#define JS_FAIL(c, st, ...) ((c)->err = dsr1_error((st), __VA_ARGS__))
+
+typedef enum {
+    X_NOTHING, /* derives no string */
+    X_EMPTY,   /* derives only "" */
+    X_LIT,     /* a literal (bytes in text, len) */
+    X_RAW,     /* grammar text as is: a class [..] or a /regex/ terminal */
+    X_RULE,    /* a reference to rule `rule` */
+    X_SEQ,
+    X_ALT,
+    X_REP, /* kids[0]{min,max}, max JS_INF = unbounded */
+} js_xkind;
+
+typedef struct js_x {
+    js_xkind k;
+    int n; /* kids */
+    struct js_x **kids;
+    char *text;
+    size_t len;
+    int rule;
+    int min, max;
+    struct js_x *done; /* prune's result, so shared subtrees are rewritten once */
+    int epoch;         /* productivity memo: valid when epoch == the pass number */
+    bool prod;
+} js_x;
+
+typedef struct {
+    char *name;
+    js_x *body; /* NULL while being built (a recursive reference) */
+    bool productive, reachable;
+} js_rule;
+
+/* A string builder; on allocation failure `oom` is set and appends become no-ops. */
+typedef struct {
+    char *p;
+    size_t n, cap;
+    bool oom;
+} js_buf;
+
+typedef struct js_ctx {
+    const dsr1_grammar_opts *opts;
+    int max_rules, max_repeat;
+    json_t *root; /* the schema document */
+    json_t *keep; /* schemas synthesised by allOf merging, kept alive until the end */
+    js_rule *rules;
+    int nrules, cap_rules;
+    /* $ref target (json_t *) -> rule index; open addressing */
+    const void **memo_key;
+    int *memo_val;
+    size_t memo_cap, memo_n;
+    /* arena of IR nodes and strings */
+    void **blocks;
+    size_t nblocks, cap_blocks;
+    char *arena;
+    size_t arena_left;
+    size_t budget; /* IR nodes left before DSR1_ERR_RANGE */
+    int merges;    /* allOf merges left */
+    int epoch;
+    int depth;
+    int err;       /* the status of the first error (its message is in dsr1_errmsg) */
+    int common[8]; /* lazily created shared rules (JS_R_*), -1 until created */
+    char path[1024];
+    size_t path_len;
+    bool path_cut;
+} js_ctx;
+
+enum {
+    JS_R_CHAR,
+    JS_R_STRING,
+    JS_R_VALUE,
+    JS_R_OBJECT,
+    JS_R_ARRAY,
+    JS_R_NUMBER,
+    JS_R_INTEGER,
+    JS_R_WS
+};
+
+#define JS_MAX_DEPTH  128
+#define JS_MAX_ENUM   10000
+#define JS_MAX_NODES  2000000
+#define JS_MAX_MERGES 20000
+#define JS_MAX_OUTPUT ((size_t)64 << 20)
+
+/* json_schema.c */
+js_x *dsr1__js_node(js_ctx *c, js_xkind k);
+js_x *dsr1__js_lit(js_ctx *c, const char *s, size_t len);
+js_x *dsr1__js_raw(js_ctx *c, const char *s);
+js_x *dsr1__js_seq(js_ctx *c, int n, js_x **kids);
+js_x *dsr1__js_alt(js_ctx *c, int n, js_x **kids);
+js_x *dsr1__js_rep(js_ctx *c, js_x *kid, int min, int max);
+void *dsr1__js_alloc(js_ctx *c, size_t n);
+/* Appends /seg (escaped as a JSON pointer) to c->path; returns the old length to restore. */
+size_t dsr1__js_push(js_ctx *c, const char *seg);
+size_t dsr1__js_push_index(js_ctx *c, size_t i);
+void dsr1__js_pop(js_ctx *c, size_t old);
+const char *dsr1__js_where(const js_ctx *c); /* the path, "" shown as "/" in messages */
+
+/* json_schema_merge.c: allOf. The schema s as one schema without $ref/allOf at its top,
+ * or a pure {"anyOf": [...]} (borrowed: kept alive by c->keep or the document). */
+int dsr1__js_merge_allof(js_ctx *c, json_t *s, json_t **out);
+/* Resolves a local $ref ("#", "#/$defs/a", "#/definitions/a", any "#/json/pointer"). */
+int dsr1__js_resolve_ref(js_ctx *c, const char *ref, json_t **out);
+/* An error naming the first keyword of s that the converter does not enforce. */
+int dsr1__js_check_keywords(js_ctx *c, json_t *s);
+/* Whether the keyword is a JSON Schema keyword the converter does not enforce. */
+bool dsr1__js_unsupported(const char *key, json_t *val);
+
+/* json_schema_pattern.c: the JSON string contents (between the quotes) that decode to a
+ * string matching `pattern` (ECMAScript, unanchored as JSON Schema says), as a /regex/
+ * terminal in *out (arena). `what` names the keyword for messages. */
+int dsr1__js_pattern(js_ctx *c, const char *pattern, size_t len, const char *what, char **out);
+/* The pattern (anchored) of a `format`, NULL when unknown. */
+const char *dsr1__js_format_pattern(const char *format);
+
+/* json_schema_serial.c: compact JSON in canonical form (numbers with an integral value and
+ * magnitude below 2^53 as integers, strings escaping only " \ and control characters,
+ * objects in their own key order). Appends to b. */
+void dsr1__js_dump(js_buf *b, const json_t *v);
+void dsr1__js_buf_add(js_buf *b, const char *s, size_t n);
+void dsr1__js_buf_str(js_buf *b, const char *s);
+void dsr1__js_buf_fmt(js_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* JSON Schema equality (1 == 1.0, objects regardless of order). */
+bool dsr1__js_equal(const json_t *a, const json_t *b);
+/* Parses JSON text with jansson; on failure a message "what: line L column C: text". */
+int dsr1__js_parse(const char *text, size_t len, const char *what, json_t **out);
+
+#endif
