@@ -159,3 +159,8 @@ void dsr1_grammar_free(dsr1_grammar *g)
     free(g->rules);
     free(g);
 }
+
+const dsr1_grammar_vocab *dsr1_grammar_get_vocab(const dsr1_grammar *g)
+{
+    return g ? g->vocab : NULL;
+}

@@ -1,0 +1,204 @@
+/* The grammar engine on DeepSeek-R1's real vocabulary (129,280 tokens): masks against
+ * brute force (every token tried by advance + rollback) along random walks for a JSON
+ * object grammar and a schema-shaped grammar, and a timing print (not an assertion) of
+ * mask time per token over tokenized JSON documents.
+ *
+ * argv[1]: ../shared/golden (its tokenizer/); exits 77 without it. */
+#include <time.h>
+#include <unistd.h>
+
+#include "grammar_test_util.h"
+#include "tokenizer.h"
+
+static dsr1_tokenizer *tok;
+static dsr1_grammar_vocab *vocab;
+static int32_t nvocab, eos;
+static const uint8_t **tb;
+static uint32_t *tl;
+
+/* What the JSON Schema converter produces for a typical schema (compact JSON, properties
+ * in order, optional ones in a fixed order). */
+static const char schema_grammar[] =
+    "root ::= \"{\" \"\\\"name\\\":\" string \",\\\"age\\\":\" integer "
+    "\",\\\"email\\\":\" email \",\\\"tags\\\":\" tags \",\\\"address\\\":\" address "
+    "(\",\\\"active\\\":\" boolean)? (\",\\\"score\\\":\" number)? \"}\"\n"
+    "address ::= \"{\\\"street\\\":\" string \",\\\"city\\\":\" string "
+    "\",\\\"zip\\\":\\\"\" /[0-9]{5}/ \"\\\"\" \"}\"\n"
+    "tags ::= \"[\" (string (\",\" string){0,9})? \"]\"\n"
+    "email ::= \"\\\"\" /[a-z0-9._]+@[a-z0-9]+\\.[a-z]{2,6}/ \"\\\"\"\n"
+    "string ::= \"\\\"\" char* \"\\\"\"\n"
+    "char ::= [^\"\\\\\\x00-\\x1f] | \"\\\\\" ([\"\\\\/bfnrt] | \"u\" [0-9a-fA-F]{4})\n"
+    "integer ::= \"-\"? (\"0\" | [1-9] [0-9]{0,15})\n"
+    "number ::= integer (\".\" [0-9]+)? ([eE] [+-]? [0-9]+)?\n"
+    "boolean ::= \"true\" | \"false\"\n";
+
+static const char *docs[] = {
+    "{\"name\":\"Ada Lovelace\",\"age\":36,\"email\":\"ada@example.org\",\"tags\":[\"math\","
+    "\"poetry\",\"engines\"],\"address\":{\"street\":\"12 St James's Square\",\"city\":"
+    "\"London\",\"zip\":\"10001\"},\"active\":true,\"score\":98.5}",
+    "{\"name\":\"Zhang Wei \xe5\xbc\xa0\xe4\xbc\x9f\",\"age\":41,\"email\":\"zw.test@mail.cn\","
+    "\"tags\":[],\"address\":{\"street\":\"No. 88 \\\"Century\\\" Avenue, Pudong\",\"city\":"
+    "\"Shanghai\",\"zip\":\"20012\"},\"score\":-1.25e3}",
+    "{\"name\":\"Grace Hopper\",\"age\":85,\"email\":\"grace_hopper@navy.mil\",\"tags\":[\"cobol\","
+    "\"compilers\",\"debugging\",\"rear admiral\",\"\\u00e9t\\u00e9\"],\"address\":{\"street\":"
+    "\"1 Navy Yard\\nBuilding 7\",\"city\":\"Arlington\",\"zip\":\"22201\"},\"active\":false}",
+    "{\"name\":\"O'Brien, Siobh\xc3\xa1n\",\"age\":0,\"email\":\"s@ie.ie\",\"tags\":[\"a\",\"b\","
+    "\"c\",\"d\",\"e\",\"f\",\"g\"],\"address\":{\"street\":\"\",\"city\":\"Dublin 4\",\"zip\":"
+    "\"00000\"},\"active\":true,\"score\":100}",
+};
+
+static void check_walks(const dsr1_grammar *g, uint64_t seed, int walks, int steps)
+{
+    for (int w = 0; w < walks; w++) gt_random_walk(g, nvocab, tb, tl, eos, &seed, steps);
+}
+
+static void test_json_object_masks(void **state)
+{
+    (void)state;
+    dsr1_grammar *g = NULL;
+    assert_int_equal(dsr1_grammar_compile_json_object(vocab, NULL, &g), DSR1_OK);
+    check_walks(g, 1, 2, 12);
+    dsr1_grammar_free(g);
+    dsr1_grammar_opts o = {.json_whitespace = true};
+    assert_int_equal(dsr1_grammar_compile_json_object(vocab, &o, &g), DSR1_OK);
+    check_walks(g, 2, 1, 12);
+    dsr1_grammar_free(g);
+}
+
+static void test_schema_masks(void **state)
+{
+    (void)state;
+    dsr1_grammar *g = NULL;
+    assert_int_equal(dsr1_grammar_compile_ebnf(vocab, schema_grammar, strlen(schema_grammar), NULL, &g),
+                     DSR1_OK);
+    check_walks(g, 3, 2, 14);
+    /* along a real document too: every prefix's mask equals brute force */
+    int32_t *ids;
+    size_t n;
+    assert_int_equal(dsr1_tokenizer_encode(tok, docs[1], strlen(docs[1]), 0, &ids, &n), DSR1_OK);
+    dsr1_matcher *m;
+    assert_int_equal(dsr1_matcher_create(g, &m), DSR1_OK);
+    uint32_t *mask = calloc(dsr1_grammar_mask_words(nvocab), 4);
+    for (size_t i = 0; i < n; i += 4) {
+        gt_check_mask(m, nvocab, tb, tl, eos, mask);
+        for (size_t k = i; k < i + 4 && k < n; k++)
+            assert_int_equal(dsr1_matcher_advance(m, ids[k]), DSR1_OK);
+    }
+    gt_check_mask(m, nvocab, tb, tl, eos, mask);
+    assert_true(dsr1_matcher_accepting(m));
+    free(mask);
+    free(ids);
+    dsr1_matcher_free(m);
+    dsr1_grammar_free(g);
+}
+
+static double now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e6 + ts.tv_nsec * 1e-3;
+}
+
+static int cmp_d(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Mask time per token over the documents; pass 0 starts with empty caches. */
+static void time_grammar(const char *label, const dsr1_grammar *g, int passes)
+{
+    uint32_t *mask = calloc(dsr1_grammar_mask_words(nvocab), 4);
+    double *t = malloc(4096 * sizeof(double));
+    for (int pass = 0; pass < passes; pass++) {
+        int nt = 0;
+        for (size_t d = 0; d < sizeof(docs) / sizeof(docs[0]); d++) {
+            int32_t *ids;
+            size_t n;
+            assert_int_equal(dsr1_tokenizer_encode(tok, docs[d], strlen(docs[d]), 0, &ids, &n),
+                             DSR1_OK);
+            dsr1_matcher *m;
+            assert_int_equal(dsr1_matcher_create(g, &m), DSR1_OK);
+            for (size_t i = 0; i <= n && nt < 4096; i++) {
+                double t0 = now_us();
+                dsr1_matcher_mask(m, mask);
+                t[nt++] = now_us() - t0;
+                int32_t next = i < n ? ids[i] : eos;
+                assert_true((mask[next >> 5] >> (next & 31)) & 1);
+                assert_int_equal(dsr1_matcher_advance(m, next), DSR1_OK);
+            }
+            free(ids);
+            dsr1_matcher_free(m);
+        }
+        qsort(t, (size_t)nt, sizeof(double), cmp_d);
+        double sum = 0;
+        for (int i = 0; i < nt; i++) sum += t[i];
+        printf("mask time %-18s %s: %d tokens, p50 %.1f us, p99 %.1f us, max %.1f us, mean %.1f us\n",
+               label, pass ? "warm" : "cold", nt, t[nt / 2], t[(nt * 99) / 100], t[nt - 1],
+               sum / nt);
+    }
+    free(mask);
+    free(t);
+}
+
+static void test_timing(void **state)
+{
+    (void)state;
+    dsr1_grammar *g = NULL;
+    double t0 = now_us();
+    assert_int_equal(dsr1_grammar_compile_ebnf(vocab, schema_grammar, strlen(schema_grammar), NULL, &g),
+                     DSR1_OK);
+    dsr1_grammar_stats s;
+    dsr1_grammar_get_stats(g, &s);
+    printf("compile schema grammar: %.0f us (%d rules, %d states)\n", now_us() - t0, s.rules,
+           s.states);
+    time_grammar("schema grammar", g, 2);
+    dsr1_grammar_free(g);
+    t0 = now_us();
+    assert_int_equal(dsr1_grammar_compile_json_object(vocab, NULL, &g), DSR1_OK);
+    printf("compile json_object: %.0f us\n", now_us() - t0);
+    time_grammar("json_object", g, 2);
+    dsr1_grammar_free(g);
+}
+
+int main(int argc, char **argv)
+{
+    const char *golden = argc > 1 ? argv[1] : "../shared/golden";
+    char path[1024];
+    snprintf(path, sizeof(path), "%s/tokenizer/tokenizer.json", golden);
+    if (access(path, R_OK) != 0) {
+        fprintf(stderr, "skipped: no tokenizer at %s\n", path);
+        return 77;
+    }
+    if (dsr1_tokenizer_load_file(path, &tok) != DSR1_OK) {
+        fprintf(stderr, "tokenizer: %s\n", dsr1_errmsg());
+        return 1;
+    }
+    eos = dsr1_tokenizer_token_id(tok, "<\xef\xbd\x9c" "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>");
+    nvocab = dsr1_tokenizer_vocab_size(tok);
+    double t0 = now_us();
+    if (eos < 0 || dsr1_grammar_vocab_create(tok, eos, &vocab) != DSR1_OK) {
+        fprintf(stderr, "vocab: %s\n", dsr1_errmsg());
+        return 1;
+    }
+    printf("vocab: %d tokens, trie built in %.1f ms\n", (int)nvocab, (now_us() - t0) / 1000);
+    tb = calloc((size_t)nvocab, sizeof(*tb));
+    tl = calloc((size_t)nvocab, sizeof(*tl));
+    for (int32_t i = 0; i < nvocab; i++) {
+        size_t len;
+        if (!dsr1_tokenizer_id_valid(tok, i) || dsr1_tokenizer_is_special(tok, i) || i == eos)
+            continue;
+        if (dsr1_tokenizer_token_bytes(tok, i, &tb[i], &len) == DSR1_OK) tl[i] = (uint32_t)len;
+    }
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_json_object_masks),
+        cmocka_unit_test(test_schema_masks),
+        cmocka_unit_test(test_timing),
+    };
+    int rc = cmocka_run_group_tests(tests, NULL, NULL);
+    free(tb);
+    free(tl);
+    dsr1_grammar_vocab_free(vocab);
+    dsr1_tokenizer_free(tok);
+    return rc;
+}
