@@ -12,5 +12,6 @@ int dsr1_cmd_detokenize(int argc, char **argv);
 int dsr1_cmd_chat_template(int argc, char **argv);
 int dsr1_cmd_client(int argc, char **argv);
 int dsr1_cmd_serve(int argc, char **argv);
+int dsr1_cmd_grammar(int argc, char **argv);
 
 #endif

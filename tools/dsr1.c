@@ -18,6 +18,7 @@ static const command commands[] = {
     {"tokenize", dsr1_cmd_tokenize, "text -> token ids with the checkpoint's tokenizer"},
     {"detokenize", dsr1_cmd_detokenize, "token ids -> text"},
     {"chat-template", dsr1_cmd_chat_template, "render a conversation with the chat template"},
+    {"grammar", dsr1_cmd_grammar, "compile a grammar/JSON Schema; check an output against it"},
     {"serve", dsr1_cmd_serve, "serve the model over gRPC: streaming generation and batch jobs"},
     {"client", dsr1_cmd_client, "call a dsr1 server: generate, batch, status, cancel, list, info"},
 };

@@ -540,9 +540,10 @@ static js_x *gen_enum(js_ctx *c, json_t *s, int mask)
 static js_x *class_range(js_ctx *c, int a, int b)
 {
     char tmp[8];
-    if (a == b)
-        snprintf(tmp, sizeof tmp, "\"%c\"", '0' + a);
-    else if (a == 0 && b == 9)
+    if (a == b) {
+        tmp[0] = (char)('0' + a);
+        return dsr1__js_lit(c, tmp, 1);
+    } else if (a == 0 && b == 9)
         snprintf(tmp, sizeof tmp, "[0-9]");
     else
         snprintf(tmp, sizeof tmp, "[%c-%c]", '0' + a, '0' + b);
