@@ -17,7 +17,7 @@
 
 typedef struct {
     uint32_t from, to;
-    int32_t rule; /* >= 0: a call edge */
+    int32_t rule;    /* >= 0: a call edge */
     uint16_t lo, hi; /* byte edge when lo <= hi; epsilon when lo > hi and rule < 0 */
 } nedge;
 
@@ -71,10 +71,14 @@ static uint64_t sat_mul(uint64_t a, uint64_t b)
 static uint64_t estimate(const ab *b, const dsr1__ast *x)
 {
     switch (x->kind) {
-    case DSR1__A_EMPTY: return 1;
-    case DSR1__A_BYTES: return (uint64_t)x->n + 1;
-    case DSR1__A_CLASS: return (uint64_t)x->n * 8 + 2;
-    case DSR1__A_REF: return b->inl[x->rule] ? b->est[x->rule] : 2;
+    case DSR1__A_EMPTY:
+        return 1;
+    case DSR1__A_BYTES:
+        return (uint64_t)x->n + 1;
+    case DSR1__A_CLASS:
+        return (uint64_t)x->n * 8 + 2;
+    case DSR1__A_REF:
+        return b->inl[x->rule] ? b->est[x->rule] : 2;
     case DSR1__A_REPEAT: {
         uint64_t k = estimate(b, x->kids[0]);
         uint64_t times = x->max < 0 ? (uint64_t)x->min + 1 : (uint64_t)x->max;
@@ -198,8 +202,7 @@ static void edge(ab *b, uint32_t from, uint32_t to, int32_t rule, int lo, int hi
 }
 #define EPS(b, f, t) edge(b, f, t, -1, 1, 0)
 
-static void byte_seq(ab *b, uint32_t from, uint32_t to, const uint8_t *lo, const uint8_t *hi,
-                     int n)
+static void byte_seq(ab *b, uint32_t from, uint32_t to, const uint8_t *lo, const uint8_t *hi, int n)
 {
     uint32_t s = from;
     for (int i = 0; i < n; i++) {
@@ -255,7 +258,8 @@ static uint32_t build(ab *b, const dsr1__ast *x, uint32_t from)
 {
     if (b->err) return UINT32_MAX;
     switch (x->kind) {
-    case DSR1__A_EMPTY: return from;
+    case DSR1__A_EMPTY:
+        return from;
     case DSR1__A_BYTES: {
         uint32_t s = from;
         for (int i = 0; i < x->n; i++) {
@@ -463,8 +467,7 @@ static int cmp_call(const void *a, const void *b)
     return x->to < y->to ? -1 : x->to > y->to;
 }
 
-static dsr1_status determinize(ab *b, const nfa *n, const uint8_t *prod, dfa *d,
-                               size_t *total_dfa)
+static dsr1_status determinize(ab *b, const nfa *n, const uint8_t *prod, dfa *d, size_t *total_dfa)
 {
     dsr1_status st = DSR1_OK;
     csr c = {0};
@@ -593,8 +596,10 @@ static bool nfa_productive(const nfa *n, const uint8_t *prod, uint8_t *seen, uin
         size_t lo = 0, hi = n->ne;
         while (lo < hi) {
             size_t mid = (lo + hi) / 2;
-            if (n->e[mid].from < s) lo = mid + 1;
-            else hi = mid;
+            if (n->e[mid].from < s)
+                lo = mid + 1;
+            else
+                hi = mid;
         }
         for (size_t i = lo; i < n->ne && n->e[i].from == s; i++) {
             const nedge *e = &n->e[i];
@@ -662,7 +667,8 @@ dsr1_status dsr1__automaton_build(const dsr1__rules *rs, const dsr1_grammar_opts
         changed = false;
         for (int qi = b.nqueue - 1; qi >= 0; qi--) {
             int r = b.queue[qi];
-            if (!prod[r] && nfa_productive(&nfas[r], prod, seen, stack)) prod[r] = 1, changed = true;
+            if (!prod[r] && nfa_productive(&nfas[r], prod, seen, stack))
+                prod[r] = 1, changed = true;
         }
     }
     if (!prod[rs->root]) {
@@ -740,7 +746,8 @@ dsr1_status dsr1__automaton_build(const dsr1__rules *rs, const dsr1_grammar_opts
                 int32_t t = g->trans[gs->trans + (int32_t)k];
                 l = t >= 0 && live[t];
             }
-            for (uint32_t k = 0; k < gs->ncalls && !l; k++) l = live[g->calls[gs->calls + k].target];
+            for (uint32_t k = 0; k < gs->ncalls && !l; k++)
+                l = live[g->calls[gs->calls + k].target];
             if (l) live[s] = 1, changed = true;
         }
     }

@@ -76,8 +76,7 @@ static bool hash_rebuild(dsr1__chart *c, size_t need)
         memset(c->hgen, 0, c->hcap * sizeof(uint32_t));
         c->gen = 1;
     }
-    for (size_t i = lo; i < c->n; i++)
-        hash_insert(c, (uint64_t)c->it[i].st << 32 | c->it[i].org);
+    for (size_t i = lo; i < c->n; i++) hash_insert(c, (uint64_t)c->it[i].st << 32 | c->it[i].org);
     return true;
 }
 
@@ -108,8 +107,7 @@ bool dsr1__chart_add(dsr1__chart *c, uint32_t st, uint32_t org)
             if (c->it[i].st == st && c->it[i].org == org) return true;
     } else {
         if (cnt == LINEAR_MAX || (cnt + 1) * 2 > c->hcap) {
-            if (!hash_rebuild(c, 2 * (cnt + 1)))
-                return c->oom = true, false;
+            if (!hash_rebuild(c, 2 * (cnt + 1))) return c->oom = true, false;
         }
         if (!hash_insert(c, (uint64_t)st << 32 | org)) return true;
     }
@@ -142,8 +140,10 @@ bool dsr1__chart_close(dsr1__chart *c)
         dsr1__item it = c->it[i];
         const dsr1__gstate *s = &g->st[it.st];
         if (s->final) {
-            if (it.org == DSR1__ORG_ROOT) c->rootdone[cur] = 1;
-            else complete(c, s->rule, it.org);
+            if (it.org == DSR1__ORG_ROOT)
+                c->rootdone[cur] = 1;
+            else
+                complete(c, s->rule, it.org);
         }
         for (uint32_t k = 0; k < s->ncalls; k++) {
             const dsr1__gcall *cl = &g->calls[s->calls + k];

@@ -17,7 +17,7 @@ typedef struct {
 } ep;
 
 #define EP_ERR(e, off, st, ...) dsr1__src_error((e)->src, (off), (st), __VA_ARGS__)
-#define EP_OOM() dsr1_error(DSR1_ERR_NOMEM, "grammar: out of memory")
+#define EP_OOM()                dsr1_error(DSR1_ERR_NOMEM, "grammar: out of memory")
 
 static int at(const ep *e, size_t p)
 {
@@ -86,17 +86,41 @@ static dsr1_status char_at(ep *e, uint32_t *cp, char *cls)
     e->p += 2;
     int nhex = 0;
     switch (c) {
-    case 'n': *cp = '\n'; return DSR1_OK;
-    case 'r': *cp = '\r'; return DSR1_OK;
-    case 't': *cp = '\t'; return DSR1_OK;
-    case 'x': nhex = 2; break;
-    case 'u': nhex = 4; break;
-    case 'U': nhex = 8; break;
-    case 'd': case 'w': case 's': case 'D': case 'W': case 'S':
+    case 'n':
+        *cp = '\n';
+        return DSR1_OK;
+    case 'r':
+        *cp = '\r';
+        return DSR1_OK;
+    case 't':
+        *cp = '\t';
+        return DSR1_OK;
+    case 'x':
+        nhex = 2;
+        break;
+    case 'u':
+        nhex = 4;
+        break;
+    case 'U':
+        nhex = 8;
+        break;
+    case 'd':
+    case 'w':
+    case 's':
+    case 'D':
+    case 'W':
+    case 'S':
         if (!cls) break;
         *cls = (char)c;
         return DSR1_OK;
-    case '\\': case '"': case '/': case '\'': case '[': case ']': case '-': case '^':
+    case '\\':
+    case '"':
+    case '/':
+    case '\'':
+    case '[':
+    case ']':
+    case '-':
+    case '^':
         *cp = (uint32_t)c;
         return DSR1_OK;
     default:
@@ -155,8 +179,10 @@ static dsr1_status literal(ep *e, dsr1__ast **out)
         *out = dsr1__ast_new(e->a, DSR1__A_EMPTY);
     } else if ((*out = dsr1__ast_new(e->a, DSR1__A_BYTES))) {
         (*out)->n = (int)n;
-        if (((*out)->bytes = dsr1__arena_alloc(e->a, n))) memcpy((*out)->bytes, buf, n);
-        else *out = NULL;
+        if (((*out)->bytes = dsr1__arena_alloc(e->a, n)))
+            memcpy((*out)->bytes, buf, n);
+        else
+            *out = NULL;
     }
     if (!*out) goto oom;
     e->rs->terminals++;
@@ -261,8 +287,7 @@ static dsr1_status atom(ep *e, dsr1__ast **out)
     }
     if (c == '(') {
         if (++e->depth > DSR1__MAX_NEST)
-            return EP_ERR(e, start, DSR1_ERR_RANGE, "groups nested deeper than %d",
-                          DSR1__MAX_NEST);
+            return EP_ERR(e, start, DSR1_ERR_RANGE, "groups nested deeper than %d", DSR1__MAX_NEST);
         e->p++;
         dsr1_status st = alternatives(e, out);
         if (st) return st;
@@ -412,8 +437,10 @@ static int find_rule(const name_ix *ix, int n, const char *name, int len)
     name_ix key = {name, len, -1};
     while (lo < hi) {
         int mid = (lo + hi) / 2;
-        if (cmp_name(&ix[mid], &key) < 0) lo = mid + 1;
-        else hi = mid;
+        if (cmp_name(&ix[mid], &key) < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
     }
     if (lo < n && ix[lo].len == len && memcmp(ix[lo].name, name, (size_t)len) == 0)
         return ix[lo].rule;
@@ -473,8 +500,8 @@ dsr1_status dsr1__ebnf_parse(dsr1__arena *a, const dsr1__src *src, const dsr1_gr
             out->rules = r;
             out->cap = nc;
         }
-        out->rules[out->nrules++] =
-            (dsr1__rule_src){.name = src->text + start, .name_len = nlen, .body = body, .pos = start};
+        out->rules[out->nrules++] = (dsr1__rule_src){
+            .name = src->text + start, .name_len = nlen, .body = body, .pos = start};
     }
     if (out->nrules == 0) return dsr1_error(DSR1_ERR_INVALID_ARG, "grammar: no rules");
     name_ix *ix = malloc((size_t)out->nrules * sizeof(*ix));
@@ -488,7 +515,8 @@ dsr1_status dsr1__ebnf_parse(dsr1__arena *a, const dsr1__src *src, const dsr1_gr
             st = EP_ERR(&e, out->rules[ix[i].rule].pos, DSR1_ERR_INVALID_ARG,
                         "rule '%.*s' is defined twice", ix[i].len, ix[i].name);
     }
-    for (int i = 0; i < out->nrules && !st; i++) st = resolve(&e, out->rules[i].body, ix, out->nrules);
+    for (int i = 0; i < out->nrules && !st; i++)
+        st = resolve(&e, out->rules[i].body, ix, out->nrules);
     if (!st) {
         out->root = find_rule(ix, out->nrules, "root", 4);
         if (out->root < 0) out->root = find_rule(ix, out->nrules, "start", 5);

@@ -27,8 +27,8 @@ static double now_s(void)
 
 typedef enum { SRC_EBNF, SRC_REGEX } src_kind;
 
-static dsr1_status compile(const dsr1_grammar_vocab *v, const char *text, size_t len,
-                           src_kind kind, const dsr1_grammar_opts *opts, dsr1_grammar **out)
+static dsr1_status compile(const dsr1_grammar_vocab *v, const char *text, size_t len, src_kind kind,
+                           const dsr1_grammar_opts *opts, dsr1_grammar **out)
 {
     double t0 = now_s();
     if (!v || !out || (!text && len))

@@ -115,9 +115,9 @@ dsr1_status dsr1__ebnf_parse(dsr1__arena *a, const dsr1__src *src, const dsr1_gr
 #define DSR1__ORG_ROOT UINT32_MAX
 
 typedef struct {
-    int32_t trans;   /* offset into g->trans of this state's targets, one per byte class */
-    uint32_t cmap;   /* offset into g->cmaps of the rule's 256-byte class map */
-    uint32_t calls;  /* g->calls[calls .. calls + ncalls) */
+    int32_t trans;  /* offset into g->trans of this state's targets, one per byte class */
+    uint32_t cmap;  /* offset into g->cmaps of the rule's 256-byte class map */
+    uint32_t calls; /* g->calls[calls .. calls + ncalls) */
     uint32_t ncalls;
     uint32_t rule;
     uint8_t final;       /* the rule may end here */
@@ -147,7 +147,7 @@ struct dsr1_grammar {
     dsr1__gcall *calls;
     dsr1__grule *rules;
     uint32_t nrules;
-    uint32_t root; /* automaton rule index of the start rule */
+    uint32_t root;         /* automaton rule index of the start rule */
     dsr1__ci *_Atomic *ci; /* per state, filled lazily */
     dsr1_grammar_stats stats;
 };

@@ -227,8 +227,8 @@ static const dsr1__ci *get_ci(const dsr1_grammar *g, uint32_t st, dsr1__scratch 
     dsr1__ci *mine = compute_ci(g, st, s);
     if (!mine) return NULL;
     dsr1__ci *expected = NULL;
-    if (atomic_compare_exchange_strong_explicit(&g->ci[st], &expected, mine,
-                                                memory_order_acq_rel, memory_order_acquire))
+    if (atomic_compare_exchange_strong_explicit(&g->ci[st], &expected, mine, memory_order_acq_rel,
+                                                memory_order_acquire))
         return mine;
     ci_free(mine);
     return expected;

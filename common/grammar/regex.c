@@ -63,22 +63,38 @@ static dsr1_status escape(rp *r, uint32_t *cp, char *cls, bool in_class)
     r->p++;
     if (cls) *cls = 0;
     switch (c) {
-    case 'd': case 'D': case 'w': case 'W': case 's': case 'S':
+    case 'd':
+    case 'D':
+    case 'w':
+    case 'W':
+    case 's':
+    case 'S':
         if (!cls) return RE_ERR(r, at, DSR1_ERR_INVALID_ARG, "class escape \\%c in a range", c);
         *cls = (char)c;
         return DSR1_OK;
-    case 'n': *cp = '\n'; return DSR1_OK;
-    case 'r': *cp = '\r'; return DSR1_OK;
-    case 't': *cp = '\t'; return DSR1_OK;
-    case 'f': *cp = '\f'; return DSR1_OK;
-    case 'v': *cp = '\v'; return DSR1_OK;
+    case 'n':
+        *cp = '\n';
+        return DSR1_OK;
+    case 'r':
+        *cp = '\r';
+        return DSR1_OK;
+    case 't':
+        *cp = '\t';
+        return DSR1_OK;
+    case 'f':
+        *cp = '\f';
+        return DSR1_OK;
+    case 'v':
+        *cp = '\v';
+        return DSR1_OK;
     case 'b':
         if (in_class) {
             *cp = 8;
             return DSR1_OK;
         }
         return RE_ERR(r, at, DSR1_ERR_INVALID_ARG, "word boundary \\b is not supported");
-    case 'B': return RE_ERR(r, at, DSR1_ERR_INVALID_ARG, "word boundary \\B is not supported");
+    case 'B':
+        return RE_ERR(r, at, DSR1_ERR_INVALID_ARG, "word boundary \\B is not supported");
     case '0':
         if (peek(r) >= '0' && peek(r) <= '9')
             return RE_ERR(r, at, DSR1_ERR_INVALID_ARG, "octal escapes are not supported");
@@ -111,7 +127,8 @@ static dsr1_status escape(rp *r, uint32_t *cp, char *cls, bool in_class)
             r->p++;
         } else {
             v = hexn(r, 4);
-            if (v < 0) return RE_ERR(r, at, DSR1_ERR_INVALID_ARG, "bad escape \\u: four hex digits");
+            if (v < 0)
+                return RE_ERR(r, at, DSR1_ERR_INVALID_ARG, "bad escape \\u: four hex digits");
             if (v >= 0xd800 && v <= 0xdbff && peek(r) == '\\' && r->p + 1 < r->end &&
                 r->src->text[r->p + 1] == 'u') {
                 size_t save = r->p;
@@ -332,10 +349,14 @@ static dsr1_status parse_seq(rp *r, dsr1__ast **out)
         int c = peek(r);
         long mn = -2, mx = -2;
         size_t qat = r->p;
-        if (c == '*') mn = 0, mx = -1, r->p++;
-        else if (c == '+') mn = 1, mx = -1, r->p++;
-        else if (c == '?') mn = 0, mx = 1, r->p++;
-        else if (c == '{' && !brace_quant(r, &mn, &mx)) mn = -2;
+        if (c == '*')
+            mn = 0, mx = -1, r->p++;
+        else if (c == '+')
+            mn = 1, mx = -1, r->p++;
+        else if (c == '?')
+            mn = 0, mx = 1, r->p++;
+        else if (c == '{' && !brace_quant(r, &mn, &mx))
+            mn = -2;
         if (mn != -2) {
             if (peek(r) == '?') r->p++; /* lazy: same language */
             int max_rep = r->o->max_repeat;
@@ -345,8 +366,8 @@ static dsr1_status parse_seq(rp *r, dsr1__ast **out)
                 goto out;
             }
             if (mx >= 0 && mx < mn) {
-                st = RE_ERR(r, qat, DSR1_ERR_INVALID_ARG, "numbers out of order in {%ld,%ld}",
-                            mn, mx);
+                st = RE_ERR(r, qat, DSR1_ERR_INVALID_ARG, "numbers out of order in {%ld,%ld}", mn,
+                            mx);
                 goto out;
             }
             int q = peek(r);

@@ -58,15 +58,17 @@ static void test_classes(void **state)
     (void)state;
     dsr1_grammar *g = ebnf("root ::= [a-cx] [^\"\\\\\\x00-\\x1f] [\\d] [\\w] [\\s] . [é-ü]");
     assert_true(M(g, "cZ5_ q\xc3\xa9"));
-    assert_true(M(g, "x\xe4\xb8\xad" "9a\t\xf0\x9f\x98\x80\xc3\xbc"));
-    assert_false(M(g, "d" "Z5_ q\xc3\xa9"));  /* d not in [a-cx] */
-    assert_false(M(g, "c\"5_ q\xc3\xa9"));     /* quote excluded */
-    assert_false(M(g, "cZx_ q\xc3\xa9"));      /* not a digit */
-    assert_false(M(g, "cZ5- q\xc3\xa9"));      /* not a word char */
-    assert_false(M(g, "cZ5_xq\xc3\xa9"));      /* not a space */
-    assert_false(M(g, "cZ5_ \nq\xc3\xa9"));    /* . excludes newline */
-    assert_false(M(g, "cZ5_ qa"));             /* below é */
-    assert_false(M(g, "cZ5_ q\xc3"));          /* incomplete UTF-8 */
+    assert_true(M(g, "x\xe4\xb8\xad"
+                     "9a\t\xf0\x9f\x98\x80\xc3\xbc"));
+    assert_false(M(g, "d"
+                      "Z5_ q\xc3\xa9"));    /* d not in [a-cx] */
+    assert_false(M(g, "c\"5_ q\xc3\xa9"));  /* quote excluded */
+    assert_false(M(g, "cZx_ q\xc3\xa9"));   /* not a digit */
+    assert_false(M(g, "cZ5- q\xc3\xa9"));   /* not a word char */
+    assert_false(M(g, "cZ5_xq\xc3\xa9"));   /* not a space */
+    assert_false(M(g, "cZ5_ \nq\xc3\xa9")); /* . excludes newline */
+    assert_false(M(g, "cZ5_ qa"));          /* below é */
+    assert_false(M(g, "cZ5_ q\xc3"));       /* incomplete UTF-8 */
     dsr1_grammar_free(g);
     /* negated classes match whole code points, never surrogates or bad bytes */
     g = ebnf("root ::= [^a]");
@@ -166,8 +168,8 @@ static void expect_error(const char *src, dsr1_status want, const char *needle,
     dsr1_grammar *g = NULL;
     dsr1_status st = dsr1_grammar_compile_ebnf(bytes_vocab, src, strlen(src), o, &g);
     if (st != want || !strstr(dsr1_errmsg(), needle))
-        fprintf(stderr, "for %s: status %d, message '%s', expected '%s'\n", src, st,
-                dsr1_errmsg(), needle);
+        fprintf(stderr, "for %s: status %d, message '%s', expected '%s'\n", src, st, dsr1_errmsg(),
+                needle);
     assert_int_equal(st, want);
     assert_non_null(strstr(dsr1_errmsg(), needle));
     assert_null(g);
@@ -285,18 +287,41 @@ static void render(const rnode *n, char *out)
 {
     char buf[64];
     switch (n->kind) {
-    case 0: sprintf(buf, "%c", n->c); strcat(out, buf); break;
-    case 1: sprintf(buf, "[%c%c]", n->c, n->d); strcat(out, buf); break;
-    case 2: sprintf(buf, "[^%c]", n->c); strcat(out, buf); break;
-    case 3: strcat(out, "."); break;
-    case 4: strcat(out, "(?:"); render(n->a, out); render(n->b, out); strcat(out, ")"); break;
-    case 5: strcat(out, "(?:"); render(n->a, out); strcat(out, "|"); render(n->b, out);
-        strcat(out, ")"); break;
+    case 0:
+        sprintf(buf, "%c", n->c);
+        strcat(out, buf);
+        break;
+    case 1:
+        sprintf(buf, "[%c%c]", n->c, n->d);
+        strcat(out, buf);
+        break;
+    case 2:
+        sprintf(buf, "[^%c]", n->c);
+        strcat(out, buf);
+        break;
+    case 3:
+        strcat(out, ".");
+        break;
+    case 4:
+        strcat(out, "(?:");
+        render(n->a, out);
+        render(n->b, out);
+        strcat(out, ")");
+        break;
+    case 5:
+        strcat(out, "(?:");
+        render(n->a, out);
+        strcat(out, "|");
+        render(n->b, out);
+        strcat(out, ")");
+        break;
     default:
         strcat(out, "(?:");
         render(n->a, out);
-        if (n->max < 0) sprintf(buf, "){%d,}", n->min);
-        else sprintf(buf, "){%d,%d}", n->min, n->max);
+        if (n->max < 0)
+            sprintf(buf, "){%d,}", n->min);
+        else
+            sprintf(buf, "){%d,%d}", n->min, n->max);
         strcat(out, buf);
     }
 }
@@ -306,15 +331,20 @@ static uint32_t ends(const rnode *n, const char *s, int len, int from)
 {
     uint32_t r = 0;
     switch (n->kind) {
-    case 0: return from < len && s[from] == n->c ? 1u << (from + 1) : 0;
-    case 1: return from < len && (s[from] == n->c || s[from] == n->d) ? 1u << (from + 1) : 0;
-    case 2: return from < len && s[from] != n->c ? 1u << (from + 1) : 0;
-    case 3: return from < len && s[from] != '\n' ? 1u << (from + 1) : 0;
+    case 0:
+        return from < len && s[from] == n->c ? 1u << (from + 1) : 0;
+    case 1:
+        return from < len && (s[from] == n->c || s[from] == n->d) ? 1u << (from + 1) : 0;
+    case 2:
+        return from < len && s[from] != n->c ? 1u << (from + 1) : 0;
+    case 3:
+        return from < len && s[from] != '\n' ? 1u << (from + 1) : 0;
     case 4:
         for (int e = 0; e <= len; e++)
             if (ends(n->a, s, len, from) >> e & 1) r |= ends(n->b, s, len, e);
         return r;
-    case 5: return ends(n->a, s, len, from) | ends(n->b, s, len, from);
+    case 5:
+        return ends(n->a, s, len, from) | ends(n->b, s, len, from);
     default: {
         uint32_t cur = 1u << from;
         int reps = 0;
@@ -400,8 +430,8 @@ static rvocab make_vocab(uint64_t *s, int32_t n, const char *alpha)
     r.b[n - 1] = malloc(8);
     memcpy(r.b[n - 1], "</s>", 4);
     r.l[n - 1] = 4; /* eos has text, which never matches */
-    assert_int_equal(dsr1_grammar_vocab_create_raw(n, (const uint8_t *const *)r.b, r.l, n - 1, &r.v),
-                     DSR1_OK);
+    assert_int_equal(
+        dsr1_grammar_vocab_create_raw(n, (const uint8_t *const *)r.b, r.l, n - 1, &r.v), DSR1_OK);
     r.l[n - 1] = 0;
     return r;
 }
@@ -452,8 +482,10 @@ static void test_mask_random_vocab(void **state)
                  "root ::= expr\nexpr ::= expr [+-] term | term\nterm ::= term \"*\" fac | fac\n"
                  "fac ::= [0-9]+ | \"(\" expr \")\" | var\nvar ::= [xy]+\n",
                  &seed, 8, 40);
-    walk_grammar(&e, "root ::= a b\na ::= \"x\"* | \"\"\nb ::= \"x\"? \"y\"* c\nc ::= \"\" | \"(\" root \")\"\n",
-                 &seed, 8, 30);
+    walk_grammar(
+        &e,
+        "root ::= a b\na ::= \"x\"* | \"\"\nb ::= \"x\"? \"y\"* c\nc ::= \"\" | \"(\" root \")\"\n",
+        &seed, 8, 30);
     walk_grammar(&e, "root ::= root root | \"(\" root? \")\" | [0-9]\n", &seed, 6, 25);
     free_vocab(&e);
 }
@@ -461,7 +493,8 @@ static void test_mask_random_vocab(void **state)
 static void test_forced_rollback(void **state)
 {
     (void)state;
-    dsr1_grammar *g = ebnf("root ::= \"{\\\"name\\\":\\\"\" [a-z]+ \"\\\",\\\"x\\\":\" (\"1\" | \"2\") \"}\"");
+    dsr1_grammar *g =
+        ebnf("root ::= \"{\\\"name\\\":\\\"\" [a-z]+ \"\\\",\\\"x\\\":\" (\"1\" | \"2\") \"}\"");
     dsr1_matcher *m;
     assert_int_equal(dsr1_matcher_create(g, &m), DSR1_OK);
     uint8_t buf[64];
@@ -479,7 +512,8 @@ static void test_forced_rollback(void **state)
     assert_memory_equal(buf, ",\"x\":", 5);
     /* rejected input leaves the matcher as it was */
     assert_int_equal(dsr1_matcher_advance(m, 'q'), DSR1_ERR_INVALID_ARG);
-    assert_int_equal(dsr1_matcher_advance_bytes(m, (const uint8_t *)",\"y", 3), DSR1_ERR_INVALID_ARG);
+    assert_int_equal(dsr1_matcher_advance_bytes(m, (const uint8_t *)",\"y", 3),
+                     DSR1_ERR_INVALID_ARG);
     assert_int_equal(dsr1_matcher_forced_bytes(m, buf, sizeof(buf)), 5);
     uint32_t m1[9], m2[9];
     dsr1_matcher_mask(m, m1);
@@ -582,18 +616,12 @@ static void test_threads(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_literals),
-        cmocka_unit_test(test_classes),
-        cmocka_unit_test(test_repetition),
-        cmocka_unit_test(test_rules_comments_start),
-        cmocka_unit_test(test_left_recursion),
-        cmocka_unit_test(test_regex_terminals),
-        cmocka_unit_test(test_errors),
-        cmocka_unit_test(test_limits),
-        cmocka_unit_test(test_regex_random),
-        cmocka_unit_test(test_mask_random_vocab),
-        cmocka_unit_test(test_forced_rollback),
-        cmocka_unit_test(test_json_object),
+        cmocka_unit_test(test_literals),        cmocka_unit_test(test_classes),
+        cmocka_unit_test(test_repetition),      cmocka_unit_test(test_rules_comments_start),
+        cmocka_unit_test(test_left_recursion),  cmocka_unit_test(test_regex_terminals),
+        cmocka_unit_test(test_errors),          cmocka_unit_test(test_limits),
+        cmocka_unit_test(test_regex_random),    cmocka_unit_test(test_mask_random_vocab),
+        cmocka_unit_test(test_forced_rollback), cmocka_unit_test(test_json_object),
         cmocka_unit_test(test_threads),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -69,8 +69,9 @@ static void test_schema_masks(void **state)
 {
     (void)state;
     dsr1_grammar *g = NULL;
-    assert_int_equal(dsr1_grammar_compile_ebnf(vocab, schema_grammar, strlen(schema_grammar), NULL, &g),
-                     DSR1_OK);
+    assert_int_equal(
+        dsr1_grammar_compile_ebnf(vocab, schema_grammar, strlen(schema_grammar), NULL, &g),
+        DSR1_OK);
     check_walks(g, 3, 2, 14);
     /* along a real document too: every prefix's mask equals brute force */
     int32_t *ids;
@@ -133,9 +134,9 @@ static void time_grammar(const char *label, const dsr1_grammar *g, int passes)
         qsort(t, (size_t)nt, sizeof(double), cmp_d);
         double sum = 0;
         for (int i = 0; i < nt; i++) sum += t[i];
-        printf("mask time %-18s %s: %d tokens, p50 %.1f us, p99 %.1f us, max %.1f us, mean %.1f us\n",
-               label, pass ? "warm" : "cold", nt, t[nt / 2], t[(nt * 99) / 100], t[nt - 1],
-               sum / nt);
+        printf(
+            "mask time %-18s %s: %d tokens, p50 %.1f us, p99 %.1f us, max %.1f us, mean %.1f us\n",
+            label, pass ? "warm" : "cold", nt, t[nt / 2], t[(nt * 99) / 100], t[nt - 1], sum / nt);
     }
     free(mask);
     free(t);
@@ -146,8 +147,9 @@ static void test_timing(void **state)
     (void)state;
     dsr1_grammar *g = NULL;
     double t0 = now_us();
-    assert_int_equal(dsr1_grammar_compile_ebnf(vocab, schema_grammar, strlen(schema_grammar), NULL, &g),
-                     DSR1_OK);
+    assert_int_equal(
+        dsr1_grammar_compile_ebnf(vocab, schema_grammar, strlen(schema_grammar), NULL, &g),
+        DSR1_OK);
     dsr1_grammar_stats s;
     dsr1_grammar_get_stats(g, &s);
     printf("compile schema grammar: %.0f us (%d rules, %d states)\n", now_us() - t0, s.rules,
@@ -174,7 +176,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "tokenizer: %s\n", dsr1_errmsg());
         return 1;
     }
-    eos = dsr1_tokenizer_token_id(tok, "<\xef\xbd\x9c" "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>");
+    eos = dsr1_tokenizer_token_id(tok, "<\xef\xbd\x9c"
+                                       "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>");
     nvocab = dsr1_tokenizer_vocab_size(tok);
     double t0 = now_us();
     if (eos < 0 || dsr1_grammar_vocab_create(tok, eos, &vocab) != DSR1_OK) {
