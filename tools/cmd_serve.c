@@ -1,10 +1,12 @@
-/* `dsr1 serve`: the gRPC server (docs/api.md) in front of the continuous-batching scheduler,
- * running steps on the engine in this process, on an embedded worker grid, or on the
- * worker processes of an MPI job (dsr1-coordinator runs this command as MPI rank 0).
+/* `dsr1 serve`: the gRPC server and the OpenAI-compatible HTTP API (docs/api.md) in front of
+ * one continuous-batching scheduler, running steps on the engine in this process, on an
+ * embedded worker grid, or on the worker processes of an MPI job (dsr1-coordinator runs
+ * this command as MPI rank 0).
  *
- * Prints "serving on HOST:PORT" on stdout once it accepts calls (scripts wait for that
- * line; with --port 0 it names the port picked). SIGINT or SIGTERM: stops accepting,
- * aborts the running requests (clients get their final ABORT message) and exits 0. */
+ * Prints "HTTP API on http://HOST:PORT" (unless --http-port 0) and then "serving on
+ * HOST:PORT" on stdout once it accepts calls (scripts wait for that line; with --port 0 it
+ * names the port picked). SIGINT or SIGTERM: stops accepting, aborts the running requests
+ * (clients get their final ABORT message or chunk) and exits 0. */
 #include <getopt.h>
 #include <libgen.h>
 #include <pthread.h>
@@ -18,6 +20,7 @@
 #include "backend.h"
 #include "bootstrap_mpi.h"
 #include "commands.h"
+#include "http_server.h"
 #include "log.h"
 #include "server.h"
 
@@ -25,42 +28,49 @@
 
 static void serve_usage(FILE *f)
 {
-    fprintf(f,
-            "usage: dsr1 serve --model DIR [options]\n\n"
-            "Serve the model over gRPC (proto/dsr1.proto, docs/api.md): streaming generation,\n"
-            "batch jobs, and grpc.health.v1. Prints \"serving on HOST:PORT\" once ready;\n"
-            "SIGINT/SIGTERM shut it down gracefully.\n\n"
-            "  --model DIR             checkpoint directory (config.json, shards, tokenizer)\n"
-            "  --host ADDR             interface to listen on (default 127.0.0.1)\n"
-            "  --port N                port (default 50051; 0: any free port)\n"
-            "  --api-key KEY           require 'authorization: Bearer KEY' on every RPC but\n"
-            "                          health (default: env DSR1_API_KEY; none when unset)\n"
-            "  --workers N             run N workers as threads of this process\n"
-            "  --pp P                  pipeline stages among the workers (default 1)\n"
-            "  --transport NAME        between embedded workers: inproc (default) or ucx\n"
-            "  --mpi                   coordinate the worker processes of an MPI job (implied\n"
-            "                          when started by mpirun/srun with more than one rank)\n"
-            "  --threads N             CPU threads (default: DSR1_THREADS or all cores)\n"
-            "  --kernels NAME          auto (default), portable, avx512, avx512-bf16\n"
-            "  --dummy-weights         random weights from the config alone (--seed S,\n"
-            "                          --layers N keeps the first N layers)\n"
-            "  --kv-tokens N           KV cache per attention rank, in tokens (default 65536,\n"
-            "                          capped at 8 GiB)\n"
-            "  --block-tokens B        tokens per cache block (default 32)\n"
-            "  --step-tokens N         tokens of one step: decodes + prefill chunks (default 512)\n"
-            "  --steps-in-flight N     steps sent before the oldest returns, on a pipeline of\n"
-            "                          several stages (default: --pp; 1: one at a time)\n"
-            "  --max-running N         requests decoding together (default 32)\n"
-            "  --max-queued N          waiting requests; beyond, Generate is RESOURCE_EXHAUSTED\n"
-            "                          (default 1024)\n"
-            "  --max-batch-items N     items of one SubmitBatch (default 10000)\n"
-            "  --max-message-bytes N   largest request message (default 4194304)\n"
-            "  --max-context N         prompt + max_tokens (default and most: the model's\n"
-            "                          max_position_embeddings or the KV cache of a rank,\n"
-            "                          whichever is smaller)\n"
-            "  --no-prefix-cache       do not reuse cached prompt prefixes\n"
-            "  --timeout-ms T          give up on a silent worker after T ms (default 60000)\n"
-            "  -h, --help              this text\n");
+    fprintf(
+        f, "usage: dsr1 serve --model DIR [options]\n\n"
+           "Serve the model over gRPC (proto/dsr1.proto, docs/api.md): streaming generation,\n"
+           "batch jobs, and grpc.health.v1; and over the OpenAI-compatible HTTP API\n"
+           "(/v1/chat/completions, /v1/completions, /v1/models, /health, /metrics).\n"
+           "Prints \"serving on HOST:PORT\" once ready; SIGINT/SIGTERM shut it down gracefully.\n\n"
+           "  --model DIR             checkpoint directory (config.json, shards, tokenizer)\n"
+           "  --host ADDR             interface to listen on, both APIs (default 127.0.0.1)\n"
+           "  --port N                gRPC port (default 50051; 0: any free port)\n"
+           "  --http-port N           HTTP API port (default 8000, or any free port when --port\n"
+           "                          is 0; 0: no HTTP API)\n"
+           "  --http-max-body-bytes N largest HTTP request body; beyond: 413 (default 4194304)\n"
+           "  --http-stream-bytes N   unread bytes of one streamed HTTP response; beyond, its\n"
+           "                          requests are aborted (default 4194304)\n"
+           "  --api-key KEY           require 'authorization: Bearer KEY' on every RPC and\n"
+           "                          HTTP endpoint but health and /metrics (default: env\n"
+           "                          DSR1_API_KEY; none when unset)\n"
+           "  --workers N             run N workers as threads of this process\n"
+           "  --pp P                  pipeline stages among the workers (default 1)\n"
+           "  --transport NAME        between embedded workers: inproc (default) or ucx\n"
+           "  --mpi                   coordinate the worker processes of an MPI job (implied\n"
+           "                          when started by mpirun/srun with more than one rank)\n"
+           "  --threads N             CPU threads (default: DSR1_THREADS or all cores)\n"
+           "  --kernels NAME          auto (default), portable, avx512, avx512-bf16\n"
+           "  --dummy-weights         random weights from the config alone (--seed S,\n"
+           "                          --layers N keeps the first N layers)\n"
+           "  --kv-tokens N           KV cache per attention rank, in tokens (default 65536,\n"
+           "                          capped at 8 GiB)\n"
+           "  --block-tokens B        tokens per cache block (default 32)\n"
+           "  --step-tokens N         tokens of one step: decodes + prefill chunks (default 512)\n"
+           "  --steps-in-flight N     steps sent before the oldest returns, on a pipeline of\n"
+           "                          several stages (default: --pp; 1: one at a time)\n"
+           "  --max-running N         requests decoding together (default 32)\n"
+           "  --max-queued N          waiting requests; beyond, Generate is RESOURCE_EXHAUSTED\n"
+           "                          (default 1024)\n"
+           "  --max-batch-items N     items of one SubmitBatch (default 10000)\n"
+           "  --max-message-bytes N   largest request message (default 4194304)\n"
+           "  --max-context N         prompt + max_tokens (default and most: the model's\n"
+           "                          max_position_embeddings or the KV cache of a rank,\n"
+           "                          whichever is smaller)\n"
+           "  --no-prefix-cache       do not reuse cached prompt prefixes\n"
+           "  --timeout-ms T          give up on a silent worker after T ms (default 60000)\n"
+           "  -h, --help              this text\n");
 }
 
 /* Integer flags: option value FLAG_BASE + index into this table. */
@@ -81,6 +91,9 @@ enum {
     F_MAX_BATCH_ITEMS,
     F_MAX_MESSAGE_BYTES,
     F_MAX_CONTEXT,
+    F_HTTP_PORT,
+    F_HTTP_BODY,
+    F_HTTP_STREAM,
     N_INT_FLAGS
 };
 
@@ -119,6 +132,9 @@ static const serve_opts defaults = {
             [F_MAX_MESSAGE_BYTES] = {"max-message-bytes", 1024, 1 << 30,
                                      DSR1_SERVER_DEFAULT_MSG_BYTES},
             [F_MAX_CONTEXT] = {"max-context", 1, 1 << 30, 0},
+            [F_HTTP_PORT] = {"http-port", 0, 65535, -1}, /* -1: not given */
+            [F_HTTP_BODY] = {"http-max-body-bytes", 1024, 1 << 30, DSR1_HTTP_DEFAULT_BODY_BYTES},
+            [F_HTTP_STREAM] = {"http-stream-bytes", 4096, 1 << 30, DSR1_HTTP_DEFAULT_SSE_BYTES},
         },
 };
 
@@ -232,7 +248,17 @@ typedef struct {
     dsr1_tokenizer *tok;
     dsr1_sched *sched;
     dsr1_server *server;
+    dsr1_http_server *http;
 } serving;
+
+/* The HTTP API's port: --http-port (0: off), else 8000, or any free port (0) when the gRPC
+ * port is 0 (as tests run it, side by side); -1 when off. */
+static int http_port(const serve_opts *o)
+{
+    long p = o->n[F_HTTP_PORT].value;
+    if (p < 0) return o->n[F_PORT].value == 0 ? 0 : DSR1_HTTP_DEFAULT_PORT;
+    return p == 0 ? -1 : (int)p;
+}
 
 static dsr1_status open_serving(const serve_opts *o, serving *sv)
 {
@@ -296,11 +322,25 @@ static dsr1_status open_serving(const serve_opts *o, serving *sv)
         .transport = transport_name(transport, workers),
         .kernels = dsr1_backend_kernels_name(sv->backend),
     };
-    return dsr1_server_start(sv->server, &p);
+    if ((st = dsr1_server_start(sv->server, &p)) != DSR1_OK) return st;
+    int hport = http_port(o);
+    if (hport < 0) return DSR1_OK;
+    dsr1_http_params hp = {
+        .api_key = o->api_key,
+        .max_context = (int)max_context,
+        .max_body_bytes = (int)o->n[F_HTTP_BODY].value,
+        .max_stream_bytes = (int)o->n[F_HTTP_STREAM].value,
+        .model_dir = dir,
+        .cfg = cfg,
+        .tok = sv->tok,
+        .sched = sv->sched,
+    };
+    return dsr1_http_start(o->host, hport, &hp, &sv->http);
 }
 
 static void close_serving(serving *sv)
 {
+    dsr1_http_stop(sv->http);
     dsr1_server_destroy(sv->server);
     if (sv->sched) dsr1_sched_destroy(sv->sched);
     if (sv->tok) dsr1_tokenizer_free(sv->tok);
@@ -325,6 +365,7 @@ int dsr1_cmd_serve(int argc, char **argv)
         close_serving(&sv);
         return 1;
     }
+    if (sv.http) printf("HTTP API on http://%s:%d\n", o.host, dsr1_http_port(sv.http));
     printf("serving on %s:%d\n", o.host, dsr1_server_port(sv.server));
     fflush(stdout);
     int sig = 0;

@@ -1,0 +1,1002 @@
+/* Completions (http_internal.h): a parsed request becomes a prompt (the chat template with
+ * our tool prompt and the reasoning switch, or the text / ids of a completions request)
+ * and n scheduler requests; their events become OpenAI's chunks (streamed as Server-Sent
+ * Events) or, at the end, one response body.
+ *
+ * Events arrive on the scheduler's thread: they only format bytes into the job's buffer
+ * and resume its connection. A streamed job whose unread bytes pass max_stream_bytes (a
+ * reader slower than generation) has its requests aborted, and the stream ends with an
+ * error event saying so. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "http_internal.h"
+#include "log.h"
+
+/* ---- the model ---- */
+
+static void load_generation_config(dsr1_http_server *s)
+{
+    char path[4200];
+    snprintf(path, sizeof(path), "%s/generation_config.json", s->model_dir);
+    s->default_temperature = 1.0f;
+    s->default_top_p = 1.0f;
+    json_t *g = json_load_file(path, 0, NULL);
+    if (!g) return;
+    json_t *t = json_object_get(g, "temperature"), *p = json_object_get(g, "top_p");
+    if (json_is_number(t)) s->default_temperature = (float)json_number_value(t);
+    if (json_is_number(p)) s->default_top_p = (float)json_number_value(p);
+    json_decref(g);
+}
+
+dsr1_status dsr1__http_model_load(dsr1_http_server *s)
+{
+    load_generation_config(s);
+    s->think_end_id = dsr1_tokenizer_token_id(s->p.tok, "</think>");
+    s->think_start_id = dsr1_tokenizer_token_id(s->p.tok, "<think>");
+    if (dsr1_chat_template_load(s->model_dir, &s->tmpl) != DSR1_OK) {
+        DSR1_WARN("http: no chat template (%s): /v1/chat/completions will be refused",
+                  dsr1_errmsg());
+        s->tmpl = NULL;
+    } else {
+        s->tmpl_uses_tools = strstr(dsr1_chat_template_source(s->tmpl), "tools") != NULL;
+    }
+    return DSR1_OK;
+}
+
+void dsr1__http_model_free(dsr1_http_server *s)
+{
+    dsr1_chat_template_free(s->tmpl);
+    s->tmpl = NULL;
+}
+
+/* ---- prompts ---- */
+
+typedef struct {
+    int32_t *ids;
+    size_t n;
+    bool in_reasoning; /* the prompt ends inside <think> */
+    bool detect_think; /* the model may open <think> itself */
+} http_prompt;
+
+static bool ends_in_think(const char *text, size_t n)
+{
+    while (n && (text[n - 1] == '\n' || text[n - 1] == ' ' || text[n - 1] == '\r' ||
+                 text[n - 1] == '\t'))
+        n--;
+    return n >= 7 && !memcmp(text + n - 7, "<think>", 7);
+}
+
+static dsr1_status encode_append(const dsr1_tokenizer *tok, const char *text, size_t n,
+                                 unsigned flags, http_prompt *p, size_t *cap)
+{
+    int32_t *part;
+    size_t np;
+    dsr1_status st = dsr1_tokenizer_encode(tok, text, n, flags, &part, &np);
+    if (st) return st;
+    if (p->n + np > *cap) {
+        size_t c = *cap ? *cap : 256;
+        while (c < p->n + np) c *= 2;
+        int32_t *ids = realloc(p->ids, c * sizeof(int32_t));
+        if (!ids) {
+            free(part);
+            return dsr1_error(DSR1_ERR_NOMEM, "out of memory for the prompt");
+        }
+        p->ids = ids;
+        *cap = c;
+    }
+    memcpy(p->ids + p->n, part, np * sizeof(int32_t));
+    p->n += np;
+    free(part);
+    return DSR1_OK;
+}
+
+static bool has_special(const dsr1_tokenizer *tok, const char *text)
+{
+    int32_t *ids;
+    size_t n;
+    bool any = false;
+    if (!text || dsr1_tokenizer_encode(tok, text, strlen(text), 0, &ids, &n)) return false;
+    for (size_t i = 0; i < n && !any; i++) any = dsr1_tokenizer_is_special(tok, ids[i]);
+    free(ids);
+    return any;
+}
+
+/* The rendered prompt's ids. As the gRPC server does: tokenized whole unless a client's
+ * content holds special-token text; then in pieces, each content encoded with
+ * DSR1_ENCODE_SPECIAL_AS_TEXT, so that a client cannot forge control tokens. */
+static dsr1_status encode_chat(const dsr1_http_server *s, const dsr1_http_request *r,
+                               const char *prompt, size_t plen, http_prompt *out)
+{
+    bool forged = false;
+    for (int i = 0; i < r->n_messages && !forged; i++)
+        forged = has_special(s->p.tok, r->messages[i].content);
+    size_t cap = 0, at = 0;
+    dsr1_status st = DSR1_OK;
+    for (int i = 0; forged && i < r->n_messages && !st; i++) {
+        const char *content = r->messages[i].content;
+        size_t cn = content ? strlen(content) : 0;
+        if (!cn) continue;
+        const char *pos = memmem(prompt + at, plen - at, content, cn);
+        if (!pos)
+            return dsr1_error(DSR1_ERR_INVALID_ARG,
+                              "messages[%d].content holds special-token text and the chat "
+                              "template rewrites it; remove the special-token text",
+                              i);
+        st = encode_append(s->p.tok, prompt + at, (size_t)(pos - prompt) - at, 0, out, &cap);
+        if (!st) st = encode_append(s->p.tok, pos, cn, DSR1_ENCODE_SPECIAL_AS_TEXT, out, &cap);
+        at = (size_t)(pos - prompt) + cn;
+    }
+    if (!st) st = encode_append(s->p.tok, prompt + at, plen - at, 0, out, &cap);
+    return st;
+}
+
+static const char *tool_choice_note(const dsr1_http_request *r, char *buf, size_t cap)
+{
+    buf[0] = '\0';
+    if (r->tool_choice == DSR1_HTTP_TOOL_REQUIRED)
+        snprintf(buf, cap, "Now you must call at least one function.");
+    else if (r->tool_choice == DSR1_HTTP_TOOL_NAMED)
+        snprintf(buf, cap, "Now you must call the function %s.", r->tool_choice_name);
+    if (!r->parallel_tool_calls) {
+        size_t n = strlen(buf);
+        snprintf(buf + n, cap - n, "%sCall at most one function at a time.", n ? " " : "");
+    }
+    return buf;
+}
+
+/* The messages (and tools) as the chat template's context. */
+static dsr1_status chat_context(const dsr1_http_server *s, const dsr1_http_request *r, char **out)
+{
+    json_t *msgs = json_array();
+    dsr1_status st = msgs ? DSR1_OK : dsr1_error(DSR1_ERR_NOMEM, "out of memory");
+    dsr1_http_tool_prompt mode = r->tool_prompt;
+    bool tools = r->n_tools && r->tool_choice != DSR1_HTTP_TOOL_NONE;
+    if (mode == DSR1_HTTP_TOOL_PROMPT_AUTO)
+        mode = s->tmpl_uses_tools ? DSR1_HTTP_TOOL_PROMPT_TEMPLATE : DSR1_HTTP_TOOL_PROMPT_BUILTIN;
+    char *tool_text = NULL;
+    if (!st && tools && mode == DSR1_HTTP_TOOL_PROMPT_BUILTIN) {
+        char note[256];
+        st = dsr1_tool_prompt(r->tools_json, tool_choice_note(r, note, sizeof(note)), &tool_text);
+    }
+    bool system_done = false;
+    for (int i = 0; i < r->n_messages && !st; i++) {
+        const dsr1_http_message *m = &r->messages[i];
+        json_t *o = json_object();
+        if (!o) {
+            st = dsr1_error(DSR1_ERR_NOMEM, "out of memory");
+            break;
+        }
+        json_object_set_new(o, "role", json_string(m->role));
+        json_t *content;
+        if (tool_text && !system_done && !strcmp(m->role, "system")) {
+            size_t n = strlen(m->content) + strlen(tool_text) + 3;
+            char *c = malloc(n);
+            if (c) snprintf(c, n, "%s\n\n%s", m->content, tool_text);
+            content = c ? json_string(c) : NULL;
+            free(c);
+            system_done = true;
+        } else {
+            content = m->content ? json_string(m->content) : json_null();
+        }
+        if (!content) {
+            json_decref(o);
+            st = dsr1_error(DSR1_ERR_INVALID_ARG, "messages[%d].content is not valid UTF-8", i);
+            break;
+        }
+        json_object_set_new(o, "content", content);
+        if (m->tool_calls_json)
+            json_object_set_new(o, "tool_calls", json_loads(m->tool_calls_json, 0, NULL));
+        if (m->tool_call_id) json_object_set_new(o, "tool_call_id", json_string(m->tool_call_id));
+        if (m->name) json_object_set_new(o, "name", json_string(m->name));
+        json_array_append_new(msgs, o);
+    }
+    if (!st && tool_text && !system_done)
+        json_array_insert_new(msgs, 0,
+                              json_pack("{s:s, s:s}", "role", "system", "content", tool_text));
+    free(tool_text);
+    json_t *ctx = st ? NULL : json_pack("{s:o, s:b}", "messages", msgs, "add_generation_prompt", 1);
+    if (st) json_decref(msgs);
+    if (ctx && tools && mode == DSR1_HTTP_TOOL_PROMPT_TEMPLATE)
+        json_object_set_new(ctx, "tools", json_loads(r->tools_json, 0, NULL));
+    if (!st && ctx && !r->reasoning_enabled) {
+        json_object_set_new(ctx, "enable_thinking", json_false());
+        json_object_set_new(ctx, "thinking", json_false());
+    }
+    if (!st && !(ctx && (*out = json_dumps(ctx, JSON_COMPACT))))
+        st = dsr1_error(DSR1_ERR_NOMEM, "out of memory");
+    json_decref(ctx);
+    return st;
+}
+
+static dsr1_status chat_prompt(const dsr1_http_server *s, const dsr1_http_request *r,
+                               http_prompt *out)
+{
+    if (!s->tmpl)
+        return dsr1_error(DSR1_ERR_INVALID_ARG,
+                          "the model has no chat template: use /v1/completions");
+    char *ctx, *prompt;
+    size_t plen;
+    dsr1_status st = chat_context(s, r, &ctx);
+    if (st) return st;
+    st = dsr1_chat_template_render_context(s->tmpl, ctx, &prompt, &plen);
+    free(ctx);
+    if (st) return dsr1_error_context(st, "messages: chat template");
+    bool think = ends_in_think(prompt, plen);
+    if (!r->reasoning_enabled) {
+        /* an empty think block: the answer follows at once */
+        const char *close = think ? "\n</think>\n\n" : "<think>\n\n</think>\n\n";
+        size_t cn = strlen(close);
+        char *p = realloc(prompt, plen + cn + 1);
+        if (!p) {
+            free(prompt);
+            return dsr1_error(DSR1_ERR_NOMEM, "out of memory");
+        }
+        prompt = p;
+        memcpy(prompt + plen, close, cn + 1);
+        plen += cn;
+        think = false;
+    }
+    st = encode_chat(s, r, prompt, plen, out);
+    free(prompt);
+    out->in_reasoning = think && s->think_end_id >= 0;
+    out->detect_think = r->reasoning_enabled && !think && s->think_end_id >= 0;
+    return st;
+}
+
+static dsr1_status completion_prompt(const dsr1_http_server *s, const dsr1_http_request *r,
+                                     http_prompt *out)
+{
+    if (r->prompt) {
+        dsr1_status st =
+            dsr1_tokenizer_encode(s->p.tok, r->prompt, strlen(r->prompt), 0, &out->ids, &out->n);
+        return st ? dsr1_error_context(st, "prompt") : DSR1_OK;
+    }
+    int vocab = s->p.cfg->vocab_size;
+    for (int i = 0; i < r->n_prompt_ids; i++)
+        if (r->prompt_ids[i] >= vocab)
+            return dsr1_error(DSR1_ERR_INVALID_ARG,
+                              "prompt[%d] = %d is outside the vocabulary [0, %d)", i,
+                              r->prompt_ids[i], vocab);
+    if (!(out->ids = malloc((size_t)r->n_prompt_ids * sizeof(int32_t))))
+        return dsr1_error(DSR1_ERR_NOMEM, "out of memory");
+    memcpy(out->ids, r->prompt_ids, (size_t)r->n_prompt_ids * sizeof(int32_t));
+    out->n = (size_t)r->n_prompt_ids;
+    return DSR1_OK;
+}
+
+/* ---- jobs ---- */
+
+static void job_free(http_job *j)
+{
+    dsr1_http_server *s = j->s;
+    pthread_mutex_lock(&s->mu);
+    if (j->prev) j->prev->next = j->next;
+    if (s->jobs == j) s->jobs = j->next;
+    if (j->next) j->next->prev = j->prev;
+    s->n_jobs--;
+    pthread_cond_broadcast(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+    for (int i = 0; i < j->n; i++) {
+        dsr1_toolparse_destroy(j->ch[i].tools);
+        json_decref(j->ch[i].choice);
+    }
+    free(j->ch);
+    free(j->out);
+    pthread_mutex_destroy(&j->mu);
+    free(j);
+}
+
+void dsr1__http_job_unref(http_job *j)
+{
+    if (atomic_fetch_sub(&j->refs, 1) == 1) job_free(j);
+}
+
+void dsr1__http_job_abort(http_job *j)
+{
+    pthread_mutex_lock(&j->mu);
+    int n = j->n_submitted;
+    pthread_mutex_unlock(&j->mu);
+    for (int i = 0; i < n; i++) dsr1_sched_abort(j->s->p.sched, j->ch[i].id);
+}
+
+static http_job *job_new(dsr1_http_server *s, struct MHD_Connection *c, const dsr1_http_request *r)
+{
+    http_job *j = calloc(1, sizeof(*j));
+    if (!j || !(j->ch = calloc((size_t)r->n, sizeof(http_choice)))) {
+        free(j);
+        return NULL;
+    }
+    atomic_init(&j->refs, 1);
+    pthread_mutex_init(&j->mu, NULL);
+    j->s = s;
+    j->conn = c;
+    j->kind = r->kind;
+    j->n = r->n;
+    j->stream = r->stream;
+    j->include_usage = r->include_usage;
+    j->logprobs = r->logprobs;
+    j->exclude_reasoning = r->reasoning_exclude;
+    j->created = (long long)time(NULL);
+    snprintf(j->id, sizeof(j->id), "%s%016llx", r->kind == DSR1_HTTP_CHAT ? "chatcmpl-" : "cmpl-",
+             (unsigned long long)dsr1__http_random(s));
+    for (int i = 0; i < r->n; i++) {
+        snprintf(j->ch[i].id, sizeof(j->ch[i].id), "%s-%d", j->id, i);
+        bool tools = r->n_tools && r->tool_choice != DSR1_HTTP_TOOL_NONE;
+        if (tools && dsr1_toolparse_create(&j->ch[i].tools)) {
+            for (int k = 0; k < i; k++) dsr1_toolparse_destroy(j->ch[k].tools);
+            free(j->ch);
+            free(j);
+            return NULL;
+        }
+    }
+    pthread_mutex_lock(&s->mu);
+    j->serial = s->next_serial++;
+    j->next = s->jobs;
+    if (s->jobs) s->jobs->prev = j;
+    s->jobs = j;
+    s->n_jobs++;
+    pthread_mutex_unlock(&s->mu);
+    return j;
+}
+
+/* Appends to the job's output (j->mu held); false when out of memory. */
+static bool out_add(http_job *j, const char *p, size_t n)
+{
+    if (j->out_n + n + 1 > j->out_cap) {
+        size_t cap = j->out_cap ? j->out_cap : 4096;
+        while (cap < j->out_n + n + 1) cap *= 2;
+        char *b = realloc(j->out, cap);
+        if (!b) return false;
+        j->out = b;
+        j->out_cap = cap;
+    }
+    memcpy(j->out + j->out_n, p, n);
+    j->out_n += n;
+    j->out[j->out_n] = '\0';
+    return true;
+}
+
+/* One SSE event with a JSON object (taken over). */
+static void sse_json(http_job *j, json_t *o)
+{
+    char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    json_decref(o);
+    if (!text) return;
+    if (!out_add(j, "data: ", 6) || !out_add(j, text, strlen(text)) || !out_add(j, "\n\n", 2))
+        j->overflow = true;
+    free(text);
+}
+
+/* ---- logprobs ---- */
+
+static json_t *token_string(const dsr1_http_server *s, int32_t id, json_t **bytes)
+{
+    char *text = NULL;
+    size_t n = 0;
+    if (dsr1_tokenizer_decode(s->p.tok, &id, 1, false, &text, &n)) {
+        text = NULL;
+        n = 0;
+    }
+    json_t *str = json_stringn(text ? text : "", n);
+    if (!str) str = json_string("\xef\xbf\xbd");
+    if (bytes) {
+        *bytes = json_array();
+        for (size_t i = 0; i < n; i++)
+            json_array_append_new(*bytes, json_integer((unsigned char)text[i]));
+    }
+    free(text);
+    return str;
+}
+
+/* Chat: {"content": [{"token","logprob","bytes","top_logprobs":[...]}, ...]}. */
+static json_t *chat_logprobs(const dsr1_http_server *s, const dsr1_sample_result *r, int n)
+{
+    json_t *arr = json_array();
+    for (int i = 0; i < n; i++) {
+        json_t *bytes, *top = json_array();
+        json_t *e = json_pack("{s:o, s:f}", "token", token_string(s, r[i].token, &bytes), "logprob",
+                              (double)r[i].logprob);
+        json_object_set_new(e, "bytes", bytes);
+        for (int k = 0; k < r[i].n_top; k++) {
+            json_t *tb;
+            json_t *t = json_pack("{s:o, s:f}", "token", token_string(s, r[i].top[k].token_id, &tb),
+                                  "logprob", (double)r[i].top[k].logprob);
+            json_object_set_new(t, "bytes", tb);
+            json_array_append_new(top, t);
+        }
+        json_object_set_new(e, "top_logprobs", top);
+        json_array_append_new(arr, e);
+    }
+    return json_pack("{s:o}", "content", arr);
+}
+
+/* Completions: {"tokens","token_logprobs","top_logprobs":[{tok: lp}],"text_offset"}. */
+static json_t *text_logprobs(const dsr1_http_server *s, const dsr1_sample_result *r, int n,
+                             size_t offset)
+{
+    json_t *toks = json_array(), *lps = json_array(), *tops = json_array(), *offs = json_array();
+    for (int i = 0; i < n; i++) {
+        json_t *t = token_string(s, r[i].token, NULL);
+        json_array_append_new(offs, json_integer((json_int_t)offset));
+        offset += json_string_length(t);
+        json_array_append_new(toks, t);
+        json_array_append_new(lps, json_real(r[i].logprob));
+        json_t *top = json_object();
+        for (int k = 0; k < r[i].n_top; k++) {
+            json_t *tt = token_string(s, r[i].top[k].token_id, NULL);
+            json_object_set_new(top, json_string_value(tt), json_real(r[i].top[k].logprob));
+            json_decref(tt);
+        }
+        json_array_append_new(tops, top);
+    }
+    return json_pack("{s:o, s:o, s:o, s:o}", "tokens", toks, "token_logprobs", lps, "top_logprobs",
+                     tops, "text_offset", offs);
+}
+
+/* ---- events ---- */
+
+static const char *finish_name(const http_choice *c, bool tool_calls)
+{
+    if (tool_calls && c->finish == DSR1_FINISH_STOP) return "tool_calls";
+    return c->finish == DSR1_FINISH_LENGTH ? "length" : "stop";
+}
+
+static int reasoning_tokens(const http_choice *c, int completion_tokens)
+{
+    if (!c->reasoning_seen) return 0;
+    return c->content_seen ? c->tokens_before_content : completion_tokens;
+}
+
+/* tool_calls deltas from parser events. */
+static json_t *tool_call_deltas(http_job *j, int ci, const dsr1_tool_event *ev, int n)
+{
+    json_t *arr = json_array();
+    for (int i = 0; i < n; i++) {
+        json_t *fn = json_pack("{s:s}", "arguments", ev[i].args);
+        json_t *d = json_pack("{s:i}", "index", ev[i].index);
+        if (ev[i].name) {
+            char id[160];
+            snprintf(id, sizeof(id), "call_%s_%d",
+                     j->ch[ci].id + (j->kind == DSR1_HTTP_CHAT ? 9 : 5), ev[i].index);
+            json_object_set_new(d, "id", json_string(id));
+            json_object_set_new(d, "type", json_string("function"));
+            json_object_set_new(fn, "name", json_string(ev[i].name));
+        }
+        json_object_set_new(d, "function", fn);
+        json_array_append_new(arr, d);
+    }
+    return arr;
+}
+
+static json_t *chunk(http_job *j, json_t *choice)
+{
+    json_t *o =
+        json_pack("{s:s, s:s, s:I, s:s, s:[o]}", "id", j->id, "object",
+                  j->kind == DSR1_HTTP_CHAT ? "chat.completion.chunk" : "text_completion",
+                  "created", (json_int_t)j->created, "model", j->s->model_name, "choices", choice);
+    if (o && j->include_usage) json_object_set_new(o, "usage", json_null());
+    return o;
+}
+
+/* A streamed DELTA (j->mu held). */
+static void stream_delta(http_job *j, int ci, const dsr1_sched_event *ev)
+{
+    http_choice *c = &j->ch[ci];
+    const dsr1_http_server *s = j->s;
+    if (j->kind == DSR1_HTTP_COMPLETION) {
+        if (!ev->content_len && !ev->logprobs) return;
+        json_t *t = json_stringn(ev->content, ev->content_len);
+        json_t *ch = json_pack("{s:i, s:o, s:n, s:n}", "index", ci, "text", t ? t : json_string(""),
+                               "logprobs", "finish_reason");
+        if (ev->logprobs)
+            json_object_set_new(ch, "logprobs", text_logprobs(s, ev->logprobs, ev->n_ids, 0));
+        sse_json(j, chunk(j, ch));
+        return;
+    }
+    json_t *delta = json_object();
+    if (!c->role_sent) {
+        json_object_set_new(delta, "role", json_string("assistant"));
+        json_object_set_new(delta, "content", json_string(""));
+        c->role_sent = true;
+    }
+    if (ev->reasoning_len && !j->exclude_reasoning)
+        json_object_set_new(delta, "reasoning_content",
+                            json_stringn(ev->reasoning, ev->reasoning_len));
+    const char *content = ev->content;
+    size_t clen = ev->content_len;
+    int n_ev = 0;
+    const dsr1_tool_event *tev = NULL;
+    if (c->tools && clen) {
+        dsr1_toolparse_feed(c->tools, content, clen, false);
+        content = dsr1_toolparse_content(c->tools, &clen);
+        tev = dsr1_toolparse_events(c->tools, &n_ev);
+    }
+    if (clen) json_object_set_new(delta, "content", json_stringn(content, clen));
+    if (n_ev) json_object_set_new(delta, "tool_calls", tool_call_deltas(j, ci, tev, n_ev));
+    if (json_object_size(delta) == 0 && !ev->logprobs) {
+        json_decref(delta);
+        return;
+    }
+    json_t *ch =
+        json_pack("{s:i, s:o, s:n, s:n}", "index", ci, "delta", delta, "logprobs", "finish_reason");
+    if (ev->logprobs)
+        json_object_set_new(ch, "logprobs", chat_logprobs(s, ev->logprobs, ev->n_ids));
+    sse_json(j, chunk(j, ch));
+}
+
+static json_t *usage(http_job *j)
+{
+    int prompt = j->ch[0].prompt_tokens, cached = j->ch[0].cached_tokens, completion = 0,
+        reasoning = 0;
+    for (int i = 0; i < j->n; i++) {
+        completion += j->ch[i].completion_tokens;
+        reasoning += reasoning_tokens(&j->ch[i], j->ch[i].completion_tokens);
+    }
+    return json_pack("{s:i, s:i, s:i, s:{s:i}, s:{s:i}}", "prompt_tokens", prompt,
+                     "completion_tokens", completion, "total_tokens", prompt + completion,
+                     "prompt_tokens_details", "cached_tokens", cached, "completion_tokens_details",
+                     "reasoning_tokens", reasoning);
+}
+
+/* A streamed FINAL (j->mu held). */
+static void stream_final(http_job *j, int ci, const dsr1_sched_event *ev)
+{
+    http_choice *c = &j->ch[ci];
+    bool calls = false;
+    if (c->tools) {
+        dsr1_toolparse_feed(c->tools, "", 0, true);
+        size_t clen;
+        const char *content = dsr1_toolparse_content(c->tools, &clen);
+        int n_ev;
+        const dsr1_tool_event *tev = dsr1_toolparse_events(c->tools, &n_ev);
+        if (clen || n_ev) {
+            json_t *delta = json_object();
+            if (clen) json_object_set_new(delta, "content", json_stringn(content, clen));
+            if (n_ev) json_object_set_new(delta, "tool_calls", tool_call_deltas(j, ci, tev, n_ev));
+            sse_json(j, chunk(j, json_pack("{s:i, s:o, s:n, s:n}", "index", ci, "delta", delta,
+                                           "logprobs", "finish_reason")));
+        }
+        calls = dsr1_toolparse_calls(c->tools) > 0;
+    }
+    if (ev->finish == DSR1_FINISH_ABORT || ev->finish == DSR1_FINISH_ERROR) {
+        const char *why = j->overflow ? "the client reads the stream too slowly: its unread "
+                                        "output passed the server's bound, so the request was "
+                                        "aborted"
+                                      : (ev->error ? ev->error : "aborted");
+        char *e = dsr1__http_error_json(
+            why, ev->finish == DSR1_FINISH_ERROR ? "server_error" : "request_aborted", NULL, NULL);
+        if (e) {
+            out_add(j, "data: ", 6);
+            out_add(j, e, strlen(e));
+            out_add(j, "\n\n", 2);
+        }
+        free(e);
+        return;
+    }
+    json_t *ch = j->kind == DSR1_HTTP_CHAT
+                     ? json_pack("{s:i, s:{}, s:n, s:s}", "index", ci, "delta", "logprobs",
+                                 "finish_reason", finish_name(c, calls))
+                     : json_pack("{s:i, s:s, s:n, s:s}", "index", ci, "text", "", "logprobs",
+                                 "finish_reason", finish_name(c, calls));
+    bool keep = j->overflow;
+    sse_json(j, chunk(j, ch));
+    j->overflow = keep;
+}
+
+/* A non-streamed FINAL: the choice object (j->mu held). */
+static void final_choice(http_job *j, int ci, const dsr1_sched_event *ev)
+{
+    http_choice *c = &j->ch[ci];
+    const dsr1_http_server *s = j->s;
+    json_t *lp = ev->logprobs
+                     ? (j->kind == DSR1_HTTP_CHAT ? chat_logprobs(s, ev->logprobs, ev->n_ids)
+                                                  : text_logprobs(s, ev->logprobs, ev->n_ids, 0))
+                     : json_null();
+    json_t *content = json_stringn(ev->content, ev->content_len);
+    if (j->kind == DSR1_HTTP_COMPLETION) {
+        c->choice = json_pack("{s:i, s:o, s:o, s:s}", "index", ci, "text",
+                              content ? content : json_string(""), "logprobs", lp, "finish_reason",
+                              finish_name(c, false));
+        return;
+    }
+    json_t *msg = json_pack("{s:s}", "role", "assistant");
+    bool calls = false;
+    if (c->tools) {
+        json_decref(content);
+        dsr1_toolparse_feed(c->tools, ev->content, ev->content_len, true);
+        size_t clen;
+        const char *text = dsr1_toolparse_content(c->tools, &clen);
+        int n_ev;
+        const dsr1_tool_event *tev = dsr1_toolparse_events(c->tools, &n_ev);
+        /* whitespace-only content around calls is no content */
+        size_t k = 0;
+        while (k < clen && strchr(" \n\r\t", text[k])) k++;
+        content = n_ev && k == clen ? json_null() : json_stringn(text, clen);
+        json_t *tc = json_array();
+        for (int i = 0; i < n_ev; i++) {
+            if (!tev[i].name) continue; /* merged per call: names come first */
+            char id[160];
+            snprintf(id, sizeof(id), "call_%s_%d", c->id + 9, tev[i].index);
+            json_t *args = json_string(tev[i].args);
+            for (int k2 = i + 1; k2 < n_ev && tev[k2].index == tev[i].index; k2++) {
+                char *joined = NULL;
+                if (asprintf(&joined, "%s%s", json_string_value(args), tev[k2].args) >= 0) {
+                    json_decref(args);
+                    args = json_string(joined);
+                    free(joined);
+                }
+            }
+            json_array_append_new(tc, json_pack("{s:s, s:s, s:{s:s, s:o}}", "id", id, "type",
+                                                "function", "function", "name", tev[i].name,
+                                                "arguments", args));
+        }
+        calls = json_array_size(tc) > 0;
+        if (calls)
+            json_object_set_new(msg, "tool_calls", tc);
+        else
+            json_decref(tc);
+    }
+    json_object_set_new(msg, "content", content ? content : json_string(""));
+    if (!j->exclude_reasoning && ev->reasoning_len)
+        json_object_set_new(msg, "reasoning_content",
+                            json_stringn(ev->reasoning, ev->reasoning_len));
+    c->choice = json_pack("{s:i, s:o, s:o, s:s}", "index", ci, "message", msg, "logprobs", lp,
+                          "finish_reason", finish_name(c, calls));
+}
+
+/* Every choice final (j->mu held): the end of the stream, or the whole body. */
+static void job_end(http_job *j)
+{
+    if (j->stream) {
+        if (j->include_usage) {
+            json_t *o = json_pack(
+                "{s:s, s:s, s:I, s:s, s:[], s:o}", "id", j->id, "object",
+                j->kind == DSR1_HTTP_CHAT ? "chat.completion.chunk" : "text_completion", "created",
+                (json_int_t)j->created, "model", j->s->model_name, "choices", "usage", usage(j));
+            sse_json(j, o);
+        }
+        out_add(j, "data: [DONE]\n\n", 14);
+        j->ended = true;
+        return;
+    }
+    int bad = -1;
+    for (int i = 0; i < j->n && bad < 0; i++)
+        if (j->ch[i].finish == DSR1_FINISH_ABORT || j->ch[i].finish == DSR1_FINISH_ERROR) bad = i;
+    char *body;
+    if (bad >= 0) {
+        pthread_mutex_lock(&j->s->mu);
+        bool stopping = j->s->stopping;
+        pthread_mutex_unlock(&j->s->mu);
+        j->status = stopping || j->ch[bad].finish == DSR1_FINISH_ERROR ? 503 : 500;
+        body = dsr1__http_error_json(
+            stopping ? "the server is shutting down" : "the request was aborted",
+            j->status == 503 ? "service_unavailable" : "server_error", NULL, NULL);
+    } else {
+        json_t *choices = json_array();
+        for (int i = 0; i < j->n; i++) {
+            json_array_append(choices, j->ch[i].choice);
+        }
+        json_t *o = json_pack("{s:s, s:s, s:I, s:s, s:o, s:o}", "id", j->id, "object",
+                              j->kind == DSR1_HTTP_CHAT ? "chat.completion" : "text_completion",
+                              "created", (json_int_t)j->created, "model", j->s->model_name,
+                              "choices", choices, "usage", usage(j));
+        body = o ? json_dumps(o, JSON_COMPACT) : NULL;
+        json_decref(o);
+        j->status = 200;
+    }
+    j->out_n = j->out_off = 0;
+    if (!body || !out_add(j, body, strlen(body))) j->status = 500;
+    free(body);
+    j->ended = true;
+}
+
+static int choice_of(const http_job *j, const char *id)
+{
+    const char *dash = strrchr(id, '-');
+    int i = dash ? atoi(dash + 1) : 0;
+    return i >= 0 && i < j->n ? i : 0;
+}
+
+/* The scheduler's events (its thread). */
+static void on_event(const dsr1_sched_event *ev)
+{
+    http_job *j = ev->ctx;
+    dsr1_http_server *s = j->s;
+    int ci = choice_of(j, ev->request_id);
+    http_choice *c = &j->ch[ci];
+    double now = dsr1__http_now();
+    bool final = ev->kind == DSR1_EV_FINAL;
+    pthread_mutex_lock(&j->mu);
+    if (!final) {
+        if (c->n_tokens) dsr1__http_metrics_itl(&s->metrics, now - c->last_t);
+        c->last_t = now;
+        if (ev->content_len && !c->content_seen) {
+            c->content_seen = true;
+            c->tokens_before_content = c->n_tokens;
+        }
+        if (ev->reasoning_len) c->reasoning_seen = true;
+        c->n_tokens += ev->n_ids;
+        if (j->stream && !j->overflow && !j->gone) stream_delta(j, ci, ev);
+    } else {
+        c->final_seen = true;
+        c->finish = ev->finish;
+        c->prompt_tokens = ev->prompt_tokens;
+        c->completion_tokens = ev->completion_tokens;
+        c->cached_tokens = ev->cached_tokens;
+        if (j->stream)
+            stream_final(j, ci, ev);
+        else if (ev->finish != DSR1_FINISH_ABORT && ev->finish != DSR1_FINISH_ERROR)
+            final_choice(j, ci, ev);
+        if (++j->n_final == j->n_submitted) job_end(j);
+    }
+    bool abort_now = false;
+    if (j->stream && !j->overflow && j->out_n - j->out_off > (size_t)s->p.max_stream_bytes &&
+        !final) {
+        j->overflow = true;
+        abort_now = true;
+        DSR1_WARN("http: %s: the client reads too slowly (%zu bytes unread): aborting", j->id,
+                  j->out_n - j->out_off);
+    }
+    if (j->out_n > j->out_off || j->ended) dsr1__http_resume(s, j);
+    pthread_mutex_unlock(&j->mu);
+    if (abort_now) dsr1__http_job_abort(j);
+    if (final) {
+        dsr1__http_metrics_final(&s->metrics, ev);
+        pthread_mutex_lock(&s->mu);
+        s->n_sched--;
+        pthread_cond_broadcast(&s->cv);
+        pthread_mutex_unlock(&s->mu);
+        dsr1__http_job_unref(j);
+    }
+}
+
+/* ---- parameters and submission ---- */
+
+typedef struct {
+    dsr1_sampling sampling;
+    int max_tokens;
+    dsr1_textout_params text;
+} http_params;
+
+static dsr1_status make_params(dsr1_http_server *s, const dsr1_http_request *r,
+                               const http_prompt *pr, http_params *o, char *param, size_t cap)
+{
+    int ctx = s->p.max_context;
+    if ((int64_t)pr->n >= ctx) {
+        snprintf(param, cap, "%s", r->kind == DSR1_HTTP_CHAT ? "messages" : "prompt");
+        return dsr1_error(DSR1_ERR_INVALID_ARG,
+                          "the prompt has %zu tokens; this server's context length is %d "
+                          "(prompt + max_tokens)",
+                          pr->n, ctx);
+    }
+    o->max_tokens = r->max_tokens > 0 ? r->max_tokens : ctx - (int)pr->n;
+    if ((int64_t)pr->n + o->max_tokens > ctx) {
+        snprintf(param, cap, "max_tokens");
+        return dsr1_error(DSR1_ERR_INVALID_ARG,
+                          "prompt (%zu tokens) + max_tokens (%d) exceeds this server's context "
+                          "length %d",
+                          pr->n, o->max_tokens, ctx);
+    }
+    dsr1_sampling *d = &o->sampling;
+    *d = dsr1_sampling_defaults();
+    d->temperature = r->has_temperature ? r->temperature : s->default_temperature;
+    d->top_p = r->has_top_p ? r->top_p : s->default_top_p;
+    d->top_k = r->top_k;
+    d->min_p = r->min_p;
+    d->presence_penalty = r->presence_penalty;
+    d->frequency_penalty = r->frequency_penalty;
+    if (r->has_repetition_penalty) d->repetition_penalty = r->repetition_penalty;
+    d->n_bias = r->n_bias;
+    d->bias_ids = r->bias_ids;
+    d->bias_values = r->bias_values;
+    d->top_logprobs = r->logprobs ? r->top_logprobs : 0;
+    d->seed = r->has_seed ? r->seed : dsr1__http_random(s);
+    dsr1_status st = dsr1_sampling_validate(d, s->p.cfg->vocab_size);
+    if (st) {
+        snprintf(param, cap, "%s", r->n_bias ? "logit_bias" : "");
+        return st;
+    }
+    o->text = (dsr1_textout_params){
+        .in_reasoning = pr->in_reasoning,
+        .skip_special = r->skip_special_tokens,
+        .eos_id = s->p.cfg->eos_token_id,
+        .ignore_eos = r->ignore_eos,
+        .think_end_id = s->think_end_id,
+        .detect_think = pr->detect_think,
+        .think_start_id = s->think_start_id,
+        .stop = (const char *const *)r->stop,
+        .n_stop = r->n_stop,
+    };
+    dsr1_textout *t;
+    st = dsr1_textout_create(s->p.tok, &o->text, &t);
+    if (st) {
+        snprintf(param, cap, "stop");
+        return st;
+    }
+    dsr1_textout_destroy(t);
+    return DSR1_OK;
+}
+
+static dsr1_status submit(dsr1_http_server *s, http_job *j, const http_prompt *pr,
+                          const http_params *pa)
+{
+    for (int i = 0; i < j->n; i++) {
+        dsr1_sched_request q = {
+            .id = j->ch[i].id,
+            .prompt = pr->ids,
+            .n_prompt = (int)pr->n,
+            .sampling = pa->sampling,
+            .max_tokens = pa->max_tokens,
+            .logprobs = j->logprobs,
+            .text = pa->text,
+            .callback = on_event,
+            .ctx = j,
+        };
+        q.sampling.seed += (uint64_t)i;
+        atomic_fetch_add(&j->refs, 1);
+        pthread_mutex_lock(&s->mu);
+        s->n_sched++;
+        pthread_mutex_unlock(&s->mu);
+        pthread_mutex_lock(&j->mu);
+        j->n_submitted++;
+        pthread_mutex_unlock(&j->mu);
+        dsr1_status st = dsr1_sched_submit(s->p.sched, &q);
+        if (st) {
+            pthread_mutex_lock(&j->mu);
+            j->n_submitted--;
+            bool end = i > 0 && j->n_final == j->n_submitted;
+            pthread_mutex_unlock(&j->mu);
+            pthread_mutex_lock(&s->mu);
+            s->n_sched--;
+            pthread_cond_broadcast(&s->cv);
+            pthread_mutex_unlock(&s->mu);
+            atomic_fetch_sub(&j->refs, 1);
+            (void)end;
+            return st;
+        }
+    }
+    return DSR1_OK;
+}
+
+static enum MHD_Result sse_response(dsr1_http_server *s, struct MHD_Connection *c, http_job *j);
+
+enum MHD_Result dsr1__http_generate(dsr1_http_server *s, struct MHD_Connection *c,
+                                    dsr1_http_kind kind, const char *body, size_t len,
+                                    http_job **job)
+{
+    char param[64] = "";
+    dsr1_http_request r;
+    dsr1_status st = dsr1_http_parse(kind, body, len, &r, param, sizeof(param));
+    if (st)
+        return dsr1__http_send_error(s, c, st == DSR1_ERR_NOMEM ? 500 : 400, NULL, param, NULL,
+                                     dsr1_errmsg());
+    if (r.model && strcmp(r.model, s->model_name)) {
+        char msg[400];
+        snprintf(msg, sizeof(msg),
+                 "The model '%.200s' does not exist (this server serves '%.100s')", r.model,
+                 s->model_name);
+        dsr1_http_request_free(&r);
+        return dsr1__http_send_error(s, c, 404, NULL, "model", "model_not_found", msg);
+    }
+    http_prompt pr = {0};
+    http_params pa;
+    st = kind == DSR1_HTTP_CHAT ? chat_prompt(s, &r, &pr) : completion_prompt(s, &r, &pr);
+    if (st) snprintf(param, sizeof(param), "%s", kind == DSR1_HTTP_CHAT ? "messages" : "prompt");
+    if (!st) st = make_params(s, &r, &pr, &pa, param, sizeof(param));
+    http_job *j = NULL;
+    if (!st && !(j = job_new(s, c, &r))) st = dsr1_error(DSR1_ERR_NOMEM, "out of memory");
+    if (!st) {
+        pthread_mutex_lock(&j->mu);
+        dsr1__http_watch(s, j);
+        pthread_mutex_unlock(&j->mu);
+        st = submit(s, j, &pr, &pa);
+        if (st && j->n_submitted) { /* some were queued: abort them, answer the error */
+            dsr1__http_job_abort(j);
+        }
+    }
+    free(pr.ids);
+    dsr1_http_request_free(&r);
+    if (st) {
+        int status = dsr1__http_status_of(st);
+        char msg[1024];
+        snprintf(msg, sizeof(msg), "%s", dsr1_errmsg());
+        if (j) {
+            dsr1__http_unwatch(s, j);
+            pthread_mutex_lock(&j->mu);
+            j->gone = true;
+            j->conn = NULL;
+            pthread_mutex_unlock(&j->mu);
+            dsr1__http_job_unref(j);
+        }
+        return dsr1__http_send_error(s, c, status, NULL, status == 400 ? param : NULL,
+                                     status == 429 ? "queue_full" : NULL, msg);
+    }
+    *job = j;
+    if (j->stream) return sse_response(s, c, j);
+    pthread_mutex_lock(&j->mu);
+    enum MHD_Result ret = MHD_YES;
+    if (j->ended)
+        ret = MHD_NO; /* answered below, outside the lock */
+    else
+        dsr1__http_suspend(s, j);
+    pthread_mutex_unlock(&j->mu);
+    return ret == MHD_NO ? dsr1__http_job_respond(s, c, j) : MHD_YES;
+}
+
+enum MHD_Result dsr1__http_job_respond(dsr1_http_server *s, struct MHD_Connection *c, http_job *j)
+{
+    pthread_mutex_lock(&j->mu);
+    if (!j->ended) { /* resumed early: wait again */
+        dsr1__http_suspend(s, j);
+        pthread_mutex_unlock(&j->mu);
+        return MHD_YES;
+    }
+    char *body = j->out;
+    int status = j->status;
+    j->out = NULL;
+    j->out_n = j->out_cap = j->out_off = 0;
+    pthread_mutex_unlock(&j->mu);
+    struct MHD_Response *r =
+        MHD_create_response_from_buffer(body ? strlen(body) : 0, body ? body : (char *)"",
+                                        body ? MHD_RESPMEM_MUST_FREE : MHD_RESPMEM_PERSISTENT);
+    if (!r) {
+        free(body);
+        return MHD_NO;
+    }
+    MHD_add_response_header(r, "Content-Type", "application/json");
+    dsr1__http_metrics_status(&s->metrics, status);
+    enum MHD_Result ret = MHD_queue_response(c, (unsigned)status, r);
+    MHD_destroy_response(r);
+    return ret;
+}
+
+/* ---- Server-Sent Events ---- */
+
+static ssize_t sse_read(void *cls, uint64_t pos, char *buf, size_t max)
+{
+    (void)pos;
+    http_job *j = cls;
+    pthread_mutex_lock(&j->mu);
+    ssize_t n;
+    if (j->out_n > j->out_off) {
+        size_t k = j->out_n - j->out_off;
+        if (k > max) k = max;
+        memcpy(buf, j->out + j->out_off, k);
+        j->out_off += k;
+        if (j->out_off == j->out_n) j->out_off = j->out_n = 0;
+        n = (ssize_t)k;
+    } else if (j->ended) {
+        n = MHD_CONTENT_READER_END_OF_STREAM;
+    } else {
+        dsr1__http_suspend(j->s, j);
+        n = 0;
+    }
+    pthread_mutex_unlock(&j->mu);
+    return n;
+}
+
+static void sse_free(void *cls)
+{
+    dsr1__http_job_unref(cls);
+}
+
+static enum MHD_Result sse_response(dsr1_http_server *s, struct MHD_Connection *c, http_job *j)
+{
+    atomic_fetch_add(&j->refs, 1); /* the response's */
+    struct MHD_Response *r =
+        MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16384, sse_read, j, sse_free);
+    if (!r) {
+        dsr1__http_job_unref(j);
+        return MHD_NO;
+    }
+    MHD_add_response_header(r, "Content-Type", "text/event-stream");
+    MHD_add_response_header(r, "Cache-Control", "no-cache");
+    MHD_add_response_header(r, "X-Accel-Buffering", "no");
+    dsr1__http_metrics_status(&s->metrics, 200);
+    enum MHD_Result ret = MHD_queue_response(c, 200, r);
+    MHD_destroy_response(r);
+    return ret;
+}

@@ -1,0 +1,158 @@
+/* Internals of the HTTP server, shared by its files:
+ *   http_server.c    the daemon, routing, authentication, bodies, the simple endpoints,
+ *                    the disconnect watcher, start and stop
+ *   http_generate.c  completions: prompt, parameters, submission, events to responses
+ *   http_metrics.c   the Prometheus metrics
+ *   http_request.c   request bodies to structs (pure, fuzzed)
+ *   http_tools.c     R1's tool-call format and our tool prompt
+ *
+ * A job is one completions request: n scheduler requests whose events fill the job's
+ * output buffer, which the connection sends. It is reference-counted: the connection holds
+ * one reference until libmicrohttpd reports the request finished, and each scheduler
+ * request holds one until its FINAL event. */
+#ifndef DSR1_HTTP_INTERNAL_H
+#define DSR1_HTTP_INTERNAL_H
+
+#include <jansson.h>
+#include <microhttpd.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+
+#include "chat_template.h"
+#include "http_request.h"
+#include "http_server.h"
+#include "http_tools.h"
+
+/* ---- metrics ---- */
+
+#define HIST_MAX_BUCKETS 24
+
+typedef struct {
+    int n; /* buckets, the last one +Inf implied */
+    const double *bounds;
+    uint64_t counts[HIST_MAX_BUCKETS];
+    uint64_t count;
+    double sum;
+} http_hist;
+
+typedef struct {
+    pthread_mutex_t mu;
+    http_hist ttft, itl, e2e, queue, prompt_len, gen_len;
+    uint64_t prompt_tokens, generation_tokens, prefix_hits, prefix_queries;
+    uint64_t finished[5];  /* by dsr1_finish */
+    uint64_t responses[6]; /* 200, 400, 401, 404, 413, 429 */
+    uint64_t other_responses;
+} http_metrics;
+
+void dsr1__http_metrics_init(http_metrics *m);
+void dsr1__http_metrics_free(http_metrics *m);
+void dsr1__http_metrics_itl(http_metrics *m, double seconds);
+void dsr1__http_metrics_final(http_metrics *m, const dsr1_sched_event *ev);
+void dsr1__http_metrics_status(http_metrics *m, int status);
+/* The exposition text (malloc'd). */
+char *dsr1__http_metrics_text(dsr1_http_server *s, size_t *len);
+
+/* ---- jobs ---- */
+
+typedef struct {
+    char id[96];
+    dsr1_toolparse *tools; /* NULL unless tools are parsed */
+    bool role_sent, content_seen, reasoning_seen, final_seen;
+    int n_tokens, tokens_before_content;
+    double last_t;
+    json_t *choice; /* non-streamed: the finished choice */
+    int prompt_tokens, completion_tokens, cached_tokens;
+    dsr1_finish finish;
+} http_choice;
+
+typedef struct http_job http_job;
+struct http_job {
+    dsr1_http_server *s;
+    atomic_int refs;
+    uint64_t serial;
+    http_job *prev, *next; /* the server's live jobs (s->mu) */
+
+    pthread_mutex_t mu;          /* guards everything below */
+    struct MHD_Connection *conn; /* NULL once the request is over */
+    int fd;
+    bool watched;
+    dsr1_http_kind kind;
+    bool stream, include_usage, logprobs, exclude_reasoning, gone;
+    int n, n_final, n_submitted;
+    char id[64];
+    long long created;
+    http_choice *ch;
+    /* the response: streamed bytes, or the whole body once ended */
+    char *out;
+    size_t out_n, out_off, out_cap;
+    bool suspended, ended, overflow;
+    int status; /* non-streamed: the HTTP status of the body in out */
+};
+
+void dsr1__http_job_unref(http_job *j);
+
+/* ---- the server ---- */
+
+struct dsr1_http_server {
+    dsr1_http_params p;
+    char *api_key, *model_dir, *model_name;
+    struct MHD_Daemon *d;
+    int port;
+    dsr1_chat_template *tmpl;
+    bool tmpl_uses_tools;
+    float default_temperature, default_top_p;
+    int32_t think_start_id, think_end_id;
+    uint64_t salt;
+    atomic_uint_least64_t next_id;
+    long long start_time;
+    http_metrics metrics;
+
+    pthread_mutex_t mu; /* guards the fields below */
+    pthread_cond_t cv;
+    http_job *jobs;
+    int n_jobs, n_suspended;
+    int n_sched; /* scheduler requests not yet final */
+    bool stopping;
+    uint64_t next_serial;
+
+    int epfd, wakefd; /* the disconnect watcher */
+    pthread_t watcher;
+    bool watcher_started;
+};
+
+/* A response with a JSON body (taken over: freed here) / an OpenAI error object. */
+enum MHD_Result dsr1__http_send_json(dsr1_http_server *s, struct MHD_Connection *c, int status,
+                                     json_t *body);
+enum MHD_Result dsr1__http_send_error(dsr1_http_server *s, struct MHD_Connection *c, int status,
+                                      const char *type, const char *param, const char *code,
+                                      const char *message);
+/* The error object's JSON text (malloc'd). */
+char *dsr1__http_error_json(const char *message, const char *type, const char *param,
+                            const char *code);
+/* The HTTP status for a dsr1_status of a failed submission or conversion. */
+int dsr1__http_status_of(dsr1_status st);
+uint64_t dsr1__http_random(dsr1_http_server *s);
+double dsr1__http_now(void);
+
+/* Connection bookkeeping of a job (server.c): the watcher notices a hang-up. */
+void dsr1__http_watch(dsr1_http_server *s, http_job *j);
+void dsr1__http_unwatch(dsr1_http_server *s, http_job *j);
+void dsr1__http_suspend(dsr1_http_server *s, http_job *j); /* j->mu held */
+void dsr1__http_resume(dsr1_http_server *s, http_job *j);  /* j->mu held */
+
+/* ---- http_generate.c ---- */
+
+/* POST /v1/chat/completions and /v1/completions: a complete body. Either answers at once
+ * (errors, *job NULL) or submits and returns the job, whose reference the connection keeps. */
+enum MHD_Result dsr1__http_generate(dsr1_http_server *s, struct MHD_Connection *c,
+                                    dsr1_http_kind kind, const char *body, size_t len,
+                                    http_job **job);
+/* The connection's response once a non-streamed job has ended. */
+enum MHD_Result dsr1__http_job_respond(dsr1_http_server *s, struct MHD_Connection *c, http_job *j);
+/* Aborts the job's scheduler requests (client gone, shutdown). */
+void dsr1__http_job_abort(http_job *j);
+dsr1_status dsr1__http_model_load(dsr1_http_server *s);
+void dsr1__http_model_free(dsr1_http_server *s);
+
+#endif
