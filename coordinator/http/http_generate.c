@@ -252,7 +252,18 @@ static dsr1_status completion_prompt(const dsr1_http_server *s, const dsr1_http_
     if (r->prompt) {
         dsr1_status st =
             dsr1_tokenizer_encode(s->p.tok, r->prompt, strlen(r->prompt), 0, &out->ids, &out->n);
-        return st ? dsr1_error_context(st, "prompt") : DSR1_OK;
+        if (st) return dsr1_error_context(st, "prompt");
+        /* BOS first, as Hugging Face's tokenizer (add_bos_token) and vLLM do */
+        int32_t bos = s->p.cfg->bos_token_id;
+        if (bos >= 0 && (!out->n || out->ids[0] != bos)) {
+            int32_t *ids = realloc(out->ids, (out->n + 1) * sizeof(int32_t));
+            if (!ids) return dsr1_error(DSR1_ERR_NOMEM, "out of memory");
+            memmove(ids + 1, ids, out->n * sizeof(int32_t));
+            ids[0] = bos;
+            out->ids = ids;
+            out->n++;
+        }
+        return DSR1_OK;
     }
     int vocab = s->p.cfg->vocab_size;
     for (int i = 0; i < r->n_prompt_ids; i++)
@@ -421,7 +432,9 @@ static json_t *text_logprobs(const dsr1_http_server *s, const dsr1_sample_result
     for (int i = 0; i < n; i++) {
         json_t *t = token_string(s, r[i].token, NULL);
         json_array_append_new(offs, json_integer((json_int_t)offset));
-        offset += json_string_length(t);
+        /* offsets count characters: every byte that does not continue a UTF-8 sequence */
+        for (size_t k = 0; k < json_string_length(t); k++)
+            offset += ((unsigned char)json_string_value(t)[k] & 0xC0) != 0x80;
         json_array_append_new(toks, t);
         json_array_append_new(lps, json_real(r[i].logprob));
         json_t *top = json_object();
@@ -562,9 +575,13 @@ static void stream_final(http_job *j, int ci, const dsr1_sched_event *ev)
         calls = dsr1_toolparse_calls(c->tools) > 0;
     }
     if (ev->finish == DSR1_FINISH_ABORT || ev->finish == DSR1_FINISH_ERROR) {
+        pthread_mutex_lock(&j->s->mu);
+        bool stopping = j->s->stopping;
+        pthread_mutex_unlock(&j->s->mu);
         const char *why = j->overflow ? "the client reads the stream too slowly: its unread "
                                         "output passed the server's bound, so the request was "
                                         "aborted"
+                          : stopping  ? "the server is shutting down"
                                       : (ev->error ? ev->error : "aborted");
         char *e = dsr1__http_error_json(
             why, ev->finish == DSR1_FINISH_ERROR ? "server_error" : "request_aborted", NULL, NULL);

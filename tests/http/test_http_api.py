@@ -498,7 +498,19 @@ def main():
               test_disconnect_and_slow, test_queue_full, test_metrics):
         t(api, c)
     api.wait_idle("at the end")
-    return srv.finish(c)
+    # shutdown while a stream runs: it ends with an error event and [DONE], exit status 0
+    got = []
+    body = {"messages": [{"role": "user", "content": "Long."}], "max_tokens": 3000,
+            "ignore_eos": True, "stream": True}
+    t = threading.Thread(target=lambda: got.append(slow_stream(api.port, body, 0.0)))
+    t.start()
+    time.sleep(0.5)
+    rc = srv.finish(c)
+    t.join(30)
+    out = got[0] if got else ""
+    c.expect("shutting down" in out and "[DONE]" in out, "shutdown: the stream ends cleanly",
+             out[-300:])
+    return 1 if c.failures else rc
 
 
 if __name__ == "__main__":
