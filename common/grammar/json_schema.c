@@ -237,8 +237,8 @@ static js_x *share(js_ctx *c, js_x *x, const char *hint)
 /* The shared rules: char, string, value, object, array, number, integer. */
 static js_x *common(js_ctx *c, int which)
 {
-    static const char *names[] = {"char",  "string", "value",   "object",
-                                  "array", "number", "integer", "ws"};
+    static const char *names[] = {"char",   "string",  "value", "object", "array",
+                                  "number", "integer", "ws",    "kchar",  "kesc"};
     if (c->common[which] >= 0) return rule_ref(c, c->common[which]);
     int r = c->nrules;
     if (new_rule(c, "x", &r)) return NULL;
@@ -282,6 +282,16 @@ static js_x *common(js_ctx *c, int which)
         break;
     case JS_R_WS:
         body = RAW("[ \\t\\n\\r]{0,20}");
+        break;
+    case JS_R_KESC:
+        body = RAW("\"\\\\\" [\"\\\\bfnrt] | \"\\\\u00\" (\"0\" [0-7bBeEfF] | \"1\" [0-9a-fA-F])");
+        break;
+    case JS_R_KCHAR:
+        /* a name character in one form only, so that names can be told from the declared
+         * ones: raw, a short escape, or \u00XX for the other controls (as serialisers write) */
+        body =
+            RAW("[^\"\\\\\\x00-\\x1f] | \"\\\\\" [\"\\\\bfnrt] | \"\\\\u00\" (\"0\" [0-7bBeEfF] | "
+                "\"1\" [0-9a-fA-F])");
         break;
     }
     if (!body) return NULL;
@@ -714,6 +724,152 @@ static js_x *gen_string(js_ctx *c, json_t *s)
 
 /* ---- objects ---- */
 
+/* The one JSON text form of code point cp in an additional property's name (see kchar). */
+static js_x *key_unit(js_ctx *c, uint32_t cp)
+{
+    static const char shorts[] = "\"\"\\\\b\bf\fn\nr\rt\t";
+    for (size_t i = 0; shorts[i]; i += 2)
+        if ((uint32_t)(unsigned char)shorts[i + 1] == cp) {
+            char t[2] = {'\\', shorts[i]};
+            return dsr1__js_lit(c, t, 2);
+        }
+    if (cp < 0x20) {
+        char t[40];
+        const char *hex = "0123456789abcdef";
+        char lo = hex[cp & 15];
+        if (lo >= 'a')
+            snprintf(t, sizeof t, "\"\\\\u00%c\" [%c%c]", hex[cp >> 4], lo, lo - 32);
+        else
+            snprintf(t, sizeof t, "\"\\\\u00%c%c\"", hex[cp >> 4], lo);
+        return RAW(t);
+    }
+    char u[4];
+    int n = cp < 0x80 ? 1 : cp < 0x800 ? 2 : cp < 0x10000 ? 3 : 4;
+    if (n == 1)
+        u[0] = (char)cp;
+    else if (n == 2)
+        u[0] = (char)(0xC0 | cp >> 6), u[1] = (char)(0x80 | (cp & 63));
+    else if (n == 3)
+        u[0] = (char)(0xE0 | cp >> 12), u[1] = (char)(0x80 | ((cp >> 6) & 63)),
+        u[2] = (char)(0x80 | (cp & 63));
+    else
+        u[0] = (char)(0xF0 | cp >> 18), u[1] = (char)(0x80 | ((cp >> 12) & 63)),
+        u[2] = (char)(0x80 | ((cp >> 6) & 63)), u[3] = (char)(0x80 | (cp & 63));
+    return dsr1__js_lit(c, u, n);
+}
+
+static int utf8_next(const char *s, size_t len, size_t *off, uint32_t *cp)
+{
+    const unsigned char *p = (const unsigned char *)s + *off;
+    size_t left = len - *off;
+    int n = p[0] < 0x80 ? 1 : (p[0] & 0xE0) == 0xC0 ? 2 : (p[0] & 0xF0) == 0xE0 ? 3 : 4;
+    if ((size_t)n > left) n = (int)left;
+    uint32_t v = n == 1 ? p[0] : p[0] & (0x7F >> n);
+    for (int i = 1; i < n; i++) v = (v << 6) | (p[i] & 0x3F);
+    *off += (size_t)n;
+    *cp = v;
+    return n;
+}
+
+/* One name character other than the code points in cps[0..n): a raw character, a short
+ * escape or a \u00XX control, each code point in exactly one form (kchar). */
+static js_x *key_other(js_ctx *c, const uint32_t *cps, int n)
+{
+    js_buf b = {0};
+    dsr1__js_buf_str(&b, "[^\"\\\\\\x00-\\x1f");
+    bool ctl_child = false;
+    for (int i = 0; i < n; i++) {
+        uint32_t cp = cps[i];
+        if (cp < 0x20 || cp == '"' || cp == '\\') {
+            ctl_child = true;
+            continue;
+        }
+        if (cp < 0x80 && strchr("\\]^-[", (int)cp)) dsr1__js_buf_add(&b, "\\", 1);
+        js_x *u = key_unit(c, cp);
+        if (!u) break;
+        dsr1__js_buf_add(&b, u->text, u->len);
+    }
+    dsr1__js_buf_str(&b, "]");
+    js_x *alts[40];
+    int m = 0;
+    if (!b.oom) alts[m++] = RAW(b.p);
+    free(b.p);
+    if (!ctl_child) {
+        alts[m++] = common(c, JS_R_KESC);
+    } else {
+        for (uint32_t cp = 0; cp < 0x60; cp++) {
+            if (!(cp < 0x20 || cp == '"' || cp == '\\')) continue;
+            bool child = false;
+            for (int i = 0; i < n && !child; i++) child = cps[i] == cp;
+            if (!child) alts[m++] = key_unit(c, cp);
+        }
+    }
+    return dsr1__js_alt(c, m, alts);
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* Names (between the quotes) other than keys[0..n) (sorted, sharing their first off bytes):
+ * a trie walk where leaving the trie frees the rest of the name. */
+static js_x *key_not_in(js_ctx *c, const char **keys, size_t n, size_t off, int depth)
+{
+    if (depth > 4096) {
+        JS_FAIL(c, DSR1_ERR_RANGE, "object at %s: a property name is too long", dsr1__js_where(c));
+        return NULL;
+    }
+    bool terminal = false;
+    size_t i = 0, groups = 0;
+    while (i < n && strlen(keys[i]) == off) terminal = true, i++;
+    uint32_t *cps = malloc((n + 1) * sizeof *cps);
+    js_x **alts = malloc((n + 2) * sizeof *alts);
+    js_x *out = NULL;
+    if (!cps || !alts) {
+        JS_FAIL(c, DSR1_ERR_NOMEM, "JSON Schema: out of memory");
+        goto done;
+    }
+    int na = 0;
+    while (i < n) {
+        size_t len = strlen(keys[i]), next = off;
+        uint32_t cp;
+        utf8_next(keys[i], len, &next, &cp);
+        size_t j = i + 1;
+        while (j < n && strlen(keys[j]) >= next &&
+               !memcmp(keys[j] + off, keys[i] + off, next - off))
+            j++;
+        cps[groups++] = cp;
+        js_x *sub = key_not_in(c, keys + i, j - i, next, depth + 1);
+        if (!sub || !(alts[na++] = SEQ(key_unit(c, cp), sub))) goto done;
+        i = j;
+    }
+    alts[na++] =
+        SEQ(key_other(c, cps, (int)groups), dsr1__js_rep(c, common(c, JS_R_KCHAR), 0, JS_INF));
+    if (!terminal) alts[na++] = dsr1__js_node(c, X_EMPTY);
+    out = dsr1__js_alt(c, na, alts);
+done:
+    free(cps);
+    free(alts);
+    return out;
+}
+
+/* An additional property's name: a JSON string, but none of the declared names. */
+static js_x *additional_key(js_ctx *c, const char **keys, size_t n)
+{
+    if (!n) return common(c, JS_R_STRING);
+    const char **sorted = malloc(n * sizeof *sorted);
+    if (!sorted) {
+        JS_FAIL(c, DSR1_ERR_NOMEM, "JSON Schema: out of memory");
+        return NULL;
+    }
+    memcpy(sorted, keys, n * sizeof *sorted);
+    qsort(sorted, n, sizeof *sorted, cmp_str);
+    js_x *x = key_not_in(c, sorted, n, 0, 0);
+    free(sorted);
+    return x ? SEQ(LIT("\""), x, LIT("\"")) : NULL;
+}
+
 static js_x *gen_object(js_ctx *c, json_t *s)
 {
     json_t *props = json_object_get(s, "properties"), *req = json_object_get(s, "required");
@@ -734,6 +890,7 @@ static js_x *gen_object(js_ctx *c, json_t *s)
             return NULL;
         }
     size_t np = json_object_size(props), nr = json_array_size(req), n = 0;
+    if (!np && !nr && !ap && !c->opts->strict_objects) return common(c, JS_R_OBJECT);
     if (np + nr > 100000) {
         JS_FAIL(c, DSR1_ERR_RANGE, "object at %s declares too many properties", dsr1__js_where(c));
         return NULL;
@@ -772,7 +929,11 @@ static js_x *gen_object(js_ctx *c, json_t *s)
         reqd[j] = true;
     }
     js_x *comma = SEQ(ws(c), LIT(","), ws(c)), *colon = SEQ(ws(c), LIT(":"), ws(c));
-    js_x *addkv = SEQ(common(c, JS_R_STRING), colon, add);
+    /* the names of additional members exclude the declared ones (a repeated name would
+     * escape its schema); a rule, as the name appears twice */
+    js_x *akey = share(c, additional_key(c, keys, n), "additional-name");
+    if (!akey) goto done;
+    js_x *addkv = SEQ(akey, colon, add);
     js_x *tail = dsr1__js_rep(c, SEQ(comma, addkv), 0, JS_INF);
     size_t first_req = 0;
     while (first_req < n && !reqd[first_req]) first_req++;
@@ -841,6 +1002,7 @@ static js_x *gen_array(js_ctx *c, json_t *s)
     }
     long long lo = 0, hi = -1;
     if (get_count(c, s, "minItems", &lo) || get_count(c, s, "maxItems", &hi)) return NULL;
+    if (!pre && !items && lo == 0 && hi < 0) return common(c, JS_R_ARRAY);
     size_t k = json_array_size(pre);
     if (json_is_false(items) && (hi < 0 || (size_t)hi > k)) hi = (long long)k;
     if (hi >= 0 && lo > hi) return dsr1__js_node(c, X_NOTHING);
@@ -990,6 +1152,8 @@ static js_x *gen(js_ctx *c, json_t *s)
         return NULL;
     }
     if (dsr1__js_check_keywords(c, s)) return NULL;
+    static const char *const none[] = {NULL};
+    if (!has_other(s, none)) return common(c, JS_R_VALUE); /* {} or annotations only */
     c->depth++;
     js_x *x = NULL;
     json_t *ref = json_object_get(s, "$ref"), *any = json_object_get(s, "anyOf"),
@@ -1093,47 +1257,67 @@ static js_x *prune1(js_ctx *c, js_x *x)
         return x;
     }
     case X_SEQ: {
-        int m = 0;
+        /* pruned kids, nested sequences spliced in, adjacent literals joined ("\"name\":"
+         * rather than "\"name\"" ":") */
+        int cap = 0;
         for (int i = 0; i < x->n; i++) {
             js_x *k = prune(c, x->kids[i]);
             if (k->k == X_NOTHING) return &nothing;
-            if (k->k != X_EMPTY) x->kids[m++] = k;
+            x->kids[i] = k;
+            cap += k->k == X_SEQ ? k->n : 1;
         }
-        /* adjacent literals as one: "\"name\":" rather than "\"name\"" ":" */
-        int w = 0;
-        for (int i = 0; i < m; i++) {
+        js_x **kids = dsr1__js_alloc(c, (cap ? cap : 1) * sizeof *kids);
+        if (!kids) return x; /* out of memory: the unspliced form is still correct */
+        int m = 0;
+        for (int i = 0; i < x->n; i++) {
             js_x *k = x->kids[i];
-            if (w && k->k == X_LIT && x->kids[w - 1]->k == X_LIT) {
-                js_x *p = x->kids[w - 1];
-                js_x *q = dsr1__js_node(c, X_LIT);
-                char *t = q ? dsr1__js_alloc(c, p->len + k->len + 1) : NULL;
-                if (t) {
-                    memcpy(t, p->text, p->len);
-                    memcpy(t + p->len, k->text, k->len);
-                    q->text = t;
-                    q->len = p->len + k->len;
-                    x->kids[w - 1] = q;
-                    continue;
+            int nk = k->k == X_SEQ ? k->n : 1;
+            for (int j = 0; j < nk; j++) {
+                js_x *e = k->k == X_SEQ ? k->kids[j] : k;
+                if (e->k == X_EMPTY) continue;
+                if (m && e->k == X_LIT && kids[m - 1]->k == X_LIT) {
+                    js_x *p = kids[m - 1];
+                    js_x *q = dsr1__js_node(c, X_LIT);
+                    char *t = q ? dsr1__js_alloc(c, p->len + e->len + 1) : NULL;
+                    if (t) {
+                        memcpy(t, p->text, p->len);
+                        memcpy(t + p->len, e->text, e->len);
+                        q->text = t;
+                        q->len = p->len + e->len;
+                        kids[m - 1] = q;
+                        continue;
+                    }
                 }
+                kids[m++] = e;
             }
-            x->kids[w++] = k;
         }
-        m = w;
+        x->kids = kids;
         x->n = m;
         if (m == 0) return &empty;
         return m == 1 ? x->kids[0] : x;
     }
     case X_ALT: {
+        int cap = 0;
+        for (int i = 0; i < x->n; i++) {
+            x->kids[i] = prune(c, x->kids[i]);
+            cap += x->kids[i]->k == X_ALT ? x->kids[i]->n : 1;
+        }
+        js_x **kids = dsr1__js_alloc(c, (cap ? cap : 1) * sizeof *kids);
+        if (!kids) return x;
         int m = 0;
         bool eps = false;
-        for (int i = 0; i < x->n; i++) {
-            js_x *k = prune(c, x->kids[i]);
-            if (k->k == X_NOTHING) continue;
-            if (k->k == X_EMPTY)
-                eps = true;
-            else
-                x->kids[m++] = k;
+        for (int i = 0; i < x->n; i++) { /* nested alternations spliced in */
+            js_x *k = x->kids[i];
+            int nk = k->k == X_ALT ? k->n : 1;
+            for (int j = 0; j < nk; j++) {
+                js_x *e = k->k == X_ALT ? k->kids[j] : k;
+                if (e->k == X_EMPTY)
+                    eps = true;
+                else if (e->k != X_NOTHING)
+                    kids[m++] = e;
+            }
         }
+        x->kids = kids;
         x->n = m;
         js_x *r = m == 0 ? (eps ? &empty : &nothing) : m == 1 ? x->kids[0] : x;
         if (eps && m) {
@@ -1282,7 +1466,7 @@ dsr1_status dsr1_json_schema_to_ebnf(const char *schema, size_t len, const dsr1_
                 .max_repeat = opts->max_repeat > 0 ? opts->max_repeat : 1000,
                 .budget = JS_MAX_NODES,
                 .merges = JS_MAX_MERGES};
-    for (int i = 0; i < 8; i++) c.common[i] = -1;
+    for (int i = 0; i < 12; i++) c.common[i] = -1;
     int rc = dsr1__js_parse(schema, len, "JSON Schema", &c.root);
     if (rc) return rc;
     c.keep = json_array();

@@ -76,8 +76,8 @@ typedef struct js_ctx {
     int merges;    /* allOf merges left */
     int epoch;
     int depth;
-    int err;       /* the status of the first error (its message is in dsr1_errmsg) */
-    int common[8]; /* lazily created shared rules (JS_R_*), -1 until created */
+    int err;        /* the status of the first error (its message is in dsr1_errmsg) */
+    int common[12]; /* lazily created shared rules (JS_R_*), -1 until created */
     char path[1024];
     size_t path_len;
     bool path_cut;
@@ -91,7 +91,9 @@ enum {
     JS_R_ARRAY,
     JS_R_NUMBER,
     JS_R_INTEGER,
-    JS_R_WS
+    JS_R_WS,
+    JS_R_KCHAR,
+    JS_R_KESC
 };
 
 #define JS_MAX_DEPTH  128

@@ -1,0 +1,570 @@
+/* The JSON Schema converter (dsr1_json_schema_to_ebnf) and the instance serialiser:
+ *   - a table of schemas with JSON texts each grammar must accept and must reject, matched
+ *     byte by byte through the engine on a vocabulary of single bytes;
+ *   - every error: status and message with its JSON pointer;
+ *   - limits (nesting, enum size, rules, repetition, source size, merges): DSR1_ERR_RANGE;
+ *   - integer ranges on seeded random bounds against plain comparisons;
+ *   - the grammar text's structure (rules for $ref targets, bounded whitespace);
+ *   - the canonical serialiser (property order, numbers, escapes). */
+#include "grammar_test_util.h"
+#include "json_schema_instance.h"
+
+static dsr1_grammar_vocab *vocab;
+
+static int setup(void **state)
+{
+    (void)state;
+    vocab = gt_byte_vocab();
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    dsr1_grammar_vocab_free(vocab);
+    return 0;
+}
+
+static dsr1_grammar *compile_opts(const char *schema, const dsr1_grammar_opts *o)
+{
+    char *text;
+    size_t n;
+    if (dsr1_json_schema_to_ebnf(schema, strlen(schema), o, &text, &n)) {
+        fprintf(stderr, "schema %s: %s\n", schema, dsr1_errmsg());
+        fail();
+    }
+    assert_int_equal(strlen(text), n);
+    dsr1_grammar *g = NULL;
+    if (dsr1_grammar_compile_ebnf(vocab, text, n, o, &g)) {
+        fprintf(stderr, "schema %s\ngrammar:\n%s\nengine: %s\n", schema, text, dsr1_errmsg());
+        fail();
+    }
+    free(text);
+    return g;
+}
+
+static void expect(const dsr1_grammar *g, const char *schema, const char *text, bool want)
+{
+    bool got = gt_match(g, text, strlen(text));
+    if (got != want) {
+        fprintf(stderr, "schema %s: %s was %s\n", schema, text, got ? "accepted" : "rejected");
+        fail();
+    }
+}
+
+#define MAXI 8
+typedef struct {
+    const char *schema;
+    const char *accept[MAXI], *reject[MAXI];
+} lang_case;
+
+static const lang_case cases[] = {
+    {"{\"type\":\"object\",\"properties\":{\"a\":{\"type\":\"integer\"},\"b\":{\"type\":"
+     "\"string\"}},\"required\":[\"a\"],\"additionalProperties\":false}",
+     {"{\"a\":1}", "{\"a\":-5,\"b\":\"x\"}"},
+     {"{}", "{\"b\":\"x\",\"a\":1}", "{\"a\":1,\"c\":2}", "{\"a\":1.5}", "{\"a\":01}", "{ \"a\":1}",
+      "{\"a\":1,}"}},
+    /* additionalProperties absent: true; additional members after the declared ones */
+    {"{\"type\":\"object\",\"properties\":{\"a\":{\"type\":\"integer\"}}}",
+     {"{\"a\":1,\"z\":[true,null]}", "{\"z\":{}}", "{}"},
+     {"{\"a\":\"x\"}", "{\"z\":1,\"a\":1}"}},
+    {"{\"type\":\"object\",\"properties\":{\"a\":{},\"b\":{},\"c\":{}},\"required\":[\"b\"],"
+     "\"additionalProperties\":false}",
+     {"{\"b\":1}", "{\"a\":1,\"b\":2}", "{\"b\":1,\"c\":3}", "{\"a\":1,\"b\":2,\"c\":3}"},
+     {"{\"a\":1}", "{\"c\":1}", "{\"a\":1,\"c\":2}", "{\"b\":1,\"a\":2}"}},
+    /* a required name that is not declared takes additionalProperties */
+    {"{\"type\":\"object\",\"required\":[\"k\"],\"additionalProperties\":{\"type\":\"integer\"}}",
+     {"{\"k\":1}", "{\"k\":1,\"j\":2}"},
+     {"{}", "{\"k\":\"x\"}"}},
+    {"{\"type\":[\"string\",\"null\"]}", {"\"x\"", "null"}, {"1", "true"}},
+    {"{\"type\":\"string\",\"nullable\":true}", {"null", "\"\""}, {"0"}},
+    {"{\"enum\":[\"a\",1,null,{\"k\":[1]}]}",
+     {"\"a\"", "1", "null", "{\"k\":[1]}"},
+     {"\"b\"", "2", "{\"k\":[2]}"}},
+    {"{\"type\":\"string\",\"enum\":[\"a\",1,\"b\"]}", {"\"a\"", "\"b\""}, {"1"}},
+    {"{\"const\":{\"x\":\"y\\n\"}}", {"{\"x\":\"y\\n\"}"}, {"{\"x\":\"y\"}"}},
+    {"{\"type\":\"array\",\"items\":{\"type\":\"boolean\"},\"minItems\":1,\"maxItems\":2}",
+     {"[true]", "[true,false]"},
+     {"[]", "[true,true,true]", "[1]"}},
+    {"{\"type\":\"array\",\"prefixItems\":[{\"type\":\"integer\"},{\"type\":\"string\"}],"
+     "\"items\":false}",
+     {"[]", "[1]", "[1,\"a\"]"},
+     {"[1,\"a\",2]", "[\"a\"]"}},
+    {"{\"type\":\"array\",\"prefixItems\":[{\"const\":1}],\"minItems\":3,\"maxItems\":4}",
+     {"[1,2,3]", "[1,\"a\",null,4]"},
+     {"[1,2]", "[1,2,3,4,5]", "[2,2,3]"}},
+    /* draft-07 tuples */
+    {"{\"type\":\"array\",\"items\":[{\"const\":1}],\"additionalItems\":{\"type\":\"string\"}}",
+     {"[1,\"x\",\"y\"]", "[]", "[1]"},
+     {"[1,2]"}},
+    {"{\"anyOf\":[{\"type\":\"integer\"},{\"type\":\"string\",\"maxLength\":1}]}",
+     {"5", "\"a\""},
+     {"\"ab\"", "1.5"}},
+    {"{\"oneOf\":[{\"const\":\"x\"},{\"const\":\"y\"}]}", {"\"x\"", "\"y\""}, {"\"z\""}},
+    {"{\"allOf\":[{\"type\":\"object\",\"properties\":{\"a\":{\"type\":\"string\"}},"
+     "\"required\":[\"a\"]},{\"properties\":{\"b\":{\"type\":\"integer\"}},"
+     "\"required\":[\"b\"]}]}",
+     {"{\"a\":\"x\",\"b\":1}"},
+     {"{\"a\":\"x\"}", "{\"b\":1}", "{\"a\":1,\"b\":1}"}},
+    /* allOf: a name declared on one side only meets the other side's additionalProperties */
+    {"{\"allOf\":[{\"properties\":{\"a\":{}},\"additionalProperties\":false},"
+     "{\"properties\":{\"b\":{}}}],\"type\":\"object\"}",
+     {"{\"a\":1}", "{}"},
+     {"{\"b\":1}", "{\"a\":1,\"b\":2}"}},
+    {"{\"type\":\"integer\",\"allOf\":[{\"minimum\":3},{\"maximum\":5},{\"minimum\":4}]}",
+     {"4", "5"},
+     {"3", "6"}},
+    /* siblings of anyOf are distributed into the branches */
+    {"{\"type\":\"object\",\"properties\":{\"k\":{\"type\":\"string\"}},\"required\":[\"k\"],"
+     "\"additionalProperties\":false,\"oneOf\":[{\"properties\":{\"v\":{\"type\":\"integer\"}}},"
+     "{\"properties\":{\"w\":{\"type\":\"null\"}}}]}",
+     {"{\"k\":\"a\"}"},
+     {"{\"k\":\"a\",\"v\":1}", "{}"}},
+    {"{\"$defs\":{\"node\":{\"type\":\"object\",\"properties\":{\"v\":{\"type\":\"integer\"},"
+     "\"next\":{\"anyOf\":[{\"$ref\":\"#/$defs/node\"},{\"type\":\"null\"}]}},"
+     "\"required\":[\"v\",\"next\"],\"additionalProperties\":false}},"
+     "\"$ref\":\"#/$defs/node\"}",
+     {"{\"v\":1,\"next\":null}", "{\"v\":1,\"next\":{\"v\":2,\"next\":null}}"},
+     {"{\"v\":1}", "{\"v\":1,\"next\":{\"v\":2}}"}},
+    /* recursion through the root */
+    {"{\"type\":\"array\",\"items\":{\"$ref\":\"#\"}}", {"[]", "[[],[[]]]"}, {"[1]"}},
+    {"{\"definitions\":{\"p\":{\"type\":\"integer\",\"minimum\":0}},\"type\":\"array\","
+     "\"items\":{\"$ref\":\"#/definitions/p\"}}",
+     {"[0,5]", "[]"},
+     {"[-1]"}},
+    {"{\"type\":\"object\",\"properties\":{\"a\":{\"type\":\"integer\"},\"b\":{\"$ref\":"
+     "\"#/properties/a\"}},\"required\":[\"a\",\"b\"]}",
+     {"{\"a\":1,\"b\":2}"},
+     {"{\"a\":1,\"b\":\"x\"}"}},
+    /* $ref with siblings (2020-12): both apply */
+    {"{\"$defs\":{\"s\":{\"type\":\"string\"}},\"$ref\":\"#/$defs/s\",\"maxLength\":2}",
+     {"\"ab\""},
+     {"\"abc\"", "1"}},
+    {"{\"type\":\"string\",\"minLength\":2,\"maxLength\":3}",
+     {"\"ab\"", "\"\xc3\xa9\xc3\xa9\"", "\"a\\n\"", "\"\\u00e9\\\"\"", "\"\\ud83d\\ude00x\""},
+     {"\"a\"", "\"abcd\"", "\"\xc3\xa9\""}},
+    {"{\"type\":\"string\"}", {"\"\"", "\"\\/\\b\\f\\r\\t\""}, {"\"\x01\"", "\"\\x\"", "\"a"}},
+    {"{\"type\":\"string\",\"pattern\":\"^[a-z]+\\\\.json$\"}",
+     {"\"ab.json\""},
+     {"\"ab.jsonx\"", "\"Ab.json\"", "\"abxjson\""}},
+    /* unanchored, and escape-aware: the quote in the pattern is \" in the JSON text */
+    {"{\"type\":\"string\",\"pattern\":\"x\\\"y\"}",
+     {"\"ax\\\"yb\"", "\"x\\u0022y\""},
+     {"\"axyb\""}},
+    {"{\"type\":\"string\",\"pattern\":\"^a.c$\"}",
+     {"\"abc\"", "\"a\\\"c\"", "\"a\\\\c\"", "\"a\\tc\""},
+     {"\"a\\nc\"", "\"ac\""}},
+    {"{\"type\":\"string\",\"pattern\":\"^(?:ab|c){2,3}\\\\d?$\"}",
+     {"\"abc\"", "\"ccc7\"", "\"abab\""},
+     {"\"c\"", "\"cccc\"", "\"abx\""}},
+    {"{\"type\":\"string\",\"pattern\":\"^[^a-y]$\"}",
+     {"\"z\"", "\"\\n\"", "\"\\\"\"", "\"\\u0001\""},
+     {"\"b\"", "\"zz\""}},
+    {"{\"type\":\"string\",\"format\":\"date\"}",
+     {"\"2024-02-29\""},
+     {"\"2024-13-01\"", "\"24-01-01\""}},
+    {"{\"type\":\"string\",\"format\":\"date-time\"}",
+     {"\"2024-01-01T10:00:00Z\"", "\"2024-01-01t23:59:60.5+05:30\""},
+     {"\"2024-01-01 10:00:00Z\"", "\"2024-01-01T10:00:00\""}},
+    {"{\"type\":\"string\",\"format\":\"time\"}", {"\"10:00:00Z\""}, {"\"25:00:00Z\""}},
+    {"{\"type\":\"string\",\"format\":\"uuid\"}",
+     {"\"123e4567-e89b-12d3-a456-426614174000\""},
+     {"\"123e4567e89b12d3a456426614174000\""}},
+    {"{\"type\":\"string\",\"format\":\"email\"}",
+     {"\"joe.bloggs@example.com\"", "\"\\\"joe bloggs\\\"@example.com\"", "\"a@[127.0.0.1]\""},
+     {"\"joe\"", "\"@example.com\"", "\"a..b@example.com\""}},
+    {"{\"type\":\"string\",\"format\":\"ipv4\"}",
+     {"\"192.168.0.1\""},
+     {"\"256.1.1.1\"", "\"01.1.1.1\""}},
+    {"{\"type\":\"string\",\"format\":\"ipv6\"}",
+     {"\"::1\"", "\"2001:db8::8a2e:370:7334\"", "\"::ffff:192.168.0.1\"", "\"1:2:3:4:5:6:7:8\""},
+     {"\"12345::\"", "\"1:2:3:4:5:6:7:8:9\""}},
+    {"{\"type\":\"string\",\"format\":\"hostname\"}",
+     {"\"www.example.com\""},
+     {"\"-a.com\"", "\"a b\""}},
+    {"{\"type\":\"string\",\"format\":\"duration\"}",
+     {"\"P1DT2H\"", "\"P4W\"", "\"PT5S\"", "\"P1Y2M\""},
+     {"\"P\"", "\"PT\"", "\"P1H\""}},
+    {"{\"type\":\"string\",\"format\":\"uri\"}",
+     {"\"https://x.org/a?b#c\"", "\"urn:isbn:1\""},
+     {"\"//x.org\"", "\"a b:c\""}},
+    {"{\"type\":\"integer\",\"exclusiveMinimum\":0,\"exclusiveMaximum\":10}",
+     {"1", "9"},
+     {"0", "10", "-1"}},
+    {"{\"type\":\"integer\",\"minimum\":-20,\"maximum\":-3}",
+     {"-20", "-3", "-10"},
+     {"-2", "-21", "0", "3"}},
+    {"{\"type\":\"number\"}", {"-0.5e-3", "10", "0", "1E+2"}, {"01", ".5", "1.", "-", "1e"}},
+    {"{\"type\":\"boolean\"}", {"true", "false"}, {"null", "1"}},
+    {"{}", {"{\"a\":[1,2.5e3,\"x\"]}", "null", "\"s\""}, {"{a:1}", "[1,]"}},
+    {"true", {"[]", "0"}, {"nul"}},
+    /* no type: keywords apply to their own type, other types pass */
+    {"{\"minLength\":2,\"required\":[\"a\"]}", {"\"ab\"", "5", "{\"a\":0}", "[]"}, {"\"a\"", "{}"}},
+    /* annotations and non-vocabulary keys are ignored */
+    {"{\"title\":\"t\",\"description\":\"d\",\"examples\":[1],\"default\":1,\"$comment\":\"c\","
+     "\"deprecated\":true,\"readOnly\":true,\"x-custom\":{\"not\":1},\"type\":\"integer\"}",
+     {"1"},
+     {"\"1\""}},
+    /* a false property schema: the name can never appear; a false item: only [] */
+    {"{\"type\":\"object\",\"properties\":{\"a\":false,\"b\":{}}}",
+     {"{\"b\":1}", "{}"},
+     {"{\"a\":1}"}},
+    {"{\"type\":\"array\",\"items\":false}", {"[]"}, {"[1]"}},
+};
+
+static void test_languages(void **state)
+{
+    (void)state;
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const lang_case *t = &cases[i];
+        dsr1_grammar *g = compile_opts(t->schema, NULL);
+        for (int k = 0; k < MAXI && t->accept[k]; k++)
+            if (*t->accept[k]) expect(g, t->schema, t->accept[k], true);
+        for (int k = 0; k < MAXI && t->reject[k]; k++) expect(g, t->schema, t->reject[k], false);
+        dsr1_grammar_free(g);
+    }
+}
+
+static void test_strict_and_whitespace(void **state)
+{
+    (void)state;
+    const char *s = "{\"type\":\"object\",\"properties\":{\"a\":{\"type\":\"array\"}},"
+                    "\"required\":[\"a\"]}";
+    dsr1_grammar_opts strict = {.strict_objects = true};
+    dsr1_grammar *g = compile_opts(s, &strict);
+    expect(g, s, "{\"a\":[]}", true);
+    expect(g, s, "{\"a\":[],\"z\":1}", false);
+    dsr1_grammar_free(g);
+    dsr1_grammar_opts ws = {.json_whitespace = true};
+    g = compile_opts(s, &ws);
+    expect(g, s, "{ \"a\" : [ 1 ,\n\t2 ] ,\r\"z\":1 }", true);
+    expect(g, s, "{\"a\":[]}", true);
+    char many[64];
+    snprintf(many, sizeof many, "{%21s\"a\":[]}", "");
+    expect(g, s, many, false); /* whitespace is bounded */
+    dsr1_grammar_free(g);
+    g = compile_opts(s, NULL);
+    expect(g, s, "{ \"a\":[]}", false);
+    dsr1_grammar_free(g);
+}
+
+/* ---- errors ---- */
+
+typedef struct {
+    const char *schema;
+    dsr1_status st;
+    const char *msg;
+} err_case;
+
+static const err_case errors[] = {
+    {"{\"properties\":{\"a\":{\"patternProperties\":{\"x\":{}}}}}", DSR1_ERR_INVALID_ARG,
+     "unsupported keyword 'patternProperties' at /properties/a"},
+    {"{\"not\":{}}", DSR1_ERR_INVALID_ARG, "unsupported keyword 'not' at the root"},
+    {"{\"if\":{},\"then\":{}}", DSR1_ERR_INVALID_ARG, "unsupported keyword '"},
+    {"{\"items\":{\"uniqueItems\":true}}", DSR1_ERR_INVALID_ARG,
+     "unsupported keyword 'uniqueItems' at /items"},
+    {"{\"type\":\"integer\",\"multipleOf\":2}", DSR1_ERR_INVALID_ARG,
+     "unsupported keyword 'multipleOf' at the root"},
+    {"{\"minProperties\":1}", DSR1_ERR_INVALID_ARG, "unsupported keyword 'minProperties'"},
+    {"{\"prefixItems\":[{\"contains\":{}}]}", DSR1_ERR_INVALID_ARG,
+     "unsupported keyword 'contains' at /prefixItems/0"},
+    {"{\"$defs\":{\"d\":{\"dependentSchemas\":{}}},\"$ref\":\"#/$defs/d\"}", DSR1_ERR_INVALID_ARG,
+     "unsupported keyword 'dependentSchemas' at /$defs/d"},
+    {"{\"properties\":{\"a~b/c\":{\"propertyNames\":{}}}}", DSR1_ERR_INVALID_ARG,
+     "unsupported keyword 'propertyNames' at /properties/a~0b~1c"},
+    {"{\"unevaluatedProperties\":false}", DSR1_ERR_INVALID_ARG,
+     "unsupported keyword 'unevaluatedProperties'"},
+    {"{\"properties\":{\"c\":{\"type\":\"string\",\"format\":\"color\"}}}", DSR1_ERR_INVALID_ARG,
+     "unsupported format 'color' at /properties/c"},
+    {"{\"properties\":{\"n\":{\"type\":\"number\",\"minimum\":0}}}", DSR1_ERR_INVALID_ARG,
+     "unsupported keyword 'minimum' at /properties/n"},
+    {"{\"$ref\":\"http://x/y.json\"}", DSR1_ERR_INVALID_ARG, "unsupported $ref 'http://x/y.json'"},
+    {"{\"items\":{\"$ref\":\"#/$defs/nope\"}}", DSR1_ERR_INVALID_ARG,
+     "$ref '#/$defs/nope' at /items points at nothing"},
+    {"{\"properties\":{\"p\":{\"type\":\"string\",\"pattern\":\"(a)\\\\1\"}}}",
+     DSR1_ERR_INVALID_ARG, "'pattern' at /properties/p: backreferences"},
+    {"{\"type\":\"string\",\"pattern\":\"a(?=b)\"}", DSR1_ERR_INVALID_ARG, "lookahead"},
+    {"{\"type\":\"string\",\"pattern\":\"\\\\bword\"}", DSR1_ERR_INVALID_ARG, "word boundaries"},
+    {"{\"type\":\"string\",\"pattern\":\"a^b\"}", DSR1_ERR_INVALID_ARG, "'^' is supported only"},
+    {"{\"type\":\"string\",\"pattern\":\"(a\"}", DSR1_ERR_INVALID_ARG, "an unclosed group"},
+    {"{\"type\":\"string\",\"pattern\":\"\\\\p{L}\"}", DSR1_ERR_INVALID_ARG, "property escapes"},
+    {"{\"type\":\"string\",\"pattern\":\"a\",\"maxLength\":3}", DSR1_ERR_INVALID_ARG,
+     "'maxLength' beside 'pattern' at the root"},
+    {"{\"allOf\":[{\"pattern\":\"a\"},{\"pattern\":\"b\"}]}", DSR1_ERR_INVALID_ARG,
+     "two different 'pattern' values cannot be merged"},
+    {"{\"enum\":[\"a\"],\"minLength\":1}", DSR1_ERR_INVALID_ARG,
+     "'minLength' beside 'enum'/'const' at the root"},
+    {"{\"type\":\"object\",\n \"properties\": {,}}", DSR1_ERR_INVALID_ARG, "line 2 column"},
+    {"{\"type\":\"object\",\"type\":\"array\"}", DSR1_ERR_INVALID_ARG, "duplicate"},
+    {"false", DSR1_ERR_INVALID_ARG, "no JSON value satisfies the schema"},
+    {"{\"type\":\"integer\",\"minimum\":5,\"maximum\":4}", DSR1_ERR_INVALID_ARG,
+     "no JSON value satisfies"},
+    {"{\"$ref\":\"#\"}", DSR1_ERR_INVALID_ARG, "no JSON value satisfies"},
+    {"{\"$defs\":{\"a\":{\"$ref\":\"#/$defs/b\"},\"b\":{\"$ref\":\"#/$defs/a\"}},"
+     "\"$ref\":\"#/$defs/a\"}",
+     DSR1_ERR_INVALID_ARG, "a $ref cycle with no base case"},
+    {"{\"type\":\"object\",\"properties\":{\"n\":{\"$ref\":\"#\"}},\"required\":[\"n\"]}",
+     DSR1_ERR_INVALID_ARG, "no JSON value satisfies"},
+    {"{\"type\":\"strin\"}", DSR1_ERR_INVALID_ARG, "'type' at the root"},
+    {"{\"properties\":{\"s\":{\"minLength\":-1}}}", DSR1_ERR_INVALID_ARG,
+     "'minLength' at /properties/s must be a non-negative integer"},
+    {"{\"anyOf\":[]}", DSR1_ERR_INVALID_ARG, "'anyOf' at the root must be a non-empty array"},
+    {"{\"properties\":{\"a\":3}}", DSR1_ERR_INVALID_ARG,
+     "the schema at /properties/a must be an object or a boolean"},
+    {"{\"type\":\"string\",\"maxLength\":5000}", DSR1_ERR_RANGE,
+     "'maxLength' 5000 at the root exceeds the repetition limit 1000 (max_repeat)"},
+    {"{\"type\":\"array\",\"minItems\":2000}", DSR1_ERR_RANGE, "(max_repeat)"},
+    {"{\"type\":\"string\",\"pattern\":\"a{2000}\"}", DSR1_ERR_RANGE, "(max_repeat)"},
+    {"{\"type\":\"integer\",\"minimum\":1e19}", DSR1_ERR_RANGE, "'minimum' at the root"},
+    {"{\"allOf\":[{\"$ref\":\"#\"}]}", DSR1_ERR_RANGE, "a $ref cycle through allOf"},
+};
+
+static void expect_error(const char *schema, size_t len, const dsr1_grammar_opts *o, dsr1_status st,
+                         const char *msg)
+{
+    char *text = (char *)0x1;
+    size_t n = 7;
+    dsr1_status got = dsr1_json_schema_to_ebnf(schema, len, o, &text, &n);
+    if (got != st || !strstr(dsr1_errmsg(), msg)) {
+        fprintf(stderr, "schema %.200s: status %d '%s', wanted %d '%s'\n", schema, got,
+                dsr1_errmsg(), st, msg);
+        fail();
+    }
+    assert_ptr_equal(text, (char *)0x1); /* outputs untouched on failure */
+    assert_int_equal(n, 7);
+}
+
+static void test_errors(void **state)
+{
+    (void)state;
+    for (size_t i = 0; i < sizeof errors / sizeof errors[0]; i++)
+        expect_error(errors[i].schema, strlen(errors[i].schema), NULL, errors[i].st, errors[i].msg);
+}
+
+/* ---- limits ---- */
+
+static char *repeat_schema(const char *head, const char *unit, int n, const char *mid,
+                           const char *tail_unit, const char *tail)
+{
+    size_t len =
+        strlen(head) + n * (strlen(unit) + strlen(tail_unit)) + strlen(mid) + strlen(tail) + 1;
+    char *s = malloc(len), *p = s;
+    assert_non_null(s);
+    p += sprintf(p, "%s", head);
+    for (int i = 0; i < n; i++) p += sprintf(p, "%s", unit);
+    p += sprintf(p, "%s", mid);
+    for (int i = 0; i < n; i++) p += sprintf(p, "%s", tail_unit);
+    sprintf(p, "%s", tail);
+    return s;
+}
+
+static void test_limits(void **state)
+{
+    (void)state;
+    /* nesting */
+    char *s = repeat_schema("", "{\"properties\":{\"a\":", 200, "{}", "}}", "");
+    expect_error(s, strlen(s), NULL, DSR1_ERR_RANGE, "nested deeper than 128");
+    free(s);
+    /* a nesting that fits compiles */
+    s = repeat_schema("", "{\"type\":\"object\",\"properties\":{\"a\":", 40, "{}", "}}", "");
+    dsr1_grammar *g = compile_opts(s, NULL);
+    dsr1_grammar_free(g);
+    free(s);
+    /* enum size */
+    s = repeat_schema("{\"enum\":[", "1,", 10001, "2", "", "]}");
+    expect_error(s, strlen(s), NULL, DSR1_ERR_RANGE, "has 10002 values (limit 10000)");
+    free(s);
+    /* rules */
+    s = repeat_schema("{\"$defs\":{\"a\":{\"type\":\"integer\"}},\"type\":\"array\","
+                      "\"prefixItems\":[",
+                      "{\"$ref\":\"#/$defs/a\"},{\"items\":{\"$ref\":\"#/$defs/a\"}},", 20, "{}",
+                      "", "]}");
+    dsr1_grammar_opts few = {.max_rules = 5};
+    expect_error(s, strlen(s), &few, DSR1_ERR_RANGE, "(max_rules)");
+    free(s);
+    /* source size */
+    dsr1_grammar_opts small = {.max_source = 10};
+    const char *obj = "{\"type\":\"object\"}";
+    expect_error(obj, strlen(obj), &small, DSR1_ERR_RANGE, "(max_source)");
+    /* repetition limit from the options */
+    dsr1_grammar_opts rep = {.max_repeat = 10};
+    const char *str = "{\"type\":\"string\",\"maxLength\":11}";
+    expect_error(str, strlen(str), &rep, DSR1_ERR_RANGE, "repetition limit 10 (max_repeat)");
+    /* anyOf distributed over allOf: 2^20 branches */
+    s = repeat_schema("{\"allOf\":[", "{\"anyOf\":[{\"minLength\":1},{\"maxLength\":9}]},", 20,
+                      "{}", "", "]}");
+    expect_error(s, strlen(s), NULL, DSR1_ERR_RANGE, "merges");
+    free(s);
+    /* many optional properties: the text stays linear (one rule per property at most) */
+    char *text;
+    size_t n;
+    char *big = malloc(600000), *p = big;
+    p += sprintf(p, "{\"type\":\"object\",\"properties\":{");
+    for (int i = 0; i < 3000; i++)
+        p += sprintf(p, "%s\"p%d\":{\"type\":\"object\"}", i ? "," : "", i);
+    sprintf(p, "}}");
+    assert_int_equal(dsr1_json_schema_to_ebnf(big, strlen(big), NULL, &text, &n), DSR1_OK);
+    assert_true(n < 3000 * 200); /* linear, not quadratic */
+    free(text);
+    free(big);
+}
+
+/* ---- integer ranges against comparisons ---- */
+
+static long long rand_bound(uint64_t *rs)
+{
+    int digits = 1 + (int)(gt_rand(rs) % 7);
+    long long v = 0;
+    for (int i = 0; i < digits; i++) v = v * 10 + (long long)(gt_rand(rs) % 10);
+    return gt_rand(rs) % 3 == 0 ? -v : v;
+}
+
+static void test_integer_ranges(void **state)
+{
+    (void)state;
+    uint64_t rs = 0x5eed1234abcdull;
+    for (int it = 0; it < 150; it++) {
+        long long a = rand_bound(&rs), b = rand_bound(&rs);
+        if (a > b) {
+            long long t = a;
+            a = b;
+            b = t;
+        }
+        int kind = (int)(gt_rand(&rs) % 4); /* both, min only, max only, exclusive both */
+        char schema[200];
+        if (kind == 0)
+            snprintf(schema, sizeof schema,
+                     "{\"type\":\"integer\",\"minimum\":%lld,\"maximum\":%lld}", a, b);
+        else if (kind == 1)
+            snprintf(schema, sizeof schema, "{\"type\":\"integer\",\"minimum\":%lld}", a);
+        else if (kind == 2)
+            snprintf(schema, sizeof schema, "{\"type\":\"integer\",\"maximum\":%lld}", b);
+        else if (b - a >= 2)
+            snprintf(schema, sizeof schema,
+                     "{\"type\":\"integer\",\"exclusiveMinimum\":%lld,\"exclusiveMaximum\":%lld}",
+                     a, b);
+        else
+            continue;
+        dsr1_grammar *g = compile_opts(schema, NULL);
+        long long probes[40];
+        int np = 0;
+        long long edges[] = {a, b, 0, a / 10, b / 10, a * 10, b * 10, -a, -b};
+        for (size_t e = 0; e < sizeof edges / sizeof edges[0]; e++)
+            for (int d = -2; d <= 2; d++) probes[np++ % 40] = edges[e] + d;
+        for (int r = 0; r < 10; r++)
+            probes[r] = a + (long long)(gt_rand(&rs) % (uint64_t)(b - a + 1));
+        for (int k = 0; k < 40 && k < np; k++) {
+            long long x = probes[k];
+            bool in = kind == 0   ? (x >= a && x <= b)
+                      : kind == 1 ? x >= a
+                      : kind == 2 ? x <= b
+                                  : (x > a && x < b);
+            char txt[32];
+            snprintf(txt, sizeof txt, "%lld", x);
+            expect(g, schema, txt, in);
+        }
+        expect(g, schema, "-0", false); /* canonical: no negative zero, no leading zeros */
+        dsr1_grammar_free(g);
+    }
+}
+
+/* ---- grammar text structure ---- */
+
+static char *to_text(const char *schema, const dsr1_grammar_opts *o)
+{
+    char *text[1] = {NULL};
+    size_t n;
+    dsr1_status st = dsr1_json_schema_to_ebnf(schema, strlen(schema), o, text, &n);
+    if (st) fprintf(stderr, "%s: %s\n", schema, dsr1_errmsg());
+    assert_int_equal(st, DSR1_OK);
+    return text[0];
+}
+
+static void test_text(void **state)
+{
+    (void)state;
+    /* a recursive $ref target is one rule that refers to itself */
+    char *t = to_text("{\"$defs\":{\"tree\":{\"type\":\"array\",\"items\":{\"$ref\":"
+                      "\"#/$defs/tree\"}}},\"$ref\":\"#/$defs/tree\"}",
+                      NULL);
+    assert_non_null(strstr(t, "root ::="));
+    char *def = strstr(t, "\ntree-");
+    assert_non_null(def);
+    char name[64];
+    assert_int_equal(sscanf(def + 1, "%63s", name), 1);
+    assert_non_null(strstr(strstr(def, "::="), name)); /* used in its own body */
+    free(t);
+    /* compact: no whitespace rule; with json_whitespace a bounded one */
+    t = to_text("{\"type\":\"object\"}", NULL);
+    assert_null(strstr(t, "ws"));
+    assert_non_null(strstr(t, "root ::="));
+    free(t);
+    dsr1_grammar_opts ws = {.json_whitespace = true};
+    t = to_text("{\"type\":\"array\",\"items\":{\"type\":\"integer\"}}", &ws);
+    char *w = strstr(t, "\nws ::= ");
+    assert_non_null(w);
+    assert_non_null(strstr(w, "{0,20}"));
+    free(t);
+    /* members in the order of `properties`, the key and colon as one literal */
+    t = to_text("{\"type\":\"object\",\"properties\":{\"zeta\":{},\"alpha\":{}},"
+                "\"required\":[\"zeta\",\"alpha\"],\"additionalProperties\":false}",
+                NULL);
+    char *z = strstr(t, "\"{\\\"zeta\\\":\""), *a = strstr(t, "\",\\\"alpha\\\":\"");
+    assert_non_null(z);
+    assert_non_null(a);
+    assert_true(z < a);
+    free(t);
+    /* patterns become one regex terminal; formats too */
+    t = to_text("{\"type\":\"string\",\"pattern\":\"^ab$\"}", NULL);
+    assert_non_null(strstr(t, "/(?:ab)/"));
+    free(t);
+}
+
+/* ---- the serialiser ---- */
+
+static void expect_ser(const char *schema, const char *inst, const char *want)
+{
+    char *out;
+    size_t n;
+    assert_int_equal(dsr1_json_schema_serialize_instance(schema, schema ? strlen(schema) : 0, inst,
+                                                         strlen(inst), &out, &n),
+                     DSR1_OK);
+    if (strcmp(out, want)) {
+        fprintf(stderr, "serialise %s: got %s, want %s\n", inst, out, want);
+        fail();
+    }
+    assert_int_equal(n, strlen(want));
+    free(out);
+}
+
+static void test_serialise(void **state)
+{
+    (void)state;
+    const char *s = "{\"properties\":{\"b\":{\"properties\":{\"y\":{},\"x\":{}}},\"a\":{}}}";
+    expect_ser(s, "{\"c\":3, \"a\":1, \"b\":{\"x\":1,\"y\":2}}",
+               "{\"b\":{\"y\":2,\"x\":1},\"a\":1,\"c\":3}");
+    expect_ser(NULL, "[1.0, 1.5, 1e300, -0.0, 0.1, 100, -7]", "[1,1.5,1e+300,0,0.1,100,-7]");
+    expect_ser(NULL, "\"a/b\\u0001\\\"\\\\\\n\xc3\xa9\"", "\"a/b\\u0001\\\"\\\\\\n\xc3\xa9\"");
+    expect_ser("{\"const\":{\"y\":1,\"x\":2}}", "{\"x\":2,\"y\":1.0}", "{\"y\":1,\"x\":2}");
+    expect_ser("{\"$defs\":{\"p\":{\"properties\":{\"q\":{},\"p\":{}}}},\"items\":{\"$ref\":"
+               "\"#/$defs/p\"}}",
+               "[{\"p\":1,\"q\":2}]", "[{\"q\":2,\"p\":1}]");
+    expect_ser("{\"allOf\":[{\"properties\":{\"m\":{}}}],\"properties\":{\"n\":{}}}",
+               "{\"m\":1,\"n\":2}", "{\"n\":2,\"m\":1}");
+    char *out = NULL;
+    size_t n;
+    assert_int_equal(dsr1_json_schema_serialize_instance(NULL, 0, "[1,", 3, &out, &n),
+                     DSR1_ERR_INVALID_ARG);
+    assert_non_null(strstr(dsr1_errmsg(), "line 1"));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_languages),      cmocka_unit_test(test_strict_and_whitespace),
+        cmocka_unit_test(test_errors),         cmocka_unit_test(test_limits),
+        cmocka_unit_test(test_integer_ranges), cmocka_unit_test(test_text),
+        cmocka_unit_test(test_serialise),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
