@@ -117,6 +117,8 @@ typedef struct {
     double compile_s;
 } dsr1_grammar_stats;
 void dsr1_grammar_get_stats(const dsr1_grammar *g, dsr1_grammar_stats *out);
+/* The vocabulary the grammar was compiled for (its masks have dsr1_grammar_vocab_size bits). */
+const dsr1_grammar_vocab *dsr1_grammar_get_vocab(const dsr1_grammar *g);
 void dsr1_grammar_free(dsr1_grammar *g);
 
 /* ---- one request ---- */

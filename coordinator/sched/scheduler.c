@@ -32,6 +32,12 @@ typedef struct req {
     float *bias_values;
     bool logprobs, prompt_logprobs;
     dsr1_textout *text;
+    /* constrained decoding: the matcher and the mask of the step in flight */
+    dsr1_matcher *matcher;
+    uint32_t *mask;   /* [mask_words of the model's vocabulary] */
+    bool grammar_on;  /* the grammar constrains the next token (not reasoning) */
+    bool think_opens; /* the next token may also be <think> (detect_think, first token) */
+    int32_t think_start_id, think_end_id;
     dsr1_sample_result *lp;  /* [max_tokens] when logprobs */
     dsr1_sample_result *plp; /* [n_prompt] when prompt_logprobs */
     int n_plp;               /* prompt positions with their logprob recorded */
@@ -150,6 +156,8 @@ static void req_free(req *r)
 {
     if (!r) return;
     dsr1_textout_destroy(r->text);
+    dsr1_matcher_free(r->matcher);
+    free(r->mask);
     free(r->id);
     free(r->tokens);
     free(r->bias_ids);
@@ -158,6 +166,48 @@ static void req_free(req *r)
     free(r->plp);
     free(r->blocks);
     free(r);
+}
+
+/* The request's matcher and mask; where the grammar starts (see dsr1_sched_request). */
+static dsr1_status grammar_new(const dsr1_sched *s, const dsr1_sched_request *q, req *r)
+{
+    dsr1_status st = dsr1_matcher_create(q->grammar, &r->matcher);
+    if (st != DSR1_OK) return st;
+    r->mask = calloc(dsr1_grammar_mask_words(s->p.vocab), sizeof(uint32_t));
+    if (!r->mask) return dsr1_error(DSR1_ERR_NOMEM, "out of memory for a token mask");
+    const dsr1_textout_params *t = &q->text;
+    r->think_end_id = t->think_end_id;
+    r->think_start_id = t->detect_think ? t->think_start_id : -1;
+    r->grammar_on = !(t->in_reasoning && t->think_end_id >= 0);
+    r->think_opens = r->grammar_on && r->think_start_id >= 0 && t->think_end_id >= 0;
+    return DSR1_OK;
+}
+
+/* The mask of the token r draws next: the grammar's, plus <think> where it may open. */
+static void grammar_mask(const dsr1_sched *s, req *r, dsr1_sampling *p)
+{
+    if (!r->matcher || !r->grammar_on) return;
+    dsr1_matcher_mask(r->matcher, r->mask);
+    if (r->think_opens) r->mask[r->think_start_id / 32] |= 1u << (r->think_start_id % 32);
+    p->allowed = r->mask;
+    p->mask_words = (int)dsr1_grammar_mask_words(s->p.vocab);
+}
+
+/* Moves r's matcher past the token just drawn. */
+static dsr1_status grammar_advance(req *r, int32_t token)
+{
+    if (!r->matcher) return DSR1_OK;
+    const bool opens = r->think_opens && token == r->think_start_id;
+    r->think_opens = false;
+    if (!r->grammar_on) {
+        r->grammar_on = token == r->think_end_id;
+        return DSR1_OK;
+    }
+    if (opens) {
+        r->grammar_on = false; /* free reasoning until </think> */
+        return DSR1_OK;
+    }
+    return dsr1_matcher_advance(r->matcher, token);
 }
 
 static dsr1_status req_new(const dsr1_sched *s, const dsr1_sched_request *q, req **out)
@@ -200,6 +250,7 @@ static dsr1_status req_new(const dsr1_sched *s, const dsr1_sched_request *q, req
     r->rank = -1;
     r->state = REQ_WAITING;
     dsr1_status st = dsr1_textout_create(s->p.tok, &q->text, &r->text);
+    if (st == DSR1_OK && q->grammar) st = grammar_new(s, q, r);
     if (st != DSR1_OK) {
         req_free(r);
         return st;
@@ -238,6 +289,12 @@ dsr1_status dsr1_sched_check(const dsr1_sched *s, const dsr1_sched_request *q)
                           q->n_prompt, q->max_tokens, (long long)total, (long long)fits);
     if (q->sampling.top_logprobs > 0 && !q->logprobs && !q->prompt_logprobs)
         return dsr1_error(DSR1_ERR_INVALID_ARG, "top_logprobs needs logprobs or prompt_logprobs");
+    if (q->sampling.allowed)
+        return dsr1_error(DSR1_ERR_INVALID_ARG, "a token mask comes from a grammar, not a request");
+    if (q->grammar && dsr1_grammar_vocab_size(dsr1_grammar_get_vocab(q->grammar)) > s->p.vocab)
+        return dsr1_error(
+            DSR1_ERR_INVALID_ARG, "the grammar was compiled for %d tokens; the model has %d",
+            (int)dsr1_grammar_vocab_size(dsr1_grammar_get_vocab(q->grammar)), s->p.vocab);
     dsr1_status st = dsr1_sampling_validate(&q->sampling, s->p.vocab);
     if (st == DSR1_OK && s->p.tok) st = dsr1_textout_params_check(s->p.tok, &q->text);
     return st;
@@ -405,7 +462,7 @@ static dsr1_logits_mode logits_mode(const req *r, int chunk)
 /* Adds r's next chunk to the step. When the chunk ends at a logits row, its sample request:
  * draw the next token (the chunk ends at the last known token), or score the next prompt
  * token (an earlier prompt chunk run for its prompt logprobs). */
-static void add_seq(step_slot *st, req *r, int chunk)
+static void add_seq(const dsr1_sched *s, step_slot *st, req *r, int chunk)
 {
     int *n = &st->n;
     const int end = r->n_computed + chunk;
@@ -419,6 +476,7 @@ static void add_seq(step_slot *st, req *r, int chunk)
                            r->logprobs,
                            mode == DSR1_LOGITS_ALL,
                            end < r->n_tokens ? &r->tokens[end] : NULL};
+    if (mode && !q->next) grammar_mask(s, r, &q->params);
     st->seqs[*n] = (dsr1_seq_step){
         0,           r->n_computed, chunk,          r->tokens + r->n_computed, mode, r->blocks,
         r->n_blocks, r->rank,       mode ? q : NULL};
@@ -475,7 +533,7 @@ static bool admit(dsr1_sched *s, step_slot *st, req *r, int budget, int *used)
     list_push(&s->running, r);
     r->state = REQ_RUNNING;
     s->rank_running[r->rank]++;
-    add_seq(st, r, chunk);
+    add_seq(s, st, r, chunk);
     *used += chunk;
     return true;
 }
@@ -512,7 +570,7 @@ static int plan(dsr1_sched *s, step_slot *st)
             preempt(s, r);
             break;
         }
-        add_seq(st, r, chunk);
+        add_seq(s, st, r, chunk);
         used += chunk;
     }
     while (s->waiting.n > 0 && used < budget && s->running.n < s->p.max_running && st->n < share)
@@ -557,6 +615,7 @@ static dsr1_status next_token(dsr1_sched *s, req *r, const dsr1_sample_result *r
     const int n_out = r->n_tokens - r->n_prompt;
     dsr1_status st = check_result(res, r->n_tokens);
     if (st != DSR1_OK) return st;
+    if ((st = grammar_advance(r, res->token)) != DSR1_OK) return st;
     r->tokens[r->n_tokens++] = res->token;
     if (r->lp) r->lp[n_out] = *res;
     if (!r->t_first) r->t_first = now_ns();

@@ -22,6 +22,7 @@
 #include <stdint.h>
 
 #include "forward.h"
+#include "grammar.h"
 #include "sampling.h"
 #include "status.h"
 #include "textout.h"
@@ -73,7 +74,14 @@ typedef struct {
     int max_tokens;         /* >= 1 */
     bool logprobs, prompt_logprobs;
     dsr1_textout_params text; /* arrays and strings copied */
-    int64_t deadline_ns;      /* CLOCK_MONOTONIC; 0: none. Expired: FINAL ABORT */
+    /* Constrained decoding: NULL, or a compiled grammar (shared; it must outlive the
+     * request) that the generated text follows. Each drawn token is masked by the request's
+     * matcher (kept here, beside the sampling parameters, across preemption). A request that
+     * reasons (text.in_reasoning) is free until its `</think>`; with text.detect_think the
+     * first token may also be `<think>`, which opens a free reasoning part. The grammar's
+     * vocabulary must not be larger than the model's. */
+    const dsr1_grammar *grammar;
+    int64_t deadline_ns; /* CLOCK_MONOTONIC; 0: none. Expired: FINAL ABORT */
     dsr1_sched_callback callback;
     void *ctx;
 } dsr1_sched_request;

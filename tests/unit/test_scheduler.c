@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+#include <jansson.h>
 
 #include "forward.h"
 #include "scheduler.h"
@@ -473,6 +474,129 @@ static void test_check(void **state)
     dsr1_sched_destroy(s);
 }
 
+/* ---- constrained decoding ---- */
+
+#define SCHEMA                                                                                     \
+    "{\"type\":\"object\",\"properties\":{\"n\":{\"type\":\"integer\",\"minimum\":0,"              \
+    "\"maximum\":999},\"s\":{\"type\":\"string\",\"maxLength\":4},\"b\":{\"type\":"                \
+    "\"boolean\"}},\"required\":[\"n\",\"s\",\"b\"],\"additionalProperties\":false}"
+
+/* The JSON text of r's ids before its EOS (the grammar's end), checked independently of
+ * the engine with jansson: an object with exactly n in [0, 999], s of at most 4 code
+ * points, b a boolean. */
+static void check_json_output(const fixture *f, const result *r, int from)
+{
+    assert_int_equal(r->finish, DSR1_FINISH_STOP);
+    assert_true(r->n_ids > from && r->ids[r->n_ids - 1] == 1); /* ended by EOS */
+    char *text;
+    assert_int_equal(dsr1_tokenizer_decode(f->tok, r->ids + from, (size_t)(r->n_ids - from - 1),
+                                           false, &text, NULL),
+                     DSR1_OK);
+    json_error_t err;
+    json_t *v = json_loads(text, JSON_REJECT_DUPLICATES, &err);
+    if (!v) fail_msg("not JSON: '%s' (%s)", text, err.text);
+    json_t *n = json_object_get(v, "n"), *str = json_object_get(v, "s"),
+           *b = json_object_get(v, "b");
+    assert_int_equal(json_object_size(v), 3);
+    assert_true(json_is_integer(n) && json_integer_value(n) >= 0 && json_integer_value(n) <= 999);
+    assert_true(json_is_string(str) && json_string_length(str) <= 12); /* <= 4 code points */
+    assert_true(json_is_boolean(b));
+    assert_true(text[0] == '{' && text[strlen(text) - 1] == '}'); /* no free whitespace */
+    json_decref(v);
+    free(text);
+}
+
+/* Requests under a JSON Schema, sampled at temperature 1.5 by a random model, always give
+ * valid JSON that ends with EOS; a seeded constrained request gives the same ids alone and
+ * among unconstrained ones (the mask is part of its sampling, not of the batch); a request
+ * that reasons is free until `</think>` (or opens `<think>` itself with detect_think), then
+ * constrained. */
+static void test_grammar(void **state)
+{
+    fixture *f = *state;
+    dsr1_grammar_vocab *gv;
+    dsr1_grammar *g;
+    assert_int_equal(dsr1_grammar_vocab_create(f->tok, 1, &gv), DSR1_OK);
+    assert_int_equal(dsr1_grammar_compile_json_schema(gv, SCHEMA, strlen(SCHEMA), NULL, &g),
+                     DSR1_OK);
+    /* V3's tokenizer (the golden one) has no <think> tokens: two other special tokens play
+     * their part (the scheduler knows them by id only) */
+    const int32_t think = dsr1_tokenizer_token_id(f->tok, "<｜fim▁begin｜>");
+    const int32_t unthink = dsr1_tokenizer_token_id(f->tok, "<｜fim▁end｜>");
+    assert_true(think >= 0 && unthink >= 0);
+    enum { N = 6 };
+    int32_t prompt[N][12];
+    srand(8);
+    for (int i = 0; i < N; i++) random_ids(prompt[i], 12);
+    result alone, rs[N], free_rs[N];
+    char ids[N][16];
+    dsr1_sched *s = start(f, 64, 4, 32, 16, 32);
+    dsr1_sched_request q = request("g-alone", prompt[0], 12, MAXOUT, &alone);
+    q.grammar = g;
+    q.sampling.temperature = 1.5f;
+    q.sampling.seed = 42;
+    q.text.ignore_eos = false;
+    assert_int_equal(dsr1_sched_submit(s, &q), DSR1_OK);
+    wait_done(&alone, 1);
+    check_json_output(f, &alone, 0);
+    /* the same request among others, constrained and free */
+    for (int i = 0; i < N; i++) {
+        snprintf(ids[i], sizeof(ids[i]), "g%d", i);
+        dsr1_sched_request o = request(ids[i], prompt[i], 12, MAXOUT, &rs[i]);
+        o.grammar = g;
+        o.sampling.temperature = 1.5f;
+        o.sampling.seed = i ? 100 + (uint64_t)i : 42;
+        o.text.ignore_eos = false;
+        assert_int_equal(dsr1_sched_submit(s, &o), DSR1_OK);
+        char fid[16];
+        snprintf(fid, sizeof(fid), "f%d", i);
+        dsr1_sched_request u = request(fid, prompt[i], 12, 20, &free_rs[i]);
+        u.sampling.temperature = 1;
+        assert_int_equal(dsr1_sched_submit(s, &u), DSR1_OK);
+    }
+    wait_done(rs, N);
+    wait_done(free_rs, N);
+    for (int i = 0; i < N; i++) check_json_output(f, &rs[i], 0);
+    assert_int_equal(rs[0].n_ids, alone.n_ids);
+    assert_memory_equal(rs[0].ids, alone.ids, sizeof(int32_t) * (size_t)alone.n_ids);
+
+    /* reasoning first: </think> is drawn (a bias makes it certain), then the grammar holds */
+    int32_t bias_ids[2] = {unthink, think};
+    float bias_values[2] = {100, 50};
+    result rz, ro;
+    dsr1_sched_request z = request("g-reason", prompt[1], 12, MAXOUT, &rz);
+    z.grammar = g;
+    z.sampling.temperature = 1.5f;
+    z.sampling.n_bias = 1;
+    z.sampling.bias_ids = bias_ids;
+    z.sampling.bias_values = bias_values;
+    z.text.ignore_eos = false;
+    z.text.in_reasoning = true;
+    z.text.think_end_id = unthink;
+    assert_int_equal(dsr1_sched_submit(s, &z), DSR1_OK);
+    /* R1-0528: the generation may open <think> itself, then closes it, then the grammar */
+    dsr1_sched_request o = z;
+    o.id = "g-opens";
+    o.ctx = &ro;
+    memset(&ro, 0, sizeof(ro));
+    o.text.in_reasoning = false;
+    o.text.detect_think = true;
+    o.text.think_start_id = think;
+    o.sampling.n_bias = 2;
+    assert_int_equal(dsr1_sched_submit(s, &o), DSR1_OK);
+    wait_done(&rz, 1);
+    wait_done(&ro, 1);
+    assert_int_equal(rz.ids[0], unthink);
+    check_json_output(f, &rz, 1);
+    assert_int_equal(ro.ids[0], think);
+    assert_int_equal(ro.ids[1], unthink);
+    check_json_output(f, &ro, 2);
+    assert_idle(s);
+    dsr1_sched_destroy(s);
+    dsr1_grammar_free(g);
+    dsr1_grammar_vocab_free(gv);
+}
+
 /* A queue of 2: the third waiting request is refused with BUSY. */
 static void test_queue_full(void **state)
 {
@@ -538,6 +662,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_logprobs, setup, teardown),
         cmocka_unit_test_setup_teardown(test_abort_deadline_limits, setup, teardown),
         cmocka_unit_test_setup_teardown(test_check, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_grammar, setup, teardown),
         cmocka_unit_test_setup_teardown(test_queue_full, setup, teardown),
         cmocka_unit_test_setup_teardown(test_executor_failure, setup, teardown),
     };
