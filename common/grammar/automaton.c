@@ -24,13 +24,20 @@ typedef struct {
 typedef struct {
     nedge *e;
     size_t ne;
-    uint32_t ns, accept;
+    uint32_t ns, accept, start;
 } nfa;
+
+typedef struct {
+    const struct dsr1__ast *x;
+    uint64_t h;
+    uint32_t next, start;
+} memo_ent;
 
 typedef struct {
     const dsr1__rules *rs;
     const dsr1_grammar_opts *o;
     uint8_t *rec, *inl, *queued;
+    uint8_t *bigcls, *bigrep; /* per rule: has a large class / a long repetition of one */
     uint64_t *est;
     int32_t *queue;
     int nqueue;
@@ -38,6 +45,8 @@ typedef struct {
     size_t ecap;
     size_t total_nfa, nfa_limit;
     int depth;
+    memo_ent *memo;
+    size_t nmemo, memocap;
     dsr1_status err;
 } ab;
 
@@ -66,6 +75,45 @@ static uint64_t sat_mul(uint64_t a, uint64_t b)
 {
     if (a && b > (1ull << 40) / a) return 1ull << 40;
     return a * b;
+}
+
+/* Free text: a long or unbounded repetition of something with a large class (a JSON
+ * string, `.*`). Such rules stay rules of their own even when they could be inlined: the
+ * mask cache of their states is then shared by every use (and by every grammar with the
+ * same rule, through the vocabulary), and a token running past their end is checked
+ * against the caller only for its few bytes after the end. */
+#define BIG_CLASS   64 /* code points */
+#define LONG_REPEAT 8
+
+static void textlike(const ab *b, const dsr1__ast *x, bool *cls, bool *rep)
+{
+    switch (x->kind) {
+    case DSR1__A_CLASS: {
+        uint64_t n = 0;
+        for (int i = 0; i < x->n; i++) n += (uint64_t)x->ranges[2 * i + 1] - x->ranges[2 * i] + 1;
+        if (n >= BIG_CLASS) *cls = true;
+        return;
+    }
+    case DSR1__A_REF:
+        if (b->inl[x->rule]) {
+            *cls |= b->bigcls[x->rule];
+            *rep |= b->bigrep[x->rule];
+        }
+        return;
+    case DSR1__A_REPEAT: {
+        bool c = false, r = false;
+        textlike(b, x->kids[0], &c, &r);
+        *cls |= c;
+        *rep |= r || (c && (x->max < 0 || x->max >= LONG_REPEAT));
+        return;
+    }
+    case DSR1__A_SEQ:
+    case DSR1__A_ALT:
+        for (int i = 0; i < x->n; i++) textlike(b, x->kids[i], cls, rep);
+        return;
+    default:
+        return;
+    }
 }
 
 static uint64_t estimate(const ab *b, const dsr1__ast *x)
@@ -154,7 +202,12 @@ static dsr1_status analyse(ab *b)
             for (int k = first; k < sp; k++) {
                 int w = stk[k];
                 b->est[w] = estimate(b, b->rs->rules[w].body);
-                b->inl[w] = !b->rec[w] && w != b->rs->root && b->est[w] <= INLINE_MAX_STATES;
+                bool cls = false, rep = false;
+                textlike(b, b->rs->rules[w].body, &cls, &rep);
+                b->bigcls[w] = cls;
+                b->bigrep[w] = rep;
+                b->inl[w] =
+                    !b->rec[w] && w != b->rs->root && !rep && b->est[w] <= INLINE_MAX_STATES;
             }
             sp = first;
         }
@@ -254,74 +307,161 @@ static void utf8_range(ab *b, uint32_t from, uint32_t to, uint32_t lo, uint32_t 
     byte_seq(b, from, to, a, z, n);
 }
 
-static uint32_t build(ab *b, const dsr1__ast *x, uint32_t from)
+/* Structural hash and equality of AST nodes (rule references by index), so that equal
+ * subtrees followed by the same state are built once (see build). */
+static uint64_t ast_hash(const dsr1__ast *x)
+{
+    uint64_t h = 0x9e3779b97f4a7c15ull * ((uint64_t)x->kind + 1);
+    h ^= (uint64_t)(uint32_t)x->n * 0xff51afd7ed558ccdull;
+    switch (x->kind) {
+    case DSR1__A_BYTES:
+        for (int i = 0; i < x->n; i++) h = (h ^ x->bytes[i]) * 1099511628211ull;
+        break;
+    case DSR1__A_CLASS:
+        for (int i = 0; i < 2 * x->n; i++) h = (h ^ x->ranges[i]) * 1099511628211ull;
+        break;
+    case DSR1__A_REF:
+        h = (h ^ (uint64_t)(uint32_t)x->rule) * 1099511628211ull;
+        break;
+    case DSR1__A_REPEAT:
+        h = (h ^ (uint64_t)(uint32_t)x->min << 32 ^ (uint64_t)(uint32_t)x->max) * 1099511628211ull;
+        /* fall through */
+    default:
+        for (int i = 0; i < (x->kind == DSR1__A_REPEAT ? 1 : x->n); i++)
+            h = (h ^ ast_hash(x->kids[i])) * 0xc4ceb9fe1a85ec53ull;
+    }
+    return h ^ (h >> 31);
+}
+
+static bool ast_equal(const dsr1__ast *x, const dsr1__ast *y)
+{
+    if (x == y) return true;
+    if (x->kind != y->kind || x->n != y->n) return false;
+    switch (x->kind) {
+    case DSR1__A_EMPTY:
+        return true;
+    case DSR1__A_BYTES:
+        return !memcmp(x->bytes, y->bytes, (size_t)x->n);
+    case DSR1__A_CLASS:
+        return !memcmp(x->ranges, y->ranges, 2 * (size_t)x->n * sizeof(uint32_t));
+    case DSR1__A_REF:
+        return x->rule == y->rule;
+    case DSR1__A_REPEAT:
+        if (x->min != y->min || x->max != y->max) return false;
+        return ast_equal(x->kids[0], y->kids[0]);
+    default:
+        for (int i = 0; i < x->n; i++)
+            if (!ast_equal(x->kids[i], y->kids[i])) return false;
+        return true;
+    }
+}
+
+/* NFA construction in continuation-passing style: build(x, next) returns a state from
+ * which the paths match x and then go on at `next`. Edges only ever leave new states, so
+ * a fragment, once built, never changes and may be shared: equal subtrees with the same
+ * continuation (the tails of an alternation, an inlined rule used in several branches)
+ * are built once, which keeps the subset construction from copying them. */
+static uint32_t build(ab *b, const dsr1__ast *x, uint32_t next);
+
+static uint32_t build_memo(ab *b, const dsr1__ast *x, uint32_t next)
+{
+    if (b->err) return UINT32_MAX;
+    if (x->kind == DSR1__A_EMPTY) return next;
+    uint64_t h = ast_hash(x) ^ ((uint64_t)next * 0x9e3779b97f4a7c15ull);
+    if (b->nmemo * 2 + 2 > b->memocap) {
+        size_t nc = b->memocap ? b->memocap * 2 : 256;
+        memo_ent *t = calloc(nc, sizeof(*t));
+        if (!t) {
+            b->err = dsr1_error(DSR1_ERR_NOMEM, "grammar: out of memory");
+            return UINT32_MAX;
+        }
+        for (size_t i = 0; i < b->memocap; i++) {
+            if (!b->memo[i].x) continue;
+            size_t j = b->memo[i].h & (nc - 1);
+            while (t[j].x) j = (j + 1) & (nc - 1);
+            t[j] = b->memo[i];
+        }
+        free(b->memo);
+        b->memo = t;
+        b->memocap = nc;
+    }
+    size_t j = h & (b->memocap - 1);
+    for (; b->memo[j].x; j = (j + 1) & (b->memocap - 1))
+        if (b->memo[j].h == h && b->memo[j].next == next && ast_equal(b->memo[j].x, x))
+            return b->memo[j].start;
+    uint32_t s = build(b, x, next);
+    if (b->err) return UINT32_MAX;
+    /* the table may have grown meanwhile: find the slot again */
+    j = h & (b->memocap - 1);
+    while (b->memo[j].x) j = (j + 1) & (b->memocap - 1);
+    b->memo[j] = (memo_ent){x, h, next, s};
+    b->nmemo++;
+    return s;
+}
+
+static uint32_t build(ab *b, const dsr1__ast *x, uint32_t next)
 {
     if (b->err) return UINT32_MAX;
     switch (x->kind) {
     case DSR1__A_EMPTY:
-        return from;
+        return next;
     case DSR1__A_BYTES: {
-        uint32_t s = from;
-        for (int i = 0; i < x->n; i++) {
+        uint32_t s = next;
+        for (int i = x->n - 1; i >= 0; i--) {
             uint32_t t = new_state(b);
-            edge(b, s, t, -1, x->bytes[i], x->bytes[i]);
+            edge(b, t, s, -1, x->bytes[i], x->bytes[i]);
             s = t;
         }
         return s;
     }
     case DSR1__A_CLASS: {
-        uint32_t to = new_state(b);
+        uint32_t s = new_state(b);
         for (int i = 0; i < x->n && !b->err; i++)
-            utf8_range(b, from, to, x->ranges[2 * i], x->ranges[2 * i + 1]);
-        return to;
+            utf8_range(b, s, next, x->ranges[2 * i], x->ranges[2 * i + 1]);
+        return s;
     }
     case DSR1__A_SEQ: {
-        uint32_t s = from;
-        for (int i = 0; i < x->n; i++) s = build(b, x->kids[i], s);
+        uint32_t s = next;
+        for (int i = x->n - 1; i >= 0; i--) s = build_memo(b, x->kids[i], s);
         return s;
     }
     case DSR1__A_ALT: {
-        uint32_t to = new_state(b);
-        for (int i = 0; i < x->n && !b->err; i++) {
-            uint32_t s = new_state(b);
-            EPS(b, from, s);
-            EPS(b, build(b, x->kids[i], s), to);
-        }
-        return to;
+        uint32_t s = new_state(b);
+        for (int i = 0; i < x->n && !b->err; i++) EPS(b, s, build_memo(b, x->kids[i], next));
+        return s;
     }
     case DSR1__A_REPEAT: {
-        uint32_t s = from;
-        for (int i = 0; i < x->min && !b->err; i++) s = build(b, x->kids[0], s);
+        uint32_t cur = next;
         if (x->max < 0) {
-            uint32_t loop = new_state(b);
-            EPS(b, s, loop);
-            EPS(b, build(b, x->kids[0], loop), loop);
-            return loop;
+            cur = new_state(b);
+            EPS(b, cur, next);
+            EPS(b, cur, build(b, x->kids[0], cur));
+        } else {
+            for (int i = x->min; i < x->max && !b->err; i++) {
+                uint32_t s = new_state(b);
+                EPS(b, s, next);
+                EPS(b, s, build_memo(b, x->kids[0], cur));
+                cur = s;
+            }
         }
-        if (x->max == x->min) return s;
-        uint32_t to = new_state(b);
-        for (int i = x->min; i < x->max && !b->err; i++) {
-            EPS(b, s, to);
-            s = build(b, x->kids[0], s);
-        }
-        EPS(b, s, to);
-        return to;
+        for (int i = 0; i < x->min && !b->err; i++) cur = build_memo(b, x->kids[0], cur);
+        return cur;
     }
     case DSR1__A_REF: {
         int q = x->rule;
         if (b->inl[q] && b->depth < INLINE_MAX_DEPTH) {
             b->depth++;
-            uint32_t t = build(b, b->rs->rules[q].body, from);
+            uint32_t t = build_memo(b, b->rs->rules[q].body, next);
             b->depth--;
             return t;
         }
-        uint32_t to = new_state(b);
-        edge(b, from, to, q, 1, 0);
+        uint32_t s = new_state(b);
+        edge(b, s, next, q, 1, 0);
         if (!b->queued[q]) {
             b->queued[q] = 1;
             b->queue[b->nqueue++] = q;
         }
-        return to;
+        return s;
     }
     }
     return UINT32_MAX;
@@ -428,6 +568,14 @@ typedef struct {
     size_t n, cap;
 } u32vec;
 
+static bool same_u32(const u32vec *a, const u32vec *b)
+{
+    if (a->n != b->n) return false;
+    for (size_t i = 0; i < a->n; i++)
+        if (a->v[i] != b->v[i]) return false;
+    return true;
+}
+
 static bool push(u32vec *v, uint32_t x)
 {
     if (!DSR1_GROW(v->v, v->cap, v->n + 1)) return false;
@@ -467,6 +615,34 @@ static int cmp_call(const void *a, const void *b)
     return x->to < y->to ? -1 : x->to > y->to;
 }
 
+/* The DFA state for a kernel (the NFA states reached before the epsilon closure): kernels
+ * seen before are looked up without computing their closure again. */
+typedef struct {
+    const csr *c;
+    setmap *m, km;
+    uint32_t *kval;
+    size_t kvcap;
+    uint32_t *mark, stamp;
+} kernels;
+
+static uint32_t kernel_target(kernels *k, u32vec *cur)
+{
+    qsort(cur->v, cur->n, sizeof(uint32_t), cmp_u32);
+    size_t w = 0;
+    for (size_t i = 0; i < cur->n; i++)
+        if (!w || cur->v[w - 1] != cur->v[i]) cur->v[w++] = cur->v[i];
+    cur->n = w;
+    bool added;
+    uint32_t kid = set_id(&k->km, cur->v, (uint32_t)cur->n, &added);
+    if (kid == UINT32_MAX) return UINT32_MAX;
+    if (!added) return k->kval[kid];
+    if (!closure(k->c, cur, k->mark, ++k->stamp)) return UINT32_MAX;
+    uint32_t id = set_id(k->m, cur->v, (uint32_t)cur->n, &added);
+    if (id == UINT32_MAX || !DSR1_GROW(k->kval, k->kvcap, (size_t)kid + 1)) return UINT32_MAX;
+    k->kval[kid] = id;
+    return id;
+}
+
 static dsr1_status determinize(ab *b, const nfa *n, const uint8_t *prod, dfa *d, size_t *total_dfa)
 {
     dsr1_status st = DSR1_OK;
@@ -476,6 +652,7 @@ static dsr1_status determinize(ab *b, const nfa *n, const uint8_t *prod, dfa *d,
     callpair *cp = NULL;
     size_t cpcap = 0, tcap = 0, fcap = 0, ccap = 0, cocap = 0;
     uint32_t *mark = calloc(n->ns ? n->ns : 1, sizeof(uint32_t)), stamp = 0;
+    kernels kn = {0};
     size_t ncalls = 0;
     memset(d, 0, sizeof(*d));
     if (!mark || !to_csr(n, &c)) goto oom;
@@ -492,8 +669,12 @@ static dsr1_status determinize(ab *b, const nfa *n, const uint8_t *prod, dfa *d,
     d->ncls = ++ncls;
     bucket = calloc(ncls, sizeof(*bucket));
     if (!bucket) goto oom;
+    kn.c = &c;
+    kn.m = &m;
+    kn.mark = mark;
 
-    if (!push(&cur, 0) || !closure(&c, &cur, mark, ++stamp)) goto oom;
+    if (!push(&cur, n->start) || !closure(&c, &cur, mark, ++stamp)) goto oom;
+    kn.stamp = stamp;
     bool added;
     if (set_id(&m, cur.v, (uint32_t)cur.n, &added) == UINT32_MAX) goto oom;
     for (size_t ds = 0; ds < m.nsets; ds++) {
@@ -528,12 +709,13 @@ static dsr1_status determinize(ab *b, const nfa *n, const uint8_t *prod, dfa *d,
         }
         for (uint32_t k = 0; k < ncls; k++) {
             int32_t t = -1;
-            if (bucket[k].n) {
+            if (k && same_u32(&bucket[k], &bucket[k - 1])) {
+                t = d->trans[ds * ncls + k - 1]; /* same targets as the class before */
+            } else if (bucket[k].n) {
                 cur.n = 0;
                 for (size_t i = 0; i < bucket[k].n; i++)
                     if (!push(&cur, bucket[k].v[i])) goto oom;
-                if (!closure(&c, &cur, mark, ++stamp)) goto oom;
-                uint32_t id = set_id(&m, cur.v, (uint32_t)cur.n, &added);
+                uint32_t id = kernel_target(&kn, &cur);
                 if (id == UINT32_MAX) goto oom;
                 t = (int32_t)id;
             }
@@ -545,8 +727,7 @@ static dsr1_status determinize(ab *b, const nfa *n, const uint8_t *prod, dfa *d,
             cur.n = 0;
             while (j < ncp && cp[j].rule == cp[i].rule)
                 if (!push(&cur, cp[j++].to)) goto oom;
-            if (!closure(&c, &cur, mark, ++stamp)) goto oom;
-            uint32_t id = set_id(&m, cur.v, (uint32_t)cur.n, &added);
+            uint32_t id = kernel_target(&kn, &cur);
             if (id == UINT32_MAX || !DSR1_GROW(d->calls, ccap, ncalls + 1)) goto oom;
             d->calls[ncalls++] = (dsr1__gcall){cp[i].rule, id};
             i = j;
@@ -571,7 +752,287 @@ out:
     free(bucket);
     free(cp);
     free(mark);
+    free(kn.km.pool);
+    free(kn.km.set_off);
+    free(kn.km.set_len);
+    free(kn.km.htab);
+    free(kn.kval);
     return st;
+}
+
+/* Trims the states that cannot reach a final state (every rule still called is
+ * productive, so this is local to the rule) and merges equivalent states (Hopcroft),
+ * numbering the result in breadth-first order from the start. false: out of memory. */
+static uint32_t callee(const dfa *d, const uint8_t *live, uint32_t rule, uint32_t q, uint32_t sink)
+{
+    for (uint32_t c = d->call_off[q]; c < d->call_off[q + 1]; c++)
+        if (d->calls[c].rule == rule && live[d->calls[c].target]) return d->calls[c].target;
+    return sink;
+}
+
+static bool minimize(dfa *d)
+{
+    uint32_t ns = d->ns, k = d->ncls;
+    bool ok = false;
+    uint8_t *live = calloc(ns, 1);
+    uint32_t *roff = calloc((size_t)ns + 1, sizeof(uint32_t)), *redge = NULL, *q = NULL;
+    uint32_t *cls = NULL, *rep = NULL, *ruleix = NULL, *ioff = NULL, *inv = NULL;
+    uint32_t *elem = NULL, *loc = NULL, *blk = NULL, *bfirst = NULL, *bend = NULL, *bmark = NULL;
+    uint32_t *wl = NULL, *touched = NULL, *snap = NULL, nclass = 0;
+    uint8_t *inw = NULL;
+    uint32_t *newid = NULL, *order = NULL;
+    int32_t *trans = NULL;
+    uint8_t *fin = NULL;
+    dsr1__gcall *calls = NULL;
+    uint32_t *coff = NULL;
+    if (!live || !roff) goto out;
+    /* live states: backward search from the final ones */
+    for (int pass = 0; pass < 2; pass++) {
+        for (uint32_t s = 0; s < ns; s++) {
+            int32_t prev = -1;
+            for (uint32_t c = 0; c < k; c++) {
+                int32_t t = d->trans[s * k + c];
+                if (t < 0 || t == prev) continue;
+                prev = t;
+                if (pass)
+                    redge[roff[t]++] = s;
+                else
+                    roff[t + 1]++;
+            }
+            for (uint32_t c = d->call_off[s]; c < d->call_off[s + 1]; c++) {
+                uint32_t t = d->calls[c].target;
+                if (pass)
+                    redge[roff[t]++] = s;
+                else
+                    roff[t + 1]++;
+            }
+        }
+        if (pass) {
+            for (uint32_t s = ns; s > 0; s--) roff[s] = roff[s - 1];
+            roff[0] = 0;
+        } else {
+            for (uint32_t s = 0; s < ns; s++) roff[s + 1] += roff[s];
+            redge = malloc(((size_t)roff[ns] + 1) * sizeof(uint32_t));
+            q = malloc(((size_t)ns + 1) * sizeof(uint32_t));
+            if (!redge || !q) goto out;
+        }
+    }
+    size_t qn = 0;
+    for (uint32_t s = 0; s < ns; s++)
+        if (d->final[s]) live[s] = 1, q[qn++] = s;
+    for (size_t qi = 0; qi < qn; qi++)
+        for (uint32_t e = roff[q[qi]]; e < roff[q[qi] + 1]; e++)
+            if (!live[redge[e]]) live[redge[e]] = 1, q[qn++] = redge[e];
+    for (uint32_t s = 0; s < ns; s++)
+        for (uint32_t c = 0; c < k; c++)
+            if (d->trans[s * k + c] >= 0 && !live[d->trans[s * k + c]]) d->trans[s * k + c] = -1;
+
+    /* Hopcroft's partition refinement over the byte classes and the called rules as
+     * symbols, with a sink state (ns) for missing edges */
+    if (!live[0]) {
+        ok = true;
+        goto out;
+    }
+    {
+        uint32_t nrule = 0;
+        ruleix = NULL;
+        for (uint32_t c = 0; c < d->call_off[ns]; c++) {
+            uint32_t r = d->calls[c].rule, j;
+            for (j = 0; j < nrule && ruleix[j] != r; j++) {
+            }
+            if (j == nrule) {
+                uint32_t *t = realloc(ruleix, (nrule + 1) * sizeof(uint32_t));
+                if (!t) goto out;
+                ruleix = t;
+                ruleix[nrule++] = r;
+            }
+        }
+        uint32_t nsym = k + nrule, nq = ns + 1;
+        /* target of (q, a), ns (the sink) when missing */
+#define DELTA(q0, a0)                                                                              \
+    ((a0) < k ? (d->trans[(q0)*k + (a0)] < 0 ? ns : (uint32_t)d->trans[(q0)*k + (a0)])             \
+              : callee(d, live, ruleix[(a0)-k], (q0), ns))
+        /* inverse over the real edges only: inv[ioff[t * nsym + a] ..) = q, delta(q, a) = t */
+        ioff = calloc((size_t)ns * nsym + 2, sizeof(uint32_t));
+        if (!ioff) goto out;
+        for (uint32_t q0 = 0; q0 < ns; q0++) {
+            if (!live[q0]) continue;
+            for (uint32_t a0 = 0; a0 < nsym; a0++) {
+                uint32_t t = DELTA(q0, a0);
+                if (t != ns) ioff[(size_t)t * nsym + a0 + 1]++;
+            }
+        }
+        for (size_t i = 0; i < (size_t)ns * nsym; i++) ioff[i + 1] += ioff[i];
+        inv = malloc(((size_t)ioff[(size_t)ns * nsym] + 1) * sizeof(uint32_t));
+        if (!inv) goto out;
+        for (uint32_t q0 = 0; q0 < ns; q0++) {
+            if (!live[q0]) continue;
+            for (uint32_t a0 = 0; a0 < nsym; a0++) {
+                uint32_t t = DELTA(q0, a0);
+                if (t != ns) inv[ioff[(size_t)t * nsym + a0]++] = q0;
+            }
+        }
+        for (size_t i = (size_t)ns * nsym; i > 0; i--) ioff[i] = ioff[i - 1];
+        ioff[0] = 0;
+        /* partition: elem[] grouped by block; blocks [bfirst, bend) */
+        elem = malloc(nq * sizeof(uint32_t));
+        loc = malloc(nq * sizeof(uint32_t));
+        blk = malloc(nq * sizeof(uint32_t));
+        bfirst = malloc((nq + 1) * sizeof(uint32_t));
+        bend = malloc((nq + 1) * sizeof(uint32_t));
+        bmark = calloc(nq + 1, sizeof(uint32_t));
+        inw = calloc(nq + 1, 1);
+        wl = malloc((nq + 1) * sizeof(uint32_t));
+        touched = malloc((nq + 1) * sizeof(uint32_t));
+        snap = malloc(nq * sizeof(uint32_t));
+        if (!elem || !loc || !blk || !bfirst || !bend || !bmark || !inw || !wl || !touched || !snap)
+            goto out;
+        /* blocks: final, other live, and the sink with the dead states (all equivalent).
+         * The DFA with its sink is complete, so splitting by every block but the sink's
+         * is enough: the sink's block is never a splitter and never split. */
+        uint32_t n = 0, nb = 0, nw = 0;
+        for (int f = 2; f >= 0; f--) {
+            uint32_t first = n;
+            for (uint32_t q0 = 0; q0 < nq; q0++) {
+                int kind = q0 == ns || !live[q0] ? 0 : d->final[q0] ? 2 : 1;
+                if (kind != f) continue;
+                elem[n] = q0;
+                loc[q0] = n++;
+                blk[q0] = nb;
+            }
+            if (n > first) {
+                bfirst[nb] = first;
+                bend[nb] = n;
+                if (f) wl[nw++] = nb, inw[nb] = 1;
+                nb++;
+            }
+        }
+        while (nw) {
+            uint32_t A = wl[--nw];
+            inw[A] = 0;
+            uint32_t na = bend[A] - bfirst[A];
+            memcpy(snap, elem + bfirst[A], na * sizeof(uint32_t));
+            for (uint32_t a0 = 0; a0 < nsym; a0++) {
+                uint32_t nt = 0;
+#define MARK(p_)                                                                                   \
+    do {                                                                                           \
+        uint32_t p = (p_), B = blk[p], pos = bfirst[B] + bmark[B];                                 \
+        if (loc[p] >= pos) {                                                                       \
+            if (!bmark[B]) touched[nt++] = B;                                                      \
+            uint32_t other = elem[pos];                                                            \
+            elem[pos] = p;                                                                         \
+            elem[loc[p]] = other;                                                                  \
+            loc[other] = loc[p];                                                                   \
+            loc[p] = pos;                                                                          \
+            bmark[B]++;                                                                            \
+        }                                                                                          \
+    } while (0)
+                for (uint32_t i = 0; i < na; i++) {
+                    if (snap[i] >= ns) continue; /* never: the sink's block is no splitter */
+                    size_t key = (size_t)snap[i] * nsym + a0;
+                    for (uint32_t e = ioff[key]; e < ioff[key + 1]; e++) MARK(inv[e]);
+                }
+#undef MARK
+                for (uint32_t i = 0; i < nt; i++) {
+                    uint32_t B = touched[i], m = bmark[B];
+                    bmark[B] = 0;
+                    if (m == bend[B] - bfirst[B]) continue;
+                    /* the marked part [bfirst, bfirst + m) becomes block nb */
+                    uint32_t C = nb++;
+                    bfirst[C] = bfirst[B];
+                    bend[C] = bfirst[B] + m;
+                    bfirst[B] += m;
+                    for (uint32_t j = bfirst[C]; j < bend[C]; j++) blk[elem[j]] = C;
+                    if (inw[B] || m <= bend[B] - bfirst[B]) {
+                        wl[nw++] = C;
+                        inw[C] = 1;
+                    } else {
+                        wl[nw++] = B;
+                        inw[B] = 1;
+                    }
+                }
+            }
+        }
+#undef DELTA
+        cls = malloc(ns * sizeof(uint32_t));
+        rep = malloc((nb + 1) * sizeof(uint32_t));
+        if (!cls || !rep) goto out;
+        for (uint32_t q0 = 0; q0 < ns; q0++) {
+            cls[q0] = blk[q0];
+            rep[blk[q0]] = q0;
+        }
+        nclass = nb;
+    }
+    /* the minimal DFA, breadth first from the start */
+    newid = malloc(nclass * sizeof(uint32_t));
+    order = malloc(nclass * sizeof(uint32_t));
+    trans = malloc((size_t)nclass * k * sizeof(int32_t));
+    fin = malloc(nclass);
+    coff = malloc(((size_t)nclass + 1) * sizeof(uint32_t));
+    calls = malloc(((size_t)d->call_off[ns] + 1) * sizeof(dsr1__gcall));
+    if (!newid || !order || !trans || !fin || !coff || !calls) goto out;
+    memset(newid, 0xff, nclass * sizeof(uint32_t));
+    uint32_t nn = 0, nc = 0;
+    newid[cls[0]] = nn;
+    order[nn++] = cls[0];
+    for (uint32_t i = 0; i < nn; i++) {
+        uint32_t s = rep[order[i]];
+        for (uint32_t c = 0; c < k; c++) {
+            int32_t t = d->trans[s * k + c];
+            if (t >= 0 && newid[cls[t]] == UINT32_MAX) newid[cls[t]] = nn, order[nn++] = cls[t];
+        }
+        for (uint32_t c = d->call_off[s]; c < d->call_off[s + 1]; c++) {
+            uint32_t t = d->calls[c].target;
+            if (live[t] && newid[cls[t]] == UINT32_MAX) newid[cls[t]] = nn, order[nn++] = cls[t];
+        }
+    }
+    for (uint32_t i = 0; i < nn; i++) {
+        uint32_t s = rep[order[i]];
+        fin[i] = d->final[s];
+        for (uint32_t c = 0; c < k; c++) {
+            int32_t t = d->trans[s * k + c];
+            trans[(size_t)i * k + c] = t < 0 ? -1 : (int32_t)newid[cls[t]];
+        }
+        coff[i] = nc;
+        for (uint32_t c = d->call_off[s]; c < d->call_off[s + 1]; c++)
+            if (live[d->calls[c].target])
+                calls[nc++] = (dsr1__gcall){d->calls[c].rule, newid[cls[d->calls[c].target]]};
+    }
+    coff[nn] = nc;
+    free(d->trans);
+    free(d->final);
+    free(d->calls);
+    free(d->call_off);
+    d->trans = trans, d->final = fin, d->calls = calls, d->call_off = coff, d->ns = nn;
+    trans = NULL, fin = NULL, calls = NULL, coff = NULL;
+    ok = true;
+out:
+    free(live);
+    free(roff);
+    free(redge);
+    free(q);
+    free(cls);
+    free(rep);
+    free(ruleix);
+    free(ioff);
+    free(inv);
+    free(elem);
+    free(loc);
+    free(blk);
+    free(bfirst);
+    free(bend);
+    free(bmark);
+    free(inw);
+    free(wl);
+    free(touched);
+    free(snap);
+    free(newid);
+    free(order);
+    free(trans);
+    free(fin);
+    free(calls);
+    free(coff);
+    return ok;
 }
 
 static void dfa_free(dfa *d)
@@ -587,9 +1048,9 @@ static void dfa_free(dfa *d)
 static bool nfa_productive(const nfa *n, const uint8_t *prod, uint8_t *seen, uint32_t *stack)
 {
     memset(seen, 0, n->ns);
-    seen[0] = 1;
+    seen[n->start] = 1;
     uint32_t sp = 0;
-    stack[sp++] = 0;
+    stack[sp++] = n->start;
     while (sp) {
         uint32_t s = stack[--sp];
         if (s == n->accept) return true;
@@ -630,13 +1091,17 @@ dsr1_status dsr1__automaton_build(const dsr1__rules *rs, const dsr1_grammar_opts
     uint8_t *prod = calloc((size_t)nr, 1);
     b.rec = calloc((size_t)nr, 1);
     b.inl = calloc((size_t)nr, 1);
+    b.bigcls = calloc((size_t)nr, 1);
+    b.bigrep = calloc((size_t)nr, 1);
     b.queued = calloc((size_t)nr, 1);
     b.est = calloc((size_t)nr, sizeof(uint64_t));
     b.queue = malloc((size_t)nr * sizeof(int32_t));
     b.nfa_limit = (size_t)o->max_states * 4;
     uint8_t *seen = NULL;
     uint32_t *stack = NULL, *base = NULL;
-    if (!nfas || !dfas || !prod || !b.rec || !b.inl || !b.queued || !b.est || !b.queue) goto oom;
+    if (!nfas || !dfas || !prod || !b.rec || !b.inl || !b.bigcls || !b.bigrep || !b.queued ||
+        !b.est || !b.queue)
+        goto oom;
     if ((st = analyse(&b))) goto out;
 
     /* NFAs of the root and of every rule called (not inlined) */
@@ -647,11 +1112,13 @@ dsr1_status dsr1__automaton_build(const dsr1__rules *rs, const dsr1_grammar_opts
         int r = b.queue[qi];
         memset(&b.cur, 0, sizeof(b.cur));
         b.ecap = 0;
-        uint32_t s0 = new_state(&b);
-        (void)s0;
-        uint32_t end = build(&b, rs->rules[r].body, 0);
+        b.nmemo = 0;
+        if (b.memo) memset(b.memo, 0, b.memocap * sizeof(*b.memo));
+        uint32_t acc = new_state(&b);
+        uint32_t start = build_memo(&b, rs->rules[r].body, acc);
         nfas[r] = b.cur;
-        nfas[r].accept = end;
+        nfas[r].accept = acc;
+        nfas[r].start = start;
         if (b.err) {
             st = b.err;
             goto out;
@@ -681,6 +1148,7 @@ dsr1_status dsr1__automaton_build(const dsr1__rules *rs, const dsr1_grammar_opts
         int r = b.queue[qi];
         if (!prod[r]) continue;
         if ((st = determinize(&b, &nfas[r], prod, &dfas[r], &total))) goto out;
+        if (!minimize(&dfas[r])) goto oom;
     }
 
     /* global numbering */
@@ -731,24 +1199,61 @@ dsr1_status dsr1__automaton_build(const dsr1__rules *rs, const dsr1_grammar_opts
         cm += 256;
     }
 
-    /* live states: can reach a final state (backward fixpoint; DFAs are small) */
+    /* reverse edges (bit 31: a call edge), for the backward searches below */
+    uint32_t *roff = calloc((size_t)nst + 1, sizeof(uint32_t)), *redge = NULL, *queue = NULL;
     uint8_t *live = calloc(nst ? nst : 1, 1);
-    if (!live) goto oom;
-    for (uint32_t s = 0; s < nst; s++) live[s] = g->st[s].final;
-    for (bool changed = true; changed;) {
-        changed = false;
-        for (uint32_t s = nst; s-- > 0;) {
-            if (live[s]) continue;
+    if (!roff || !live) {
+        free(roff);
+        free(live);
+        goto oom;
+    }
+    for (int pass = 0; pass < 2; pass++) {
+        for (uint32_t s = 0; s < nst; s++) {
             const dsr1__gstate *gs = &g->st[s];
             uint32_t ncls = dfas[gs->rule].ncls;
-            bool l = false;
-            for (uint32_t k = 0; k < ncls && !l; k++) {
+            int32_t prev = -1;
+            for (uint32_t k = 0; k < ncls; k++) {
                 int32_t t = g->trans[gs->trans + (int32_t)k];
-                l = t >= 0 && live[t];
+                if (t < 0 || t == prev) continue;
+                prev = t;
+                if (pass)
+                    redge[roff[t]++] = s;
+                else
+                    roff[t + 1]++;
             }
-            for (uint32_t k = 0; k < gs->ncalls && !l; k++)
-                l = live[g->calls[gs->calls + k].target];
-            if (l) live[s] = 1, changed = true;
+            for (uint32_t k = 0; k < gs->ncalls; k++) {
+                uint32_t t = g->calls[gs->calls + k].target;
+                if (pass)
+                    redge[roff[t]++] = s | 0x80000000u;
+                else
+                    roff[t + 1]++;
+            }
+        }
+        if (pass) {
+            for (uint32_t s = nst; s > 0; s--) roff[s] = roff[s - 1];
+            roff[0] = 0;
+        } else {
+            for (uint32_t s = 0; s < nst; s++) roff[s + 1] += roff[s];
+            redge = malloc(((size_t)roff[nst] + 1) * sizeof(uint32_t));
+            queue = malloc(((size_t)nst + 1) * sizeof(uint32_t));
+            if (!redge || !queue) {
+                free(roff);
+                free(redge);
+                free(queue);
+                free(live);
+                goto oom;
+            }
+        }
+    }
+    /* live states: can reach a final state */
+    size_t qn = 0;
+    for (uint32_t s = 0; s < nst; s++)
+        if (g->st[s].final) live[s] = 1, queue[qn++] = s;
+    for (size_t qi = 0; qi < qn; qi++) {
+        uint32_t t = queue[qi];
+        for (uint32_t k = roff[t]; k < roff[t + 1]; k++) {
+            uint32_t s = redge[k] & 0x7fffffffu;
+            if (!live[s]) live[s] = 1, queue[qn++] = s;
         }
     }
     for (uint32_t s = 0; s < nst; s++) {
@@ -782,6 +1287,9 @@ dsr1_status dsr1__automaton_build(const dsr1__rules *rs, const dsr1_grammar_opts
                 free(vis);
                 free(q);
                 free(live);
+                free(roff);
+                free(redge);
+                free(queue);
                 goto oom;
             }
             vis[0] = 1;
@@ -803,23 +1311,23 @@ dsr1_status dsr1__automaton_build(const dsr1__rules *rs, const dsr1_grammar_opts
         }
     }
     /* reach_calls: a call edge reachable over byte edges */
-    for (uint32_t s = 0; s < nst; s++) g->st[s].reach_calls = g->st[s].ncalls > 0;
-    for (bool changed = true; changed;) {
-        changed = false;
-        for (uint32_t s = nst; s-- > 0;) {
-            dsr1__gstate *gs = &g->st[s];
-            if (gs->reach_calls) continue;
-            uint32_t ncls = dfas[gs->rule].ncls;
-            for (uint32_t k = 0; k < ncls; k++) {
-                int32_t t = g->trans[gs->trans + (int32_t)k];
-                if (t >= 0 && g->st[t].reach_calls) {
-                    gs->reach_calls = 1;
-                    changed = true;
-                    break;
-                }
-            }
+    qn = 0;
+    for (uint32_t s = 0; s < nst; s++) {
+        g->st[s].reach_calls = g->st[s].ncalls > 0;
+        if (g->st[s].reach_calls) queue[qn++] = s;
+    }
+    for (size_t qi = 0; qi < qn; qi++) {
+        uint32_t t = queue[qi];
+        for (uint32_t k = roff[t]; k < roff[t + 1]; k++) {
+            uint32_t s = redge[k];
+            if (s & 0x80000000u || g->st[s].reach_calls || !live[s]) continue;
+            g->st[s].reach_calls = 1;
+            queue[qn++] = s;
         }
     }
+    free(roff);
+    free(redge);
+    free(queue);
     free(live);
     g->stats.rules = nr;
     g->stats.terminals = rs->terminals;
@@ -835,9 +1343,12 @@ out:
     free(prod);
     free(b.rec);
     free(b.inl);
+    free(b.bigcls);
+    free(b.bigrep);
     free(b.queued);
     free(b.est);
     free(b.queue);
+    free(b.memo);
     free(seen);
     free(stack);
     free(base);
