@@ -33,6 +33,8 @@ typedef struct req {
     bool logprobs, prompt_logprobs;
     dsr1_textout *text;
     /* constrained decoding: the matcher and the mask of the step in flight */
+    dsr1_grammars *grammars; /* the cache to give `grammar` back to when r ends */
+    const dsr1_grammar *grammar;
     dsr1_matcher *matcher;
     uint32_t *mask;   /* [mask_words of the model's vocabulary] */
     bool grammar_on;  /* the grammar constrains the next token (not reasoning) */
@@ -157,6 +159,7 @@ static void req_free(req *r)
     if (!r) return;
     dsr1_textout_destroy(r->text);
     dsr1_matcher_free(r->matcher);
+    dsr1_grammars_release(r->grammars, r->grammar);
     free(r->mask);
     free(r->id);
     free(r->tokens);
@@ -255,6 +258,8 @@ static dsr1_status req_new(const dsr1_sched *s, const dsr1_sched_request *q, req
         req_free(r);
         return st;
     }
+    r->grammars = s->p.grammars; /* from now on req_free gives the grammar back */
+    r->grammar = q->grammar;
     *out = r;
     return DSR1_OK;
 }
@@ -325,7 +330,10 @@ dsr1_status dsr1_sched_submit(dsr1_sched *s, const dsr1_sched_request *q)
     }
     if (st == DSR1_OK) pthread_cond_signal(&s->cv);
     pthread_mutex_unlock(&s->mu);
-    if (st != DSR1_OK) req_free(r);
+    if (st != DSR1_OK) {
+        r->grammars = NULL; /* the caller keeps its reference */
+        req_free(r);
+    }
     return st;
 }
 

@@ -23,6 +23,7 @@
 
 #include "forward.h"
 #include "grammar.h"
+#include "grammars.h"
 #include "sampling.h"
 #include "status.h"
 #include "textout.h"
@@ -79,7 +80,9 @@ typedef struct {
      * matcher (kept here, beside the sampling parameters, across preemption). A request that
      * reasons (text.in_reasoning) is free until its `</think>`; with text.detect_think the
      * first token may also be `<think>`, which opens a free reasoning part. The grammar's
-     * vocabulary must not be larger than the model's. */
+     * vocabulary must not be larger than the model's. With dsr1_sched_params.grammars, a
+     * reference from that cache that the scheduler gives back when the request ends (on a
+     * submit error the caller keeps it); without, borrowed until the FINAL event. */
     const dsr1_grammar *grammar;
     int64_t deadline_ns; /* CLOCK_MONOTONIC; 0: none. Expired: FINAL ABORT */
     dsr1_sched_callback callback;
@@ -117,6 +120,7 @@ typedef struct {
     int max_running; /* requests in the running set */
     int max_queued;  /* waiting requests beyond which submit says DSR1_ERR_BUSY */
     bool prefix_cache;
+    dsr1_grammars *grammars; /* where requests' grammars come from; may be NULL */
 } dsr1_sched_params;
 
 typedef struct dsr1_sched dsr1_sched;

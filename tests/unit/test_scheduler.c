@@ -39,6 +39,7 @@ typedef struct {
     dsr1_tokenizer *tok;
     dsr1_engine *eng; /* paged, driven by the scheduler */
     int steps, fail_at, max_seqs;
+    dsr1_grammars *grammars; /* given to the next scheduler started */
 } fixture;
 
 /* The executor: the paged engine, counting steps, failing on demand. */
@@ -177,7 +178,8 @@ static dsr1_sched *start(fixture *f, int blocks, int bt, int step_tokens, int ma
                            step_tokens,
                            max_running,
                            max_queued,
-                           true};
+                           true,
+                           f->grammars};
     if (f->depth > 1) {
         p.exec.submit = fx_submit;
         p.exec.wait = fx_wait;
@@ -597,6 +599,70 @@ static void test_grammar(void **state)
     dsr1_grammar_vocab_free(gv);
 }
 
+/* The grammar cache: one compilation per distinct (kind, text, options), errors not cached,
+ * unreferenced grammars evicted beyond the capacity but referenced ones never; the
+ * scheduler gives a request's reference back when it ends, and a refused submit leaves it
+ * with the caller. */
+static void test_grammar_cache(void **state)
+{
+    fixture *f = *state;
+    dsr1_grammars *c;
+    assert_int_equal(dsr1_grammars_create(f->tok, 1, 2, &c), DSR1_OK);
+    const char *re[3] = {"[0-9]{2,4}", "(yes|no)", "[a-f]+"};
+    const dsr1_grammar *g[3], *again, *strict;
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(
+            dsr1_grammars_get(c, DSR1_GRAMMAR_REGEX, re[i], strlen(re[i]), NULL, &g[i]), DSR1_OK);
+    assert_int_equal(dsr1_grammars_get(c, DSR1_GRAMMAR_REGEX, re[0], strlen(re[0]), NULL, &again),
+                     DSR1_OK);
+    assert_ptr_equal(again, g[0]);
+    dsr1_grammar_opts o = {.strict_objects = true};
+    assert_int_equal(dsr1_grammars_get(c, DSR1_GRAMMAR_REGEX, re[0], strlen(re[0]), &o, &strict),
+                     DSR1_OK);
+    assert_ptr_not_equal(strict, g[0]);
+    assert_int_equal(dsr1_grammars_get(c, DSR1_GRAMMAR_EBNF, "root ::= (", 10, NULL, &again),
+                     DSR1_ERR_INVALID_ARG);
+    dsr1_grammars_stats st;
+    dsr1_grammars_get_stats(c, &st);
+    assert_int_equal(st.compiled, 4);
+    assert_int_equal(st.hits, 1);
+    assert_int_equal(st.failed, 1);
+    assert_int_equal(st.cached, 4); /* over capacity, but every one is referenced */
+    assert_int_equal(st.referenced, 4);
+    dsr1_grammars_release(c, strict);
+    dsr1_grammars_release(c, g[1]);
+    dsr1_grammars_release(c, g[2]);
+    dsr1_grammars_get_stats(c, &st);
+    assert_int_equal(st.referenced, 1); /* g[0], twice */
+    assert_int_equal(st.cached, 2);     /* g[0] and the most recent unreferenced one */
+
+    /* a request under the scheduler: its reference comes back when it ends */
+    f->grammars = c;
+    dsr1_sched *s = start(f, 16, 4, 16, 2, 1);
+    f->grammars = NULL;
+    int32_t prompt[6];
+    srand(9);
+    random_ids(prompt, 6);
+    result r, x;
+    dsr1_sched_request q = request("gc", prompt, 6, 8, &r);
+    q.grammar = g[0];
+    q.text.ignore_eos = false;
+    assert_int_equal(dsr1_sched_submit(s, &q), DSR1_OK);
+    dsr1_sched_request bad = q; /* refused: the caller keeps its reference */
+    bad.id = "gc-bad";
+    bad.ctx = &x;
+    bad.max_tokens = 0;
+    assert_int_equal(dsr1_sched_submit(s, &bad), DSR1_ERR_INVALID_ARG);
+    wait_done(&r, 1);
+    dsr1_sched_destroy(s);
+    dsr1_grammars_get_stats(c, &st);
+    assert_int_equal(st.referenced, 1); /* the second reference, still ours */
+    dsr1_grammars_release(c, g[0]);
+    dsr1_grammars_get_stats(c, &st);
+    assert_int_equal(st.referenced, 0);
+    dsr1_grammars_destroy(c);
+}
+
 /* A queue of 2: the third waiting request is refused with BUSY. */
 static void test_queue_full(void **state)
 {
@@ -663,6 +729,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_abort_deadline_limits, setup, teardown),
         cmocka_unit_test_setup_teardown(test_check, setup, teardown),
         cmocka_unit_test_setup_teardown(test_grammar, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_grammar_cache, setup, teardown),
         cmocka_unit_test_setup_teardown(test_queue_full, setup, teardown),
         cmocka_unit_test_setup_teardown(test_executor_failure, setup, teardown),
     };
