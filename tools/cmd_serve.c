@@ -246,6 +246,7 @@ static int batch_window(int max_running, int max_queued)
 typedef struct {
     dsr1_backend *backend;
     dsr1_tokenizer *tok;
+    dsr1_grammars *grammars;
     dsr1_sched *sched;
     dsr1_server *server;
     dsr1_http_server *http;
@@ -294,6 +295,8 @@ static dsr1_status open_serving(const serve_opts *o, serving *sv)
     char dir[4096], config[4096];
     model_paths(o->model, dir, config, sizeof(dir));
     if ((st = dsr1_tokenizer_load(dir, &sv->tok)) != DSR1_OK) return st;
+    if ((st = dsr1_grammars_create(sv->tok, cfg->eos_token_id, 0, &sv->grammars)) != DSR1_OK)
+        return st;
     dsr1_sched_params sp = {
         .exec = exec,
         .tok = sv->tok,
@@ -303,6 +306,7 @@ static dsr1_status open_serving(const serve_opts *o, serving *sv)
         .max_running = (int)o->n[F_MAX_RUNNING].value,
         .max_queued = (int)o->n[F_MAX_QUEUED].value,
         .prefix_cache = o->prefix_cache,
+        .grammars = sv->grammars,
     };
     if ((st = dsr1_sched_create(&sp, &sv->sched)) != DSR1_OK) return st;
     int workers = dsr1_backend_workers(sv->backend);
@@ -317,6 +321,7 @@ static dsr1_status open_serving(const serve_opts *o, serving *sv)
         .cfg = cfg,
         .tok = sv->tok,
         .sched = sv->sched,
+        .grammars = sv->grammars,
         .workers = workers,
         .pp = dsr1_backend_pp(sv->backend),
         .transport = transport_name(transport, workers),
@@ -343,6 +348,7 @@ static void close_serving(serving *sv)
     dsr1_http_stop(sv->http);
     dsr1_server_destroy(sv->server);
     if (sv->sched) dsr1_sched_destroy(sv->sched);
+    dsr1_grammars_destroy(sv->grammars); /* after the scheduler gave every grammar back */
     if (sv->tok) dsr1_tokenizer_free(sv->tok);
     dsr1_backend_close(sv->backend);
 }

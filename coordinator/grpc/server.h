@@ -38,6 +38,9 @@ typedef struct {
     const dsr1_model_config *cfg;
     const dsr1_tokenizer *tok;
     dsr1_sched *sched;
+    /* Constrained decoding (SamplingParams.constraint): the scheduler's grammar cache
+     * (dsr1_sched_params.grammars); NULL: constrained requests are refused. */
+    dsr1_grammars *grammars;
 
     /* Reported by GetServerInfo */
     int workers, pp;       /* 0 workers: the engine in this process */

@@ -204,6 +204,7 @@ static dsr1_status submit_item(srv_batches *r, batch_item *it)
     q.callback = item_event;
     q.ctx = it;
     st = dsr1_sched_submit(r->s->p.sched, &q);
+    if (st == DSR1_OK) dsr1__srv_submitted(&pa);
     dsr1__srv_params_free(&pa);
     return st;
 }

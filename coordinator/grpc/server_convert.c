@@ -340,6 +340,41 @@ static dsr1_status apply(const Dsr1__V1__SamplingParams *sp, srv_params *o)
     return DSR1_OK;
 }
 
+/* The compiled grammar of the request's constraint (a reference in o), if it has one. */
+static dsr1_status constraint(const dsr1_server *s, const Dsr1__V1__SamplingParams *sp,
+                              srv_params *o)
+{
+    dsr1_grammar_kind kind;
+    const char *text = NULL;
+    switch (sp->constraint_case) {
+    case DSR1__V1__SAMPLING_PARAMS__CONSTRAINT_JSON_SCHEMA:
+        kind = DSR1_GRAMMAR_JSON_SCHEMA;
+        text = sp->json_schema;
+        break;
+    case DSR1__V1__SAMPLING_PARAMS__CONSTRAINT_REGEX:
+        kind = DSR1_GRAMMAR_REGEX;
+        text = sp->regex;
+        break;
+    case DSR1__V1__SAMPLING_PARAMS__CONSTRAINT_EBNF:
+        kind = DSR1_GRAMMAR_EBNF;
+        text = sp->ebnf;
+        break;
+    case DSR1__V1__SAMPLING_PARAMS__CONSTRAINT_JSON_OBJECT:
+        if (!sp->json_object) return DSR1_OK;
+        kind = DSR1_GRAMMAR_JSON_OBJECT;
+        break;
+    default:
+        return DSR1_OK;
+    }
+    if (!s->p.grammars)
+        return dsr1_error(DSR1_ERR_INVALID_ARG, "constraint: this server has no grammar engine");
+    const dsr1_grammar_opts opts = {.json_whitespace = sp->json_whitespace,
+                                    .strict_objects = sp->json_strict};
+    o->grammars = s->p.grammars;
+    return dsr1_grammars_get(s->p.grammars, kind, text, text ? strlen(text) : 0, &opts,
+                             &o->grammar);
+}
+
 dsr1_status dsr1__srv_params(dsr1_server *s, const Dsr1__V1__SamplingParams *sp,
                              const srv_prompt *prompt, srv_params *out)
 {
@@ -357,12 +392,18 @@ dsr1_status dsr1__srv_params(dsr1_server *s, const Dsr1__V1__SamplingParams *sp,
     out->max_tokens = max_tokens_of(s, sp, prompt->n_prompt);
     dsr1_status st = sp ? check_counts(sp) : DSR1_OK;
     if (st == DSR1_OK && sp) st = apply(sp, out);
+    if (st == DSR1_OK && sp) st = constraint(s, sp, out);
     if (st == DSR1_OK) {
         dsr1_sched_request q = dsr1__srv_request(prompt, out);
         st = dsr1_sched_check(s->p.sched, &q);
     }
     if (st != DSR1_OK) dsr1__srv_params_free(out);
     return st;
+}
+
+void dsr1__srv_submitted(srv_params *pa)
+{
+    pa->grammar = NULL;
 }
 
 dsr1_sched_request dsr1__srv_request(const srv_prompt *prompt, const srv_params *pa)
@@ -375,11 +416,14 @@ dsr1_sched_request dsr1__srv_request(const srv_prompt *prompt, const srv_params 
         .logprobs = pa->logprobs,
         .prompt_logprobs = pa->prompt_logprobs,
         .text = pa->text,
+        .grammar = pa->grammar,
     };
 }
 
 void dsr1__srv_params_free(srv_params *p)
 {
+    dsr1_grammars_release(p->grammars, p->grammar);
+    p->grammar = NULL;
     free(p->bias_ids);
     free(p->bias_values);
     p->bias_ids = NULL;

@@ -203,6 +203,10 @@ typedef struct {
     dsr1_textout_params text; /* stop strings and ids borrowed from the message */
     int32_t *bias_ids;        /* owned */
     float *bias_values;
+    /* a reference from grammars (SamplingParams.constraint), given back by
+     * dsr1__srv_params_free unless a submit took it (dsr1__srv_submitted) */
+    const dsr1_grammar *grammar;
+    dsr1_grammars *grammars;
 } srv_params;
 
 bool dsr1__srv_utf8_valid(const char *s);
@@ -214,6 +218,9 @@ dsr1_status dsr1__srv_params(dsr1_server *s, const Dsr1__V1__SamplingParams *sp,
 /* The scheduler request of a prompt and its parameters (arrays borrowed); the caller adds
  * id, callback, ctx and deadline. */
 dsr1_sched_request dsr1__srv_request(const srv_prompt *prompt, const srv_params *pa);
+/* After a successful dsr1_sched_submit of pa's request: the scheduler holds the grammar
+ * reference now. */
+void dsr1__srv_submitted(srv_params *pa);
 void dsr1__srv_params_free(srv_params *p);
 /* The defaults in force (ModelInfo.default_sampling). */
 void dsr1__srv_default_sampling(const dsr1_server *s, Dsr1__V1__SamplingParams *out);

@@ -132,7 +132,7 @@ static void generate_event(const dsr1_sched_event *ev)
     sched_release(c);
 }
 
-static dsr1_status submit(srv_call *c, const char *id, const srv_prompt *pr, const srv_params *pa)
+static dsr1_status submit(srv_call *c, const char *id, const srv_prompt *pr, srv_params *pa)
 {
     dsr1_server *s = c->srv;
     dsr1_sched_request r = dsr1__srv_request(pr, pa);
@@ -156,6 +156,7 @@ static dsr1_status submit(srv_call *c, const char *id, const srv_prompt *pr, con
         sched_release(c);
         return st;
     }
+    dsr1__srv_submitted(pa);
     pthread_mutex_lock(&c->mu);
     bool gone = c->closed && c->cancelled;
     pthread_mutex_unlock(&c->mu);
