@@ -18,6 +18,7 @@ packages=(
     protobuf-compiler protobuf-compiler-grpc python3-grpcio python3-protobuf  # its tests
     libdnnl-dev            # optional: the oneDNN baseline of `dsr1-bench kernels`
     libmicrohttpd-dev prometheus  # the HTTP API (dsr1 serve --http-port); promtool lints /metrics
+    python3-jsonschema     # tests: an independent validator of constrained (JSON Schema) outputs
     nodejs npm
 )
 if [ "${DSR1_SKIP_APT:-0}" != 1 ]; then
