@@ -10,6 +10,7 @@
 #ifndef DSR1_GRAMMAR_INTERNAL_H
 #define DSR1_GRAMMAR_INTERNAL_H
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -131,12 +132,34 @@ typedef struct {
 } dsr1__gcall;
 
 typedef struct {
-    uint32_t start;
-    bool nullable;
+    uint32_t start; /* its states are [start, start + nst), UINT32_MAX when not built */
+    uint32_t nst, ncls;
+    bool nullable, leaf; /* leaf: calls no rule (its states' masks depend on the DFA alone) */
+    struct dsr1__shared_dfa *shared; /* the vocabulary's cache entry of a leaf rule, or NULL */
 } dsr1__grule;
 
 /* One entry of the per-state cache (mask.c). */
 typedef struct dsr1__ci dsr1__ci;
+void dsr1__ci_free(dsr1__ci *c);
+size_t dsr1__ci_bytes(const dsr1__ci *c, const dsr1_grammar_vocab *v);
+
+/* A leaf rule's DFA as the vocabulary's cache knows it: grammars with the same DFA (the
+ * JSON string of every schema) share the cached masks of its states. */
+typedef struct dsr1__shared_dfa dsr1__shared_dfa;
+struct dsr1__shared_dfa {
+    uint64_t hash;
+    uint8_t *blob;
+    size_t len;
+    uint32_t nst;
+    dsr1__ci *_Atomic *ci; /* per state of the DFA */
+    dsr1__shared_dfa *next;
+};
+/* Finds or adds the DFA serialized in blob; NULL when the cache is full. */
+dsr1__shared_dfa *dsr1__vocab_share_dfa(const dsr1_grammar_vocab *v, const uint8_t *blob,
+                                        size_t len, uint32_t nst);
+/* Reserves bytes of the cache's budget for one more entry; false when over budget. */
+bool dsr1__vocab_reserve(const dsr1_grammar_vocab *v, size_t bytes);
+void dsr1__vocab_unreserve(const dsr1_grammar_vocab *v, size_t bytes);
 
 struct dsr1_grammar {
     const dsr1_grammar_vocab *vocab;
@@ -169,13 +192,22 @@ void dsr1__grammar_free_ci(dsr1_grammar *g);
  * depth (1 = first byte) and the index one past its subtree. */
 typedef struct {
     uint32_t end;
+    uint32_t tok; /* a token ending here (UINT32_MAX: none; more: see tok_lo) */
     uint16_t depth;
     uint8_t byte;
-    uint8_t pad;
+    uint8_t ntok; /* tokens ending here, saturated at 255 */
 } dsr1__tnode;
+
+#define DSR1__SHARED_BUCKETS   256
+#define DSR1__SHARED_MAX_DFAS  4096
+#define DSR1__SHARED_MAX_BYTES ((size_t)256 << 20)
 
 struct dsr1_grammar_vocab {
     int32_t n, eos;
+    pthread_mutex_t lock; /* the shared DFA table (entries are never removed) */
+    dsr1__shared_dfa *shared[DSR1__SHARED_BUCKETS];
+    size_t nshared;
+    _Atomic size_t shared_bytes;
     uint8_t *bytes;
     uint64_t *off;
     uint32_t *len;
@@ -188,10 +220,12 @@ struct dsr1_grammar_vocab {
 };
 
 /* Builds a preorder trie over n byte strings given in sorted order (duplicates allowed);
- * node_of[i] (optional) receives the node where string i ends, tok_lo as above. */
+ * a node's tok is ids[i] (i when ids is NULL) of the first string ending there, `none`
+ * where none ends; node_of[i]
+ * (optional) receives the node where string i ends, tok_lo as above. */
 dsr1_status dsr1__trie_build(uint32_t n, const uint8_t *const *s, const uint32_t *len,
-                             dsr1__tnode **nodes, uint32_t *nnodes, uint32_t *tok_lo_out,
-                             uint32_t *node_of);
+                             const uint32_t *ids, uint32_t none, dsr1__tnode **nodes,
+                             uint32_t *nnodes, uint32_t *tok_lo_out, uint32_t *node_of);
 
 /* ---- Earley chart ---- */
 

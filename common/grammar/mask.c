@@ -37,8 +37,8 @@ struct dsr1__scratch {
     int32_t *dst;
     uint32_t *ncomp;
     size_t dcap;
-    uint32_t *acc;
-    size_t nacc, acap;
+    uint32_t *accbits; /* mask words: the accepted tokens of the state being computed */
+    size_t nacc;
     upair *pairs;
     size_t npairs, pcap;
     uint8_t *sufacc;
@@ -54,7 +54,8 @@ dsr1__scratch *dsr1__scratch_new(const dsr1_grammar *g)
     s->dst = malloc(d * sizeof(int32_t));
     s->ncomp = malloc(d * sizeof(uint32_t));
     s->dcap = d;
-    if (!s->dst || !s->ncomp) {
+    s->accbits = malloc((dsr1_grammar_mask_words(g->vocab->n) + 1) * sizeof(uint32_t));
+    if (!s->dst || !s->ncomp || !s->accbits) {
         dsr1__scratch_free(s);
         return NULL;
     }
@@ -67,13 +68,13 @@ void dsr1__scratch_free(dsr1__scratch *s)
     dsr1__chart_free(&s->mini);
     free(s->dst);
     free(s->ncomp);
-    free(s->acc);
+    free(s->accbits);
     free(s->pairs);
     free(s->sufacc);
     free(s);
 }
 
-static void ci_free(dsr1__ci *c)
+void dsr1__ci_free(dsr1__ci *c)
 {
     if (!c) return;
     free(c->acc_bits);
@@ -87,7 +88,7 @@ static void ci_free(dsr1__ci *c)
 void dsr1__grammar_free_ci(dsr1_grammar *g)
 {
     if (!g->ci) return;
-    for (uint32_t s = 0; s < g->nst; s++) ci_free(atomic_load(&g->ci[s]));
+    for (uint32_t s = 0; s < g->nst; s++) dsr1__ci_free(atomic_load(&g->ci[s]));
     free((void *)g->ci);
     g->ci = NULL;
 }
@@ -106,13 +107,15 @@ static bool dead_subtree(const dsr1_grammar_vocab *v, dsr1__scratch *s, uint32_t
     return true;
 }
 
-static bool accept_here(const dsr1_grammar_vocab *v, dsr1__scratch *s, uint32_t i)
+/* Tokens ending at node i are accepted. A node without one has tok == vocab size, a bit
+ * past the last id that compute_ci clears, so the common case has no branch. */
+static inline void accept_here(const dsr1_grammar_vocab *v, dsr1__scratch *s, uint32_t i)
 {
-    uint32_t lo = v->tok_lo[i], hi = v->tok_lo[i + 1];
-    if (lo == hi) return true;
-    if (!DSR1_GROW(s->acc, s->acap, s->nacc + (hi - lo))) return false;
-    for (uint32_t k = lo; k < hi; k++) s->acc[s->nacc++] = v->sorted[k];
-    return true;
+    const dsr1__tnode *nd = &v->nodes[i];
+    s->accbits[nd->tok >> 5] |= 1u << (nd->tok & 31);
+    if (__builtin_expect(nd->ntok > 1, 0))
+        for (uint32_t k = v->tok_lo[i]; k < v->tok_lo[i + 1]; k++)
+            s->accbits[v->sorted[k] >> 5] |= 1u << (v->sorted[k] & 31);
 }
 
 typedef struct {
@@ -129,61 +132,87 @@ static int cmp_sref(const void *a, const void *b)
     return x->len < y->len ? -1 : x->len > y->len;
 }
 
+/* The trie walk from a state whose rule is a plain DFA from here on (no calls reachable):
+ * one table lookup per node, the rule's states being contiguous. */
+static bool walk_dfa(const dsr1_grammar *g, uint32_t st, dsr1__scratch *s)
+{
+    const dsr1_grammar_vocab *v = g->vocab;
+    const dsr1__grule *r = &g->rules[g->st[st].rule];
+    const int32_t *T = g->trans + g->st[r->start].trans;
+    const uint8_t *cmap = g->cmaps + g->st[st].cmap;
+    const dsr1__gstate *S = g->st + r->start;
+    const uint32_t ncls = r->ncls, first = r->start;
+    const dsr1__tnode *nodes = v->nodes;
+    int32_t *dst = s->dst;
+    uint32_t *ncomp = s->ncomp;
+    dst[0] = (int32_t)(st - first);
+    for (uint32_t i = 0, n = v->nnodes; i < n;) {
+        const dsr1__tnode *nd = &nodes[i];
+        uint32_t d = nd->depth;
+        int32_t t = T[(uint32_t)dst[d - 1] * ncls + cmap[nd->byte]];
+        if (t < 0) {
+            if (ncomp[d - 1] && !dead_subtree(v, s, i, d)) return false;
+            i = nd->end;
+            continue;
+        }
+        t -= (int32_t)first;
+        dst[d] = t;
+        ncomp[d] = ncomp[d - 1] + S[t].final;
+        accept_here(v, s, i);
+        i++;
+    }
+    return true;
+}
+
+/* The trie walk with a one-item Earley parse (calls reachable from st). */
+static bool walk_earley(const dsr1_grammar *g, uint32_t st, dsr1__scratch *s)
+{
+    const dsr1_grammar_vocab *v = g->vocab;
+    dsr1__chart *c = &s->mini;
+    dsr1__chart_clear(c);
+    if (!dsr1__chart_begin(c) || !dsr1__chart_add(c, st, DSR1__ORG_ROOT) || !dsr1__chart_close(c))
+        return false;
+    for (uint32_t i = 0; i < v->nnodes;) {
+        const dsr1__tnode *nd = &v->nodes[i];
+        uint32_t d = nd->depth;
+        dsr1__chart_truncate(c, d);
+        if (!dsr1__chart_scan(c, nd->byte)) {
+            if (c->oom) return false;
+            if (s->ncomp[d - 1] && !dead_subtree(v, s, i, d)) return false;
+            i = nd->end;
+            continue;
+        }
+        s->ncomp[d] = s->ncomp[d - 1] + c->rootdone[d];
+        accept_here(v, s, i);
+        i++;
+    }
+    return true;
+}
+
 static dsr1__ci *compute_ci(const dsr1_grammar *g, uint32_t st, dsr1__scratch *s)
 {
     const dsr1_grammar_vocab *v = g->vocab;
+    size_t nw = dsr1_grammar_mask_words(v->n);
     s->nacc = s->npairs = 0;
     s->ncomp[0] = 0;
-    bool ok = true;
-    if (!g->st[st].reach_calls) {
-        /* a plain DFA from here: the rule ends wherever the state is final */
-        s->dst[0] = (int32_t)st;
-        for (uint32_t i = 0; i < v->nnodes && ok;) {
-            const dsr1__tnode *nd = &v->nodes[i];
-            uint32_t d = nd->depth;
-            int32_t t = dsr1__step(g, (uint32_t)s->dst[d - 1], nd->byte);
-            if (t < 0) {
-                ok = dead_subtree(v, s, i, d);
-                i = nd->end;
-                continue;
-            }
-            s->dst[d] = t;
-            s->ncomp[d] = s->ncomp[d - 1] + g->st[t].final;
-            ok = accept_here(v, s, i);
-            i++;
-        }
-    } else {
-        dsr1__chart *c = &s->mini;
-        dsr1__chart_clear(c);
-        if (!dsr1__chart_begin(c) || !dsr1__chart_add(c, st, DSR1__ORG_ROOT) ||
-            !dsr1__chart_close(c))
-            return NULL;
-        for (uint32_t i = 0; i < v->nnodes && ok;) {
-            const dsr1__tnode *nd = &v->nodes[i];
-            uint32_t d = nd->depth;
-            dsr1__chart_truncate(c, d);
-            if (!dsr1__chart_scan(c, nd->byte)) {
-                if (c->oom) return NULL;
-                ok = dead_subtree(v, s, i, d);
-                i = nd->end;
-                continue;
-            }
-            s->ncomp[d] = s->ncomp[d - 1] + c->rootdone[d];
-            ok = accept_here(v, s, i);
-            i++;
-        }
-    }
-    if (!ok) return NULL;
+    memset(s->accbits, 0, (nw + 1) * sizeof(uint32_t));
+    if (!(g->st[st].reach_calls ? walk_earley(g, st, s) : walk_dfa(g, st, s))) return NULL;
+    s->accbits[(uint32_t)v->n >> 5] &= ~(1u << ((uint32_t)v->n & 31));
+    s->accbits[nw] = 0;
+    for (size_t w = 0; w < nw; w++) s->nacc += (size_t)__builtin_popcount(s->accbits[w]);
 
     dsr1__ci *ci = calloc(1, sizeof(*ci));
     if (!ci) return NULL;
-    size_t nw = dsr1_grammar_mask_words(v->n);
     if (s->nacc > nw) {
-        if (!(ci->acc_bits = calloc(nw, sizeof(uint32_t)))) goto oom;
-        for (size_t k = 0; k < s->nacc; k++) ci->acc_bits[s->acc[k] >> 5] |= 1u << (s->acc[k] & 31);
+        if (!(ci->acc_bits = malloc(nw * sizeof(uint32_t)))) goto oom;
+        memcpy(ci->acc_bits, s->accbits, nw * sizeof(uint32_t));
     } else if (s->nacc) {
         if (!(ci->acc_list = malloc(s->nacc * sizeof(uint32_t)))) goto oom;
-        memcpy(ci->acc_list, s->acc, s->nacc * sizeof(uint32_t));
+        size_t k = 0;
+        for (size_t w = 0; w < nw; w++)
+            for (uint32_t b = s->accbits[w]; b; b &= b - 1)
+                ci->acc_list[k++] = (uint32_t)(w * 32 + (uint32_t)__builtin_ctz(b));
+        s->nacc = k;
     }
     ci->nacc = (uint32_t)s->nacc;
     if (s->npairs) {
@@ -201,7 +230,8 @@ static dsr1__ci *compute_ci(const dsr1_grammar *g, uint32_t st, dsr1__scratch *s
             }
             qsort(sr, n, sizeof(*sr), cmp_sref);
             for (uint32_t k = 0; k < n; k++) sp[k] = sr[k].p, sl[k] = sr[k].len;
-            fine = dsr1__trie_build(n, sp, sl, &ci->suf, &ci->nsuf, NULL, node_of) == DSR1_OK;
+            fine = dsr1__trie_build(n, sp, sl, NULL, UINT32_MAX, &ci->suf, &ci->nsuf, NULL,
+                                    node_of) == DSR1_OK;
             for (uint32_t k = 0; fine && k < n; k++) {
                 ci->unc_tok[k] = s->pairs[sr[k].id].tok;
                 ci->unc_node[k] = node_of[k];
@@ -216,21 +246,43 @@ static dsr1__ci *compute_ci(const dsr1_grammar *g, uint32_t st, dsr1__scratch *s
     }
     return ci;
 oom:
-    ci_free(ci);
+    dsr1__ci_free(ci);
     return NULL;
 }
 
+size_t dsr1__ci_bytes(const dsr1__ci *c, const dsr1_grammar_vocab *v)
+{
+    size_t acc = c->acc_bits ? dsr1_grammar_mask_words(v->n) : c->nacc;
+    return sizeof(*c) + 4 * acc + 8 * (size_t)c->nunc + sizeof(dsr1__tnode) * c->nsuf;
+}
+
+/* The cache entry of state st: the vocabulary's (leaf rules, within its budget) or the
+ * grammar's own; computed by the first matcher that needs it, installed atomically. */
 static const dsr1__ci *get_ci(const dsr1_grammar *g, uint32_t st, dsr1__scratch *s)
 {
-    dsr1__ci *c = atomic_load_explicit(&g->ci[st], memory_order_acquire);
-    if (c) return c;
+    const dsr1__grule *r = &g->rules[g->st[st].rule];
+    dsr1__ci *_Atomic *shared = r->shared ? &r->shared->ci[st - r->start] : NULL;
+    dsr1__ci *c;
+    if (shared && (c = atomic_load_explicit(shared, memory_order_acquire))) return c;
+    if ((c = atomic_load_explicit(&g->ci[st], memory_order_acquire))) return c;
     dsr1__ci *mine = compute_ci(g, st, s);
     if (!mine) return NULL;
     dsr1__ci *expected = NULL;
+    if (shared) {
+        size_t bytes = dsr1__ci_bytes(mine, g->vocab);
+        if (dsr1__vocab_reserve(g->vocab, bytes)) {
+            if (atomic_compare_exchange_strong_explicit(shared, &expected, mine,
+                                                        memory_order_acq_rel, memory_order_acquire))
+                return mine;
+            dsr1__vocab_unreserve(g->vocab, bytes);
+            dsr1__ci_free(mine);
+            return expected;
+        }
+    }
     if (atomic_compare_exchange_strong_explicit(&g->ci[st], &expected, mine, memory_order_acq_rel,
                                                 memory_order_acquire))
         return mine;
-    ci_free(mine);
+    dsr1__ci_free(mine);
     return expected;
 }
 

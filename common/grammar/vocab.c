@@ -8,8 +8,8 @@
 #include "grammar_internal.h"
 
 dsr1_status dsr1__trie_build(uint32_t n, const uint8_t *const *s, const uint32_t *len,
-                             dsr1__tnode **nodes_out, uint32_t *nnodes_out, uint32_t *tok_lo,
-                             uint32_t *node_of)
+                             const uint32_t *ids, uint32_t none, dsr1__tnode **nodes_out,
+                             uint32_t *nnodes_out, uint32_t *tok_lo, uint32_t *node_of)
 {
     size_t total = 0, maxlen = 0;
     for (uint32_t i = 0; i < n; i++) {
@@ -34,14 +34,22 @@ dsr1_status dsr1__trie_build(uint32_t n, const uint8_t *const *s, const uint32_t
         if (lcp > depth) lcp = depth;
         for (uint32_t d = depth; d > lcp; d--) nodes[open[d]].end = nn;
         for (uint32_t d = lcp + 1; d <= len[i]; d++) {
-            nodes[nn] = (dsr1__tnode){.end = 0, .depth = (uint16_t)d, .byte = s[i][d - 1]};
+            nodes[nn] = (dsr1__tnode){
+                .end = 0, .tok = UINT32_MAX, .depth = (uint16_t)d, .byte = s[i][d - 1]};
             if (tok_lo) tok_lo[nn] = i;
             open[d] = nn++;
+        }
+        if (len[i]) {
+            dsr1__tnode *e = &nodes[open[len[i]]];
+            if (e->ntok++ == 0) e->tok = ids ? ids[i] : i;
+            if (!e->ntok) e->ntok = 255;
         }
         depth = len[i];
         if (node_of) node_of[i] = len[i] ? open[len[i]] : UINT32_MAX;
     }
     for (uint32_t d = depth; d > 0; d--) nodes[open[d]].end = nn;
+    for (uint32_t k = 0; k < nn; k++)
+        if (!nodes[k].ntok) nodes[k].tok = none;
     if (tok_lo) tok_lo[nn] = n;
     free(open);
     *nodes_out = nodes;
@@ -78,6 +86,7 @@ dsr1_status dsr1_grammar_vocab_create_raw(int32_t n, const uint8_t *const *bytes
     if (!v) goto oom;
     v->n = n;
     v->eos = eos_id;
+    pthread_mutex_init(&v->lock, NULL);
     size_t total = 0;
     for (int32_t i = 0; i < n; i++) total += lens[i];
     v->bytes = malloc(total + 1);
@@ -114,7 +123,8 @@ dsr1_status dsr1_grammar_vocab_create_raw(int32_t n, const uint8_t *const *bytes
         sp[i] = tr[i].p;
         sl[i] = tr[i].len;
     }
-    dsr1_status st = dsr1__trie_build(ns, sp, sl, &v->nodes, &v->nnodes, v->tok_lo, NULL);
+    dsr1_status st = dsr1__trie_build(ns, sp, sl, v->sorted, (uint32_t)n, &v->nodes, &v->nnodes,
+                                      v->tok_lo, NULL);
     free(tr);
     free(sp);
     free(sl);
@@ -166,9 +176,85 @@ int32_t dsr1_grammar_vocab_size(const dsr1_grammar_vocab *v)
     return v ? v->n : 0;
 }
 
+static uint64_t hash_bytes(const uint8_t *p, size_t n)
+{
+    uint64_t h = 1469598103934665603ull ^ n;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t w;
+        memcpy(&w, p + i, 8);
+        h = (h ^ w) * 0x100000001b3ull;
+        h ^= h >> 29;
+    }
+    for (; i < n; i++) h = (h ^ p[i]) * 0x100000001b3ull;
+    return h ^ (h >> 32);
+}
+
+dsr1__shared_dfa *dsr1__vocab_share_dfa(const dsr1_grammar_vocab *cv, const uint8_t *blob,
+                                        size_t len, uint32_t nst)
+{
+    dsr1_grammar_vocab *v = (dsr1_grammar_vocab *)cv; /* the cache is internally locked */
+    uint64_t h = hash_bytes(blob, len);
+    dsr1__shared_dfa *e, *found = NULL;
+    pthread_mutex_lock(&v->lock);
+    for (e = v->shared[h % DSR1__SHARED_BUCKETS]; e && !found; e = e->next)
+        if (e->hash == h && e->len == len && !memcmp(e->blob, blob, len)) found = e;
+    if (!found && v->nshared < DSR1__SHARED_MAX_DFAS &&
+        dsr1__vocab_reserve(v, len + nst * sizeof(void *) + sizeof(*e))) {
+        e = calloc(1, sizeof(*e));
+        if (e) {
+            e->blob = malloc(len ? len : 1);
+            e->ci = calloc(nst ? nst : 1, sizeof(*e->ci));
+            if (!e->blob || !e->ci) {
+                free(e->blob);
+                free((void *)e->ci);
+                free(e);
+                e = NULL;
+            }
+        }
+        if (e) {
+            memcpy(e->blob, blob, len);
+            e->len = len;
+            e->hash = h;
+            e->nst = nst;
+            e->next = v->shared[h % DSR1__SHARED_BUCKETS];
+            v->shared[h % DSR1__SHARED_BUCKETS] = e;
+            v->nshared++;
+            found = e;
+        }
+    }
+    pthread_mutex_unlock(&v->lock);
+    return found;
+}
+
+bool dsr1__vocab_reserve(const dsr1_grammar_vocab *cv, size_t bytes)
+{
+    dsr1_grammar_vocab *v = (dsr1_grammar_vocab *)cv;
+    size_t old = atomic_fetch_add(&v->shared_bytes, bytes);
+    if (old + bytes <= DSR1__SHARED_MAX_BYTES) return true;
+    atomic_fetch_sub(&v->shared_bytes, bytes);
+    return false;
+}
+
+void dsr1__vocab_unreserve(const dsr1_grammar_vocab *cv, size_t bytes)
+{
+    dsr1_grammar_vocab *v = (dsr1_grammar_vocab *)cv;
+    atomic_fetch_sub(&v->shared_bytes, bytes);
+}
+
 void dsr1_grammar_vocab_free(dsr1_grammar_vocab *v)
 {
     if (!v) return;
+    for (int b = 0; b < DSR1__SHARED_BUCKETS; b++) {
+        for (dsr1__shared_dfa *e = v->shared[b], *n; e; e = n) {
+            n = e->next;
+            for (uint32_t k = 0; k < e->nst; k++) dsr1__ci_free(atomic_load(&e->ci[k]));
+            free((void *)e->ci);
+            free(e->blob);
+            free(e);
+        }
+    }
+    pthread_mutex_destroy(&v->lock);
     free(v->bytes);
     free(v->off);
     free(v->len);
