@@ -17,7 +17,7 @@ packages=(
     libgrpc-dev protobuf-c-compiler libprotobuf-c-dev   # the gRPC server (dsr1 serve)
     protobuf-compiler protobuf-compiler-grpc python3-grpcio python3-protobuf  # its tests
     libdnnl-dev            # optional: the oneDNN baseline of `dsr1-bench kernels`
-    libmicrohttpd-dev prometheus  # the HTTP API (dsr1 serve --http-port); promtool lints /metrics
+    libmicrohttpd-dev prometheus python3-jsonschema  # the HTTP API; its tests: promtool, OpenAI's schemas
     python3-jsonschema     # tests: an independent validator of constrained (JSON Schema) outputs
     nodejs npm
 )

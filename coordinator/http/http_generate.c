@@ -421,7 +421,7 @@ static json_t *chat_logprobs(const dsr1_http_server *s, const dsr1_sample_result
         json_object_set_new(e, "top_logprobs", top);
         json_array_append_new(arr, e);
     }
-    return json_pack("{s:o}", "content", arr);
+    return json_pack("{s:o, s:n}", "content", arr, "refusal");
 }
 
 /* Completions: {"tokens","token_logprobs","top_logprobs":[{tok: lp}],"text_offset"}. */
@@ -619,7 +619,7 @@ static void final_choice(http_job *j, int ci, const dsr1_sched_event *ev)
                               finish_name(c, false));
         return;
     }
-    json_t *msg = json_pack("{s:s}", "role", "assistant");
+    json_t *msg = json_pack("{s:s, s:n}", "role", "assistant", "refusal");
     bool calls = false;
     if (c->tools) {
         json_decref(content);

@@ -20,7 +20,9 @@ import sys
 import threading
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "serve"))
+import openai_spec  # noqa: E402
 import serve_util  # noqa: E402
 
 KEY = "http-test-key"
@@ -28,9 +30,37 @@ MAX_BODY = 65536
 STREAM_BYTES = 8192
 
 
+SCHEMAS = {  # (path, streamed) -> OpenAI's schema of a successful answer
+    ("/v1/chat/completions", False): "CreateChatCompletionResponse",
+    ("/v1/chat/completions", True): "CreateChatCompletionStreamResponse",
+    ("/v1/completions", False): "CreateCompletionResponse",
+    ("/v1/completions", True): "CreateCompletionResponse",
+    ("/v1/models", False): "ListModelsResponse",
+}
+
+
 class Api:
     def __init__(self, port, checks):
         self.port, self.c = port, checks
+        self.validated = 0
+
+    def spec(self, path, streamed, status, obj):
+        """Checks a JSON answer against OpenAI's published schema."""
+        if path.startswith("/v1/models/"):
+            name = "Model"
+        else:
+            name = SCHEMAS.get((path, streamed))
+        if status != 200 or (isinstance(obj, dict) and "error" in obj):
+            name = "ErrorResponse"
+        if not name or not openai_spec.available:
+            return
+        errs = openai_spec.errors(name, obj)
+        if path == "/v1/completions" and streamed:
+            # the spec gives streamed completions the non-streamed schema, but OpenAI's own
+            # chunks (and every client) have finish_reason null until the last
+            errs = [e for e in errs if not re.match(r"choices/\d+/finish_reason: None ", e)]
+        self.validated += 1
+        self.c.expect(not errs, f"OpenAI schema {name} ({path})", f"{errs[:3]} in {str(obj)[:300]}")
 
     def request(self, method, path, body=None, key=KEY, raw=None, timeout=120):
         """(status, headers dict, body bytes)."""
@@ -43,6 +73,8 @@ class Api:
         r = conn.getresponse()
         out = r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
         conn.close()
+        if path.startswith("/v1/") and out[1].get("content-type") == "application/json":
+            self.spec(path, False, out[0], json.loads(out[2]))
         return out
 
     def post(self, path, body, **kw):
@@ -65,6 +97,7 @@ class Api:
         if r.status != 200:
             data = r.read()
             conn.close()
+            self.spec(path, True, r.status, json.loads(data))
             return r.status, [json.loads(data)]
         self.c.expect(r.getheader("Content-Type", "").startswith("text/event-stream"),
                       "stream: content type", r.getheader("Content-Type"))
@@ -73,6 +106,8 @@ class Api:
             if line.startswith("data: "):
                 payload = line[6:]
                 events.append(payload if payload == "[DONE]" else json.loads(payload))
+                if payload != "[DONE]":
+                    self.spec(path, True, 200, events[-1])
         conn.close()
         return r.status, events
 
@@ -418,9 +453,19 @@ def test_disconnect_and_slow(api, c):
     s.close()
     took = api.wait_idle("non-streamed request of a client that hung up")
     c.expect(took < 5, "disconnect (non-streamed): aborted quickly", f"{took:.2f} s")
-    # a reader too slow for its stream: aborted, told why
-    out = slow_stream(api.port, {**long_body, "stream": True, "n": 4, "logprobs": True,
-                                 "top_logprobs": 20}, 3.0)
+    # a reader too slow for its stream: aborted, told why; meanwhile others are served
+    got = []
+    t = threading.Thread(target=lambda: got.append(slow_stream(
+        api.port, {**long_body, "stream": True, "n": 4, "logprobs": True, "top_logprobs": 20}, 3.0)))
+    t.start()
+    time.sleep(0.3)
+    t0 = time.time()
+    s2, r2 = api.chat(max_tokens=16)
+    took = time.time() - t0
+    c.expect(s2 == 200 and r2["usage"]["completion_tokens"] == 16 and took < 2.5,
+             "slow reader: other requests are served meanwhile", f"{s2} {took:.2f} s")
+    t.join(90)
+    out = got[0] if got else ""
     c.expect("too slowly" in out and "[DONE]" in out, "slow reader: aborted with a clear reason",
              out[-300:])
     api.wait_idle("after the slow reader")
@@ -498,6 +543,11 @@ def main():
               test_disconnect_and_slow, test_queue_full, test_metrics):
         t(api, c)
     api.wait_idle("at the end")
+    if openai_spec.available:
+        c.expect(api.validated > 100, "responses checked against OpenAI's schemas",
+                 str(api.validated))
+    else:
+        print("note: python3-jsonschema missing: responses not checked against OpenAI's schemas")
     # shutdown while a stream runs: it ends with an error event and [DONE], exit status 0
     got = []
     body = {"messages": [{"role": "user", "content": "Long."}], "max_tokens": 3000,
