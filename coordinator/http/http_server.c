@@ -13,6 +13,7 @@
 #include <inttypes.h>
 #include <libgen.h>
 #include <netinet/in.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -426,6 +427,18 @@ static dsr1_status start_watcher(dsr1_http_server *s)
     return DSR1_OK;
 }
 
+/* libmicrohttpd's messages (mostly clients that went away) at debug level: the requests
+ * concerned are aborted and counted anyway. */
+static void mhd_log(void *cls, const char *fmt, va_list ap)
+{
+    (void)cls;
+    char msg[512];
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    size_t n = strlen(msg);
+    while (n && msg[n - 1] == '\n') msg[--n] = '\0';
+    DSR1_DEBUG("http: libmicrohttpd: %s", msg);
+}
+
 static dsr1_status listen_on(dsr1_http_server *s, const char *host, int port)
 {
     struct sockaddr_storage ss;
@@ -447,8 +460,8 @@ static dsr1_status listen_on(dsr1_http_server *s, const char *host, int port)
     }
     s->d = MHD_start_daemon(flags, (uint16_t)port, NULL, NULL, on_request, s, MHD_OPTION_SOCK_ADDR,
                             (struct sockaddr *)&ss, MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
-                            MHD_OPTION_THREAD_POOL_SIZE, (unsigned)s->p.threads,
-                            MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)600,
+                            MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL, MHD_OPTION_THREAD_POOL_SIZE,
+                            (unsigned)s->p.threads, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)600,
                             MHD_OPTION_CONNECTION_LIMIT, (unsigned)4096, MHD_OPTION_END);
     if (!s->d)
         return dsr1_error(DSR1_ERR_IO,

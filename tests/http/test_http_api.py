@@ -404,6 +404,24 @@ def test_errors(api, c):
                                           "parameters": {"type": "object"}}}],
         "tool_choice": "auto", "response_format": {"type": "json_object"}})
     c.expect(s == 200, "tools and response_format accepted", f"{s} {r}")
+    # where the tools are described: our prompt (builtin), or nowhere (none)
+    tools = [{"type": "function", "function": {"name": "get_weather", "description": "weather",
+                                               "parameters": {"type": "object"}}}]
+    plain = {"messages": msgs, "max_tokens": 1}
+    sizes = {}
+    for mode in ("builtin", "none", "auto"):
+        s, r = api.post(P, {**plain, "tools": tools, "tool_prompt": mode})
+        sizes[mode] = r["usage"]["prompt_tokens"] if s == 200 else -1
+    s, r = api.post(P, plain)
+    sizes["no tools"] = r["usage"]["prompt_tokens"] if s == 200 else -1
+    s, r = api.post(P, {**plain, "tools": tools, "tool_choice": "none"})
+    sizes["tool_choice none"] = r["usage"]["prompt_tokens"] if s == 200 else -1
+    c.expect(sizes["builtin"] > sizes["no tools"] + 50 and sizes["none"] == sizes["no tools"] and
+             sizes["tool_choice none"] == sizes["no tools"] and
+             sizes["auto"] == sizes["builtin"],  # R1's template does not use `tools`
+             "tool prompt: builtin adds it, none and tool_choice none do not", str(sizes))
+    s, r = api.post(P, {**plain, "tools": tools, "tool_prompt": "sometimes"})
+    check_error(c, "tool_prompt value", s, r, 400, param="tool_prompt")
 
 
 def slow_stream(port, body, pause):
