@@ -102,6 +102,10 @@ enum {
 #define JS_MAX_MERGES 20000
 #define JS_MAX_OUTPUT ((size_t)64 << 20)
 
+/* Type bits of a schema's `type` (T_NUM includes the integers). */
+enum { T_NULL = 1, T_BOOL = 2, T_OBJ = 4, T_ARR = 8, T_STR = 16, T_NUM = 32, T_INT = 64 };
+#define T_ALL (T_NULL | T_BOOL | T_OBJ | T_ARR | T_STR | T_NUM | T_INT)
+
 /* json_schema.c */
 js_x *dsr1__js_node(js_ctx *c, js_xkind k);
 js_x *dsr1__js_lit(js_ctx *c, const char *s, size_t len);
@@ -110,6 +114,36 @@ js_x *dsr1__js_seq(js_ctx *c, int n, js_x **kids);
 js_x *dsr1__js_alt(js_ctx *c, int n, js_x **kids);
 js_x *dsr1__js_rep(js_ctx *c, js_x *kid, int min, int max);
 void *dsr1__js_alloc(js_ctx *c, size_t n);
+js_x *dsr1__js_rule_ref(js_ctx *c, int r);
+/* The shared rules (JS_R_*), created on first use. */
+js_x *dsr1__js_common(js_ctx *c, int which);
+#define SEQ(...)                                                                                   \
+    dsr1__js_seq(c, sizeof((js_x *[]){__VA_ARGS__}) / sizeof(js_x *), (js_x *[]){__VA_ARGS__})
+#define LIT(s) dsr1__js_lit(c, s, strlen(s))
+#define RAW(s) dsr1__js_raw(c, s)
+
+/* Helpers of the generator, shared with json_schema_object.c and json_schema_number.c. */
+int dsr1__js_new_rule(js_ctx *c, const char *hint, int *out);
+js_x *dsr1__js_share(js_ctx *c, js_x *x, const char *hint); /* x as a rule if compound */
+js_x *dsr1__js_ws(js_ctx *c);                               /* optional whitespace */
+int dsr1__js_too_complex(js_ctx *c);
+/* A non-negative integer keyword into *out (untouched when absent). */
+int dsr1__js_get_count(js_ctx *c, json_t *s, const char *k, long long *out);
+int dsr1__js_check_repeat(js_ctx *c, const char *k, long long v); /* v <= max_repeat */
+/* The subschema s at path (current)/k1[/k2][/idx] (idx < 0: none). */
+js_x *dsr1__js_gen_at(js_ctx *c, json_t *s, const char *k1, const char *k2, long idx);
+
+/* json_schema_emit.c: prunes the IR (rule root's body set) and prints the grammar text
+ * into b; DSR1_ERR_INVALID_ARG when the root derives nothing. */
+int dsr1__js_emit(js_ctx *c, int root, js_buf *b);
+
+/* json_schema_object.c */
+js_x *dsr1__js_gen_object(js_ctx *c, json_t *s);
+js_x *dsr1__js_gen_array(js_ctx *c, json_t *s);
+
+/* json_schema_number.c: integers and numbers with their bounds (minimum, maximum,
+ * exclusiveMinimum, exclusiveMaximum; draft-04's boolean exclusive forms too). */
+js_x *dsr1__js_gen_numeric(js_ctx *c, json_t *s, int mask);
 /* Appends /seg (escaped as a JSON pointer) to c->path; returns the old length to restore. */
 size_t dsr1__js_push(js_ctx *c, const char *seg);
 size_t dsr1__js_push_index(js_ctx *c, size_t i);
@@ -137,6 +171,9 @@ const char *dsr1__js_format_pattern(const char *format);
  * magnitude below 2^53 as integers, strings escaping only " \ and control characters,
  * objects in their own key order). Appends to b. */
 void dsr1__js_dump(js_buf *b, const json_t *v);
+/* v >= 0 in its shortest round-trip digits, positionally: integer part (no leading zeros)
+ * and fraction digits (no trailing zeros, "" when none). */
+void dsr1__js_decimal(double v, char *ip, size_t ipn, char *fp, size_t fpn);
 void dsr1__js_buf_add(js_buf *b, const char *s, size_t n);
 void dsr1__js_buf_str(js_buf *b, const char *s);
 void dsr1__js_buf_fmt(js_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

@@ -49,10 +49,55 @@ void dsr1__js_buf_fmt(js_buf *b, const char *fmt, ...)
     dsr1__js_buf_add(b, tmp, (size_t)n < sizeof tmp ? (size_t)n : sizeof tmp - 1);
 }
 
+/* The shortest "%.*e" form of v >= 0 that reads back as v: its digits and exponent. */
+static int shortest(double v, char *digits, size_t n)
+{
+    char tmp[40];
+    for (int prec = 1; prec <= 17; prec++) {
+        snprintf(tmp, sizeof tmp, "%.*e", prec - 1, v);
+        if (strtod(tmp, NULL) == v) break;
+    }
+    char *e = strchr(tmp, 'e');
+    size_t k = 0;
+    for (char *p = tmp; p < e && k + 1 < n; p++)
+        if (*p != '.') digits[k++] = *p;
+    digits[k] = '\0';
+    return atoi(e + 1);
+}
+
+void dsr1__js_decimal(double v, char *ip, size_t ipn, char *fp, size_t fpn)
+{
+    char d[24];
+    int exp = shortest(v, d, sizeof d);
+    size_t nd = strlen(d), ni = 0, nf = 0;
+    if (exp >= 0) {
+        for (int i = 0; i <= exp && ni + 1 < ipn; i++) ip[ni++] = (size_t)i < nd ? d[i] : '0';
+        for (size_t i = (size_t)exp + 1; i < nd && nf + 1 < fpn; i++) fp[nf++] = d[i];
+    } else {
+        ip[ni++] = '0';
+        for (int i = 0; i < -exp - 1 && nf + 1 < fpn; i++) fp[nf++] = '0';
+        for (size_t i = 0; i < nd && nf + 1 < fpn; i++) fp[nf++] = d[i];
+    }
+    ip[ni] = '\0';
+    while (nf && fp[nf - 1] == '0') nf--;
+    fp[nf] = '\0';
+    size_t z = 0;
+    while (ip[z] == '0' && ip[z + 1]) z++;
+    memmove(ip, ip + z, strlen(ip + z) + 1);
+}
+
 static void dump_number(js_buf *b, double x)
 {
     if (x == floor(x) && fabs(x) < 9007199254740992.0) {
         dsr1__js_buf_fmt(b, "%.0f", x == 0 ? 0.0 : x); /* -0.0 -> 0 */
+        return;
+    }
+    char d[24];
+    int exp = shortest(fabs(x), d, sizeof d);
+    if (exp >= -20 && exp <= 20) { /* positional, as bounded-number grammars write it */
+        char ip[64], fp[64];
+        dsr1__js_decimal(fabs(x), ip, sizeof ip, fp, sizeof fp);
+        dsr1__js_buf_fmt(b, "%s%s%s%s", x < 0 ? "-" : "", ip, fp[0] ? "." : "", fp);
         return;
     }
     char tmp[40];

@@ -195,6 +195,19 @@ static const lang_case cases[] = {
      {"-20", "-3", "-10"},
      {"-2", "-21", "0", "3"}},
     {"{\"type\":\"number\"}", {"-0.5e-3", "10", "0", "1E+2"}, {"01", ".5", "1.", "-", "1e"}},
+    /* bounded numbers: exact decimal comparison, no exponent */
+    {"{\"type\":\"number\",\"minimum\":1.1}",
+     {"1.1", "1.10", "1.15", "2", "1000.5"},
+     {"1.09", "1", "0.5", "-3", "1e3", "1.099999"}},
+    {"{\"type\":\"number\",\"exclusiveMinimum\":0,\"maximum\":1}",
+     {"0.001", "1", "1.000", "0.5"},
+     {"0", "0.000", "-0.1", "1.0001", "-0"}},
+    {"{\"type\":\"number\",\"minimum\":-2.5,\"exclusiveMaximum\":3}",
+     {"-2.5", "-2.50", "0", "2.999", "-0.5"},
+     {"-2.51", "3", "3.0", "-3"}},
+    {"{\"minimum\":0.25,\"maximum\":0.75}",
+     {"0.25", "0.7", "0.75", "\"s\""},
+     {"0.2", "0.751", "1"}},
     {"{\"type\":\"boolean\"}", {"true", "false"}, {"null", "1"}},
     {"{}", {"{\"a\":[1,2.5e3,\"x\"]}", "null", "\"s\""}, {"{a:1}", "[1,]"}},
     {"true", {"[]", "0"}, {"nul"}},
@@ -276,8 +289,8 @@ static const err_case errors[] = {
      "unsupported keyword 'unevaluatedProperties'"},
     {"{\"properties\":{\"c\":{\"type\":\"string\",\"format\":\"color\"}}}", DSR1_ERR_INVALID_ARG,
      "unsupported format 'color' at /properties/c"},
-    {"{\"properties\":{\"n\":{\"type\":\"number\",\"minimum\":0}}}", DSR1_ERR_INVALID_ARG,
-     "unsupported keyword 'minimum' at /properties/n"},
+    {"{\"properties\":{\"n\":{\"type\":\"number\",\"minimum\":1e-100}}}", DSR1_ERR_RANGE,
+     "'minimum' at /properties/n: 1e-100 has more than 79 decimal places"},
     {"{\"$ref\":\"http://x/y.json\"}", DSR1_ERR_INVALID_ARG, "unsupported $ref 'http://x/y.json'"},
     {"{\"items\":{\"$ref\":\"#/$defs/nope\"}}", DSR1_ERR_INVALID_ARG,
      "$ref '#/$defs/nope' at /items points at nothing"},
@@ -390,6 +403,13 @@ static void test_limits(void **state)
     dsr1_grammar_opts rep = {.max_repeat = 10};
     const char *str = "{\"type\":\"string\",\"maxLength\":11}";
     expect_error(str, strlen(str), &rep, DSR1_ERR_RANGE, "repetition limit 10 (max_repeat)");
+    /* long tuples and long names nest: bounded */
+    s = repeat_schema("{\"prefixItems\":[", "{},", 1001, "{}", "", "]}");
+    expect_error(s, strlen(s), NULL, DSR1_ERR_RANGE, "has more than 1000 entries");
+    free(s);
+    s = repeat_schema("{\"properties\":{\"", "x", 2000, "\":{}", "", "}}");
+    expect_error(s, strlen(s), NULL, DSR1_ERR_RANGE, "longer than 1024 characters");
+    free(s);
     /* anyOf distributed over allOf: 2^20 branches */
     s = repeat_schema("{\"allOf\":[", "{\"anyOf\":[{\"minLength\":1},{\"maxLength\":9}]},", 20,
                       "{}", "", "]}");
@@ -464,6 +484,64 @@ static void test_integer_ranges(void **state)
             expect(g, schema, txt, in);
         }
         expect(g, schema, "-0", false); /* canonical: no negative zero, no leading zeros */
+        dsr1_grammar_free(g);
+    }
+}
+
+/* ---- number ranges against strtod ---- */
+
+static void rand_decimal(uint64_t *rs, char *out, size_t n)
+{
+    int ip = (int)(gt_rand(rs) % 4), fp = (int)(gt_rand(rs) % 4);
+    size_t k = 0;
+    if (gt_rand(rs) % 3 == 0) out[k++] = '-';
+    if (!ip) out[k++] = '0';
+    for (int i = 0; i < ip; i++)
+        out[k++] = (char)((i == 0 ? '1' : '0') + (int)(gt_rand(rs) % (i ? 10 : 9)));
+    if (fp) {
+        out[k++] = '.';
+        for (int i = 0; i < fp; i++) out[k++] = (char)('0' + (int)(gt_rand(rs) % 10));
+    }
+    out[k] = '\0';
+    (void)n;
+}
+
+static void test_number_ranges(void **state)
+{
+    (void)state;
+    uint64_t rs = 0xdecaf00dull;
+    for (int it = 0; it < 120; it++) {
+        char a[32], b[32], schema[200];
+        rand_decimal(&rs, a, sizeof a);
+        rand_decimal(&rs, b, sizeof b);
+        double da = strtod(a, NULL), db = strtod(b, NULL);
+        if (da > db) {
+            double t = da;
+            da = db;
+            db = t;
+            char tmp[32];
+            strcpy(tmp, a);
+            strcpy(a, b);
+            strcpy(b, tmp);
+        }
+        int kind = (int)(gt_rand(&rs) % 4);
+        const char *lk = kind & 1 ? "exclusiveMinimum" : "minimum";
+        const char *hk = kind & 2 ? "exclusiveMaximum" : "maximum";
+        if (da == db && kind) continue; /* empty */
+        snprintf(schema, sizeof schema, "{\"type\":\"number\",\"%s\":%s,\"%s\":%s}", lk, a, hk, b);
+        dsr1_grammar *g = compile_opts(schema, NULL);
+        for (int k = 0; k < 40; k++) {
+            char x[32];
+            if (k < 4)
+                strcpy(x, k == 0 ? a : k == 1 ? b : k == 2 ? "0" : "1");
+            else
+                rand_decimal(&rs, x, sizeof x);
+            if (!strcmp(x, "-0")) continue;
+            if (x[0] == '-' && strtod(x, NULL) == 0) continue; /* "-0.00": not canonical */
+            double dx = strtod(x, NULL);
+            bool in = (kind & 1 ? dx > da : dx >= da) && (kind & 2 ? dx < db : dx <= db);
+            expect(g, schema, x, in);
+        }
         dsr1_grammar_free(g);
     }
 }
@@ -563,8 +641,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_languages),      cmocka_unit_test(test_strict_and_whitespace),
         cmocka_unit_test(test_errors),         cmocka_unit_test(test_limits),
-        cmocka_unit_test(test_integer_ranges), cmocka_unit_test(test_text),
-        cmocka_unit_test(test_serialise),
+        cmocka_unit_test(test_integer_ranges), cmocka_unit_test(test_number_ranges),
+        cmocka_unit_test(test_text),           cmocka_unit_test(test_serialise),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
