@@ -22,6 +22,8 @@ int dsr1__bench_experts(int argc, char **argv);
 int dsr1__bench_offline(int argc, char **argv);
 /* bench/serve.c: a running server's online serving performance, as `vllm bench serve`. */
 int dsr1__bench_serve(int argc, char **argv);
+/* bench/grammar.c: the grammar engine's compile and mask times over MaskBench schemas. */
+int dsr1__bench_grammar(int argc, char **argv);
 
 /* bench/opts.c: getopt_long over a subcommand's argv, with what every subcommand does the
  * same way: the option 'h' (-h, --help) prints usage to stdout; an unknown option or a

@@ -23,6 +23,8 @@ static const command commands[] = {
     {"serve", dsr1__bench_serve,
      "online serving against a running server: throughput, TTFT, TPOT, ITL (like `vllm bench "
      "serve`)"},
+    {"grammar", dsr1__bench_grammar,
+     "the grammar engine over a MaskBench directory of JSON Schemas"},
 };
 
 static void usage(FILE *f)
