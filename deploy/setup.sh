@@ -17,8 +17,8 @@ packages=(
     libgrpc-dev protobuf-c-compiler libprotobuf-c-dev   # the gRPC server (dsr1 serve)
     protobuf-compiler protobuf-compiler-grpc python3-grpcio python3-protobuf  # its tests
     libdnnl-dev            # optional: the oneDNN baseline of `dsr1-bench kernels`
-    libmicrohttpd-dev prometheus python3-jsonschema  # the HTTP API; its tests: promtool, OpenAI's schemas
-    python3-jsonschema     # tests: an independent validator of constrained (JSON Schema) outputs
+    libmicrohttpd-dev prometheus  # the HTTP API; promtool lints its /metrics in the tests
+    python3-jsonschema     # tests: OpenAI's response schemas, constrained (JSON Schema) outputs
     nodejs npm
 )
 if [ "${DSR1_SKIP_APT:-0}" != 1 ]; then
