@@ -26,6 +26,9 @@ void dsr1__chart_free(dsr1__chart *c)
     free(c->rootdone);
     free(c->hkey);
     free(c->hgen);
+    free(c->cx);
+    free(c->cxoff);
+    free(c->cxon);
     memset(c, 0, sizeof(*c));
 }
 
@@ -33,7 +36,9 @@ void dsr1__chart_clear(dsr1__chart *c)
 {
     c->n = 0;
     c->nset = 0;
-    if (c->set) c->set[0] = 0;
+    c->ncx = 0;
+    c->oom = c->overflow = false;
+    if (c->set) c->set[0] = 0, c->cxoff[0] = 0;
 }
 
 static size_t h64(uint64_t k)
@@ -90,12 +95,21 @@ bool dsr1__chart_begin(dsr1__chart *c)
         uint8_t *r = realloc(c->rootdone, nc);
         if (!r) return c->oom = true, false;
         c->rootdone = r;
+        uint32_t *xo = realloc(c->cxoff, nc * sizeof(uint32_t));
+        if (!xo) return c->oom = true, false;
+        c->cxoff = xo;
+        uint8_t *xn = realloc(c->cxon, nc);
+        if (!xn) return c->oom = true, false;
+        c->cxon = xn;
         c->setcap = nc;
     }
     c->set[c->nset] = (uint32_t)c->n;
     c->rootdone[c->nset] = 0;
+    c->cxoff[c->nset] = (uint32_t)c->ncx;
+    c->cxon[c->nset] = 0;
     c->nset++;
     c->set[c->nset] = (uint32_t)c->n;
+    c->cxoff[c->nset] = (uint32_t)c->ncx;
     return true;
 }
 
@@ -111,18 +125,32 @@ bool dsr1__chart_add(dsr1__chart *c, uint32_t st, uint32_t org)
         }
         if (!hash_insert(c, (uint64_t)st << 32 | org)) return true;
     }
+    if (cnt >= DSR1__MAX_SET_ITEMS) return c->oom = c->overflow = true, false;
     if (!DSR1_GROW(c->it, c->cap, c->n + 1)) return c->oom = true, false;
     c->it[c->n++] = (dsr1__item){st, org};
     c->set[c->nset] = (uint32_t)c->n;
     return true;
 }
 
-/* Rule `rule` (started in set org) completed in the open set: advance its callers. */
-static void complete(dsr1__chart *c, uint32_t rule, uint32_t org)
+#define INDEX_MIN 8 /* sets with more items index their waiters by rule */
+
+void dsr1__chart_complete(dsr1__chart *c, uint32_t rule, uint32_t org)
 {
     const dsr1_grammar *g = c->g;
-    size_t lo = c->set[org];
-    for (size_t i = lo; i < (org + 1 == c->nset ? c->n : c->set[org + 1]); i++) {
+    if (org + 1 < c->nset && c->cxon[org]) {
+        size_t lo = c->cxoff[org], hi = c->cxoff[org + 1];
+        while (lo < hi) {
+            size_t mid = (lo + hi) / 2;
+            if (c->cx[mid].rule < rule)
+                lo = mid + 1;
+            else
+                hi = mid;
+        }
+        for (size_t i = lo; i < c->cxoff[org + 1] && c->cx[i].rule == rule; i++)
+            dsr1__chart_add(c, c->cx[i].target, c->cx[i].org);
+        return;
+    }
+    for (size_t i = c->set[org]; i < (org + 1 == c->nset ? c->n : c->set[org + 1]); i++) {
         dsr1__item it = c->it[i];
         const dsr1__gstate *s = &g->st[it.st];
         for (uint32_t k = 0; k < s->ncalls; k++) {
@@ -130,6 +158,35 @@ static void complete(dsr1__chart *c, uint32_t rule, uint32_t org)
             if (cl->rule == rule) dsr1__chart_add(c, cl->target, it.org);
         }
     }
+}
+
+static int cmp_waiter(const void *a, const void *b)
+{
+    const dsr1__waiter *x = a, *y = b;
+    return x->rule < y->rule ? -1 : x->rule > y->rule;
+}
+
+/* Indexes the waiters of the (now closed) last set when it is large. */
+static void index_set(dsr1__chart *c)
+{
+    const dsr1_grammar *g = c->g;
+    uint32_t cur = (uint32_t)c->nset - 1;
+    size_t lo = c->set[cur], start = c->ncx;
+    if (c->n - lo <= INDEX_MIN) return;
+    for (size_t i = lo; i < c->n; i++) {
+        const dsr1__gstate *s = &g->st[c->it[i].st];
+        for (uint32_t k = 0; k < s->ncalls; k++) {
+            if (!DSR1_GROW(c->cx, c->cxcap, c->ncx + 1)) {
+                c->ncx = start;
+                return; /* unindexed: scanned instead */
+            }
+            c->cx[c->ncx++] = (dsr1__waiter){g->calls[s->calls + k].rule,
+                                             g->calls[s->calls + k].target, c->it[i].org};
+        }
+    }
+    qsort(c->cx + start, c->ncx - start, sizeof(dsr1__waiter), cmp_waiter);
+    c->cxon[cur] = 1;
+    c->cxoff[cur + 1] = (uint32_t)c->ncx;
 }
 
 bool dsr1__chart_close(dsr1__chart *c)
@@ -143,7 +200,7 @@ bool dsr1__chart_close(dsr1__chart *c)
             if (it.org == DSR1__ORG_ROOT)
                 c->rootdone[cur] = 1;
             else
-                complete(c, s->rule, it.org);
+                dsr1__chart_complete(c, s->rule, it.org);
         }
         for (uint32_t k = 0; k < s->ncalls; k++) {
             const dsr1__gcall *cl = &g->calls[s->calls + k];
@@ -154,8 +211,10 @@ bool dsr1__chart_close(dsr1__chart *c)
     if (c->n == c->set[cur] || c->oom) {
         c->nset--;
         c->n = c->set[c->nset];
+        c->ncx = c->cxoff[c->nset];
         return false;
     }
+    index_set(c);
     return true;
 }
 

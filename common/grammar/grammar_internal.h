@@ -114,6 +114,9 @@ dsr1_status dsr1__ebnf_parse(dsr1__arena *a, const dsr1__src *src, const dsr1_gr
 /* ---- the compiled grammar ---- */
 
 #define DSR1__ORG_ROOT UINT32_MAX
+/* Items in one Earley set: past this the grammar is too ambiguous at that point and the
+ * advance fails (DSR1_ERR_RANGE) instead of slowing down without bound. */
+#define DSR1__MAX_SET_ITEMS 2048
 
 typedef struct {
     int32_t trans;  /* offset into g->trans of this state's targets, one per byte class */
@@ -198,6 +201,14 @@ typedef struct {
     uint8_t ntok; /* tokens ending here, saturated at 255 */
 } dsr1__tnode;
 
+/* A trie of token byte strings (the vocabulary's). The tokens under node i are toks[tok_lo[i] .. tok_lo[nodes[i].end]), those
+ * ending at it toks[tok_lo[i] .. tok_lo[i + 1]). */
+typedef struct {
+    const dsr1__tnode *nodes;
+    uint32_t nnodes;
+    const uint32_t *toks, *tok_lo;
+} dsr1__trie_view;
+
 #define DSR1__SHARED_BUCKETS   256
 #define DSR1__SHARED_MAX_DFAS  4096
 #define DSR1__SHARED_MAX_BYTES ((size_t)256 << 20)
@@ -233,17 +244,29 @@ typedef struct {
     uint32_t st, org;
 } dsr1__item;
 
+/* An item of a closed set waiting for `rule` to complete, then moving to `target`. */
+typedef struct {
+    uint32_t rule, target, org;
+} dsr1__waiter;
+
 typedef struct {
     const dsr1_grammar *g;
     dsr1__item *it;
     size_t n, cap;
+    /* per set k: its waiters cx[cxoff[k] .. cxoff[k + 1]) sorted by rule when cxon[k]
+     * (large sets only; small ones are scanned) */
+    dsr1__waiter *cx;
+    size_t ncx, cxcap;
+    uint32_t *cxoff;
+    uint8_t *cxon;
     uint32_t *set; /* set k = it[set[k] .. set[k+1]); set[nset] == n */
     size_t nset, setcap;
     uint8_t *rootdone; /* per set: an item with origin ORG_ROOT completed there */
     uint64_t *hkey;
     uint32_t *hgen;
     uint32_t hcap, gen;
-    bool oom;
+    bool oom;      /* out of memory, or a set past DSR1__MAX_SET_ITEMS (too ambiguous) */
+    bool overflow; /* the latter */
 } dsr1__chart;
 
 void dsr1__chart_init(dsr1__chart *c, const dsr1_grammar *g);
@@ -256,10 +279,13 @@ bool dsr1__chart_add(dsr1__chart *c, uint32_t st, uint32_t org);
 bool dsr1__chart_close(dsr1__chart *c);
 /* Scans byte b from the last set into a new one; false (nothing added) when no item can. */
 bool dsr1__chart_scan(dsr1__chart *c, uint8_t b);
+/* Adds to the open set the items of set org waiting for `rule`, advanced over it. */
+void dsr1__chart_complete(dsr1__chart *c, uint32_t rule, uint32_t org);
 static inline void dsr1__chart_truncate(dsr1__chart *c, size_t nset)
 {
     c->nset = nset;
     c->n = c->set[nset];
+    c->ncx = c->cxoff[nset];
 }
 
 /* ---- masks ---- */

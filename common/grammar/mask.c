@@ -95,27 +95,26 @@ void dsr1__grammar_free_ci(dsr1_grammar *g)
 
 /* Tokens under trie node i (first byte at depth d rejected): uncertain at every earlier
  * position where the rule ended. */
-static bool dead_subtree(const dsr1_grammar_vocab *v, dsr1__scratch *s, uint32_t i, uint32_t d)
+static bool dead_subtree(const dsr1__trie_view *tv, dsr1__scratch *s, uint32_t i, uint32_t d)
 {
-    if (!s->ncomp[d - 1]) return true;
-    uint32_t lo = v->tok_lo[i], hi = v->tok_lo[v->nodes[i].end];
+    uint32_t lo = tv->tok_lo[i], hi = tv->tok_lo[tv->nodes[i].end];
     for (uint32_t j = 1; j < d; j++) {
         if (s->ncomp[j] == s->ncomp[j - 1]) continue;
         if (!DSR1_GROW(s->pairs, s->pcap, s->npairs + (hi - lo))) return false;
-        for (uint32_t k = lo; k < hi; k++) s->pairs[s->npairs++] = (upair){v->sorted[k], j};
+        for (uint32_t k = lo; k < hi; k++) s->pairs[s->npairs++] = (upair){tv->toks[k], j};
     }
     return true;
 }
 
 /* Tokens ending at node i are accepted. A node without one has tok == vocab size, a bit
  * past the last id that compute_ci clears, so the common case has no branch. */
-static inline void accept_here(const dsr1_grammar_vocab *v, dsr1__scratch *s, uint32_t i)
+static inline void accept_here(const dsr1__trie_view *tv, dsr1__scratch *s, uint32_t i)
 {
-    const dsr1__tnode *nd = &v->nodes[i];
+    const dsr1__tnode *nd = &tv->nodes[i];
     s->accbits[nd->tok >> 5] |= 1u << (nd->tok & 31);
     if (__builtin_expect(nd->ntok > 1, 0))
-        for (uint32_t k = v->tok_lo[i]; k < v->tok_lo[i + 1]; k++)
-            s->accbits[v->sorted[k] >> 5] |= 1u << (v->sorted[k] & 31);
+        for (uint32_t k = tv->tok_lo[i]; k < tv->tok_lo[i + 1]; k++)
+            s->accbits[tv->toks[k] >> 5] |= 1u << (tv->toks[k] & 31);
 }
 
 typedef struct {
@@ -142,23 +141,24 @@ static bool walk_dfa(const dsr1_grammar *g, uint32_t st, dsr1__scratch *s)
     const uint8_t *cmap = g->cmaps + g->st[st].cmap;
     const dsr1__gstate *S = g->st + r->start;
     const uint32_t ncls = r->ncls, first = r->start;
-    const dsr1__tnode *nodes = v->nodes;
+    const dsr1__trie_view tv = {v->nodes, v->nnodes, v->sorted, v->tok_lo};
+    const dsr1__tnode *nodes = tv.nodes;
     int32_t *dst = s->dst;
     uint32_t *ncomp = s->ncomp;
     dst[0] = (int32_t)(st - first);
-    for (uint32_t i = 0, n = v->nnodes; i < n;) {
+    for (uint32_t i = 0, n = tv.nnodes; i < n;) {
         const dsr1__tnode *nd = &nodes[i];
         uint32_t d = nd->depth;
         int32_t t = T[(uint32_t)dst[d - 1] * ncls + cmap[nd->byte]];
         if (t < 0) {
-            if (ncomp[d - 1] && !dead_subtree(v, s, i, d)) return false;
+            if (ncomp[d - 1] && !dead_subtree(&tv, s, i, d)) return false;
             i = nd->end;
             continue;
         }
         t -= (int32_t)first;
         dst[d] = t;
         ncomp[d] = ncomp[d - 1] + S[t].final;
-        accept_here(v, s, i);
+        accept_here(&tv, s, i);
         i++;
     }
     return true;
@@ -168,6 +168,7 @@ static bool walk_dfa(const dsr1_grammar *g, uint32_t st, dsr1__scratch *s)
 static bool walk_earley(const dsr1_grammar *g, uint32_t st, dsr1__scratch *s)
 {
     const dsr1_grammar_vocab *v = g->vocab;
+    const dsr1__trie_view tv = {v->nodes, v->nnodes, v->sorted, v->tok_lo};
     dsr1__chart *c = &s->mini;
     dsr1__chart_clear(c);
     if (!dsr1__chart_begin(c) || !dsr1__chart_add(c, st, DSR1__ORG_ROOT) || !dsr1__chart_close(c))
@@ -178,12 +179,12 @@ static bool walk_earley(const dsr1_grammar *g, uint32_t st, dsr1__scratch *s)
         dsr1__chart_truncate(c, d);
         if (!dsr1__chart_scan(c, nd->byte)) {
             if (c->oom) return false;
-            if (s->ncomp[d - 1] && !dead_subtree(v, s, i, d)) return false;
+            if (s->ncomp[d - 1] && !dead_subtree(&tv, s, i, d)) return false;
             i = nd->end;
             continue;
         }
         s->ncomp[d] = s->ncomp[d - 1] + c->rootdone[d];
-        accept_here(v, s, i);
+        accept_here(&tv, s, i);
         i++;
     }
     return true;
@@ -288,19 +289,16 @@ static const dsr1__ci *get_ci(const dsr1_grammar *g, uint32_t st, dsr1__scratch 
 
 /* The uncertain tokens of kernel item (rule of st, org): walk the suffix trie from the
  * items that ending the rule gives its callers. */
-static void check_uncertain(const dsr1_grammar *g, dsr1__chart *c, dsr1__scratch *s,
-                            const dsr1__ci *ci, uint32_t rule, uint32_t org, uint32_t *mask)
+static void check_uncertain(dsr1__chart *c, dsr1__scratch *s, const dsr1__ci *ci, uint32_t rule,
+                            uint32_t org, uint32_t *mask)
 {
     size_t nset0 = c->nset;
     if (!dsr1__chart_begin(c)) return;
-    for (size_t i = c->set[org]; i < c->set[org + 1]; i++) {
-        dsr1__item it = c->it[i];
-        const dsr1__gstate *gs = &g->st[it.st];
-        for (uint32_t k = 0; k < gs->ncalls; k++)
-            if (g->calls[gs->calls + k].rule == rule)
-                dsr1__chart_add(c, g->calls[gs->calls + k].target, it.org);
+    dsr1__chart_complete(c, rule, org);
+    if (!dsr1__chart_close(c)) {
+        c->oom = c->overflow = false;
+        return;
     }
-    if (!dsr1__chart_close(c)) return;
     if (!DSR1_GROW(s->sufacc, s->sufcap, ci->nsuf)) {
         dsr1__chart_truncate(c, nset0);
         return;
@@ -317,6 +315,7 @@ static void check_uncertain(const dsr1_grammar *g, dsr1__chart *c, dsr1__scratch
         s->sufacc[i++] = 1;
     }
     dsr1__chart_truncate(c, nset0);
+    c->oom = c->overflow = false;
     for (uint32_t k = 0; k < ci->nunc; k++)
         if (s->sufacc[ci->unc_node[k]]) mask[ci->unc_tok[k] >> 5] |= 1u << (ci->unc_tok[k] & 31);
 }
@@ -345,6 +344,6 @@ void dsr1__mask_compute(const dsr1_grammar *g, dsr1__chart *c, dsr1__scratch *s,
                     mask[ci->acc_list[k] >> 5] |= 1u << (ci->acc_list[k] & 31);
             }
         }
-        if (ci->nunc) check_uncertain(g, c, s, ci, g->st[it.st].rule, it.org, mask);
+        if (ci->nunc) check_uncertain(c, s, ci, g->st[it.st].rule, it.org, mask);
     }
 }

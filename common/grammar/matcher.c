@@ -100,9 +100,14 @@ static dsr1_status scan_bytes(dsr1_matcher *m, const uint8_t *b, size_t n, int32
     size_t nset0 = m->ch.nset;
     for (size_t i = 0; i < n; i++) {
         if (!dsr1__chart_scan(&m->ch, b[i])) {
-            bool oom = m->ch.oom;
-            m->ch.oom = false;
+            bool oom = m->ch.oom, over = m->ch.overflow;
+            m->ch.oom = m->ch.overflow = false;
             dsr1__chart_truncate(&m->ch, nset0);
+            if (over)
+                return dsr1_error(DSR1_ERR_RANGE,
+                                  "matcher: the grammar is too ambiguous here (more than %d "
+                                  "parser items at byte %zu)",
+                                  DSR1__MAX_SET_ITEMS, i);
             if (oom) return dsr1_error(DSR1_ERR_NOMEM, "matcher: out of memory");
             if (token >= 0)
                 return dsr1_error(DSR1_ERR_INVALID_ARG,
