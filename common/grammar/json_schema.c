@@ -695,6 +695,10 @@ static js_x *gen(js_ctx *c, json_t *s)
     if (dsr1__js_check_keywords(c, s)) return NULL;
     static const char *const none[] = {NULL};
     if (!has_other(s, none)) return dsr1__js_common(c, JS_R_VALUE); /* {} or annotations only */
+    /* a nested $id starts a new base URI: "#/..." inside it would mean its own root */
+    json_t *id = json_object_get(s, "$id");
+    bool new_base = s != c->root && json_is_string(id) && json_string_value(id)[0] != '#';
+    c->in_id += new_base;
     c->depth++;
     js_x *x = NULL;
     json_t *ref = json_object_get(s, "$ref"), *any = json_object_get(s, "anyOf"),
@@ -734,6 +738,7 @@ static js_x *gen(js_ctx *c, json_t *s)
         x = gen_types(c, s);
     }
     c->depth--;
+    c->in_id -= new_base;
     if (!x && !c->budget) dsr1__js_too_complex(c);
     return x;
 }

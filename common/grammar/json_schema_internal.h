@@ -76,6 +76,7 @@ typedef struct js_ctx {
     int merges;    /* allOf merges left */
     int epoch;
     int depth;
+    int in_id;      /* inside subschemas with their own (non-fragment) $id */
     int err;        /* the status of the first error (its message is in dsr1_errmsg) */
     int common[12]; /* lazily created shared rules (JS_R_*), -1 until created */
     char path[1024];

@@ -33,6 +33,11 @@ int dsr1__js_resolve_ref(js_ctx *c, const char *ref, json_t **out)
                        "unsupported $ref '%.200s' at %s (only local JSON pointers: \"#\", "
                        "\"#/$defs/name\", \"#/definitions/name\", \"#/...\")",
                        ref, dsr1__js_where(c));
+    if (c->in_id)
+        return JS_FAIL(c, DSR1_ERR_INVALID_ARG,
+                       "$ref '%.200s' at %s is inside a subschema with its own $id (a new base "
+                       "URI): not supported",
+                       ref, dsr1__js_where(c));
     json_t *t = c->root;
     const char *p = ref + 1;
     char seg[512];
@@ -63,6 +68,12 @@ int dsr1__js_resolve_ref(js_ctx *c, const char *ref, json_t **out)
         if (!next)
             return JS_FAIL(c, DSR1_ERR_INVALID_ARG, "$ref '%.200s' at %s points at nothing", ref,
                            dsr1__js_where(c));
+        json_t *id = json_object_get(next, "$id");
+        if (json_is_object(next) && json_is_string(id) && json_string_value(id)[0] != '#')
+            return JS_FAIL(c, DSR1_ERR_INVALID_ARG,
+                           "$ref '%.200s' at %s enters a subschema with its own $id (a new base "
+                           "URI): not supported",
+                           ref, dsr1__js_where(c));
         t = next;
     }
     if (*p)

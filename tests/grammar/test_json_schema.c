@@ -319,6 +319,11 @@ static const err_case errors[] = {
     {"{\"type\":\"object\",\"properties\":{\"n\":{\"$ref\":\"#\"}},\"required\":[\"n\"]}",
      DSR1_ERR_INVALID_ARG, "no JSON value satisfies"},
     {"{\"type\":\"strin\"}", DSR1_ERR_INVALID_ARG, "'type' at the root"},
+    {"{\"$defs\":{\"a\":{\"$id\":\"a.json\",\"$defs\":{\"b\":{}},\"$ref\":\"#/$defs/b\"}},"
+     "\"$ref\":\"#/$defs/a\"}",
+     DSR1_ERR_INVALID_ARG, "enters a subschema with its own $id"},
+    {"{\"items\":{\"$id\":\"i.json\",\"items\":{\"$ref\":\"#\"}}}", DSR1_ERR_INVALID_ARG,
+     "$ref '#' at /items/items is inside a subschema with its own $id"},
     {"{\"properties\":{\"s\":{\"minLength\":-1}}}", DSR1_ERR_INVALID_ARG,
      "'minLength' at /properties/s must be a non-negative integer"},
     {"{\"anyOf\":[]}", DSR1_ERR_INVALID_ARG, "'anyOf' at the root must be a non-empty array"},
