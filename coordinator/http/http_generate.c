@@ -468,7 +468,8 @@ static json_t *tool_call_deltas(http_job *j, int ci, const dsr1_tool_event *ev, 
 {
     json_t *arr = json_array();
     for (int i = 0; i < n; i++) {
-        json_t *fn = json_pack("{s:s}", "arguments", ev[i].args);
+        json_t *args = json_stringn(ev[i].args, ev[i].args_len);
+        json_t *fn = json_pack("{s:o}", "arguments", args ? args : json_string(""));
         json_t *d = json_pack("{s:i}", "index", ev[i].index);
         if (ev[i].name) {
             char id[160];
@@ -637,18 +638,11 @@ static void final_choice(http_job *j, int ci, const dsr1_sched_event *ev)
             if (!tev[i].name) continue; /* merged per call: names come first */
             char id[160];
             snprintf(id, sizeof(id), "call_%s_%d", c->id + 9, tev[i].index);
-            json_t *args = json_string(tev[i].args);
-            for (int k2 = i + 1; k2 < n_ev && tev[k2].index == tev[i].index; k2++) {
-                char *joined = NULL;
-                if (asprintf(&joined, "%s%s", json_string_value(args), tev[k2].args) >= 0) {
-                    json_decref(args);
-                    args = json_string(joined);
-                    free(joined);
-                }
-            }
+            /* one event per call: a whole feed merges a call's fragments into it */
+            json_t *args = json_stringn(tev[i].args, tev[i].args_len);
             json_array_append_new(tc, json_pack("{s:s, s:s, s:{s:s, s:o}}", "id", id, "type",
                                                 "function", "function", "name", tev[i].name,
-                                                "arguments", args));
+                                                "arguments", args ? args : json_string("")));
         }
         calls = json_array_size(tc) > 0;
         if (calls)

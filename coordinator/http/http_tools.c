@@ -100,12 +100,13 @@ static dsr1_status event(dsr1_toolparse *p, const char *name, size_t name_len, c
     if (!name && !args_len) return DSR1_OK;
     dsr1_tool_event *last = p->n_ev ? &p->ev[p->n_ev - 1] : NULL;
     if (!name && last && last->index == p->index) {
-        size_t n = strlen(last->args);
+        size_t n = last->args_len;
         char *a = realloc(last->args, n + args_len + 1);
         if (!a) return dsr1_error(DSR1_ERR_NOMEM, "tool parser: out of memory");
         memcpy(a + n, args, args_len);
         a[n + args_len] = '\0';
         last->args = a;
+        last->args_len = n + args_len;
         return DSR1_OK;
     }
     if (p->n_ev == p->cap_ev) {
@@ -116,7 +117,8 @@ static dsr1_status event(dsr1_toolparse *p, const char *name, size_t name_len, c
         p->cap_ev = cap;
     }
     dsr1_tool_event *e = &p->ev[p->n_ev];
-    *e = (dsr1_tool_event){p->index, name ? dupn(name, name_len) : NULL, dupn(args, args_len)};
+    *e = (dsr1_tool_event){p->index, name ? dupn(name, name_len) : NULL, dupn(args, args_len),
+                           args_len};
     if ((name && !e->name) || !e->args) {
         free(e->name);
         free(e->args);
@@ -148,11 +150,15 @@ static bool maybe(const buf *b, const char *marker)
     return b->n < m && !memcmp(b->p, marker, b->n);
 }
 
+static bool is_space(char c)
+{
+    return c == ' ' || c == '\n' || c == '\r' || c == '\t';
+}
+
 static size_t skip_space(const buf *b)
 {
     size_t i = 0;
-    while (i < b->n && (b->p[i] == ' ' || b->p[i] == '\n' || b->p[i] == '\r' || b->p[i] == '\t'))
-        i++;
+    while (i < b->n && is_space(b->p[i])) i++;
     return i;
 }
 
@@ -233,13 +239,12 @@ static dsr1_status step(dsr1_toolparse *p, bool final, bool *progress)
     case ARGS: {
         const char *end = memmem(h->p, h->n, DSR1_TOOL_CALL_END, strlen(DSR1_TOOL_CALL_END));
         if (end) {
+            /* the arguments end before whitespace, the closing fence, whitespace */
             size_t n = (size_t)(end - h->p);
             size_t drop = n + strlen(DSR1_TOOL_CALL_END);
-            while (n && (h->p[n - 1] == ' ' || h->p[n - 1] == '\n' || h->p[n - 1] == '\r')) n--;
-            if (p->fenced && n >= 3 && !memcmp(h->p + n - 3, "```", 3)) {
-                n -= 3;
-                if (n && h->p[n - 1] == '\n') n--;
-            }
+            while (n && is_space(h->p[n - 1])) n--;
+            if (p->fenced && n >= 3 && !memcmp(h->p + n - 3, "```", 3)) n -= 3;
+            while (n && is_space(h->p[n - 1])) n--;
             st = event(p, NULL, 0, h->p, n);
             buf_drop(h, drop);
             p->state = CALLS;
@@ -247,23 +252,17 @@ static dsr1_status step(dsr1_toolparse *p, bool final, bool *progress)
             *progress = true;
             return st;
         }
-        /* hold back what could be the closing fence and end marker */
-        size_t keep = 0;
+        /* hold back what the end would trim: whitespace, a fence, whitespace, and the start
+         * of the end marker */
+        size_t j = h->n;
         if (!final) {
-            keep = partial_tail(h->p, h->n, DSR1_TOOL_CALL_END);
-            const char *nl = memrchr(h->p, '\n', h->n);
-            if (nl) {
-                size_t k = (size_t)(h->p + h->n - nl);
-                const char *t = nl + 1;
-                size_t tn = k - 1, bt = 0;
-                while (bt < tn && bt < 3 && t[bt] == '`') bt++;
-                bool could = bt == tn ||
-                             (bt == 3 && partial_tail(t + 3, tn - 3, DSR1_TOOL_CALL_END) == tn - 3);
-                if (could && k > keep) keep = k;
-            }
+            j -= partial_tail(h->p, h->n, DSR1_TOOL_CALL_END);
+            while (j && is_space(h->p[j - 1])) j--;
+            for (int bt = 0; bt < 3 && j && h->p[j - 1] == '`'; bt++) j--;
+            while (j && is_space(h->p[j - 1])) j--;
         }
-        st = event(p, NULL, 0, h->p, h->n - keep);
-        buf_drop(h, h->n - keep);
+        st = event(p, NULL, 0, h->p, j);
+        buf_drop(h, j);
         return st;
     }
     }

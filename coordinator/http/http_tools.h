@@ -25,9 +25,10 @@
 #define DSR1_TOOL_SEP         "<｜tool▁sep｜>"
 
 typedef struct {
-    int index;  /* the call's index in this response, from 0 */
-    char *name; /* set on the call's first event only */
-    char *args; /* an arguments fragment ("" on the first event) */
+    int index;       /* the call's index in this response, from 0 */
+    char *name;      /* set on the call's first event only */
+    char *args;      /* an arguments fragment ("" on the first event), NUL-terminated */
+    size_t args_len; /* its length (the text may hold NUL bytes) */
 } dsr1_tool_event;
 
 typedef struct dsr1_toolparse dsr1_toolparse;

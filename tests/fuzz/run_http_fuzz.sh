@@ -1,26 +1,40 @@
 #!/bin/sh
-# Build and run the libFuzzer target of the HTTP API's request parser
-# (coordinator/http/http_request.c: body bytes -> request struct or error).
+# Build and run the libFuzzer targets of the HTTP API: the request parser
+# (coordinator/http/http_request.c: body bytes -> request struct or error) and the tool-call
+# parser (coordinator/http/http_tools.c: generated text in any pieces -> content and calls).
 #
-#   tests/fuzz/run_http_fuzz.sh [SECONDS]     # default 60 s
+#   tests/fuzz/run_http_fuzz.sh [SECONDS]     # default 60 s per target
 #
 # Builds with clang (-fsanitize=fuzzer,address,undefined) straight from the sources into
-# $DSR1_FUZZ_DIR (default build-fuzz-http/ at the repo root), seeds the corpus with valid
-# chat and completions requests, runs for SECONDS and exits non-zero if it found a crash
-# (the reproducer is left as crash-* in that directory). The corpus persists between runs.
+# $DSR1_FUZZ_DIR (default build-fuzz-http/ at the repo root), seeds the corpora with valid
+# chat and completions requests and tool calls, runs each target for SECONDS and exits
+# non-zero if either found a crash (the reproducer is left as crash-* in that directory).
+# The corpora persist between runs.
 set -eu
 
 secs=${1:-60}
 root=$(cd "$(dirname "$0")/../.." && pwd)
 out=${DSR1_FUZZ_DIR:-$root/build-fuzz-http}
 cc=${CC_FUZZ:-clang}
-mkdir -p "$out/corpus"
+mkdir -p "$out/corpus" "$out/corpus-tools"
 cd "$root"
 
 flags="-fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -g -O1 -std=gnu11 -D_GNU_SOURCE -I common/base -I coordinator/http"
 # shellcheck disable=SC2086
 $cc $flags -o "$out/fuzz_http_request" tests/fuzz/fuzz_http_request.c coordinator/http/http_request.c \
     common/base/status.c common/base/log.c -ljansson -lm
+# shellcheck disable=SC2086
+$cc $flags -o "$out/fuzz_http_tools" tests/fuzz/fuzz_http_tools.c coordinator/http/http_tools.c \
+    common/base/status.c common/base/log.c -ljansson -lm
+# first byte: the number of cuts (mod 16), then one byte per cut (a piece's length mod 64)
+printf '\003\005\011\021%s' 'Sure.<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>get_weather
+```json
+{"city": "Paris"}
+```<｜tool▁call▁end｜>
+<｜tool▁call▁begin｜>function<｜tool▁sep｜>f
+```json
+{}
+```<｜tool▁call▁end｜><｜tool▁calls▁end｜>' >"$out/corpus-tools/seed-calls"
 
 c=$out/corpus
 printf '%s' '{"model":"m","messages":[{"role":"user","content":"hi"}]}' >"$c/seed-chat"
@@ -75,13 +89,27 @@ cat >"$out/http.dict" <<'DICT'
 "\xed\xa0\x80"
 DICT
 
+# libFuzzer dictionaries take ASCII only: the markers as \xNN escapes
+: >"$out/tools.dict"
+for m in '<｜tool▁calls▁begin｜>' '<｜tool▁calls▁end｜>' '<｜tool▁call▁begin｜>' '<｜tool▁call▁end｜>' \
+    '<｜tool▁sep｜>' 'function' '```json' '```'; do
+    printf '"%s"\n' "$(printf '%s' "$m" | od -An -tx1 -v | tr -d ' \n' | sed 's/../\\x&/g')" \
+        >>"$out/tools.dict"
+done
+printf '"\\x0a"\n' >>"$out/tools.dict"
+
 status=0
-echo "== fuzz_http_request for ${secs}s"
-"$out/fuzz_http_request" -max_total_time="$secs" -print_final_stats=1 -artifact_prefix="$out/crash-http-" \
-    -dict="$out/http.dict" "$out/corpus" >"$out/fuzz_http_request.log" 2>&1 || status=1
-grep -E "^#[0-9]+.*(DONE|pulse)|stat::number_of_executed_units|stat::peak_rss|ERROR|SUMMARY" \
-    "$out/fuzz_http_request.log" | tail -5
+for t in request tools; do
+    corpus=$out/corpus
+    dict=$out/http.dict
+    if [ "$t" = tools ]; then corpus=$out/corpus-tools; dict=$out/tools.dict; fi
+    echo "== fuzz_http_$t for ${secs}s"
+    "$out/fuzz_http_$t" -max_total_time="$secs" -print_final_stats=1 -artifact_prefix="$out/crash-$t-" \
+        -dict="$dict" "$corpus" >"$out/fuzz_http_$t.log" 2>&1 || status=1
+    grep -E "^#[0-9]+.*(DONE|pulse)|stat::number_of_executed_units|stat::peak_rss|ERROR|SUMMARY" \
+        "$out/fuzz_http_$t.log" | tail -5
+done
 if [ "$status" -ne 0 ]; then
-    echo "fuzzing found a crash: see $out/crash-* and $out/fuzz_http_request.log" >&2
+    echo "fuzzing found a crash: see $out/crash-* and $out/fuzz_http_*.log" >&2
 fi
 exit "$status"
