@@ -223,6 +223,18 @@ bool dsr1__chart_scan(dsr1__chart *c, uint8_t b)
     const dsr1_grammar *g = c->g;
     if (!c->nset) return false;
     size_t lo = c->set[c->nset - 1], hi = c->n;
+    if (hi - lo == 1) {
+        /* one item moving to a state that neither calls nor ends: nothing to close */
+        dsr1__item it = c->it[lo];
+        int32_t t = dsr1__step(g, it.st, b);
+        if (t < 0) return false;
+        if (!g->st[t].ncalls && !g->st[t].final) {
+            if (!dsr1__chart_begin(c) || !DSR1_GROW(c->it, c->cap, c->n + 1)) return false;
+            c->it[c->n++] = (dsr1__item){(uint32_t)t, it.org};
+            c->set[c->nset] = (uint32_t)c->n;
+            return true;
+        }
+    }
     if (!dsr1__chart_begin(c)) return false;
     for (size_t i = lo; i < hi; i++) {
         int32_t t = dsr1__step(g, c->it[i].st, b);

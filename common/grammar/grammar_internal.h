@@ -191,6 +191,21 @@ void dsr1__grammar_free_ci(dsr1_grammar *g);
 
 /* ---- the vocabulary trie ---- */
 
+/* Byte categories, so that a walk can take a whole subtree at once when every byte below
+ * a node keeps the DFA in its state: ASCII letters and digits, space, other printable
+ * ASCII but the quote and backslash, the quote, the backslash, controls, non-ASCII. */
+#define DSR1__NBYTECAT 7
+static inline uint8_t dsr1__bytecat(uint8_t b)
+{
+    if ((b >= 'a' && b <= 'z') || (b >= 'A' && b <= 'Z') || (b >= '0' && b <= '9')) return 0;
+    if (b == ' ') return 1;
+    if (b == '"') return 3;
+    if (b == '\\') return 4;
+    if (b < 0x20) return 5;
+    if (b >= 0x80) return 6;
+    return 2;
+}
+
 /* Preorder trie node (the root itself is not stored): the byte on the edge into it, its
  * depth (1 = first byte) and the index one past its subtree. */
 typedef struct {
@@ -201,8 +216,8 @@ typedef struct {
     uint8_t ntok; /* tokens ending here, saturated at 255 */
 } dsr1__tnode;
 
-/* A trie of token byte strings (the vocabulary's). The tokens under node i are toks[tok_lo[i] .. tok_lo[nodes[i].end]), those
- * ending at it toks[tok_lo[i] .. tok_lo[i + 1]). */
+/* A trie of token byte strings (the vocabulary's). The tokens under node i are toks[tok_lo[i] ..
+ * tok_lo[nodes[i].end]), those ending at it toks[tok_lo[i] .. tok_lo[i + 1]). */
 typedef struct {
     const dsr1__tnode *nodes;
     uint32_t nnodes;
@@ -227,6 +242,7 @@ struct dsr1_grammar_vocab {
     dsr1__tnode *nodes;
     uint32_t nnodes;
     uint32_t *tok_lo; /* per node (+ sentinel): first index in sorted of its subtree */
+    uint8_t *subcat;  /* per node: the byte categories (dsr1__bytecat) below it */
     uint32_t maxlen;
 };
 
@@ -293,6 +309,8 @@ static inline void dsr1__chart_truncate(dsr1__chart *c, size_t nset)
 typedef struct dsr1__scratch dsr1__scratch;
 dsr1__scratch *dsr1__scratch_new(const dsr1_grammar *g);
 void dsr1__scratch_free(dsr1__scratch *s);
+/* Computes the cache of every state of g's shared leaf rules (vocabulary warm-up). */
+void dsr1__grammar_warm(const dsr1_grammar *g);
 /* The token mask of the chart's last set (text tokens only; the caller adds eos). */
 void dsr1__mask_compute(const dsr1_grammar *g, dsr1__chart *c, dsr1__scratch *s, uint32_t *mask);
 

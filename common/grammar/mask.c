@@ -43,6 +43,8 @@ struct dsr1__scratch {
     size_t npairs, pcap;
     uint8_t *sufacc;
     size_t sufcap;
+    uint8_t *selfcat;
+    size_t selfcap;
 };
 
 dsr1__scratch *dsr1__scratch_new(const dsr1_grammar *g)
@@ -71,6 +73,7 @@ void dsr1__scratch_free(dsr1__scratch *s)
     free(s->accbits);
     free(s->pairs);
     free(s->sufacc);
+    free(s->selfcat);
     free(s);
 }
 
@@ -143,8 +146,12 @@ static bool walk_dfa(const dsr1_grammar *g, uint32_t st, dsr1__scratch *s)
     const uint32_t ncls = r->ncls, first = r->start;
     const dsr1__trie_view tv = {v->nodes, v->nnodes, v->sorted, v->tok_lo};
     const dsr1__tnode *nodes = tv.nodes;
+    const uint8_t *subcat = v->subcat;
     int32_t *dst = s->dst;
     uint32_t *ncomp = s->ncomp;
+    /* per state of the rule: the byte categories that loop on it (0x80: not known yet) */
+    if (!DSR1_GROW(s->selfcat, s->selfcap, r->nst)) return false;
+    memset(s->selfcat, 0x80, r->nst);
     dst[0] = (int32_t)(st - first);
     for (uint32_t i = 0, n = tv.nnodes; i < n;) {
         const dsr1__tnode *nd = &nodes[i];
@@ -159,6 +166,24 @@ static bool walk_dfa(const dsr1_grammar *g, uint32_t st, dsr1__scratch *s)
         dst[d] = t;
         ncomp[d] = ncomp[d - 1] + S[t].final;
         accept_here(&tv, s, i);
+        uint8_t sc = subcat[i];
+        if (sc) {
+            uint8_t loops = s->selfcat[t];
+            if (loops & 0x80) {
+                loops = (uint8_t)((1u << DSR1__NBYTECAT) - 1);
+                for (int b = 0; b < 256; b++)
+                    if (T[(uint32_t)t * ncls + cmap[b]] != t + (int32_t)first)
+                        loops &= (uint8_t) ~(1u << dsr1__bytecat((uint8_t)b));
+                s->selfcat[t] = loops;
+            }
+            if (!(sc & ~loops)) {
+                /* every byte below keeps the state: all the tokens below are accepted */
+                for (uint32_t k = tv.tok_lo[i + 1]; k < tv.tok_lo[nd->end]; k++)
+                    s->accbits[tv.toks[k] >> 5] |= 1u << (tv.toks[k] & 31);
+                i = nd->end;
+                continue;
+            }
+        }
         i++;
     }
     return true;
@@ -346,4 +371,17 @@ void dsr1__mask_compute(const dsr1_grammar *g, dsr1__chart *c, dsr1__scratch *s,
         }
         if (ci->nunc) check_uncertain(c, s, ci, g->st[it.st].rule, it.org, mask);
     }
+}
+
+void dsr1__grammar_warm(const dsr1_grammar *g)
+{
+    dsr1__scratch *s = dsr1__scratch_new(g);
+    if (!s) return;
+    for (uint32_t r = 0; r < g->nrules; r++) {
+        const dsr1__grule *gr = &g->rules[r];
+        if (!gr->shared) continue;
+        for (uint32_t k = 0; k < gr->nst; k++)
+            if (g->st[gr->start + k].scans) get_ci(g, gr->start + k, s);
+    }
+    dsr1__scratch_free(s);
 }

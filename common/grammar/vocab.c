@@ -132,6 +132,22 @@ dsr1_status dsr1_grammar_vocab_create_raw(int32_t n, const uint8_t *const *bytes
         dsr1_grammar_vocab_free(v);
         return st;
     }
+    /* categories below each node: children come after their parent, so go backwards,
+     * acc[d] gathering the nodes of depth d + 1 seen since their parent */
+    v->subcat = malloc((size_t)v->nnodes + 1);
+    uint8_t *acc = calloc((size_t)v->maxlen + 2, 1);
+    if (!v->subcat || !acc) {
+        free(acc);
+        dsr1_grammar_vocab_free(v);
+        return dsr1_error(DSR1_ERR_NOMEM, "grammar vocab: out of memory");
+    }
+    for (uint32_t i = v->nnodes; i-- > 0;) {
+        uint32_t d = v->nodes[i].depth;
+        v->subcat[i] = acc[d];
+        acc[d] = 0;
+        acc[d - 1] |= (uint8_t)(1u << dsr1__bytecat(v->nodes[i].byte) | v->subcat[i]);
+    }
+    free(acc);
     *out = v;
     return DSR1_OK;
 oom:
@@ -140,6 +156,27 @@ oom:
     free(sl);
     dsr1_grammar_vocab_free(v);
     return dsr1_error(DSR1_ERR_NOMEM, "grammar vocab: out of memory");
+}
+
+/* Fills the shared cache with the states of the JSON string rules every JSON Schema and
+ * JSON object grammar uses, so that no request pays for their first trie walks. Best
+ * effort: a failure only leaves the cache colder. */
+static void warm(const dsr1_grammar_vocab *v)
+{
+    char *text = NULL;
+    size_t len = 0;
+    dsr1_grammar *g = NULL;
+    const char schema[] = "{\"type\":\"object\",\"properties\":{\"s\":{\"type\":\"string\"}}}";
+    if (dsr1_json_schema_to_ebnf(schema, sizeof(schema) - 1, NULL, &text, &len) == DSR1_OK &&
+        dsr1_grammar_compile_ebnf(v, text, len, NULL, &g) == DSR1_OK) {
+        dsr1__grammar_warm(g);
+        dsr1_grammar_free(g);
+    }
+    free(text);
+    if (dsr1_grammar_compile_json_object(v, NULL, &g) == DSR1_OK) {
+        dsr1__grammar_warm(g);
+        dsr1_grammar_free(g);
+    }
 }
 
 dsr1_status dsr1_grammar_vocab_create(const dsr1_tokenizer *tok, int32_t eos_id,
@@ -168,6 +205,7 @@ dsr1_status dsr1_grammar_vocab_create(const dsr1_tokenizer *tok, int32_t eos_id,
     dsr1_status st = dsr1_grammar_vocab_create_raw(n, b, l, eos_id, out);
     free(b);
     free(l);
+    if (!st) warm(*out);
     return st;
 }
 
@@ -261,5 +299,6 @@ void dsr1_grammar_vocab_free(dsr1_grammar_vocab *v)
     free(v->sorted);
     free(v->nodes);
     free(v->tok_lo);
+    free(v->subcat);
     free(v);
 }
