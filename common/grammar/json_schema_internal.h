@@ -99,7 +99,7 @@ enum {
 
 #define JS_MAX_DEPTH  128
 #define JS_MAX_ENUM   10000
-#define JS_MAX_NODES  2000000
+#define JS_MAX_NODES  1000000
 #define JS_MAX_MERGES 20000
 #define JS_MAX_OUTPUT ((size_t)64 << 20)
 

@@ -415,6 +415,20 @@ static void test_limits(void **state)
     s = repeat_schema("{\"properties\":{\"", "x", 2000, "\":{}", "", "}}");
     expect_error(s, strlen(s), NULL, DSR1_ERR_RANGE, "longer than 1024 characters");
     free(s);
+    /* the size of the grammar itself: 120 enums of 9,000 values */
+    size_t cap = 8u << 20;
+    char *huge = malloc(cap), *q = huge;
+    assert_non_null(huge);
+    q += sprintf(q, "{\"type\":\"object\",\"properties\":{");
+    for (int i = 0; i < 120; i++) {
+        q += sprintf(q, "%s\"p%d\":{\"enum\":[", i ? "," : "", i);
+        for (int k = 0; k < 9000; k++) q += sprintf(q, "%s%d", k ? "," : "", k);
+        q += sprintf(q, "]}");
+    }
+    q += sprintf(q, "}}");
+    dsr1_grammar_opts roomy = {.max_source = cap};
+    expect_error(huge, (size_t)(q - huge), &roomy, DSR1_ERR_RANGE, "schema too complex");
+    free(huge);
     /* anyOf distributed over allOf: 2^20 branches */
     s = repeat_schema("{\"allOf\":[", "{\"anyOf\":[{\"minLength\":1},{\"maxLength\":9}]},", 20,
                       "{}", "", "]}");
