@@ -490,6 +490,9 @@ static void run_schema(ctx *c, const char *name, const char *text, size_t len, r
             } else {
                 r->invalid++;
                 r->invalid_rej += !ok;
+                if (ok && c->o->verbose)
+                    fprintf(stderr, "%s: invalid test %zu accepted (%.*s): %s\n", name, t,
+                            (int)tc->desc_len, tc->desc ? tc->desc : "", inst);
             }
         } else if (g) {
             r->skipped_tests++;
