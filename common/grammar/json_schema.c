@@ -707,6 +707,8 @@ static js_x *gen(js_ctx *c, json_t *s)
                              *const only_one[] = {"oneOf", NULL};
     if (ref && !json_is_string(ref)) {
         JS_FAIL(c, DSR1_ERR_INVALID_ARG, "'$ref' at %s must be a string", dsr1__js_where(c));
+    } else if (ref && c->ref_alone) { /* draft-07 and before: siblings of $ref are ignored */
+        x = gen_ref(c, json_string_value(ref));
     } else if (json_object_get(s, "allOf") || (ref && has_other(s, only_ref)) ||
                (any && has_other(s, only_any)) || (one && has_other(s, only_one))) {
         json_t *flat;
@@ -774,6 +776,7 @@ dsr1_status dsr1_json_schema_to_ebnf(const char *schema, size_t len, const dsr1_
     for (int i = 0; i < 12; i++) c.common[i] = -1;
     int rc = dsr1__js_parse(schema, len, "JSON Schema", &c.root);
     if (rc) return rc;
+    c.ref_alone = dsr1__js_ref_alone(c.root);
     c.keep = json_array();
     int root;
     js_x *body = NULL;

@@ -77,6 +77,7 @@ typedef struct js_ctx {
     int epoch;
     int depth;
     int in_id;      /* inside subschemas with their own (non-fragment) $id */
+    bool ref_alone; /* $schema is draft-04/06/07: keywords beside a $ref are ignored */
     int err;        /* the status of the first error (its message is in dsr1_errmsg) */
     int common[12]; /* lazily created shared rules (JS_R_*), -1 until created */
     char path[1024];
@@ -158,6 +159,9 @@ int dsr1__js_merge_allof(js_ctx *c, json_t *s, json_t **out);
 int dsr1__js_resolve_ref(js_ctx *c, const char *ref, json_t **out);
 /* An error naming the first keyword of s that the converter does not enforce. */
 int dsr1__js_check_keywords(js_ctx *c, json_t *s);
+/* Whether the document's $schema is a draft before 2019-09, where a $ref's siblings are
+ * ignored. */
+bool dsr1__js_ref_alone(const json_t *root);
 /* Whether the keyword is a JSON Schema keyword the converter does not enforce. */
 bool dsr1__js_unsupported(const char *key, json_t *val);
 

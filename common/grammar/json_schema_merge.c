@@ -26,6 +26,12 @@ static int hexval(char ch)
     return -1;
 }
 
+bool dsr1__js_ref_alone(const json_t *root)
+{
+    const char *v = json_string_value(json_object_get(root, "$schema"));
+    return v && (strstr(v, "draft-04") || strstr(v, "draft-06") || strstr(v, "draft-07"));
+}
+
 int dsr1__js_resolve_ref(js_ctx *c, const char *ref, json_t **out)
 {
     if (ref[0] != '#' || (ref[1] && ref[1] != '/'))
@@ -338,6 +344,11 @@ static json_t *flatten(js_ctx *c, json_t *s, int depth)
     if (dsr1__js_check_keywords(c, s)) return NULL;
     json_t *ref = json_object_get(s, "$ref"), *all = json_object_get(s, "allOf"),
            *any = json_object_get(s, "anyOf"), *one = json_object_get(s, "oneOf");
+    if (json_is_string(ref) && c->ref_alone) { /* draft-07 and before: siblings ignored */
+        json_t *t;
+        if (dsr1__js_resolve_ref(c, json_string_value(ref), &t)) return NULL;
+        return flatten(c, t, depth + 1);
+    }
     if (!ref && !all && !((any || one) && json_object_size(s) > 1)) return s;
     if ((all && (!json_is_array(all) || !json_array_size(all))) ||
         (any && (!json_is_array(any) || !json_array_size(any))) ||

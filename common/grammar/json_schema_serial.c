@@ -355,6 +355,12 @@ static void add_key(key_order *o, const char *k, json_t *schema)
 static void collect(key_order *o, json_t *s, const json_t *v, int depth, bool props_pass)
 {
     if (depth > 32 || !json_is_object(s)) return;
+    json_t *r0 = json_object_get(s, "$ref"), *t0;
+    if (json_is_string(r0) && o->c->ref_alone) { /* draft-07: siblings of $ref ignored */
+        if (!dsr1__js_resolve_ref(o->c, json_string_value(r0), &t0))
+            collect(o, t0, v, depth + 1, props_pass);
+        return;
+    }
     if (props_pass) {
         const char *k;
         json_t *x;
@@ -497,7 +503,7 @@ dsr1_status dsr1_json_schema_serialize_instance(const char *schema, size_t schem
         json_decref(s);
         return DSR1_ERR_INVALID_ARG;
     }
-    js_ctx c = {.root = s};
+    js_ctx c = {.root = s, .ref_alone = s && dsr1__js_ref_alone(s)};
     js_buf b = {0};
     ser(&c, &b, v, s, 0);
     json_decref(s);

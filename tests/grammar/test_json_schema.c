@@ -140,6 +140,11 @@ static const lang_case cases[] = {
     {"{\"$defs\":{\"s\":{\"type\":\"string\"}},\"$ref\":\"#/$defs/s\",\"maxLength\":2}",
      {"\"ab\""},
      {"\"abc\"", "1"}},
+    /* draft-07: a $ref's siblings are ignored */
+    {"{\"$schema\":\"http://json-schema.org/draft-07/schema#\",\"definitions\":{\"s\":"
+     "{\"type\":\"string\"}},\"$ref\":\"#/definitions/s\",\"maxLength\":2}",
+     {"\"ab\"", "\"abc\""},
+     {"1"}},
     {"{\"type\":\"string\",\"minLength\":2,\"maxLength\":3}",
      {"\"ab\"", "\"\xc3\xa9\xc3\xa9\"", "\"a\\n\"", "\"\\u00e9\\\"\"", "\"\\ud83d\\ude00x\""},
      {"\"a\"", "\"abcd\"", "\"\xc3\xa9\""}},

@@ -59,6 +59,7 @@ static const char *const files[] = {
     "draft2020-12/optional/format/uri.json",
     "draft7/items.json",
     "draft7/additionalItems.json",
+    "draft7/ref.json",
 };
 
 typedef struct {
@@ -122,8 +123,12 @@ static void run_file(suite *s, const char *dir, const char *name)
     {
         s->groups++;
         const char *gdesc = json_string_value(json_object_get(group, "description"));
-        char *schema = json_dumps(json_object_get(group, "schema"),
-                                  JSON_COMPACT | JSON_ENCODE_ANY | JSON_PRESERVE_ORDER);
+        json_t *sch = json_object_get(group, "schema");
+        /* the suite runs draft7/ under draft-07 without saying so in the schemas */
+        if (!strncmp(name, "draft7/", 7) && json_is_object(sch) && !json_object_get(sch, "$schema"))
+            json_object_set_new(sch, "$schema",
+                                json_string("http://json-schema.org/draft-07/schema#"));
+        char *schema = json_dumps(sch, JSON_COMPACT | JSON_ENCODE_ANY | JSON_PRESERVE_ORDER);
         dsr1_grammar *g = NULL;
         if (dsr1_grammar_compile_json_schema(s->v, schema, strlen(schema), NULL, &g)) {
             if (s->verbose) printf("  skip %s: %s: %s\n", name, gdesc, dsr1_errmsg());
