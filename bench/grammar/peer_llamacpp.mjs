@@ -23,7 +23,11 @@ import path from "node:path";
 import { parseArgs, readDump, now, Results, runTests } from "./peer_common.mjs";
 
 const o = parseArgs(process.argv.slice(2),
-  { module: "/tmp/peers/node_modules/node-llama-cpp/dist/index.js", gguf: "/tmp/peers/r1-vocab.gguf" });
+  { module: "/tmp/peers/node_modules/node-llama-cpp/dist/index.js", gguf: "/tmp/peers/r1-vocab.gguf", ctl: "" });
+if (!o.ctl) { // the id of the byte-level token for 0x01 ("\u0101")
+  const t = JSON.parse(fs.readFileSync(o.tokenizer, "utf8"));
+  o.ctl = String(t.model.vocab["\u0101"]);
+}
 const nlc = await import(o.module);
 const { getGbnfGrammarForGbnfJsonSchema } = await import(
   path.join(path.dirname(o.module), "utils/gbnfJson/getGbnfGrammarForGbnfJsonSchema.js"));
@@ -37,8 +41,15 @@ const [logitIndex] = ctx.addToBatch(0, 0, Uint32Array.of(0), Uint32Array.of(0));
 await ctx.decodeBatch();
 const sampler = new B.AddonSampler(model._model);
 
+// Greedy sampling with a grammar first takes the best token and checks only that one
+// against the grammar; the whole vocabulary is masked when it is refused. A large bias on
+// the byte 0x01 (never valid in JSON text) makes the best token always refused, so every
+// timed call masks the whole vocabulary, as a sampler must when the model's favourite token
+// is out of the grammar.
+const ctl = Number(o.ctl);
+const force = { tokenBiasKeys: Uint32Array.of(ctl), tokenBiasValues: Float32Array.of(1000) };
 // The cost of sampleToken itself (no grammar): subtracted from every timed call.
-sampler.applyConfig({ temperature: 0 });
+sampler.applyConfig({ temperature: 0, ...force });
 const base = [];
 for (let i = 0; i < 200; i++) {
   const t0 = now();
@@ -77,7 +88,7 @@ for await (const s of dump) {
     for (let i = 0; i <= ids.length; i++) {
       const id = i < ids.length ? ids[i] : head.eos;
       const copy = new B.AddonGrammarEvaluationState(st._state);
-      sampler.applyConfig({ temperature: 0, grammarEvaluationState: copy });
+      sampler.applyConfig({ temperature: 0, grammarEvaluationState: copy, ...force });
       const t1 = now();
       await ctx.sampleToken(logitIndex, sampler);
       const dt = now() - t1;
