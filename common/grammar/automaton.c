@@ -1170,7 +1170,8 @@ dsr1_status dsr1__automaton_build(const dsr1__rules *rs, const dsr1_grammar_opts
     g->calls = malloc((ncalls + 1) * sizeof(dsr1__gcall));
     g->rules = calloc((size_t)nr, sizeof(dsr1__grule));
     g->ci = calloc(nst ? nst : 1, sizeof(*g->ci));
-    if (!g->st || !g->trans || !g->cmaps || !g->calls || !g->rules || !g->ci) goto oom;
+    g->sh = calloc(nst ? nst : 1, sizeof(*g->sh));
+    if (!g->st || !g->trans || !g->cmaps || !g->calls || !g->rules || !g->ci || !g->sh) goto oom;
     g->nst = nst;
     g->nrules = (uint32_t)nr;
     g->root = (uint32_t)rs->root;
@@ -1331,30 +1332,6 @@ dsr1_status dsr1__automaton_build(const dsr1__rules *rs, const dsr1_grammar_opts
     free(roff);
     free(redge);
     free(queue);
-    /* leaf rules: share their masks through the vocabulary */
-    for (int r = 0; r < nr; r++) {
-        dsr1__grule *gr = &g->rules[r];
-        if (!gr->leaf || !gr->nst) continue;
-        size_t len = 8 + 256 + (size_t)gr->nst * (1 + 4 * (size_t)gr->ncls);
-        uint8_t *blob = malloc(len);
-        if (!blob) continue; /* not shared: the grammar caches its own */
-        memcpy(blob, &gr->ncls, 4);
-        memcpy(blob + 4, &gr->nst, 4);
-        memcpy(blob + 8, g->cmaps + g->st[gr->start].cmap, 256);
-        uint8_t *p = blob + 264;
-        for (uint32_t k = 0; k < gr->nst; k++) {
-            const dsr1__gstate *gs = &g->st[gr->start + k];
-            *p++ = gs->final;
-            for (uint32_t c = 0; c < gr->ncls; c++) {
-                int32_t t = g->trans[gs->trans + (int32_t)c];
-                if (t >= 0) t -= (int32_t)gr->start;
-                memcpy(p, &t, 4);
-                p += 4;
-            }
-        }
-        gr->shared = dsr1__vocab_share_dfa(g->vocab, blob, len, gr->nst);
-        free(blob);
-    }
     free(live);
     g->stats.rules = nr;
     g->stats.terminals = rs->terminals;

@@ -138,7 +138,6 @@ typedef struct {
     uint32_t start; /* its states are [start, start + nst), UINT32_MAX when not built */
     uint32_t nst, ncls;
     bool nullable, leaf; /* leaf: calls no rule (its states' masks depend on the DFA alone) */
-    struct dsr1__shared_dfa *shared; /* the vocabulary's cache entry of a leaf rule, or NULL */
 } dsr1__grule;
 
 /* One entry of the per-state cache (mask.c). */
@@ -146,20 +145,21 @@ typedef struct dsr1__ci dsr1__ci;
 void dsr1__ci_free(dsr1__ci *c);
 size_t dsr1__ci_bytes(const dsr1__ci *c, const dsr1_grammar_vocab *v);
 
-/* A leaf rule's DFA as the vocabulary's cache knows it: grammars with the same DFA (the
- * JSON string of every schema) share the cached masks of its states. */
+/* A DFA state as the vocabulary's cache knows it: the automaton reachable from it (no
+ * calls), numbered breadth first and serialized byte by byte. States with the same key
+ * accept the same tokens in every grammar (the inside of a JSON string, a bounded string
+ * with n characters left, an email address), so they share one cache entry. */
 typedef struct dsr1__shared_dfa dsr1__shared_dfa;
 struct dsr1__shared_dfa {
     uint64_t hash;
     uint8_t *blob;
     size_t len;
-    uint32_t nst;
-    dsr1__ci *_Atomic *ci; /* per state of the DFA */
+    dsr1__ci *_Atomic ci;
     dsr1__shared_dfa *next;
 };
-/* Finds or adds the DFA serialized in blob; NULL when the cache is full. */
+/* Finds or adds the state serialized in blob; NULL when the cache is full. */
 dsr1__shared_dfa *dsr1__vocab_share_dfa(const dsr1_grammar_vocab *v, const uint8_t *blob,
-                                        size_t len, uint32_t nst);
+                                        size_t len);
 /* Reserves bytes of the cache's budget for one more entry; false when over budget. */
 bool dsr1__vocab_reserve(const dsr1_grammar_vocab *v, size_t bytes);
 void dsr1__vocab_unreserve(const dsr1_grammar_vocab *v, size_t bytes);
@@ -173,8 +173,9 @@ struct dsr1_grammar {
     dsr1__gcall *calls;
     dsr1__grule *rules;
     uint32_t nrules;
-    uint32_t root;         /* automaton rule index of the start rule */
-    dsr1__ci *_Atomic *ci; /* per state, filled lazily */
+    uint32_t root;                        /* automaton rule index of the start rule */
+    dsr1__ci *_Atomic *ci;                /* per state, filled lazily */
+    struct dsr1__shared_dfa *_Atomic *sh; /* per plain-DFA state: its shared entry, lazily */
     dsr1_grammar_stats stats;
 };
 
@@ -192,8 +193,9 @@ void dsr1__grammar_free_ci(dsr1_grammar *g);
 /* ---- the vocabulary trie ---- */
 
 /* Byte categories, so that a walk can take a whole subtree at once when every byte below
- * a node keeps the DFA in its state: ASCII letters and digits, space, other printable
- * ASCII but the quote and backslash, the quote, the backslash, controls, non-ASCII. */
+ * a node moves the DFA along the same states whatever the byte (the inside of a string,
+ * bounded or not): ASCII letters and digits, space, other printable ASCII but the quote and
+ * backslash, the quote, the backslash, controls, non-ASCII. */
 #define DSR1__NBYTECAT 7
 static inline uint8_t dsr1__bytecat(uint8_t b)
 {
@@ -243,6 +245,7 @@ struct dsr1_grammar_vocab {
     uint32_t nnodes;
     uint32_t *tok_lo; /* per node (+ sentinel): first index in sorted of its subtree */
     uint8_t *subcat;  /* per node: the byte categories (dsr1__bytecat) below it */
+    uint8_t *below;   /* per node: how many bytes its longest descendant adds (saturated) */
     uint32_t maxlen;
 };
 
@@ -309,7 +312,7 @@ static inline void dsr1__chart_truncate(dsr1__chart *c, size_t nset)
 typedef struct dsr1__scratch dsr1__scratch;
 dsr1__scratch *dsr1__scratch_new(const dsr1_grammar *g);
 void dsr1__scratch_free(dsr1__scratch *s);
-/* Computes the cache of every state of g's shared leaf rules (vocabulary warm-up). */
+/* Computes the cache of every plain-DFA state of g (vocabulary warm-up). */
 void dsr1__grammar_warm(const dsr1_grammar *g);
 /* The token mask of the chart's last set (text tokens only; the caller adds eos). */
 void dsr1__mask_compute(const dsr1_grammar *g, dsr1__chart *c, dsr1__scratch *s, uint32_t *mask);

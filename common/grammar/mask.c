@@ -43,8 +43,13 @@ struct dsr1__scratch {
     size_t npairs, pcap;
     uint8_t *sufacc;
     size_t sufcap;
-    uint8_t *selfcat;
-    size_t selfcap;
+    uint8_t *uni;
+    int32_t *uninext;
+    size_t unicap, unncap;
+    uint8_t *key; /* canonical keys */
+    size_t nkey, keycap;
+    uint32_t *loc, *queue;
+    size_t loccap, qcap;
 };
 
 dsr1__scratch *dsr1__scratch_new(const dsr1_grammar *g)
@@ -73,7 +78,11 @@ void dsr1__scratch_free(dsr1__scratch *s)
     free(s->accbits);
     free(s->pairs);
     free(s->sufacc);
-    free(s->selfcat);
+    free(s->uni);
+    free(s->uninext);
+    free(s->key);
+    free(s->loc);
+    free(s->queue);
     free(s);
 }
 
@@ -90,10 +99,11 @@ void dsr1__ci_free(dsr1__ci *c)
 
 void dsr1__grammar_free_ci(dsr1_grammar *g)
 {
-    if (!g->ci) return;
-    for (uint32_t s = 0; s < g->nst; s++) dsr1__ci_free(atomic_load(&g->ci[s]));
+    for (uint32_t s = 0; g->ci && s < g->nst; s++) dsr1__ci_free(atomic_load(&g->ci[s]));
     free((void *)g->ci);
+    free((void *)g->sh);
     g->ci = NULL;
+    g->sh = NULL;
 }
 
 /* Tokens under trie node i (first byte at depth d rejected): uncertain at every earlier
@@ -134,6 +144,23 @@ static int cmp_sref(const void *a, const void *b)
     return x->len < y->len ? -1 : x->len > y->len;
 }
 
+/* For local state q: the byte categories all of whose bytes go to the state that the
+ * letters and digits go to (none when those differ or die), and that state. */
+static void uniform(const int32_t *T, const uint8_t *cmap, uint32_t ncls, uint32_t first, int32_t q,
+                    dsr1__scratch *s)
+{
+    const int32_t *row = T + (uint32_t)q * ncls;
+    int32_t to = row[cmap['a']];
+    uint8_t cats = 0;
+    if (to >= 0) {
+        cats = (uint8_t)((1u << DSR1__NBYTECAT) - 1);
+        for (int b = 0; b < 256; b++)
+            if (row[cmap[b]] != to) cats &= (uint8_t) ~(1u << dsr1__bytecat((uint8_t)b));
+    }
+    s->uni[q] = cats;
+    s->uninext[q] = to < 0 ? -1 : to - (int32_t)first;
+}
+
 /* The trie walk from a state whose rule is a plain DFA from here on (no calls reachable):
  * one table lookup per node, the rule's states being contiguous. */
 static bool walk_dfa(const dsr1_grammar *g, uint32_t st, dsr1__scratch *s)
@@ -149,9 +176,11 @@ static bool walk_dfa(const dsr1_grammar *g, uint32_t st, dsr1__scratch *s)
     const uint8_t *subcat = v->subcat;
     int32_t *dst = s->dst;
     uint32_t *ncomp = s->ncomp;
-    /* per state of the rule: the byte categories that loop on it (0x80: not known yet) */
-    if (!DSR1_GROW(s->selfcat, s->selfcap, r->nst)) return false;
-    memset(s->selfcat, 0x80, r->nst);
+    /* per state of the rule: the byte categories whose bytes all go to one state, the
+     * state they go to (uni 0x80: not known yet) */
+    if (!DSR1_GROW(s->uni, s->unicap, r->nst) || !DSR1_GROW(s->uninext, s->unncap, r->nst))
+        return false;
+    memset(s->uni, 0x80, r->nst);
     dst[0] = (int32_t)(st - first);
     for (uint32_t i = 0, n = tv.nnodes; i < n;) {
         const dsr1__tnode *nd = &nodes[i];
@@ -167,17 +196,21 @@ static bool walk_dfa(const dsr1_grammar *g, uint32_t st, dsr1__scratch *s)
         ncomp[d] = ncomp[d - 1] + S[t].final;
         accept_here(&tv, s, i);
         uint8_t sc = subcat[i];
-        if (sc) {
-            uint8_t loops = s->selfcat[t];
-            if (loops & 0x80) {
-                loops = (uint8_t)((1u << DSR1__NBYTECAT) - 1);
-                for (int b = 0; b < 256; b++)
-                    if (T[(uint32_t)t * ncls + cmap[b]] != t + (int32_t)first)
-                        loops &= (uint8_t) ~(1u << dsr1__bytecat((uint8_t)b));
-                s->selfcat[t] = loops;
+        if (sc && v->below[i] < 255 && tv.tok_lo[nd->end] - tv.tok_lo[i + 1] >= 2) {
+            /* the bytes below move the DFA along one path whatever they are, and it stays
+             * alive for as long as the deepest token: all the tokens below are accepted */
+            int32_t q = t;
+            for (uint32_t k = v->below[i]; k > 0; k--) {
+                if (s->uni[q] & 0x80) uniform(T, cmap, ncls, first, q, s);
+                if (sc & ~s->uni[q]) {
+                    q = -1;
+                    break;
+                }
+                int32_t nq = s->uninext[q];
+                if (nq == q) break;
+                q = nq;
             }
-            if (!(sc & ~loops)) {
-                /* every byte below keeps the state: all the tokens below are accepted */
+            if (q >= 0) {
                 for (uint32_t k = tv.tok_lo[i + 1]; k < tv.tok_lo[nd->end]; k++)
                     s->accbits[tv.toks[k] >> 5] |= 1u << (tv.toks[k] & 31);
                 i = nd->end;
@@ -282,22 +315,84 @@ size_t dsr1__ci_bytes(const dsr1__ci *c, const dsr1_grammar_vocab *v)
     return sizeof(*c) + 4 * acc + 8 * (size_t)c->nunc + sizeof(dsr1__tnode) * c->nsuf;
 }
 
-/* The cache entry of state st: the vocabulary's (leaf rules, within its budget) or the
- * grammar's own; computed by the first matcher that needs it, installed atomically. */
-static const dsr1__ci *get_ci(const dsr1_grammar *g, uint32_t st, dsr1__scratch *s)
+#define CANON_MAX_STATES 4096
+#define CANON_MAX_BYTES  ((size_t)1 << 20)
+
+static dsr1__shared_dfa no_share; /* marks a state whose key is too large to share */
+
+static bool put(dsr1__scratch *s, const void *p, size_t n)
+{
+    if (!DSR1_GROW(s->key, s->keycap, s->nkey + n)) return false;
+    memcpy(s->key + s->nkey, p, n);
+    s->nkey += n;
+    return true;
+}
+
+/* The vocabulary's entry for plain-DFA state st: the DFA reachable from it, breadth first,
+ * each state as its final flag and its byte runs (first byte, target). */
+static dsr1__shared_dfa *canonical(const dsr1_grammar *g, uint32_t st, dsr1__scratch *s)
 {
     const dsr1__grule *r = &g->rules[g->st[st].rule];
-    dsr1__ci *_Atomic *shared = r->shared ? &r->shared->ci[st - r->start] : NULL;
-    dsr1__ci *c;
-    if (shared && (c = atomic_load_explicit(shared, memory_order_acquire))) return c;
-    if ((c = atomic_load_explicit(&g->ci[st], memory_order_acquire))) return c;
+    const int32_t *T = g->trans + g->st[r->start].trans;
+    const uint8_t *cmap = g->cmaps + g->st[st].cmap;
+    const uint32_t ncls = r->ncls, first = r->start;
+    if (!DSR1_GROW(s->loc, s->loccap, r->nst) || !DSR1_GROW(s->queue, s->qcap, r->nst))
+        return &no_share;
+    memset(s->loc, 0xff, r->nst * sizeof(uint32_t));
+    uint32_t nq = 0;
+    s->loc[st - first] = 0;
+    s->queue[nq++] = st - first;
+    s->nkey = 0;
+    for (uint32_t qi = 0; qi < nq; qi++) {
+        uint32_t q = s->queue[qi];
+        uint8_t fin = g->st[first + q].final;
+        if (!put(s, &fin, 1)) return &no_share;
+        int32_t prev = -2;
+        for (int b = 0; b < 256; b++) {
+            int32_t t = T[q * ncls + cmap[b]], lt = -1;
+            if (t >= 0) {
+                uint32_t lq = (uint32_t)t - first;
+                if (s->loc[lq] == UINT32_MAX) {
+                    if (nq >= CANON_MAX_STATES) return &no_share;
+                    s->loc[lq] = nq;
+                    s->queue[nq++] = lq;
+                }
+                lt = (int32_t)s->loc[lq];
+            }
+            if (lt == prev) continue;
+            prev = lt;
+            uint8_t bb = (uint8_t)b;
+            if (!put(s, &bb, 1) || !put(s, &lt, 4)) return &no_share;
+        }
+        if (s->nkey > CANON_MAX_BYTES) return &no_share;
+    }
+    dsr1__shared_dfa *e = dsr1__vocab_share_dfa(g->vocab, s->key, s->nkey);
+    return e ? e : &no_share;
+}
+
+/* The cache entry of state st: the vocabulary's (plain-DFA states, within its budget) or
+ * the grammar's own; computed by the first matcher that needs it, installed atomically. */
+static const dsr1__ci *get_ci(const dsr1_grammar *g, uint32_t st, dsr1__scratch *s)
+{
+    dsr1__ci *c = atomic_load_explicit(&g->ci[st], memory_order_acquire);
+    if (c) return c;
+    dsr1__shared_dfa *e = NULL;
+    if (!g->st[st].reach_calls) {
+        e = atomic_load_explicit(&g->sh[st], memory_order_acquire);
+        if (!e) {
+            e = canonical(g, st, s);
+            atomic_store_explicit(&g->sh[st], e, memory_order_release);
+        }
+        if (e == &no_share) e = NULL;
+        if (e && (c = atomic_load_explicit(&e->ci, memory_order_acquire))) return c;
+    }
     dsr1__ci *mine = compute_ci(g, st, s);
     if (!mine) return NULL;
     dsr1__ci *expected = NULL;
-    if (shared) {
+    if (e) {
         size_t bytes = dsr1__ci_bytes(mine, g->vocab);
         if (dsr1__vocab_reserve(g->vocab, bytes)) {
-            if (atomic_compare_exchange_strong_explicit(shared, &expected, mine,
+            if (atomic_compare_exchange_strong_explicit(&e->ci, &expected, mine,
                                                         memory_order_acq_rel, memory_order_acquire))
                 return mine;
             dsr1__vocab_unreserve(g->vocab, bytes);
@@ -377,11 +472,7 @@ void dsr1__grammar_warm(const dsr1_grammar *g)
 {
     dsr1__scratch *s = dsr1__scratch_new(g);
     if (!s) return;
-    for (uint32_t r = 0; r < g->nrules; r++) {
-        const dsr1__grule *gr = &g->rules[r];
-        if (!gr->shared) continue;
-        for (uint32_t k = 0; k < gr->nst; k++)
-            if (g->st[gr->start + k].scans) get_ci(g, gr->start + k, s);
-    }
+    for (uint32_t st = 0; st < g->nst; st++)
+        if (g->st[st].scans && !g->st[st].reach_calls) get_ci(g, st, s);
     dsr1__scratch_free(s);
 }

@@ -135,19 +135,26 @@ dsr1_status dsr1_grammar_vocab_create_raw(int32_t n, const uint8_t *const *bytes
     /* categories below each node: children come after their parent, so go backwards,
      * acc[d] gathering the nodes of depth d + 1 seen since their parent */
     v->subcat = malloc((size_t)v->nnodes + 1);
+    v->below = malloc((size_t)v->nnodes + 1);
     uint8_t *acc = calloc((size_t)v->maxlen + 2, 1);
-    if (!v->subcat || !acc) {
+    uint32_t *deep = calloc((size_t)v->maxlen + 2, sizeof(uint32_t));
+    if (!v->subcat || !v->below || !acc || !deep) {
         free(acc);
+        free(deep);
         dsr1_grammar_vocab_free(v);
         return dsr1_error(DSR1_ERR_NOMEM, "grammar vocab: out of memory");
     }
     for (uint32_t i = v->nnodes; i-- > 0;) {
-        uint32_t d = v->nodes[i].depth;
+        uint32_t d = v->nodes[i].depth, md = deep[d] > d ? deep[d] : d;
         v->subcat[i] = acc[d];
+        v->below[i] = (uint8_t)(md - d > 255 ? 255 : md - d);
         acc[d] = 0;
+        deep[d] = 0;
         acc[d - 1] |= (uint8_t)(1u << dsr1__bytecat(v->nodes[i].byte) | v->subcat[i]);
+        if (md > deep[d - 1]) deep[d - 1] = md;
     }
     free(acc);
+    free(deep);
     *out = v;
     return DSR1_OK;
 oom:
@@ -158,9 +165,9 @@ oom:
     return dsr1_error(DSR1_ERR_NOMEM, "grammar vocab: out of memory");
 }
 
-/* Fills the shared cache with the states of the JSON string rules every JSON Schema and
- * JSON object grammar uses, so that no request pays for their first trie walks. Best
- * effort: a failure only leaves the cache colder. */
+/* Fills the shared cache with the states of the JSON strings every JSON Schema and JSON
+ * object grammar uses, so that no request pays for their first trie walks. Best effort: a
+ * failure only leaves the cache colder. */
 static void warm(const dsr1_grammar_vocab *v)
 {
     char *text = NULL;
@@ -229,7 +236,7 @@ static uint64_t hash_bytes(const uint8_t *p, size_t n)
 }
 
 dsr1__shared_dfa *dsr1__vocab_share_dfa(const dsr1_grammar_vocab *cv, const uint8_t *blob,
-                                        size_t len, uint32_t nst)
+                                        size_t len)
 {
     dsr1_grammar_vocab *v = (dsr1_grammar_vocab *)cv; /* the cache is internally locked */
     uint64_t h = hash_bytes(blob, len);
@@ -237,24 +244,16 @@ dsr1__shared_dfa *dsr1__vocab_share_dfa(const dsr1_grammar_vocab *cv, const uint
     pthread_mutex_lock(&v->lock);
     for (e = v->shared[h % DSR1__SHARED_BUCKETS]; e && !found; e = e->next)
         if (e->hash == h && e->len == len && !memcmp(e->blob, blob, len)) found = e;
-    if (!found && v->nshared < DSR1__SHARED_MAX_DFAS &&
-        dsr1__vocab_reserve(v, len + nst * sizeof(void *) + sizeof(*e))) {
+    if (!found && v->nshared < DSR1__SHARED_MAX_DFAS && dsr1__vocab_reserve(v, len + sizeof(*e))) {
         e = calloc(1, sizeof(*e));
-        if (e) {
-            e->blob = malloc(len ? len : 1);
-            e->ci = calloc(nst ? nst : 1, sizeof(*e->ci));
-            if (!e->blob || !e->ci) {
-                free(e->blob);
-                free((void *)e->ci);
-                free(e);
-                e = NULL;
-            }
+        if (e && !(e->blob = malloc(len ? len : 1))) {
+            free(e);
+            e = NULL;
         }
         if (e) {
             memcpy(e->blob, blob, len);
             e->len = len;
             e->hash = h;
-            e->nst = nst;
             e->next = v->shared[h % DSR1__SHARED_BUCKETS];
             v->shared[h % DSR1__SHARED_BUCKETS] = e;
             v->nshared++;
@@ -286,8 +285,7 @@ void dsr1_grammar_vocab_free(dsr1_grammar_vocab *v)
     for (int b = 0; b < DSR1__SHARED_BUCKETS; b++) {
         for (dsr1__shared_dfa *e = v->shared[b], *n; e; e = n) {
             n = e->next;
-            for (uint32_t k = 0; k < e->nst; k++) dsr1__ci_free(atomic_load(&e->ci[k]));
-            free((void *)e->ci);
+            dsr1__ci_free(atomic_load(&e->ci));
             free(e->blob);
             free(e);
         }
@@ -300,5 +298,6 @@ void dsr1_grammar_vocab_free(dsr1_grammar_vocab *v)
     free(v->nodes);
     free(v->tok_lo);
     free(v->subcat);
+    free(v->below);
     free(v);
 }
