@@ -258,6 +258,31 @@ static void test_limits(void **state)
     free(big);
 }
 
+/* An ambiguous grammar on a long input: the advance fails with the item limit instead
+ * of slowing down without bound; the matcher stays usable where it was. */
+static void test_ambiguity_limit(void **state)
+{
+    (void)state;
+    dsr1_grammar *g = ebnf("root ::= expr .?\nexpr ::= expr [+)] term | term\n"
+                           "term ::= term root* fac | fac\nfac ::= [0-9]?+\n");
+    dsr1_matcher *m;
+    assert_int_equal(dsr1_matcher_create(g, &m), DSR1_OK);
+    int i;
+    dsr1_status st = DSR1_OK;
+    for (i = 0; i < 3000 && st == DSR1_OK; i++)
+        st = dsr1_matcher_advance_bytes(m, (const uint8_t *)(i % 3 ? "1" : "+"), 1);
+    assert_int_equal(st, DSR1_ERR_RANGE); /* sets grow with the input here */
+    {
+        assert_non_null(strstr(dsr1_errmsg(), "too ambiguous"));
+        uint32_t mask[9];
+        dsr1_matcher_mask(m, mask); /* still answers */
+        assert_int_equal(dsr1_matcher_rollback(m, 10), DSR1_OK);
+        assert_int_equal(dsr1_matcher_advance_bytes(m, (const uint8_t *)"a", 1), DSR1_OK);
+    }
+    dsr1_matcher_free(m);
+    dsr1_grammar_free(g);
+}
+
 /* ---- regexes against a reference matcher on random strings ---- */
 
 typedef struct rnode {
@@ -616,12 +641,19 @@ static void test_threads(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_literals),        cmocka_unit_test(test_classes),
-        cmocka_unit_test(test_repetition),      cmocka_unit_test(test_rules_comments_start),
-        cmocka_unit_test(test_left_recursion),  cmocka_unit_test(test_regex_terminals),
-        cmocka_unit_test(test_errors),          cmocka_unit_test(test_limits),
-        cmocka_unit_test(test_regex_random),    cmocka_unit_test(test_mask_random_vocab),
-        cmocka_unit_test(test_forced_rollback), cmocka_unit_test(test_json_object),
+        cmocka_unit_test(test_literals),
+        cmocka_unit_test(test_classes),
+        cmocka_unit_test(test_repetition),
+        cmocka_unit_test(test_rules_comments_start),
+        cmocka_unit_test(test_left_recursion),
+        cmocka_unit_test(test_regex_terminals),
+        cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_limits),
+        cmocka_unit_test(test_ambiguity_limit),
+        cmocka_unit_test(test_regex_random),
+        cmocka_unit_test(test_mask_random_vocab),
+        cmocka_unit_test(test_forced_rollback),
+        cmocka_unit_test(test_json_object),
         cmocka_unit_test(test_threads),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
