@@ -11,8 +11,16 @@
  * their own type only, and a schema without `type` admits every type. A keyword that would
  * constrain the output but cannot be enforced is an error naming it and its JSON pointer;
  * annotations are ignored; keys that are not JSON Schema vocabulary at all (x-..., custom
- * annotations) are ignored too, as validators do. Known over-approximation: an additional
- * property may repeat the name of a declared one. */
+ * annotations) are ignored too, as validators do. Deliberate approximations: oneOf is
+ * taken as anyOf (an instance matching two branches is not excluded), formats are regular
+ * over-approximations (no calendar or leap-second checks), and the output's form is
+ * canonical where JSON allows several (one escape form per character in names and
+ * patterns, no exponent in bounded numbers, no "-0").
+ *
+ * Files: json_schema.c (IR, keywords, the generator and $ref), json_schema_object.c,
+ * json_schema_number.c, json_schema_pattern.c (pattern, format), json_schema_merge.c
+ * (allOf, $ref resolution), json_schema_emit.c (pruning, printing), json_schema_serial.c
+ * (canonical JSON, instance serialiser). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
