@@ -3,8 +3,8 @@
  * this way must be accepted by the grammar (`dsr1 grammar check` and the conformance test
  * rely on it).
  *
- * Form: no whitespace; numbers with an integral value and magnitude below 2^53 as integers
- * (1.0 -> 1), others in the shortest form that reads back to the same double; strings
+ * Form: no whitespace; numbers positionally, without an exponent, in the fewest digits that
+ * read back as the same double (1.0 -> 1, 1.5e-7 -> 0.00000015); strings
  * escape only `"`, `\` and control characters (\b \f \n \r \t, else \u00xx); object members
  * in the schema's property order (`properties` of the schema, then of its $ref target, its
  * allOf subschemas and the first anyOf/oneOf branch the value fits), then required names

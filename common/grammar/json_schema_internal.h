@@ -172,9 +172,9 @@ int dsr1__js_pattern(js_ctx *c, const char *pattern, size_t len, const char *wha
 /* The pattern (anchored) of a `format`, NULL when unknown. */
 const char *dsr1__js_format_pattern(const char *format);
 
-/* json_schema_serial.c: compact JSON in canonical form (numbers with an integral value and
- * magnitude below 2^53 as integers, strings escaping only " \ and control characters,
- * objects in their own key order). Appends to b. */
+/* json_schema_serial.c: compact JSON in canonical form (numbers positionally in their
+ * shortest round-trip digits, so 1.0 is 1; strings escaping only " \ and control
+ * characters; objects in their own key order). Appends to b. */
 void dsr1__js_dump(js_buf *b, const json_t *v);
 /* v >= 0 in its shortest round-trip digits, positionally: integer part (no leading zeros)
  * and fraction digits (no trailing zeros, "" when none). */

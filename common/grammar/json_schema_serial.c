@@ -92,20 +92,16 @@ static void dump_number(js_buf *b, double x)
         dsr1__js_buf_fmt(b, "%.0f", x == 0 ? 0.0 : x); /* -0.0 -> 0 */
         return;
     }
-    char d[24];
-    int exp = shortest(fabs(x), d, sizeof d);
-    if (exp >= -20 && exp <= 20) { /* positional, as bounded-number grammars write it */
-        char ip[64], fp[64];
-        dsr1__js_decimal(fabs(x), ip, sizeof ip, fp, sizeof fp);
-        dsr1__js_buf_fmt(b, "%s%s%s%s", x < 0 ? "-" : "", ip, fp[0] ? "." : "", fp);
-        return;
+    /* positional, as bounded-number grammars write numbers (a double has at most 309
+     * integer digits and 341 fraction digits) */
+    char ip[400], fp[400];
+    dsr1__js_decimal(fabs(x), ip, sizeof ip, fp, sizeof fp);
+    if (x < 0) dsr1__js_buf_add(b, "-", 1);
+    dsr1__js_buf_str(b, ip);
+    if (fp[0]) {
+        dsr1__js_buf_add(b, ".", 1);
+        dsr1__js_buf_str(b, fp);
     }
-    char tmp[40];
-    for (int prec = 1; prec <= 17; prec++) {
-        snprintf(tmp, sizeof tmp, "%.*g", prec, x);
-        if (strtod(tmp, NULL) == x) break;
-    }
-    dsr1__js_buf_str(b, tmp);
 }
 
 static void dump_string(js_buf *b, const char *s, size_t n)
