@@ -17,6 +17,7 @@
  * usage: dsr1-bench serve --server HOST:PORT [--num-prompts N] [--request-rate R] ... */
 #include <getopt.h>
 #include <jansson.h>
+#include <errno.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -35,6 +36,8 @@
 
 typedef struct {
     const char *server, *api_key, *json, *label;
+    const char *schema_path; /* --json-schema */
+    char *schema;            /* its text */
     long num_prompts, max_concurrency, input_len, output_len;
     double request_rate, range_ratio;
     uint64_t seed;
@@ -92,6 +95,9 @@ static void usage(FILE *f)
             "  --seed S                  prompts and arrival times (default 0)\n"
             "  --label NAME              name of this run in the output\n"
             "  --json FILE               also write the results (and per-request times) as JSON\n"
+            "  --json-schema FILE        constrain every request to this JSON Schema\n"
+            "                            (constrained decoding; after the grammar's end, the\n"
+            "                            output goes on unconstrained to its length)\n"
             "  -h, --help                this text\n\n"
             "Failed requests are counted (the first error is printed); the exit status is 1\n"
             "only when none succeeded.\n");
@@ -111,6 +117,7 @@ static int parse(int argc, char **argv, serve_opts *o)
                                          {"seed", required_argument, 0, 'S'},
                                          {"label", required_argument, 0, 'l'},
                                          {"json", required_argument, 0, 'j'},
+                                         {"json-schema", required_argument, 0, 'J'},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     *o = (serve_opts){.server = "127.0.0.1:50051",
@@ -156,10 +163,43 @@ static int parse(int argc, char **argv, serve_opts *o)
         case 'j':
             o->json = optarg;
             break;
+        case 'J':
+            o->schema_path = optarg;
+            break;
         }
     }
     if (end) return end;
     return bad ? 2 : 0;
+}
+
+/* The whole of a text file, NUL-terminated; NULL (message printed) on error. */
+static char *read_text(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        fprintf(stderr, CMD ": --json-schema %s: %s\n", path, strerror(errno));
+        return NULL;
+    }
+    char *buf = NULL;
+    size_t len = 0, cap = 0, n;
+    do {
+        if (len + 4096 + 1 > cap) {
+            char *b = realloc(buf, cap = 2 * cap + 4096 + 1);
+            if (!b) break;
+            buf = b;
+        }
+        n = fread(buf + len, 1, 4096, f);
+        len += n;
+    } while (n > 0);
+    const bool bad = ferror(f) || !buf;
+    fclose(f);
+    if (bad) {
+        fprintf(stderr, CMD ": --json-schema %s: cannot read it\n", path);
+        free(buf);
+        return NULL;
+    }
+    buf[len] = '\0';
+    return buf;
 }
 
 /* A length uniform in [len (1 - r), len (1 + r)], at least 1. */
@@ -221,6 +261,10 @@ static void run_request(serve_run *run, serve_req *r)
     sp.opt_max_tokens_case = DSR1__V1__SAMPLING_PARAMS__OPT_MAX_TOKENS_MAX_TOKENS;
     sp.max_tokens = r->max_tokens;
     sp.ignore_eos = true;
+    if (run->o->schema) {
+        sp.constraint_case = DSR1__V1__SAMPLING_PARAMS__CONSTRAINT_JSON_SCHEMA;
+        sp.json_schema = run->o->schema;
+    }
     Dsr1__V1__GenerateRequest req = DSR1__V1__GENERATE_REQUEST__INIT;
     req.input = &input;
     req.sampling = &sp;
@@ -512,6 +556,7 @@ int dsr1__bench_serve(int argc, char **argv)
     serve_opts o;
     int rc = parse(argc, argv, &o);
     if (rc) return rc == 1 ? 0 : rc;
+    if (o.schema_path && !(o.schema = read_text(o.schema_path))) return 2;
     dsr1_rpc_client *client;
     if (dsr1_rpc_client_create(o.server, o.api_key, &client)) {
         fprintf(stderr, CMD ": %s\n", dsr1_errmsg());
@@ -534,5 +579,6 @@ int dsr1__bench_serve(int argc, char **argv)
     if (!rc) rc = measure(&run);
     free_requests(run.reqs, o.num_prompts + 1);
     dsr1_rpc_client_destroy(client);
+    free(o.schema);
     return rc;
 }

@@ -210,7 +210,10 @@ static dsr1_status grammar_advance(req *r, int32_t token)
         r->grammar_on = false; /* free reasoning until </think> */
         return DSR1_OK;
     }
-    return dsr1_matcher_advance(r->matcher, token);
+    dsr1_status st = dsr1_matcher_advance(r->matcher, token);
+    /* past the grammar's end (EOS taken and ignore_eos): the output goes on unconstrained */
+    if (st == DSR1_OK && dsr1_matcher_ended(r->matcher)) r->grammar_on = false;
+    return st;
 }
 
 static dsr1_status req_new(const dsr1_sched *s, const dsr1_sched_request *q, req **out)

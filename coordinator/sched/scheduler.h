@@ -79,7 +79,8 @@ typedef struct {
      * request) that the generated text follows. Each drawn token is masked by the request's
      * matcher (kept here, beside the sampling parameters, across preemption). A request that
      * reasons (text.in_reasoning) is free until its `</think>`; with text.detect_think the
-     * first token may also be `<think>`, which opens a free reasoning part. The grammar's
+     * first token may also be `<think>`, which opens a free reasoning part. Past the
+     * grammar's end (its EOS, with text.ignore_eos) the output is free again. The grammar's
      * vocabulary must not be larger than the model's. With dsr1_sched_params.grammars, a
      * reference from that cache that the scheduler gives back when the request ends (on a
      * submit error the caller keeps it); without, borrowed until the FINAL event. */

@@ -593,6 +593,27 @@ static void test_grammar(void **state)
     assert_int_equal(ro.ids[0], think);
     assert_int_equal(ro.ids[1], unthink);
     check_json_output(f, &ro, 2);
+
+    /* ignore_eos: past the grammar's end (its EOS) the output goes on, free, to its length */
+    dsr1_grammar *digits;
+    assert_int_equal(dsr1_grammar_compile_regex(gv, "[0-9]{2}", 8, NULL, &digits), DSR1_OK);
+    result rd;
+    dsr1_sched_request d = request("g-digits", prompt[2], 12, 12, &rd);
+    d.grammar = digits;
+    d.sampling.temperature = 1.5f;
+    assert_int_equal(dsr1_sched_submit(s, &d), DSR1_OK);
+    wait_done(&rd, 1);
+    assert_int_equal(rd.finish, DSR1_FINISH_LENGTH);
+    assert_int_equal(rd.n_ids, 12);
+    int end = 0;
+    while (end < rd.n_ids && rd.ids[end] != 1) end++;
+    assert_true(end >= 1 && end <= 2 && end < rd.n_ids);
+    char *two;
+    assert_int_equal(dsr1_tokenizer_decode(f->tok, rd.ids, (size_t)end, false, &two, NULL),
+                     DSR1_OK);
+    assert_true(strlen(two) == 2 && strspn(two, "0123456789") == 2);
+    free(two);
+    dsr1_grammar_free(digits);
     assert_idle(s);
     dsr1_sched_destroy(s);
     dsr1_grammar_free(g);
