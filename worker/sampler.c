@@ -195,21 +195,49 @@ static void apply_penalties(dsr1_sampler *s, const dsr1_sampling *p)
 
 /* Sets the tokens the mask does not allow to -inf in s->work; at least one allowed token
  * must keep a finite logit. */
+static dsr1_status no_allowed_token(void)
+{
+    return dsr1_error(DSR1_ERR_RANGE,
+                      "sampler: the token mask allows no token with a finite logit");
+}
+
+/* Sets the tokens the mask does not allow to -inf in s->work, a word of the mask at a time
+ * (a grammar's mask is mostly empty words); at least one allowed token must keep a finite
+ * logit. */
 static dsr1_status apply_mask(dsr1_sampler *s, const uint32_t *allowed)
 {
     bool any = false;
     for (int wd = 0; wd < mask_words_of(s->vocab); wd++) {
         const uint32_t bits = allowed[wd];
-        const int base = wd * 32, end = base + 32 < s->vocab ? base + 32 : s->vocab;
-        for (int id = base; id < end; id++)
-            if (!(bits >> (id - base) & 1))
-                s->work[id] = -INFINITY;
-            else if (s->work[id] > -INFINITY)
-                any = true;
+        const int base = wd * 32, n = base + 32 < s->vocab ? 32 : s->vocab - base;
+        float *w = s->work + base;
+        if (bits == 0) {
+            for (int i = 0; i < n; i++) w[i] = -INFINITY;
+            continue;
+        }
+        for (int i = 0; i < n; i++)
+            if (!(bits >> i & 1))
+                w[i] = -INFINITY;
+            else
+                any |= w[i] > -INFINITY;
     }
-    if (!any)
-        return dsr1_error(DSR1_ERR_RANGE,
-                          "sampler: the token mask allows no token with a finite logit");
+    return any ? DSR1_OK : no_allowed_token();
+}
+
+/* Greedy under a mask alone (no bias, no penalty): the first largest allowed logit, read
+ * in place, visiting only the mask's set bits. */
+static dsr1_status masked_argmax(const dsr1_sampler *s, const uint32_t *allowed,
+                                 const float *logits, int32_t *token)
+{
+    int32_t best = -1;
+    for (int wd = 0; wd < mask_words_of(s->vocab); wd++)
+        for (uint32_t bits = allowed[wd]; bits; bits &= bits - 1) {
+            const int32_t id = wd * 32 + __builtin_ctz(bits);
+            if (id >= s->vocab) break;
+            if (logits[id] > -INFINITY && (best < 0 || logits[id] > logits[best])) best = id;
+        }
+    if (best < 0) return no_allowed_token();
+    *token = best;
     return DSR1_OK;
 }
 
@@ -440,6 +468,8 @@ static dsr1_status check_call(const dsr1_sampler *s, const dsr1_sampling *p, con
 static dsr1_status pick(dsr1_sampler *s, const dsr1_sampling *p, const float *logits,
                         const dsr1_token_history *h, uint64_t step, int32_t *token)
 {
+    if (p->allowed && p->temperature == 0 && !p->n_bias && !(h && dsr1_sampling_uses_history(p)))
+        return masked_argmax(s, p->allowed, logits, token);
     const float *w;
     dsr1_status st = penalise(s, p, logits, h, &w);
     if (st) return st;
