@@ -51,6 +51,7 @@ def main():
     check(r["invalid"] == ninvalid and 0 < r["invalid_rejected"], "invalid instances rejected", r)
     check(r["compile_ms"]["n"] == len(files) and ordered(r, "compile_ms"), "compile percentiles", r)
     check(r["mask_us"]["n"] > nvalid and ordered(r, "mask_us"), "mask percentiles", r)
+    check(r["mask_cpu_us"]["n"] == r["mask_us"]["n"] and ordered(r, "mask_cpu_us"), "CPU time", r)
     check(not r["errors"] and not r["valid_rejected"], "no errors", r)
 
     # Failures are counted, by kind, and the run goes on.
