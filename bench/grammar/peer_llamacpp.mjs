@@ -20,7 +20,7 @@
 //        --tokenizer ../shared/golden/tokenizer/tokenizer.json --gguf /tmp/peers/r1-vocab.gguf [--json]
 import fs from "node:fs";
 import path from "node:path";
-import { parseArgs, readDump, now, Results, runTests } from "./peer_common.mjs";
+import { parseArgs, readDump, now, cpu, Results, runTests } from "./peer_common.mjs";
 
 const o = parseArgs(process.argv.slice(2),
   { module: "/tmp/peers/node_modules/node-llama-cpp/dist/index.js", gguf: "/tmp/peers/r1-vocab.gguf", ctl: "" });
@@ -50,14 +50,16 @@ const ctl = Number(o.ctl);
 const force = { tokenBiasKeys: Uint32Array.of(ctl), tokenBiasValues: Float32Array.of(1000) };
 // The cost of sampleToken itself (no grammar): subtracted from every timed call.
 sampler.applyConfig({ temperature: 0, ...force });
-const base = [];
+const base = [], baseCpu = [];
 for (let i = 0; i < 200; i++) {
-  const t0 = now();
+  const c0 = cpu(), t0 = now();
   await ctx.sampleToken(logitIndex, sampler);
   base.push(now() - t0);
+  baseCpu.push(cpu() - c0);
 }
 base.sort((a, b) => a - b);
-const overhead = base[base.length >> 1];
+baseCpu.sort((a, b) => a - b);
+const overhead = base[base.length >> 1], overheadCpu = baseCpu[baseCpu.length >> 1];
 
 const dump = readDump(o.tokens);
 const head = (await dump.next()).value;
@@ -89,9 +91,10 @@ for await (const s of dump) {
       const id = i < ids.length ? ids[i] : head.eos;
       const copy = new B.AddonGrammarEvaluationState(st._state);
       sampler.applyConfig({ temperature: 0, grammarEvaluationState: copy, ...force });
-      const t1 = now();
+      const c1 = cpu(), t1 = now();
       await ctx.sampleToken(logitIndex, sampler);
       const dt = now() - t1;
+      res.maskCpu.push(Math.max(0, cpu() - c1 - overheadCpu));
       spent += dt;
       raw.push(dt);
       res.mask.push(Math.max(0, dt - overhead));
@@ -105,7 +108,7 @@ for await (const s of dump) {
 raw.sort((a, b) => a - b);
 const pr = (p) => (raw.length ? 1e6 * raw[Math.min(raw.length - 1, Math.floor(p * raw.length))] : 0);
 res.report(o, "llama.cpp grammar (node-llama-cpp)", {
-  sample_overhead_us: 1e6 * overhead,
+  sample_overhead_us: 1e6 * overhead, sample_overhead_cpu_us: 1e6 * overheadCpu,
   raw_mask_us: { p50: pr(0.5), p90: pr(0.9), p99: pr(0.99), max: raw.length ? 1e6 * raw[raw.length - 1] : 0 },
 });
 if (!o.json) console.log(`\n  sampleToken without grammar (subtracted): ${(1e6 * overhead).toFixed(1)} us`);

@@ -11,7 +11,7 @@
 //        [--module /tmp/peers/node_modules/@mlc-ai/web-xgrammar/lib/index.js]
 import { createRequire } from "node:module";
 import path from "node:path";
-import { parseArgs, vocabStrings, readDump, schemaText, now, Results, runTests } from "./peer_common.mjs";
+import { parseArgs, vocabStrings, readDump, schemaText, now, cpu, cpuOverhead, Results, runTests } from "./peer_common.mjs";
 
 const o = parseArgs(process.argv.slice(2),
   { module: "/tmp/peers/node_modules/@mlc-ai/web-xgrammar/lib/index.js", "any-whitespace": "0" });
@@ -29,6 +29,7 @@ const info = await xg.TokenizerInfo.createTokenizerInfo(strings, "byte_level", f
 const compiler = await xg.GrammarCompiler.createGrammarCompiler(info, false); // no cache across schemas
 const anyWs = o["any-whitespace"] === "1";
 const res = new Results();
+const cpuOver = cpuOverhead();
 let n = 0;
 for await (const s of dump) {
   if (o.limit && n >= o.limit) break;
@@ -53,9 +54,10 @@ for await (const s of dump) {
     let spent = 0, ok = true, at = 0, outOfTime = false;
     for (let i = 0; i <= ids.length; i++) {
       const id = i < ids.length ? ids[i] : head.eos;
-      const t1 = now();
+      const c1 = cpu(), t1 = now();
       const mask = h.GetNextTokenBitmask(head.vocab); // std::vector<int32_t>: bit set = allowed
       const dt = now() - t1;
+      res.maskCpu.push(Math.max(0, cpu() - c1 - cpuOver));
       spent += dt;
       res.mask.push(dt);
       const allowed = (mask.get(id >>> 5) >>> (id & 31)) & 1;
@@ -69,4 +71,4 @@ for await (const s of dump) {
   cg.dispose();
 }
 info.dispose();
-res.report(o, "xgrammar (web-xgrammar, wasm)");
+res.report(o, "xgrammar (web-xgrammar, wasm)", { cpu_clock_overhead_us: 1e6 * cpuOver });
