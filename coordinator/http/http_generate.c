@@ -296,6 +296,10 @@ static void job_free(http_job *j)
     }
     free(j->ch);
     free(j->out);
+    free(j->rest_prompt);
+    free(j->rest_bias_ids);
+    free(j->rest_bias_values);
+    for (int i = 0; i < DSR1_HTTP_MAX_STOP; i++) free(j->rest_stop[i]);
     pthread_mutex_destroy(&j->mu);
     free(j);
 }
@@ -661,6 +665,16 @@ static void final_choice(http_job *j, int ci, const dsr1_sched_event *ev)
 /* Every choice final (j->mu held): the end of the stream, or the whole body. */
 static void job_end(http_job *j)
 {
+    if (j->stream && j->fail_status) {
+        char *e = dsr1__http_error_json(j->fail_msg, "server_error", NULL,
+                                        j->fail_status == 429 ? "queue_full" : NULL);
+        if (e) {
+            out_add(j, "data: ", 6);
+            out_add(j, e, strlen(e));
+            out_add(j, "\n\n", 2);
+        }
+        free(e);
+    }
     if (j->stream) {
         if (j->include_usage) {
             json_t *o = json_pack(
@@ -675,9 +689,18 @@ static void job_end(http_job *j)
     }
     int bad = -1;
     for (int i = 0; i < j->n && bad < 0; i++)
-        if (j->ch[i].finish == DSR1_FINISH_ABORT || j->ch[i].finish == DSR1_FINISH_ERROR) bad = i;
+        if (j->ch[i].finish == DSR1_FINISH_ABORT || j->ch[i].finish == DSR1_FINISH_ERROR ||
+            !j->ch[i].choice)
+            bad = i;
     char *body;
-    if (bad >= 0) {
+    if (j->fail_status) {
+        j->status = j->fail_status;
+        body = dsr1__http_error_json(j->fail_msg,
+                                     j->status == 429   ? "rate_limit_error"
+                                     : j->status == 503 ? "service_unavailable"
+                                                        : "server_error",
+                                     NULL, j->status == 429 ? "queue_full" : NULL);
+    } else if (bad >= 0) {
         pthread_mutex_lock(&j->s->mu);
         bool stopping = j->s->stopping;
         pthread_mutex_unlock(&j->s->mu);
@@ -711,6 +734,8 @@ static int choice_of(const http_job *j, const char *id)
     return i >= 0 && i < j->n ? i : 0;
 }
 
+static void submit_rest(http_job *j);
+
 /* The scheduler's events (its thread). */
 static void on_event(const dsr1_sched_event *ev)
 {
@@ -741,8 +766,16 @@ static void on_event(const dsr1_sched_event *ev)
             stream_final(j, ci, ev);
         else if (ev->finish != DSR1_FINISH_ABORT && ev->finish != DSR1_FINISH_ERROR)
             final_choice(j, ci, ev);
-        if (++j->n_final == j->n_submitted) job_end(j);
+        if (ci == 0 && j->deferred &&
+            (ev->finish == DSR1_FINISH_ABORT || ev->finish == DSR1_FINISH_ERROR || j->gone)) {
+            j->deferred = false; /* choice 0 failed: the others are not started */
+            snprintf(j->fail_msg, sizeof(j->fail_msg), "%s",
+                     ev->error ? ev->error : "the request was aborted");
+            j->fail_status = 503;
+        }
+        if (++j->n_final == j->n_submitted && !j->deferred) job_end(j);
     }
+    bool run_rest = ci == 0 && j->deferred && !j->gone;
     bool abort_now = false;
     if (j->stream && !j->overflow && j->out_n - j->out_off > (size_t)s->p.max_stream_bytes &&
         !final) {
@@ -754,6 +787,7 @@ static void on_event(const dsr1_sched_event *ev)
     if (j->out_n > j->out_off || j->ended) dsr1__http_resume(s, j);
     pthread_mutex_unlock(&j->mu);
     if (abort_now) dsr1__http_job_abort(j);
+    if (run_rest) submit_rest(j);
     if (final) {
         dsr1__http_metrics_final(&s->metrics, ev);
         pthread_mutex_lock(&s->mu);
@@ -831,45 +865,116 @@ static dsr1_status make_params(dsr1_http_server *s, const dsr1_http_request *r,
     return DSR1_OK;
 }
 
+/* Submits choice i of q's request (seed + i). */
+static dsr1_status submit_one(dsr1_http_server *s, http_job *j, const dsr1_sched_request *req,
+                              int i)
+{
+    dsr1_sched_request q = *req;
+    q.id = j->ch[i].id;
+    q.sampling.seed += (uint64_t)i;
+    atomic_fetch_add(&j->refs, 1);
+    pthread_mutex_lock(&s->mu);
+    s->n_sched++;
+    pthread_mutex_unlock(&s->mu);
+    pthread_mutex_lock(&j->mu);
+    j->n_submitted++;
+    pthread_mutex_unlock(&j->mu);
+    dsr1_status st = dsr1_sched_submit(s->p.sched, &q);
+    if (st) {
+        pthread_mutex_lock(&j->mu);
+        j->n_submitted--;
+        pthread_mutex_unlock(&j->mu);
+        pthread_mutex_lock(&s->mu);
+        s->n_sched--;
+        pthread_cond_broadcast(&s->cv);
+        pthread_mutex_unlock(&s->mu);
+        atomic_fetch_sub(&j->refs, 1);
+    }
+    return st;
+}
+
+/* Keeps owned copies of what choices 1.. need (j->rest). */
+static dsr1_status keep_rest(http_job *j, const dsr1_sched_request *q)
+{
+    j->rest = *q;
+    j->rest_prompt = malloc((size_t)q->n_prompt * sizeof(int32_t));
+    if (!j->rest_prompt) return dsr1_error(DSR1_ERR_NOMEM, "out of memory");
+    memcpy(j->rest_prompt, q->prompt, (size_t)q->n_prompt * sizeof(int32_t));
+    j->rest.prompt = j->rest_prompt;
+    int nb = q->sampling.n_bias;
+    if (nb) {
+        j->rest_bias_ids = malloc((size_t)nb * sizeof(int32_t));
+        j->rest_bias_values = malloc((size_t)nb * sizeof(float));
+        if (!j->rest_bias_ids || !j->rest_bias_values)
+            return dsr1_error(DSR1_ERR_NOMEM, "out of memory");
+        memcpy(j->rest_bias_ids, q->sampling.bias_ids, (size_t)nb * sizeof(int32_t));
+        memcpy(j->rest_bias_values, q->sampling.bias_values, (size_t)nb * sizeof(float));
+        j->rest.sampling.bias_ids = j->rest_bias_ids;
+        j->rest.sampling.bias_values = j->rest_bias_values;
+    }
+    for (int i = 0; i < q->text.n_stop; i++)
+        if (!(j->rest_stop[i] = strdup(q->text.stop[i])))
+            return dsr1_error(DSR1_ERR_NOMEM, "out of memory");
+    j->rest.text.stop = (const char *const *)j->rest_stop;
+    return DSR1_OK;
+}
+
+/* Choices 1.. of a job whose choice 0 has computed the prompt (the scheduler's thread). A
+ * failure ends the job with an error (the choices already running are aborted). */
+static void submit_rest(http_job *j)
+{
+    dsr1_http_server *s = j->s;
+    dsr1_status st = DSR1_OK;
+    pthread_mutex_lock(&s->mu);
+    if (s->stopping) st = dsr1_error(DSR1_ERR_UNAVAILABLE, "the server is shutting down");
+    pthread_mutex_unlock(&s->mu);
+    for (int i = 1; i < j->n && !st; i++) st = submit_one(s, j, &j->rest, i);
+    /* a shutdown or hang-up that came while they were submitted has missed them */
+    pthread_mutex_lock(&s->mu);
+    bool stopping = s->stopping;
+    pthread_mutex_unlock(&s->mu);
+    pthread_mutex_lock(&j->mu);
+    bool gone = j->gone;
+    pthread_mutex_unlock(&j->mu);
+    if (!st && (stopping || gone)) dsr1__http_job_abort(j);
+    pthread_mutex_lock(&j->mu);
+    j->deferred = false;
+    if (st) {
+        j->fail_status = dsr1__http_status_of(st);
+        snprintf(j->fail_msg, sizeof(j->fail_msg), "choices 1 to %d: %s", j->n - 1, dsr1_errmsg());
+    }
+    bool end = j->n_final == j->n_submitted;
+    if (end) {
+        job_end(j);
+        dsr1__http_resume(s, j);
+    }
+    pthread_mutex_unlock(&j->mu);
+    if (st) dsr1__http_job_abort(j);
+}
+
+/* Submits the job's requests: all at once for n = 1; for n > 1, choice 0 now and the
+ * others from its first event (see http_job.deferred). */
 static dsr1_status submit(dsr1_http_server *s, http_job *j, const http_prompt *pr,
                           const http_params *pa)
 {
-    for (int i = 0; i < j->n; i++) {
-        dsr1_sched_request q = {
-            .id = j->ch[i].id,
-            .prompt = pr->ids,
-            .n_prompt = (int)pr->n,
-            .sampling = pa->sampling,
-            .max_tokens = pa->max_tokens,
-            .logprobs = j->logprobs,
-            .text = pa->text,
-            .callback = on_event,
-            .ctx = j,
-        };
-        q.sampling.seed += (uint64_t)i;
-        atomic_fetch_add(&j->refs, 1);
-        pthread_mutex_lock(&s->mu);
-        s->n_sched++;
-        pthread_mutex_unlock(&s->mu);
-        pthread_mutex_lock(&j->mu);
-        j->n_submitted++;
-        pthread_mutex_unlock(&j->mu);
-        dsr1_status st = dsr1_sched_submit(s->p.sched, &q);
-        if (st) {
-            pthread_mutex_lock(&j->mu);
-            j->n_submitted--;
-            bool end = i > 0 && j->n_final == j->n_submitted;
-            pthread_mutex_unlock(&j->mu);
-            pthread_mutex_lock(&s->mu);
-            s->n_sched--;
-            pthread_cond_broadcast(&s->cv);
-            pthread_mutex_unlock(&s->mu);
-            atomic_fetch_sub(&j->refs, 1);
-            (void)end;
-            return st;
-        }
+    dsr1_sched_request q = {
+        .prompt = pr->ids,
+        .n_prompt = (int)pr->n,
+        .sampling = pa->sampling,
+        .max_tokens = pa->max_tokens,
+        .logprobs = j->logprobs,
+        .text = pa->text,
+        .callback = on_event,
+        .ctx = j,
+    };
+    if (j->n > 1) {
+        dsr1_status st = keep_rest(j, &q);
+        if (st) return st;
+        j->deferred = true;
     }
-    return DSR1_OK;
+    dsr1_status st = submit_one(s, j, &q, 0);
+    if (st) j->deferred = false;
+    return st;
 }
 
 static enum MHD_Result sse_response(dsr1_http_server *s, struct MHD_Connection *c, http_job *j);

@@ -88,6 +88,16 @@ struct http_job {
     size_t out_n, out_off, out_cap;
     bool suspended, ended, overflow;
     int status; /* non-streamed: the HTTP status of the body in out */
+    /* n > 1: choices 1.. are submitted once choice 0 has computed the prompt (its first
+     * event), so that they find its blocks in the prefix cache; until then the request's
+     * parameters are kept here (owned copies) */
+    bool deferred;
+    int fail_status; /* submitting them failed: the answer's status, 0 if none */
+    char fail_msg[256];
+    dsr1_sched_request rest;
+    int32_t *rest_prompt, *rest_bias_ids;
+    float *rest_bias_values;
+    char *rest_stop[DSR1_HTTP_MAX_STOP];
 };
 
 void dsr1__http_job_unref(http_job *j);

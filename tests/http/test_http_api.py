@@ -252,6 +252,18 @@ def test_seeds_and_n(api, c):
              "n=3: different seeds differ", str(many["choices"]))
     c.expect(many["usage"]["completion_tokens"] == total, "n=3: usage counts every choice",
              f"{many['usage']} vs {total}")
+    # n choices of a long prompt compute it once: the others find its blocks cached
+    prompt = " ".join(f"fact {i}: the sky was blue on day {i}." for i in range(8))
+    hits = lambda: sum(x for k, x in api.metrics()[2].items()
+                       if k.startswith("vllm:prefix_cache_hits_total{"))
+    before = hits()
+    s, r = api.post("/v1/chat/completions", {"messages": [{"role": "user", "content": prompt}],
+                                             "max_tokens": 4, "n": 4, "seed": 1})
+    gained = hits() - before
+    full = r["usage"]["prompt_tokens"] // 32 * 32 if s == 200 else 0
+    c.expect(s == 200 and full >= 64 and gained >= 3 * full,
+             "n=4: choices 1-3 reuse the prompt's cached blocks",
+             f"{s} prompt {r.get('usage')}, prefix cache hits +{gained}, want >= {3 * full}")
 
 
 def test_stream(api, c):
