@@ -244,7 +244,9 @@ struct dsr1_grammar_vocab {
     dsr1__tnode *nodes;
     uint32_t nnodes;
     uint32_t *tok_lo; /* per node (+ sentinel): first index in sorted of its subtree */
-    uint8_t *subcat;  /* per node: the byte categories (dsr1__bytecat) below it */
+    uint8_t *subcat;  /* per node: the byte categories (dsr1__bytecat) below it; bit 7:
+                         what is below is safe text from a character boundary (whole or
+                         partial UTF-8 characters, no quote, backslash or control) */
     uint8_t *below;   /* per node: how many bytes its longest descendant adds (saturated) */
     uint32_t maxlen;
 };

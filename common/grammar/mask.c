@@ -46,6 +46,8 @@ struct dsr1__scratch {
     uint8_t *uni;
     int32_t *uninext;
     size_t unicap, unncap;
+    uint16_t *crun; /* per state: char_run, memoized */
+    size_t cucap;
     uint8_t *key; /* canonical keys */
     size_t nkey, keycap;
     uint32_t *loc, *queue;
@@ -80,6 +82,7 @@ void dsr1__scratch_free(dsr1__scratch *s)
     free(s->sufacc);
     free(s->uni);
     free(s->uninext);
+    free(s->crun);
     free(s->key);
     free(s->loc);
     free(s->queue);
@@ -161,6 +164,91 @@ static void uniform(const int32_t *T, const uint8_t *cmap, uint32_t ncls, uint32
     s->uninext[q] = to < 0 ? -1 : to - (int32_t)first;
 }
 
+/* The UTF-8 decoder of vocab.c's safe text, for the DFA side. */
+static int utf8_next(int ds, int b)
+{
+    switch (ds) {
+    case 0:
+        if (b < 0x80) return b >= 0x20 && b != '"' && b != '\\' ? 0 : -1;
+        if (b >= 0xc2 && b <= 0xdf) return 1;
+        if (b == 0xe0) return 4;
+        if (b == 0xed) return 5;
+        if (b >= 0xe1 && b <= 0xef) return 2;
+        if (b == 0xf0) return 6;
+        if (b >= 0xf1 && b <= 0xf3) return 3;
+        if (b == 0xf4) return 7;
+        return -1;
+    case 1:
+        return b >= 0x80 && b <= 0xbf ? 0 : -1;
+    case 2:
+        return b >= 0x80 && b <= 0xbf ? 1 : -1;
+    case 3:
+        return b >= 0x80 && b <= 0xbf ? 2 : -1;
+    case 4:
+        return b >= 0xa0 && b <= 0xbf ? 1 : -1;
+    case 5:
+        return b >= 0x80 && b <= 0x9f ? 1 : -1;
+    case 6:
+        return b >= 0x90 && b <= 0xbf ? 2 : -1;
+    default:
+        return b >= 0x80 && b <= 0x8f ? 2 : -1;
+    }
+}
+
+/* Whether every way to finish the character begun in local state q (decoder state ds)
+ * ends in global state `to`, every byte on the way alive. */
+static bool char_rest(const int32_t *T, const uint8_t *cmap, uint32_t ncls, uint32_t first,
+                      int32_t q, int ds, int32_t to)
+{
+    int prev = -1, prevds = -1;
+    for (int b = 0x80; b <= 0xbf; b++) {
+        int nds = utf8_next(ds, b);
+        if (nds < 0 || (cmap[b] == prev && nds == prevds)) continue;
+        prev = cmap[b], prevds = nds;
+        int32_t t = T[(uint32_t)q * ncls + cmap[b]];
+        if (t < 0) return false;
+        if (nds == 0 ? t != to : !char_rest(T, cmap, ncls, first, t - (int32_t)first, nds, to))
+            return false;
+    }
+    return true;
+}
+
+/* Whether every safe character (any Unicode scalar value but the quote, backslash and
+ * controls) takes local state q to the same state as 'a' does. */
+static bool charuni(const int32_t *T, const uint8_t *cmap, uint32_t ncls, uint32_t first, int32_t q)
+{
+    const int32_t *row = T + (uint32_t)q * ncls;
+    int32_t to = row[cmap['a']];
+    if (to < 0) return false;
+    for (int b = 0x20; b < 0x80; b++)
+        if (b != '"' && b != '\\' && row[cmap[b]] != to) return false;
+    int prev = -1, prevds = -1;
+    for (int b = 0xc2; b <= 0xf4; b++) {
+        int nds = utf8_next(0, b);
+        if (nds < 0 || (cmap[b] == prev && nds == prevds)) continue;
+        prev = cmap[b], prevds = nds;
+        int32_t t = row[cmap[b]];
+        if (t < 0 || !char_rest(T, cmap, ncls, first, t - (int32_t)first, nds, to)) return false;
+    }
+    return true;
+}
+
+/* How many characters of safe text local state q surely takes, all alive (255: any
+ * number), memoized in s->crun (0xffff: not known yet). */
+static uint32_t char_run(const int32_t *T, const uint8_t *cmap, uint32_t ncls, uint32_t first,
+                         int32_t q, dsr1__scratch *s, int depth)
+{
+    if (s->crun[q] != 0xffff) return s->crun[q];
+    uint32_t run = 0;
+    if (depth < 255 && charuni(T, cmap, ncls, first, q)) {
+        int32_t nq = T[(uint32_t)q * ncls + cmap['a']] - (int32_t)first;
+        run = nq == q ? 255 : 1 + char_run(T, cmap, ncls, first, nq, s, depth + 1);
+        if (run > 255) run = 255;
+    }
+    s->crun[q] = (uint16_t)run;
+    return run;
+}
+
 /* The trie walk from a state whose rule is a plain DFA from here on (no calls reachable):
  * one table lookup per node, the rule's states being contiguous. */
 static bool walk_dfa(const dsr1_grammar *g, uint32_t st, dsr1__scratch *s)
@@ -178,9 +266,11 @@ static bool walk_dfa(const dsr1_grammar *g, uint32_t st, dsr1__scratch *s)
     uint32_t *ncomp = s->ncomp;
     /* per state of the rule: the byte categories whose bytes all go to one state, the
      * state they go to (uni 0x80: not known yet) */
-    if (!DSR1_GROW(s->uni, s->unicap, r->nst) || !DSR1_GROW(s->uninext, s->unncap, r->nst))
+    if (!DSR1_GROW(s->uni, s->unicap, r->nst) || !DSR1_GROW(s->uninext, s->unncap, r->nst) ||
+        !DSR1_GROW(s->crun, s->cucap, r->nst))
         return false;
     memset(s->uni, 0x80, r->nst);
+    memset(s->crun, 0xff, r->nst * sizeof(uint16_t));
     dst[0] = (int32_t)(st - first);
     for (uint32_t i = 0, n = tv.nnodes; i < n;) {
         const dsr1__tnode *nd = &nodes[i];
@@ -195,22 +285,14 @@ static bool walk_dfa(const dsr1_grammar *g, uint32_t st, dsr1__scratch *s)
         dst[d] = t;
         ncomp[d] = ncomp[d - 1] + S[t].final;
         accept_here(&tv, s, i);
-        uint8_t sc = subcat[i];
+        uint8_t sc = subcat[i] & 0x7f;
         if (sc && v->below[i] < 255 && tv.tok_lo[nd->end] - tv.tok_lo[i + 1] >= 2) {
-            /* the bytes below move the DFA along one path whatever they are, and it stays
-             * alive for as long as the deepest token: all the tokens below are accepted */
-            int32_t q = t;
-            for (uint32_t k = v->below[i]; k > 0; k--) {
-                if (s->uni[q] & 0x80) uniform(T, cmap, ncls, first, q, s);
-                if (sc & ~s->uni[q]) {
-                    q = -1;
-                    break;
-                }
-                int32_t nq = s->uninext[q];
-                if (nq == q) break;
-                q = nq;
-            }
-            if (q >= 0) {
+            /* every byte below loops on the state, or the text below is safe and every
+             * character moves the DFA along one path that lives as deep as the subtree:
+             * all the tokens below are accepted */
+            if (s->uni[t] & 0x80) uniform(T, cmap, ncls, first, t, s);
+            if ((s->uninext[t] == t && !(sc & ~s->uni[t])) ||
+                ((subcat[i] & 0x80) && char_run(T, cmap, ncls, first, t, s, 0) >= v->below[i])) {
                 for (uint32_t k = tv.tok_lo[i + 1]; k < tv.tok_lo[nd->end]; k++)
                     s->accbits[tv.toks[k] >> 5] |= 1u << (tv.toks[k] & 31);
                 i = nd->end;

@@ -57,6 +57,39 @@ dsr1_status dsr1__trie_build(uint32_t n, const uint8_t *const *s, const uint32_t
     return DSR1_OK;
 }
 
+/* A UTF-8 decoder over "safe text" (JSON string content: no quote, backslash or control):
+ * state 0 is a character boundary; 1-3 expect that many more continuation bytes; 4-7 are
+ * the restricted second bytes after E0, ED, F0, F4. -1: not safe text. */
+static int utf8_next(int ds, uint8_t b)
+{
+    switch (ds) {
+    case 0:
+        if (b < 0x80) return b >= 0x20 && b != '"' && b != '\\' ? 0 : -1;
+        if (b >= 0xc2 && b <= 0xdf) return 1;
+        if (b == 0xe0) return 4;
+        if (b == 0xed) return 5;
+        if (b >= 0xe1 && b <= 0xef) return 2;
+        if (b == 0xf0) return 6;
+        if (b >= 0xf1 && b <= 0xf3) return 3;
+        if (b == 0xf4) return 7;
+        return -1;
+    case 1:
+        return b >= 0x80 && b <= 0xbf ? 0 : -1;
+    case 2:
+        return b >= 0x80 && b <= 0xbf ? 1 : -1;
+    case 3:
+        return b >= 0x80 && b <= 0xbf ? 2 : -1;
+    case 4:
+        return b >= 0xa0 && b <= 0xbf ? 1 : -1;
+    case 5:
+        return b >= 0x80 && b <= 0x9f ? 1 : -1;
+    case 6:
+        return b >= 0x90 && b <= 0xbf ? 2 : -1;
+    default:
+        return b >= 0x80 && b <= 0x8f ? 2 : -1;
+    }
+}
+
 typedef struct {
     const uint8_t *p;
     uint32_t len, id;
@@ -144,17 +177,35 @@ dsr1_status dsr1_grammar_vocab_create_raw(int32_t n, const uint8_t *const *bytes
         dsr1_grammar_vocab_free(v);
         return dsr1_error(DSR1_ERR_NOMEM, "grammar vocab: out of memory");
     }
+    /* and whether the bytes below a node are safe text (below): accv[d] gathers, for the
+     * children of the node being finished, the UTF-8 decoder states they are valid in */
+    uint8_t *accv = malloc((size_t)v->maxlen + 2);
+    if (!accv) {
+        free(acc);
+        free(deep);
+        dsr1_grammar_vocab_free(v);
+        return dsr1_error(DSR1_ERR_NOMEM, "grammar vocab: out of memory");
+    }
+    memset(accv, 0xff, (size_t)v->maxlen + 2);
     for (uint32_t i = v->nnodes; i-- > 0;) {
         uint32_t d = v->nodes[i].depth, md = deep[d] > d ? deep[d] : d;
-        v->subcat[i] = acc[d];
+        uint8_t b = v->nodes[i].byte, ch = accv[d], valid = 0;
+        v->subcat[i] = (uint8_t)(acc[d] | (ch & 1u) << 7);
         v->below[i] = (uint8_t)(md - d > 255 ? 255 : md - d);
+        for (int ds = 0; ds < 8; ds++) {
+            int to = utf8_next(ds, b);
+            if (to >= 0 && (ch >> to & 1)) valid |= (uint8_t)(1u << ds);
+        }
         acc[d] = 0;
         deep[d] = 0;
-        acc[d - 1] |= (uint8_t)(1u << dsr1__bytecat(v->nodes[i].byte) | v->subcat[i]);
+        accv[d] = 0xff;
+        acc[d - 1] |= (uint8_t)(1u << dsr1__bytecat(b) | (v->subcat[i] & 0x7f));
+        accv[d - 1] &= valid;
         if (md > deep[d - 1]) deep[d - 1] = md;
     }
     free(acc);
     free(deep);
+    free(accv);
     *out = v;
     return DSR1_OK;
 oom:
