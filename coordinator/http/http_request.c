@@ -393,8 +393,7 @@ static dsr1_status get_logprobs(pctx *c, const json_t *o)
     if (r->kind == DSR1_HTTP_CHAT) {
         st = get_bool(c, o, "logprobs", &r->logprobs);
         if (!st) st = get_int(c, o, "top_logprobs", 0, DSR1_HTTP_MAX_TOP_LP, &r->top_logprobs);
-        if (!st && json_object_get(o, "top_logprobs") &&
-            !json_is_null(json_object_get(o, "top_logprobs")) && !r->logprobs)
+        if (!st && r->top_logprobs > 0 && !r->logprobs)
             st = fail(c, "top_logprobs", "'top_logprobs' needs 'logprobs': true");
     } else if (v && !json_is_null(v)) {
         st = get_int(c, o, "logprobs", 0, 5, &r->top_logprobs);
