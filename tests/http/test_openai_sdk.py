@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """A client nobody here wrote: the official `openai` npm package (node_modules/openai, a
-devDependency installed by deploy/setup.sh) runs openai_sdk_check.mjs against `dsr1 serve`'s
-HTTP API on the tiny checkpoint.
+devDependency installed by deploy/setup.sh) runs openai_sdk_check.mjs against the HTTP API on
+the tiny checkpoint: of `dsr1 serve` (mode serve) or of mpirun'd dsr1-coordinator with two
+dsr1-worker ranks (mode mpirun).
 
-usage: test_openai_sdk.py BUILD_ROOT   (exit 77: node or the openai package or the model missing)
+usage: test_openai_sdk.py BUILD_ROOT [serve|mpirun]
+       (exit 77: node, the openai package, the model, or for mpirun MPI/UCX missing)
 """
 import os
 import re
@@ -27,8 +29,9 @@ def main():
         serve_util.skip("node_modules/openai missing (run deploy/setup.sh or npm install)")
     dsr1 = os.path.join(build, "tools", "dsr1")
     model = serve_util.tiny_model(dsr1, build)
-    srv = serve_util.Server([dsr1, "serve", "--model", model, "--host", "127.0.0.1", "--port", "0",
-                             "--api-key", KEY, "--kv-tokens", "8192"])
+    mode = sys.argv[2] if len(sys.argv) > 2 else "serve"
+    cmd, env = serve_util.serve_cmd(mode, build, model, ["--api-key", KEY, "--kv-tokens", "8192"])
+    srv = serve_util.Server(cmd, env=env)
     c = serve_util.Checks()
     m = re.search(r"HTTP API on http://(\S+):(\d+)", "".join(srv.log))
     if c.expect(m is not None, "the HTTP API's address is printed"):
@@ -37,7 +40,7 @@ def main():
                            capture_output=True, text=True, timeout=240)
         print(r.stdout + r.stderr)
         c.expect(r.returncode == 0, "openai SDK checks", f"exit {r.returncode}")
-    return srv.finish(c)
+    return srv.finish(c, exit_0=mode == "serve")
 
 
 if __name__ == "__main__":
