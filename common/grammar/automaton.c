@@ -1035,6 +1035,27 @@ out:
     return ok;
 }
 
+static bool dfa_from_entry(dfa *d, const dsr1__dfa_entry *e)
+{
+    memset(d, 0, sizeof(*d));
+    d->ns = e->ns;
+    d->ncls = e->ncls;
+    memcpy(d->cmap, e->cmap, 256);
+    d->trans = malloc((size_t)e->ns * e->ncls * sizeof(int32_t));
+    d->final = malloc(e->ns);
+    d->call_off = calloc((size_t)e->ns + 1, sizeof(uint32_t));
+    if (!d->trans || !d->final || !d->call_off) {
+        free(d->trans);
+        free(d->final);
+        free(d->call_off);
+        memset(d, 0, sizeof(*d));
+        return false;
+    }
+    memcpy(d->trans, e->trans, (size_t)e->ns * e->ncls * sizeof(int32_t));
+    memcpy(d->final, e->final, e->ns);
+    return true;
+}
+
 static void dfa_free(dfa *d)
 {
     free(d->trans);
@@ -1078,6 +1099,63 @@ static int cmp_from(const void *a, const void *b)
     return x->from < y->from ? -1 : x->from > y->from;
 }
 
+/* ---- the vocabulary's cache of leaf rules' DFAs ---- */
+
+#define LEAF_KEY_MAX ((size_t)256 << 10)
+
+typedef struct {
+    uint8_t *p;
+    size_t n, cap;
+    bool ok;
+} keybuf;
+
+static void kput(keybuf *k, const void *p, size_t n)
+{
+    if (!k->ok) return;
+    if (k->n + n > LEAF_KEY_MAX || !DSR1_GROW(k->p, k->cap, k->n + n)) {
+        k->ok = false;
+        return;
+    }
+    memcpy(k->p + k->n, p, n);
+    k->n += n;
+}
+
+/* The body as build() expands it (inlined rules in place); not ok when it calls a rule. */
+static void leaf_key(const ab *b, const dsr1__ast *x, int depth, keybuf *k)
+{
+    if (!k->ok) return;
+    uint8_t kind = (uint8_t)x->kind;
+    if (x->kind == DSR1__A_REF) {
+        if (!b->inl[x->rule] || depth >= INLINE_MAX_DEPTH) {
+            k->ok = false;
+            return;
+        }
+        leaf_key(b, b->rs->rules[x->rule].body, depth + 1, k);
+        return;
+    }
+    kput(k, &kind, 1);
+    kput(k, &x->n, sizeof(x->n));
+    switch (x->kind) {
+    case DSR1__A_BYTES:
+        kput(k, x->bytes, (size_t)x->n);
+        break;
+    case DSR1__A_CLASS:
+        kput(k, x->ranges, 2 * (size_t)x->n * sizeof(uint32_t));
+        break;
+    case DSR1__A_REPEAT:
+        kput(k, &x->min, sizeof(x->min));
+        kput(k, &x->max, sizeof(x->max));
+        leaf_key(b, x->kids[0], depth, k);
+        break;
+    case DSR1__A_SEQ:
+    case DSR1__A_ALT:
+        for (int i = 0; i < x->n; i++) leaf_key(b, x->kids[i], depth, k);
+        break;
+    default:
+        break;
+    }
+}
+
 /* ---- the whole build ---- */
 
 dsr1_status dsr1__automaton_build(const dsr1__rules *rs, const dsr1_grammar_opts *o,
@@ -1088,7 +1166,9 @@ dsr1_status dsr1__automaton_build(const dsr1__rules *rs, const dsr1_grammar_opts
     ab b = {.rs = rs, .o = o};
     nfa *nfas = calloc((size_t)nr, sizeof(nfa));
     dfa *dfas = calloc((size_t)nr, sizeof(dfa));
-    uint8_t *prod = calloc((size_t)nr, 1);
+    uint8_t *prod = calloc((size_t)nr, 1), *cached = calloc((size_t)nr, 1);
+    uint8_t **keys = calloc((size_t)nr, sizeof(uint8_t *));
+    size_t *keylens = calloc((size_t)nr, sizeof(size_t));
     b.rec = calloc((size_t)nr, 1);
     b.inl = calloc((size_t)nr, 1);
     b.bigcls = calloc((size_t)nr, 1);
@@ -1099,8 +1179,8 @@ dsr1_status dsr1__automaton_build(const dsr1__rules *rs, const dsr1_grammar_opts
     b.nfa_limit = (size_t)o->max_states * 4;
     uint8_t *seen = NULL;
     uint32_t *stack = NULL, *base = NULL;
-    if (!nfas || !dfas || !prod || !b.rec || !b.inl || !b.bigcls || !b.bigrep || !b.queued ||
-        !b.est || !b.queue)
+    if (!nfas || !dfas || !prod || !cached || !keys || !keylens || !b.rec || !b.inl || !b.bigcls ||
+        !b.bigrep || !b.queued || !b.est || !b.queue)
         goto oom;
     if ((st = analyse(&b))) goto out;
 
@@ -1110,6 +1190,21 @@ dsr1_status dsr1__automaton_build(const dsr1__rules *rs, const dsr1_grammar_opts
     size_t maxns = 1;
     for (int qi = 0; qi < b.nqueue; qi++) {
         int r = b.queue[qi];
+        /* a leaf rule compiled before (any grammar on this vocabulary): its DFA as is */
+        keybuf kb = {.ok = true};
+        leaf_key(&b, rs->rules[r].body, 0, &kb);
+        if (kb.ok) {
+            const dsr1__dfa_entry *e = dsr1__vocab_dfa_get(g->vocab, kb.p, kb.n);
+            if (e && dfa_from_entry(&dfas[r], e)) {
+                free(kb.p);
+                cached[r] = prod[r] = 1;
+                continue;
+            }
+            keys[r] = kb.p;
+            keylens[r] = kb.n;
+        } else {
+            free(kb.p);
+        }
         memset(&b.cur, 0, sizeof(b.cur));
         b.ecap = 0;
         b.nmemo = 0;
@@ -1134,7 +1229,7 @@ dsr1_status dsr1__automaton_build(const dsr1__rules *rs, const dsr1_grammar_opts
         changed = false;
         for (int qi = b.nqueue - 1; qi >= 0; qi--) {
             int r = b.queue[qi];
-            if (!prod[r] && nfa_productive(&nfas[r], prod, seen, stack))
+            if (!prod[r] && !cached[r] && nfa_productive(&nfas[r], prod, seen, stack))
                 prod[r] = 1, changed = true;
         }
     }
@@ -1147,8 +1242,22 @@ dsr1_status dsr1__automaton_build(const dsr1__rules *rs, const dsr1_grammar_opts
     for (int qi = 0; qi < b.nqueue; qi++) {
         int r = b.queue[qi];
         if (!prod[r]) continue;
+        if (cached[r]) {
+            total += dfas[r].ns;
+            if (total > (size_t)o->max_states) {
+                st = dsr1_error(DSR1_ERR_RANGE,
+                                "grammar: automaton exceeds max_states (%d states); simplify the "
+                                "grammar or raise the limit",
+                                o->max_states);
+                goto out;
+            }
+            continue;
+        }
         if ((st = determinize(&b, &nfas[r], prod, &dfas[r], &total))) goto out;
         if (!minimize(&dfas[r])) goto oom;
+        if (keys[r] && dfas[r].call_off[dfas[r].ns] == 0)
+            dsr1__vocab_dfa_put(g->vocab, keys[r], keylens[r], dfas[r].ns, dfas[r].ncls,
+                                dfas[r].cmap, dfas[r].trans, dfas[r].final);
     }
 
     /* global numbering */
@@ -1345,6 +1454,10 @@ out:
     free(nfas);
     free(dfas);
     free(prod);
+    free(cached);
+    for (int r = 0; keys && r < nr; r++) free(keys[r]);
+    free(keys);
+    free(keylens);
     free(b.rec);
     free(b.inl);
     free(b.bigcls);

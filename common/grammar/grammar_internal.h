@@ -160,6 +160,24 @@ struct dsr1__shared_dfa {
 /* Finds or adds the state serialized in blob; NULL when the cache is full. */
 dsr1__shared_dfa *dsr1__vocab_share_dfa(const dsr1_grammar_vocab *v, const uint8_t *blob,
                                         size_t len);
+/* A leaf rule's minimized DFA, under its body with inlined rules expanded: grammars that
+ * use the same rule (a JSON Schema format, the JSON string) skip building it again. */
+typedef struct dsr1__dfa_entry dsr1__dfa_entry;
+struct dsr1__dfa_entry {
+    uint64_t hash;
+    uint8_t *key;
+    size_t keylen;
+    uint32_t ns, ncls;
+    uint8_t cmap[256];
+    int32_t *trans; /* ns * ncls, local targets or -1 */
+    uint8_t *final;
+    dsr1__dfa_entry *next;
+};
+const dsr1__dfa_entry *dsr1__vocab_dfa_get(const dsr1_grammar_vocab *v, const uint8_t *key,
+                                           size_t len);
+void dsr1__vocab_dfa_put(const dsr1_grammar_vocab *v, const uint8_t *key, size_t len, uint32_t ns,
+                         uint32_t ncls, const uint8_t *cmap, const int32_t *trans,
+                         const uint8_t *final);
 /* Reserves bytes of the cache's budget for one more entry; false when over budget. */
 bool dsr1__vocab_reserve(const dsr1_grammar_vocab *v, size_t bytes);
 void dsr1__vocab_unreserve(const dsr1_grammar_vocab *v, size_t bytes);
@@ -236,6 +254,8 @@ struct dsr1_grammar_vocab {
     dsr1__shared_dfa *shared[DSR1__SHARED_BUCKETS];
     size_t nshared;
     _Atomic size_t shared_bytes;
+    dsr1__dfa_entry *dfas[DSR1__SHARED_BUCKETS]; /* leaf rule DFAs (never removed) */
+    size_t ndfas, dfa_bytes;
     uint8_t *bytes;
     uint64_t *off;
     uint32_t *len;

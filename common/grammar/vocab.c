@@ -315,6 +315,64 @@ dsr1__shared_dfa *dsr1__vocab_share_dfa(const dsr1_grammar_vocab *cv, const uint
     return found;
 }
 
+#define DFA_CACHE_MAX_ENTRIES 4096
+#define DFA_CACHE_MAX_BYTES   ((size_t)64 << 20)
+
+const dsr1__dfa_entry *dsr1__vocab_dfa_get(const dsr1_grammar_vocab *cv, const uint8_t *key,
+                                           size_t len)
+{
+    dsr1_grammar_vocab *v = (dsr1_grammar_vocab *)cv; /* the cache is internally locked */
+    uint64_t h = hash_bytes(key, len);
+    const dsr1__dfa_entry *found = NULL;
+    pthread_mutex_lock(&v->lock);
+    for (dsr1__dfa_entry *e = v->dfas[h % DSR1__SHARED_BUCKETS]; e && !found; e = e->next)
+        if (e->hash == h && e->keylen == len && !memcmp(e->key, key, len)) found = e;
+    pthread_mutex_unlock(&v->lock);
+    return found; /* entries are immutable and live as long as the vocabulary */
+}
+
+void dsr1__vocab_dfa_put(const dsr1_grammar_vocab *cv, const uint8_t *key, size_t len, uint32_t ns,
+                         uint32_t ncls, const uint8_t *cmap, const int32_t *trans,
+                         const uint8_t *final)
+{
+    dsr1_grammar_vocab *v = (dsr1_grammar_vocab *)cv;
+    size_t bytes = sizeof(dsr1__dfa_entry) + len + (size_t)ns * ncls * 4 + ns;
+    uint64_t h = hash_bytes(key, len);
+    dsr1__dfa_entry *e = calloc(1, sizeof(*e));
+    if (!e) return;
+    e->key = malloc(len ? len : 1);
+    e->trans = malloc((size_t)ns * ncls * sizeof(int32_t) + 4);
+    e->final = malloc(ns ? ns : 1);
+    if (!e->key || !e->trans || !e->final) goto drop;
+    memcpy(e->key, key, len);
+    memcpy(e->trans, trans, (size_t)ns * ncls * sizeof(int32_t));
+    memcpy(e->final, final, ns);
+    memcpy(e->cmap, cmap, 256);
+    e->keylen = len;
+    e->hash = h;
+    e->ns = ns;
+    e->ncls = ncls;
+    pthread_mutex_lock(&v->lock);
+    bool there = false;
+    for (dsr1__dfa_entry *x = v->dfas[h % DSR1__SHARED_BUCKETS]; x && !there; x = x->next)
+        there = x->hash == h && x->keylen == len && !memcmp(x->key, key, len);
+    if (!there && v->ndfas < DFA_CACHE_MAX_ENTRIES && v->dfa_bytes + bytes <= DFA_CACHE_MAX_BYTES) {
+        e->next = v->dfas[h % DSR1__SHARED_BUCKETS];
+        v->dfas[h % DSR1__SHARED_BUCKETS] = e;
+        v->ndfas++;
+        v->dfa_bytes += bytes;
+        e = NULL;
+    }
+    pthread_mutex_unlock(&v->lock);
+drop:
+    if (e) {
+        free(e->key);
+        free(e->trans);
+        free(e->final);
+        free(e);
+    }
+}
+
 bool dsr1__vocab_reserve(const dsr1_grammar_vocab *cv, size_t bytes)
 {
     dsr1_grammar_vocab *v = (dsr1_grammar_vocab *)cv;
@@ -338,6 +396,15 @@ void dsr1_grammar_vocab_free(dsr1_grammar_vocab *v)
             n = e->next;
             dsr1__ci_free(atomic_load(&e->ci));
             free(e->blob);
+            free(e);
+        }
+    }
+    for (int b = 0; b < DSR1__SHARED_BUCKETS; b++) {
+        for (dsr1__dfa_entry *e = v->dfas[b], *n; e; e = n) {
+            n = e->next;
+            free(e->key);
+            free(e->trans);
+            free(e->final);
             free(e);
         }
     }
