@@ -430,7 +430,10 @@ static dsr1__shared_dfa *canonical(const dsr1_grammar *g, uint32_t st, dsr1__scr
         uint8_t fin = g->st[first + q].final;
         if (!put(s, &fin, 1)) return &no_share;
         int32_t prev = -2;
+        int pc = -1;
         for (int b = 0; b < 256; b++) {
+            if (cmap[b] == pc) continue; /* same class, same target: the run goes on */
+            pc = cmap[b];
             int32_t t = T[q * ncls + cmap[b]], lt = -1;
             if (t >= 0) {
                 uint32_t lq = (uint32_t)t - first;
