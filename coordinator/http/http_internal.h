@@ -1,7 +1,8 @@
 /* Internals of the HTTP server, shared by its files:
  *   http_server.c    the daemon, routing, authentication, bodies, the simple endpoints,
  *                    the disconnect watcher, start and stop
- *   http_generate.c  completions: prompt, parameters, submission, events to responses
+ *   http_prompt.c    prompts: the chat template, our tool prompt, the reasoning switch
+ *   http_generate.c  completions: parameters, submission, events to responses
  *   http_metrics.c   the Prometheus metrics
  *   http_request.c   request bodies to structs (pure, fuzzed)
  *   http_tools.c     R1's tool-call format and our tool prompt
@@ -151,6 +152,24 @@ void dsr1__http_unwatch(dsr1_http_server *s, http_job *j);
 void dsr1__http_suspend(dsr1_http_server *s, http_job *j); /* j->mu held */
 void dsr1__http_resume(dsr1_http_server *s, http_job *j);  /* j->mu held */
 
+/* ---- http_prompt.c ---- */
+
+/* A request's prompt: ids (malloc'd) and where generation starts. */
+typedef struct {
+    int32_t *ids;
+    size_t n;
+    bool in_reasoning; /* the prompt ends inside <think> */
+    bool detect_think; /* the model may open <think> itself */
+} http_prompt;
+
+dsr1_status dsr1__http_chat_prompt(const dsr1_http_server *s, const dsr1_http_request *r,
+                                   http_prompt *out);
+dsr1_status dsr1__http_completion_prompt(const dsr1_http_server *s, const dsr1_http_request *r,
+                                         http_prompt *out);
+/* What the server reads from the checkpoint directory. */
+dsr1_status dsr1__http_model_load(dsr1_http_server *s);
+void dsr1__http_model_free(dsr1_http_server *s);
+
 /* ---- http_generate.c ---- */
 
 /* POST /v1/chat/completions and /v1/completions: a complete body. Either answers at once
@@ -162,7 +181,5 @@ enum MHD_Result dsr1__http_generate(dsr1_http_server *s, struct MHD_Connection *
 enum MHD_Result dsr1__http_job_respond(dsr1_http_server *s, struct MHD_Connection *c, http_job *j);
 /* Aborts the job's scheduler requests (client gone, shutdown). */
 void dsr1__http_job_abort(http_job *j);
-dsr1_status dsr1__http_model_load(dsr1_http_server *s);
-void dsr1__http_model_free(dsr1_http_server *s);
 
 #endif
