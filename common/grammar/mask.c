@@ -421,6 +421,10 @@ static dsr1__shared_dfa *canonical(const dsr1_grammar *g, uint32_t st, dsr1__scr
     if (!DSR1_GROW(s->loc, s->loccap, r->nst) || !DSR1_GROW(s->queue, s->qcap, r->nst))
         return &no_share;
     memset(s->loc, 0xff, r->nst * sizeof(uint32_t));
+    uint8_t bnd[256];
+    int nb = 0;
+    for (int b = 0; b < 256; b++)
+        if (!b || cmap[b] != cmap[b - 1]) bnd[nb++] = (uint8_t)b;
     uint32_t nq = 0;
     s->loc[st - first] = 0;
     s->queue[nq++] = st - first;
@@ -430,10 +434,8 @@ static dsr1__shared_dfa *canonical(const dsr1_grammar *g, uint32_t st, dsr1__scr
         uint8_t fin = g->st[first + q].final;
         if (!put(s, &fin, 1)) return &no_share;
         int32_t prev = -2;
-        int pc = -1;
-        for (int b = 0; b < 256; b++) {
-            if (cmap[b] == pc) continue; /* same class, same target: the run goes on */
-            pc = cmap[b];
+        for (int j = 0; j < nb; j++) {
+            int b = bnd[j]; /* bytes of one class have one target: runs break at classes */
             int32_t t = T[q * ncls + cmap[b]], lt = -1;
             if (t >= 0) {
                 uint32_t lq = (uint32_t)t - first;
