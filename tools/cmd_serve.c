@@ -339,6 +339,7 @@ static dsr1_status open_serving(const serve_opts *o, serving *sv)
         .cfg = cfg,
         .tok = sv->tok,
         .sched = sv->sched,
+        .grammars = sv->grammars,
     };
     return dsr1_http_start(o->host, hport, &hp, &sv->http);
 }

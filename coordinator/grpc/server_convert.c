@@ -197,6 +197,7 @@ static dsr1_status chat_prompt(const dsr1_server *s, const Dsr1__V1__ChatMessage
     if (st != DSR1_OK) return dsr1_error_context(st, "input.chat: chat template");
     st = encode_chat(s->p.tok, chat, prompt, plen, &out->prompt, n);
     out->in_reasoning = ends_in_think(prompt, plen);
+    out->detect_think = !out->in_reasoning;
     free(prompt);
     return st;
 }
@@ -388,6 +389,8 @@ dsr1_status dsr1__srv_params(dsr1_server *s, const Dsr1__V1__SamplingParams *sp,
         .skip_special = true,
         .eos_id = s->p.cfg->eos_token_id,
         .think_end_id = s->think_end_id,
+        .detect_think = prompt->detect_think && s->think_end_id >= 0,
+        .think_start_id = s->think_start_id,
     };
     out->max_tokens = max_tokens_of(s, sp, prompt->n_prompt);
     dsr1_status st = sp ? check_counts(sp) : DSR1_OK;

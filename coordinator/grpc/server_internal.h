@@ -110,7 +110,8 @@ struct dsr1_server {
     dsr1_chat_template *tmpl; /* NULL: no chat template */
     char *config_json, *model_name;
     float default_temperature, default_top_p;
-    int32_t think_end_id; /* -1: none */
+    int32_t think_end_id;   /* -1: none */
+    int32_t think_start_id; /* "<think>", -1: none */
     double start_time;
     atomic_uint_least64_t next_id;
     uint64_t id_salt;
@@ -194,6 +195,7 @@ typedef struct {
     int32_t *prompt;
     int n_prompt;
     bool in_reasoning; /* the prompt ends inside <think> */
+    bool detect_think; /* a chat whose template did not open <think>: the model may (R1-0528) */
 } srv_prompt;
 
 typedef struct {

@@ -64,6 +64,7 @@ dsr1_status dsr1__srv_model_load(dsr1_server *s)
         return dsr1_error(DSR1_ERR_NOMEM, "server: out of memory");
     load_generation_config(s, s->model_dir);
     s->think_end_id = dsr1_tokenizer_token_id(s->p.tok, "</think>");
+    s->think_start_id = dsr1_tokenizer_token_id(s->p.tok, "<think>");
     if (dsr1_chat_template_load(s->model_dir, &s->tmpl) != DSR1_OK) {
         DSR1_WARN("server: no chat template (%s): chat inputs will be refused", dsr1_errmsg());
         s->tmpl = NULL;

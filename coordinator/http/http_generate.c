@@ -32,6 +32,7 @@ static void job_free(http_job *j)
     }
     free(j->ch);
     free(j->out);
+    dsr1_grammars_release(s->p.grammars, j->rest.grammar);
     free(j->rest_prompt);
     free(j->rest_bias_ids);
     free(j->rest_bias_values);
@@ -540,7 +541,28 @@ typedef struct {
     dsr1_sampling sampling;
     int max_tokens;
     dsr1_textout_params text;
+    const dsr1_grammar *grammar; /* response_format's, a reference from s->p.grammars */
 } http_params;
+
+/* response_format json_object / json_schema: its compiled grammar (a reference in o). */
+static dsr1_status format_grammar(dsr1_http_server *s, const dsr1_http_request *r, http_params *o,
+                                  char *param, size_t cap)
+{
+    if (r->response_format == DSR1_HTTP_FORMAT_TEXT) return DSR1_OK;
+    snprintf(param, cap, "response_format");
+    if (!s->p.grammars)
+        return dsr1_error(DSR1_ERR_INVALID_ARG,
+                          "response_format: this server has no grammar engine");
+    const dsr1_grammar_opts opts = {.strict_objects = r->json_schema_strict};
+    dsr1_status st =
+        r->response_format == DSR1_HTTP_FORMAT_JSON_OBJECT
+            ? dsr1_grammars_get(s->p.grammars, DSR1_GRAMMAR_JSON_OBJECT, NULL, 0, &opts,
+                                &o->grammar)
+            : dsr1_grammars_get(s->p.grammars, DSR1_GRAMMAR_JSON_SCHEMA, r->json_schema,
+                                strlen(r->json_schema), &opts, &o->grammar);
+    if (st == DSR1_OK) param[0] = '\0';
+    return st;
+}
 
 static dsr1_status make_params(dsr1_http_server *s, const dsr1_http_request *r,
                                const http_prompt *pr, http_params *o, char *param, size_t cap)
@@ -598,10 +620,11 @@ static dsr1_status make_params(dsr1_http_server *s, const dsr1_http_request *r,
         return st;
     }
     dsr1_textout_destroy(t);
-    return DSR1_OK;
+    return format_grammar(s, r, o, param, cap);
 }
 
-/* Submits choice i of q's request (seed + i). */
+/* Submits choice i of q's request (seed + i). The request takes its own reference on the
+ * grammar, which the scheduler gives back when it ends. */
 static dsr1_status submit_one(dsr1_http_server *s, http_job *j, const dsr1_sched_request *req,
                               int i)
 {
@@ -615,8 +638,10 @@ static dsr1_status submit_one(dsr1_http_server *s, http_job *j, const dsr1_sched
     pthread_mutex_lock(&j->mu);
     j->n_submitted++;
     pthread_mutex_unlock(&j->mu);
+    dsr1_grammars_retain(s->p.grammars, q.grammar);
     dsr1_status st = dsr1_sched_submit(s->p.sched, &q);
     if (st) {
+        dsr1_grammars_release(s->p.grammars, q.grammar);
         pthread_mutex_lock(&j->mu);
         j->n_submitted--;
         pthread_mutex_unlock(&j->mu);
@@ -633,6 +658,7 @@ static dsr1_status submit_one(dsr1_http_server *s, http_job *j, const dsr1_sched
 static dsr1_status keep_rest(http_job *j, const dsr1_sched_request *q)
 {
     j->rest = *q;
+    dsr1_grammars_retain(j->s->p.grammars, q->grammar); /* released when the job ends */
     j->rest_prompt = malloc((size_t)q->n_prompt * sizeof(int32_t));
     if (!j->rest_prompt) return dsr1_error(DSR1_ERR_NOMEM, "out of memory");
     memcpy(j->rest_prompt, q->prompt, (size_t)q->n_prompt * sizeof(int32_t));
@@ -700,6 +726,7 @@ static dsr1_status submit(dsr1_http_server *s, http_job *j, const http_prompt *p
         .max_tokens = pa->max_tokens,
         .logprobs = j->logprobs,
         .text = pa->text,
+        .grammar = pa->grammar,
         .callback = on_event,
         .ctx = j,
     };
@@ -734,7 +761,7 @@ enum MHD_Result dsr1__http_generate(dsr1_http_server *s, struct MHD_Connection *
         return dsr1__http_send_error(s, c, 404, NULL, "model", "model_not_found", msg);
     }
     http_prompt pr = {0};
-    http_params pa;
+    http_params pa = {0};
     st = kind == DSR1_HTTP_CHAT ? dsr1__http_chat_prompt(s, &r, &pr)
                                 : dsr1__http_completion_prompt(s, &r, &pr);
     if (st) snprintf(param, sizeof(param), "%s", kind == DSR1_HTTP_CHAT ? "messages" : "prompt");
@@ -752,6 +779,7 @@ enum MHD_Result dsr1__http_generate(dsr1_http_server *s, struct MHD_Connection *
     }
     free(pr.ids);
     dsr1_http_request_free(&r);
+    dsr1_grammars_release(s->p.grammars, pa.grammar); /* each request holds its own */
     if (st) {
         int status = dsr1__http_status_of(st);
         char msg[1024];

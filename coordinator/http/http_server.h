@@ -35,6 +35,9 @@ typedef struct {
     const dsr1_model_config *cfg;
     const dsr1_tokenizer *tok;
     dsr1_sched *sched;
+    /* response_format's grammars: the scheduler's cache (dsr1_sched_params.grammars); NULL:
+     * response_format json_object / json_schema are refused */
+    dsr1_grammars *grammars;
 } dsr1_http_params;
 
 typedef struct dsr1_http_server dsr1_http_server;

@@ -206,6 +206,18 @@ dsr1_status dsr1_grammars_get(dsr1_grammars *c, dsr1_grammar_kind kind, const ch
     return DSR1_OK;
 }
 
+void dsr1_grammars_retain(dsr1_grammars *c, const dsr1_grammar *g)
+{
+    if (!c || !g) return;
+    pthread_mutex_lock(&c->mu);
+    for (entry *e = c->head; e; e = e->next)
+        if (e->g == g) {
+            if (!e->refs++) c->referenced++;
+            break;
+        }
+    pthread_mutex_unlock(&c->mu);
+}
+
 void dsr1_grammars_release(dsr1_grammars *c, const dsr1_grammar *g)
 {
     if (!c || !g) return;

@@ -40,7 +40,10 @@ void dsr1_grammars_destroy(dsr1_grammars *c);
  * cached. opts may be NULL. */
 dsr1_status dsr1_grammars_get(dsr1_grammars *c, dsr1_grammar_kind kind, const char *text,
                               size_t len, const dsr1_grammar_opts *opts, const dsr1_grammar **out);
-/* Gives back a reference taken by dsr1_grammars_get (g may be NULL: nothing). */
+/* One more reference on a grammar this cache gave out (g may be NULL: nothing), e.g. one
+ * per scheduler request when several share it (n choices). */
+void dsr1_grammars_retain(dsr1_grammars *c, const dsr1_grammar *g);
+/* Gives back a reference taken by dsr1_grammars_get or _retain (g may be NULL: nothing). */
 void dsr1_grammars_release(dsr1_grammars *c, const dsr1_grammar *g);
 
 typedef struct {

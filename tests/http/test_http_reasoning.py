@@ -46,6 +46,34 @@ def r1_0528_shaped(model, workdir):
     return out
 
 
+def grpc_split(c, srv, label, opened_by_prompt):
+    """The same split through the gRPC API of the same server (skipped without grpcio)."""
+    global STUBS
+    if STUBS is None:
+        try:
+            STUBS = serve_util.load_stubs(tempfile.mkdtemp(prefix="dsr1-stubs-"))
+            import grpc  # noqa: F401
+        except SystemExit:
+            STUBS = False
+    if not STUBS:
+        print(f"note: {label}: grpcio missing, gRPC split not checked")
+        return
+    import grpc
+    pb, pb_grpc = STUBS[0], STUBS[1]
+    api = pb_grpc.Dsr1Stub(grpc.insecure_channel(srv.target, options=()))
+    req = pb.GenerateRequest(
+        input=pb.Input(chat=pb.ChatMessages(messages=[pb.ChatMessage(role="user",
+                                                                     content="Think first.")])),
+        sampling=pb.SamplingParams(max_tokens=4, temperature=0, logit_bias={THINK: 100}))
+    final = list(api.Generate(req, timeout=60, metadata=(("authorization", f"Bearer {KEY}"),)))[-1].final
+    want = "<think>" * (4 if opened_by_prompt else 3)
+    c.expect(final.reasoning_content == want and final.content == "",
+             f"{label}: gRPC reasoning split", f"{final.reasoning_content!r} {final.content!r}")
+
+
+STUBS = None
+
+
 def run(c, dsr1, model, label, opened_by_prompt):
     srv = serve_util.Server([dsr1, "serve", "--model", model, "--host", "127.0.0.1", "--port",
                              "0", "--api-key", KEY, "--kv-tokens", "4096"])
@@ -82,6 +110,7 @@ def run(c, dsr1, model, label, opened_by_prompt):
     c.expect(s == 200 and "reasoning_content" not in r["choices"][0]["message"] and
              r["usage"]["completion_tokens_details"]["reasoning_tokens"] == 4,
              f"{label}: exclude", str(r))
+    grpc_split(c, srv, label, opened_by_prompt)
     rc = srv.stop()
     c.expect(rc == 0, f"{label}: server exits 0", str(rc))
     if c.failures:
