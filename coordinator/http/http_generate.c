@@ -542,7 +542,21 @@ typedef struct {
     int max_tokens;
     dsr1_textout_params text;
     const dsr1_grammar *grammar; /* response_format's, a reference from s->p.grammars */
+    int think_budget;            /* reasoning tokens before </think> is forced; 0: none */
 } http_params;
+
+/* The thinking budget: reasoning.max_tokens, else reasoning effort as a share of the
+ * request's max_tokens (OpenRouter's: low 20%, medium 50%, high 80%), else none. */
+static int think_budget(const dsr1_http_request *r, int max_tokens)
+{
+    static const int percent[4] = {0, 20, 50, 80};
+    if (r->reasoning_max_tokens > 0) return r->reasoning_max_tokens;
+    if (r->reasoning_effort >= 1 && r->reasoning_effort <= 3) {
+        const int64_t b = (int64_t)max_tokens * percent[r->reasoning_effort] / 100;
+        return b > 0 ? (int)b : 1;
+    }
+    return 0;
+}
 
 /* response_format json_object / json_schema: its compiled grammar (a reference in o). */
 static dsr1_status format_grammar(dsr1_http_server *s, const dsr1_http_request *r, http_params *o,
@@ -620,6 +634,7 @@ static dsr1_status make_params(dsr1_http_server *s, const dsr1_http_request *r,
         return st;
     }
     dsr1_textout_destroy(t);
+    o->think_budget = think_budget(r, o->max_tokens);
     return format_grammar(s, r, o, param, cap);
 }
 
@@ -727,6 +742,7 @@ static dsr1_status submit(dsr1_http_server *s, http_job *j, const http_prompt *p
         .logprobs = j->logprobs,
         .text = pa->text,
         .grammar = pa->grammar,
+        .think_budget = pa->think_budget,
         .callback = on_event,
         .ctx = j,
     };

@@ -463,6 +463,7 @@ done:
         r->reasoning_enabled = false;
         r->reasoning_effort = 0;
     }
+    if (!st && r->reasoning_max_tokens == 0) r->reasoning_enabled = false; /* no budget at all */
     return st;
 }
 

@@ -32,14 +32,18 @@ typedef struct req {
     float *bias_values;
     bool logprobs, prompt_logprobs;
     dsr1_textout *text;
+    /* the reasoning part: a budget, and where constrained decoding starts */
+    bool reasoning;   /* inside <think> ... </think> */
+    bool may_open;    /* the next token may open reasoning: <think> (detect_think) */
+    int n_reasoning;  /* tokens drawn inside the reasoning */
+    int think_budget; /* > 0: </think> is forced once n_reasoning reaches it */
+    int32_t think_start_id, think_end_id;
     /* constrained decoding: the matcher and the mask of the step in flight */
     dsr1_grammars *grammars; /* the cache to give `grammar` back to when r ends */
     const dsr1_grammar *grammar;
     dsr1_matcher *matcher;
-    uint32_t *mask;   /* [mask_words of the model's vocabulary] */
-    bool grammar_on;  /* the grammar constrains the next token (not reasoning) */
-    bool think_opens; /* the next token may also be <think> (detect_think, first token) */
-    int32_t think_start_id, think_end_id;
+    bool grammar_done;       /* the matcher took EOS: what follows (ignore_eos) is free */
+    uint32_t *mask;          /* [mask_words of the model's vocabulary] */
     dsr1_sample_result *lp;  /* [max_tokens] when logprobs */
     dsr1_sample_result *plp; /* [n_prompt] when prompt_logprobs */
     int n_plp;               /* prompt positions with their logprob recorded */
@@ -171,48 +175,64 @@ static void req_free(req *r)
     free(r);
 }
 
-/* The request's matcher and mask; where the grammar starts (see dsr1_sched_request). */
-static dsr1_status grammar_new(const dsr1_sched *s, const dsr1_sched_request *q, req *r)
+/* The reasoning part's state, the matcher and the mask (see dsr1_sched_request). */
+static dsr1_status reasoning_new(const dsr1_sched *s, const dsr1_sched_request *q, req *r)
 {
-    dsr1_status st = dsr1_matcher_create(q->grammar, &r->matcher);
-    if (st != DSR1_OK) return st;
-    r->mask = calloc(dsr1_grammar_mask_words(s->p.vocab), sizeof(uint32_t));
-    if (!r->mask) return dsr1_error(DSR1_ERR_NOMEM, "out of memory for a token mask");
     const dsr1_textout_params *t = &q->text;
+    const bool thinks = t->think_end_id >= 0;
     r->think_end_id = t->think_end_id;
-    r->think_start_id = t->detect_think ? t->think_start_id : -1;
-    r->grammar_on = !(t->in_reasoning && t->think_end_id >= 0);
-    r->think_opens = r->grammar_on && r->think_start_id >= 0 && t->think_end_id >= 0;
+    r->reasoning = thinks && t->in_reasoning;
+    r->may_open = thinks && !r->reasoning && t->detect_think && t->think_start_id >= 0;
+    r->think_start_id = r->may_open ? t->think_start_id : -1;
+    r->think_budget = thinks && q->think_budget > 0 ? q->think_budget : 0;
+    if (q->grammar) {
+        dsr1_status st = dsr1_matcher_create(q->grammar, &r->matcher);
+        if (st != DSR1_OK) return st;
+    }
+    if ((r->matcher || r->think_budget) &&
+        !(r->mask = calloc(dsr1_grammar_mask_words(s->p.vocab), sizeof(uint32_t))))
+        return dsr1_error(DSR1_ERR_NOMEM, "out of memory for a token mask");
     return DSR1_OK;
 }
 
-/* The mask of the token r draws next: the grammar's, plus <think> where it may open. */
-static void grammar_mask(const dsr1_sched *s, req *r, dsr1_sampling *p)
+/* The mask of the token r draws next, if any: </think> alone once the reasoning has used
+ * its budget; the grammar's outside the reasoning, plus <think> where it may open. */
+static void draw_mask(const dsr1_sched *s, req *r, dsr1_sampling *p)
 {
-    if (!r->matcher || !r->grammar_on) return;
-    dsr1_matcher_mask(r->matcher, r->mask);
-    if (r->think_opens) r->mask[r->think_start_id / 32] |= 1u << (r->think_start_id % 32);
+    const size_t words = dsr1_grammar_mask_words(s->p.vocab);
+    if (r->reasoning) {
+        if (!r->think_budget || r->n_reasoning < r->think_budget) return;
+        memset(r->mask, 0, words * sizeof(uint32_t));
+        r->mask[r->think_end_id / 32] = 1u << (r->think_end_id % 32);
+    } else if (r->matcher && !r->grammar_done) {
+        dsr1_matcher_mask(r->matcher, r->mask);
+        if (r->may_open) r->mask[r->think_start_id / 32] |= 1u << (r->think_start_id % 32);
+    } else {
+        return;
+    }
     p->allowed = r->mask;
-    p->mask_words = (int)dsr1_grammar_mask_words(s->p.vocab);
+    p->mask_words = (int)words;
 }
 
-/* Moves r's matcher past the token just drawn. */
-static dsr1_status grammar_advance(req *r, int32_t token)
+/* Follows the token just drawn: into or out of the reasoning, or through the matcher. */
+static dsr1_status track_token(req *r, int32_t token)
 {
-    if (!r->matcher) return DSR1_OK;
-    const bool opens = r->think_opens && token == r->think_start_id;
-    r->think_opens = false;
-    if (!r->grammar_on) {
-        r->grammar_on = token == r->think_end_id;
+    const bool may_open = r->may_open;
+    r->may_open = false;
+    if (r->reasoning) {
+        if (token == r->think_end_id)
+            r->reasoning = false;
+        else
+            r->n_reasoning++;
         return DSR1_OK;
     }
-    if (opens) {
-        r->grammar_on = false; /* free reasoning until </think> */
+    if (may_open && token == r->think_start_id) {
+        r->reasoning = true;
         return DSR1_OK;
     }
+    if (!r->matcher || r->grammar_done) return DSR1_OK;
     dsr1_status st = dsr1_matcher_advance(r->matcher, token);
-    /* past the grammar's end (EOS taken and ignore_eos): the output goes on unconstrained */
-    if (st == DSR1_OK && dsr1_matcher_ended(r->matcher)) r->grammar_on = false;
+    if (st == DSR1_OK && dsr1_matcher_ended(r->matcher)) r->grammar_done = true;
     return st;
 }
 
@@ -256,7 +276,7 @@ static dsr1_status req_new(const dsr1_sched *s, const dsr1_sched_request *q, req
     r->rank = -1;
     r->state = REQ_WAITING;
     dsr1_status st = dsr1_textout_create(s->p.tok, &q->text, &r->text);
-    if (st == DSR1_OK && q->grammar) st = grammar_new(s, q, r);
+    if (st == DSR1_OK) st = reasoning_new(s, q, r);
     if (st != DSR1_OK) {
         req_free(r);
         return st;
@@ -487,7 +507,7 @@ static void add_seq(const dsr1_sched *s, step_slot *st, req *r, int chunk)
                            r->logprobs,
                            mode == DSR1_LOGITS_ALL,
                            end < r->n_tokens ? &r->tokens[end] : NULL};
-    if (mode && !q->next) grammar_mask(s, r, &q->params);
+    if (mode && !q->next) draw_mask(s, r, &q->params);
     st->seqs[*n] = (dsr1_seq_step){
         0,           r->n_computed, chunk,          r->tokens + r->n_computed, mode, r->blocks,
         r->n_blocks, r->rank,       mode ? q : NULL};
@@ -626,7 +646,7 @@ static dsr1_status next_token(dsr1_sched *s, req *r, const dsr1_sample_result *r
     const int n_out = r->n_tokens - r->n_prompt;
     dsr1_status st = check_result(res, r->n_tokens);
     if (st != DSR1_OK) return st;
-    if ((st = grammar_advance(r, res->token)) != DSR1_OK) return st;
+    if ((st = track_token(r, res->token)) != DSR1_OK) return st;
     r->tokens[r->n_tokens++] = res->token;
     if (r->lp) r->lp[n_out] = *res;
     if (!r->t_first) r->t_first = now_ns();

@@ -85,6 +85,10 @@ typedef struct {
      * reference from that cache that the scheduler gives back when the request ends (on a
      * submit error the caller keeps it); without, borrowed until the FINAL event. */
     const dsr1_grammar *grammar;
+    /* A thinking budget: > 0, once this many tokens have been drawn inside the reasoning
+     * (text.in_reasoning, or opened by the model with text.detect_think), `</think>` is
+     * forced as the next token and the answer follows, within max_tokens. 0: none. */
+    int think_budget;
     int64_t deadline_ns; /* CLOCK_MONOTONIC; 0: none. Expired: FINAL ABORT */
     dsr1_sched_callback callback;
     void *ctx;

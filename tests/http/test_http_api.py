@@ -354,6 +354,22 @@ def test_stop_and_reasoning(api, c):
              "reasoning exclude: dropped from the response, counted in usage", str(ex))
     s, eff = api.post("/v1/chat/completions", {**base, "reasoning": None, "reasoning_effort": "low"})
     c.expect(s == 200, "reasoning_effort accepted", f"{s} {eff}")
+    # a thinking budget: the reasoning is closed after 3 tokens, the answer follows
+    s, b = api.post("/v1/chat/completions", {**base, "max_tokens": 12, "ignore_eos": True,
+                                              "reasoning": {"max_tokens": 3}})
+    if c.expect(s == 200, "reasoning.max_tokens: status", f"{s} {b}"):
+        details = b["usage"]["completion_tokens_details"]
+        c.expect(details["reasoning_tokens"] in (3, 4) and b["usage"]["completion_tokens"] == 12
+                 and b["choices"][0]["message"]["content"],
+                 "reasoning.max_tokens: 3 reasoning tokens, then the answer", str(b))
+    # effort low: 20% of max_tokens
+    s, b = api.post("/v1/chat/completions", {**base, "max_tokens": 20, "ignore_eos": True,
+                                              "reasoning": {"effort": "low"}})
+    c.expect(s == 200 and b["usage"]["completion_tokens_details"]["reasoning_tokens"] in (4, 5),
+             "reasoning effort low: a budget of 20% of max_tokens", str(b))
+    s, b = api.post("/v1/chat/completions", {**base, "reasoning": {"max_tokens": 0}})
+    c.expect(s == 200 and b["usage"]["completion_tokens_details"]["reasoning_tokens"] == 0,
+             "reasoning.max_tokens 0: no reasoning", str(b))
     # a stop string from the middle of the greedy answer cuts it there
     text = msg["content"]
     if len(text) >= 6:

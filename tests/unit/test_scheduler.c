@@ -594,6 +594,37 @@ static void test_grammar(void **state)
     assert_int_equal(ro.ids[1], unthink);
     check_json_output(f, &ro, 2);
 
+    /* a thinking budget of 5: </think> is forced after 5 reasoning tokens, then the grammar
+     * holds; a request that opens its reasoning itself counts from there */
+    result rb, rb2;
+    dsr1_sched_request bz = request("g-budget", prompt[3], 12, MAXOUT, &rb);
+    bz.grammar = g;
+    bz.sampling.temperature = 1.5f;
+    bz.text.ignore_eos = false;
+    bz.text.in_reasoning = true;
+    bz.text.think_end_id = unthink;
+    bz.think_budget = 5;
+    assert_int_equal(dsr1_sched_submit(s, &bz), DSR1_OK);
+    dsr1_sched_request bo = bz;
+    bo.id = "g-budget-opens";
+    bo.ctx = &rb2;
+    memset(&rb2, 0, sizeof(rb2));
+    bo.text.in_reasoning = false;
+    bo.text.detect_think = true;
+    bo.text.think_start_id = think;
+    bo.sampling.n_bias = 1;
+    bo.sampling.bias_ids = bias_ids + 1; /* <think> first */
+    bo.sampling.bias_values = bias_values + 1;
+    assert_int_equal(dsr1_sched_submit(s, &bo), DSR1_OK);
+    wait_done(&rb, 1);
+    wait_done(&rb2, 1);
+    for (int i = 0; i < 5; i++) assert_int_not_equal(rb.ids[i], unthink);
+    assert_int_equal(rb.ids[5], unthink);
+    check_json_output(f, &rb, 6);
+    assert_int_equal(rb2.ids[0], think);
+    assert_int_equal(rb2.ids[6], unthink);
+    check_json_output(f, &rb2, 7);
+
     /* ignore_eos: past the grammar's end (its EOS) the output goes on, free, to its length */
     dsr1_grammar *digits;
     assert_int_equal(dsr1_grammar_compile_regex(gv, "[0-9]{2}", 8, NULL, &digits), DSR1_OK);
