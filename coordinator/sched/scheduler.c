@@ -42,7 +42,9 @@ typedef struct req {
     dsr1_grammars *grammars; /* the cache to give `grammar` back to when r ends */
     const dsr1_grammar *grammar;
     dsr1_matcher *matcher;
-    bool grammar_done;       /* the matcher took EOS: what follows (ignore_eos) is free */
+    bool grammar_done;     /* the matcher took EOS: what follows (ignore_eos) is free */
+    bool awaiting_trigger; /* free until trigger_id is drawn (grammar_after_trigger) */
+    int32_t trigger_id;
     uint32_t *mask;          /* [mask_words of the model's vocabulary] */
     dsr1_sample_result *lp;  /* [max_tokens] when logprobs */
     dsr1_sample_result *plp; /* [n_prompt] when prompt_logprobs */
@@ -188,6 +190,8 @@ static dsr1_status reasoning_new(const dsr1_sched *s, const dsr1_sched_request *
     if (q->grammar) {
         dsr1_status st = dsr1_matcher_create(q->grammar, &r->matcher);
         if (st != DSR1_OK) return st;
+        r->awaiting_trigger = q->grammar_after_trigger;
+        r->trigger_id = q->trigger_id;
     }
     if ((r->matcher || r->think_budget) &&
         !(r->mask = calloc(dsr1_grammar_mask_words(s->p.vocab), sizeof(uint32_t))))
@@ -204,7 +208,7 @@ static void draw_mask(const dsr1_sched *s, req *r, dsr1_sampling *p)
         if (!r->think_budget || r->n_reasoning < r->think_budget) return;
         memset(r->mask, 0, words * sizeof(uint32_t));
         r->mask[r->think_end_id / 32] = 1u << (r->think_end_id % 32);
-    } else if (r->matcher && !r->grammar_done) {
+    } else if (r->matcher && !r->grammar_done && !r->awaiting_trigger) {
         dsr1_matcher_mask(r->matcher, r->mask);
         if (r->may_open) r->mask[r->think_start_id / 32] |= 1u << (r->think_start_id % 32);
     } else {
@@ -231,6 +235,10 @@ static dsr1_status track_token(req *r, int32_t token)
         return DSR1_OK;
     }
     if (!r->matcher || r->grammar_done) return DSR1_OK;
+    if (r->awaiting_trigger) {
+        r->awaiting_trigger = token != r->trigger_id;
+        return DSR1_OK;
+    }
     dsr1_status st = dsr1_matcher_advance(r->matcher, token);
     if (st == DSR1_OK && dsr1_matcher_ended(r->matcher)) r->grammar_done = true;
     return st;
@@ -319,6 +327,10 @@ dsr1_status dsr1_sched_check(const dsr1_sched *s, const dsr1_sched_request *q)
         return dsr1_error(DSR1_ERR_INVALID_ARG, "top_logprobs needs logprobs or prompt_logprobs");
     if (q->sampling.allowed)
         return dsr1_error(DSR1_ERR_INVALID_ARG, "a token mask comes from a grammar, not a request");
+    if (q->grammar && q->grammar_after_trigger &&
+        (q->trigger_id < 0 || q->trigger_id >= s->p.vocab))
+        return dsr1_error(DSR1_ERR_INVALID_ARG, "the grammar's trigger token %d is outside [0, %d)",
+                          q->trigger_id, s->p.vocab);
     if (q->grammar && dsr1_grammar_vocab_size(dsr1_grammar_get_vocab(q->grammar)) > s->p.vocab)
         return dsr1_error(
             DSR1_ERR_INVALID_ARG, "the grammar was compiled for %d tokens; the model has %d",

@@ -89,6 +89,11 @@ typedef struct {
      * (text.in_reasoning, or opened by the model with text.detect_think), `</think>` is
      * forced as the next token and the answer follows, within max_tokens. 0: none. */
     int think_budget;
+    /* With a grammar: when set, the answer is free until it draws trigger_id (e.g. R1's
+     * `<｜tool▁calls▁begin｜>` with tool_choice auto), and the grammar applies from the next
+     * token (a "structural tag"). */
+    bool grammar_after_trigger;
+    int32_t trigger_id;
     int64_t deadline_ns; /* CLOCK_MONOTONIC; 0: none. Expired: FINAL ABORT */
     dsr1_sched_callback callback;
     void *ctx;

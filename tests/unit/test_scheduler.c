@@ -625,6 +625,35 @@ static void test_grammar(void **state)
     assert_int_equal(rb2.ids[6], unthink);
     check_json_output(f, &rb2, 7);
 
+    /* a structural tag: free until the trigger token (a bias makes it the first), then the
+     * grammar (two digits), then EOS */
+    dsr1_grammar *pair;
+    assert_int_equal(dsr1_grammar_compile_regex(gv, "[0-9]{2}", 8, NULL, &pair), DSR1_OK);
+    const int32_t trigger = dsr1_tokenizer_token_id(f->tok, "<｜fim▁hole｜>");
+    assert_true(trigger >= 0);
+    float big = 100;
+    result rt;
+    dsr1_sched_request tq = request("g-trigger", prompt[4], 12, 16, &rt);
+    tq.grammar = pair;
+    tq.grammar_after_trigger = true;
+    tq.trigger_id = trigger;
+    tq.text.ignore_eos = false;
+    tq.sampling.n_bias = 1;
+    tq.sampling.bias_ids = &trigger;
+    tq.sampling.bias_values = &big;
+    assert_int_equal(dsr1_sched_submit(s, &tq), DSR1_OK);
+    wait_done(&rt, 1);
+    assert_int_equal(rt.finish, DSR1_FINISH_STOP);
+    assert_int_equal(rt.ids[0], trigger);
+    assert_int_equal(rt.ids[rt.n_ids - 1], 1);
+    char *dd;
+    assert_int_equal(
+        dsr1_tokenizer_decode(f->tok, rt.ids + 1, (size_t)(rt.n_ids - 2), false, &dd, NULL),
+        DSR1_OK);
+    assert_true(strlen(dd) == 2 && strspn(dd, "0123456789") == 2);
+    free(dd);
+    dsr1_grammar_free(pair);
+
     /* ignore_eos: past the grammar's end (its EOS) the output goes on, free, to its length */
     dsr1_grammar *digits;
     assert_int_equal(dsr1_grammar_compile_regex(gv, "[0-9]{2}", 8, NULL, &digits), DSR1_OK);
