@@ -3,18 +3,21 @@
  * ids (lengths uniform in [len (1 - r), len (1 + r)] for --random-range-ratio r) arrive as
  * a Poisson process of --request-rate per second (inf: all at once), at most
  * --max-concurrency in flight; each asks for exactly its output length (greedy,
- * ignore_eos) and is streamed with Generate. One warm-up request of its own goes first and is
- * not measured.
+ * ignore_eos) and is streamed: with gRPC's Generate (--backend grpc), or as OpenAI's POST
+ * /v1/completions with a token-id prompt, read as Server-Sent Events with libcurl (--backend
+ * openai). One warm-up request of its own goes first and is not measured.
  *
  * Per request: TTFT (sent to first token), TPOT ((e2e - TTFT) / (output tokens - 1)), ITL
- * (the gaps between streamed messages that carry tokens) and E2E latency; over the run:
+ * (the gaps between streamed messages that carry tokens: gRPC deltas with token ids, SSE
+ * chunks with text, as vLLM's benchmark counts them) and E2E latency; over the run:
  * request and token throughputs over the wall time from the first send to the last
  * reply, and mean, median and p99 of each latency (percentiles interpolated as numpy's).
  *
- * One thread per concurrent request, each with its own blocking stream (rpc_client.h):
- * a request's times are taken in the thread that reads it.
+ * One thread per concurrent request, each with its own blocking stream (rpc_client.h; or
+ * its own curl easy handle, whose connection it keeps alive from request to request): a
+ * request's times are taken in the thread that reads it.
  *
- * usage: dsr1-bench serve --server HOST:PORT [--num-prompts N] [--request-rate R] ... */
+ * usage: dsr1-bench serve [--backend grpc|openai] --server HOST:PORT | --base-url URL ... */
 #include <getopt.h>
 #include <jansson.h>
 #include <errno.h>
@@ -32,13 +35,25 @@
 #include "dsr1.pb-c.h"
 #include "rpc_client.h"
 
+#ifndef DSR1_BENCH_CURL
+#define DSR1_BENCH_CURL 0
+#endif
+#if DSR1_BENCH_CURL
+#include <curl/curl.h>
+#endif
+
 #define CMD "dsr1-bench serve"
 
+typedef enum { BACKEND_GRPC, BACKEND_OPENAI } serve_backend;
+
 typedef struct {
-    const char *server, *api_key, *json, *label;
+    serve_backend backend;
+    const char *server, *base_url, *api_key, *json, *label;
+    const char *target;      /* server or base_url, as the backend talks to */
+    char *completions_url;   /* openai: base_url + /v1/completions */
     const char *schema_path; /* --json-schema */
     char *schema;            /* its text */
-    long num_prompts, max_concurrency, input_len, output_len;
+    long num_prompts, max_concurrency, input_len, output_len, vocab_size;
     double request_rate, range_ratio;
     uint64_t seed;
 } serve_opts;
@@ -79,13 +94,22 @@ static double uniform01(uint64_t *s)
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: dsr1-bench serve --server HOST:PORT [options]\n\n"
+            "usage: dsr1-bench serve [--backend grpc] [--server HOST:PORT] [options]\n"
+            "       dsr1-bench serve --backend openai [--base-url http://HOST:PORT] [options]\n\n"
             "Online serving benchmark against a running dsr1 server, as `vllm bench serve\n"
             "--dataset-name random`: random-token prompts arriving as a Poisson process,\n"
-            "streamed with Generate (greedy, ignore_eos, so output lengths are exact), after\n"
-            "one warm-up request that is not measured.\n\n"
-            "  --server HOST:PORT        the server (default 127.0.0.1:50051)\n"
-            "  --api-key K               when the server wants one (default $DSR1_API_KEY)\n"
+            "streamed (greedy, ignore_eos, so output lengths are exact), after one warm-up\n"
+            "request that is not measured.\n\n"
+            "  --backend grpc|openai     grpc (default): the Generate RPC; openai: POST\n"
+            "                            /v1/completions with the prompt as token ids and\n"
+            "                            \"stream\": true, timed from its Server-Sent Events\n"
+            "                            (a chunk with text is a token; usage gives the count)%s\n"
+            "  --server HOST:PORT        grpc: the server (default 127.0.0.1:50051)\n"
+            "  --base-url URL            openai: the HTTP API (default http://127.0.0.1:8000)\n"
+            "  --api-key K               when the server wants one (default $DSR1_API_KEY);\n"
+            "                            openai: sent as Authorization: Bearer K\n"
+            "  --vocab-size V            prompt ids are drawn from [3, min(V, 128000)); grpc:\n"
+            "                            default the server's (GetModelInfo); openai: 129280\n"
             "  --num-prompts N           requests (default 100)\n"
             "  --request-rate R          mean arrivals per second, or inf (default inf)\n"
             "  --max-concurrency C       requests in flight at most (default: no limit)\n"
@@ -95,18 +119,24 @@ static void usage(FILE *f)
             "  --seed S                  prompts and arrival times (default 0)\n"
             "  --label NAME              name of this run in the output\n"
             "  --json FILE               also write the results (and per-request times) as JSON\n"
-            "  --json-schema FILE        constrain every request to this JSON Schema\n"
-            "                            (constrained decoding; after the grammar's end, the\n"
-            "                            output goes on unconstrained to its length)\n"
+            "  --json-schema FILE        grpc only: constrain every request to this JSON\n"
+            "                            Schema (constrained decoding; after the grammar's\n"
+            "                            end, the output goes on unconstrained to its length).\n"
+            "                            Refused with openai: response_format is chat-only\n"
             "  -h, --help                this text\n\n"
             "Failed requests are counted (the first error is printed); the exit status is 1\n"
-            "only when none succeeded.\n");
+            "only when none succeeded.\n",
+            DSR1_BENCH_CURL ? ""
+                            : "\n                            (openai: not built in: no libcurl)");
 }
 
 /* 0 ok, 1 help printed, 2 usage error. */
 static int parse(int argc, char **argv, serve_opts *o)
 {
-    static const struct option opts[] = {{"server", required_argument, 0, 's'},
+    static const struct option opts[] = {{"backend", required_argument, 0, 'b'},
+                                         {"server", required_argument, 0, 's'},
+                                         {"base-url", required_argument, 0, 'u'},
+                                         {"vocab-size", required_argument, 0, 'V'},
                                          {"api-key", required_argument, 0, 'k'},
                                          {"num-prompts", required_argument, 0, 'n'},
                                          {"request-rate", required_argument, 0, 'r'},
@@ -121,6 +151,7 @@ static int parse(int argc, char **argv, serve_opts *o)
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     *o = (serve_opts){.server = "127.0.0.1:50051",
+                      .base_url = "http://127.0.0.1:8000",
                       .api_key = getenv("DSR1_API_KEY"),
                       .num_prompts = 100,
                       .input_len = 128,
@@ -130,8 +161,24 @@ static int parse(int argc, char **argv, serve_opts *o)
     optind = 1;
     while ((c = dsr1__bench_getopt(CMD, argc, argv, "h", opts, usage, &end)) != -1) {
         switch (c) {
+        case 'b':
+            if (!strcmp(optarg, "grpc")) {
+                o->backend = BACKEND_GRPC;
+            } else if (!strcmp(optarg, "openai")) {
+                o->backend = BACKEND_OPENAI;
+            } else {
+                fprintf(stderr, CMD ": --backend '%s': expected grpc or openai\n", optarg);
+                bad = 1;
+            }
+            break;
         case 's':
             o->server = optarg;
+            break;
+        case 'u':
+            o->base_url = optarg;
+            break;
+        case 'V':
+            bad |= dsr1_arg_long(CMD, "--vocab-size", optarg, 4, 1 << 30, &o->vocab_size);
             break;
         case 'k':
             o->api_key = optarg;
@@ -169,6 +216,22 @@ static int parse(int argc, char **argv, serve_opts *o)
         }
     }
     if (end) return end;
+    if (!bad && o->backend == BACKEND_OPENAI && !DSR1_BENCH_CURL) {
+        fprintf(stderr, CMD ": --backend openai is not built in (no libcurl: install "
+                            "libcurl4-openssl-dev and reconfigure)\n");
+        bad = 1;
+    }
+    if (!bad && o->backend == BACKEND_OPENAI && o->schema_path) {
+        fprintf(stderr, CMD ": --json-schema needs --backend grpc (the HTTP API's "
+                            "response_format is for /v1/chat/completions only)\n");
+        bad = 1;
+    }
+    if (!bad && o->backend == BACKEND_OPENAI && strncmp(o->base_url, "http://", 7) &&
+        strncmp(o->base_url, "https://", 8)) {
+        fprintf(stderr, CMD ": --base-url '%s': expected http://HOST:PORT\n", o->base_url);
+        bad = 1;
+    }
+    o->target = o->backend == BACKEND_OPENAI ? o->base_url : o->server;
     return bad ? 2 : 0;
 }
 
@@ -247,7 +310,7 @@ static serve_req *make_requests(const serve_opts *o, int vocab)
 }
 
 /* One streamed Generate; fills r's measurements. */
-static void run_request(serve_run *run, serve_req *r)
+static void run_request_grpc(serve_run *run, serve_req *r)
 {
     Dsr1__V1__TokenIds ids = DSR1__V1__TOKEN_IDS__INIT;
     ids.ids = r->prompt;
@@ -306,9 +369,269 @@ static void run_request(serve_run *run, serve_req *r)
     r->ok = r->ok && !st;
 }
 
+#if DSR1_BENCH_CURL
+/* ---- the openai backend: POST /v1/completions, streamed as Server-Sent Events ---------- */
+
+typedef struct {
+    char *p;
+    size_t len, cap;
+} http_buf;
+
+static bool buf_add(http_buf *b, const char *p, size_t n)
+{
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 1024;
+        while (cap < b->len + n + 1) cap *= 2;
+        char *q = realloc(b->p, cap);
+        if (!q) return false;
+        b->p = q;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->len, p, n);
+    b->len += n;
+    b->p[b->len] = '\0';
+    return true;
+}
+
+/* One streamed completion's state, fed by curl's write callback. */
+typedef struct {
+    serve_req *r;
+    http_buf line; /* the unfinished line */
+    http_buf body; /* the first bytes as received (an error's body) */
+    double last;   /* time of the last chunk with text */
+    bool done, finished, failed;
+} http_stream;
+
+/* "error.message" of an error object or body, else the text itself (cut). */
+static void error_text(const char *text, char *out, size_t cap)
+{
+    json_t *o = json_loads(text, 0, NULL);
+    const char *m = json_string_value(json_object_get(json_object_get(o, "error"), "message"));
+    snprintf(out, cap, "%s", m ? m : text);
+    json_decref(o);
+}
+
+/* One `data: ` payload: a chunk (text: a token event; finish_reason; usage), an error
+ * event, or [DONE]. */
+static void sse_data(http_stream *hs, const char *data, double t)
+{
+    serve_req *r = hs->r;
+    if (!strcmp(data, "[DONE]")) {
+        hs->done = true;
+        return;
+    }
+    json_t *o = json_loads(data, 0, NULL);
+    if (!o) {
+        snprintf(r->error, sizeof(r->error), "a chunk that is not JSON: %.60s", data);
+        hs->failed = true;
+        return;
+    }
+    json_t *err = json_object_get(o, "error");
+    if (err) {
+        const char *m = json_string_value(json_object_get(err, "message"));
+        snprintf(r->error, sizeof(r->error), "error event: %s", m ? m : "(no message)");
+        hs->failed = true;
+    }
+    json_t *ch = json_array_get(json_object_get(o, "choices"), 0);
+    const char *text = json_string_value(json_object_get(ch, "text"));
+    if (text && *text) {
+        if (hs->last == 0)
+            r->ttft = t - r->sent;
+        else if (r->n_itl < r->max_tokens)
+            r->itl[r->n_itl++] = t - hs->last;
+        hs->last = t;
+    }
+    const char *finish = json_string_value(json_object_get(ch, "finish_reason"));
+    if (finish) {
+        hs->finished = !strcmp(finish, "length") || !strcmp(finish, "stop");
+        if (!hs->finished) snprintf(r->error, sizeof(r->error), "finish reason %.40s", finish);
+    }
+    json_t *usage = json_object_get(o, "usage");
+    if (json_is_object(usage)) {
+        r->in_tokens = (int)json_integer_value(json_object_get(usage, "prompt_tokens"));
+        r->out_tokens = (int)json_integer_value(json_object_get(usage, "completion_tokens"));
+    }
+    json_decref(o);
+}
+
+static size_t sse_write(char *p, size_t size, size_t n, void *arg)
+{
+    http_stream *hs = arg;
+    const double t = now_s();
+    n *= size;
+    if (hs->body.len < 4096 && !buf_add(&hs->body, p, n < 4096 ? n : 4096)) return 0;
+    for (size_t i = 0; i < n;) {
+        const char *nl = memchr(p + i, '\n', n - i);
+        size_t k = nl ? (size_t)(nl - (p + i)) : n - i;
+        if (!buf_add(&hs->line, p + i, k)) return 0;
+        i += k;
+        if (!nl) break;
+        i++; /* the newline: a whole line */
+        char *line = hs->line.p;
+        size_t len = hs->line.len;
+        if (len && line[len - 1] == '\r') line[--len] = '\0';
+        if (len > 5 && !strncmp(line, "data:", 5)) sse_data(hs, line + 5 + (line[5] == ' '), t);
+        hs->line.len = 0;
+    }
+    return n;
+}
+
+/* The JSON body of r's request. */
+static char *completion_body(const serve_req *r)
+{
+    json_t *ids = json_array();
+    for (int k = 0; k < r->n_prompt; k++) json_array_append_new(ids, json_integer(r->prompt[k]));
+    json_t *o = json_pack("{s:o, s:i, s:i, s:b, s:b, s:{s:b}}", "prompt", ids, "max_tokens",
+                          r->max_tokens, "temperature", 0, "ignore_eos", 1, "stream", 1,
+                          "stream_options", "include_usage", 1);
+    char *body = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    json_decref(o);
+    return body;
+}
+
+/* Content-Type, no `Expect: 100-continue` (a round trip), and the key. */
+static struct curl_slist *http_headers(const serve_opts *o)
+{
+    struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
+    h = curl_slist_append(h, "Expect:");
+    if (o->api_key && *o->api_key) {
+        char auth[512];
+        snprintf(auth, sizeof(auth), "Authorization: Bearer %s", o->api_key);
+        h = curl_slist_append(h, auth);
+    }
+    return h;
+}
+
+/* One streamed completion on the thread's handle h (its connection kept alive). */
+static void run_request_http(serve_run *run, serve_req *r, CURL *h)
+{
+    char *body = completion_body(r);
+    struct curl_slist *headers = http_headers(run->o);
+    http_stream hs = {.r = r};
+    if (!h || !body || !headers) {
+        snprintf(r->error, sizeof(r->error), "out of memory");
+        r->end = r->sent = now_s();
+        free(body);
+        curl_slist_free_all(headers);
+        return;
+    }
+    curl_easy_reset(h);
+    curl_easy_setopt(h, CURLOPT_URL, run->o->completions_url);
+    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(h, CURLOPT_HTTPHEADER, headers);
+    curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, sse_write);
+    curl_easy_setopt(h, CURLOPT_WRITEDATA, &hs);
+    r->sent = now_s();
+    CURLcode cc = curl_easy_perform(h);
+    r->end = now_s();
+    r->e2e = r->end - r->sent;
+    long code = 0;
+    curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &code);
+    if (cc != CURLE_OK) {
+        if (!r->error[0]) snprintf(r->error, sizeof(r->error), "%s", curl_easy_strerror(cc));
+    } else if (code != 200) {
+        char msg[160];
+        error_text(hs.body.p ? hs.body.p : "", msg, sizeof(msg));
+        snprintf(r->error, sizeof(r->error), "HTTP %ld: %s", code, msg);
+    } else if (!hs.failed && !r->error[0]) {
+        if (!hs.finished)
+            snprintf(r->error, sizeof(r->error), "no finish_reason");
+        else if (!hs.done)
+            snprintf(r->error, sizeof(r->error), "no data: [DONE]");
+        else if (!r->out_tokens)
+            snprintf(r->error, sizeof(r->error), "no usage");
+    }
+    r->ok = cc == CURLE_OK && code == 200 && !hs.failed && !r->error[0];
+    free(hs.line.p);
+    free(hs.body.p);
+    free(body);
+    curl_slist_free_all(headers);
+}
+
+/* GET /v1/models: the context length (max_model_len of the first model). */
+static int http_model_limits(const serve_opts *o, int *max_context)
+{
+    char url[1024];
+    snprintf(url, sizeof(url), "%.*s/v1/models",
+             (int)(strlen(o->completions_url) - strlen("/v1/completions")), o->completions_url);
+    CURL *h = curl_easy_init();
+    struct curl_slist *headers = http_headers(o);
+    http_stream hs = {0};
+    if (!h || !headers) {
+        fprintf(stderr, CMD ": out of memory\n");
+        curl_slist_free_all(headers);
+        if (h) curl_easy_cleanup(h);
+        return 1;
+    }
+    curl_easy_setopt(h, CURLOPT_URL, url);
+    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(h, CURLOPT_HTTPHEADER, headers);
+    curl_easy_setopt(h, CURLOPT_TIMEOUT, 30L);
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, sse_write);
+    curl_easy_setopt(h, CURLOPT_WRITEDATA, &hs);
+    CURLcode cc = curl_easy_perform(h);
+    long code = 0;
+    curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &code);
+    int rc = 0;
+    if (cc != CURLE_OK) {
+        fprintf(stderr, CMD ": %s: %s\n", url, curl_easy_strerror(cc));
+        rc = 1;
+    } else if (code != 200) {
+        char msg[300];
+        error_text(hs.body.p ? hs.body.p : "", msg, sizeof(msg));
+        fprintf(stderr, CMD ": %s: HTTP %ld: %s\n", url, code, msg);
+        rc = 1;
+    } else {
+        json_t *m = json_loads(hs.body.p ? hs.body.p : "", 0, NULL);
+        json_t *len =
+            json_object_get(json_array_get(json_object_get(m, "data"), 0), "max_model_len");
+        *max_context = json_is_integer(len) ? (int)json_integer_value(len) : 0;
+        json_decref(m);
+    }
+    free(hs.line.p);
+    free(hs.body.p);
+    curl_slist_free_all(headers);
+    curl_easy_cleanup(h);
+    return rc;
+}
+#endif
+
+/* One request on the backend; h: the thread's curl handle (openai). */
+static void run_request(serve_run *run, serve_req *r, void *h)
+{
+#if DSR1_BENCH_CURL
+    if (run->o->backend == BACKEND_OPENAI) {
+        run_request_http(run, r, h);
+        return;
+    }
+#endif
+    (void)h;
+    run_request_grpc(run, r);
+}
+
+/* The thread's connection to the server: a curl easy handle (openai; NULL for grpc). */
+static void *thread_handle(const serve_run *run)
+{
+#if DSR1_BENCH_CURL
+    if (run->o->backend == BACKEND_OPENAI) return curl_easy_init();
+#endif
+    (void)run;
+    return NULL;
+}
+
+static void thread_handle_free(void *h)
+{
+#if DSR1_BENCH_CURL
+    if (h) curl_easy_cleanup(h);
+#endif
+    (void)h;
+}
+
 static void *worker(void *arg)
 {
     serve_run *run = arg;
+    void *h = thread_handle(run);
     long i;
     while ((i = atomic_fetch_add(&run->next, 1)) < run->o->num_prompts) {
         serve_req *r = &run->reqs[i];
@@ -317,8 +640,9 @@ static void *worker(void *arg)
             struct timespec ts = {(time_t)wait, (long)((wait - floor(wait)) * 1e9)};
             nanosleep(&ts, NULL);
         }
-        run_request(run, r);
+        run_request(run, r, h);
     }
+    thread_handle_free(h);
     return NULL;
 }
 
@@ -454,18 +778,19 @@ static void set_stat(json_t *root, const char *abbr, stat3 s)
 /* The summary with vLLM's key names, and each request's lengths and times. */
 static int write_json(const serve_opts *o, const serve_summary *m, const serve_req *reqs)
 {
-    json_t *root = json_pack(
-        "{s:s?,s:s,s:I,s:o,s:I,s:I,s:I,s:f,s:I,s:I,s:f,s:I,s:I,s:f,s:f,s:f}", "label", o->label,
-        "server", o->server, "num_prompts", (json_int_t)o->num_prompts, "request_rate",
-        isfinite(o->request_rate) ? json_real(o->request_rate) : json_string("inf"),
-        "max_concurrency", (json_int_t)o->max_concurrency, "random_input_len",
-        (json_int_t)o->input_len, "random_output_len", (json_int_t)o->output_len,
-        "random_range_ratio", o->range_ratio, "completed", (json_int_t)m->completed, "failed",
-        (json_int_t)m->failed, "duration", m->duration, "total_input_tokens",
-        (json_int_t)m->in_tokens, "total_output_tokens", (json_int_t)m->out_tokens,
-        "request_throughput", m->completed / m->duration, "output_throughput",
-        m->out_tokens / m->duration, "total_token_throughput",
-        (m->in_tokens + m->out_tokens) / m->duration);
+    json_t *root =
+        json_pack("{s:s?,s:s,s:s,s:I,s:o,s:I,s:I,s:I,s:f,s:I,s:I,s:f,s:I,s:I,s:f,s:f,s:f}", "label",
+                  o->label, "backend", o->backend == BACKEND_OPENAI ? "openai" : "grpc", "server",
+                  o->target, "num_prompts", (json_int_t)o->num_prompts, "request_rate",
+                  isfinite(o->request_rate) ? json_real(o->request_rate) : json_string("inf"),
+                  "max_concurrency", (json_int_t)o->max_concurrency, "random_input_len",
+                  (json_int_t)o->input_len, "random_output_len", (json_int_t)o->output_len,
+                  "random_range_ratio", o->range_ratio, "completed", (json_int_t)m->completed,
+                  "failed", (json_int_t)m->failed, "duration", m->duration, "total_input_tokens",
+                  (json_int_t)m->in_tokens, "total_output_tokens", (json_int_t)m->out_tokens,
+                  "request_throughput", m->completed / m->duration, "output_throughput",
+                  m->out_tokens / m->duration, "total_token_throughput",
+                  (m->in_tokens + m->out_tokens) / m->duration);
     set_stat(root, "ttft", m->ttft);
     set_stat(root, "tpot", m->tpot);
     set_stat(root, "itl", m->itl);
@@ -534,7 +859,9 @@ static int measure(serve_run *run)
 {
     const serve_opts *o = run->o;
     serve_req *warm = &run->reqs[o->num_prompts];
-    run_request(run, warm);
+    void *h = thread_handle(run);
+    run_request(run, warm, h);
+    thread_handle_free(h);
     if (!warm->ok) {
         fprintf(stderr, CMD ": the warm-up request failed: %s\n", warm->error);
         return 1;
@@ -542,7 +869,7 @@ static int measure(serve_run *run)
     long threads = o->max_concurrency && o->max_concurrency < o->num_prompts ? o->max_concurrency
                                                                              : o->num_prompts;
     fprintf(stderr, CMD ": %ld requests, %ld in flight at most, to %s ...\n", o->num_prompts,
-            threads, o->server);
+            threads, o->target);
     run_all(run, threads);
     serve_summary m;
     summarise(run, &m);
@@ -551,19 +878,55 @@ static int measure(serve_run *run)
     return rc ? rc : m.completed ? 0 : 1; /* failed requests are reported, not fatal */
 }
 
+/* The openai backend's URLs from --base-url (a trailing / or /v1 may be there). */
+static int http_setup(serve_opts *o)
+{
+    size_t n = strlen(o->base_url);
+    while (n && o->base_url[n - 1] == '/') n--;
+    if (n >= 3 && !strncmp(o->base_url + n - 3, "/v1", 3)) n -= 3;
+    o->completions_url = malloc(n + sizeof("/v1/completions"));
+    if (!o->completions_url) {
+        fprintf(stderr, CMD ": out of memory\n");
+        return 1;
+    }
+    memcpy(o->completions_url, o->base_url, n);
+    strcpy(o->completions_url + n, "/v1/completions");
+    return 0;
+}
+
+/* Connects and asks the model's limits. */
+static int connect_backend(serve_opts *o, dsr1_rpc_client **client, int *vocab, int *max_context)
+{
+    if (o->backend == BACKEND_GRPC) {
+        if (dsr1_rpc_client_create(o->server, o->api_key, client)) {
+            fprintf(stderr, CMD ": %s\n", dsr1_errmsg());
+            return 1;
+        }
+        int rc = model_limits(*client, vocab, max_context);
+        if (o->vocab_size) *vocab = (int)o->vocab_size;
+        return rc;
+    }
+#if DSR1_BENCH_CURL
+    if (curl_global_init(CURL_GLOBAL_DEFAULT)) {
+        fprintf(stderr, CMD ": cannot initialise libcurl\n");
+        return 1;
+    }
+    *vocab = o->vocab_size ? (int)o->vocab_size : 129280; /* R1's */
+    return http_setup(o) ? 1 : http_model_limits(o, max_context);
+#else
+    return 1; /* refused by parse */
+#endif
+}
+
 int dsr1__bench_serve(int argc, char **argv)
 {
     serve_opts o;
     int rc = parse(argc, argv, &o);
     if (rc) return rc == 1 ? 0 : rc;
     if (o.schema_path && !(o.schema = read_text(o.schema_path))) return 2;
-    dsr1_rpc_client *client;
-    if (dsr1_rpc_client_create(o.server, o.api_key, &client)) {
-        fprintf(stderr, CMD ": %s\n", dsr1_errmsg());
-        return 1;
-    }
+    dsr1_rpc_client *client = NULL;
     int vocab = 0, max_context = 0;
-    rc = model_limits(client, &vocab, &max_context);
+    rc = connect_backend(&o, &client, &vocab, &max_context);
     long longest = (long)ceil(o.input_len * (1 + o.range_ratio)) +
                    (long)ceil(o.output_len * (1 + o.range_ratio));
     if (!rc && max_context && longest > max_context) {
@@ -578,7 +941,11 @@ int dsr1__bench_serve(int argc, char **argv)
     }
     if (!rc) rc = measure(&run);
     free_requests(run.reqs, o.num_prompts + 1);
-    dsr1_rpc_client_destroy(client);
+    if (client) dsr1_rpc_client_destroy(client);
+#if DSR1_BENCH_CURL
+    if (o.backend == BACKEND_OPENAI) curl_global_cleanup();
+#endif
+    free(o.completions_url);
     free(o.schema);
     return rc;
 }
