@@ -158,7 +158,8 @@ static entry *find(dsr1_grammars *c, uint64_t h, dsr1_grammar_kind kind, const d
 dsr1_status dsr1_grammars_get(dsr1_grammars *c, dsr1_grammar_kind kind, const char *text,
                               size_t len, const dsr1_grammar_opts *opts, const dsr1_grammar **out)
 {
-    const dsr1_grammar_opts o = opts ? *opts : (dsr1_grammar_opts){0};
+    dsr1_grammar_opts o = opts ? *opts : (dsr1_grammar_opts){0};
+    if (!o.max_states) o.max_states = DSR1_GRAMMARS_MAX_STATES;
     if (kind == DSR1_GRAMMAR_JSON_OBJECT) len = 0;
     if (len && !text) return dsr1_error(DSR1_ERR_INVALID_ARG, "grammar: no text");
     const uint64_t h = key_hash(kind, &o, text, len);

@@ -34,6 +34,12 @@ dsr1_status dsr1_grammars_create(const dsr1_tokenizer *tok, int32_t eos_id, int 
 /* Every reference must have been given back. */
 void dsr1_grammars_destroy(dsr1_grammars *c);
 
+/* Automaton states a client's grammar may need here (opts->max_states when 0): about 0.5 s of
+ * compilation at most on one core, where the engine's own default (1M) allows about 10 s —
+ * a server must not let one request hold a frontend thread that long. Real schemas need a
+ * few thousand. */
+#define DSR1_GRAMMARS_MAX_STATES 50000
+
 /* The grammar of (kind, text, opts), compiled now or found in the cache, with a reference
  * for the caller. Compile errors are those of grammar.h (DSR1_ERR_INVALID_ARG naming the
  * keyword and JSON pointer, or line and column; DSR1_ERR_RANGE for a limit); they are not

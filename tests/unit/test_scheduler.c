@@ -703,11 +703,17 @@ static void test_grammar_cache(void **state)
     assert_ptr_not_equal(strict, g[0]);
     assert_int_equal(dsr1_grammars_get(c, DSR1_GRAMMAR_EBNF, "root ::= (", 10, NULL, &again),
                      DSR1_ERR_INVALID_ARG);
+    /* an unanchored counting pattern blows the automaton up: refused at the server's bound */
+    const char *blowup = "{\"type\":\"string\",\"pattern\":\"x.{58}\"}";
+    assert_int_equal(
+        dsr1_grammars_get(c, DSR1_GRAMMAR_JSON_SCHEMA, blowup, strlen(blowup), NULL, &again),
+        DSR1_ERR_RANGE);
+    assert_non_null(strstr(dsr1_errmsg(), "max_states"));
     dsr1_grammars_stats st;
     dsr1_grammars_get_stats(c, &st);
     assert_int_equal(st.compiled, 4);
     assert_int_equal(st.hits, 1);
-    assert_int_equal(st.failed, 1);
+    assert_int_equal(st.failed, 2);
     assert_int_equal(st.cached, 4); /* over capacity, but every one is referenced */
     assert_int_equal(st.referenced, 4);
     dsr1_grammars_release(c, strict);
