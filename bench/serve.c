@@ -878,6 +878,7 @@ static int measure(serve_run *run)
     return rc ? rc : m.completed ? 0 : 1; /* failed requests are reported, not fatal */
 }
 
+#if DSR1_BENCH_CURL
 /* The openai backend's URLs from --base-url (a trailing / or /v1 may be there). */
 static int http_setup(serve_opts *o)
 {
@@ -893,6 +894,7 @@ static int http_setup(serve_opts *o)
     strcpy(o->completions_url + n, "/v1/completions");
     return 0;
 }
+#endif
 
 /* Connects and asks the model's limits. */
 static int connect_backend(serve_opts *o, dsr1_rpc_client **client, int *vocab, int *max_context)
