@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# The HTTP API against gRPC on one server (docs/benchmarks.md, "Serving: HTTP vs gRPC"):
+# starts one `dsr1 serve` on a model (loopback, free ports) and, at each concurrency in
+# CONCURRENCY, runs `dsr1-bench serve --backend grpc` and `--backend openai` alternately
+# (grpc, openai, grpc, openai, ... ROUNDS times each), every run with its own random prompts
+# (INPUT_LEN tokens, OUTPUT_LEN generated; 4 x concurrency requests, at least 16, or
+# NUM_PROMPTS) so that none reuses another's cached prefixes. Prints one row per run, then
+# per concurrency the medians of output throughput and mean TTFT for both and the ratio
+# HTTP / gRPC of the median throughputs. Each run's report and JSON go to OUT_DIR.
+#
+# usage: bench/serve_http_vs_grpc.sh BUILD_DIR MODEL_DIR [OUT_DIR] [extra dsr1 serve args...]
+# env:   CONCURRENCY="1 32 128" INPUT_LEN=128 OUTPUT_LEN=64 ROUNDS=3 NUM_PROMPTS
+set -euo pipefail
+build=$(realpath "$1"); model=$2; out=${3:-$(mktemp -d)}; shift $(( $# < 3 ? $# : 3 ))
+conc=${CONCURRENCY:-1 32 128}; ilen=${INPUT_LEN:-128}; olen=${OUTPUT_LEN:-64}
+rounds=${ROUNDS:-3}
+mkdir -p "$out"
+
+log=$out/server.log
+"$build/tools/dsr1" serve --model "$model" --host 127.0.0.1 --port 0 "$@" >"$log" 2>&1 &
+server=$!
+trap 'kill $server 2>/dev/null; wait $server 2>/dev/null || true' EXIT
+for _ in $(seq 600); do
+    grep -q 'serving on' "$log" && break
+    kill -0 $server 2>/dev/null || { cat "$log"; echo "serve_http_vs_grpc.sh: the server exited"; exit 1; }
+    sleep 0.5
+done
+grpc=$(grep -o 'serving on [^ ]*' "$log" | head -1 | cut -d' ' -f3)
+http=$(grep -o 'HTTP API on [^ ]*' "$log" | head -1 | cut -d' ' -f4)
+[ -n "$grpc" ] && [ -n "$http" ] ||
+    { cat "$log"; echo "serve_http_vs_grpc.sh: no gRPC or HTTP address in the log"; exit 1; }
+echo "server: gRPC $grpc, HTTP $http: $model ${*:-} (log: $log)"
+
+printf '%-26s %7s %6s %10s %9s %9s\n' run prompts failed "out tok/s" "TTFT ms" "ITL ms"
+for c in $conc; do
+    n=$(( 4 * c > 16 ? 4 * c : 16 )); n=${NUM_PROMPTS:-$n}
+    for r in $(seq "$rounds"); do
+        for b in grpc openai; do
+            name=c$c-r$r-$b
+            seed=$(( c * 1000 + r * 2 )); [ "$b" = grpc ] || seed=$(( seed + 1 ))
+            "$build/bench/dsr1-bench" serve --backend "$b" --server "$grpc" --base-url "$http" \
+                --num-prompts "$n" --max-concurrency "$c" --random-input-len "$ilen" \
+                --random-output-len "$olen" --seed "$seed" --label "$name" \
+                --json "$out/$name.json" >"$out/$name.txt" 2>&1 ||
+                { cat "$out/$name.txt"; exit 1; }
+            python3 - "$out/$name.json" "concurrency $c, $r, $b" <<'EOF'
+import json, sys
+r = json.load(open(sys.argv[1]))
+print(f"{sys.argv[2]:<26} {r['completed'] + r['failed']:>7} {r['failed']:>6} "
+      f"{r['output_throughput']:>10.1f} {r['mean_ttft_ms']:>9.1f} {r['mean_itl_ms']:>9.2f}")
+EOF
+        done
+    done
+done
+kill $server; wait $server 2>/dev/null || true
+trap - EXIT
+
+echo "medians of $rounds rounds (input $ilen, output $olen):"
+python3 - "$out" "$conc" "$rounds" <<'EOF'
+import json, statistics, sys
+out, conc, rounds = sys.argv[1], sys.argv[2].split(), int(sys.argv[3])
+print(f"{'concurrency':>11} {'gRPC tok/s':>11} {'HTTP tok/s':>11} {'HTTP/gRPC':>10} "
+      f"{'gRPC TTFT ms':>13} {'HTTP TTFT ms':>13}")
+for c in conc:
+    m = {}
+    for b in ("grpc", "openai"):
+        runs = [json.load(open(f"{out}/c{c}-r{r}-{b}.json")) for r in range(1, rounds + 1)]
+        m[b] = (statistics.median(x["output_throughput"] for x in runs),
+                statistics.median(x["mean_ttft_ms"] for x in runs))
+    print(f"{c:>11} {m['grpc'][0]:>11.1f} {m['openai'][0]:>11.1f} "
+          f"{m['openai'][0] / m['grpc'][0]:>10.3f} {m['grpc'][1]:>13.1f} {m['openai'][1]:>13.1f}")
+EOF
+echo "reports: $out"
