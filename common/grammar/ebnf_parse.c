@@ -194,6 +194,40 @@ out:
     return st;
 }
 
+/* <|TEXT|>: exactly the special token whose text is TEXT. TEXT runs to the first "|>" that
+ * is not followed by another "|>" (so `<|<|eot_id|>|>` names <|eot_id|>), on one line. */
+static dsr1_status special_token(ep *e, dsr1__ast **out)
+{
+    size_t start = e->p, p = e->p + 2, end = 0;
+    for (; at(e, p) >= 0 && at(e, p) != '\n'; p++) {
+        if (at(e, p) == '|' && at(e, p + 1) == '>' && p > start + 2 &&
+            !(at(e, p + 2) == '|' && at(e, p + 3) == '>')) {
+            end = p;
+            break;
+        }
+    }
+    if (!end) return EP_ERR(e, start, DSR1_ERR_INVALID_ARG, "unterminated special token '<|'");
+    const char *text = e->src->text + start + 2;
+    size_t len = end - start - 2;
+    int32_t id = dsr1__vocab_special(e->src->vocab, text, len);
+    if (id < 0)
+        return EP_ERR(e, start, DSR1_ERR_INVALID_ARG, "unknown special token '%.*s'",
+                      (int)(len > 200 ? 200 : len), text);
+    if (id == e->src->vocab->eos)
+        return EP_ERR(e, start, DSR1_ERR_INVALID_ARG,
+                      "special token '%.*s' is the end of sequence, which follows a complete "
+                      "sentence by itself",
+                      (int)len, text);
+    dsr1__ast *x = dsr1__ast_new(e->a, DSR1__A_BYTES);
+    if (!x || !(x->bytes = dsr1__arena_alloc(e->a, DSR1__SPECIAL_LEN))) return EP_OOM();
+    x->n = DSR1__SPECIAL_LEN;
+    dsr1__special_bytes(id, x->bytes);
+    e->p = end + 2;
+    e->rs->terminals++;
+    *out = x;
+    return DSR1_OK;
+}
+
 static dsr1_status char_class(ep *e, dsr1__ast **out)
 {
     size_t start = e->p++;
@@ -276,6 +310,7 @@ static dsr1_status atom(ep *e, dsr1__ast **out)
     if (c == '"') return literal(e, out);
     if (c == '[') return char_class(e, out);
     if (c == '/') return regex_term(e, out);
+    if (c == '<' && at(e, e->p + 1) == '|') return special_token(e, out);
     if (c == '.') {
         e->p++;
         dsr1__ranges rs = {0};

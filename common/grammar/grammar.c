@@ -38,7 +38,7 @@ static dsr1_status compile(const dsr1_grammar_vocab *v, const char *text, size_t
     if (len > o.max_source)
         return dsr1_error(DSR1_ERR_RANGE, "%s: %zu bytes exceed max_source (%zu)", what, len,
                           o.max_source);
-    dsr1__src src = {text ? text : "", len, what};
+    dsr1__src src = {text ? text : "", len, what, v};
     size_t bad = dsr1_utf8_valid_prefix((const uint8_t *)src.text, len);
     if (bad < len) return dsr1__src_error(&src, bad, DSR1_ERR_INVALID_ARG, "invalid UTF-8");
     dsr1__arena a = {0};

@@ -38,6 +38,12 @@
  *   [...] and [^...] over Unicode code points (ranges a-z, the same escapes, plus \d \w \s);
  *   `.` any code point but newline; grouping ( ); postfix * + ? {n} {n,} {n,m}; `|`; `#`
  *   comments to the end of the line. Text is UTF-8 and classes match whole code points.
+ * - Special tokens: <|TEXT|> matches exactly the one special token whose text is TEXT (an
+ *   added token of the vocabulary, special or not, e.g. <|<｜tool▁call▁begin｜>|> for R1's), and
+ * nothing else: text never matches a special token, a special token never matches a literal or
+ *   class. TEXT runs to the first `|>` that is not followed by another `|>` (so
+ *   <|<|eot_id|>|> names <|eot_id|>), on one line. An unknown name is an error naming it;
+ *   the end-of-sequence token cannot be named (it follows a complete sentence by itself).
  * - /regex/ terminals: ECMAScript syntax as JSON Schema's `pattern` uses it (literals,
  *   classes, \d \w \s \D \W \S, . (any but newline), groups (?:...), alternation,
  *   quantifiers * + ? {n} {n,} {n,m} (lazy variants match like greedy ones), ^ and $ only
@@ -71,8 +77,10 @@
 typedef struct dsr1_grammar_vocab dsr1_grammar_vocab;
 
 /* From the tokenizer: every id's byte string (dsr1_tokenizer_token_bytes). Special tokens
- * (added tokens such as <｜end▁of▁sentence｜>) never match grammar text; `eos_id` is the
- * token that ends a constrained output (allowed exactly when the grammar is complete). */
+ * (added tokens such as <｜end▁of▁sentence｜>, and added tokens the tokenizer does not mark
+ * special but matches whole in text, such as R1's <｜tool▁calls▁begin｜>) never match
+ * grammar text; a grammar names them by their text as <|TEXT|> terminals. `eos_id` is the token
+ * that ends a constrained output (allowed exactly when the grammar is complete). */
 dsr1_status dsr1_grammar_vocab_create(const dsr1_tokenizer *tok, int32_t eos_id,
                                       dsr1_grammar_vocab **out);
 /* From raw byte strings (tests, benchmarks): n tokens, token i is bytes[i][0 .. lens[i]);
@@ -80,6 +88,13 @@ dsr1_status dsr1_grammar_vocab_create(const dsr1_tokenizer *tok, int32_t eos_id,
 dsr1_status dsr1_grammar_vocab_create_raw(int32_t n, const uint8_t *const *bytes,
                                           const uint32_t *lens, int32_t eos_id,
                                           dsr1_grammar_vocab **out);
+/* The same with special tokens: special[i] non-NULL (a NUL-terminated text) makes token i a
+ * special token that grammars name as <|text|> (its bytes are ignored). special may be NULL. */
+dsr1_status dsr1_grammar_vocab_create_raw_special(int32_t n, const uint8_t *const *bytes,
+                                                  const uint32_t *lens, const char *const *special,
+                                                  int32_t eos_id, dsr1_grammar_vocab **out);
+/* The id of the special token with text text[0 .. len), -1 when none. */
+int32_t dsr1_grammar_vocab_special_id(const dsr1_grammar_vocab *v, const char *text, size_t len);
 int32_t dsr1_grammar_vocab_size(const dsr1_grammar_vocab *v);
 void dsr1_grammar_vocab_free(dsr1_grammar_vocab *v);
 
@@ -130,7 +145,10 @@ dsr1_status dsr1_matcher_create(const dsr1_grammar *g, dsr1_matcher **out);
 void dsr1_matcher_free(dsr1_matcher *m);
 
 /* Words of a token mask: (vocab + 31) / 32; bit (id % 32) of word (id / 32) set = allowed. */
-static inline size_t dsr1_grammar_mask_words(int32_t vocab) { return ((size_t)vocab + 31) / 32; }
+static inline size_t dsr1_grammar_mask_words(int32_t vocab)
+{
+    return ((size_t)vocab + 31) / 32;
+}
 
 /* The tokens allowed next: every token whose bytes continue a valid prefix of the language,
  * plus eos_id when the text so far is a complete sentence. Never empty while the matcher
@@ -139,14 +157,16 @@ void dsr1_matcher_mask(dsr1_matcher *m, uint32_t *mask);
 /* Consumes a token. A token the mask would not allow is DSR1_ERR_INVALID_ARG and leaves the
  * matcher unchanged. After eos_id the matcher has ended (dsr1_matcher_ended). */
 dsr1_status dsr1_matcher_advance(dsr1_matcher *m, int32_t token);
-/* Consumes raw bytes instead of a token (text forced into the output, tests). */
+/* Consumes raw bytes instead of a token (text forced into the output, tests); text only:
+ * a special token is consumed by dsr1_matcher_advance. */
 dsr1_status dsr1_matcher_advance_bytes(dsr1_matcher *m, const uint8_t *bytes, size_t n);
 /* Whether the text so far is a complete sentence (eos allowed), and whether eos was taken. */
 bool dsr1_matcher_accepting(const dsr1_matcher *m);
 bool dsr1_matcher_ended(const dsr1_matcher *m);
 /* Jump-forward: the bytes that every continuation must begin with (e.g. `{"name":"` after
  * `{` in a schema with one required first property), up to max bytes. The scheduler
- * tokenizes them and appends the tokens without sampling. Returns the byte count. */
+ * tokenizes them and appends the tokens without sampling; they stop before a special
+ * token. Returns the byte count. */
 size_t dsr1_matcher_forced_bytes(dsr1_matcher *m, uint8_t *out, size_t max);
 /* Undo the last n advances (n <= the advances kept, at least 16). */
 dsr1_status dsr1_matcher_rollback(dsr1_matcher *m, int n);

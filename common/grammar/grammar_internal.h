@@ -63,7 +63,8 @@ struct dsr1__ast {
 typedef struct {
     const char *text;
     size_t len;
-    const char *what; /* "grammar" or "regex": the prefix of error messages */
+    const char *what;                /* "grammar" or "regex": the prefix of error messages */
+    const dsr1_grammar_vocab *vocab; /* resolves special-token terminals (may be NULL) */
 } dsr1__src;
 
 /* Records an error at byte offset `off` of the source: "<what> LINE:COL: message". */
@@ -244,6 +245,23 @@ typedef struct {
     const uint32_t *toks, *tok_lo;
 } dsr1__trie_view;
 
+/* Special tokens in the automata: a special token matches the 4 bytes FF, then its id in
+ * three 7-bit groups (high first) each with bit 7 set. Grammar text is UTF-8, which never
+ * contains FF, so text cannot match a special token nor a special token text; vocabulary
+ * tokens whose bytes contain FF are dropped from the trie (no grammar could allow them). */
+#define DSR1__SPECIAL_BYTE 0xffu
+#define DSR1__SPECIAL_LEN  4
+#define DSR1__SPECIAL_MAX  (1 << 21) /* ids representable */
+static inline void dsr1__special_bytes(int32_t id, uint8_t out[DSR1__SPECIAL_LEN])
+{
+    out[0] = DSR1__SPECIAL_BYTE;
+    out[1] = (uint8_t)(0x80u | ((uint32_t)id >> 14 & 0x7fu));
+    out[2] = (uint8_t)(0x80u | ((uint32_t)id >> 7 & 0x7fu));
+    out[3] = (uint8_t)(0x80u | ((uint32_t)id & 0x7fu));
+}
+/* The id of the special token whose text is text[0 .. len), -1 when there is none. */
+int32_t dsr1__vocab_special(const dsr1_grammar_vocab *v, const char *text, size_t len);
+
 #define DSR1__SHARED_BUCKETS   256
 #define DSR1__SHARED_MAX_DFAS  4096
 #define DSR1__SHARED_MAX_BYTES ((size_t)256 << 20)
@@ -269,6 +287,12 @@ struct dsr1_grammar_vocab {
                          partial UTF-8 characters, no quote, backslash or control) */
     uint8_t *below;   /* per node: how many bytes its longest descendant adds (saturated) */
     uint32_t maxlen;
+    /* special tokens that grammars may name: ids, and their texts sp_text[sp_off[i] ..
+     * sp_off[i + 1]) */
+    uint32_t nspecial;
+    int32_t *sp_id;
+    size_t *sp_off;
+    char *sp_text;
 };
 
 /* Builds a preorder trie over n byte strings given in sorted order (duplicates allowed);

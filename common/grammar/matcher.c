@@ -149,6 +149,11 @@ dsr1_status dsr1_matcher_advance_bytes(dsr1_matcher *m, const uint8_t *bytes, si
 {
     if (m->ended) return dsr1_error(DSR1_ERR_INVALID_ARG, "matcher: already ended");
     if (n && !bytes) return dsr1_error(DSR1_ERR_INVALID_ARG, "matcher: no bytes");
+    const uint8_t *ff = n ? memchr(bytes, DSR1__SPECIAL_BYTE, n) : NULL;
+    if (ff) /* only dsr1_matcher_advance consumes special tokens */
+        return dsr1_error(DSR1_ERR_INVALID_ARG,
+                          "matcher: byte %zu (0xff) is not text (special tokens are tokens)",
+                          (size_t)(ff - bytes));
     if (!push_hist(m)) return dsr1_error(DSR1_ERR_NOMEM, "matcher: out of memory");
     dsr1_status st = scan_bytes(m, bytes, n, -1);
     if (st) m->nhist--;
@@ -186,7 +191,10 @@ size_t dsr1_matcher_forced_bytes(dsr1_matcher *m, uint8_t *out, size_t max)
                 }
             }
         }
-        if (many || only < 0 || !dsr1__chart_scan(c, (uint8_t)only)) break;
+        /* a special token is a token, not text: forced bytes stop before it */
+        if (many || only < 0 || only == (int)DSR1__SPECIAL_BYTE ||
+            !dsr1__chart_scan(c, (uint8_t)only))
+            break;
         out[n++] = (uint8_t)only;
     }
     dsr1__chart_truncate(c, nset0);

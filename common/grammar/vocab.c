@@ -105,13 +105,65 @@ static int cmp_tok(const void *a, const void *b)
     return x->id < y->id ? -1 : x->id > y->id;
 }
 
+/* Records the special tokens (special[i] non-NULL: token i, with that text). */
+static dsr1_status add_specials(dsr1_grammar_vocab *v, const char *const *special)
+{
+    size_t total = 0;
+    uint32_t ns = 0;
+    for (int32_t i = 0; i < v->n; i++)
+        if (special[i]) {
+            total += strlen(special[i]);
+            ns++;
+        }
+    v->sp_id = malloc(((size_t)ns + 1) * sizeof(int32_t));
+    v->sp_off = malloc(((size_t)ns + 1) * sizeof(size_t));
+    v->sp_text = malloc(total + 1);
+    if (!v->sp_id || !v->sp_off || !v->sp_text)
+        return dsr1_error(DSR1_ERR_NOMEM, "grammar vocab: out of memory");
+    size_t o = 0;
+    for (int32_t i = 0; i < v->n; i++) {
+        if (!special[i]) continue;
+        size_t l = strlen(special[i]);
+        v->sp_id[v->nspecial] = i;
+        v->sp_off[v->nspecial++] = o;
+        memcpy(v->sp_text + o, special[i], l);
+        o += l;
+    }
+    v->sp_off[v->nspecial] = o;
+    return DSR1_OK;
+}
+
+int32_t dsr1__vocab_special(const dsr1_grammar_vocab *v, const char *text, size_t len)
+{
+    for (uint32_t i = 0; v && i < v->nspecial; i++)
+        if (v->sp_off[i + 1] - v->sp_off[i] == len && !memcmp(v->sp_text + v->sp_off[i], text, len))
+            return v->sp_id[i];
+    return -1;
+}
+
+int32_t dsr1_grammar_vocab_special_id(const dsr1_grammar_vocab *v, const char *text, size_t len)
+{
+    return text ? dsr1__vocab_special(v, text, len) : -1;
+}
+
 dsr1_status dsr1_grammar_vocab_create_raw(int32_t n, const uint8_t *const *bytes,
                                           const uint32_t *lens, int32_t eos_id,
                                           dsr1_grammar_vocab **out)
 {
+    return dsr1_grammar_vocab_create_raw_special(n, bytes, lens, NULL, eos_id, out);
+}
+
+dsr1_status dsr1_grammar_vocab_create_raw_special(int32_t n, const uint8_t *const *bytes,
+                                                  const uint32_t *lens, const char *const *special,
+                                                  int32_t eos_id, dsr1_grammar_vocab **out)
+{
     if (n <= 0 || !bytes || !lens || eos_id < 0 || eos_id >= n)
         return dsr1_error(DSR1_ERR_INVALID_ARG, "grammar vocab: bad size (%d) or eos id (%d)",
                           (int)n, (int)eos_id);
+    if (special && n > DSR1__SPECIAL_MAX)
+        return dsr1_error(DSR1_ERR_RANGE,
+                          "grammar vocab: %d tokens; special tokens need ids below %d", (int)n,
+                          DSR1__SPECIAL_MAX);
     dsr1_grammar_vocab *v = calloc(1, sizeof(*v));
     tokref *tr = NULL;
     const uint8_t **sp = NULL;
@@ -120,8 +172,15 @@ dsr1_status dsr1_grammar_vocab_create_raw(int32_t n, const uint8_t *const *bytes
     v->n = n;
     v->eos = eos_id;
     pthread_mutex_init(&v->lock, NULL);
+    if (special) {
+        dsr1_status st = add_specials(v, special);
+        if (st) {
+            dsr1_grammar_vocab_free(v);
+            return st;
+        }
+    }
     size_t total = 0;
-    for (int32_t i = 0; i < n; i++) total += lens[i];
+    for (int32_t i = 0; i < n; i++) total += lens[i] + DSR1__SPECIAL_LEN;
     v->bytes = malloc(total + 1);
     v->off = malloc(((size_t)n + 1) * sizeof(uint64_t));
     v->len = malloc((size_t)n * sizeof(uint32_t));
@@ -131,12 +190,21 @@ dsr1_status dsr1_grammar_vocab_create_raw(int32_t n, const uint8_t *const *bytes
     uint32_t ns = 0;
     for (int32_t i = 0; i < n; i++) {
         v->off[i] = o;
+        if (special && special[i]) { /* a special token: its reserved bytes */
+            v->len[i] = i == eos_id ? 0 : DSR1__SPECIAL_LEN;
+            if (v->len[i]) dsr1__special_bytes(i, v->bytes + o);
+            o += v->len[i];
+            if (v->len[i] > v->maxlen) v->maxlen = v->len[i];
+            continue;
+        }
         v->len[i] = i == eos_id ? 0 : lens[i];
         if (lens[i] && !bytes[i]) {
             dsr1_grammar_vocab_free(v);
             free(tr);
             return dsr1_error(DSR1_ERR_INVALID_ARG, "grammar vocab: token %d has no bytes", i);
         }
+        /* FF never occurs in UTF-8 grammar text; it marks special tokens */
+        if (v->len[i] && memchr(bytes[i], DSR1__SPECIAL_BYTE, v->len[i])) v->len[i] = 0;
         if (v->len[i]) memcpy(v->bytes + o, bytes[i], v->len[i]);
         o += v->len[i];
         if (v->len[i] > v->maxlen) v->maxlen = v->len[i];
@@ -237,6 +305,40 @@ static void warm(const dsr1_grammar_vocab *v)
     }
 }
 
+/* Whether token id (bytes p[0 .. len)) is an added token that the tokenizer does not mark
+ * special (R1's <｜tool▁calls▁begin｜>, <｜User｜>): the tokenizer matches it as a whole
+ * in text, so for grammars it is a control token like the special ones. tokenizer.h has no
+ * accessor for added tokens, so: its text names it (dsr1_tokenizer_token_id) while its
+ * byte-level form (the GPT-2 byte-to-code-point map of byte-level BPE vocabularies) does
+ * not, i.e. it is not a vocabulary entry. */
+static bool is_added(const dsr1_tokenizer *tok, int32_t id, const uint8_t *p, size_t len)
+{
+    char text[256], form[512];
+    if (len == 0 || len >= sizeof(text) || memchr(p, 0, len)) return false;
+    memcpy(text, p, len);
+    text[len] = '\0';
+    if (dsr1_tokenizer_token_id(tok, text) != id) return false;
+    size_t n = 0;
+    for (size_t i = 0; i < len; i++) {
+        uint32_t b = p[i], cp = b;
+        if (!((b >= 33 && b <= 126) || (b >= 161 && b <= 172) || b >= 174)) {
+            /* the bytes that are not printable map to 256, 257, ... in byte order */
+            uint32_t k = 0;
+            for (uint32_t x = 0; x < b; x++)
+                if (!((x >= 33 && x <= 126) || (x >= 161 && x <= 172) || x >= 174)) k++;
+            cp = 256 + k;
+        }
+        if (cp < 0x80) {
+            form[n++] = (char)cp;
+        } else {
+            form[n++] = (char)(0xc0 | cp >> 6);
+            form[n++] = (char)(0x80 | (cp & 0x3f));
+        }
+    }
+    form[n] = '\0';
+    return dsr1_tokenizer_token_id(tok, form) != id;
+}
+
 dsr1_status dsr1_grammar_vocab_create(const dsr1_tokenizer *tok, int32_t eos_id,
                                       dsr1_grammar_vocab **out)
 {
@@ -247,20 +349,37 @@ dsr1_status dsr1_grammar_vocab_create(const dsr1_tokenizer *tok, int32_t eos_id,
                           (int)eos_id, (int)n);
     const uint8_t **b = calloc((size_t)n, sizeof(*b));
     uint32_t *l = calloc((size_t)n, sizeof(*l));
-    if (!b || !l) {
-        free(b);
-        free(l);
-        return dsr1_error(DSR1_ERR_NOMEM, "grammar vocab: out of memory");
+    char **sp = calloc((size_t)n, sizeof(*sp));
+    dsr1_status st = DSR1_OK;
+    if (!b || !l || !sp) {
+        st = dsr1_error(DSR1_ERR_NOMEM, "grammar vocab: out of memory");
+        goto done;
     }
     for (int32_t i = 0; i < n; i++) {
         const uint8_t *p;
         size_t len;
-        if (!dsr1_tokenizer_id_valid(tok, i) || dsr1_tokenizer_is_special(tok, i)) continue;
+        if (!dsr1_tokenizer_id_valid(tok, i)) continue;
         if (dsr1_tokenizer_token_bytes(tok, i, &p, &len) != DSR1_OK || len > UINT16_MAX) continue;
+        if (dsr1_tokenizer_is_special(tok, i) || is_added(tok, i, p, len)) {
+            /* grammars name special tokens by their text */
+            if (n <= DSR1__SPECIAL_MAX && len && !memchr(p, 0, len)) {
+                if (!(sp[i] = malloc(len + 1))) {
+                    st = dsr1_error(DSR1_ERR_NOMEM, "grammar vocab: out of memory");
+                    goto done;
+                }
+                memcpy(sp[i], p, len);
+                sp[i][len] = '\0';
+            }
+            continue;
+        }
         b[i] = p;
         l[i] = (uint32_t)len;
     }
-    dsr1_status st = dsr1_grammar_vocab_create_raw(n, b, l, eos_id, out);
+    st = dsr1_grammar_vocab_create_raw_special(
+        n, b, l, n <= DSR1__SPECIAL_MAX ? (const char *const *)sp : NULL, eos_id, out);
+done:
+    for (int32_t i = 0; sp && i < n; i++) free(sp[i]);
+    free(sp);
     free(b);
     free(l);
     if (!st) warm(*out);
@@ -417,5 +536,8 @@ void dsr1_grammar_vocab_free(dsr1_grammar_vocab *v)
     free(v->tok_lo);
     free(v->subcat);
     free(v->below);
+    free(v->sp_id);
+    free(v->sp_off);
+    free(v->sp_text);
     free(v);
 }

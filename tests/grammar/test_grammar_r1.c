@@ -2,7 +2,9 @@
  * brute force (every token tried by advance + rollback) along random walks for a JSON
  * object grammar and a schema-shaped grammar, and a timing print (not an assertion) of
  * mask time per token (thread CPU time) over tokenized JSON documents: "cold" is the first
- * pass of a fresh grammar (its caches filling), "warm" the second.
+ * pass of a fresh grammar (its caches filling), "warm" the second. Special-token terminals
+ * (<|TEXT|>): masks against brute force over every token, special ones included, and
+ * compile errors.
  *
  * argv[1]: ../shared/golden (its tokenizer/); exits 77 without it. */
 #include <time.h>
@@ -92,6 +94,127 @@ static void test_schema_masks(void **state)
     free(ids);
     dsr1_matcher_free(m);
     dsr1_grammar_free(g);
+}
+
+/* R1's special tokens of the tool-call format (UTF-8: ｜ is EF BD 9C, ▁ is E2 96 81). */
+#define BAR       "\xef\xbd\x9c"
+#define SP        "\xe2\x96\x81"
+#define CALLS_BEG "<" BAR "tool" SP "calls" SP "begin" BAR ">"
+#define CALLS_END "<" BAR "tool" SP "calls" SP "end" BAR ">"
+#define CALL_BEG  "<" BAR "tool" SP "call" SP "begin" BAR ">"
+#define CALL_END  "<" BAR "tool" SP "call" SP "end" BAR ">"
+#define TOOL_SEP  "<" BAR "tool" SP "sep" BAR ">"
+
+/* A tool-call grammar: special-token terminals around text and a JSON object. */
+static const char calls_grammar[] =
+    "root ::= <|" CALLS_BEG "|> call (\"\\n\" call)? <|" CALLS_END "|>\n"
+    "call ::= <|" CALL_BEG "|> \"function\" <|" TOOL_SEP "|> name \"\\n```json\\n\" args "
+    "\"\\n```\" <|" CALL_END "|>\n"
+    "name ::= \"get_weather\" | \"sum\"\n"
+    "args ::= \"{\\\"city\\\":\" str (\",\\\"days\\\":\" [1-9])? \"}\"\n"
+    "str ::= \"\\\"\" [a-zA-Z ]{0,12} \"\\\"\"\n";
+
+static int32_t special_id(const char *text)
+{
+    int32_t id = dsr1_tokenizer_token_id(tok, text);
+    assert_true(id >= 0);
+    assert_int_equal(dsr1_grammar_vocab_special_id(vocab, text, strlen(text)), id);
+    return id;
+}
+
+/* Masks with special-token terminals equal brute force (every token, special ones included,
+ * tried by advance); at a special terminal the mask is exactly that token; a real tool call
+ * tokenized with its special tokens walks to the end. */
+static void test_special_token_masks(void **state)
+{
+    (void)state;
+    dsr1_grammar *g = NULL;
+    assert_int_equal(
+        dsr1_grammar_compile_ebnf(vocab, calls_grammar, strlen(calls_grammar), NULL, &g), DSR1_OK);
+    const int32_t beg = special_id(CALLS_BEG), cbeg = special_id(CALL_BEG);
+    /* vocabulary entries are text, whatever their bytes */
+    assert_int_equal(dsr1_grammar_vocab_special_id(vocab, "function", 8), -1);
+    assert_int_equal(dsr1_grammar_vocab_special_id(vocab, "{\"", 2), -1);
+    assert_int_equal(dsr1_grammar_vocab_special_id(vocab, "\xef\xbd\x9c", 3), -1);
+    dsr1_matcher *m;
+    assert_int_equal(dsr1_matcher_create(g, &m), DSR1_OK);
+    uint32_t *mask = calloc(dsr1_grammar_mask_words(nvocab), 4);
+    assert_int_equal(gt_check_mask(m, nvocab, tb, tl, eos, mask), 1);
+    assert_true(mask[beg >> 5] >> (beg & 31) & 1);
+    /* no forced text before a special token, and text never stands for it */
+    uint8_t forced[16];
+    assert_int_equal(dsr1_matcher_forced_bytes(m, forced, sizeof(forced)), 0);
+    assert_int_not_equal(
+        dsr1_matcher_advance_bytes(m, (const uint8_t *)CALLS_BEG, strlen(CALLS_BEG)), DSR1_OK);
+    const uint8_t ff[4] = {0xff, 0x80, 0x80, 0x80};
+    assert_int_not_equal(dsr1_matcher_advance_bytes(m, ff, 4), DSR1_OK);
+    assert_int_not_equal(dsr1_matcher_advance(m, cbeg), DSR1_OK);
+    assert_int_equal(dsr1_matcher_advance(m, beg), DSR1_OK);
+    assert_int_equal(gt_check_mask(m, nvocab, tb, tl, eos, mask), 1);
+    assert_true(mask[cbeg >> 5] >> (cbeg & 31) & 1);
+    assert_int_equal(dsr1_matcher_advance(m, cbeg), DSR1_OK);
+    /* "function" is forced text after the special token */
+    assert_int_equal(dsr1_matcher_forced_bytes(m, forced, sizeof(forced)), 8);
+    assert_memory_equal(forced, "function", 8);
+    dsr1_matcher_free(m);
+
+    /* a whole answer as the model would write it, masks checked every few tokens */
+    const char *text = CALLS_BEG CALL_BEG "function" TOOL_SEP "get_weather\n```json\n"
+                                          "{\"city\":\"Paris\",\"days\":3}\n```" CALL_END
+                                          "\n" CALL_BEG "function" TOOL_SEP "sum\n```json\n"
+                                          "{\"city\":\"\"}\n```" CALL_END CALLS_END;
+    int32_t *ids;
+    size_t n;
+    assert_int_equal(dsr1_tokenizer_encode(tok, text, strlen(text), 0, &ids, &n), DSR1_OK);
+    assert_int_equal(ids[0], beg);
+    assert_int_equal(dsr1_matcher_create(g, &m), DSR1_OK);
+    for (size_t i = 0; i < n; i++) {
+        if (i % 3 == 0) gt_check_mask(m, nvocab, tb, tl, eos, mask);
+        assert_int_equal(dsr1_matcher_advance(m, ids[i]), DSR1_OK);
+    }
+    gt_check_mask(m, nvocab, tb, tl, eos, mask);
+    assert_true(dsr1_matcher_accepting(m));
+    assert_int_equal(dsr1_matcher_advance(m, eos), DSR1_OK);
+    free(ids);
+    dsr1_matcher_free(m);
+    check_walks(g, 11, 3, 30);
+    dsr1_grammar_free(g);
+
+    /* the same text as a literal never allows the special token, only text tokens */
+    const char lit[] = "root ::= \"" CALLS_BEG "\" \"x\"";
+    assert_int_equal(dsr1_grammar_compile_ebnf(vocab, lit, strlen(lit), NULL, &g), DSR1_OK);
+    assert_int_equal(dsr1_matcher_create(g, &m), DSR1_OK);
+    assert_true(gt_check_mask(m, nvocab, tb, tl, eos, mask) > 0);
+    assert_false(mask[beg >> 5] >> (beg & 31) & 1);
+    assert_int_not_equal(dsr1_matcher_advance(m, beg), DSR1_OK);
+    assert_int_equal(dsr1_matcher_advance_bytes(m, (const uint8_t *)CALLS_BEG, strlen(CALLS_BEG)),
+                     DSR1_OK);
+    dsr1_matcher_free(m);
+    dsr1_grammar_free(g);
+    free(mask);
+}
+
+static void expect_error(const char *src, const char *needle)
+{
+    dsr1_grammar *g = NULL;
+    assert_int_equal(dsr1_grammar_compile_ebnf(vocab, src, strlen(src), NULL, &g),
+                     DSR1_ERR_INVALID_ARG);
+    if (!strstr(dsr1_errmsg(), needle)) {
+        fprintf(stderr, "'%s': message '%s' lacks '%s'\n", src, dsr1_errmsg(), needle);
+        fail();
+    }
+    assert_null(g);
+}
+
+static void test_special_token_errors(void **state)
+{
+    (void)state;
+    expect_error("root ::= \"a\" <|<" BAR "no" SP "such" BAR ">|>",
+                 "unknown special token '<" BAR "no" SP "such" BAR ">'");
+    expect_error("root ::= <|think|>", "unknown special token 'think'");
+    expect_error("root ::= \"a\" <|<" BAR "end" SP "of" SP "sentence" BAR ">|>", "end of sequence");
+    expect_error("root ::= <|" CALLS_BEG, "unterminated special token");
+    expect_error("root ::= <||>", "unterminated special token");
 }
 
 /* Thread CPU time: the build machines are shared, wall time would time the neighbours. */
@@ -191,13 +314,15 @@ int main(int argc, char **argv)
     tl = calloc((size_t)nvocab, sizeof(*tl));
     for (int32_t i = 0; i < nvocab; i++) {
         size_t len;
-        if (!dsr1_tokenizer_id_valid(tok, i) || dsr1_tokenizer_is_special(tok, i) || i == eos)
-            continue;
+        /* special tokens too (by their text): brute force tries every token */
+        if (!dsr1_tokenizer_id_valid(tok, i) || i == eos) continue;
         if (dsr1_tokenizer_token_bytes(tok, i, &tb[i], &len) == DSR1_OK) tl[i] = (uint32_t)len;
     }
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_json_object_masks),
         cmocka_unit_test(test_schema_masks),
+        cmocka_unit_test(test_special_token_masks),
+        cmocka_unit_test(test_special_token_errors),
         cmocka_unit_test(test_timing),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
