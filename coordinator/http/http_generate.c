@@ -541,8 +541,11 @@ typedef struct {
     dsr1_sampling sampling;
     int max_tokens;
     dsr1_textout_params text;
-    const dsr1_grammar *grammar; /* response_format's, a reference from s->p.grammars */
-    int think_budget;            /* reasoning tokens before </think> is forced; 0: none */
+    const dsr1_grammar *grammar; /* response_format's or the tool calls', a reference from
+                                    s->p.grammars */
+    bool after_trigger;          /* the grammar starts after trigger_id (tool_choice auto) */
+    int32_t trigger_id;
+    int think_budget; /* reasoning tokens before </think> is forced; 0: none */
 } http_params;
 
 /* The thinking budget: reasoning.max_tokens, else reasoning effort as a share of the
@@ -576,6 +579,47 @@ static dsr1_status format_grammar(dsr1_http_server *s, const dsr1_http_request *
                                 strlen(r->json_schema), &opts, &o->grammar);
     if (st == DSR1_OK) param[0] = '\0';
     return st;
+}
+
+/* Tools with tool_choice required, a named function or auto: the grammar of well-formed
+ * calls (http_tool_grammar.c), the whole answer for required and named, from
+ * <｜tool▁calls▁begin｜> on for auto (a reference in o). With response_format and auto, the
+ * format's grammar stays (no tool calls are possible then). */
+static dsr1_status tool_grammar(dsr1_http_server *s, const dsr1_http_request *r, http_params *o,
+                                char *param, size_t cap)
+{
+    if (!r->n_tools || r->tool_choice == DSR1_HTTP_TOOL_NONE) return DSR1_OK;
+    const bool autoc = r->tool_choice == DSR1_HTTP_TOOL_AUTO;
+    if (autoc && o->grammar) return DSR1_OK;
+    if (!s->p.grammars) {
+        if (autoc) return DSR1_OK; /* free text, parsed as today */
+        snprintf(param, cap, "tool_choice");
+        return dsr1_error(DSR1_ERR_INVALID_ARG, "tool_choice: this server has no grammar engine");
+    }
+    int32_t trigger = -1;
+    if (autoc) {
+        trigger = dsr1_tokenizer_token_id(s->p.tok, DSR1_TOOL_CALLS_BEGIN);
+        if (trigger < 0) return DSR1_OK; /* not R1's vocabulary: nothing to enforce */
+    }
+    char *text = NULL;
+    size_t len = 0;
+    dsr1_status st = dsr1_tool_grammar(
+        r->tools_json, r->tool_choice == DSR1_HTTP_TOOL_NAMED ? r->tool_choice_name : NULL,
+        r->parallel_tool_calls && r->tool_choice != DSR1_HTTP_TOOL_NAMED, autoc, &text, &len, param,
+        cap);
+    if (st) return st;
+    const dsr1_grammar *g = NULL;
+    st = dsr1_grammars_get(s->p.grammars, DSR1_GRAMMAR_EBNF, text, len, NULL, &g);
+    free(text);
+    if (st) {
+        snprintf(param, cap, "tools");
+        return dsr1_error_context(st, "tools: the tool-call grammar");
+    }
+    dsr1_grammars_release(s->p.grammars, o->grammar); /* required / named replace a format */
+    o->grammar = g;
+    o->after_trigger = autoc;
+    o->trigger_id = trigger;
+    return DSR1_OK;
 }
 
 static dsr1_status make_params(dsr1_http_server *s, const dsr1_http_request *r,
@@ -635,7 +679,8 @@ static dsr1_status make_params(dsr1_http_server *s, const dsr1_http_request *r,
     }
     dsr1_textout_destroy(t);
     o->think_budget = think_budget(r, o->max_tokens);
-    return format_grammar(s, r, o, param, cap);
+    st = format_grammar(s, r, o, param, cap);
+    return st ? st : tool_grammar(s, r, o, param, cap);
 }
 
 /* Submits choice i of q's request (seed + i). The request takes its own reference on the
@@ -742,6 +787,8 @@ static dsr1_status submit(dsr1_http_server *s, http_job *j, const http_prompt *p
         .logprobs = j->logprobs,
         .text = pa->text,
         .grammar = pa->grammar,
+        .grammar_after_trigger = pa->after_trigger,
+        .trigger_id = pa->trigger_id,
         .think_budget = pa->think_budget,
         .callback = on_event,
         .ctx = j,

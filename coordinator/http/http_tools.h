@@ -8,6 +8,9 @@
  *   fragments of its arguments. Text that could be the start of a marker is held back until
  *   decided, so no streamed content ever holds part of one. The same parser serves
  *   non-streamed responses (everything fed at once).
+ * - as a grammar (dsr1_tool_grammar): what the grammar engine enforces so that every call
+ *   is well-formed and its arguments validate (tool_choice required, named, or auto after
+ *   <｜tool▁calls▁begin｜>).
  * - into the prompt: dsr1's own tool prompt (docs/api.md), which R1's official chat templates
  *   lack: the tools as JSON Schema and the exact call format, for the system prompt. */
 #ifndef DSR1_HTTP_TOOLS_H
@@ -49,5 +52,17 @@ bool dsr1_toolparse_complete(const dsr1_toolparse *p);
 /* The tool prompt for a tools array (JSON text, validated by the request parser), with
  * the caller's instruction about tool_choice ("" for auto); malloc'd. */
 dsr1_status dsr1_tool_prompt(const char *tools_json, const char *choice_note, char **out);
+
+/* The grammar of well-formed tool calls (http_tool_grammar.c), in grammar.h's text format:
+ * one call (parallel false) or more, of the function named `only` (NULL: any of the tools),
+ * each NAME followed by its arguments as compact JSON valid against that function's
+ * `parameters` (JSON Schema, OpenAI strict mode where the function says `strict`), in
+ * R1's format with its special tokens. after_begin: the text starts after
+ * <｜tool▁calls▁begin｜> (tool_choice auto, the grammar triggered by that token). A schema
+ * the grammar engine cannot enforce is DSR1_ERR_INVALID_ARG naming the function and the
+ * keyword's JSON pointer, with `param` set to "tools". *out is malloc'd. */
+dsr1_status dsr1_tool_grammar(const char *tools_json, const char *only, bool parallel,
+                              bool after_begin, char **out, size_t *out_len, char *param,
+                              size_t cap);
 
 #endif

@@ -1,5 +1,6 @@
 // The official `openai` npm package (6.x, a devDependency) against `dsr1 serve`'s HTTP API:
 // models, chat (plain, seeded, streamed with usage), completions, logprobs, tools accepted,
+// tool_choice required (one call that parses and fits its schema),
 // and errors raised as the SDK's own classes. Run by test_openai_sdk.py.
 //
 // usage: node openai_sdk_check.mjs BASE_URL API_KEY MODEL
@@ -100,6 +101,22 @@ const t = await client.chat.completions.create({
 });
 expect(["stop", "length", "tool_calls"].includes(t.choices[0].finish_reason), "tools accepted",
   JSON.stringify(t.choices[0]));
+
+// tool_choice required: the grammar engine makes even the random model's call well-formed
+const weather = { type: "object", properties: { city: { type: "string", maxLength: 10 } },
+  required: ["city"], additionalProperties: false };
+const req = await client.chat.completions.create({
+  model, messages, max_tokens: 200, temperature: 1.5, seed: 7, reasoning_effort: "none",
+  tools: [{ type: "function", function: { name: "get_weather", parameters: weather, strict: true } }],
+  tool_choice: "required", parallel_tool_calls: false,
+});
+const calls = req.choices[0].message.tool_calls || [];
+let args = null;
+try { args = JSON.parse(calls[0].function.arguments); } catch (e) { args = null; }
+expect(req.choices[0].finish_reason === "tool_calls" && calls.length === 1 &&
+  calls[0].type === "function" && calls[0].function.name === "get_weather" && args !== null &&
+  Object.keys(args).join() === "city" && typeof args.city === "string" && [...args.city].length <= 10,
+  "tool_choice required: one well-formed call", JSON.stringify(req.choices[0]));
 
 // errors as the SDK's classes
 await expectError("wrong key", OpenAI.AuthenticationError, 401, () =>
