@@ -628,6 +628,9 @@ static void thread_handle_free(void *h)
     (void)h;
 }
 
+/* Returns its handle, so that its connection stays open until every thread is done (as a
+ * client's connection pool would; closing the first while others stream would also time
+ * the server's closes). */
 static void *worker(void *arg)
 {
     serve_run *run = arg;
@@ -642,8 +645,7 @@ static void *worker(void *arg)
         }
         run_request(run, r, h);
     }
-    thread_handle_free(h);
-    return NULL;
+    return h;
 }
 
 /* ---- results ------------------------------------------------------------------------ */
@@ -847,9 +849,12 @@ static void run_all(serve_run *run, long threads)
     pthread_attr_destroy(&attr);
     if (started < threads) { /* the started ones finish the work, slower */
         fprintf(stderr, CMD ": started %ld of %ld threads\n", started, threads);
-        if (!started) worker(run);
+        if (!started) thread_handle_free(worker(run));
     }
-    for (long i = 0; i < started; i++) pthread_join(tid[i], NULL);
+    void **h = calloc(started ? started : 1, sizeof(*h));
+    for (long i = 0; i < started; i++) pthread_join(tid[i], h ? &h[i] : NULL);
+    for (long i = 0; h && i < started; i++) thread_handle_free(h[i]);
+    free(h);
     free(tid);
 }
 
