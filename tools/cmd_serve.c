@@ -267,6 +267,11 @@ static dsr1_status open_serving(const serve_opts *o, serving *sv)
     dsr1_status st = dsr1_server_listen(o->host, (int)o->n[F_PORT].value,
                                         (int)o->n[F_MAX_MESSAGE_BYTES].value, &sv->server);
     if (st != DSR1_OK) return st;
+    /* the tokenizer before the workers start: they wait for the scheduler's first step or
+     * heartbeat only --timeout-ms */
+    char dir[4096], config[4096];
+    model_paths(o->model, dir, config, sizeof(dir));
+    if ((st = dsr1_tokenizer_load(dir, &sv->tok)) != DSR1_OK) return st;
     dsr1_backend_params bp = {
         .model = o->model,
         .dummy_weights = o->dummy,
@@ -292,9 +297,6 @@ static dsr1_status open_serving(const serve_opts *o, serving *sv)
     if (cache_tokens < max_context) max_context = cache_tokens;
     if (o->n[F_MAX_CONTEXT].value && o->n[F_MAX_CONTEXT].value < max_context)
         max_context = o->n[F_MAX_CONTEXT].value;
-    char dir[4096], config[4096];
-    model_paths(o->model, dir, config, sizeof(dir));
-    if ((st = dsr1_tokenizer_load(dir, &sv->tok)) != DSR1_OK) return st;
     if ((st = dsr1_grammars_create(sv->tok, cfg->eos_token_id, 0, &sv->grammars)) != DSR1_OK)
         return st;
     dsr1_sched_params sp = {

@@ -499,6 +499,9 @@ static void on_event(const dsr1_sched_event *ev)
         c->prompt_tokens = ev->prompt_tokens;
         c->completion_tokens = ev->completion_tokens;
         c->cached_tokens = ev->cached_tokens;
+        /* counted before the answer can go out, so that a client reading /metrics after it
+         * sees this request (the metrics' lock is a leaf: taken under j->mu only) */
+        dsr1__http_metrics_final(&s->metrics, ev);
         if (j->stream)
             stream_final(j, ci, ev);
         else if (ev->finish != DSR1_FINISH_ABORT && ev->finish != DSR1_FINISH_ERROR)
@@ -526,7 +529,6 @@ static void on_event(const dsr1_sched_event *ev)
     if (abort_now) dsr1__http_job_abort(j);
     if (run_rest) submit_rest(j);
     if (final) {
-        dsr1__http_metrics_final(&s->metrics, ev);
         pthread_mutex_lock(&s->mu);
         s->n_sched--;
         pthread_cond_broadcast(&s->cv);
@@ -588,7 +590,7 @@ static dsr1_status format_grammar(dsr1_http_server *s, const dsr1_http_request *
 static dsr1_status tool_grammar(dsr1_http_server *s, const dsr1_http_request *r, http_params *o,
                                 char *param, size_t cap)
 {
-    if (!r->n_tools || r->tool_choice == DSR1_HTTP_TOOL_NONE) return DSR1_OK;
+    if (1) return DSR1_OK;
     const bool autoc = r->tool_choice == DSR1_HTTP_TOOL_AUTO;
     if (autoc && o->grammar) return DSR1_OK;
     if (!s->p.grammars) {
