@@ -590,7 +590,7 @@ static dsr1_status format_grammar(dsr1_http_server *s, const dsr1_http_request *
 static dsr1_status tool_grammar(dsr1_http_server *s, const dsr1_http_request *r, http_params *o,
                                 char *param, size_t cap)
 {
-    if (1) return DSR1_OK;
+    if (!r->n_tools || r->tool_choice == DSR1_HTTP_TOOL_NONE) return DSR1_OK;
     const bool autoc = r->tool_choice == DSR1_HTTP_TOOL_AUTO;
     if (autoc && o->grammar) return DSR1_OK;
     if (!s->p.grammars) {
