@@ -305,7 +305,7 @@ typedef struct {
 typedef struct {
     long files, bad_files, compiled, timed_out, skipped_tests;
     long valid, valid_ok, invalid, invalid_rej, serial_err;
-    series compile, mask, mask_cpu;
+    series compile, mask, mask_cpu, mask_first, mask_later; /* first: each instance's first */
     err_kind kinds[MAX_KINDS];
     int nkinds;
     long other_kinds;
@@ -420,6 +420,7 @@ static bool walk(ctx *c, const dsr1_grammar *g, const int32_t *ids, size_t n, re
         push(&r->mask_cpu, dc > 0 ? dc : 0);
         *spent += dt;
         push(&r->mask, dt);
+        push(i ? &r->mask_later : &r->mask_first, dt);
         if (id < 0 || id >= c->vsize || !(c->mask[id / 32] >> (id % 32) & 1) ||
             dsr1_matcher_advance(m, id)) {
             ok = false;
@@ -561,6 +562,12 @@ static void report_json(const gopts *o, results *r, int32_t vsize, double cpu_ov
            r->mask_cpu.n, 1e6 * pct(&r->mask_cpu, .5), 1e6 * pct(&r->mask_cpu, .9),
            1e6 * pct(&r->mask_cpu, .99),
            r->mask_cpu.n ? 1e6 * r->mask_cpu.v[r->mask_cpu.n - 1] : 0);
+    const series *split[2] = {&r->mask_first, &r->mask_later};
+    for (int k = 0; k < 2; k++)
+        printf("\"%s\":{\"n\":%zu,\"p50\":%.2f,\"p90\":%.2f,\"p99\":%.2f,\"max\":%.2f},",
+               k ? "mask_later_us" : "mask_first_us", split[k]->n, 1e6 * pct(split[k], .5),
+               1e6 * pct(split[k], .9), 1e6 * pct(split[k], .99),
+               split[k]->n ? 1e6 * split[k]->v[split[k]->n - 1] : 0);
     printf("\"valid\":%ld,\"valid_accepted\":%ld,\"valid_accepted_pct\":%.2f,"
            "\"invalid\":%ld,\"invalid_rejected\":%ld,\"invalid_rejected_pct\":%.2f,"
            "\"serialise_errors\":%ld,",
@@ -759,6 +766,8 @@ int dsr1__bench_grammar(int argc, char **argv)
     qsort(r->compile.v, r->compile.n, sizeof(double), cmp_double);
     qsort(r->mask.v, r->mask.n, sizeof(double), cmp_double);
     qsort(r->mask_cpu.v, r->mask_cpu.n, sizeof(double), cmp_double);
+    qsort(r->mask_first.v, r->mask_first.n, sizeof(double), cmp_double);
+    qsort(r->mask_later.v, r->mask_later.n, sizeof(double), cmp_double);
     qsort(r->kinds, (size_t)r->nkinds, sizeof r->kinds[0], cmp_kind);
     if (o.json)
         report_json(&o, r, cx.vsize, cx.cpu_overhead);
@@ -774,6 +783,8 @@ done:
         free(r->compile.v);
         free(r->mask.v);
         free(r->mask_cpu.v);
+        free(r->mask_first.v);
+        free(r->mask_later.v);
         free(r);
     }
     for (size_t i = 0; i < nnames; i++) free(names[i]);

@@ -10,7 +10,7 @@ import readline from "node:readline";
 
 export function parseArgs(argv, extra = {}) {
   const o = { tokens: null, schemas: null, tokenizer: null, budget: 2, limit: 0, json: false,
-              verbose: false, ...extra };
+              verbose: false, onlyOurs: false, ...extra };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const val = () => {
@@ -24,6 +24,7 @@ export function parseArgs(argv, extra = {}) {
     else if (a === "--limit") o.limit = Number(val());
     else if (a === "--json") o.json = true;
     else if (a === "--verbose") o.verbose = true;
+    else if (a === "--only-ours") o.onlyOurs = true; // the schemas our engine compiled
     else if (a.startsWith("--") && a.slice(2) in extra) o[a.slice(2)] = val();
     else throw new Error(`unknown argument ${a}`);
   }
@@ -44,10 +45,17 @@ export function vocabStrings(tokenizerJson, n) {
   return { strings: out, special, merges: t.model.merges };
 }
 
-// Yields the dump's header, then one {file, ours, tests: [{valid, ids}]} per schema file.
-export async function* readDump(file) {
+// Yields the dump's header, then one {file, ours, tests: [{valid, ids}]} per schema file
+// (with onlyOurs, only those our engine compiled: percentiles over the same schemas).
+export async function* readDump(file, onlyOurs = false) {
   const rl = readline.createInterface({ input: fs.createReadStream(file), crlfDelay: Infinity });
-  for await (const line of rl) if (line.trim()) yield JSON.parse(line);
+  let first = true;
+  for await (const line of rl) {
+    if (!line.trim()) continue;
+    const d = JSON.parse(line);
+    if (first || !onlyOurs || d.ours) yield d;
+    first = false;
+  }
 }
 
 // The schema of a MaskBench file, as text (JSON.stringify keeps the member order).

@@ -61,7 +61,7 @@ base.sort((a, b) => a - b);
 baseCpu.sort((a, b) => a - b);
 const overhead = base[base.length >> 1], overheadCpu = baseCpu[baseCpu.length >> 1];
 
-const dump = readDump(o.tokens);
+const dump = readDump(o.tokens, o.onlyOurs);
 const head = (await dump.next()).value;
 const res = new Results();
 const raw = [];

@@ -22,7 +22,7 @@ globalThis.__dirname = path.dirname(o.module);
 // Its UMD wrapper, loaded as an ES module, leaves the exports in globalThis.xgrammar.
 const mod = await import(o.module);
 const xg = mod.TokenizerInfo ? mod : globalThis.xgrammar;
-const dump = readDump(o.tokens);
+const dump = readDump(o.tokens, o.onlyOurs);
 const head = (await dump.next()).value;
 const { strings } = vocabStrings(o.tokenizer, head.vocab);
 const info = await xg.TokenizerInfo.createTokenizerInfo(strings, "byte_level", false, head.vocab, [head.eos]);

@@ -15,6 +15,7 @@ python3 "$here/subset.py" "$data" "$out/subset" "$subset" "$seed"
 python3 "$here/subset.py" "$out/subset" "$out/subset_llama" "$llama" "$seed"
 [ -f /tmp/peers/r1-vocab.gguf ] || python3 "$here/make_gguf.py" "$tok/tokenizer.json" /tmp/peers/r1-vocab.gguf
 bench=$build/bench/dsr1-bench
+echo "load at the start: $(uptime)"
 echo "== ours, whole corpus"
 $bench grammar --schemas "$data" --model "$tok" --json > "$out/ours_full.json"
 echo "== ours, subset of $subset"
@@ -26,6 +27,7 @@ node "$here/peer_xgrammar.mjs" --tokens "$out/tokens.jsonl" --schemas "$out/subs
 echo "== llama.cpp, subset of $llama"
 node "$here/peer_llamacpp.mjs" --tokens "$out/tokens_llama.jsonl" --schemas "$out/subset_llama" \
   --tokenizer "$tok/tokenizer.json" --json > "$out/llamacpp_subset.json"
+echo "load at the end: $(uptime)"
 python3 - "$out" <<'PY'
 import json, sys, os
 out = sys.argv[1]
@@ -37,7 +39,8 @@ print("|---|---|---|---|---|---|---|---|---|")
 for name, f in rows:
     p = os.path.join(out, f + ".json")
     if not os.path.exists(p): continue
-    r = json.load(open(p)); c = r["compile_ms"]; m = r["mask_us"]; mc = r["mask_cpu_us"]
+    # the wasm build prints its warnings on stdout: the report is the last JSON line
+    r = json.loads([l for l in open(p) if l.startswith("{")][-1]); c = r["compile_ms"]; m = r["mask_us"]; mc = r["mask_cpu_us"]
     print(f"| {name} | {r['files']} | {r['compiled_pct']:.1f} % | {c['p50']:.2f} / {c['p90']:.2f} / {c['p99']:.1f} / {c['max']:.0f} "
           f"| {m['p50']:.1f} / {m['p90']:.1f} / {m['p99']:.0f} / {m['max']:.0f} "
           f"| {mc['p50']:.1f} / {mc['p90']:.1f} / {mc['p99']:.0f} / {mc['max']:.0f} | {m['n']} "
