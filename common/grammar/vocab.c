@@ -305,40 +305,6 @@ static void warm(const dsr1_grammar_vocab *v)
     }
 }
 
-/* Whether token id (bytes p[0 .. len)) is an added token that the tokenizer does not mark
- * special (R1's <｜tool▁calls▁begin｜>, <｜User｜>): the tokenizer matches it as a whole
- * in text, so for grammars it is a control token like the special ones. tokenizer.h has no
- * accessor for added tokens, so: its text names it (dsr1_tokenizer_token_id) while its
- * byte-level form (the GPT-2 byte-to-code-point map of byte-level BPE vocabularies) does
- * not, i.e. it is not a vocabulary entry. */
-static bool is_added(const dsr1_tokenizer *tok, int32_t id, const uint8_t *p, size_t len)
-{
-    char text[256], form[512];
-    if (len == 0 || len >= sizeof(text) || memchr(p, 0, len)) return false;
-    memcpy(text, p, len);
-    text[len] = '\0';
-    if (dsr1_tokenizer_token_id(tok, text) != id) return false;
-    size_t n = 0;
-    for (size_t i = 0; i < len; i++) {
-        uint32_t b = p[i], cp = b;
-        if (!((b >= 33 && b <= 126) || (b >= 161 && b <= 172) || b >= 174)) {
-            /* the bytes that are not printable map to 256, 257, ... in byte order */
-            uint32_t k = 0;
-            for (uint32_t x = 0; x < b; x++)
-                if (!((x >= 33 && x <= 126) || (x >= 161 && x <= 172) || x >= 174)) k++;
-            cp = 256 + k;
-        }
-        if (cp < 0x80) {
-            form[n++] = (char)cp;
-        } else {
-            form[n++] = (char)(0xc0 | cp >> 6);
-            form[n++] = (char)(0x80 | (cp & 0x3f));
-        }
-    }
-    form[n] = '\0';
-    return dsr1_tokenizer_token_id(tok, form) != id;
-}
-
 dsr1_status dsr1_grammar_vocab_create(const dsr1_tokenizer *tok, int32_t eos_id,
                                       dsr1_grammar_vocab **out)
 {
@@ -360,7 +326,7 @@ dsr1_status dsr1_grammar_vocab_create(const dsr1_tokenizer *tok, int32_t eos_id,
         size_t len;
         if (!dsr1_tokenizer_id_valid(tok, i)) continue;
         if (dsr1_tokenizer_token_bytes(tok, i, &p, &len) != DSR1_OK || len > UINT16_MAX) continue;
-        if (dsr1_tokenizer_is_special(tok, i) || is_added(tok, i, p, len)) {
+        if (dsr1_tokenizer_is_added(tok, i)) { /* special or not: a control token */
             /* grammars name special tokens by their text */
             if (n <= DSR1__SPECIAL_MAX && len && !memchr(p, 0, len)) {
                 if (!(sp[i] = malloc(len + 1))) {

@@ -567,6 +567,11 @@ bool dsr1_tokenizer_is_special(const dsr1_tokenizer *tok, int32_t id)
     return dsr1_tokenizer_id_valid(tok, id) && (tok->flags[id] & DSR1__TOK_SPECIAL);
 }
 
+bool dsr1_tokenizer_is_added(const dsr1_tokenizer *tok, int32_t id)
+{
+    return dsr1_tokenizer_id_valid(tok, id) && (tok->flags[id] & DSR1__TOK_ADDED);
+}
+
 int32_t dsr1_tokenizer_vocab_size(const dsr1_tokenizer *tok)
 {
     return tok->n_vocab;

@@ -68,6 +68,9 @@ int32_t dsr1_tokenizer_vocab_size(const dsr1_tokenizer *tok);
 bool dsr1_tokenizer_id_valid(const dsr1_tokenizer *tok, int32_t id);
 /* Whether id is a special added token (false for unknown ids). */
 bool dsr1_tokenizer_is_special(const dsr1_tokenizer *tok, int32_t id);
+/* Whether id is an added token, special or not (R1's <｜tool▁calls▁begin｜> and <｜User｜>
+ * are added but not special): matched as a whole in text, never built by BPE merges. */
+bool dsr1_tokenizer_is_added(const dsr1_tokenizer *tok, int32_t id);
 /* The bytes a token decodes to (not NUL-terminated; not necessarily complete UTF-8).
  * Borrowed from tok. DSR1_ERR_RANGE for unknown ids. */
 dsr1_status dsr1_tokenizer_token_bytes(const dsr1_tokenizer *tok, int32_t id, const uint8_t **bytes,

@@ -279,6 +279,14 @@ static void test_token_ids(void **state)
     assert_true(dsr1_tokenizer_is_special(tok, 1));
     assert_false(dsr1_tokenizer_is_special(tok, 128798)); /* R1 made <think> non-special */
     assert_false(dsr1_tokenizer_is_special(tok, the));
+    /* added tokens, special or not: BOS/EOS are both; <think> and <｜User｜> added only */
+    assert_true(dsr1_tokenizer_is_added(tok, 1));
+    assert_true(dsr1_tokenizer_is_added(tok, 128798));
+    assert_true(dsr1_tokenizer_is_added(tok, 128803));
+    assert_false(dsr1_tokenizer_is_special(tok, 128803));
+    assert_false(dsr1_tokenizer_is_added(tok, the));
+    assert_false(dsr1_tokenizer_is_added(tok, -1));
+    assert_false(dsr1_tokenizer_is_added(tok, 1 << 20));
 }
 
 static void test_special_as_text(void **state)
