@@ -420,9 +420,9 @@ static void sse_data(http_stream *hs, const char *data, double t)
         hs->done = true;
         return;
     }
-    json_t *o = json_loads(data, 0, NULL);
+    json_t *o = json_loads(data, JSON_ALLOW_NUL, NULL); /* a token's text may be "\u0000" */
     if (!o) {
-        snprintf(r->error, sizeof(r->error), "a chunk that is not JSON: %.60s", data);
+        snprintf(r->error, sizeof(r->error), "a chunk that is not JSON: %.150s", data);
         hs->failed = true;
         return;
     }
@@ -433,8 +433,7 @@ static void sse_data(http_stream *hs, const char *data, double t)
         hs->failed = true;
     }
     json_t *ch = json_array_get(json_object_get(o, "choices"), 0);
-    const char *text = json_string_value(json_object_get(ch, "text"));
-    if (text && *text) {
+    if (json_string_length(json_object_get(ch, "text"))) {
         if (hs->last == 0)
             r->ttft = t - r->sent;
         else if (r->n_itl < r->max_tokens)
