@@ -41,6 +41,14 @@ static void job_free(http_job *j)
     free(j);
 }
 
+bool dsr1__http_job_ref_live(http_job *j)
+{
+    int refs = atomic_load(&j->refs);
+    while (refs > 0 && !atomic_compare_exchange_weak(&j->refs, &refs, refs + 1)) {
+    }
+    return refs > 0;
+}
+
 void dsr1__http_job_unref(http_job *j)
 {
     if (atomic_fetch_sub(&j->refs, 1) == 1) job_free(j);

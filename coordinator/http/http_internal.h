@@ -101,6 +101,10 @@ struct http_job {
     char *rest_stop[DSR1_HTTP_MAX_STOP];
 };
 
+/* Takes a reference on a job found in s->jobs (under s->mu) unless its last reference is
+ * already gone: job_free unlinks a job only after its count reached 0, so a job seen in
+ * the list may be on its way out. Returns whether a reference was taken. */
+bool dsr1__http_job_ref_live(http_job *j);
 void dsr1__http_job_unref(http_job *j);
 
 /* ---- the server ---- */

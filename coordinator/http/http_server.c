@@ -367,8 +367,7 @@ static void *watcher(void *arg)
             pthread_mutex_lock(&s->mu);
             for (http_job *k = s->jobs; k; k = k->next)
                 if (k->serial == ev[i].data.u64) {
-                    j = k;
-                    atomic_fetch_add(&j->refs, 1);
+                    if (dsr1__http_job_ref_live(k)) j = k;
                     break;
                 }
             pthread_mutex_unlock(&s->mu);
@@ -516,10 +515,8 @@ void dsr1_http_stop(dsr1_http_server *s)
         s->stopping = true;
         http_job **all = calloc((size_t)s->n_jobs + 1, sizeof(*all));
         int n = 0;
-        for (http_job *j = s->jobs; j && all; j = j->next) {
-            atomic_fetch_add(&j->refs, 1);
-            all[n++] = j;
-        }
+        for (http_job *j = s->jobs; j && all; j = j->next)
+            if (dsr1__http_job_ref_live(j)) all[n++] = j;
         pthread_mutex_unlock(&s->mu);
         for (int i = 0; i < n; i++) {
             dsr1__http_job_abort(all[i]);
