@@ -26,9 +26,11 @@ echo "server $target: $model ${*:-}; concurrency $c, $ilen in, $olen out, $round
 n=$(( 4 * c ))
 for r in $(seq "$rounds"); do
     for mode in free schema; do
-        extra=(); [ $mode = schema ] && extra=(--json-schema "$schema")
+        extra=(); seed=$(( 2 * r ))
+        # prompts of their own per run: none may find another's in the prefix cache
+        [ $mode = schema ] && { extra=(--json-schema "$schema"); seed=$(( 2 * r + 1 )); }
         "$build/bench/dsr1-bench" serve --server "$target" --num-prompts $n --max-concurrency "$c" \
-            --random-input-len "$ilen" --random-output-len "$olen" --seed "$r" \
+            --random-input-len "$ilen" --random-output-len "$olen" --seed "$seed" \
             --label "$mode $r" --json "$out/$mode-$r.json" "${extra[@]}" >"$out/$mode-$r.txt" 2>&1
         /usr/bin/python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(sys.argv[2], sys.argv[3], 'out tok/s %.1f' % d['output_throughput'], 'failed', d.get('failed', 0))" "$out/$mode-$r.json" $mode $r
     done
