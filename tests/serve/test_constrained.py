@@ -12,10 +12,13 @@ whatever it says under a constraint is what the grammar forced.
 2. json_strict: no property beyond the declared ones.
 3. A regular expression (re.fullmatch) and an EBNF grammar; json_object (any object).
 4. Seeded constrained requests give the same ids again, alone and inside a batch.
-5. Errors: an unsupported keyword is INVALID_ARGUMENT naming it and its JSON pointer; a bad
+5. Property-based: 12 random schemas (objects, arrays, anyOf, enums, integer and number
+   ranges, bounded strings, patterns, formats) x 8 samples at temperature 1.5: every output
+   that ends validates (with format checks), and at least 80% end within max_tokens.
+6. Errors: an unsupported keyword is INVALID_ARGUMENT naming it and its JSON pointer; a bad
    regex and a bad grammar name the problem; a batch item with a bad schema is refused
    when the batch is submitted.
-6. Reasoning stays free: a chat request (R1's template leaves the model inside <think>)
+7. Reasoning stays free: a chat request (R1's template leaves the model inside <think>)
    with a constraint finishes, and its content (after the reasoning) follows the schema
    when the model closed its reasoning.
 
@@ -75,6 +78,70 @@ def check_schemas(c, api, pb, jsonschema):
             c.expect(f.content == json.dumps(json.loads(f.content) if ok else None,
                                           separators=(",", ":"), ensure_ascii=False)
                      or not ok, label + ": compact", f.content)
+
+
+def random_schema(rng, depth=0):
+    """A random schema over the keywords the engine enforces, small enough that a random
+    model finishes it within its max_tokens."""
+    kinds = ["integer", "string", "boolean", "enum", "null", "number"]
+    if depth < 2:
+        kinds += ["object", "array", "anyOf"]
+    k = rng.choice(kinds)
+    if k == "integer":
+        lo = rng.randrange(-50, 50)
+        return {"type": "integer", "minimum": lo, "maximum": lo + rng.randrange(0, 200)}
+    if k == "number":
+        return {"type": "number", "minimum": -10, "maximum": 10}
+    if k == "string":
+        s = {"type": "string", "maxLength": rng.randrange(0, 6)}
+        if rng.random() < 0.3:
+            s = {"type": "string", "pattern": "^[a-z]{1,3}[0-9]?$"}
+        elif rng.random() < 0.2:
+            s = {"type": "string", "format": rng.choice(["date", "uuid", "time"])}
+        return s
+    if k == "boolean":
+        return {"type": "boolean"}
+    if k == "null":
+        return {"type": "null"}
+    if k == "enum":
+        return {"enum": rng.sample(["a", "b c", 1, 2.5, True, None, "ü"], rng.randrange(1, 4))}
+    if k == "array":
+        return {"type": "array", "items": random_schema(rng, depth + 1),
+                "minItems": 0, "maxItems": rng.randrange(1, 3)}
+    if k == "anyOf":
+        return {"anyOf": [random_schema(rng, depth + 1) for _ in range(rng.randrange(2, 3))]}
+    names = rng.sample(["a", "bb", "c_d", "é", "e", "f"], rng.randrange(1, 4))
+    props = {n: random_schema(rng, depth + 1) for n in names}
+    return {"type": "object", "properties": props,
+            "required": [n for n in names if rng.random() < 0.6],
+            "additionalProperties": False}
+
+
+def check_random_schemas(c, api, pb, jsonschema, n_schemas=12, n_samples=8):
+    """Property-based: random schemas, several samples each at temperature 1.5; every
+    output that ends (STOP) parses and validates, and most do end."""
+    import random
+    rng = random.Random(2026)
+    stopped = total = 0
+    for k in range(n_schemas):
+        schema = random_schema(rng)
+        for seed in range(n_samples):
+            f = generate(api, pb, pb.SamplingParams(temperature=1.5, seed=seed, max_tokens=160,
+                                                    json_schema=json.dumps(schema)),
+                         text=f"random {k}")
+            total += 1
+            if f.finish_reason != pb.STOP:
+                continue
+            stopped += 1
+            try:
+                jsonschema.validate(json.loads(f.content), schema,
+                                    format_checker=jsonschema.FormatChecker())
+                ok, why = True, ""
+            except Exception as e:  # noqa: BLE001 - the failure is the finding
+                ok, why = False, f"{e}: {f.content!r} for {json.dumps(schema)}"
+            c.expect(ok, f"random schema {k} seed {seed}: valid", why)
+    c.expect(stopped >= total * 0.8, "random schemas: most outputs end within max_tokens",
+             f"{stopped}/{total}")
 
 
 def check_strict(c, api, pb):
@@ -213,6 +280,7 @@ def main():
         try:
             api = pb_grpc.Dsr1Stub(grpc.insecure_channel(server.target))
             check_schemas(c, api, pb, jsonschema)
+            check_random_schemas(c, api, pb, jsonschema)
             check_strict(c, api, pb)
             check_regex_ebnf_object(c, api, pb)
             check_reproducible(c, api, pb)
