@@ -17,16 +17,9 @@ conc=${CONCURRENCY:-1 8 32 128}; ilen=${INPUT_LEN:-128}; olen=${OUTPUT_LEN:-64}
 mkdir -p "$out"
 
 log=$out/server.log
-"$build/tools/dsr1" serve --model "$model" --host 127.0.0.1 --port 0 "$@" >"$log" 2>&1 &
-server=$!
-trap 'kill $server 2>/dev/null; wait $server 2>/dev/null || true' EXIT
-for _ in $(seq 600); do
-    grep -q 'serving on' "$log" && break
-    kill -0 $server 2>/dev/null || { cat "$log"; echo "serve.sh: the server exited"; exit 1; }
-    sleep 0.5
-done
-target=$(grep -o 'serving on [^ ]*' "$log" | head -1 | cut -d' ' -f3)
-[ -n "$target" ] || { cat "$log"; echo "serve.sh: the server did not start"; exit 1; }
+. "$(dirname "$0")/serve_lib.sh"
+start_server "$build" "$model" "$log" "$@"
+target=$GRPC_TARGET server=$SERVER_PID
 echo "server $target: $model ${*:-} (log: $log)"
 
 printf '%-16s %7s %6s %7s %10s %10s %9s %9s %9s %9s %9s\n' run prompts failed "req/s" \

@@ -13,15 +13,9 @@ c=${CONCURRENCY:-32}; ilen=${INPUT_LEN:-128}; olen=${OUTPUT_LEN:-64}; rounds=${R
 schema=$(realpath "${SCHEMA:-$(dirname "$0")/serve-schema.json}")
 mkdir -p "$out"
 log=$out/server.log
-"$build/tools/dsr1" serve --model "$model" --host 127.0.0.1 --port 0 --http-port 0 "$@" >"$log" 2>&1 &
-server=$!
-trap 'kill $server 2>/dev/null; wait $server 2>/dev/null || true' EXIT
-for _ in $(seq 600); do
-    grep -q 'serving on' "$log" && break
-    kill -0 $server 2>/dev/null || { cat "$log"; echo "serve_constrained.sh: the server exited"; exit 1; }
-    sleep 0.5
-done
-target=$(grep -o 'serving on [^ ]*' "$log" | head -1 | cut -d' ' -f3)
+. "$(dirname "$0")/serve_lib.sh"
+start_server "$build" "$model" "$log" --http-port 0 "$@"
+target=$GRPC_TARGET
 echo "server $target: $model ${*:-}; concurrency $c, $ilen in, $olen out, $rounds rounds"
 n=$(( 4 * c ))
 for r in $(seq "$rounds"); do

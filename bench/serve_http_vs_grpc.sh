@@ -20,18 +20,10 @@ rounds=${ROUNDS:-3}
 mkdir -p "$out"
 
 log=$out/server.log
-"$build/tools/dsr1" serve --model "$model" --host 127.0.0.1 --port 0 "$@" >"$log" 2>&1 &
-server=$!
-trap 'kill $server 2>/dev/null; wait $server 2>/dev/null || true' EXIT
-for _ in $(seq 600); do
-    grep -q 'serving on' "$log" && break
-    kill -0 $server 2>/dev/null || { cat "$log"; echo "serve_http_vs_grpc.sh: the server exited"; exit 1; }
-    sleep 0.5
-done
-grpc=$(grep -o 'serving on [^ ]*' "$log" | head -1 | cut -d' ' -f3)
-http=$(grep -o 'HTTP API on [^ ]*' "$log" | head -1 | cut -d' ' -f4)
-[ -n "$grpc" ] && [ -n "$http" ] ||
-    { cat "$log"; echo "serve_http_vs_grpc.sh: no gRPC or HTTP address in the log"; exit 1; }
+. "$(dirname "$0")/serve_lib.sh"
+start_server "$build" "$model" "$log" "$@"
+grpc=$GRPC_TARGET http=$HTTP_BASE server=$SERVER_PID
+[ -n "$http" ] || { cat "$log"; echo "serve_http_vs_grpc.sh: no HTTP address in the log"; exit 1; }
 echo "server: gRPC $grpc, HTTP $http: $model ${*:-} (log: $log)"
 
 # the server's CPU seconds so far (utime + stime)
