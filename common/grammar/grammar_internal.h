@@ -227,6 +227,12 @@ static inline uint8_t dsr1__bytecat(uint8_t b)
     return 2;
 }
 
+/* A UTF-8 decoder over "safe text" (JSON string content: no quote, backslash or control),
+ * shared by the trie's safe-text runs (vocab.c) and the DFA side of the subtree shortcut
+ * (mask.c): state 0 is a character boundary; 1-3 expect that many more continuation bytes;
+ * 4-7 are the restricted second bytes after E0, ED, F0, F4. -1: not safe text. */
+int dsr1__safe_utf8_next(int ds, uint8_t b);
+
 /* Preorder trie node (the root itself is not stored): the byte on the edge into it, its
  * depth (1 = first byte) and the index one past its subtree. */
 typedef struct {

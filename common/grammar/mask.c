@@ -164,37 +164,6 @@ static void uniform(const int32_t *T, const uint8_t *cmap, uint32_t ncls, uint32
     s->uninext[q] = to < 0 ? -1 : to - (int32_t)first;
 }
 
-/* The UTF-8 decoder of vocab.c's safe text, for the DFA side. */
-static int utf8_next(int ds, int b)
-{
-    switch (ds) {
-    case 0:
-        if (b < 0x80) return b >= 0x20 && b != '"' && b != '\\' ? 0 : -1;
-        if (b >= 0xc2 && b <= 0xdf) return 1;
-        if (b == 0xe0) return 4;
-        if (b == 0xed) return 5;
-        if (b >= 0xe1 && b <= 0xef) return 2;
-        if (b == 0xf0) return 6;
-        if (b >= 0xf1 && b <= 0xf3) return 3;
-        if (b == 0xf4) return 7;
-        return -1;
-    case 1:
-        return b >= 0x80 && b <= 0xbf ? 0 : -1;
-    case 2:
-        return b >= 0x80 && b <= 0xbf ? 1 : -1;
-    case 3:
-        return b >= 0x80 && b <= 0xbf ? 2 : -1;
-    case 4:
-        return b >= 0xa0 && b <= 0xbf ? 1 : -1;
-    case 5:
-        return b >= 0x80 && b <= 0x9f ? 1 : -1;
-    case 6:
-        return b >= 0x90 && b <= 0xbf ? 2 : -1;
-    default:
-        return b >= 0x80 && b <= 0x8f ? 2 : -1;
-    }
-}
-
 /* Whether every way to finish the character begun in local state q (decoder state ds)
  * ends in global state `to`, every byte on the way alive. */
 static bool char_rest(const int32_t *T, const uint8_t *cmap, uint32_t ncls, uint32_t first,
@@ -202,7 +171,7 @@ static bool char_rest(const int32_t *T, const uint8_t *cmap, uint32_t ncls, uint
 {
     int prev = -1, prevds = -1;
     for (int b = 0x80; b <= 0xbf; b++) {
-        int nds = utf8_next(ds, b);
+        int nds = dsr1__safe_utf8_next(ds, (uint8_t)b);
         if (nds < 0 || (cmap[b] == prev && nds == prevds)) continue;
         prev = cmap[b], prevds = nds;
         int32_t t = T[(uint32_t)q * ncls + cmap[b]];
@@ -224,7 +193,7 @@ static bool charuni(const int32_t *T, const uint8_t *cmap, uint32_t ncls, uint32
         if (b != '"' && b != '\\' && row[cmap[b]] != to) return false;
     int prev = -1, prevds = -1;
     for (int b = 0xc2; b <= 0xf4; b++) {
-        int nds = utf8_next(0, b);
+        int nds = dsr1__safe_utf8_next(0, (uint8_t)b);
         if (nds < 0 || (cmap[b] == prev && nds == prevds)) continue;
         prev = cmap[b], prevds = nds;
         int32_t t = row[cmap[b]];

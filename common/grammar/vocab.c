@@ -57,10 +57,7 @@ dsr1_status dsr1__trie_build(uint32_t n, const uint8_t *const *s, const uint32_t
     return DSR1_OK;
 }
 
-/* A UTF-8 decoder over "safe text" (JSON string content: no quote, backslash or control):
- * state 0 is a character boundary; 1-3 expect that many more continuation bytes; 4-7 are
- * the restricted second bytes after E0, ED, F0, F4. -1: not safe text. */
-static int utf8_next(int ds, uint8_t b)
+int dsr1__safe_utf8_next(int ds, uint8_t b)
 {
     switch (ds) {
     case 0:
@@ -261,7 +258,7 @@ dsr1_status dsr1_grammar_vocab_create_raw_special(int32_t n, const uint8_t *cons
         v->subcat[i] = (uint8_t)(acc[d] | (ch & 1u) << 7);
         v->below[i] = (uint8_t)(md - d > 255 ? 255 : md - d);
         for (int ds = 0; ds < 8; ds++) {
-            int to = utf8_next(ds, b);
+            int to = dsr1__safe_utf8_next(ds, b);
             if (to >= 0 && (ch >> to & 1)) valid |= (uint8_t)(1u << ds);
         }
         acc[d] = 0;
