@@ -179,19 +179,19 @@ static void mark(js_ctx *c, const js_x *x, int *stack, int *sp)
 
 static void print_lit(js_buf *b, const char *s, size_t n)
 {
-    dsr1__js_buf_add(b, "\"", 1);
+    dsr1_strbuf_add(b, "\"", 1);
     for (size_t i = 0; i < n; i++) {
         unsigned char ch = (unsigned char)s[i];
         if (ch == '"' || ch == '\\') {
             char e[2] = {'\\', (char)ch};
-            dsr1__js_buf_add(b, e, 2);
+            dsr1_strbuf_add(b, e, 2);
         } else if (ch < 0x20 || ch == 0x7f) {
-            dsr1__js_buf_fmt(b, "\\x%02x", ch);
+            dsr1_strbuf_fmt(b, "\\x%02x", ch);
         } else {
-            dsr1__js_buf_add(b, (const char *)&ch, 1);
+            dsr1_strbuf_add(b, (const char *)&ch, 1);
         }
     }
-    dsr1__js_buf_add(b, "\"", 1);
+    dsr1_strbuf_add(b, "\"", 1);
 }
 
 /* prec: 0 inside an alternation, 1 inside a sequence, 2 under a postfix operator */
@@ -200,7 +200,7 @@ static void print_x(const js_ctx *c, js_buf *b, const js_x *x, int prec)
     switch (x->k) {
     case X_NOTHING:
     case X_EMPTY:
-        dsr1__js_buf_str(b, "\"\"");
+        dsr1_strbuf_str(b, "\"\"");
         break;
     case X_LIT:
         print_lit(b, x->text, x->len);
@@ -209,53 +209,53 @@ static void print_x(const js_ctx *c, js_buf *b, const js_x *x, int prec)
         bool simple = x->text[0] == '[' || x->text[0] == '/' || x->text[0] == '"';
         if (!simple || prec == 0) {
             bool paren = !simple && prec > 0;
-            if (paren) dsr1__js_buf_add(b, "(", 1);
-            dsr1__js_buf_add(b, x->text, x->len);
-            if (paren) dsr1__js_buf_add(b, ")", 1);
+            if (paren) dsr1_strbuf_add(b, "(", 1);
+            dsr1_strbuf_add(b, x->text, x->len);
+            if (paren) dsr1_strbuf_add(b, ")", 1);
         } else {
             /* a class, a regex or a literal possibly followed by a quantifier */
             bool quant = x->text[x->len - 1] == '}' || x->text[x->len - 1] == '*' ||
                          x->text[x->len - 1] == '+' || x->text[x->len - 1] == '?';
             bool sp = strchr(x->text, ' ') != NULL && x->text[0] != '/' && x->text[0] != '[';
             bool paren = (prec == 2 && quant) || sp;
-            if (paren) dsr1__js_buf_add(b, "(", 1);
-            dsr1__js_buf_add(b, x->text, x->len);
-            if (paren) dsr1__js_buf_add(b, ")", 1);
+            if (paren) dsr1_strbuf_add(b, "(", 1);
+            dsr1_strbuf_add(b, x->text, x->len);
+            if (paren) dsr1_strbuf_add(b, ")", 1);
         }
         break;
     }
     case X_RULE:
-        dsr1__js_buf_str(b, c->rules[x->rule].name);
+        dsr1_strbuf_str(b, c->rules[x->rule].name);
         break;
     case X_SEQ:
     case X_ALT: {
         int my = x->k == X_ALT ? 0 : 1;
         bool paren = prec > my;
-        if (paren) dsr1__js_buf_add(b, "(", 1);
+        if (paren) dsr1_strbuf_add(b, "(", 1);
         for (int i = 0; i < x->n; i++) {
-            if (i) dsr1__js_buf_str(b, my ? " " : " | ");
+            if (i) dsr1_strbuf_str(b, my ? " " : " | ");
             print_x(c, b, x->kids[i], 1);
             if (b->n > JS_MAX_OUTPUT) return;
         }
-        if (paren) dsr1__js_buf_add(b, ")", 1);
+        if (paren) dsr1_strbuf_add(b, ")", 1);
         break;
     }
     case X_REP:
-        if (x->kids[0]->k == X_REP) dsr1__js_buf_add(b, "(", 1);
+        if (x->kids[0]->k == X_REP) dsr1_strbuf_add(b, "(", 1);
         print_x(c, b, x->kids[0], 2);
-        if (x->kids[0]->k == X_REP) dsr1__js_buf_add(b, ")", 1);
+        if (x->kids[0]->k == X_REP) dsr1_strbuf_add(b, ")", 1);
         if (x->min == 0 && x->max == 1)
-            dsr1__js_buf_add(b, "?", 1);
+            dsr1_strbuf_add(b, "?", 1);
         else if (x->min == 0 && x->max == JS_INF)
-            dsr1__js_buf_add(b, "*", 1);
+            dsr1_strbuf_add(b, "*", 1);
         else if (x->min == 1 && x->max == JS_INF)
-            dsr1__js_buf_add(b, "+", 1);
+            dsr1_strbuf_add(b, "+", 1);
         else if (x->max == JS_INF)
-            dsr1__js_buf_fmt(b, "{%d,}", x->min);
+            dsr1_strbuf_fmt(b, "{%d,}", x->min);
         else if (x->min == x->max)
-            dsr1__js_buf_fmt(b, "{%d}", x->min);
+            dsr1_strbuf_fmt(b, "{%d}", x->min);
         else
-            dsr1__js_buf_fmt(b, "{%d,%d}", x->min, x->max);
+            dsr1_strbuf_fmt(b, "{%d,%d}", x->min, x->max);
         break;
     }
 }
@@ -287,10 +287,10 @@ int dsr1__js_emit(js_ctx *c, int root, js_buf *b)
     free(stack);
     for (int i = 0; i < c->nrules && !b->oom && b->n <= JS_MAX_OUTPUT; i++) {
         if (!c->rules[i].reachable) continue;
-        dsr1__js_buf_str(b, c->rules[i].name);
-        dsr1__js_buf_str(b, " ::= ");
+        dsr1_strbuf_str(b, c->rules[i].name);
+        dsr1_strbuf_str(b, " ::= ");
         print_x(c, b, c->rules[i].body, 0);
-        dsr1__js_buf_add(b, "\n", 1);
+        dsr1_strbuf_add(b, "\n", 1);
     }
     if (b->oom) return dsr1_error(DSR1_ERR_NOMEM, "JSON Schema: out of memory");
     if (b->n > JS_MAX_OUTPUT)

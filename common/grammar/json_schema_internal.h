@@ -13,6 +13,7 @@
 #include <stdint.h>
 
 #include "grammar.h"
+#include "strbuf.h"
 
 #define JS_INF (-1) /* an unbounded repetition's max */
 
@@ -49,12 +50,8 @@ typedef struct {
     bool productive, reachable;
 } js_rule;
 
-/* A string builder; on allocation failure `oom` is set and appends become no-ops. */
-typedef struct {
-    char *p;
-    size_t n, cap;
-    bool oom;
-} js_buf;
+/* The converter's string builder (common/base/strbuf.h). */
+typedef dsr1_strbuf js_buf;
 
 typedef struct js_ctx {
     const dsr1_grammar_opts *opts;
@@ -179,9 +176,6 @@ void dsr1__js_dump(js_buf *b, const json_t *v);
 /* v >= 0 in its shortest round-trip digits, positionally: integer part (no leading zeros)
  * and fraction digits (no trailing zeros, "" when none). */
 void dsr1__js_decimal(double v, char *ip, size_t ipn, char *fp, size_t fpn);
-void dsr1__js_buf_add(js_buf *b, const char *s, size_t n);
-void dsr1__js_buf_str(js_buf *b, const char *s);
-void dsr1__js_buf_fmt(js_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* JSON Schema equality (1 == 1.0, objects regardless of order). */
 bool dsr1__js_equal(const json_t *a, const json_t *b);
 /* Parses JSON text with jansson; on failure a message "what: line L column C: text". */

@@ -66,7 +66,7 @@ static int utf8_next(const char *s, size_t len, size_t *off, uint32_t *cp)
 static js_x *key_other(js_ctx *c, const uint32_t *cps, int n)
 {
     js_buf b = {0};
-    dsr1__js_buf_str(&b, "[^\"\\\\\\x00-\\x1f");
+    dsr1_strbuf_str(&b, "[^\"\\\\\\x00-\\x1f");
     bool ctl_child = false;
     for (int i = 0; i < n; i++) {
         uint32_t cp = cps[i];
@@ -74,12 +74,12 @@ static js_x *key_other(js_ctx *c, const uint32_t *cps, int n)
             ctl_child = true;
             continue;
         }
-        if (cp < 0x80 && strchr("\\]^-[", (int)cp)) dsr1__js_buf_add(&b, "\\", 1);
+        if (cp < 0x80 && strchr("\\]^-[", (int)cp)) dsr1_strbuf_add(&b, "\\", 1);
         js_x *u = key_unit(c, cp);
         if (!u) break;
-        dsr1__js_buf_add(&b, u->text, u->len);
+        dsr1_strbuf_add(&b, u->text, u->len);
     }
-    dsr1__js_buf_str(&b, "]");
+    dsr1_strbuf_str(&b, "]");
     js_x *alts[40];
     int m = 0;
     if (!b.oom) alts[m++] = RAW(b.p);

@@ -264,7 +264,7 @@ static void put_cp(js_buf *b, uint32_t cp)
     else
         u[0] = (char)(0xF0 | cp >> 18), u[1] = (char)(0x80 | ((cp >> 12) & 63)),
         u[2] = (char)(0x80 | ((cp >> 6) & 63)), u[3] = (char)(0x80 | (cp & 63)), n = 4;
-    dsr1__js_buf_add(b, u, n);
+    dsr1_strbuf_add(b, u, n);
 }
 
 static bool unsafe(uint32_t cp)
@@ -274,7 +274,7 @@ static bool unsafe(uint32_t cp)
 
 static void put_class_cp(js_buf *b, uint32_t cp)
 {
-    if (cp < 0x80 && cp && strchr("\\]^-[/", (int)cp)) dsr1__js_buf_add(b, "\\", 1);
+    if (cp < 0x80 && cp && strchr("\\]^-[/", (int)cp)) dsr1_strbuf_add(b, "\\", 1);
     put_cp(b, cp);
 }
 
@@ -284,20 +284,20 @@ static void put_escaped(js_buf *b, uint32_t cp)
     static const char shorts[] = {'b', 8, 'f', 12, 'n', 10, 'r', 13, 't', 9, '"', '"', '\\', '\\'};
     for (size_t i = 0; i < sizeof shorts; i += 2)
         if ((uint32_t)(unsigned char)shorts[i + 1] == cp) {
-            dsr1__js_buf_str(b, "\\\\");
+            dsr1_strbuf_str(b, "\\\\");
             if (cp == '\\')
-                dsr1__js_buf_str(b, "\\\\");
+                dsr1_strbuf_str(b, "\\\\");
             else
-                dsr1__js_buf_add(b, &shorts[i], 1);
-            dsr1__js_buf_add(b, "|", 1);
+                dsr1_strbuf_add(b, &shorts[i], 1);
+            dsr1_strbuf_add(b, "|", 1);
         }
     const char *hex = "0123456789abcdef";
-    dsr1__js_buf_fmt(b, "\\\\u00%c", hex[cp >> 4]);
+    dsr1_strbuf_fmt(b, "\\\\u00%c", hex[cp >> 4]);
     char lo = hex[cp & 15];
     if (lo >= 'a')
-        dsr1__js_buf_fmt(b, "[%c%c]", lo, lo - 32);
+        dsr1_strbuf_fmt(b, "[%c%c]", lo, lo - 32);
     else
-        dsr1__js_buf_add(b, &lo, 1);
+        dsr1_strbuf_add(b, &lo, 1);
 }
 
 /* The encodings of the characters of s, as one regex atom. */
@@ -334,38 +334,38 @@ static void put_set(pctx *x, cset *s)
         return;
     }
     bool group = nunsafe > 0;
-    if (group) dsr1__js_buf_str(b, "(?:");
+    if (group) dsr1_strbuf_str(b, "(?:");
     bool sep = false;
     if (safe.n == 1 && safe.r[0].lo == safe.r[0].hi) {
         uint32_t cp = safe.r[0].lo;
-        if (cp < 0x80 && strchr("\\^$.|?*+()[]{}/", (int)cp)) dsr1__js_buf_add(b, "\\", 1);
+        if (cp < 0x80 && strchr("\\^$.|?*+()[]{}/", (int)cp)) dsr1_strbuf_add(b, "\\", 1);
         put_cp(b, cp);
         sep = true;
     } else if (safe.n) {
-        dsr1__js_buf_add(b, "[", 1);
+        dsr1_strbuf_add(b, "[", 1);
         for (int i = 0; i < safe.n; i++) {
             put_class_cp(b, safe.r[i].lo);
             if (safe.r[i].hi > safe.r[i].lo) {
-                if (safe.r[i].hi > safe.r[i].lo + 1) dsr1__js_buf_add(b, "-", 1);
+                if (safe.r[i].hi > safe.r[i].lo + 1) dsr1_strbuf_add(b, "-", 1);
                 put_class_cp(b, safe.r[i].hi);
             }
         }
-        dsr1__js_buf_add(b, "]", 1);
+        dsr1_strbuf_add(b, "]", 1);
         sep = true;
     }
     if (all_ctl) {
-        dsr1__js_buf_str(b, sep ? "|\\\\[bfnrt]|\\\\u00[01][0-9a-fA-F]"
-                                : "\\\\[bfnrt]|\\\\u00[01][0-9a-fA-F]");
+        dsr1_strbuf_str(b, sep ? "|\\\\[bfnrt]|\\\\u00[01][0-9a-fA-F]"
+                               : "\\\\[bfnrt]|\\\\u00[01][0-9a-fA-F]");
         sep = true;
     }
     for (int i = 0; i < s->n; i++)
         for (uint32_t u = s->r[i].lo; u <= s->r[i].hi && u < 0x60; u++) {
             if (!unsafe(u) || (all_ctl && u < 0x20)) continue;
-            if (sep) dsr1__js_buf_add(b, "|", 1);
+            if (sep) dsr1_strbuf_add(b, "|", 1);
             put_escaped(b, u);
             sep = true;
         }
-    if (group) dsr1__js_buf_add(b, ")", 1);
+    if (group) dsr1_strbuf_add(b, ")", 1);
 }
 
 /* ---- the parser ---- */
@@ -434,7 +434,7 @@ static int parse_quant(pctx *x)
     char ch = *x->p;
     if (ch == '*' || ch == '+' || ch == '?') {
         x->p++;
-        dsr1__js_buf_add(&x->out, &ch, 1);
+        dsr1_strbuf_add(&x->out, &ch, 1);
     } else if (ch == '{') {
         const char *q = x->p + 1;
         long lo = 0, hi = -1;
@@ -462,7 +462,7 @@ static int parse_quant(pctx *x)
                              x->what, dsr1__js_where(x->c), tmp);
             return x->err;
         }
-        dsr1__js_buf_add(&x->out, x->p, (size_t)(q + 1 - x->p));
+        dsr1_strbuf_add(&x->out, x->p, (size_t)(q + 1 - x->p));
         x->p = q + 1;
         (void)comma;
     } else {
@@ -513,12 +513,12 @@ static int parse_branch(pctx *x, bool top, bool *anchored_start, bool *anchored_
                 }
             }
             if (++x->depth > 64) return perr(x, "%s", "groups nested deeper than 64");
-            dsr1__js_buf_str(&x->out, "(?:");
+            dsr1_strbuf_str(&x->out, "(?:");
             if (parse_alt(x, false)) return x->err;
             x->depth--;
             if (x->p >= x->end || *x->p != ')') return perr(x, "%s", "an unclosed group");
             x->p++;
-            dsr1__js_buf_add(&x->out, ")", 1);
+            dsr1_strbuf_add(&x->out, ")", 1);
         } else if (ch == '[') {
             x->p++;
             if (parse_class(x)) return x->err;
@@ -556,18 +556,18 @@ static int parse_alt(pctx *x, bool top)
     for (;;) {
         bool as, ae;
         size_t mark = x->out.n;
-        if (top) dsr1__js_buf_str(&x->out, "(?:");
+        if (top) dsr1_strbuf_str(&x->out, "(?:");
         if (top) mark = x->out.n;
         (void)mark;
         /* unanchored: the prefix goes in front, decided after ^ is seen */
-        if (top && x->p < x->end && *x->p != '^') dsr1__js_buf_str(&x->out, ANY);
+        if (top && x->p < x->end && *x->p != '^') dsr1_strbuf_str(&x->out, ANY);
         if (parse_branch(x, top, &as, &ae)) return x->err;
-        if (top && !ae) dsr1__js_buf_str(&x->out, ANY);
-        if (top) dsr1__js_buf_add(&x->out, ")", 1);
+        if (top && !ae) dsr1_strbuf_str(&x->out, ANY);
+        if (top) dsr1_strbuf_add(&x->out, ")", 1);
         if (top && x->p == x->end && !as && 0) break;
         if (x->p < x->end && *x->p == '|') {
             x->p++;
-            dsr1__js_buf_add(&x->out, "|", 1);
+            dsr1_strbuf_add(&x->out, "|", 1);
             continue;
         }
         break;
@@ -579,14 +579,14 @@ static int parse_alt(pctx *x, bool top)
 int dsr1__js_pattern(js_ctx *c, const char *pattern, size_t len, const char *what, char **out)
 {
     pctx x = {.c = c, .what = what, .p = pattern, .end = pattern + len};
-    dsr1__js_buf_add(&x.out, "/", 1);
+    dsr1_strbuf_add(&x.out, "/", 1);
     if (len == 0) { /* the empty pattern matches every string */
-        dsr1__js_buf_str(&x.out, ANY);
+        dsr1_strbuf_str(&x.out, ANY);
     } else if (parse_alt(&x, true)) {
         free(x.out.p);
         return x.err;
     }
-    dsr1__js_buf_add(&x.out, "/", 1);
+    dsr1_strbuf_add(&x.out, "/", 1);
     if (x.out.oom) {
         free(x.out.p);
         return JS_FAIL(c, DSR1_ERR_NOMEM, "JSON Schema: out of memory");

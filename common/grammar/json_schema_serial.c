@@ -14,41 +14,6 @@
 
 #define SER_MAX_DEPTH 256
 
-void dsr1__js_buf_add(js_buf *b, const char *s, size_t n)
-{
-    if (b->oom) return;
-    if (b->n + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->n + n + 1) cap *= 2;
-        char *p = realloc(b->p, cap);
-        if (!p) {
-            b->oom = true;
-            return;
-        }
-        b->p = p;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->n, s, n);
-    b->n += n;
-    b->p[b->n] = '\0';
-}
-
-void dsr1__js_buf_str(js_buf *b, const char *s)
-{
-    dsr1__js_buf_add(b, s, strlen(s));
-}
-
-void dsr1__js_buf_fmt(js_buf *b, const char *fmt, ...)
-{
-    char tmp[256];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
-    va_end(ap);
-    if (n < 0) return;
-    dsr1__js_buf_add(b, tmp, (size_t)n < sizeof tmp ? (size_t)n : sizeof tmp - 1);
-}
-
 /* The shortest "%.*e" form of v >= 0 that reads back as v: its digits and exponent. */
 static int shortest(double v, char *digits, size_t n)
 {
@@ -89,24 +54,24 @@ void dsr1__js_decimal(double v, char *ip, size_t ipn, char *fp, size_t fpn)
 static void dump_number(js_buf *b, double x)
 {
     if (x == floor(x) && fabs(x) < 9007199254740992.0) {
-        dsr1__js_buf_fmt(b, "%.0f", x == 0 ? 0.0 : x); /* -0.0 -> 0 */
+        dsr1_strbuf_fmt(b, "%.0f", x == 0 ? 0.0 : x); /* -0.0 -> 0 */
         return;
     }
     /* positional, as bounded-number grammars write numbers (a double has at most 309
      * integer digits and 341 fraction digits) */
     char ip[400], fp[400];
     dsr1__js_decimal(fabs(x), ip, sizeof ip, fp, sizeof fp);
-    if (x < 0) dsr1__js_buf_add(b, "-", 1);
-    dsr1__js_buf_str(b, ip);
+    if (x < 0) dsr1_strbuf_add(b, "-", 1);
+    dsr1_strbuf_str(b, ip);
     if (fp[0]) {
-        dsr1__js_buf_add(b, ".", 1);
-        dsr1__js_buf_str(b, fp);
+        dsr1_strbuf_add(b, ".", 1);
+        dsr1_strbuf_str(b, fp);
     }
 }
 
 static void dump_string(js_buf *b, const char *s, size_t n)
 {
-    dsr1__js_buf_add(b, "\"", 1);
+    dsr1_strbuf_add(b, "\"", 1);
     size_t run = 0;
     for (size_t i = 0; i < n; i++) {
         unsigned char ch = (unsigned char)s[i];
@@ -141,12 +106,12 @@ static void dump_string(js_buf *b, const char *s, size_t n)
             }
         }
         if (!esc) continue;
-        dsr1__js_buf_add(b, s + run, i - run);
-        dsr1__js_buf_str(b, esc);
+        dsr1_strbuf_add(b, s + run, i - run);
+        dsr1_strbuf_str(b, esc);
         run = i + 1;
     }
-    dsr1__js_buf_add(b, s + run, n - run);
-    dsr1__js_buf_add(b, "\"", 1);
+    dsr1_strbuf_add(b, s + run, n - run);
+    dsr1_strbuf_add(b, "\"", 1);
 }
 
 void dsr1__js_dump(js_buf *b, const json_t *v)
@@ -156,43 +121,43 @@ void dsr1__js_dump(js_buf *b, const json_t *v)
         const char *k;
         json_t *x;
         bool first = true;
-        dsr1__js_buf_add(b, "{", 1);
+        dsr1_strbuf_add(b, "{", 1);
         json_object_foreach((json_t *)v, k, x)
         {
-            if (!first) dsr1__js_buf_add(b, ",", 1);
+            if (!first) dsr1_strbuf_add(b, ",", 1);
             first = false;
             dump_string(b, k, strlen(k));
-            dsr1__js_buf_add(b, ":", 1);
+            dsr1_strbuf_add(b, ":", 1);
             dsr1__js_dump(b, x);
         }
-        dsr1__js_buf_add(b, "}", 1);
+        dsr1_strbuf_add(b, "}", 1);
         break;
     }
     case JSON_ARRAY:
-        dsr1__js_buf_add(b, "[", 1);
+        dsr1_strbuf_add(b, "[", 1);
         for (size_t i = 0; i < json_array_size(v); i++) {
-            if (i) dsr1__js_buf_add(b, ",", 1);
+            if (i) dsr1_strbuf_add(b, ",", 1);
             dsr1__js_dump(b, json_array_get(v, i));
         }
-        dsr1__js_buf_add(b, "]", 1);
+        dsr1_strbuf_add(b, "]", 1);
         break;
     case JSON_STRING:
         dump_string(b, json_string_value(v), json_string_length(v));
         break;
     case JSON_INTEGER:
-        dsr1__js_buf_fmt(b, "%" JSON_INTEGER_FORMAT, json_integer_value(v));
+        dsr1_strbuf_fmt(b, "%" JSON_INTEGER_FORMAT, json_integer_value(v));
         break;
     case JSON_REAL:
         dump_number(b, json_real_value(v));
         break;
     case JSON_TRUE:
-        dsr1__js_buf_str(b, "true");
+        dsr1_strbuf_str(b, "true");
         break;
     case JSON_FALSE:
-        dsr1__js_buf_str(b, "false");
+        dsr1_strbuf_str(b, "false");
         break;
     case JSON_NULL:
-        dsr1__js_buf_str(b, "null");
+        dsr1_strbuf_str(b, "null");
         break;
     }
 }
@@ -448,14 +413,14 @@ static void ser(js_ctx *c, js_buf *b, const json_t *v, json_t *s, int depth)
             collect(&o, s, v, 0, false);
         }
         bool first = true;
-        dsr1__js_buf_add(b, "{", 1);
+        dsr1_strbuf_add(b, "{", 1);
         for (size_t i = 0; i < o.n; i++) {
             json_t *x = json_object_get(v, o.keys[i]);
             if (!x) continue;
-            if (!first) dsr1__js_buf_add(b, ",", 1);
+            if (!first) dsr1_strbuf_add(b, ",", 1);
             first = false;
             dump_string(b, o.keys[i], strlen(o.keys[i]));
-            dsr1__js_buf_add(b, ":", 1);
+            dsr1_strbuf_add(b, ":", 1);
             ser(c, b, x, o.schemas[i], depth + 1);
         }
         const char *k;
@@ -465,24 +430,24 @@ static void ser(js_ctx *c, js_buf *b, const json_t *v, json_t *s, int depth)
             bool seen = false;
             for (size_t i = 0; i < o.n && !seen; i++) seen = !strcmp(o.keys[i], k);
             if (seen) continue;
-            if (!first) dsr1__js_buf_add(b, ",", 1);
+            if (!first) dsr1_strbuf_add(b, ",", 1);
             first = false;
             dump_string(b, k, strlen(k));
-            dsr1__js_buf_add(b, ":", 1);
+            dsr1_strbuf_add(b, ":", 1);
             ser(c, b, x, o.additional, depth + 1);
         }
-        dsr1__js_buf_add(b, "}", 1);
+        dsr1_strbuf_add(b, "}", 1);
         free(o.keys);
         free(o.schemas);
         return;
     }
     if (json_is_array(v)) {
-        dsr1__js_buf_add(b, "[", 1);
+        dsr1_strbuf_add(b, "[", 1);
         for (size_t i = 0; i < json_array_size(v); i++) {
-            if (i) dsr1__js_buf_add(b, ",", 1);
+            if (i) dsr1_strbuf_add(b, ",", 1);
             ser(c, b, json_array_get(v, i), s ? item_schema(c, s, i, 0) : NULL, depth + 1);
         }
-        dsr1__js_buf_add(b, "]", 1);
+        dsr1_strbuf_add(b, "]", 1);
         return;
     }
     dsr1__js_dump(b, v);

@@ -14,36 +14,7 @@
 
 #include "grammar.h"
 #include "http_tools.h"
-
-typedef struct {
-    char *p;
-    size_t n, cap;
-    bool oom;
-} sbuf;
-
-static void add(sbuf *b, const char *s, size_t n)
-{
-    if (b->oom) return;
-    if (b->n + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 1024;
-        while (cap < b->n + n + 1) cap *= 2;
-        char *p = realloc(b->p, cap);
-        if (!p) {
-            b->oom = true;
-            return;
-        }
-        b->p = p;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->n, s, n);
-    b->n += n;
-    b->p[b->n] = '\0';
-}
-
-static void adds(sbuf *b, const char *s)
-{
-    add(b, s, strlen(s));
-}
+#include "strbuf.h"
 
 static bool name_start(char c)
 {
@@ -57,7 +28,7 @@ static bool name_char(char c)
 /* Copies grammar text with every rule name (definitions and references) prefixed: names
  * are identifiers outside literals "...", classes [...], /regex/ terminals, {n,m} bounds
  * and # comments. */
-static void rename_rules(sbuf *b, const char *s, size_t n, const char *prefix)
+static void rename_rules(dsr1_strbuf *b, const char *s, size_t n, const char *prefix)
 {
     size_t i = 0;
     while (i < n) {
@@ -79,15 +50,16 @@ static void rename_rules(sbuf *b, const char *s, size_t n, const char *prefix)
             while (j < n && s[j] != '\n') j++;
         } else if (name_start(c)) {
             while (j < n && name_char(s[j])) j++;
-            adds(b, prefix);
+            dsr1_strbuf_str(b, prefix);
         }
-        add(b, s + i, j - i);
+        dsr1_strbuf_add(b, s + i, j - i);
         i = j;
     }
 }
 
 /* The arguments grammar of one function: its rules, prefixed, appended to b. */
-static dsr1_status function_rules(sbuf *b, const json_t *fn, int index, char *param, size_t cap)
+static dsr1_status function_rules(dsr1_strbuf *b, const json_t *fn, int index, char *param,
+                                  size_t cap)
 {
     const json_t *params = json_object_get(fn, "parameters");
     const char *name = json_string_value(json_object_get(fn, "name"));
@@ -114,7 +86,7 @@ static dsr1_status function_rules(sbuf *b, const json_t *fn, int index, char *pa
     char prefix[32];
     snprintf(prefix, sizeof(prefix), "f%d-", index);
     rename_rules(b, text, len, prefix);
-    if (len && text[len - 1] != '\n') adds(b, "\n");
+    if (len && text[len - 1] != '\n') dsr1_strbuf_str(b, "\n");
     free(text);
     return DSR1_OK;
 }
@@ -129,17 +101,17 @@ dsr1_status dsr1_tool_grammar(const char *tools_json, const char *only, bool par
         snprintf(param, cap, "tools");
         return dsr1_error(DSR1_ERR_INVALID_ARG, "tools: not a JSON array");
     }
-    sbuf b = {0}, rules = {0};
+    dsr1_strbuf b = {0}, rules = {0};
     dsr1_status st = DSR1_OK;
     /* R1-0528's format; with tool_choice auto the scheduler has already seen the
      * <｜tool▁calls▁begin｜> that triggered the grammar */
-    adds(&b, "root ::= ");
-    if (!after_begin) adds(&b, "<|" DSR1_TOOL_CALLS_BEGIN "|> ");
-    adds(&b, parallel ? "call+ " : "call ");
-    adds(&b, "<|" DSR1_TOOL_CALLS_END "|>\n");
-    adds(&b, "call ::= <|" DSR1_TOOL_CALL_BEGIN "|> \"function\" <|" DSR1_TOOL_SEP
-             "|> fn \"\\n```\" <|" DSR1_TOOL_CALL_END "|>\n");
-    adds(&b, "fn ::= ");
+    dsr1_strbuf_str(&b, "root ::= ");
+    if (!after_begin) dsr1_strbuf_str(&b, "<|" DSR1_TOOL_CALLS_BEGIN "|> ");
+    dsr1_strbuf_str(&b, parallel ? "call+ " : "call ");
+    dsr1_strbuf_str(&b, "<|" DSR1_TOOL_CALLS_END "|>\n");
+    dsr1_strbuf_str(&b, "call ::= <|" DSR1_TOOL_CALL_BEGIN "|> \"function\" <|" DSR1_TOOL_SEP
+                        "|> fn \"\\n```\" <|" DSR1_TOOL_CALL_END "|>\n");
+    dsr1_strbuf_str(&b, "fn ::= ");
     size_t i;
     json_t *t;
     int nfn = 0;
@@ -152,7 +124,7 @@ dsr1_status dsr1_tool_grammar(const char *tools_json, const char *only, bool par
         char alt[160];
         snprintf(alt, sizeof(alt), "%s\"%s\\n```json\\n\" f%d-root", nfn ? " | " : "", name,
                  (int)i);
-        adds(&b, alt);
+        dsr1_strbuf_str(&b, alt);
         if ((st = function_rules(&rules, fn, (int)i, param, cap))) break;
         nfn++;
     }
@@ -162,8 +134,8 @@ dsr1_status dsr1_tool_grammar(const char *tools_json, const char *only, bool par
         st = dsr1_error(DSR1_ERR_INVALID_ARG, "tool_choice: no function '%s' in 'tools'",
                         only ? only : "");
     }
-    adds(&b, "\n");
-    if (!st) add(&b, rules.p ? rules.p : "", rules.n);
+    dsr1_strbuf_str(&b, "\n");
+    if (!st) dsr1_strbuf_add(&b, rules.p ? rules.p : "", rules.n);
     if (!st && (b.oom || rules.oom)) st = dsr1_error(DSR1_ERR_NOMEM, "tool grammar: out of memory");
     free(rules.p);
     if (st) {

@@ -20,7 +20,7 @@ cc=${CC_FUZZ:-clang}
 mkdir -p "$out/corpus"
 cd "$root"
 
-srcs="common/base/status.c common/base/log.c common/text/*.c common/grammar/*.c"
+srcs="common/base/status.c common/base/log.c common/base/strbuf.c common/text/*.c common/grammar/*.c"
 flags="-fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -g -O1 -std=gnu11 -D_GNU_SOURCE -I common/base -I common/text -I common/grammar"
 # shellcheck disable=SC2086
 $cc $flags -o "$out/fuzz_json_schema" tests/fuzz/fuzz_json_schema.c $srcs -ljansson -lpcre2-8 -lm -lpthread
