@@ -67,6 +67,12 @@ typedef struct {
 
 typedef void (*dsr1_sched_callback)(const dsr1_sched_event *ev);
 
+/* Priority classes. Interactive requests (Generate, chat/completions) always go first;
+ * batch items fill the capacity they leave: they are admitted only when no interactive
+ * request is waiting for room, and a running batch item is preempted (its blocks freed, to
+ * be recomputed later) when an interactive request needs room. */
+typedef enum { DSR1_SCHED_INTERACTIVE = 0, DSR1_SCHED_BATCH = 1 } dsr1_sched_class;
+
 typedef struct {
     const char *id;        /* unique among live requests; copied */
     const int32_t *prompt; /* copied */
@@ -95,6 +101,7 @@ typedef struct {
     bool grammar_after_trigger;
     int32_t trigger_id;
     int64_t deadline_ns; /* CLOCK_MONOTONIC; 0: none. Expired: FINAL ABORT */
+    dsr1_sched_class cls; /* 0: interactive */
     dsr1_sched_callback callback;
     void *ctx;
 } dsr1_sched_request;
