@@ -7,7 +7,8 @@
  * open). File contents (uploaded inputs, output and error files) live in STATE_DIR/files/,
  * each written to STATE_DIR/tmp/ first, fsync'd, renamed into place and the directory
  * fsync'd before its row is committed; the database refers to them by id. The state
- * directory is created with mode 0700. Opening refuses, with a message naming the path, a
+ * directory is created with mode 0700 and locked (flock on STATE_DIR/lock) while open: a
+ * second process on the same directory is refused with the holder's pid. Opening refuses, with a message naming the path, a
  * database that is not ours or is corrupt, a newer schema, and a file in files/ that the
  * database does not know or whose size differs from its row.
  *
