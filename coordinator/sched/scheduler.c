@@ -1,4 +1,4 @@
-/* The continuous-batching scheduler (see sched.h).
+/* The continuous-batching scheduler (see scheduler.h).
  *
  * Threads: submit/abort/get_info run on any thread and touch only what `mu` guards (the
  * incoming list, the live-request table, abort flags and the info snapshot). Everything
@@ -7,112 +7,14 @@
  *
  * Sampling happens in the executor, where the logits are (the engine, or the last stage of
  * a grid): each sequence whose step ends at a logits row brings its sample request, and the
- * step returns token ids and logprobs, never logit rows. */
+ * step returns token ids and logprobs, never logit rows. Planning a step (admission,
+ * priority classes, preemption) is in admit.c. */
 #include "scheduler.h"
 
-#include <pthread.h>
 #include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <time.h>
 
-#include "blocks.h"
 #include "log.h"
-
-typedef enum { REQ_WAITING, REQ_RUNNING } req_state;
-
-typedef struct req {
-    char *id;
-    dsr1_sched_callback callback;
-    void *ctx;
-    int32_t *tokens; /* prompt, then generated ids; capacity n_prompt + max_tokens */
-    int n_prompt, n_tokens, max_tokens;
-    dsr1_sampling sp;
-    int32_t *bias_ids;
-    float *bias_values;
-    bool logprobs, prompt_logprobs;
-    dsr1_textout *text;
-    /* the reasoning part: a budget, and where constrained decoding starts */
-    bool reasoning;   /* inside <think> ... </think> */
-    bool may_open;    /* the next token may open reasoning: <think> (detect_think) */
-    int n_reasoning;  /* tokens drawn inside the reasoning */
-    int think_budget; /* > 0: </think> is forced once n_reasoning reaches it */
-    int32_t think_start_id, think_end_id;
-    /* constrained decoding: the matcher and the mask of the step in flight */
-    dsr1_grammars *grammars; /* the cache to give `grammar` back to when r ends */
-    const dsr1_grammar *grammar;
-    dsr1_matcher *matcher;
-    bool grammar_done;     /* the matcher took EOS: what follows (ignore_eos) is free */
-    bool awaiting_trigger; /* free until trigger_id is drawn (grammar_after_trigger) */
-    int32_t trigger_id;
-    uint32_t *mask;          /* [mask_words of the model's vocabulary] */
-    dsr1_sample_result *lp;  /* [max_tokens] when logprobs */
-    dsr1_sample_result *plp; /* [n_prompt] when prompt_logprobs */
-    int n_plp;               /* prompt positions with their logprob recorded */
-    int64_t deadline_ns, t_submit, t_sched, t_first;
-    /* cache */
-    int rank;
-    int32_t *blocks;
-    int n_blocks, cap_blocks;
-    int n_computed;  /* positions whose cache rows are written */
-    int n_committed; /* leading blocks offered to the prefix cache */
-    int n_cached;    /* prompt tokens served from the prefix cache (usage) */
-    req_state state;
-    bool busy;    /* in a step in flight: not planned, preempted or ended until it returns */
-    bool aborted; /* guarded by mu */
-    const char *abort_why;
-} req;
-
-typedef struct {
-    char *p;
-    size_t len, cap;
-} text_buf;
-
-/* One step, planned and (with a pipelining executor) in flight. */
-typedef struct {
-    int n;
-    dsr1_seq_step *seqs;         /* [max_running] */
-    dsr1_seq_sample *seq_sample; /* [max_running]: the sample requests of seqs */
-    req **seq_req;               /* [max_running] */
-    dsr1_sample_result *samples; /* [max_running] */
-    dsr1_sample_result *row_lp;  /* prompt logprobs of the step */
-    int row_lp_cap;
-    dsr1_batch batch; /* must outlive the step in flight */
-    uint64_t id;      /* the executor's id of the step in flight */
-    dsr1_status st;   /* an executor without submit: the step's outcome */
-} step_slot;
-
-/* A growable array of request pointers. */
-typedef struct {
-    req **v;
-    int n, cap;
-} req_list;
-
-struct dsr1_sched {
-    dsr1_sched_params p;
-    dsr1_blocks **blocks; /* [n_ranks] */
-    int *rank_running;
-    pthread_t thread;
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    bool stop, failed;
-    req_list incoming, live; /* mu */
-    req_list waiting, running;
-    dsr1_sched_info info; /* mu */
-    int64_t finished, preemptions;
-    uint64_t steps;
-    /* steps: slots[(head + i) % depth] for the i-th of `inflight` steps in flight */
-    step_slot *slots;
-    int depth, head, inflight;
-    text_buf reasoning, content; /* a delta's text */
-};
-
-static int64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
+#include "sched_internal.h"
 
 static double secs(int64_t a, int64_t b)
 {
@@ -126,30 +28,6 @@ const char *dsr1_finish_str(dsr1_finish f)
 }
 
 /* ---- request lists ------------------------------------------------------------------- */
-
-static bool list_push(req_list *l, req *r)
-{
-    if (l->n == l->cap) {
-        int cap = l->cap ? 2 * l->cap : 16;
-        req **v = realloc(l->v, sizeof(*v) * (size_t)cap);
-        if (!v) return false;
-        l->v = v;
-        l->cap = cap;
-    }
-    l->v[l->n++] = r;
-    return true;
-}
-
-/* Removes r keeping the order. */
-static void list_remove(req_list *l, const req *r)
-{
-    for (int i = 0; i < l->n; i++)
-        if (l->v[i] == r) {
-            memmove(l->v + i, l->v + i + 1, sizeof(*l->v) * (size_t)(l->n - i - 1));
-            l->n--;
-            return;
-        }
-}
 
 static req *list_find(const req_list *l, const char *id)
 {
@@ -201,7 +79,7 @@ static dsr1_status reasoning_new(const dsr1_sched *s, const dsr1_sched_request *
 
 /* The mask of the token r draws next, if any: </think> alone once the reasoning has used
  * its budget; the grammar's outside the reasoning, plus <think> where it may open. */
-static void draw_mask(const dsr1_sched *s, req *r, dsr1_sampling *p)
+void dsr1__sched_draw_mask(const dsr1_sched *s, req *r, dsr1_sampling *p)
 {
     const size_t words = dsr1_grammar_mask_words(s->p.vocab);
     if (r->reasoning) {
@@ -281,6 +159,7 @@ static dsr1_status req_new(const dsr1_sched *s, const dsr1_sched_request *q, req
     r->callback = q->callback;
     r->ctx = q->ctx;
     r->deadline_ns = q->deadline_ns;
+    r->cls = q->cls;
     r->rank = -1;
     r->state = REQ_WAITING;
     dsr1_status st = dsr1_textout_create(s->p.tok, &q->text, &r->text);
@@ -323,6 +202,11 @@ dsr1_status dsr1_sched_check(const dsr1_sched *s, const dsr1_sched_request *q)
                           "prompt (%d tokens) + max_tokens (%d) = %lld exceeds the KV cache of one "
                           "rank (%lld tokens)",
                           q->n_prompt, q->max_tokens, (long long)total, (long long)fits);
+    if (q->cls != DSR1_SCHED_INTERACTIVE && q->cls != DSR1_SCHED_BATCH)
+        return dsr1_error(DSR1_ERR_INVALID_ARG,
+                          "priority class %d: must be interactive (0) or "
+                          "batch (1)",
+                          (int)q->cls);
     if (q->sampling.top_logprobs > 0 && !q->logprobs && !q->prompt_logprobs)
         return dsr1_error(DSR1_ERR_INVALID_ARG, "top_logprobs needs logprobs or prompt_logprobs");
     if (q->sampling.allowed)
@@ -340,6 +224,12 @@ dsr1_status dsr1_sched_check(const dsr1_sched *s, const dsr1_sched_request *q)
     return st;
 }
 
+/* Interactive requests waiting or coming in (what max_queued bounds); under mu. */
+static int queued_interactive(const dsr1_sched *s)
+{
+    return s->info.queued - s->info.queued_batch + s->incoming.n - s->incoming_batch;
+}
+
 dsr1_status dsr1_sched_submit(dsr1_sched *s, const dsr1_sched_request *q)
 {
     if (!q->id || !q->id[0]) return dsr1_error(DSR1_ERR_INVALID_ARG, "request id is empty");
@@ -354,16 +244,19 @@ dsr1_status dsr1_sched_submit(dsr1_sched *s, const dsr1_sched_request *q)
         st = dsr1_error(DSR1_ERR_UNAVAILABLE, "the scheduler stopped after a worker failure");
     else if (list_find(&s->live, q->id))
         st = dsr1_error(DSR1_ERR_EXISTS, "request id '%s' is already in use", q->id);
-    else if (s->info.queued + s->incoming.n >= s->p.max_queued)
+    else if (q->cls == DSR1_SCHED_INTERACTIVE && queued_interactive(s) >= s->p.max_queued)
         st = dsr1_error(DSR1_ERR_BUSY, "the queue is full (%d requests waiting)",
-                        s->info.queued + s->incoming.n);
+                        queued_interactive(s));
     else if (!list_push(&s->live, r))
         st = dsr1_error(DSR1_ERR_NOMEM, "out of memory");
     else if (!list_push(&s->incoming, r)) {
         list_remove(&s->live, r);
         st = dsr1_error(DSR1_ERR_NOMEM, "out of memory");
     }
-    if (st == DSR1_OK) pthread_cond_signal(&s->cv);
+    if (st == DSR1_OK) {
+        s->incoming_batch += q->cls == DSR1_SCHED_BATCH;
+        pthread_cond_signal(&s->cv);
+    }
     pthread_mutex_unlock(&s->mu);
     if (st != DSR1_OK) {
         r->grammars = NULL; /* the caller keeps its reference */
@@ -390,12 +283,13 @@ void dsr1_sched_get_info(dsr1_sched *s, dsr1_sched_info *out)
     pthread_mutex_lock(&s->mu);
     *out = s->info;
     out->queued += s->incoming.n;
+    out->queued_batch += s->incoming_batch;
     pthread_mutex_unlock(&s->mu);
 }
 
 /* ---- finishing -------------------------------------------------------------------------- */
 
-static void release_blocks(dsr1_sched *s, req *r)
+void dsr1__sched_release_blocks(dsr1_sched *s, req *r)
 {
     for (int i = 0; i < r->n_blocks; i++) dsr1_blocks_release(s->blocks[r->rank], r->blocks[i]);
     r->n_blocks = r->n_computed = r->n_committed = 0;
@@ -409,9 +303,9 @@ static void finish(dsr1_sched *s, req *r, dsr1_finish why, const char *stop_reas
         list_remove(&s->running, r);
         s->rank_running[r->rank]--;
     } else {
-        list_remove(&s->waiting, r);
+        list_remove(&s->waiting[r->cls], r);
     }
-    if (r->rank >= 0) release_blocks(s, r);
+    if (r->rank >= 0) dsr1__sched_release_blocks(s, r);
     pthread_mutex_lock(&s->mu);
     list_remove(&s->live, r);
     pthread_mutex_unlock(&s->mu);
@@ -447,12 +341,14 @@ static void take_in(dsr1_sched *s)
     req_list ended = {0};
     pthread_mutex_lock(&s->mu);
     for (int i = 0; i < s->incoming.n; i++)
-        if (!list_push(&s->waiting, s->incoming.v[i])) {
+        if (!list_push(&s->waiting[s->incoming.v[i]->cls], s->incoming.v[i])) {
             s->incoming.v[i]->aborted = true; /* cannot happen short of ENOMEM */
             s->incoming.v[i]->abort_why = "out of memory";
         }
-    s->incoming.n = 0;
-    s->info.queued = s->waiting.n; /* submit's queue check must not see them vanish */
+    s->incoming.n = s->incoming_batch = 0;
+    /* submit's queue check must not see them vanish */
+    s->info.queued = s->waiting[0].n + s->waiting[1].n;
+    s->info.queued_batch = s->waiting[DSR1_SCHED_BATCH].n;
     const int64_t t = now_ns();
     for (int i = 0; i < s->live.n; i++) {
         req *r = s->live.v[i];
@@ -469,156 +365,6 @@ static void take_in(dsr1_sched *s)
         finish(s, ended.v[i], DSR1_FINISH_ABORT, NULL, ended.v[i]->abort_why);
     }
     free(ended.v);
-}
-
-/* Gives r blocks for its first `upto` positions; false when the rank has too few free. */
-static bool grow_blocks(dsr1_sched *s, req *r, int upto)
-{
-    const int bt = s->p.exec.block_tokens;
-    const int need = (upto + bt - 1) / bt;
-    if (need - r->n_blocks > dsr1_blocks_available(s->blocks[r->rank])) return false;
-    while (r->n_blocks < need) r->blocks[r->n_blocks++] = dsr1_blocks_alloc(s->blocks[r->rank]);
-    return true;
-}
-
-/* Back to the front of the queue, to recompute everything it has (blocks freed). */
-static void preempt(dsr1_sched *s, req *r)
-{
-    list_remove(&s->running, r);
-    s->rank_running[r->rank]--;
-    release_blocks(s, r);
-    r->state = REQ_WAITING;
-    s->preemptions++;
-    list_push(&s->waiting, r);
-    memmove(s->waiting.v + 1, s->waiting.v, sizeof(*s->waiting.v) * (size_t)(s->waiting.n - 1));
-    s->waiting.v[0] = r;
-    DSR1_DEBUG("sched: preempted %s (%d tokens) to free cache blocks on rank %d", r->id,
-               r->n_tokens, r->rank);
-}
-
-static dsr1_logits_mode logits_mode(const req *r, int chunk)
-{
-    if (r->prompt_logprobs && r->n_plp < r->n_prompt) return DSR1_LOGITS_ALL;
-    return r->n_computed + chunk == r->n_tokens ? DSR1_LOGITS_LAST : DSR1_LOGITS_NONE;
-}
-
-/* Adds r's next chunk to the step. When the chunk ends at a logits row, its sample request:
- * draw the next token (the chunk ends at the last known token), or score the next prompt
- * token (an earlier prompt chunk run for its prompt logprobs). */
-static void add_seq(const dsr1_sched *s, step_slot *st, req *r, int chunk)
-{
-    int *n = &st->n;
-    const int end = r->n_computed + chunk;
-    const dsr1_logits_mode mode = logits_mode(r, chunk);
-    dsr1_seq_sample *q = &st->seq_sample[*n];
-    *q = (dsr1_seq_sample){r->sp,
-                           (uint64_t)(r->n_tokens - r->n_prompt),
-                           r->tokens,
-                           r->n_prompt,
-                           r->n_tokens,
-                           r->logprobs,
-                           mode == DSR1_LOGITS_ALL,
-                           end < r->n_tokens ? &r->tokens[end] : NULL};
-    if (mode && !q->next) draw_mask(s, r, &q->params);
-    st->seqs[*n] = (dsr1_seq_step){
-        0,           r->n_computed, chunk,          r->tokens + r->n_computed, mode, r->blocks,
-        r->n_blocks, r->rank,       mode ? q : NULL};
-    st->seq_req[(*n)++] = r;
-    r->busy = true;
-    if (!r->t_sched) r->t_sched = now_ns();
-}
-
-/* The rank for a new (or preempted) request: the longest cached prefix, then the fewest
- * running requests, then the most free blocks. */
-static int route(dsr1_sched *s, const req *r, int max_blocks)
-{
-    int best = 0, best_match = -1;
-    for (int k = 0; k < s->p.exec.n_ranks; k++) {
-        const int m = max_blocks > 0 ? dsr1_blocks_match(s->blocks[k], r->tokens, r->n_tokens,
-                                                         max_blocks, false, NULL)
-                                     : 0;
-        const bool better =
-            m > best_match ||
-            (m == best_match &&
-             (s->rank_running[k] < s->rank_running[best] ||
-              (s->rank_running[k] == s->rank_running[best] &&
-               dsr1_blocks_available(s->blocks[k]) > dsr1_blocks_available(s->blocks[best]))));
-        if (better) {
-            best = k;
-            best_match = m;
-        }
-    }
-    return best;
-}
-
-/* Admits r to the running set with a chunk of at most `budget` tokens; false when its rank
- * lacks the blocks (nothing changed). */
-static bool admit(dsr1_sched *s, step_slot *st, req *r, int budget, int *used)
-{
-    const int bt = s->p.exec.block_tokens;
-    /* positions served from the prefix cache: whole blocks, never the last token (its
-     * logits are needed), none when prompt logprobs are still to be computed */
-    const bool can_match = s->p.prefix_cache && !(r->prompt_logprobs && r->n_plp < r->n_prompt);
-    const int max_match = can_match ? (r->n_tokens - 1) / bt : 0;
-    r->rank = route(s, r, max_match);
-    dsr1_blocks *bl = s->blocks[r->rank];
-    const int m = dsr1_blocks_match(bl, r->tokens, r->n_tokens, max_match, true, r->blocks);
-    r->n_blocks = r->n_committed = m;
-    r->n_computed = m * bt;
-    int chunk = r->n_tokens - r->n_computed;
-    if (chunk > budget) chunk = budget;
-    if (!grow_blocks(s, r, r->n_computed + chunk)) {
-        release_blocks(s, r);
-        return false;
-    }
-    if (!r->t_sched) r->n_cached = m * bt < r->n_prompt ? m * bt : r->n_prompt;
-    list_remove(&s->waiting, r);
-    list_push(&s->running, r);
-    r->state = REQ_RUNNING;
-    s->rank_running[r->rank]++;
-    add_seq(s, st, r, chunk);
-    *used += chunk;
-    return true;
-}
-
-/* The most recently admitted running request that is not in a step in flight, other than
- * r; NULL when there is none. */
-static req *youngest_idle(const dsr1_sched *s, const req *r)
-{
-    for (int i = s->running.n - 1; i >= 0; i--)
-        if (s->running.v[i] != r && !s->running.v[i]->busy) return s->running.v[i];
-    return NULL;
-}
-
-/* Plans one step: running requests first (oldest first), then new ones; requests in a
- * step in flight wait for it. With steps in flight (pipeline stages), each step takes a
- * share of the requests so that the next one has work too. */
-static int plan(dsr1_sched *s, step_slot *st)
-{
-    int used = 0;
-    const int budget = s->p.step_tokens;
-    const int free_slots = s->depth - s->inflight;
-    const int share = (s->running.n + s->waiting.n + free_slots - 1) / free_slots;
-    st->n = 0;
-    for (int i = 0; i < s->running.n && used < budget && st->n < share; i++) {
-        req *r = s->running.v[i];
-        if (r->busy) continue;
-        int chunk = r->n_tokens - r->n_computed;
-        if (chunk > budget - used) chunk = budget - used;
-        bool ok;
-        req *victim;
-        while (!(ok = grow_blocks(s, r, r->n_computed + chunk)) && (victim = youngest_idle(s, r)))
-            preempt(s, victim);
-        if (!ok) {
-            preempt(s, r);
-            break;
-        }
-        add_seq(s, st, r, chunk);
-        used += chunk;
-    }
-    while (s->waiting.n > 0 && used < budget && s->running.n < s->p.max_running && st->n < share)
-        if (!admit(s, st, s->waiting.v[0], budget - used, &used)) break;
-    return st->n;
 }
 
 /* Appends len bytes to a growable NUL-terminated buffer. */
@@ -784,23 +530,29 @@ static void fail_all(dsr1_sched *s, const char *why)
     pthread_mutex_lock(&s->mu);
     s->failed = true;
     s->info.healthy = false;
-    for (int i = 0; i < s->incoming.n; i++) list_push(&s->waiting, s->incoming.v[i]);
-    s->incoming.n = 0;
+    for (int i = 0; i < s->incoming.n; i++)
+        list_push(&s->waiting[s->incoming.v[i]->cls], s->incoming.v[i]);
+    s->incoming.n = s->incoming_batch = 0;
     pthread_mutex_unlock(&s->mu);
     s->inflight = 0; /* the executor is gone: its steps in flight never return */
     for (int i = 0; i < s->running.n; i++) s->running.v[i]->busy = false;
     while (s->running.n) finish(s, s->running.v[0], DSR1_FINISH_ERROR, NULL, msg);
-    while (s->waiting.n) finish(s, s->waiting.v[0], DSR1_FINISH_ERROR, NULL, msg);
+    for (int c = 0; c < 2; c++)
+        while (s->waiting[c].n) finish(s, s->waiting[c].v[0], DSR1_FINISH_ERROR, NULL, msg);
 }
 
 static void publish_info(dsr1_sched *s)
 {
     dsr1_sched_info in = {0};
-    in.queued = s->waiting.n;
+    in.queued = s->waiting[0].n + s->waiting[1].n;
+    in.queued_batch = s->waiting[DSR1_SCHED_BATCH].n;
+    for (int i = 0; i < s->running.n; i++)
+        in.running_batch += s->running.v[i]->cls == DSR1_SCHED_BATCH;
     in.running = s->running.n;
     in.block_tokens = s->p.exec.block_tokens;
     in.requests_finished = s->finished;
     in.preemptions = s->preemptions;
+    in.preemptions_batch = s->preemptions_batch;
     in.steps = s->steps;
     in.n_ranks = s->p.exec.n_ranks;
     for (int k = 0; k < s->p.exec.n_ranks; k++) {
@@ -833,7 +585,8 @@ static void *sched_main(void *arg)
         /* fill the pipeline, then complete the oldest step */
         while (!s->failed && s->inflight < s->depth) {
             step_slot *st = &s->slots[(s->head + s->inflight) % s->depth];
-            if (plan(s, st) == 0) break;
+            if (dsr1__sched_plan(s, st) == 0) break;
+            publish_info(s); /* what was admitted and preempted */
             s->inflight++;
             if (submit_step(s, st) != DSR1_OK) fail_all(s, dsr1_errmsg());
         }
@@ -885,7 +638,9 @@ static void sched_free(dsr1_sched *s)
     free(s->rank_running);
     free(s->incoming.v);
     free(s->live.v);
-    free(s->waiting.v);
+    free(s->waiting[0].v);
+    free(s->waiting[1].v);
+    free(s->snapshot);
     free(s->running.v);
     for (int i = 0; s->slots && i < s->depth; i++) {
         free(s->slots[i].seqs);
@@ -921,9 +676,10 @@ dsr1_status dsr1_sched_create(const dsr1_sched_params *p, dsr1_sched **out)
     dsr1_status st = DSR1_OK;
     s->blocks = calloc((size_t)x->n_ranks, sizeof(*s->blocks));
     s->rank_running = calloc((size_t)x->n_ranks, sizeof(int));
+    s->snapshot = malloc(sizeof(*s->snapshot) * (size_t)p->max_running);
     s->depth = x->submit && x->depth > 1 ? x->depth : 1;
     s->slots = calloc((size_t)s->depth, sizeof(*s->slots));
-    if (!s->blocks || !s->rank_running || !s->slots)
+    if (!s->blocks || !s->rank_running || !s->slots || !s->snapshot)
         st = dsr1_error(DSR1_ERR_NOMEM, "out of memory");
     /* a step holds at most one sequence per running request */
     const size_t m = (size_t)p->max_running;

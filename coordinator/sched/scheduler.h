@@ -2,14 +2,19 @@
  *
  * Requests are submitted from any thread; one scheduler thread owns everything else. Each
  * iteration it takes in new requests and aborts, frees finished and expired requests,
- * then builds one step under a token budget: every running request's next decode token
- * first, then prefill chunks of waiting requests (admitted while the paged cache has free
- * blocks; a prompt's blocks already in the prefix cache are reused, not recomputed). When a
- * running request needs a block and none is free, the most recently admitted one is
- * preempted: its blocks are freed and it is queued again to recompute its prompt and the
- * tokens it has generated so far. The step runs on the executor (this process's engine or a
- * worker grid), which samples each request's next token where its logits are (the sample
- * requests of forward.h), and the request's events are sent.
+ * then builds one step under a token budget, interactive requests before batch items (see
+ * dsr1_sched_class): running requests' next decode token or prefill chunk, then prefill
+ * chunks of waiting requests (admitted while the paged cache has free blocks; a prompt's
+ * blocks already in the prefix cache are reused, not recomputed). When a running request
+ * needs a block and none is free, a batch item is preempted (the most recently admitted),
+ * else, for an interactive request, the most recently admitted other request: its blocks
+ * are freed and it is queued again (at the front of its class) to recompute its prompt and
+ * the tokens it has generated so far, which gives the same tokens (seeded sampling included).
+ * Admission follows each class's queue, but a request whose first chunk does not fit in the
+ * free cache lets the ones behind it pass, up to DSR1_SCHED_MAX_BYPASS times. The step runs
+ * on the executor (this process's engine or a worker grid), which samples each request's
+ * next token where its logits are (the sample requests of forward.h), and the request's
+ * events are sent.
  *
  * Requests are attention-data-parallel: the router gives each new request to one rank
  * (the one already holding the longest cached prefix of its prompt, else the least
@@ -69,9 +74,20 @@ typedef void (*dsr1_sched_callback)(const dsr1_sched_event *ev);
 
 /* Priority classes. Interactive requests (Generate, chat/completions) always go first;
  * batch items fill the capacity they leave: they are admitted only when no interactive
- * request is waiting for room, and a running batch item is preempted (its blocks freed, to
- * be recomputed later) when an interactive request needs room. */
+ * request is waiting, and a running batch item is preempted (its blocks freed, to be
+ * recomputed later) when an interactive request needs room: cache blocks or a running slot,
+ * so that batch load delays an interactive request's first token by one step at most. A
+ * running request that needs a block takes it from the youngest batch item first. A
+ * preempted batch item goes back to the front of the batch queue (it resumes first among
+ * batch items, never ahead of an interactive request) and its tokens do not change. Batch
+ * items do not count toward dsr1_sched_params.max_queued: their submitter bounds them (the
+ * batch store keeps a window of them in the scheduler). */
 typedef enum { DSR1_SCHED_INTERACTIVE = 0, DSR1_SCHED_BATCH = 1 } dsr1_sched_class;
+
+/* Admission is in queue order within a class, except that a request whose first chunk does
+ * not fit in the free cache lets smaller ones behind it pass; once this many have passed
+ * it, nothing behind it is admitted until it is (large prompts are not starved). */
+#define DSR1_SCHED_MAX_BYPASS 16
 
 typedef struct {
     const char *id;        /* unique among live requests; copied */
@@ -100,8 +116,8 @@ typedef struct {
      * token (a "structural tag"). */
     bool grammar_after_trigger;
     int32_t trigger_id;
-    int64_t deadline_ns; /* CLOCK_MONOTONIC; 0: none. Expired: FINAL ABORT */
-    dsr1_sched_class cls; /* 0: interactive */
+    int64_t deadline_ns;  /* CLOCK_MONOTONIC; 0: none. Expired: FINAL ABORT */
+    dsr1_sched_class cls; /* 0: interactive (see dsr1_sched_class) */
     dsr1_sched_callback callback;
     void *ctx;
 } dsr1_sched_request;
@@ -135,7 +151,8 @@ typedef struct {
     int max_context; /* prompt + generated tokens per request */
     int step_tokens; /* token budget of one step (decode + prefill chunks) */
     int max_running; /* requests in the running set */
-    int max_queued;  /* waiting requests beyond which submit says DSR1_ERR_BUSY */
+    int max_queued;  /* waiting interactive requests beyond which submit says DSR1_ERR_BUSY
+                      * (batch items are not counted) */
     bool prefix_cache;
     dsr1_grammars *grammars; /* where requests' grammars come from; may be NULL */
 } dsr1_sched_params;
@@ -151,13 +168,15 @@ void dsr1_sched_destroy(dsr1_sched *s);
  * refuse a batch's bad items when the batch arrives: the prompt (non-empty, ids in the
  * vocabulary), prompt + max_tokens within the context and one rank's KV cache
  * (DSR1_ERR_RANGE), top_logprobs only with logprobs, the sampling ranges
- * (dsr1_sampling_validate) and the text output's stops (dsr1_textout_params_check); every
+ * (dsr1_sampling_validate), the text output's stops (dsr1_textout_params_check) and the
+ * class; every
  * other error is DSR1_ERR_INVALID_ARG, the message naming the field. id and callback are
  * not looked at. Safe from any thread. */
 dsr1_status dsr1_sched_check(const dsr1_sched *s, const dsr1_sched_request *r);
 /* Queues a request. Errors (nothing queued, no callback): those of dsr1_sched_check, an
  * empty id or no callback (DSR1_ERR_INVALID_ARG), DSR1_ERR_EXISTS (id in use), DSR1_ERR_BUSY
- * (queue full), DSR1_ERR_UNAVAILABLE (the scheduler stopped after an executor failure).
+ * (an interactive request when max_queued of them wait; never a batch item),
+ * DSR1_ERR_UNAVAILABLE (the scheduler stopped after an executor failure).
  * Otherwise exactly one FINAL event follows, from the scheduler thread, after zero or more
  * DELTA events. */
 dsr1_status dsr1_sched_submit(dsr1_sched *s, const dsr1_sched_request *r);
@@ -174,11 +193,14 @@ typedef struct {
     int queued, running, block_tokens;
     int64_t blocks_total, blocks_used, blocks_cached;
     int64_t requests_finished;
-    int64_t preemptions; /* requests sent back to recompute for want of cache blocks */
+    int64_t preemptions; /* requests sent back to recompute (for want of blocks or a slot) */
     uint64_t steps;
     bool healthy; /* false after an executor failure */
     int n_ranks;
     dsr1_sched_rank_info ranks[64]; /* the first 64 ranks */
+    /* batch items (DSR1_SCHED_BATCH) among queued, running and preemptions */
+    int queued_batch, running_batch;
+    int64_t preemptions_batch;
 } dsr1_sched_info;
 
 void dsr1_sched_get_info(dsr1_sched *s, dsr1_sched_info *out);
