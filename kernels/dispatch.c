@@ -8,6 +8,9 @@
  * and, never chosen automatically because it is not exact (docs/kernels.md):
  *   "avx512-bf16" the avx512 variant with bf16 activations in FP8 products; needs
  *                 AVX512_BF16 (vdpbf16ps) besides.
+ *   "bf16-tiles"  the fast precision mode (kernels/cpu/fast.h): bf16 activations and
+ *                 weights, fp32 accumulation, batch-invariant; on AMX tiles where the CPU
+ *                 and Linux allow them, else on vdpbf16ps (AVX512_BF16).
  * "auto" (or NULL) picks the first available of the first two, unless the environment
  * variable DSR1_KERNELS names a variant, which then decides (an unknown or unavailable name
  * there falls back to the automatic choice with a warning, since a typo in the environment
@@ -31,14 +34,19 @@ static int cpu_has_avx512(void)
 }
 #endif
 #if DSR1_HAVE_AVX512BF16_KERNELS
+#include "cpu/fast.h"
 const dsr1_kernels *dsr1__kernels_avx512_bf16(void);
 #endif
 
 /* The named variant if this build has it and this CPU runs it, else NULL with *why set. */
 static const dsr1_kernels *by_name(const char *name, const char **why)
 {
-    *why = "no such variant in this build (portable, avx512, avx512-bf16 where built)";
+    *why = "no such variant in this build (portable, avx512, avx512-bf16 and bf16-tiles "
+           "where built)";
     if (strcmp(name, "portable") == 0) return dsr1_kernels_portable();
+#if DSR1_HAVE_AVX512BF16_KERNELS
+    if (strcmp(name, "bf16-tiles") == 0) return dsr1__kernels_bf16_tiles(DSR1__FAST_AUTO, why);
+#endif
 #if DSR1_HAVE_AVX512_KERNELS
     if (strcmp(name, "avx512") == 0 || strcmp(name, "avx512-bf16") == 0) {
         *why = "this CPU has no AVX-512 F/BW/VL/DQ with AVX2 and FMA";

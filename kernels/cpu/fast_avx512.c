@@ -1,0 +1,294 @@
+/* The fast precision mode's vdpbf16ps backend (AVX512_BF16 machines without AMX) and the
+ * "bf16-tiles" kernel tables (fast.h). Compiled with the AVX-512 flags and -mavx512bf16
+ * (kernels/meson.build, with avx512_bf16.c); dispatch.c hands a table out only after
+ * dsr1__kernels_bf16_tiles has checked the CPU.
+ *
+ * The vdpbf16ps backend: the row set's panel is filled in registers (32 FP8 bytes of each
+ * of the 16 rows converted exactly to bf16 — the float16 image of the byte (avx512_common.h)
+ * widened, times 256, narrowed, NaN patterns patched to the table's quiet NaN — then a
+ * 16 x 16 transpose of the pairs into VNNI order); then, for groups of up to 8 activation
+ * rows, per 128-column block, one accumulator of 16 lanes (the set's rows) per activation
+ * row takes every pair of the block in increasing order by VDPBF16PS with the row's pair
+ * broadcast (odd product then even, each rounded, DAZ/FTZ), and the row's 16 totals take
+ * the block sum times the 16 block scales by one FMA. Small groups interleave 2 or 4 blocks
+ * (independent chains: the latency of one chain would bound decode) and still add them
+ * into the totals in block order, so the order of every output is the same for every M. */
+#include <pthread.h>
+#include <string.h>
+
+#include "avx512_common.h"
+#include "fast.h"
+#include "log.h"
+
+const dsr1_kernels *dsr1__kernels_avx512(void); /* avx512.c */
+
+/* ---- the panel, in registers ----------------------------------------------------------- */
+
+/* 32 FP8 bytes (n < 32: the first n, the rest zero) as 32 bf16, exactly. */
+DSR1_AVX512_INLINE __m512i e4m3x32_bf16(const uint8_t *p, int n)
+{
+    const __m256i b = n >= 32
+                          ? _mm256_loadu_si256((const __m256i *)p)
+                          : _mm256_maskz_loadu_epi8(n <= 0 ? 0 : (__mmask32)(~0u >> (32 - n)), p);
+    const __m512i v = _mm512_cvtepi8_epi16(b);
+    const __m512i h = _mm512_and_si512(_mm512_slli_epi16(v, 7), _mm512_set1_epi16((short)0xbfff));
+    const __m512 k256 = _mm512_set1_ps(DSR1_E4M3_HALF_BIAS);
+    const __m512 lo = _mm512_mul_ps(_mm512_cvtph_ps(_mm512_castsi512_si256(h)), k256);
+    const __m512 hi = _mm512_mul_ps(_mm512_cvtph_ps(_mm512_extracti64x4_epi64(h, 1)), k256);
+    const __m512i r = (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
+    const __m512i m7f = _mm512_set1_epi16(0x7f);
+    const __mmask32 nan = _mm512_cmpeq_epi16_mask(_mm512_and_si512(v, m7f), m7f);
+    const __m512i qnan = _mm512_or_si512(_mm512_and_si512(v, _mm512_set1_epi16((short)0x8000)),
+                                         _mm512_set1_epi16(0x7fc0));
+    return _mm512_mask_mov_epi16(r, nan, qnan);
+}
+
+/* z[j] = 16 dwords of row j -> z[t] = dword t of rows 0..15. */
+DSR1_AVX512_INLINE void transpose16(__m512i z[16])
+{
+    __m512i t[16], u[16];
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_epi32(z[2 * i], z[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_epi32(z[2 * i], z[2 * i + 1]);
+    }
+    for (int i = 0; i < 4; i++) {
+        u[4 * i + 0] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+        u[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+        u[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+        u[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+    }
+    /* u[4i + r], 128-bit lane L: rows 4i .. 4i+3, dword 4L + r */
+    for (int r = 0; r < 4; r++) {
+        const __m512i a = _mm512_shuffle_i32x4(u[r], u[4 + r], 0x44);
+        const __m512i b = _mm512_shuffle_i32x4(u[r], u[4 + r], 0xee);
+        const __m512i c = _mm512_shuffle_i32x4(u[8 + r], u[12 + r], 0x44);
+        const __m512i d = _mm512_shuffle_i32x4(u[8 + r], u[12 + r], 0xee);
+        z[0 + r] = _mm512_shuffle_i32x4(a, c, 0x88);
+        z[4 + r] = _mm512_shuffle_i32x4(a, c, 0xdd);
+        z[8 + r] = _mm512_shuffle_i32x4(b, d, 0x88);
+        z[12 + r] = _mm512_shuffle_i32x4(b, d, 0xdd);
+    }
+}
+
+void dsr1__fast_panel_fill_avx512(const dsr1__rowset *rs, uint16_t *P, float *mul)
+{
+    const int k = rs->cols, np = dsr1__fast_pairs(k), nb = (k + DSR1_QBLOCK - 1) / DSR1_QBLOCK;
+    for (int j = 0; j < DSR1__RS_MAX; j++)
+        for (int b = 0; b < nb; b++) mul[b * DSR1__RS_MAX + j] = j < rs->n ? rs->scale[j][b] : 0;
+    for (int c = 0; c < 2 * np; c += 32) {
+        __m512i z[16];
+        for (int j = 0; j < 16; j++)
+            z[j] = j < rs->n ? e4m3x32_bf16((const uint8_t *)rs->row[j] + c, k - c)
+                             : _mm512_setzero_si512();
+        transpose16(z);
+        for (int t = 0; t < 16; t++) _mm512_store_si512(P + (size_t)(c / 2 + t) * 32, z[t]);
+    }
+}
+
+/* ---- the products ---------------------------------------------------------------------- */
+
+#define VD_MR 8 /* activation rows per group */
+
+DSR1_AVX512_INLINE __m512bh pair_bcast(const uint16_t *a)
+{
+    int32_t v;
+    memcpy(&v, a, 4);
+    return (__m512bh)_mm512_set1_epi32(v);
+}
+
+/* mr activation rows (A, row stride ld) against the panel, nbk blocks interleaved; the
+ * rows' 16 outputs into y. */
+DSR1_AVX512_INLINE void vd_group(int mr, int nbk, const uint16_t *A, size_t ld, const uint16_t *P,
+                                 const float *mul, int k, int n, float *y, int ldy)
+{
+    const int np = dsr1__fast_pairs(k), nb = (k + DSR1_QBLOCK - 1) / DSR1_QBLOCK;
+    __m512 tot[VD_MR];
+    for (int i = 0; i < mr; i++) tot[i] = _mm512_setzero_ps();
+    for (int b = 0; b < nb; b += nbk) {
+        __m512 acc[4][VD_MR];
+        int qn[4];
+        for (int bb = 0; bb < nbk; bb++) {
+            const int p0 = (b + bb) * 64;
+            qn[bb] = p0 >= np ? 0 : np - p0 < 64 ? np - p0 : 64;
+            for (int i = 0; i < mr; i++) acc[bb][i] = _mm512_setzero_ps();
+        }
+        for (int q = 0; q < qn[0]; q++)
+            for (int bb = 0; bb < nbk; bb++) {
+                if (q >= qn[bb]) continue;
+                const int p = (b + bb) * 64 + q;
+                const __m512bh w = (__m512bh)_mm512_load_si512(P + (size_t)p * 32);
+                for (int i = 0; i < mr; i++)
+                    acc[bb][i] = _mm512_dpbf16_ps(acc[bb][i], pair_bcast(A + i * ld + 2 * p), w);
+            }
+        for (int bb = 0; bb < nbk && b + bb < nb; bb++) {
+            const __m512 m = _mm512_loadu_ps(mul + (b + bb) * DSR1__RS_MAX);
+            for (int i = 0; i < mr; i++) tot[i] = _mm512_fmadd_ps(acc[bb][i], m, tot[i]);
+        }
+    }
+    for (int i = 0; i < mr; i++)
+        _mm512_mask_storeu_ps(y + (size_t)i * ldy, dsr1__mask16(n), tot[i]);
+}
+
+static void vd_group_any(int mr, const uint16_t *A, size_t ld, const uint16_t *P, const float *mul,
+                         int k, int n, float *y, int ldy)
+{
+    switch (mr) {
+    case 1:
+        vd_group(1, 4, A, ld, P, mul, k, n, y, ldy);
+        break;
+    case 2:
+        vd_group(2, 4, A, ld, P, mul, k, n, y, ldy);
+        break;
+    case 3:
+        vd_group(3, 2, A, ld, P, mul, k, n, y, ldy);
+        break;
+    case 4:
+        vd_group(4, 2, A, ld, P, mul, k, n, y, ldy);
+        break;
+    case 5:
+        vd_group(5, 1, A, ld, P, mul, k, n, y, ldy);
+        break;
+    case 6:
+        vd_group(6, 1, A, ld, P, mul, k, n, y, ldy);
+        break;
+    case 7:
+        vd_group(7, 1, A, ld, P, mul, k, n, y, ldy);
+        break;
+    default:
+        vd_group(8, 1, A, ld, P, mul, k, n, y, ldy);
+        break;
+    }
+}
+
+static size_t mul_bytes(int k)
+{
+    const size_t nb = (size_t)(k + DSR1_QBLOCK - 1) / DSR1_QBLOCK;
+    return (nb * DSR1__RS_MAX * sizeof(float) + 63) & ~(size_t)63;
+}
+
+static size_t vd_scratch_bytes(int m, int k)
+{
+    (void)m;
+    return dsr1__fast_panel_bytes(k) + mul_bytes(k);
+}
+
+static void vd_rows(const dsr1__rowset *rs, const void *act, int m, float *y, int ldy,
+                    void *scratch)
+{
+    const int k = rs->cols;
+    const size_t ld = dsr1__fast_act_ld(k);
+    uint16_t *P = scratch;
+    float *mul = (float *)((char *)scratch + dsr1__fast_panel_bytes(k));
+    dsr1__fast_panel_fill_avx512(rs, P, mul);
+    for (int i0 = 0; i0 < m; i0 += VD_MR)
+        vd_group_any(m - i0 < VD_MR ? m - i0 : VD_MR, (const uint16_t *)act + (size_t)i0 * ld, ld,
+                     P, mul, k, rs->n, y + (size_t)i0 * ldy, ldy);
+}
+
+static const dsr1__rowops vd_rowops = {dsr1__fast_act_bytes, dsr1__fast_act_pack,
+                                       dsr1__fast_act_put, vd_scratch_bytes, vd_rows};
+
+/* ---- the kernel tables ------------------------------------------------------------------ */
+
+static const dsr1__rowops *path_ops[4]; /* by dsr1__fast_path, set once (tables_init) */
+
+static void fast_linear(const dsr1__rowops *ops, dsr1_pool *pool, const dsr1_linear *w, int r0,
+                        int r1, const float *x, int ldx, int m, float *y, int ldy)
+{
+    if (w->dtype == DSR1_DT_F8_E4M3)
+        dsr1__rowops_linear(ops, pool, w, r0, r1, x, ldx, m, y, ldy);
+    else
+        dsr1__avx512_linear(pool, w, r0, r1, x, ldx, m, y, ldy);
+}
+
+/* Experts whose weights are not all FP8 (never so in DeepSeek's checkpoints) run in the
+ * exact mode, the whole call. */
+static dsr1_status fast_expert_ffn(const dsr1__rowops *ops, dsr1_pool *pool, const dsr1_expert *ex,
+                                   int ne, const float *x, int ldx, float *y, int ldy)
+{
+    for (int e = 0; e < ne; e++)
+        if (ex[e].n > 0 && ex[e].gate && ex[e].up && ex[e].down &&
+            (ex[e].gate->dtype != DSR1_DT_F8_E4M3 || ex[e].up->dtype != DSR1_DT_F8_E4M3 ||
+             ex[e].down->dtype != DSR1_DT_F8_E4M3))
+            return dsr1__avx512_expert_ffn(pool, ex, ne, x, ldx, y, ldy);
+    return dsr1__rowops_expert_ffn(ops, pool, ex, ne, x, ldx, y, ldy);
+}
+
+#define PATH_ENTRIES(P)                                                                            \
+    static void linear_##P(dsr1_pool *pool, const dsr1_linear *w, int r0, int r1, const float *x,  \
+                           int ldx, int m, float *y, int ldy)                                      \
+    {                                                                                              \
+        fast_linear(path_ops[P], pool, w, r0, r1, x, ldx, m, y, ldy);                              \
+    }                                                                                              \
+    static dsr1_status expert_ffn_##P(dsr1_pool *pool, const dsr1_expert *ex, int ne,              \
+                                      const float *x, int ldx, float *y, int ldy)                  \
+    {                                                                                              \
+        return fast_expert_ffn(path_ops[P], pool, ex, ne, x, ldx, y, ldy);                         \
+    }
+PATH_ENTRIES(DSR1__FAST_VDPBF16)
+PATH_ENTRIES(DSR1__FAST_TILE_EMU)
+PATH_ENTRIES(DSR1__FAST_TILE_AMX)
+
+static dsr1_kernels tables[4];
+static const char *amx_why;
+static pthread_once_t once = PTHREAD_ONCE_INIT;
+
+static void tables_init(void)
+{
+    const dsr1_kernels *base = dsr1__kernels_avx512();
+    for (int p = 0; p < 4; p++) {
+        tables[p] = *base;
+        tables[p].name = p == DSR1__FAST_TILE_EMU ? "bf16-tiles-emulated" : "bf16-tiles";
+    }
+    path_ops[DSR1__FAST_VDPBF16] = &vd_rowops;
+    tables[DSR1__FAST_VDPBF16].linear = linear_DSR1__FAST_VDPBF16;
+    tables[DSR1__FAST_VDPBF16].expert_ffn = expert_ffn_DSR1__FAST_VDPBF16;
+    path_ops[DSR1__FAST_TILE_EMU] = dsr1__fast_tile_rowops(dsr1__tile_emu());
+    tables[DSR1__FAST_TILE_EMU].linear = linear_DSR1__FAST_TILE_EMU;
+    tables[DSR1__FAST_TILE_EMU].expert_ffn = expert_ffn_DSR1__FAST_TILE_EMU;
+    const dsr1__tileops *amx = dsr1__tile_amx(&amx_why);
+    path_ops[DSR1__FAST_TILE_AMX] = amx ? dsr1__fast_tile_rowops(amx) : NULL;
+    tables[DSR1__FAST_TILE_AMX].linear = linear_DSR1__FAST_TILE_AMX;
+    tables[DSR1__FAST_TILE_AMX].expert_ffn = expert_ffn_DSR1__FAST_TILE_AMX;
+}
+
+static int cpu_ok(void)
+{
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+           __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
+
+static pthread_once_t log_once = PTHREAD_ONCE_INIT;
+
+static void log_fallback(void)
+{
+    DSR1_INFO("bf16-tiles: no AMX (%s); running on vdpbf16ps (AVX512_BF16), whose summation "
+              "order differs from AMX's (docs/kernels.md)",
+              amx_why);
+}
+
+const dsr1_kernels *dsr1__kernels_bf16_tiles(dsr1__fast_path path, const char **why)
+{
+    *why = "this CPU has no AVX-512 F/BW/VL/DQ with AVX2 and FMA";
+    if (!cpu_ok()) return NULL;
+    pthread_once(&once, tables_init);
+    const int bf16 = __builtin_cpu_supports("avx512bf16");
+    switch (path) {
+    case DSR1__FAST_AUTO:
+        if (path_ops[DSR1__FAST_TILE_AMX]) return &tables[DSR1__FAST_TILE_AMX];
+        *why = "this CPU has neither AMX-BF16 nor AVX512_BF16 (vdpbf16ps)";
+        if (!bf16) return NULL;
+        pthread_once(&log_once, log_fallback);
+        return &tables[DSR1__FAST_VDPBF16];
+    case DSR1__FAST_VDPBF16:
+        *why = "this CPU has no AVX512_BF16 (vdpbf16ps)";
+        return bf16 ? &tables[DSR1__FAST_VDPBF16] : NULL;
+    case DSR1__FAST_TILE_EMU:
+        return &tables[DSR1__FAST_TILE_EMU];
+    default:
+        *why = amx_why;
+        return path_ops[DSR1__FAST_TILE_AMX] ? &tables[DSR1__FAST_TILE_AMX] : NULL;
+    }
+}

@@ -1,0 +1,191 @@
+/* The fast precision mode's portable parts (fast.h): the exact e4m3 -> bf16 table, the bf16
+ * activation layout, the VNNI weight panel, and the tile backend, which drives the tile
+ * layer (tile.h) — the real AMX instructions or their emulation — through rowset.h.
+ *
+ * Plain C: the tile backend runs (emulated) and is tested on every machine. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "fast.h"
+#include "numeric.h"
+
+/* ---- e4m3 -> bf16, exact ------------------------------------------------------------ */
+
+/* bf16 bits of e4m3 byte B: sign; NaN (S.1111.111) quiet; exponent 0: zero or the
+ * subnormal m x 2^-9 normalised (m = 1: 2^-9; 2, 3: (1 + (m-2)/2) 2^-8; 4..7:
+ * (1 + (m-4)/4) 2^-7); else 2^(e-7) (1 + m/8): bf16 exponent e + 120, mantissa m << 4. */
+#define E4M3_S(B) (((B)&0x80) << 8)
+#define E4M3_E(B) (((B) >> 3) & 15)
+#define E4M3_M(B) ((B)&7)
+#define E4M3_SUB(M)                                                                                \
+    ((M) >= 4 ? (120 << 7) | (((M)-4) << 5) : (M) >= 2 ? (119 << 7) | (((M)-2) << 6) : (118 << 7))
+#define E4M3_BF16(B)                                                                               \
+    (uint16_t)(E4M3_S(B) | ((E4M3_E(B) == 15 && E4M3_M(B) == 7) ? 0x7fc0                           \
+                            : E4M3_E(B) == 0 ? (E4M3_M(B) == 0 ? 0 : E4M3_SUB(E4M3_M(B)))          \
+                                             : ((E4M3_E(B) + 120) << 7) | (E4M3_M(B) << 4)))
+#define E4(B)  E4M3_BF16(B), E4M3_BF16((B) + 1), E4M3_BF16((B) + 2), E4M3_BF16((B) + 3)
+#define E16(B) E4(B), E4((B) + 4), E4((B) + 8), E4((B) + 12)
+#define E64(B) E16(B), E16((B) + 16), E16((B) + 32), E16((B) + 48)
+const uint16_t dsr1__e4m3_bf16[256] = {E64(0), E64(64), E64(128), E64(192)};
+
+/* ---- activations: bf16 rows ----------------------------------------------------------- */
+
+size_t dsr1__fast_act_ld(int k)
+{
+    return (size_t)(k + 31) / 32 * 32 + 32; /* off multiples of 4 KB */
+}
+
+int dsr1__fast_pairs(int k)
+{
+    return (k + 31) / 32 * 16;
+}
+
+size_t dsr1__fast_act_bytes(int m, int k)
+{
+    return sizeof(uint16_t) * (size_t)m * dsr1__fast_act_ld(k);
+}
+
+void dsr1__fast_act_pack(const float *x, int ldx, const int *rows, int m, int k, void *dst)
+{
+    const size_t ld = dsr1__fast_act_ld(k);
+    for (int i = 0; i < m; i++) {
+        const float *xs = x + (size_t)(rows ? rows[i] : i) * ldx;
+        uint16_t *d = (uint16_t *)dst + (size_t)i * ld;
+        for (int c = 0; c < k; c++) d[c] = dsr1_f32_to_bf16(xs[c]);
+        memset(d + k, 0, sizeof(uint16_t) * (ld - (size_t)k));
+    }
+}
+
+void dsr1__fast_act_put(void *dst, int m, int k, int i, int c, const float *v, int n)
+{
+    (void)m;
+    uint16_t *d = (uint16_t *)dst + (size_t)i * dsr1__fast_act_ld(k) + c;
+    for (int q = 0; q < n; q++) d[q] = dsr1_f32_to_bf16(v[q]);
+}
+
+/* ---- the VNNI weight panel ------------------------------------------------------------ */
+
+size_t dsr1__fast_panel_bytes(int k)
+{
+    return (size_t)dsr1__fast_pairs(k) * 64;
+}
+
+void dsr1__fast_panel_fill(const dsr1__rowset *rs, uint16_t *P, float *mul)
+{
+    const int k = rs->cols, np = dsr1__fast_pairs(k), nb = (k + DSR1_QBLOCK - 1) / DSR1_QBLOCK;
+    for (int j = 0; j < DSR1__RS_MAX; j++) {
+        uint16_t *pj = P + 2 * j;
+        for (int b = 0; b < nb; b++) mul[b * DSR1__RS_MAX + j] = j < rs->n ? rs->scale[j][b] : 0;
+        if (j >= rs->n) {
+            for (int p = 0; p < np; p++) pj[p * 32] = pj[p * 32 + 1] = 0;
+            continue;
+        }
+        const uint8_t *w = rs->row[j];
+        int p = 0;
+        for (; 2 * p + 1 < k; p++) {
+            pj[p * 32] = dsr1__e4m3_bf16[w[2 * p]];
+            pj[p * 32 + 1] = dsr1__e4m3_bf16[w[2 * p + 1]];
+        }
+        if (2 * p < k) {
+            pj[p * 32] = dsr1__e4m3_bf16[w[2 * p]];
+            pj[p * 32 + 1] = 0;
+            p++;
+        }
+        for (; p < np; p++) pj[p * 32] = pj[p * 32 + 1] = 0;
+    }
+}
+
+/* ---- the tile backend ------------------------------------------------------------------ */
+
+static size_t mul_bytes(int k)
+{
+    const size_t nb = (size_t)(k + DSR1_QBLOCK - 1) / DSR1_QBLOCK;
+    return (nb * DSR1__RS_MAX * sizeof(float) + 63) & ~(size_t)63;
+}
+
+/* panel, multipliers, one stored accumulator tile, the totals of a 16-row tile */
+static size_t tile_scratch_bytes(int m, int k)
+{
+    (void)m;
+    return dsr1__fast_panel_bytes(k) + mul_bytes(k) + 2 * 16 * 16 * sizeof(float);
+}
+
+/* The set's panel against the activation rows, 16 rows to a tile (tile 0: C, 4: A, 6: B);
+ * see fast.h for the order. */
+static void tile_rows(const dsr1__tileops *T, const dsr1__rowset *rs, const void *act, int m,
+                      float *y, int ldy, void *scratch)
+{
+    const int k = rs->cols, nb = (k + DSR1_QBLOCK - 1) / DSR1_QBLOCK, np = dsr1__fast_pairs(k);
+    const size_t ld = dsr1__fast_act_ld(k);
+    uint16_t *P = scratch;
+    float *mul = (float *)((char *)scratch + dsr1__fast_panel_bytes(k));
+    float *cbuf = (float *)((char *)mul + mul_bytes(k)), *tot = cbuf + 256;
+    dsr1__fast_panel_fill(rs, P, mul);
+    dsr1__tilecfg cfg;
+    int cfg_rows = -1;
+    for (int i0 = 0; i0 < m; i0 += 16) {
+        const int mr = m - i0 < 16 ? m - i0 : 16;
+        if (mr != cfg_rows) {
+            memset(&cfg, 0, sizeof cfg);
+            cfg.palette = 1;
+            cfg.rows[0] = cfg.rows[4] = (uint8_t)mr;
+            cfg.rows[6] = 16;
+            cfg.colsb[0] = cfg.colsb[4] = cfg.colsb[6] = 64;
+            T->config(&cfg);
+            cfg_rows = mr;
+        }
+        memset(tot, 0, sizeof(float) * 16 * (size_t)mr);
+        const uint16_t *A = (const uint16_t *)act + (size_t)i0 * ld;
+        for (int b = 0; b < nb; b++) {
+            T->zero(0);
+            const int p1 = (b + 1) * 64 < np ? (b + 1) * 64 : np;
+            for (int p = b * 64; p < p1; p += 16) {
+                T->load(4, A + 2 * p, ld * sizeof(uint16_t));
+                T->load(6, P + (size_t)p * 32, 64);
+                T->dpbf16ps(0, 4, 6);
+            }
+            T->store(0, cbuf, 64);
+            T->fma_rows(tot, cbuf, mul + b * DSR1__RS_MAX, mr);
+        }
+        for (int i = 0; i < mr; i++)
+            for (int j = 0; j < rs->n; j++) y[(size_t)(i0 + i) * ldy + j] = tot[i * 16 + j];
+    }
+    if (cfg_rows >= 0) T->release();
+}
+
+static const dsr1__tileops *amx_ops; /* set by dsr1__fast_tile_rowops before any use */
+
+static void emu_rows(const dsr1__rowset *rs, const void *act, int m, float *y, int ldy,
+                     void *scratch)
+{
+    tile_rows(dsr1__tile_emu(), rs, act, m, y, ldy, scratch);
+}
+
+static void amx_rows(const dsr1__rowset *rs, const void *act, int m, float *y, int ldy,
+                     void *scratch)
+{
+    tile_rows(amx_ops, rs, act, m, y, ldy, scratch);
+}
+
+static const dsr1__rowops emu_rowops = {dsr1__fast_act_bytes, dsr1__fast_act_pack,
+                                        dsr1__fast_act_put, tile_scratch_bytes, emu_rows};
+static const dsr1__rowops amx_rowops = {dsr1__fast_act_bytes, dsr1__fast_act_pack,
+                                        dsr1__fast_act_put, tile_scratch_bytes, amx_rows};
+
+const dsr1__rowops *dsr1__fast_tile_rowops(const dsr1__tileops *t)
+{
+    if (t == dsr1__tile_emu()) return &emu_rowops;
+    if (t != NULL && t == dsr1__tile_amx(NULL)) {
+        amx_ops = t;
+        return &amx_rowops;
+    }
+    return NULL;
+}
+
+#if !DSR1_HAVE_AMX_KERNELS
+const dsr1__tileops *dsr1__tile_amx(const char **why)
+{
+    if (why) *why = "this build has no AMX kernels (the compiler lacks -mamx-tile -mamx-bf16)";
+    return NULL;
+}
+#endif
