@@ -19,6 +19,7 @@ packages=(
     libdnnl-dev            # optional: the oneDNN baseline of `dsr1-bench kernels`
     libmicrohttpd-dev prometheus  # the HTTP API; promtool lints its /metrics in the tests
     python3-jsonschema     # tests: OpenAI's response schemas, constrained (JSON Schema) outputs
+    libsqlite3-dev         # the durable batch store (coordinator/batch)
     libcurl4-openssl-dev   # optional: `dsr1-bench serve --backend openai` (the HTTP API's client)
     nodejs npm
 )

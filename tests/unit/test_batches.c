@@ -1,0 +1,1031 @@
+/* The durable batch store (coordinator/batch) with a fake codec whose items finish on a
+ * thread of its own after a random delay with random results: creation from a writer and
+ * from a file, counts, result order and seq, subscriptions, cancel, expiry, close and
+ * reopen mid-run, a SIGKILL'd child, refusals (foreign database, unknown file, second
+ * opener), a full disk (a 1 MiB tmpfs in a private mount namespace), retention, and the
+ * output and error files. */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <sched.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "batches.h"
+
+#define MAXN   4096
+#define NSLOTS 1024
+
+/* ---- the fake codec ---- */
+
+typedef struct {
+    bool used, aborted;
+    uint64_t key;
+    char rid[200];
+    char cid[64];
+    int idx;
+    int64_t due;
+} fitem;
+
+typedef struct {
+    dsr1_batches *b;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    fitem it[NSLOTS];
+    int min_us, max_us; /* delay of an item */
+    bool hold;          /* items finish only when aborted */
+    int busy_pct, err_pct;
+    size_t big; /* result bytes beyond the text (disk full) */
+    int starts[MAXN];
+    int running, max_running;
+    unsigned seed;
+    bool stop;
+    pthread_t th;
+} fake;
+
+static int64_t now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+static void *fake_main(void *arg)
+{
+    fake *f = arg;
+    pthread_mutex_lock(&f->mu);
+    while (!f->stop) {
+        int64_t t = now_us();
+        int pick = -1;
+        for (int i = 0; i < NSLOTS; i++)
+            if (f->it[i].used && (f->it[i].aborted || (!f->hold && f->it[i].due <= t))) {
+                pick = i;
+                break;
+            }
+        if (pick < 0) {
+            pthread_mutex_unlock(&f->mu);
+            usleep(200);
+            pthread_mutex_lock(&f->mu);
+            continue;
+        }
+        fitem it = f->it[pick];
+        f->it[pick].used = false;
+        f->running--;
+        bool err = (int)(rand_r(&f->seed) % 100) < f->err_pct;
+        pthread_mutex_unlock(&f->mu);
+        size_t len = 0;
+        char *bytes = malloc(f->big + 128);
+        len = (size_t)sprintf(bytes, "%s %s", it.aborted ? "aborted" : err ? "err" : "ok", it.cid);
+        if (f->big) {
+            memset(bytes + len, 'x', f->big);
+            len += f->big;
+        }
+        dsr1_batch_result r = {.error = err || it.aborted,
+                               .aborted = it.aborted,
+                               .bytes = (const uint8_t *)bytes,
+                               .len = len,
+                               .prompt_tokens = 3,
+                               .completion_tokens = 5};
+        dsr1_batches_item_done(f->b, it.key, &r);
+        free(bytes);
+        pthread_mutex_lock(&f->mu);
+    }
+    pthread_mutex_unlock(&f->mu);
+    return NULL;
+}
+
+static dsr1_status fake_check(void *ctx, const char *endpoint, const uint8_t *req, size_t len,
+                              char *custom_id, size_t cap)
+{
+    (void)ctx;
+    (void)endpoint;
+    size_t n = 0;
+    size_t off = len && req[0] == '!' ? 1 : 0;
+    while (off + n < len && req[off + n] != ' ' && n + 1 < cap) n++;
+    memcpy(custom_id, req + off, n);
+    custom_id[n] = 0;
+    if (off) return dsr1_error(DSR1_ERR_INVALID_ARG, "item %s is marked invalid", custom_id);
+    if (n == 0) return dsr1_error(DSR1_ERR_INVALID_ARG, "no custom_id");
+    return DSR1_OK;
+}
+
+static dsr1_status fake_start(void *ctx, const dsr1_batch_item_ref *ref)
+{
+    fake *f = ctx;
+    pthread_mutex_lock(&f->mu);
+    if ((int)(rand_r(&f->seed) % 100) < f->busy_pct) {
+        pthread_mutex_unlock(&f->mu);
+        return DSR1_ERR_BUSY;
+    }
+    int i = 0;
+    while (i < NSLOTS && f->it[i].used) i++;
+    assert_true(i < NSLOTS);
+    fitem *it = &f->it[i];
+    memset(it, 0, sizeof *it);
+    it->used = true;
+    it->key = ref->key;
+    it->idx = ref->index;
+    snprintf(it->rid, sizeof it->rid, "%s", ref->request_id);
+    snprintf(it->cid, sizeof it->cid, "%s", ref->custom_id);
+    int span = f->max_us - f->min_us;
+    it->due = now_us() + f->min_us + (span > 0 ? (int)(rand_r(&f->seed) % (unsigned)span) : 0);
+    if (ref->index < MAXN) f->starts[ref->index]++;
+    f->running++;
+    if (f->running > f->max_running) f->max_running = f->running;
+    /* the item as stored comes back unchanged */
+    assert_true(ref->len > strlen(ref->custom_id));
+    assert_memory_equal(ref->req, ref->custom_id, strlen(ref->custom_id));
+    pthread_mutex_unlock(&f->mu);
+    return DSR1_OK;
+}
+
+static void fake_abort(void *ctx, const char *request_id)
+{
+    fake *f = ctx;
+    pthread_mutex_lock(&f->mu);
+    for (int i = 0; i < NSLOTS; i++)
+        if (f->it[i].used && strcmp(f->it[i].rid, request_id) == 0) f->it[i].aborted = true;
+    pthread_mutex_unlock(&f->mu);
+}
+
+static dsr1_status fake_error_result(void *ctx, const dsr1_batch_item_ref *ref, const char *code,
+                                     const char *message, int line, uint8_t **out, size_t *len)
+{
+    (void)ctx;
+    (void)message;
+    char buf[256];
+    int n = snprintf(buf, sizeof buf, "%s %s %d", code, ref->custom_id, line);
+    *out = malloc((size_t)n);
+    memcpy(*out, buf, (size_t)n);
+    *len = (size_t)n;
+    return DSR1_OK;
+}
+
+static fake *fake_new(unsigned seed)
+{
+    fake *f = calloc(1, sizeof *f);
+    pthread_mutex_init(&f->mu, NULL);
+    f->seed = seed;
+    f->min_us = 100;
+    f->max_us = 3000;
+    pthread_create(&f->th, NULL, fake_main, f);
+    return f;
+}
+
+static void fake_free(fake *f)
+{
+    pthread_mutex_lock(&f->mu);
+    f->stop = true;
+    pthread_mutex_unlock(&f->mu);
+    pthread_join(f->th, NULL);
+    free(f);
+}
+
+static dsr1_batch_codec fake_codec(fake *f, bool output_files)
+{
+    return (dsr1_batch_codec){.format = "fake",
+                              .ctx = f,
+                              .output_files = output_files,
+                              .check = fake_check,
+                              .start = fake_start,
+                              .abort = fake_abort,
+                              .error_result = fake_error_result};
+}
+
+/* ---- helpers ---- */
+
+static char *tmpdir(void)
+{
+    char *d = strdup("/tmp/dsr1-batches-XXXXXX");
+    assert_non_null(mkdtemp(d));
+    return d;
+}
+
+static void rm_rf(const char *path)
+{
+    char cmd[512];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", path);
+    assert_int_equal(system(cmd), 0);
+}
+
+static dsr1_batches *open_store(const char *dir, fake *f, int window, int64_t retention)
+{
+    dsr1_batches_params p = {.state_dir = dir, .window = window, .retention_s = retention};
+    dsr1_batches *b = NULL;
+    dsr1_status st = dsr1_batches_open(&p, &b);
+    if (st) fail_msg("open %s: %s", dir, dsr1_errmsg());
+    if (f) {
+        f->b = b;
+        dsr1_batch_codec c = fake_codec(f, true);
+        assert_int_equal(dsr1_batches_register(b, &c), 0);
+    }
+    assert_int_equal(dsr1_batches_start(b), 0);
+    return b;
+}
+
+static dsr1_batch_info wait_final(dsr1_batches *b, const char *id, double timeout_s)
+{
+    dsr1_batch_info info;
+    int64_t end = now_us() + (int64_t)(timeout_s * 1e6);
+    for (;;) {
+        assert_int_equal(dsr1_batches_get(b, id, &info), 0);
+        if (dsr1_batch_state_final(info.state)) return info;
+        if (now_us() > end) fail_msg("batch %s still %s", id, dsr1_batch_state_str(info.state));
+        dsr1_batch_info_clear(&info);
+        usleep(5000);
+    }
+}
+
+/* Creates a batch of n items "c<i> payload" through a writer. */
+static void create_writer(dsr1_batches *b, const char *id, int n, const char *window,
+                          dsr1_batch_info *out)
+{
+    dsr1_batch_create c = {.id = id,
+                           .format = "fake",
+                           .endpoint = "",
+                           .completion_window = window,
+                           .metadata_json = "{\"k\":\"v\"}",
+                           .request_hash = 42};
+    dsr1_batch_writer *w;
+    assert_int_equal(dsr1_batch_writer_begin(b, &c, &w), 0);
+    char item[64];
+    for (int i = 0; i < n; i++) {
+        int len = snprintf(item, sizeof item, "c%d payload", i);
+        assert_int_equal(dsr1_batch_writer_add(w, (const uint8_t *)item, (size_t)len), 0);
+    }
+    bool created;
+    assert_int_equal(dsr1_batch_writer_commit(w, out, &created), 0);
+    assert_true(created);
+}
+
+typedef struct {
+    int n;
+    int count[MAXN];
+    int64_t next_seq;
+    int ends, after_end, errors, bad_seq;
+    bool stop_at_half;
+    pthread_mutex_t mu;
+} collect;
+
+static bool collect_fn(void *ctx, const dsr1_batch_result_row *row)
+{
+    collect *c = ctx;
+    pthread_mutex_lock(&c->mu);
+    if (!row) {
+        c->ends++;
+    } else {
+        if (c->ends) c->after_end++;
+        if (row->seq != c->next_seq) c->bad_seq++;
+        c->next_seq = row->seq + 1;
+        if (row->index >= 0 && row->index < MAXN) c->count[row->index]++;
+        char want[80];
+        snprintf(want, sizeof want, "c%d", row->index);
+        if (strcmp(row->custom_id, want) != 0) c->bad_seq++;
+        if (row->error) c->errors++;
+        c->n++;
+    }
+    pthread_mutex_unlock(&c->mu);
+    return true;
+}
+
+static collect *collect_new(int64_t from)
+{
+    collect *c = calloc(1, sizeof *c);
+    pthread_mutex_init(&c->mu, NULL);
+    c->next_seq = from;
+    return c;
+}
+
+static void read_file(dsr1_batches *b, const char *id, char **out, int64_t *len)
+{
+    int fd;
+    int64_t n;
+    assert_int_equal(dsr1_files_open(b, id, &fd, &n), 0);
+    char *p = malloc((size_t)n + 1);
+    assert_int_equal(read(fd, p, (size_t)n), n);
+    p[n] = 0;
+    close(fd);
+    *out = p;
+    *len = n;
+}
+
+/* Every custom_id c0..c<n-1> exactly once across the output and error files, ok lines in
+ * the output file, the rest in the error file. */
+static void check_output_files(dsr1_batches *b, const dsr1_batch_info *info, int n)
+{
+    int *seen = calloc((size_t)n, sizeof *seen);
+    const char *ids[2] = {info->output_file_id, info->error_file_id};
+    for (int k = 0; k < 2; k++) {
+        if (!ids[k][0]) continue;
+        dsr1_file_info fi;
+        assert_int_equal(dsr1_files_get(b, ids[k], &fi), 0);
+        assert_string_equal(fi.purpose, k ? "batch_error" : "batch_output");
+        char *p;
+        int64_t len;
+        read_file(b, ids[k], &p, &len);
+        assert_int_equal(fi.bytes, len);
+        int lines = 0;
+        for (char *s = p, *e; *s; s = e + 1) {
+            e = strchr(s, '\n');
+            assert_non_null(e);
+            *e = 0;
+            char word[32];
+            int idx;
+            assert_int_equal(sscanf(s, "%31s c%d", word, &idx), 2);
+            assert_true(idx >= 0 && idx < n);
+            seen[idx]++;
+            if (k == 0)
+                assert_string_equal(word, "ok");
+            else
+                assert_string_not_equal(word, "ok");
+            lines++;
+        }
+        assert_int_equal(lines, k ? info->failed : info->completed);
+        free(p);
+    }
+    if (!info->output_file_id[0]) assert_int_equal(info->completed, 0);
+    if (!info->error_file_id[0]) assert_int_equal(info->failed, 0);
+    for (int i = 0; i < n; i++) assert_int_equal(seen[i], 1);
+    free(seen);
+}
+
+/* ---- tests ---- */
+
+static void test_writer_batch(void **state)
+{
+    (void)state;
+    char *dir = tmpdir();
+    fake *f = fake_new(1);
+    f->err_pct = 20;
+    f->busy_pct = 10;
+    dsr1_batches *b = open_store(dir, f, 16, 0);
+    dsr1_batch_info info;
+    const int n = 300;
+    create_writer(b, "batch_w1", n, NULL, &info);
+    assert_int_equal(info.total, n);
+    assert_string_equal(info.metadata_json, "{\"k\":\"v\"}");
+    dsr1_batch_info_clear(&info);
+    info = wait_final(b, "batch_w1", 20);
+    assert_int_equal(info.state, DSR1_BATCH_COMPLETED);
+    assert_int_equal(info.completed + info.failed, n);
+    assert_true(info.failed > 0 && info.completed > 0);
+    assert_int_equal(info.prompt_tokens, 3 * n);
+    assert_int_equal(info.running, 0);
+    assert_true(f->max_running <= 16);
+    for (int i = 0; i < n; i++) assert_int_equal(f->starts[i], 1);
+    check_output_files(b, &info, n);
+    /* results in seq order, each item once */
+    collect *c = collect_new(0);
+    assert_int_equal(dsr1_batches_results(b, "batch_w1", 0, collect_fn, c), 0);
+    assert_int_equal(c->n, n);
+    assert_int_equal(c->bad_seq, 0);
+    assert_int_equal(c->ends, 1);
+    assert_int_equal(c->errors, info.failed);
+    for (int i = 0; i < n; i++) assert_int_equal(c->count[i], 1);
+    free(c);
+    /* from a seq */
+    c = collect_new(250);
+    assert_int_equal(dsr1_batches_results(b, "batch_w1", 250, collect_fn, c), 0);
+    assert_int_equal(c->n, n - 250);
+    assert_int_equal(c->bad_seq, 0);
+    free(c);
+    dsr1_batch_info_clear(&info);
+
+    /* the same request again: the same batch; another request with that id: refused */
+    dsr1_batch_create cr = {.id = "batch_w1", .format = "fake", .request_hash = 42};
+    dsr1_batch_writer *w;
+    assert_int_equal(dsr1_batch_writer_begin(b, &cr, &w), 0);
+    assert_int_equal(dsr1_batch_writer_add(w, (const uint8_t *)"c0 x", 4), 0);
+    bool created = true;
+    assert_int_equal(dsr1_batch_writer_commit(w, &info, &created), DSR1_ERR_EXISTS);
+    assert_false(created);
+    assert_string_equal(info.id, "batch_w1");
+    dsr1_batch_info_clear(&info);
+    cr.request_hash = 43;
+    assert_int_equal(dsr1_batch_writer_begin(b, &cr, &w), DSR1_ERR_EXISTS);
+
+    /* an invalid item: refused with its index, nothing created */
+    dsr1_batch_create c2 = {.id = "batch_bad", .format = "fake"};
+    assert_int_equal(dsr1_batch_writer_begin(b, &c2, &w), 0);
+    assert_int_equal(dsr1_batch_writer_add(w, (const uint8_t *)"c0 x", 4), 0);
+    assert_int_equal(dsr1_batch_writer_add(w, (const uint8_t *)"!c1 x", 5), DSR1_ERR_INVALID_ARG);
+    assert_non_null(strstr(dsr1_errmsg(), "item 1: "));
+    dsr1_batch_writer_abort(w);
+    assert_int_equal(dsr1_batches_get(b, "batch_bad", &info), DSR1_ERR_NOT_FOUND);
+    /* a duplicate custom_id */
+    assert_int_equal(dsr1_batch_writer_begin(b, &c2, &w), 0);
+    assert_int_equal(dsr1_batch_writer_add(w, (const uint8_t *)"c0 x", 4), 0);
+    assert_int_equal(dsr1_batch_writer_add(w, (const uint8_t *)"c0 y", 4), 0);
+    assert_int_equal(dsr1_batch_writer_commit(w, &info, &created), DSR1_ERR_INVALID_ARG);
+    assert_int_equal(dsr1_batches_get(b, "batch_bad", &info), DSR1_ERR_NOT_FOUND);
+    /* bad parameters */
+    dsr1_batch_create c3 = {.format = "fake", .completion_window = "24x"};
+    assert_int_equal(dsr1_batch_writer_begin(b, &c3, &w), DSR1_ERR_INVALID_ARG);
+    c3.completion_window = "24h";
+    c3.metadata_json = "[1]";
+    assert_int_equal(dsr1_batch_writer_begin(b, &c3, &w), DSR1_ERR_INVALID_ARG);
+    c3.format = "nope";
+    c3.metadata_json = NULL;
+    assert_int_equal(dsr1_batch_writer_begin(b, &c3, &w), DSR1_ERR_INVALID_ARG);
+
+    dsr1_batches_stats s;
+    dsr1_batches_get_stats(b, &s);
+    assert_int_equal(s.batches_active, 0);
+    assert_int_equal(s.results_committed, n);
+    assert_true(s.commits > 0 && s.commits <= n);
+    dsr1_batches_close(b);
+    fake_free(f);
+    rm_rf(dir);
+    free(dir);
+}
+
+static void upload(dsr1_batches *b, const char *text, dsr1_file_info *fi)
+{
+    dsr1_file_upload *u;
+    assert_int_equal(dsr1_file_upload_begin(b, "in.jsonl", "batch", &u), 0);
+    size_t len = strlen(text);
+    /* in pieces */
+    for (size_t off = 0; off < len; off += 1000) {
+        size_t k = len - off < 1000 ? len - off : 1000;
+        assert_int_equal(dsr1_file_upload_write(u, text + off, k), 0);
+    }
+    assert_int_equal(dsr1_file_upload_commit(u, fi), 0);
+    assert_int_equal(fi->bytes, (int64_t)len);
+}
+
+static void test_file_batch(void **state)
+{
+    (void)state;
+    char *dir = tmpdir();
+    fake *f = fake_new(2);
+    f->err_pct = 10;
+    dsr1_batches *b = open_store(dir, f, 32, 0);
+    /* 2500 lines (more than one validation chunk); blank lines; invalid lines 7 and 1801
+     * (1-based lines of the file); a duplicate custom_id */
+    const int n = 2500;
+    char *text = malloc((size_t)n * 40 + 100);
+    size_t off = 0;
+    int line = 0, dup_line = 0, bad1 = 0, bad2 = 0;
+    for (int i = 0; i < n; i++) {
+        if (i == 3 || i == 1000) {
+            off += (size_t)sprintf(text + off, "   \n");
+            line++;
+        }
+        line++;
+        if (i == 5) {
+            off += (size_t)sprintf(text + off, "!c%d bad\n", i);
+            bad1 = line;
+        } else if (i == 1798) {
+            off += (size_t)sprintf(text + off, "!c%d bad\n", i);
+            bad2 = line;
+        } else if (i == 2000) {
+            off += (size_t)sprintf(text + off, "c%d dup\n", 17); /* custom_id of item 17 */
+            dup_line = line;
+        } else {
+            off += (size_t)sprintf(text + off, "c%d line %d\n", i, i);
+        }
+    }
+    text[off] = 0;
+    dsr1_file_info fi;
+    upload(b, text, &fi);
+    free(text);
+    dsr1_batch_create c = {
+        .format = "fake", .endpoint = "/v1/chat/completions", .completion_window = "24h"};
+    dsr1_batch_info info;
+    bool created;
+    assert_int_equal(dsr1_batches_create_from_file(b, &c, fi.id, &info, &created), 0);
+    assert_true(created);
+    assert_string_equal(info.input_file_id, fi.id);
+    assert_true(info.expires_at >= info.created_at + 24 * 3600);
+    char id[DSR1_BATCH_ID_MAX];
+    snprintf(id, sizeof id, "%s", info.id);
+    assert_int_equal(strncmp(id, "batch_", 6), 0);
+    dsr1_batch_info_clear(&info);
+    info = wait_final(b, id, 30);
+    assert_int_equal(info.state, DSR1_BATCH_COMPLETED);
+    assert_int_equal(info.total, n);
+    assert_int_equal(info.completed + info.failed, n);
+    assert_non_null(info.errors_json);
+    char want[64];
+    snprintf(want, sizeof want, "\"line\":%d", bad1);
+    assert_non_null(strstr(info.errors_json, want));
+    snprintf(want, sizeof want, "\"line\":%d", bad2);
+    assert_non_null(strstr(info.errors_json, want));
+    snprintf(want, sizeof want, "\"line\":%d", dup_line);
+    assert_non_null(strstr(info.errors_json, want));
+    assert_non_null(strstr(info.errors_json, "\"code\":\"invalid_request\""));
+    /* invalid items never ran */
+    assert_int_equal(f->starts[5], 0);
+    assert_int_equal(f->starts[1798], 0);
+    assert_int_equal(f->starts[2000], 0);
+    assert_int_equal(f->starts[6], 1);
+    /* the output files: custom ids c0..c2499, with c17 twice and no c2000 */
+    int seen[2500] = {0};
+    const char *ids[2] = {info.output_file_id, info.error_file_id};
+    for (int k = 0; k < 2; k++) {
+        char *p;
+        int64_t len;
+        read_file(b, ids[k], &p, &len);
+        for (char *s = p, *e; *s; s = e + 1) {
+            e = strchr(s, '\n');
+            *e = 0;
+            char word[32];
+            int idx, l = 0;
+            assert_true(sscanf(s, "%31s c%d %d", word, &idx, &l) >= 2);
+            seen[idx]++;
+            if (strcmp(word, "invalid_request") == 0)
+                assert_true(l == bad1 || l == bad2 || l == dup_line);
+        }
+        free(p);
+    }
+    for (int i = 0; i < n; i++) assert_int_equal(seen[i], i == 17 ? 2 : i == 2000 ? 0 : 1);
+    dsr1_batch_info_clear(&info);
+
+    /* a file with no valid line: failed */
+    upload(b, "!a\n\n!b\n", &fi);
+    assert_int_equal(dsr1_batches_create_from_file(b, &c, fi.id, &info, &created), 0);
+    snprintf(id, sizeof id, "%s", info.id);
+    dsr1_batch_info_clear(&info);
+    info = wait_final(b, id, 10);
+    assert_int_equal(info.state, DSR1_BATCH_FAILED);
+    assert_non_null(strstr(info.errors_json, "\"line\":3"));
+    dsr1_batch_info_clear(&info);
+
+    /* the Files API */
+    dsr1_file_info list[8];
+    int k;
+    bool more;
+    assert_int_equal(dsr1_files_list(b, "batch", NULL, 1, list, &k, &more), 0);
+    assert_int_equal(k, 1);
+    assert_true(more);
+    assert_string_equal(list[0].id, fi.id); /* newest first */
+    assert_int_equal(dsr1_files_list(b, "batch", fi.id, 8, list, &k, &more), 0);
+    assert_int_equal(k, 1);
+    assert_false(more);
+    assert_int_equal(dsr1_files_delete(b, fi.id), 0);
+    assert_int_equal(dsr1_files_get(b, fi.id, list), DSR1_ERR_NOT_FOUND);
+    dsr1_batch_info bl[4];
+    assert_int_equal(dsr1_batches_list(b, "fake", NULL, 4, bl, &k, &more), 0);
+    assert_int_equal(k, 2);
+    assert_string_equal(bl[0].id, id);
+    for (int i = 0; i < k; i++) dsr1_batch_info_clear(&bl[i]);
+    dsr1_batches_close(b);
+    fake_free(f);
+    rm_rf(dir);
+    free(dir);
+}
+
+static void test_subscribe(void **state)
+{
+    (void)state;
+    char *dir = tmpdir();
+    fake *f = fake_new(3);
+    f->min_us = 500;
+    f->max_us = 4000;
+    dsr1_batches *b = open_store(dir, f, 8, 0);
+    dsr1_batch_info info;
+    const int n = 400;
+    create_writer(b, "batch_s", n, NULL, &info);
+    dsr1_batch_info_clear(&info);
+    usleep(30000); /* some results committed before */
+    collect *c = collect_new(0);
+    dsr1_batch_sub *sub;
+    assert_int_equal(dsr1_batches_subscribe(b, "batch_s", 0, collect_fn, c, &sub), 0);
+    info = wait_final(b, "batch_s", 20);
+    dsr1_batch_info_clear(&info);
+    for (int i = 0; i < 200 && !c->ends; i++) usleep(5000);
+    dsr1_batches_unsubscribe(sub);
+    assert_int_equal(c->ends, 1);
+    assert_int_equal(c->after_end, 0);
+    assert_int_equal(c->bad_seq, 0);
+    assert_int_equal(c->n, n);
+    for (int i = 0; i < n; i++) assert_int_equal(c->count[i], 1);
+    free(c);
+    /* on a final batch from a seq: the rest, then the end */
+    c = collect_new(123);
+    assert_int_equal(dsr1_batches_subscribe(b, "batch_s", 123, collect_fn, c, &sub), 0);
+    assert_int_equal(c->n, n - 123);
+    assert_int_equal(c->ends, 1);
+    dsr1_batches_unsubscribe(sub);
+    assert_int_equal(dsr1_batches_subscribe(b, "nope", 0, collect_fn, c, &sub), DSR1_ERR_NOT_FOUND);
+    free(c);
+    dsr1_batches_close(b);
+    fake_free(f);
+    rm_rf(dir);
+    free(dir);
+}
+
+/* Each item has exactly one result, those with code `code` were not finished ok. */
+static int check_each_once(dsr1_batches *b, const char *id, int n, const char *code)
+{
+    collect *c = collect_new(0);
+    assert_int_equal(dsr1_batches_results(b, id, 0, collect_fn, c), 0);
+    assert_int_equal(c->n, n);
+    assert_int_equal(c->bad_seq, 0);
+    for (int i = 0; i < n; i++) assert_int_equal(c->count[i], 1);
+    free(c);
+    (void)code;
+    return n;
+}
+
+typedef struct {
+    const char *code;
+    int n;
+} count_code;
+
+static bool count_code_fn(void *ctx, const dsr1_batch_result_row *row)
+{
+    count_code *c = ctx;
+    if (row && row->len >= strlen(c->code) && memcmp(row->bytes, c->code, strlen(c->code)) == 0)
+        c->n++;
+    return true;
+}
+
+static void test_cancel(void **state)
+{
+    (void)state;
+    char *dir = tmpdir();
+    fake *f = fake_new(4);
+    f->hold = true;
+    dsr1_batches *b = open_store(dir, f, 10, 0);
+    dsr1_batch_info info;
+    const int n = 100;
+    create_writer(b, "batch_c", n, NULL, &info);
+    dsr1_batch_info_clear(&info);
+    for (int i = 0; i < 400; i++) {
+        assert_int_equal(dsr1_batches_get(b, "batch_c", &info), 0);
+        int r = info.running;
+        dsr1_batch_info_clear(&info);
+        if (r == 10) break;
+        usleep(5000);
+    }
+    assert_int_equal(dsr1_batches_cancel(b, "batch_c", &info), 0);
+    assert_true(info.state == DSR1_BATCH_CANCELLING || info.state == DSR1_BATCH_CANCELLED);
+    dsr1_batch_info_clear(&info);
+    info = wait_final(b, "batch_c", 10);
+    assert_int_equal(info.state, DSR1_BATCH_CANCELLED);
+    assert_true(info.cancelling_at > 0 && info.cancelled_at > 0);
+    assert_int_equal(info.failed, n);
+    check_each_once(b, "batch_c", n, "batch_cancelled");
+    count_code cc = {"batch_cancelled", 0};
+    assert_int_equal(dsr1_batches_results(b, "batch_c", 0, count_code_fn, &cc), 0);
+    assert_int_equal(cc.n, n);
+    for (int i = 0; i < n; i++) assert_true(f->starts[i] <= 1);
+    /* a final batch is returned as it is */
+    dsr1_batch_info_clear(&info);
+    assert_int_equal(dsr1_batches_cancel(b, "batch_c", &info), 0);
+    assert_int_equal(info.state, DSR1_BATCH_CANCELLED);
+    dsr1_batch_info_clear(&info);
+    dsr1_batches_close(b);
+    fake_free(f);
+    rm_rf(dir);
+    free(dir);
+}
+
+static void test_expiry(void **state)
+{
+    (void)state;
+    char *dir = tmpdir();
+    fake *f = fake_new(5);
+    f->hold = true;
+    dsr1_batches *b = open_store(dir, f, 10, 0);
+    dsr1_batch_info info;
+    const int n = 50;
+    create_writer(b, "batch_e", n, "1s", &info);
+    assert_int_equal(info.expires_at, info.created_at + 1);
+    dsr1_batch_info_clear(&info);
+    info = wait_final(b, "batch_e", 5);
+    assert_int_equal(info.state, DSR1_BATCH_EXPIRED);
+    assert_true(info.expired_at > 0);
+    check_each_once(b, "batch_e", n, "batch_expired");
+    count_code cc = {"batch_expired", 0};
+    assert_int_equal(dsr1_batches_results(b, "batch_e", 0, count_code_fn, &cc), 0);
+    assert_int_equal(cc.n, n);
+    dsr1_batch_info_clear(&info);
+    dsr1_batches_close(b);
+    fake_free(f);
+    rm_rf(dir);
+    free(dir);
+}
+
+typedef struct {
+    int *done;
+    int n;
+} done_set;
+
+static bool done_fn(void *ctx, const dsr1_batch_result_row *row)
+{
+    done_set *d = ctx;
+    if (row) {
+        d->done[row->index]++;
+        d->n++;
+    }
+    return true;
+}
+
+static void test_close_reopen(void **state)
+{
+    (void)state;
+    char *dir = tmpdir();
+    fake *f = fake_new(6);
+    f->min_us = 1000;
+    f->max_us = 8000;
+    dsr1_batches *b = open_store(dir, f, 16, 0);
+    dsr1_batch_info info;
+    const int n = 600;
+    create_writer(b, "batch_r", n, NULL, &info);
+    dsr1_batch_info_clear(&info);
+    usleep(60000);
+    dsr1_batches_close(b);
+    fake_free(f);
+
+    f = fake_new(7);
+    /* the store without a codec first: opens, lists, does not run */
+    dsr1_batches *b2 = open_store(dir, NULL, 16, 0);
+    int done[MAXN] = {0};
+    done_set d = {done, 0};
+    assert_int_equal(dsr1_batches_results(b2, "batch_r", 0, done_fn, &d), 0);
+    assert_true(d.n > 0 && d.n < n);
+    assert_int_equal(dsr1_batches_get(b2, "batch_r", &info), 0);
+    assert_int_equal(info.state, DSR1_BATCH_IN_PROGRESS);
+    assert_int_equal(info.completed + info.failed, d.n);
+    dsr1_batch_info_clear(&info);
+    usleep(20000);
+    dsr1_batches_close(b2);
+
+    b = open_store(dir, f, 16, 0);
+    info = wait_final(b, "batch_r", 20);
+    assert_int_equal(info.state, DSR1_BATCH_COMPLETED);
+    dsr1_batch_info_clear(&info);
+    check_each_once(b, "batch_r", n, NULL);
+    for (int i = 0; i < n; i++) assert_int_equal(f->starts[i], done[i] ? 0 : 1);
+    dsr1_batches_close(b);
+    fake_free(f);
+    rm_rf(dir);
+    free(dir);
+}
+
+static void test_crash(void **state)
+{
+    (void)state;
+    char *dir = tmpdir();
+    const int n = 400;
+    {
+        dsr1_batches *b = open_store(dir, NULL, 16, 0);
+        /* the codec is needed to create; a short-lived one */
+        fake *f = fake_new(8);
+        f->hold = true;
+        f->b = b;
+        dsr1_batch_codec c = fake_codec(f, true);
+        assert_int_equal(dsr1_batches_register(b, &c), 0);
+        dsr1_batch_info info;
+        /* items run at once: close aborts them, they stay pending */
+        create_writer(b, "batch_k", n, NULL, &info);
+        dsr1_batch_info_clear(&info);
+        dsr1_batches_close(b);
+        fake_free(f);
+    }
+    srand(1234);
+    for (int round = 0; round < 3; round++) {
+        int kill_ms = 30 + rand() % 150;
+        pid_t pid = fork();
+        assert_true(pid >= 0);
+        if (pid == 0) {
+            fake *f = fake_new(100 + (unsigned)round);
+            f->min_us = 500;
+            f->max_us = 5000;
+            dsr1_batches_params p = {.state_dir = dir, .window = 16};
+            dsr1_batches *b;
+            if (dsr1_batches_open(&p, &b)) _exit(3);
+            f->b = b;
+            dsr1_batch_codec c = fake_codec(f, true);
+            dsr1_batches_register(b, &c);
+            dsr1_batches_start(b);
+            for (;;) pause();
+        }
+        usleep((useconds_t)kill_ms * 1000);
+        kill(pid, SIGKILL);
+        int ws;
+        waitpid(pid, &ws, 0);
+        assert_true(WIFSIGNALED(ws));
+    }
+    fake *f = fake_new(9);
+    dsr1_batches_params p = {.state_dir = dir, .window = 16};
+    dsr1_batches *b;
+    assert_int_equal(dsr1_batches_open(&p, &b), 0);
+    int done[MAXN] = {0};
+    done_set d = {done, 0};
+    assert_int_equal(dsr1_batches_results(b, "batch_k", 0, done_fn, &d), 0);
+    assert_true(d.n > 0);
+    for (int i = 0; i < n; i++) assert_true(done[i] <= 1);
+    f->b = b;
+    dsr1_batch_codec c = fake_codec(f, true);
+    assert_int_equal(dsr1_batches_register(b, &c), 0);
+    assert_int_equal(dsr1_batches_start(b), 0);
+    dsr1_batch_info info = wait_final(b, "batch_k", 20);
+    assert_int_equal(info.state, DSR1_BATCH_COMPLETED);
+    check_output_files(b, &info, n);
+    dsr1_batch_info_clear(&info);
+    check_each_once(b, "batch_k", n, NULL);
+    for (int i = 0; i < n; i++) assert_int_equal(f->starts[i], done[i] ? 0 : 1);
+    dsr1_batches_close(b);
+    fake_free(f);
+    rm_rf(dir);
+    free(dir);
+}
+
+static void test_refusals(void **state)
+{
+    (void)state;
+    char *dir = tmpdir();
+    char path[512];
+    /* a foreign database */
+    snprintf(path, sizeof path, "%s/dsr1.db", dir);
+    FILE *fp = fopen(path, "w");
+    for (int i = 0; i < 4096; i++) fputc("garbage!"[i % 8], fp);
+    fclose(fp);
+    dsr1_batches_params p = {.state_dir = dir};
+    dsr1_batches *b = NULL;
+    assert_int_equal(dsr1_batches_open(&p, &b), DSR1_ERR_FORMAT);
+    assert_non_null(strstr(dsr1_errmsg(), path));
+    unlink(path);
+    /* an SQLite database of someone else */
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "sqlite3 '%s' 'CREATE TABLE t(x)' 2>/dev/null", path);
+    if (system(cmd) == 0) {
+        assert_int_equal(dsr1_batches_open(&p, &b), DSR1_ERR_FORMAT);
+        assert_non_null(strstr(dsr1_errmsg(), path));
+        unlink(path);
+    }
+    /* a second opener */
+    fake *f = fake_new(10);
+    b = open_store(dir, f, 4, 0);
+    dsr1_batches *b2 = NULL;
+    assert_int_equal(dsr1_batches_open(&p, &b2), DSR1_ERR_EXISTS);
+    assert_non_null(strstr(dsr1_errmsg(), "in use"));
+    dsr1_file_info fi;
+    upload(b, "c0 x\n", &fi);
+    dsr1_batches_close(b);
+    /* an unknown file */
+    snprintf(path, sizeof path, "%s/files/file-unknown", dir);
+    fp = fopen(path, "w");
+    fputs("x", fp);
+    fclose(fp);
+    assert_int_equal(dsr1_batches_open(&p, &b), DSR1_ERR_FORMAT);
+    assert_non_null(strstr(dsr1_errmsg(), path));
+    unlink(path);
+    /* a file whose size changed */
+    snprintf(path, sizeof path, "%s/files/%s", dir, fi.id);
+    fp = fopen(path, "a");
+    fputs("more", fp);
+    fclose(fp);
+    assert_int_equal(dsr1_batches_open(&p, &b), DSR1_ERR_FORMAT);
+    assert_non_null(strstr(dsr1_errmsg(), path));
+    assert_int_equal(truncate(path, fi.bytes), 0);
+    assert_int_equal(dsr1_batches_open(&p, &b), 0);
+    dsr1_batches_close(b);
+    fake_free(f);
+    rm_rf(dir);
+    free(dir);
+}
+
+/* In a child, in a mount namespace of its own: a 1 MiB tmpfs as the state directory. */
+static int disk_full_child(const char *dir)
+{
+    if (unshare(CLONE_NEWNS) != 0) return 77;
+    if (mount("none", "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0) return 77;
+    if (mount("tmpfs", dir, "tmpfs", 0, "size=1m,mode=0700") != 0) return 77;
+    fake *f = fake_new(11);
+    dsr1_batches *b = open_store(dir, f, 8, 0);
+    char buf[4096];
+    memset(buf, 'a', sizeof buf);
+    dsr1_file_upload *u;
+    assert_int_equal(dsr1_file_upload_begin(b, "big", "batch", &u), 0);
+    dsr1_status st = DSR1_OK;
+    for (int i = 0; i < 1000 && !st; i++) st = dsr1_file_upload_write(u, buf, sizeof buf);
+    if (st != DSR1_ERR_IO || !strstr(dsr1_errmsg(), "No space left")) {
+        fprintf(stderr, "upload: %d %s\n", st, dsr1_errmsg());
+        return 2;
+    }
+    dsr1_file_upload_abort(u);
+    /* results too large for the disk: the batch fails, with the reason */
+    f->big = 64 << 10;
+    dsr1_batch_info info;
+    create_writer(b, "batch_full", 100, NULL, &info);
+    dsr1_batch_info_clear(&info);
+    info = wait_final(b, "batch_full", 20);
+    if (info.state != DSR1_BATCH_FAILED || !info.errors_json || !strstr(info.errors_json, "full")) {
+        fprintf(stderr, "batch: %s %s\n", dsr1_batch_state_str(info.state),
+                info.errors_json ? info.errors_json : "(no errors)");
+        return 3;
+    }
+    dsr1_batch_info_clear(&info);
+    dsr1_batches_close(b);
+    /* it opens again, consistent, and works once there is room */
+    f->big = 0;
+    if (mount(NULL, dir, NULL, MS_REMOUNT, "size=8m,mode=0700") != 0) return 5;
+    b = open_store(dir, f, 8, 0);
+    assert_int_equal(dsr1_batches_get(b, "batch_full", &info), 0);
+    assert_int_equal(info.state, DSR1_BATCH_FAILED);
+    dsr1_batch_info_clear(&info);
+    create_writer(b, "batch_ok", 20, NULL, &info);
+    dsr1_batch_info_clear(&info);
+    info = wait_final(b, "batch_ok", 20);
+    if (info.state != DSR1_BATCH_COMPLETED) return 4;
+    dsr1_batch_info_clear(&info);
+    dsr1_batches_close(b);
+    fake_free(f);
+    umount(dir);
+    return 0;
+}
+
+static void test_disk_full(void **state)
+{
+    (void)state;
+    char *dir = tmpdir();
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) _exit(disk_full_child(dir));
+    int ws;
+    waitpid(pid, &ws, 0);
+    rm_rf(dir);
+    free(dir);
+    assert_true(WIFEXITED(ws));
+    if (WEXITSTATUS(ws) == 77) {
+        print_message("disk full: skipped (no mount namespace here: unshare -m needs root)\n");
+        skip();
+    }
+    assert_int_equal(WEXITSTATUS(ws), 0);
+}
+
+static int count_dir(const char *path)
+{
+    DIR *d = opendir(path);
+    assert_non_null(d);
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)))
+        if (e->d_name[0] != '.') n++;
+    closedir(d);
+    return n;
+}
+
+static void test_retention(void **state)
+{
+    (void)state;
+    char *dir = tmpdir();
+    fake *f = fake_new(12);
+    f->err_pct = 30;
+    dsr1_batches *b = open_store(dir, f, 8, 1);
+    dsr1_batch_info info;
+    create_writer(b, "batch_old", 30, NULL, &info);
+    dsr1_batch_info_clear(&info);
+    info = wait_final(b, "batch_old", 10);
+    assert_true(info.output_file_id[0] && info.error_file_id[0]);
+    char out_id[DSR1_BATCH_ID_MAX];
+    snprintf(out_id, sizeof out_id, "%s", info.output_file_id);
+    dsr1_batch_info_clear(&info);
+    char files[600];
+    snprintf(files, sizeof files, "%s/files", dir);
+    assert_int_equal(count_dir(files), 2);
+    dsr1_status st = DSR1_OK;
+    for (int i = 0; i < 100 && !st; i++) {
+        usleep(50000);
+        st = dsr1_batches_get(b, "batch_old", &info);
+        if (!st) dsr1_batch_info_clear(&info);
+    }
+    assert_int_equal(st, DSR1_ERR_NOT_FOUND);
+    for (int i = 0; i < 40 && dsr1_files_get(b, out_id, (dsr1_file_info[1]){0}) == 0; i++)
+        usleep(50000);
+    assert_int_equal(dsr1_files_get(b, out_id, (dsr1_file_info[1]){0}), DSR1_ERR_NOT_FOUND);
+    assert_int_equal(count_dir(files), 0);
+    dsr1_batches_close(b);
+    fake_free(f);
+    rm_rf(dir);
+    free(dir);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_writer_batch), cmocka_unit_test(test_file_batch),
+        cmocka_unit_test(test_subscribe),    cmocka_unit_test(test_cancel),
+        cmocka_unit_test(test_expiry),       cmocka_unit_test(test_close_reopen),
+        cmocka_unit_test(test_crash),        cmocka_unit_test(test_refusals),
+        cmocka_unit_test(test_disk_full),    cmocka_unit_test(test_retention),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
