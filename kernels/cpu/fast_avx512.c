@@ -160,6 +160,58 @@ static void vd_group_any(int mr, const uint16_t *A, size_t ld, const uint16_t *P
     }
 }
 
+/* m <= VD_SMALL (decode): the panel is never stored. Per 32-column chunk the 16 rows are
+ * converted and transposed in registers and used at once by the mr activation rows; the
+ * same order as vd_group (per block one chain over its pairs, then the scale). */
+#define VD_SMALL 4
+
+DSR1_AVX512_INLINE void vd_small(int mr, const dsr1__rowset *rs, const uint16_t *A, size_t ld,
+                                 const float *mul, float *y, int ldy)
+{
+    const int k = rs->cols, np = dsr1__fast_pairs(k), nb = (k + DSR1_QBLOCK - 1) / DSR1_QBLOCK;
+    __m512 tot[VD_SMALL];
+    for (int i = 0; i < mr; i++) tot[i] = _mm512_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+        __m512 acc[VD_SMALL];
+        for (int i = 0; i < mr; i++) acc[i] = _mm512_setzero_ps();
+        const int p1 = (b + 1) * 64 < np ? (b + 1) * 64 : np;
+        for (int p0 = b * 64; p0 < p1; p0 += 16) {
+            __m512i z[16];
+            for (int j = 0; j < 16; j++)
+                z[j] = j < rs->n ? e4m3x32_bf16((const uint8_t *)rs->row[j] + 2 * p0, k - 2 * p0)
+                                 : _mm512_setzero_si512();
+            transpose16(z);
+            for (int t = 0; t < 16; t++)
+                for (int i = 0; i < mr; i++)
+                    acc[i] = _mm512_dpbf16_ps(acc[i], pair_bcast(A + i * ld + 2 * (p0 + t)),
+                                              (__m512bh)z[t]);
+        }
+        const __m512 m = _mm512_loadu_ps(mul + b * DSR1__RS_MAX);
+        for (int i = 0; i < mr; i++) tot[i] = _mm512_fmadd_ps(acc[i], m, tot[i]);
+    }
+    for (int i = 0; i < mr; i++)
+        _mm512_mask_storeu_ps(y + (size_t)i * ldy, dsr1__mask16(rs->n), tot[i]);
+}
+
+static void vd_small_any(int mr, const dsr1__rowset *rs, const uint16_t *A, size_t ld,
+                         const float *mul, float *y, int ldy)
+{
+    switch (mr) {
+    case 1:
+        vd_small(1, rs, A, ld, mul, y, ldy);
+        break;
+    case 2:
+        vd_small(2, rs, A, ld, mul, y, ldy);
+        break;
+    case 3:
+        vd_small(3, rs, A, ld, mul, y, ldy);
+        break;
+    default:
+        vd_small(4, rs, A, ld, mul, y, ldy);
+        break;
+    }
+}
+
 static size_t mul_bytes(int k)
 {
     const size_t nb = (size_t)(k + DSR1_QBLOCK - 1) / DSR1_QBLOCK;
@@ -179,6 +231,14 @@ static void vd_rows(const dsr1__rowset *rs, const void *act, int m, float *y, in
     const size_t ld = dsr1__fast_act_ld(k);
     uint16_t *P = scratch;
     float *mul = (float *)((char *)scratch + dsr1__fast_panel_bytes(k));
+    if (m <= VD_SMALL) {
+        const int nb = (k + DSR1_QBLOCK - 1) / DSR1_QBLOCK;
+        for (int j = 0; j < DSR1__RS_MAX; j++)
+            for (int b = 0; b < nb; b++)
+                mul[b * DSR1__RS_MAX + j] = j < rs->n ? rs->scale[j][b] : 0;
+        vd_small_any(m, rs, act, ld, mul, y, ldy);
+        return;
+    }
     dsr1__fast_panel_fill_avx512(rs, P, mul);
     for (int i0 = 0; i0 < m; i0 += VD_MR)
         vd_group_any(m - i0 < VD_MR ? m - i0 : VD_MR, (const uint16_t *)act + (size_t)i0 * ld, ld,
