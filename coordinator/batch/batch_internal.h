@@ -96,8 +96,6 @@ struct dsr1_batches {
     int npool;
 
     pthread_mutex_t dmu;
-    pthread_t deliverer; /* the thread holding dmu while it calls subscribers */
-    bool delivering;
     dsr1__sub *subs;
 
     pthread_mutex_t mu;

@@ -22,25 +22,28 @@ static dsr1_status fill(dsr1_batches *b, dsr1__bt *bt, const dsr1_batch_codec *c
 {
     const char *code = ending == END_CANCEL ? "batch_cancelled" : "batch_expired";
     const char *msg = ending == END_CANCEL ? "the batch was cancelled" : "the batch expired";
+    int after = -1; /* items up to here have results: no rescan from the start */
     for (;;) {
         sqlite3 *db;
         dsr1_status st = dsr1__reader(b, &db);
         if (st) return st;
         sqlite3_stmt *q;
         if ((st = dsr1__prep(db,
-                             "SELECT idx, custom_id FROM items WHERE batch_n = ? AND done = 0 "
-                             "ORDER BY idx LIMIT ?",
+                             "SELECT idx, custom_id FROM items WHERE batch_n = ? AND idx > ? "
+                             "AND done = 0 ORDER BY idx LIMIT ?",
                              &q))) {
             dsr1__reader_put(b, db);
             return st;
         }
         sqlite3_bind_int64(q, 1, bt->n);
-        sqlite3_bind_int(q, 2, DSR1__BATCH_CHUNK);
+        sqlite3_bind_int(q, 2, after);
+        sqlite3_bind_int(q, 3, DSR1__BATCH_CHUNK);
         dsr1__res *list = NULL, **tail = &list;
         int n = 0;
         while (!st && sqlite3_step(q) == SQLITE_ROW) {
-            dsr1__res *r = dsr1__error_res(b, c, bt, sqlite3_column_int(q, 0),
-                                           (const char *)sqlite3_column_text(q, 1), code, msg, 0);
+            after = sqlite3_column_int(q, 0);
+            dsr1__res *r = dsr1__error_res(b, c, bt, after, (const char *)sqlite3_column_text(q, 1),
+                                           code, msg, 0);
             if (!r) {
                 st = dsr1_error(DSR1_ERR_NOMEM, "ending batch %s", bt->id);
                 break;

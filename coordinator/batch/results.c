@@ -22,11 +22,13 @@ struct dsr1__sub {
 
 #define RESULTS_PAGE 256
 
+/* The store whose dmu this thread holds while it calls subscribers, if any. */
+static __thread dsr1_batches *tls_delivering;
+
 void dsr1__dmu_lock(dsr1_batches *b)
 {
     pthread_mutex_lock(&b->dmu);
-    b->deliverer = pthread_self();
-    b->delivering = true;
+    tls_delivering = b;
 }
 
 void dsr1__dmu_unlock(dsr1_batches *b)
@@ -41,7 +43,7 @@ void dsr1__dmu_unlock(dsr1_batches *b)
             pp = &s->next;
         }
     }
-    b->delivering = false;
+    tls_delivering = NULL;
     pthread_mutex_unlock(&b->dmu);
 }
 
@@ -205,7 +207,7 @@ void dsr1_batches_unsubscribe(dsr1_batch_sub *sub)
     dsr1__sub *s = (dsr1__sub *)sub;
     dsr1_batches *b = s->b;
     /* from inside a callback: dmu is ours already; freed when the delivery ends */
-    if (b->delivering && pthread_equal(b->deliverer, pthread_self())) {
+    if (tls_delivering == b) {
         s->dead = true;
         return;
     }

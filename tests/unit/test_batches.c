@@ -778,6 +778,12 @@ static void test_close_reopen(void **state)
     free(dir);
 }
 
+static bool pipe_fn(void *ctx, const dsr1_batch_result_row *row)
+{
+    if (row && write(*(int *)ctx, "r", 1) != 1) return false;
+    return true;
+}
+
 static void test_crash(void **state)
 {
     (void)state;
@@ -800,10 +806,14 @@ static void test_crash(void **state)
     }
     srand(1234);
     for (int round = 0; round < 3; round++) {
-        int kill_ms = 30 + rand() % 150;
+        /* killed after a random number of results (told through a pipe), plus a moment */
+        int want = 10 + rand() % 50, extra_us = rand() % 20000;
+        int pfd[2];
+        assert_int_equal(pipe(pfd), 0);
         pid_t pid = fork();
         assert_true(pid >= 0);
         if (pid == 0) {
+            close(pfd[0]);
             fake *f = fake_new(100 + (unsigned)round);
             f->min_us = 500;
             f->max_us = 5000;
@@ -813,14 +823,32 @@ static void test_crash(void **state)
             f->b = b;
             dsr1_batch_codec c = fake_codec(f, true);
             dsr1_batches_register(b, &c);
+            dsr1_batch_sub *sub;
+            int fd = pfd[1];
+            /* seq counts from the results already there: only new ones are told */
+            dsr1_batch_info info;
+            if (dsr1_batches_get(b, "batch_k", &info)) _exit(4);
+            int64_t from = info.completed + info.failed;
+            dsr1_batch_info_clear(&info);
+            if (dsr1_batches_subscribe(b, "batch_k", from, pipe_fn, &fd, &sub)) _exit(5);
             dsr1_batches_start(b);
             for (;;) pause();
         }
-        usleep((useconds_t)kill_ms * 1000);
+        close(pfd[1]);
+        char buf[64];
+        int got = 0;
+        while (got < want) {
+            ssize_t k = read(pfd[0], buf, sizeof buf);
+            if (k <= 0) break;
+            got += (int)k;
+        }
+        usleep((useconds_t)extra_us);
         kill(pid, SIGKILL);
+        close(pfd[0]);
         int ws;
         waitpid(pid, &ws, 0);
         assert_true(WIFSIGNALED(ws));
+        assert_true(got >= want);
     }
     fake *f = fake_new(9);
     dsr1_batches_params p = {.state_dir = dir, .window = 16};
