@@ -4,15 +4,16 @@
  * dsr1__kernels_bf16_tiles has checked the CPU.
  *
  * The vdpbf16ps backend: the row set's panel is filled in registers (32 FP8 bytes of each
- * of the 16 rows converted exactly to bf16 — the float16 image of the byte (avx512_common.h)
- * widened, times 256, narrowed, NaN patterns patched to the table's quiet NaN — then a
+ * of the 16 rows converted exactly to bf16 by integer operations (e4m3x32_bf16), then a
  * 16 x 16 transpose of the pairs into VNNI order); then, for groups of up to 8 activation
  * rows, per 128-column block, one accumulator of 16 lanes (the set's rows) per activation
  * row takes every pair of the block in increasing order by VDPBF16PS with the row's pair
  * broadcast (odd product then even, each rounded, DAZ/FTZ), and the row's 16 totals take
  * the block sum times the 16 block scales by one FMA. Small groups interleave 2 or 4 blocks
  * (independent chains: the latency of one chain would bound decode) and still add them
- * into the totals in block order, so the order of every output is the same for every M. */
+ * into the totals in block order, so the order of every output is the same for every M.
+ * Up to 4 activation rows (decode) skip the stored panel: each 32-column chunk of the 16
+ * rows is converted and transposed in registers and used at once, in the same order. */
 #include <pthread.h>
 #include <string.h>
 
@@ -24,23 +25,31 @@ const dsr1_kernels *dsr1__kernels_avx512(void); /* avx512.c */
 
 /* ---- the panel, in registers ----------------------------------------------------------- */
 
-/* 32 FP8 bytes (n < 32: the first n, the rest zero) as 32 bf16, exactly. */
+/* 32 FP8 bytes (n < 32: the first n, the rest zero) as 32 bf16, exactly, with integer
+ * operations only. The byte sign-extended to 16 bits, S..S S EEEE MMM, shifted left by 4
+ * and masked with 0x87f0 is S 0000 EEEE MMM 0000; adding 120 << 7 rebiases the exponent
+ * (e4m3 bias 7, bf16 127): that is the bf16 of every normal e4m3 value. Exponent 0 (zero
+ * and the subnormals M x 2^-9, normal in bf16) subtracts a correction looked up by M
+ * (vpermw); the NaN pattern (E = 15, M = 7, which became S | 0x43f0) adds 0x3bd0 to give
+ * the table's quiet NaN S | 0x7fc0. */
 DSR1_AVX512_INLINE __m512i e4m3x32_bf16(const uint8_t *p, int n)
 {
+    /* (120 << 7) + 16 M minus the bf16 of M x 2^-9 (0, 2^-9, 2^-8, 1.5 2^-8, 2^-7, ...) */
+    const __m512i fix =
+        _mm512_set_epi16(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                         0x3c70 - 0x3c60, 0x3c60 - 0x3c40, 0x3c50 - 0x3c20, 0x3c40 - 0x3c00,
+                         0x3c30 - 0x3bc0, 0x3c20 - 0x3b80, 0x3c10 - 0x3b00, 0x3c00);
     const __m256i b = n >= 32
                           ? _mm256_loadu_si256((const __m256i *)p)
                           : _mm256_maskz_loadu_epi8(n <= 0 ? 0 : (__mmask32)(~0u >> (32 - n)), p);
     const __m512i v = _mm512_cvtepi8_epi16(b);
-    const __m512i h = _mm512_and_si512(_mm512_slli_epi16(v, 7), _mm512_set1_epi16((short)0xbfff));
-    const __m512 k256 = _mm512_set1_ps(DSR1_E4M3_HALF_BIAS);
-    const __m512 lo = _mm512_mul_ps(_mm512_cvtph_ps(_mm512_castsi512_si256(h)), k256);
-    const __m512 hi = _mm512_mul_ps(_mm512_cvtph_ps(_mm512_extracti64x4_epi64(h, 1)), k256);
-    const __m512i r = (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
+    __m512i r = _mm512_and_si512(_mm512_slli_epi16(v, 4), _mm512_set1_epi16((short)0x87f0));
+    r = _mm512_add_epi16(r, _mm512_set1_epi16(0x3c00));
+    const __mmask32 sub = _mm512_testn_epi16_mask(v, _mm512_set1_epi16(0x78));
+    r = _mm512_mask_sub_epi16(r, sub, r, _mm512_permutexvar_epi16(v, fix));
     const __m512i m7f = _mm512_set1_epi16(0x7f);
     const __mmask32 nan = _mm512_cmpeq_epi16_mask(_mm512_and_si512(v, m7f), m7f);
-    const __m512i qnan = _mm512_or_si512(_mm512_and_si512(v, _mm512_set1_epi16((short)0x8000)),
-                                         _mm512_set1_epi16(0x7fc0));
-    return _mm512_mask_mov_epi16(r, nan, qnan);
+    return _mm512_mask_add_epi16(r, nan, r, _mm512_set1_epi16(0x3bd0));
 }
 
 /* z[j] = 16 dwords of row j -> z[t] = dword t of rows 0..15. */
@@ -165,6 +174,8 @@ static void vd_group_any(int mr, const uint16_t *A, size_t ld, const uint16_t *P
  * same order as vd_group (per block one chain over its pairs, then the scale). */
 #define VD_SMALL 4
 
+/* One block at a time: per 32-column chunk, the 16 rows converted and transposed in
+ * registers, then the chunk's 16 pairs into the block's chain. */
 DSR1_AVX512_INLINE void vd_small(int mr, const dsr1__rowset *rs, const uint16_t *A, size_t ld,
                                  const float *mul, float *y, int ldy)
 {
@@ -181,6 +192,7 @@ DSR1_AVX512_INLINE void vd_small(int mr, const dsr1__rowset *rs, const uint16_t 
                 z[j] = j < rs->n ? e4m3x32_bf16((const uint8_t *)rs->row[j] + 2 * p0, k - 2 * p0)
                                  : _mm512_setzero_si512();
             transpose16(z);
+#pragma GCC unroll 16
             for (int t = 0; t < 16; t++)
                 for (int i = 0; i < mr; i++)
                     acc[i] = _mm512_dpbf16_ps(acc[i], pair_bcast(A + i * ld + 2 * (p0 + t)),
