@@ -3,12 +3,15 @@
 # `dsr1 serve` on loopback with a free gRPC port, stops it when the script exits, waits until
 # it serves, and sets GRPC_TARGET (HOST:PORT) and HTTP_BASE (http://HOST:PORT, empty when the
 # HTTP API is off). On a server that exits or never serves it prints its log and exits 1.
+# Each server gets a temporary batch state directory (--state-dir), removed at exit.
 start_server() {
     local build=$1 model=$2 log=$3 me; shift 3
     me=$(basename "$0")
-    "$build/tools/dsr1" serve --model "$model" --host 127.0.0.1 --port 0 "$@" >"$log" 2>&1 &
+    STATE_DIR=$(mktemp -d)
+    "$build/tools/dsr1" serve --model "$model" --host 127.0.0.1 --port 0 --state-dir "$STATE_DIR" \
+        "$@" >"$log" 2>&1 &
     SERVER_PID=$!
-    trap 'kill $SERVER_PID 2>/dev/null; wait $SERVER_PID 2>/dev/null || true' EXIT
+    trap 'kill $SERVER_PID 2>/dev/null; wait $SERVER_PID 2>/dev/null || true; rm -rf "$STATE_DIR"' EXIT
     for _ in $(seq 600); do
         grep -q 'serving on' "$log" && break
         kill -0 $SERVER_PID 2>/dev/null || { cat "$log"; echo "$me: the server exited"; exit 1; }

@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "args.h"
 #include "commands.h"
@@ -39,8 +40,8 @@ typedef struct {
     /* generate */
     const char *text, *chat_user, *system, *ids, *request_id;
     /* batch */
-    const char *file, *batch_id, *out;
-    bool wait;
+    const char *file, *batch_id, *out, *window;
+    bool wait, resume;
     /* status, list */
     bool results;
     long limit;
@@ -64,12 +65,21 @@ static void usage(FILE *f)
         "      (finish reason, token counts, timings). --json: print only the final\n"
         "      Completion as one JSON object on stdout.\n"
         "      --request-id ID     the request's id (default: the server makes one)\n"
-        "  batch --file F.jsonl [--batch-id ID] [--wait [--out R.jsonl]] [sampling]\n"
-        "      Submit one item per line: {\"text\": ...} | {\"messages\": [{\"role\",\n"
-        "      \"content\"}...]} | {\"ids\": [...]}, with optional \"custom_id\" and sampling\n"
-        "      fields (those of SamplingParams; they override the flags' for that line).\n"
-        "      Prints the batch id on stdout. --wait streams each result as a JSON line to\n"
-        "      --out (default stdout; the id then goes to stderr) until the batch is done.\n"
+        "  batch --input F.jsonl [--batch-id ID] [--completion-window W]\n"
+        "        [--wait] [--output R.jsonl [--resume]] [sampling]\n"
+        "      Upload one item per line (UploadBatch, streamed: any size): {\"text\": ...} |\n"
+        "      {\"messages\": [{\"role\", \"content\"}...]} | {\"ids\": [...]}, with optional\n"
+        "      \"custom_id\" and sampling fields (those of SamplingParams; they override the\n"
+        "      flags' for that line). Prints the batch id on stdout. --wait streams each\n"
+        "      result as a JSON line (a BatchItemResult, with its seq) to --output (which\n"
+        "      implies --wait; default stdout, the id then going to stderr) until the batch\n"
+        "      is done. --completion-window W: the batch expires after W (\"24h\", \"90m\").\n"
+        "      --resume: continue an interrupted download into --output: the results after\n"
+        "      its last line's seq are appended (a cut-off last line is dropped first); the\n"
+        "      batch is the --batch-id one, else the one the file's results belong to; with\n"
+        "      --input (and --batch-id, so that it is idempotent) the batch is uploaded first\n"
+        "      if the server does not have it. --file and --out are older names of --input\n"
+        "      and --output.\n"
         "  status BATCH_ID [--results]   state and progress (--results: with the results)\n"
         "  cancel BATCH_ID               cancel the batch's unfinished items\n"
         "  list [--limit N]              batches, newest first\n"
@@ -102,6 +112,8 @@ enum {
     O_BATCH_ID,
     O_OUT,
     O_WAIT,
+    O_RESUME,
+    O_WINDOW,
     O_RESULTS,
     O_LIMIT,
     O_MAX_TOKENS,
@@ -140,9 +152,13 @@ static const struct {
     {"ids", required_argument, O_IDS, GEN, STR(ids)},
     {"request-id", required_argument, O_REQUEST_ID, GEN, STR(request_id)},
     {"file", required_argument, O_FILE, BATCH, STR(file)},
+    {"input", required_argument, O_FILE, BATCH, STR(file)},
     {"batch-id", required_argument, O_BATCH_ID, BATCH, STR(batch_id)},
     {"out", required_argument, O_OUT, BATCH, STR(out)},
+    {"output", required_argument, O_OUT, BATCH, STR(out)},
     {"wait", no_argument, O_WAIT, BATCH, NONE},
+    {"resume", no_argument, O_RESUME, BATCH, NONE},
+    {"completion-window", required_argument, O_WINDOW, BATCH, STR(window)},
     {"results", no_argument, O_RESULTS, 1u << SUB_STATUS, NONE},
     {"limit", required_argument, O_LIMIT, 1u << SUB_LIST, NONE},
     {"max-tokens", required_argument, O_MAX_TOKENS, SAMPLE, NONE},
@@ -237,6 +253,9 @@ static int set_option(client_args *a, int opt, const char *name, const char *v)
     case O_WAIT:
         a->wait = true;
         return 0;
+    case O_RESUME:
+        a->resume = true;
+        return 0;
     case O_RESULTS:
         a->results = true;
         return 0;
@@ -293,14 +312,20 @@ static int parse_args(int argc, char **argv, client_args *a)
         fprintf(stderr, "dsr1 client generate: --system goes with --chat-user\n");
         return 2;
     }
-    if (a->sub == SUB_BATCH && !a->file) {
-        fprintf(stderr, "dsr1 client batch: --file is required\n");
+    if (a->sub == SUB_BATCH && !a->file && !a->resume) {
+        fprintf(stderr, "dsr1 client batch: --input is required\n");
         return 2;
     }
-    if (a->out && !a->wait) {
-        fprintf(stderr, "dsr1 client batch: --out goes with --wait\n");
+    if (a->resume && !a->out) {
+        fprintf(stderr, "dsr1 client batch: --resume goes with --output\n");
         return 2;
     }
+    if (a->resume && a->file && !a->batch_id) {
+        fprintf(stderr, "dsr1 client batch: --resume --input needs --batch-id (an upload "
+                        "without it would make a second batch)\n");
+        return 2;
+    }
+    if (a->out) a->wait = true;
     return merge_sampling_arg(a) ? 2 : 0;
 }
 
@@ -462,51 +487,128 @@ static int do_generate(const client_args *a, dsr1_rpc_client *c)
     return st ? fail() : 0;
 }
 
-/* Reads the batch file's lines into req->items. */
-static dsr1_status read_items(const char *path, const json_t *defaults,
-                              Dsr1__V1__SubmitBatchRequest *req)
+/* Items per UploadBatch message: up to about this many bytes (the server's limit is 4 MiB
+ * by default). */
+#define UPLOAD_CHUNK_BYTES (1 << 20)
+
+/* The batch file's items: one per non-blank line. */
+typedef struct {
+    FILE *f;
+    const char *path;
+    const json_t *defaults;
+    char *buf;
+    size_t cap, lineno;
+} item_reader;
+
+/* The next item (*out NULL at the end of the file). */
+static dsr1_status next_item(item_reader *r, Dsr1__V1__BatchItem **out)
 {
-    FILE *f = !strcmp(path, "-") ? stdin : fopen(path, "r");
-    if (!f) return dsr1_error(DSR1_ERR_IO, "%s: %s", path, strerror(errno));
-    char *buf = NULL;
-    size_t cap = 0, lineno = 0, n_alloc = 0;
-    dsr1_status st = DSR1_OK;
-    while (!st && getline(&buf, &cap, f) >= 0) {
-        lineno++;
-        if (strspn(buf, " \t\r\n") == strlen(buf)) continue;
+    *out = NULL;
+    while (getline(&r->buf, &r->cap, r->f) >= 0) {
+        r->lineno++;
+        if (strspn(r->buf, " \t\r\n") == strlen(r->buf)) continue;
         json_error_t err;
-        json_t *line = json_loads(buf, 0, &err);
-        Dsr1__V1__BatchItem *item = NULL;
-        st = line ? item_from_json(line, defaults, &item)
-                  : dsr1_error(DSR1_ERR_FORMAT, "%s", err.text);
+        json_t *line = json_loads(r->buf, 0, &err);
+        dsr1_status st = line ? item_from_json(line, r->defaults, out)
+                              : dsr1_error(DSR1_ERR_FORMAT, "%s", err.text);
         json_decref(line);
-        if (!st && req->n_items == n_alloc) {
-            n_alloc = n_alloc ? 2 * n_alloc : 64;
-            Dsr1__V1__BatchItem **g = realloc(req->items, n_alloc * sizeof(*g));
-            if (g)
-                req->items = g;
-            else
-                st = dsr1_error(DSR1_ERR_NOMEM, "out of memory");
-        }
-        if (!st)
-            req->items[req->n_items++] = item;
-        else if (item)
-            protobuf_c_message_free_unpacked(&item->base, NULL);
-        if (st) dsr1_error_context(st, "%s:%zu", path, lineno);
+        if (st) dsr1_error_context(st, "%s:%zu", r->path, r->lineno);
+        return st;
     }
-    if (!st && ferror(f)) st = dsr1_error(DSR1_ERR_IO, "%s: read error", path);
-    if (!st && !req->n_items) st = dsr1_error(DSR1_ERR_INVALID_ARG, "%s: no items", path);
+    return ferror(r->f) ? dsr1_error(DSR1_ERR_IO, "%s: read error", r->path) : DSR1_OK;
+}
+
+/* Non-blank lines of a regular file (0 for stdin: not known before the end). */
+static int count_lines(FILE *f)
+{
+    if (f == stdin) return 0;
+    char *buf = NULL;
+    size_t cap = 0;
+    int n = 0;
+    while (getline(&buf, &cap, f) >= 0) n += strspn(buf, " \t\r\n") != strlen(buf);
     free(buf);
-    if (f != stdin) fclose(f);
+    rewind(f);
+    return n;
+}
+
+static void free_items(Dsr1__V1__UploadBatchRequest *m)
+{
+    for (size_t i = 0; i < m->n_items; i++)
+        protobuf_c_message_free_unpacked(&m->items[i]->base, NULL);
+    m->n_items = 0;
+}
+
+/* UploadBatch from the file: items sent in messages of about UPLOAD_CHUNK_BYTES; *n the
+ * number of items. */
+static dsr1_status upload(dsr1_rpc_client *c, const client_args *a,
+                          Dsr1__V1__SubmitBatchResponse **out, size_t *n)
+{
+    item_reader r = {
+        .f = !strcmp(a->file, "-") ? stdin : fopen(a->file, "r"),
+        .path = a->file,
+        .defaults = a->sampling,
+    };
+    if (!r.f) return dsr1_error(DSR1_ERR_IO, "%s: %s", a->file, strerror(errno));
+    Dsr1__V1__UploadBatchRequest m = DSR1__V1__UPLOAD_BATCH_REQUEST__INIT;
+    m.batch_id = (char *)(a->batch_id ? a->batch_id : "");
+    m.completion_window = (char *)(a->window ? a->window : "");
+    m.total_items = count_lines(r.f);
+    size_t cap = 256, bytes = 0;
+    m.items = malloc(cap * sizeof(*m.items));
+    dsr1_rpc_stream *s = NULL;
+    dsr1_status st = m.items ? DSR1_OK : dsr1_error(DSR1_ERR_NOMEM, "out of memory");
+    if (!st)
+        st = dsr1_rpc_upload_open(c, DSR1_RPC_UPLOAD_BATCH,
+                                  &dsr1__v1__submit_batch_response__descriptor, a->timeout_s, &s);
+    *n = 0;
+    bool sent_first = false;
+    for (;;) {
+        Dsr1__V1__BatchItem *item = NULL;
+        if (!st) st = next_item(&r, &item);
+        if (item && m.n_items == cap) {
+            Dsr1__V1__BatchItem **g = realloc(m.items, 2 * cap * sizeof(*g));
+            if (g) {
+                m.items = g;
+                cap *= 2;
+            } else {
+                st = dsr1_error(DSR1_ERR_NOMEM, "out of memory");
+            }
+        }
+        if (item && !st) {
+            m.items[m.n_items++] = item;
+            bytes += protobuf_c_message_get_packed_size(&item->base) + 8;
+            (*n)++;
+        } else if (item) {
+            protobuf_c_message_free_unpacked(&item->base, NULL);
+        }
+        bool flush = !st && (bytes >= UPLOAD_CHUNK_BYTES || (!item && (m.n_items || !sent_first)));
+        if (flush) {
+            st = dsr1_rpc_upload_send(s, &m.base);
+            free_items(&m);
+            bytes = 0;
+            sent_first = true;
+            m.batch_id = m.completion_window = (char *)""; /* first message only */
+            m.total_items = 0;
+        }
+        if (st || !item) break;
+    }
+    if (!st && !*n) st = dsr1_error(DSR1_ERR_INVALID_ARG, "%s: no items", a->file);
+    if (!st) st = dsr1_rpc_upload_finish(s, (ProtobufCMessage **)out);
+    free_items(&m);
+    free(m.items);
+    free(r.buf);
+    dsr1_rpc_stream_close(s);
+    if (r.f != stdin) fclose(r.f);
     return st;
 }
 
-/* StreamBatchResults into out, one JSON line per result. */
+/* StreamBatchResults from from_seq into out, one JSON line per result. */
 static dsr1_status stream_results(dsr1_rpc_client *c, const client_args *a, char *batch_id,
-                                  FILE *out)
+                                  int64_t from_seq, FILE *out)
 {
     Dsr1__V1__StreamBatchResultsRequest req = DSR1__V1__STREAM_BATCH_RESULTS_REQUEST__INIT;
     req.batch_id = batch_id;
+    req.from_seq = from_seq;
     dsr1_rpc_stream *s;
     dsr1_status st =
         dsr1_rpc_stream_open(c, DSR1_RPC_STREAM_BATCH, &req.base,
@@ -532,41 +634,94 @@ static dsr1_status get_batch(dsr1_rpc_client *c, const client_args *a, char *id,
                          a->timeout_s, (ProtobufCMessage **)out);
 }
 
+/* Where --resume continues: the output file's last complete line (a cut-off line after it
+ * is truncated away) gives the next seq and the batch id; an absent or empty file: seq 0,
+ * no id. */
+static dsr1_status resume_point(const char *path, char *id, size_t cap, int64_t *from_seq)
+{
+    *from_seq = 0;
+    id[0] = '\0';
+    FILE *f = fopen(path, "r+");
+    if (!f && errno == ENOENT) return DSR1_OK;
+    if (!f) return dsr1_error(DSR1_ERR_IO, "%s: %s", path, strerror(errno));
+    char *buf = NULL, *last = NULL;
+    size_t bcap = 0;
+    long good = 0; /* bytes of complete lines */
+    ssize_t n;
+    dsr1_status st = DSR1_OK;
+    while ((n = getline(&buf, &bcap, f)) > 0) {
+        if (buf[n - 1] != '\n') break;
+        good += n;
+        if (strspn(buf, " \t\r\n") == (size_t)n) continue;
+        free(last);
+        last = strdup(buf);
+    }
+    if (ftell(f) != good && ftruncate(fileno(f), good))
+        st = dsr1_error(DSR1_ERR_IO, "%s: cannot drop its cut-off last line: %s", path,
+                        strerror(errno));
+    json_t *j = last && !st ? json_loads(last, 0, NULL) : NULL;
+    if (last && !st && !j)
+        st =
+            dsr1_error(DSR1_ERR_FORMAT, "%s: its last line is not JSON: not a results file?", path);
+    json_t *seq = json_object_get(j, "seq");
+    const char *rid =
+        json_string_value(json_object_get(json_object_get(j, "result"), "request_id"));
+    const char *slash = rid ? strrchr(rid, '/') : NULL;
+    if (j && (!json_is_integer(seq) || !slash || (size_t)(slash - rid) >= cap))
+        st =
+            dsr1_error(DSR1_ERR_FORMAT, "%s: its last line is not a batch result with a seq", path);
+    if (j && !st) {
+        *from_seq = json_integer_value(seq) + 1;
+        memcpy(id, rid, (size_t)(slash - rid));
+        id[slash - rid] = '\0';
+    }
+    json_decref(j);
+    free(last);
+    free(buf);
+    fclose(f);
+    return st;
+}
+
 static int do_batch(const client_args *a, dsr1_rpc_client *c)
 {
-    /* The flags' sampling goes into each item (with the line's fields over it), so
-     * default_sampling stays unset. */
-    Dsr1__V1__SubmitBatchRequest *req = (Dsr1__V1__SubmitBatchRequest *)dsr1_pbjson_new(
-        &dsr1__v1__submit_batch_request__descriptor);
-    dsr1_status st = req ? DSR1_OK : dsr1_error(DSR1_ERR_NOMEM, "out of memory");
-    if (!st && a->batch_id && !(req->batch_id = strdup(a->batch_id)))
-        st = dsr1_error(DSR1_ERR_NOMEM, "out of memory");
-    if (!st) st = read_items(a->file, a->sampling, req);
+    char resume_id[256] = "";
+    int64_t from_seq = 0;
+    dsr1_status st = DSR1_OK;
+    if (a->resume) st = resume_point(a->out, resume_id, sizeof(resume_id), &from_seq);
+    if (!st && a->batch_id && *resume_id && strcmp(a->batch_id, resume_id))
+        st = dsr1_error(DSR1_ERR_INVALID_ARG, "%s holds results of batch %s, not %s", a->out,
+                        resume_id, a->batch_id);
     Dsr1__V1__SubmitBatchResponse *r = NULL;
-    if (!st)
-        st = dsr1_rpc_call(c, DSR1_RPC_SUBMIT_BATCH, &req->base,
-                           &dsr1__v1__submit_batch_response__descriptor, a->timeout_s,
-                           (ProtobufCMessage **)&r);
-    size_t n_items = req ? req->n_items : 0;
-    if (req) protobuf_c_message_free_unpacked(&req->base, NULL);
+    char *id = a->batch_id ? (char *)a->batch_id : resume_id;
+    size_t n_items = 0;
+    if (!st && a->file) st = upload(c, a, &r, &n_items);
+    if (!st && !a->file && !*id)
+        st = dsr1_error(DSR1_ERR_INVALID_ARG,
+                        "%s has no results to resume from: give --batch-id (or --input)", a->out);
     if (st) return fail();
+    if (r) id = r->batch_id;
     bool results_to_stdout = a->wait && !a->out;
-    fprintf(results_to_stdout ? stderr : stdout, "%s\n", r->batch_id);
-    fprintf(stderr, "dsr1 client: batch %s: %s, %zu items\n", r->batch_id,
-            r->created ? "created" : "already submitted (nothing queued)", n_items);
+    if (r) {
+        fprintf(results_to_stdout ? stderr : stdout, "%s\n", r->batch_id);
+        fprintf(stderr, "dsr1 client: batch %s: %s, %zu items\n", r->batch_id,
+                r->created ? "created" : "already submitted (nothing queued)", n_items);
+    }
+    if (a->resume)
+        fprintf(stderr, "dsr1 client: batch %s: results from seq %lld on\n", id,
+                (long long)from_seq);
     if (a->wait) {
-        FILE *out = a->out ? fopen(a->out, "w") : stdout;
+        FILE *out = a->out ? fopen(a->out, a->resume ? "a" : "w") : stdout;
         if (!out) st = dsr1_error(DSR1_ERR_IO, "%s: %s", a->out, strerror(errno));
-        if (!st) st = stream_results(c, a, r->batch_id, out);
+        if (!st) st = stream_results(c, a, id, from_seq, out);
         if (out && out != stdout && fclose(out) && !st)
             st = dsr1_error(DSR1_ERR_IO, "%s: write error", a->out);
         Dsr1__V1__BatchStatus *b;
-        if (!st && !(st = get_batch(c, a, r->batch_id, false, &b))) {
+        if (!st && !(st = get_batch(c, a, id, false, &b))) {
             print_batch_line(stderr, b);
             protobuf_c_message_free_unpacked(&b->base, NULL);
         }
     }
-    protobuf_c_message_free_unpacked(&r->base, NULL);
+    if (r) protobuf_c_message_free_unpacked(&r->base, NULL);
     return st ? fail() : 0;
 }
 

@@ -6,7 +6,14 @@
  * Prints "HTTP API on http://HOST:PORT" (unless --http-port 0) and then "serving on
  * HOST:PORT" on stdout once it accepts calls (scripts wait for that line; with --port 0 it
  * names the port picked). SIGINT or SIGTERM: stops accepting, aborts the running requests
- * (clients get their final ABORT message or chunk) and exits 0. */
+ * (clients get their final ABORT message or chunk) and exits 0.
+ *
+ * Batch jobs (gRPC's and OpenAI's Batches API) live in the durable batch store in the state
+ * directory (--state-dir): opened before the model loads (a directory that another server
+ * holds, or a store that is not ours, fails at once), closed after both frontends stopped
+ * taking new work and before the scheduler goes; unfinished batches resume on the next
+ * start. */
+#include <errno.h>
 #include <getopt.h>
 #include <libgen.h>
 #include <pthread.h>
@@ -18,6 +25,7 @@
 
 #include "args.h"
 #include "backend.h"
+#include "batches.h"
 #include "bootstrap_mpi.h"
 #include "commands.h"
 #include "http_server.h"
@@ -63,7 +71,14 @@ static void serve_usage(FILE *f)
            "  --max-running N         requests decoding together (default 32)\n"
            "  --max-queued N          waiting requests; beyond, Generate is RESOURCE_EXHAUSTED\n"
            "                          (default 1024)\n"
-           "  --max-batch-items N     items of one SubmitBatch (default 10000)\n"
+           "  --state-dir DIR         batch jobs and files are kept here and survive restarts\n"
+           "                          (default $XDG_STATE_HOME/dsr1, else ~/.local/state/dsr1;\n"
+           "                          one server per directory; 'none': no batch jobs)\n"
+           "  --batch-window N        batch items in the scheduler at once (default: twice\n"
+           "                          --max-running, at most half of --max-queued)\n"
+           "  --batch-retention-days D  finished batches and files are deleted D days after\n"
+           "                          they finished / were uploaded (default 30; 0: never)\n"
+           "  --max-batch-items N     items of one batch (default 1000000)\n"
            "  --max-message-bytes N   largest request message (default 4194304)\n"
            "  --max-context N         prompt + max_tokens (default and most: the model's\n"
            "                          max_position_embeddings or the KV cache of a rank,\n"
@@ -94,6 +109,8 @@ enum {
     F_HTTP_PORT,
     F_HTTP_BODY,
     F_HTTP_STREAM,
+    F_BATCH_WINDOW,
+    F_RETENTION_DAYS,
     N_INT_FLAGS
 };
 
@@ -103,7 +120,7 @@ typedef struct {
 } int_flag;
 
 typedef struct {
-    const char *model, *host, *api_key, *kernels;
+    const char *model, *host, *api_key, *kernels, *state_dir;
     bool dummy, mpi, prefix_cache;
     int transport;
     uint64_t seed;
@@ -128,28 +145,31 @@ static const serve_opts defaults = {
             [F_IN_FLIGHT] = {"steps-in-flight", 1, 64, 0},
             [F_MAX_RUNNING] = {"max-running", 1, 1 << 20, 32},
             [F_MAX_QUEUED] = {"max-queued", 1, 1 << 24, 1024},
-            [F_MAX_BATCH_ITEMS] = {"max-batch-items", 1, 10000000, 10000},
+            [F_MAX_BATCH_ITEMS] = {"max-batch-items", 1, 10000000, 1000000},
             [F_MAX_MESSAGE_BYTES] = {"max-message-bytes", 1024, 1 << 30,
                                      DSR1_SERVER_DEFAULT_MSG_BYTES},
             [F_MAX_CONTEXT] = {"max-context", 1, 1 << 30, 0},
             [F_HTTP_PORT] = {"http-port", 0, 65535, -1}, /* -1: not given */
             [F_HTTP_BODY] = {"http-max-body-bytes", 1024, 1 << 30, DSR1_HTTP_DEFAULT_BODY_BYTES},
             [F_HTTP_STREAM] = {"http-stream-bytes", 4096, 1 << 30, DSR1_HTTP_DEFAULT_SSE_BYTES},
+            [F_BATCH_WINDOW] = {"batch-window", 1, 1 << 20, 0},
+            [F_RETENTION_DAYS] = {"batch-retention-days", 0, 100000, 30},
         },
 };
 
 /* Parses argv into o; returns -1 to exit 0 (help), 2 on a usage error, else 0. */
 static int parse(int argc, char **argv, serve_opts *o)
 {
-    struct option opts[N_INT_FLAGS + 11] = {
+    struct option opts[N_INT_FLAGS + 12] = {
         {"model", required_argument, 0, 'm'},     {"host", required_argument, 0, 'H'},
         {"api-key", required_argument, 0, 'a'},   {"kernels", required_argument, 0, 'k'},
         {"transport", required_argument, 0, 'T'}, {"mpi", no_argument, 0, 'M'},
         {"dummy-weights", no_argument, 0, 'D'},   {"seed", required_argument, 0, 's'},
         {"no-prefix-cache", no_argument, 0, 'P'}, {"help", no_argument, 0, 'h'},
+        {"state-dir", required_argument, 0, 'S'},
     };
     for (int i = 0; i < N_INT_FLAGS; i++)
-        opts[10 + i] = (struct option){o->n[i].name, required_argument, 0, FLAG_BASE + i};
+        opts[11 + i] = (struct option){o->n[i].name, required_argument, 0, FLAG_BASE + i};
     int c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -172,6 +192,13 @@ static int parse(int argc, char **argv, serve_opts *o)
             break;
         case 'k':
             o->kernels = optarg;
+            break;
+        case 'S':
+            if (!*optarg) {
+                fprintf(stderr, CMD ": --state-dir: empty (a directory, or 'none')\n");
+                return 2;
+            }
+            o->state_dir = optarg;
             break;
         case 'M':
             o->mpi = true;
@@ -241,6 +268,40 @@ static int batch_window(int max_running, int max_queued)
     return w > 0 ? w : 1;
 }
 
+/* The state directory: --state-dir, else $XDG_STATE_HOME/dsr1, else $HOME/.local/state/dsr1
+ * (its parents created, 0700); "" for --state-dir none. */
+static dsr1_status state_dir(const serve_opts *o, char *out, size_t cap)
+{
+    const char *xdg = getenv("XDG_STATE_HOME"), *home = getenv("HOME");
+    if (o->state_dir && !strcmp(o->state_dir, "none")) {
+        out[0] = '\0';
+        return DSR1_OK;
+    }
+    int n;
+    if (o->state_dir)
+        n = snprintf(out, cap, "%s", o->state_dir);
+    else if (xdg && *xdg == '/')
+        n = snprintf(out, cap, "%s/dsr1", xdg);
+    else if (home && *home)
+        n = snprintf(out, cap, "%s/.local/state/dsr1", home);
+    else
+        return dsr1_error(DSR1_ERR_INVALID_ARG,
+                          "no state directory: HOME is not set; give --state-dir DIR (or none)");
+    if (n < 0 || (size_t)n >= cap) return dsr1_error(DSR1_ERR_RANGE, "--state-dir: path too long");
+    /* the parents; the store makes the directory itself */
+    char path[4096];
+    snprintf(path, sizeof(path), "%s", out);
+    for (char *p = path + 1; *p; p++) {
+        if (*p != '/') continue;
+        *p = '\0';
+        if (mkdir(path, 0700) && errno != EEXIST)
+            return dsr1_error(DSR1_ERR_IO, "state directory %s: cannot create %s: %s", out, path,
+                              strerror(errno));
+        *p = '/';
+    }
+    return DSR1_OK;
+}
+
 /* Everything a running server holds. The server binds its port first (a port in use fails
  * before the model loads) and is destroyed first (its shutdown needs the scheduler). */
 typedef struct {
@@ -250,6 +311,7 @@ typedef struct {
     dsr1_sched *sched;
     dsr1_server *server;
     dsr1_http_server *http;
+    dsr1_batches *batches;
 } serving;
 
 /* The HTTP API's port: --http-port (0: off), else 8000, or any free port (0) when the gRPC
@@ -267,6 +329,20 @@ static dsr1_status open_serving(const serve_opts *o, serving *sv)
     dsr1_status st = dsr1_server_listen(o->host, (int)o->n[F_PORT].value,
                                         (int)o->n[F_MAX_MESSAGE_BYTES].value, &sv->server);
     if (st != DSR1_OK) return st;
+    /* the batch store before anything slow: a held or foreign state directory fails at once */
+    char sdir[4096];
+    if ((st = state_dir(o, sdir, sizeof(sdir))) != DSR1_OK) return st;
+    long days = o->n[F_RETENTION_DAYS].value;
+    dsr1_batches_params bsp = {
+        .state_dir = sdir,
+        .retention_s = days ? days * 86400 : -1,
+        .window = (int)o->n[F_BATCH_WINDOW].value,
+        .max_items = (int)o->n[F_MAX_BATCH_ITEMS].value,
+    };
+    if (!bsp.window)
+        bsp.window = batch_window((int)o->n[F_MAX_RUNNING].value, (int)o->n[F_MAX_QUEUED].value);
+    if (*sdir && (st = dsr1_batches_open(&bsp, &sv->batches)) != DSR1_OK) return st;
+    if (sv->batches) DSR1_INFO("serve: batch jobs in %s", sdir);
     /* the tokenizer before the workers start: they wait for the scheduler's first step or
      * heartbeat only --timeout-ms */
     char dir[4096], config[4096];
@@ -317,7 +393,7 @@ static dsr1_status open_serving(const serve_opts *o, serving *sv)
         .max_batch_items = (int)o->n[F_MAX_BATCH_ITEMS].value,
         .max_context = (int)max_context,
         .max_queued = sp.max_queued,
-        .batch_window = batch_window(sp.max_running, sp.max_queued),
+        .batches = sv->batches,
         .model_dir = dir,
         .config_path = config,
         .cfg = cfg,
@@ -331,7 +407,7 @@ static dsr1_status open_serving(const serve_opts *o, serving *sv)
     };
     if ((st = dsr1_server_start(sv->server, &p)) != DSR1_OK) return st;
     int hport = http_port(o);
-    if (hport < 0) return DSR1_OK;
+    if (hport < 0) return sv->batches ? dsr1_batches_start(sv->batches) : DSR1_OK;
     dsr1_http_params hp = {
         .api_key = o->api_key,
         .max_context = (int)max_context,
@@ -343,11 +419,16 @@ static dsr1_status open_serving(const serve_opts *o, serving *sv)
         .sched = sv->sched,
         .grammars = sv->grammars,
     };
-    return dsr1_http_start(o->host, hport, &hp, &sv->http);
+    if ((st = dsr1_http_start(o->host, hport, &hp, &sv->http)) != DSR1_OK) return st;
+    return sv->batches ? dsr1_batches_start(sv->batches) : DSR1_OK;
 }
 
+/* Frontends stop taking work, the store closes (aborting its running items, recording
+ * nothing: they run again on the next start), then the frontends and the scheduler go. */
 static void close_serving(serving *sv)
 {
+    dsr1_server_shutdown(sv->server);
+    if (sv->batches) dsr1_batches_close(sv->batches);
     dsr1_http_stop(sv->http);
     dsr1_server_destroy(sv->server);
     if (sv->sched) dsr1_sched_destroy(sv->sched);

@@ -169,7 +169,8 @@ static gpr_timespec deadline_of(double timeout_s)
                         gpr_time_from_micros((int64_t)(timeout_s * 1e6), GPR_TIMESPAN));
 }
 
-/* Starts the SEND and STATUS batches of a new call. */
+/* Starts the SEND and STATUS batches of a new call; req NULL: a client-streaming call,
+ * whose SEND batch has only the metadata (messages and half-close follow). */
 static dsr1_status start_call(dsr1_rpc_client *c, dsr1_rpc_stream *s, const char *method,
                               const ProtobufCMessage *req, double timeout_s)
 {
@@ -177,25 +178,27 @@ static dsr1_status start_call(dsr1_rpc_client *c, dsr1_rpc_stream *s, const char
     s->call = grpc_channel_create_call(c->channel, NULL, GRPC_PROPAGATE_DEFAULTS, s->cq, m, NULL,
                                        deadline_of(timeout_s), NULL);
     if (!s->call) return dsr1_error(DSR1_ERR_INTERNAL, "cannot create a call to %s", method);
-    grpc_byte_buffer *payload = pack(req);
+    grpc_byte_buffer *payload = req ? pack(req) : NULL;
     grpc_op send[4] = {{.op = GRPC_OP_SEND_INITIAL_METADATA},
+                       {.op = GRPC_OP_RECV_INITIAL_METADATA},
                        {.op = GRPC_OP_SEND_MESSAGE},
-                       {.op = GRPC_OP_SEND_CLOSE_FROM_CLIENT},
-                       {.op = GRPC_OP_RECV_INITIAL_METADATA}};
+                       {.op = GRPC_OP_SEND_CLOSE_FROM_CLIENT}};
     send[0].data.send_initial_metadata.count = c->has_auth ? 1 : 0;
     send[0].data.send_initial_metadata.metadata = c->has_auth ? &c->auth : NULL;
-    send[1].data.send_message.send_message = payload;
-    send[3].data.recv_initial_metadata.recv_initial_metadata = &s->initial_md;
+    send[1].data.recv_initial_metadata.recv_initial_metadata = &s->initial_md;
+    send[2].data.send_message.send_message = payload;
+    size_t n_send = req ? 4 : 2;
     grpc_op status = {.op = GRPC_OP_RECV_STATUS_ON_CLIENT};
     status.data.recv_status_on_client.trailing_metadata = &s->trailing_md;
     status.data.recv_status_on_client.status = &s->code;
     status.data.recv_status_on_client.status_details = &s->details;
-    grpc_call_error e1 = grpc_call_start_batch(s->call, send, 4, (void *)(intptr_t)TAG_SEND, NULL);
+    grpc_call_error e1 =
+        grpc_call_start_batch(s->call, send, n_send, (void *)(intptr_t)TAG_SEND, NULL);
     grpc_call_error e2 =
         e1 == GRPC_CALL_OK
             ? grpc_call_start_batch(s->call, &status, 1, (void *)(intptr_t)TAG_STATUS, NULL)
             : GRPC_CALL_ERROR;
-    grpc_byte_buffer_destroy(payload); /* the call holds its own reference */
+    if (payload) grpc_byte_buffer_destroy(payload); /* the call holds its own reference */
     if (e1 != GRPC_CALL_OK || e2 != GRPC_CALL_OK) {
         grpc_call_cancel(s->call, NULL);
         if (e1 == GRPC_CALL_OK) wait_tag(s, TAG_SEND);
@@ -212,6 +215,7 @@ dsr1_status dsr1_rpc_stream_open(dsr1_rpc_client *c, const char *method,
                                  const ProtobufCMessageDescriptor *reply_desc, double timeout_s,
                                  dsr1_rpc_stream **out)
 {
+    if (!req) return dsr1_error(DSR1_ERR_INVALID_ARG, "%s: no request", method);
     dsr1_rpc_stream *s = calloc(1, sizeof(*s));
     if (!s) return dsr1_error(DSR1_ERR_NOMEM, "out of memory");
     s->reply_desc = reply_desc;
@@ -252,6 +256,73 @@ dsr1_status dsr1_rpc_stream_next(dsr1_rpc_stream *s, ProtobufCMessage **msg)
     if (s->code != GRPC_STATUS_OK) return status_error(s);
     *msg = NULL;
     return DSR1_OK;
+}
+
+dsr1_status dsr1_rpc_upload_open(dsr1_rpc_client *c, const char *method,
+                                 const ProtobufCMessageDescriptor *reply_desc, double timeout_s,
+                                 dsr1_rpc_stream **out)
+{
+    dsr1_rpc_stream *s = calloc(1, sizeof(*s));
+    if (!s) return dsr1_error(DSR1_ERR_NOMEM, "out of memory");
+    s->reply_desc = reply_desc;
+    s->details = grpc_empty_slice();
+    grpc_metadata_array_init(&s->initial_md);
+    grpc_metadata_array_init(&s->trailing_md);
+    s->cq = grpc_completion_queue_create_for_pluck(NULL);
+    dsr1_status st = start_call(c, s, method, NULL, timeout_s);
+    if (st) {
+        s->finished = true;
+        dsr1_rpc_stream_close(s);
+        return st;
+    }
+    *out = s;
+    return DSR1_OK;
+}
+
+/* One batch of ops on TAG_MESSAGE, waited for; false when it failed (the call is over). */
+static bool run_ops(dsr1_rpc_stream *s, grpc_op *ops, size_t n)
+{
+    if (s->finished) return false;
+    if (grpc_call_start_batch(s->call, ops, n, (void *)(intptr_t)TAG_MESSAGE, NULL) != GRPC_CALL_OK)
+        return false;
+    return wait_tag(s, TAG_MESSAGE).success != 0;
+}
+
+/* The call's error once it is over (UNKNOWN when it ended OK where a reply was due). */
+static dsr1_status ended(dsr1_rpc_stream *s, const char *what)
+{
+    finish(s);
+    if (s->code != GRPC_STATUS_OK) return status_error(s);
+    return dsr1_error(DSR1_ERR_IO, "%s: the call ended early", what);
+}
+
+dsr1_status dsr1_rpc_upload_send(dsr1_rpc_stream *s, const ProtobufCMessage *req)
+{
+    grpc_op op = {.op = GRPC_OP_SEND_MESSAGE};
+    op.data.send_message.send_message = pack(req);
+    bool ok = run_ops(s, &op, 1);
+    grpc_byte_buffer_destroy(op.data.send_message.send_message);
+    return ok ? DSR1_OK : ended(s, "upload");
+}
+
+dsr1_status dsr1_rpc_upload_finish(dsr1_rpc_stream *s, ProtobufCMessage **reply)
+{
+    grpc_op ops[2] = {{.op = GRPC_OP_SEND_CLOSE_FROM_CLIENT}, {.op = GRPC_OP_RECV_MESSAGE}};
+    s->recv = NULL;
+    ops[1].data.recv_message.recv_message = &s->recv;
+    bool ok = run_ops(s, ops, 2);
+    grpc_byte_buffer *bb = ok ? s->recv : NULL;
+    s->recv = NULL;
+    finish(s);
+    dsr1_status st;
+    if (s->code != GRPC_STATUS_OK)
+        st = status_error(s);
+    else if (!bb)
+        st = dsr1_error(DSR1_ERR_FORMAT, "upload: the server sent no reply");
+    else
+        st = unpack(s->reply_desc, bb, reply);
+    if (bb) grpc_byte_buffer_destroy(bb);
+    return st;
 }
 
 void dsr1_rpc_stream_cancel(dsr1_rpc_stream *s)

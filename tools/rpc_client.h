@@ -21,6 +21,7 @@
 /* Full method names, as they go on the wire. */
 #define DSR1_RPC_GENERATE        "/dsr1.v1.Dsr1/Generate"
 #define DSR1_RPC_SUBMIT_BATCH    "/dsr1.v1.Dsr1/SubmitBatch"
+#define DSR1_RPC_UPLOAD_BATCH    "/dsr1.v1.Dsr1/UploadBatch"
 #define DSR1_RPC_GET_BATCH       "/dsr1.v1.Dsr1/GetBatch"
 #define DSR1_RPC_STREAM_BATCH    "/dsr1.v1.Dsr1/StreamBatchResults"
 #define DSR1_RPC_CANCEL_BATCH    "/dsr1.v1.Dsr1/CancelBatch"
@@ -62,6 +63,15 @@ void dsr1_rpc_stream_cancel(dsr1_rpc_stream *s);
 /* Cancels the call if it is still running, waits for its end and frees it. NULL is
  * ignored. */
 void dsr1_rpc_stream_close(dsr1_rpc_stream *s);
+
+/* A client-streaming call: open, send each request, then finish, which half-closes and
+ * returns the single reply (or the call's error); close the stream afterwards (or instead,
+ * to cancel). A send that fails returns the call's error (the server ended it). */
+dsr1_status dsr1_rpc_upload_open(dsr1_rpc_client *c, const char *method,
+                                 const ProtobufCMessageDescriptor *reply_desc, double timeout_s,
+                                 dsr1_rpc_stream **out);
+dsr1_status dsr1_rpc_upload_send(dsr1_rpc_stream *s, const ProtobufCMessage *req);
+dsr1_status dsr1_rpc_upload_finish(dsr1_rpc_stream *s, ProtobufCMessage **reply);
 
 /* "OK", "CANCELLED", ... "UNAUTHENTICATED" for a gRPC status code; "UNKNOWN" otherwise. */
 const char *dsr1_rpc_code_name(int code);

@@ -142,6 +142,7 @@ static void call_free(srv_call *c)
     if (c->call) grpc_call_unref(c->call);
     grpc_metadata_array_destroy(&c->md);
     if (c->payload) grpc_byte_buffer_destroy(c->payload);
+    if (c->recv_bb) grpc_byte_buffer_destroy(c->recv_bb);
     if (c->in_flight) grpc_byte_buffer_destroy(c->in_flight);
     outbox_clear(c);
     if (c->status_queued) grpc_slice_unref(c->details);
@@ -318,6 +319,59 @@ static void on_close(void *arg, bool ok)
     dsr1__srv_call_unref(c);
 }
 
+/* Reads a byte buffer whole; false when it cannot be read (compressed). */
+static bool read_all(grpc_byte_buffer *bb, grpc_slice *out)
+{
+    grpc_byte_buffer_reader r;
+    if (!grpc_byte_buffer_reader_init(&r, bb)) return false;
+    *out = grpc_byte_buffer_reader_readall(&r);
+    grpc_byte_buffer_reader_destroy(&r);
+    return true;
+}
+
+/* Client streaming: posts the next RECV_MESSAGE; on_recv hands what it got to the method. */
+static void post_recv(srv_call *c);
+
+static void on_recv(void *arg, bool ok)
+{
+    srv_call *c = arg;
+    const srv_method_desc *d = &dsr1__srv_methods[c->method];
+    grpc_byte_buffer *bb = ok ? c->recv_bb : NULL;
+    c->recv_bb = NULL;
+    grpc_slice sl;
+    if (!bb) { /* the client's half-close, or the call is gone */
+        pthread_mutex_lock(&c->mu);
+        bool gone = !ok || (c->closed && c->cancelled) || c->dead;
+        pthread_mutex_unlock(&c->mu);
+        d->recv(c, NULL, 0, gone);
+    } else if (!read_all(bb, &sl)) {
+        grpc_byte_buffer_destroy(bb);
+        d->recv(c, NULL, 0, true);
+        dsr1__srv_call_finish(c, GRPC_STATUS_INVALID_ARGUMENT, "unreadable request message");
+    } else {
+        grpc_byte_buffer_destroy(bb);
+        bool more = d->recv(c, GRPC_SLICE_START_PTR(sl), GRPC_SLICE_LENGTH(sl), false);
+        grpc_slice_unref(sl);
+        if (more) post_recv(c);
+    }
+    dsr1__srv_call_unref(c);
+}
+
+static void post_recv(srv_call *c)
+{
+    grpc_op op;
+    memset(&op, 0, sizeof(op));
+    op.op = GRPC_OP_RECV_MESSAGE;
+    op.data.recv_message.recv_message = &c->recv_bb;
+    c->recv_tag = (srv_tag){on_recv, c};
+    dsr1__srv_call_ref(c);
+    if (grpc_call_start_batch(c->call, &op, 1, &c->recv_tag, NULL) != GRPC_CALL_OK) {
+        atomic_fetch_sub(&c->refs, 1); /* the caller still holds one */
+        dsr1__srv_methods[c->method].recv(c, NULL, 0, true);
+        dsr1__srv_call_finish(c, GRPC_STATUS_INTERNAL, "cannot receive the next message");
+    }
+}
+
 static void dispatch(srv_call *c)
 {
     dsr1_server *s = c->srv;
@@ -328,17 +382,19 @@ static void dispatch(srv_call *c)
             "missing or wrong API key: send metadata 'authorization: Bearer KEY'");
         return;
     }
+    if (d->recv) {
+        post_recv(c);
+        return;
+    }
     if (!c->payload) {
         dsr1__srv_call_finish(c, GRPC_STATUS_INVALID_ARGUMENT, "no request message");
         return;
     }
-    grpc_byte_buffer_reader r;
-    if (!grpc_byte_buffer_reader_init(&r, c->payload)) {
+    grpc_slice sl;
+    if (!read_all(c->payload, &sl)) {
         dsr1__srv_call_finish(c, GRPC_STATUS_INVALID_ARGUMENT, "unreadable request message");
         return;
     }
-    grpc_slice sl = grpc_byte_buffer_reader_readall(&r);
-    grpc_byte_buffer_reader_destroy(&r);
     const uint8_t *data = GRPC_SLICE_START_PTR(sl);
     size_t len = GRPC_SLICE_LENGTH(sl);
     if (d->stream) {
@@ -403,9 +459,10 @@ static void request_call(dsr1_server *s, srv_method m)
         return;
     }
     c->start_tag = (srv_tag){on_call_start, c};
+    grpc_byte_buffer **payload = dsr1__srv_methods[m].recv ? NULL : &c->payload;
     grpc_call_error e =
         grpc_server_request_registered_call(s->server, s->methods[m], &c->call, &c->deadline,
-                                            &c->md, &c->payload, s->cq, s->cq, &c->start_tag);
+                                            &c->md, payload, s->cq, s->cq, &c->start_tag);
     if (e != GRPC_CALL_OK) {
         DSR1_ERROR("server: cannot accept %s calls (grpc_call_error %d)", dsr1__srv_methods[m].path,
                    (int)e);
@@ -447,9 +504,7 @@ static char *dup_or_null(const char *str)
 static dsr1_status copy_params(dsr1_server *s, const dsr1_server_params *p)
 {
     s->p = *p;
-    if (!s->p.max_batch_items) s->p.max_batch_items = 10000;
-    if (!s->p.batch_window) s->p.batch_window = 64;
-    if (!s->p.max_kept_batches) s->p.max_kept_batches = 1000;
+    if (!s->p.max_batch_items) s->p.max_batch_items = 1000000;
     s->api_key = dup_or_null(p->api_key);
     s->model_dir = strdup(p->model_dir ? p->model_dir : ".");
     s->config_path = strdup(p->config_path ? p->config_path : "");
@@ -482,8 +537,11 @@ static dsr1_status listen_on(dsr1_server *s, const char *host, int port)
     s->server = grpc_server_create(&ca, NULL);
     grpc_server_register_completion_queue(s->server, s->cq, NULL);
     for (int m = 0; m < SRV_N_METHODS; m++) {
-        s->methods[m] = grpc_server_register_method(s->server, dsr1__srv_methods[m].path, NULL,
-                                                    GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER, 0);
+        grpc_server_register_method_payload_handling ph =
+            dsr1__srv_methods[m].recv ? GRPC_SRM_PAYLOAD_NONE
+                                      : GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER;
+        s->methods[m] =
+            grpc_server_register_method(s->server, dsr1__srv_methods[m].path, NULL, ph, 0);
         if (!s->methods[m])
             return dsr1_error(DSR1_ERR_INTERNAL, "server: cannot register %s",
                               dsr1__srv_methods[m].path);
@@ -560,7 +618,7 @@ dsr1_status dsr1_server_start(dsr1_server *s, const dsr1_server_params *p)
             "server: a scheduler, a config, a tokenizer and max_context are required");
     dsr1_status st = copy_params(s, p);
     if (st == DSR1_OK) st = dsr1__srv_model_load(s);
-    if (st == DSR1_OK) st = dsr1__srv_batches_create(s, &s->batches);
+    if (st == DSR1_OK && p->batches) st = dsr1__srv_batches_create(s, p->batches, &s->batches);
     if (st != DSR1_OK) return st;
     s->start_time = dsr1__srv_mono_now();
     grpc_server_start(s->server);
@@ -579,6 +637,8 @@ int dsr1_server_port(const dsr1_server *s)
  * scheduler has ended their requests, then are cancelled. */
 static void shutdown_grpc(dsr1_server *s)
 {
+    if (s->shut_down) return;
+    s->shut_down = true;
     pthread_mutex_lock(&s->mu);
     s->stopping = true;
     pthread_mutex_unlock(&s->mu);
@@ -597,6 +657,12 @@ static void shutdown_grpc(dsr1_server *s)
     while (s->n_calls || !s->shutdown_done) wait_until(s, 0);
     pthread_mutex_unlock(&s->mu);
     grpc_server_destroy(s->server);
+    s->server = NULL;
+}
+
+void dsr1_server_shutdown(dsr1_server *s)
+{
+    if (s && s->server) shutdown_grpc(s);
 }
 
 void dsr1_server_destroy(dsr1_server *s)

@@ -5,17 +5,21 @@
  * The server turns requests into scheduler requests (tokenizing text, rendering chat
  * messages with the checkpoint's chat template, filling sampling defaults from
  * generation_config.json, checking every limit) and scheduler events into responses:
- * Generate streams one message per step; batches are queued in a registry that feeds
- * their items to the scheduler as capacity allows and keeps their results.
+ * Generate streams one message per step; batches live in the durable batch store
+ * (batches.h), which feeds their items to the scheduler through the server's "grpc" codec
+ * and keeps their results.
  *
  * Threads: a few completion-queue threads run the RPC handlers; streamed messages are sent
  * from the scheduler's thread as its events arrive. The scheduler, tokenizer and config
- * are borrowed: they must outlive the server (destroy the server first). */
+ * are borrowed: they must outlive the server (destroy the server first). With a batch
+ * store: dsr1_server_shutdown, then dsr1_batches_close, then dsr1_server_destroy (the
+ * store's codec uses the server until it is closed). */
 #ifndef DSR1_SERVER_H
 #define DSR1_SERVER_H
 
 #include <stdint.h>
 
+#include "batches.h"
 #include "model_config.h"
 #include "scheduler.h"
 #include "status.h"
@@ -25,12 +29,13 @@
 #define DSR1_SERVER_DEFAULT_MSG_BYTES (4 << 20)
 
 typedef struct {
-    const char *api_key;  /* NULL or "": no authentication */
-    int max_batch_items;  /* items of one SubmitBatch (0: 10000) */
-    int max_context;      /* prompt + max_tokens, as the scheduler was given */
-    int max_queued;       /* the scheduler's queue limit, reported by GetModelInfo */
-    int batch_window;     /* batch items handed to the scheduler at once (0: 64) */
-    int max_kept_batches; /* finished batches remembered (0: 1000) */
+    const char *api_key; /* NULL or "": no authentication */
+    int max_batch_items; /* items of one batch (0: 1000000; as the store's max_items) */
+    int max_context;     /* prompt + max_tokens, as the scheduler was given */
+    int max_queued;      /* the scheduler's queue limit, reported by GetModelInfo */
+    /* The durable batch store (open, not yet started: the server registers its "grpc"
+     * codec); NULL: the batch RPCs answer UNAVAILABLE. */
+    dsr1_batches *batches;
 
     const char *model_dir;   /* checkpoint directory: generation_config.json (sampling
                               * defaults) and the chat template are read from it */
@@ -65,5 +70,8 @@ int dsr1_server_port(const dsr1_server *s);
  * seconds at most for clients to read them), cancels whatever remains and joins the
  * threads. The scheduler must still be running. */
 void dsr1_server_destroy(dsr1_server *s);
+/* The first part of dsr1_server_destroy alone: stops serving (every call ended); the
+ * server's batch codec stays usable until dsr1_server_destroy. */
+void dsr1_server_shutdown(dsr1_server *s);
 
 #endif

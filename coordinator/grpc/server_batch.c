@@ -1,17 +1,22 @@
-/* The batch registry: SubmitBatch, GetBatch, StreamBatchResults, CancelBatch, ListBatches
- * and the thread that feeds batch items to the scheduler.
+/* The batch RPCs (SubmitBatch, UploadBatch, GetBatch, StreamBatchResults, CancelBatch,
+ * ListBatches) on the durable batch store (batches.h), and the store's "grpc" codec: how
+ * this frontend's items are checked, run in the scheduler and turned into results.
  *
- * A batch is validated whole when submitted (every item's prompt and parameters), then
- * waits in the registry. The feeder keeps at most batch_window items in the scheduler,
- * oldest batch first, and hands over the next one as one finishes; when the scheduler's
- * queue is full (Generate traffic) it retries shortly, so batch items never see
- * RESOURCE_EXHAUSTED. Each finished item's result is kept packed (a BatchItemResult) and
- * sent as is to GetBatch and StreamBatchResults. Finished batches are kept, the oldest
- * forgotten beyond max_kept_batches.
+ * Items are stored as packed BatchItem messages with the batch's default_sampling merged
+ * in (an item without its own sampling gets the default), so that each stored item runs
+ * on its own after a restart. Results are stored as packed BatchItemResult messages
+ * without their seq, which is appended (field 4) when a result is read back: a protobuf
+ * field may come after the others, so the stored bytes are never decoded to be sent.
  *
- * Locking: the registry's mutex guards every batch; it is taken before a call's mutex
- * (sends to subscribers happen under it), never after. A batch is freed only by the
- * feeder (eviction), never while the feeder is submitting one of its items. */
+ * Idempotency: a client's batch_id goes to the store with a hash of the batch's content
+ * (its stored items and completion_window), the same for SubmitBatch and UploadBatch. An
+ * upload is spooled to an unlinked temporary file while it arrives (the hash needs every
+ * item before the store's writer begins); it is checked and written to the store when the
+ * client closes the stream, so a stream that breaks off creates nothing.
+ *
+ * StreamBatchResults subscribes to the store; the store's thread sends through the call's
+ * outbox, which never blocks. Locking: gb->mu guards the list of stream subscriptions; it
+ * is never held while calling the store. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,671 +24,842 @@
 #include "log.h"
 #include "server_internal.h"
 
-#define BUSY_RETRY_NS 20000000 /* the scheduler's queue was full: try again after 20 ms */
 #define DEFAULT_LIST  100
 #define MAX_LIST      1000
 #define MAX_CUSTOM_ID 256
 #define RESULTS_FIELD 10 /* BatchStatus.results */
+#define SEQ_FIELD     4  /* BatchItemResult.seq */
+#define FORMAT        "grpc"
 
-typedef enum { ITEM_PENDING, ITEM_SUBMITTED, ITEM_DONE } item_state;
-
-typedef struct batch batch;
-
-typedef struct {
-    batch *b;
-    int index;
-    item_state state;
-    bool abort;        /* aborted while being submitted */
-    srv_prompt prompt; /* until submitted */
-    srv_buf result;    /* packed BatchItemResult, once DONE */
-} batch_item;
-
-struct batch {
-    srv_batches *reg;
-    batch *newer, *older;
-    char id[136];
-    uint64_t hash;                     /* of the request without its batch_id */
-    Dsr1__V1__SubmitBatchRequest *req; /* until the batch is final */
-    batch_item *items;
-    int total, next; /* next: no pending item before it */
-    int finished, failed, aborted;
-    int64_t prompt_tokens, completion_tokens, cached_tokens;
-    double created, finished_at;
-    bool started, cancelled, pinned;
-    srv_call *subs; /* StreamBatchResults calls */
-};
+typedef struct stream_sub {
+    srv_call *c;
+    dsr1_batch_sub *sub;
+    struct stream_sub *prev, *next;
+    bool subscribing; /* dsr1_batches_subscribe in progress: its caller releases it */
+    bool detached;    /* unlinked (call closed, shutdown) */
+} stream_sub;
 
 struct srv_batches {
     dsr1_server *s;
+    dsr1_batches *store;
     pthread_mutex_t mu;
-    pthread_cond_t cv; /* feeder wake-ups; in_sched reaching 0 */
-    batch *newest, *oldest;
-    int n_final, in_sched;
-    bool stop;
-    pthread_t feeder;
-    bool feeder_started;
+    stream_sub *streams;
+    bool stopping;
 };
 
-static bool batch_final(const batch *b)
+/* A batch item in the scheduler: what its FINAL event needs. */
+typedef struct {
+    srv_batches *gb;
+    uint64_t key;
+    int index;
+    char *custom_id;
+    char request_id[DSR1_BATCH_ID_MAX + 16];
+} run_item;
+
+static dsr1_status no_store(void)
 {
-    return b->finished == b->total;
+    return dsr1_error(DSR1_ERR_UNAVAILABLE,
+                      "batch jobs need a state directory: start the server with --state-dir DIR");
 }
 
-/* ---- results ---- */
+/* ---- the "grpc" codec ---- */
 
-static uint64_t fnv1a(const uint8_t *p, size_t n)
+static uint64_t fnv1a(uint64_t h, const void *data, size_t n)
 {
-    uint64_t h = 0xCBF29CE484222325ull;
+    const uint8_t *p = data;
     for (size_t i = 0; i < n; i++) h = (h ^ p[i]) * 0x100000001B3ull;
     return h;
 }
+#define FNV_INIT 0xCBF29CE484222325ull
 
-static void item_id(const batch *b, int index, char *out, size_t cap)
-{
-    snprintf(out, cap, "%s/%d", b->id, index);
-}
-
-/* Packs item index's BatchItemResult around its Completion. */
-static dsr1_status pack_result(const batch *b, int index, Dsr1__V1__Completion *c, srv_buf *out)
+static dsr1_status pack_result(int index, const char *custom_id, Dsr1__V1__Completion *c,
+                               srv_buf *out)
 {
     Dsr1__V1__BatchItemResult r = DSR1__V1__BATCH_ITEM_RESULT__INIT;
     r.index = index;
-    r.custom_id = b->req->items[index]->custom_id;
+    r.custom_id = (char *)custom_id;
     r.result = c;
     return dsr1__srv_pack(&r.base, out);
 }
 
-/* Sends a kept result to a StreamBatchResults call. */
-static void send_copy(srv_call *c, const srv_buf *res)
+/* Checks an unpacked item: custom_id, prompt and parameters. */
+static dsr1_status check_item(dsr1_server *s, const Dsr1__V1__BatchItem *item)
 {
-    uint8_t *copy = malloc(res->len ? res->len : 1);
-    if (!copy) {
-        dsr1__srv_call_finish(c, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-        return;
-    }
-    memcpy(copy, res->data, res->len);
-    dsr1__srv_call_send(c, (srv_buf){copy, res->len});
-}
-
-/* Records a finished item (registry lock held): counts, usage, subscribers; ends the
- * subscriptions when the batch is final. result is taken over. */
-static void item_done(batch_item *it, srv_buf result, Dsr1__V1__FinishReason f,
-                      const Dsr1__V1__Usage *u)
-{
-    batch *b = it->b;
-    srv_batches *r = b->reg;
-    it->state = ITEM_DONE;
-    it->result = result;
-    b->finished++;
-    b->failed += f == DSR1__V1__FINISH_REASON__ERROR;
-    b->aborted += f == DSR1__V1__FINISH_REASON__ABORT;
-    b->prompt_tokens += u->prompt_tokens;
-    b->completion_tokens += u->completion_tokens;
-    b->cached_tokens += u->cached_tokens;
-    for (srv_call *c = b->subs; c; c = c->sub_next) send_copy(c, &result);
-    if (!batch_final(b)) return;
-    b->finished_at = dsr1__srv_unix_now();
-    while (b->subs) {
-        srv_call *c = b->subs;
-        dsr1__srv_sub_remove(&b->subs, c);
-        c->sub = NULL;
-        dsr1__srv_call_finish(c, GRPC_STATUS_OK, NULL);
-        dsr1__srv_call_unref(c);
-    }
-    dsr1__v1__submit_batch_request__free_unpacked(b->req, NULL);
-    b->req = NULL;
-    r->n_final++;
-    pthread_cond_broadcast(&r->cv); /* the feeder evicts */
-}
-
-/* Finishes an item that never ran (or could not be submitted) with ABORT or ERROR. */
-static void item_end_here(batch_item *it, Dsr1__V1__FinishReason f, const char *error)
-{
-    char id[160];
-    item_id(it->b, it->index, id, sizeof(id));
-    Dsr1__V1__Usage u = DSR1__V1__USAGE__INIT;
-    u.prompt_tokens = it->prompt.n_prompt;
-    Dsr1__V1__Completion c = DSR1__V1__COMPLETION__INIT;
-    c.request_id = id;
-    c.finish_reason = f;
-    c.usage = &u;
-    if (error) c.error = (char *)error;
-    srv_buf buf = {NULL, 0};
-    if (pack_result(it->b, it->index, &c, &buf) != DSR1_OK)
-        DSR1_ERROR("server: batch %s: out of memory for item %d's result", it->b->id, it->index);
-    dsr1__srv_prompt_free(&it->prompt);
-    item_done(it, buf, f, &u);
-}
-
-/* The scheduler's events for batch items (scheduler thread): only the FINAL matters. */
-static void item_event(const dsr1_sched_event *ev)
-{
-    if (ev->kind != DSR1_EV_FINAL) return;
-    batch_item *it = ev->ctx;
-    srv_batches *r = it->b->reg;
-    srv_arena a = {0};
-    srv_buf buf = {NULL, 0};
-    Dsr1__V1__Usage none = DSR1__V1__USAGE__INIT;
-    /* the batch cannot end (and drop its request) before this item: no lock needed yet */
-    Dsr1__V1__Completion *c = dsr1__srv_completion(r->s, ev, &a);
-    if (!c || pack_result(it->b, it->index, c, &buf) != DSR1_OK)
-        DSR1_ERROR("server: batch %s: out of memory for item %d's result", it->b->id, it->index);
-    pthread_mutex_lock(&r->mu);
-    item_done(it, buf, dsr1__srv_finish_reason(ev->finish), c ? c->usage : &none);
-    r->in_sched--;
-    pthread_cond_broadcast(&r->cv);
-    pthread_mutex_unlock(&r->mu);
-    dsr1__srv_arena_free(&a);
-}
-
-/* ---- the feeder ---- */
-
-/* The next item to hand to the scheduler, oldest batch first; NULL when none. */
-static batch_item *next_pending(srv_batches *r)
-{
-    for (batch *b = r->oldest; b; b = b->newer) {
-        if (b->cancelled) continue;
-        while (b->next < b->total && b->items[b->next].state != ITEM_PENDING) b->next++;
-        if (b->next < b->total) return &b->items[b->next];
-    }
-    return NULL;
-}
-
-/* Hands item it (marked SUBMITTED, registry unlocked) to the scheduler. */
-static dsr1_status submit_item(srv_batches *r, batch_item *it)
-{
-    const Dsr1__V1__SubmitBatchRequest *req = it->b->req;
-    const Dsr1__V1__SamplingParams *sp = req->items[it->index]->sampling;
-    char id[160];
-    item_id(it->b, it->index, id, sizeof(id));
+    if (strlen(item->custom_id) > MAX_CUSTOM_ID || !dsr1__srv_utf8_valid(item->custom_id))
+        return dsr1_error(DSR1_ERR_INVALID_ARG, "custom_id: at most %d bytes of UTF-8",
+                          MAX_CUSTOM_ID);
+    srv_prompt pr = {0};
     srv_params pa;
-    dsr1_status st = dsr1__srv_params(r->s, sp ? sp : req->default_sampling, &it->prompt, &pa);
-    if (st != DSR1_OK) return st;
-    dsr1_sched_request q = dsr1__srv_request(&it->prompt, &pa);
-    q.id = id;
-    q.callback = item_event;
-    q.ctx = it;
-    st = dsr1_sched_submit(r->s->p.sched, &q);
-    if (st == DSR1_OK) dsr1__srv_submitted(&pa);
-    dsr1__srv_params_free(&pa);
+    dsr1_status st = dsr1__srv_prompt(s, item->input, &pr);
+    if (st == DSR1_OK && (st = dsr1__srv_params(s, item->sampling, &pr, &pa)) == DSR1_OK)
+        dsr1__srv_params_free(&pa);
+    dsr1__srv_prompt_free(&pr);
     return st;
 }
 
-/* Forgets the oldest finished batches beyond max_kept_batches. */
-static void evict(srv_batches *r)
+static dsr1_status codec_check(void *ctx, const char *endpoint, const uint8_t *req, size_t len,
+                               char *custom_id, size_t cap)
 {
-    for (batch *b = r->oldest; b && r->n_final > r->s->p.max_kept_batches;) {
-        batch *newer = b->newer;
-        if (batch_final(b) && !b->pinned) {
-            if (b->older)
-                b->older->newer = b->newer;
-            else
-                r->oldest = b->newer;
-            if (b->newer)
-                b->newer->older = b->older;
-            else
-                r->newest = b->older;
-            for (int i = 0; i < b->total; i++) free(b->items[i].result.data);
-            free(b->items);
-            free(b);
-            r->n_final--;
-        }
-        b = newer;
-    }
+    (void)endpoint;
+    srv_batches *gb = ctx;
+    if (cap) custom_id[0] = '\0';
+    Dsr1__V1__BatchItem *item = dsr1__v1__batch_item__unpack(NULL, len, req);
+    if (!item) return dsr1_error(DSR1_ERR_INVALID_ARG, "malformed BatchItem");
+    if (cap && dsr1__srv_utf8_valid(item->custom_id))
+        snprintf(custom_id, cap, "%s", item->custom_id);
+    dsr1_status st = check_item(gb->s, item);
+    dsr1__v1__batch_item__free_unpacked(item, NULL);
+    return st;
 }
 
-static void wait_ns(srv_batches *r, long ns)
+/* The scheduler's events for a batch item (scheduler thread): only the FINAL matters. */
+static void item_event(const dsr1_sched_event *ev)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_nsec += ns;
-    while (ts.tv_nsec >= 1000000000) ts.tv_sec++, ts.tv_nsec -= 1000000000;
-    pthread_cond_timedwait(&r->cv, &r->mu, &ts);
-}
-
-static void *feeder(void *arg)
-{
-    srv_batches *r = arg;
-    dsr1_log_set_tag("batches");
-    pthread_mutex_lock(&r->mu);
-    while (!r->stop) {
-        evict(r);
-        batch_item *it = r->in_sched < r->s->p.batch_window ? next_pending(r) : NULL;
-        if (!it) {
-            pthread_cond_wait(&r->cv, &r->mu);
-            continue;
-        }
-        batch *b = it->b;
-        it->state = ITEM_SUBMITTED;
-        b->started = b->pinned = true;
-        r->in_sched++;
-        pthread_mutex_unlock(&r->mu);
-        dsr1_status st = submit_item(r, it);
-        if (st == DSR1_OK) dsr1__srv_prompt_free(&it->prompt); /* the scheduler has a copy */
-        pthread_mutex_lock(&r->mu);
-        b->pinned = false;
-        if (st == DSR1_OK && it->state == ITEM_SUBMITTED && (it->abort || b->cancelled)) {
-            char id[160]; /* cancelled while being submitted */
-            item_id(b, it->index, id, sizeof(id));
-            pthread_mutex_unlock(&r->mu);
-            dsr1_sched_abort(r->s->p.sched, id);
-            pthread_mutex_lock(&r->mu);
-        } else if (st == DSR1_ERR_BUSY) { /* the queue is full of Generate requests */
-            it->state = ITEM_PENDING;
-            r->in_sched--;
-            wait_ns(r, BUSY_RETRY_NS);
-        } else if (st != DSR1_OK) {
-            r->in_sched--;
-            item_end_here(it, DSR1__V1__FINISH_REASON__ERROR, dsr1_errmsg());
+    if (ev->kind != DSR1_EV_FINAL) return;
+    run_item *it = ev->ctx;
+    srv_arena a = {0};
+    srv_buf buf = {NULL, 0};
+    Dsr1__V1__Completion *c = dsr1__srv_completion(it->gb->s, ev, &a);
+    dsr1_batch_result r = {.aborted = ev->finish == DSR1_FINISH_ABORT};
+    if (!c || pack_result(it->index, it->custom_id, c, &buf) != DSR1_OK) {
+        DSR1_ERROR("server: batch item %s: out of memory for its result", it->request_id);
+        r.error = true;
+    } else {
+        r.error = c->finish_reason == DSR1__V1__FINISH_REASON__ERROR ||
+                  c->finish_reason == DSR1__V1__FINISH_REASON__ABORT;
+        if (c->usage) {
+            r.prompt_tokens = c->usage->prompt_tokens;
+            r.completion_tokens = c->usage->completion_tokens;
+            r.cached_tokens = c->usage->cached_tokens;
         }
     }
-    pthread_mutex_unlock(&r->mu);
-    return NULL;
+    r.bytes = buf.data;
+    r.len = buf.len;
+    dsr1_batches_item_done(it->gb->store, it->key, &r);
+    free(buf.data);
+    dsr1__srv_arena_free(&a);
+    free(it->custom_id);
+    free(it);
 }
 
-dsr1_status dsr1__srv_batches_create(dsr1_server *s, srv_batches **out)
+static dsr1_status codec_start(void *ctx, const dsr1_batch_item_ref *ref)
 {
-    srv_batches *r = calloc(1, sizeof(*r));
-    if (!r) return dsr1_error(DSR1_ERR_NOMEM, "server: out of memory");
-    r->s = s;
-    pthread_mutex_init(&r->mu, NULL);
-    pthread_cond_init(&r->cv, NULL);
-    int e = pthread_create(&r->feeder, NULL, feeder, r);
-    if (e) {
-        dsr1__srv_batches_destroy(r);
-        return dsr1_error(DSR1_ERR_INTERNAL, "server: cannot start a thread: %s", strerror(e));
+    srv_batches *gb = ctx;
+    pthread_mutex_lock(&gb->mu);
+    bool stopping = gb->stopping;
+    pthread_mutex_unlock(&gb->mu);
+    if (stopping) /* shutting down: the store runs it on its next open */
+        return dsr1_error(DSR1_ERR_BUSY, "the server is shutting down");
+    Dsr1__V1__BatchItem *item = dsr1__v1__batch_item__unpack(NULL, ref->len, ref->req);
+    if (!item) return dsr1_error(DSR1_ERR_FORMAT, "batch item %s: malformed", ref->request_id);
+    run_item *it = calloc(1, sizeof(*it));
+    if (it) it->custom_id = strdup(ref->custom_id ? ref->custom_id : "");
+    srv_prompt pr = {0};
+    srv_params pa = {0};
+    bool have_params = false;
+    dsr1_status st = it && it->custom_id ? DSR1_OK : dsr1_error(DSR1_ERR_NOMEM, "out of memory");
+    if (st == DSR1_OK) {
+        it->gb = gb;
+        it->key = ref->key;
+        it->index = ref->index;
+        snprintf(it->request_id, sizeof(it->request_id), "%s", ref->request_id);
+        st = dsr1__srv_prompt(gb->s, item->input, &pr);
     }
-    r->feeder_started = true;
-    *out = r;
+    if (st == DSR1_OK)
+        have_params = (st = dsr1__srv_params(gb->s, item->sampling, &pr, &pa)) == DSR1_OK;
+    if (st == DSR1_OK) {
+        dsr1_sched_request q = dsr1__srv_request(&pr, &pa);
+        q.id = it->request_id;
+        q.cls = DSR1_SCHED_BATCH;
+        q.callback = item_event;
+        q.ctx = it;
+        st = dsr1_sched_submit(gb->s->p.sched, &q);
+        if (st == DSR1_OK) dsr1__srv_submitted(&pa);
+    }
+    if (have_params) dsr1__srv_params_free(&pa);
+    dsr1__srv_prompt_free(&pr);
+    dsr1__v1__batch_item__free_unpacked(item, NULL);
+    if (st != DSR1_OK && it) {
+        free(it->custom_id);
+        free(it);
+    }
+    return st;
+}
+
+static void codec_abort(void *ctx, const char *request_id)
+{
+    srv_batches *gb = ctx;
+    dsr1_sched_abort(gb->s->p.sched, request_id);
+}
+
+/* A result for an item that did not run: ABORT when its batch was cancelled or expired,
+ * else ERROR; the error text names the code. */
+static dsr1_status codec_error_result(void *ctx, const dsr1_batch_item_ref *ref, const char *code,
+                                      const char *message, int line, uint8_t **out, size_t *len)
+{
+    (void)ctx;
+    (void)line;
+    bool abort = !strcmp(code, "batch_cancelled") || !strcmp(code, "batch_expired");
+    char err[600];
+    snprintf(err, sizeof(err), "%s%s%s", code, message && *message ? ": " : "",
+             message ? message : "");
+    Dsr1__V1__Usage u = DSR1__V1__USAGE__INIT;
+    Dsr1__V1__Completion c = DSR1__V1__COMPLETION__INIT;
+    c.request_id = (char *)ref->request_id;
+    c.finish_reason = abort ? DSR1__V1__FINISH_REASON__ABORT : DSR1__V1__FINISH_REASON__ERROR;
+    c.usage = &u;
+    c.error = err;
+    srv_buf b;
+    dsr1_status st = pack_result(ref->index, ref->custom_id ? ref->custom_id : "", &c, &b);
+    if (st != DSR1_OK) return st;
+    *out = b.data;
+    *len = b.len;
     return DSR1_OK;
 }
 
-/* Aborts b's unfinished items: pending ones here, submitted ones in the scheduler (their
- * ids are appended to ids, aborted by the caller once the registry is unlocked). */
-static void cancel_items(batch *b, char (*ids)[160], int *n_ids)
+dsr1_status dsr1__srv_batches_create(dsr1_server *s, dsr1_batches *store, srv_batches **out)
 {
-    for (int i = 0; i < b->total && !batch_final(b); i++) {
-        batch_item *it = &b->items[i];
-        if (it->state == ITEM_PENDING)
-            item_end_here(it, DSR1__V1__FINISH_REASON__ABORT, NULL);
-        else if (it->state == ITEM_SUBMITTED)
-            item_id(b, i, ids[(*n_ids)++], sizeof(ids[0]));
+    srv_batches *gb = calloc(1, sizeof(*gb));
+    if (!gb) return dsr1_error(DSR1_ERR_NOMEM, "server: out of memory");
+    gb->s = s;
+    gb->store = store;
+    pthread_mutex_init(&gb->mu, NULL);
+    dsr1_batch_codec codec = {
+        .format = FORMAT,
+        .ctx = gb,
+        .check = codec_check,
+        .start = codec_start,
+        .abort = codec_abort,
+        .error_result = codec_error_result,
+    };
+    dsr1_status st = dsr1_batches_register(store, &codec);
+    if (st != DSR1_OK) {
+        pthread_mutex_destroy(&gb->mu);
+        free(gb);
+        return st;
     }
+    *out = gb;
+    return DSR1_OK;
 }
 
-static void abort_ids(srv_batches *r, char (*ids)[160], int n)
+/* ---- stream subscriptions ---- */
+
+static void sub_unlink(srv_batches *gb, stream_sub *ss)
 {
-    for (int i = 0; i < n; i++) dsr1_sched_abort(r->s->p.sched, ids[i]);
+    if (ss->prev) ss->prev->next = ss->next;
+    if (gb->streams == ss) gb->streams = ss->next;
+    if (ss->next) ss->next->prev = ss->prev;
+    ss->prev = ss->next = NULL;
+    ss->c->sub = NULL;
+    ss->detached = true;
 }
 
-void dsr1__srv_batches_stop(srv_batches *r)
+static void sub_release(stream_sub *ss)
 {
-    pthread_mutex_lock(&r->mu);
-    r->stop = true;
-    pthread_cond_broadcast(&r->cv);
-    pthread_mutex_unlock(&r->mu);
-    if (r->feeder_started) pthread_join(r->feeder, NULL);
-    r->feeder_started = false;
-    pthread_mutex_lock(&r->mu);
-    char(*ids)[160] = calloc((size_t)r->in_sched + 1, sizeof(*ids));
-    int n = 0;
-    for (batch *b = r->oldest; b && ids; b = b->newer) cancel_items(b, ids, &n);
-    pthread_mutex_unlock(&r->mu);
-    if (ids) abort_ids(r, ids, n);
-    free(ids);
-    pthread_mutex_lock(&r->mu);
-    while (r->in_sched) pthread_cond_wait(&r->cv, &r->mu); /* their FINALs, within a step */
-    pthread_mutex_unlock(&r->mu);
+    if (ss->sub) dsr1_batches_unsubscribe(ss->sub);
+    srv_call *c = ss->c;
+    free(ss);
+    dsr1__srv_call_unref(c);
 }
 
-void dsr1__srv_batches_destroy(srv_batches *r)
+void dsr1__srv_batches_stop(srv_batches *gb)
 {
-    if (!r) return;
-    if (r->feeder_started) dsr1__srv_batches_stop(r);
-    while (r->oldest) {
-        batch *b = r->oldest;
-        r->oldest = b->newer;
-        for (int i = 0; i < b->total; i++) {
-            free(b->items[i].result.data);
-            dsr1__srv_prompt_free(&b->items[i].prompt);
+    pthread_mutex_lock(&gb->mu);
+    gb->stopping = true;
+    stream_sub *done = NULL;
+    while (gb->streams) {
+        stream_sub *ss = gb->streams;
+        sub_unlink(gb, ss);
+        if (!ss->subscribing) {
+            ss->next = done;
+            done = ss;
         }
-        if (b->req) dsr1__v1__submit_batch_request__free_unpacked(b->req, NULL);
-        free(b->items);
-        free(b);
     }
-    pthread_mutex_destroy(&r->mu);
-    pthread_cond_destroy(&r->cv);
-    free(r);
-}
-
-int dsr1__srv_batches_active(srv_batches *r)
-{
-    int n = 0;
-    pthread_mutex_lock(&r->mu);
-    for (batch *b = r->oldest; b; b = b->newer) n += !batch_final(b);
-    pthread_mutex_unlock(&r->mu);
-    return n;
-}
-
-static batch *find(srv_batches *r, const char *id)
-{
-    for (batch *b = r->newest; b; b = b->older)
-        if (!strcmp(b->id, id)) return b;
-    return NULL;
-}
-
-/* find() for the RPCs that name a batch (registry lock held): NOT_FOUND when unknown. */
-static dsr1_status lookup(srv_batches *r, const char *id, batch **out)
-{
-    *out = find(r, id);
-    return *out ? DSR1_OK : dsr1_error(DSR1_ERR_NOT_FOUND, "no batch '%.140s'", id);
-}
-
-bool dsr1__srv_batches_abort_pending(srv_batches *r, const char *id)
-{
-    const char *slash = strrchr(id, '/');
-    if (!slash || (size_t)(slash - id) >= sizeof(((batch *)0)->id)) return false;
-    char bid[136], *end;
-    memcpy(bid, id, (size_t)(slash - id));
-    bid[slash - id] = '\0';
-    long index = strtol(slash + 1, &end, 10);
-    bool found = false;
-    pthread_mutex_lock(&r->mu);
-    batch *b = find(r, bid);
-    if (b && !*end && slash[1] && index >= 0 && index < b->total) {
-        batch_item *it = &b->items[index];
-        found = it->state != ITEM_DONE;
-        if (it->state == ITEM_PENDING) item_end_here(it, DSR1__V1__FINISH_REASON__ABORT, NULL);
-        if (it->state == ITEM_SUBMITTED) it->abort = true; /* the feeder is submitting it */
+    pthread_mutex_unlock(&gb->mu);
+    while (done) {
+        stream_sub *next = done->next;
+        dsr1__srv_call_finish(done->c, GRPC_STATUS_UNAVAILABLE,
+                              "the server is shutting down: resume with from_seq");
+        sub_release(done);
+        done = next;
     }
-    pthread_mutex_unlock(&r->mu);
-    return found;
+}
+
+void dsr1__srv_batches_destroy(srv_batches *gb)
+{
+    if (!gb) return;
+    dsr1__srv_batches_stop(gb);
+    pthread_mutex_destroy(&gb->mu);
+    free(gb);
+}
+
+int dsr1__srv_batches_active(srv_batches *gb)
+{
+    if (!gb) return 0;
+    dsr1_batches_stats st;
+    dsr1_batches_get_stats(gb->store, &st);
+    return st.batches_active;
 }
 
 /* ---- status messages ---- */
 
-static Dsr1__V1__BatchState state_of(const batch *b)
+/* The batch, if it is one of this frontend's. */
+static dsr1_status get_info(srv_batches *gb, const char *id, dsr1_batch_info *out)
 {
-    if (b->cancelled) return DSR1__V1__BATCH_STATE__CANCELLED;
-    if (batch_final(b)) return DSR1__V1__BATCH_STATE__COMPLETED;
-    return b->started ? DSR1__V1__BATCH_STATE__RUNNING : DSR1__V1__BATCH_STATE__QUEUED;
+    memset(out, 0, sizeof(*out));
+    dsr1_status st = dsr1_batches_get(gb->store, id, out);
+    if (st == DSR1_ERR_NOT_FOUND) return dsr1_error(st, "no batch '%.140s'", id);
+    if (st == DSR1_OK && strcmp(out->format, FORMAT)) {
+        dsr1_batch_info_clear(out);
+        return dsr1_error(DSR1_ERR_NOT_FOUND,
+                          "batch '%.140s' is an OpenAI batch: see the HTTP API's /v1/batches", id);
+    }
+    return st;
 }
 
-/* b's status without results (registry lock held); u receives the usage it points to. */
-static void status_of(const batch *b, Dsr1__V1__BatchStatus *st, Dsr1__V1__Usage *u)
+static bool count_abort(void *ctx, const dsr1_batch_result_row *row)
 {
+    int *n = ctx;
+    if (!row || !row->error) return true;
+    Dsr1__V1__BatchItemResult *r = dsr1__v1__batch_item_result__unpack(NULL, row->len, row->bytes);
+    if (r && r->result && r->result->finish_reason == DSR1__V1__FINISH_REASON__ABORT) (*n)++;
+    if (r) dsr1__v1__batch_item_result__free_unpacked(r, NULL);
+    return true;
+}
+
+/* Results with finish_reason ABORT (the store counts them among the failed ones). */
+static int aborted_of(srv_batches *gb, const dsr1_batch_info *i)
+{
+    int n = 0;
+    if (i->failed > 0) dsr1_batches_results(gb->store, i->id, 0, count_abort, &n);
+    return n;
+}
+
+static Dsr1__V1__BatchState state_of(const dsr1_batch_info *i)
+{
+    switch (i->state) {
+    case DSR1_BATCH_VALIDATING:
+        return DSR1__V1__BATCH_STATE__VALIDATING;
+    case DSR1_BATCH_IN_PROGRESS:
+        return i->running || i->completed || i->failed ? DSR1__V1__BATCH_STATE__RUNNING
+                                                       : DSR1__V1__BATCH_STATE__QUEUED;
+    case DSR1_BATCH_FINALIZING:
+        return DSR1__V1__BATCH_STATE__FINALIZING;
+    case DSR1_BATCH_COMPLETED:
+        return DSR1__V1__BATCH_STATE__COMPLETED;
+    case DSR1_BATCH_FAILED:
+        return DSR1__V1__BATCH_STATE__FAILED;
+    case DSR1_BATCH_EXPIRED:
+        return DSR1__V1__BATCH_STATE__EXPIRED;
+    case DSR1_BATCH_CANCELLING:
+        return DSR1__V1__BATCH_STATE__CANCELLING;
+    case DSR1_BATCH_CANCELLED:
+        return DSR1__V1__BATCH_STATE__CANCELLED;
+    }
+    return DSR1__V1__BATCH_STATE__BATCH_STATE_UNSPECIFIED;
+}
+
+static int64_t final_at(const dsr1_batch_info *i)
+{
+    switch (i->state) {
+    case DSR1_BATCH_COMPLETED:
+        return i->completed_at;
+    case DSR1_BATCH_FAILED:
+        return i->failed_at;
+    case DSR1_BATCH_EXPIRED:
+        return i->expired_at;
+    case DSR1_BATCH_CANCELLED:
+        return i->cancelled_at;
+    default:
+        return 0;
+    }
+}
+
+/* i's status without results; u receives the usage it points to. Strings borrowed from i. */
+static void status_of(srv_batches *gb, dsr1_batch_info *i, Dsr1__V1__BatchStatus *st,
+                      Dsr1__V1__Usage *u)
+{
+    int aborted = aborted_of(gb, i);
     dsr1__v1__batch_status__init(st);
     dsr1__v1__usage__init(u);
-    u->prompt_tokens = (int32_t)b->prompt_tokens;
-    u->completion_tokens = (int32_t)b->completion_tokens;
-    u->cached_tokens = (int32_t)b->cached_tokens;
-    st->batch_id = (char *)b->id;
-    st->state = state_of(b);
-    st->total = b->total;
-    st->finished = b->finished;
-    st->failed = b->failed;
-    st->aborted = b->aborted;
+    u->prompt_tokens = (int32_t)i->prompt_tokens;
+    u->completion_tokens = (int32_t)i->completion_tokens;
+    u->cached_tokens = (int32_t)i->cached_tokens;
+    st->batch_id = i->id;
+    st->state = state_of(i);
+    st->total = i->total;
+    st->finished = i->completed + i->failed;
+    st->failed = i->failed - aborted;
+    st->aborted = aborted;
     st->usage = u;
-    st->created_unix_s = b->created;
-    st->finished_unix_s = batch_final(b) ? b->finished_at : 0;
+    st->created_unix_s = (double)i->created_at;
+    st->finished_unix_s = (double)final_at(i);
+    st->running = i->running;
+    st->completion_window = i->completion_window;
+    st->expires_unix_s = (double)i->expires_at;
+    st->error = i->errors_json && i->state == DSR1_BATCH_FAILED ? i->errors_json : (char *)"";
 }
 
-static dsr1_status pack_status(const batch *b, srv_buf *out)
+static dsr1_status pack_status(srv_batches *gb, dsr1_batch_info *i, srv_buf *out)
 {
     Dsr1__V1__BatchStatus st;
     Dsr1__V1__Usage u;
-    status_of(b, &st, &u);
+    status_of(gb, i, &st, &u);
     return dsr1__srv_pack(&st.base, out);
 }
 
-/* Appends the finished items' results to a packed BatchStatus: repeated message fields
- * may be written after the others, so the kept bytes are copied, not re-encoded. */
-static dsr1_status append_results(const batch *b, srv_buf *msg)
+/* ---- results read back ---- */
+
+static size_t put_varint(uint8_t *p, uint64_t v)
 {
-    size_t n = msg->len;
-    for (int i = 0; i < b->total; i++)
-        if (b->items[i].state == ITEM_DONE) n += 11 + b->items[i].result.len;
-    uint8_t *p = realloc(msg->data, n);
-    if (!p) return dsr1_error(DSR1_ERR_NOMEM, "out of memory for the results of batch %s", b->id);
-    msg->data = p;
-    for (int i = 0; i < b->total; i++) {
-        const srv_buf *res = &b->items[i].result;
-        if (b->items[i].state != ITEM_DONE) continue;
-        p[msg->len++] = (RESULTS_FIELD << 3) | 2; /* length-delimited */
-        for (uint64_t v = res->len;; v >>= 7) {
-            p[msg->len++] = (uint8_t)((v & 0x7F) | (v >= 0x80 ? 0x80 : 0));
-            if (v < 0x80) break;
-        }
-        memcpy(p + msg->len, res->data, res->len);
-        msg->len += res->len;
+    size_t n = 0;
+    for (;; v >>= 7) {
+        p[n++] = (uint8_t)((v & 0x7F) | (v >= 0x80 ? 0x80 : 0));
+        if (v < 0x80) return n;
     }
+}
+
+/* A stored result with its seq appended: a packed BatchItemResult. */
+static dsr1_status with_seq(const dsr1_batch_result_row *row, srv_buf *out)
+{
+    uint8_t *p = malloc(row->len + 11);
+    if (!p) return dsr1_error(DSR1_ERR_NOMEM, "out of memory for a batch result");
+    memcpy(p, row->bytes, row->len);
+    size_t n = row->len;
+    p[n++] = SEQ_FIELD << 3; /* varint */
+    n += put_varint(p + n, (uint64_t)row->seq);
+    *out = (srv_buf){p, n};
     return DSR1_OK;
+}
+
+/* GetBatch's results: appended to the packed BatchStatus as field 10. */
+typedef struct {
+    srv_buf *msg;
+    size_t cap;
+    dsr1_status st;
+} results_acc;
+
+static bool append_result(void *ctx, const dsr1_batch_result_row *row)
+{
+    results_acc *acc = ctx;
+    if (!row) return true;
+    size_t need = acc->msg->len + row->len + 32;
+    if (need > acc->cap) {
+        size_t cap = acc->cap * 2 > need ? acc->cap * 2 : need;
+        uint8_t *p = realloc(acc->msg->data, cap);
+        if (!p) {
+            acc->st = dsr1_error(DSR1_ERR_NOMEM, "out of memory for a batch's results");
+            return false;
+        }
+        acc->msg->data = p;
+        acc->cap = cap;
+    }
+    uint8_t seq[11];
+    size_t ns = put_varint(seq + 1, (uint64_t)row->seq) + 1;
+    seq[0] = SEQ_FIELD << 3;
+    uint8_t *p = acc->msg->data;
+    size_t n = acc->msg->len;
+    p[n++] = (RESULTS_FIELD << 3) | 2; /* length-delimited */
+    n += put_varint(p + n, row->len + ns);
+    memcpy(p + n, row->bytes, row->len);
+    n += row->len;
+    memcpy(p + n, seq, ns);
+    acc->msg->len = n + ns;
+    return true;
+}
+
+/* ---- creating batches ---- */
+
+/* An item as stored: packed, with the batch's default sampling when it has none. */
+static dsr1_status pack_item(Dsr1__V1__BatchItem *item, Dsr1__V1__SamplingParams *def, srv_buf *out)
+{
+    Dsr1__V1__SamplingParams *own = item->sampling;
+    if (!own) item->sampling = def;
+    dsr1_status st = dsr1__srv_pack(&item->base, out);
+    item->sampling = own;
+    return st;
+}
+
+static uint64_t hash_item(uint64_t h, const srv_buf *b)
+{
+    uint64_t n = b->len;
+    h = fnv1a(h, &n, sizeof(n));
+    return fnv1a(h, b->data, b->len);
+}
+
+static dsr1_status check_header(dsr1_server *s, const char *id, const char *window)
+{
+    if (*id && !dsr1__srv_id_valid(id))
+        return dsr1_error(DSR1_ERR_INVALID_ARG,
+                          "batch_id: expected 1 to 128 characters of [A-Za-z0-9._:-]");
+    if (strlen(window) >= sizeof(((dsr1_batch_info *)0)->completion_window))
+        return dsr1_error(DSR1_ERR_INVALID_ARG, "completion_window '%.40s': too long", window);
+    (void)s;
+    return DSR1_OK;
+}
+
+/* Items handed to create(): next() gives each packed item in turn (*more false at the end). */
+typedef struct {
+    dsr1_status (*next)(void *ctx, srv_buf *item, bool *more);
+    void *ctx;
+} item_source;
+
+/* Creates the batch through the store's writer and packs the SubmitBatchResponse. */
+static dsr1_status create(srv_batches *gb, const char *id, const char *window, uint64_t hash,
+                          item_source src, srv_buf *resp)
+{
+    dsr1_batch_create c = {
+        .id = *id ? id : NULL,
+        .format = FORMAT,
+        .endpoint = "",
+        .completion_window = window,
+        .request_hash = hash,
+    };
+    dsr1_batch_writer *w;
+    dsr1_status st = dsr1_batch_writer_begin(gb->store, &c, &w);
+    if (st == DSR1_ERR_EXISTS)
+        return dsr1_error(
+            st, "batch '%s' already exists with different items; use another batch_id", id);
+    if (st != DSR1_OK) return st;
+    for (bool more = true; st == DSR1_OK;) {
+        srv_buf item = {NULL, 0};
+        st = src.next(src.ctx, &item, &more);
+        if (st != DSR1_OK || !more) break;
+        st = dsr1_batch_writer_add(w, item.data, item.len);
+        free(item.data);
+    }
+    if (st != DSR1_OK) {
+        dsr1_batch_writer_abort(w);
+        return st;
+    }
+    dsr1_batch_info info;
+    memset(&info, 0, sizeof(info));
+    bool created = false;
+    st = dsr1_batch_writer_commit(w, &info, &created);
+    if (st == DSR1_ERR_EXISTS && info.id[0] && !created)
+        st = DSR1_OK; /* the same batch again */
+    else if (st == DSR1_ERR_EXISTS)
+        st = dsr1_error(st, "batch '%s' already exists with different items; use another batch_id",
+                        id);
+    if (st == DSR1_OK) {
+        Dsr1__V1__BatchStatus bs;
+        Dsr1__V1__Usage u;
+        status_of(gb, &info, &bs, &u);
+        Dsr1__V1__SubmitBatchResponse m = DSR1__V1__SUBMIT_BATCH_RESPONSE__INIT;
+        m.batch_id = info.id;
+        m.created = created;
+        m.status = &bs;
+        st = dsr1__srv_pack(&m.base, resp);
+        if (created) DSR1_INFO("server: batch %s: %d items queued", info.id, info.total);
+    }
+    dsr1_batch_info_clear(&info);
+    return st;
 }
 
 /* ---- SubmitBatch ---- */
 
-/* Validates every item and makes the batch (not yet registered). */
-static dsr1_status make_batch(dsr1_server *s, Dsr1__V1__SubmitBatchRequest *req, batch **out)
-{
-    batch *b = calloc(1, sizeof(*b));
-    if (b) b->items = calloc(req->n_items, sizeof(batch_item));
-    if (!b || !b->items) {
-        free(b);
-        return dsr1_error(DSR1_ERR_NOMEM, "out of memory for %zu batch items", req->n_items);
-    }
-    b->reg = s->batches;
-    b->total = (int)req->n_items;
-    dsr1_status st = DSR1_OK;
-    for (size_t i = 0; i < req->n_items && st == DSR1_OK; i++) {
-        const Dsr1__V1__BatchItem *item = req->items[i];
-        const Dsr1__V1__SamplingParams *sp =
-            item->sampling ? item->sampling : req->default_sampling;
-        batch_item *it = &b->items[i];
-        srv_params pa;
-        *it = (batch_item){.b = b, .index = (int)i};
-        if (strlen(item->custom_id) > MAX_CUSTOM_ID || !dsr1__srv_utf8_valid(item->custom_id))
-            st = dsr1_error(DSR1_ERR_INVALID_ARG, "custom_id: at most %d bytes of UTF-8",
-                            MAX_CUSTOM_ID);
-        if (st == DSR1_OK) st = dsr1__srv_prompt(s, item->input, &it->prompt);
-        if (st == DSR1_OK) st = dsr1__srv_params(s, sp, &it->prompt, &pa);
-        if (st == DSR1_OK) dsr1__srv_params_free(&pa);
-        if (st != DSR1_OK) dsr1_error_context(st, "items[%zu]", i);
-    }
-    if (st != DSR1_OK) {
-        for (int i = 0; i < b->total; i++) dsr1__srv_prompt_free(&b->items[i].prompt);
-        free(b->items);
-        free(b);
-        return st;
-    }
-    b->req = req;
-    b->created = dsr1__srv_unix_now();
-    *out = b;
-    return DSR1_OK;
-}
+typedef struct {
+    srv_buf *items;
+    size_t n, i;
+} array_source;
 
-/* An existing batch of the same id: the same request again (created = false), or a
- * conflict. */
-static dsr1_status resubmitted(const batch *old, uint64_t hash)
+static dsr1_status array_next(void *ctx, srv_buf *item, bool *more)
 {
-    if (old->hash != hash)
-        return dsr1_error(DSR1_ERR_EXISTS,
-                          "batch '%s' already exists with different items; use another batch_id",
-                          old->id);
-    return DSR1_OK;
-}
-
-static dsr1_status submit_response(const batch *b, bool created, srv_buf *resp)
-{
-    Dsr1__V1__BatchStatus st;
-    Dsr1__V1__Usage u;
-    status_of(b, &st, &u);
-    Dsr1__V1__SubmitBatchResponse m = DSR1__V1__SUBMIT_BATCH_RESPONSE__INIT;
-    m.batch_id = (char *)b->id;
-    m.created = created;
-    m.status = &st;
-    return dsr1__srv_pack(&m.base, resp);
-}
-
-/* The request's hash for idempotency: its encoding without the batch_id. */
-static dsr1_status request_hash(Dsr1__V1__SubmitBatchRequest *req, uint64_t *out)
-{
-    char *id = req->batch_id;
-    req->batch_id = (char *)"";
-    srv_buf packed;
-    dsr1_status st = dsr1__srv_pack(&req->base, &packed);
-    req->batch_id = id;
-    if (st != DSR1_OK) return st;
-    *out = fnv1a(packed.data, packed.len) ^ packed.len;
-    free(packed.data);
-    return DSR1_OK;
-}
-
-static dsr1_status check_submit(dsr1_server *s, Dsr1__V1__SubmitBatchRequest *req)
-{
-    if (*req->batch_id && !dsr1__srv_id_valid(req->batch_id))
-        return dsr1_error(DSR1_ERR_INVALID_ARG,
-                          "batch_id: expected 1 to 128 characters of [A-Za-z0-9._:-]");
-    if (!req->n_items) return dsr1_error(DSR1_ERR_INVALID_ARG, "items is empty");
-    if (req->n_items > (size_t)s->p.max_batch_items)
-        return dsr1_error(DSR1_ERR_INVALID_ARG, "%zu items: at most %d per batch", req->n_items,
-                          s->p.max_batch_items);
+    array_source *a = ctx;
+    *more = a->i < a->n;
+    if (!*more) return DSR1_OK;
+    *item = a->items[a->i];
+    a->items[a->i++] = (srv_buf){NULL, 0}; /* taken over */
     return DSR1_OK;
 }
 
 dsr1_status dsr1__srv_submit_batch(dsr1_server *s, const uint8_t *data, size_t len, srv_buf *resp)
 {
-    srv_batches *r = s->batches;
+    srv_batches *gb = s->batches;
+    if (!gb) return no_store();
     Dsr1__V1__SubmitBatchRequest *req = dsr1__v1__submit_batch_request__unpack(NULL, len, data);
     if (!req) return dsr1_error(DSR1_ERR_INVALID_ARG, "malformed SubmitBatchRequest");
-    uint64_t hash = 0;
-    batch *b = NULL;
-    dsr1_status st = check_submit(s, req);
-    if (st == DSR1_OK) st = request_hash(req, &hash);
-    if (st == DSR1_OK && *req->batch_id) { /* a resubmission is answered without validation */
-        pthread_mutex_lock(&r->mu);
-        batch *old = find(r, req->batch_id);
-        if (old && (st = resubmitted(old, hash)) == DSR1_OK) st = submit_response(old, false, resp);
-        pthread_mutex_unlock(&r->mu);
-        if (old || st != DSR1_OK) goto out;
-    }
-    if (st == DSR1_OK) st = make_batch(s, req, &b);
-    if (st != DSR1_OK) goto out;
-    b->hash = hash;
-    if (*req->batch_id)
-        snprintf(b->id, sizeof(b->id), "%s", req->batch_id);
-    else
-        dsr1__srv_make_id(s, "batch-", b->id, sizeof(b->id));
-    req = NULL; /* the batch's now */
-    pthread_mutex_lock(&r->mu);
-    batch *old = r->stop ? NULL : find(r, b->id); /* submitted meanwhile by another call */
-    if (r->stop) {
-        st = dsr1_error(DSR1_ERR_UNAVAILABLE, "the server is shutting down");
-    } else if (old) {
-        if ((st = resubmitted(old, hash)) == DSR1_OK) st = submit_response(old, false, resp);
-    } else {
-        b->older = r->newest;
-        if (r->newest)
-            r->newest->newer = b;
-        else
-            r->oldest = b;
-        r->newest = b;
-        st = submit_response(b, true, resp);
-        DSR1_INFO("server: batch %s: %d items queued", b->id, b->total);
-        b = NULL;
-        pthread_cond_broadcast(&r->cv);
-    }
-    pthread_mutex_unlock(&r->mu);
-    if (b) { /* not registered */
-        for (int i = 0; i < b->total; i++) dsr1__srv_prompt_free(&b->items[i].prompt);
-        req = b->req;
-        free(b->items);
-        free(b);
-    }
-out:
-    if (req) dsr1__v1__submit_batch_request__free_unpacked(req, NULL);
+    dsr1_status st = check_header(s, req->batch_id, req->completion_window);
+    if (st == DSR1_OK && !req->n_items) st = dsr1_error(DSR1_ERR_INVALID_ARG, "items is empty");
+    if (st == DSR1_OK && req->n_items > (size_t)s->p.max_batch_items)
+        st = dsr1_error(DSR1_ERR_INVALID_ARG, "%zu items: at most %d per batch", req->n_items,
+                        s->p.max_batch_items);
+    array_source a = {calloc(req->n_items + 1, sizeof(srv_buf)), req->n_items, 0};
+    if (st == DSR1_OK && !a.items) st = dsr1_error(DSR1_ERR_NOMEM, "out of memory");
+    uint64_t hash = fnv1a(FNV_INIT, req->completion_window, strlen(req->completion_window) + 1);
+    for (size_t i = 0; st == DSR1_OK && i < req->n_items; i++)
+        if ((st = pack_item(req->items[i], req->default_sampling, &a.items[i])) == DSR1_OK)
+            hash = hash_item(hash, &a.items[i]);
+    if (st == DSR1_OK)
+        st = create(gb, req->batch_id, req->completion_window, hash, (item_source){array_next, &a},
+                    resp);
+    for (size_t i = 0; a.items && i < a.n; i++) free(a.items[i].data);
+    free(a.items);
+    dsr1__v1__submit_batch_request__free_unpacked(req, NULL);
     return st;
+}
+
+/* ---- UploadBatch ---- */
+
+typedef struct {
+    FILE *spool; /* each item: its length (uint64) and bytes */
+    Dsr1__V1__UploadBatchRequest *first;
+    uint64_t hash;
+    int n;
+    dsr1_status st; /* an error: the call ends with it */
+    grpc_status_code code;
+    char *err;
+} upload;
+
+static void upload_free(upload *u)
+{
+    if (u->spool) fclose(u->spool);
+    if (u->first) dsr1__v1__upload_batch_request__free_unpacked(u->first, NULL);
+    free(u->err);
+    free(u);
+}
+
+static void upload_fail(upload *u, dsr1_status st)
+{
+    if (u->st != DSR1_OK) return;
+    u->st = st;
+    u->code = dsr1__srv_grpc_code(st);
+    u->err = strdup(dsr1_errmsg());
+}
+
+/* One message: its items spooled. */
+static void upload_message(srv_batches *gb, upload *u, const uint8_t *data, size_t len)
+{
+    dsr1_server *s = gb->s;
+    Dsr1__V1__UploadBatchRequest *m = dsr1__v1__upload_batch_request__unpack(NULL, len, data);
+    if (!m) {
+        upload_fail(u, dsr1_error(DSR1_ERR_INVALID_ARG, "malformed UploadBatchRequest"));
+        return;
+    }
+    dsr1_status st = DSR1_OK;
+    if (!u->first) {
+        u->first = m;
+        st = check_header(s, m->batch_id, m->completion_window);
+        if (st == DSR1_OK && m->total_items < 0)
+            st = dsr1_error(DSR1_ERR_INVALID_ARG, "total_items %d: negative", m->total_items);
+        u->hash = fnv1a(FNV_INIT, m->completion_window, strlen(m->completion_window) + 1);
+        if (st == DSR1_OK && !(u->spool = tmpfile()))
+            st = dsr1_error(DSR1_ERR_IO, "server: cannot make a temporary file for an upload");
+    }
+    for (size_t i = 0; st == DSR1_OK && i < m->n_items; i++) {
+        if (u->n >= s->p.max_batch_items) {
+            st = dsr1_error(DSR1_ERR_INVALID_ARG, "more than %d items: at most %d per batch",
+                            s->p.max_batch_items, s->p.max_batch_items);
+            break;
+        }
+        srv_buf b;
+        if ((st = pack_item(m->items[i], u->first->default_sampling, &b)) != DSR1_OK) break;
+        uint64_t n = b.len;
+        if (fwrite(&n, sizeof(n), 1, u->spool) != 1 || fwrite(b.data, 1, b.len, u->spool) != b.len)
+            st = dsr1_error(DSR1_ERR_IO, "server: cannot spool an upload (disk full?)");
+        u->hash = hash_item(u->hash, &b);
+        u->n++;
+        free(b.data);
+    }
+    if (m != u->first) dsr1__v1__upload_batch_request__free_unpacked(m, NULL);
+    if (st != DSR1_OK) upload_fail(u, st);
+}
+
+static dsr1_status spool_next(void *ctx, srv_buf *item, bool *more)
+{
+    FILE *f = ctx;
+    uint64_t n;
+    *more = fread(&n, sizeof(n), 1, f) == 1;
+    if (!*more)
+        return ferror(f) ? dsr1_error(DSR1_ERR_IO, "server: cannot read an upload back") : DSR1_OK;
+    uint8_t *p = n < (1u << 30) ? malloc(n ? n : 1) : NULL;
+    if (!p) return dsr1_error(DSR1_ERR_NOMEM, "out of memory");
+    if (fread(p, 1, n, f) != n) {
+        free(p);
+        return dsr1_error(DSR1_ERR_IO, "server: cannot read an upload back");
+    }
+    *item = (srv_buf){p, n};
+    return DSR1_OK;
+}
+
+static void upload_end(srv_call *c, upload *u)
+{
+    srv_batches *gb = c->srv->batches;
+    dsr1_status st = u->st;
+    if (st == DSR1_OK && !u->first)
+        st = dsr1_error(DSR1_ERR_INVALID_ARG, "UploadBatch: no message");
+    else if (st == DSR1_OK && !u->n)
+        st = dsr1_error(DSR1_ERR_INVALID_ARG, "items is empty");
+    else if (st == DSR1_OK && u->first->total_items && u->n != u->first->total_items)
+        st = dsr1_error(DSR1_ERR_INVALID_ARG,
+                        "total_items is %d but %d items arrived: nothing created",
+                        u->first->total_items, u->n);
+    if (u->st != DSR1_OK) {
+        dsr1__srv_call_finish(c, u->code, u->err);
+        return;
+    }
+    srv_buf resp;
+    if (st == DSR1_OK && fflush(u->spool) == 0 && fseek(u->spool, 0, SEEK_SET) == 0)
+        st = create(gb, u->first->batch_id, u->first->completion_window, u->hash,
+                    (item_source){spool_next, u->spool}, &resp);
+    else if (st == DSR1_OK)
+        st = dsr1_error(DSR1_ERR_IO, "server: cannot read an upload back");
+    if (st == DSR1_OK) {
+        dsr1__srv_call_send(c, resp);
+        dsr1__srv_call_finish(c, GRPC_STATUS_OK, NULL);
+    } else {
+        dsr1__srv_call_finish_error(c, st);
+    }
+}
+
+bool dsr1__srv_upload_batch(srv_call *c, const uint8_t *data, size_t len, bool gone)
+{
+    srv_batches *gb = c->srv->batches;
+    upload *u = c->sub;
+    if (!u && data) {
+        if (!gb) {
+            dsr1__srv_call_finish_error(c, no_store());
+            return false;
+        }
+        if (!(u = calloc(1, sizeof(*u)))) {
+            dsr1__srv_call_finish(c, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+            return false;
+        }
+        c->sub = u;
+    }
+    if (data) {
+        upload_message(gb, u, data, len);
+        if (u->st == DSR1_OK) return true;
+        dsr1__srv_call_finish(c, u->code, u->err); /* at once: the rest is not read */
+        c->sub = NULL;
+        upload_free(u);
+        return false;
+    }
+    /* the end */
+    c->sub = NULL;
+    if (!gone && !u && !gb)
+        dsr1__srv_call_finish_error(c, no_store());
+    else if (!gone && !u)
+        dsr1__srv_call_finish(c, GRPC_STATUS_INVALID_ARGUMENT, "UploadBatch: no message");
+    else if (!gone)
+        upload_end(c, u);
+    if (u) upload_free(u);
+    return false;
 }
 
 /* ---- GetBatch, CancelBatch, ListBatches ---- */
 
 dsr1_status dsr1__srv_get_batch(dsr1_server *s, const uint8_t *data, size_t len, srv_buf *resp)
 {
-    srv_batches *r = s->batches;
+    srv_batches *gb = s->batches;
+    if (!gb) return no_store();
     Dsr1__V1__GetBatchRequest *req = dsr1__v1__get_batch_request__unpack(NULL, len, data);
     if (!req) return dsr1_error(DSR1_ERR_INVALID_ARG, "malformed GetBatchRequest");
-    pthread_mutex_lock(&r->mu);
-    batch *b;
-    dsr1_status st = lookup(r, req->batch_id, &b);
-    if (st == DSR1_OK) st = pack_status(b, resp);
-    if (st == DSR1_OK && req->include_results && (st = append_results(b, resp)) != DSR1_OK)
-        free(resp->data);
-    pthread_mutex_unlock(&r->mu);
+    dsr1_batch_info info;
+    dsr1_status st = get_info(gb, req->batch_id, &info);
+    if (st == DSR1_OK) {
+        st = pack_status(gb, &info, resp);
+        if (st == DSR1_OK && req->include_results) {
+            results_acc acc = {resp, resp->len, DSR1_OK};
+            st = dsr1_batches_results(gb->store, info.id, 0, append_result, &acc);
+            if (st == DSR1_OK) st = acc.st;
+            if (st != DSR1_OK) free(resp->data);
+        }
+        dsr1_batch_info_clear(&info);
+    }
     dsr1__v1__get_batch_request__free_unpacked(req, NULL);
     return st;
 }
 
 dsr1_status dsr1__srv_cancel_batch(dsr1_server *s, const uint8_t *data, size_t len, srv_buf *resp)
 {
-    srv_batches *r = s->batches;
+    srv_batches *gb = s->batches;
+    if (!gb) return no_store();
     Dsr1__V1__CancelBatchRequest *req = dsr1__v1__cancel_batch_request__unpack(NULL, len, data);
     if (!req) return dsr1_error(DSR1_ERR_INVALID_ARG, "malformed CancelBatchRequest");
-    char(*ids)[160] = NULL;
-    int n = 0;
-    batch *b;
-    pthread_mutex_lock(&r->mu);
-    dsr1_status st = lookup(r, req->batch_id, &b);
-    if (st == DSR1_OK && !batch_final(b)) {
-        if ((ids = calloc((size_t)b->total, sizeof(*ids)))) {
-            b->cancelled = true;
-            cancel_items(b, ids, &n);
-            DSR1_INFO("server: batch %s cancelled (%d items running)", b->id, n);
-        } else {
-            st = dsr1_error(DSR1_ERR_NOMEM, "out of memory");
+    dsr1_batch_info info;
+    dsr1_status st = get_info(gb, req->batch_id, &info);
+    if (st == DSR1_OK) {
+        dsr1_batch_info_clear(&info);
+        memset(&info, 0, sizeof(info));
+        st = dsr1_batches_cancel(gb->store, req->batch_id, &info);
+        if (st == DSR1_OK) {
+            DSR1_INFO("server: batch %s: cancel (%d items running)", info.id, info.running);
+            st = pack_status(gb, &info, resp);
+            dsr1_batch_info_clear(&info);
         }
     }
-    if (st == DSR1_OK) st = pack_status(b, resp);
-    pthread_mutex_unlock(&r->mu);
-    abort_ids(r, ids, n);
-    free(ids);
     dsr1__v1__cancel_batch_request__free_unpacked(req, NULL);
     return st;
 }
 
 dsr1_status dsr1__srv_list_batches(dsr1_server *s, const uint8_t *data, size_t len, srv_buf *resp)
 {
-    srv_batches *r = s->batches;
+    srv_batches *gb = s->batches;
+    if (!gb) return no_store();
     Dsr1__V1__ListBatchesRequest *req = dsr1__v1__list_batches_request__unpack(NULL, len, data);
     if (!req) return dsr1_error(DSR1_ERR_INVALID_ARG, "malformed ListBatchesRequest");
     int limit = req->limit ? req->limit : DEFAULT_LIST;
-    dsr1__v1__list_batches_request__free_unpacked(req, NULL);
-    if (limit < 0 || limit > MAX_LIST)
-        return dsr1_error(DSR1_ERR_INVALID_ARG, "limit %d: allowed range [0, %d]", limit, MAX_LIST);
-    Dsr1__V1__BatchStatus *st = malloc((size_t)limit * sizeof(*st));
-    Dsr1__V1__BatchStatus **ptrs = malloc((size_t)limit * sizeof(*ptrs));
-    Dsr1__V1__Usage *u = malloc((size_t)limit * sizeof(*u));
-    Dsr1__V1__ListBatchesResponse m = DSR1__V1__LIST_BATCHES_RESPONSE__INIT;
     dsr1_status rc = DSR1_OK;
-    if (!st || !ptrs || !u) rc = dsr1_error(DSR1_ERR_NOMEM, "out of memory");
-    pthread_mutex_lock(&r->mu);
-    for (batch *b = r->newest; rc == DSR1_OK && b && m.n_batches < (size_t)limit; b = b->older) {
-        status_of(b, &st[m.n_batches], &u[m.n_batches]);
-        ptrs[m.n_batches] = &st[m.n_batches];
-        m.n_batches++;
+    if (limit < 0 || limit > MAX_LIST)
+        rc = dsr1_error(DSR1_ERR_INVALID_ARG, "limit %d: allowed range [0, %d]", limit, MAX_LIST);
+    dsr1_batch_info *info = rc ? NULL : calloc((size_t)limit, sizeof(*info));
+    Dsr1__V1__BatchStatus *st = rc ? NULL : calloc((size_t)limit, sizeof(*st));
+    Dsr1__V1__BatchStatus **ptrs = rc ? NULL : calloc((size_t)limit, sizeof(*ptrs));
+    Dsr1__V1__Usage *u = rc ? NULL : calloc((size_t)limit, sizeof(*u));
+    if (!rc && (!info || !st || !ptrs || !u)) rc = dsr1_error(DSR1_ERR_NOMEM, "out of memory");
+    int n = 0;
+    bool more = false;
+    if (!rc)
+        rc = dsr1_batches_list(gb->store, FORMAT, *req->after ? req->after : NULL, limit, info, &n,
+                               &more);
+    Dsr1__V1__ListBatchesResponse m = DSR1__V1__LIST_BATCHES_RESPONSE__INIT;
+    for (int i = 0; !rc && i < n; i++) {
+        status_of(gb, &info[i], &st[i], &u[i]);
+        ptrs[i] = &st[i];
     }
+    m.n_batches = rc ? 0 : (size_t)n;
     m.batches = ptrs;
-    if (rc == DSR1_OK) rc = dsr1__srv_pack(&m.base, resp);
-    pthread_mutex_unlock(&r->mu);
+    m.has_more = more;
+    if (!rc) rc = dsr1__srv_pack(&m.base, resp);
+    for (int i = 0; i < n; i++) dsr1_batch_info_clear(&info[i]);
+    free(info);
     free(st);
     free(ptrs);
     free(u);
+    dsr1__v1__list_batches_request__free_unpacked(req, NULL);
     return rc;
 }
 
 /* ---- StreamBatchResults ---- */
 
+/* The store's calls (its thread, or the subscriber's at first): never blocks. */
+static bool stream_row(void *ctx, const dsr1_batch_result_row *row)
+{
+    stream_sub *ss = ctx;
+    if (!row) {
+        dsr1__srv_call_finish(ss->c, GRPC_STATUS_OK, NULL);
+        return false;
+    }
+    srv_buf b;
+    if (with_seq(row, &b) != DSR1_OK) {
+        dsr1__srv_call_finish(ss->c, GRPC_STATUS_RESOURCE_EXHAUSTED, dsr1_errmsg());
+        return false;
+    }
+    dsr1__srv_call_send(ss->c, b);
+    pthread_mutex_lock(&ss->c->mu);
+    bool live = !ss->c->dead && !ss->c->status_queued;
+    pthread_mutex_unlock(&ss->c->mu);
+    return live;
+}
+
 void dsr1__srv_stream_batch(srv_call *c, const uint8_t *data, size_t len)
 {
-    srv_batches *r = c->srv->batches;
+    srv_batches *gb = c->srv->batches;
+    if (!gb) {
+        dsr1__srv_call_finish_error(c, no_store());
+        return;
+    }
     Dsr1__V1__StreamBatchResultsRequest *req =
         dsr1__v1__stream_batch_results_request__unpack(NULL, len, data);
     if (!req) {
@@ -691,33 +867,62 @@ void dsr1__srv_stream_batch(srv_call *c, const uint8_t *data, size_t len)
                               "malformed StreamBatchResultsRequest");
         return;
     }
-    batch *b;
-    pthread_mutex_lock(&r->mu);
-    dsr1_status st = lookup(r, req->batch_id, &b);
-    if (st != DSR1_OK) {
-        dsr1__srv_call_finish_error(c, st);
-    } else {
-        for (int i = 0; i < b->total; i++)
-            if (b->items[i].state == ITEM_DONE) send_copy(c, &b->items[i].result);
-        if (batch_final(b)) {
-            dsr1__srv_call_finish(c, GRPC_STATUS_OK, NULL);
-        } else {
-            dsr1__srv_call_ref(c);
-            c->sub = b;
-            dsr1__srv_sub_add(&b->subs, c);
-        }
+    dsr1_batch_info info;
+    dsr1_status st = req->from_seq < 0 ? dsr1_error(DSR1_ERR_INVALID_ARG, "from_seq %lld: negative",
+                                                    (long long)req->from_seq)
+                                       : get_info(gb, req->batch_id, &info);
+    stream_sub *ss = NULL;
+    if (st == DSR1_OK) {
+        dsr1_batch_info_clear(&info);
+        if (!(ss = calloc(1, sizeof(*ss)))) st = dsr1_error(DSR1_ERR_NOMEM, "out of memory");
     }
-    pthread_mutex_unlock(&r->mu);
+    if (st == DSR1_OK) {
+        ss->c = c;
+        dsr1__srv_call_ref(c);
+        pthread_mutex_lock(&gb->mu);
+        bool stopping = gb->stopping;
+        if (!stopping) {
+            ss->next = gb->streams;
+            if (gb->streams) gb->streams->prev = ss;
+            gb->streams = ss;
+            ss->subscribing = true;
+            c->sub = ss;
+        }
+        pthread_mutex_unlock(&gb->mu);
+        dsr1_batch_sub *sub = NULL;
+        if (stopping)
+            st = dsr1_error(DSR1_ERR_UNAVAILABLE, "the server is shutting down");
+        else
+            st = dsr1_batches_subscribe(gb->store, req->batch_id, req->from_seq, stream_row, ss,
+                                        &sub);
+        pthread_mutex_lock(&gb->mu);
+        ss->subscribing = false;
+        ss->sub = st == DSR1_OK ? sub : NULL;
+        if (st != DSR1_OK && !ss->detached && !stopping) sub_unlink(gb, ss);
+        bool release = ss->detached || stopping;
+        bool shutting = gb->stopping;
+        pthread_mutex_unlock(&gb->mu);
+        if (st != DSR1_OK) dsr1__srv_call_finish_error(c, st);
+        if (release && st == DSR1_OK && shutting)
+            dsr1__srv_call_finish(c, GRPC_STATUS_UNAVAILABLE,
+                                  "the server is shutting down: resume with from_seq");
+        if (release) sub_release(ss);
+    } else {
+        dsr1__srv_call_finish_error(c, st);
+    }
     dsr1__v1__stream_batch_results_request__free_unpacked(req, NULL);
 }
 
 void dsr1__srv_stream_batch_closed(srv_call *c)
 {
-    srv_batches *r = c->srv->batches;
-    pthread_mutex_lock(&r->mu);
-    batch *b = c->sub;
-    if (b) dsr1__srv_sub_remove(&b->subs, c);
-    c->sub = NULL;
-    pthread_mutex_unlock(&r->mu);
-    if (b) dsr1__srv_call_unref(c);
+    srv_batches *gb = c->srv->batches;
+    if (!gb) return;
+    pthread_mutex_lock(&gb->mu);
+    stream_sub *ss = c->sub;
+    if (ss) {
+        sub_unlink(gb, ss);
+        if (ss->subscribing) ss = NULL; /* its subscriber releases it */
+    }
+    pthread_mutex_unlock(&gb->mu);
+    if (ss) sub_release(ss);
 }

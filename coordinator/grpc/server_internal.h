@@ -1,7 +1,8 @@
 /* Internals of the gRPC server, shared by its files:
  *   server.c          the server object, completion-queue threads, calls and their sends
  *   server_rpc.c      Generate, Abort, GetModelInfo, GetServerInfo, Health
- *   server_batch.c    the batch registry and the batch RPCs
+ *   server_batch.c    the batch RPCs on the durable batch store (batches.h) and its
+ *                     "grpc" codec
  *   server_convert.c  requests -> scheduler requests, scheduler events -> messages
  *
  * A call (srv_call) is reference-counted: each gRPC batch in flight, the scheduler (from a
@@ -36,6 +37,7 @@ typedef struct {
 typedef enum {
     SRV_GENERATE,
     SRV_SUBMIT_BATCH,
+    SRV_UPLOAD_BATCH,
     SRV_GET_BATCH,
     SRV_STREAM_BATCH,
     SRV_CANCEL_BATCH,
@@ -67,11 +69,13 @@ struct srv_call {
     gpr_timespec deadline;
     grpc_metadata_array md;
     grpc_byte_buffer *payload;
-    srv_tag start_tag, close_tag, send_tag;
+    srv_tag start_tag, close_tag, send_tag, recv_tag;
+    grpc_byte_buffer *recv_bb;     /* client streaming: the message being received */
     int cancelled;                 /* RECV_CLOSE_ON_SERVER's answer */
     srv_call *prev, *next;         /* the server's calls (srv->mu) */
     srv_call *sub_prev, *sub_next; /* a batch's or the server's subscribers */
-    void *sub;                     /* StreamBatchResults: the batch; Watch: the server */
+    void
+        *sub; /* StreamBatchResults: its subscription; UploadBatch: the upload; Watch: the server */
 
     pthread_mutex_t mu; /* guards everything below */
     srv_msg *head, *tail;
@@ -95,7 +99,8 @@ struct dsr1_server {
     int port, max_message_bytes;
     pthread_t threads[CQ_THREADS];
     int n_threads;
-    bool started; /* serving: dsr1_server_start succeeded */
+    bool started;   /* serving: dsr1_server_start succeeded */
+    bool shut_down; /* dsr1_server_shutdown ran */
     srv_tag shutdown_tag;
 
     pthread_mutex_t mu; /* guards the fields below */
@@ -157,6 +162,10 @@ typedef struct {
     srv_unary_fn unary; /* or */
     srv_stream_fn stream;
     void (*on_close)(srv_call *c); /* after RECV_CLOSE_ON_SERVER (c->cancelled set) */
+    /* or client streaming: each received message in turn (return true for the next one),
+     * then data NULL once: at the client's half-close (gone false) or when the call ended
+     * first (gone true; nothing can be sent). */
+    bool (*recv)(srv_call *c, const uint8_t *data, size_t len, bool gone);
 } srv_method_desc;
 
 extern const srv_method_desc dsr1__srv_methods[SRV_N_METHODS];
@@ -167,15 +176,17 @@ void dsr1__srv_model_free(dsr1_server *s);
 void dsr1__srv_rpc_stop(dsr1_server *s);
 
 /* ---- server_batch.c ---- */
-dsr1_status dsr1__srv_batches_create(dsr1_server *s, srv_batches **out);
-/* Shutdown: stops feeding items, aborts unfinished ones and waits for their FINALs. */
+/* Registers the "grpc" codec with the store (which must be closed before the server is
+ * destroyed). */
+dsr1_status dsr1__srv_batches_create(dsr1_server *s, dsr1_batches *store, srv_batches **out);
+/* Shutdown: ends the StreamBatchResults calls (UNAVAILABLE: resume with from_seq). The
+ * batches themselves stay in the store. */
 void dsr1__srv_batches_stop(srv_batches *b);
 void dsr1__srv_batches_destroy(srv_batches *b);
+/* Batches not final (of every format); 0 without a store. */
 int dsr1__srv_batches_active(srv_batches *b);
-/* Abort RPC: finishes a batch item that has not reached the scheduler yet with ABORT.
- * Returns true when id named such an item. */
-bool dsr1__srv_batches_abort_pending(srv_batches *b, const char *id);
 dsr1_status dsr1__srv_submit_batch(dsr1_server *s, const uint8_t *req, size_t len, srv_buf *resp);
+bool dsr1__srv_upload_batch(srv_call *c, const uint8_t *data, size_t len, bool gone);
 dsr1_status dsr1__srv_get_batch(dsr1_server *s, const uint8_t *req, size_t len, srv_buf *resp);
 dsr1_status dsr1__srv_cancel_batch(dsr1_server *s, const uint8_t *req, size_t len, srv_buf *resp);
 dsr1_status dsr1__srv_list_batches(dsr1_server *s, const uint8_t *req, size_t len, srv_buf *resp);

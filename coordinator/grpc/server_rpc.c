@@ -215,7 +215,7 @@ static dsr1_status abort_rpc(dsr1_server *s, const uint8_t *data, size_t len, sr
     if (!r.aborted || !r.not_found) st = dsr1_error(DSR1_ERR_NOMEM, "out of memory");
     for (size_t i = 0; st == DSR1_OK && i < req->n_request_ids; i++) {
         char *id = req->request_ids[i];
-        if (dsr1_sched_abort(s->p.sched, id) || dsr1__srv_batches_abort_pending(s->batches, id))
+        if (dsr1_sched_abort(s->p.sched, id)) /* batch items too, while in the scheduler */
             r.aborted[r.n_aborted++] = id;
         else
             r.not_found[r.n_not_found++] = id;
@@ -417,6 +417,7 @@ void dsr1__srv_rpc_stop(dsr1_server *s)
 const srv_method_desc dsr1__srv_methods[SRV_N_METHODS] = {
     [SRV_GENERATE] = {"/dsr1.v1.Dsr1/Generate", false, NULL, generate, generate_closed},
     [SRV_SUBMIT_BATCH] = {"/dsr1.v1.Dsr1/SubmitBatch", false, dsr1__srv_submit_batch},
+    [SRV_UPLOAD_BATCH] = {"/dsr1.v1.Dsr1/UploadBatch", false, .recv = dsr1__srv_upload_batch},
     [SRV_GET_BATCH] = {"/dsr1.v1.Dsr1/GetBatch", false, dsr1__srv_get_batch},
     [SRV_STREAM_BATCH] = {"/dsr1.v1.Dsr1/StreamBatchResults", false, NULL, dsr1__srv_stream_batch,
                           dsr1__srv_stream_batch_closed},

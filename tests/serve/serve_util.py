@@ -102,11 +102,33 @@ def tiny_model(dsr1, build_root):
     return model
 
 
+def with_state_dir(cmd):
+    """cmd with `--state-dir TMP` after its `dsr1 serve` / dsr1-coordinator, unless it has
+    one: every server gets its own batch store (the store locks its directory, so servers
+    side by side must not share the default one). Returns (cmd, the directory or None)."""
+    if "--state-dir" in cmd:
+        return cmd, None
+    at = None
+    for i, arg in enumerate(cmd):
+        if os.path.basename(arg) == "dsr1" and i + 1 < len(cmd) and cmd[i + 1] == "serve":
+            at = i + 2
+        elif os.path.basename(arg) == "dsr1-coordinator" and "--prompt-ids" not in cmd:
+            at = i + 1
+        if at is not None:
+            break
+    if at is None:
+        return cmd, None
+    state = tempfile.mkdtemp(prefix="dsr1-state-")
+    return [*cmd[:at], "--state-dir", state, *cmd[at:]], state
+
+
 class Server:
     """A `dsr1 serve` (or mpirun'd dsr1-coordinator) process; `port` once it serves. Its
-    stderr is kept (tail printed on failure)."""
+    stderr is kept (tail printed on failure). Without --state-dir in cmd it gets a temporary
+    state directory of its own, removed by stop()."""
 
     def __init__(self, cmd, env=None, timeout=180):
+        cmd, self.state_dir = with_state_dir(cmd)
         self.cmd = cmd
         self.log = []
         full_env = {**os.environ, "DSR1_NO_PROGRESS_BAR": "1", **(env or {})}
@@ -163,6 +185,9 @@ class Server:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
         self.thread.join(5)
+        if self.state_dir:
+            shutil.rmtree(self.state_dir, ignore_errors=True)
+            self.state_dir = None
         return self.proc.returncode
 
 

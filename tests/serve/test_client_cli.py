@@ -158,7 +158,8 @@ class T:
         r = self.client("batch", "--file", long, "--batch-id", bid + "-long")
         r = self.client("cancel", bid + "-long", "--json")
         got = json.loads(r.stdout) if r.returncode == 0 else {}
-        c.expect(got.get("state") == "CANCELLED", "cancel --json", r.stdout[:200] + r.stderr)
+        c.expect(got.get("state") in ("CANCELLING", "CANCELLED"), "cancel --json",
+                 r.stdout[:200] + r.stderr)
         r = self.client("batch", "--file", "-", "--wait", stdin='{"text": "x", "max_tokens": 2}\n')
         lines = r.stdout.splitlines()
         c.expect(r.returncode == 0 and len(lines) == 1 and

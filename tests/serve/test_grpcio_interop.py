@@ -333,10 +333,13 @@ class Interop:
                              **api.kw)
         time.sleep(0.3)
         st = api.stub.CancelBatch(pb.CancelBatchRequest(batch_id=batch_id), **api.kw)
-        c.expect(st.state == pb.CANCELLED, "CancelBatch: state CANCELLED",
-                 pb.BatchState.Name(st.state))
+        c.expect(st.state in (pb.CANCELLED, pb.CANCELLING), "CancelBatch: state CANCELLING or "
+                 "CANCELLED", pb.BatchState.Name(st.state))
         results = list(api.stub.StreamBatchResults(
             pb.StreamBatchResultsRequest(batch_id=batch_id), **api.kw))
+        st = api.stub.GetBatch(pb.GetBatchRequest(batch_id=batch_id), **api.kw)
+        c.expect(st.state == pb.CANCELLED, "cancelled batch: CANCELLED once the stream ended",
+                 pb.BatchState.Name(st.state))
         aborted = sum(x.result.finish_reason == pb.ABORT for x in results)
         c.expect(len(results) == 8 and aborted >= 1, "cancelled batch: results, ABORT ones",
                  f"{len(results)} results, {aborted} aborted")
