@@ -16,6 +16,7 @@
 #include "scheduler.h"
 
 typedef enum { REQ_WAITING, REQ_RUNNING } req_state;
+typedef enum { MASK_UNKNOWN, MASK_FREE, MASK_SET } mask_state;
 
 typedef struct req {
     char *id;
@@ -43,6 +44,7 @@ typedef struct req {
     bool awaiting_trigger; /* free until trigger_id is drawn (grammar_after_trigger) */
     int32_t trigger_id;
     uint32_t *mask;          /* [mask_words of the model's vocabulary] */
+    mask_state mask_state;   /* of the token drawn next: r->mask is computed once per token */
     dsr1_sample_result *lp;  /* [max_tokens] when logprobs */
     dsr1_sample_result *plp; /* [n_prompt] when prompt_logprobs */
     int n_plp;               /* prompt positions with their logprob recorded */

@@ -77,29 +77,61 @@ static dsr1_status reasoning_new(const dsr1_sched *s, const dsr1_sched_request *
     return DSR1_OK;
 }
 
-/* The mask of the token r draws next, if any: </think> alone once the reasoning has used
- * its budget; the grammar's outside the reasoning, plus <think> where it may open. */
-void dsr1__sched_draw_mask(const dsr1_sched *s, req *r, dsr1_sampling *p)
+/* Computes the mask of the token r draws next into r->mask: </think> alone once the
+ * reasoning has used its budget; the grammar's outside the reasoning, plus <think> where it
+ * may open. False when the draw is free. */
+static bool compute_mask(const dsr1_sched *s, req *r)
 {
     const size_t words = dsr1_grammar_mask_words(s->p.vocab);
     if (r->reasoning) {
-        if (!r->think_budget || r->n_reasoning < r->think_budget) return;
+        if (!r->think_budget || r->n_reasoning < r->think_budget) return false;
         memset(r->mask, 0, words * sizeof(uint32_t));
         r->mask[r->think_end_id / 32] = 1u << (r->think_end_id % 32);
     } else if (r->matcher && !r->grammar_done && !r->awaiting_trigger) {
         dsr1_matcher_mask(r->matcher, r->mask);
         if (r->may_open) r->mask[r->think_start_id / 32] |= 1u << (r->think_start_id % 32);
     } else {
-        return;
+        return false;
     }
+    return true;
+}
+
+/* The mask of the token r draws next, if any (computed once per token drawn). */
+void dsr1__sched_draw_mask(const dsr1_sched *s, req *r, dsr1_sampling *p)
+{
+    if (r->mask_state == MASK_UNKNOWN) r->mask_state = compute_mask(s, r) ? MASK_SET : MASK_FREE;
+    if (r->mask_state == MASK_FREE) return;
     p->allowed = r->mask;
-    p->mask_words = (int)words;
+    p->mask_words = (int)dsr1_grammar_mask_words(s->p.vocab);
+}
+
+/* Jump-forward: the token r draws next when its mask allows exactly one (a grammar's
+ * special token or literal that only one token spells, its EOS at its end, </think> at the
+ * thinking budget), else -1. The sampler would draw that token whatever the logits (every
+ * other one is at -inf), with the same step index for the draws that follow, so appending
+ * it without a step gives the same tokens; the next step computes its cache row within the
+ * chunk that draws the following token. Not with logprobs (they need the logits). */
+static int32_t forced_token(const dsr1_sched *s, req *r)
+{
+    dsr1_sampling p = {0};
+    if (r->logprobs) return -1;
+    dsr1__sched_draw_mask(s, r, &p);
+    if (!p.allowed) return -1;
+    int32_t tok = -1;
+    for (int w = 0; w < p.mask_words; w++) {
+        const uint32_t bits = p.allowed[w];
+        if (!bits) continue;
+        if (tok >= 0 || (bits & (bits - 1))) return -1;
+        tok = w * 32 + __builtin_ctz(bits);
+    }
+    return tok < s->p.vocab ? tok : -1;
 }
 
 /* Follows the token just drawn: into or out of the reasoning, or through the matcher. */
 static dsr1_status track_token(req *r, int32_t token)
 {
     const bool may_open = r->may_open;
+    r->mask_state = MASK_UNKNOWN;
     r->may_open = false;
     if (r->reasoning) {
         if (token == r->think_end_id)
@@ -398,8 +430,8 @@ static dsr1_status check_result(const dsr1_sample_result *x, int pos)
                       "the logits predicting position %d are not finite (NaN or +inf)", pos);
 }
 
-/* Takes r's next token as the executor sampled it, sends the DELTA, ends r when it is done. */
-static dsr1_status next_token(dsr1_sched *s, req *r, const dsr1_sample_result *res)
+/* Takes r's next token, sends the DELTA, ends r (*ended) when it is done. */
+static dsr1_status take_token(dsr1_sched *s, req *r, const dsr1_sample_result *res, bool *ended)
 {
     const int n_out = r->n_tokens - r->n_prompt;
     dsr1_status st = check_result(res, r->n_tokens);
@@ -425,11 +457,26 @@ static dsr1_status next_token(dsr1_sched *s, req *r, const dsr1_sample_result *r
     ev.content_len = s->content.len;
     ev.logprobs = r->lp ? res : NULL;
     r->callback(&ev);
+    *ended = d.stopped || length;
     if (d.stopped)
         finish(s, r, DSR1_FINISH_STOP, d.stop_reason, NULL);
     else if (length)
         finish(s, r, DSR1_FINISH_LENGTH, NULL, NULL);
     return DSR1_OK;
+}
+
+/* Takes r's next token as the executor sampled it, then the tokens its mask forces (see
+ * forced_token), each with its DELTA; ends r when it is done. */
+static dsr1_status next_token(dsr1_sched *s, req *r, const dsr1_sample_result *res)
+{
+    bool ended = false;
+    dsr1_status st = take_token(s, r, res, &ended);
+    int32_t f;
+    while (st == DSR1_OK && !ended && (f = forced_token(s, r)) >= 0) {
+        const dsr1_sample_result x = {.token = f};
+        st = take_token(s, r, &x, &ended);
+    }
+    return st;
 }
 
 /* Records the prompt logprobs of a chunk of n tokens at pos run with them: lp[i] scores

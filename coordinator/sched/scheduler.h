@@ -99,7 +99,9 @@ typedef struct {
     dsr1_textout_params text; /* arrays and strings copied */
     /* Constrained decoding: NULL, or a compiled grammar (shared; it must outlive the
      * request) that the generated text follows. Each drawn token is masked by the request's
-     * matcher (kept here, beside the sampling parameters, across preemption). A request that
+     * matcher (kept here, beside the sampling parameters, across preemption); a token that
+     * the mask alone allows is appended without sampling, its cache row computed with the
+     * next draw (jump-forward; not with logprobs), which gives the same tokens. A request that
      * reasons (text.in_reasoning) is free until its `</think>`; with text.detect_think the
      * first token may also be `<think>`, which opens a free reasoning part. Past the
      * grammar's end (its EOS, with text.ignore_eos) the output is free again. The grammar's

@@ -4,7 +4,8 @@
  * in the very next step, the batch items it preempts finish with the tokens of a run
  * without it (seeded sampling); interactive requests are admitted before batch items; a
  * prompt too large for the free cache lets smaller ones pass, DSR1_SCHED_MAX_BYPASS times;
- * batch items are not bounded by max_queued.
+ * batch items are not bounded by max_queued. And jump-forward: the tokens a grammar alone
+ * allows are appended without a step of their own, with the ids of a masked greedy run.
  *
  * argv[1]: ../shared/golden (its tokenizer); exits 77 without it. */
 #include <pthread.h>
@@ -496,6 +497,91 @@ static void test_batch_not_queue_bounded(void **state)
     dsr1_sched_destroy(s);
 }
 
+/* ---- jump-forward ---- */
+
+/* Greedy ids of a prompt under a grammar, run alone through a slot-mode engine: the first
+ * largest allowed logit at each position, the matcher advanced by hand, up to EOS (id 1). */
+static int masked_reference(fixture *f, const int32_t *prompt, int n, const dsr1_grammar *g,
+                            int max_tokens, int32_t *out)
+{
+    dsr1_engine *e;
+    dsr1_matcher *m;
+    assert_int_equal(
+        dsr1_engine_create(f->w, dsr1_kernels_select(NULL), f->pool, 1, n + max_tokens, &e),
+        DSR1_OK);
+    assert_int_equal(dsr1_matcher_create(g, &m), DSR1_OK);
+    uint32_t *mask = calloc(dsr1_grammar_mask_words(VOCAB), sizeof(uint32_t));
+    float *lg = malloc(sizeof(float) * VOCAB * (size_t)n);
+    dsr1_seq_step q = {0, 0, n, prompt, DSR1_LOGITS_ALL};
+    dsr1_batch b = {1, &q, lg};
+    assert_int_equal(dsr1_engine_forward(e, &b), DSR1_OK);
+    const float *last = lg + (size_t)(n - 1) * VOCAB;
+    int k = 0;
+    while (k < max_tokens) {
+        dsr1_matcher_mask(m, mask);
+        int32_t best = -1;
+        for (int v = 0; v < VOCAB; v++)
+            if ((mask[v / 32] >> (v % 32) & 1) && (best < 0 || last[v] > last[best])) best = v;
+        assert_true(best >= 0);
+        assert_int_equal(dsr1_matcher_advance(m, best), DSR1_OK);
+        out[k++] = best;
+        if (best == 1) break;
+        q = (dsr1_seq_step){0, n + k - 1, 1, &out[k - 1], DSR1_LOGITS_LAST};
+        assert_int_equal(dsr1_engine_forward(e, &b), DSR1_OK);
+        last = lg;
+    }
+    free(lg);
+    free(mask);
+    dsr1_matcher_free(m);
+    dsr1_engine_destroy(e);
+    return k;
+}
+
+/* Tokens a grammar allows alone (two special tokens, then after a sampled digit a third
+ * and EOS) are appended without a step of their own: a greedy request gives the ids of the
+ * masked greedy reference in 2 steps instead of 5; with logprobs (which need each token's
+ * logits) every token takes its step, with the same ids. */
+static void test_forced_tokens(void **state)
+{
+    fixture *f = *state;
+    const char *src = "root ::= <|<｜fim▁begin｜>|> <|<｜fim▁hole｜>|> [0-9] <|<｜fim▁end｜>|>";
+    dsr1_grammar_vocab *gv;
+    dsr1_grammar *g;
+    assert_int_equal(dsr1_grammar_vocab_create(f->tok, 1, &gv), DSR1_OK);
+    assert_int_equal(dsr1_grammar_compile_ebnf(gv, src, strlen(src), NULL, &g), DSR1_OK);
+    const int32_t hole = dsr1_tokenizer_token_id(f->tok, "<｜fim▁hole｜>");
+    const int32_t end = dsr1_tokenizer_token_id(f->tok, "<｜fim▁end｜>");
+    int32_t prompt[12], want[8];
+    srand(26);
+    random_ids(prompt, 12);
+    const int n_want = masked_reference(f, prompt, 12, g, 8, want);
+    assert_int_equal(n_want, 5);
+    assert_int_equal(want[1], hole);
+    assert_int_equal(want[3], end);
+    for (int with_lp = 0; with_lp < 2; with_lp++) {
+        dsr1_sched *s = start(f, 64, 4, 64, 4, 4);
+        result r;
+        dsr1_sched_request q = request("forced", DSR1_SCHED_INTERACTIVE, prompt, 12, 8, 0, &r);
+        q.sampling.temperature = 0;
+        q.grammar = g;
+        q.text.ignore_eos = false;
+        q.logprobs = with_lp;
+        assert_int_equal(dsr1_sched_submit(s, &q), DSR1_OK);
+        wait_done(&r, 1);
+        assert_int_equal(r.finish, DSR1_FINISH_STOP);
+        assert_int_equal(r.n_ids, n_want);
+        assert_memory_equal(r.ids, want, sizeof(int32_t) * (size_t)n_want);
+        pthread_mutex_lock(&mu);
+        const int steps = f->steps;
+        pthread_mutex_unlock(&mu);
+        assert_int_equal(steps, with_lp ? 5 : 2);
+        assert_idle(s);
+        dsr1_sched_destroy(s);
+    }
+    dsr1_grammar_free(g);
+    dsr1_grammar_vocab_free(gv);
+}
+
 int main(int argc, char **argv)
 {
     golden = argc > 1 ? argv[1] : "../shared/golden";
@@ -513,6 +599,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_bypass_interactive, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bypass_batch, setup, teardown),
         cmocka_unit_test_setup_teardown(test_batch_not_queue_bounded, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_forced_tokens, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
