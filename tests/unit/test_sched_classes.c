@@ -44,6 +44,11 @@ typedef struct {
     int hold_at; /* the step that waits until released (0: none) */
     bool held, released;
     int events; /* events sent so far: their order */
+    /* a pipelining executor (depth 2, as a grid of 2 stages): its steps in flight */
+    int depth;
+    const dsr1_batch *queued[2];
+    uint64_t next_id, done_id;
+    int max_inflight, violations;
 } fixture;
 
 static fixture *fx; /* the callbacks' */
@@ -60,6 +65,31 @@ static dsr1_status fx_step(void *ctx, const dsr1_batch *b)
     }
     pthread_mutex_unlock(&mu);
     return dsr1_engine_forward(f->eng, b);
+}
+
+/* The pipelining executor: submit queues the step, wait runs the oldest. Steps in flight
+ * must hold disjoint requests (checked by their block tables). Scheduler thread only. */
+static dsr1_status fx_submit(void *ctx, const dsr1_batch *b, uint64_t *id)
+{
+    fixture *f = ctx;
+    f->violations += f->next_id - f->done_id >= 2;
+    f->queued[f->next_id % 2] = b;
+    *id = f->next_id++;
+    if ((int)(f->next_id - f->done_id) > f->max_inflight)
+        f->max_inflight = (int)(f->next_id - f->done_id);
+    return DSR1_OK;
+}
+
+static dsr1_status fx_wait(void *ctx, uint64_t id)
+{
+    fixture *f = ctx;
+    f->violations += id != f->done_id;
+    const dsr1_batch *b = f->queued[f->done_id++ % 2];
+    for (int i = 0; i < b->n_seqs; i++)
+        for (uint64_t j = f->done_id; j < f->next_id; j++)
+            for (int k = 0; k < f->queued[j % 2]->n_seqs; k++)
+                f->violations += b->seqs[i].blocks == f->queued[j % 2]->seqs[k].blocks;
+    return fx_step(ctx, b);
 }
 
 static void hold(fixture *f, int step)
@@ -159,6 +189,8 @@ static dsr1_sched *start(fixture *f, int blocks, int bt, int step_tokens, int ma
                      DSR1_OK);
     hold(f, 0);
     f->steps = f->events = 0;
+    f->next_id = f->done_id = 0;
+    f->max_inflight = f->violations = 0;
     dsr1_sched_params p = {{f, fx_step, 1, blocks, bt},
                            f->tok,
                            VOCAB,
@@ -168,6 +200,11 @@ static dsr1_sched *start(fixture *f, int blocks, int bt, int step_tokens, int ma
                            max_queued,
                            true,
                            NULL};
+    if (f->depth > 1) {
+        p.exec.submit = fx_submit;
+        p.exec.wait = fx_wait;
+        p.exec.depth = f->depth;
+    }
     dsr1_sched *s;
     assert_int_equal(dsr1_sched_create(&p, &s), DSR1_OK);
     return s;
@@ -391,6 +428,62 @@ static void test_running_interactive_preempts_batch(void **state)
     dsr1_sched_destroy(s);
 }
 
+/* Interactive requests and batch items mixed, through a cache too small for them all and
+ * two steps in flight (a 2-stage pipeline): steps hold disjoint requests, batch items are
+ * preempted, and every request's seeded tokens are those it gives alone. */
+static void test_mixed_pipelined(void **state)
+{
+    fixture *f = *state;
+    enum { N = 12 };
+    int32_t prompts[N][32], alone[N][MAXOUT];
+    int np[N], nt[N];
+    char ids[N][16];
+    result rs[N];
+    srand(27);
+    for (int i = 0; i < N; i++) {
+        np[i] = 6 + rand() % 26;
+        nt[i] = 4 + rand() % 9;
+        random_ids(prompts[i], np[i]);
+        snprintf(ids[i], sizeof(ids[i]), "%c%d", i % 2 ? 'i' : 'b', i);
+    }
+    f->depth = 1;
+    dsr1_sched *s = start(f, 400, 4, 64, 16, 16);
+    for (int i = 0; i < N; i++) {
+        dsr1_sched_request q =
+            request(ids[i], DSR1_SCHED_INTERACTIVE, prompts[i], np[i], nt[i], (uint64_t)i, &rs[i]);
+        assert_int_equal(dsr1_sched_submit(s, &q), DSR1_OK);
+        wait_done(&rs[i], 1); /* alone */
+        memcpy(alone[i], rs[i].ids, sizeof(int32_t) * (size_t)nt[i]);
+    }
+    dsr1_sched_destroy(s);
+
+    /* 24 blocks of 4 tokens: fewer than the requests need together */
+    f->depth = 2;
+    s = start(f, 24, 4, 32, 8, 16);
+    hold(f, 1);
+    for (int i = 0; i < N; i++) {
+        dsr1_sched_request q = request(ids[i], i % 2 ? DSR1_SCHED_INTERACTIVE : DSR1_SCHED_BATCH,
+                                       prompts[i], np[i], nt[i], (uint64_t)i, &rs[i]);
+        assert_int_equal(dsr1_sched_submit(s, &q), DSR1_OK);
+        if (i == 0) wait_held(f); /* the others arrive during step 1 */
+    }
+    release(f);
+    wait_done(rs, N);
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(rs[i].finish, DSR1_FINISH_LENGTH);
+        assert_int_equal(rs[i].n_ids, nt[i]);
+        assert_memory_equal(rs[i].ids, alone[i], sizeof(int32_t) * (size_t)nt[i]);
+    }
+    dsr1_sched_info in;
+    dsr1_sched_get_info(s, &in);
+    assert_true(in.preemptions_batch > 0);
+    assert_int_equal(f->max_inflight, 2);
+    assert_int_equal(f->violations, 0);
+    assert_idle(s);
+    dsr1_sched_destroy(s);
+    f->depth = 1;
+}
+
 /* ---- bounded bypass ---- */
 
 enum { NS = DSR1_SCHED_MAX_BYPASS + 4 };
@@ -596,6 +689,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_interactive_takes_slot, setup, teardown),
         cmocka_unit_test_setup_teardown(test_interactive_admitted_first, setup, teardown),
         cmocka_unit_test_setup_teardown(test_running_interactive_preempts_batch, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_mixed_pipelined, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bypass_interactive, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bypass_batch, setup, teardown),
         cmocka_unit_test_setup_teardown(test_batch_not_queue_bounded, setup, teardown),
