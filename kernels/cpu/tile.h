@@ -27,6 +27,7 @@ typedef struct {
     uint16_t colsb[16]; /* bytes per row, tiles 0..7 (8..15 reserved, 0) */
     uint8_t rows[16];   /* rows, tiles 0..7 (8..15 reserved, 0) */
 } dsr1__tilecfg;
+_Static_assert(sizeof(dsr1__tilecfg) == 64, "LDTILECFG's operand is 64 bytes");
 
 typedef struct dsr1__tileops {
     const char *name;                         /* "amx" or "emulated" */
