@@ -481,8 +481,10 @@ static dsr1_status writer_flush(dsr1_batch_writer *w)
     sqlite3_stmt *dup = NULL, *ins = NULL;
     dsr1_status st = dsr1__begin(b);
     if (!st)
-        st = dsr1__prep(
-            b->db, "SELECT 1 FROM items WHERE batch_n = ? AND custom_id = ? AND valid = 1", &dup);
+        st = dsr1__prep(b->db,
+                        "SELECT 1 FROM items WHERE batch_n = ? AND custom_id = ? AND custom_id <> "
+                        "'' AND valid = 1",
+                        &dup);
     if (!st)
         st = dsr1__prep(b->db,
                         "INSERT INTO items(batch_n, idx, custom_id, valid, req) VALUES (?, ?, ?, "
