@@ -332,6 +332,48 @@ static bool read_all(grpc_byte_buffer *bb, grpc_slice *out)
 /* Client streaming: posts the next RECV_MESSAGE; on_recv hands what it got to the method. */
 static void post_recv(srv_call *c);
 
+/* The initial metadata sent alone after the last message arrived: it fails when the call
+ * is gone. A client's cancel can end the messages like a half-close does (no message, no
+ * error), so the method hears of the end only once this tells the two apart. */
+static void on_probe(void *arg, bool ok)
+{
+    srv_call *c = arg;
+    pthread_mutex_lock(&c->mu);
+    c->sending = false;
+    if (!ok) {
+        c->dead = true;
+        outbox_clear(c);
+    }
+    bool gone = c->dead || (c->closed && c->cancelled);
+    pump_locked(c);
+    pthread_mutex_unlock(&c->mu);
+    dsr1__srv_methods[c->method].recv(c, NULL, 0, gone);
+    dsr1__srv_call_unref(c);
+}
+
+static void probe(srv_call *c)
+{
+    grpc_op op;
+    memset(&op, 0, sizeof(op));
+    op.op = GRPC_OP_SEND_INITIAL_METADATA;
+    pthread_mutex_lock(&c->mu);
+    bool can = !c->md_sent && !c->sending && !c->dead;
+    if (can) {
+        c->md_sent = c->sending = true;
+        c->recv_tag = (srv_tag){on_probe, c};
+        dsr1__srv_call_ref(c);
+        if (grpc_call_start_batch(c->call, &op, 1, &c->recv_tag, NULL) != GRPC_CALL_OK) {
+            c->sending = false;
+            c->dead = true;
+            atomic_fetch_sub(&c->refs, 1); /* the caller still holds one */
+            can = false;
+        }
+    }
+    bool gone = c->dead || (c->closed && c->cancelled);
+    pthread_mutex_unlock(&c->mu);
+    if (!can) dsr1__srv_methods[c->method].recv(c, NULL, 0, gone);
+}
+
 static void on_recv(void *arg, bool ok)
 {
     srv_call *c = arg;
@@ -339,11 +381,10 @@ static void on_recv(void *arg, bool ok)
     grpc_byte_buffer *bb = ok ? c->recv_bb : NULL;
     c->recv_bb = NULL;
     grpc_slice sl;
-    if (!bb) { /* the client's half-close, or the call is gone */
-        pthread_mutex_lock(&c->mu);
-        bool gone = !ok || (c->closed && c->cancelled) || c->dead;
-        pthread_mutex_unlock(&c->mu);
-        d->recv(c, NULL, 0, gone);
+    if (!bb && ok) { /* the client's half-close, or its cancel */
+        probe(c);
+    } else if (!bb) { /* the call is gone */
+        d->recv(c, NULL, 0, true);
     } else if (!read_all(bb, &sl)) {
         grpc_byte_buffer_destroy(bb);
         d->recv(c, NULL, 0, true);

@@ -5,7 +5,7 @@ and server info, Generate (streamed deltas against the final message, greedy and
 determinism, chat rendering and special-token text in contents, logprobs, stop ids, abort,
 client cancel, deadline, queue full), every documented error code, batches (idempotent
 submit, streaming results, progress, batch vs Generate equality, cancel, abort of a
-pending item, list order) and the graceful shutdown (running requests get a final ABORT,
+pending item, list order; UploadBatch, from_seq, paging, completion_window) and the graceful shutdown (running requests get a final ABORT,
 exit status 0).
 
 usage: test_server_rpcs.py BUILD_ROOT     (exit 77: grpcio, protoc or the model missing)
@@ -354,6 +354,84 @@ def check_batches(t):
     t.wait_idle("batches: all gone")
 
 
+def check_batch_store(t):
+    """UploadBatch (several messages, the same batch as a SubmitBatch of the same items),
+    total_items and a cancelled upload creating nothing, from_seq, seq order, ListBatches
+    paging, completion_window."""
+    pb = t.pb
+    req = batch_req(t, "", 5, max_tokens=2)
+    items = list(req.items)
+
+    def msgs(bid, total=0, hold=None):
+        for k in range(0, len(items), 2):
+            m = pb.UploadBatchRequest(items=items[k:k + 2])
+            if k == 0:
+                m.batch_id, m.total_items = bid, total
+                m.default_sampling.CopyFrom(req.default_sampling)
+            yield m
+            if hold:
+                hold.wait(30)
+    r = t.api.UploadBatch(msgs("up1", 5), metadata=t.md, timeout=30)
+    t.c.expect(r.created and r.batch_id == "up1" and r.status.total == 5, "upload: created",
+               str(r)[:200])
+    req.batch_id = "up1"
+    r = t.call("SubmitBatch", req)
+    t.c.expect(not r.created and r.batch_id == "up1",
+               "upload then SubmitBatch of the same items: the same batch", str(r)[:200])
+    req.batch_id = "up1b"
+    res = list(t.call("StreamBatchResults", pb.StreamBatchResultsRequest(batch_id="up1"),
+                      timeout=60))
+    t.c.expect([x.seq for x in res] == list(range(5)) and
+               sorted(x.index for x in res) == list(range(5)), "upload: results, seq 0..4",
+               str([(x.seq, x.index) for x in res]))
+    tail = list(t.call("StreamBatchResults", pb.StreamBatchResultsRequest(batch_id="up1",
+                                                                          from_seq=3)))
+    t.c.expect([(x.seq, x.index) for x in tail] == [(x.seq, x.index) for x in res[3:]],
+               "from_seq 3: the results from seq 3 on", str([(x.seq, x.index) for x in tail]))
+    t.expect_error("from_seq < 0", "INVALID_ARGUMENT", "StreamBatchResults",
+                   pb.StreamBatchResultsRequest(batch_id="up1", from_seq=-1), ["from_seq"])
+    st = t.call("GetBatch", pb.GetBatchRequest(batch_id="up1", include_results=True))
+    t.c.expect([x.seq for x in st.results] == list(range(5)) and
+               [x.index for x in st.results] == [x.index for x in res],
+               "GetBatch results in seq order")
+    # an upload whose count is wrong, or that the client cancels, creates nothing
+    t.expect_error("upload: total_items wrong", "INVALID_ARGUMENT", "UploadBatch",
+                   msgs("up2", 6), ["total_items"])
+    t.expect_error("upload: nothing created", "NOT_FOUND", "GetBatch",
+                   pb.GetBatchRequest(batch_id="up2"))
+    hold = threading.Event()
+    fut = t.api.UploadBatch.future(msgs("up3", 0, hold), metadata=t.md, timeout=30)
+    time.sleep(0.5)
+    fut.cancel()
+    hold.set()
+    time.sleep(0.5)
+    t.expect_error("upload cancelled: nothing created", "NOT_FOUND", "GetBatch",
+                   pb.GetBatchRequest(batch_id="up3"))
+    t.expect_error("upload: bad item", "INVALID_ARGUMENT", "UploadBatch",
+                   iter([pb.UploadBatchRequest(batch_id="up4", items=[pb.BatchItem()])]),
+                   ["item 0"])
+    # completion_window
+    req.completion_window = "2h"
+    r = t.call("SubmitBatch", req)
+    t.c.expect(r.status.completion_window == "2h" and
+               7100 < r.status.expires_unix_s - r.status.created_unix_s <= 7200,
+               "completion_window: expires_unix_s", str(r.status)[:300])
+    req.batch_id, req.completion_window = "up5", "2 fortnights"
+    t.expect_error("completion_window: bad", "INVALID_ARGUMENT", "SubmitBatch", req)
+    # paging, newest first
+    seen, after = [], ""
+    while True:
+        ls = t.call("ListBatches", pb.ListBatchesRequest(limit=2, after=after))
+        seen += [b.batch_id for b in ls.batches]
+        if not ls.has_more:
+            break
+        after = ls.batches[-1].batch_id
+    t.c.expect(seen == ["up1b", "up1", "b3", "b2", "b1"], "list: pages of 2, newest first",
+               str(seen))
+    list(t.call("StreamBatchResults", pb.StreamBatchResultsRequest(batch_id="up1b"), timeout=60))
+    t.wait_idle("batch store: all gone")
+
+
 def check_server_info(t):
     i = t.server_info()
     t.c.expect(i.version != "" and i.kernels != "" and i.rss_bytes > 0 and i.uptime_s > 0 and
@@ -396,6 +474,7 @@ def main():
         check_errors(t, info)
         check_abort_cancel_deadline(t)
         check_batches(t)
+        check_batch_store(t)
         check_server_info(t)
         check_shutdown(t, server)
     except Exception:
