@@ -4,8 +4,8 @@
  * dsr1__kernels_bf16_tiles has checked the CPU.
  *
  * The vdpbf16ps backend: the row set's panel is filled in registers (32 FP8 bytes of each
- * of the 16 rows converted exactly to bf16 by integer operations (e4m3x32_bf16), then a
- * 16 x 16 transpose of the pairs into VNNI order); then, for groups of up to 8 activation
+ * of the 16 rows transposed as byte pairs into VNNI order, then converted exactly to bf16
+ * by integer operations: chunk_vnni); then, for groups of up to 8 activation
  * rows, per 128-column block, one accumulator of 16 lanes (the set's rows) per activation
  * row takes every pair of the block in increasing order by VDPBF16PS with the row's pair
  * broadcast (odd product then even, each rounded, DAZ/FTZ), and the row's 16 totals take
@@ -32,16 +32,13 @@ const dsr1_kernels *dsr1__kernels_avx512(void); /* avx512.c */
  * and the subnormals M x 2^-9, normal in bf16) subtracts a correction looked up by M
  * (vpermw); the NaN pattern (E = 15, M = 7, which became S | 0x43f0) adds 0x3bd0 to give
  * the table's quiet NaN S | 0x7fc0. */
-DSR1_AVX512_INLINE __m512i e4m3x32_bf16(const uint8_t *p, int n)
+DSR1_AVX512_INLINE __m512i e4m3x32_bf16(__m256i b)
 {
     /* (120 << 7) + 16 M minus the bf16 of M x 2^-9 (0, 2^-9, 2^-8, 1.5 2^-8, 2^-7, ...) */
     const __m512i fix =
         _mm512_set_epi16(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
                          0x3c70 - 0x3c60, 0x3c60 - 0x3c40, 0x3c50 - 0x3c20, 0x3c40 - 0x3c00,
                          0x3c30 - 0x3bc0, 0x3c20 - 0x3b80, 0x3c10 - 0x3b00, 0x3c00);
-    const __m256i b = n >= 32
-                          ? _mm256_loadu_si256((const __m256i *)p)
-                          : _mm256_maskz_loadu_epi8(n <= 0 ? 0 : (__mmask32)(~0u >> (32 - n)), p);
     const __m512i v = _mm512_cvtepi8_epi16(b);
     __m512i r = _mm512_and_si512(_mm512_slli_epi16(v, 4), _mm512_set1_epi16((short)0x87f0));
     r = _mm512_add_epi16(r, _mm512_set1_epi16(0x3c00));
@@ -52,31 +49,54 @@ DSR1_AVX512_INLINE __m512i e4m3x32_bf16(const uint8_t *p, int n)
     return _mm512_mask_add_epi16(r, nan, r, _mm512_set1_epi16(0x3bd0));
 }
 
-/* z[j] = 16 dwords of row j -> z[t] = dword t of rows 0..15. */
-DSR1_AVX512_INLINE void transpose16(__m512i z[16])
+/* r[j] = 16 words (byte pairs) of row j -> r[t] = word t of rows 0..15: a 16 x 16
+ * transpose of 16-bit elements on the FP8 bytes, before conversion (half the data of a
+ * transpose of the bf16 pairs, and 256-bit shuffles: 64 of them). */
+DSR1_AVX512_INLINE void transpose16x16_epi16(__m256i r[16])
 {
-    __m512i t[16], u[16];
-    for (int i = 0; i < 8; i++) {
-        t[2 * i] = _mm512_unpacklo_epi32(z[2 * i], z[2 * i + 1]);
-        t[2 * i + 1] = _mm512_unpackhi_epi32(z[2 * i], z[2 * i + 1]);
+    __m256i v[2][8];
+    for (int h = 0; h < 2; h++) {
+        const __m256i *x = r + 8 * h;
+        __m256i t[8], u[8];
+        for (int i = 0; i < 4; i++) {
+            t[2 * i] = _mm256_unpacklo_epi16(x[2 * i], x[2 * i + 1]);
+            t[2 * i + 1] = _mm256_unpackhi_epi16(x[2 * i], x[2 * i + 1]);
+        }
+        for (int i = 0; i < 2; i++) {
+            u[4 * i + 0] = _mm256_unpacklo_epi32(t[4 * i], t[4 * i + 2]);
+            u[4 * i + 1] = _mm256_unpackhi_epi32(t[4 * i], t[4 * i + 2]);
+            u[4 * i + 2] = _mm256_unpacklo_epi32(t[4 * i + 1], t[4 * i + 3]);
+            u[4 * i + 3] = _mm256_unpackhi_epi32(t[4 * i + 1], t[4 * i + 3]);
+        }
+        /* u[q] (q < 4): rows 0..3 of the half, words 2q, 2q+1 (+8 in the high lane);
+         * u[4 + q]: rows 4..7 */
+        for (int q = 0; q < 4; q++) {
+            v[h][2 * q] = _mm256_unpacklo_epi64(u[q], u[4 + q]);
+            v[h][2 * q + 1] = _mm256_unpackhi_epi64(u[q], u[4 + q]);
+        }
     }
-    for (int i = 0; i < 4; i++) {
-        u[4 * i + 0] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
-        u[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
-        u[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
-        u[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+    /* v[h][w]: rows 8h .. 8h+7, word w (low lane) and w + 8 (high lane) */
+    for (int w = 0; w < 8; w++) {
+        r[w] = _mm256_permute2x128_si256(v[0][w], v[1][w], 0x20);
+        r[w + 8] = _mm256_permute2x128_si256(v[0][w], v[1][w], 0x31);
     }
-    /* u[4i + r], 128-bit lane L: rows 4i .. 4i+3, dword 4L + r */
-    for (int r = 0; r < 4; r++) {
-        const __m512i a = _mm512_shuffle_i32x4(u[r], u[4 + r], 0x44);
-        const __m512i b = _mm512_shuffle_i32x4(u[r], u[4 + r], 0xee);
-        const __m512i c = _mm512_shuffle_i32x4(u[8 + r], u[12 + r], 0x44);
-        const __m512i d = _mm512_shuffle_i32x4(u[8 + r], u[12 + r], 0xee);
-        z[0 + r] = _mm512_shuffle_i32x4(a, c, 0x88);
-        z[4 + r] = _mm512_shuffle_i32x4(a, c, 0xdd);
-        z[8 + r] = _mm512_shuffle_i32x4(b, d, 0x88);
-        z[12 + r] = _mm512_shuffle_i32x4(b, d, 0xdd);
+}
+
+/* The set's 32 columns from pair p0 on as VNNI: z[t] = pair p0 + t of the 16 rows, bf16
+ * (zero past column k and past the set's rows). */
+DSR1_AVX512_INLINE void chunk_vnni(const dsr1__rowset *rs, int p0, __m512i z[16])
+{
+    const int c = 2 * p0, n = rs->cols - c;
+    const __mmask32 tail = n >= 32 ? ~(__mmask32)0 : (__mmask32)(~0u >> (32 - n));
+    __m256i r[16];
+    for (int j = 0; j < 16; j++) {
+        const uint8_t *p = (const uint8_t *)rs->row[j < rs->n ? j : 0] + c;
+        r[j] = j >= rs->n ? _mm256_setzero_si256()
+               : n >= 32  ? _mm256_loadu_si256((const __m256i *)p)
+                          : _mm256_maskz_loadu_epi8(tail, p);
     }
+    transpose16x16_epi16(r);
+    for (int t = 0; t < 16; t++) z[t] = e4m3x32_bf16(r[t]);
 }
 
 void dsr1__fast_panel_fill_avx512(const dsr1__rowset *rs, uint16_t *P, float *mul)
@@ -86,10 +106,7 @@ void dsr1__fast_panel_fill_avx512(const dsr1__rowset *rs, uint16_t *P, float *mu
         for (int b = 0; b < nb; b++) mul[b * DSR1__RS_MAX + j] = j < rs->n ? rs->scale[j][b] : 0;
     for (int c = 0; c < 2 * np; c += 32) {
         __m512i z[16];
-        for (int j = 0; j < 16; j++)
-            z[j] = j < rs->n ? e4m3x32_bf16((const uint8_t *)rs->row[j] + c, k - c)
-                             : _mm512_setzero_si512();
-        transpose16(z);
+        chunk_vnni(rs, c / 2, z);
         for (int t = 0; t < 16; t++) _mm512_store_si512(P + (size_t)(c / 2 + t) * 32, z[t]);
     }
 }
@@ -188,10 +205,7 @@ DSR1_AVX512_INLINE void vd_small(int mr, const dsr1__rowset *rs, const uint16_t 
         const int p1 = (b + 1) * 64 < np ? (b + 1) * 64 : np;
         for (int p0 = b * 64; p0 < p1; p0 += 16) {
             __m512i z[16];
-            for (int j = 0; j < 16; j++)
-                z[j] = j < rs->n ? e4m3x32_bf16((const uint8_t *)rs->row[j] + 2 * p0, k - 2 * p0)
-                                 : _mm512_setzero_si512();
-            transpose16(z);
+            chunk_vnni(rs, p0, z);
 #pragma GCC unroll 16
             for (int t = 0; t < 16; t++)
                 for (int i = 0; i < mr; i++)
