@@ -11,6 +11,8 @@
  *   "bf16-tiles"  the fast precision mode (kernels/cpu/fast.h): bf16 activations and
  *                 weights, fp32 accumulation, batch-invariant; on AMX tiles where the CPU
  *                 and Linux allow them, else on vdpbf16ps (AVX512_BF16).
+ *   "bf16-tiles-emulated" its tile kernels on the tile layer's software emulation (slow:
+ *                 to check the AMX path's results, bit for bit, on any machine).
  * "auto" (or NULL) picks the first available of the first two, unless the environment
  * variable DSR1_KERNELS names a variant, which then decides (an unknown or unavailable name
  * there falls back to the automatic choice with a warning, since a typo in the environment
@@ -46,6 +48,8 @@ static const dsr1_kernels *by_name(const char *name, const char **why)
     if (strcmp(name, "portable") == 0) return dsr1_kernels_portable();
 #if DSR1_HAVE_AVX512BF16_KERNELS
     if (strcmp(name, "bf16-tiles") == 0) return dsr1__kernels_bf16_tiles(DSR1__FAST_AUTO, why);
+    if (strcmp(name, "bf16-tiles-emulated") == 0)
+        return dsr1__kernels_bf16_tiles(DSR1__FAST_TILE_EMU, why);
 #endif
 #if DSR1_HAVE_AVX512_KERNELS
     if (strcmp(name, "avx512") == 0 || strcmp(name, "avx512-bf16") == 0) {
