@@ -56,7 +56,7 @@
  * free whitespace unless opts.json_whitespace), properties in the order of `properties`,
  * `additionalProperties` as JSON Schema says (true when absent) unless opts.strict_objects
  * (OpenAI strict mode: false when absent). A keyword the engine cannot enforce is an error
- * naming the keyword and its JSON pointer (e.g. "unsupported keyword 'patternProperties' at
+ * naming the keyword and its JSON pointer (e.g. "unsupported keyword 'not' at
  * /properties/a"), never silently ignored.
  *
  * Errors: every compile function returns DSR1_ERR_INVALID_ARG (bad grammar, schema or

@@ -12,13 +12,15 @@
  * constrain the output but cannot be enforced is an error naming it and its JSON pointer;
  * annotations are ignored; keys that are not JSON Schema vocabulary at all (x-..., custom
  * annotations) are ignored too, as validators do. Deliberate approximations: oneOf is
- * taken as anyOf (an instance matching two branches is not excluded), formats are regular
- * over-approximations (no calendar or leap-second checks), and the output's form is
- * canonical where JSON allows several (one escape form per character in names and
- * patterns, no exponent in bounded numbers, no "-0").
+ * taken as anyOf (an instance matching two branches is not excluded), the formats hostname
+ * and uri are regular over-approximations (date, time and date-time are exact, see
+ * json_schema_pattern.c), and the output's form is canonical where JSON allows several (one
+ * escape form per character in names and patterns, no exponent in bounded numbers, no
+ * "-0").
  *
  * Files: json_schema.c (IR, keywords, the generator and $ref), json_schema_object.c,
- * json_schema_number.c, json_schema_pattern.c (pattern, format), json_schema_merge.c
+ * json_schema_props.c (patternProperties, dependencies), json_schema_number.c,
+ * json_schema_pattern.c (pattern, format), json_schema_merge.c
  * (allOf, $ref resolution), json_schema_emit.c (pruning, printing), json_schema_serial.c
  * (canonical JSON, instance serialiser). */
 #include <math.h>
@@ -342,17 +344,17 @@ static const char *const supported[] = {"type",
                                         "nullable",
                                         "uniqueItems",
                                         "minProperties",
+                                        "maxProperties",
+                                        "patternProperties",
+                                        "dependentRequired",
+                                        "dependencies",
                                         NULL};
-static const char *const unsupported[] = {"patternProperties",
-                                          "dependentSchemas",
-                                          "dependentRequired",
-                                          "dependencies",
+static const char *const unsupported[] = {"dependentSchemas",
                                           "if",
                                           "then",
                                           "else",
                                           "not",
                                           "multipleOf",
-                                          "maxProperties",
                                           "contains",
                                           "minContains",
                                           "maxContains",
@@ -376,8 +378,12 @@ bool dsr1__js_unsupported(const char *key, json_t *val)
     if (in(unsupported, key)) return true;
     /* the trivial values of two keywords constrain nothing */
     if (!strcmp(key, "uniqueItems")) return !json_is_false(val);
-    if (!strcmp(key, "minProperties")) return !(json_is_number(val) && json_number_value(val) == 0);
     return false;
+}
+
+bool dsr1__js_annotation(const char *key)
+{
+    return !in(supported, key) && !in(unsupported, key);
 }
 
 /* Constraining keywords other than the `skip` ones (annotations and unknowns excluded). */
@@ -590,11 +596,51 @@ static js_x *gen_string(js_ctx *c, json_t *s)
     }
     if (hi >= 0 && lo > hi) return dsr1__js_node(c, X_NOTHING);
     if (!lo && hi < 0) return dsr1__js_common(c, JS_R_STRING);
-    if (dsr1__js_check_repeat(c, "minLength", lo) || dsr1__js_check_repeat(c, "maxLength", hi))
-        return NULL;
-    return SEQ(LIT("\""),
-               dsr1__js_rep(c, dsr1__js_common(c, JS_R_CHAR), (int)lo, hi < 0 ? JS_INF : (int)hi),
-               LIT("\""));
+    js_x *chars = dsr1__js_counted(c, dsr1__js_common(c, JS_R_CHAR), lo, hi,
+                                   lo > (hi < 0 ? 0 : hi) ? "minLength" : "maxLength");
+    return chars ? SEQ(LIT("\""), chars, LIT("\"")) : NULL;
+}
+
+/* unit{lo,hi} (hi < 0: unbounded). Past max_repeat, as blocks: a rule blk ::= unit{B} with
+ * B about the square root of the bound, and unit{lo,hi} = blk{k} unit{j..} by the quotient
+ * and remainder of the length (L = B k + j, 0 <= j < B), so the automata grow with the
+ * square root of the bound instead of the bound (blk is a free-text rule of its own: the
+ * caller's automaton counts blocks, blk's counts characters). Exact: the alternatives are
+ * the lengths' disjoint ranges. Refused only past max_repeat squared. */
+js_x *dsr1__js_counted(js_ctx *c, js_x *unit, long long lo, long long hi, const char *what)
+{
+    long long top = hi < 0 ? lo : hi;
+    if (!unit) return NULL;
+    if (top <= c->max_repeat) return dsr1__js_rep(c, unit, (int)lo, hi < 0 ? JS_INF : (int)hi);
+    long long b = 1;
+    while (b * b < top) b++;
+    if (b > c->max_repeat)
+        return JS_FAIL(c, DSR1_ERR_RANGE,
+                       "'%s' %lld at %s exceeds the repetition limit %d squared (max_repeat)", what,
+                       top, dsr1__js_where(c), c->max_repeat),
+               NULL;
+    int r;
+    if (dsr1__js_new_rule(c, "block", &r)) return NULL;
+    c->rules[r].body = dsr1__js_rep(c, unit, (int)b, (int)b);
+    if (!c->rules[r].body) return NULL;
+    js_x *blk = dsr1__js_rule_ref(c, r);
+    long long klo = lo / b, jlo = lo % b;
+    if (hi < 0) /* unit{lo} unit* */
+        return SEQ(dsr1__js_rep(c, blk, (int)klo, (int)klo),
+                   dsr1__js_rep(c, unit, (int)jlo, (int)jlo), dsr1__js_rep(c, unit, 0, JS_INF));
+    long long khi = hi / b, jhi = hi % b;
+    if (klo == khi)
+        return SEQ(dsr1__js_rep(c, blk, (int)klo, (int)klo),
+                   dsr1__js_rep(c, unit, (int)jlo, (int)jhi));
+    js_x *alts[3];
+    int n = 0;
+    alts[n++] =
+        SEQ(dsr1__js_rep(c, blk, (int)klo, (int)klo), dsr1__js_rep(c, unit, (int)jlo, (int)b - 1));
+    if (khi - 1 >= klo + 1)
+        alts[n++] = SEQ(dsr1__js_rep(c, blk, (int)klo + 1, (int)khi - 1),
+                        dsr1__js_rep(c, unit, 0, (int)b - 1));
+    alts[n++] = SEQ(dsr1__js_rep(c, blk, (int)khi, (int)khi), dsr1__js_rep(c, unit, 0, (int)jhi));
+    return dsr1__js_alt(c, n, alts);
 }
 
 /* ---- $ref ---- */
@@ -717,6 +763,9 @@ static js_x *gen(js_ctx *c, json_t *s)
         JS_FAIL(c, DSR1_ERR_INVALID_ARG, "'$ref' at %s must be a string", dsr1__js_where(c));
     } else if (ref && c->ref_alone) { /* draft-07 and before: siblings of $ref are ignored */
         x = gen_ref(c, json_string_value(ref));
+    } else if (json_object_get(s, "dependentRequired") || json_object_get(s, "dependencies")) {
+        json_t *alts;
+        if (!dsr1__js_dependencies(c, s, &alts)) x = gen(c, alts);
     } else if (json_object_get(s, "allOf") || (ref && has_other(s, only_ref)) ||
                (any && has_other(s, only_any)) || (one && has_other(s, only_one))) {
         json_t *flat;
@@ -762,6 +811,7 @@ static void ctx_free(js_ctx *c)
     free(c->memo_val);
     json_decref(c->keep);
     json_decref(c->root);
+    dsr1_grammar_vocab_free(c->rvocab);
 }
 
 dsr1_status dsr1_json_schema_to_ebnf(const char *schema, size_t len, const dsr1_grammar_opts *opts,

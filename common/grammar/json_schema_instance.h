@@ -8,7 +8,9 @@
  * escape only `"`, `\` and control characters (\b \f \n \r \t, else \u00xx); object members
  * in the schema's property order (`properties` of the schema, then of its $ref target, its
  * allOf subschemas and the first anyOf/oneOf branch the value fits), then required names
- * not declared, then the other members in document order; a value equal to one of the
+ * not declared, then each present dependentRequired/dependencies name followed by the
+ * names it requires, then the other members in document order (serialised with the first
+ * patternProperties schema, else additionalProperties); a value equal to one of the
  * schema's enum/const values is written as the schema writes it. */
 #ifndef DSR1_JSON_SCHEMA_INSTANCE_H
 #define DSR1_JSON_SCHEMA_INSTANCE_H

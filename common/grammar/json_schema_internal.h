@@ -73,10 +73,11 @@ typedef struct js_ctx {
     int merges;    /* allOf merges left */
     int epoch;
     int depth;
-    int in_id;      /* inside subschemas with their own (non-fragment) $id */
-    bool ref_alone; /* $schema is draft-04/06/07: keywords beside a $ref are ignored */
-    int err;        /* the status of the first error (its message is in dsr1_errmsg) */
-    int common[12]; /* lazily created shared rules (JS_R_*), -1 until created */
+    int in_id;                  /* inside subschemas with their own (non-fragment) $id */
+    bool ref_alone;             /* $schema is draft-04/06/07: keywords beside a $ref are ignored */
+    int err;                    /* the status of the first error (its message is in dsr1_errmsg) */
+    int common[12];             /* lazily created shared rules (JS_R_*), -1 until created */
+    dsr1_grammar_vocab *rvocab; /* a one-token vocabulary for matching names to patterns */
     char path[1024];
     size_t path_len;
     bool path_cut;
@@ -129,12 +130,43 @@ int dsr1__js_too_complex(js_ctx *c);
 /* A non-negative integer keyword into *out (untouched when absent). */
 int dsr1__js_get_count(js_ctx *c, json_t *s, const char *k, long long *out);
 int dsr1__js_check_repeat(js_ctx *c, const char *k, long long v); /* v <= max_repeat */
+/* unit{lo,hi} (hi < 0: unbounded); past max_repeat as counted blocks (up to max_repeat
+ * squared). `what` names the keyword for messages. */
+js_x *dsr1__js_counted(js_ctx *c, js_x *unit, long long lo, long long hi, const char *what);
 /* The subschema s at path (current)/k1[/k2][/idx] (idx < 0: none). */
 js_x *dsr1__js_gen_at(js_ctx *c, json_t *s, const char *k1, const char *k2, long idx);
 
 /* json_schema_emit.c: prunes the IR (rule root's body set) and prints the grammar text
  * into b; DSR1_ERR_INVALID_ARG when the root derives nothing. */
 int dsr1__js_emit(js_ctx *c, int root, js_buf *b);
+
+/* json_schema_props.c: patternProperties, dependencies. */
+typedef struct {
+    const char *pattern;
+    json_t *schema;
+    char *re;        /* the translated /regex/ over a name's JSON text */
+    bool universal;  /* matches every name */
+    dsr1_grammar *g; /* re compiled, for matching names (NULL until needed) */
+} js_pat;
+typedef struct {
+    js_pat p[64];
+    size_t n;
+    bool all_trivial, same, any_universal;
+} js_pats;
+/* Whether the JSON text name[0 .. len) (between the quotes) matches the pattern. */
+int dsr1__js_name_matches(js_ctx *c, js_pat *p, const char *name, size_t len, bool *out);
+void dsr1__js_pats_free(js_pats *ps); /* the compiled patterns (not ps itself) */
+/* s's patternProperties, translated (n = 0 when none). */
+int dsr1__js_pattern_props(js_ctx *c, json_t *s, js_pats *out);
+/* The schema a declared name's value must satisfy: base (NULL: none) and every matching
+ * pattern's schema that constrains something (an allOf kept by c->keep; base itself when
+ * none does). *matched: whether some pattern matches the name. */
+int dsr1__js_pattern_value(js_ctx *c, js_pats *ps, const char *name, json_t *base, json_t **out,
+                           bool *matched);
+/* s with dependentRequired/dependencies (array form) as an anyOf of copies of s. */
+int dsr1__js_dependencies(js_ctx *c, json_t *s, json_t **out);
+/* Whether a key is no constraining keyword (an annotation or unknown). */
+bool dsr1__js_annotation(const char *key);
 
 /* json_schema_object.c */
 js_x *dsr1__js_gen_object(js_ctx *c, json_t *s);

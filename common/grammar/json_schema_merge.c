@@ -264,6 +264,21 @@ static json_t *merge2(js_ctx *c, json_t *a, json_t *b, int depth)
     const char *k;
     json_t *v;
     json_object_foreach(a, k, v) if (set(c, r, k, v)) return NULL;
+    /* additionalProperties does not apply to names that match a pattern, so merge_props
+     * would be wrong beside one */
+    json_t *ppa = json_object_get(a, "patternProperties"),
+           *ppb = json_object_get(b, "patternProperties");
+    if ((ppa || ppb) &&
+        !(ppa && ppb && json_equal(ppa, ppb) && !json_object_get(a, "properties") &&
+          !json_object_get(b, "properties")) &&
+        (json_object_get(ppa ? b : a, "properties") ||
+         json_object_get(ppa ? b : a, "additionalProperties") || (ppa && ppb))) {
+        JS_FAIL(c, DSR1_ERR_INVALID_ARG,
+                "allOf at %s: 'patternProperties' beside another subschema's properties cannot "
+                "be merged",
+                dsr1__js_where(c));
+        return NULL;
+    }
     if (merge_props(c, r, a, b) || merge_items(c, r, a, b)) return NULL;
     json_object_foreach(b, k, v)
     {
@@ -290,7 +305,8 @@ static json_t *merge2(js_ctx *c, json_t *a, json_t *b, int depth)
             }
         } else if (!strcmp(k, "minItems") || !strcmp(k, "minLength") || !strcmp(k, "minimum") ||
                    !strcmp(k, "maxItems") || !strcmp(k, "maxLength") || !strcmp(k, "maximum") ||
-                   !strcmp(k, "exclusiveMinimum") || !strcmp(k, "exclusiveMaximum")) {
+                   !strcmp(k, "exclusiveMinimum") || !strcmp(k, "exclusiveMaximum") ||
+                   !strcmp(k, "minProperties") || !strcmp(k, "maxProperties")) {
             if (!json_is_number(x) || !json_is_number(v)) {
                 JS_FAIL(c, DSR1_ERR_INVALID_ARG, "allOf at %s: '%s' values cannot be merged",
                         dsr1__js_where(c), k);
@@ -314,7 +330,8 @@ static json_t *merge2(js_ctx *c, json_t *a, json_t *b, int depth)
         } else if (!strcmp(k, "nullable")) {
             if (set(c, r, k, json_is_true(x) && json_is_true(v) ? x : json_false())) return NULL;
         } else if (!strcmp(k, "pattern") || !strcmp(k, "format") || !strcmp(k, "uniqueItems") ||
-                   !strcmp(k, "minProperties")) {
+                   !strcmp(k, "patternProperties") || !strcmp(k, "dependentRequired") ||
+                   !strcmp(k, "dependencies")) {
             if (!json_equal(x, v)) {
                 JS_FAIL(c, DSR1_ERR_INVALID_ARG,
                         "allOf at %s: two different '%s' values cannot be merged",

@@ -4,8 +4,11 @@
  * optional but still in order, then additional members (additionalProperties) whose names
  * exclude the declared ones. The comma problem (a member writes a comma only after another
  * member) is solved with one alternative per possible first member and a chain of "rest"
- * rules, so the text stays linear in the number of properties. Arrays: prefixItems (or
- * draft-07's array items), then items, within minItems..maxItems. */
+ * rules, so the text stays linear in the number of properties; with minProperties or
+ * maxProperties the rest rules also carry the count of members written (counted_members).
+ * patternProperties (json_schema_props.c) give the declared names' values more schemas and
+ * may replace additionalProperties. Arrays: prefixItems (or draft-07's array items), then
+ * items, within minItems..maxItems. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -161,6 +164,101 @@ static js_x *additional_key(js_ctx *c, const char **keys, size_t n)
     return x ? SEQ(LIT("\""), x, LIT("\"")) : NULL;
 }
 
+/* The members of an object with minProperties/maxProperties: the same order as without
+ * them (declared members in order, then additional ones), with the count of members
+ * written so far in the rules' names: rest(i, k) writes members i.. after k members
+ * (saturated at the largest bound that matters), and the additional tail its count
+ * between what minProperties still needs and what maxProperties still allows. */
+#define MAX_COUNTED 4096 /* rest rules */
+
+static js_x *counted_members(js_ctx *c, const char **keys, js_x **vals, const bool *reqd, size_t n,
+                             js_x *akey, js_x *add, long long minp, long long maxp)
+{
+    long long cap = maxp >= 0 ? maxp : minp; /* counts past cap behave alike */
+    if ((long long)(n + 1) * (cap + 1) > MAX_COUNTED) {
+        JS_FAIL(c, DSR1_ERR_RANGE,
+                "'%s' at %s: %zu properties x a count up to %lld exceed %d grammar rules",
+                maxp >= 0 ? "maxProperties" : "minProperties", dsr1__js_where(c), n, cap,
+                MAX_COUNTED);
+        return NULL;
+    }
+    if (dsr1__js_check_repeat(c, "minProperties", minp)) return NULL;
+    size_t w = (size_t)cap + 1;
+    js_x **rest = calloc((n + 1) * w, sizeof *rest), *out = NULL;
+    js_x **alts = calloc(n + 2, sizeof *alts);
+    if (!rest || !alts) {
+        JS_FAIL(c, DSR1_ERR_NOMEM, "JSON Schema: out of memory");
+        goto done;
+    }
+    js_x *comma = SEQ(dsr1__js_ws(c), LIT(","), dsr1__js_ws(c)),
+         *colon = SEQ(dsr1__js_ws(c), LIT(":"), dsr1__js_ws(c));
+    js_x *addkv = dsr1__js_share(c, SEQ(akey, colon, add), "additional-member");
+    if (!addkv) goto done;
+    js_x **kv = calloc(n + 1, sizeof *kv);
+    if (!kv) {
+        JS_FAIL(c, DSR1_ERR_NOMEM, "JSON Schema: out of memory");
+        goto done;
+    }
+    for (size_t i = 0; i < n; i++) {
+        js_buf kb = {0};
+        json_t *ks = json_string(keys[i]);
+        if (ks) dsr1__js_dump(&kb, ks);
+        json_decref(ks);
+        js_x *key = kb.oom || !ks ? NULL : dsr1__js_lit(c, kb.p, kb.n);
+        free(kb.p);
+        if (!key || !(kv[i] = dsr1__js_share(c, SEQ(key, colon, vals[i]), keys[i]))) break;
+    }
+    for (size_t k = 0; k < w && !c->err; k++) { /* the additional tail after k members */
+        long long lo = minp > (long long)k ? minp - (long long)k : 0;
+        long long hi = maxp >= 0 ? maxp - (long long)k : JS_INF;
+        if (maxp < 0 && (long long)k < cap) hi = JS_INF;
+        js_x *t = dsr1__js_rep(c, SEQ(comma, addkv), (int)lo, (int)hi);
+        int r;
+        if (!t || dsr1__js_new_rule(c, "tail", &r)) break;
+        c->rules[r].body = t;
+        rest[n * w + k] = dsr1__js_rule_ref(c, r);
+    }
+    for (size_t i = n; i-- > 0 && !c->err;)
+        for (size_t k = 0; k < w; k++) {
+            size_t k1 = k + 1 < w ? k + 1 : w - 1;
+            bool over = maxp >= 0 && (long long)k >= maxp; /* no room for member i */
+            js_x *with =
+                over ? dsr1__js_node(c, X_NOTHING) : SEQ(comma, kv[i], rest[(i + 1) * w + k1]);
+            js_x *body =
+                reqd[i] ? with : dsr1__js_alt(c, 2, (js_x *[]){with, rest[(i + 1) * w + k]});
+            int r;
+            if (!body || dsr1__js_new_rule(c, "rest", &r)) break;
+            c->rules[r].body = body;
+            rest[i * w + k] = dsr1__js_rule_ref(c, r);
+        }
+    if (c->err) goto done_kv;
+    /* the first member: declared member i (those before it absent, so optional), or an
+     * additional one when none is required; or none at all */
+    size_t na = 0, i = 0;
+    size_t k1 = 1 < w ? 1 : 0;
+    for (; i < n; i++) {
+        if (maxp != 0) alts[na++] = SEQ(kv[i], rest[(i + 1) * w + k1]);
+        if (reqd[i]) break;
+    }
+    if (i == n) {
+        if (maxp != 0) {
+            long long lo = minp > 1 ? minp - 1 : 0;
+            alts[na++] = SEQ(addkv, dsr1__js_rep(c, SEQ(comma, addkv), (int)lo,
+                                                 maxp >= 0 ? (int)maxp - 1 : JS_INF));
+        }
+        if (minp == 0) alts[na++] = dsr1__js_node(c, X_EMPTY);
+    }
+    js_x *body = na ? dsr1__js_alt(c, (int)na, alts) : dsr1__js_node(c, X_NOTHING);
+    out = SEQ(LIT("{"), dsr1__js_ws(c), body, dsr1__js_ws(c), LIT("}"));
+done_kv:
+    free(kv);
+done:
+    free(rest);
+    free(alts);
+    if (!out && !c->err) dsr1__js_too_complex(c);
+    return out;
+}
+
 js_x *dsr1__js_gen_object(js_ctx *c, json_t *s)
 {
     json_t *props = json_object_get(s, "properties"), *req = json_object_get(s, "required");
@@ -180,10 +278,31 @@ js_x *dsr1__js_gen_object(js_ctx *c, json_t *s)
                     dsr1__js_where(c));
             return NULL;
         }
+    long long minp = 0, maxp = -1;
+    if (dsr1__js_get_count(c, s, "minProperties", &minp) ||
+        dsr1__js_get_count(c, s, "maxProperties", &maxp))
+        return NULL;
+    if (maxp >= 0 && minp > maxp) return dsr1__js_node(c, X_NOTHING);
+    js_pats *ps = calloc(1, sizeof *ps);
+    if (!ps) {
+        JS_FAIL(c, DSR1_ERR_NOMEM, "JSON Schema: out of memory");
+        return NULL;
+    }
+    if (dsr1__js_pattern_props(c, s, ps)) {
+        dsr1__js_pats_free(ps);
+        free(ps);
+        return NULL;
+    }
     size_t np = json_object_size(props), nr = json_array_size(req), n = 0;
-    if (!np && !nr && !ap && !c->opts->strict_objects) return dsr1__js_common(c, JS_R_OBJECT);
+    if (!np && !nr && !ap && !c->opts->strict_objects && !ps->n && !minp && maxp < 0) {
+        dsr1__js_pats_free(ps);
+        free(ps);
+        return dsr1__js_common(c, JS_R_OBJECT);
+    }
     if (np + nr > 100000) {
         JS_FAIL(c, DSR1_ERR_RANGE, "object at %s declares too many properties", dsr1__js_where(c));
+        dsr1__js_pats_free(ps);
+        free(ps);
         return NULL;
     }
     const char **keys = calloc(np + nr + 1, sizeof *keys);
@@ -196,16 +315,45 @@ js_x *dsr1__js_gen_object(js_ctx *c, json_t *s)
         JS_FAIL(c, DSR1_ERR_NOMEM, "JSON Schema: out of memory");
         goto done;
     }
-    js_x *add = ap ? dsr1__js_gen_at(c, ap, "additionalProperties", NULL, -1)
-                   : (c->opts->strict_objects ? dsr1__js_node(c, X_NOTHING)
-                                              : dsr1__js_common(c, JS_R_VALUE));
+    bool ap_false = ap ? json_is_false(ap) : c->opts->strict_objects;
+    bool ap_any = ap ? json_is_true(ap) || (json_is_object(ap) && !json_object_size(ap))
+                     : !c->opts->strict_objects;
+    /* the members that are not declared: additionalProperties, or the patterns' one schema
+     * (json_schema_props.c says when that is exact) */
+    int pmode = 0; /* 0: additionalProperties; 1: names matching a pattern; 2: every name */
+    if (ps->n && !(ps->all_trivial && ap_any)) {
+        if (!ps->same || !(ap_false || ps->any_universal)) {
+            JS_FAIL(c, DSR1_ERR_INVALID_ARG,
+                    "unsupported keyword 'patternProperties' at %s: %s cannot be enforced exactly",
+                    dsr1__js_where(c),
+                    !ps->same ? "patterns with different schemas (a name matching several must "
+                                "satisfy all of them)"
+                              : "a pattern beside additionalProperties other than false (a name "
+                                "matching no pattern takes additionalProperties)");
+            goto done;
+        }
+        pmode = ps->any_universal ? 2 : 1;
+    }
+    js_x *add;
+    if (pmode) {
+        size_t old = dsr1__js_push(c, "patternProperties");
+        add = dsr1__js_gen_at(c, ps->p[0].schema, ps->p[0].pattern, NULL, -1);
+        if (add) dsr1__js_pop(c, old);
+    } else {
+        add = ap ? dsr1__js_gen_at(c, ap, "additionalProperties", NULL, -1)
+                 : (c->opts->strict_objects ? dsr1__js_node(c, X_NOTHING)
+                                            : dsr1__js_common(c, JS_R_VALUE));
+    }
     if (!(add = dsr1__js_share(c, add, "additional"))) goto done;
     const char *k;
     json_t *v;
     json_object_foreach(props, k, v)
     {
         keys[n] = k;
-        if (!(vals[n] = dsr1__js_gen_at(c, v, "properties", k, -1))) goto done;
+        json_t *vs;
+        bool pm;
+        if (dsr1__js_pattern_value(c, ps, k, v, &vs, &pm)) goto done;
+        if (!(vals[n] = dsr1__js_gen_at(c, vs, "properties", k, -1))) goto done;
         if (n >= 1 && !(vals[n] = dsr1__js_share(c, vals[n], k)))
             goto done; /* written twice below */
         n++;
@@ -215,8 +363,23 @@ js_x *dsr1__js_gen_object(js_ctx *c, json_t *s)
         size_t j = 0;
         while (j < n && strcmp(keys[j], r)) j++;
         if (j == n) {
+            /* a required name not declared: the matching patterns' schemas, else
+             * additionalProperties */
+            json_t *vs;
+            bool pm;
             keys[n] = r;
-            vals[n++] = add; /* a required name not declared: additionalProperties applies */
+            if (dsr1__js_pattern_value(c, ps, r, NULL, &vs, &pm)) goto done;
+            if (vs) {
+                if (!(vals[n] = dsr1__js_gen_at(c, vs, "required", NULL, (long)i))) goto done;
+            } else if (pm) { /* matching patterns whose schemas accept anything */
+                vals[n] = dsr1__js_common(c, JS_R_VALUE);
+            } else { /* additionalProperties */
+                vals[n] = pmode ? (ap && !ap_false ? NULL : dsr1__js_node(c, X_NOTHING)) : add;
+                if (!vals[n] &&
+                    !(vals[n] = dsr1__js_gen_at(c, ap, "additionalProperties", NULL, -1)))
+                    goto done;
+            }
+            n++;
         }
         reqd[j] = true;
     }
@@ -224,8 +387,46 @@ js_x *dsr1__js_gen_object(js_ctx *c, json_t *s)
          *colon = SEQ(dsr1__js_ws(c), LIT(":"), dsr1__js_ws(c));
     /* the names of additional members exclude the declared ones (a repeated name would
      * escape its schema); a rule, as the name appears twice */
-    js_x *akey = dsr1__js_share(c, additional_key(c, keys, n), "additional-name");
+    js_x *akey = NULL;
+    if (pmode == 1) { /* a name matching a pattern; no declared name may match one */
+        js_x **pk = calloc(ps->n, sizeof *pk);
+        if (!pk) {
+            JS_FAIL(c, DSR1_ERR_NOMEM, "JSON Schema: out of memory");
+            goto done;
+        }
+        for (size_t i = 0; i < ps->n; i++) {
+            for (size_t j = 0; j < n; j++) {
+                bool m = false;
+                js_buf kb = {0};
+                json_t *ks = json_string(keys[j]);
+                if (ks) dsr1__js_dump(&kb, ks);
+                json_decref(ks);
+                int rc = ks && !kb.oom ? dsr1__js_name_matches(c, &ps->p[i], kb.p + 1, kb.n - 2, &m)
+                                       : JS_FAIL(c, DSR1_ERR_NOMEM, "JSON Schema: out of memory");
+                free(kb.p);
+                if (rc) break;
+                if (m) {
+                    JS_FAIL(c, DSR1_ERR_INVALID_ARG,
+                            "unsupported keyword 'patternProperties' at %s: the declared name "
+                            "'%s' matches the pattern '%s' (a name matching a pattern but not "
+                            "a declared one cannot be written exactly)",
+                            dsr1__js_where(c), keys[j], ps->p[i].pattern);
+                    break;
+                }
+            }
+            if (c->err) break;
+            pk[i] = SEQ(LIT("\""), RAW(ps->p[i].re), LIT("\""));
+        }
+        if (!c->err) akey = dsr1__js_share(c, dsr1__js_alt(c, (int)ps->n, pk), "pattern-name");
+        free(pk);
+    } else {
+        akey = dsr1__js_share(c, additional_key(c, keys, n), "additional-name");
+    }
     if (!akey) goto done;
+    if (minp > 0 || maxp >= 0) {
+        out = counted_members(c, keys, vals, reqd, n, akey, add, minp, maxp);
+        goto done;
+    }
     js_x *addkv = SEQ(akey, colon, add);
     js_x *tail = dsr1__js_rep(c, SEQ(comma, addkv), 0, JS_INF);
     size_t first_req = 0;
@@ -267,6 +468,8 @@ js_x *dsr1__js_gen_object(js_ctx *c, json_t *s)
     out = SEQ(LIT("{"), dsr1__js_ws(c), body, dsr1__js_ws(c), LIT("}"));
     if (!out && !c->budget) dsr1__js_too_complex(c);
 done:
+    dsr1__js_pats_free(ps);
+    free(ps);
     free(keys);
     free(vals);
     free(reqd);

@@ -11,7 +11,11 @@
  * lookaround, \b, anchors inside groups, Unicode property escapes) are errors naming the
  * construct.
  *
- * `format` is a fixed pattern per format name, written to accept every valid value. */
+ * `format` is a fixed pattern per format name: date, time and date-time exactly as RFC 3339
+ * says (calendar and leap seconds included, with the two deliberate exclusions below), the
+ * others written to accept every valid value (hostname and uri also accept some invalid
+ * ones: label and total lengths, punycode, percent-encoding). */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -599,10 +603,27 @@ int dsr1__js_pattern(js_ctx *c, const char *pattern, size_t len, const char *wha
 
 /* ---- formats ---- */
 
-#define DATE "[0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])"
-#define TIME                                                                                       \
-    "(?:[01][0-9]|2[0-3]):[0-5][0-9]:(?:[0-5][0-9]|60)(?:\\.[0-9]+)?"                              \
-    "(?:[Zz]|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])"
+/* RFC 3339 full-date, exactly: days per month, February 29 only in leap years (divisible
+ * by 4, centuries only when divisible by 400). Years 0001-9999: 0000 is a valid full-date
+ * but no common validator's calendar has it (Python's datetime starts at year 1), so it is
+ * left out. */
+#define YEAR  "(?:[1-9][0-9]{3}|0[1-9][0-9]{2}|00[1-9][0-9]|000[1-9])"
+#define LEAP  "(?:[0-9]{2}(?:0[48]|[2468][048]|[13579][26])|(?:0[48]|[2468][048]|[13579][26])00)"
+#define DAY31 "(?:0[1-9]|[12][0-9]|3[01])"
+#define DAY30 "(?:0[1-9]|[12][0-9]|30)"
+#define DAY28 "(?:0[1-9]|1[0-9]|2[0-8])"
+#define DATE                                                                                       \
+    "(?:" YEAR "-(?:(?:0[13578]|1[02])-" DAY31 "|(?:0[469]|11)-" DAY30 "|02-" DAY28 ")|" LEAP      \
+    "-02-29)"
+/* RFC 3339 full-time: hours 00-23, minutes and seconds 00-59. A leap second (:60) is
+ * 23:59:60 UTC only, so the local time it is written in depends on the offset: LEAP_TIMES
+ * (built once, leap_times()) pairs each local hour and minute with its offset, for offsets
+ * whose minutes are 00, 30 or 45 (every offset in use); a leap second with another offset
+ * (valid, e.g. 12:16:60+12:17) is not generated. */
+#define FRAC "(?:\\.[0-9]+)?"
+#define TIME_PLAIN                                                                                 \
+    "(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]" FRAC "(?:[Zz]|[+-](?:[01][0-9]|2[0-3]):[0-5][0-"  \
+    "9])"
 #define H16   "[0-9A-Fa-f]{1,4}"
 #define OCTET "(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"
 #define IPV4  OCTET "(?:\\." OCTET "){3}"
@@ -621,8 +642,8 @@ static const struct {
     const char *name, *re;
 } formats[] = {
     {"date", "^" DATE "$"},
-    {"time", "^" TIME "$"},
-    {"date-time", "^" DATE "[Tt]" TIME "$"},
+    {"time", NULL},
+    {"date-time", NULL},
     {"uuid", "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"},
     {"email",
      "^(?:[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
@@ -634,8 +655,37 @@ static const struct {
     {"uri", "^[A-Za-z][A-Za-z0-9+.-]*:[^\\s\"<>\\\\^`{|}]*$"},
 };
 
+static char time_re[16384], date_time_re[16384];
+static pthread_once_t time_once = PTHREAD_ONCE_INIT;
+
+/* The leap seconds: local HH:MM:60 with the offset that makes it 23:59 UTC. */
+static void leap_times(void)
+{
+    js_buf b = {0};
+    dsr1_strbuf_str(&b, "23:59:60" FRAC "[Zz]");
+    static const int mins[3] = {0, 30, 45};
+    for (int h = 0; h < 24; h++)
+        for (int m = 0; m < 3; m++)
+            for (int sign = 0; sign < 2; sign++) {
+                /* local = 23:59 UTC + offset (mod 24 h) */
+                int o = mins[m], oh = h;
+                int total = sign ? -(oh * 60 + o) : oh * 60 + o;
+                int local = ((23 * 60 + 59 + total) % 1440 + 1440) % 1440;
+                dsr1_strbuf_fmt(&b, "|%02d:%02d:60" FRAC "%s%02d:%02d", local / 60, local % 60,
+                                sign ? "-" : "\\+", oh, o);
+            }
+    snprintf(time_re, sizeof time_re, "^(?:" TIME_PLAIN "|%s)$", b.oom ? "" : b.p);
+    snprintf(date_time_re, sizeof date_time_re, "^" DATE "[Tt](?:" TIME_PLAIN "|%s)$",
+             b.oom ? "" : b.p);
+    free(b.p);
+}
+
 const char *dsr1__js_format_pattern(const char *format)
 {
+    if (!strcmp(format, "time") || !strcmp(format, "date-time")) {
+        pthread_once(&time_once, leap_times);
+        return format[1] == 'i' ? time_re : date_time_re;
+    }
     for (size_t i = 0; i < sizeof formats / sizeof formats[0]; i++)
         if (!strcmp(formats[i].name, format)) return formats[i].re;
     return NULL;

@@ -213,6 +213,7 @@ typedef struct {
     json_t **schemas;  /* the first subschema that declares the key, NULL for required-only */
     size_t n, cap;
     json_t *additional; /* the first additionalProperties met */
+    json_t *pattern;    /* the first patternProperties schema met */
 } key_order;
 
 static bool type_fits(const json_t *type, const json_t *v)
@@ -328,11 +329,28 @@ static void collect(key_order *o, json_t *s, const json_t *v, int depth, bool pr
         json_object_foreach(json_object_get(s, "properties"), k, x) add_key(o, k, x);
         json_t *ap = json_object_get(s, "additionalProperties");
         if (ap && !o->additional) o->additional = ap;
+        json_t *pp = json_object_get(s, "patternProperties");
+        if (json_is_object(pp) && json_object_size(pp) && !o->pattern)
+            o->pattern = json_object_iter_value(json_object_iter(pp));
     } else {
         json_t *req = json_object_get(s, "required");
         for (size_t i = 0; i < json_array_size(req); i++) {
             const char *k = json_string_value(json_array_get(req, i));
             if (k) add_key(o, k, NULL);
+        }
+        /* then, as the converter requires them, each present dependency and its names */
+        const char *dk[2] = {"dependentRequired", "dependencies"};
+        for (int w = 0; w < 2; w++) {
+            const char *k;
+            json_t *l;
+            json_object_foreach(json_object_get(s, dk[w]), k, l)
+            {
+                if (!json_is_array(l) || !json_array_size(l) || !json_object_get(v, k)) continue;
+                add_key(o, k, NULL);
+                for (size_t i = 0; i < json_array_size(l); i++)
+                    if (json_is_string(json_array_get(l, i)))
+                        add_key(o, json_string_value(json_array_get(l, i)), NULL);
+            }
         }
     }
     json_t *r = json_object_get(s, "$ref"), *t;
@@ -434,7 +452,7 @@ static void ser(js_ctx *c, js_buf *b, const json_t *v, json_t *s, int depth)
             first = false;
             dump_string(b, k, strlen(k));
             dsr1_strbuf_add(b, ":", 1);
-            ser(c, b, x, o.additional, depth + 1);
+            ser(c, b, x, o.pattern ? o.pattern : o.additional, depth + 1);
         }
         dsr1_strbuf_add(b, "}", 1);
         free(o.keys);

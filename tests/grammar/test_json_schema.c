@@ -169,7 +169,7 @@ static const lang_case cases[] = {
      {"\"2024-02-29\""},
      {"\"2024-13-01\"", "\"24-01-01\""}},
     {"{\"type\":\"string\",\"format\":\"date-time\"}",
-     {"\"2024-01-01T10:00:00Z\"", "\"2024-01-01t23:59:60.5+05:30\""},
+     {"\"2024-01-01T10:00:00Z\"", "\"2024-01-01t05:29:60.5+05:30\""},
      {"\"2024-01-01 10:00:00Z\"", "\"2024-01-01T10:00:00\""}},
     {"{\"type\":\"string\",\"format\":\"time\"}", {"\"10:00:00Z\""}, {"\"25:00:00Z\""}},
     {"{\"type\":\"string\",\"format\":\"uuid\"}",
@@ -228,6 +228,48 @@ static const lang_case cases[] = {
      {"{\"b\":1}", "{}"},
      {"{\"a\":1}"}},
     {"{\"type\":\"array\",\"items\":false}", {"[]"}, {"[1]"}},
+    /* format date: days per month, February 29 only in leap years, years 0001-9999 */
+    {"{\"format\":\"date\",\"type\":\"string\"}",
+     {"\"2020-02-29\"", "\"2000-02-29\"", "\"2021-04-30\"", "\"2021-12-31\"", "\"0004-02-29\"",
+      "\"0001-01-01\""},
+     {"\"2020-02-30\"", "\"2019-02-29\"", "\"1900-02-29\"", "\"2021-04-31\"", "\"2021-13-01\"",
+      "\"2021-00-10\"", "\"0000-01-01\"", "\"2021-06-00\""}},
+    /* time: 00-23, 00-59; a leap second is 23:59:60 UTC in local time */
+    {"{\"format\":\"time\",\"type\":\"string\"}",
+     {"\"23:59:59Z\"", "\"00:00:00.5+01:00\"", "\"23:59:60Z\"", "\"15:59:60-08:00\"",
+      "\"01:29:60+01:30\"", "\"23:59:60-00:00\""},
+     {"\"24:00:00Z\"", "\"12:60:00Z\"", "\"12:00:60Z\"", "\"23:59:60+01:00\"", "\"15:59:60-07:00\"",
+      "\"12:00:00\""}},
+    {"{\"format\":\"date-time\",\"type\":\"string\"}",
+     {"\"2024-02-29T23:59:60Z\"", "\"1998-12-31T15:59:60.123-08:00\""},
+     {"\"2023-02-29T12:00:00Z\"", "\"2024-02-29T22:59:60Z\""}},
+    /* patternProperties: one schema, additionalProperties false; a declared name matching
+     * a pattern takes both schemas */
+    {"{\"type\":\"object\",\"properties\":{\"A\":{\"type\":\"string\"}},"
+     "\"patternProperties\":{\"^[a-z]+$\":{\"type\":\"integer\"}},\"additionalProperties\":false}",
+     {"{\"A\":\"x\",\"ab\":1}", "{\"q\":2,\"r\":3}", "{}"},
+     {"{\"A\":\"x\",\"Ab\":1}", "{\"q\":\"s\"}", "{\"a1\":1}", "{\"A\":1}"}},
+    {"{\"properties\":{\"a\":{\"minimum\":5}},\"patternProperties\":{\".*\":{\"maximum\":10}}}",
+     {"{\"a\":7}", "{\"a\":5,\"x\":-3}", "{\"\":10}"},
+     {"{\"a\":11}", "{\"a\":4}", "{\"x\":11}"}},
+    /* patterns whose schemas accept anything, additionalProperties absent: no constraint */
+    {"{\"patternProperties\":{\"^x-\":{}},\"required\":[\"x-a\"]}",
+     {"{\"x-a\":[1]}", "{\"x-a\":1,\"b\":2}"},
+     {"{}"}},
+    /* minProperties / maxProperties: members counted, declared and additional */
+    {"{\"type\":\"object\",\"properties\":{\"a\":{},\"b\":{},\"c\":{}},\"minProperties\":2,"
+     "\"maxProperties\":2}",
+     {"{\"a\":1,\"b\":2}", "{\"b\":1,\"c\":2}", "{\"a\":1,\"z\":2}", "{\"y\":1,\"z\":2}"},
+     {"{}", "{\"a\":1}", "{\"a\":1,\"b\":2,\"c\":3}", "{\"x\":1,\"y\":2,\"z\":3}"}},
+    {"{\"type\":\"object\",\"properties\":{\"a\":{}},\"required\":[\"a\"],\"minProperties\":3}",
+     {"{\"a\":1,\"b\":2,\"c\":3}", "{\"a\":1,\"b\":2,\"c\":3,\"d\":4}"},
+     {"{\"a\":1}", "{\"a\":1,\"b\":2}", "{\"b\":2,\"c\":3,\"d\":4}"}},
+    {"{\"type\":\"object\",\"maxProperties\":1}", {"{}", "{\"a\":[]}"}, {"{\"a\":1,\"b\":2}"}},
+    /* dependencies (array form): a present requires b */
+    {"{\"type\":\"object\",\"properties\":{\"a\":{},\"b\":{},\"c\":{}},"
+     "\"dependentRequired\":{\"a\":[\"b\"]},\"dependencies\":{\"c\":[\"a\"]}}",
+     {"{}", "{\"b\":1}", "{\"a\":1,\"b\":2}", "{\"a\":1,\"b\":2,\"c\":3}"},
+     {"{\"a\":1}", "{\"b\":1,\"c\":3}", "{\"a\":1,\"c\":3}"}},
 };
 
 static void test_languages(void **state)
@@ -275,15 +317,31 @@ typedef struct {
 } err_case;
 
 static const err_case errors[] = {
-    {"{\"properties\":{\"a\":{\"patternProperties\":{\"x\":{}}}}}", DSR1_ERR_INVALID_ARG,
-     "unsupported keyword 'patternProperties' at /properties/a"},
+    {"{\"properties\":{\"a\":{\"patternProperties\":{\"x\":{\"type\":\"integer\"}}}}}",
+     DSR1_ERR_INVALID_ARG,
+     "unsupported keyword 'patternProperties' at /properties/a: a pattern beside "
+     "additionalProperties other than false"},
+    {"{\"patternProperties\":{\"a\":{\"type\":\"integer\"},\"b\":{}},"
+     "\"additionalProperties\":false}",
+     DSR1_ERR_INVALID_ARG, "at the root: patterns with different schemas"},
+    {"{\"properties\":{\"ab\":{}},\"patternProperties\":{\"^a\":{\"type\":\"integer\"}},"
+     "\"additionalProperties\":false}",
+     DSR1_ERR_INVALID_ARG, "the declared name 'ab' matches the pattern '^a'"},
+    {"{\"allOf\":[{\"patternProperties\":{\".*\":{}}},{\"properties\":{\"a\":{}}}]}",
+     DSR1_ERR_INVALID_ARG, "'patternProperties' beside another subschema's properties"},
+    {"{\"properties\":{\"o\":{\"dependencies\":{\"a\":{\"required\":[\"b\"]}}}}}",
+     DSR1_ERR_INVALID_ARG, "unsupported keyword 'dependencies' at /properties/o/dependencies/a"},
+    {"{\"dependentRequired\":{\"a\":[\"b\"],\"b\":[\"c\"],\"c\":[\"d\"],\"d\":[\"e\"],"
+     "\"e\":[\"f\"],\"f\":[\"g\"],\"g\":[\"h\"]}}",
+     DSR1_ERR_RANGE, "more than 6 dependencies"},
     {"{\"not\":{}}", DSR1_ERR_INVALID_ARG, "unsupported keyword 'not' at the root"},
     {"{\"if\":{},\"then\":{}}", DSR1_ERR_INVALID_ARG, "unsupported keyword '"},
     {"{\"items\":{\"uniqueItems\":true}}", DSR1_ERR_INVALID_ARG,
      "unsupported keyword 'uniqueItems' at /items"},
     {"{\"type\":\"integer\",\"multipleOf\":2}", DSR1_ERR_INVALID_ARG,
      "unsupported keyword 'multipleOf' at the root"},
-    {"{\"minProperties\":1}", DSR1_ERR_INVALID_ARG, "unsupported keyword 'minProperties'"},
+    {"{\"type\":\"object\",\"minProperties\":5000}", DSR1_ERR_RANGE,
+     "'minProperties' at the root: 0 properties x a count up to 5000"},
     {"{\"prefixItems\":[{\"contains\":{}}]}", DSR1_ERR_INVALID_ARG,
      "unsupported keyword 'contains' at /prefixItems/0"},
     {"{\"$defs\":{\"d\":{\"dependentSchemas\":{}}},\"$ref\":\"#/$defs/d\"}", DSR1_ERR_INVALID_ARG,
@@ -334,8 +392,8 @@ static const err_case errors[] = {
     {"{\"anyOf\":[]}", DSR1_ERR_INVALID_ARG, "'anyOf' at the root must be a non-empty array"},
     {"{\"properties\":{\"a\":3}}", DSR1_ERR_INVALID_ARG,
      "the schema at /properties/a must be an object or a boolean"},
-    {"{\"type\":\"string\",\"maxLength\":5000}", DSR1_ERR_RANGE,
-     "'maxLength' 5000 at the root exceeds the repetition limit 1000 (max_repeat)"},
+    {"{\"type\":\"string\",\"maxLength\":2000000}", DSR1_ERR_RANGE,
+     "'maxLength' 2000000 at the root exceeds the repetition limit 1000 squared (max_repeat)"},
     {"{\"type\":\"array\",\"minItems\":2000}", DSR1_ERR_RANGE, "(max_repeat)"},
     {"{\"type\":\"string\",\"pattern\":\"a{2000}\"}", DSR1_ERR_RANGE, "(max_repeat)"},
     {"{\"type\":\"integer\",\"minimum\":1e19}", DSR1_ERR_RANGE, "'minimum' at the root"},
@@ -411,8 +469,40 @@ static void test_limits(void **state)
     expect_error(obj, strlen(obj), &small, DSR1_ERR_RANGE, "(max_source)");
     /* repetition limit from the options */
     dsr1_grammar_opts rep = {.max_repeat = 10};
-    const char *str = "{\"type\":\"string\",\"maxLength\":11}";
-    expect_error(str, strlen(str), &rep, DSR1_ERR_RANGE, "repetition limit 10 (max_repeat)");
+    const char *str = "{\"type\":\"string\",\"maxLength\":101}";
+    expect_error(str, strlen(str), &rep, DSR1_ERR_RANGE,
+                 "repetition limit 10 squared (max_repeat)");
+    /* past max_repeat a length is counted in blocks: exact for every length, with characters
+     * of one to twelve bytes of JSON text (raw, multi-byte, escapes, surrogate pairs) */
+    static const char *const units[] = {"a",       "\xc3\xa9",       "\xe2\x82\xac",    "\\n",
+                                        "\\u00e9", "\\ud83d\\ude00", "\xf0\x9f\x98\x80"};
+    static const long bounds[][2] = {{0, 37}, {13, 37}, {11, 100}, {20, 20}, {25, -1}, {0, 11}};
+    uint64_t rs = 20261206;
+    for (size_t b = 0; b < sizeof bounds / sizeof bounds[0]; b++) {
+        char sch[128];
+        if (bounds[b][1] < 0)
+            snprintf(sch, sizeof sch, "{\"type\":\"string\",\"minLength\":%ld}", bounds[b][0]);
+        else
+            snprintf(sch, sizeof sch, "{\"type\":\"string\",\"minLength\":%ld,\"maxLength\":%ld}",
+                     bounds[b][0], bounds[b][1]);
+        dsr1_grammar *g = compile_opts(sch, &rep);
+        for (long len = 0; len <= 110; len++) {
+            char txt[110 * 12 + 3];
+            size_t n = 0;
+            txt[n++] = '"';
+            for (long i = 0; i < len; i++) {
+                rs = rs * 6364136223846793005ull + 1442695040888963407ull;
+                const char *u = units[(rs >> 33) % (sizeof units / sizeof units[0])];
+                memcpy(txt + n, u, strlen(u));
+                n += strlen(u);
+            }
+            txt[n++] = '"';
+            txt[n] = '\0';
+            bool want = len >= bounds[b][0] && (bounds[b][1] < 0 || len <= bounds[b][1]);
+            expect(g, sch, txt, want);
+        }
+        dsr1_grammar_free(g);
+    }
     /* long tuples and long names nest: bounded */
     s = repeat_schema("{\"prefixItems\":[", "{},", 1001, "{}", "", "]}");
     expect_error(s, strlen(s), NULL, DSR1_ERR_RANGE, "has more than 1000 entries");

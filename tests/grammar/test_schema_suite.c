@@ -40,6 +40,10 @@ static const char *const files[] = {
     "draft2020-12/ref.json",
     "draft2020-12/defs.json",
     "draft2020-12/additionalProperties.json",
+    "draft2020-12/patternProperties.json",
+    "draft2020-12/minProperties.json",
+    "draft2020-12/maxProperties.json",
+    "draft2020-12/dependentRequired.json",
     "draft2020-12/pattern.json",
     "draft2020-12/minimum.json",
     "draft2020-12/maximum.json",
@@ -60,6 +64,7 @@ static const char *const files[] = {
     "draft7/items.json",
     "draft7/additionalItems.json",
     "draft7/ref.json",
+    "draft7/dependencies.json",
 };
 
 typedef struct {
