@@ -8,9 +8,9 @@
  * each written to STATE_DIR/tmp/ first, fsync'd, renamed into place and the directory
  * fsync'd before its row is committed; the database refers to them by id. The state
  * directory is created with mode 0700 and locked (flock on STATE_DIR/lock) while open: a
- * second process on the same directory is refused with the holder's pid. Opening refuses, with a message naming the path, a
- * database that is not ours or is corrupt, a newer schema, and a file in files/ that the
- * database does not know or whose size differs from its row.
+ * second process on the same directory is refused with the holder's pid. Opening refuses, with a
+ * message naming the path, a database that is not ours or is corrupt, a newer schema, and a file in
+ * files/ that the database does not know or whose size differs from its row.
  *
  * Durability. An item's result is committed (group commit: results arriving together share
  * one transaction and one fsync) before anything reports it: counts, subscribers, output
@@ -56,12 +56,12 @@ typedef struct dsr1_batches dsr1_batches;
 /* ---- the store ---- */
 
 typedef struct {
-    const char *state_dir;   /* created (0700) if missing */
-    int64_t retention_s;     /* 0: DSR1_BATCHES_DEFAULT_RETENTION_S; < 0: keep forever */
-    int window;              /* items of all batches in the scheduler at once (0: 256) */
-    int batch_window;        /* items of one batch at once (0: window) */
-    int64_t max_file_bytes;  /* largest uploaded file (0: 512 MiB) */
-    int max_items;           /* items of one batch (0: 1,000,000) */
+    const char *state_dir;  /* created (0700) if missing */
+    int64_t retention_s;    /* 0: DSR1_BATCHES_DEFAULT_RETENTION_S; < 0: keep forever */
+    int window;             /* items of all batches in the scheduler at once (0: 256) */
+    int batch_window;       /* items of one batch at once (0: window) */
+    int64_t max_file_bytes; /* largest uploaded file (0: 512 MiB) */
+    int max_items;          /* items of one batch (0: 1,000,000) */
 } dsr1_batches_params;
 
 /* Opens (creating or migrating) the store, checks it as described above, and prepares the
@@ -73,20 +73,20 @@ typedef struct dsr1_batch_codec dsr1_batch_codec;
 
 /* An item handed to a codec's start. Borrowed for the call only. */
 typedef struct {
-    uint64_t key;           /* pass to dsr1_batches_item_done */
+    uint64_t key; /* pass to dsr1_batches_item_done */
     const char *batch_id;
     const char *endpoint;   /* the batch's endpoint ("" for grpc) */
     int index;              /* position in the batch, from 0 */
     const char *custom_id;  /* "" when the format has none */
     const char *request_id; /* "<batch_id>/<index>": the scheduler request id to use */
-    const uint8_t *req;     /* the item as stored */
+    const uint8_t *req;     /* the item as stored (NULL, len 0, in error_result calls) */
     size_t len;
 } dsr1_batch_item_ref;
 
 /* What a finished item gives back. bytes are copied. */
 typedef struct {
-    bool error;         /* counted as failed; an "openai" item goes to the error file */
-    bool aborted;       /* the scheduler aborted it (finish ABORT) */
+    bool error;   /* counted as failed; an "openai" item goes to the error file */
+    bool aborted; /* the scheduler aborted it (finish ABORT) */
     const uint8_t *bytes;
     size_t len;
     int prompt_tokens, completion_tokens, cached_tokens;
@@ -129,7 +129,8 @@ dsr1_status dsr1_batches_start(dsr1_batches *b);
 /* Stops the runner: aborts the started items without recording them (they stay unfinished
  * and run again on the next open), waits for their done calls, commits what is pending and
  * closes the store. Call before the scheduler is destroyed and after the frontends stopped
- * creating batches. */
+ * creating batches. Subscriptions still open get no more calls (no end call either) and
+ * must still be unsubscribed (which then only frees them). */
 void dsr1_batches_close(dsr1_batches *b);
 
 /* A started item has finished. Called once per started item, from any thread. */
@@ -238,7 +239,8 @@ dsr1_status dsr1_batch_writer_begin(dsr1_batches *b, const dsr1_batch_create *c,
                                     dsr1_batch_writer **out);
 dsr1_status dsr1_batch_writer_add(dsr1_batch_writer *w, const uint8_t *req, size_t len);
 /* On DSR1_ERR_EXISTS with created false and out filled: the same batch was created before
- * (idempotent resubmission); the writer is freed either way. */
+ * (idempotent resubmission); the writer is freed either way. (A client's id that another
+ * request created is refused by begin with DSR1_ERR_EXISTS.) */
 dsr1_status dsr1_batch_writer_commit(dsr1_batch_writer *w, dsr1_batch_info *out, bool *created);
 void dsr1_batch_writer_abort(dsr1_batch_writer *w);
 
@@ -286,9 +288,9 @@ void dsr1_batches_unsubscribe(dsr1_batch_sub *sub);
 /* ---- information ---- */
 
 typedef struct {
-    int batches_active;  /* not final */
-    int items_running;   /* in the scheduler */
-    int64_t items_pending; /* waiting to run, all batches */
+    int batches_active;                 /* not final */
+    int items_running;                  /* in the scheduler */
+    int64_t items_pending;              /* waiting to run, all batches */
     int64_t results_committed, commits; /* since open */
     int64_t files, file_bytes;
 } dsr1_batches_stats;

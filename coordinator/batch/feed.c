@@ -139,8 +139,9 @@ static bool feed_one(dsr1_batches *b, int64_t now, int64_t *wake_ns)
             bt->state != DSR1_BATCH_IN_PROGRESS || bt->running >= b->p.batch_window)
             continue;
         if (bt->busy_until > now) {
+            /* the scheduler is full: younger batches wait too (creation order) */
             if (bt->busy_until < *wake_ns) *wake_ns = bt->busy_until;
-            continue;
+            return false;
         }
         const dsr1_batch_codec *cp = dsr1__codec(b, bt->format);
         if (!cp) {

@@ -67,9 +67,11 @@ void dsr1__deliver_end(dsr1_batches *b, int64_t batch_n)
 
 void dsr1__subs_free_all(dsr1_batches *b)
 {
+    /* detached, not freed: their owners still unsubscribe them */
     while (b->subs) {
         dsr1__sub *n = b->subs->next;
-        free(b->subs);
+        b->subs->b = NULL;
+        b->subs->over = true;
         b->subs = n;
     }
 }
@@ -206,6 +208,10 @@ void dsr1_batches_unsubscribe(dsr1_batch_sub *sub)
     if (!sub) return;
     dsr1__sub *s = (dsr1__sub *)sub;
     dsr1_batches *b = s->b;
+    if (!b) { /* the store was closed */
+        free(s);
+        return;
+    }
     /* from inside a callback: dmu is ours already; freed when the delivery ends */
     if (tls_delivering == b) {
         s->dead = true;

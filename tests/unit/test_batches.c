@@ -51,6 +51,7 @@ typedef struct {
     size_t big; /* result bytes beyond the text (disk full) */
     int starts[MAXN];
     int running, max_running;
+    int nstarts, last_a, first_b; /* start ordinals of batch_A's last and batch_B's first */
     unsigned seed;
     bool stop;
     pthread_t th;
@@ -143,6 +144,9 @@ static dsr1_status fake_start(void *ctx, const dsr1_batch_item_ref *ref)
     int span = f->max_us - f->min_us;
     it->due = now_us() + f->min_us + (span > 0 ? (int)(rand_r(&f->seed) % (unsigned)span) : 0);
     if (ref->index < MAXN) f->starts[ref->index]++;
+    f->nstarts++;
+    if (strcmp(ref->batch_id, "batch_A") == 0) f->last_a = f->nstarts;
+    if (strcmp(ref->batch_id, "batch_B") == 0 && !f->first_b) f->first_b = f->nstarts;
     f->running++;
     if (f->running > f->max_running) f->max_running = f->running;
     /* the item as stored comes back unchanged */
@@ -232,6 +236,18 @@ static dsr1_batches *open_store(const char *dir, fake *f, int window, int64_t re
         dsr1_batch_codec c = fake_codec(f, true);
         assert_int_equal(dsr1_batches_register(b, &c), 0);
     }
+    assert_int_equal(dsr1_batches_start(b), 0);
+    return b;
+}
+
+static dsr1_batches *open_store_bw(const char *dir, fake *f, int window, int batch_window)
+{
+    dsr1_batches_params p = {.state_dir = dir, .window = window, .batch_window = batch_window};
+    dsr1_batches *b = NULL;
+    if (dsr1_batches_open(&p, &b)) fail_msg("open %s: %s", dir, dsr1_errmsg());
+    f->b = b;
+    dsr1_batch_codec c = fake_codec(f, false);
+    assert_int_equal(dsr1_batches_register(b, &c), 0);
     assert_int_equal(dsr1_batches_start(b), 0);
     return b;
 }
@@ -446,6 +462,61 @@ static void test_writer_batch(void **state)
     assert_int_equal(s.batches_active, 0);
     assert_int_equal(s.results_committed, n);
     assert_true(s.commits > 0 && s.commits <= n);
+    dsr1_batches_close(b);
+    fake_free(f);
+    rm_rf(dir);
+    free(dir);
+}
+
+/* The global and per-batch windows, and creation order. */
+static void test_windows(void **state)
+{
+    (void)state;
+    char *dir = tmpdir();
+    fake *f = fake_new(13);
+    f->busy_pct = 5;
+    dsr1_batches *b = open_store_bw(dir, f, 6, 0);
+    dsr1_batch_info info;
+    create_writer(b, "batch_A", 200, NULL, &info);
+    dsr1_batch_info_clear(&info);
+    create_writer(b, "batch_B", 50, NULL, &info);
+    dsr1_batch_info_clear(&info);
+    info = wait_final(b, "batch_B", 20);
+    assert_int_equal(info.state, DSR1_BATCH_COMPLETED);
+    assert_string_equal(info.output_file_id, ""); /* a codec without output files */
+    dsr1_batch_info_clear(&info);
+    info = wait_final(b, "batch_A", 20);
+    dsr1_batch_info_clear(&info);
+    assert_true(f->max_running <= 6);
+    assert_true(f->first_b > 0 && f->last_a < f->first_b); /* the older batch first */
+    dsr1_batches_close(b);
+    fake_free(f);
+
+    /* two at a time per batch: three batches share a window of 5 */
+    f = fake_new(14);
+    b = open_store_bw(dir, f, 5, 2);
+    create_writer(b, "batch_C", 60, NULL, &info);
+    dsr1_batch_info_clear(&info);
+    create_writer(b, "batch_D", 60, NULL, &info);
+    dsr1_batch_info_clear(&info);
+    create_writer(b, "batch_E", 60, NULL, &info);
+    dsr1_batch_info_clear(&info);
+    for (int i = 0; i < 3; i++) {
+        info = wait_final(b, i == 0 ? "batch_C" : i == 1 ? "batch_D" : "batch_E", 20);
+        assert_int_equal(info.state, DSR1_BATCH_COMPLETED);
+        dsr1_batch_info_clear(&info);
+    }
+    assert_true(f->max_running <= 5);
+    assert_true(f->max_running >= 3); /* more than one batch at once */
+    dsr1_batch_info list[2];
+    int n;
+    bool more;
+    assert_int_equal(dsr1_batches_list(b, NULL, "batch_D", 2, list, &n, &more), 0);
+    assert_int_equal(n, 2);
+    assert_true(more); /* batch_A */
+    assert_string_equal(list[0].id, "batch_C");
+    assert_string_equal(list[1].id, "batch_B");
+    for (int i = 0; i < n; i++) dsr1_batch_info_clear(&list[i]);
     dsr1_batches_close(b);
     fake_free(f);
     rm_rf(dir);
@@ -1039,6 +1110,8 @@ static void test_retention(void **state)
     for (int i = 0; i < 40 && dsr1_files_get(b, out_id, (dsr1_file_info[1]){0}) == 0; i++)
         usleep(50000);
     assert_int_equal(dsr1_files_get(b, out_id, (dsr1_file_info[1]){0}), DSR1_ERR_NOT_FOUND);
+    /* the rows go first, the files right after */
+    for (int i = 0; i < 40 && count_dir(files) > 0; i++) usleep(50000);
     assert_int_equal(count_dir(files), 0);
     dsr1_batches_close(b);
     fake_free(f);
@@ -1049,11 +1122,12 @@ static void test_retention(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_writer_batch), cmocka_unit_test(test_file_batch),
-        cmocka_unit_test(test_subscribe),    cmocka_unit_test(test_cancel),
-        cmocka_unit_test(test_expiry),       cmocka_unit_test(test_close_reopen),
-        cmocka_unit_test(test_crash),        cmocka_unit_test(test_refusals),
-        cmocka_unit_test(test_disk_full),    cmocka_unit_test(test_retention),
+        cmocka_unit_test(test_writer_batch), cmocka_unit_test(test_windows),
+        cmocka_unit_test(test_file_batch),   cmocka_unit_test(test_subscribe),
+        cmocka_unit_test(test_cancel),       cmocka_unit_test(test_expiry),
+        cmocka_unit_test(test_close_reopen), cmocka_unit_test(test_crash),
+        cmocka_unit_test(test_refusals),     cmocka_unit_test(test_disk_full),
+        cmocka_unit_test(test_retention),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
