@@ -35,8 +35,8 @@ static int cpu_has_avx512(void)
            __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 }
 #endif
-#if DSR1_HAVE_AVX512BF16_KERNELS
 #include "cpu/fast.h"
+#if DSR1_HAVE_AVX512BF16_KERNELS
 const dsr1_kernels *dsr1__kernels_avx512_bf16(void);
 #endif
 
@@ -46,11 +46,9 @@ static const dsr1_kernels *by_name(const char *name, const char **why)
     *why = "no such variant in this build (portable, avx512, avx512-bf16 and bf16-tiles "
            "where built)";
     if (strcmp(name, "portable") == 0) return dsr1_kernels_portable();
-#if DSR1_HAVE_AVX512BF16_KERNELS
     if (strcmp(name, "bf16-tiles") == 0) return dsr1__kernels_bf16_tiles(DSR1__FAST_AUTO, why);
     if (strcmp(name, "bf16-tiles-emulated") == 0)
         return dsr1__kernels_bf16_tiles(DSR1__FAST_TILE_EMU, why);
-#endif
 #if DSR1_HAVE_AVX512_KERNELS
     if (strcmp(name, "avx512") == 0 || strcmp(name, "avx512-bf16") == 0) {
         *why = "this CPU has no AVX-512 F/BW/VL/DQ with AVX2 and FMA";

@@ -64,6 +64,12 @@ void dsr1__fast_panel_fill(const dsr1__rowset *rs, uint16_t *P, float *mul);
  * NULL for an ops table that is neither of the two. */
 const dsr1__rowops *dsr1__fast_tile_rowops(const dsr1__tileops *t);
 
+/* The vdpbf16ps backend (fast_avx512.c, built where the compiler takes -mavx512bf16; call
+ * only on a CPU with AVX-512 and AVX512_BF16), and its in-register panel fill (the
+ * portable one's bits; exposed for the tests). */
+const dsr1__rowops *dsr1__fast_vd_rowops(void);
+void dsr1__fast_panel_fill_avx512(const dsr1__rowset *rs, uint16_t *P, float *mul);
+
 /* Which arithmetic the bf16-tiles variant runs. */
 typedef enum {
     DSR1__FAST_AUTO,     /* AMX where usable, else vdpbf16ps */
@@ -73,8 +79,9 @@ typedef enum {
 } dsr1__fast_path;
 
 /* The bf16-tiles kernel table on `path`, or NULL (why set) when this build or CPU cannot
- * run it. Entries other than linear and expert_ffn are the avx512 variant's; weights other
- * than FP8 run in the exact mode. */
+ * run it (the emulated tiles run everywhere). Entries other than linear and expert_ffn are
+ * the best exact variant's (avx512, else portable); weights other than FP8 run in the exact
+ * mode. */
 const dsr1_kernels *dsr1__kernels_bf16_tiles(dsr1__fast_path path, const char **why);
 
 #endif

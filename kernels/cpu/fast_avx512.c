@@ -1,7 +1,6 @@
-/* The fast precision mode's vdpbf16ps backend (AVX512_BF16 machines without AMX) and the
- * "bf16-tiles" kernel tables (fast.h). Compiled with the AVX-512 flags and -mavx512bf16
- * (kernels/meson.build, with avx512_bf16.c); dispatch.c hands a table out only after
- * dsr1__kernels_bf16_tiles has checked the CPU.
+/* The fast precision mode's vdpbf16ps backend (AVX512_BF16 machines without AMX; fast.h). Compiled
+ * with the AVX-512 flags and -mavx512bf16 (kernels/meson.build, with avx512_bf16.c); fast_tiles.c
+ * hands this backend out only after checking the CPU for AVX512_BF16.
  *
  * The vdpbf16ps backend: the row set's panel is filled in registers (32 FP8 bytes of each
  * of the 16 rows transposed as byte pairs into VNNI order, then converted exactly to bf16
@@ -14,14 +13,10 @@
  * into the totals in block order, so the order of every output is the same for every M.
  * Up to 4 activation rows (decode) skip the stored panel: each 32-column chunk of the 16
  * rows is converted and transposed in registers and used at once, in the same order. */
-#include <pthread.h>
 #include <string.h>
 
 #include "avx512_common.h"
 #include "fast.h"
-#include "log.h"
-
-const dsr1_kernels *dsr1__kernels_avx512(void); /* avx512.c */
 
 /* ---- the panel, in registers ----------------------------------------------------------- */
 
@@ -274,107 +269,7 @@ static void vd_rows(const dsr1__rowset *rs, const void *act, int m, float *y, in
 static const dsr1__rowops vd_rowops = {dsr1__fast_act_bytes, dsr1__fast_act_pack,
                                        dsr1__fast_act_put, vd_scratch_bytes, vd_rows};
 
-/* ---- the kernel tables ------------------------------------------------------------------ */
-
-static const dsr1__rowops *path_ops[4]; /* by dsr1__fast_path, set once (tables_init) */
-
-static void fast_linear(const dsr1__rowops *ops, dsr1_pool *pool, const dsr1_linear *w, int r0,
-                        int r1, const float *x, int ldx, int m, float *y, int ldy)
+const dsr1__rowops *dsr1__fast_vd_rowops(void)
 {
-    if (w->dtype == DSR1_DT_F8_E4M3)
-        dsr1__rowops_linear(ops, pool, w, r0, r1, x, ldx, m, y, ldy);
-    else
-        dsr1__avx512_linear(pool, w, r0, r1, x, ldx, m, y, ldy);
-}
-
-/* Experts whose weights are not all FP8 (never so in DeepSeek's checkpoints) run in the
- * exact mode, the whole call. */
-static dsr1_status fast_expert_ffn(const dsr1__rowops *ops, dsr1_pool *pool, const dsr1_expert *ex,
-                                   int ne, const float *x, int ldx, float *y, int ldy)
-{
-    for (int e = 0; e < ne; e++)
-        if (ex[e].n > 0 && ex[e].gate && ex[e].up && ex[e].down &&
-            (ex[e].gate->dtype != DSR1_DT_F8_E4M3 || ex[e].up->dtype != DSR1_DT_F8_E4M3 ||
-             ex[e].down->dtype != DSR1_DT_F8_E4M3))
-            return dsr1__avx512_expert_ffn(pool, ex, ne, x, ldx, y, ldy);
-    return dsr1__rowops_expert_ffn(ops, pool, ex, ne, x, ldx, y, ldy);
-}
-
-#define PATH_ENTRIES(P)                                                                            \
-    static void linear_##P(dsr1_pool *pool, const dsr1_linear *w, int r0, int r1, const float *x,  \
-                           int ldx, int m, float *y, int ldy)                                      \
-    {                                                                                              \
-        fast_linear(path_ops[P], pool, w, r0, r1, x, ldx, m, y, ldy);                              \
-    }                                                                                              \
-    static dsr1_status expert_ffn_##P(dsr1_pool *pool, const dsr1_expert *ex, int ne,              \
-                                      const float *x, int ldx, float *y, int ldy)                  \
-    {                                                                                              \
-        return fast_expert_ffn(path_ops[P], pool, ex, ne, x, ldx, y, ldy);                         \
-    }
-PATH_ENTRIES(DSR1__FAST_VDPBF16)
-PATH_ENTRIES(DSR1__FAST_TILE_EMU)
-PATH_ENTRIES(DSR1__FAST_TILE_AMX)
-
-static dsr1_kernels tables[4];
-static const char *amx_why;
-static pthread_once_t once = PTHREAD_ONCE_INIT;
-
-static void tables_init(void)
-{
-    const dsr1_kernels *base = dsr1__kernels_avx512();
-    for (int p = 0; p < 4; p++) {
-        tables[p] = *base;
-        tables[p].name = p == DSR1__FAST_TILE_EMU ? "bf16-tiles-emulated" : "bf16-tiles";
-    }
-    path_ops[DSR1__FAST_VDPBF16] = &vd_rowops;
-    tables[DSR1__FAST_VDPBF16].linear = linear_DSR1__FAST_VDPBF16;
-    tables[DSR1__FAST_VDPBF16].expert_ffn = expert_ffn_DSR1__FAST_VDPBF16;
-    path_ops[DSR1__FAST_TILE_EMU] = dsr1__fast_tile_rowops(dsr1__tile_emu());
-    tables[DSR1__FAST_TILE_EMU].linear = linear_DSR1__FAST_TILE_EMU;
-    tables[DSR1__FAST_TILE_EMU].expert_ffn = expert_ffn_DSR1__FAST_TILE_EMU;
-    const dsr1__tileops *amx = dsr1__tile_amx(&amx_why);
-    path_ops[DSR1__FAST_TILE_AMX] = amx ? dsr1__fast_tile_rowops(amx) : NULL;
-    tables[DSR1__FAST_TILE_AMX].linear = linear_DSR1__FAST_TILE_AMX;
-    tables[DSR1__FAST_TILE_AMX].expert_ffn = expert_ffn_DSR1__FAST_TILE_AMX;
-}
-
-static int cpu_ok(void)
-{
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-           __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-}
-
-static pthread_once_t log_once = PTHREAD_ONCE_INIT;
-
-static void log_fallback(void)
-{
-    DSR1_INFO("bf16-tiles: no AMX (%s); running on vdpbf16ps (AVX512_BF16), whose summation "
-              "order differs from AMX's (docs/kernels.md)",
-              amx_why);
-}
-
-const dsr1_kernels *dsr1__kernels_bf16_tiles(dsr1__fast_path path, const char **why)
-{
-    *why = "this CPU has no AVX-512 F/BW/VL/DQ with AVX2 and FMA";
-    if (!cpu_ok()) return NULL;
-    pthread_once(&once, tables_init);
-    const int bf16 = __builtin_cpu_supports("avx512bf16");
-    switch (path) {
-    case DSR1__FAST_AUTO:
-        if (path_ops[DSR1__FAST_TILE_AMX]) return &tables[DSR1__FAST_TILE_AMX];
-        *why = "this CPU has neither AMX-BF16 nor AVX512_BF16 (vdpbf16ps)";
-        if (!bf16) return NULL;
-        pthread_once(&log_once, log_fallback);
-        return &tables[DSR1__FAST_VDPBF16];
-    case DSR1__FAST_VDPBF16:
-        *why = "this CPU has no AVX512_BF16 (vdpbf16ps)";
-        return bf16 ? &tables[DSR1__FAST_VDPBF16] : NULL;
-    case DSR1__FAST_TILE_EMU:
-        return &tables[DSR1__FAST_TILE_EMU];
-    default:
-        *why = amx_why;
-        return path_ops[DSR1__FAST_TILE_AMX] ? &tables[DSR1__FAST_TILE_AMX] : NULL;
-    }
+    return &vd_rowops;
 }

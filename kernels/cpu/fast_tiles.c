@@ -1,12 +1,17 @@
 /* The fast precision mode's portable parts (fast.h): the exact e4m3 -> bf16 table, the bf16
- * activation layout, the VNNI weight panel, and the tile backend, which drives the tile
- * layer (tile.h) — the real AMX instructions or their emulation — through rowset.h.
+ * activation layout, the VNNI weight panel, the tile backend, which drives the tile layer
+ * (tile.h) — the real AMX instructions or their emulation — through rowset.h, and the
+ * "bf16-tiles" kernel tables.
  *
- * Plain C: the tile backend runs (emulated) and is tested on every machine. */
+ * Plain C: the tile backend runs (emulated) and is tested on every machine; the other
+ * entries of its table are the best exact variant's (avx512 where the CPU has it, else
+ * portable). */
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "fast.h"
+#include "log.h"
 #include "numeric.h"
 
 /* ---- e4m3 -> bf16, exact ------------------------------------------------------------ */
@@ -181,6 +186,139 @@ const dsr1__rowops *dsr1__fast_tile_rowops(const dsr1__tileops *t)
     }
     return NULL;
 }
+
+/* ---- the kernel tables ------------------------------------------------------------------ */
+
+#if DSR1_HAVE_AVX512_KERNELS
+const dsr1_kernels *dsr1__kernels_avx512(void); /* avx512.c */
+#endif
+
+static int cpu_has_avx512(void)
+{
+#if DSR1_HAVE_AVX512_KERNELS
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+           __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+    return 0;
+#endif
+}
+
+static int cpu_has_bf16(void)
+{
+#if DSR1_HAVE_AVX512BF16_KERNELS
+    return cpu_has_avx512() && __builtin_cpu_supports("avx512bf16");
+#else
+    return 0;
+#endif
+}
+
+static const dsr1_kernels *exact;       /* the entries the fast mode leaves exact */
+static const dsr1__rowops *path_ops[4]; /* by dsr1__fast_path; NULL: not available */
+static dsr1_kernels tables[4];
+static const char *amx_why;
+static pthread_once_t once = PTHREAD_ONCE_INIT;
+
+static void fast_linear(const dsr1__rowops *ops, dsr1_pool *pool, const dsr1_linear *w, int r0,
+                        int r1, const float *x, int ldx, int m, float *y, int ldy)
+{
+    if (w->dtype == DSR1_DT_F8_E4M3)
+        dsr1__rowops_linear(ops, pool, w, r0, r1, x, ldx, m, y, ldy);
+    else
+        exact->linear(pool, w, r0, r1, x, ldx, m, y, ldy);
+}
+
+/* Experts whose weights are not all FP8 (never so in DeepSeek's checkpoints) run in the
+ * exact mode, the whole call. */
+static dsr1_status fast_expert_ffn(const dsr1__rowops *ops, dsr1_pool *pool, const dsr1_expert *ex,
+                                   int ne, const float *x, int ldx, float *y, int ldy)
+{
+    for (int e = 0; e < ne; e++)
+        if (ex[e].n > 0 && ex[e].gate && ex[e].up && ex[e].down &&
+            (ex[e].gate->dtype != DSR1_DT_F8_E4M3 || ex[e].up->dtype != DSR1_DT_F8_E4M3 ||
+             ex[e].down->dtype != DSR1_DT_F8_E4M3))
+            return (exact->expert_ffn ? exact : dsr1_kernels_portable())
+                ->expert_ffn(pool, ex, ne, x, ldx, y, ldy);
+    return dsr1__rowops_expert_ffn(ops, pool, ex, ne, x, ldx, y, ldy);
+}
+
+#define PATH_ENTRIES(P)                                                                            \
+    static void linear_##P(dsr1_pool *pool, const dsr1_linear *w, int r0, int r1, const float *x,  \
+                           int ldx, int m, float *y, int ldy)                                      \
+    {                                                                                              \
+        fast_linear(path_ops[P], pool, w, r0, r1, x, ldx, m, y, ldy);                              \
+    }                                                                                              \
+    static dsr1_status expert_ffn_##P(dsr1_pool *pool, const dsr1_expert *ex, int ne,              \
+                                      const float *x, int ldx, float *y, int ldy)                  \
+    {                                                                                              \
+        return fast_expert_ffn(path_ops[P], pool, ex, ne, x, ldx, y, ldy);                         \
+    }
+PATH_ENTRIES(DSR1__FAST_VDPBF16)
+PATH_ENTRIES(DSR1__FAST_TILE_EMU)
+PATH_ENTRIES(DSR1__FAST_TILE_AMX)
+
+static void tables_init(void)
+{
+#if DSR1_HAVE_AVX512_KERNELS
+    exact = cpu_has_avx512() ? dsr1__kernels_avx512() : dsr1_kernels_portable();
+#else
+    exact = dsr1_kernels_portable();
+#endif
+    for (int p = 0; p < 4; p++) {
+        tables[p] = *exact;
+        tables[p].name = p == DSR1__FAST_TILE_EMU ? "bf16-tiles-emulated" : "bf16-tiles";
+    }
+#if DSR1_HAVE_AVX512BF16_KERNELS
+    if (cpu_has_bf16()) path_ops[DSR1__FAST_VDPBF16] = dsr1__fast_vd_rowops();
+#endif
+    tables[DSR1__FAST_VDPBF16].linear = linear_DSR1__FAST_VDPBF16;
+    tables[DSR1__FAST_VDPBF16].expert_ffn = expert_ffn_DSR1__FAST_VDPBF16;
+    path_ops[DSR1__FAST_TILE_EMU] = dsr1__fast_tile_rowops(dsr1__tile_emu());
+    tables[DSR1__FAST_TILE_EMU].linear = linear_DSR1__FAST_TILE_EMU;
+    tables[DSR1__FAST_TILE_EMU].expert_ffn = expert_ffn_DSR1__FAST_TILE_EMU;
+    const dsr1__tileops *amx = dsr1__tile_amx(&amx_why);
+    path_ops[DSR1__FAST_TILE_AMX] = amx ? dsr1__fast_tile_rowops(amx) : NULL;
+    tables[DSR1__FAST_TILE_AMX].linear = linear_DSR1__FAST_TILE_AMX;
+    tables[DSR1__FAST_TILE_AMX].expert_ffn = expert_ffn_DSR1__FAST_TILE_AMX;
+}
+
+static pthread_once_t log_once = PTHREAD_ONCE_INIT;
+
+static void log_fallback(void)
+{
+    DSR1_INFO("bf16-tiles: no AMX (%s); running on vdpbf16ps (AVX512_BF16), whose summation "
+              "order differs from AMX's (docs/kernels.md)",
+              amx_why);
+}
+
+const dsr1_kernels *dsr1__kernels_bf16_tiles(dsr1__fast_path path, const char **why)
+{
+    pthread_once(&once, tables_init);
+    switch (path) {
+    case DSR1__FAST_AUTO:
+        if (path_ops[DSR1__FAST_TILE_AMX]) return &tables[DSR1__FAST_TILE_AMX];
+        *why = "this CPU (or build) has neither AMX-BF16 nor AVX512_BF16 (vdpbf16ps)";
+        if (!path_ops[DSR1__FAST_VDPBF16]) return NULL;
+        pthread_once(&log_once, log_fallback);
+        return &tables[DSR1__FAST_VDPBF16];
+    case DSR1__FAST_VDPBF16:
+        *why = "this CPU (or build) has no AVX512_BF16 (vdpbf16ps)";
+        return path_ops[DSR1__FAST_VDPBF16] ? &tables[DSR1__FAST_VDPBF16] : NULL;
+    case DSR1__FAST_TILE_EMU:
+        return &tables[DSR1__FAST_TILE_EMU];
+    default:
+        *why = amx_why;
+        return path_ops[DSR1__FAST_TILE_AMX] ? &tables[DSR1__FAST_TILE_AMX] : NULL;
+    }
+}
+
+#if !DSR1_HAVE_AVX512BF16_KERNELS
+void dsr1__fast_panel_fill_avx512(const dsr1__rowset *rs, uint16_t *P, float *mul)
+{
+    dsr1__fast_panel_fill(rs, P, mul); /* never called: no vdpbf16ps backend in this build */
+}
+#endif
 
 #if !DSR1_HAVE_AMX_KERNELS
 const dsr1__tileops *dsr1__tile_amx(const char **why)
