@@ -24,6 +24,7 @@ static void job_free(http_job *j)
     if (s->jobs == j) s->jobs = j->next;
     if (j->next) j->next->prev = j->prev;
     s->n_jobs--;
+    if (j->batch) s->n_batch_jobs--;
     pthread_cond_broadcast(&s->cv);
     pthread_mutex_unlock(&s->mu);
     for (int i = 0; i < j->n; i++) {
@@ -59,10 +60,12 @@ void dsr1__http_job_abort(http_job *j)
     pthread_mutex_lock(&j->mu);
     int n = j->n_submitted;
     pthread_mutex_unlock(&j->mu);
-    for (int i = 0; i < n; i++) dsr1_sched_abort(j->s->p.sched, j->ch[i].id);
+    for (int i = 0; i < n; i++) dsr1_sched_abort(j->s->p.sched, j->ch[i].rid);
 }
 
-static http_job *job_new(dsr1_http_server *s, struct MHD_Connection *c, const dsr1_http_request *r)
+/* A job for connection c, or with rid a batch item's (no connection). */
+static http_job *job_new(dsr1_http_server *s, struct MHD_Connection *c, const dsr1_http_request *r,
+                         const char *rid)
 {
     http_job *j = calloc(1, sizeof(*j));
     if (!j || !(j->ch = calloc((size_t)r->n, sizeof(http_choice)))) {
@@ -80,10 +83,17 @@ static http_job *job_new(dsr1_http_server *s, struct MHD_Connection *c, const ds
     j->logprobs = r->logprobs;
     j->exclude_reasoning = r->reasoning_exclude;
     j->created = (long long)time(NULL);
+    j->batch = rid != NULL;
     snprintf(j->id, sizeof(j->id), "%s%016llx", r->kind == DSR1_HTTP_CHAT ? "chatcmpl-" : "cmpl-",
              (unsigned long long)dsr1__http_random(s));
     for (int i = 0; i < r->n; i++) {
         snprintf(j->ch[i].id, sizeof(j->ch[i].id), "%s-%d", j->id, i);
+        if (!rid)
+            snprintf(j->ch[i].rid, sizeof(j->ch[i].rid), "%s", j->ch[i].id);
+        else if (i == 0)
+            snprintf(j->ch[i].rid, sizeof(j->ch[i].rid), "%s", rid);
+        else
+            snprintf(j->ch[i].rid, sizeof(j->ch[i].rid), "%s#%d", rid, i);
         bool tools = r->n_tools && r->tool_choice != DSR1_HTTP_TOOL_NONE;
         if (tools && dsr1_toolparse_create(&j->ch[i].tools)) {
             for (int k = 0; k < i; k++) dsr1_toolparse_destroy(j->ch[k].tools);
@@ -98,6 +108,7 @@ static http_job *job_new(dsr1_http_server *s, struct MHD_Connection *c, const ds
     if (s->jobs) s->jobs->prev = j;
     s->jobs = j;
     s->n_jobs++;
+    if (j->batch) s->n_batch_jobs++;
     pthread_mutex_unlock(&s->mu);
     return j;
 }
@@ -474,9 +485,26 @@ static void job_end(http_job *j)
 
 static int choice_of(const http_job *j, const char *id)
 {
-    const char *dash = strrchr(id, '-');
-    int i = dash ? atoi(dash + 1) : 0;
-    return i >= 0 && i < j->n ? i : 0;
+    for (int i = 1; i < j->n; i++)
+        if (!strcmp(j->ch[i].rid, id)) return i;
+    return 0;
+}
+
+/* Whether the job has just ended and its end is to be told (j->mu held): a batch item's. */
+static bool end_to_tell(http_job *j)
+{
+    if (!j->ended || !j->on_end || j->end_told) return false;
+    j->end_told = true;
+    return true;
+}
+
+static void sched_done(dsr1_http_server *s, const http_job *j)
+{
+    pthread_mutex_lock(&s->mu);
+    s->n_sched--;
+    if (j->batch) s->n_sched_batch--;
+    pthread_cond_broadcast(&s->cv);
+    pthread_mutex_unlock(&s->mu);
 }
 
 static void submit_rest(http_job *j);
@@ -533,165 +561,18 @@ static void on_event(const dsr1_sched_event *ev)
                   j->out_n - j->out_off);
     }
     if (j->out_n > j->out_off || j->ended) dsr1__http_resume(s, j);
+    bool tell = end_to_tell(j);
     pthread_mutex_unlock(&j->mu);
     if (abort_now) dsr1__http_job_abort(j);
+    if (tell) j->on_end(j);
     if (run_rest) submit_rest(j);
     if (final) {
-        pthread_mutex_lock(&s->mu);
-        s->n_sched--;
-        pthread_cond_broadcast(&s->cv);
-        pthread_mutex_unlock(&s->mu);
+        sched_done(s, j);
         dsr1__http_job_unref(j);
     }
 }
 
-/* ---- parameters and submission ---- */
-
-typedef struct {
-    dsr1_sampling sampling;
-    int max_tokens;
-    dsr1_textout_params text;
-    const dsr1_grammar *grammar; /* response_format's or the tool calls', a reference from
-                                    s->p.grammars */
-    bool after_trigger;          /* the grammar starts after trigger_id (tool_choice auto) */
-    int32_t trigger_id;
-    int think_budget; /* reasoning tokens before </think> is forced; 0: none */
-} http_params;
-
-/* The thinking budget: reasoning.max_tokens, else reasoning effort as a share of the
- * request's max_tokens (OpenRouter's: low 20%, medium 50%, high 80%), else none. */
-static int think_budget(const dsr1_http_request *r, int max_tokens)
-{
-    static const int percent[4] = {0, 20, 50, 80};
-    if (r->reasoning_max_tokens > 0) return r->reasoning_max_tokens;
-    if (r->reasoning_effort >= 1 && r->reasoning_effort <= 3) {
-        const int64_t b = (int64_t)max_tokens * percent[r->reasoning_effort] / 100;
-        return b > 0 ? (int)b : 1;
-    }
-    return 0;
-}
-
-/* response_format json_object / json_schema: its compiled grammar (a reference in o). */
-static dsr1_status format_grammar(dsr1_http_server *s, const dsr1_http_request *r, http_params *o,
-                                  char *param, size_t cap)
-{
-    if (r->response_format == DSR1_HTTP_FORMAT_TEXT) return DSR1_OK;
-    snprintf(param, cap, "response_format");
-    if (!s->p.grammars)
-        return dsr1_error(DSR1_ERR_INVALID_ARG,
-                          "response_format: this server has no grammar engine");
-    const dsr1_grammar_opts opts = {.strict_objects = r->json_schema_strict};
-    dsr1_status st =
-        r->response_format == DSR1_HTTP_FORMAT_JSON_OBJECT
-            ? dsr1_grammars_get(s->p.grammars, DSR1_GRAMMAR_JSON_OBJECT, NULL, 0, &opts,
-                                &o->grammar)
-            : dsr1_grammars_get(s->p.grammars, DSR1_GRAMMAR_JSON_SCHEMA, r->json_schema,
-                                strlen(r->json_schema), &opts, &o->grammar);
-    if (st == DSR1_OK) param[0] = '\0';
-    return st;
-}
-
-/* Tools with tool_choice required, a named function or auto: the grammar of well-formed
- * calls (http_tool_grammar.c), the whole answer for required and named, from
- * <｜tool▁calls▁begin｜> on for auto (a reference in o). With response_format and auto, the
- * format's grammar stays (no tool calls are possible then). */
-static dsr1_status tool_grammar(dsr1_http_server *s, const dsr1_http_request *r, http_params *o,
-                                char *param, size_t cap)
-{
-    if (!r->n_tools || r->tool_choice == DSR1_HTTP_TOOL_NONE) return DSR1_OK;
-    const bool autoc = r->tool_choice == DSR1_HTTP_TOOL_AUTO;
-    if (autoc && o->grammar) return DSR1_OK;
-    if (!s->p.grammars) {
-        if (autoc) return DSR1_OK; /* free text, parsed as today */
-        snprintf(param, cap, "tool_choice");
-        return dsr1_error(DSR1_ERR_INVALID_ARG, "tool_choice: this server has no grammar engine");
-    }
-    int32_t trigger = -1;
-    if (autoc) {
-        trigger = dsr1_tokenizer_token_id(s->p.tok, DSR1_TOOL_CALLS_BEGIN);
-        if (trigger < 0) return DSR1_OK; /* not R1's vocabulary: nothing to enforce */
-    }
-    char *text = NULL;
-    size_t len = 0;
-    dsr1_status st = dsr1_tool_grammar(
-        r->tools_json, r->tool_choice == DSR1_HTTP_TOOL_NAMED ? r->tool_choice_name : NULL,
-        r->parallel_tool_calls && r->tool_choice != DSR1_HTTP_TOOL_NAMED, autoc, &text, &len, param,
-        cap);
-    if (st) return st;
-    const dsr1_grammar *g = NULL;
-    st = dsr1_grammars_get(s->p.grammars, DSR1_GRAMMAR_EBNF, text, len, NULL, &g);
-    free(text);
-    if (st) {
-        snprintf(param, cap, "tools");
-        return dsr1_error_context(st, "tools: the tool-call grammar");
-    }
-    dsr1_grammars_release(s->p.grammars, o->grammar); /* required / named replace a format */
-    o->grammar = g;
-    o->after_trigger = autoc;
-    o->trigger_id = trigger;
-    return DSR1_OK;
-}
-
-static dsr1_status make_params(dsr1_http_server *s, const dsr1_http_request *r,
-                               const http_prompt *pr, http_params *o, char *param, size_t cap)
-{
-    int ctx = s->p.max_context;
-    if ((int64_t)pr->n >= ctx) {
-        snprintf(param, cap, "%s", r->kind == DSR1_HTTP_CHAT ? "messages" : "prompt");
-        return dsr1_error(DSR1_ERR_INVALID_ARG,
-                          "the prompt has %zu tokens; this server's context length is %d "
-                          "(prompt + max_tokens)",
-                          pr->n, ctx);
-    }
-    o->max_tokens = r->max_tokens > 0 ? r->max_tokens : ctx - (int)pr->n;
-    if ((int64_t)pr->n + o->max_tokens > ctx) {
-        snprintf(param, cap, "max_tokens");
-        return dsr1_error(DSR1_ERR_INVALID_ARG,
-                          "prompt (%zu tokens) + max_tokens (%d) exceeds this server's context "
-                          "length %d",
-                          pr->n, o->max_tokens, ctx);
-    }
-    dsr1_sampling *d = &o->sampling;
-    *d = dsr1_sampling_defaults();
-    d->temperature = r->has_temperature ? r->temperature : s->default_temperature;
-    d->top_p = r->has_top_p ? r->top_p : s->default_top_p;
-    d->top_k = r->top_k;
-    d->min_p = r->min_p;
-    d->presence_penalty = r->presence_penalty;
-    d->frequency_penalty = r->frequency_penalty;
-    if (r->has_repetition_penalty) d->repetition_penalty = r->repetition_penalty;
-    d->n_bias = r->n_bias;
-    d->bias_ids = r->bias_ids;
-    d->bias_values = r->bias_values;
-    d->top_logprobs = r->logprobs ? r->top_logprobs : 0;
-    d->seed = r->has_seed ? r->seed : dsr1__http_random(s);
-    dsr1_status st = dsr1_sampling_validate(d, s->p.cfg->vocab_size);
-    if (st) {
-        snprintf(param, cap, "%s", r->n_bias ? "logit_bias" : "");
-        return st;
-    }
-    o->text = (dsr1_textout_params){
-        .in_reasoning = pr->in_reasoning,
-        .skip_special = r->skip_special_tokens,
-        .eos_id = s->p.cfg->eos_token_id,
-        .ignore_eos = r->ignore_eos,
-        .think_end_id = s->think_end_id,
-        .detect_think = pr->detect_think,
-        .think_start_id = s->think_start_id,
-        .stop = (const char *const *)r->stop,
-        .n_stop = r->n_stop,
-    };
-    dsr1_textout *t;
-    st = dsr1_textout_create(s->p.tok, &o->text, &t);
-    if (st) {
-        snprintf(param, cap, "stop");
-        return st;
-    }
-    dsr1_textout_destroy(t);
-    o->think_budget = think_budget(r, o->max_tokens);
-    st = format_grammar(s, r, o, param, cap);
-    return st ? st : tool_grammar(s, r, o, param, cap);
-}
+/* ---- submission ---- */
 
 /* Submits choice i of q's request (seed + i). The request takes its own reference on the
  * grammar, which the scheduler gives back when it ends. */
@@ -699,11 +580,13 @@ static dsr1_status submit_one(dsr1_http_server *s, http_job *j, const dsr1_sched
                               int i)
 {
     dsr1_sched_request q = *req;
-    q.id = j->ch[i].id;
+    q.id = j->ch[i].rid;
+    q.cls = j->batch ? DSR1_SCHED_BATCH : DSR1_SCHED_INTERACTIVE;
     q.sampling.seed += (uint64_t)i;
     atomic_fetch_add(&j->refs, 1);
     pthread_mutex_lock(&s->mu);
     s->n_sched++;
+    if (j->batch) s->n_sched_batch++;
     pthread_mutex_unlock(&s->mu);
     pthread_mutex_lock(&j->mu);
     j->n_submitted++;
@@ -715,10 +598,7 @@ static dsr1_status submit_one(dsr1_http_server *s, http_job *j, const dsr1_sched
         pthread_mutex_lock(&j->mu);
         j->n_submitted--;
         pthread_mutex_unlock(&j->mu);
-        pthread_mutex_lock(&s->mu);
-        s->n_sched--;
-        pthread_cond_broadcast(&s->cv);
-        pthread_mutex_unlock(&s->mu);
+        sched_done(s, j);
         atomic_fetch_sub(&j->refs, 1);
     }
     return st;
@@ -780,8 +660,10 @@ static void submit_rest(http_job *j)
         job_end(j);
         dsr1__http_resume(s, j);
     }
+    bool tell = end_to_tell(j);
     pthread_mutex_unlock(&j->mu);
     if (st) dsr1__http_job_abort(j);
+    if (tell) j->on_end(j);
 }
 
 /* Submits the job's requests: all at once for n = 1; for n > 1, choice 0 now and the
@@ -815,58 +697,64 @@ static dsr1_status submit(dsr1_http_server *s, http_job *j, const http_prompt *p
 
 static enum MHD_Result sse_response(dsr1_http_server *s, struct MHD_Connection *c, http_job *j);
 
+/* A job that submitted nothing (or whose submissions were aborted) given up by its
+ * creator. */
+static void job_drop(dsr1_http_server *s, http_job *j)
+{
+    if (j->conn) dsr1__http_unwatch(s, j);
+    pthread_mutex_lock(&j->mu);
+    j->gone = true;
+    j->conn = NULL;
+    j->on_end = NULL;
+    pthread_mutex_unlock(&j->mu);
+    dsr1__http_job_unref(j);
+}
+
+dsr1_status dsr1__http_job_submit_batch(dsr1_http_server *s, const http_prepared *p,
+                                        const char *rid, void (*on_end)(http_job *j), void *end_ctx)
+{
+    http_job *j = job_new(s, NULL, &p->r, rid);
+    if (!j) return dsr1_error(DSR1_ERR_NOMEM, "out of memory");
+    j->on_end = on_end;
+    j->end_ctx = end_ctx;
+    dsr1_status st = submit(s, j, &p->pr, &p->pa);
+    if (st) {
+        char msg[1024];
+        snprintf(msg, sizeof(msg), "%s", dsr1_errmsg());
+        job_drop(s, j); /* n > 1: choice 0 failed, nothing runs */
+        return dsr1_error(st, "%s", msg);
+    }
+    return DSR1_OK; /* j may have ended already */
+}
+
 enum MHD_Result dsr1__http_generate(dsr1_http_server *s, struct MHD_Connection *c,
                                     dsr1_http_kind kind, const char *body, size_t len,
                                     http_job **job)
 {
-    char param[64] = "";
-    dsr1_http_request r;
-    dsr1_status st = dsr1_http_parse(kind, body, len, &r, param, sizeof(param));
-    if (st)
-        return dsr1__http_send_error(s, c, st == DSR1_ERR_NOMEM ? 500 : 400, NULL, param, NULL,
-                                     dsr1_errmsg());
-    if (r.model && strcmp(r.model, s->model_name)) {
-        char msg[400];
-        snprintf(msg, sizeof(msg),
-                 "The model '%.200s' does not exist (this server serves '%.100s')", r.model,
-                 s->model_name);
-        dsr1_http_request_free(&r);
-        return dsr1__http_send_error(s, c, 404, NULL, "model", "model_not_found", msg);
-    }
-    http_prompt pr = {0};
-    http_params pa = {0};
-    st = kind == DSR1_HTTP_CHAT ? dsr1__http_chat_prompt(s, &r, &pr)
-                                : dsr1__http_completion_prompt(s, &r, &pr);
-    if (st) snprintf(param, sizeof(param), "%s", kind == DSR1_HTTP_CHAT ? "messages" : "prompt");
-    if (!st) st = make_params(s, &r, &pr, &pa, param, sizeof(param));
-    http_job *j = NULL;
-    if (!st && !(j = job_new(s, c, &r))) st = dsr1_error(DSR1_ERR_NOMEM, "out of memory");
+    http_prepared *p;
+    http_fail f;
+    if (dsr1__http_prepare(s, kind, body, len, false, &p, &f))
+        return dsr1__http_send_error(s, c, f.status, NULL, f.param, f.code, f.message);
+    http_job *j = job_new(s, c, &p->r, NULL);
+    dsr1_status st = DSR1_OK;
+    if (!j) st = dsr1_error(DSR1_ERR_NOMEM, "out of memory");
     if (!st) {
         pthread_mutex_lock(&j->mu);
         dsr1__http_watch(s, j);
         pthread_mutex_unlock(&j->mu);
-        st = submit(s, j, &pr, &pa);
+        st = submit(s, j, &p->pr, &p->pa);
         if (st && j->n_submitted) { /* some were queued: abort them, answer the error */
             dsr1__http_job_abort(j);
         }
     }
-    free(pr.ids);
-    dsr1_http_request_free(&r);
-    dsr1_grammars_release(s->p.grammars, pa.grammar); /* each request holds its own */
+    dsr1__http_prepared_free(s, p);
     if (st) {
         int status = dsr1__http_status_of(st);
         char msg[1024];
         snprintf(msg, sizeof(msg), "%s", dsr1_errmsg());
-        if (j) {
-            dsr1__http_unwatch(s, j);
-            pthread_mutex_lock(&j->mu);
-            j->gone = true;
-            j->conn = NULL;
-            pthread_mutex_unlock(&j->mu);
-            dsr1__http_job_unref(j);
-        }
-        return dsr1__http_send_error(s, c, status, NULL, status == 400 ? param : NULL,
-                                     status == 429 ? "queue_full" : NULL, msg);
+        if (j) job_drop(s, j);
+        return dsr1__http_send_error(s, c, status, NULL, NULL, status == 429 ? "queue_full" : NULL,
+                                     msg);
     }
     *job = j;
     if (j->stream) return sse_response(s, c, j);

@@ -2,15 +2,19 @@
  *   http_server.c    the daemon, routing, authentication, bodies, the simple endpoints,
  *                    the disconnect watcher, start and stop
  *   http_prompt.c    prompts: the chat template, our tool prompt, the reasoning switch
- *   http_generate.c  completions: parameters, submission, events to responses
+ *   http_prepare.c   completions requests checked: the body, model, prompt, parameters
+ *   http_generate.c  completions: jobs, submission, events to responses
  *   http_metrics.c   the Prometheus metrics
  *   http_request.c   request bodies to structs (pure, fuzzed)
  *   http_tools.c     R1's tool-call format and our tool prompt
+ *   http_files.c     the Files API (uploads streamed into the batch store)
+ *   http_batches.c   the Batches API and the "openai" batch codec (items run as jobs)
  *
  * A job is one completions request: n scheduler requests whose events fill the job's
  * output buffer, which the connection sends. It is reference-counted: the connection holds
  * one reference until libmicrohttpd reports the request finished, and each scheduler
- * request holds one until its FINAL event. */
+ * request holds one until its FINAL event. A batch item's job has no connection: the item
+ * holds that first reference until the job has ended and its result was handed back. */
 #ifndef DSR1_HTTP_INTERNAL_H
 #define DSR1_HTTP_INTERNAL_H
 
@@ -20,6 +24,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 
+#include "batches.h"
 #include "chat_template.h"
 #include "http_request.h"
 #include "http_server.h"
@@ -57,7 +62,8 @@ char *dsr1__http_metrics_text(dsr1_http_server *s, size_t *len);
 /* ---- jobs ---- */
 
 typedef struct {
-    char id[96];
+    char id[96];           /* the completion's id and the choice: tool call ids derive from it */
+    char rid[176];         /* its scheduler request id (id, or a batch item's request id) */
     dsr1_toolparse *tools; /* NULL unless tools are parsed */
     bool role_sent, content_seen, reasoning_seen, final_seen;
     int n_tokens, tokens_before_content;
@@ -99,6 +105,11 @@ struct http_job {
     int32_t *rest_prompt, *rest_bias_ids;
     float *rest_bias_values;
     char *rest_stop[DSR1_HTTP_MAX_STOP];
+    /* a batch item's job (no connection, class DSR1_SCHED_BATCH): on_end is called once,
+     * outside j->mu, when the job has ended (out and status hold the response) */
+    bool batch, end_told;
+    void (*on_end)(http_job *j);
+    void *end_ctx;
 };
 
 /* Takes a reference on a job found in s->jobs (under s->mu) unless its last reference is
@@ -127,7 +138,9 @@ struct dsr1_http_server {
     pthread_cond_t cv;
     http_job *jobs;
     int n_jobs, n_suspended;
-    int n_sched; /* scheduler requests not yet final */
+    int n_sched;       /* scheduler requests not yet final */
+    int n_sched_batch; /* of them, batch items' */
+    int n_batch_jobs;  /* of n_jobs, batch items' */
     bool stopping;
     uint64_t next_serial;
 
@@ -174,16 +187,86 @@ dsr1_status dsr1__http_completion_prompt(const dsr1_http_server *s, const dsr1_h
 dsr1_status dsr1__http_model_load(dsr1_http_server *s);
 void dsr1__http_model_free(dsr1_http_server *s);
 
-/* ---- http_generate.c ---- */
+/* ---- http_prepare.c, http_generate.c ---- */
+
+/* What the scheduler requests of a prepared request are made of. */
+typedef struct {
+    dsr1_sampling sampling;
+    int max_tokens;
+    dsr1_textout_params text;
+    const dsr1_grammar *grammar; /* response_format's or the tool calls', a reference from
+                                    s->p.grammars */
+    bool after_trigger;          /* the grammar starts after trigger_id (tool_choice auto) */
+    int32_t trigger_id;
+    int think_budget; /* reasoning tokens before </think> is forced; 0: none */
+} http_params;
+
+/* A completions request parsed and checked as its endpoint does (the model, the prompt and
+ * the parameters, grammars compiled), ready to submit. */
+typedef struct http_prepared http_prepared;
+struct http_prepared {
+    dsr1_http_request r;
+    http_prompt pr;
+    http_params pa;
+};
+
+typedef struct {
+    int status;       /* the HTTP status of the failure */
+    char param[64];   /* the field at fault, "" if none */
+    const char *code; /* OpenAI's error code or NULL */
+    char message[1024];
+} http_fail;
+/* 0 and *out, or the failure's HTTP status with f filled. batch: a batch item's body, where
+ * stream is refused. */
+int dsr1__http_prepare(dsr1_http_server *s, dsr1_http_kind kind, const char *body, size_t len,
+                       bool batch, http_prepared **out, http_fail *f);
+void dsr1__http_prepared_free(dsr1_http_server *s, http_prepared *p);
 
 /* POST /v1/chat/completions and /v1/completions: a complete body. Either answers at once
  * (errors, *job NULL) or submits and returns the job, whose reference the connection keeps. */
 enum MHD_Result dsr1__http_generate(dsr1_http_server *s, struct MHD_Connection *c,
                                     dsr1_http_kind kind, const char *body, size_t len,
                                     http_job **job);
+/* Submits a prepared request as a job with no connection, a batch item: its scheduler
+ * requests have class DSR1_SCHED_BATCH and ids rid (choice 0) and rid#k (choice k), and
+ * on_end(j) is called once when it has ended, after which the caller drops the job's first
+ * reference (dsr1__http_job_unref); it may come before this returns. Errors: the
+ * scheduler's (DSR1_ERR_BUSY: try again), nothing submitted then and no call of on_end. */
+dsr1_status dsr1__http_job_submit_batch(dsr1_http_server *s, const http_prepared *p,
+                                        const char *rid, void (*on_end)(http_job *j),
+                                        void *end_ctx);
 /* The connection's response once a non-streamed job has ended. */
 enum MHD_Result dsr1__http_job_respond(dsr1_http_server *s, struct MHD_Connection *c, http_job *j);
 /* Aborts the job's scheduler requests (client gone, shutdown). */
 void dsr1__http_job_abort(http_job *j);
+
+/* ---- http_files.c ---- */
+
+/* POST /v1/files, streamed: begin when the request's headers are in (NULL when it is not a
+ * multipart/form-data body: route answers it), feed each piece of the body as it arrives,
+ * finish (answers) once it is complete; free aborts an upload not committed. */
+typedef struct http_upload http_upload;
+http_upload *dsr1__http_upload_begin(dsr1_http_server *s, struct MHD_Connection *c);
+void dsr1__http_upload_feed(http_upload *u, const char *data, size_t n);
+enum MHD_Result dsr1__http_upload_finish(dsr1_http_server *s, struct MHD_Connection *c,
+                                         http_upload *u);
+void dsr1__http_upload_free(http_upload *u);
+/* /v1/files and /v1/files/{id}[/content] other than an upload. */
+enum MHD_Result dsr1__http_files(dsr1_http_server *s, struct MHD_Connection *c, const char *method,
+                                 const char *url);
+/* A file object (OpenAI's OpenAIFile). */
+json_t *dsr1__http_file_object(const dsr1_file_info *f);
+
+/* ---- http_batches.c ---- */
+
+/* /v1/batches, /v1/batches/{id}, /v1/batches/{id}/cancel. */
+enum MHD_Result dsr1__http_batches(dsr1_http_server *s, struct MHD_Connection *c,
+                                   const char *method, const char *url, const char *body,
+                                   size_t len);
+/* Registers the "openai" codec with s->p.batches. */
+dsr1_status dsr1__http_batches_register(dsr1_http_server *s);
+/* A query argument as an int in [lo, hi] (absent: def); false after answering 400. */
+bool dsr1__http_query_int(dsr1_http_server *s, struct MHD_Connection *c, const char *name, int def,
+                          int lo, int hi, int *out, enum MHD_Result *ret);
 
 #endif

@@ -1,6 +1,7 @@
 /* The HTTP server object (http_internal.h): the libmicrohttpd daemon, routing,
- * authentication, request bodies (bounded), the simple endpoints (/health, /metrics,
- * /v1/models), the disconnect watcher, start and stop.
+ * authentication, request bodies (bounded; a file upload is streamed to the batch store
+ * instead, http_files.c), the simple endpoints (/health, /metrics, /v1/models), the
+ * disconnect watcher, start and stop.
  *
  * A connection's request context collects the body; once complete, a completions request
  * becomes a job (http_generate.c). A non-streamed job's connection is suspended until the
@@ -33,6 +34,7 @@ typedef struct {
     size_t len, cap;
     bool too_big;
     http_job *job;
+    http_upload *upload; /* POST /v1/files, multipart: streamed, not in body */
 } http_conn;
 
 /* ---- helpers ---- */
@@ -221,6 +223,22 @@ static enum MHD_Result route(dsr1_http_server *s, struct MHD_Connection *c, cons
                                      "missing or wrong API key: send 'Authorization: Bearer KEY'");
     if (!strcmp(url, "/v1/models") && get) return models(s, c, NULL);
     if (!strncmp(url, "/v1/models/", 11) && get) return models(s, c, url + 11);
+    bool files = !strcmp(url, "/v1/files") || !strncmp(url, "/v1/files/", 10);
+    bool batches = !strcmp(url, "/v1/batches") || !strncmp(url, "/v1/batches/", 12);
+    if ((files || batches) && s->p.batches) {
+        if (hc->too_big) {
+            char msg[200];
+            snprintf(msg, sizeof(msg), "the request body is larger than %d bytes",
+                     s->p.max_body_bytes);
+            return dsr1__http_send_error(s, c, 413, NULL, NULL, "request_too_large", msg);
+        }
+        if (files && post && !strcmp(url, "/v1/files"))
+            return dsr1__http_send_error(
+                s, c, 400, NULL, NULL, NULL,
+                "upload a file as multipart/form-data with the fields 'file' and 'purpose'");
+        return files ? dsr1__http_files(s, c, method, url)
+                     : dsr1__http_batches(s, c, method, url, hc->body ? hc->body : "", hc->len);
+    }
     dsr1_http_kind kind;
     if (!strcmp(url, "/v1/chat/completions"))
         kind = DSR1_HTTP_CHAT;
@@ -256,10 +274,26 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     if (!hc) {
         if (!(hc = calloc(1, sizeof(*hc)))) return MHD_NO;
         *con_cls = hc;
+        if (s->p.batches && !strcmp(method, "POST") && !strcmp(url, "/v1/files") &&
+            authorized(s, c)) {
+            pthread_mutex_lock(&s->mu);
+            bool stopping = s->stopping;
+            pthread_mutex_unlock(&s->mu);
+            /* not multipart: NULL, and route answers 400 */
+            if (!stopping && (hc->upload = dsr1__http_upload_begin(s, c))) return MHD_YES;
+        }
         const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
         if (cl && strtoull(cl, NULL, 10) > (unsigned long long)s->p.max_body_bytes)
             hc->too_big = true;
         return MHD_YES;
+    }
+    if (hc->upload) {
+        if (*upload_size) {
+            dsr1__http_upload_feed(hc->upload, upload, *upload_size);
+            *upload_size = 0;
+            return MHD_YES;
+        }
+        return dsr1__http_upload_finish(s, c, hc->upload);
     }
     if (*upload_size) {
         size_t n = *upload_size;
@@ -309,6 +343,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
         if (live) dsr1__http_job_abort(j);
         dsr1__http_job_unref(j);
     }
+    dsr1__http_upload_free(hc->upload);
     free(hc->body);
     free(hc);
 }
@@ -491,6 +526,7 @@ dsr1_status dsr1_http_start(const char *host, int port, const dsr1_http_params *
     dsr1_status st = copy_params(s, p);
     if (!st) st = dsr1__http_model_load(s);
     if (!st) st = start_watcher(s);
+    if (!st && s->p.batches) st = dsr1__http_batches_register(s);
     if (!st) st = listen_on(s, host ? host : "127.0.0.1", port);
     if (st) {
         dsr1_http_stop(s);
@@ -505,41 +541,64 @@ int dsr1_http_port(const dsr1_http_server *s)
     return s->port;
 }
 
+/* Aborts this server's jobs (all, or only the interactive ones) and waits until their
+ * scheduler requests are final. */
+static void abort_jobs(dsr1_http_server *s, bool batch_too)
+{
+    pthread_mutex_lock(&s->mu);
+    s->stopping = true;
+    http_job **all = calloc((size_t)s->n_jobs + 1, sizeof(*all));
+    int n = 0;
+    for (http_job *j = s->jobs; j && all; j = j->next)
+        if ((batch_too || !j->batch) && dsr1__http_job_ref_live(j)) all[n++] = j;
+    pthread_mutex_unlock(&s->mu);
+    for (int i = 0; i < n; i++) {
+        if (all[i]->batch) {
+            pthread_mutex_lock(&all[i]->mu);
+            all[i]->gone = true;
+            pthread_mutex_unlock(&all[i]->mu);
+        }
+        dsr1__http_job_abort(all[i]);
+        dsr1__http_job_unref(all[i]);
+    }
+    free(all);
+    pthread_mutex_lock(&s->mu);
+    while (s->n_sched > (batch_too ? 0 : s->n_sched_batch)) pthread_cond_wait(&s->cv, &s->mu);
+    pthread_mutex_unlock(&s->mu);
+}
+
+void dsr1_http_quiesce(dsr1_http_server *s)
+{
+    if (!s || !s->d) return;
+    MHD_quiesce_daemon(s->d);
+    /* every interactive job aborted; the scheduler's final events, within a step, resume
+     * every suspended connection. Then clients get a moment to read their last bytes. */
+    abort_jobs(s, false);
+    pthread_mutex_lock(&s->mu);
+    double until = dsr1__http_now() + STOP_GRACE_SECONDS;
+    while (s->n_jobs > s->n_batch_jobs && dsr1__http_now() < until) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 50000000;
+        if (ts.tv_nsec >= 1000000000) ts.tv_sec++, ts.tv_nsec -= 1000000000;
+        pthread_cond_timedwait(&s->cv, &s->mu, &ts);
+    }
+    if (s->n_suspended)
+        DSR1_WARN("http: %d connections still suspended at shutdown", s->n_suspended);
+    pthread_mutex_unlock(&s->mu);
+    MHD_stop_daemon(s->d);
+    s->d = NULL;
+}
+
 void dsr1_http_stop(dsr1_http_server *s)
 {
     if (!s) return;
-    if (s->d) {
-        MHD_quiesce_daemon(s->d);
-        /* abort every job: each holds a reference while aborted */
-        pthread_mutex_lock(&s->mu);
-        s->stopping = true;
-        http_job **all = calloc((size_t)s->n_jobs + 1, sizeof(*all));
-        int n = 0;
-        for (http_job *j = s->jobs; j && all; j = j->next)
-            if (dsr1__http_job_ref_live(j)) all[n++] = j;
-        pthread_mutex_unlock(&s->mu);
-        for (int i = 0; i < n; i++) {
-            dsr1__http_job_abort(all[i]);
-            dsr1__http_job_unref(all[i]);
-        }
-        free(all);
-        /* the scheduler's final events, within a step; they resume every suspended
-         * connection. Then clients get a moment to read their last bytes. */
-        pthread_mutex_lock(&s->mu);
-        while (s->n_sched) pthread_cond_wait(&s->cv, &s->mu);
-        double until = dsr1__http_now() + STOP_GRACE_SECONDS;
-        while (s->n_jobs && dsr1__http_now() < until) {
-            struct timespec ts;
-            clock_gettime(CLOCK_REALTIME, &ts);
-            ts.tv_nsec += 50000000;
-            if (ts.tv_nsec >= 1000000000) ts.tv_sec++, ts.tv_nsec -= 1000000000;
-            pthread_cond_timedwait(&s->cv, &s->mu, &ts);
-        }
-        if (s->n_suspended)
-            DSR1_WARN("http: %d connections still suspended at shutdown", s->n_suspended);
-        pthread_mutex_unlock(&s->mu);
-        MHD_stop_daemon(s->d);
-    }
+    dsr1_http_quiesce(s);
+    /* batch items still running (the store was not closed first): aborted, reported */
+    abort_jobs(s, true);
+    pthread_mutex_lock(&s->mu);
+    while (s->n_batch_jobs) pthread_cond_wait(&s->cv, &s->mu);
+    pthread_mutex_unlock(&s->mu);
     if (s->watcher_started) {
         uint64_t one = 1;
         if (write(s->wakefd, &one, sizeof(one)) < 0) DSR1_WARN("http: cannot wake the watcher");

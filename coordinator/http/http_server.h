@@ -1,6 +1,7 @@
 /* The OpenAI-compatible HTTP frontend: /v1/chat/completions, /v1/completions, /v1/models,
- * /health and /metrics (docs/api.md, "HTTP API"), on libmicrohttpd, in front of the same
- * continuous-batching scheduler as the gRPC server.
+ * /health and /metrics, and with a batch store /v1/files and /v1/batches (docs/api.md,
+ * "HTTP API"), on libmicrohttpd, in front of the same continuous-batching scheduler as the
+ * gRPC server.
  *
  * Threads: libmicrohttpd's internal polling threads parse requests, render prompts and
  * submit them; scheduler events are turned into response bytes on the scheduler's thread
@@ -18,6 +19,8 @@
 #include "scheduler.h"
 #include "status.h"
 #include "tokenizer.h"
+
+typedef struct dsr1_batches dsr1_batches; /* batches.h */
 
 #define DSR1_HTTP_DEFAULT_PORT       8000
 #define DSR1_HTTP_DEFAULT_BODY_BYTES (4 << 20)
@@ -38,6 +41,10 @@ typedef struct {
     /* response_format's grammars: the scheduler's cache (dsr1_sched_params.grammars); NULL:
      * response_format json_object / json_schema are refused */
     dsr1_grammars *grammars;
+    /* the durable batch store (batches.h): OpenAI's Files and Batches API, its batches run
+     * by this server's "openai" codec (registered at start). NULL: no Files/Batches API
+     * (404). Borrowed: close it between dsr1_http_quiesce and dsr1_http_stop. */
+    dsr1_batches *batches;
 } dsr1_http_params;
 
 typedef struct dsr1_http_server dsr1_http_server;
@@ -48,9 +55,17 @@ dsr1_status dsr1_http_start(const char *host, int port, const dsr1_http_params *
                             dsr1_http_server **out);
 /* The port bound. */
 int dsr1_http_port(const dsr1_http_server *s);
-/* Stops accepting, aborts this server's requests in the scheduler (streams get their
- * final chunk), waits for their final events, closes the connections and frees. The
- * scheduler must still be running. */
+/* Stops serving HTTP: stops accepting, aborts this server's interactive requests in the
+ * scheduler (streams get their final chunk), waits for their final events and closes the
+ * connections. Batch items keep running: the store's codec still works until
+ * dsr1_http_stop, so that dsr1_batches_close can abort them and record nothing. Items the
+ * store starts from now on are refused as busy (it tries them again, or on its next open).
+ * Safe to call twice. */
+void dsr1_http_quiesce(dsr1_http_server *s);
+/* dsr1_http_quiesce, then aborts what still runs (batch items, reported to the store as
+ * aborted), waits for their final events and frees. The scheduler must still be running.
+ * With a batch store: shut down in the order dsr1_http_quiesce, dsr1_batches_close,
+ * dsr1_http_stop (the store calls this server's codec until it is closed). */
 void dsr1_http_stop(dsr1_http_server *s);
 
 #endif

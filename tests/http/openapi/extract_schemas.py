@@ -10,7 +10,14 @@ import os
 import sys
 
 ROOTS = ["CreateChatCompletionResponse", "CreateChatCompletionStreamResponse",
-         "CreateCompletionResponse", "ListModelsResponse", "Model", "ErrorResponse"]
+         "CreateCompletionResponse", "ListModelsResponse", "Model", "ErrorResponse",
+         "Batch", "OpenAIFile", "ListFilesResponse", "ListBatchesResponse", "DeleteFileResponse"]
+# Where the spec's schema types a field that OpenAI's API (and the spec's own examples) sends
+# as null: the Batch object's unset optional fields ("errors": null, "output_file_id": null,
+# "in_progress_at": null ... in every Batch example of the spec), and an empty list's
+# first_id/last_id. These properties also accept null.
+NULLABLE = {"Batch": "optional", "ListFilesResponse": ["first_id", "last_id"],
+            "ListBatchesResponse": ["first_id", "last_id"]}
 DROP = {"description", "example", "examples", "x-oaiMeta", "x-oaiTypeLabel", "title",
         "x-stainless-const", "deprecated"}
 
@@ -53,10 +60,17 @@ def main():
         found = set()
         refs(schemas[name], found)
         todo.extend(found - want)
+    got = {k: strip(schemas[k]) for k in sorted(want)}
+    for name, props in NULLABLE.items():
+        sch = got[name]
+        if props == "optional":
+            props = [p for p in sch["properties"] if p not in sch.get("required", [])]
+        for p in props:
+            sch["properties"][p] = {"anyOf": [sch["properties"][p], {"type": "null"}]}
     out = {"source": "https://github.com/openai/openai-openapi openapi.json" +
            (f" at {sys.argv[2]}" if len(sys.argv) > 2 else ""),
            "openapi": spec["openapi"],
-           "components": {"schemas": {k: strip(schemas[k]) for k in sorted(want)}}}
+           "components": {"schemas": got}}
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "openai_schemas.json")
     with open(path, "w") as f:
         json.dump(out, f, indent=1, sort_keys=True)

@@ -1,0 +1,132 @@
+#!/usr/bin/env python3
+"""OpenAI's Files and Batches API of `dsr1 serve` (with a state directory) driven by the
+official `openai` npm package (openai_batches_check.mjs); then every JSON response it
+recorded, and the bodies of the batch's output and error lines, are validated against
+OpenAI's published schemas (openapi/); then the server is restarted on the same state
+directory and the batches and files are still there.
+
+usage: test_http_batches.py BUILD_ROOT
+       (exit 77: node, the openai package or the tiny model missing)
+"""
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "serve"))
+sys.path.insert(0, HERE)
+import openai_spec  # noqa: E402
+import serve_util  # noqa: E402
+
+KEY = "batch-test-key"
+
+
+def schema_of(method, path, status):
+    """The schema a recorded response must satisfy."""
+    if status >= 400:
+        return "ErrorResponse"
+    if path.endswith("/files"):
+        return "OpenAIFile" if method == "POST" else "ListFilesResponse"
+    if re.search(r"/files/[^/]+$", path):
+        return "DeleteFileResponse" if method == "DELETE" else "OpenAIFile"
+    if path.endswith("/batches"):
+        return "Batch" if method == "POST" else "ListBatchesResponse"
+    if re.search(r"/batches/[^/]+(/cancel)?$", path):
+        return "Batch"
+    if path.endswith("/chat/completions"):
+        return "CreateChatCompletionResponse"
+    if path.endswith("/completions"):
+        return "CreateCompletionResponse"
+    return None
+
+
+def get(port, path):
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}",
+                                 headers={"Authorization": f"Bearer {KEY}"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())
+
+
+def start(dsr1, model, state):
+    srv = serve_util.Server([dsr1, "serve", "--model", model, "--host", "127.0.0.1", "--port", "0",
+                             "--api-key", KEY, "--kv-tokens", "16384", "--state-dir", state])
+    m = re.search(r"HTTP API on http://(\S+):(\d+)", "".join(srv.log))
+    return srv, (int(m.group(2)) if m else None)
+
+
+def main():
+    build = sys.argv[1]
+    node = shutil.which("node")
+    if not node:
+        serve_util.skip("node missing")
+    if not os.path.exists(os.path.join(serve_util.SOURCE_ROOT, "node_modules", "openai")):
+        serve_util.skip("node_modules/openai missing (run deploy/setup.sh or npm install)")
+    dsr1 = os.path.join(build, "tools", "dsr1")
+    model = serve_util.tiny_model(dsr1, build)
+    c = serve_util.Checks()
+    with tempfile.TemporaryDirectory(prefix="dsr1-batches-test-") as tmp:
+        state = os.path.join(tmp, "state")
+        srv, port = start(dsr1, model, state)
+        if not c.expect(port is not None, "the HTTP API's address is printed"):
+            return srv.finish(c)
+        rec = os.path.join(tmp, "records.json")
+        r = subprocess.run([node, os.path.join(HERE, "openai_batches_check.mjs"),
+                            f"http://127.0.0.1:{port}/v1", KEY, os.path.basename(model), rec],
+                           capture_output=True, text=True, timeout=400)
+        print(r.stdout + r.stderr)
+        c.expect(r.returncode == 0, "openai SDK batch checks", f"exit {r.returncode}")
+        if not os.path.exists(rec):
+            return srv.finish(c)
+        with open(rec) as f:
+            got = json.load(f)
+        if openai_spec.available:
+            seen = set()
+            for x in got["records"]:
+                name = schema_of(x["method"], x["path"], x["status"])
+                if not c.expect(name is not None, "a schema for every response", x["path"]):
+                    continue
+                seen.add(name)
+                errs = openai_spec.errors(name, x["body"])
+                c.expect(not errs, f"{x['method']} {x['path']} ({x['status']}) is a valid {name}",
+                         f"{errs[:3]} {json.dumps(x['body'])[:300]}")
+            c.expect(seen >= {"OpenAIFile", "ListFilesResponse", "DeleteFileResponse", "Batch",
+                              "ListBatchesResponse", "ErrorResponse"},
+                     "every kind of response validated", str(sorted(seen)))
+            for line in got["outputs"]:
+                errs = openai_spec.errors("CreateChatCompletionResponse", line["response"]["body"])
+                c.expect(not errs, f"output line {line['custom_id']}: a valid chat.completion",
+                         str(errs[:3]))
+            for line in got["completions"]:
+                errs = openai_spec.errors("CreateCompletionResponse", line["response"]["body"])
+                c.expect(not errs, f"output line {line['custom_id']}: a valid text_completion",
+                         str(errs[:3]))
+            for line in got["errors"]:
+                c.expect(set(line) == {"id", "custom_id", "response", "error"} and
+                         set(line["error"]) >= {"code", "message"}, "error line: shape",
+                         json.dumps(line))
+        else:
+            print("python3-jsonschema missing: responses not validated against the schemas")
+        # a restart on the same state directory keeps the batches and their files
+        before = get(port, "/v1/batches?limit=100")
+        rc = srv.stop()
+        c.expect(rc == 0, "server exits 0 on SIGTERM", f"exit {rc}")
+        srv, port = start(dsr1, model, state)
+        if c.expect(port is not None, "restarted"):
+            after = get(port, "/v1/batches?limit=100")
+            key = lambda b: (b["id"], b["status"], b["request_counts"], b["output_file_id"])  # noqa
+            c.expect([key(b) for b in after["data"]] == [key(b) for b in before["data"]],
+                     "batches after a restart", f"{after['data']} vs {before['data']}")
+            done = [b for b in after["data"] if b["output_file_id"]]
+            if c.expect(done, "a batch with an output file"):
+                f = get(port, "/v1/files/" + done[0]["output_file_id"])
+                c.expect(f["purpose"] == "batch_output", "its output file after a restart", str(f))
+    return srv.finish(c)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
