@@ -39,6 +39,10 @@ seed '\000' '{"allOf":[{"anyOf":[{"minLength":1},{"maxLength":9}]},{"anyOf":[{"t
 seed '\000' '{"type":"array","prefixItems":[{"enum":[1,"a",null,{"k":[1]}]},{"const":"x\u0000y"}],"items":{"type":"string","pattern":"^[^a-y]+\\.(?:js|ts)$"}}' array
 seed '\000' '{"type":"string","format":"email"}' email
 seed '\010' '{"type":"string","pattern":"(a{1,3}|[\\u00e9-\\u00ff\\d]){2,5}x*"}' pattern
+seed '\000' '{"type":"object","properties":{"ab":{"type":"string"}},"patternProperties":{"^[a-z]+$":{"type":"integer"},"^x-":{"type":"integer"}},"additionalProperties":false,"minProperties":1,"maxProperties":3}' pattern-props
+seed '\000' '{"properties":{"a":{},"b":{}},"patternProperties":{".*":{"maxLength":2000}},"dependentRequired":{"a":["b","c"]},"dependencies":{"b":["a"]}}' dependencies
+seed '\010' '{"type":"string","minLength":37,"maxLength":9999}' long-string
+seed '\000' '{"type":"string","format":"date-time"}' date-time
 deep=$(printf '{"properties":{"a":%.0s' $(seq 150))
 deep="$deep{}$(printf '}}%.0s' $(seq 150))"
 seed '\000' "$deep" deep
@@ -83,6 +87,13 @@ cat >"$out/schema.dict" <<'DICT'
 "\"exclusiveMinimum\""
 "\"exclusiveMaximum\""
 "\"nullable\""
+"\"patternProperties\""
+"\"minProperties\""
+"\"maxProperties\""
+"\"dependentRequired\""
+"\"dependencies\""
+"\"date\""
+"\"time\""
 "\"not\""
 "true"
 "false"
