@@ -996,6 +996,19 @@ static void test_refusals(void **state)
     assert_int_equal(truncate(path, fi.bytes), 0);
     assert_int_equal(dsr1_batches_open(&p, &b), 0);
     dsr1_batches_close(b);
+    /* a damaged database of ours: garbage over its pages after the first */
+    snprintf(path, sizeof path, "%s/dsr1.db", dir);
+    struct stat sb;
+    assert_int_equal(stat(path, &sb), 0);
+    assert_true(sb.st_size >= 3 * 4096);
+    int fd = open(path, O_WRONLY);
+    char junk[4096];
+    for (size_t i = 0; i < sizeof junk; i++) junk[i] = (char)(i * 7 + 3);
+    for (off_t o = 4096; o < sb.st_size; o += 4096)
+        assert_int_equal(pwrite(fd, junk, sizeof junk, o), (ssize_t)sizeof junk);
+    close(fd);
+    assert_int_equal(dsr1_batches_open(&p, &b), DSR1_ERR_FORMAT);
+    assert_non_null(strstr(dsr1_errmsg(), path));
     fake_free(f);
     rm_rf(dir);
     free(dir);
