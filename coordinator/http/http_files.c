@@ -25,6 +25,7 @@ struct http_upload {
     struct MHD_PostProcessor *pp;
     dsr1_file_upload *up; /* the file part, once it began */
     bool file_seen, purpose_seen, done;
+    uint64_t file_end; /* bytes of the file part so far */
     char purpose[PURPOSE_MAX + 1];
     size_t purpose_len;
     bool purpose_long;
@@ -59,6 +60,10 @@ static enum MHD_Result on_field(void *cls, enum MHD_ValueKind kind, const char *
     http_upload *u = cls;
     if (u->status) return MHD_YES; /* failed: the rest is read and dropped */
     if (key && !strcmp(key, "file")) {
+        if (u->up && off != u->file_end) { /* a second file part begins at 0 */
+            upload_fail(u, 400, "file", NULL, "file: send one file part only");
+            return MHD_YES;
+        }
         if (!u->up) {
             if (u->file_seen || off) {
                 upload_fail(u, 400, "file", NULL, "file: send one file part only");
@@ -76,6 +81,7 @@ static enum MHD_Result on_field(void *cls, enum MHD_ValueKind kind, const char *
             }
         }
         if (size) {
+            u->file_end += size;
             dsr1_status st = dsr1_file_upload_write(u->up, data, size);
             if (st == DSR1_ERR_RANGE)
                 upload_fail(u, 413, "file", "file_too_large", dsr1_errmsg());

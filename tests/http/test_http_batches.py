@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import urllib.error
 import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -52,6 +53,69 @@ def get(port, path):
         return json.loads(r.read())
 
 
+def multipart(parts):
+    """A multipart/form-data body of (name, filename or None, bytes) parts."""
+    b = "dsr1-test-boundary"
+    out = b""
+    for name, filename, data in parts:
+        disp = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        out += f"--{b}\r\nContent-Disposition: {disp}\r\n".encode()
+        if filename:
+            out += b"Content-Type: application/octet-stream\r\n"
+        out += b"\r\n" + data + b"\r\n"
+    return out + f"--{b}--\r\n".encode(), f"multipart/form-data; boundary={b}"
+
+
+def post_raw(port, body, ctype, key=KEY):
+    """(status, parsed JSON answer) of POST /v1/files with this body."""
+    headers = {"Content-Type": ctype}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/files", data=body, method="POST",
+                                 headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def upload_checks(c, port):
+    """Uploads built by hand: field order, missing fields, two files, not multipart, no key;
+    every answer a valid OpenAIFile or ErrorResponse."""
+    data = b'{"custom_id": "a", "method": "POST", "url": "/v1/completions", "body": {}}\n'
+    cases = [
+        ("purpose before file", [("purpose", None, b"batch"), ("file", "p.jsonl", data)], 200, None),
+        ("an empty file", [("file", "e.jsonl", b""), ("purpose", None, b"batch")], 200, None),
+        ("no purpose", [("file", "p.jsonl", data)], 400, "purpose"),
+        ("purpose vision", [("file", "p.jsonl", data), ("purpose", None, b"vision")], 400,
+         "purpose"),
+        ("no file", [("purpose", None, b"batch")], 400, "file"),
+        ("two files", [("file", "a.jsonl", data), ("file", "b.jsonl", data),
+                       ("purpose", None, b"batch")], 400, "file"),
+    ]
+    for label, parts, want, param in cases:
+        body, ctype = multipart(parts)
+        status, ans = post_raw(port, body, ctype)
+        c.expect(status == want, f"upload, {label}: status {want}", f"{status} {ans}")
+        if want == 200:
+            size = len(parts[1][2]) if parts[0][0] == "purpose" else len(parts[0][2])
+            c.expect(ans.get("bytes") == size and ans.get("purpose") == "batch",
+                     f"upload, {label}: the file object", str(ans))
+        else:
+            c.expect(ans.get("error", {}).get("param") == param,
+                     f"upload, {label}: param {param}", str(ans))
+        if openai_spec.available:
+            errs = openai_spec.errors("OpenAIFile" if want == 200 else "ErrorResponse", ans)
+            c.expect(not errs, f"upload, {label}: valid answer", str(errs[:3]))
+    status, ans = post_raw(port, b'{"purpose": "batch"}', "application/json")
+    c.expect(status == 400 and "multipart" in ans["error"]["message"], "upload as JSON: 400",
+             f"{status} {ans}")
+    body, ctype = multipart([("file", "p.jsonl", data), ("purpose", None, b"batch")])
+    status, ans = post_raw(port, body, ctype, key=None)
+    c.expect(status == 401, "upload without the API key: 401", f"{status} {ans}")
+
+
 def start(dsr1, model, state):
     srv = serve_util.Server([dsr1, "serve", "--model", model, "--host", "127.0.0.1", "--port", "0",
                              "--api-key", KEY, "--kv-tokens", "16384", "--state-dir", state])
@@ -74,6 +138,7 @@ def main():
         srv, port = start(dsr1, model, state)
         if not c.expect(port is not None, "the HTTP API's address is printed"):
             return srv.finish(c)
+        upload_checks(c, port)
         rec = os.path.join(tmp, "records.json")
         r = subprocess.run([node, os.path.join(HERE, "openai_batches_check.mjs"),
                             f"http://127.0.0.1:{port}/v1", KEY, os.path.basename(model), rec],
