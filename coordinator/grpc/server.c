@@ -120,6 +120,7 @@ static srv_call *call_new(dsr1_server *s, srv_method m)
 
 static void outbox_clear(srv_call *c)
 {
+    c->n_out = 0;
     while (c->head) {
         srv_msg *m = c->head;
         c->head = m->next;
@@ -222,7 +223,10 @@ static void on_send(void *arg, bool ok)
 {
     srv_call *c = arg;
     pthread_mutex_lock(&c->mu);
-    if (c->in_flight) grpc_byte_buffer_destroy(c->in_flight);
+    if (c->in_flight) {
+        grpc_byte_buffer_destroy(c->in_flight);
+        if (c->n_out > 0) c->n_out--;
+    }
     c->in_flight = NULL;
     c->sending = false;
     if (!ok) { /* the call is gone (client cancelled, deadline, shutdown) */
@@ -230,7 +234,13 @@ static void on_send(void *arg, bool ok)
         outbox_clear(c);
     }
     pump_locked(c);
+    void (*fn)(srv_call *) = NULL;
+    if (c->on_drain && !c->dead && c->n_out <= c->drain_at) {
+        fn = c->on_drain;
+        c->on_drain = NULL;
+    }
     pthread_mutex_unlock(&c->mu);
+    if (fn) fn(c);
     dsr1__srv_call_unref(c);
 }
 
@@ -246,6 +256,7 @@ void dsr1__srv_call_send(srv_call *c, srv_buf msg)
         free(m);
     } else {
         *m = (srv_msg){NULL, bb};
+        c->n_out++;
         if (c->tail)
             c->tail->next = m;
         else
@@ -254,6 +265,18 @@ void dsr1__srv_call_send(srv_call *c, srv_buf msg)
         pump_locked(c);
     }
     pthread_mutex_unlock(&c->mu);
+}
+
+bool dsr1__srv_call_pace(srv_call *c, int high, int low, void (*on_drain)(srv_call *c))
+{
+    pthread_mutex_lock(&c->mu);
+    bool full = c->n_out >= high && !c->dead;
+    if (full) {
+        c->on_drain = on_drain;
+        c->drain_at = low;
+    }
+    pthread_mutex_unlock(&c->mu);
+    return full;
 }
 
 void dsr1__srv_call_send_msg(srv_call *c, const ProtobufCMessage *m)

@@ -15,8 +15,10 @@
  * client closes the stream, so a stream that breaks off creates nothing.
  *
  * StreamBatchResults subscribes to the store; the store's thread sends through the call's
- * outbox, which never blocks. Locking: gb->mu guards the list of stream subscriptions; it
- * is never held while calling the store. */
+ * outbox, which never blocks. A client that reads slower than results come pauses its
+ * subscription (PACE_HIGH results waiting) until it has read them, then a new one goes on
+ * from the next seq: memory does not grow with the batch. Locking: gb->mu guards the list of stream
+ * subscriptions; it is never held while calling the store. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,13 +32,20 @@
 #define RESULTS_FIELD 10 /* BatchStatus.results */
 #define SEQ_FIELD     4  /* BatchItemResult.seq */
 #define FORMAT        "grpc"
+/* StreamBatchResults: the subscription pauses with this many results waiting to be sent
+ * and resumes (from the next seq) when they are down to PACE_LOW */
+#define PACE_HIGH 64
+#define PACE_LOW  16
 
 typedef struct stream_sub {
     srv_call *c;
     dsr1_batch_sub *sub;
     struct stream_sub *prev, *next;
-    bool subscribing; /* dsr1_batches_subscribe in progress: its caller releases it */
-    bool detached;    /* unlinked (call closed, shutdown) */
+    char batch_id[DSR1_BATCH_ID_MAX];
+    int64_t next_seq;    /* the result to send next */
+    bool subscribing;    /* run_subscription in progress: it releases a detached one */
+    bool resume_pending; /* drained while subscribing: subscribe again */
+    bool detached;       /* unlinked (call closed, shutdown) */
 } stream_sub;
 
 struct srv_batches {
@@ -833,7 +842,11 @@ dsr1_status dsr1__srv_list_batches(dsr1_server *s, const uint8_t *data, size_t l
 
 /* ---- StreamBatchResults ---- */
 
-/* The store's calls (its thread, or the subscriber's at first): never blocks. */
+/* The store's calls (its thread, or the subscriber's at first): never blocks. With
+ * PACE_HIGH results waiting to be sent it stops the subscription; stream_drained starts a
+ * new one from the next seq once the client has read them. */
+static void stream_drained(srv_call *c);
+
 static bool stream_row(void *ctx, const dsr1_batch_result_row *row)
 {
     stream_sub *ss = ctx;
@@ -847,10 +860,62 @@ static bool stream_row(void *ctx, const dsr1_batch_result_row *row)
         return false;
     }
     dsr1__srv_call_send(ss->c, b);
+    ss->next_seq = row->seq + 1;
+    if (dsr1__srv_call_pace(ss->c, PACE_HIGH, PACE_LOW, stream_drained)) return false;
     pthread_mutex_lock(&ss->c->mu);
     bool live = !ss->c->dead && !ss->c->status_queued;
     pthread_mutex_unlock(&ss->c->mu);
     return live;
+}
+
+/* Subscribes ss from its next seq (again while a drain arrived meanwhile), its caller
+ * having set ss->subscribing; then releases ss if it was detached meanwhile. */
+static void run_subscription(srv_batches *gb, stream_sub *ss)
+{
+    srv_call *c = ss->c;
+    for (;;) {
+        pthread_mutex_lock(&gb->mu);
+        dsr1_batch_sub *old = ss->sub;
+        ss->sub = NULL;
+        bool stopping = gb->stopping;
+        pthread_mutex_unlock(&gb->mu);
+        if (old) dsr1_batches_unsubscribe(old);
+        dsr1_batch_sub *sub = NULL;
+        dsr1_status st = stopping ? dsr1_error(DSR1_ERR_UNAVAILABLE, "the server is shutting down")
+                                  : dsr1_batches_subscribe(gb->store, ss->batch_id, ss->next_seq,
+                                                           stream_row, ss, &sub);
+        pthread_mutex_lock(&gb->mu);
+        ss->sub = st == DSR1_OK ? sub : NULL;
+        bool again = st == DSR1_OK && ss->resume_pending && !ss->detached && !gb->stopping;
+        ss->resume_pending = false;
+        if (again) {
+            pthread_mutex_unlock(&gb->mu);
+            continue;
+        }
+        ss->subscribing = false;
+        if (st != DSR1_OK && !ss->detached) sub_unlink(gb, ss);
+        bool release = ss->detached, shutting = gb->stopping;
+        pthread_mutex_unlock(&gb->mu);
+        if (st != DSR1_OK) dsr1__srv_call_finish_error(c, st);
+        if (release && st == DSR1_OK && shutting)
+            dsr1__srv_call_finish(c, GRPC_STATUS_UNAVAILABLE,
+                                  "the server is shutting down: resume with from_seq");
+        if (release) sub_release(ss);
+        return;
+    }
+}
+
+/* The client has read what was waiting: the paused subscription goes on. */
+static void stream_drained(srv_call *c)
+{
+    srv_batches *gb = c->srv->batches;
+    pthread_mutex_lock(&gb->mu);
+    stream_sub *ss = c->sub;
+    bool run = ss && !ss->detached && !ss->subscribing;
+    if (ss && !ss->detached && ss->subscribing) ss->resume_pending = true;
+    if (run) ss->subscribing = true;
+    pthread_mutex_unlock(&gb->mu);
+    if (run) run_subscription(gb, ss);
 }
 
 void dsr1__srv_stream_batch(srv_call *c, const uint8_t *data, size_t len)
@@ -878,6 +943,8 @@ void dsr1__srv_stream_batch(srv_call *c, const uint8_t *data, size_t len)
     }
     if (st == DSR1_OK) {
         ss->c = c;
+        ss->next_seq = req->from_seq;
+        snprintf(ss->batch_id, sizeof(ss->batch_id), "%s", req->batch_id);
         dsr1__srv_call_ref(c);
         pthread_mutex_lock(&gb->mu);
         bool stopping = gb->stopping;
@@ -889,24 +956,12 @@ void dsr1__srv_stream_batch(srv_call *c, const uint8_t *data, size_t len)
             c->sub = ss;
         }
         pthread_mutex_unlock(&gb->mu);
-        dsr1_batch_sub *sub = NULL;
-        if (stopping)
-            st = dsr1_error(DSR1_ERR_UNAVAILABLE, "the server is shutting down");
-        else
-            st = dsr1_batches_subscribe(gb->store, req->batch_id, req->from_seq, stream_row, ss,
-                                        &sub);
-        pthread_mutex_lock(&gb->mu);
-        ss->subscribing = false;
-        ss->sub = st == DSR1_OK ? sub : NULL;
-        if (st != DSR1_OK && !ss->detached && !stopping) sub_unlink(gb, ss);
-        bool release = ss->detached || stopping;
-        bool shutting = gb->stopping;
-        pthread_mutex_unlock(&gb->mu);
-        if (st != DSR1_OK) dsr1__srv_call_finish_error(c, st);
-        if (release && st == DSR1_OK && shutting)
-            dsr1__srv_call_finish(c, GRPC_STATUS_UNAVAILABLE,
-                                  "the server is shutting down: resume with from_seq");
-        if (release) sub_release(ss);
+        if (stopping) {
+            dsr1__srv_call_finish(c, GRPC_STATUS_UNAVAILABLE, "the server is shutting down");
+            sub_release(ss);
+        } else {
+            run_subscription(gb, ss);
+        }
     } else {
         dsr1__srv_call_finish_error(c, st);
     }

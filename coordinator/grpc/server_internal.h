@@ -79,6 +79,10 @@ struct srv_call {
 
     pthread_mutex_t mu; /* guards everything below */
     srv_msg *head, *tail;
+    int n_out; /* messages queued or in flight */
+    /* dsr1__srv_call_pace: called once (outside mu) when n_out falls to drain_at */
+    void (*on_drain)(srv_call *c);
+    int drain_at;
     grpc_byte_buffer *in_flight; /* the message of the send in flight */
     bool sending, md_sent, status_queued, status_sent, dead, closed;
     grpc_status_code code;
@@ -134,6 +138,10 @@ void dsr1__srv_sub_remove(srv_call **head, srv_call *c);
  * has ended or its status is queued. */
 void dsr1__srv_call_send(srv_call *c, srv_buf msg);
 void dsr1__srv_call_send_msg(srv_call *c, const ProtobufCMessage *m);
+/* Flow control for a stream fed by a source that must not block: true when high or more
+ * messages wait to go out, and then on_drain(c) is called once (from a completion-queue
+ * thread) when they are down to low, unless the call ends first. */
+bool dsr1__srv_call_pace(srv_call *c, int high, int low, void (*on_drain)(srv_call *c));
 /* Queues the status, sent after the queued messages; later sends are dropped. */
 void dsr1__srv_call_finish(srv_call *c, grpc_status_code code, const char *details);
 /* The status for a dsr1_status with the thread's message (dsr1_errmsg()). */

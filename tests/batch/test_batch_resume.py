@@ -192,6 +192,13 @@ class Run:
         c.expect(all(x.custom_id == f"c{x.index}" and x.result.request_id ==
                       f"{batch_id}/{x.index}" for x in results.values()),
                  f"{label}: custom_id and request_id belong to the index")
+        if not kills:  # a slow reader of a finished batch: paced by the server, nothing lost
+            stream = self.stub.StreamBatchResults(
+                pb.StreamBatchResultsRequest(batch_id=batch_id, from_seq=5), timeout=120)
+            time.sleep(1)
+            seqs = [r.seq for r in stream]
+            c.expect(seqs == list(range(5, n)), f"{label}: a slow reader gets seq 5..N-1 in order",
+                     f"{len(seqs)} results")
         srv.stop()
         self.channel.close()
         shutil.rmtree(state, ignore_errors=True)
