@@ -272,7 +272,8 @@ typedef struct {
  * final and every result was given. */
 typedef bool (*dsr1_batch_result_fn)(void *ctx, const dsr1_batch_result_row *row);
 
-/* Reads the committed results with seq >= from_seq, in seq order, then returns. */
+/* Reads the committed results with seq >= from_seq, in seq order, then returns (no end
+ * call: dsr1_batches_get says whether the batch is final). */
 dsr1_status dsr1_batches_results(dsr1_batches *b, const char *id, int64_t from_seq,
                                  dsr1_batch_result_fn fn, void *ctx);
 

@@ -408,7 +408,7 @@ static void test_writer_batch(void **state)
     assert_int_equal(dsr1_batches_results(b, "batch_w1", 0, collect_fn, c), 0);
     assert_int_equal(c->n, n);
     assert_int_equal(c->bad_seq, 0);
-    assert_int_equal(c->ends, 1);
+    assert_int_equal(c->ends, 0); /* results() has no end call */
     assert_int_equal(c->errors, info.failed);
     for (int i = 0; i < n; i++) assert_int_equal(c->count[i], 1);
     free(c);
@@ -659,6 +659,31 @@ static void test_file_batch(void **state)
     free(dir);
 }
 
+typedef struct {
+    pthread_mutex_t mu; /* held by the test until sub is set */
+    dsr1_batch_sub *sub;
+    int calls, calls_at_gone;
+    bool gone;
+} self_unsub;
+
+/* Unsubscribes itself on the store's thread at its fifth call (the calls inside subscribe,
+ * when results were there already, count too). */
+static bool self_unsub_fn(void *ctx, const dsr1_batch_result_row *row)
+{
+    self_unsub *s = ctx;
+    bool on_store_thread = pthread_mutex_trylock(&s->mu) == 0;
+    s->calls++;
+    if (on_store_thread) {
+        if (row && s->calls >= 5 && !s->gone) {
+            dsr1_batches_unsubscribe(s->sub);
+            s->gone = true;
+            s->calls_at_gone = s->calls;
+        }
+        pthread_mutex_unlock(&s->mu);
+    }
+    return true;
+}
+
 static void test_subscribe(void **state)
 {
     (void)state;
@@ -692,6 +717,21 @@ static void test_subscribe(void **state)
     assert_int_equal(c->ends, 1);
     dsr1_batches_unsubscribe(sub);
     assert_int_equal(dsr1_batches_subscribe(b, "nope", 0, collect_fn, c, &sub), DSR1_ERR_NOT_FOUND);
+    /* unsubscribing from inside the callback, mid-run */
+    create_writer(b, "batch_s2", 300, NULL, &info);
+    dsr1_batch_info_clear(&info);
+    self_unsub su = {0};
+    pthread_mutex_init(&su.mu, NULL);
+    pthread_mutex_lock(&su.mu);
+    assert_int_equal(dsr1_batches_subscribe(b, "batch_s2", 0, self_unsub_fn, &su, &su.sub), 0);
+    pthread_mutex_unlock(&su.mu);
+    info = wait_final(b, "batch_s2", 20);
+    dsr1_batch_info_clear(&info);
+    pthread_mutex_lock(&su.mu);
+    assert_true(su.gone);
+    assert_true(su.calls >= 5);
+    assert_int_equal(su.calls, su.calls_at_gone); /* no call after */
+    pthread_mutex_unlock(&su.mu);
     free(c);
     dsr1_batches_close(b);
     fake_free(f);
