@@ -418,6 +418,7 @@ static dsr1_status open_serving(const serve_opts *o, serving *sv)
         .tok = sv->tok,
         .sched = sv->sched,
         .grammars = sv->grammars,
+        .batches = sv->batches,
     };
     if ((st = dsr1_http_start(o->host, hport, &hp, &sv->http)) != DSR1_OK) return st;
     return sv->batches ? dsr1_batches_start(sv->batches) : DSR1_OK;
@@ -427,6 +428,7 @@ static dsr1_status open_serving(const serve_opts *o, serving *sv)
  * nothing: they run again on the next start), then the frontends and the scheduler go. */
 static void close_serving(serving *sv)
 {
+    if (sv->http) dsr1_http_quiesce(sv->http);
     dsr1_server_shutdown(sv->server);
     if (sv->batches) dsr1_batches_close(sv->batches);
     dsr1_http_stop(sv->http);
