@@ -65,7 +65,7 @@ class Sampler:
 def make_input(path, n):
     """n chat lines of about 2 KB (a short prompt, padded by the `user` field), seeded."""
     rnd = random.Random(20261206)
-    pads = ["".join(rnd.choices(WORDS, k=260))[:1800] for _ in range(256)]
+    pads = ["".join(rnd.choices(WORDS, k=340))[:1800] for _ in range(256)]
     h = hashlib.sha256()
     with open(path, "wb") as f:
         for i in range(n):
