@@ -26,7 +26,7 @@
 
 #include "batches.h"
 
-#define MAXN   4096
+#define MAXN   20000
 #define NSLOTS 1024
 
 /* ---- the fake codec ---- */
@@ -986,6 +986,71 @@ static void test_crash(void **state)
     free(dir);
 }
 
+/* Killed while it validates a file (or soon after): validated again from scratch. */
+static void test_crash_validating(void **state)
+{
+    (void)state;
+    char *dir = tmpdir();
+    const int n = 20000;
+    int pfd[2];
+    assert_int_equal(pipe(pfd), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        close(pfd[0]);
+        fake *f = fake_new(20);
+        f->hold = true;
+        dsr1_batches_params p = {.state_dir = dir, .window = 8};
+        dsr1_batches *b;
+        if (dsr1_batches_open(&p, &b)) _exit(3);
+        f->b = b;
+        dsr1_batch_codec c = fake_codec(f, true);
+        dsr1_batches_register(b, &c);
+        dsr1_batches_start(b);
+        dsr1_file_upload *u;
+        if (dsr1_file_upload_begin(b, "in", "batch", &u)) _exit(4);
+        char line[64];
+        for (int i = 0; i < n; i++) {
+            int len = snprintf(line, sizeof line, i == 7 ? "!c%d\n" : "c%d x\n", i);
+            if (dsr1_file_upload_write(u, line, (size_t)len)) _exit(5);
+        }
+        dsr1_file_info fi;
+        if (dsr1_file_upload_commit(u, &fi)) _exit(6);
+        dsr1_batch_create cr = {.id = "batch_v", .format = "fake"};
+        dsr1_batch_info info;
+        bool created;
+        if (dsr1_batches_create_from_file(b, &cr, fi.id, &info, &created)) _exit(7);
+        if (write(pfd[1], "v", 1) != 1) _exit(8);
+        for (;;) pause();
+    }
+    close(pfd[1]);
+    char ch;
+    assert_int_equal(read(pfd[0], &ch, 1), 1);
+    close(pfd[0]);
+    srand(99);
+    usleep((useconds_t)(rand() % 200000));
+    kill(pid, SIGKILL);
+    int ws;
+    waitpid(pid, &ws, 0);
+    assert_true(WIFSIGNALED(ws));
+    fake *f = fake_new(21);
+    f->min_us = 0;
+    f->max_us = 50;
+    dsr1_batches *b = open_store(dir, f, 64, 0);
+    dsr1_batch_info info = wait_final(b, "batch_v", 30);
+    assert_int_equal(info.state, DSR1_BATCH_COMPLETED);
+    assert_int_equal(info.total, n);
+    assert_int_equal(info.completed + info.failed, n);
+    assert_non_null(strstr(info.errors_json, "\"line\":8"));
+    dsr1_batch_info_clear(&info);
+    check_each_once(b, "batch_v", n, NULL);
+    for (int i = 0; i < n; i++) assert_int_equal(f->starts[i], i == 7 ? 0 : 1);
+    dsr1_batches_close(b);
+    fake_free(f);
+    rm_rf(dir);
+    free(dir);
+}
+
 static void test_refusals(void **state)
 {
     (void)state;
@@ -1175,12 +1240,12 @@ static void test_retention(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_writer_batch), cmocka_unit_test(test_windows),
-        cmocka_unit_test(test_file_batch),   cmocka_unit_test(test_subscribe),
-        cmocka_unit_test(test_cancel),       cmocka_unit_test(test_expiry),
-        cmocka_unit_test(test_close_reopen), cmocka_unit_test(test_crash),
-        cmocka_unit_test(test_refusals),     cmocka_unit_test(test_disk_full),
-        cmocka_unit_test(test_retention),
+        cmocka_unit_test(test_writer_batch),     cmocka_unit_test(test_windows),
+        cmocka_unit_test(test_file_batch),       cmocka_unit_test(test_subscribe),
+        cmocka_unit_test(test_cancel),           cmocka_unit_test(test_expiry),
+        cmocka_unit_test(test_close_reopen),     cmocka_unit_test(test_crash),
+        cmocka_unit_test(test_crash_validating), cmocka_unit_test(test_refusals),
+        cmocka_unit_test(test_disk_full),        cmocka_unit_test(test_retention),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
