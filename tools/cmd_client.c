@@ -487,8 +487,8 @@ static int do_generate(const client_args *a, dsr1_rpc_client *c)
     return st ? fail() : 0;
 }
 
-/* Items per UploadBatch message: up to about this many bytes (the server's limit is 4 MiB
- * by default). */
+/* Items per UploadBatch message: up to about this many bytes, and at most a quarter of the
+ * server's largest message (GetModelInfo). */
 #define UPLOAD_CHUNK_BYTES (1 << 20)
 
 /* The batch file's items: one per non-blank line. */
@@ -538,11 +538,27 @@ static void free_items(Dsr1__V1__UploadBatchRequest *m)
     m->n_items = 0;
 }
 
-/* UploadBatch from the file: items sent in messages of about UPLOAD_CHUNK_BYTES; *n the
- * number of items. */
+/* The bytes of items to put in one UploadBatch message for this server. */
+static size_t chunk_bytes(dsr1_rpc_client *c, const client_args *a)
+{
+    Dsr1__V1__GetModelInfoRequest req = DSR1__V1__GET_MODEL_INFO_REQUEST__INIT;
+    Dsr1__V1__ModelInfo *mi = NULL;
+    size_t n = UPLOAD_CHUNK_BYTES;
+    if (!dsr1_rpc_call(c, DSR1_RPC_GET_MODEL_INFO, &req.base, &dsr1__v1__model_info__descriptor,
+                       a->timeout_s, (ProtobufCMessage **)&mi) &&
+        mi->limits && mi->limits->max_message_bytes > 0 &&
+        (size_t)mi->limits->max_message_bytes / 4 < n)
+        n = (size_t)mi->limits->max_message_bytes / 4;
+    if (mi) protobuf_c_message_free_unpacked(&mi->base, NULL);
+    return n;
+}
+
+/* UploadBatch from the file: items sent in messages of about chunk_bytes(); *n the number
+ * of items. */
 static dsr1_status upload(dsr1_rpc_client *c, const client_args *a,
                           Dsr1__V1__SubmitBatchResponse **out, size_t *n)
 {
+    size_t chunk = chunk_bytes(c, a);
     item_reader r = {
         .f = !strcmp(a->file, "-") ? stdin : fopen(a->file, "r"),
         .path = a->file,
@@ -581,7 +597,7 @@ static dsr1_status upload(dsr1_rpc_client *c, const client_args *a,
         } else if (item) {
             protobuf_c_message_free_unpacked(&item->base, NULL);
         }
-        bool flush = !st && (bytes >= UPLOAD_CHUNK_BYTES || (!item && (m.n_items || !sent_first)));
+        bool flush = !st && (bytes >= chunk || (!item && (m.n_items || !sent_first)));
         if (flush) {
             st = dsr1_rpc_upload_send(s, &m.base);
             free_items(&m);

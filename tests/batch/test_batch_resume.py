@@ -108,11 +108,12 @@ class Run:
 
         self.bad_seq = []
 
-    def start(self, state_dir):
+    def start(self, state_dir, extra=()):
         cmd, env = serve_util.serve_cmd(self.mode, self.build, self.model,
                                         ["--state-dir", state_dir, "--http-port", "0",
                                          "--max-running", "256", "--max-queued", "2048",
-                                         "--step-tokens", "2048", "--batch-window", "128"])
+                                         "--step-tokens", "2048", "--batch-window", "128",
+                                         *extra])
         srv = serve_util.Server(cmd, env)
         self.channel = self.grpc.insecure_channel(srv.target)
         self.stub = self.pb_grpc.Dsr1Stub(self.channel)
@@ -205,10 +206,11 @@ class Run:
         return {x.index: x for x in results.values()}
 
     def client_resume(self, items, batch_id):
-        """dsr1 client batch --resume after a download cut off mid-line."""
+        """dsr1 client batch --resume after a download cut off mid-line; the server takes
+        messages of at most 2 KiB, so the client's upload needs many."""
         c = self.c
         state = tempfile.mkdtemp(prefix="dsr1-batch-state-")
-        srv = self.start(state)
+        srv = self.start(state, ["--max-message-bytes", "2048"])
         tmp = tempfile.mkdtemp(prefix="dsr1-batch-cli-")
         inp, out = os.path.join(tmp, "in.jsonl"), os.path.join(tmp, "out.jsonl")
         with open(inp, "w") as f:
@@ -220,7 +222,9 @@ class Run:
         base = [dsr1, "client", "batch", "--server", srv.target, "--timeout-s", "120"]
         r = subprocess.run(base + ["--input", inp, "--batch-id", batch_id, "--output", out],
                            capture_output=True, text=True, timeout=180)
-        c.expect(r.returncode == 0, "client batch --output", r.stderr[-500:])
+        c.expect(r.returncode == 0 and "created, 60 items" in r.stderr,
+                 "client batch --output: uploaded in messages below the server's limit",
+                 r.stderr[-500:])
         full = open(out).read().splitlines(keepends=True) if r.returncode == 0 else []
         c.expect(len(full) == len(items), "client: one line per item", str(len(full)))
         keep = len(full) // 3
