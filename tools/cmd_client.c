@@ -45,6 +45,7 @@ typedef struct {
     /* status, list */
     bool results;
     long limit;
+    const char *after;
     const char *positional; /* BATCH_ID of status and cancel */
     /* sampling: --sampling's object updated with the flags' fields */
     const char *sampling_arg;
@@ -82,7 +83,8 @@ static void usage(FILE *f)
         "      and --output.\n"
         "  status BATCH_ID [--results]   state and progress (--results: with the results)\n"
         "  cancel BATCH_ID               cancel the batch's unfinished items\n"
-        "  list [--limit N]              batches, newest first\n"
+        "  list [--limit N] [--after ID] batches, newest first (the page after batch ID;\n"
+        "                                when more follow, their --after goes to stderr)\n"
         "  info                          model, limits, defaults, server state and health\n\n"
         "sampling (generate; defaults of batch items):\n"
         "  --max-tokens N  --temperature X  --top-p X  --top-k N  --seed N\n"
@@ -161,6 +163,7 @@ static const struct {
     {"completion-window", required_argument, O_WINDOW, BATCH, STR(window)},
     {"results", no_argument, O_RESULTS, 1u << SUB_STATUS, NONE},
     {"limit", required_argument, O_LIMIT, 1u << SUB_LIST, NONE},
+    {"after", required_argument, O_LIMIT, 1u << SUB_LIST, STR(after)},
     {"max-tokens", required_argument, O_MAX_TOKENS, SAMPLE, NONE},
     {"temperature", required_argument, O_TEMPERATURE, SAMPLE, NONE},
     {"top-p", required_argument, O_TOP_P, SAMPLE, NONE},
@@ -773,6 +776,7 @@ static int do_list(const client_args *a, dsr1_rpc_client *c)
 {
     Dsr1__V1__ListBatchesRequest req = DSR1__V1__LIST_BATCHES_REQUEST__INIT;
     req.limit = (int32_t)a->limit;
+    req.after = (char *)(a->after ? a->after : "");
     Dsr1__V1__ListBatchesResponse *r;
     if (dsr1_rpc_call(c, DSR1_RPC_LIST_BATCHES, &req.base,
                       &dsr1__v1__list_batches_response__descriptor, a->timeout_s,
@@ -780,6 +784,9 @@ static int do_list(const client_args *a, dsr1_rpc_client *c)
         return fail();
     if (a->json) print_json(stdout, &r->base);
     for (size_t i = 0; !a->json && i < r->n_batches; i++) print_batch_line(stdout, r->batches[i]);
+    if (!a->json && r->has_more && r->n_batches)
+        fprintf(stderr, "dsr1 client: more batches follow: --after %s\n",
+                r->batches[r->n_batches - 1]->batch_id);
     protobuf_c_message_free_unpacked(&r->base, NULL);
     return 0;
 }

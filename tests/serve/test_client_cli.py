@@ -160,6 +160,13 @@ class T:
         got = json.loads(r.stdout) if r.returncode == 0 else {}
         c.expect(got.get("state") in ("CANCELLING", "CANCELLED"), "cancel --json",
                  r.stdout[:200] + r.stderr)
+        r = self.client("list", "--limit", "1")
+        c.expect(r.returncode == 0 and r.stdout.startswith(bid + "-long:") and
+                 f"--after {bid}-long" in r.stderr, "list --limit 1: the next page's --after",
+                 r.stdout + r.stderr)
+        r = self.client("list", "--limit", "1", "--after", bid + "-long")
+        c.expect(r.returncode == 0 and r.stdout.startswith(bid + ":"), "list --after: next page",
+                 r.stdout + r.stderr)
         r = self.client("batch", "--file", "-", "--wait", stdin='{"text": "x", "max_tokens": 2}\n')
         lines = r.stdout.splitlines()
         c.expect(r.returncode == 0 and len(lines) == 1 and
