@@ -554,6 +554,92 @@ static js_x *gen_enum(js_ctx *c, json_t *s, int mask)
 
 /* ---- strings ---- */
 
+/* minLength/maxLength beside a pattern that is one character repeated, anchored at both
+ * ends (^[a-z0-9-]+$, ^\\d{9}$, ^.*$): the length bounds and the quantifier's intersect, and
+ * the character's encodings are repeated that many times (exact: one repetition is one
+ * code point). 0 when done (*out set), 1 when the pattern has another form. */
+static int length_pattern(js_ctx *c, json_t *s, long long lo, long long hi, js_x **out)
+{
+    const char *p = json_string_value(json_object_get(s, "pattern"));
+    size_t n = strlen(p);
+    if (n < 3 || p[0] != '^' || p[n - 1] != '$' || p[n - 2] == '\\') return 1;
+    const char *a = p + 1, *e = a; /* the atom: [...], \\X or one character */
+    if (*e == '[') {
+        e++;
+        if (*e == '^') e++;
+        if (*e == ']') e++;
+        while (*e && *e != ']') e += *e == '\\' && e[1] ? 2 : 1;
+        if (*e != ']') return 1;
+        e++;
+    } else if (*e == '\\') {
+        if (!e[1] || !strchr("dDwWsS", e[1])) return 1;
+        e += 2;
+    } else if (*e == '.') {
+        e++;
+    } else {
+        return 1;
+    }
+    long long qa = 1, qb = 1; /* the quantifier */
+    const char *q = e;
+    if (*q == '*' || *q == '+' || *q == '?') {
+        qa = *q == '+';
+        qb = *q == '?' ? 1 : -1;
+        q++;
+    } else if (*q == '{') {
+        char *end;
+        qa = strtoll(q + 1, &end, 10);
+        if (end == q + 1) return 1;
+        if (*end == '}') {
+            qb = qa;
+        } else if (*end == ',' && end[1] == '}') {
+            qb = -1;
+            end++;
+        } else if (*end == ',') {
+            char *e2;
+            qb = strtoll(end + 1, &e2, 10);
+            if (e2 == end + 1 || *e2 != '}') return 1;
+            end = e2;
+        } else {
+            return 1;
+        }
+        q = end + 1;
+    }
+    if (q != p + n - 1) return 1; /* more than one atom (or a lazy quantifier) */
+    long long l = lo > qa ? lo : qa;
+    long long h = hi < 0 ? qb : qb < 0 ? hi : hi < qb ? hi : qb;
+    if (h >= 0 && l > h) {
+        *out = dsr1__js_node(c, X_NOTHING);
+        return 0;
+    }
+    char atom[1024];
+    if ((size_t)(e - a) + 3 > sizeof atom) return 1;
+    snprintf(atom, sizeof atom, "^%.*s$", (int)(e - a), a);
+    char *re;
+    if (dsr1__js_pattern(c, atom, strlen(atom), "pattern", &re)) return -1;
+    js_x *rep =
+        dsr1__js_counted(c, RAW(re), l, h, lo > (hi < 0 ? 0 : hi) ? "minLength" : "maxLength");
+    *out = rep ? SEQ(LIT("\""), rep, LIT("\"")) : NULL;
+    return *out ? 0 : -1;
+}
+
+/* minLength/maxLength beside a format whose values all have one length (date: 10 code
+ * points, uuid: 36): the bounds either hold for every value or for none. */
+static int length_format(js_ctx *c, json_t *s, long long lo, long long hi, js_x **out)
+{
+    const char *f = json_string_value(json_object_get(s, "format"));
+    long long len = !strcmp(f, "date") ? 10 : !strcmp(f, "uuid") ? 36 : -1;
+    if (len < 0) return 1;
+    if (len < lo || (hi >= 0 && len > hi)) {
+        *out = dsr1__js_node(c, X_NOTHING);
+        return 0;
+    }
+    const char *re = dsr1__js_format_pattern(f);
+    char *x;
+    if (dsr1__js_pattern(c, re, strlen(re), "format", &x)) return -1;
+    *out = SEQ(LIT("\""), RAW(x), LIT("\""));
+    return *out ? 0 : -1;
+}
+
 static js_x *gen_string(js_ctx *c, json_t *s)
 {
     long long lo = 0, hi = -1;
@@ -574,8 +660,13 @@ static js_x *gen_string(js_ctx *c, json_t *s)
             return NULL;
         }
         if (lo > 0 || hi >= 0) {
+            js_x *x = NULL;
+            if (pat ? !length_pattern(c, s, lo, hi, &x) : !length_format(c, s, lo, hi, &x))
+                return x;
+            if (c->err) return NULL;
             JS_FAIL(c, DSR1_ERR_INVALID_ARG,
-                    "'%s' beside '%s' at %s is not supported (put the length in the pattern)",
+                    "'%s' beside '%s' at %s is not supported (only beside a pattern of one "
+                    "character class repeated, ^[...]{n,m}$, or a fixed-length format)",
                     lo > 0 ? "minLength" : "maxLength", what, dsr1__js_where(c));
             return NULL;
         }

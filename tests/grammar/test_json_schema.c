@@ -265,6 +265,17 @@ static const lang_case cases[] = {
      {"{\"a\":1,\"b\":2,\"c\":3}", "{\"a\":1,\"b\":2,\"c\":3,\"d\":4}"},
      {"{\"a\":1}", "{\"a\":1,\"b\":2}", "{\"b\":2,\"c\":3,\"d\":4}"}},
     {"{\"type\":\"object\",\"maxProperties\":1}", {"{}", "{\"a\":[]}"}, {"{\"a\":1,\"b\":2}"}},
+    /* a length beside a pattern of one character class repeated: the bounds intersect */
+    {"{\"type\":\"string\",\"pattern\":\"^[a-z\\\"-]+$\",\"minLength\":2,\"maxLength\":4}",
+     {"\"ab\"", "\"a-\\\"d\"", "\"abcd\""},
+     {"\"a\"", "\"abcde\"", "\"aB\"", "\"\""}},
+    {"{\"type\":\"string\",\"pattern\":\"^\\\\d{2,9}$\",\"maxLength\":3}",
+     {"\"12\"", "\"123\""},
+     {"\"1\"", "\"1234\"", "\"12a\""}},
+    /* a fixed-length format: bounds that hold for every value are no constraint */
+    {"{\"type\":\"string\",\"format\":\"date\",\"minLength\":10,\"maxLength\":12}",
+     {"\"2024-02-29\""},
+     {"\"2023-02-29\"", "\"x\""}},
     /* dependencies (array form): a present requires b */
     {"{\"type\":\"object\",\"properties\":{\"a\":{},\"b\":{},\"c\":{}},"
      "\"dependentRequired\":{\"a\":[\"b\"]},\"dependencies\":{\"c\":[\"a\"]}}",
@@ -366,6 +377,10 @@ static const err_case errors[] = {
     {"{\"type\":\"string\",\"pattern\":\"\\\\p{L}\"}", DSR1_ERR_INVALID_ARG, "property escapes"},
     {"{\"type\":\"string\",\"pattern\":\"a\",\"maxLength\":3}", DSR1_ERR_INVALID_ARG,
      "'maxLength' beside 'pattern' at the root"},
+    {"{\"type\":\"string\",\"pattern\":\"^[a-z]+x$\",\"minLength\":3}", DSR1_ERR_INVALID_ARG,
+     "'minLength' beside 'pattern' at the root is not supported"},
+    {"{\"type\":\"string\",\"format\":\"email\",\"maxLength\":30}", DSR1_ERR_INVALID_ARG,
+     "'maxLength' beside 'format' at the root"},
     {"{\"allOf\":[{\"pattern\":\"a\"},{\"pattern\":\"b\"}]}", DSR1_ERR_INVALID_ARG,
      "two different 'pattern' values cannot be merged"},
     {"{\"enum\":[\"a\"],\"minLength\":1}", DSR1_ERR_INVALID_ARG,
