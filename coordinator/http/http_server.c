@@ -526,8 +526,9 @@ dsr1_status dsr1_http_start(const char *host, int port, const dsr1_http_params *
     dsr1_status st = copy_params(s, p);
     if (!st) st = dsr1__http_model_load(s);
     if (!st) st = start_watcher(s);
-    if (!st && s->p.batches) st = dsr1__http_batches_register(s);
     if (!st) st = listen_on(s, host ? host : "127.0.0.1", port);
+    /* last: once registered, the store may call the codec until it is closed */
+    if (!st && s->p.batches) st = dsr1__http_batches_register(s);
     if (st) {
         dsr1_http_stop(s);
         return st;
