@@ -162,22 +162,33 @@ dsr1_status dsr1_file_upload_commit(dsr1_file_upload *u, dsr1_file_info *out)
         return dsr1_error(DSR1_ERR_INVALID_ARG, "file upload failed already");
     }
     int64_t now = dsr1__now_s();
-    pthread_mutex_lock(&b->wmu);
-    dsr1_status st = dsr1__begin(b);
-    if (!st) st = dsr1__file_intent(b, u->id);
-    if (!st) st = dsr1__commit(b);
+    /* the data is synced before the write connection is taken: a large upload never holds
+     * up the commits of results */
+    dsr1_status st = DSR1_OK;
+    if (fsync(u->fd) != 0) st = dsr1_error(DSR1_ERR_IO, "writing %s: %s", u->tmp, strerror(errno));
+    if (!st) {
+        pthread_mutex_lock(&b->wmu);
+        st = dsr1__begin(b);
+        if (!st) st = dsr1__file_intent(b, u->id);
+        if (!st) st = dsr1__commit(b);
+        if (st) dsr1__rollback(b);
+        pthread_mutex_unlock(&b->wmu);
+    }
     if (!st) st = dsr1__file_publish(b, u->fd, u->id);
-    if (!st) st = dsr1__begin(b);
-    if (!st) st = insert_file(b, u->id, u->filename, u->purpose, u->bytes, now);
-    if (!st) st = dsr1__commit(b);
+    if (!st) {
+        pthread_mutex_lock(&b->wmu);
+        st = dsr1__begin(b);
+        if (!st) st = insert_file(b, u->id, u->filename, u->purpose, u->bytes, now);
+        if (!st) st = dsr1__commit(b);
+        if (st) dsr1__rollback(b);
+        pthread_mutex_unlock(&b->wmu);
+    }
     if (st) {
-        dsr1__rollback(b);
         char dst[4400];
         dsr1__path(b, dst, sizeof dst, "files", u->id);
         unlink(dst);
         /* the trash row (if committed) makes the next open finish the clean-up */
     }
-    pthread_mutex_unlock(&b->wmu);
     if (st) {
         dsr1_error_context(st, "storing an upload in the state directory %s", b->dir);
         dsr1_file_upload_abort(u);
