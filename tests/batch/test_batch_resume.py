@@ -2,7 +2,7 @@
 """Durable gRPC batches survive crashes: a batch uploaded with UploadBatch (grpcio, in
 several messages) runs once uninterrupted for reference; then again on a fresh state
 directory while the server is killed with SIGKILL at three random points of its progress
-and restarted on the same directory each time, the client resuming StreamBatchResults with
+and restarted on the same directory each time (then once more stopped with SIGTERM), the client resuming StreamBatchResults with
 from_seq after each crash. The batch must complete with every index and custom_id exactly
 once in the streamed results and in GetBatch's, seqs 0..N-1 each once, and every item's
 tokens equal to the reference run's (greedy items and seeded temperature > 0 items alike:
@@ -138,9 +138,10 @@ class Run:
         except self.grpc.RpcError:
             return False
 
-    def run(self, label, items, batch_id, kills, rng):
-        """Runs the batch on a fresh state dir with `kills` SIGKILLs; returns its results
-        (index -> BatchItemResult) or None."""
+    def run(self, label, items, batch_id, kills, rng, term=False):
+        """Runs the batch on a fresh state dir with `kills` SIGKILLs (and, with term, a
+        graceful SIGTERM restart after them); returns its results (index ->
+        BatchItemResult)."""
         pb, c = self.pb, self.c
         state = tempfile.mkdtemp(prefix="dsr1-batch-state-")
         srv = self.start(state)
@@ -149,21 +150,29 @@ class Run:
                  str(r.status)[:200])
         results = {}
         n = len(items)
-        points = sorted(rng.uniform(0.1, 0.85) for _ in range(kills))
+        points = sorted(rng.uniform(0.1, 0.8) for _ in range(kills)) + ([0.9] if term else [])
         t0 = time.time()
         for k, frac in enumerate(points):
+            graceful = term and k == len(points) - 1
             # stream in a thread while the batch runs; kill at the point
             streamer = threading.Thread(target=self.collect, args=(batch_id, results))
             streamer.start()
             while self.progress(batch_id) < frac * n and time.time() - t0 < 200:
                 time.sleep(0.02)
             done_before = self.progress(batch_id)
-            kill9(srv)
+            if graceful:
+                t = time.time()
+                rc = srv.stop()
+                c.expect(rc == 0 and time.time() - t < 15,
+                         f"{label}: SIGTERM with a batch running: exit 0 within 15 s",
+                         f"exit {rc} after {time.time() - t:.1f} s\n{srv.tail()}")
+            else:
+                kill9(srv)
             streamer.join(60)
             c.expect(not streamer.is_alive(), f"{label}: the stream ends at crash {k + 1}")
             self.channel.close()
-            print(f"{label}: crash {k + 1} at {done_before}/{n} finished "
-                  f"({len(results)} results streamed)", flush=True)
+            print(f"{label}: {'SIGTERM' if graceful else 'crash'} {k + 1} at {done_before}/{n} "
+                  f"finished ({len(results)} results streamed)", flush=True)
             srv = self.start(state)
             st = self.stub.GetBatch(pb.GetBatchRequest(batch_id=batch_id), timeout=30)
             c.expect(st.finished >= done_before and st.total == n,
@@ -273,7 +282,8 @@ def main():
             ref = run.run(f"{mode} reference", items, "ref", 0, rng)
             print(f"{mode}: reference run {time.time() - t:.1f} s", flush=True)
             t = time.time()
-            got = run.run(f"{mode} crashes", items, "crashy", 3 if mode == "serve" else 2, rng)
+            got = run.run(f"{mode} crashes", items, "crashy", 3 if mode == "serve" else 2, rng,
+                          term=mode == "serve")
             print(f"{mode}: crashed run {time.time() - t:.1f} s", flush=True)
             if ref and got:
                 diff = [i for i in range(n) if list(ref[i].result.token_ids) !=
