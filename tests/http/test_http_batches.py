@@ -116,6 +116,33 @@ def upload_checks(c, port):
     c.expect(status == 401, "upload without the API key: 401", f"{status} {ans}")
 
 
+def grpc_batch_hidden(c, srv, port, tmp):
+    """A batch made through gRPC (format grpc) is not one of this API's: 404 and not listed.
+    Skipped without grpcio/protoc."""
+    try:
+        import grpc
+    except ImportError:
+        print("grpcio missing: the gRPC batch check is skipped")
+        return
+    if not shutil.which("protoc") or not os.access(serve_util.GRPC_PLUGIN, os.X_OK):
+        print("protoc missing: the gRPC batch check is skipped")
+        return
+    pb, pb_grpc, _, _ = serve_util.load_stubs(tmp)
+    api = pb_grpc.Dsr1Stub(grpc.insecure_channel(srv.target))
+    items = [pb.BatchItem(input=pb.Input(text="Once"),
+                          sampling=pb.SamplingParams(temperature=0, max_tokens=2))]
+    r = api.SubmitBatch(pb.SubmitBatchRequest(batch_id="grpc-made", items=items), timeout=60,
+                        metadata=[("authorization", f"Bearer {KEY}")])
+    c.expect(r.created, "a gRPC batch created")
+    try:
+        get(port, "/v1/batches/grpc-made")
+        c.expect(False, "a gRPC batch through /v1/batches/{id}: 404", "found")
+    except urllib.error.HTTPError as e:
+        c.expect(e.code == 404, "a gRPC batch through /v1/batches/{id}: 404", str(e.code))
+    ids = [b["id"] for b in get(port, "/v1/batches?limit=100")["data"]]
+    c.expect("grpc-made" not in ids, "a gRPC batch is not listed", str(ids))
+
+
 def start(dsr1, model, state):
     srv = serve_util.Server([dsr1, "serve", "--model", model, "--host", "127.0.0.1", "--port", "0",
                              "--api-key", KEY, "--kv-tokens", "16384", "--state-dir", state])
@@ -176,6 +203,7 @@ def main():
                          json.dumps(line))
         else:
             print("python3-jsonschema missing: responses not validated against the schemas")
+        grpc_batch_hidden(c, srv, port, tmp)
         # a restart on the same state directory keeps the batches and their files
         before = get(port, "/v1/batches?limit=100")
         rc = srv.stop()
