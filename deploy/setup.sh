@@ -21,6 +21,7 @@ packages=(
     python3-jsonschema     # tests: OpenAI's response schemas, constrained (JSON Schema) outputs
     libsqlite3-dev         # the durable batch store (coordinator/batch)
     libcurl4-openssl-dev   # optional: `dsr1-bench serve --backend openai` (the HTTP API's client)
+    curl                   # tests: the large upload through the Files API (curl -F)
     nodejs npm
 )
 if [ "${DSR1_SKIP_APT:-0}" != 1 ]; then
