@@ -633,8 +633,10 @@ int dsr1__js_pattern(js_ctx *c, const char *pattern, size_t len, const char *wha
     "){1,4}|(?:" H16 ":){1,2}(?::" H16 "){1,5}|" H16 ":(?::" H16 "){1,6}|:(?:(?::" H16             \
     "){1,7}|:)|(?:" H16 ":){6}" IPV4 "|::(?:" H16 ":){0,5}" IPV4 "|(?:" H16 ":){1,5}:(?:" H16      \
     ":){0,4}" IPV4 ")"
+/* A hostname label (RFC 1123): 1-63 letters, digits and hyphens, no hyphen at either end;
+ * no trailing dot. Not checked: the total length (253) and the punycode of "xn--" labels. */
 #define LABEL    "[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-#define HOSTNAME LABEL "(?:\\." LABEL ")*\\.?"
+#define HOSTNAME LABEL "(?:\\." LABEL ")*"
 #define DUR_TIME "T(?:[0-9]+H(?:[0-9]+M(?:[0-9]+S)?)?|[0-9]+M(?:[0-9]+S)?|[0-9]+S)"
 #define DUR_DATE "(?:[0-9]+Y(?:[0-9]+M(?:[0-9]+D)?)?|[0-9]+M(?:[0-9]+D)?|[0-9]+D)"
 

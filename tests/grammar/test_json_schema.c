@@ -186,7 +186,7 @@ static const lang_case cases[] = {
      {"\"12345::\"", "\"1:2:3:4:5:6:7:8:9\""}},
     {"{\"type\":\"string\",\"format\":\"hostname\"}",
      {"\"www.example.com\""},
-     {"\"-a.com\"", "\"a b\""}},
+     {"\"-a.com\"", "\"a b\"", "\"example.\""}},
     {"{\"type\":\"string\",\"format\":\"duration\"}",
      {"\"P1DT2H\"", "\"P4W\"", "\"PT5S\"", "\"P1Y2M\""},
      {"\"P\"", "\"PT\"", "\"P1H\""}},
