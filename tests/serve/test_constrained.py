@@ -242,7 +242,7 @@ def check_errors(c, grpc, api, pb):
             timeout=60)
         c.expect(False, "a batch with a bad schema is refused")
     except grpc.RpcError as e:
-        c.expect(e.code() == grpc.StatusCode.INVALID_ARGUMENT and "items[1]" in e.details()
+        c.expect(e.code() == grpc.StatusCode.INVALID_ARGUMENT and "item 1" in e.details()
                  and "'not'" in e.details(),
                  "a batch with a bad schema is refused, naming the item and keyword",
                  f"{e.code()} {e.details()}")
