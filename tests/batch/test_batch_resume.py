@@ -8,7 +8,8 @@ once in the streamed results and in GetBatch's, seqs 0..N-1 each once, and every
 tokens equal to the reference run's (greedy items and seeded temperature > 0 items alike:
 an item that was running at a crash runs again from its prompt). Then `dsr1 client batch
 --resume` continues a download cut off mid-line. The same under mpirun (dsr1-coordinator and
-two dsr1-worker ranks), the whole job killed, with a smaller batch.
+two dsr1-worker ranks), the whole job killed, with a smaller batch. And the state directory:
+its default, one server per directory, --state-dir none.
 
 usage: test_batch_resume.py BUILD_ROOT [serve|mpirun|all]   (exit 77: grpcio etc. missing)
 """
@@ -255,6 +256,41 @@ class Run:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def check_state_dir(build, model, pb, pb_grpc, grpc, c):
+    """The default state directory ($XDG_STATE_HOME/dsr1), a second server on a directory in
+    use refused naming the first one's pid, and --state-dir none."""
+    dsr1 = os.path.join(build, "tools", "dsr1")
+    base = [dsr1, "serve", "--model", model, "--host", "127.0.0.1", "--port", "0",
+            "--http-port", "0"]
+    tmp = tempfile.mkdtemp(prefix="dsr1-batch-xdg-")
+    srv = serve_util.Server(base, env={"XDG_STATE_HOME": tmp}, own_state=False)
+    try:
+        db = os.path.join(tmp, "dsr1", "dsr1.db")
+        c.expect(os.path.exists(db) and os.stat(os.path.join(tmp, "dsr1")).st_mode & 0o777 ==
+                 0o700, "default state dir: $XDG_STATE_HOME/dsr1, mode 0700")
+        t = time.time()
+        r = subprocess.run(base + ["--state-dir", os.path.join(tmp, "dsr1")],
+                           capture_output=True, text=True, timeout=60)
+        c.expect(r.returncode == 1 and str(srv.proc.pid) in r.stderr and time.time() - t < 10,
+                 "a second server on a state dir in use exits at once naming the holder's pid",
+                 f"exit {r.returncode}: {r.stderr[-300:]}")
+    finally:
+        srv.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    srv = serve_util.Server(base + ["--state-dir", "none"], own_state=False)
+    try:
+        stub = pb_grpc.Dsr1Stub(grpc.insecure_channel(srv.target))
+        try:
+            stub.ListBatches(pb.ListBatchesRequest(), timeout=10)
+            code, details = "OK", ""
+        except grpc.RpcError as e:
+            code, details = e.code().name, e.details()
+        c.expect(code == "UNAVAILABLE" and "--state-dir" in details,
+                 "--state-dir none: batch RPCs UNAVAILABLE naming --state-dir", f"{code} {details}")
+    finally:
+        srv.stop()
+
+
 def main():
     if len(sys.argv) < 2:
         print(__doc__)
@@ -267,6 +303,8 @@ def main():
         model = serve_util.tiny_model(os.path.join(build, "tools", "dsr1"), build)
         checks = serve_util.Checks()
         rng = random.Random(SEED)
+        if which in ("all", "serve"):
+            check_state_dir(build, model, pb, pb_grpc, grpc, checks)
         modes = ["serve", "mpirun"] if which == "all" else [which]
         for mode in modes:
             if mode == "mpirun":

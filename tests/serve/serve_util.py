@@ -125,10 +125,10 @@ def with_state_dir(cmd):
 class Server:
     """A `dsr1 serve` (or mpirun'd dsr1-coordinator) process; `port` once it serves. Its
     stderr is kept (tail printed on failure). Without --state-dir in cmd it gets a temporary
-    state directory of its own, removed by stop()."""
+    state directory of its own, removed by stop() (own_state False: the server's default)."""
 
-    def __init__(self, cmd, env=None, timeout=180):
-        cmd, self.state_dir = with_state_dir(cmd)
+    def __init__(self, cmd, env=None, timeout=180, own_state=True):
+        cmd, self.state_dir = with_state_dir(cmd) if own_state else (cmd, None)
         self.cmd = cmd
         self.log = []
         full_env = {**os.environ, "DSR1_NO_PROGRESS_BAR": "1", **(env or {})}
