@@ -2,8 +2,10 @@
 """OpenAI's Files and Batches API of `dsr1 serve` (with a state directory) driven by the
 official `openai` npm package (openai_batches_check.mjs); then every JSON response it
 recorded, and the bodies of the batch's output and error lines, are validated against
-OpenAI's published schemas (openapi/); then the server is restarted on the same state
-directory and the batches and files are still there.
+OpenAI's published schemas (openapi/); uploads built by hand; a gRPC batch is not one of this
+API's; then the server is stopped while a batch runs and restarted on the same state
+directory: the finished batches and files are still there, and the cut batch finishes with
+every item once, each equal to the same request sent directly.
 
 usage: test_http_batches.py BUILD_ROOT
        (exit 77: node, the openai package or the tiny model missing)
@@ -15,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.error
 import urllib.request
 
@@ -143,6 +146,71 @@ def grpc_batch_hidden(c, srv, port, tmp):
     c.expect("grpc-made" not in ids, "a gRPC batch is not listed", str(ids))
 
 
+def post_json(port, path, body):
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method="POST",
+                                 data=json.dumps(body).encode(),
+                                 headers={"Authorization": f"Bearer {KEY}",
+                                          "Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=120) as r:
+        return json.loads(r.read())
+
+
+def content(port, file_id):
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/files/{file_id}/content",
+                                 headers={"Authorization": f"Bearer {KEY}"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        return [json.loads(x) for x in r.read().decode().splitlines() if x]
+
+
+RESUME_ITEMS = 48
+
+
+def start_long_batch(c, port):
+    """A batch of greedy items long enough to be cut by a restart; returns its id."""
+    lines = [{"custom_id": f"long-{i}", "method": "POST", "url": "/v1/chat/completions",
+              "body": {"max_tokens": 200, "ignore_eos": True, "temperature": 0,
+                       "messages": [{"role": "user", "content": f"Tell a story ({i})."}]}}
+             for i in range(RESUME_ITEMS)]
+    body, ctype = multipart([("file", "resume.jsonl",
+                              "".join(json.dumps(x) + "\n" for x in lines).encode()),
+                             ("purpose", None, b"batch")])
+    status, f = post_raw(port, body, ctype)
+    b = post_json(port, "/v1/batches", {"input_file_id": f["id"], "completion_window": "24h",
+                                       "endpoint": "/v1/chat/completions"})
+    t0 = time.time()
+    while time.time() - t0 < 120:  # until some items are done, not all
+        b = get(port, f"/v1/batches/{b['id']}")
+        if b["request_counts"]["completed"] >= 1:
+            break
+        time.sleep(0.05)
+    print(f"stopping the server with {b['request_counts']} done of the resumed batch")
+    c.expect(b["status"] == "in_progress", "the batch runs when the server stops", b["status"])
+    return b["id"], lines
+
+
+def check_resumed(c, port, bid, lines):
+    """The batch cut by the restart finishes: every item once, each as if run directly."""
+    t0 = time.time()
+    while True:
+        b = get(port, f"/v1/batches/{bid}")
+        if b["status"] not in ("validating", "in_progress", "finalizing") or time.time() - t0 > 180:
+            break
+        time.sleep(0.2)
+    c.expect(b["status"] == "completed" and b["request_counts"]["completed"] == RESUME_ITEMS and
+             b["request_counts"]["failed"] == 0, "the resumed batch completed", json.dumps(b))
+    if not b["output_file_id"]:
+        return
+    out = content(port, b["output_file_id"])
+    ids = sorted(x["custom_id"] for x in out)
+    c.expect(ids == sorted(x["custom_id"] for x in lines), "resumed: every custom_id once",
+             str(ids))
+    for line in lines[:3] + lines[-2:]:
+        direct = post_json(port, "/v1/chat/completions", line["body"])
+        got = [x for x in out if x["custom_id"] == line["custom_id"]]
+        c.expect(got and got[0]["response"]["body"]["choices"][0]["message"] ==
+                 direct["choices"][0]["message"], f"resumed: {line['custom_id']} equals direct")
+
+
 def start(dsr1, model, state):
     srv = serve_util.Server([dsr1, "serve", "--model", model, "--host", "127.0.0.1", "--port", "0",
                              "--api-key", KEY, "--kv-tokens", "16384", "--state-dir", state])
@@ -205,16 +273,18 @@ def main():
             print("python3-jsonschema missing: responses not validated against the schemas")
         grpc_batch_hidden(c, srv, port, tmp)
         # a restart on the same state directory keeps the batches and their files
-        before = get(port, "/v1/batches?limit=100")
+        bid, long_lines = start_long_batch(c, port)
+        before = [b for b in get(port, "/v1/batches?limit=100")["data"] if b["id"] != bid]
         rc = srv.stop()
         c.expect(rc == 0, "server exits 0 on SIGTERM", f"exit {rc}")
         srv, port = start(dsr1, model, state)
         if c.expect(port is not None, "restarted"):
-            after = get(port, "/v1/batches?limit=100")
+            after = [b for b in get(port, "/v1/batches?limit=100")["data"] if b["id"] != bid]
             key = lambda b: (b["id"], b["status"], b["request_counts"], b["output_file_id"])  # noqa
-            c.expect([key(b) for b in after["data"]] == [key(b) for b in before["data"]],
-                     "batches after a restart", f"{after['data']} vs {before['data']}")
-            done = [b for b in after["data"] if b["output_file_id"]]
+            c.expect([key(b) for b in after] == [key(b) for b in before],
+                     "batches after a restart", f"{after} vs {before}")
+            check_resumed(c, port, bid, long_lines)
+            done = [b for b in after if b["output_file_id"]]
             if c.expect(done, "a batch with an output file"):
                 f = get(port, "/v1/files/" + done[0]["output_file_id"])
                 c.expect(f["purpose"] == "batch_output", "its output file after a restart", str(f))
