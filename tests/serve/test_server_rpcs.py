@@ -357,7 +357,7 @@ def check_batches(t):
 def check_batch_store(t):
     """UploadBatch (several messages, the same batch as a SubmitBatch of the same items),
     total_items and a cancelled upload creating nothing, from_seq, seq order, ListBatches
-    paging, completion_window."""
+    paging, completion_window and expiry."""
     pb = t.pb
     req = batch_req(t, "", 5, max_tokens=2)
     items = list(req.items)
@@ -418,6 +418,24 @@ def check_batch_store(t):
                "completion_window: expires_unix_s", str(r.status)[:300])
     req.batch_id, req.completion_window = "up5", "2 fortnights"
     t.expect_error("completion_window: bad", "INVALID_ARGUMENT", "SubmitBatch", req)
+    # a batch past its completion window: EXPIRED, its unfinished items ABORT (batch_expired)
+    exp = batch_req(t, "exp", 4, max_tokens=CONTEXT - 16)
+    exp.completion_window = "1s"
+    t.call("SubmitBatch", exp)
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        st = t.call("GetBatch", pb.GetBatchRequest(batch_id="exp"))
+        if st.state == pb.EXPIRED:
+            break
+        time.sleep(0.2)
+    res = list(t.call("StreamBatchResults", pb.StreamBatchResultsRequest(batch_id="exp"),
+                      timeout=60))
+    t.c.expect(st.state == pb.EXPIRED and st.finished == 4 and st.aborted == 4 and
+               len(res) == 4 and all(x.result.finish_reason == pb.ABORT and
+                                     "batch_expired" in x.result.error for x in res),
+               "completion_window passed: EXPIRED, every unfinished item ABORT batch_expired",
+               f"{pb.BatchState.Name(st.state)} {st.finished}/{st.aborted} "
+               f"{[(x.result.finish_reason, x.result.error) for x in res]}")
     # paging, newest first
     seen, after = [], ""
     while True:
@@ -426,8 +444,8 @@ def check_batch_store(t):
         if not ls.has_more:
             break
         after = ls.batches[-1].batch_id
-    t.c.expect(seen == ["up1b", "up1", "b3", "b2", "b1"], "list: pages of 2, newest first",
-               str(seen))
+    t.c.expect(seen == ["exp", "up1b", "up1", "b3", "b2", "b1"],
+               "list: pages of 2, newest first", str(seen))
     list(t.call("StreamBatchResults", pb.StreamBatchResultsRequest(batch_id="up1b"), timeout=60))
     t.wait_idle("batch store: all gone")
 
