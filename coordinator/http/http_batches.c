@@ -196,6 +196,14 @@ static enum MHD_Result list(dsr1_http_server *s, struct MHD_Connection *c)
         return ret;
     const char *after = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "after");
     if (after && !*after) after = NULL;
+    if (after) { /* an unknown cursor (or a gRPC batch's) is an error, not an empty page */
+        dsr1_batch_info a;
+        dsr1_status st = dsr1_batches_get(s->p.batches, after, &a);
+        bool ours = !st && !strcmp(a.format, FORMAT);
+        if (!st) dsr1_batch_info_clear(&a);
+        if (st && st != DSR1_ERR_NOT_FOUND) return store_error(s, c, st, "after");
+        if (!ours) return no_batch(s, c, after);
+    }
     dsr1_batch_info *page = calloc((size_t)limit, sizeof(*page));
     if (!page) return dsr1__http_send_error(s, c, 500, NULL, NULL, NULL, "out of memory");
     int n = 0;

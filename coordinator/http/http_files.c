@@ -49,6 +49,20 @@ static void upload_fail(http_upload *u, int status, const char *param, const cha
     }
 }
 
+/* Fails the upload unless its purpose is batch (missing: only once the body is over). */
+static void purpose_check(http_upload *u, bool at_end)
+{
+    if (u->purpose_seen ? !u->purpose_long && !strcmp(u->purpose, "batch") : !at_end) return;
+    char msg[200];
+    if (!u->purpose_seen)
+        snprintf(msg, sizeof(msg), "purpose: a required field (this server accepts 'batch')");
+    else
+        snprintf(msg, sizeof(msg),
+                 "purpose: '%.40s%s' is not supported: this server accepts 'batch' only",
+                 u->purpose, u->purpose_long ? "..." : "");
+    upload_fail(u, 400, "purpose", NULL, msg);
+}
+
 static enum MHD_Result on_field(void *cls, enum MHD_ValueKind kind, const char *key,
                                 const char *filename, const char *content_type,
                                 const char *transfer_encoding, const char *data, uint64_t off,
@@ -70,8 +84,10 @@ static enum MHD_Result on_field(void *cls, enum MHD_ValueKind kind, const char *
                 return MHD_YES;
             }
             u->file_seen = true;
-            /* the only purpose accepted is batch; a later `purpose` field is checked at the
-             * end (the fields may come in either order) */
+            /* the only purpose accepted is batch: one given before the file is checked now
+             * (nothing written), a later one at the end (the fields come in either order) */
+            purpose_check(u, false);
+            if (u->status) return MHD_YES;
             dsr1_status st = dsr1_file_upload_begin(
                 u->s->p.batches, filename && *filename ? filename : "file", "batch", &u->up);
             if (st) {
@@ -132,16 +148,7 @@ enum MHD_Result dsr1__http_upload_finish(dsr1_http_server *s, struct MHD_Connect
     if (u->pp && MHD_destroy_post_processor(u->pp) != MHD_YES)
         upload_fail(u, 400, NULL, NULL, "the multipart/form-data body is malformed");
     u->pp = NULL;
-    if (!u->status && (!u->purpose_seen || u->purpose_long || strcmp(u->purpose, "batch"))) {
-        char msg[200];
-        if (!u->purpose_seen)
-            snprintf(msg, sizeof(msg), "purpose: a required field (this server accepts 'batch')");
-        else
-            snprintf(msg, sizeof(msg),
-                     "purpose: '%.40s%s' is not supported: this server accepts 'batch' only",
-                     u->purpose, u->purpose_long ? "..." : "");
-        upload_fail(u, 400, "purpose", NULL, msg);
-    }
+    if (!u->status) purpose_check(u, true);
     if (!u->status && !u->file_seen)
         upload_fail(u, 400, "file", NULL, "file: a required field (the file's content)");
     if (u->status) return dsr1__http_send_error(s, c, u->status, NULL, u->param, u->code, u->msg);
@@ -240,6 +247,10 @@ static enum MHD_Result list_files(dsr1_http_server *s, struct MHD_Connection *c)
     json_t *data = json_array();
     bool has_more = false;
     dsr1_status st = page && data ? DSR1_OK : dsr1_error(DSR1_ERR_NOMEM, "out of memory");
+    if (!st && after) { /* an unknown cursor is an error (404), not an empty page */
+        dsr1_file_info f;
+        st = dsr1_files_get(s->p.batches, after, &f);
+    }
     if (!asc) {
         char cursor[DSR1_BATCH_ID_MAX] = "";
         if (after) snprintf(cursor, sizeof(cursor), "%s", after);
@@ -268,10 +279,6 @@ static enum MHD_Result list_files(dsr1_http_server *s, struct MHD_Connection *c)
         if (!st && !ring) st = dsr1_error(DSR1_ERR_NOMEM, "out of memory");
         char cursor[DSR1_BATCH_ID_MAX] = "";
         bool reached = false;
-        if (!st && after) { /* an unknown cursor is an error, as in order desc */
-            dsr1_file_info f;
-            st = dsr1_files_get(s->p.batches, after, &f);
-        }
         while (!st && !reached) {
             int n = 0;
             bool more = false;

@@ -222,6 +222,8 @@ await expectError("a batch_output file as input", OpenAI.BadRequestError, 400, (
   client.batches.create({ input_file_id: done.output_file_id, endpoint: "/v1/chat/completions", completion_window: "24h" }));
 await expectError("purpose fine-tune", OpenAI.BadRequestError, 400, () =>
   client.files.create({ file: toFile(Buffer.from("{}\n"), "f.jsonl"), purpose: "fine-tune" }));
+await expectError("files.list after an unknown file", OpenAI.NotFoundError, 404, () => client.files.list({ after: "file-nope" }));
+await expectError("batches.list after an unknown batch", OpenAI.NotFoundError, 404, () => client.batches.list({ after: "batch_nope" }));
 await expectError("files.list limit 0", OpenAI.BadRequestError, 400, () => client.files.list({ limit: 0 }));
 await expectError("batches.list limit 101", OpenAI.BadRequestError, 400, () => client.batches.list({ limit: 101 }));
 try {

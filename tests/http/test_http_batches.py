@@ -93,6 +93,8 @@ def upload_checks(c, port):
         ("no purpose", [("file", "p.jsonl", data)], 400, "purpose"),
         ("purpose vision", [("file", "p.jsonl", data), ("purpose", None, b"vision")], 400,
          "purpose"),
+        ("purpose vision first", [("purpose", None, b"vision"), ("file", "p.jsonl", data)], 400,
+         "purpose"),
         ("no file", [("purpose", None, b"batch")], 400, "file"),
         ("two files", [("file", "a.jsonl", data), ("file", "b.jsonl", data),
                        ("purpose", None, b"batch")], 400, "file"),
