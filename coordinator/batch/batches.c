@@ -543,7 +543,7 @@ dsr1_status dsr1_batch_writer_add(dsr1_batch_writer *w, const uint8_t *req, size
     dsr1_status st = c.check(c.ctx, w->c.endpoint, req, len, it->custom_id, sizeof it->custom_id);
     if (st) {
         w->failed = true;
-        return dsr1_error(DSR1_ERR_INVALID_ARG, "item %d: %s", index, dsr1_errmsg());
+        return dsr1_error_context(DSR1_ERR_INVALID_ARG, "item %d", index);
     }
     it->req = malloc(len ? len : 1);
     if (!it->req) {
