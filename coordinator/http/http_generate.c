@@ -668,23 +668,12 @@ static void submit_rest(http_job *j)
 
 /* Submits the job's requests: all at once for n = 1; for n > 1, choice 0 now and the
  * others from its first event (see http_job.deferred). */
-static dsr1_status submit(dsr1_http_server *s, http_job *j, const http_prompt *pr,
-                          const http_params *pa)
+static dsr1_status submit(dsr1_http_server *s, http_job *j, const http_prepared *p)
 {
-    dsr1_sched_request q = {
-        .prompt = pr->ids,
-        .n_prompt = (int)pr->n,
-        .sampling = pa->sampling,
-        .max_tokens = pa->max_tokens,
-        .logprobs = j->logprobs,
-        .text = pa->text,
-        .grammar = pa->grammar,
-        .grammar_after_trigger = pa->after_trigger,
-        .trigger_id = pa->trigger_id,
-        .think_budget = pa->think_budget,
-        .callback = on_event,
-        .ctx = j,
-    };
+    dsr1_sched_request q;
+    dsr1__http_sched_request(p, &q);
+    q.callback = on_event;
+    q.ctx = j;
     if (j->n > 1) {
         dsr1_status st = keep_rest(j, &q);
         if (st) return st;
@@ -717,7 +706,7 @@ dsr1_status dsr1__http_job_submit_batch(dsr1_http_server *s, const http_prepared
     if (!j) return dsr1_error(DSR1_ERR_NOMEM, "out of memory");
     j->on_end = on_end;
     j->end_ctx = end_ctx;
-    dsr1_status st = submit(s, j, &p->pr, &p->pa);
+    dsr1_status st = submit(s, j, p);
     if (st) {
         char msg[1024];
         snprintf(msg, sizeof(msg), "%s", dsr1_errmsg());
@@ -742,7 +731,7 @@ enum MHD_Result dsr1__http_generate(dsr1_http_server *s, struct MHD_Connection *
         pthread_mutex_lock(&j->mu);
         dsr1__http_watch(s, j);
         pthread_mutex_unlock(&j->mu);
-        st = submit(s, j, &p->pr, &p->pa);
+        st = submit(s, j, p);
         if (st && j->n_submitted) { /* some were queued: abort them, answer the error */
             dsr1__http_job_abort(j);
         }

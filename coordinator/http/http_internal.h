@@ -217,10 +217,12 @@ typedef struct {
     char message[1024];
 } http_fail;
 /* 0 and *out, or the failure's HTTP status with f filled. batch: a batch item's body, where
- * stream is refused. */
+ * stream is refused and what the scheduler would refuse is checked too (dsr1_sched_check). */
 int dsr1__http_prepare(dsr1_http_server *s, dsr1_http_kind kind, const char *body, size_t len,
                        bool batch, http_prepared **out, http_fail *f);
 void dsr1__http_prepared_free(dsr1_http_server *s, http_prepared *p);
+/* The scheduler request of a prepared request (choice 0; no id, callback or class). */
+void dsr1__http_sched_request(const http_prepared *p, dsr1_sched_request *q);
 
 /* POST /v1/chat/completions and /v1/completions: a complete body. Either answers at once
  * (errors, *job NULL) or submits and returns the job, whose reference the connection keeps. */

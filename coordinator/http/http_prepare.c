@@ -142,6 +142,22 @@ static dsr1_status make_params(dsr1_http_server *s, const dsr1_http_request *r,
     return st ? st : tool_grammar(s, r, o, param, cap);
 }
 
+void dsr1__http_sched_request(const http_prepared *p, dsr1_sched_request *q)
+{
+    *q = (dsr1_sched_request){
+        .prompt = p->pr.ids,
+        .n_prompt = (int)p->pr.n,
+        .sampling = p->pa.sampling,
+        .max_tokens = p->pa.max_tokens,
+        .logprobs = p->r.logprobs,
+        .text = p->pa.text,
+        .grammar = p->pa.grammar,
+        .grammar_after_trigger = p->pa.after_trigger,
+        .trigger_id = p->pa.trigger_id,
+        .think_budget = p->pa.think_budget,
+    };
+}
+
 void dsr1__http_prepared_free(dsr1_http_server *s, http_prepared *p)
 {
     if (!p) return;
@@ -190,6 +206,12 @@ int dsr1__http_prepare(dsr1_http_server *s, dsr1_http_kind kind, const char *bod
     if (st)
         snprintf(f->param, sizeof(f->param), "%s", kind == DSR1_HTTP_CHAT ? "messages" : "prompt");
     if (!st) st = make_params(s, &p->r, &p->pr, &p->pa, f->param, sizeof(f->param));
+    if (!st && batch) { /* what the scheduler would refuse later (one rank's cache) */
+        dsr1_sched_request q;
+        dsr1__http_sched_request(p, &q);
+        st = dsr1_sched_check(s->p.sched, &q);
+        if (st) f->param[0] = '\0';
+    }
     if (st) {
         f->status = dsr1__http_status_of(st);
         snprintf(f->message, sizeof(f->message), "%s", dsr1_errmsg());

@@ -78,6 +78,8 @@ for (let i = 0; i < 20; i++) {
   if (i === 12) items.push({ custom_id: "bad-temperature", method: "POST", url: "/v1/chat/completions", body: { ...chatBody(0), temperature: 9 } });
   if (i === 15) items.push({ custom_id: "bad-stream", method: "POST", url: "/v1/chat/completions", body: { ...chatBody(0), stream: true } });
   if (i === 17) items.push({ method: "POST", url: "/v1/chat/completions", body: chatBody(0) });
+  // prompt + max_tokens beyond the context (--kv-tokens 16384 bounds it)
+  if (i === 18) items.push({ custom_id: "bad-max-tokens", method: "POST", url: "/v1/chat/completions", body: { ...chatBody(0), max_tokens: 17000 } });
 }
 items.forEach((it, k) => {
   if (typeof it === "string") invalid["not-json"] = k + 1;
