@@ -2,6 +2,7 @@
 """A large batch input through the Files API with flat memory: a generated JSONL of 100,000
 chat requests (about 200 MB, seeded) is uploaded with curl (-F file=@...) while the server's
 resident memory (/proc/PID/status VmRSS) is sampled; then downloaded back (byte-identical);
+an upload one byte over the store's largest file (512 MiB) is refused (413, nothing kept);
 then a batch over it is created and validated (every line checked as its endpoint checks a
 request) and cancelled. The server's RSS may not grow by more than 64 MiB at any point: the
 upload is streamed into the store, the download is sent from the file's descriptor, and the
@@ -146,6 +147,28 @@ def main():
                 h.update(chunk)
         c.expect(h.hexdigest() == digest, "downloaded: the bytes uploaded")
         os.unlink(dst)
+        # one byte over the store's largest file (512 MiB): 413 once the limit is passed,
+        # nothing kept (a sparse file: no disk used here)
+        huge = os.path.join(tmp, "huge.jsonl")
+        with open(huge, "wb") as g:
+            g.truncate((512 << 20) + 1)
+        s = Sampler(pid)
+        r = subprocess.run([curl, "-sS", "-H", f"Authorization: Bearer {KEY}", "-F", "purpose=batch",
+                            "-F", f"file=@{huge}", "-w", "\n%{http_code}",
+                            f"http://127.0.0.1:{port}/v1/files"],
+                           capture_output=True, text=True, timeout=600)
+        bounded("an upload over the limit", s.stop())
+        os.unlink(huge)
+        body, _, code = r.stdout.rpartition("\n")
+        try:
+            err = json.loads(body).get("error", {})
+        except ValueError:
+            err = {}
+        c.expect(code == "413" and err.get("code") == "file_too_large", "over the limit: 413",
+                 f"{code} {body[:300]} {r.stderr[:200]}")
+        files = api(port, "GET", "/v1/files")["data"]
+        c.expect([x["id"] for x in files] == [f["id"]], "over the limit: no file kept",
+                 str(files))
         # a batch over it: validated, then cancelled
         s = Sampler(pid)
         t0 = time.time()
