@@ -19,7 +19,7 @@
 #include "batches.h"
 
 #define DSR1__BATCH_APP_ID     0x44535231 /* "DSR1" */
-#define DSR1__BATCH_SCHEMA     1
+#define DSR1__BATCH_SCHEMA     2    /* 1: the first; 2: batches.priority, batches.max_running */
 #define DSR1__BATCH_PAGE       64   /* pending item indexes read at once */
 #define DSR1__BATCH_CHUNK      1000 /* items per transaction (validation, endings) */
 #define DSR1__BATCH_MAX_ERRORS 1000 /* line errors kept per batch in errors_json */
@@ -32,8 +32,10 @@ enum { ABORT_NONE = 0, ABORT_CANCEL = 1, ABORT_EXPIRE = 2, ABORT_CLOSE = 3, ABOR
 /* An unfinished batch, in memory while the store is open. Freed by the runner once final. */
 typedef struct dsr1__bt dsr1__bt;
 struct dsr1__bt {
-    dsr1__bt *next; /* creation order */
+    dsr1__bt *next; /* run order: priority (higher first), then creation (n) */
     int64_t n;      /* its row */
+    int priority;
+    int window; /* items at once: its max_running, capped by the store's batch_window */
     char id[DSR1_BATCH_ID_MAX];
     char format[16];
     char endpoint[64];
@@ -130,6 +132,11 @@ dsr1_status dsr1__prep(sqlite3 *db, const char *sql, sqlite3_stmt **out);
 void dsr1__path(const dsr1_batches *b, char *out, size_t cap, const char *sub, const char *id);
 dsr1_status dsr1__fsync_dir(const char *path);
 const dsr1_batch_codec *dsr1__codec(dsr1_batches *b, const char *format); /* under mu */
+/* Under mu: links bt into the active list at its place in run order (after every batch of
+ * a higher or equal priority created before it). */
+void dsr1__active_insert(dsr1_batches *b, dsr1__bt *bt);
+/* A batch's window from its max_running (0: the store's batch_window). */
+int dsr1__bt_window(const dsr1_batches *b, int max_running);
 
 /* files.c */
 dsr1_status dsr1__files_purge_trash(dsr1_batches *b);

@@ -17,7 +17,8 @@
     "n, id, format, endpoint, input_file_id, output_file_id, error_file_id, state, "               \
     "completion_window, created_at, in_progress_at, finalizing_at, completed_at, failed_at, "      \
     "expired_at, cancelling_at, cancelled_at, expires_at, total, completed, failed, "              \
-    "prompt_tokens, completion_tokens, cached_tokens, metadata_json, fail_message"
+    "prompt_tokens, completion_tokens, cached_tokens, metadata_json, fail_message, priority, "     \
+    "max_running"
 
 #define WRITER_CHUNK_BYTES (16 << 20)
 #define CUSTOM_ID_MAX      512
@@ -174,6 +175,8 @@ dsr1_status dsr1__batch_info_row(dsr1_batches *b, sqlite3 *db, sqlite3_stmt *q,
     if (sqlite3_column_text(q, 24))
         out->metadata_json = strdup((const char *)sqlite3_column_text(q, 24));
     out->errors_json = errors_json(db, n, (const char *)sqlite3_column_text(q, 25));
+    out->priority = sqlite3_column_int(q, 26);
+    out->max_running = sqlite3_column_int(q, 27);
     pthread_mutex_lock(&b->mu);
     for (dsr1__bt *bt = b->active; bt; bt = bt->next)
         if (bt->n == n) out->running = bt->running;
@@ -280,8 +283,8 @@ static dsr1_status insert_batch(dsr1_batches *b, const dsr1_batch_create *c, con
     dsr1_status st = dsr1__prep(
         b->db,
         "INSERT INTO batches(id, visible, format, endpoint, input_file_id, state, "
-        "completion_window, created_at, expires_at, metadata_json, request_hash) VALUES (?, ?, "
-        "?, ?, ?, 0, ?, ?, ?, ?, ?)",
+        "completion_window, created_at, expires_at, metadata_json, request_hash, priority, "
+        "max_running) VALUES (?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?)",
         &q);
     if (st) return st;
     sqlite3_bind_text(q, 1, id, -1, SQLITE_STATIC);
@@ -295,6 +298,8 @@ static dsr1_status insert_batch(dsr1_batches *b, const dsr1_batch_create *c, con
     if (c->metadata_json && c->metadata_json[0])
         sqlite3_bind_text(q, 9, c->metadata_json, -1, SQLITE_STATIC);
     sqlite3_bind_int64(q, 10, (int64_t)c->request_hash);
+    sqlite3_bind_int(q, 11, c->priority);
+    sqlite3_bind_int(q, 12, c->max_running);
     int rc = sqlite3_step(q);
     sqlite3_finalize(q);
     if (rc != SQLITE_DONE) return dsr1__sql_error(b->db, rc, "creating a batch");
@@ -314,6 +319,8 @@ static dsr1_status check_create(dsr1_batches *b, const dsr1_batch_create *c, cha
     if (!have) return dsr1_error(DSR1_ERR_INVALID_ARG, "batch format %s: no codec", c->format);
     if (c->endpoint && strlen(c->endpoint) >= 64)
         return dsr1_error(DSR1_ERR_INVALID_ARG, "batch endpoint too long");
+    if (c->max_running < 0)
+        return dsr1_error(DSR1_ERR_INVALID_ARG, "batch max_running %d: negative", c->max_running);
     if (c->completion_window && strlen(c->completion_window) >= 16)
         return dsr1_error(DSR1_ERR_INVALID_ARG, "completion_window too long");
     dsr1_status st = dsr1__parse_window(c->completion_window, window_s);
@@ -332,12 +339,14 @@ static dsr1_status check_create(dsr1_batches *b, const dsr1_batch_create *c, cha
     return DSR1_OK;
 }
 
-static dsr1__bt *new_bt(int64_t n, const char *id, const dsr1_batch_create *c,
+static dsr1__bt *new_bt(dsr1_batches *b, int64_t n, const char *id, const dsr1_batch_create *c,
                         dsr1_batch_state state, int64_t expires_at)
 {
     dsr1__bt *bt = calloc(1, sizeof *bt);
     if (!bt) return NULL;
     bt->n = n;
+    bt->priority = c->priority;
+    bt->window = dsr1__bt_window(b, c->max_running);
     snprintf(bt->id, sizeof bt->id, "%s", id);
     snprintf(bt->format, sizeof bt->format, "%s", c->format);
     snprintf(bt->endpoint, sizeof bt->endpoint, "%s", c->endpoint ? c->endpoint : "");
@@ -350,11 +359,7 @@ static dsr1__bt *new_bt(int64_t n, const char *id, const dsr1_batch_create *c,
 
 static void add_active(dsr1_batches *b, dsr1__bt *bt) /* under mu */
 {
-    if (b->active_tail)
-        b->active_tail->next = bt;
-    else
-        b->active = bt;
-    b->active_tail = bt;
+    dsr1__active_insert(b, bt);
     pthread_cond_broadcast(&b->cv);
     pthread_cond_broadcast(&b->vcv);
 }
@@ -384,7 +389,7 @@ dsr1_status dsr1_batches_create_from_file(dsr1_batches *b, const dsr1_batch_crea
     }
     dsr1__bt *bt = NULL;
     if (!st && existing < 0) {
-        bt = new_bt(n, id, c, DSR1_BATCH_VALIDATING, expires_at);
+        bt = new_bt(b, n, id, c, DSR1_BATCH_VALIDATING, expires_at);
         if (!bt) st = dsr1_error(DSR1_ERR_NOMEM, "batch");
         /* without its memory it resumes on the next open */
     }
@@ -591,7 +596,7 @@ dsr1_status dsr1_batch_writer_commit(dsr1_batch_writer *w, dsr1_batch_info *out,
         pthread_mutex_unlock(&b->wmu);
     }
     if (!st) {
-        bt = new_bt(w->n, w->id, &w->c, DSR1_BATCH_IN_PROGRESS, w->expires_at);
+        bt = new_bt(b, w->n, w->id, &w->c, DSR1_BATCH_IN_PROGRESS, w->expires_at);
         if (bt) {
             bt->total = w->total;
             pthread_mutex_lock(&b->mu);

@@ -28,8 +28,11 @@
  * them in the scheduler (class DSR1_SCHED_BATCH) and hands back their result bytes.
  *
  * Scheduling. The runner keeps at most `window` items of all batches in the scheduler and
- * at most `batch_window` of one batch; batches run in creation order (an older batch's
- * pending items first). Pending items are read from the database a page at a time, so
+ * at most `batch_window` of one batch (or the batch's own max_running); batches run by
+ * priority, higher first, and in creation order among equal priorities: a batch's pending
+ * items start before those of every batch after it in that order (a batch created later
+ * with a higher priority takes the window as its items finish; running items are never
+ * preempted). Pending items are read from the database a page at a time, so
  * memory does not grow with the size of a batch. A batch past its completion window is
  * `expired`: its running items are aborted, its unfinished items get an error result
  * (code batch_expired), its finished results are kept. Finished batches and files are
@@ -59,7 +62,7 @@ typedef struct {
     const char *state_dir;  /* created (0700) if missing */
     int64_t retention_s;    /* 0: DSR1_BATCHES_DEFAULT_RETENTION_S; < 0: keep forever */
     int window;             /* items of all batches in the scheduler at once (0: 256) */
-    int batch_window;       /* items of one batch at once (0: window) */
+    int batch_window;       /* items of one batch at once (0 or more than window: window) */
     int64_t max_file_bytes; /* largest uploaded file (0: 512 MiB) */
     int max_items;          /* items of one batch (0: 1,000,000) */
 } dsr1_batches_params;
@@ -204,6 +207,8 @@ typedef struct {
      * given at creation. errors: why the batch failed or which lines were invalid, as
      * OpenAI's errors.data: [{"code", "message", "line"}]. */
     char *metadata_json, *errors_json;
+    int priority;    /* as created: higher runs first */
+    int max_running; /* as created: items of this batch at once (0: the store's batch_window) */
 } dsr1_batch_info;
 
 void dsr1_batch_info_clear(dsr1_batch_info *i);
@@ -219,6 +224,11 @@ typedef struct {
      * exists with the same hash returns the existing batch (*created false); with another
      * hash, DSR1_ERR_EXISTS. */
     uint64_t request_hash;
+    /* Higher runs first (any int; 0 by default); equal priorities run in creation order. */
+    int priority;
+    /* Items of this batch in the scheduler at once: 0 (or more than the store's
+     * batch_window): the store's batch_window; negative is refused. */
+    int max_running;
 } dsr1_batch_create;
 
 /* Creates a batch over an uploaded file's lines (purpose "batch"): it is `validating`

@@ -1,8 +1,9 @@
 /* The runner thread: each turn it sends the aborts asked for, expires batches past their
  * completion window, ends the batches that are ready to end (finish.c), starts pending
- * items while the windows have room (oldest batch first; pending indexes read from the
- * database a page at a time), purges what is past retention, and sleeps until the next
- * event: a finished item, a new batch, a codec, a busy retry, an expiry. */
+ * items while the windows have room (in run order: highest priority first, then oldest
+ * first; pending indexes read from the database a page at a time), purges what is past
+ * retention, and sleeps until the next event: a finished item, a new batch, a codec, a busy
+ * retry, an expiry. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -136,10 +137,10 @@ static bool feed_one(dsr1_batches *b, int64_t now, int64_t *wake_ns)
     for (dsr1__bt *bt = b->active; bt; bt = bt->next) {
         if (b->running >= b->p.window) return false;
         if (bt->validating || bt->ending || bt->finalize_needed ||
-            bt->state != DSR1_BATCH_IN_PROGRESS || bt->running >= b->p.batch_window)
+            bt->state != DSR1_BATCH_IN_PROGRESS || bt->running >= bt->window)
             continue;
         if (bt->busy_until > now) {
-            /* the scheduler is full: younger batches wait too (creation order) */
+            /* the scheduler is full: the batches after it wait too (run order) */
             if (bt->busy_until < *wake_ns) *wake_ns = bt->busy_until;
             return false;
         }

@@ -197,6 +197,17 @@ static const char *SCHEMA_V1 =
     "line INTEGER NOT NULL, code TEXT NOT NULL, message TEXT NOT NULL);"
     "CREATE INDEX errors_b ON errors(batch_n);";
 
+/* The migrations, in order: MIGRATIONS[v - 1] takes a database of version v to v + 1. A new
+ * database is made with SCHEMA_V1 and then every migration, so that a new and a migrated
+ * database are the same. Never edit one that has shipped: add the next. */
+static const char *const MIGRATIONS[] = {
+    /* 1 -> 2: the run order (priority, higher first) and a batch's own window */
+    "ALTER TABLE batches ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE batches ADD COLUMN max_running INTEGER NOT NULL DEFAULT 0;",
+};
+_Static_assert(sizeof MIGRATIONS / sizeof MIGRATIONS[0] == DSR1__BATCH_SCHEMA - 1,
+               "one migration per schema version after the first");
+
 static int pragma_int(sqlite3 *db, const char *sql, int *out)
 {
     sqlite3_stmt *st;
@@ -236,7 +247,7 @@ static dsr1_status schema(dsr1_batches *b)
                           DSR1__BATCH_SCHEMA);
     dsr1_status st = dsr1__exec(b->db, "PRAGMA journal_mode=WAL");
     if (st) return dsr1_error_context(st, "%s", path);
-    if (ver == DSR1__BATCH_SCHEMA) {
+    if (ver > 0) {
         /* a quick look at the structure: a damaged file is refused here, not mid-run */
         sqlite3_stmt *q;
         if (dsr1__prep(b->db, "PRAGMA quick_check(1)", &q))
@@ -249,18 +260,26 @@ static dsr1_status schema(dsr1_batches *b)
         sqlite3_finalize(q);
         if (!ok)
             return dsr1_error(DSR1_ERR_FORMAT, "%s is corrupt (%s); refusing to use it", path, msg);
-        return DSR1_OK;
+        if (ver == DSR1__BATCH_SCHEMA) return DSR1_OK;
     }
-    /* version 0: a new database; later versions add their migrations here, in order */
+    /* version 0: a new database, made as version 1 and migrated; an older version: migrated.
+     * One transaction: a migration cut short leaves the database as it was. */
     if ((st = dsr1__begin(b))) return dsr1_error_context(st, "%s", path);
+    if (ver == 0) st = dsr1__exec(b->db, SCHEMA_V1);
+    for (int v = ver ? ver : 1; !st && v < DSR1__BATCH_SCHEMA; v++)
+        st = dsr1__exec(b->db, MIGRATIONS[v - 1]);
     char sql[128];
     snprintf(sql, sizeof sql, "PRAGMA application_id=%d; PRAGMA user_version=%d",
              DSR1__BATCH_APP_ID, DSR1__BATCH_SCHEMA);
-    if ((st = dsr1__exec(b->db, SCHEMA_V1)) || (st = dsr1__exec(b->db, sql)) ||
-        (st = dsr1__commit(b))) {
+    if (st || (st = dsr1__exec(b->db, sql)) || (st = dsr1__commit(b))) {
         dsr1__rollback(b);
-        return dsr1_error_context(st, "creating the schema of %s", path);
+        if (ver == 0) return dsr1_error_context(st, "creating the schema of %s", path);
+        return dsr1_error_context(st, "migrating %s from schema version %d to %d", path, ver,
+                                  DSR1__BATCH_SCHEMA);
     }
+    if (ver)
+        DSR1_INFO("batch store: %s migrated from schema version %d to %d", path, ver,
+                  DSR1__BATCH_SCHEMA);
     return DSR1_OK;
 }
 
@@ -362,8 +381,8 @@ static dsr1_status load_active(dsr1_batches *b)
     sqlite3_stmt *q;
     if ((st = dsr1__prep(b->db,
                          "SELECT n, id, format, endpoint, state, ending, expires_at, total, "
-                         "completed + failed, next_seq, fail_message FROM batches WHERE state "
-                         "IN (0, 1, 2, 6) ORDER BY n",
+                         "completed + failed, next_seq, fail_message, priority, max_running "
+                         "FROM batches WHERE state IN (0, 1, 2, 6) ORDER BY n",
                          &q)))
         return st;
     while (sqlite3_step(q) == SQLITE_ROW) {
@@ -384,16 +403,14 @@ static dsr1_status load_active(dsr1_batches *b)
         bt->next_seq = sqlite3_column_int64(q, 9);
         if (sqlite3_column_text(q, 10))
             bt->fail_msg = strdup((const char *)sqlite3_column_text(q, 10));
+        bt->priority = sqlite3_column_int(q, 11);
+        bt->window = dsr1__bt_window(b, sqlite3_column_int(q, 12));
         bt->cursor = -1;
         bt->retry_idx = -1;
         if (bt->state == DSR1_BATCH_VALIDATING) bt->validating = true;
         if (bt->state == DSR1_BATCH_FINALIZING) bt->finalize_needed = true;
         if (bt->state == DSR1_BATCH_CANCELLING) bt->ending = END_CANCEL;
-        if (b->active_tail)
-            b->active_tail->next = bt;
-        else
-            b->active = bt;
-        b->active_tail = bt;
+        dsr1__active_insert(b, bt);
     }
     sqlite3_finalize(q);
     return DSR1_OK;
@@ -471,6 +488,22 @@ dsr1_status dsr1_batches_register(dsr1_batches *b, const dsr1_batch_codec *c)
     pthread_cond_broadcast(&b->vcv);
     pthread_mutex_unlock(&b->mu);
     return st;
+}
+
+void dsr1__active_insert(dsr1_batches *b, dsr1__bt *bt)
+{
+    dsr1__bt **pp = &b->active;
+    while (*pp && ((*pp)->priority > bt->priority ||
+                   ((*pp)->priority == bt->priority && (*pp)->n < bt->n)))
+        pp = &(*pp)->next;
+    bt->next = *pp;
+    *pp = bt;
+    if (!bt->next) b->active_tail = bt;
+}
+
+int dsr1__bt_window(const dsr1_batches *b, int max_running)
+{
+    return max_running > 0 && max_running < b->p.batch_window ? max_running : b->p.batch_window;
 }
 
 const dsr1_batch_codec *dsr1__codec(dsr1_batches *b, const char *format)

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+#include <sqlite3.h>
 
 #include "batch_fake.h"
 
@@ -44,6 +45,7 @@ static void *fake_main(void *arg)
         fitem it = f->it[pick];
         f->it[pick].used = false;
         f->running--;
+        f->b_running[it.bi]--;
         bool err = (int)(rand_r(&f->seed) % 100) < f->err_pct;
         pthread_mutex_unlock(&f->mu);
         size_t len = 0;
@@ -103,6 +105,15 @@ static dsr1_status fake_start(void *ctx, const dsr1_batch_item_ref *ref)
     int span = f->max_us - f->min_us;
     it->due = now_us() + f->min_us + (span > 0 ? (int)(rand_r(&f->seed) % (unsigned)span) : 0);
     if (ref->index < MAXN) f->starts[ref->index]++;
+    int bi = fake_batch(f, ref->batch_id);
+    if (bi < 0 && f->nbid < FAKE_BATCHES) {
+        bi = f->nbid++;
+        snprintf(f->bid[bi], sizeof f->bid[bi], "%s", ref->batch_id);
+    }
+    if (bi < 0) bi = FAKE_BATCHES - 1; /* more batches than told apart: counted with the last */
+    it->bi = bi;
+    if (f->nstarts < MAXN) f->order[f->nstarts] = (unsigned char)bi;
+    if (++f->b_running[bi] > f->b_max_running[bi]) f->b_max_running[bi] = f->b_running[bi];
     f->nstarts++;
     if (strcmp(ref->batch_id, "batch_A") == 0) f->last_a = f->nstarts;
     if (strcmp(ref->batch_id, "batch_B") == 0 && !f->first_b) f->first_b = f->nstarts;
@@ -113,6 +124,13 @@ static dsr1_status fake_start(void *ctx, const dsr1_batch_item_ref *ref)
     assert_memory_equal(ref->req, ref->custom_id, strlen(ref->custom_id));
     pthread_mutex_unlock(&f->mu);
     return DSR1_OK;
+}
+
+int fake_batch(fake *f, const char *id)
+{
+    for (int i = 0; i < f->nbid; i++)
+        if (strcmp(f->bid[i], id) == 0) return i;
+    return -1;
 }
 
 static void fake_abort(void *ctx, const char *request_id)
@@ -224,6 +242,9 @@ dsr1_batch_info wait_final(dsr1_batches *b, const char *id, double timeout_s)
     }
 }
 
+static void create_writer_c(dsr1_batches *b, const dsr1_batch_create *cr, int n,
+                            dsr1_batch_info *out);
+
 /* Creates a batch of n items "c<i> payload" through a writer. */
 void create_writer(dsr1_batches *b, const char *id, int n, const char *window, dsr1_batch_info *out)
 {
@@ -233,6 +254,94 @@ void create_writer(dsr1_batches *b, const char *id, int n, const char *window, d
                            .completion_window = window,
                            .metadata_json = "{\"k\":\"v\"}",
                            .request_hash = 42};
+    create_writer_c(b, &c, n, out);
+}
+
+void create_writer_p(dsr1_batches *b, const char *id, int n, int priority, int max_running,
+                     dsr1_batch_info *out)
+{
+    dsr1_batch_create c = {.id = id,
+                           .format = "fake",
+                           .endpoint = "",
+                           .request_hash = 42,
+                           .priority = priority,
+                           .max_running = max_running};
+    create_writer_c(b, &c, n, out);
+}
+
+/* The schema version 1 as it shipped (coordinator/batch/store.c's SCHEMA_V1): frozen. */
+static const char *V1_DDL =
+    "CREATE TABLE files(n INTEGER PRIMARY KEY, id TEXT UNIQUE NOT NULL, filename TEXT NOT "
+    "NULL, purpose TEXT NOT NULL, bytes INTEGER NOT NULL, created_at INTEGER NOT NULL, "
+    "expires_at INTEGER NOT NULL DEFAULT 0);"
+    "CREATE TABLE trash(id TEXT PRIMARY KEY);"
+    "CREATE TABLE batches(n INTEGER PRIMARY KEY, id TEXT UNIQUE NOT NULL, visible INTEGER NOT "
+    "NULL, format TEXT NOT NULL, endpoint TEXT NOT NULL, input_file_id TEXT NOT NULL DEFAULT "
+    "'', output_file_id TEXT NOT NULL DEFAULT '', error_file_id TEXT NOT NULL DEFAULT '', "
+    "state INTEGER NOT NULL, ending INTEGER NOT NULL DEFAULT 0, completion_window TEXT NOT "
+    "NULL DEFAULT '', created_at INTEGER NOT NULL, in_progress_at INTEGER NOT NULL DEFAULT 0, "
+    "finalizing_at INTEGER NOT NULL DEFAULT 0, completed_at INTEGER NOT NULL DEFAULT 0, "
+    "failed_at INTEGER NOT NULL DEFAULT 0, expired_at INTEGER NOT NULL DEFAULT 0, "
+    "cancelling_at INTEGER NOT NULL DEFAULT 0, cancelled_at INTEGER NOT NULL DEFAULT 0, "
+    "expires_at INTEGER NOT NULL DEFAULT 0, final_at INTEGER NOT NULL DEFAULT 0, total "
+    "INTEGER NOT NULL DEFAULT 0, completed INTEGER NOT NULL DEFAULT 0, failed INTEGER NOT NULL "
+    "DEFAULT 0, prompt_tokens INTEGER NOT NULL DEFAULT 0, completion_tokens INTEGER NOT NULL "
+    "DEFAULT 0, cached_tokens INTEGER NOT NULL DEFAULT 0, next_seq INTEGER NOT NULL DEFAULT 0, "
+    "metadata_json TEXT, request_hash INTEGER NOT NULL DEFAULT 0, fail_message TEXT, n_errors "
+    "INTEGER NOT NULL DEFAULT 0);"
+    "CREATE TABLE items(batch_n INTEGER NOT NULL REFERENCES batches(n) ON DELETE CASCADE, idx "
+    "INTEGER NOT NULL, custom_id TEXT NOT NULL, valid INTEGER NOT NULL, done INTEGER NOT NULL "
+    "DEFAULT 0, req BLOB, PRIMARY KEY(batch_n, idx));"
+    "CREATE UNIQUE INDEX items_cid ON items(batch_n, custom_id) WHERE custom_id <> '' AND "
+    "valid = 1;"
+    "CREATE TABLE results(batch_n INTEGER NOT NULL REFERENCES batches(n) ON DELETE CASCADE, "
+    "seq INTEGER NOT NULL, idx INTEGER NOT NULL, error INTEGER NOT NULL, bytes BLOB, PRIMARY "
+    "KEY(batch_n, seq));"
+    "CREATE UNIQUE INDEX results_idx ON results(batch_n, idx);"
+    "CREATE TABLE errors(batch_n INTEGER NOT NULL REFERENCES batches(n) ON DELETE CASCADE, "
+    "line INTEGER NOT NULL, code TEXT NOT NULL, message TEXT NOT NULL);"
+    "CREATE INDEX errors_b ON errors(batch_n);";
+
+void make_v1_store(const char *dir, const char *id, int n)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/dsr1.db", dir);
+    sqlite3 *db = NULL;
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    char *err = NULL;
+    if (sqlite3_exec(db, V1_DDL, NULL, NULL, &err) != SQLITE_OK) fail_msg("v1 DDL: %s", err);
+    char sql[512];
+    snprintf(sql, sizeof sql,
+             "PRAGMA application_id=%d; PRAGMA user_version=1; PRAGMA journal_mode=WAL; "
+             "INSERT INTO batches(id, visible, format, endpoint, state, created_at, "
+             "in_progress_at, total, metadata_json, request_hash) VALUES ('%s', 1, 'fake', '', "
+             "1, 1700000000, 1700000000, %d, '{\"k\":\"v\"}', 42)",
+             0x44535231, id, n);
+    if (sqlite3_exec(db, sql, NULL, NULL, &err) != SQLITE_OK) fail_msg("v1 batch: %s", err);
+    sqlite3_stmt *q;
+    assert_int_equal(sqlite3_prepare_v2(db,
+                                        "INSERT INTO items(batch_n, idx, custom_id, valid, req) "
+                                        "VALUES (1, ?, ?, 1, ?)",
+                                        -1, &q, NULL),
+                     SQLITE_OK);
+    for (int i = 0; i < n; i++) {
+        char cid[32], req[64];
+        snprintf(cid, sizeof cid, "c%d", i);
+        int len = snprintf(req, sizeof req, "c%d payload", i);
+        sqlite3_reset(q);
+        sqlite3_bind_int(q, 1, i);
+        sqlite3_bind_text(q, 2, cid, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_blob(q, 3, req, len, SQLITE_TRANSIENT);
+        assert_int_equal(sqlite3_step(q), SQLITE_DONE);
+    }
+    sqlite3_finalize(q);
+    assert_int_equal(sqlite3_close(db), SQLITE_OK);
+}
+
+static void create_writer_c(dsr1_batches *b, const dsr1_batch_create *cr, int n,
+                            dsr1_batch_info *out)
+{
+    dsr1_batch_create c = *cr;
     dsr1_batch_writer *w;
     assert_int_equal(dsr1_batch_writer_begin(b, &c, &w), 0);
     char item[64];
