@@ -41,6 +41,7 @@ typedef struct {
     const char *text, *chat_user, *system, *ids, *request_id;
     /* batch */
     const char *file, *batch_id, *out, *window;
+    long priority, max_running;
     bool wait, resume;
     /* status, list */
     bool results;
@@ -66,8 +67,8 @@ static void usage(FILE *f)
         "      (finish reason, token counts, timings). --json: print only the final\n"
         "      Completion as one JSON object on stdout.\n"
         "      --request-id ID     the request's id (default: the server makes one)\n"
-        "  batch --input F.jsonl [--batch-id ID] [--completion-window W]\n"
-        "        [--wait] [--output R.jsonl [--resume]] [sampling]\n"
+        "  batch --input F.jsonl [--batch-id ID] [--completion-window W] [--priority N]\n"
+        "        [--max-running N] [--wait] [--output R.jsonl [--resume]] [sampling]\n"
         "      Upload one item per line (UploadBatch, streamed: any size): {\"text\": ...} |\n"
         "      {\"messages\": [{\"role\", \"content\"}...]} | {\"ids\": [...]}, with optional\n"
         "      \"custom_id\" and sampling fields (those of SamplingParams; they override the\n"
@@ -75,6 +76,9 @@ static void usage(FILE *f)
         "      result as a JSON line (a BatchItemResult, with its seq) to --output (which\n"
         "      implies --wait; default stdout, the id then going to stderr) until the batch\n"
         "      is done. --completion-window W: the batch expires after W (\"24h\", \"90m\").\n"
+        "      --priority N: batches run by priority, higher first (default 0), then in\n"
+        "      submission order. --max-running N: at most N of its items run at once (0:\n"
+        "      the server's per-batch window, which N cannot exceed).\n"
         "      --resume: continue an interrupted download into --output: the results after\n"
         "      its last line's seq are appended (a cut-off last line is dropped first); the\n"
         "      batch is the --batch-id one, else the one the file's results belong to; with\n"
@@ -116,6 +120,8 @@ enum {
     O_WAIT,
     O_RESUME,
     O_WINDOW,
+    O_PRIORITY,
+    O_MAX_RUNNING,
     O_RESULTS,
     O_LIMIT,
     O_MAX_TOKENS,
@@ -161,6 +167,8 @@ static const struct {
     {"wait", no_argument, O_WAIT, BATCH, NONE},
     {"resume", no_argument, O_RESUME, BATCH, NONE},
     {"completion-window", required_argument, O_WINDOW, BATCH, STR(window)},
+    {"priority", required_argument, O_PRIORITY, BATCH, NONE},
+    {"max-running", required_argument, O_MAX_RUNNING, BATCH, NONE},
     {"results", no_argument, O_RESULTS, 1u << SUB_STATUS, NONE},
     {"limit", required_argument, O_LIMIT, 1u << SUB_LIST, NONE},
     {"after", required_argument, O_LIMIT, 1u << SUB_LIST, STR(after)},
@@ -250,6 +258,10 @@ static int set_option(client_args *a, int opt, const char *name, const char *v)
         return dsr1_arg_double("dsr1 client", "--timeout-s", v, 0, 1e9, &a->timeout_s);
     case O_LIMIT:
         return dsr1_arg_long("dsr1 client", "--limit", v, 1, INT32_MAX, &a->limit);
+    case O_PRIORITY:
+        return dsr1_arg_long("dsr1 client", "--priority", v, INT32_MIN, INT32_MAX, &a->priority);
+    case O_MAX_RUNNING:
+        return dsr1_arg_long("dsr1 client", "--max-running", v, 0, INT32_MAX, &a->max_running);
     case O_JSON:
         a->json = true;
         return 0;
@@ -443,6 +455,7 @@ static void print_batch_line(FILE *f, const Dsr1__V1__BatchStatus *b)
         protobuf_c_enum_descriptor_get_value(&dsr1__v1__batch_state__descriptor, b->state);
     fprintf(f, "%s: %s, %d/%d finished (%d failed, %d aborted)", b->batch_id, v ? v->name : "?",
             b->finished, b->total, b->failed, b->aborted);
+    if (b->priority) fprintf(f, "; priority %d", b->priority);
     if (b->usage)
         fprintf(f, "; tokens: %d prompt, %d completion", b->usage->prompt_tokens,
                 b->usage->completion_tokens);
@@ -571,6 +584,8 @@ static dsr1_status upload(dsr1_rpc_client *c, const client_args *a,
     Dsr1__V1__UploadBatchRequest m = DSR1__V1__UPLOAD_BATCH_REQUEST__INIT;
     m.batch_id = (char *)(a->batch_id ? a->batch_id : "");
     m.completion_window = (char *)(a->window ? a->window : "");
+    m.priority = (int32_t)a->priority;
+    m.max_running = (int32_t)a->max_running;
     m.total_items = count_lines(r.f);
     size_t cap = 256, bytes = 0;
     m.items = malloc(cap * sizeof(*m.items));
@@ -607,7 +622,7 @@ static dsr1_status upload(dsr1_rpc_client *c, const client_args *a,
             bytes = 0;
             sent_first = true;
             m.batch_id = m.completion_window = (char *)""; /* first message only */
-            m.total_items = 0;
+            m.total_items = m.priority = m.max_running = 0;
         }
         if (st || !item) break;
     }

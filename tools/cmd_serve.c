@@ -76,6 +76,10 @@ static void serve_usage(FILE *f)
            "                          one server per directory; 'none': no batch jobs)\n"
            "  --batch-window N        batch items in the scheduler at once (default: twice\n"
            "                          --max-running, at most half of --max-queued)\n"
+           "  --batch-window-per-batch N  items of one batch in the scheduler at once (default:\n"
+           "                          --batch-window; a batch's max_running may lower it).\n"
+           "                          Batches run by priority (higher first), then in\n"
+           "                          submission order\n"
            "  --batch-retention-days D  finished batches and files are deleted D days after\n"
            "                          they finished / were uploaded (default 30; 0: never)\n"
            "  --max-batch-items N     items of one batch (default 1000000)\n"
@@ -110,6 +114,7 @@ enum {
     F_HTTP_BODY,
     F_HTTP_STREAM,
     F_BATCH_WINDOW,
+    F_BATCH_WINDOW_PER_BATCH,
     F_RETENTION_DAYS,
     N_INT_FLAGS
 };
@@ -153,6 +158,7 @@ static const serve_opts defaults = {
             [F_HTTP_BODY] = {"http-max-body-bytes", 1024, 1 << 30, DSR1_HTTP_DEFAULT_BODY_BYTES},
             [F_HTTP_STREAM] = {"http-stream-bytes", 4096, 1 << 30, DSR1_HTTP_DEFAULT_SSE_BYTES},
             [F_BATCH_WINDOW] = {"batch-window", 1, 1 << 20, 0},
+            [F_BATCH_WINDOW_PER_BATCH] = {"batch-window-per-batch", 1, 1 << 20, 0},
             [F_RETENTION_DAYS] = {"batch-retention-days", 0, 100000, 30},
         },
 };
@@ -337,12 +343,20 @@ static dsr1_status open_serving(const serve_opts *o, serving *sv)
         .state_dir = sdir,
         .retention_s = days ? days * 86400 : -1,
         .window = (int)o->n[F_BATCH_WINDOW].value,
+        .batch_window = (int)o->n[F_BATCH_WINDOW_PER_BATCH].value, /* 0 or > window: window */
         .max_items = (int)o->n[F_MAX_BATCH_ITEMS].value,
     };
     if (!bsp.window)
         bsp.window = batch_window((int)o->n[F_MAX_RUNNING].value, (int)o->n[F_MAX_QUEUED].value);
+    if (bsp.batch_window > bsp.window) {
+        DSR1_WARN("serve: --batch-window-per-batch %d is more than the batch window %d: using %d",
+                  bsp.batch_window, bsp.window, bsp.window);
+        bsp.batch_window = bsp.window;
+    }
     if (*sdir && (st = dsr1_batches_open(&bsp, &sv->batches)) != DSR1_OK) return st;
-    if (sv->batches) DSR1_INFO("serve: batch jobs in %s", sdir);
+    if (sv->batches)
+        DSR1_INFO("serve: batch jobs in %s (%d items at once, %d of one batch)", sdir, bsp.window,
+                  bsp.batch_window ? bsp.batch_window : bsp.window);
     /* the tokenizer before the workers start: they wait for the scheduler's first step or
      * heartbeat only --timeout-ms */
     char dir[4096], config[4096];

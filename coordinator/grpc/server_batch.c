@@ -9,7 +9,9 @@
  * field may come after the others, so the stored bytes are never decoded to be sent.
  *
  * Idempotency: a client's batch_id goes to the store with a hash of the batch's content
- * (its stored items and completion_window), the same for SubmitBatch and UploadBatch. An
+ * (its stored items, completion_window, and priority and max_running when not 0, so that
+ * a batch's hash is the one it had before they existed), the same for SubmitBatch and
+ * UploadBatch. An
  * upload is spooled to an unlinked temporary file while it arrives (the hash needs every
  * item before the store's writer begins); it is checked and written to the store when the
  * client closes the stream, so a stream that breaks off creates nothing.
@@ -407,6 +409,8 @@ static void status_of(srv_batches *gb, dsr1_batch_info *i, Dsr1__V1__BatchStatus
     st->completion_window = i->completion_window;
     st->expires_unix_s = (double)i->expires_at;
     st->error = i->errors_json && i->state == DSR1_BATCH_FAILED ? i->errors_json : (char *)"";
+    st->priority = i->priority;
+    st->max_running = i->max_running;
 }
 
 static dsr1_status pack_status(srv_batches *gb, dsr1_batch_info *i, srv_buf *out)
@@ -496,8 +500,22 @@ static uint64_t hash_item(uint64_t h, const srv_buf *b)
     return fnv1a(h, b->data, b->len);
 }
 
-static dsr1_status check_header(dsr1_server *s, const char *id, const char *window)
+/* The hash of a batch's header: completion_window, then priority and max_running when set. */
+static uint64_t hash_header(const char *window, int32_t priority, int32_t max_running)
 {
+    uint64_t h = fnv1a(FNV_INIT, window, strlen(window) + 1);
+    if (priority || max_running) {
+        int32_t v[2] = {priority, max_running};
+        h = fnv1a(h, v, sizeof(v));
+    }
+    return h;
+}
+
+static dsr1_status check_header(dsr1_server *s, const char *id, const char *window,
+                                int32_t max_running)
+{
+    if (max_running < 0)
+        return dsr1_error(DSR1_ERR_INVALID_ARG, "max_running %d: negative", max_running);
     if (*id && !dsr1__srv_id_valid(id))
         return dsr1_error(DSR1_ERR_INVALID_ARG,
                           "batch_id: expected 1 to 128 characters of [A-Za-z0-9._:-]");
@@ -514,8 +532,8 @@ typedef struct {
 } item_source;
 
 /* Creates the batch through the store's writer and packs the SubmitBatchResponse. */
-static dsr1_status create(srv_batches *gb, const char *id, const char *window, uint64_t hash,
-                          item_source src, srv_buf *resp)
+static dsr1_status create(srv_batches *gb, const char *id, const char *window, int32_t priority,
+                          int32_t max_running, uint64_t hash, item_source src, srv_buf *resp)
 {
     dsr1_batch_create c = {
         .id = *id ? id : NULL,
@@ -523,6 +541,8 @@ static dsr1_status create(srv_batches *gb, const char *id, const char *window, u
         .endpoint = "",
         .completion_window = window,
         .request_hash = hash,
+        .priority = priority,
+        .max_running = max_running,
     };
     dsr1_batch_writer *w;
     dsr1_status st = dsr1_batch_writer_begin(gb->store, &c, &w);
@@ -559,7 +579,9 @@ static dsr1_status create(srv_batches *gb, const char *id, const char *window, u
         m.created = created;
         m.status = &bs;
         st = dsr1__srv_pack(&m.base, resp);
-        if (created) DSR1_INFO("server: batch %s: %d items queued", info.id, info.total);
+        if (created)
+            DSR1_INFO("server: batch %s: %d items queued (priority %d)", info.id, info.total,
+                      info.priority);
     }
     dsr1_batch_info_clear(&info);
     return st;
@@ -588,20 +610,20 @@ dsr1_status dsr1__srv_submit_batch(dsr1_server *s, const uint8_t *data, size_t l
     if (!gb) return no_store();
     Dsr1__V1__SubmitBatchRequest *req = dsr1__v1__submit_batch_request__unpack(NULL, len, data);
     if (!req) return dsr1_error(DSR1_ERR_INVALID_ARG, "malformed SubmitBatchRequest");
-    dsr1_status st = check_header(s, req->batch_id, req->completion_window);
+    dsr1_status st = check_header(s, req->batch_id, req->completion_window, req->max_running);
     if (st == DSR1_OK && !req->n_items) st = dsr1_error(DSR1_ERR_INVALID_ARG, "items is empty");
     if (st == DSR1_OK && req->n_items > (size_t)s->p.max_batch_items)
         st = dsr1_error(DSR1_ERR_INVALID_ARG, "%zu items: at most %d per batch", req->n_items,
                         s->p.max_batch_items);
     array_source a = {calloc(req->n_items + 1, sizeof(srv_buf)), req->n_items, 0};
     if (st == DSR1_OK && !a.items) st = dsr1_error(DSR1_ERR_NOMEM, "out of memory");
-    uint64_t hash = fnv1a(FNV_INIT, req->completion_window, strlen(req->completion_window) + 1);
+    uint64_t hash = hash_header(req->completion_window, req->priority, req->max_running);
     for (size_t i = 0; st == DSR1_OK && i < req->n_items; i++)
         if ((st = pack_item(req->items[i], req->default_sampling, &a.items[i])) == DSR1_OK)
             hash = hash_item(hash, &a.items[i]);
     if (st == DSR1_OK)
-        st = create(gb, req->batch_id, req->completion_window, hash, (item_source){array_next, &a},
-                    resp);
+        st = create(gb, req->batch_id, req->completion_window, req->priority, req->max_running,
+                    hash, (item_source){array_next, &a}, resp);
     for (size_t i = 0; a.items && i < a.n; i++) free(a.items[i].data);
     free(a.items);
     dsr1__v1__submit_batch_request__free_unpacked(req, NULL);
@@ -648,10 +670,10 @@ static void upload_message(srv_batches *gb, upload *u, const uint8_t *data, size
     dsr1_status st = DSR1_OK;
     if (!u->first) {
         u->first = m;
-        st = check_header(s, m->batch_id, m->completion_window);
+        st = check_header(s, m->batch_id, m->completion_window, m->max_running);
         if (st == DSR1_OK && m->total_items < 0)
             st = dsr1_error(DSR1_ERR_INVALID_ARG, "total_items %d: negative", m->total_items);
-        u->hash = fnv1a(FNV_INIT, m->completion_window, strlen(m->completion_window) + 1);
+        u->hash = hash_header(m->completion_window, m->priority, m->max_running);
         if (st == DSR1_OK && !(u->spool = tmpfile()))
             st = dsr1_error(DSR1_ERR_IO, "server: cannot make a temporary file for an upload");
     }
@@ -709,8 +731,8 @@ static void upload_end(srv_call *c, upload *u)
     }
     srv_buf resp;
     if (st == DSR1_OK && fflush(u->spool) == 0 && fseek(u->spool, 0, SEEK_SET) == 0)
-        st = create(gb, u->first->batch_id, u->first->completion_window, u->hash,
-                    (item_source){spool_next, u->spool}, &resp);
+        st = create(gb, u->first->batch_id, u->first->completion_window, u->first->priority,
+                    u->first->max_running, u->hash, (item_source){spool_next, u->spool}, &resp);
     else if (st == DSR1_OK)
         st = dsr1_error(DSR1_ERR_IO, "server: cannot read an upload back");
     if (st == DSR1_OK) {

@@ -5,7 +5,8 @@ and server info, Generate (streamed deltas against the final message, greedy and
 determinism, chat rendering and special-token text in contents, logprobs, stop ids, abort,
 client cancel, deadline, queue full), every documented error code, batches (idempotent
 submit, streaming results, progress, batch vs Generate equality, cancel, abort of a
-pending item, list order; UploadBatch, from_seq, paging, completion_window) and the graceful shutdown (running requests get a final ABORT,
+pending item, list order; UploadBatch, from_seq, paging, completion_window; priority and
+max_running round trips) and the graceful shutdown (running requests get a final ABORT,
 exit status 0).
 
 usage: test_server_rpcs.py BUILD_ROOT     (exit 77: grpcio, protoc or the model missing)
@@ -35,7 +36,7 @@ class T:
         self.api = pb_grpc.Dsr1Stub(self.chan)
         self.health = hpb_grpc.HealthStub(self.chan)
         self.md = (("authorization", f"Bearer {KEY}"),)
-        self.dsr1, self.model = dsr1, model
+        self.dsr1, self.model, self.target = dsr1, model, target
         self.c = serve_util.Checks()
 
     def call(self, name, req, **kw):
@@ -450,6 +451,62 @@ def check_batch_store(t):
     t.wait_idle("batch store: all gone")
 
 
+def check_batch_priority(t):
+    """priority and max_running: round trips (SubmitBatch, the first UploadBatch message,
+    GetBatch, ListBatches), part of the idempotency, max_running kept to, a negative one
+    refused."""
+    pb = t.pb
+    final = (pb.COMPLETED, pb.CANCELLED, pb.FAILED, pb.EXPIRED)
+    req = batch_req(t, "p1", 4, max_tokens=3)
+    req.priority, req.max_running = 7, 1
+    r = t.call("SubmitBatch", req)
+    t.c.expect(r.created and r.status.priority == 7 and r.status.max_running == 1,
+               "priority: submitted", str(r)[:300])
+    r = t.call("SubmitBatch", req)
+    t.c.expect(not r.created and r.status.priority == 7, "priority: resubmission is idempotent")
+    req.priority = 8
+    t.expect_error("priority: same id, other priority", "ALREADY_EXISTS", "SubmitBatch", req)
+    peak, end = 0, time.time() + 60
+    while True:
+        st = t.call("GetBatch", pb.GetBatchRequest(batch_id="p1"))
+        peak = max(peak, st.running)
+        if st.state in final or time.time() > end:
+            break
+        time.sleep(0.005)
+    t.c.expect(st.state == pb.COMPLETED and st.priority == 7 and st.max_running == 1,
+               "priority: GetBatch", str(st)[:300])
+    t.c.expect(peak <= 1, "max_running 1: at most one item running", str(peak))
+    up = batch_req(t, "", 3, max_tokens=2)
+    m = pb.UploadBatchRequest(batch_id="p2", items=up.items, default_sampling=up.default_sampling,
+                              priority=-2)
+    r = t.api.UploadBatch(iter([m]), metadata=t.md, timeout=30)
+    t.c.expect(r.created and r.status.priority == -2 and r.status.max_running == 0,
+               "priority: upload", str(r)[:300])
+    ls = t.call("ListBatches", pb.ListBatchesRequest(limit=2))
+    t.c.expect([(b.batch_id, b.priority) for b in ls.batches] == [("p2", -2), ("p1", 7)],
+               "priority: ListBatches", str([(b.batch_id, b.priority) for b in ls.batches]))
+    bad = batch_req(t, "p3", 1)
+    bad.max_running = -1
+    t.expect_error("max_running < 0", "INVALID_ARGUMENT", "SubmitBatch", bad, ["max_running"])
+    list(t.call("StreamBatchResults", pb.StreamBatchResultsRequest(batch_id="p2"), timeout=60))
+    # dsr1 client batch --priority --max-running
+    path = os.path.join(WORK.name, "prio.jsonl")
+    with open(path, "w") as f:
+        f.write('{"text": "One"}\n{"text": "Two"}\n')
+    cli = [t.dsr1, "client", "batch", "--server", t.target, "--api-key", KEY, "--input", path,
+           "--batch-id", "p4", "--priority", "5", "--max-running", "1", "--max-tokens", "2",
+           "--output", os.path.join(WORK.name, "prio.out")]
+    r = subprocess.run(cli, capture_output=True, text=True, timeout=120)
+    st = t.call("GetBatch", pb.GetBatchRequest(batch_id="p4"))
+    t.c.expect(r.returncode == 0 and st.priority == 5 and st.max_running == 1 and
+               st.state == pb.COMPLETED, "client batch --priority --max-running",
+               f"{r.returncode} {r.stderr[-300:]} {str(st)[:200]}")
+    r = subprocess.run([t.dsr1, "client", "status", "p4", "--server", t.target, "--api-key", KEY],
+                       capture_output=True, text=True, timeout=60)
+    t.c.expect("priority 5" in r.stdout, "client status shows the priority", r.stdout + r.stderr)
+    t.wait_idle("batch priority: all gone")
+
+
 def check_server_info(t):
     i = t.server_info()
     t.c.expect(i.version != "" and i.kernels != "" and i.rss_bytes > 0 and i.uptime_s > 0 and
@@ -480,7 +537,7 @@ def main():
     cmd, env = serve_util.serve_cmd("serve", build, model, [
         "--api-key", KEY, "--max-context", str(CONTEXT), "--max-batch-items", str(MAX_ITEMS),
         "--max-message-bytes", str(MAX_MSG), "--max-running", "2", "--max-queued", "4",
-        "--kv-tokens", "4096"])
+        "--kv-tokens", "4096", "--batch-window-per-batch", "2"])
     server = serve_util.Server(cmd, env)
     try:
         t = T(server.target, dsr1, model)
@@ -493,6 +550,7 @@ def main():
         check_abort_cancel_deadline(t)
         check_batches(t)
         check_batch_store(t)
+        check_batch_priority(t)
         check_server_info(t)
         check_shutdown(t, server)
     except Exception:
