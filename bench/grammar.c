@@ -9,9 +9,12 @@
  * token, on one thread (wall clock; the thread's CPU time apart, which a busy machine does
  * not inflate). A valid instance must be accepted; an invalid one should be rejected (a
  * forbidden token, or no end of sequence where it ends). Reported: the share of schemas
- * compiled, compile and per-token mask time percentiles, valid accepted, invalid rejected,
- * and the compile errors by kind. --dump writes the token ids of every instance
- * (JSON lines), so the peers' drivers (bench/grammar/peer_*.mjs) walk the same tokens. */
+ * compiled, compile and per-token mask time percentiles, the trie nodes each mask's walks
+ * visited (dsr1_matcher_mask_work: a deterministic measure of the work, unlike time; the
+ * environment variable DSR1_GRAMMAR_NO_SPLIT turns the safe-text split off, for an A/B),
+ * valid accepted, invalid rejected, and the compile errors by kind. --dump writes the token ids of
+ * every instance (JSON lines), so the peers' drivers (bench/grammar/peer_*.mjs) walk the same
+ * tokens. */
 #include <dirent.h>
 #include <errno.h>
 #include <getopt.h>
@@ -290,6 +293,13 @@ static double pct(const series *s, double p)
     return s->v[i < s->n ? i : s->n - 1];
 }
 
+static double mean(const series *s)
+{
+    double t = 0;
+    for (size_t i = 0; i < s->n; i++) t += s->v[i];
+    return s->n ? t / (double)s->n : 0;
+}
+
 typedef struct {
     char kind[128];
     long count;
@@ -306,6 +316,7 @@ typedef struct {
     long files, bad_files, compiled, timed_out, skipped_tests;
     long valid, valid_ok, invalid, invalid_rej, serial_err;
     series compile, mask, mask_cpu, mask_first, mask_later; /* first: each instance's first */
+    series mask_nodes; /* trie nodes visited per mask (dsr1_matcher_mask_work) */
     err_kind kinds[MAX_KINDS];
     int nkinds;
     long other_kinds;
@@ -414,9 +425,11 @@ static bool walk(ctx *c, const dsr1_grammar *g, const int32_t *ids, size_t n, re
     bool ok = true;
     for (size_t i = 0; i <= n; i++) {
         int32_t id = i < n ? ids[i] : c->eos;
+        uint64_t w0 = dsr1_matcher_mask_work(m);
         double c0 = cpu_s(), t0 = now_s();
         dsr1_matcher_mask(m, c->mask);
         double dt = now_s() - t0, dc = cpu_s() - c0 - c->cpu_overhead;
+        push(&r->mask_nodes, (double)(dsr1_matcher_mask_work(m) - w0));
         push(&r->mask_cpu, dc > 0 ? dc : 0);
         *spent += dt;
         push(&r->mask, dt);
@@ -568,6 +581,11 @@ static void report_json(const gopts *o, results *r, int32_t vsize, double cpu_ov
                k ? "mask_later_us" : "mask_first_us", split[k]->n, 1e6 * pct(split[k], .5),
                1e6 * pct(split[k], .9), 1e6 * pct(split[k], .99),
                split[k]->n ? 1e6 * split[k]->v[split[k]->n - 1] : 0);
+    printf("\"mask_nodes\":{\"n\":%zu,\"p50\":%.0f,\"p90\":%.0f,\"p99\":%.0f,\"max\":%.0f,"
+           "\"mean\":%.1f},",
+           r->mask_nodes.n, pct(&r->mask_nodes, .5), pct(&r->mask_nodes, .9),
+           pct(&r->mask_nodes, .99), r->mask_nodes.n ? r->mask_nodes.v[r->mask_nodes.n - 1] : 0,
+           mean(&r->mask_nodes));
     printf("\"valid\":%ld,\"valid_accepted\":%ld,\"valid_accepted_pct\":%.2f,"
            "\"invalid\":%ld,\"invalid_rejected\":%ld,\"invalid_rejected_pct\":%.2f,"
            "\"serialise_errors\":%ld,",
@@ -617,6 +635,10 @@ static void report_table(const gopts *o, results *r, int32_t vsize)
     printf("  %-22s %10.1f %10.1f %10.1f %10.1f %10zu\n", "  thread CPU time (us)",
            1e6 * pct(&r->mask_cpu, .5), 1e6 * pct(&r->mask_cpu, .9), 1e6 * pct(&r->mask_cpu, .99),
            r->mask_cpu.n ? 1e6 * r->mask_cpu.v[r->mask_cpu.n - 1] : 0, r->mask_cpu.n);
+    printf("  %-22s %10.0f %10.0f %10.0f %10.0f %10zu   (mean %.1f)\n", "trie nodes/mask",
+           pct(&r->mask_nodes, .5), pct(&r->mask_nodes, .9), pct(&r->mask_nodes, .99),
+           r->mask_nodes.n ? r->mask_nodes.v[r->mask_nodes.n - 1] : 0, r->mask_nodes.n,
+           mean(&r->mask_nodes));
     if (r->nkinds) {
         printf("\n  compile errors by kind (count, first file):\n");
         for (int i = 0; i < r->nkinds; i++)
@@ -768,6 +790,7 @@ int dsr1__bench_grammar(int argc, char **argv)
     qsort(r->mask_cpu.v, r->mask_cpu.n, sizeof(double), cmp_double);
     qsort(r->mask_first.v, r->mask_first.n, sizeof(double), cmp_double);
     qsort(r->mask_later.v, r->mask_later.n, sizeof(double), cmp_double);
+    qsort(r->mask_nodes.v, r->mask_nodes.n, sizeof(double), cmp_double);
     qsort(r->kinds, (size_t)r->nkinds, sizeof r->kinds[0], cmp_kind);
     if (o.json)
         report_json(&o, r, cx.vsize, cx.cpu_overhead);
@@ -785,6 +808,7 @@ done:
         free(r->mask_cpu.v);
         free(r->mask_first.v);
         free(r->mask_later.v);
+        free(r->mask_nodes.v);
         free(r);
     }
     for (size_t i = 0; i < nnames; i++) free(names[i]);

@@ -154,6 +154,11 @@ static inline size_t dsr1_grammar_mask_words(int32_t vocab)
  * plus eos_id when the text so far is a complete sentence. Never empty while the matcher
  * has not ended. */
 void dsr1_matcher_mask(dsr1_matcher *m, uint32_t *mask);
+/* The work of this matcher's masks so far: vocabulary-trie and suffix-trie nodes visited
+ * (cache misses' trie walks, uncertain tokens' checks), summed. Deterministic for a given
+ * order of grammars and tokens (the caches shared through the vocabulary fill in that
+ * order), unlike time: benchmarks report it per mask beside the time. */
+uint64_t dsr1_matcher_mask_work(const dsr1_matcher *m);
 /* Consumes a token. A token the mask would not allow is DSR1_ERR_INVALID_ARG and leaves the
  * matcher unchanged. After eos_id the matcher has ended (dsr1_matcher_ended). */
 dsr1_status dsr1_matcher_advance(dsr1_matcher *m, int32_t token);
@@ -163,10 +168,11 @@ dsr1_status dsr1_matcher_advance_bytes(dsr1_matcher *m, const uint8_t *bytes, si
 /* Whether the text so far is a complete sentence (eos allowed), and whether eos was taken. */
 bool dsr1_matcher_accepting(const dsr1_matcher *m);
 bool dsr1_matcher_ended(const dsr1_matcher *m);
-/* Jump-forward: the bytes that every continuation must begin with (e.g. `{"name":"` after
- * `{` in a schema with one required first property), up to max bytes. The scheduler
- * tokenizes them and appends the tokens without sampling; they stop before a special
- * token. Returns the byte count. */
+/* The bytes that every continuation must begin with (e.g. `{"name":"` after `{` in a
+ * schema with one required first property), up to max bytes; they stop before a special
+ * token. Returns the byte count. The scheduler does not use them: its jump-forward appends,
+ * without sampling, only a token that the mask alone allows (a mask of one token), so the
+ * tokens are exactly those sampling would draw (coordinator/sched, forced_token). */
 size_t dsr1_matcher_forced_bytes(dsr1_matcher *m, uint8_t *out, size_t max);
 /* Undo the last n advances (n <= the advances kept, at least 16). */
 dsr1_status dsr1_matcher_rollback(dsr1_matcher *m, int n);

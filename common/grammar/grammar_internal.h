@@ -293,6 +293,15 @@ struct dsr1_grammar_vocab {
                          partial UTF-8 characters, no quote, backslash or control) */
     uint8_t *below;   /* per node: how many bytes its longest descendant adds (saturated) */
     uint32_t maxlen;
+    /* The safe-text split (mask.c): safe_le + c * mask words: the tokens whose bytes are all
+     * safe text from a character boundary (as subcat's bit 7) and begin at most c characters
+     * (c <= maxlen); the exception trie (xnodes ..., as nodes ...) holds every other token
+     * of the trie. no_split: masks walk the whole trie (tests compare the two). */
+    uint32_t *safe_le;
+    uint32_t *xsorted, nxsorted, *xtok_lo, nxnodes;
+    dsr1__tnode *xnodes;
+    uint8_t *xsubcat, *xbelow;
+    bool no_split;
     /* special tokens that grammars may name: ids, and their texts sp_text[sp_off[i] ..
      * sp_off[i + 1]) */
     uint32_t nspecial;
@@ -364,6 +373,9 @@ static inline void dsr1__chart_truncate(dsr1__chart *c, size_t nset)
 typedef struct dsr1__scratch dsr1__scratch;
 dsr1__scratch *dsr1__scratch_new(const dsr1_grammar *g);
 void dsr1__scratch_free(dsr1__scratch *s);
+/* Trie and suffix-trie nodes visited by the masks computed with s (a deterministic measure
+ * of their work; dsr1_matcher_mask_work). */
+uint64_t dsr1__scratch_work(const dsr1__scratch *s);
 /* Computes the cache of every plain-DFA state of g (vocabulary warm-up). */
 void dsr1__grammar_warm(const dsr1_grammar *g);
 /* The token mask of the chart's last set (text tokens only; the caller adds eos). */

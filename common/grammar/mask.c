@@ -52,7 +52,15 @@ struct dsr1__scratch {
     size_t nkey, keycap;
     uint32_t *loc, *queue;
     size_t loccap, qcap;
+    uint8_t *seen; /* per local state: visited by mid_nonfinal */
+    size_t seencap;
+    uint64_t work; /* trie nodes visited */
 };
+
+uint64_t dsr1__scratch_work(const dsr1__scratch *s)
+{
+    return s ? s->work : 0;
+}
 
 dsr1__scratch *dsr1__scratch_new(const dsr1_grammar *g)
 {
@@ -86,6 +94,7 @@ void dsr1__scratch_free(dsr1__scratch *s)
     free(s->key);
     free(s->loc);
     free(s->queue);
+    free(s->seen);
     free(s);
 }
 
@@ -218,30 +227,86 @@ static uint32_t char_run(const int32_t *T, const uint8_t *cmap, uint32_t ncls, u
     return run;
 }
 
-/* The trie walk from a state whose rule is a plain DFA from here on (no calls reachable):
- * one table lookup per node, the rule's states being contiguous. */
-static bool walk_dfa(const dsr1_grammar *g, uint32_t st, dsr1__scratch *s)
+/* Whether every state that the bytes of a safe character's rest take local state q
+ * through (decoder state ds) is not final; the character's last byte excluded. */
+static bool mid_nonfinal(const int32_t *T, const uint8_t *cmap, uint32_t ncls, uint32_t first,
+                         const dsr1__gstate *S, int32_t q, int ds, dsr1__scratch *s)
 {
-    const dsr1_grammar_vocab *v = g->vocab;
-    const dsr1__grule *r = &g->rules[g->st[st].rule];
-    const int32_t *T = g->trans + g->st[r->start].trans;
-    const uint8_t *cmap = g->cmaps + g->st[st].cmap;
-    const dsr1__gstate *S = g->st + r->start;
-    const uint32_t ncls = r->ncls, first = r->start;
-    const dsr1__trie_view tv = {v->nodes, v->nnodes, v->sorted, v->tok_lo};
+    int prev = -1, prevds = -1;
+    for (int b = 0x80; b <= 0xbf; b++) {
+        int nds = dsr1__safe_utf8_next(ds, (uint8_t)b);
+        if (nds <= 0 || (cmap[b] == prev && nds == prevds)) continue;
+        prev = cmap[b], prevds = nds;
+        int32_t t = T[(uint32_t)q * ncls + cmap[b]] - (int32_t)first;
+        if (t < 0 || S[t].final) return false;
+        if (!(s->seen[t] >> nds & 1)) {
+            s->seen[t] |= (uint8_t)(1u << nds);
+            if (!mid_nonfinal(T, cmap, ncls, first, S, t, nds, s)) return false;
+        }
+    }
+    return true;
+}
+
+/* Whether the safe tokens that begin more than r characters from local state q0, whose
+ * safe characters run along a chain of r states (char_run), die at their (r + 1)-th
+ * character with no state on their way final (neither accepted nor uncertain); the final
+ * flag of q0 itself is not looked at. */
+static bool chain_ends(const int32_t *T, const uint8_t *cmap, uint32_t ncls, uint32_t first,
+                       const dsr1__gstate *S, int32_t q0, uint32_t r, dsr1__scratch *s)
+{
+    int32_t q = q0;
+    for (uint32_t k = 0; k < r; k++) {
+        const int32_t *row = T + (uint32_t)q * ncls;
+        int prev = -1, prevds = -1;
+        for (int b = 0xc2; b <= 0xf4; b++) { /* the states inside a character */
+            int nds = dsr1__safe_utf8_next(0, (uint8_t)b);
+            if (nds < 0 || (cmap[b] == prev && nds == prevds)) continue;
+            prev = cmap[b], prevds = nds;
+            int32_t t = row[cmap[b]] - (int32_t)first;
+            if (t < 0 || S[t].final) return false;
+            if (!(s->seen[t] >> nds & 1)) {
+                s->seen[t] |= (uint8_t)(1u << nds);
+                if (!mid_nonfinal(T, cmap, ncls, first, S, t, nds, s)) return false;
+            }
+        }
+        q = row[cmap['a']] - (int32_t)first; /* the next character boundary */
+        if (q < 0 || S[q].final) return false;
+    }
+    const int32_t *row = T + (uint32_t)q * ncls; /* the chain's end: no safe character */
+    for (int b = 0x20; b <= 0xf4; b++)
+        if (dsr1__safe_utf8_next(0, (uint8_t)b) >= 0 && row[cmap[b]] >= 0) return false;
+    return true;
+}
+
+/* A trie to walk: the vocabulary's, or its exception trie. */
+typedef struct {
+    dsr1__trie_view tv;
+    const uint8_t *subcat, *below;
+} wtrie;
+
+/* One DFA walk's fixed parts. */
+typedef struct {
+    const int32_t *T;
+    const uint8_t *cmap;
+    const dsr1__gstate *S;
+    uint32_t ncls, first;
+} wdfa;
+
+/* Walks the trie nodes [lo, hi) (whole subtrees) from dst[0]: one table lookup per node,
+ * the rule's states being contiguous. */
+static bool walk_nodes(const wdfa *a, const wtrie *w, uint32_t lo, uint32_t hi, dsr1__scratch *s)
+{
+    const int32_t *T = a->T;
+    const uint8_t *cmap = a->cmap;
+    const dsr1__gstate *S = a->S;
+    const uint32_t ncls = a->ncls, first = a->first;
+    const dsr1__trie_view tv = w->tv;
     const dsr1__tnode *nodes = tv.nodes;
-    const uint8_t *subcat = v->subcat;
+    const uint8_t *subcat = w->subcat, *below = w->below;
     int32_t *dst = s->dst;
     uint32_t *ncomp = s->ncomp;
-    /* per state of the rule: the byte categories whose bytes all go to one state, the
-     * state they go to (uni 0x80: not known yet) */
-    if (!DSR1_GROW(s->uni, s->unicap, r->nst) || !DSR1_GROW(s->uninext, s->unncap, r->nst) ||
-        !DSR1_GROW(s->crun, s->cucap, r->nst))
-        return false;
-    memset(s->uni, 0x80, r->nst);
-    memset(s->crun, 0xff, r->nst * sizeof(uint16_t));
-    dst[0] = (int32_t)(st - first);
-    for (uint32_t i = 0, n = tv.nnodes; i < n;) {
+    uint32_t visited = 0;
+    for (uint32_t i = lo; i < hi; visited++) {
         const dsr1__tnode *nd = &nodes[i];
         uint32_t d = nd->depth;
         int32_t t = T[(uint32_t)dst[d - 1] * ncls + cmap[nd->byte]];
@@ -255,13 +320,13 @@ static bool walk_dfa(const dsr1_grammar *g, uint32_t st, dsr1__scratch *s)
         ncomp[d] = ncomp[d - 1] + S[t].final;
         accept_here(&tv, s, i);
         uint8_t sc = subcat[i] & 0x7f;
-        if (sc && v->below[i] < 255 && tv.tok_lo[nd->end] - tv.tok_lo[i + 1] >= 2) {
+        if (sc && below[i] < 255 && tv.tok_lo[nd->end] - tv.tok_lo[i + 1] >= 2) {
             /* every byte below loops on the state, or the text below is safe and every
              * character moves the DFA along one path that lives as deep as the subtree:
              * all the tokens below are accepted */
             if (s->uni[t] & 0x80) uniform(T, cmap, ncls, first, t, s);
             if ((s->uninext[t] == t && !(sc & ~s->uni[t])) ||
-                ((subcat[i] & 0x80) && char_run(T, cmap, ncls, first, t, s, 0) >= v->below[i])) {
+                ((subcat[i] & 0x80) && char_run(T, cmap, ncls, first, t, s, 0) >= below[i])) {
                 for (uint32_t k = tv.tok_lo[i + 1]; k < tv.tok_lo[nd->end]; k++)
                     s->accbits[tv.toks[k] >> 5] |= 1u << (tv.toks[k] & 31);
                 i = nd->end;
@@ -270,6 +335,99 @@ static bool walk_dfa(const dsr1_grammar *g, uint32_t st, dsr1__scratch *s)
         }
         i++;
     }
+    s->work += visited;
+    return true;
+}
+
+/* The safe-text split. From local state q0, the safe characters that begin with an
+ * "ordinary" byte all end in one state `to` (the one most printable ASCII bytes go to),
+ * alive; the other first bytes are exceptions (e.g. the first letters of the names an
+ * object key must not be). When from `to` the safe characters run along a chain of r
+ * states that ends in no safe character, states not final (chain_ends), or the chain is as
+ * long as the longest token: the safe tokens beginning with an ordinary byte are accepted
+ * when they begin at most 1 + r characters (safe_le), and otherwise neither accepted nor
+ * uncertain. So the mask is safe_le[1 + r], less the tokens under the exception bytes,
+ * plus the walk of the subtrees of the exception bytes and of the exception trie's other
+ * subtrees (the tokens that are not safe text). Returns false, nothing done, when the
+ * conditions fail. exc[b]: first byte b is an exception (filled here). */
+static bool split_ok(const dsr1_grammar_vocab *v, const wdfa *a, int32_t q0, uint32_t nst,
+                     dsr1__scratch *s, bool exc[256], uint32_t *idx)
+{
+    const int32_t *T = a->T, *row = T + (uint32_t)q0 * a->ncls;
+    const uint8_t *cmap = a->cmap;
+    const uint32_t ncls = a->ncls, first = a->first;
+    int32_t to = -1;
+    uint32_t best = 0;
+    for (int b = 0x20; b < 0x7f; b++) { /* the most common target */
+        int32_t t = row[cmap[b]];
+        if (t < 0 || b == '"' || b == '\\') continue;
+        uint32_t n = 0;
+        for (int c = 0x20; c < 0x7f; c++) n += row[cmap[c]] == t;
+        if (n > best) best = n, to = t;
+    }
+    if (to < 0) return false;
+    int32_t lto = to - (int32_t)first;
+    for (int b = 0; b < 256; b++) {
+        int nds = dsr1__safe_utf8_next(0, (uint8_t)b);
+        int32_t t = row[cmap[b]];
+        exc[b] = false;
+        if (nds < 0) continue; /* not safe: its tokens are all in the exception trie */
+        exc[b] = nds == 0 ? t != to
+                          : t < 0 || !char_rest(T, cmap, ncls, first, t - (int32_t)first, nds, to);
+    }
+    uint32_t r = char_run(T, cmap, ncls, first, lto, s, 0);
+    *idx = 1 + r < v->maxlen ? 1 + r : v->maxlen;
+    if (1 + r >= v->maxlen) return true; /* every safe ordinary token is accepted */
+    /* safe ordinary tokens that die: no state final on their way (the first character's
+     * inner states and `to` included) */
+    if (a->S[lto].final || !DSR1_GROW(s->seen, s->seencap, nst)) return false;
+    memset(s->seen, 0, nst);
+    int prev = -1, prevds = -1;
+    for (int b = 0xc2; b <= 0xf4; b++) {
+        int nds = dsr1__safe_utf8_next(0, (uint8_t)b);
+        if (nds < 0 || exc[b] || (cmap[b] == prev && nds == prevds)) continue;
+        prev = cmap[b], prevds = nds;
+        int32_t t = row[cmap[b]] - (int32_t)first;
+        if (a->S[t].final || !mid_nonfinal(T, cmap, ncls, first, a->S, t, nds, s)) return false;
+    }
+    memset(s->seen, 0, nst);
+    return chain_ends(T, cmap, ncls, first, a->S, lto, r, s);
+}
+
+/* The trie walk from a state whose rule is a plain DFA from here on (no calls reachable),
+ * split (split_ok) when it can be. */
+static bool walk_dfa(const dsr1_grammar *g, uint32_t st, dsr1__scratch *s)
+{
+    const dsr1_grammar_vocab *v = g->vocab;
+    const dsr1__grule *r = &g->rules[g->st[st].rule];
+    const wdfa a = {g->trans + g->st[r->start].trans, g->cmaps + g->st[st].cmap, g->st + r->start,
+                    r->ncls, r->start};
+    const wtrie full = {{v->nodes, v->nnodes, v->sorted, v->tok_lo}, v->subcat, v->below};
+    /* per state of the rule: the byte categories whose bytes all go to one state, the
+     * state they go to (uni 0x80: not known yet) */
+    if (!DSR1_GROW(s->uni, s->unicap, r->nst) || !DSR1_GROW(s->uninext, s->unncap, r->nst) ||
+        !DSR1_GROW(s->crun, s->cucap, r->nst))
+        return false;
+    memset(s->uni, 0x80, r->nst);
+    memset(s->crun, 0xff, r->nst * sizeof(uint16_t));
+    s->dst[0] = (int32_t)(st - a.first);
+    bool exc[256];
+    uint32_t idx;
+    if (v->no_split || !v->safe_le || v->maxlen > 255 ||
+        !split_ok(v, &a, s->dst[0], r->nst, s, exc, &idx))
+        return walk_nodes(&a, &full, 0, full.tv.nnodes, s);
+    const size_t nw = dsr1_grammar_mask_words(v->n);
+    const uint32_t *sl = v->safe_le + (size_t)idx * nw;
+    for (size_t k = 0; k < nw; k++) s->accbits[k] |= sl[k];
+    const wtrie x = {{v->xnodes, v->nxnodes, v->xsorted, v->xtok_lo}, v->xsubcat, v->xbelow};
+    for (uint32_t i = 0; i < full.tv.nnodes; i = full.tv.nodes[i].end) { /* first bytes */
+        if (!exc[full.tv.nodes[i].byte]) continue;
+        for (uint32_t k = full.tv.tok_lo[i]; k < full.tv.tok_lo[full.tv.nodes[i].end]; k++)
+            s->accbits[full.tv.toks[k] >> 5] &= ~(1u << (full.tv.toks[k] & 31));
+        if (!walk_nodes(&a, &full, i, full.tv.nodes[i].end, s)) return false;
+    }
+    for (uint32_t i = 0; i < x.tv.nnodes; i = x.tv.nodes[i].end)
+        if (!exc[x.tv.nodes[i].byte] && !walk_nodes(&a, &x, i, x.tv.nodes[i].end, s)) return false;
     return true;
 }
 
@@ -282,7 +440,8 @@ static bool walk_earley(const dsr1_grammar *g, uint32_t st, dsr1__scratch *s)
     dsr1__chart_clear(c);
     if (!dsr1__chart_begin(c) || !dsr1__chart_add(c, st, DSR1__ORG_ROOT) || !dsr1__chart_close(c))
         return false;
-    for (uint32_t i = 0; i < v->nnodes;) {
+    uint32_t visited = 0;
+    for (uint32_t i = 0; i < v->nnodes; visited++) {
         const dsr1__tnode *nd = &v->nodes[i];
         uint32_t d = nd->depth;
         dsr1__chart_truncate(c, d);
@@ -296,6 +455,7 @@ static bool walk_earley(const dsr1_grammar *g, uint32_t st, dsr1__scratch *s)
         accept_here(&tv, s, i);
         i++;
     }
+    s->work += visited;
     return true;
 }
 
@@ -481,7 +641,7 @@ static void check_uncertain(dsr1__chart *c, dsr1__scratch *s, const dsr1__ci *ci
     }
     memset(s->sufacc, 0, ci->nsuf);
     size_t base = c->nset;
-    for (uint32_t i = 0; i < ci->nsuf;) {
+    for (uint32_t i = 0; i < ci->nsuf; s->work++) {
         const dsr1__tnode *nd = &ci->suf[i];
         dsr1__chart_truncate(c, base + nd->depth - 1);
         if (!dsr1__chart_scan(c, nd->byte)) {

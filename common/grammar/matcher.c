@@ -66,6 +66,11 @@ bool dsr1_matcher_ended(const dsr1_matcher *m)
     return m && m->ended;
 }
 
+uint64_t dsr1_matcher_mask_work(const dsr1_matcher *m)
+{
+    return m ? dsr1__scratch_work(m->scratch) : 0;
+}
+
 void dsr1_matcher_mask(dsr1_matcher *m, uint32_t *mask)
 {
     const dsr1_grammar_vocab *v = m->g->vocab;

@@ -102,6 +102,95 @@ static int cmp_tok(const void *a, const void *b)
     return x->id < y->id ? -1 : x->id > y->id;
 }
 
+/* Per node of a trie: the byte categories below it, bit 7 when the text below is safe, and
+ * how many bytes its longest descendant adds (see dsr1_grammar_vocab). Children come after
+ * their parent, so go backwards, acc[d] gathering the nodes of depth d + 1 seen since their
+ * parent, and accv[d], for the children of the node being finished, the UTF-8 decoder
+ * states they are valid in. */
+static dsr1_status trie_cats(const dsr1__tnode *nodes, uint32_t nn, uint32_t maxlen,
+                             uint8_t **subcat_out, uint8_t **below_out)
+{
+    uint8_t *subcat = malloc((size_t)nn + 1), *below = malloc((size_t)nn + 1);
+    uint8_t *acc = calloc((size_t)maxlen + 2, 1), *accv = malloc((size_t)maxlen + 2);
+    uint32_t *deep = calloc((size_t)maxlen + 2, sizeof(uint32_t));
+    if (!subcat || !below || !acc || !accv || !deep) {
+        free(subcat);
+        free(below);
+        free(acc);
+        free(accv);
+        free(deep);
+        return dsr1_error(DSR1_ERR_NOMEM, "grammar vocab: out of memory");
+    }
+    memset(accv, 0xff, (size_t)maxlen + 2);
+    for (uint32_t i = nn; i-- > 0;) {
+        uint32_t d = nodes[i].depth, md = deep[d] > d ? deep[d] : d;
+        uint8_t b = nodes[i].byte, ch = accv[d], valid = 0;
+        subcat[i] = (uint8_t)(acc[d] | (ch & 1u) << 7);
+        below[i] = (uint8_t)(md - d > 255 ? 255 : md - d);
+        for (int ds = 0; ds < 8; ds++) {
+            int to = dsr1__safe_utf8_next(ds, b);
+            if (to >= 0 && (ch >> to & 1)) valid |= (uint8_t)(1u << ds);
+        }
+        acc[d] = 0;
+        deep[d] = 0;
+        accv[d] = 0xff;
+        acc[d - 1] |= (uint8_t)(1u << dsr1__bytecat(b) | (subcat[i] & 0x7f));
+        accv[d - 1] &= valid;
+        if (md > deep[d - 1]) deep[d - 1] = md;
+    }
+    free(acc);
+    free(deep);
+    free(accv);
+    *subcat_out = subcat;
+    *below_out = below;
+    return DSR1_OK;
+}
+
+/* Safe text split (see dsr1_grammar_vocab): safe_le[c] holds the tokens whose bytes are all
+ * safe text from a character boundary and begin at most c characters; the exception trie
+ * holds every other token of the trie. */
+static dsr1_status build_safe(dsr1_grammar_vocab *v)
+{
+    size_t nw = dsr1_grammar_mask_words(v->n);
+    const uint8_t **xp = malloc(((size_t)v->nsorted + 1) * sizeof(*xp));
+    uint32_t *xl = malloc(((size_t)v->nsorted + 1) * sizeof(uint32_t));
+    v->safe_le = calloc(((size_t)v->maxlen + 1) * nw + 1, sizeof(uint32_t));
+    v->xsorted = malloc(((size_t)v->nsorted + 1) * sizeof(uint32_t));
+    if (!xp || !xl || !v->safe_le || !v->xsorted) {
+        free(xp);
+        free(xl);
+        return dsr1_error(DSR1_ERR_NOMEM, "grammar vocab: out of memory");
+    }
+    uint32_t nx = 0;
+    for (uint32_t k = 0; k < v->nsorted; k++) { /* sorted order: the exception trie's too */
+        uint32_t id = v->sorted[k], n = v->len[id], c = 0;
+        const uint8_t *p = v->bytes + v->off[id];
+        int ds = 0;
+        for (uint32_t j = 0; j < n && ds >= 0; j++) {
+            c += (p[j] & 0xc0) != 0x80;
+            ds = dsr1__safe_utf8_next(ds, p[j]);
+        }
+        if (ds >= 0) {
+            v->safe_le[(size_t)c * nw + (id >> 5)] |= 1u << (id & 31);
+        } else {
+            v->xsorted[nx] = id;
+            xp[nx] = p;
+            xl[nx++] = n;
+        }
+    }
+    for (uint32_t c = 1; c <= v->maxlen; c++)
+        for (size_t w = 0; w < nw; w++) v->safe_le[c * nw + w] |= v->safe_le[(c - 1) * nw + w];
+    v->nxsorted = nx;
+    v->xtok_lo = malloc(((size_t)v->off[v->n] + 2) * sizeof(uint32_t));
+    dsr1_status st = v->xtok_lo ? dsr1__trie_build(nx, xp, xl, v->xsorted, (uint32_t)v->n,
+                                                   &v->xnodes, &v->nxnodes, v->xtok_lo, NULL)
+                                : dsr1_error(DSR1_ERR_NOMEM, "grammar vocab: out of memory");
+    if (!st) st = trie_cats(v->xnodes, v->nxnodes, v->maxlen, &v->xsubcat, &v->xbelow);
+    free(xp);
+    free(xl);
+    return st;
+}
+
 /* Records the special tokens (special[i] non-NULL: token i, with that text). */
 static dsr1_status add_specials(dsr1_grammar_vocab *v, const char *const *special)
 {
@@ -168,6 +257,7 @@ dsr1_status dsr1_grammar_vocab_create_raw_special(int32_t n, const uint8_t *cons
     if (!v) goto oom;
     v->n = n;
     v->eos = eos_id;
+    v->no_split = getenv("DSR1_GRAMMAR_NO_SPLIT") != NULL; /* A/B of the split (benchmarks) */
     pthread_mutex_init(&v->lock, NULL);
     if (special) {
         dsr1_status st = add_specials(v, special);
@@ -230,47 +320,12 @@ dsr1_status dsr1_grammar_vocab_create_raw_special(int32_t n, const uint8_t *cons
         dsr1_grammar_vocab_free(v);
         return st;
     }
-    /* categories below each node: children come after their parent, so go backwards,
-     * acc[d] gathering the nodes of depth d + 1 seen since their parent */
-    v->subcat = malloc((size_t)v->nnodes + 1);
-    v->below = malloc((size_t)v->nnodes + 1);
-    uint8_t *acc = calloc((size_t)v->maxlen + 2, 1);
-    uint32_t *deep = calloc((size_t)v->maxlen + 2, sizeof(uint32_t));
-    if (!v->subcat || !v->below || !acc || !deep) {
-        free(acc);
-        free(deep);
+    st = trie_cats(v->nodes, v->nnodes, v->maxlen, &v->subcat, &v->below);
+    if (!st) st = build_safe(v);
+    if (st) {
         dsr1_grammar_vocab_free(v);
-        return dsr1_error(DSR1_ERR_NOMEM, "grammar vocab: out of memory");
+        return st;
     }
-    /* and whether the bytes below a node are safe text (below): accv[d] gathers, for the
-     * children of the node being finished, the UTF-8 decoder states they are valid in */
-    uint8_t *accv = malloc((size_t)v->maxlen + 2);
-    if (!accv) {
-        free(acc);
-        free(deep);
-        dsr1_grammar_vocab_free(v);
-        return dsr1_error(DSR1_ERR_NOMEM, "grammar vocab: out of memory");
-    }
-    memset(accv, 0xff, (size_t)v->maxlen + 2);
-    for (uint32_t i = v->nnodes; i-- > 0;) {
-        uint32_t d = v->nodes[i].depth, md = deep[d] > d ? deep[d] : d;
-        uint8_t b = v->nodes[i].byte, ch = accv[d], valid = 0;
-        v->subcat[i] = (uint8_t)(acc[d] | (ch & 1u) << 7);
-        v->below[i] = (uint8_t)(md - d > 255 ? 255 : md - d);
-        for (int ds = 0; ds < 8; ds++) {
-            int to = dsr1__safe_utf8_next(ds, b);
-            if (to >= 0 && (ch >> to & 1)) valid |= (uint8_t)(1u << ds);
-        }
-        acc[d] = 0;
-        deep[d] = 0;
-        accv[d] = 0xff;
-        acc[d - 1] |= (uint8_t)(1u << dsr1__bytecat(b) | (v->subcat[i] & 0x7f));
-        accv[d - 1] &= valid;
-        if (md > deep[d - 1]) deep[d - 1] = md;
-    }
-    free(acc);
-    free(deep);
-    free(accv);
     *out = v;
     return DSR1_OK;
 oom:
@@ -499,6 +554,12 @@ void dsr1_grammar_vocab_free(dsr1_grammar_vocab *v)
     free(v->tok_lo);
     free(v->subcat);
     free(v->below);
+    free(v->safe_le);
+    free(v->xsorted);
+    free(v->xnodes);
+    free(v->xtok_lo);
+    free(v->xsubcat);
+    free(v->xbelow);
     free(v->sp_id);
     free(v->sp_off);
     free(v->sp_text);

@@ -288,6 +288,123 @@ static void test_timing(void **state)
     dsr1_grammar_free(g);
 }
 
+/* The safe-text split (mask.c) against the whole-trie walk: a second vocabulary built with
+ * DSR1_GRAMMAR_NO_SPLIT set, the same grammars compiled on both, random walks (seeded) with
+ * the two masks compared at every step. Schemas: bounded strings (the chain and its end),
+ * object keys that must not be a named property (exception first bytes), and random ones. */
+static dsr1_grammar_vocab *nosplit_vocab(void)
+{
+    dsr1_grammar_vocab *v = NULL;
+    setenv("DSR1_GRAMMAR_NO_SPLIT", "1", 1);
+    assert_int_equal(dsr1_grammar_vocab_create(tok, eos, &v), DSR1_OK);
+    unsetenv("DSR1_GRAMMAR_NO_SPLIT");
+    return v;
+}
+
+/* Compares the masks of one schema on the two vocabularies along walks; returns the
+ * trie nodes visited by the split side and the whole-trie side. */
+static void compare_split(dsr1_grammar_vocab *ns, const char *schema, uint64_t *seed, int walks,
+                          int steps, uint64_t work[2])
+{
+    dsr1_grammar *g[2] = {NULL, NULL};
+    if (dsr1_grammar_compile_json_schema(vocab, schema, strlen(schema), NULL, &g[0]) != DSR1_OK)
+        return; /* a random schema the converter refuses */
+    assert_int_equal(dsr1_grammar_compile_json_schema(ns, schema, strlen(schema), NULL, &g[1]),
+                     DSR1_OK);
+    size_t nw = dsr1_grammar_mask_words(nvocab);
+    uint32_t *mk[2] = {calloc(nw, 4), calloc(nw, 4)};
+    int32_t *cand = malloc((size_t)nvocab * sizeof(int32_t));
+    for (int w = 0; w < walks; w++) {
+        dsr1_matcher *m[2];
+        assert_int_equal(dsr1_matcher_create(g[0], &m[0]), DSR1_OK);
+        assert_int_equal(dsr1_matcher_create(g[1], &m[1]), DSR1_OK);
+        for (int step = 0; step < steps; step++) {
+            for (int k = 0; k < 2; k++) {
+                uint64_t w0 = dsr1_matcher_mask_work(m[k]);
+                dsr1_matcher_mask(m[k], mk[k]);
+                work[k] += dsr1_matcher_mask_work(m[k]) - w0;
+            }
+            if (memcmp(mk[0], mk[1], nw * 4)) {
+                for (size_t i = 0; i < nw; i++)
+                    if (mk[0][i] != mk[1][i])
+                        fprintf(stderr, "schema %s step %d: word %zu split %08x whole %08x\n",
+                                schema, step, i, mk[0][i], mk[1][i]);
+                fail_msg("split mask differs");
+            }
+            /* a token with a quote a quarter of the time (leaves strings), else any */
+            size_t nc = 0, nq = 0;
+            bool quote = gt_rand(seed) % 4 == 0;
+            for (int32_t t = 0; t < nvocab; t++) {
+                if (!(mk[0][t >> 5] >> (t & 31) & 1) || t == eos) continue;
+                cand[nc++] = t;
+                if (quote && tl[t] && memchr(tb[t], '"', tl[t])) nq++;
+            }
+            if (!nc) break;
+            int32_t pick = cand[gt_rand(seed) % nc];
+            if (quote && nq) {
+                size_t want = gt_rand(seed) % nq;
+                for (size_t i = 0; i < nc; i++)
+                    if (tl[cand[i]] && memchr(tb[cand[i]], '"', tl[cand[i]]) && !want--) {
+                        pick = cand[i];
+                        break;
+                    }
+            }
+            assert_int_equal(dsr1_matcher_advance(m[0], pick), DSR1_OK);
+            assert_int_equal(dsr1_matcher_advance(m[1], pick), DSR1_OK);
+        }
+        dsr1_matcher_free(m[0]);
+        dsr1_matcher_free(m[1]);
+    }
+    free(cand);
+    free(mk[0]);
+    free(mk[1]);
+    dsr1_grammar_free(g[0]);
+    dsr1_grammar_free(g[1]);
+}
+
+static void test_split_masks(void **state)
+{
+    (void)state;
+    dsr1_grammar_vocab *ns = nosplit_vocab();
+    static const char *fixed[] = {
+        "{\"type\":\"string\",\"maxLength\":40}",
+        "{\"type\":\"string\",\"minLength\":3,\"maxLength\":7}",
+        "{\"type\":\"string\",\"minLength\":150}",
+        "{\"type\":\"array\",\"items\":{\"type\":\"string\",\"maxLength\":3}}",
+        "{\"type\":\"object\",\"properties\":{\"s\":{\"type\":\"string\"},\"sa\":{\"type\":"
+        "\"integer\"},\"name\":{\"type\":\"string\",\"maxLength\":12}},\"additionalProperties\":"
+        "{\"type\":\"string\",\"maxLength\":5}}",
+        "{\"type\":\"object\",\"properties\":{\"a\":{\"enum\":[\"x\",\"xy\",\"yz\"]},\"b\":{"
+        "\"type\":\"string\",\"pattern\":\"^[a-z]{2,9}$\"}},\"required\":[\"a\",\"b\"]}",
+    };
+    uint64_t seed = 12345, work[2] = {0, 0};
+    for (size_t i = 0; i < sizeof fixed / sizeof *fixed; i++)
+        compare_split(ns, fixed[i], &seed, 3, 24, work);
+    /* the split visits fewer trie nodes on these (deterministic: the counter, not time) */
+    printf("split: %llu trie nodes, whole trie: %llu\n", (unsigned long long)work[0],
+           (unsigned long long)work[1]);
+    assert_true(work[0] < work[1]);
+    static const char *names[] = {"a", "ab", "abc", "b", "s", "sx", "x", "\\u00e9", "k1", "k12"};
+    for (int n = 0; n < 16; n++) {
+        char schema[1024];
+        int len = snprintf(schema, sizeof schema, "{\"type\":\"object\",\"properties\":{");
+        int np = 1 + (int)(gt_rand(&seed) % 4);
+        for (int p = 0; p < np; p++) {
+            long lo = (long)(gt_rand(&seed) % 4), hi = lo + (long)(gt_rand(&seed) % 140);
+            len += snprintf(schema + len, sizeof schema - (size_t)len,
+                            "%s\"%s\":{\"type\":\"string\",\"minLength\":%ld,\"maxLength\":%ld}",
+                            p ? "," : "", names[gt_rand(&seed) % 10], lo, hi);
+        }
+        int ap = (int)(gt_rand(&seed) % 3);
+        snprintf(schema + len, sizeof schema - (size_t)len, "},\"additionalProperties\":%s}",
+                 ap == 0   ? "false"
+                 : ap == 1 ? "true"
+                           : "{\"type\":\"string\",\"maxLength\":9}");
+        compare_split(ns, schema, &seed, 2, 20, work);
+    }
+    dsr1_grammar_vocab_free(ns);
+}
+
 int main(int argc, char **argv)
 {
     const char *golden = argc > 1 ? argv[1] : "../shared/golden";
@@ -319,11 +436,9 @@ int main(int argc, char **argv)
         if (dsr1_tokenizer_token_bytes(tok, i, &tb[i], &len) == DSR1_OK) tl[i] = (uint32_t)len;
     }
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_json_object_masks),
-        cmocka_unit_test(test_schema_masks),
-        cmocka_unit_test(test_special_token_masks),
-        cmocka_unit_test(test_special_token_errors),
-        cmocka_unit_test(test_timing),
+        cmocka_unit_test(test_json_object_masks),   cmocka_unit_test(test_schema_masks),
+        cmocka_unit_test(test_special_token_masks), cmocka_unit_test(test_special_token_errors),
+        cmocka_unit_test(test_split_masks),         cmocka_unit_test(test_timing),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     free(tb);
