@@ -78,7 +78,7 @@ struct dsr1__res {
     bool error;
     uint8_t *bytes;
     size_t len;
-    int prompt_tokens, completion_tokens, cached_tokens;
+    int prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens;
     int64_t seq; /* set by the commit */
     char *custom_id;
 };

@@ -18,7 +18,7 @@
     "completion_window, created_at, in_progress_at, finalizing_at, completed_at, failed_at, "      \
     "expired_at, cancelling_at, cancelled_at, expires_at, total, completed, failed, "              \
     "prompt_tokens, completion_tokens, cached_tokens, metadata_json, fail_message, priority, "     \
-    "max_running"
+    "max_running, reasoning_tokens"
 
 #define WRITER_CHUNK_BYTES (16 << 20)
 #define CUSTOM_ID_MAX      512
@@ -177,6 +177,7 @@ dsr1_status dsr1__batch_info_row(dsr1_batches *b, sqlite3 *db, sqlite3_stmt *q,
     out->errors_json = errors_json(db, n, (const char *)sqlite3_column_text(q, 25));
     out->priority = sqlite3_column_int(q, 26);
     out->max_running = sqlite3_column_int(q, 27);
+    out->reasoning_tokens = sqlite3_column_int64(q, 28);
     pthread_mutex_lock(&b->mu);
     for (dsr1__bt *bt = b->active; bt; bt = bt->next)
         if (bt->n == n) out->running = bt->running;

@@ -93,6 +93,7 @@ typedef struct {
     const uint8_t *bytes;
     size_t len;
     int prompt_tokens, completion_tokens, cached_tokens;
+    int reasoning_tokens; /* of completion_tokens, drawn inside the reasoning */
 } dsr1_batch_result;
 
 struct dsr1_batch_codec {
@@ -203,6 +204,7 @@ typedef struct {
     int total, completed, failed; /* request_counts: items; finished ok; finished in error */
     int running;                  /* in the scheduler now */
     int64_t prompt_tokens, completion_tokens, cached_tokens;
+    int64_t reasoning_tokens; /* of completion_tokens */
     /* Malloc'd JSON text or NULL; dsr1_batch_info_clear frees them. metadata: the object
      * given at creation. errors: why the batch failed or which lines were invalid, as
      * OpenAI's errors.data: [{"code", "message", "line"}]. */

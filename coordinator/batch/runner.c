@@ -133,6 +133,7 @@ void dsr1_batches_item_done(dsr1_batches *b, uint64_t key, const dsr1_batch_resu
         res->prompt_tokens = r->prompt_tokens;
         res->completion_tokens = r->completion_tokens;
         res->cached_tokens = r->cached_tokens;
+        res->reasoning_tokens = r->reasoning_tokens;
         if (!res->bytes || !res->custom_id) {
             dsr1__free_res(res);
             res = NULL;
@@ -169,11 +170,13 @@ void dsr1__commit_results(dsr1_batches *b, dsr1__res *list)
                         "?)",
                         &res);
     if (!st)
-        st = dsr1__prep(b->db,
-                        "UPDATE batches SET completed = completed + ?, failed = failed + ?, "
-                        "prompt_tokens = prompt_tokens + ?, completion_tokens = completion_tokens "
-                        "+ ?, cached_tokens = cached_tokens + ?, next_seq = ? WHERE n = ?",
-                        &bat);
+        st = dsr1__prep(
+            b->db,
+            "UPDATE batches SET completed = completed + ?, failed = failed + ?, "
+            "prompt_tokens = prompt_tokens + ?, completion_tokens = completion_tokens "
+            "+ ?, cached_tokens = cached_tokens + ?, reasoning_tokens = reasoning_tokens + ?, "
+            "next_seq = ? WHERE n = ?",
+            &bat);
     for (dsr1__res *r = list; !st && r; r = r->next) {
         r->seq = -1;
         sqlite3_reset(item);
@@ -202,8 +205,9 @@ void dsr1__commit_results(dsr1_batches *b, dsr1__res *list)
         sqlite3_bind_int(bat, 3, r->prompt_tokens);
         sqlite3_bind_int(bat, 4, r->completion_tokens);
         sqlite3_bind_int(bat, 5, r->cached_tokens);
-        sqlite3_bind_int64(bat, 6, r->bt->next_seq);
-        sqlite3_bind_int64(bat, 7, r->bt->n);
+        sqlite3_bind_int(bat, 6, r->reasoning_tokens);
+        sqlite3_bind_int64(bat, 7, r->bt->next_seq);
+        sqlite3_bind_int64(bat, 8, r->bt->n);
         if ((rc = sqlite3_step(bat)) != SQLITE_DONE)
             st = dsr1__sql_error(b->db, rc, "recording a result");
     }

@@ -201,9 +201,11 @@ static const char *SCHEMA_V1 =
  * database is made with SCHEMA_V1 and then every migration, so that a new and a migrated
  * database are the same. Never edit one that has shipped: add the next. */
 static const char *const MIGRATIONS[] = {
-    /* 1 -> 2: the run order (priority, higher first) and a batch's own window */
+    /* 1 -> 2: the run order (priority, higher first), a batch's own window, and the sum of
+     * its items' reasoning tokens */
     "ALTER TABLE batches ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;"
-    "ALTER TABLE batches ADD COLUMN max_running INTEGER NOT NULL DEFAULT 0;",
+    "ALTER TABLE batches ADD COLUMN max_running INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE batches ADD COLUMN reasoning_tokens INTEGER NOT NULL DEFAULT 0;",
 };
 _Static_assert(sizeof MIGRATIONS / sizeof MIGRATIONS[0] == DSR1__BATCH_SCHEMA - 1,
                "one migration per schema version after the first");

@@ -178,7 +178,7 @@ static dsr1_status reset(dsr1_batches *b, dsr1__bt *bt)
              "DELETE FROM results WHERE batch_n = %1$lld; DELETE FROM items WHERE batch_n = "
              "%1$lld; DELETE FROM errors WHERE batch_n = %1$lld; UPDATE batches SET total = 0, "
              "completed = 0, failed = 0, prompt_tokens = 0, completion_tokens = 0, "
-             "cached_tokens = 0, next_seq = 0, n_errors = 0 WHERE n = %1$lld",
+             "cached_tokens = 0, reasoning_tokens = 0, next_seq = 0, n_errors = 0 WHERE n = %1$lld",
              (long long)bt->n);
     pthread_mutex_lock(&b->wmu);
     dsr1_status st = dsr1__begin(b);

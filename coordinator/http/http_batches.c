@@ -72,14 +72,13 @@ static json_t *batch_object(const dsr1_http_server *s, const dsr1_batch_info *b)
     json_t *meta = b->metadata_json ? json_loads(b->metadata_json, 0, NULL) : NULL;
     json_object_set_new(o, "metadata", json_is_object(meta) ? meta : json_null());
     if (meta && !json_is_object(meta)) json_decref(meta);
-    /* reasoning tokens are not counted per batch (each output line's body has them) */
-    json_object_set_new(o, "usage",
-                        json_pack("{s:I, s:{s:I}, s:I, s:{s:i}, s:I}", "input_tokens",
-                                  (json_int_t)b->prompt_tokens, "input_tokens_details",
-                                  "cached_tokens", (json_int_t)b->cached_tokens, "output_tokens",
-                                  (json_int_t)b->completion_tokens, "output_tokens_details",
-                                  "reasoning_tokens", 0, "total_tokens",
-                                  (json_int_t)(b->prompt_tokens + b->completion_tokens)));
+    json_object_set_new(
+        o, "usage",
+        json_pack("{s:I, s:{s:I}, s:I, s:{s:I}, s:I}", "input_tokens", (json_int_t)b->prompt_tokens,
+                  "input_tokens_details", "cached_tokens", (json_int_t)b->cached_tokens,
+                  "output_tokens", (json_int_t)b->completion_tokens, "output_tokens_details",
+                  "reasoning_tokens", (json_int_t)b->reasoning_tokens, "total_tokens",
+                  (json_int_t)(b->prompt_tokens + b->completion_tokens)));
     return o;
 }
 
@@ -385,7 +384,10 @@ static void item_end(http_job *j)
         .prompt_tokens = j->ch[0].prompt_tokens,
         .cached_tokens = j->ch[0].cached_tokens,
     };
-    for (int i = 0; i < j->n; i++) r.completion_tokens += j->ch[i].completion_tokens;
+    for (int i = 0; i < j->n; i++) {
+        r.completion_tokens += j->ch[i].completion_tokens;
+        r.reasoning_tokens += dsr1__http_reasoning_tokens(&j->ch[i], j->ch[i].completion_tokens);
+    }
     char id[64];
     line_id(it->batch_id, it->index, id, sizeof(id));
     dsr1_strbuf b = {0};

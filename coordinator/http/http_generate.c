@@ -217,7 +217,7 @@ static const char *finish_name(const http_choice *c, bool tool_calls)
     return c->finish == DSR1_FINISH_LENGTH ? "length" : "stop";
 }
 
-static int reasoning_tokens(const http_choice *c, int completion_tokens)
+int dsr1__http_reasoning_tokens(const http_choice *c, int completion_tokens)
 {
     if (!c->reasoning_seen) return 0;
     return c->content_seen ? c->tokens_before_content : completion_tokens;
@@ -307,7 +307,7 @@ static json_t *usage(http_job *j)
         reasoning = 0;
     for (int i = 0; i < j->n; i++) {
         completion += j->ch[i].completion_tokens;
-        reasoning += reasoning_tokens(&j->ch[i], j->ch[i].completion_tokens);
+        reasoning += dsr1__http_reasoning_tokens(&j->ch[i], j->ch[i].completion_tokens);
     }
     return json_pack("{s:i, s:i, s:i, s:{s:i}, s:{s:i}}", "prompt_tokens", prompt,
                      "completion_tokens", completion, "total_tokens", prompt + completion,

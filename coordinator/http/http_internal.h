@@ -160,6 +160,8 @@ char *dsr1__http_error_json(const char *message, const char *type, const char *p
                             const char *code);
 /* The HTTP status for a dsr1_status of a failed submission or conversion. */
 int dsr1__http_status_of(dsr1_status st);
+/* The reasoning tokens of a finished choice (usage.completion_tokens_details). */
+int dsr1__http_reasoning_tokens(const http_choice *c, int completion_tokens);
 uint64_t dsr1__http_random(dsr1_http_server *s);
 double dsr1__http_now(void);
 

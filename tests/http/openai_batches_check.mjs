@@ -123,6 +123,14 @@ expect(JSON.stringify(ids) === JSON.stringify(want), "output file: every custom_
 expect(out.every((l) => /^batch_req_/.test(l.id) && l.error === null && l.response.status_code === 200 &&
   l.response.body.object === "chat.completion"), "output lines: shape", JSON.stringify(out[0]));
 expect(new Set(out.map((l) => l.id)).size === out.length, "output lines: distinct ids");
+// the batch's usage is the sum of its lines' (the reasoning tokens too: R1's template
+// starts each answer inside the reasoning)
+const sum = (f) => out.reduce((a, l) => a + f(l.response.body.usage), 0);
+expect(done.usage.output_tokens === sum((u) => u.completion_tokens) &&
+  done.usage.input_tokens === sum((u) => u.prompt_tokens) &&
+  done.usage.output_tokens_details.reasoning_tokens === sum((u) => u.completion_tokens_details.reasoning_tokens) &&
+  done.usage.output_tokens_details.reasoning_tokens > 0, "chat batch: usage sums its lines",
+JSON.stringify(done.usage));
 const n2 = out.find((l) => l.custom_id === "chat-3");
 expect(n2?.response.body.choices.length === 2, "n: 2 in a batch: two choices", JSON.stringify(n2?.response.body));
 const lp = out.find((l) => l.custom_id === "chat-5");
