@@ -147,7 +147,8 @@ typedef struct {
     char filename[256];
     char purpose[32]; /* "batch", "batch_output", ... */
     int64_t bytes;
-    int64_t created_at, expires_at; /* unix seconds; expires_at 0: never */
+    int64_t created_at, expires_at; /* unix seconds; expires_at: when retention deletes it,
+                                     * 0: never */
 } dsr1_file_info;
 
 typedef struct dsr1_file_upload dsr1_file_upload;

@@ -201,6 +201,7 @@ dsr1_status dsr1_file_upload_commit(dsr1_file_upload *u, dsr1_file_info *out)
         snprintf(out->purpose, sizeof out->purpose, "%s", u->purpose);
         out->bytes = u->bytes;
         out->created_at = now;
+        if (u->b->p.retention_s >= 0) out->expires_at = now + u->b->p.retention_s;
     }
     close(u->fd);
     free(u);
@@ -215,7 +216,8 @@ void dsr1_file_upload_abort(dsr1_file_upload *u)
     free(u);
 }
 
-static void file_row(sqlite3_stmt *q, dsr1_file_info *out)
+/* A row; expires_at, when the row has none, is when retention deletes the file. */
+static void file_row(const dsr1_batches *b, sqlite3_stmt *q, dsr1_file_info *out)
 {
     memset(out, 0, sizeof *out);
     snprintf(out->id, sizeof out->id, "%s", (const char *)sqlite3_column_text(q, 0));
@@ -224,6 +226,8 @@ static void file_row(sqlite3_stmt *q, dsr1_file_info *out)
     out->bytes = sqlite3_column_int64(q, 3);
     out->created_at = sqlite3_column_int64(q, 4);
     out->expires_at = sqlite3_column_int64(q, 5);
+    if (!out->expires_at && b->p.retention_s >= 0)
+        out->expires_at = out->created_at + b->p.retention_s;
 }
 
 #define FILE_COLS "id, filename, purpose, bytes, created_at, expires_at"
@@ -238,7 +242,7 @@ dsr1_status dsr1_files_get(dsr1_batches *b, const char *id, dsr1_file_info *out)
         sqlite3_bind_text(q, 1, id ? id : "", -1, SQLITE_STATIC);
         int rc = sqlite3_step(q);
         if (rc == SQLITE_ROW)
-            file_row(q, out);
+            file_row(b, q, out);
         else if (rc == SQLITE_DONE)
             st = dsr1_error(DSR1_ERR_NOT_FOUND, "no file %s", id ? id : "");
         else
@@ -275,7 +279,7 @@ dsr1_status dsr1_files_list(dsr1_batches *b, const char *purpose, const char *af
             more = true;
             break;
         }
-        file_row(q, &out[k++]);
+        file_row(b, q, &out[k++]);
     }
     if (rc != SQLITE_ROW && rc != SQLITE_DONE) st = dsr1__sql_error(db, rc, "listing files");
     sqlite3_finalize(q);
