@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "batches.h"
 #include "http_internal.h"
 
 static const double TTFT_BOUNDS[] = {0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1,  0.25, 0.5,
@@ -172,13 +173,40 @@ char *dsr1__http_metrics_text(dsr1_http_server *s, size_t *len)
           "Same as vllm:kv_cache_usage_perc (the older vLLM name).",
           info.blocks_total ? (double)info.blocks_used / (double)info.blocks_total : 0.0);
     counter(&o, labels, "vllm:num_preemptions_total",
-            "Requests sent back to recompute for want of cache blocks (all frontends).",
+            "Requests sent back to recompute, for want of cache blocks or for an interactive "
+            "request (all frontends).",
             (double)info.preemptions);
     gauge(&o, labels, "dsr1_kv_cache_blocks_cached",
           "Cache blocks holding reusable prompt prefixes, held by no request.",
           (double)info.blocks_cached);
     gauge(&o, labels, "dsr1_healthy", "1 while the scheduler serves, 0 after an executor failure.",
           info.healthy ? 1 : 0);
+    gauge(&o, labels, "dsr1_batch_items_running",
+          "Batch items in the running set (among vllm:num_requests_running).", info.running_batch);
+    gauge(&o, labels, "dsr1_batch_items_waiting",
+          "Batch items handed to the scheduler and waiting (among vllm:num_requests_waiting).",
+          info.queued_batch);
+    counter(&o, labels, "dsr1_batch_preemptions_total",
+            "Batch items sent back to recompute, for interactive requests or for want of blocks.",
+            (double)info.preemptions_batch);
+    if (s->p.batches) {
+        dsr1_batches_stats bs;
+        dsr1_batches_get_stats(s->p.batches, &bs);
+        gauge(&o, labels, "dsr1_batch_jobs_active", "Batches not final (gRPC and HTTP).",
+              bs.batches_active);
+        gauge(&o, labels, "dsr1_batch_items_pending",
+              "Items of active batches not yet handed to the scheduler.", (double)bs.items_pending);
+        counter(&o, labels, "dsr1_batch_results_committed_total",
+                "Batch item results committed to the store since start.",
+                (double)bs.results_committed);
+        counter(&o, labels, "dsr1_batch_commits_total",
+                "Store transactions that committed results (group commits) since start.",
+                (double)bs.commits);
+        gauge(&o, labels, "dsr1_files", "Files in the store (uploads, output and error files).",
+              (double)bs.files);
+        gauge(&o, labels, "dsr1_file_bytes", "Bytes of the files in the store.",
+              (double)bs.file_bytes);
+    }
     pthread_mutex_lock(&s->metrics.mu);
     const http_metrics *m = &s->metrics;
     counter(&o, labels, "vllm:prompt_tokens_total", "Prompt tokens of finished HTTP requests.",

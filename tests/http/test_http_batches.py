@@ -213,6 +213,32 @@ def check_resumed(c, port, bid, lines):
                  direct["choices"][0]["message"], f"resumed: {line['custom_id']} equals direct")
 
 
+def metrics_checks(c, port):
+    """/metrics counts the store's work: every committed result and the files."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as r:
+        text = r.read().decode()
+    v = {}
+    for ln in text.splitlines():
+        if ln and not ln.startswith("#"):
+            name, _, val = ln.rpartition(" ")
+            v[name.split("{")[0]] = float(val)
+    batches = get(port, "/v1/batches?limit=100")["data"]
+    done = sum(b["request_counts"]["completed"] + b["request_counts"]["failed"] for b in batches)
+    c.expect(v.get("dsr1_batch_results_committed_total", -1) >= done > 0,
+             "metrics: every finished item's result counted as committed",
+             f"{v.get('dsr1_batch_results_committed_total')} vs {done}")
+    c.expect(0 < v.get("dsr1_batch_commits_total", 0) <= v.get("dsr1_batch_results_committed_total", 0),
+             "metrics: results group-committed", str(v.get("dsr1_batch_commits_total")))
+    files = get(port, "/v1/files?limit=10000")["data"]
+    c.expect(v.get("dsr1_files") == len(files) and
+             v.get("dsr1_file_bytes") == sum(f["bytes"] for f in files),
+             "metrics: the store's files and bytes",
+             f"{v.get('dsr1_files')}, {v.get('dsr1_file_bytes')} vs {len(files)} files")
+    for name in ("dsr1_batch_items_running", "dsr1_batch_items_waiting",
+                 "dsr1_batch_preemptions_total", "dsr1_batch_jobs_active", "dsr1_batch_items_pending"):
+        c.expect(name in v, f"metrics: {name}")
+
+
 def start(dsr1, model, state):
     srv = serve_util.Server([dsr1, "serve", "--model", model, "--host", "127.0.0.1", "--port", "0",
                              "--api-key", KEY, "--kv-tokens", "16384", "--state-dir", state])
@@ -274,6 +300,7 @@ def main():
         else:
             print("python3-jsonschema missing: responses not validated against the schemas")
         grpc_batch_hidden(c, srv, port, tmp)
+        metrics_checks(c, port)
         # a restart on the same state directory keeps the batches and their files
         bid, long_lines = start_long_batch(c, port)
         before = [b for b in get(port, "/v1/batches?limit=100")["data"] if b["id"] != bid]
