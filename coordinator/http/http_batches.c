@@ -322,22 +322,32 @@ static json_t *parse_line(const char *endpoint, const uint8_t *req, size_t len, 
     return o;
 }
 
-static dsr1_status codec_check(void *ctx, const char *endpoint, const uint8_t *req, size_t len,
-                               char *custom_id, size_t cap)
+/* A line's request, checked and prepared as its endpoint prepares one (custom_id: see
+ * parse_line). */
+static dsr1_status prepare_line(dsr1_http_server *s, const char *endpoint, const uint8_t *req,
+                                size_t len, char *custom_id, size_t cap, http_prepared **p)
 {
-    dsr1_http_server *s = ctx;
     dsr1_http_kind kind;
     char *text;
     json_t *o = parse_line(endpoint, req, len, custom_id, cap, &kind, &text);
     if (!o) return DSR1_ERR_INVALID_ARG;
-    http_prepared *p;
     http_fail f;
-    int status = dsr1__http_prepare(s, kind, text, strlen(text), true, &p, &f);
+    int status = dsr1__http_prepare(s, kind, text, strlen(text), true, p, &f);
     free(text);
     json_decref(o);
     if (status)
         return dsr1_error(status == 500 ? DSR1_ERR_NOMEM : DSR1_ERR_INVALID_ARG, "body: %s",
                           f.message);
+    return DSR1_OK;
+}
+
+static dsr1_status codec_check(void *ctx, const char *endpoint, const uint8_t *req, size_t len,
+                               char *custom_id, size_t cap)
+{
+    dsr1_http_server *s = ctx;
+    http_prepared *p;
+    dsr1_status st = prepare_line(s, endpoint, req, len, custom_id, cap, &p);
+    if (st) return st;
     dsr1__http_prepared_free(s, p);
     return DSR1_OK;
 }
@@ -426,18 +436,9 @@ static dsr1_status codec_start(void *ctx, const dsr1_batch_item_ref *ref)
     pthread_mutex_unlock(&s->mu);
     if (stopping) /* the store is about to close: the item stays pending */
         return dsr1_error(DSR1_ERR_BUSY, "the HTTP server is shutting down");
-    dsr1_http_kind kind;
-    char *text;
-    json_t *o = parse_line(ref->endpoint, ref->req, ref->len, NULL, 0, &kind, &text);
-    if (!o) return DSR1_ERR_INVALID_ARG;
     http_prepared *p;
-    http_fail f;
-    int status = dsr1__http_prepare(s, kind, text, strlen(text), true, &p, &f);
-    free(text);
-    json_decref(o);
-    if (status)
-        return dsr1_error(status == 500 ? DSR1_ERR_NOMEM : DSR1_ERR_INVALID_ARG, "body: %s",
-                          f.message);
+    dsr1_status st = prepare_line(s, ref->endpoint, ref->req, ref->len, NULL, 0, &p);
+    if (st) return st;
     batch_item *it = calloc(1, sizeof(*it));
     if (!it || !(it->custom_id = strdup(ref->custom_id ? ref->custom_id : ""))) {
         free(it);
@@ -449,7 +450,7 @@ static dsr1_status codec_start(void *ctx, const dsr1_batch_item_ref *ref)
     it->index = ref->index;
     snprintf(it->batch_id, sizeof(it->batch_id), "%s", ref->batch_id);
     snprintf(it->rid, sizeof(it->rid), "%s", ref->request_id);
-    dsr1_status st = dsr1__http_job_submit_batch(s, p, ref->request_id, item_end, it);
+    st = dsr1__http_job_submit_batch(s, p, ref->request_id, item_end, it);
     dsr1__http_prepared_free(s, p);
     if (st) {
         free(it->custom_id);
