@@ -210,12 +210,12 @@ static dsr1_status start_call(dsr1_rpc_client *c, dsr1_rpc_stream *s, const char
     return DSR1_OK;
 }
 
-dsr1_status dsr1_rpc_stream_open(dsr1_rpc_client *c, const char *method,
-                                 const ProtobufCMessage *req,
-                                 const ProtobufCMessageDescriptor *reply_desc, double timeout_s,
-                                 dsr1_rpc_stream **out)
+/* A call whose replies are read with dsr1_rpc_stream_next: req sent at once (server
+ * streaming), or NULL when the client sends its messages itself (client streaming). */
+static dsr1_status stream_start(dsr1_rpc_client *c, const char *method, const ProtobufCMessage *req,
+                                const ProtobufCMessageDescriptor *reply_desc, double timeout_s,
+                                dsr1_rpc_stream **out)
 {
-    if (!req) return dsr1_error(DSR1_ERR_INVALID_ARG, "%s: no request", method);
     dsr1_rpc_stream *s = calloc(1, sizeof(*s));
     if (!s) return dsr1_error(DSR1_ERR_NOMEM, "out of memory");
     s->reply_desc = reply_desc;
@@ -231,6 +231,15 @@ dsr1_status dsr1_rpc_stream_open(dsr1_rpc_client *c, const char *method,
     }
     *out = s;
     return DSR1_OK;
+}
+
+dsr1_status dsr1_rpc_stream_open(dsr1_rpc_client *c, const char *method,
+                                 const ProtobufCMessage *req,
+                                 const ProtobufCMessageDescriptor *reply_desc, double timeout_s,
+                                 dsr1_rpc_stream **out)
+{
+    if (!req) return dsr1_error(DSR1_ERR_INVALID_ARG, "%s: no request", method);
+    return stream_start(c, method, req, reply_desc, timeout_s, out);
 }
 
 dsr1_status dsr1_rpc_stream_next(dsr1_rpc_stream *s, ProtobufCMessage **msg)
@@ -262,21 +271,7 @@ dsr1_status dsr1_rpc_upload_open(dsr1_rpc_client *c, const char *method,
                                  const ProtobufCMessageDescriptor *reply_desc, double timeout_s,
                                  dsr1_rpc_stream **out)
 {
-    dsr1_rpc_stream *s = calloc(1, sizeof(*s));
-    if (!s) return dsr1_error(DSR1_ERR_NOMEM, "out of memory");
-    s->reply_desc = reply_desc;
-    s->details = grpc_empty_slice();
-    grpc_metadata_array_init(&s->initial_md);
-    grpc_metadata_array_init(&s->trailing_md);
-    s->cq = grpc_completion_queue_create_for_pluck(NULL);
-    dsr1_status st = start_call(c, s, method, NULL, timeout_s);
-    if (st) {
-        s->finished = true;
-        dsr1_rpc_stream_close(s);
-        return st;
-    }
-    *out = s;
-    return DSR1_OK;
+    return stream_start(c, method, NULL, reply_desc, timeout_s, out);
 }
 
 /* One batch of ops on TAG_MESSAGE, waited for; false when it failed (the call is over). */
