@@ -129,6 +129,19 @@ void dsr1__rollback(dsr1_batches *b);
 dsr1_status dsr1__reader(dsr1_batches *b, sqlite3 **out);
 void dsr1__reader_put(dsr1_batches *b, sqlite3 *db);
 dsr1_status dsr1__prep(sqlite3 *db, const char *sql, sqlite3_stmt **out);
+/* One page of a newest-first list (Files, Batches): runs sql, whose ?1 is a filter (NULL:
+ * none), ?2 the id to list after (NULL: from the newest) and ?3 the rows to read, on a reader
+ * connection; row(i) fills entry i from the statement for up to limit rows, and on a failure
+ * clear(i) (may be NULL) undoes the entries filled. *has_more (may be NULL): more follow.
+ * what names the list in an error. */
+typedef struct {
+    void (*row)(dsr1_batches *b, sqlite3 *db, sqlite3_stmt *q, void *ctx, int i);
+    void (*clear)(void *ctx, int i);
+    void *ctx;
+} dsr1__page_rows;
+dsr1_status dsr1__list_page(dsr1_batches *b, const char *sql, const char *filter, const char *after,
+                            int limit, const dsr1__page_rows *rows, const char *what, int *n,
+                            bool *has_more);
 void dsr1__path(const dsr1_batches *b, char *out, size_t cap, const char *sub, const char *id);
 dsr1_status dsr1__fsync_dir(const char *path);
 const dsr1_batch_codec *dsr1__codec(dsr1_batches *b, const char *format); /* under mu */
@@ -157,6 +170,8 @@ dsr1_status dsr1__add_error(dsr1_batches *b, int64_t n, int line, const char *co
                             const char *msg);
 dsr1_status dsr1__parse_window(const char *s, int64_t *secs);
 /* Builds an item's error result with its codec (outside every lock). NULL on failure. */
+/* Under mu: hands a result to the group-commit writer thread. */
+void dsr1__enqueue(dsr1_batches *b, dsr1__res *r);
 dsr1__res *dsr1__error_res(dsr1_batches *b, const dsr1_batch_codec *c, dsr1__bt *bt, int idx,
                            const char *custom_id, const char *code, const char *msg, int line);
 

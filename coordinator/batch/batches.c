@@ -215,44 +215,25 @@ dsr1_status dsr1_batches_get(dsr1_batches *b, const char *id, dsr1_batch_info *o
     return st;
 }
 
+static void batch_row(dsr1_batches *b, sqlite3 *db, sqlite3_stmt *q, void *ctx, int i)
+{
+    dsr1__batch_info_row(b, db, q, (dsr1_batch_info *)ctx + i);
+}
+
+static void batch_clear(void *ctx, int i)
+{
+    dsr1_batch_info_clear((dsr1_batch_info *)ctx + i);
+}
+
 dsr1_status dsr1_batches_list(dsr1_batches *b, const char *format, const char *after, int limit,
                               dsr1_batch_info *out, int *n, bool *has_more)
 {
-    if (limit < 0) return dsr1_error(DSR1_ERR_INVALID_ARG, "negative list limit");
-    sqlite3 *db;
-    dsr1_status st = dsr1__reader(b, &db);
-    if (st) return st;
-    sqlite3_stmt *q;
-    if ((st = dsr1__prep(db,
-                         "SELECT " BATCH_COLS " FROM batches WHERE visible = 1 AND (?1 IS NULL "
-                         "OR format = ?1) AND (?2 IS NULL OR n < (SELECT n FROM batches WHERE "
-                         "id = ?2)) ORDER BY n DESC LIMIT ?3",
-                         &q))) {
-        dsr1__reader_put(b, db);
-        return st;
-    }
-    if (format) sqlite3_bind_text(q, 1, format, -1, SQLITE_STATIC);
-    if (after && after[0]) sqlite3_bind_text(q, 2, after, -1, SQLITE_STATIC);
-    sqlite3_bind_int(q, 3, limit + 1);
-    int k = 0, rc;
-    bool more = false;
-    while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
-        if (k == limit) {
-            more = true;
-            break;
-        }
-        dsr1__batch_info_row(b, db, q, &out[k++]);
-    }
-    if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
-        st = dsr1__sql_error(db, rc, "listing batches");
-        for (int i = 0; i < k; i++) dsr1_batch_info_clear(&out[i]);
-    }
-    sqlite3_finalize(q);
-    dsr1__reader_put(b, db);
-    if (st) return st;
-    *n = k;
-    if (has_more) *has_more = more;
-    return DSR1_OK;
+    const dsr1__page_rows rows = {batch_row, batch_clear, out};
+    return dsr1__list_page(b,
+                           "SELECT " BATCH_COLS " FROM batches WHERE visible = 1 AND (?1 IS NULL "
+                           "OR format = ?1) AND (?2 IS NULL OR n < (SELECT n FROM batches WHERE "
+                           "id = ?2)) ORDER BY n DESC LIMIT ?3",
+                           format, after, limit, &rows, "listing batches", n, has_more);
 }
 
 /* Under wmu. Looks up a client's id: 0 and *n_out = -1 when free; 0 and *n_out >= 0 when the

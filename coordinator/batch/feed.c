@@ -115,13 +115,7 @@ static void start_item(dsr1_batches *b, dsr1__bt *bt, int si, int idx, dsr1_batc
     pthread_mutex_lock(&b->mu);
     if (r) {
         r->started = true;
-        r->next = NULL;
-        if (b->queue_tail)
-            b->queue_tail->next = r;
-        else
-            b->queue = r;
-        b->queue_tail = r;
-        pthread_cond_signal(&b->wcv);
+        dsr1__enqueue(b, r);
     } else {
         bt->running--;
         b->running--;

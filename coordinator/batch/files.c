@@ -253,41 +253,21 @@ dsr1_status dsr1_files_get(dsr1_batches *b, const char *id, dsr1_file_info *out)
     return st;
 }
 
+static void file_list_row(dsr1_batches *b, sqlite3 *db, sqlite3_stmt *q, void *ctx, int i)
+{
+    (void)db;
+    file_row(b, q, (dsr1_file_info *)ctx + i);
+}
+
 dsr1_status dsr1_files_list(dsr1_batches *b, const char *purpose, const char *after, int limit,
                             dsr1_file_info *out, int *n, bool *has_more)
 {
-    if (limit < 0) return dsr1_error(DSR1_ERR_INVALID_ARG, "negative list limit");
-    sqlite3 *db;
-    dsr1_status st = dsr1__reader(b, &db);
-    if (st) return st;
-    sqlite3_stmt *q;
-    if ((st = dsr1__prep(db,
-                         "SELECT " FILE_COLS " FROM files WHERE (?1 IS NULL OR purpose = ?1) "
-                         "AND (?2 IS NULL OR n < (SELECT n FROM files WHERE id = ?2)) ORDER BY "
-                         "n DESC LIMIT ?3",
-                         &q))) {
-        dsr1__reader_put(b, db);
-        return st;
-    }
-    if (purpose) sqlite3_bind_text(q, 1, purpose, -1, SQLITE_STATIC);
-    if (after && after[0]) sqlite3_bind_text(q, 2, after, -1, SQLITE_STATIC);
-    sqlite3_bind_int(q, 3, limit + 1);
-    int k = 0, rc;
-    bool more = false;
-    while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
-        if (k == limit) {
-            more = true;
-            break;
-        }
-        file_row(b, q, &out[k++]);
-    }
-    if (rc != SQLITE_ROW && rc != SQLITE_DONE) st = dsr1__sql_error(db, rc, "listing files");
-    sqlite3_finalize(q);
-    dsr1__reader_put(b, db);
-    if (st) return st;
-    *n = k;
-    if (has_more) *has_more = more;
-    return DSR1_OK;
+    const dsr1__page_rows rows = {file_list_row, NULL, out};
+    return dsr1__list_page(b,
+                           "SELECT " FILE_COLS " FROM files WHERE (?1 IS NULL OR purpose = ?1) "
+                           "AND (?2 IS NULL OR n < (SELECT n FROM files WHERE id = ?2)) ORDER BY "
+                           "n DESC LIMIT ?3",
+                           purpose, after, limit, &rows, "listing files", n, has_more);
 }
 
 dsr1_status dsr1_files_open(dsr1_batches *b, const char *id, int *fd, int64_t *bytes)

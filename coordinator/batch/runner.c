@@ -79,7 +79,7 @@ void dsr1__abort_batch(dsr1_batches *b, dsr1__bt *bt, int reason)
     send_aborts(b, bt, reason);
 }
 
-static void enqueue(dsr1_batches *b, dsr1__res *r) /* under mu */
+void dsr1__enqueue(dsr1_batches *b, dsr1__res *r)
 {
     r->next = NULL;
     if (b->queue_tail)
@@ -149,7 +149,7 @@ void dsr1_batches_item_done(dsr1_batches *b, uint64_t key, const dsr1_batch_resu
         pthread_cond_broadcast(&b->cv);
     } else {
         res->started = true;
-        enqueue(b, res);
+        dsr1__enqueue(b, res);
     }
     pthread_mutex_unlock(&b->mu);
 }

@@ -140,6 +140,43 @@ static dsr1_status open_conn(dsr1_batches *b, sqlite3 **out)
     return DSR1_OK;
 }
 
+dsr1_status dsr1__list_page(dsr1_batches *b, const char *sql, const char *filter, const char *after,
+                            int limit, const dsr1__page_rows *rows, const char *what, int *n,
+                            bool *has_more)
+{
+    if (limit < 0) return dsr1_error(DSR1_ERR_INVALID_ARG, "negative list limit");
+    sqlite3 *db;
+    dsr1_status st = dsr1__reader(b, &db);
+    if (st) return st;
+    sqlite3_stmt *q;
+    if ((st = dsr1__prep(db, sql, &q))) {
+        dsr1__reader_put(b, db);
+        return st;
+    }
+    if (filter) sqlite3_bind_text(q, 1, filter, -1, SQLITE_STATIC);
+    if (after && after[0]) sqlite3_bind_text(q, 2, after, -1, SQLITE_STATIC);
+    sqlite3_bind_int(q, 3, limit + 1);
+    int k = 0, rc;
+    bool more = false;
+    while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
+        if (k == limit) {
+            more = true;
+            break;
+        }
+        rows->row(b, db, q, rows->ctx, k++);
+    }
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+        st = dsr1__sql_error(db, rc, what);
+        for (int i = 0; rows->clear && i < k; i++) rows->clear(rows->ctx, i);
+    }
+    sqlite3_finalize(q);
+    dsr1__reader_put(b, db);
+    if (st) return st;
+    *n = k;
+    if (has_more) *has_more = more;
+    return DSR1_OK;
+}
+
 dsr1_status dsr1__reader(dsr1_batches *b, sqlite3 **out)
 {
     pthread_mutex_lock(&b->pool_mu);
