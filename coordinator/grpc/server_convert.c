@@ -62,16 +62,6 @@ bool dsr1__srv_utf8_valid(const char *s)
 
 /* ---- prompts ---- */
 
-/* Whether text ends inside a <think> block opened by the prompt ("<think>\n" at the end, as
- * R1's chat template leaves it). */
-static bool ends_in_think(const char *text, size_t n)
-{
-    while (n && (text[n - 1] == '\n' || text[n - 1] == ' ' || text[n - 1] == '\r' ||
-                 text[n - 1] == '\t'))
-        n--;
-    return n >= 7 && !memcmp(text + n - 7, "<think>", 7);
-}
-
 /* Appends the ids of text[0, n) encoded with flags to *ids (*len ids, *cap allocated). */
 static dsr1_status encode_append(const dsr1_tokenizer *tok, const char *text, size_t n,
                                  unsigned flags, int32_t **ids, size_t *len, size_t *cap)
@@ -196,7 +186,7 @@ static dsr1_status chat_prompt(const dsr1_server *s, const Dsr1__V1__ChatMessage
     free(json);
     if (st != DSR1_OK) return dsr1_error_context(st, "input.chat: chat template");
     st = encode_chat(s->p.tok, chat, prompt, plen, &out->prompt, n);
-    out->in_reasoning = ends_in_think(prompt, plen);
+    out->in_reasoning = dsr1_textout_prompt_in_reasoning(prompt, plen);
     out->detect_think = !out->in_reasoning;
     free(prompt);
     return st;
@@ -221,7 +211,7 @@ static dsr1_status ids_prompt(const dsr1_server *s, const Dsr1__V1__TokenIds *t,
     char *tail;
     size_t tn;
     if (dsr1_tokenizer_decode(s->p.tok, t->ids + t->n_ids - k, k, false, &tail, &tn) == DSR1_OK) {
-        out->in_reasoning = ends_in_think(tail, tn);
+        out->in_reasoning = dsr1_textout_prompt_in_reasoning(tail, tn);
         free(tail);
     }
     return DSR1_OK;
@@ -238,7 +228,7 @@ dsr1_status dsr1__srv_prompt(const dsr1_server *s, const Dsr1__V1__Input *in, sr
         if (!*in->text) return dsr1_error(DSR1_ERR_INVALID_ARG, "input.text is empty");
         st = dsr1_tokenizer_encode(s->p.tok, in->text, strlen(in->text), 0, &out->prompt, &n);
         if (st != DSR1_OK) return dsr1_error_context(st, "input.text");
-        out->in_reasoning = ends_in_think(in->text, strlen(in->text));
+        out->in_reasoning = dsr1_textout_prompt_in_reasoning(in->text, strlen(in->text));
         break;
     case DSR1__V1__INPUT__KIND_CHAT:
         st = chat_prompt(s, in->chat, out, &n);

@@ -50,14 +50,6 @@ void dsr1__http_model_free(dsr1_http_server *s)
 
 /* ---- prompts ---- */
 
-static bool ends_in_think(const char *text, size_t n)
-{
-    while (n && (text[n - 1] == '\n' || text[n - 1] == ' ' || text[n - 1] == '\r' ||
-                 text[n - 1] == '\t'))
-        n--;
-    return n >= 7 && !memcmp(text + n - 7, "<think>", 7);
-}
-
 static dsr1_status encode_append(const dsr1_tokenizer *tok, const char *text, size_t n,
                                  unsigned flags, http_prompt *p, size_t *cap)
 {
@@ -213,7 +205,7 @@ dsr1_status dsr1__http_chat_prompt(const dsr1_http_server *s, const dsr1_http_re
     st = dsr1_chat_template_render_context(s->tmpl, ctx, &prompt, &plen);
     free(ctx);
     if (st) return dsr1_error_context(st, "messages: chat template");
-    bool think = ends_in_think(prompt, plen);
+    bool think = dsr1_textout_prompt_in_reasoning(prompt, plen);
     if (!r->reasoning_enabled) {
         /* an empty think block: the answer follows at once */
         const char *close = think ? "\n</think>\n\n" : "<think>\n\n</think>\n\n";

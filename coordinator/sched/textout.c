@@ -368,3 +368,11 @@ const char *dsr1_textout_content(const dsr1_textout *t, size_t *len)
     if (len) *len = t->text[CONTENT].n;
     return t->text[CONTENT].p ? t->text[CONTENT].p : "";
 }
+
+bool dsr1_textout_prompt_in_reasoning(const char *text, size_t n)
+{
+    while (n && (text[n - 1] == '\n' || text[n - 1] == ' ' || text[n - 1] == '\r' ||
+                 text[n - 1] == '\t'))
+        n--;
+    return n >= 7 && !memcmp(text + n - 7, "<think>", 7);
+}

@@ -52,6 +52,10 @@ typedef struct dsr1_textout dsr1_textout;
 /* Checks the parameters as dsr1_textout_create does, without making a textout: stop ids and
  * eos/think ids in the vocabulary, stop strings (count, length, non-empty, valid UTF-8). */
 dsr1_status dsr1_textout_params_check(const dsr1_tokenizer *tok, const dsr1_textout_params *p);
+/* Whether a prompt's text ends inside a <think> block it opened ("<think>" and then only
+ * whitespace at the end, as R1's chat template leaves it): its generation starts in the
+ * reasoning (dsr1_textout_params.in_reasoning). */
+bool dsr1_textout_prompt_in_reasoning(const char *text, size_t n);
 /* Validates the parameters (dsr1_textout_params_check). */
 dsr1_status dsr1_textout_create(const dsr1_tokenizer *tok, const dsr1_textout_params *p,
                                 dsr1_textout **out);
