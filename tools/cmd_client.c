@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "args.h"
@@ -534,10 +535,12 @@ static dsr1_status next_item(item_reader *r, Dsr1__V1__BatchItem **out)
     return ferror(r->f) ? dsr1_error(DSR1_ERR_IO, "%s: read error", r->path) : DSR1_OK;
 }
 
-/* Non-blank lines of a regular file (0 for stdin: not known before the end). */
+/* Non-blank lines of a regular file; 0 for anything that cannot be read twice (stdin, a
+ * pipe such as /dev/stdin or <(...), a FIFO): not known before the end. */
 static int count_lines(FILE *f)
 {
-    if (f == stdin) return 0;
+    struct stat sb;
+    if (fstat(fileno(f), &sb) || !S_ISREG(sb.st_mode)) return 0;
     char *buf = NULL;
     size_t cap = 0;
     int n = 0;

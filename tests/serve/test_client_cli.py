@@ -172,6 +172,13 @@ class T:
         c.expect(r.returncode == 0 and len(lines) == 1 and
                  json.loads(lines[0])["result"]["usage"]["completion_tokens"] == 2,
                  "batch from stdin, --wait results on stdout", r.stdout + r.stderr)
+        # a path that is a pipe (as deploy/quickstart.sh passes it): read once, never counted
+        r = self.client("batch", "--file", "/dev/stdin", "--wait",
+                        stdin='{"text": "x", "max_tokens": 2}\n{"text": "y", "max_tokens": 3}\n')
+        lines = r.stdout.splitlines()
+        c.expect(r.returncode == 0 and len(lines) == 2 and
+                 sorted(json.loads(x)["result"]["usage"]["completion_tokens"] for x in lines) == [2, 3],
+                 "batch from /dev/stdin (a pipe), both items", r.stdout + r.stderr)
 
     # ---- info, keys, errors ----------------------------------------------------------------
 
