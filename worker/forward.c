@@ -223,7 +223,7 @@ static dsr1_status validate(dsr1_engine *e, const dsr1_batch *b, const dsr1_step
                           "forward: this worker holds layers [%d, %d), not "
                           "the LM head; it must pass hidden states on",
                           w->layer_begin, w->layer_end);
-    if (io->ep && !io->expert_owner)
+    if (io->ep && !io->placement)
         return dsr1_error(DSR1_ERR_INVALID_ARG, "forward: expert parallelism without a placement");
     int64_t T = 0;
     dsr1_status st;
@@ -388,9 +388,9 @@ static dsr1_status ffn(dsr1_engine *e, const dsr1_step_io *io, int l, step_buf *
         if ((st = dsr1_moe_route(e->k, e->pool, c, L, s->x, T, s->ids, s->rw)) != DSR1_OK)
             return st;
         memset(s->y, 0, sizeof(float) * (size_t)T * d);
-        if (io->ep && io->ep->size > 1)
-            st = dsr1_moe_experts_ep(e->k, e->pool, c, L, e->w->expert_owned, io->expert_owner,
-                                     io->ep, s->x, T, s->ids, s->rw, s->y);
+        if (io->ep && (io->ep->size > 1 || io->placement->ranks > 1))
+            st = dsr1_moe_experts_ep(e->k, e->pool, c, L, e->w->expert_owned, io->placement, io->ep,
+                                     s->x, T, s->ids, s->rw, s->y);
         else
             st = dsr1_moe_experts(e->k, e->pool, c, L, e->w->expert_owned, s->x, T, s->ids, s->rw,
                                   s->y);
