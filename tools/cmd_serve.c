@@ -8,6 +8,11 @@
  * names the port picked). SIGINT or SIGTERM: stops accepting, aborts the running requests
  * (clients get their final ABORT message or chunk) and exits 0.
  *
+ * Under systemd (Type=notify, deploy/systemd/) it says how it is doing through sd_notify:
+ * STATUS=loading until it serves, then READY=1 and STATUS=serving (or "degraded: N of M
+ * workers live" while a grid runs on fewer workers), WATCHDOG=1 every half of
+ * $WATCHDOG_USEC, and STOPPING=1 at SIGINT/SIGTERM.
+ *
  * Batch jobs (gRPC's and OpenAI's Batches API) live in the durable batch store in the state
  * directory (--state-dir): opened before the model loads (a directory that another server
  * holds, or a store that is not ours, fails at once), closed after both frontends stopped
@@ -22,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 
 #include "args.h"
 #include "backend.h"
@@ -30,6 +36,7 @@
 #include "commands.h"
 #include "http_server.h"
 #include "log.h"
+#include "sdnotify.h"
 #include "server.h"
 
 #define CMD "dsr1 serve"
@@ -453,6 +460,44 @@ static void close_serving(serving *sv)
     dsr1_backend_close(sv->backend);
 }
 
+/* The service's state in a line for systemd's STATUS=. */
+static void status_line(dsr1_sched *sched, char *out, size_t cap)
+{
+    dsr1_sched_info in;
+    dsr1_sched_get_info(sched, &in);
+    const dsr1_grid_health *g = &in.grid;
+    if (!in.healthy)
+        snprintf(out, cap, "failed: cannot serve (executor failure; see the log)");
+    else if (g->workers > 0 && g->workers_live < g->workers)
+        snprintf(out, cap, "degraded: %d of %d workers live, %d of %d lanes (epoch %llu; lost %s)",
+                 g->workers_live, g->workers, g->lanes_live, g->lanes, (unsigned long long)g->epoch,
+                 g->lost);
+    else
+        snprintf(out, cap, "serving");
+}
+
+/* Waits for SIGINT or SIGTERM (returned), telling systemd of changes of state meanwhile
+ * and sending its watchdog pings when it asks for them. */
+static int wait_for_stop(const sigset_t *stop, dsr1_sched *sched)
+{
+    uint64_t wd = dsr1_sd_watchdog_usec();
+    long tick_us = 1000000;
+    if (wd && (long)wd < tick_us) tick_us = (long)wd;
+    char last[400] = "", now[400];
+    for (;;) {
+        status_line(sched, now, sizeof(now));
+        if (strcmp(now, last)) {
+            if (strcmp(last, "")) DSR1_INFO("serve: %s", now);
+            dsr1_sd_notifyf("STATUS=%s", now);
+            snprintf(last, sizeof(last), "%s", now);
+        }
+        if (wd) dsr1_sd_notify("WATCHDOG=1");
+        struct timespec ts = {tick_us / 1000000, (tick_us % 1000000) * 1000};
+        int sig = sigtimedwait(stop, NULL, &ts);
+        if (sig > 0) return sig;
+    }
+}
+
 int dsr1_cmd_serve(int argc, char **argv)
 {
     serve_opts o = defaults;
@@ -466,7 +511,9 @@ int dsr1_cmd_serve(int argc, char **argv)
     sigaddset(&stop, SIGTERM);
     pthread_sigmask(SIG_BLOCK, &stop, NULL);
     serving sv = {0};
+    dsr1_sd_notify("STATUS=loading the model");
     if (open_serving(&o, &sv) != DSR1_OK) {
+        dsr1_sd_notifyf("STATUS=failed to start: %.900s", dsr1_errmsg());
         fprintf(stderr, CMD ": %s\n", dsr1_errmsg());
         close_serving(&sv);
         return 1;
@@ -474,9 +521,10 @@ int dsr1_cmd_serve(int argc, char **argv)
     if (sv.http) printf("HTTP API on http://%s:%d\n", o.host, dsr1_http_port(sv.http));
     printf("serving on %s:%d\n", o.host, dsr1_server_port(sv.server));
     fflush(stdout);
-    int sig = 0;
-    sigwait(&stop, &sig);
+    dsr1_sd_notify("READY=1");
+    int sig = wait_for_stop(&stop, sv.sched);
     DSR1_INFO("serve: %s: shutting down", strsignal(sig));
+    dsr1_sd_notify("STOPPING=1\nSTATUS=stopping: ending the open requests");
     close_serving(&sv);
     DSR1_INFO("serve: stopped");
     return 0;

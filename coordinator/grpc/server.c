@@ -658,6 +658,7 @@ dsr1_status dsr1_server_listen(const char *host, int port, int max_message_bytes
     grpc_init();
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->cv, NULL);
+    pthread_cond_init(&s->watch_cv, NULL);
     s->shutdown_tag = (srv_tag){on_shutdown, s};
     if (getrandom(&s->id_salt, sizeof(s->id_salt), 0) != (ssize_t)sizeof(s->id_salt))
         s->id_salt = (uint64_t)time(NULL) ^ (uint64_t)(uintptr_t)s;
@@ -683,6 +684,7 @@ dsr1_status dsr1_server_start(dsr1_server *s, const dsr1_server_params *p)
     dsr1_status st = copy_params(s, p);
     if (st == DSR1_OK) st = dsr1__srv_model_load(s);
     if (st == DSR1_OK && p->batches) st = dsr1__srv_batches_create(s, p->batches, &s->batches);
+    if (st == DSR1_OK) st = dsr1__srv_watch_start(s); /* last: nothing fails after it */
     if (st != DSR1_OK) return st;
     s->start_time = dsr1__srv_mono_now();
     grpc_server_start(s->server);
@@ -740,6 +742,7 @@ void dsr1_server_destroy(dsr1_server *s)
     dsr1__srv_model_free(s);
     pthread_mutex_destroy(&s->mu);
     pthread_cond_destroy(&s->cv);
+    pthread_cond_destroy(&s->watch_cv);
     free(s->api_key);
     free(s->model_dir);
     free(s->config_path);

@@ -87,6 +87,8 @@ struct srv_call {
     bool sending, md_sent, status_queued, status_sent, dead, closed;
     grpc_status_code code;
     grpc_slice details;
+    /* Watch: the status sent last (SERVICE_UNKNOWN: a name never served, not watched) */
+    int health_sent;
     /* Generate */
     char *request_id;
     bool in_sched, final_seen;
@@ -114,6 +116,10 @@ struct dsr1_server {
     int n_sched;        /* Generate calls holding a scheduler reference */
     srv_call *watchers; /* Health.Watch streams */
     bool stopping, shutdown_done;
+    /* the Watch poller: sends a watcher the status when it changes */
+    pthread_t watch_thread;
+    pthread_cond_t watch_cv;
+    bool watch_running, watch_stop;
 
     /* the model */
     dsr1_chat_template *tmpl; /* NULL: no chat template */
@@ -180,7 +186,12 @@ extern const srv_method_desc dsr1__srv_methods[SRV_N_METHODS];
 /* Loads what GetModelInfo and the conversions need from the checkpoint directory. */
 dsr1_status dsr1__srv_model_load(dsr1_server *s);
 void dsr1__srv_model_free(dsr1_server *s);
-/* Shutdown: aborts every Generate request in the scheduler and ends Watch streams. */
+/* Starts the thread that tells Watch streams of changes (the scheduler's health, polled
+ * every DSR1__SRV_WATCH_MS). */
+#define DSR1__SRV_WATCH_MS 200
+dsr1_status dsr1__srv_watch_start(dsr1_server *s);
+/* Shutdown: stops that thread, aborts every Generate request in the scheduler and ends
+ * Watch streams (NOT_SERVING, then status OK). */
 void dsr1__srv_rpc_stop(dsr1_server *s);
 
 /* ---- server_batch.c ---- */

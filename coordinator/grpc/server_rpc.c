@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "dsr1_build_config.h"
@@ -302,6 +303,29 @@ static dsr1_status server_info(dsr1_server *s, const uint8_t *data, size_t len, 
     m.rss_bytes = rss_bytes();
     m.steps = in.steps;
     m.kernels = s->kernels;
+    m.healthy = in.healthy;
+    m.epoch = in.grid.epoch;
+    m.workers_live = in.grid.workers_live;
+    m.lanes = in.grid.lanes;
+    m.lanes_live = in.grid.lanes_live;
+    m.expert_replicas = in.grid.replicas;
+    /* the lost workers: grid.lost's "worker 2 (stage 0, EP 2), worker 5 (...)" split at the
+     * ", " outside parentheses */
+    char lost[sizeof(in.grid.lost)], *names[64];
+    snprintf(lost, sizeof(lost), "%s", in.grid.lost);
+    size_t nl = 0;
+    int depth = 0;
+    if (*lost) names[nl++] = lost;
+    for (char *p = lost; *p && nl < 64; p++) {
+        depth += *p == '(' ? 1 : *p == ')' && depth > 0 ? -1 : 0;
+        if (!depth && p[0] == ',' && p[1] == ' ' && p[2]) {
+            *p = '\0';
+            names[nl++] = p + 2;
+            p++;
+        }
+    }
+    m.n_lost_workers = nl;
+    m.lost_workers = names;
     return dsr1__srv_pack(&m.base, resp);
 }
 
@@ -354,11 +378,13 @@ static void health_watch(srv_call *c, const uint8_t *data, size_t len)
         dsr1__srv_call_finish(c, GRPC_STATUS_INVALID_ARGUMENT, "malformed HealthCheckRequest");
         return;
     }
-    send_health(c, health_of(s, req->service));
+    Grpc__Health__V1__HealthCheckResponse__ServingStatus now = health_of(s, req->service);
+    send_health(c, now);
     grpc__health__v1__health_check_request__free_unpacked(req, NULL);
     pthread_mutex_lock(&s->mu);
     bool stopping = s->stopping;
     if (!stopping) {
+        c->health_sent = (int)now;
         dsr1__srv_call_ref(c);
         c->sub = s;
         dsr1__srv_sub_add(&s->watchers, c);
@@ -378,8 +404,70 @@ static void health_watch_closed(srv_call *c)
     if (listed) dsr1__srv_call_unref(c);
 }
 
+/* Every DSR1__SRV_WATCH_MS: the status of the server, sent to the watchers of a known
+ * service that were last sent another. */
+static void *watch_main(void *arg)
+{
+    dsr1_server *s = arg;
+    dsr1_log_set_tag("grpc-watch");
+    pthread_mutex_lock(&s->mu);
+    while (!s->watch_stop) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += DSR1__SRV_WATCH_MS * 1000000L;
+        ts.tv_sec += ts.tv_nsec / 1000000000L;
+        ts.tv_nsec %= 1000000000L;
+        pthread_cond_timedwait(&s->watch_cv, &s->mu, &ts);
+        if (s->watch_stop || !s->watchers) continue;
+        pthread_mutex_unlock(&s->mu);
+        int now = (int)health_of(s, "");
+        srv_call *due[64];
+        int n = 0;
+        pthread_mutex_lock(&s->mu);
+        for (srv_call *c = s->watchers; c && n < 64; c = c->sub_next) {
+            if (c->health_sent == now ||
+                c->health_sent ==
+                    GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVICE_UNKNOWN)
+                continue;
+            c->health_sent = now;
+            dsr1__srv_call_ref(c);
+            due[n++] = c;
+        }
+        pthread_mutex_unlock(&s->mu);
+        if (n)
+            DSR1_INFO("server: health now %s: telling %d Watch streams",
+                      now == GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING
+                          ? "SERVING"
+                          : "NOT_SERVING",
+                      n);
+        for (int i = 0; i < n; i++) {
+            send_health(due[i], (Grpc__Health__V1__HealthCheckResponse__ServingStatus)now);
+            dsr1__srv_call_unref(due[i]);
+        }
+        pthread_mutex_lock(&s->mu); /* more than 64 due: the rest at the next tick */
+    }
+    pthread_mutex_unlock(&s->mu);
+    return NULL;
+}
+
+dsr1_status dsr1__srv_watch_start(dsr1_server *s)
+{
+    int e = pthread_create(&s->watch_thread, NULL, watch_main, s);
+    if (e) return dsr1_error(DSR1_ERR_INTERNAL, "server: cannot start a thread: %s", strerror(e));
+    s->watch_running = true;
+    return DSR1_OK;
+}
+
 void dsr1__srv_rpc_stop(dsr1_server *s)
 {
+    if (s->watch_running) {
+        pthread_mutex_lock(&s->mu);
+        s->watch_stop = true;
+        pthread_cond_broadcast(&s->watch_cv);
+        pthread_mutex_unlock(&s->mu);
+        pthread_join(s->watch_thread, NULL);
+        s->watch_running = false;
+    }
     /* abort the Generate requests still in the scheduler: their FINAL ABORT ends each stream */
     size_t n = 0, cap = 16;
     char **ids = malloc(cap * sizeof(char *));

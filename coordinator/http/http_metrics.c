@@ -181,6 +181,20 @@ char *dsr1__http_metrics_text(dsr1_http_server *s, size_t *len)
           (double)info.blocks_cached);
     gauge(&o, labels, "dsr1_healthy", "1 while the scheduler serves, 0 after an executor failure.",
           info.healthy ? 1 : 0);
+    const dsr1_grid_health *g = &info.grid;
+    if (g->workers > 0) { /* a worker grid */
+        gauge(&o, labels, "dsr1_grid_epoch",
+              "The grid's membership epoch (starts at 1, one more at every lost or joined "
+              "worker).",
+              (double)g->epoch);
+        header(&o, "dsr1_grid_workers", "gauge", "Worker processes of the grid, live or lost.");
+        put(&o, "dsr1_grid_workers{%s,state=\"live\"} %d\n", labels, g->workers_live);
+        put(&o, "dsr1_grid_workers{%s,state=\"lost\"} %d\n", labels, g->workers - g->workers_live);
+        gauge(&o, labels, "dsr1_grid_lanes_live",
+              "Attention ranks (lanes) whose worker is live in every stage.", g->lanes_live);
+        gauge(&o, labels, "dsr1_grid_lanes", "Attention ranks (lanes) of the grid.", g->lanes);
+        gauge(&o, labels, "dsr1_expert_replicas", "Copies of every routed expert.", g->replicas);
+    }
     gauge(&o, labels, "dsr1_batch_items_running",
           "Batch items in the running set (among vllm:num_requests_running).", info.running_batch);
     gauge(&o, labels, "dsr1_batch_items_waiting",

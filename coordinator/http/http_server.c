@@ -192,8 +192,16 @@ static enum MHD_Result health(dsr1_http_server *s, struct MHD_Connection *c)
     pthread_mutex_lock(&s->mu);
     bool ok = info.healthy && !s->stopping;
     pthread_mutex_unlock(&s->mu);
-    return dsr1__http_send_json(s, c, ok ? 200 : 503,
-                                json_pack("{s:s}", "status", ok ? "ok" : "unavailable"));
+    json_t *body = json_pack("{s:s}", "status", ok ? "ok" : "unavailable");
+    const dsr1_grid_health *g = &info.grid;
+    if (body && g->workers > 0) /* a worker grid: its membership */
+        json_object_set_new(body, "grid",
+                            json_pack("{s:I, s:i, s:i, s:i, s:i, s:i, s:i, s:s}", "epoch",
+                                      (json_int_t)g->epoch, "workers", g->workers, "workers_live",
+                                      g->workers_live, "lanes", g->lanes, "lanes_live",
+                                      g->lanes_live, "ranks_serving", info.ranks_serving,
+                                      "replicas", g->replicas, "lost", g->lost));
+    return dsr1__http_send_json(s, c, ok ? 200 : 503, body);
 }
 
 static enum MHD_Result metrics(dsr1_http_server *s, struct MHD_Connection *c)
