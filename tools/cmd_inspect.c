@@ -2,7 +2,8 @@
  *
  * Prints the config in one paragraph, parameter counts (total, main model, MTP, activated
  * per token, per kind), a dtype census, and the memory each of N workers needs under expert
- * parallelism (routed experts in balanced contiguous blocks, the rest replicated). Works on a
+ * parallelism (routed experts in balanced contiguous blocks, R copies of each with
+ * --expert-replicas R, the rest replicated). Works on a
  * checkpoint directory (tensors from its safetensors headers, checked against the tensor plan of
  * its config: missing, unknown or mis-shaped tensors are reported and make the exit status 1) or on
  * a config.json alone (tensors from the plan), e.g. the full R1 config. */
@@ -17,6 +18,7 @@
 #include "args.h"
 #include "commands.h"
 #include "model_config.h"
+#include "placement.h"
 #include "tensor_plan.h"
 
 #define MAX_WORKER_COUNTS 16
@@ -27,12 +29,14 @@ typedef struct {
     const dsr1_model_config *cfg;
     const dsr1_census *cs;
     int nworkers[MAX_WORKER_COUNTS], nw;
+    int replicas; /* copies of every routed expert */
 } report;
 
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: dsr1 inspect (--model DIR | --config FILE) [--workers N] [--json]\n\n"
+            "usage: dsr1 inspect (--model DIR | --config FILE) [--workers N] "
+            "[--expert-replicas R] [--json]\n\n"
             "Summarise a DeepSeek-V3/R1 checkpoint: config, parameter counts (total, per "
             "kind,\nactivated per token), tensors per dtype, and memory per worker when the "
             "routed\nexperts are spread over N workers (contiguous blocks) and the rest is "
@@ -40,7 +44,11 @@ static void usage(FILE *f)
             "  --model DIR     a checkpoint directory (config.json, index, shards); its tensors\n"
             "                  are checked against the layout its config implies\n"
             "  --config FILE   a config.json alone: counts from the layout it implies\n"
-            "  --workers N     memory for N workers (repeatable; default 1, 2, 4, 8)\n"
+            "  --workers N     memory for N workers (repeatable; default 1, 2, 4, 8, those\n"
+            "                  of them with at least R workers)\n"
+            "  --expert-replicas R\n"
+            "                  R copies of every routed expert on different workers (default\n"
+            "                  1), as `dsr1 serve --expert-replicas R` places them\n"
             "  --json          machine-readable output\n\n"
             "exit status: 0 ok, 1 error or a checkpoint that does not match its config, 2 usage\n");
 }
@@ -79,7 +87,34 @@ static void print_config(const dsr1_model_config *c)
                c->fp8 ? "FP8 e4m3, 128x128 blocks" : "");
 }
 
-static void print_text(const report *r)
+/* What each of n workers loads (bytes[n]) with r->replicas copies of every routed expert,
+ * placed as the engine places them, and the routed experts per layer it holds (experts[n]).
+ * Non-zero: out of memory. */
+static int per_worker(const report *r, int n, uint64_t *bytes, int *experts)
+{
+    const dsr1_census *cs = r->cs;
+    const int ne = cs->nexperts;
+    if (ne == 0) {
+        for (int w = 0; w < n; w++) {
+            bytes[w] = dsr1_census_worker_bytes(cs, n, w);
+            experts[w] = 0;
+        }
+        return 0;
+    }
+    int *owners = malloc(sizeof(int) * (size_t)ne * (size_t)r->replicas);
+    if (!owners || dsr1_placement_replicated(ne, n, r->replicas, NULL, owners) != DSR1_OK) {
+        free(owners);
+        return -1;
+    }
+    for (int w = 0; w < n; w++) {
+        bytes[w] = dsr1_census_worker_bytes_placed(cs, owners, r->replicas, w);
+        experts[w] = dsr1_placement_count(owners, ne, r->replicas, w);
+    }
+    free(owners);
+    return 0;
+}
+
+static int print_text(const report *r)
 {
     const dsr1_census *cs = r->cs;
     char a[32], b[32];
@@ -115,22 +150,41 @@ static void print_text(const report *r)
                    human((double)cs->dtype_bytes[d], "B", a, sizeof(a)));
     printf("  (of which FP8 block scales: %s)\n",
            human((double)cs->scale_bytes, "B", a, sizeof(a)));
-    printf("\nmemory per worker (main layers; routed experts in contiguous blocks, the rest "
-           "replicated: %s):\n",
-           human((double)(cs->replicated_bytes - cs->mtp_replicated_bytes), "B", a, sizeof(a)));
-    printf("  %7s %12s %12s %12s\n", "workers", "max", "min", "all workers");
+    if (r->replicas > 1)
+        printf("\nmemory per worker (main layers; %d copies of every routed expert on different "
+               "workers, the rest replicated: %s):\n",
+               r->replicas,
+               human((double)(cs->replicated_bytes - cs->mtp_replicated_bytes), "B", a, sizeof(a)));
+    else
+        printf("\nmemory per worker (main layers; routed experts in contiguous blocks, the rest "
+               "replicated: %s):\n",
+               human((double)(cs->replicated_bytes - cs->mtp_replicated_bytes), "B", a, sizeof(a)));
+    printf("  %7s %12s %12s %12s%s\n", "workers", "max", "min", "all workers",
+           r->replicas > 1 ? "  experts" : "");
     for (int i = 0; i < r->nw; i++) {
-        int n = r->nworkers[i];
-        uint64_t mx = 0, mn = UINT64_MAX, sum = 0;
-        for (int w = 0; w < n; w++) {
-            uint64_t v = dsr1_census_worker_bytes(cs, n, w);
-            mx = v > mx ? v : mx;
-            mn = v < mn ? v : mn;
-            sum += v;
+        const int n = r->nworkers[i];
+        uint64_t *v = malloc(sizeof(uint64_t) * (size_t)n);
+        int *ex = malloc(sizeof(int) * (size_t)n);
+        if (!v || !ex || per_worker(r, n, v, ex) != 0) {
+            free(v);
+            free(ex);
+            return -1;
         }
+        uint64_t mx = 0, mn = UINT64_MAX, sum = 0;
+        int exmax = 0;
+        for (int w = 0; w < n; w++) {
+            mx = v[w] > mx ? v[w] : mx;
+            mn = v[w] < mn ? v[w] : mn;
+            sum += v[w];
+            exmax = ex[w] > exmax ? ex[w] : exmax;
+        }
+        free(v);
+        free(ex);
         char c[32];
-        printf("  %7d %12s %12s %12s\n", n, human((double)mx, "B", a, sizeof(a)),
+        printf("  %7d %12s %12s %12s", n, human((double)mx, "B", a, sizeof(a)),
                human((double)mn, "B", b, sizeof(b)), human((double)sum, "B", c, sizeof(c)));
+        if (r->replicas > 1) printf(" %8d", exmax);
+        printf("\n");
     }
     uint64_t missing = dsr1_census_missing(cs);
     if (missing || cs->unknown || cs->mismatched)
@@ -138,6 +192,7 @@ static void print_text(const report *r)
                "dtype/shape than the config implies\n",
                (unsigned long long)missing, (unsigned long long)cs->unknown,
                (unsigned long long)cs->mismatched);
+    return 0;
 }
 
 static json_t *sum_json(const dsr1_census_sum *s)
@@ -159,12 +214,27 @@ static int print_json(const report *r)
                                 json_pack("{s:I, s:I}", "tensors", (json_int_t)cs->dtype_count[d],
                                           "bytes", (json_int_t)cs->dtype_bytes[d]));
     for (int i = 0; i < r->nw; i++) {
-        json_t *per = json_array();
-        for (int w = 0; w < r->nworkers[i]; w++)
-            json_array_append_new(
-                per, json_integer((json_int_t)dsr1_census_worker_bytes(cs, r->nworkers[i], w)));
-        json_array_append_new(
-            workers, json_pack("{s:i, s:o}", "workers", r->nworkers[i], "bytes_per_worker", per));
+        const int n = r->nworkers[i];
+        uint64_t *v = malloc(sizeof(uint64_t) * (size_t)n);
+        int *ex = malloc(sizeof(int) * (size_t)n);
+        if (!v || !ex || per_worker(r, n, v, ex) != 0) {
+            free(v);
+            free(ex);
+            json_decref(kinds);
+            json_decref(dtypes);
+            json_decref(workers);
+            return -1;
+        }
+        json_t *per = json_array(), *pex = json_array();
+        for (int w = 0; w < n; w++) {
+            json_array_append_new(per, json_integer((json_int_t)v[w]));
+            json_array_append_new(pex, json_integer(ex[w]));
+        }
+        free(v);
+        free(ex);
+        json_array_append_new(workers, json_pack("{s:i, s:i, s:o, s:o}", "workers", n,
+                                                 "expert_replicas", r->replicas, "bytes_per_worker",
+                                                 per, "experts_per_worker", pex));
     }
     json_t *o = json_pack(
         "{s:s, s:i, s:{s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i}, s:o, s:o, s:o, s:I, s:o, "
@@ -191,13 +261,16 @@ static int print_json(const report *r)
 
 int dsr1_cmd_inspect(int argc, char **argv)
 {
-    static const struct option opts[] = {
-        {"model", required_argument, 0, 'm'},   {"config", required_argument, 0, 'c'},
-        {"workers", required_argument, 0, 'w'}, {"json", no_argument, 0, 'J'},
-        {"help", no_argument, 0, 'h'},          {0, 0, 0, 0}};
+    static const struct option opts[] = {{"model", required_argument, 0, 'm'},
+                                         {"config", required_argument, 0, 'c'},
+                                         {"workers", required_argument, 0, 'w'},
+                                         {"json", no_argument, 0, 'J'},
+                                         {"expert-replicas", required_argument, 0, 'r'},
+                                         {"help", no_argument, 0, 'h'},
+                                         {0, 0, 0, 0}};
     const char *model = NULL, *config = NULL;
     int json = 0, c;
-    report r = {0};
+    report r = {.replicas = 1};
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
@@ -221,6 +294,12 @@ int dsr1_cmd_inspect(int argc, char **argv)
             r.nworkers[r.nw++] = (int)v;
             break;
         }
+        case 'r': {
+            long v;
+            if (dsr1_arg_long("dsr1 inspect", "--expert-replicas", optarg, 1, 65536, &v)) return 2;
+            r.replicas = (int)v;
+            break;
+        }
         case 'h':
             usage(stdout);
             return 0;
@@ -234,9 +313,19 @@ int dsr1_cmd_inspect(int argc, char **argv)
         usage(stderr);
         return 2;
     }
+    for (int i = 0; i < r.nw; i++)
+        if (r.nworkers[i] < r.replicas) {
+            fprintf(stderr,
+                    "dsr1 inspect: --workers %d: fewer workers than --expert-replicas %d "
+                    "(the copies of an expert are on different workers)\n",
+                    r.nworkers[i], r.replicas);
+            return 2;
+        }
     if (!r.nw) {
         static const int def[] = {1, 2, 4, 8};
-        for (r.nw = 0; r.nw < 4; r.nw++) r.nworkers[r.nw] = def[r.nw];
+        for (int i = 0; i < 4; i++)
+            if (def[i] >= r.replicas) r.nworkers[r.nw++] = def[i];
+        if (!r.nw) r.nworkers[r.nw++] = r.replicas;
     }
 
     dsr1_ckpt *ck = NULL;
@@ -274,8 +363,9 @@ int dsr1_cmd_inspect(int argc, char **argv)
             fprintf(stderr, "dsr1 inspect: out of memory\n");
             goto out;
         }
-    } else {
-        print_text(&r);
+    } else if (print_text(&r) != 0) {
+        fprintf(stderr, "dsr1 inspect: out of memory\n");
+        goto out;
     }
     rc = dsr1_census_missing(&cs) || cs.unknown || cs.mismatched ? 1 : 0;
 out:

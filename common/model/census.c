@@ -114,3 +114,17 @@ uint64_t dsr1_census_worker_bytes(const dsr1_census *c, int n, int w)
     free(owner);
     return b;
 }
+
+uint64_t dsr1_census_worker_bytes_placed(const dsr1_census *c, const int *owners, int replicas,
+                                         int w)
+{
+    uint64_t b = c->replicated_bytes - c->mtp_replicated_bytes;
+    for (int e = 0; e < c->nexperts; e++) {
+        bool held = false;
+        for (int k = 0; k < replicas; k++) held |= owners[(size_t)e * replicas + k] == w;
+        if (!held) continue;
+        for (int l = 0; l < c->nmain; l++)
+            b += c->expert_bytes[(size_t)l * (size_t)c->nexperts + (size_t)e];
+    }
+    return b;
+}

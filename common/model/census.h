@@ -17,7 +17,8 @@
  *
  * Memory per worker counts what a worker loads: the main layers (never the MTP layers),
  * with routed experts placed as the engine places them (placement.h: balanced contiguous
- * blocks) and everything else replicated. */
+ * blocks, and with `--expert-replicas R` R copies of each on different workers) and
+ * everything else replicated. */
 #ifndef DSR1_CENSUS_H
 #define DSR1_CENSUS_H
 
@@ -69,5 +70,10 @@ uint64_t dsr1_census_missing(const dsr1_census *c);
 uint64_t dsr1_census_activated(const dsr1_census *c, const dsr1_model_config *cfg);
 /* Bytes worker w of n loads: the main layers' replicated part + its routed experts. */
 uint64_t dsr1_census_worker_bytes(const dsr1_census *c, int n, int w);
+/* The same with `replicas` copies of every routed expert: owners is the table of
+ * dsr1_placement_replicated (owners[e * replicas + copy] = worker), built once by the
+ * caller for all the workers. A worker loads each expert it holds a copy of once. */
+uint64_t dsr1_census_worker_bytes_placed(const dsr1_census *c, const int *owners, int replicas,
+                                         int w);
 
 #endif

@@ -5,7 +5,8 @@
  * own host or the hosts are equal-sized; at most 2 is accepted for lopsided host sets);
  * one copy gives the balanced table; bad copy counts are refused. The pick uses only live
  * copies, is deterministic and spreads a batch evenly over the live copies; uncovered lists
- * exactly the experts whose copies are all lost. */
+ * exactly the experts whose copies are all lost. The census (`dsr1 inspect
+ * --expert-replicas`) charges a worker every expert it holds a copy of, once. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -14,7 +15,11 @@
 
 #include <cmocka.h>
 
+#include "test_util.h"
+
+#include "census.h"
 #include "placement.h"
+#include "tensor_plan.h"
 
 /* Build a table and check every property that does not depend on liveness. */
 static int *check_table(int ne, int ranks, int R, const int *host, int max_spread)
@@ -148,12 +153,46 @@ static void test_pick(void **state)
     free(own);
 }
 
+static void test_census_copies(void **state)
+{
+    (void)state;
+    dsr1_model_config c = test_config();
+    assert_int_equal(c.num_nextn_predict_layers, 0);
+    dsr1_tensor_plan plan = {0};
+    dsr1_census cs;
+    assert_int_equal(dsr1_tensor_plan_build(&c, &plan), DSR1_OK);
+    assert_int_equal(dsr1_census_init(&cs, &c, &plan), DSR1_OK);
+    dsr1_census_add_plan(&cs);
+    const int E = c.n_routed_experts;
+    const uint64_t per_expert = cs.kind[DSR1_TK_ROUTED_EXPERT].bytes / (uint64_t)E;
+    assert_true(per_expert > 0);
+    for (int n = 1; n <= 6; n++)
+        for (int R = 1; R <= n && R <= 3; R++) {
+            int own[64 * 3];
+            assert_int_equal(dsr1_placement_replicated(E, n, R, NULL, own), DSR1_OK);
+            for (int w = 0; w < n; w++) {
+                uint64_t held = 0;
+                for (int x = 0; x < E; x++) {
+                    int h = 0;
+                    for (int k = 0; k < R; k++) h |= own[x * R + k] == w;
+                    held += (uint64_t)h;
+                }
+                const uint64_t b = dsr1_census_worker_bytes_placed(&cs, own, R, w);
+                assert_int_equal(b, cs.replicated_bytes + held * per_expert);
+                if (R == 1) assert_int_equal(b, dsr1_census_worker_bytes(&cs, n, w));
+            }
+        }
+    dsr1_census_free(&cs);
+    dsr1_tensor_plan_free(&plan);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_replicated_tables),
         cmocka_unit_test(test_invalid),
         cmocka_unit_test(test_pick),
+        cmocka_unit_test(test_census_copies),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
