@@ -35,14 +35,23 @@ static dsr1_status check_placement(const dsr1_moe_placement *pl, const dsr1_comm
                           "expert parallelism: the EP group has %d ranks, the placement %d and "
                           "no member map",
                           ep->size, pl->ranks);
+    /* the live EP ranks are the group's members, each once */
+    int n_live = 0;
     for (int r = 0; r < pl->ranks; r++) {
         const int g = pl->member ? pl->member[r] : r;
-        if (g >= ep->size)
+        bool twice = false;
+        for (int q = 0; q < r && g >= 0; q++) twice |= pl->member && pl->member[q] == g;
+        if (g >= ep->size || twice)
             return dsr1_error(DSR1_ERR_INVALID_ARG,
-                              "expert parallelism: EP rank %d is member %d of a %d-rank group", r,
-                              g, ep->size);
+                              "expert parallelism: EP rank %d is member %d of a %d-rank group%s", r,
+                              g, ep->size, twice ? ", as is an earlier rank" : "");
         live[r] = g >= 0;
+        n_live += live[r];
     }
+    if (n_live != ep->size)
+        return dsr1_error(DSR1_ERR_INVALID_ARG,
+                          "expert parallelism: %d live EP ranks for a %d-rank group", n_live,
+                          ep->size);
     for (size_t i = 0; i < (size_t)ne * pl->replicas; i++)
         if (pl->owners[i] < 0 || pl->owners[i] >= pl->ranks)
             return dsr1_error(DSR1_ERR_INVALID_ARG,
@@ -172,7 +181,7 @@ dsr1_status dsr1_moe_experts_ep(const dsr1_kernels *k, dsr1_pool *pool,
             int any = 0;
             for (int j = 0; j < K; j++) any |= dest[i0 + j] == r;
             if (!any) continue;
-            memcpy(p, x + i0 / K * D, row);
+            memcpy(p, x + (size_t)t * D, row);
             int32_t *pid = (int32_t *)(p + row);
             float *pw = (float *)(p + row + sizeof(int32_t) * K);
             for (int j = 0; j < K; j++) {

@@ -188,10 +188,43 @@ static void test_bit_identical(void **state)
     assert_true(ran >= 1);
 }
 
+/* A placement that does not fit the group is refused before any exchange. */
+static void test_bad_placement(void **state)
+{
+    (void)state;
+    layer_case *lc = malloc(sizeof *lc);
+    const dsr1_kernels *k = dsr1_kernels_portable();
+    case_init(lc, k, 99);
+    const int ne = lc->c.n_routed_experts;
+    int owners[64 * 2], twice[3] = {0, 0, -1}, two_live[3] = {0, 1, -1}, past[2] = {0, 1};
+    assert_int_equal(dsr1_placement_replicated(ne, 3, 2, NULL, owners), DSR1_OK);
+    dsr1_comm *comm;
+    assert_int_equal(dsr1_comm_inproc_create(1, 1000, &comm), DSR1_OK);
+    float *y = malloc(sizeof lc->y0);
+    memcpy(y, lc->y0, sizeof lc->y0);
+    const dsr1_moe_placement bad[] = {
+        {3, 2, owners, NULL},     /* 3 EP ranks, a group of 1, no member map */
+        {3, 2, owners, twice},    /* two EP ranks on member 0 */
+        {3, 2, owners, two_live}, /* two live ranks, a group of 1 */
+        {2, 2, owners, past},     /* member 1 of a 1-rank group; owners past 2 ranks */
+        {3, 4, owners, two_live}, /* more copies than ranks */
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        assert_int_equal(dsr1_moe_experts_ep(k, NULL, &lc->c, lc->L, lc->w->expert_owned, &bad[i],
+                                             comm, lc->x, M, lc->ids, lc->rw, y),
+                         DSR1_ERR_INVALID_ARG);
+    assert_memory_equal(y, lc->y0, sizeof lc->y0);
+    dsr1_comm_destroy(comm);
+    free(y);
+    dsr1_weights_destroy(lc->w);
+    free(lc);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_bit_identical),
+        cmocka_unit_test(test_bad_placement),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
