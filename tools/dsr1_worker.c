@@ -65,17 +65,18 @@ typedef struct {
 } options;
 
 /* Check the hello and load this worker's slice; the verdict every rank then agrees on. */
-static dsr1_status prepare(const options *o, const dsr1_hello *h, int rank, const dsr1_ckpt *ck,
-                           const dsr1_model_config *cfg, dsr1_worker *w)
+static dsr1_status prepare(const options *o, const dsr1_hello *h, int rank, const int *all_hosts,
+                           const dsr1_ckpt *ck, const dsr1_model_config *cfg, dsr1_worker *w)
 {
     const int ep = h->workers / h->pp, i = rank - 1;
     if (h->pp > cfg->num_hidden_layers || ep > cfg->n_routed_experts)
         return dsr1_error(DSR1_ERR_INVALID_ARG,
                           "%d stages x %d EP ranks do not fit a %d-layer, %d-expert model", h->pp,
                           ep, cfg->num_hidden_layers, cfg->n_routed_experts);
-    int *owner = malloc(sizeof(int) * (size_t)cfg->n_routed_experts);
-    if (!owner) return dsr1_error(DSR1_ERR_NOMEM, "out of memory");
-    dsr1_placement_balanced(cfg->n_routed_experts, ep, owner);
+    int hosts[ep > 0 ? ep : 1], *owner = NULL; /* stage 0's hosts, as the coordinator */
+    for (int e = 0; e < ep; e++) hosts[e] = all_hosts[1 + e];
+    dsr1_status st = dsr1_worker_placement(cfg, ep, h->replicas, hosts, &owner);
+    if (st != DSR1_OK) return st;
     dsr1_hello mine = {DSR1_WIRE_VERSION,
                        h->workers,
                        h->pp,
@@ -85,11 +86,12 @@ static dsr1_status prepare(const options *o, const dsr1_hello *h, int rank, cons
                        o->dummy,
                        o->seed,
                        dsr1_config_hash(cfg),
-                       dsr1_placement_hash(owner, cfg->n_routed_experts),
+                       dsr1_placement_hash(owner, cfg->n_routed_experts * h->replicas),
                        h->kv_blocks,
-                       h->block_tokens};
+                       h->block_tokens,
+                       h->replicas};
     free(owner);
-    dsr1_status st = dsr1_hello_check(h, &mine);
+    st = dsr1_hello_check(h, &mine);
     if (st != DSR1_OK) return st;
     const dsr1_kernels *k = dsr1_kernels_select(o->kernels);
     if (!k) return dsr1_error(DSR1_ERR_INVALID_ARG, "--kernels: unknown variant '%s'", o->kernels);
@@ -105,7 +107,9 @@ static dsr1_status prepare(const options *o, const dsr1_hello *h, int rank, cons
                              (h->n_slots + ep - 1) / ep,
                              h->max_tokens,
                              h->kv_blocks,
-                             h->block_tokens};
+                             h->block_tokens,
+                             h->replicas,
+                             hosts};
     return dsr1_worker_init(w, &wp);
 }
 
@@ -117,7 +121,7 @@ static int serve(const options *o)
     const dsr1_model_config *cfg = NULL;
     dsr1_worker w;
     memset(&w, 0, sizeof(w));
-    dsr1_comm *world = NULL, *ep = NULL;
+    dsr1_comm *world = NULL;
     int clean = 0, loaded = 0;
     dsr1_status st = dsr1_mpi_init(&m);
     if (st != DSR1_OK) {
@@ -146,9 +150,11 @@ static int serve(const options *o)
     dsr1_hello h;
     memset(&h, 0, sizeof(h));
     /* every rank takes part in the hello and the verdict, whatever happened before */
-    dsr1_status hs = dsr1_mpi_hello(m, &h);
+    dsr1_status hs = dsr1_mpi_gather_hosts(m);
+    if (hs == DSR1_OK) hs = dsr1_mpi_hello(m, &h);
     if (st == DSR1_OK) st = hs;
-    if (st == DSR1_OK && (st = prepare(o, &h, rank, ck, cfg, &w)) == DSR1_OK) loaded = 1;
+    if (st == DSR1_OK && (st = prepare(o, &h, rank, dsr1_mpi_hosts(m), ck, cfg, &w)) == DSR1_OK)
+        loaded = 1;
     if (st != DSR1_OK)
         fprintf(stderr, "dsr1-worker (rank %d): refusing: %s\n", rank, dsr1_errmsg());
     if ((st = dsr1_mpi_agree(m, st)) != DSR1_OK) {
@@ -156,14 +162,15 @@ static int serve(const options *o)
         goto out;
     }
     const int timeout = o->timeout_ms > 0 ? o->timeout_ms : h.timeout_ms > 0 ? h.timeout_ms : 60000;
-    if ((st = dsr1_mpi_connect(m, h.workers, h.pp, timeout, &world, &ep)) != DSR1_OK) goto out;
+    if ((st = dsr1_mpi_connect(m, h.workers, h.pp, timeout, &world)) != DSR1_OK) goto out;
     w.world = world;
-    w.ep = ep;
-    if ((st = dsr1_worker_serve(&w)) == DSR1_OK) clean = 1;
+    w.regroup = true; /* the data groups come with the grid's epochs */
+    w.timeout_ms = timeout;
+    /* after losing workers, MPI_Finalize would wait for them: exit without it */
+    if ((st = dsr1_worker_serve(&w)) == DSR1_OK) clean = !w.degraded;
 out:
     if (st != DSR1_OK) fprintf(stderr, "dsr1-worker (rank %d): %s\n", rank, dsr1_errmsg());
     if (loaded) dsr1_worker_fini(&w);
-    dsr1_comm_destroy(ep);
     dsr1_comm_destroy(world);
     dsr1_ckpt_close(ck);
     dsr1_mpi_finalize(m, clean);

@@ -29,6 +29,7 @@
 #include "comm.h"
 #include "kernels.h"
 #include "kv_cache.h"
+#include "moe.h"
 #include "sampler.h"
 #include "weights.h"
 
@@ -141,11 +142,11 @@ typedef struct {
     /* [T][hidden] for the next stage; NULL: this is the last stage and the batch's logits
      * (and samples) are computed. */
     float *hidden_out;
-    /* The expert-parallel group of this stage and the placement expert -> EP rank. Every
-     * rank of the group must call dsr1_engine_step for the same step, with its own
-     * sequences (n_seqs may be 0: it still serves its experts to the others). */
+    /* The expert-parallel group of this stage (its live ranks) and where the experts are
+     * (moe.h). Every rank of the group must call dsr1_engine_step for the same step, with
+     * its own sequences (n_seqs may be 0: it still serves its experts to the others). */
     dsr1_comm *ep;
-    const int *expert_owner;
+    const dsr1_moe_placement *placement;
 } dsr1_step_io;
 
 dsr1_status dsr1_engine_step(dsr1_engine *e, const dsr1_batch *b, const dsr1_step_io *io);

@@ -27,14 +27,29 @@ dsr1_status dsr1_moe_experts(const dsr1_kernels *k, dsr1_pool *pool, const dsr1_
                              const dsr1_layer_weights *L, const bool *owned, const float *x, int m,
                              const int *ids, const float *weights, float *y);
 
+/* Where a stage's routed experts are in the current epoch of the grid. */
+typedef struct {
+    int ranks;         /* EP ranks of the stage, live or not */
+    int replicas;      /* copies of every expert */
+    const int *owners; /* [n_routed_experts * replicas]: the EP rank of each copy (placement.h) */
+    /* [ranks]: the rank of EP rank r in the group's comm, -1 when r is lost; NULL: r
+     * itself, every rank live */
+    const int *member;
+} dsr1_moe_placement;
+
 /* The same sum across an expert-parallel group: each token's hidden state is sent once to
- * every rank that owns at least one of its experts (dispatch all-to-all), each rank runs
- * its experts on what it received, and the weighted partial sums come back (combine
- * all-to-all) and are added in rank order. owner[e] is the EP rank holding expert e.
- * Collective: every rank of `ep` calls it for the same layer, m may be 0. */
+ * every rank that serves at least one of its experts (the live copy that
+ * dsr1_placement_pick chooses for the token: dispatch all-to-all), each rank runs its
+ * experts on what it received and returns one weighted output row per (token, expert)
+ * (combine all-to-all), and the sender adds them into y in increasing expert id, as
+ * dsr1_moe_experts adds its experts — so y is bit-identical to dsr1_moe_experts on one
+ * rank owning everything, whatever the placement, the number of ranks or which copies
+ * are live. Collective: every live rank of `ep` calls it for the same layer, m may be 0.
+ * DSR1_ERR_LOST (nothing added) when an expert of a token has no live copy. */
 dsr1_status dsr1_moe_experts_ep(const dsr1_kernels *k, dsr1_pool *pool,
                                 const dsr1_model_config *cfg, const dsr1_layer_weights *L,
-                                const bool *owned, const int *owner, dsr1_comm *ep, const float *x,
-                                int m, const int *ids, const float *weights, float *y);
+                                const bool *owned, const dsr1_moe_placement *pl, dsr1_comm *ep,
+                                const float *x, int m, const int *ids, const float *weights,
+                                float *y);
 
 #endif

@@ -5,10 +5,40 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bootstrap_mpi.h"
+#include "dsr1_build_config.h"
 #include "log.h"
 #include "numa_bind.h"
 #include "wire.h"
 
+/* The world rank of a worker given its index in the grid. */
+static int world_of(int worker)
+{
+    return 1 + worker;
+}
+
+/* The world rank whose loss failed the step (-1: not known): the culprit of a data group
+ * mapped back to the grid. */
+static int lost_peer(const dsr1_worker *w)
+{
+    if (w->ep) {
+        const int r = dsr1_comm_culprit(w->ep);
+        for (int e = 0; r >= 0 && e < w->ep_size; e++)
+            if ((w->member ? w->member[e] : e) == r)
+                return dsr1_world_rank(w->stage, e, w->ep_size);
+    }
+    if (w->pipe) {
+        const int r = dsr1_comm_culprit(w->pipe);
+        for (int i = 0; r >= 0 && i < w->n_stages * w->ep_size; i++)
+            if (w->pipe_rank[i] == r) return world_of(i);
+    }
+    const int r = dsr1_comm_culprit(w->world);
+    return r > 0 ? r : -1;
+}
+
+/* Tells the coordinator why step `step` failed: with regrouping, a communication failure
+ * is DSR1_ERR_LOST naming the peer to blame; anything else names this worker. Then aborts
+ * the data groups so that no peer waits for this worker. */
 static void report_error(dsr1_worker *w, dsr1_status st, uint64_t step)
 {
     const char *m = dsr1_errmsg();
@@ -16,9 +46,10 @@ static void report_error(dsr1_worker *w, dsr1_status st, uint64_t step)
     int n = snprintf(text, sizeof(text), "stage %d, EP rank %d: %s", w->stage, w->ep_index, m);
     if (n < 0) n = 0;
     if ((size_t)n >= sizeof(text)) n = sizeof(text) - 1;
+    const int peer = w->regroup && st == DSR1_ERR_IO ? lost_peer(w) : -2;
+    int32_t h[2] = {peer >= -1 ? DSR1_ERR_LOST : st, peer >= -1 ? peer : w->world->rank};
     unsigned char *body = malloc(8 + (size_t)n);
     if (body) {
-        int32_t h[2] = {st, w->world->rank};
         memcpy(body, h, 8);
         memcpy(body + 8, text, (size_t)n);
         void *msg;
@@ -32,6 +63,7 @@ static void report_error(dsr1_worker *w, dsr1_status st, uint64_t step)
     }
     DSR1_ERROR("%s", text);
     if (w->ep) dsr1_comm_abort(w->ep, text);
+    if (w->pipe) dsr1_comm_abort(w->pipe, text);
 }
 
 dsr1_wire_sample dsr1_wire_sample_pack(const dsr1_seq_sample *q)
@@ -114,6 +146,13 @@ static void plan_seqs(const dsr1_worker *w, const dsr1_wire_step *plan, dsr1_seq
     }
 }
 
+/* The rank, in the group that carries hidden states, of this worker's lane in `stage`. */
+static int pipe_peer(const dsr1_worker *w, int stage)
+{
+    const int i = stage * w->ep_size + w->ep_index;
+    return w->pipe ? w->pipe_rank[i] : world_of(i);
+}
+
 /* One step; `plan` is a decoded STEP message. */
 static dsr1_status run_step(dsr1_worker *w, uint64_t step, const dsr1_wire_step *plan)
 {
@@ -133,8 +172,10 @@ static dsr1_status run_step(dsr1_worker *w, uint64_t step, const dsr1_wire_step 
     const int rows = dsr1_batch_logit_rows(&b), n_samples = dsr1_batch_samples(&b),
               n_row_lp = dsr1_batch_row_logprobs(&b);
     if (w->stage > 0 && n_tokens > 0) {
-        int src = dsr1_world_rank(w->stage - 1, w->ep_index, w->ep_size);
-        if ((st = dsr1_comm_recv(w->world, src, DSR1_TAG_HIDDEN, &msg, &len, NULL))) goto out;
+        const int src = pipe_peer(w, w->stage - 1);
+        if ((st = dsr1_comm_recv(w->pipe ? w->pipe : w->world, src, DSR1_TAG_HIDDEN, &msg, &len,
+                                 NULL)))
+            goto out;
         if (len != sizeof(float) * (size_t)n_tokens * D) {
             st = dsr1_error(DSR1_ERR_FORMAT,
                             "step %llu: %zu bytes of hidden states from stage %d "
@@ -153,14 +194,14 @@ static dsr1_status run_step(dsr1_worker *w, uint64_t step, const dsr1_wire_step 
         if (!(res = malloc(sizeof(*res) * ((size_t)n_samples + n_row_lp + 1)))) goto nomem;
         b = (dsr1_batch){n_seqs, seqs, logits, res, res + n_samples};
     }
-    dsr1_step_io io = {w->stage > 0 ? hin : NULL, last ? NULL : hout, w->ep, w->expert_owner};
+    dsr1_step_io io = {w->stage > 0 ? hin : NULL, last ? NULL : hout, w->ep, &w->placement};
     if (n_seqs == 0 && !w->ep) { /* nothing to do, no group to serve */
     } else if ((st = dsr1_engine_step(w->engine, &b, &io)) != DSR1_OK) {
         goto out;
     }
     if (!last) {
         if (n_tokens > 0)
-            st = dsr1_comm_send(w->world, dsr1_world_rank(w->stage + 1, w->ep_index, w->ep_size),
+            st = dsr1_comm_send(w->pipe ? w->pipe : w->world, pipe_peer(w, w->stage + 1),
                                 DSR1_TAG_HIDDEN, hout, sizeof(float) * (size_t)n_tokens * D);
     } else {
         dsr1_wire_result_seal(msg, res, res + n_samples, &len);
@@ -187,21 +228,45 @@ static int paged_step_tokens(const dsr1_worker_params *p)
     return rows < DSR1_WIRE_MAX_TOKENS ? (int)rows : DSR1_WIRE_MAX_TOKENS;
 }
 
+dsr1_status dsr1_worker_placement(const dsr1_model_config *cfg, int ep, int replicas,
+                                  const int *hosts, int **owners)
+{
+    const int E = cfg->n_routed_experts, R = replicas > 0 ? replicas : 1;
+    *owners = malloc(sizeof(int) * (size_t)E * R);
+    if (!*owners) return dsr1_error(DSR1_ERR_NOMEM, "out of memory");
+    dsr1_status st = dsr1_placement_replicated(E, ep, R, hosts, *owners);
+    if (st != DSR1_OK) {
+        free(*owners);
+        *owners = NULL;
+        return dsr1_error_context(st, "--expert-replicas %d over %d EP ranks", R, ep);
+    }
+    return DSR1_OK;
+}
+
 dsr1_status dsr1_worker_init(dsr1_worker *w, const dsr1_worker_params *p)
 {
     const dsr1_model_config *cfg = p->ckpt ? dsr1_ckpt_config(p->ckpt) : p->dummy_cfg;
     const int L = cfg->num_hidden_layers, E = cfg->n_routed_experts, ep = p->workers / p->pp;
+    const int R = p->replicas > 0 ? p->replicas : 1;
     memset(w, 0, sizeof(*w));
-    w->owner_table = malloc(sizeof(int) * (size_t)E);
     int *mine = malloc(sizeof(int) * (size_t)E), n = 0;
+    w->pipe_rank = malloc(sizeof(int) * (size_t)p->workers);
+    w->member = malloc(sizeof(int) * (size_t)ep);
     dsr1_status st = DSR1_OK;
-    if (!w->owner_table || !mine) {
+    if (!mine || !w->pipe_rank || !w->member) {
         st = dsr1_error(DSR1_ERR_NOMEM, "out of memory");
         goto out;
     }
-    dsr1_placement_balanced(E, ep, w->owner_table);
+    if ((st = dsr1_worker_placement(cfg, ep, R, p->hosts, &w->owners)) != DSR1_OK) goto out;
     for (int x = 0; x < E; x++)
-        if (w->owner_table[x] == p->ep_index) mine[n++] = x;
+        for (int c = 0; c < R; c++)
+            if (w->owners[x * R + c] == p->ep_index) {
+                mine[n++] = x;
+                break;
+            }
+    for (int i = 0; i < p->workers; i++) w->pipe_rank[i] = i;
+    for (int e = 0; e < ep; e++) w->member[e] = e;
+    w->placement = (dsr1_moe_placement){ep, R, w->owners, w->member};
     dsr1_slice s = {dsr1_stage_first_layer(L, p->pp, p->stage),
                     dsr1_stage_first_layer(L, p->pp, p->stage + 1), n, mine};
     /* the slice is faulted in, and the pool's threads start, on the worker's node */
@@ -223,12 +288,11 @@ dsr1_status dsr1_worker_init(dsr1_worker *w, const dsr1_worker_params *p)
     w->n_stages = p->pp;
     w->ep_index = p->ep_index;
     w->ep_size = ep;
-    w->expert_owner = w->owner_table;
     w->cfg = &w->weights->cfg;
     DSR1_INFO("worker %d: stage %d/%d (layers [%d, %d)), EP rank %d/%d, %d routed experts "
-              "[%d..%d], %.1f MB of weights",
+              "(%d cop%s of each in the stage), %.1f MB of weights",
               p->stage * ep + p->ep_index, p->stage, p->pp, s.layer_begin, s.layer_end, p->ep_index,
-              ep, n, n ? mine[0] : -1, n ? mine[n - 1] : -1, w->weights->bytes / 1e6);
+              ep, n, R, R == 1 ? "y" : "ies", w->weights->bytes / 1e6);
 out:
     free(mine);
     if (st != DSR1_OK) dsr1_worker_fini(w);
@@ -240,7 +304,9 @@ void dsr1_worker_fini(dsr1_worker *w)
     dsr1_engine_destroy(w->engine);
     dsr1_pool_destroy(w->pool);
     dsr1_weights_destroy(w->weights);
-    free(w->owner_table);
+    free(w->owners);
+    free(w->pipe_rank);
+    free(w->member);
     memset(w, 0, sizeof(*w));
 }
 
@@ -267,6 +333,171 @@ static dsr1_status await_verdict(dsr1_worker *w, dsr1_status st)
     return dsr1_error(st, "%s", text);
 }
 
+/* Drops the data groups of the last epoch (aborted first, so that closing them waits for
+ * no peer); fixed groups stay. */
+static void drop_groups(dsr1_worker *w)
+{
+    if (!w->regroup) return; /* fixed groups belong to the launcher */
+    if (w->ep) dsr1_comm_abort(w->ep, "the grid moves to a new epoch");
+    if (w->pipe) dsr1_comm_abort(w->pipe, "the grid moves to a new epoch");
+    dsr1_comm_destroy(w->ep);
+    dsr1_comm_destroy(w->pipe);
+    w->ep = w->pipe = NULL;
+}
+
+#if DSR1_HAVE_UCX
+/* The data groups of a new epoch from everyone's addresses (a decoded CONNECT): the
+ * pipeline group over the live workers in grid order, the EP group over the live workers
+ * of this stage. Takes the locals (NULL where this worker has no such group). */
+static dsr1_status connect_groups(dsr1_worker *w, uint32_t epoch, const dsr1_wire_addr *a, int n,
+                                  dsr1_ucx_local *lp, dsr1_ucx_local *le)
+{
+    const int workers = w->n_stages * w->ep_size, me = w->world->rank - 1;
+    const void **addrs = calloc((size_t)n + 1, sizeof(void *));
+    size_t *lens = calloc((size_t)n + 1, sizeof(size_t));
+    char(*names)[48] = calloc((size_t)n + 1, 48);
+    const char **labels = calloc((size_t)n + 1, sizeof(char *));
+    dsr1_status st = DSR1_OK;
+    if (!addrs || !lens || !names || !labels) {
+        st = dsr1_error(DSR1_ERR_NOMEM, "out of memory");
+        goto out;
+    }
+    for (int i = 0; i < workers; i++) w->pipe_rank[i] = -1;
+    for (int e = 0; e < w->ep_size; e++) w->member[e] = -1;
+    int np = 0, ne = 0, my_p = -1, my_e = -1;
+    for (int i = 0; i < n; i++) {
+        const int wi = a[i].rank - 1;
+        if (wi < 0 || wi >= workers) {
+            st = dsr1_error(DSR1_ERR_FORMAT, "CONNECT names world rank %d", a[i].rank);
+            goto out;
+        }
+        if (wi == me) my_p = np;
+        w->pipe_rank[wi] = np++;
+        if (wi / w->ep_size == w->stage) {
+            if (wi == me) my_e = ne;
+            w->member[wi % w->ep_size] = ne++;
+        }
+    }
+    if (my_p < 0) {
+        st = dsr1_error(DSR1_ERR_UNAVAILABLE, "epoch %u leaves this worker out", epoch);
+        goto out;
+    }
+    char gname[48];
+    for (int g = 0; g < 2; g++) {
+        dsr1_ucx_local **local = g == 0 ? &lp : &le;
+        if (!*local) continue;
+        int k = 0;
+        for (int i = 0; i < n; i++) {
+            const int wi = a[i].rank - 1;
+            if (g == 1 && wi / w->ep_size != w->stage) continue;
+            if (a[i].len[g] <= 0) {
+                st = dsr1_error(DSR1_ERR_FORMAT, "CONNECT: worker %d has no %s address", wi,
+                                g ? "EP" : "pipeline");
+                goto out;
+            }
+            addrs[k] = a[i].addr[g];
+            lens[k] = (size_t)a[i].len[g];
+            snprintf(names[k], 48, "worker %d (stage %d, EP %d)", wi, wi / w->ep_size,
+                     wi % w->ep_size);
+            labels[k] = names[k];
+            k++;
+        }
+        if (g == 0)
+            snprintf(gname, sizeof(gname), "pipeline, epoch %u", epoch);
+        else
+            snprintf(gname, sizeof(gname), "stage %d EP, epoch %u", w->stage, epoch);
+        dsr1_ucx_group_params gp = {g ? my_e : my_p, k, dsr1_ep_timeout(w->timeout_ms), gname,
+                                    labels, false};
+        st = dsr1_comm_ucx_connect(*local, &gp, addrs, lens, g ? &w->ep : &w->pipe);
+        *local = NULL;
+        if (st != DSR1_OK) goto out;
+    }
+out:
+    dsr1_ucx_local_destroy(lp);
+    dsr1_ucx_local_destroy(le);
+    free(addrs);
+    free(lens);
+    free(names);
+    free(labels);
+    return st;
+}
+#endif
+
+/* A REGROUP for a new epoch: new endpoints, their addresses to the coordinator, then
+ * everyone's back (CONNECT) and the groups connected. *next receives a message that ends
+ * the wait instead (a newer REGROUP, SHUTDOWN), to be handled by the caller. */
+static dsr1_status regroup(dsr1_worker *w, const dsr1_wire_regroup *rg, void **next, size_t *nlen)
+{
+#if DSR1_HAVE_UCX
+    const int workers = w->n_stages * w->ep_size, me = w->world->rank - 1;
+    if (rg->n_workers != workers)
+        return dsr1_error(DSR1_ERR_FORMAT, "REGROUP for %d workers in a grid of %d",
+                          rg->n_workers, workers);
+    drop_groups(w);
+    for (int i = 0; i < workers; i++) w->degraded |= !rg->live[i];
+    if (!rg->live[me])
+        return dsr1_error(DSR1_ERR_UNAVAILABLE,
+                          "the coordinator left this worker out of epoch %u (it was taken "
+                          "for lost)",
+                          rg->epoch);
+    dsr1_ucx_local *lp = NULL, *le = NULL;
+    dsr1_status st = DSR1_OK;
+    if (w->n_stages > 1) st = dsr1_ucx_local_create(&lp);
+    if (st == DSR1_OK && w->ep_size > 1) st = dsr1_ucx_local_create(&le);
+    dsr1_wire_addr mine = {w->world->rank, {0, 0}, {NULL, NULL}};
+    size_t l;
+    if (lp) dsr1_ucx_local_address(lp, &mine.addr[0], &l), mine.len[0] = (int32_t)l;
+    if (le) dsr1_ucx_local_address(le, &mine.addr[1], &l), mine.len[1] = (int32_t)l;
+    void *msg = NULL;
+    size_t len;
+    if (st == DSR1_OK)
+        st = dsr1_wire_addrs_encode(DSR1_MSG_ADDR, rg->epoch, &mine, 1, &msg, &len);
+    if (st == DSR1_OK) st = dsr1_comm_send(w->world, 0, DSR1_TAG_RESULT, msg, len);
+    free(msg);
+    dsr1_wire_addr *a = malloc(sizeof(*a) * (size_t)workers);
+    if (st == DSR1_OK && !a) st = dsr1_error(DSR1_ERR_NOMEM, "out of memory");
+    while (st == DSR1_OK) {
+        if ((st = dsr1_comm_recv(w->world, 0, DSR1_TAG_CTRL, &msg, &len, NULL)) != DSR1_OK) break;
+        dsr1_wire_header h;
+        uint32_t epoch;
+        int n;
+        if (dsr1_wire_header_decode(msg, len, &h) != DSR1_OK || h.type == DSR1_MSG_STEP) {
+            free(msg); /* a step of the old epoch */
+            continue;
+        }
+        if (h.type == DSR1_MSG_CONNECT) {
+            st = dsr1_wire_addrs_decode(msg, len, &epoch, a, workers, &n);
+            if (st == DSR1_OK && epoch == rg->epoch) {
+                st = connect_groups(w, epoch, a, n, lp, le);
+                lp = le = NULL;
+                free(msg);
+                break;
+            }
+            free(msg);
+            continue;
+        }
+        *next = msg; /* REGROUP or SHUTDOWN: the caller's */
+        *nlen = len;
+        break;
+    }
+    free(a);
+    dsr1_ucx_local_destroy(lp);
+    dsr1_ucx_local_destroy(le);
+    if (st == DSR1_OK && !*next) {
+        w->epoch = rg->epoch;
+        w->first_step = rg->first_step;
+        w->broken = false;
+        DSR1_INFO("epoch %u: %d worker(s) live", rg->epoch, w->pipe ? w->pipe->size : 1);
+    }
+    return st;
+#else
+    (void)rg;
+    (void)next;
+    (void)nlen;
+    return dsr1_error(DSR1_ERR_UNSUPPORTED, "REGROUP needs a build with UCX");
+#endif
+}
+
 dsr1_status dsr1_worker_serve(dsr1_worker *w)
 {
     char tag[64];
@@ -274,31 +505,52 @@ dsr1_status dsr1_worker_serve(dsr1_worker *w)
              w->ep_index);
     dsr1_log_set_tag(tag);
     dsr1_numa_bind(w->numa_node, NULL); /* this thread is thread 0 of the worker's pool */
+    void *msg = NULL;
+    size_t len;
     for (;;) {
-        void *msg;
-        size_t len;
-        dsr1_status st = dsr1_comm_recv(w->world, 0, DSR1_TAG_CTRL, &msg, &len, NULL);
-        if (st != DSR1_OK) {
+        dsr1_status st = DSR1_OK;
+        if (!msg && (st = dsr1_comm_recv(w->world, 0, DSR1_TAG_CTRL, &msg, &len, NULL))) {
             DSR1_ERROR("waiting for the coordinator: %s", dsr1_errmsg());
             if (w->ep) dsr1_comm_abort(w->ep, "lost the coordinator");
+            if (w->pipe) dsr1_comm_abort(w->pipe, "lost the coordinator");
             return st;
         }
+        void *m = msg;
+        msg = NULL;
         dsr1_wire_header h;
         uint64_t step = 0;
-        if ((st = dsr1_wire_header_decode(msg, len, &h)) == DSR1_OK) {
+        if ((st = dsr1_wire_header_decode(m, len, &h)) == DSR1_OK) {
             step = h.step;
             if (h.type == DSR1_MSG_SHUTDOWN) {
-                free(msg);
+                free(m);
+                drop_groups(w);
                 return DSR1_OK;
             }
+            if (h.type == DSR1_MSG_REGROUP && w->regroup) {
+                dsr1_wire_regroup rg;
+                if ((st = dsr1_wire_regroup_decode(m, len, &rg)) == DSR1_OK && rg.epoch > w->epoch)
+                    st = regroup(w, &rg, &msg, &len);
+                free(m);
+                if (st != DSR1_OK) {
+                    DSR1_ERROR("joining a new epoch: %s", dsr1_errmsg());
+                    drop_groups(w);
+                    return st;
+                }
+                continue;
+            }
+            if (h.type == DSR1_MSG_CONNECT || (w->regroup && (w->broken || step < w->first_step))) {
+                free(m); /* of an epoch this worker has left */
+                continue;
+            }
             dsr1_wire_step plan;
-            if ((st = dsr1_wire_step_decode(msg, len, &step, &plan)) == DSR1_OK)
+            if ((st = dsr1_wire_step_decode(m, len, &step, &plan)) == DSR1_OK)
                 st = run_step(w, step, &plan);
         }
-        free(msg);
+        free(m);
         if (st != DSR1_OK) {
             report_error(w, st, step);
-            return await_verdict(w, st);
+            if (!w->regroup) return await_verdict(w, st);
+            w->broken = true; /* the coordinator regroups, or shuts down */
         }
     }
 }

@@ -14,9 +14,10 @@
 #include "ckpt.h"
 #include "placement.h"
 #include "forward.h"
+#include "moe.h"
 #include "wire.h"
 
-/* Message tags on the world group. */
+/* Message tags on the world group (HIDDEN also on the pipeline group). */
 enum { DSR1_TAG_CTRL = 1, DSR1_TAG_HIDDEN = 2, DSR1_TAG_RESULT = 3 };
 
 /* World ranks: 0 is the coordinator, worker (stage s, EP index e) is 1 + s * ep + e. */
@@ -33,16 +34,28 @@ static inline int dsr1_stage_first_layer(int layers, int pp, int s)
 
 typedef struct {
     int stage, n_stages, ep_index, ep_size;
-    int numa_node;           /* its threads' and weights' NUMA node; -1: not bound */
-    dsr1_comm *world;        /* coordinator + all workers */
-    dsr1_comm *ep;           /* this stage's EP group (rank = ep_index), NULL when ep_size 1 */
-    const int *expert_owner; /* [n_routed_experts] -> EP index */
+    int numa_node;    /* its threads' and weights' NUMA node; -1: not bound */
+    dsr1_comm *world; /* coordinator + all workers */
+    /* The data groups. Fixed (in-process transport): `ep` is set by the launcher and
+     * hidden states travel over world. With `regroup` (UCX), the grid's membership
+     * protocol makes them for every epoch over the live workers (see dsr1_worker_serve):
+     * `pipe` (every live worker, for hidden states; NULL with one stage) and `ep`. */
+    dsr1_comm *ep, *pipe;
+    bool regroup;
+    int timeout_ms;      /* of the world group; the data groups' is dsr1_ep_timeout of it */
+    uint32_t epoch;      /* 0 until the first REGROUP */
+    uint64_t first_step; /* STEPs before it are from an earlier epoch: dropped */
+    bool broken;         /* a step failed in this epoch: steps are dropped until the next */
+    bool degraded;       /* some epoch left workers out (MPI_Finalize would wait for them) */
+    int *pipe_rank;      /* [workers]: a worker's rank in `pipe`, -1 when lost */
+    int *member;         /* [ep_size]: an EP index's rank in `ep`, -1 when lost */
+    dsr1_moe_placement placement;
     dsr1_engine *engine;
     const dsr1_model_config *cfg;
     /* owned by dsr1_worker_init / dsr1_worker_fini */
     dsr1_weights *weights;
     dsr1_pool *pool;
-    int *owner_table;
+    int *owners; /* [n_routed_experts * replicas] */
 } dsr1_worker;
 
 typedef struct {
@@ -58,7 +71,13 @@ typedef struct {
      * unused); every sequence of a step then brings its block table */
     int kv_blocks;
     int block_tokens;
+    int replicas;      /* copies of every routed expert in the stage (< 1: 1) */
+    const int *hosts;  /* [ep]: host id of each EP index of the stage, or NULL */
 } dsr1_worker_params;
+
+/* The placement every worker and the coordinator compute alike: owners[E * replicas]. */
+dsr1_status dsr1_worker_placement(const dsr1_model_config *cfg, int ep, int replicas,
+                                  const int *hosts, int **owners);
 
 /* Load the slice of worker (stage, ep_index) and create its engine; world and ep comms
  * are set by the caller afterwards. */
@@ -75,7 +94,14 @@ dsr1_seq_sample dsr1_wire_sample_unpack(const dsr1_wire_sample *r, const int32_t
                                         const float *bias_values, const int32_t *history,
                                         const uint32_t *mask);
 
-/* Serve steps until SHUTDOWN (DSR1_OK) or an error (returned after reporting it). */
+/* Serve steps until SHUTDOWN (DSR1_OK) or an error (returned after reporting it).
+ *
+ * With w->regroup the worker survives the loss of others: a step that fails is reported
+ * (an ERROR naming the peer whose loss failed it, status DSR1_ERR_LOST), its data groups
+ * are aborted so that no peer waits for it, and it drops steps until the coordinator's
+ * REGROUP for a new epoch: it then makes new data-group endpoints, sends their addresses
+ * (ADDR), connects to everyone's (CONNECT) and serves the new epoch's steps. A worker
+ * that the REGROUP leaves out, or that loses the coordinator, ends with an error. */
 dsr1_status dsr1_worker_serve(dsr1_worker *w);
 
 #endif

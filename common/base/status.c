@@ -34,6 +34,8 @@ const char *dsr1_status_str(dsr1_status s)
         return "busy";
     case DSR1_ERR_UNAVAILABLE:
         return "unavailable";
+    case DSR1_ERR_LOST:
+        return "workers lost";
     }
     return "unknown status";
 }

@@ -22,6 +22,8 @@ typedef enum {
     DSR1_ERR_EXISTS = -9,      /* a name already in use (request or batch id) */
     DSR1_ERR_BUSY = -10,       /* a queue or pool is full: retry later */
     DSR1_ERR_UNAVAILABLE = -11, /* the service stopped (e.g. after a worker failure) */
+    DSR1_ERR_LOST = -12,        /* workers were lost: the steps in flight did not run, and the
+                                 * grid goes on after recovering on the survivors */
 } dsr1_status;
 
 const char *dsr1_status_str(dsr1_status s);

@@ -6,6 +6,7 @@
 #include <mpi.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "le.h"
 #include "log.h"
@@ -18,6 +19,7 @@
 
 struct dsr1_mpi {
     int rank, size;
+    int *hosts; /* [size] after the hello: host id of each rank */
 };
 
 /* ---- hashes ------------------------------------------------------------------------ */
@@ -121,7 +123,7 @@ dsr1_status dsr1_hello_check(const dsr1_hello *co, const dsr1_hello *me)
 
 /* ---- packing ----------------------------------------------------------------------- */
 
-/* magic 8 | protocol, workers, pp, n_slots, max_tokens, timeout_ms, dummy, 0 (4 each) |
+/* magic 8 | protocol, workers, pp, n_slots, max_tokens, timeout_ms, dummy, replicas (4 each) |
  * seed, config_hash, placement_hash (8 each) | kv_blocks, block_tokens (4 each) */
 static void hello_pack(const dsr1_hello *h, unsigned char *b)
 {
@@ -133,7 +135,7 @@ static void hello_pack(const dsr1_hello *h, unsigned char *b)
                            (uint32_t)h->max_tokens,
                            (uint32_t)h->timeout_ms,
                            (uint32_t)h->dummy,
-                           0};
+                           (uint32_t)h->replicas};
     for (int i = 0; i < 8; i++) dsr1_put_le32(b + 8 + 4 * i, w[i]);
     dsr1_put_le64(b + 40, h->seed);
     dsr1_put_le64(b + 48, h->config_hash);
@@ -151,8 +153,9 @@ static dsr1_status hello_unpack(const unsigned char *b, int mpi_size, dsr1_hello
                     (int32_t)dsr1_get_le32(b + 24), (int32_t)dsr1_get_le32(b + 28),
                     (int32_t)dsr1_get_le32(b + 32), dsr1_get_le64(b + 40),
                     dsr1_get_le64(b + 48),          dsr1_get_le64(b + 56),
-                    (int32_t)dsr1_get_le32(b + 64), (int32_t)dsr1_get_le32(b + 68)};
-    if (dsr1_get_le32(b + 36) != 0 || h.dummy < 0 || h.dummy > 1)
+                    (int32_t)dsr1_get_le32(b + 64), (int32_t)dsr1_get_le32(b + 68),
+                    (int32_t)dsr1_get_le32(b + 36)};
+    if (h.replicas < 1 || h.dummy < 0 || h.dummy > 1)
         return dsr1_error(DSR1_ERR_FORMAT, "malformed hello from the coordinator");
     if (h.workers != mpi_size - 1 || h.pp < 1 || h.workers % h.pp)
         return dsr1_error(DSR1_ERR_FORMAT,
@@ -215,6 +218,32 @@ dsr1_status dsr1_mpi_hello(dsr1_mpi *m, dsr1_hello *h)
     if (rc != MPI_SUCCESS) return mpi_failed(rc, "broadcasting the hello");
     if (m->rank == 0) return DSR1_OK;
     return hello_unpack(b, m->size, h);
+}
+
+dsr1_status dsr1_mpi_gather_hosts(dsr1_mpi *m)
+{
+    enum { NAME = 256 };
+    char mine[NAME] = {0}, *all = calloc((size_t)m->size, NAME);
+    free(m->hosts);
+    m->hosts = calloc((size_t)m->size, sizeof(int));
+    if (!all || !m->hosts) {
+        free(all);
+        return dsr1_error(DSR1_ERR_NOMEM, "out of memory");
+    }
+    gethostname(mine, NAME - 1);
+    int rc = MPI_Allgather(mine, NAME, MPI_CHAR, all, NAME, MPI_CHAR, MPI_COMM_WORLD);
+    for (int r = 0; r < m->size; r++) {
+        m->hosts[r] = r;
+        for (int q = 0; q < r && m->hosts[r] == r; q++)
+            if (!strncmp(all + (size_t)q * NAME, all + (size_t)r * NAME, NAME)) m->hosts[r] = q;
+    }
+    free(all);
+    return rc == MPI_SUCCESS ? DSR1_OK : mpi_failed(rc, "gathering the host names");
+}
+
+const int *dsr1_mpi_hosts(const dsr1_mpi *m)
+{
+    return m->hosts;
 }
 
 /* Verdict: i32 status | text (NUL-terminated within VERDICT_TEXT). */
@@ -321,19 +350,18 @@ static void worker_label(char *buf, size_t cap, int i, int ep)
     snprintf(buf, cap, "worker %d (stage %d, EP %d)", i, i / ep, i % ep);
 }
 
-dsr1_status dsr1_mpi_connect(dsr1_mpi *m, int workers, int pp, int timeout_ms, dsr1_comm **world,
-                             dsr1_comm **ep_out)
+dsr1_status dsr1_mpi_connect(dsr1_mpi *m, int workers, int pp, int timeout_ms, dsr1_comm **world)
 {
-    const int n = m->size, ep = workers / pp;
-    const int me = m->rank, stage = me > 0 ? (me - 1) / ep : -1;
-    dsr1_ucx_local *lw = NULL, *le = NULL;
-    unsigned char *wb = NULL, *eb = NULL;
-    size_t *wl = NULL, *wo = NULL, *el = NULL, *eo = NULL;
+    const int n = m->size, ep = pp > 0 ? workers / pp : 1;
+    const int me = m->rank;
+    dsr1_ucx_local *lw = NULL;
+    unsigned char *wb = NULL;
+    size_t *wl = NULL, *wo = NULL;
     char(*names)[64] = calloc((size_t)n, 64);
     const char **labels = calloc((size_t)n, sizeof(char *));
     const void **addrs = calloc((size_t)n, sizeof(void *));
     size_t *lens = calloc((size_t)n, sizeof(size_t));
-    dsr1_comm *w = NULL, *e = NULL;
+    dsr1_comm *w = NULL;
     dsr1_status st;
     if (workers != n - 1 || pp < 1 || workers % pp) {
         st = dsr1_error(DSR1_ERR_INVALID_ARG, "%d workers in %d stages for an MPI job of %d ranks",
@@ -349,15 +377,6 @@ dsr1_status dsr1_mpi_connect(dsr1_mpi *m, int workers, int pp, int timeout_ms, d
     if ((st = dsr1_ucx_local_create(&lw)) != DSR1_OK) goto out;
     dsr1_ucx_local_address(lw, &a, &alen);
     if ((st = allgather_addrs(m, a, alen, &wb, &wl, &wo)) != DSR1_OK) goto out;
-    if (me > 0 && ep > 1) {
-        if ((st = dsr1_ucx_local_create(&le)) != DSR1_OK) goto out;
-        dsr1_ucx_local_address(le, &a, &alen);
-    } else {
-        a = NULL;
-        alen = 0;
-    }
-    if ((st = allgather_addrs(m, a, alen, &eb, &el, &eo)) != DSR1_OK) goto out;
-
     snprintf(names[0], 64, "coordinator");
     for (int r = 0; r < n; r++) {
         if (r > 0) worker_label(names[r], 64, r - 1, ep);
@@ -365,42 +384,21 @@ dsr1_status dsr1_mpi_connect(dsr1_mpi *m, int workers, int pp, int timeout_ms, d
         addrs[r] = wb + wo[r];
         lens[r] = wl[r];
     }
-    dsr1_ucx_group_params gp = {me, n, timeout_ms, "world", labels};
+    dsr1_ucx_group_params gp = {me, n, timeout_ms, "world", labels, true};
     st = dsr1_comm_ucx_connect(lw, &gp, addrs, lens, &w);
     lw = NULL;
     if (st != DSR1_OK) goto out;
-    if (le) {
-        char gname[32];
-        snprintf(gname, sizeof(gname), "stage %d EP", stage);
-        for (int i = 0; i < ep; i++) {
-            const int r = 1 + stage * ep + i;
-            labels[i] = names[r];
-            addrs[i] = eb + eo[r];
-            lens[i] = el[r];
-        }
-        dsr1_ucx_group_params ge = {(me - 1) % ep, ep, dsr1_ep_timeout(timeout_ms), gname, labels};
-        st = dsr1_comm_ucx_connect(le, &ge, addrs, lens, &e);
-        le = NULL;
-        if (st != DSR1_OK) goto out;
-    }
     /* every endpoint wired and every rank alive before the first step */
     if ((st = dsr1_comm_barrier(w)) != DSR1_OK) goto out;
-    if (e && (st = dsr1_comm_barrier(e)) != DSR1_OK) goto out;
-    DSR1_DEBUG("UCX groups connected: world rank %d of %d%s", me, n, e ? ", with an EP group" : "");
+    DSR1_DEBUG("UCX world group connected: rank %d of %d", me, n);
     *world = w;
-    *ep_out = e;
-    w = e = NULL;
+    w = NULL;
 out:
-    dsr1_comm_destroy(e);
     dsr1_comm_destroy(w);
     dsr1_ucx_local_destroy(lw);
-    dsr1_ucx_local_destroy(le);
     free(wb);
     free(wl);
     free(wo);
-    free(eb);
-    free(el);
-    free(eo);
     free(names);
     free(labels);
     free(addrs);
@@ -488,5 +486,6 @@ void dsr1_mpi_finalize(dsr1_mpi *m, bool clean)
      * rank exits with an error: finalizing at exit lets this process print its own
      * message (the coordinator's "worker 3 refused: ...") before anyone can go. */
     if (clean) atexit(finalize_at_exit);
+    free(m->hosts);
     free(m);
 }

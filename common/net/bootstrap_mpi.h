@@ -1,16 +1,16 @@
 /* Bootstrap of a multi-process cluster with MPI (mpirun, or srun under Slurm): MPI gives
  * the ranks, carries the coordinator's hello to the workers, collects their verdicts, and
- * exchanges the UCX worker addresses from which the world group and each stage's
- * expert-parallel group are built. MPI is used for nothing else: the steps travel over
+ * exchanges the UCX worker addresses from which the world group is built (the groups
+ * between workers are then made by the grid, epoch by epoch: coordinator/grid/grid.c). MPI is used for nothing else: the steps travel over
  * UCX (comm_ucx.c).
  *
  * World ranks: 0 is the coordinator, worker i (stage i / ep, EP rank i % ep) is 1 + i.
  *
  * Sequence, the same on every rank:
- *   dsr1_mpi_init -> dsr1_mpi_hello (rank 0 sends its hello, workers receive it) ->
+ *   dsr1_mpi_init -> dsr1_mpi_gather_hosts -> dsr1_mpi_hello (rank 0 sends its hello, workers receive it) ->
  *   [workers check it against their own model and load their slice] ->
  *   dsr1_mpi_agree (every rank's verdict; one refusal fails all, with its reason) ->
- *   dsr1_mpi_connect (UCX world + EP groups, one barrier on each) -> ... ->
+ *   dsr1_mpi_connect (the UCX world group, one barrier) -> ... ->
  *   dsr1_mpi_finalize.
  *
  * The functions are defined only when the build has both MPI and UCX
@@ -61,9 +61,10 @@ typedef struct {
     int32_t dummy;       /* 1: random weights from the config, made with `seed` */
     uint64_t seed;
     uint64_t config_hash;    /* dsr1_config_hash of the model config */
-    uint64_t placement_hash; /* dsr1_placement_hash of the expert -> EP rank table */
+    uint64_t placement_hash; /* dsr1_placement_hash of the owners table (all copies) */
     int32_t kv_blocks;       /* > 0: paged cache blocks per worker (n_slots, max_tokens unused) */
     int32_t block_tokens;    /* tokens per cache block when paged */
+    int32_t replicas;        /* copies of every routed expert per stage (>= 1) */
 } dsr1_hello;
 
 /* FNV-1a over every field of the config, by value (independent of struct layout). */
@@ -80,15 +81,20 @@ typedef struct dsr1_mpi dsr1_mpi;
 dsr1_status dsr1_mpi_init(dsr1_mpi **out);
 int dsr1_mpi_rank(const dsr1_mpi *m);
 int dsr1_mpi_size(const dsr1_mpi *m);
+/* Collective, before the hello: every rank's host name, so that the copies of an expert
+ * go to different hosts. Then dsr1_mpi_hosts gives [size] host ids, equal for the ranks on
+ * one host (the lowest such rank). */
+dsr1_status dsr1_mpi_gather_hosts(dsr1_mpi *m);
+const int *dsr1_mpi_hosts(const dsr1_mpi *m);
 /* Rank 0 sends *h; the others receive into *h (checked: magic, sizes, shape vs MPI size). */
 dsr1_status dsr1_mpi_hello(dsr1_mpi *m, dsr1_hello *h);
 /* Every rank's verdict (its status and, on failure, dsr1_errmsg()). DSR1_OK when all
  * agree; otherwise every rank gets an error listing the ranks that refused and why. */
 dsr1_status dsr1_mpi_agree(dsr1_mpi *m, dsr1_status mine);
-/* Build the UCX groups: *world (all ranks) and, on a worker of a stage with ep > 1, *ep
- * (that stage's workers; NULL otherwise). Waits at a barrier on each (bounded). */
-dsr1_status dsr1_mpi_connect(dsr1_mpi *m, int workers, int pp, int timeout_ms, dsr1_comm **world,
-                             dsr1_comm **ep);
+/* Build the UCX world group (all ranks; tolerant: it outlives lost workers). The data
+ * groups between workers (pipeline, expert parallel) are made per epoch by the grid's
+ * REGROUP protocol over it. Waits at a barrier (bounded). */
+dsr1_status dsr1_mpi_connect(dsr1_mpi *m, int workers, int pp, int timeout_ms, dsr1_comm **world);
 #if DSR1_HAVE_NCCL
 /* An NCCL group over some of the MPI ranks, for workers that are GPU processes: collective
  * over MPI_COMM_WORLD (every rank calls it). Ranks that pass the same color >= 0 form one

@@ -41,7 +41,7 @@ dsr1_status dsr1_wire_header_decode(const void *msg, size_t len, dsr1_wire_heade
     if (ver != DSR1_WIRE_VERSION)
         return dsr1_error(DSR1_ERR_UNSUPPORTED, "peer speaks protocol version %u, this build %u",
                           ver, DSR1_WIRE_VERSION);
-    if (type < DSR1_MSG_STEP || type > DSR1_MSG_SHUTDOWN || reserved != 0)
+    if (type < DSR1_MSG_STEP || type > DSR1_MSG_CONNECT || reserved != 0)
         return dsr1_error(DSR1_ERR_FORMAT, "unknown message type %u", type);
     if (body != len - DSR1_WIRE_HEADER)
         return dsr1_error(DSR1_ERR_FORMAT, "message body is %zu bytes, header says %u",
@@ -345,7 +345,116 @@ dsr1_status dsr1_wire_error_decode(const void *msg, size_t len, int *status, int
     size_t n = h.body_bytes - 8 < cap - 1 ? h.body_bytes - 8 : cap - 1;
     memcpy(text, b + 8, n);
     text[n] = 0;
-    *status = c[0] < 0 && c[0] >= DSR1_ERR_INTERNAL ? c[0] : DSR1_ERR_INTERNAL;
+    *status = c[0] < 0 && c[0] >= DSR1_ERR_LOST ? c[0] : DSR1_ERR_INTERNAL;
     *rank = c[1];
+    return DSR1_OK;
+}
+
+dsr1_status dsr1_wire_regroup_encode(const dsr1_wire_regroup *r, void **msg, size_t *len)
+{
+    if (r->n_workers < 1 || r->n_workers > DSR1_WIRE_MAX_WORKERS)
+        return dsr1_error(DSR1_ERR_RANGE, "REGROUP of %d workers", r->n_workers);
+    const size_t body = 8 + 4 * (size_t)r->n_workers;
+    unsigned char *b = malloc(body);
+    if (!b) return dsr1_error(DSR1_ERR_NOMEM, "out of memory");
+    int32_t n = r->n_workers;
+    memcpy(b, &r->epoch, 4);
+    memcpy(b + 4, &n, 4);
+    memcpy(b + 8, r->live, 4 * (size_t)n);
+    dsr1_status st = dsr1_wire_simple_encode(DSR1_MSG_REGROUP, r->first_step, b, body, msg, len);
+    free(b);
+    return st;
+}
+
+dsr1_status dsr1_wire_regroup_decode(const void *msg, size_t len, dsr1_wire_regroup *out)
+{
+    dsr1_wire_header h;
+    dsr1_status st = dsr1_wire_header_decode(msg, len, &h);
+    if (st != DSR1_OK) return st;
+    const unsigned char *b = (const unsigned char *)msg + DSR1_WIRE_HEADER;
+    int32_t n;
+    if (h.type != DSR1_MSG_REGROUP || h.body_bytes < 8)
+        return dsr1_error(DSR1_ERR_FORMAT, "expected a REGROUP message");
+    memcpy(&out->epoch, b, 4);
+    memcpy(&n, b + 4, 4);
+    if (n < 1 || n > DSR1_WIRE_MAX_WORKERS || h.body_bytes != 8 + 4 * (size_t)n)
+        return dsr1_error(DSR1_ERR_FORMAT, "REGROUP of %d workers in %u bytes", n, h.body_bytes);
+    out->first_step = h.step;
+    out->n_workers = n;
+    out->live = (const int32_t *)(b + 8);
+    for (int i = 0; i < n; i++)
+        if (out->live[i] != 0 && out->live[i] != 1)
+            return dsr1_error(DSR1_ERR_FORMAT, "REGROUP: worker %d has live flag %d", i,
+                              out->live[i]);
+    return DSR1_OK;
+}
+
+static size_t pad4(size_t n)
+{
+    return (n + 3) & ~(size_t)3;
+}
+
+dsr1_status dsr1_wire_addrs_encode(dsr1_msg_type type, uint32_t epoch, const dsr1_wire_addr *a,
+                                   int n, void **msg, size_t *len)
+{
+    if (n < 0 || n > DSR1_WIRE_MAX_WORKERS)
+        return dsr1_error(DSR1_ERR_RANGE, "%d addresses in one message", n);
+    size_t body = 8 + 12 * (size_t)n;
+    for (int i = 0; i < n; i++)
+        for (int g = 0; g < 2; g++) {
+            if (a[i].len[g] < 0 || a[i].len[g] > DSR1_WIRE_MAX_ADDR)
+                return dsr1_error(DSR1_ERR_RANGE, "endpoint address of %d bytes", a[i].len[g]);
+            body += pad4((size_t)a[i].len[g]);
+        }
+    unsigned char *b = calloc(1, body), *p = b;
+    if (!b) return dsr1_error(DSR1_ERR_NOMEM, "out of memory");
+    int32_t n32 = n;
+    memcpy(p, &epoch, 4);
+    memcpy(p + 4, &n32, 4);
+    p += 8;
+    for (int i = 0; i < n; i++, p += 12) {
+        memcpy(p, &a[i].rank, 4);
+        memcpy(p + 4, a[i].len, 8);
+    }
+    for (int i = 0; i < n; i++)
+        for (int g = 0; g < 2; g++) {
+            if (a[i].len[g]) memcpy(p, a[i].addr[g], (size_t)a[i].len[g]);
+            p += pad4((size_t)a[i].len[g]);
+        }
+    dsr1_status st = dsr1_wire_simple_encode(type, epoch, b, body, msg, len);
+    free(b);
+    return st;
+}
+
+dsr1_status dsr1_wire_addrs_decode(const void *msg, size_t len, uint32_t *epoch,
+                                   dsr1_wire_addr *a, int cap, int *n)
+{
+    dsr1_wire_header h;
+    dsr1_status st = dsr1_wire_header_decode(msg, len, &h);
+    if (st != DSR1_OK) return st;
+    if ((h.type != DSR1_MSG_ADDR && h.type != DSR1_MSG_CONNECT) || h.body_bytes < 8)
+        return dsr1_error(DSR1_ERR_FORMAT, "expected an ADDR or CONNECT message");
+    const unsigned char *b = (const unsigned char *)msg + DSR1_WIRE_HEADER;
+    int32_t m;
+    memcpy(epoch, b, 4);
+    memcpy(&m, b + 4, 4);
+    if (m < 0 || m > cap || 8 + 12 * (size_t)m > h.body_bytes)
+        return dsr1_error(DSR1_ERR_FORMAT, "%d addresses (room for %d) in %u bytes", m, cap,
+                          h.body_bytes);
+    size_t at = 8 + 12 * (size_t)m;
+    for (int i = 0; i < m; i++) {
+        memcpy(&a[i].rank, b + 8 + 12 * (size_t)i, 4);
+        memcpy(a[i].len, b + 12 + 12 * (size_t)i, 8);
+        for (int g = 0; g < 2; g++) {
+            const int32_t l = a[i].len[g];
+            if (l < 0 || l > DSR1_WIRE_MAX_ADDR || at + pad4((size_t)l) > h.body_bytes)
+                return dsr1_error(DSR1_ERR_FORMAT, "address %d: %d bytes past the message", i, l);
+            a[i].addr[g] = b + at;
+            at += pad4((size_t)l);
+        }
+    }
+    if (at != h.body_bytes)
+        return dsr1_error(DSR1_ERR_FORMAT, "addresses end at %zu of %u bytes", at, h.body_bytes);
+    *n = m;
     return DSR1_OK;
 }

@@ -16,8 +16,18 @@
  *   RESULT    i32 rows, vocab, n_samples, n_row_logprobs, then rows x vocab f32 logits (the
  *             sequences without a sample request), then n_samples + n_row_logprobs results,
  *             each i32 token, f32 logprob, i32 n_top (0..20), n_top x {i32 id, f32 logprob}
- *   ERROR     i32 status, i32 rank, then a UTF-8 message (no NUL)
- *   SHUTDOWN  empty */
+ *   ERROR     i32 status, i32 rank, then a UTF-8 message (no NUL). rank is the world rank at
+ *             fault: the sender itself, or, with status DSR1_ERR_LOST, the peer whose loss
+ *             failed the sender's step (-1: not known)
+ *   SHUTDOWN  empty
+ * Membership (a new epoch of the grid; see coordinator/grid/grid.c):
+ *   REGROUP   coordinator -> each live worker; step id = the epoch's first step (STEPs with
+ *             a smaller id are from an earlier epoch and are dropped):
+ *             u32 epoch, i32 n_workers, n_workers x i32 live (0/1)
+ *   ADDR      worker -> coordinator: the addresses of its new data-group endpoints
+ *   CONNECT   coordinator -> each live worker: everyone's addresses
+ *             both: u32 epoch, i32 n, n x {i32 world rank, i32 len[2]}, then each entry's
+ *             two addresses (pipeline group, EP group), each padded to 4 bytes */
 #ifndef DSR1_WIRE_H
 #define DSR1_WIRE_H
 
@@ -28,7 +38,7 @@
 #include "status.h"
 
 #define DSR1_WIRE_MAGIC       0x31525344u /* "DSR1" little-endian */
-#define DSR1_WIRE_VERSION     4
+#define DSR1_WIRE_VERSION     5
 #define DSR1_WIRE_HEADER      24
 #define DSR1_WIRE_MAX_SEQS    65536
 #define DSR1_WIRE_MAX_TOKENS  (1 << 24)
@@ -42,7 +52,13 @@ typedef enum {
     DSR1_MSG_RESULT = 2,
     DSR1_MSG_ERROR = 3,
     DSR1_MSG_SHUTDOWN = 4,
+    DSR1_MSG_REGROUP = 5,
+    DSR1_MSG_ADDR = 6,
+    DSR1_MSG_CONNECT = 7,
 } dsr1_msg_type;
+
+#define DSR1_WIRE_MAX_WORKERS 65536
+#define DSR1_WIRE_MAX_ADDR    (1 << 16) /* bytes of one endpoint address */
 
 typedef struct {
     int32_t slot, pos, n_tokens, logits, n_blocks;
@@ -127,6 +143,34 @@ typedef struct {
 dsr1_status dsr1_wire_result_decode(const void *msg, size_t len, dsr1_wire_result *out);
 /* The next result of a decoded message; DSR1_ERR_FORMAT when none is left. */
 dsr1_status dsr1_wire_result_next(dsr1_wire_result *r, dsr1_sample_result *out);
+/* REGROUP: the live workers of a new epoch. Decoded, live points into the message. */
+typedef struct {
+    uint32_t epoch;
+    uint64_t first_step;
+    int n_workers;
+    const int32_t *live; /* [n_workers]: 1 live, 0 lost */
+} dsr1_wire_regroup;
+
+dsr1_status dsr1_wire_regroup_encode(const dsr1_wire_regroup *r, void **msg, size_t *len);
+/* Checks n_workers in [1, DSR1_WIRE_MAX_WORKERS], every flag 0 or 1, and the size. */
+dsr1_status dsr1_wire_regroup_decode(const void *msg, size_t len, dsr1_wire_regroup *out);
+
+/* One worker's data-group endpoint addresses (ADDR, CONNECT): [0] the pipeline group's,
+ * [1] the EP group's; a length may be 0 (no such group). Decoded, addr points into the
+ * message. */
+typedef struct {
+    int32_t rank;
+    int32_t len[2];
+    const void *addr[2];
+} dsr1_wire_addr;
+
+/* type is DSR1_MSG_ADDR or DSR1_MSG_CONNECT. */
+dsr1_status dsr1_wire_addrs_encode(dsr1_msg_type type, uint32_t epoch, const dsr1_wire_addr *a,
+                                   int n, void **msg, size_t *len);
+/* Checks the type, n in [0, cap], lengths in [0, DSR1_WIRE_MAX_ADDR] and the size. */
+dsr1_status dsr1_wire_addrs_decode(const void *msg, size_t len, uint32_t *epoch,
+                                   dsr1_wire_addr *a, int cap, int *n);
+
 dsr1_status dsr1_wire_error_decode(const void *msg, size_t len, int *status, int *rank, char *text,
                                    size_t cap);
 

@@ -47,27 +47,33 @@ static char (*rank_names(int workers, int ep))[64]
 }
 #endif
 
-/* The world and EP groups of the embedded grid as UCX groups on loopback. */
+/* The world group of the embedded grid as a tolerant UCX group on loopback (the data
+ * groups are made by the grid's first REGROUP, as between processes). */
 static dsr1_status make_ucx_groups(dsr1_cluster *c, int timeout)
 {
 #if DSR1_HAVE_UCX
+    const int n = c->workers + 1;
     char(*names)[64] = rank_names(c->workers, c->ep);
-    const char **labels = calloc((size_t)c->workers + 1, sizeof(char *));
+    const char **labels = calloc((size_t)n, sizeof(char *));
+    dsr1_ucx_local **locals = calloc((size_t)n, sizeof(*locals));
+    const void **addrs = calloc((size_t)n, sizeof(void *));
+    size_t *lens = calloc((size_t)n, sizeof(size_t));
     dsr1_status st = DSR1_OK;
-    if (!names || !labels) {
+    if (!names || !labels || !locals || !addrs || !lens) {
         st = dsr1_error(DSR1_ERR_NOMEM, "out of memory");
         goto out;
     }
-    for (int r = 0; r <= c->workers; r++) labels[r] = names[r];
-    if ((st = dsr1_comm_ucx_create_local(c->workers + 1, timeout, "world", labels, c->world)))
-        goto out;
-    for (int s = 0; s < c->pp && c->ep > 1; s++) {
-        char gname[32];
-        snprintf(gname, sizeof(gname), "stage %d EP", s);
-        if ((st = dsr1_comm_ucx_create_local(c->ep, dsr1_ep_timeout(timeout), gname,
-                                             labels + 1 + s * c->ep, c->ep_comms + s * c->ep)))
-            goto out;
+    for (int r = 0; r < n && st == DSR1_OK; r++) {
+        labels[r] = names[r];
+        if ((st = dsr1_ucx_local_create(&locals[r])) == DSR1_OK)
+            dsr1_ucx_local_address(locals[r], &addrs[r], &lens[r]);
     }
+    for (int r = 0; r < n && st == DSR1_OK; r++) {
+        dsr1_ucx_group_params gp = {r, n, timeout, "world", labels, true};
+        st = dsr1_comm_ucx_connect(locals[r], &gp, addrs, lens, &c->world[r]);
+        locals[r] = NULL;
+    }
+    if (st != DSR1_OK) goto out;
     /* test hook: DSR1_TEST_KILL_WORKER=i:n makes worker i die on receiving step n */
     const char *kill = getenv("DSR1_TEST_KILL_WORKER");
     int kw, ks;
@@ -81,12 +87,15 @@ static dsr1_status make_ucx_groups(dsr1_cluster *c, int timeout)
     }
     if (kill) {
         DSR1_WARN("test hook: worker %d will die on step %d", kw, ks);
-        dsr1_comm_ucx_crash_after(c->world[1 + kw], DSR1_TAG_CTRL, ks,
-                                  c->ep > 1 ? c->ep_comms[kw] : NULL);
+        dsr1_comm_ucx_crash_after(c->world[1 + kw], DSR1_TAG_CTRL, ks, NULL);
     }
 out:
+    for (int r = 0; locals && r < n; r++) dsr1_ucx_local_destroy(locals[r]);
     free(names);
     free(labels);
+    free(locals);
+    free(addrs);
+    free(lens);
     return st;
 #else
     (void)c;
@@ -95,6 +104,9 @@ out:
                                             "reconfigure)");
 #endif
 }
+
+static dsr1_status make_grid(dsr1_cluster *c, const dsr1_cluster_params *p,
+                             const dsr1_model_config *cfg, const int *hosts, int timeout);
 
 /* Coordinator of worker processes started by an MPI launcher (this process is rank 0). */
 static dsr1_status attach_mpi(dsr1_cluster *c, const dsr1_cluster_params *p,
@@ -123,9 +135,18 @@ static dsr1_status attach_mpi(dsr1_cluster *c, const dsr1_cluster_params *p,
                           "%d worker ranks cannot form %d pipeline stages of a %d-layer, "
                           "%d-expert model",
                           c->workers, p->pp, cfg->num_hidden_layers, cfg->n_routed_experts);
-    int *owner = malloc(sizeof(int) * (size_t)cfg->n_routed_experts);
-    if (!owner) return dsr1_error(DSR1_ERR_NOMEM, "out of memory");
-    dsr1_placement_balanced(cfg->n_routed_experts, c->ep, owner);
+    const int R = p->replicas > 0 ? p->replicas : 1;
+    int *hosts = malloc(sizeof(int) * (size_t)c->ep), *owners = NULL;
+    if (!hosts) return dsr1_error(DSR1_ERR_NOMEM, "out of memory");
+    /* copies of an expert on different hosts, by stage 0's hosts (all ranks agree) */
+    if ((st = dsr1_mpi_gather_hosts(m)) == DSR1_OK) {
+        for (int e = 0; e < c->ep; e++) hosts[e] = dsr1_mpi_hosts(m)[1 + e];
+        st = dsr1_worker_placement(cfg, c->ep, R, hosts, &owners);
+    }
+    if (st != DSR1_OK) { /* the workers wait in the collectives: end the job */
+        free(hosts);
+        return st;
+    }
     dsr1_hello h = {DSR1_WIRE_VERSION,
                     c->workers,
                     p->pp,
@@ -135,23 +156,25 @@ static dsr1_status attach_mpi(dsr1_cluster *c, const dsr1_cluster_params *p,
                     p->dummy_cfg != NULL,
                     p->seed,
                     dsr1_config_hash(cfg),
-                    dsr1_placement_hash(owner, cfg->n_routed_experts),
+                    dsr1_placement_hash(owners, cfg->n_routed_experts * R),
                     p->kv_blocks,
-                    p->block_tokens};
-    free(owner);
-    DSR1_INFO("grid: %d workers = %d pipeline stage(s) x %d expert-parallel rank(s), MPI job of "
-              "%d ranks, UCX transport; waiting for the workers to load",
-              c->workers, p->pp, c->ep, size);
+                    p->block_tokens,
+                    R};
+    free(owners);
+    DSR1_INFO("grid: %d workers = %d pipeline stage(s) x %d expert-parallel rank(s), %d cop%s of "
+              "each expert, MPI job of %d ranks, UCX transport; waiting for the workers to load",
+              c->workers, p->pp, c->ep, R, R == 1 ? "y" : "ies", size);
     st = dsr1_mpi_hello(m, &h);
     if ((st = dsr1_mpi_agree(m, st)) != DSR1_OK) {
+        free(hosts);
         c->mpi_clean = 1; /* every rank saw the refusal and finalizes */
         return st;
     }
-    dsr1_comm *ep = NULL;
-    if ((st = dsr1_mpi_connect(m, c->workers, p->pp, timeout, &c->world[0], &ep)) != DSR1_OK)
-        return st;
-    DSR1_INFO("grid: all %d workers connected", c->workers);
-    return DSR1_OK;
+    if ((st = dsr1_mpi_connect(m, c->workers, p->pp, timeout, &c->world[0])) == DSR1_OK)
+        st = make_grid(c, p, cfg, hosts, timeout);
+    free(hosts);
+    if (st == DSR1_OK) DSR1_INFO("grid: all %d workers connected", c->workers);
+    return st;
 #else
     (void)c;
     (void)p;
@@ -161,6 +184,23 @@ static dsr1_status attach_mpi(dsr1_cluster *c, const dsr1_cluster_params *p,
                       "started by an MPI launcher, but this build has no MPI and UCX support "
                       "(install libopenmpi-dev and libucx-dev and reconfigure)");
 #endif
+}
+
+/* The grid over the connected world group; with UCX, one that survives lost workers,
+ * checking coverage against the placement the workers loaded (hosts: [ep] or NULL). */
+static dsr1_status make_grid(dsr1_cluster *c, const dsr1_cluster_params *p,
+                             const dsr1_model_config *cfg, const int *hosts, int timeout)
+{
+    dsr1_grid_params gp = {c->workers, c->pp, cfg->vocab_size, c->transport != DSR1_TRANSPORT_INPROC,
+                           cfg->n_routed_experts, p->replicas > 0 ? p->replicas : 1, NULL,
+                           timeout};
+    int *owners = NULL;
+    dsr1_status st = DSR1_OK;
+    if (gp.regroup) st = dsr1_worker_placement(cfg, c->ep, gp.replicas, hosts, &owners);
+    gp.owners = owners;
+    if (st == DSR1_OK) st = dsr1_grid_create(c->world[0], &gp, &c->grid);
+    free(owners);
+    return st;
 }
 
 static void *worker_main(void *arg)
@@ -182,8 +222,8 @@ dsr1_status dsr1_cluster_create(const dsr1_cluster_params *p, dsr1_cluster **out
         c->pp = p->pp;
         if (p->pp < 1) {
             st = dsr1_error(DSR1_ERR_INVALID_ARG, "%d pipeline stages", p->pp);
-        } else if ((st = attach_mpi(c, p, cfg, timeout)) == DSR1_OK) {
-            st = dsr1_grid_create(c->world[0], c->workers, c->pp, cfg->vocab_size, &c->grid);
+        } else {
+            st = attach_mpi(c, p, cfg, timeout);
         }
         if (st != DSR1_OK) {
             dsr1_cluster_destroy(c);
@@ -217,6 +257,7 @@ dsr1_status dsr1_cluster_create(const dsr1_cluster_params *p, dsr1_cluster **out
         st = dsr1_error(DSR1_ERR_NOMEM, "out of memory");
         goto err;
     }
+    const bool regroup = p->transport == DSR1_TRANSPORT_UCX;
     if (p->transport == DSR1_TRANSPORT_UCX) {
         if ((st = make_ucx_groups(c, timeout)) != DSR1_OK) goto err;
     } else {
@@ -245,21 +286,24 @@ dsr1_status dsr1_cluster_create(const dsr1_cluster_params *p, dsr1_cluster **out
                                      (p->n_slots + c->ep - 1) / c->ep,
                                      p->max_tokens,
                                      p->kv_blocks,
-                                     p->block_tokens};
+                                     p->block_tokens,
+                                     p->replicas,
+                                     NULL};
             dsr1_worker *w = &c->slots[s * c->ep + e].w;
             if ((st = dsr1_worker_init(w, &wp)) != DSR1_OK) goto err;
             w->world = c->world[dsr1_world_rank(s, e, c->ep)];
-            w->ep = c->ep > 1 ? c->ep_comms[s * c->ep + e] : NULL;
+            w->ep = c->ep > 1 && !regroup ? c->ep_comms[s * c->ep + e] : NULL;
+            w->regroup = regroup;
+            w->timeout_ms = timeout;
         }
-    if ((st = dsr1_grid_create(c->world[0], c->workers, c->pp, cfg->vocab_size, &c->grid)))
-        goto err;
-    for (int i = 0; i < c->workers; i++) {
+    for (int i = 0; i < c->workers; i++) { /* serving before the grid's first REGROUP */
         if (pthread_create(&c->slots[i].thread, NULL, worker_main, &c->slots[i]) != 0) {
             st = dsr1_error(DSR1_ERR_NOMEM, "cannot start worker thread %d", i);
             goto err;
         }
         c->slots[i].started = 1;
     }
+    if ((st = make_grid(c, p, cfg, NULL, timeout)) != DSR1_OK) goto err;
     *out = c;
     return DSR1_OK;
 err:
@@ -270,7 +314,7 @@ err:
 dsr1_status dsr1_cluster_step(dsr1_cluster *c, const dsr1_batch *b)
 {
     dsr1_status st = dsr1_grid_step(c->grid, b);
-    if (st != DSR1_OK) c->failed = 1;
+    if (st != DSR1_OK && st != DSR1_ERR_LOST) c->failed = 1;
     return st;
 }
 
@@ -288,7 +332,10 @@ void dsr1_cluster_destroy(dsr1_cluster *c)
 {
     if (!c) return;
 #if DSR1_HAVE_UCX && DSR1_HAVE_MPI
-    const int mpi_clean = c->mpi_clean || (c->grid && !c->failed);
+    dsr1_grid_health gh = {0};
+    if (c->grid) dsr1_grid_membership(c->grid, &gh, NULL);
+    /* MPI_Finalize waits for every rank: not after a failure, nor with a worker lost */
+    const int mpi_clean = c->mpi_clean || (c->grid && !c->failed && gh.workers_live == gh.workers);
 #endif
     if (c->grid)
         dsr1_grid_shutdown(c->grid);
@@ -314,4 +361,9 @@ void dsr1_cluster_destroy(dsr1_cluster *c)
 int dsr1_cluster_workers(const dsr1_cluster *c)
 {
     return c->workers;
+}
+
+void dsr1_cluster_membership(const dsr1_cluster *c, dsr1_grid_health *out, bool *alive)
+{
+    dsr1_grid_membership(c->grid, out, alive);
 }

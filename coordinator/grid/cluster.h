@@ -13,6 +13,7 @@
 #include <stdint.h>
 
 #include "ckpt.h"
+#include "grid.h"
 #include "forward.h"
 #include "kernels.h"
 
@@ -42,13 +43,19 @@ typedef struct {
      * table and rank. 0: slot mode (n_slots, max_tokens). */
     int kv_blocks;
     int block_tokens;
+    /* copies of every routed expert in each stage (--expert-replicas; < 1: 1), on different
+     * EP ranks (and hosts, under MPI) so that the grid survives lost workers: with UCX or
+     * MPI a lost worker costs its lane, not the service (grid.h) */
+    int replicas;
 } dsr1_cluster_params;
 
 typedef struct dsr1_cluster dsr1_cluster;
 
 dsr1_status dsr1_cluster_create(const dsr1_cluster_params *p, dsr1_cluster **out);
 /* One step across the grid; same contract as dsr1_engine_forward. A worker failure is
- * returned as an error naming the worker, stage and EP rank; the grid is unusable after. */
+ * returned as an error naming the worker, stage and EP rank; the grid is unusable after —
+ * except with UCX or MPI, where a lost worker gives DSR1_ERR_LOST and the grid goes on
+ * without it (see dsr1_grid_step). */
 dsr1_status dsr1_cluster_step(dsr1_cluster *c, const dsr1_batch *b);
 /* Several steps in flight (see dsr1_grid_submit / dsr1_grid_wait in grid.h). */
 dsr1_status dsr1_cluster_submit(dsr1_cluster *c, const dsr1_batch *b, uint64_t *step);
@@ -57,5 +64,7 @@ dsr1_status dsr1_cluster_wait(dsr1_cluster *c, uint64_t step);
 void dsr1_cluster_destroy(dsr1_cluster *c);
 /* Workers in the grid (with MPI: the job's worker ranks). */
 int dsr1_cluster_workers(const dsr1_cluster *c);
+/* The grid's membership and which lanes (attention ranks) serve (see grid.h). */
+void dsr1_cluster_membership(const dsr1_cluster *c, dsr1_grid_health *out, bool *alive);
 
 #endif

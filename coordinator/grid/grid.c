@@ -14,7 +14,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
+#include "log.h"
+#include "placement.h"
 #include "wire.h"
 #include "worker_loop.h"
 
@@ -32,10 +35,45 @@ struct dsr1_grid {
     int broken;
     inflight *q; /* in submission order */
     int nq, cap;
+    /* membership (dsr1_grid_params.regroup) */
+    bool regroup;
+    int n_experts, replicas, timeout_ms;
+    int *owners;          /* [n_experts * replicas] */
+    uint32_t epoch;       /* 0 before the first */
+    uint64_t dropped;     /* steps up to this id were dropped by a change of epoch */
+    bool *live;           /* [workers] */
+    bool *reported;       /* [workers]: sent an ERROR in the failure being handled */
+    bool *suspect;        /* [workers]: named by a peer, or unreachable */
+    bool *lane_live;      /* [ep] */
+    char lost_names[256]; /* of every worker lost so far */
 };
 
-dsr1_status dsr1_grid_create(dsr1_comm *world, int workers, int pp, int vocab, dsr1_grid **out)
+static int64_t now_ms(void)
 {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void worker_name(const dsr1_grid *g, int i, char *buf, size_t cap)
+{
+    snprintf(buf, cap, "worker %d (stage %d, EP %d)", i, i / g->ep, i % g->ep);
+}
+
+static void update_lanes(dsr1_grid *g)
+{
+    for (int e = 0; e < g->ep; e++) {
+        g->lane_live[e] = true;
+        for (int s = 0; s < g->pp; s++) g->lane_live[e] &= g->live[s * g->ep + e];
+    }
+}
+
+static dsr1_status regroup(dsr1_grid *g);
+static dsr1_status on_failure(dsr1_grid *g, dsr1_status st);
+
+dsr1_status dsr1_grid_create(dsr1_comm *world, const dsr1_grid_params *p, dsr1_grid **out)
+{
+    const int workers = p->workers, pp = p->pp;
     if (world->rank != 0 || world->size != workers + 1 || pp < 1 || workers % pp)
         return dsr1_error(DSR1_ERR_INVALID_ARG,
                           "grid of %d workers in %d stages needs a world "
@@ -47,7 +85,29 @@ dsr1_status dsr1_grid_create(dsr1_comm *world, int workers, int pp, int vocab, d
     g->workers = workers;
     g->pp = pp;
     g->ep = workers / pp;
-    g->vocab = vocab;
+    g->vocab = p->vocab;
+    g->regroup = p->regroup;
+    g->n_experts = p->n_experts;
+    g->replicas = p->replicas > 0 ? p->replicas : 1;
+    g->timeout_ms = p->timeout_ms;
+    g->live = calloc((size_t)workers, sizeof(bool));
+    g->reported = calloc((size_t)workers, sizeof(bool));
+    g->suspect = calloc((size_t)workers, sizeof(bool));
+    g->lane_live = calloc((size_t)g->ep, sizeof(bool));
+    const size_t no = (size_t)(p->regroup ? p->n_experts * g->replicas : 0);
+    g->owners = malloc(sizeof(int) * (no + 1));
+    if (!g->live || !g->reported || !g->suspect || !g->lane_live || !g->owners) {
+        dsr1_grid_destroy(g);
+        return dsr1_error(DSR1_ERR_NOMEM, "out of memory");
+    }
+    if (no) memcpy(g->owners, p->owners, sizeof(int) * no);
+    for (int i = 0; i < workers; i++) g->live[i] = true;
+    update_lanes(g);
+    dsr1_status st = g->regroup ? regroup(g) : DSR1_OK;
+    if (st != DSR1_OK) {
+        dsr1_grid_destroy(g);
+        return st;
+    }
     *out = g;
     return DSR1_OK;
 }
@@ -174,7 +234,8 @@ static dsr1_status send_plan(dsr1_grid *c, plan_buf *pb, const dsr1_batch *b, in
     dsr1_status st = dsr1_wire_step_encode(step, p, &msg, &len);
     if (st != DSR1_OK) return st;
     for (int s = first; s <= last && st == DSR1_OK; s++)
-        st = dsr1_comm_send(c->world, dsr1_world_rank(s, e, c->ep), DSR1_TAG_CTRL, msg, len);
+        if (c->live[s * c->ep + e])
+            st = dsr1_comm_send(c->world, dsr1_world_rank(s, e, c->ep), DSR1_TAG_CTRL, msg, len);
     free(msg);
     return st;
 }
@@ -211,6 +272,10 @@ static dsr1_status check_routes(const dsr1_grid *c, const dsr1_batch *b)
         if (sq->blocks && sq->n_blocks < 1)
             return dsr1_error(DSR1_ERR_RANGE, "sequence %d: block table of %d blocks", q,
                               sq->n_blocks);
+        if (!c->lane_live[seq_rank(c, sq)])
+            return dsr1_error(DSR1_ERR_LOST,
+                              "sequence %d: attention rank %d lost a worker (epoch %u)", q,
+                              seq_rank(c, sq), c->epoch);
         dsr1_status st = dsr1_seq_sample_check(sq, q, c->vocab);
         if (st != DSR1_OK) return st;
     }
@@ -233,11 +298,15 @@ dsr1_status dsr1_grid_submit(dsr1_grid *c, const dsr1_batch *b, uint64_t *step_o
     inflight *f = &c->q[c->nq];
     f->b = b;
     f->arrived = calloc((size_t)c->ep, 1);
-    f->pending = c->ep;
+    f->pending = 0;
     if (!f->arrived) return dsr1_error(DSR1_ERR_NOMEM, "out of memory");
+    for (int e = 0; e < c->ep; e++) { /* a lost last-stage worker owes nothing */
+        f->arrived[e] = !c->live[(c->pp - 1) * c->ep + e];
+        f->pending += !f->arrived[e];
+    }
     f->step = ++c->step;
     c->nq++;
-    if ((st = send_plans(c, b, f->step)) != DSR1_OK) return fail(c, st);
+    if ((st = send_plans(c, b, f->step)) != DSR1_OK) return on_failure(c, st);
     if (step_out) *step_out = f->step;
     return DSR1_OK;
 }
@@ -296,7 +365,15 @@ static dsr1_status take_result(dsr1_grid *c, inflight *f, int e, int src, const 
     return st;
 }
 
-/* Receive one result message and account it to its step. */
+/* Whether a message's step or epoch is from before the last change of epoch: what the
+ * workers sent for steps that were dropped. */
+static bool stale(const dsr1_grid *c, const dsr1_wire_header *h)
+{
+    return h->type == DSR1_MSG_ADDR ? h->step < c->epoch : h->step <= c->dropped;
+}
+
+/* Receive one result message and account it to its step. With regroup, an ERROR blaming
+ * a lost peer marks it suspect and returns DSR1_ERR_LOST. */
 static dsr1_status receive_one(dsr1_grid *c)
 {
     void *msg;
@@ -317,11 +394,21 @@ static dsr1_status receive_one(dsr1_grid *c)
     }
     dsr1_wire_header h;
     if ((st = dsr1_wire_header_decode(msg, len, &h)) == DSR1_OK) {
-        if (h.type == DSR1_MSG_ERROR) {
+        if (c->regroup && (stale(c, &h) || src < 1 || src > c->workers || !c->live[src - 1])) {
+            /* from a step or epoch that was dropped, or from a worker taken for lost */
+        } else if (h.type == DSR1_MSG_ERROR) {
             int status, rank;
             char text[1024];
-            if (dsr1_wire_error_decode(msg, len, &status, &rank, text, sizeof(text)) == DSR1_OK)
+            if (dsr1_wire_error_decode(msg, len, &status, &rank, text, sizeof(text)) == DSR1_OK) {
                 st = dsr1_error((dsr1_status)status, "worker %d failed: %s", src - 1, text);
+                if (c->regroup && status == DSR1_ERR_LOST) {
+                    c->reported[src - 1] = true;
+                    if (rank >= 1 && rank <= c->workers) c->suspect[rank - 1] = true;
+                }
+            }
+        } else if (h.type != DSR1_MSG_RESULT) {
+            st = dsr1_error(DSR1_ERR_FORMAT, "worker %d sent message type %u for a result",
+                            src - 1, h.type);
         } else if (src < 1 + (c->pp - 1) * c->ep || src > c->workers) {
             st = dsr1_error(DSR1_ERR_FORMAT, "rank %d, not on the last stage, sent a result", src);
         } else {
@@ -344,6 +431,235 @@ static dsr1_status receive_one(dsr1_grid *c)
     return st;
 }
 
+/* ---- membership ---------------------------------------------------------------------------- */
+
+/* What the survivors cannot serve without: a stage without a complete lane, or experts of a
+ * stage without a live copy. Names them in the error. */
+static dsr1_status check_coverage(dsr1_grid *g)
+{
+    update_lanes(g);
+    int lanes = 0;
+    for (int e = 0; e < g->ep; e++) lanes += g->lane_live[e];
+    if (lanes == 0) {
+        char st_names[128] = "";
+        size_t o = 0;
+        for (int s = 0; s < g->pp && o < sizeof(st_names) - 16; s++) {
+            bool any = false;
+            for (int e = 0; e < g->ep; e++) any |= g->live[s * g->ep + e];
+            if (!any) o += (size_t)snprintf(st_names + o, sizeof(st_names) - o, " %d", s);
+        }
+        return dsr1_error(DSR1_ERR_UNAVAILABLE,
+                          "no attention rank has a live worker in every stage (stages without "
+                          "any live worker:%s); lost: %s",
+                          o ? st_names : " none", g->lost_names);
+    }
+    int *missing = malloc(sizeof(int) * (size_t)(g->n_experts + 1));
+    bool *live = malloc(sizeof(bool) * (size_t)g->ep);
+    if (!missing || !live) {
+        free(missing);
+        free(live);
+        return dsr1_error(DSR1_ERR_NOMEM, "out of memory");
+    }
+    dsr1_status st = DSR1_OK;
+    for (int s = 0; s < g->pp && st == DSR1_OK; s++) {
+        for (int e = 0; e < g->ep; e++) live[e] = g->live[s * g->ep + e];
+        const int n = dsr1_placement_uncovered(g->owners, g->n_experts, g->replicas, live, missing);
+        if (n == 0) continue;
+        char ids[160] = "";
+        size_t o = 0;
+        for (int i = 0; i < n && o < sizeof(ids) - 16; i++)
+            o += (size_t)snprintf(ids + o, sizeof(ids) - o, "%s%d", i ? ", " : "", missing[i]);
+        st = dsr1_error(DSR1_ERR_UNAVAILABLE,
+                        "stage %d has no live copy of %d routed expert(s): %s%s (with "
+                        "--expert-replicas %d); lost: %s",
+                        s, n, ids, o >= sizeof(ids) - 16 ? ", ..." : "", g->replicas,
+                        g->lost_names);
+    }
+    free(missing);
+    free(live);
+    return st;
+}
+
+/* Moves the grid to a new epoch over the live workers: REGROUP to each, their ADDR back,
+ * everyone's addresses to each (CONNECT). A worker that cannot be reached or does not
+ * answer within the timeout is lost too, and the round starts again. */
+static dsr1_status regroup(dsr1_grid *g)
+{
+    const int n = g->workers;
+    int32_t *flags = malloc(sizeof(int32_t) * (size_t)n);
+    dsr1_wire_addr *addr = calloc((size_t)n, sizeof(*addr));
+    void **held = calloc((size_t)n, sizeof(void *)); /* each worker's ADDR message */
+    dsr1_status st = DSR1_OK;
+    if (!flags || !addr || !held) st = dsr1_error(DSR1_ERR_NOMEM, "out of memory");
+    for (bool again = true; st == DSR1_OK && again;) {
+        again = false;
+        if ((st = check_coverage(g)) != DSR1_OK) break;
+        g->epoch++;
+        g->dropped = g->step;
+        for (int i = 0; i < n; i++) flags[i] = g->live[i];
+        dsr1_wire_regroup rg = {g->epoch, g->step + 1, n, flags};
+        void *msg;
+        size_t len;
+        if ((st = dsr1_wire_regroup_encode(&rg, &msg, &len)) != DSR1_OK) break;
+        for (int i = 0; i < n; i++)
+            if (g->live[i] && dsr1_comm_send(g->world, 1 + i, DSR1_TAG_CTRL, msg, len) != DSR1_OK)
+                g->suspect[i] = again = true;
+        free(msg);
+        for (int i = 0; i < n; i++) {
+            free(held[i]);
+            held[i] = NULL;
+        }
+        int waiting = 0;
+        for (int i = 0; i < n; i++) waiting += g->live[i] && !g->suspect[i];
+        while (!again && waiting > 0) {
+            int src;
+            if (dsr1_comm_recv(g->world, DSR1_COMM_ANY, DSR1_TAG_RESULT, &msg, &len, &src)) {
+                for (int i = 0; i < n; i++) /* silent past the timeout */
+                    if (g->live[i] && !held[i]) g->suspect[i] = true;
+                again = true;
+                break;
+            }
+            dsr1_wire_header h;
+            uint32_t epoch;
+            int k;
+            dsr1_wire_addr a;
+            if (src >= 1 && src <= n && g->live[src - 1] && !held[src - 1] &&
+                dsr1_wire_header_decode(msg, len, &h) == DSR1_OK && h.type == DSR1_MSG_ADDR &&
+                dsr1_wire_addrs_decode(msg, len, &epoch, &a, 1, &k) == DSR1_OK && k == 1 &&
+                epoch == g->epoch && a.rank == src) {
+                held[src - 1] = msg;
+                addr[src - 1] = a;
+                waiting--;
+                continue;
+            }
+            free(msg); /* results and errors of the dropped steps */
+        }
+        for (int i = 0; i < n; i++) /* the world group found them gone meanwhile */
+            if (g->live[i] && dsr1_comm_peer_lost(g->world, 1 + i)) g->suspect[i] = again = true;
+        if (again) {
+            for (int i = 0; i < n; i++)
+                if (g->live[i] && g->suspect[i]) {
+                    char name[64];
+                    worker_name(g, i, name, sizeof(name));
+                    DSR1_WARN("grid: %s did not join epoch %u: lost", name, g->epoch);
+                    g->live[i] = false;
+                    size_t o = strlen(g->lost_names);
+                    snprintf(g->lost_names + o, sizeof(g->lost_names) - o, "%s%s", o ? ", " : "",
+                             name);
+                }
+            continue;
+        }
+        int m = 0;
+        for (int i = 0; i < n; i++)
+            if (g->live[i]) addr[m++] = addr[i];
+        if ((st = dsr1_wire_addrs_encode(DSR1_MSG_CONNECT, g->epoch, addr, m, &msg, &len)))
+            break;
+        for (int i = 0; i < n; i++)
+            if (g->live[i]) dsr1_comm_send(g->world, 1 + i, DSR1_TAG_CTRL, msg, len);
+        free(msg); /* a worker that fails now fails the next step: another epoch */
+    }
+    for (int i = 0; held && i < n; i++) free(held[i]);
+    free(flags);
+    free(addr);
+    free(held);
+    if (st == DSR1_OK) {
+        update_lanes(g);
+        int wl = 0, ll = 0;
+        for (int i = 0; i < n; i++) wl += g->live[i];
+        for (int e = 0; e < g->ep; e++) ll += g->lane_live[e];
+        if (g->epoch == 1 && wl == n)
+            DSR1_INFO("grid: epoch 1, all %d workers connected", n);
+        else
+            DSR1_WARN("grid: epoch %u: %d of %d workers live, %d of %d attention ranks serve; "
+                      "lost: %s",
+                      g->epoch, wl, n, ll, g->ep, g->lost_names);
+    }
+    return st;
+}
+
+/* Hands over the failure of a step (st, from a send or a receive): without regroup, fails
+ * the grid. With it: gathers the reports still coming for a moment, takes the workers they
+ * blame (or that the world group found gone; failing both, those that owe the oldest step
+ * its results) for lost, and moves to a new epoch; DSR1_ERR_LOST, or a fatal error when
+ * the survivors cannot serve. */
+static dsr1_status on_failure(dsr1_grid *g, dsr1_status st)
+{
+    if (!g->regroup) return fail(g, st);
+    char first[512];
+    snprintf(first, sizeof(first), "%s", dsr1_errmsg());
+    if (st != DSR1_ERR_LOST && st != DSR1_ERR_IO) return fail(g, st); /* not a lost peer */
+    /* A report that blames nobody (a peer woken by the abort of a worker that found the
+     * culprit) may arrive before the one that does: wait for more while nobody is blamed
+     * and someone has yet to report (bounded by the world group's timeout). */
+    for (;;) {
+        bool blamed = false, pending = false;
+        for (int i = 0; i < g->workers; i++) {
+            if (g->live[i] && dsr1_comm_peer_lost(g->world, 1 + i)) g->suspect[i] = true;
+            blamed |= g->live[i] && g->suspect[i] && !g->reported[i];
+            pending |= g->live[i] && !g->reported[i];
+        }
+        if (blamed || !pending || st != DSR1_ERR_LOST) break;
+        dsr1_status more = receive_one(g);
+        if (more != DSR1_OK && more != DSR1_ERR_LOST) break;
+    }
+    int n_lost = 0;
+    for (int i = 0; i < g->workers; i++) {
+        if (g->live[i] && dsr1_comm_peer_lost(g->world, 1 + i)) g->suspect[i] = true;
+        if (g->reported[i]) g->suspect[i] = false; /* it spoke: alive */
+        n_lost += g->live[i] && g->suspect[i];
+    }
+    if (n_lost == 0 && g->nq > 0) /* nobody blamed: those that owe the oldest step */
+        for (int e = 0; e < g->ep; e++) {
+            const int i = (g->pp - 1) * g->ep + e;
+            if (!g->q[0].arrived[e] && g->live[i] && !g->reported[i]) g->suspect[i] = true;
+            n_lost += g->suspect[i];
+        }
+    if (n_lost == 0) return fail(g, dsr1_error(st, "%s (no worker to blame)", first));
+    for (int i = 0; i < g->workers; i++)
+        if (g->live[i] && g->suspect[i]) {
+            char name[64];
+            worker_name(g, i, name, sizeof(name));
+            DSR1_WARN("grid: %s lost (%s)", name, first);
+            g->live[i] = false;
+            size_t o = strlen(g->lost_names);
+            snprintf(g->lost_names + o, sizeof(g->lost_names) - o, "%s%s", o ? ", " : "", name);
+        }
+    /* the steps in flight are dropped: their workers were told to stop or failed */
+    for (int i = 0; i < g->nq; i++) free(g->q[i].arrived);
+    g->nq = 0;
+    const int64_t t0 = now_ms();
+    st = regroup(g);
+    memset(g->reported, 0, sizeof(bool) * (size_t)g->workers);
+    memset(g->suspect, 0, sizeof(bool) * (size_t)g->workers);
+    if (st != DSR1_OK) return fail(g, st);
+    /* tell the workers left out to go (a stopped process that wakes up finds this) */
+    void *msg;
+    size_t len;
+    if (dsr1_wire_simple_encode(DSR1_MSG_SHUTDOWN, g->step, NULL, 0, &msg, &len) == DSR1_OK) {
+        for (int i = 0; i < g->workers; i++)
+            if (!g->live[i] && !dsr1_comm_peer_lost(g->world, 1 + i))
+                dsr1_comm_send(g->world, 1 + i, DSR1_TAG_CTRL, msg, len);
+        free(msg);
+    }
+    return dsr1_error(DSR1_ERR_LOST, "%s; the grid goes on in epoch %u (regrouped in %lld ms)",
+                      first, g->epoch, (long long)(now_ms() - t0));
+}
+
+void dsr1_grid_membership(const dsr1_grid *g, dsr1_grid_health *out, bool *alive)
+{
+    memset(out, 0, sizeof(*out));
+    out->epoch = g->epoch;
+    out->workers = g->workers;
+    out->lanes = g->ep;
+    out->replicas = g->replicas;
+    for (int i = 0; i < g->workers; i++) out->workers_live += g->live[i];
+    for (int e = 0; e < g->ep; e++) {
+        out->lanes_live += g->lane_live[e];
+        if (alive) alive[e] = g->lane_live[e];
+    }
+    snprintf(out->lost, sizeof(out->lost), "%s", g->lost_names);
+}
+
 dsr1_status dsr1_grid_wait(dsr1_grid *c, uint64_t step)
 {
     if (c->broken)
@@ -353,7 +669,7 @@ dsr1_status dsr1_grid_wait(dsr1_grid *c, uint64_t step)
                           (unsigned long long)step);
     while (c->q[0].pending > 0) {
         dsr1_status st = receive_one(c);
-        if (st != DSR1_OK) return fail(c, st);
+        if (st != DSR1_OK) return on_failure(c, st);
     }
     free(c->q[0].arrived);
     memmove(c->q, c->q + 1, sizeof(*c->q) * (size_t)(c->nq - 1));
@@ -381,7 +697,8 @@ void dsr1_grid_shutdown(dsr1_grid *c)
         dsr1_comm_abort(c->world, "coordinator shutting down");
         return;
     }
-    for (int i = 0; i < c->workers; i++) dsr1_comm_send(c->world, 1 + i, DSR1_TAG_CTRL, msg, len);
+    for (int i = 0; i < c->workers; i++)
+        if (c->live[i]) dsr1_comm_send(c->world, 1 + i, DSR1_TAG_CTRL, msg, len);
     free(msg);
 }
 
@@ -390,5 +707,10 @@ void dsr1_grid_destroy(dsr1_grid *g)
     if (!g) return;
     for (int i = 0; i < g->nq; i++) free(g->q[i].arrived);
     free(g->q);
+    free(g->live);
+    free(g->reported);
+    free(g->suspect);
+    free(g->lane_live);
+    free(g->owners);
     free(g);
 }

@@ -35,7 +35,7 @@ static bool grow_blocks(dsr1_sched *s, req *r, int upto)
 
 /* Back to the front of its class's queue, to recompute everything it has (blocks freed):
  * it resumes first among its class, never ahead of an interactive request. */
-static void preempt(dsr1_sched *s, req *r)
+void dsr1__sched_preempt(dsr1_sched *s, req *r)
 {
     req_list *w = &s->waiting[r->cls];
     list_remove(&s->running, r);
@@ -107,7 +107,9 @@ static void add_seq(const dsr1_sched *s, step_slot *st, req *r, int chunk)
 static int route(dsr1_sched *s, const req *r, int max_blocks)
 {
     int best = 0, best_match = -1;
+    while (best < s->p.exec.n_ranks - 1 && !s->rank_alive[best]) best++;
     for (int k = 0; k < s->p.exec.n_ranks; k++) {
+        if (!s->rank_alive[k]) continue; /* lost a worker: serves nothing */
         const int m = max_blocks > 0 ? dsr1_blocks_match(s->blocks[k], r->tokens, r->n_tokens,
                                                          max_blocks, false, NULL)
                                      : 0;
@@ -170,7 +172,7 @@ static admit_result admit(dsr1_sched *s, step_slot *st, req *r, int budget, int 
         if (need <= dsr1_blocks_available(bl) + batch_blocks(s, r->rank))
             while (!(ok = grow_blocks(s, r, upto)) &&
                    (v = youngest_idle(s, NULL, DSR1_SCHED_BATCH, r->rank)))
-                preempt(s, v);
+                dsr1__sched_preempt(s, v);
     }
     if (!ok) {
         dsr1__sched_release_blocks(s, r);
@@ -178,7 +180,7 @@ static admit_result admit(dsr1_sched *s, step_slot *st, req *r, int budget, int 
     }
     if (s->running.n >= s->p.max_running) { /* interactive: a batch item's slot, checked above */
         req *v = youngest_idle(s, NULL, DSR1_SCHED_BATCH, r->rank);
-        preempt(s, v ? v : youngest_idle(s, NULL, DSR1_SCHED_BATCH, -1));
+        dsr1__sched_preempt(s, v ? v : youngest_idle(s, NULL, DSR1_SCHED_BATCH, -1));
     }
     if (!r->t_sched) r->n_cached = m * bt < r->n_prompt ? m * bt : r->n_prompt;
     list_remove(&s->waiting[r->cls], r);
@@ -208,9 +210,9 @@ static void plan_running(dsr1_sched *s, step_slot *st, dsr1_sched_class cls, int
         while (!(ok = grow_blocks(s, r, r->n_computed + chunk)) &&
                ((v = youngest_idle(s, r, DSR1_SCHED_BATCH, r->rank)) ||
                 (cls == DSR1_SCHED_INTERACTIVE && (v = youngest_idle(s, r, -1, r->rank)))))
-            preempt(s, v);
+            dsr1__sched_preempt(s, v);
         if (!ok) {
-            preempt(s, r);
+            dsr1__sched_preempt(s, r);
             continue;
         }
         add_seq(s, st, r, chunk);

@@ -87,7 +87,8 @@ dsr1_status dsr1_backend_open(const dsr1_backend_params *p, dsr1_backend **out)
                                   .timeout_ms = p->timeout_ms,
                                   .transport = p->transport,
                                   .kv_blocks = b->blocks,
-                                  .block_tokens = b->block_tokens};
+                                  .block_tokens = b->block_tokens,
+                                  .replicas = p->replicas};
         if ((st = dsr1_cluster_create(&cp, &b->cl)) != DSR1_OK) goto fail;
         b->workers = dsr1_cluster_workers(b->cl);
         b->n_ranks = b->workers / p->pp;
@@ -143,12 +144,27 @@ static dsr1_status backend_heartbeat(void *ctx)
     return st == DSR1_OK ? st : dsr1_error_context(st, "heartbeat of an idle grid");
 }
 
+/* After DSR1_ERR_LOST the grid is already in its new epoch: which lanes serve. */
+static dsr1_status backend_recover(void *ctx, bool *alive)
+{
+    dsr1_grid_health h;
+    dsr1_cluster_membership(((dsr1_backend *)ctx)->cl, &h, alive);
+    return DSR1_OK;
+}
+
+static void backend_membership(void *ctx, dsr1_grid_health *out)
+{
+    dsr1_cluster_membership(((dsr1_backend *)ctx)->cl, out, NULL);
+}
+
 dsr1_executor dsr1_backend_executor(dsr1_backend *b)
 {
     dsr1_executor x = {b, backend_step, b->n_ranks, b->blocks, b->block_tokens};
     if (b->cl) { /* a quarter of the time a worker waits for its coordinator */
         x.heartbeat = backend_heartbeat;
         x.heartbeat_ms = b->timeout_ms / 4 > 0 ? b->timeout_ms / 4 : 1;
+        x.recover = backend_recover;
+        x.membership = backend_membership;
     }
     if (b->cl && b->in_flight > 1) { /* by default one step per stage: the stages overlap */
         x.submit = backend_submit;

@@ -92,6 +92,8 @@ struct dsr1_sched {
     dsr1_sched_params p;
     dsr1_blocks **blocks; /* [n_ranks] */
     int *rank_running;
+    bool *rank_alive; /* [n_ranks]: false once the rank lost a worker (executor.recover) */
+    int64_t recoveries;
     pthread_t thread;
     pthread_mutex_t mu;
     pthread_cond_t cv;
@@ -146,6 +148,8 @@ static inline void list_remove(req_list *l, const req *r)
 void dsr1__sched_release_blocks(dsr1_sched *s, req *r);
 /* scheduler.c: the mask of the token r draws next, if any, into p (see dsr1_sched_request). */
 void dsr1__sched_draw_mask(const dsr1_sched *s, req *r, dsr1_sampling *p);
+/* admit.c: back to the front of r's class's queue, to recompute what it has. */
+void dsr1__sched_preempt(dsr1_sched *s, req *r);
 /* admit.c: plans the next step into st (see the top of admit.c); returns its sequences. */
 int dsr1__sched_plan(dsr1_sched *s, step_slot *st);
 

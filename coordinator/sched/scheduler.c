@@ -588,6 +588,47 @@ static void fail_all(dsr1_sched *s, const char *why)
         while (s->waiting[c].n) finish(s, s->waiting[c].v[0], DSR1_FINISH_ERROR, NULL, msg);
 }
 
+/* An executor error: DSR1_ERR_LOST (workers lost, the steps in flight did not run) moves
+ * the executor to its survivors, after which the requests of the lost ranks are
+ * recomputed elsewhere and those of the dropped steps run again; anything else, or a
+ * failed recovery, fails every request. */
+static void executor_failed(dsr1_sched *s, dsr1_status st)
+{
+    const dsr1_executor *x = &s->p.exec;
+    if (st != DSR1_ERR_LOST || !x->recover) {
+        fail_all(s, dsr1_errmsg());
+        return;
+    }
+    char why[512];
+    snprintf(why, sizeof(why), "%s", dsr1_errmsg());
+    if (x->recover(x->ctx, s->rank_alive) != DSR1_OK) {
+        fail_all(s, dsr1_errmsg());
+        return;
+    }
+    for (int i = 0; i < s->inflight; i++) { /* none of them ran */
+        const step_slot *st = &s->slots[(s->head + i) % s->depth];
+        for (int j = 0; j < st->n; j++) st->seq_req[j]->busy = false;
+    }
+    s->inflight = 0;
+    int moved = 0, serving = 0;
+    for (int i = s->running.n - 1; i >= 0; i--) {
+        req *r = s->running.v[i];
+        if (!s->rank_alive[r->rank]) {
+            dsr1__sched_preempt(s, r);
+            moved++;
+        }
+    }
+    for (int k = 0; k < x->n_ranks; k++) serving += s->rank_alive[k];
+    s->recoveries++;
+    if (serving == 0) {
+        fail_all(s, "no attention rank serves any more");
+        return;
+    }
+    DSR1_WARN("sched: %s; %d of %d attention rank(s) serve, %d request(s) of lost ranks "
+              "recomputed elsewhere",
+              why, serving, x->n_ranks, moved);
+}
+
 static void publish_info(dsr1_sched *s)
 {
     dsr1_sched_info in = {0};
@@ -611,6 +652,8 @@ static void publish_info(dsr1_sched *s)
             in.ranks[k] = (dsr1_sched_rank_info){k, s->rank_running[k], dsr1_blocks_total(b),
                                                  dsr1_blocks_used(b), dsr1_blocks_cached(b)};
     }
+    if (s->p.exec.membership) s->p.exec.membership(s->p.exec.ctx, &in.grid);
+    for (int k = 0; k < s->p.exec.n_ranks; k++) in.ranks_serving += s->rank_alive[k];
     pthread_mutex_lock(&s->mu);
     in.healthy = !s->failed;
     s->info = in;
@@ -635,16 +678,22 @@ static void *sched_main(void *arg)
             if (dsr1__sched_plan(s, st) == 0) break;
             publish_info(s); /* what was admitted and preempted */
             s->inflight++;
-            if (submit_step(s, st) != DSR1_OK) fail_all(s, dsr1_errmsg());
+            dsr1_status e = submit_step(s, st);
+            if (e != DSR1_OK) {
+                executor_failed(s, e);
+                break;
+            }
         }
         if (s->inflight > 0) {
-            if (complete_step(s) != DSR1_OK) fail_all(s, dsr1_errmsg());
+            dsr1_status e = complete_step(s);
+            if (e != DSR1_OK) executor_failed(s, e);
             last_work = now_ns();
             continue;
         }
         if (x->heartbeat && !s->failed &&
             now_ns() - last_work >= (int64_t)x->heartbeat_ms * 1000000) {
-            if (x->heartbeat(x->ctx) != DSR1_OK) fail_all(s, dsr1_errmsg());
+            dsr1_status e = x->heartbeat(x->ctx);
+            if (e != DSR1_OK) executor_failed(s, e);
             last_work = now_ns();
         }
         /* idle: wait for a submission or abort, waking now and then for deadlines */
@@ -663,8 +712,10 @@ static void *sched_main(void *arg)
     }
     /* shutting down: the steps in flight complete, then everything still live ends with
      * ABORT */
-    while (s->inflight > 0 && !s->failed)
-        if (complete_step(s) != DSR1_OK) fail_all(s, dsr1_errmsg());
+    while (s->inflight > 0 && !s->failed) {
+        dsr1_status e = complete_step(s);
+        if (e != DSR1_OK) executor_failed(s, e);
+    }
     pthread_mutex_lock(&s->mu);
     for (int i = 0; i < s->live.n; i++) {
         s->live.v[i]->aborted = true;
@@ -683,6 +734,7 @@ static void sched_free(dsr1_sched *s)
         for (int k = 0; k < s->p.exec.n_ranks; k++) dsr1_blocks_destroy(s->blocks[k]);
     free(s->blocks);
     free(s->rank_running);
+    free(s->rank_alive);
     free(s->incoming.v);
     free(s->live.v);
     free(s->waiting[0].v);
@@ -723,10 +775,12 @@ dsr1_status dsr1_sched_create(const dsr1_sched_params *p, dsr1_sched **out)
     dsr1_status st = DSR1_OK;
     s->blocks = calloc((size_t)x->n_ranks, sizeof(*s->blocks));
     s->rank_running = calloc((size_t)x->n_ranks, sizeof(int));
+    s->rank_alive = malloc(sizeof(bool) * (size_t)x->n_ranks);
+    for (int k = 0; s->rank_alive && k < x->n_ranks; k++) s->rank_alive[k] = true;
     s->snapshot = malloc(sizeof(*s->snapshot) * (size_t)p->max_running);
     s->depth = x->submit && x->depth > 1 ? x->depth : 1;
     s->slots = calloc((size_t)s->depth, sizeof(*s->slots));
-    if (!s->blocks || !s->rank_running || !s->slots || !s->snapshot)
+    if (!s->blocks || !s->rank_running || !s->rank_alive || !s->slots || !s->snapshot)
         st = dsr1_error(DSR1_ERR_NOMEM, "out of memory");
     /* a step holds at most one sequence per running request */
     const size_t m = (size_t)p->max_running;

@@ -29,6 +29,7 @@
 #include "forward.h"
 #include "grammar.h"
 #include "grammars.h"
+#include "grid.h"
 #include "sampling.h"
 #include "status.h"
 #include "textout.h"
@@ -144,6 +145,16 @@ typedef struct {
     dsr1_status (*submit)(void *ctx, const dsr1_batch *b, uint64_t *id);
     dsr1_status (*wait)(void *ctx, uint64_t id);
     int depth;
+    /* Optional, for a grid that survives lost workers. When step, wait or heartbeat
+     * returns DSR1_ERR_LOST, no step in flight ran; the scheduler calls recover, which
+     * moves the grid to a new epoch on the survivors and fills alive[n_ranks] (the
+     * attention ranks that still serve). The requests of lost ranks and of the steps in
+     * flight are recomputed (as after a preemption); none fails. An error from recover is
+     * fatal, as for step (the survivors cannot serve: an expert or a stage without a live
+     * copy). Without recover, DSR1_ERR_LOST is fatal too. */
+    dsr1_status (*recover)(void *ctx, bool *alive);
+    /* Optional: the grid's membership for dsr1_sched_info. */
+    void (*membership)(void *ctx, dsr1_grid_health *out);
 } dsr1_executor;
 
 typedef struct {
@@ -198,6 +209,10 @@ typedef struct {
     int64_t preemptions; /* requests sent back to recompute (for want of blocks or a slot) */
     uint64_t steps;
     bool healthy; /* false after an executor failure */
+    /* The worker grid's membership (all 0 for a single process): epoch, workers live of
+     * total, attention ranks serving of n_ranks, and the lost workers by name. */
+    dsr1_grid_health grid;
+    int ranks_serving;
     int n_ranks;
     dsr1_sched_rank_info ranks[64]; /* the first 64 ranks */
     /* batch items (DSR1_SCHED_BATCH) among queued, running and preemptions */
