@@ -32,6 +32,7 @@
 #ifndef DSR1_COMM_H
 #define DSR1_COMM_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -60,6 +61,12 @@ typedef struct {
     /* Wake every blocked call of every rank with an error carrying `reason`. */
     void (*abort)(dsr1_comm *c, const char *reason);
     void (*destroy)(dsr1_comm *c);
+    /* Optional (NULL: not known). The peer the last failed call on this handle was blamed
+     * on (lost, or the first that had not answered at the timeout), or -1. */
+    int (*culprit)(dsr1_comm *c);
+    /* Optional (NULL: never). Whether peer p is known lost (its endpoint failed, or it was
+     * never connected). */
+    bool (*peer_lost)(dsr1_comm *c, int peer);
 } dsr1_comm_ops;
 
 struct dsr1_comm {
@@ -97,6 +104,14 @@ static inline void dsr1_comm_abort(dsr1_comm *c, const char *reason)
 {
     c->ops->abort(c, reason);
 }
+static inline int dsr1_comm_culprit(dsr1_comm *c)
+{
+    return c->ops->culprit ? c->ops->culprit(c) : -1;
+}
+static inline bool dsr1_comm_peer_lost(dsr1_comm *c, int peer)
+{
+    return c->ops->peer_lost ? c->ops->peer_lost(c, peer) : false;
+}
 /* Destroying one rank's handle; the in-process group's shared state goes with the last. */
 static inline void dsr1_comm_destroy(dsr1_comm *c)
 {
@@ -125,13 +140,30 @@ typedef struct {
     int timeout_ms;            /* bound on every blocking call (<= 0: none) */
     const char *name;          /* of the group, for messages ("world", "stage 0 EP") */
     const char *const *labels; /* optional [size] names of the ranks for messages; copied */
+    /* A tolerant group (the world group of a grid that survives lost workers) never aborts
+     * itself: a call that fails because of one peer (lost, or silent past the timeout)
+     * returns an error naming it (culprit), sends no abort notice, and leaves the group
+     * usable with the other peers. recv from DSR1_COMM_ANY skips lost peers. Sends still in
+     * flight to a lost peer are cancelled. dsr1_comm_abort still ends the whole group.
+     * A recv from a silent peer times out blaming it without marking it lost, unless it
+     * went silent halfway through a transfer (its endpoint is then closed: lost). */
+    bool tolerant;
 } dsr1_ucx_group_params;
 
 /* Rank p->rank's handle on the group whose ranks' worker addresses are addrs[r] (lens[r]
  * bytes; addrs[p->rank] is this local's own). Takes ownership of `local`, also on
- * failure. Does not wait for the peers: the first call that talks to them does. */
+ * failure. Does not wait for the peers: the first call that talks to them does. In a
+ * tolerant group addrs[r] may be NULL: rank r is not connected (a worker talks only to
+ * the coordinator on the world group); calls to it fail and it counts as lost. */
 dsr1_status dsr1_comm_ucx_connect(dsr1_ucx_local *local, const dsr1_ucx_group_params *p,
                                   const void *const *addrs, const size_t *lens, dsr1_comm **out);
+/* Tolerant groups only (DSR1_ERR_INVALID_ARG otherwise): rank `peer` is now the process at
+ * addr (a replacement worker that joined): the old endpoint is closed by force, the
+ * messages the old process sent that were not received yet are dropped, a new endpoint is
+ * made, the peer is live again and no longer the culprit. Point-to-point traffic with it
+ * works at once; collectives need every rank to have entered the same number of them (a
+ * newcomer starts from none), so a group with a replaced rank should not use them. */
+dsr1_status dsr1_comm_ucx_replace_peer(dsr1_comm *c, int peer, const void *addr, size_t len);
 /* All `size` ranks of a group in this process, connected over loopback (embedded mode):
  * comms[r] is rank r's handle. labels as above (may be NULL). */
 dsr1_status dsr1_comm_ucx_create_local(int size, int timeout_ms, const char *name,

@@ -35,6 +35,8 @@ typedef struct {
     msg **head;
     bool aborted;
     char reason[256];
+    int *culprit; /* [size]: per rank handle, the late rank its last failed call waited on */
+    int late;     /* the first rank missing from the collective that timed out, or -1 */
 } inproc;
 
 static void deadline_in(struct timespec *ts, int ms)
@@ -62,7 +64,10 @@ static dsr1_status aborted_error(inproc *x, int rank)
 
 static dsr1_status barrier_locked(dsr1_comm *c, inproc *x)
 {
-    if (x->aborted) return aborted_error(x, c->rank);
+    if (x->aborted) {
+        x->culprit[c->rank] = x->late;
+        return aborted_error(x, c->rank);
+    }
     unsigned long gen = x->gen;
     x->in_barrier[c->rank] = true;
     if (++x->arrived == x->size) {
@@ -84,12 +89,18 @@ static dsr1_status barrier_locked(dsr1_comm *c, inproc *x)
                         (size_t)snprintf(missing + o, sizeof(missing) - o, "%s%d", o ? "," : "", r);
             snprintf(x->reason, sizeof(x->reason),
                      "rank(s) %s did not reach a collective within %d ms", missing, x->timeout_ms);
+            for (int r = 0; r < x->size && x->late < 0; r++)
+                if (!x->in_barrier[r]) x->late = r;
+            x->culprit[c->rank] = x->late;
             x->aborted = true;
             pthread_cond_broadcast(&x->cv);
             return dsr1_error(DSR1_ERR_IO, "rank %d: %s", c->rank, x->reason);
         }
     }
-    if (x->gen == gen) return aborted_error(x, c->rank);
+    if (x->gen == gen) { /* woken by the abort: the timeout of another rank, or an abort */
+        x->culprit[c->rank] = x->late;
+        return aborted_error(x, c->rank);
+    }
     return DSR1_OK;
 }
 
@@ -160,6 +171,7 @@ static dsr1_status ip_send(dsr1_comm *c, int peer, int tag, const void *data, si
     if (bytes) memcpy(m->data, data, bytes);
     pthread_mutex_lock(&x->mu);
     if (x->aborted) {
+        x->culprit[c->rank] = -1;
         pthread_mutex_unlock(&x->mu);
         free(m);
         return aborted_error(x, c->rank);
@@ -180,6 +192,7 @@ static dsr1_status ip_recv(dsr1_comm *c, int peer, int tag, void **data, size_t 
     pthread_mutex_lock(&x->mu);
     for (;;) {
         if (x->aborted) {
+            x->culprit[c->rank] = -1;
             pthread_mutex_unlock(&x->mu);
             return aborted_error(x, c->rank);
         }
@@ -198,6 +211,7 @@ static dsr1_status ip_recv(dsr1_comm *c, int peer, int tag, void **data, size_t 
             return DSR1_OK;
         }
         if (ctx_wait(x, &dl) == ETIMEDOUT) {
+            x->culprit[c->rank] = peer; /* DSR1_COMM_ANY is -1: unknown */
             pthread_mutex_unlock(&x->mu);
             if (peer == DSR1_COMM_ANY)
                 return dsr1_error(DSR1_ERR_IO, "rank %d: no message (tag %d) within %d ms", c->rank,
@@ -237,9 +251,19 @@ static void ip_destroy(dsr1_comm *c)
     free(x->pub);
     free(x->pub_bytes);
     free(x->in_barrier);
+    free(x->culprit);
     pthread_mutex_destroy(&x->mu);
     pthread_cond_destroy(&x->cv);
     free(x);
+}
+
+static int ip_culprit(dsr1_comm *c)
+{
+    inproc *x = c->ctx;
+    pthread_mutex_lock(&x->mu);
+    int r = x->culprit[c->rank];
+    pthread_mutex_unlock(&x->mu);
+    return r;
 }
 
 static const dsr1_comm_ops inproc_ops = {
@@ -251,6 +275,7 @@ static const dsr1_comm_ops inproc_ops = {
     .barrier = ip_barrier,
     .abort = ip_abort,
     .destroy = ip_destroy,
+    .culprit = ip_culprit,
 };
 
 dsr1_status dsr1_comm_inproc_create(int size, int timeout_ms, dsr1_comm **comms)
@@ -267,8 +292,11 @@ dsr1_status dsr1_comm_inproc_create(int size, int timeout_ms, dsr1_comm **comms)
     x->pub = calloc((size_t)size, sizeof(*x->pub));
     x->pub_bytes = calloc((size_t)size * (size_t)size, sizeof(size_t));
     x->head = calloc((size_t)size, sizeof(msg *));
+    x->culprit = malloc((size_t)size * sizeof(int));
+    x->late = -1;
     int made = 0;
-    if (x->in_barrier && x->pub && x->pub_bytes && x->head) {
+    if (x->in_barrier && x->pub && x->pub_bytes && x->head && x->culprit) {
+        for (int r = 0; r < size; r++) x->culprit[r] = -1;
         for (; made < size; made++) {
             dsr1_comm *c = malloc(sizeof(*c));
             if (!c) break;
@@ -286,6 +314,7 @@ dsr1_status dsr1_comm_inproc_create(int size, int timeout_ms, dsr1_comm **comms)
     free(x->pub);
     free(x->pub_bytes);
     free(x->head);
+    free(x->culprit);
     free(x);
     return dsr1_error(DSR1_ERR_NOMEM, "out of memory");
 }

@@ -17,7 +17,16 @@
  * Failure inside a call (timeout, lost peer, abort notice) aborts the group: the reason
  * goes to every live peer, receives still posted are cancelled, and endpoints with sends
  * still in flight are closed by force, so that no request outlives the call that owned
- * its buffer. After that every call fails; the handle only needs destroying. */
+ * its buffer. After that every call fails; the handle only needs destroying.
+ *
+ * A tolerant group (the world group of a grid that survives lost workers) never aborts
+ * itself: a failed call records the peer it blames (culprit), cancels its own receives and
+ * returns. Its collective sends are buffered like point-to-point ones, so that a failed
+ * call leaves nothing on the caller's buffers without closing the live peers' endpoints.
+ * The endpoint of a lost peer is closed by force at the next call (settle_lost), which
+ * ends the buffered sends still in flight to it. recv from anyone skips lost peers. A
+ * replaced peer gets a new endpoint; what its predecessor sent and nobody received yet is
+ * dropped. An explicit dsr1_comm_abort, or an abort notice, still ends the group. */
 #include "comm.h"
 
 #include <inttypes.h>
@@ -97,6 +106,9 @@ struct group {
     size_t *zeros, *word; /* barrier and alltoall_sizes byte counts */
     uint64_t seq;
     bool aborted, notified, crashed;
+    bool tolerant; /* failures blame one peer and never abort the group (comm.h) */
+    bool settle;   /* a peer was lost since the last settle_lost (tolerant groups) */
+    int culprit;   /* the peer the last failed call was blamed on, or -1 */
     char reason[REASON_MAX];
     void *notice_req; /* the posted receive for abort notices */
     char notice_in[REASON_MAX];
@@ -221,8 +233,15 @@ static dsr1_status aborted_error(const group *g)
 static int first_lost(const group *g, void *const *which)
 {
     for (int p = 0; p < g->size; p++)
-        if (p != g->rank && g->lost[p] != UCS_OK && (!which || which[p])) return p;
+        if (p != g->rank && (g->lost[p] != UCS_OK || !g->eps[p]) && (!which || which[p])) return p;
     return -1;
+}
+
+static bool all_lost(const group *g)
+{
+    for (int p = 0; p < g->size; p++)
+        if (p != g->rank && g->lost[p] == UCS_OK && g->eps[p]) return false;
+    return true;
 }
 
 static void on_peer_error(void *arg, ucp_ep_h ep, ucs_status_t status)
@@ -232,6 +251,7 @@ static void on_peer_error(void *arg, ucp_ep_h ep, ucs_status_t status)
     char b[32];
     if (r->g->lost[r->peer] == UCS_OK) {
         r->g->lost[r->peer] = status == UCS_OK ? UCS_ERR_ENDPOINT_TIMEOUT : status;
+        r->g->settle = true;
         DSR1_DEBUG("UCX (%s): endpoint to %s failed: %s", r->g->name, who(r->g, r->peer, b),
                    ucs_status_string(status));
     }
@@ -299,8 +319,10 @@ static ucs_status_t req_test(void **r, ucp_tag_recv_info_t *info)
 
 /* Free the buffered sends that have completed. A failed one needs no report here: its
  * peer is marked lost by the error callback, and the next call that needs it fails. */
+static void settle_lost(group *g);
 static void reap(group *g)
 {
+    settle_lost(g);
     for (outmsg **q = &g->outbox; *q;) {
         outmsg *m = *q;
         if (ucp_request_check_status(m->req) == UCS_INPROGRESS) {
@@ -381,17 +403,75 @@ static void drain(group *g)
     }
 }
 
-/* Fail the call in progress: record the reason (unless an abort notice came first), tell
- * the peers, drain the requests. Returns the error for the caller. */
-static dsr1_status fail(group *g, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static dsr1_status fail(group *g, const char *fmt, ...)
+/* Tolerant groups: close by force the endpoints of the peers lost since the last call, so
+ * that the buffered sends still in flight to them complete (with an error) and are reaped.
+ * Not from the error callback itself: UCX is inside a progress call there. */
+static void settle_lost(group *g)
 {
+    if (!g->tolerant || !g->settle || !g->l) return;
+    g->settle = false;
+    bool any = false;
+    for (int p = 0; p < g->size; p++)
+        any |= g->mask[p] = p != g->rank && g->eps[p] && g->lost[p] != UCS_OK;
+    if (any) close_eps(g, g->mask, true, now_ms() + CLEANUP_MS);
+}
+
+/* Tolerant groups: end the failed call's requests without touching the other peers:
+ * cancel the receives, close by force the endpoints of lost peers with requests in flight,
+ * and wait for the rest. A request that still has not completed at the bound (a transfer
+ * from a peer that went silent halfway) takes its peer's endpoint down: that peer is lost. */
+static void drain_tolerant(group *g)
+{
+    for (int p = 0; p < g->size; p++)
+        if (g->rreq[p]) ucp_request_cancel(g->l->worker, g->rreq[p]);
+    for (int round = 0; round < 2; round++) {
+        bool any = false;
+        for (int p = 0; p < g->size; p++)
+            any |= g->mask[p] =
+                (g->sreq[p] || g->rreq[p]) && g->eps[p] && (round || g->lost[p] != UCS_OK);
+        if (any) close_eps(g, g->mask, true, now_ms() + CLEANUP_MS);
+        const int64_t dl = now_ms() + CLEANUP_MS;
+        int idle = 0, pending = 1;
+        while (pending && now_ms() < dl) {
+            pending = 0;
+            for (int p = 0; p < g->size; p++) {
+                if (g->rreq[p] && req_test(&g->rreq[p], &g->rinfo[p]) == UCS_INPROGRESS) pending++;
+                if (g->sreq[p] && req_test(&g->sreq[p], NULL) == UCS_INPROGRESS) pending++;
+            }
+            if (pending) wait_round(g->l, dl, &idle);
+        }
+        if (!pending) return;
+        for (int p = 0; p < g->size; p++)
+            if ((g->rreq[p] || g->sreq[p]) && g->lost[p] == UCS_OK) {
+                char b[32];
+                DSR1_WARN("UCX (%s): %s stopped halfway through a transfer; dropping it", g->name,
+                          who(g, p, b));
+                g->lost[p] = UCS_ERR_TIMED_OUT;
+            }
+    }
+    for (int p = 0; p < g->size; p++)
+        if (g->rreq[p] || g->sreq[p]) {
+            char b[32];
+            DSR1_ERROR("UCX (%s): a request to %s did not complete after cancellation; leaking it",
+                       g->name, who(g, p, b));
+            g->rreq[p] = g->sreq[p] = NULL;
+        }
+}
+
+/* Fail the call in progress, blaming `peer` (-1: none). A non-tolerant group aborts:
+ * record the reason (unless an abort notice came first), tell the peers, drain the
+ * requests. A tolerant group only ends this call's requests (unless it was aborted
+ * explicitly). Returns the error for the caller. */
+static dsr1_status vfail(group *g, int peer, const char *fmt, va_list ap)
+{
+    char b[32], w[128], text[384];
+    vsnprintf(text, sizeof(text), fmt, ap);
+    g->culprit = peer;
+    if (g->tolerant && !g->aborted) {
+        drain_tolerant(g);
+        return dsr1_error(DSR1_ERR_IO, "%s: %s", where(g, w), text);
+    }
     if (!g->aborted) {
-        char b[32], w[128], text[384];
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(text, sizeof(text), fmt, ap);
-        va_end(ap);
         /* the peers learn who saw what */
         snprintf(g->reason, REASON_MAX, "%s: %s", who(g, g->rank, b), text);
         g->aborted = true;
@@ -402,6 +482,50 @@ static dsr1_status fail(group *g, const char *fmt, ...)
     notify_peers(g);
     drain(g);
     return aborted_error(g);
+}
+
+static dsr1_status fail(group *g, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static dsr1_status fail(group *g, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    dsr1_status st = vfail(g, -1, fmt, ap);
+    va_end(ap);
+    return st;
+}
+
+/* fail, blaming `peer` (lost, or late) */
+static dsr1_status fail_peer(group *g, int peer, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static dsr1_status fail_peer(group *g, int peer, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    dsr1_status st = vfail(g, peer, fmt, ap);
+    va_end(ap);
+    return st;
+}
+
+/* A buffered send (the message is copied; its request joins the outbox). */
+static ucs_status_t post_buffered(group *g, int peer, ucp_tag_t tag, const void *data, size_t bytes)
+{
+    outmsg *m = malloc(sizeof(*m) + bytes);
+    if (!m) return UCS_ERR_NO_MEMORY;
+    if (bytes) memcpy(m->data, data, bytes);
+    ucp_request_param_t prm = {.op_attr_mask = 0};
+    void *r = ucp_tag_send_nbx(g->eps[peer], m->data, bytes, tag, &prm);
+    if (UCS_PTR_IS_ERR(r)) {
+        free(m);
+        return UCS_PTR_STATUS(r);
+    }
+    if (!r) { /* done already (UCX copied it) */
+        free(m);
+        return UCS_OK;
+    }
+    m->req = r;
+    m->next = g->outbox;
+    g->outbox = m;
+    return UCS_OK;
 }
 
 static dsr1_status usable(group *g)
@@ -437,8 +561,8 @@ static dsr1_status ux_alltoallv(dsr1_comm *c, const void *send, const size_t *se
         void *r = ucp_tag_recv_nbx(w, buf, recv_bytes[p], make_tag(KIND_COLL, p, seq), ~UINT64_C(0),
                                    &prm);
         if (UCS_PTR_IS_ERR(r))
-            return fail(g, "receiving from %s: %s", who(g, p, b),
-                        ucs_status_string(UCS_PTR_STATUS(r)));
+            return fail_peer(g, p, "receiving from %s: %s", who(g, p, b),
+                             ucs_status_string(UCS_PTR_STATUS(r)));
         g->rreq[p] = r;
         ro += recv_bytes[p];
     }
@@ -449,13 +573,23 @@ static dsr1_status ux_alltoallv(dsr1_comm *c, const void *send, const size_t *se
             continue;
         }
         if (g->lost[p] != UCS_OK || !g->eps[p]) break; /* reported by the wait below */
-        ucp_request_param_t prm = {.op_attr_mask = 0};
         const void *buf =
             send_bytes[p] ? (const unsigned char *)send + so : (const void *)&zero_byte;
+        if (g->tolerant) {
+            /* buffered, so that a failed collective leaves no send on the caller's buffer
+             * and the live peers' endpoints need not close */
+            ucs_status_t s = post_buffered(g, p, make_tag(KIND_COLL, me, seq), buf, send_bytes[p]);
+            if (s != UCS_OK)
+                return fail_peer(g, p, "sending to %s: %s", who(g, p, b), ucs_status_string(s));
+            so += send_bytes[p];
+            continue;
+        }
+        ucp_request_param_t prm = {.op_attr_mask = 0};
         void *r =
             ucp_tag_send_nbx(g->eps[p], buf, send_bytes[p], make_tag(KIND_COLL, me, seq), &prm);
         if (UCS_PTR_IS_ERR(r))
-            return fail(g, "sending to %s: %s", who(g, p, b), ucs_status_string(UCS_PTR_STATUS(r)));
+            return fail_peer(g, p, "sending to %s: %s", who(g, p, b),
+                             ucs_status_string(UCS_PTR_STATUS(r)));
         g->sreq[p] = r;
         so += send_bytes[p];
     }
@@ -474,36 +608,41 @@ static dsr1_status ux_alltoallv(dsr1_comm *c, const void *send, const size_t *se
                     pending++;
                 else if (s == UCS_ERR_MESSAGE_TRUNCATED ||
                          (s == UCS_OK && g->rinfo[p].length != recv_bytes[p]))
-                    return fail(g,
-                                "all-to-all size mismatch: %s sends %s than the %zu bytes "
-                                "expected",
-                                who(g, p, b), s == UCS_OK ? "fewer" : "more", recv_bytes[p]);
+                    return fail_peer(g, p,
+                                     "all-to-all size mismatch: %s sends %s than the %zu bytes "
+                                     "expected",
+                                     who(g, p, b), s == UCS_OK ? "fewer" : "more", recv_bytes[p]);
                 else if (s != UCS_OK && g->lost[p] == UCS_OK)
-                    return fail(g, "receiving from %s: %s", who(g, p, b), ucs_status_string(s));
+                    return fail_peer(g, p, "receiving from %s: %s", who(g, p, b),
+                                     ucs_status_string(s));
             }
             if (g->sreq[p]) {
                 ucs_status_t s = req_test(&g->sreq[p], NULL);
                 if (s == UCS_INPROGRESS)
                     pending++;
                 else if (s != UCS_OK && g->lost[p] == UCS_OK)
-                    return fail(g, "sending to %s: %s", who(g, p, b), ucs_status_string(s));
+                    return fail_peer(g, p, "sending to %s: %s", who(g, p, b), ucs_status_string(s));
             }
         }
         if (!pending && first_lost(g, NULL) < 0) return DSR1_OK;
         if (g->aborted) return fail(g, "aborted");
         int lp = first_lost(g, NULL);
         if (lp >= 0)
-            return fail(g, "%s was lost (%s) during collective %" PRIu64, who(g, lp, b),
-                        ucs_status_string(g->lost[lp]), seq);
+            return fail_peer(g, lp, "%s was lost (%s) during collective %" PRIu64, who(g, lp, b),
+                             ucs_status_string(g->lost[lp] ? g->lost[lp] : UCS_ERR_NOT_CONNECTED),
+                             seq);
         if (now_ms() >= dl) {
             char missing[256] = "";
             size_t o = 0;
+            int late = -1;
             for (int p = 0; p < n && o < sizeof(missing) - 40; p++)
-                if (g->rreq[p] || g->sreq[p])
+                if (g->rreq[p] || g->sreq[p]) {
+                    if (late < 0) late = p;
                     o += (size_t)snprintf(missing + o, sizeof(missing) - o, "%s%s", o ? ", " : "",
                                           who(g, p, b));
-            return fail(g, "%s did not reach collective %" PRIu64 " within %d ms", missing, seq,
-                        g->timeout_ms);
+                }
+            return fail_peer(g, late, "%s did not reach collective %" PRIu64 " within %d ms",
+                             missing, seq, g->timeout_ms);
         }
         wait_round(g->l, dl, &idle);
         reap(g);
@@ -532,26 +671,16 @@ static dsr1_status ux_send(dsr1_comm *c, int peer, int tag, const void *data, si
     if ((st = usable(g)) != DSR1_OK) return st;
     if (peer < 0 || peer >= g->size)
         return dsr1_error(DSR1_ERR_INVALID_ARG, "send to rank %d of %d", peer, g->size);
+    reap(g); /* in a tolerant group, this also settles the peers lost meanwhile */
     if (g->lost[peer] != UCS_OK || !g->eps[peer])
-        return fail(g, "%s was lost (%s)", who(g, peer, b),
-                    ucs_status_string(g->lost[peer] ? g->lost[peer] : UCS_ERR_NOT_CONNECTED));
-    outmsg *m = malloc(sizeof(*m) + bytes);
-    if (!m) return dsr1_error(DSR1_ERR_NOMEM, "out of memory for a %zu-byte message", bytes);
-    if (bytes) memcpy(m->data, data, bytes);
-    ucp_request_param_t prm = {.op_attr_mask = 0};
-    void *r = ucp_tag_send_nbx(g->eps[peer], m->data, bytes,
-                               make_tag(KIND_P2P, g->rank, (uint32_t)tag), &prm);
-    if (UCS_PTR_IS_ERR(r)) {
-        free(m);
-        return fail(g, "sending to %s: %s", who(g, peer, b), ucs_status_string(UCS_PTR_STATUS(r)));
-    }
-    if (!r) { /* done already (UCX copied it) */
-        free(m);
-        return DSR1_OK;
-    }
-    m->req = r;
-    m->next = g->outbox;
-    g->outbox = m;
+        return fail_peer(g, peer, "%s was lost (%s)", who(g, peer, b),
+                         ucs_status_string(g->lost[peer] ? g->lost[peer] : UCS_ERR_NOT_CONNECTED));
+    ucs_status_t s =
+        post_buffered(g, peer, make_tag(KIND_P2P, g->rank, (uint32_t)tag), data, bytes);
+    if (s == UCS_ERR_NO_MEMORY)
+        return dsr1_error(DSR1_ERR_NOMEM, "out of memory for a %zu-byte message", bytes);
+    if (s != UCS_OK)
+        return fail_peer(g, peer, "sending to %s: %s", who(g, peer, b), ucs_status_string(s));
     reap(g);
     return DSR1_OK;
 }
@@ -583,8 +712,8 @@ static dsr1_status ux_recv(dsr1_comm *c, int peer, int tag, void **data, size_t 
             void *r = ucp_tag_msg_recv_nbx(w, buf, info.length, m, &prm);
             if (UCS_PTR_IS_ERR(r)) {
                 free(buf);
-                return fail(g, "receiving from %s: %s", who(g, from, b),
-                            ucs_status_string(UCS_PTR_STATUS(r)));
+                return fail_peer(g, from, "receiving from %s: %s", who(g, from, b),
+                                 ucs_status_string(UCS_PTR_STATUS(r)));
             }
             if (from < 0 || from >= g->size) { /* cannot be: our tags carry our ranks */
                 g->rreq[0] = r;
@@ -597,11 +726,11 @@ static dsr1_status ux_recv(dsr1_comm *c, int peer, int tag, void **data, size_t 
             ucs_status_t s;
             while ((s = req_test(&g->rreq[from], &ri)) == UCS_INPROGRESS) {
                 if (now_ms() >= dl || g->aborted || g->lost[from] != UCS_OK) {
-                    st = g->aborted
-                             ? fail(g, "aborted")
-                             : fail(g, "receiving %zu bytes from %s: %s", info.length,
-                                    who(g, from, b),
-                                    g->lost[from] ? ucs_status_string(g->lost[from]) : "timed out");
+                    st = g->aborted ? fail(g, "aborted")
+                                    : fail_peer(g, from, "receiving %zu bytes from %s: %s",
+                                                info.length, who(g, from, b),
+                                                g->lost[from] ? ucs_status_string(g->lost[from])
+                                                              : "timed out");
                     free(buf);
                     return st;
                 }
@@ -609,7 +738,8 @@ static dsr1_status ux_recv(dsr1_comm *c, int peer, int tag, void **data, size_t 
             }
             if (s != UCS_OK) {
                 free(buf);
-                return fail(g, "receiving from %s: %s", who(g, from, b), ucs_status_string(s));
+                return fail_peer(g, from, "receiving from %s: %s", who(g, from, b),
+                                 ucs_status_string(s));
             }
             if (g->crash_left > 0 && tag == g->crash_tag && --g->crash_left == 0) {
                 free(buf);
@@ -623,11 +753,19 @@ static dsr1_status ux_recv(dsr1_comm *c, int peer, int tag, void **data, size_t 
             if (src) *src = from;
             return DSR1_OK;
         }
-        int lp = peer == DSR1_COMM_ANY ? first_lost(g, NULL) : g->lost[peer] ? peer : -1;
+        settle_lost(g);
+        /* a tolerant recv from anyone skips the lost peers, unless all are */
+        int lp = peer != DSR1_COMM_ANY ? (g->lost[peer] || !g->eps[peer] ? peer : -1)
+                 : g->tolerant         ? -1
+                                       : first_lost(g, NULL);
         if (lp >= 0)
-            return fail(g, "%s was lost (%s)", who(g, lp, b), ucs_status_string(g->lost[lp]));
+            return fail_peer(g, lp, "%s was lost (%s)", who(g, lp, b),
+                             ucs_status_string(g->lost[lp] ? g->lost[lp] : UCS_ERR_NOT_CONNECTED));
+        if (peer == DSR1_COMM_ANY && g->tolerant && g->size > 1 && all_lost(g))
+            return fail(g, "every peer was lost");
         if (now_ms() >= dl) {
             char w[128];
+            g->culprit = peer;
             if (peer == DSR1_COMM_ANY)
                 return dsr1_error(DSR1_ERR_IO, "%s: no message (tag %d) within %d ms", where(g, w),
                                   tag, g->timeout_ms);
@@ -723,6 +861,19 @@ static void ux_destroy(dsr1_comm *c)
     free(c);
 }
 
+static int ux_culprit(dsr1_comm *c)
+{
+    const group *g = c->ctx;
+    return g->culprit;
+}
+
+static bool ux_peer_lost(dsr1_comm *c, int peer)
+{
+    const group *g = c->ctx;
+    if (peer < 0 || peer >= g->size || peer == g->rank) return false;
+    return g->lost[peer] != UCS_OK || !g->eps[peer];
+}
+
 static const dsr1_comm_ops ucx_ops = {
     .name = "ucx",
     .alltoallv = ux_alltoallv,
@@ -732,9 +883,90 @@ static const dsr1_comm_ops ucx_ops = {
     .barrier = ux_barrier,
     .abort = ux_abort,
     .destroy = ux_destroy,
+    .culprit = ux_culprit,
+    .peer_lost = ux_peer_lost,
 };
 
 /* ---- creation ---------------------------------------------------------------------- */
+
+/* An endpoint to rank r at addr, with peer error handling. */
+static dsr1_status connect_ep(group *g, int r, const void *addr)
+{
+    ucp_ep_params_t ep = {
+        .field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
+                      UCP_EP_PARAM_FIELD_ERR_HANDLER,
+        .address = addr,
+        .err_mode = UCP_ERR_HANDLING_MODE_PEER,
+        .err_handler = {.cb = on_peer_error, .arg = &g->refs[r]},
+    };
+    ucs_status_t s = ucp_ep_create(g->l->worker, &ep, &g->eps[r]);
+    if (s == UCS_OK) return DSR1_OK;
+    g->eps[r] = NULL;
+    char b[32];
+    return dsr1_error(DSR1_ERR_IO, "UCX group '%s': connecting to %s: %s%s", g->name, who(g, r, b),
+                      ucs_status_string(s),
+                      s == UCS_ERR_UNREACHABLE
+                          ? " (peer failure detection needs a transport that supports it: "
+                            "shared memory does not; include tcp, or rc/ud/dc, in UCX_TLS)"
+                          : "");
+}
+
+/* Receive and drop every message from `peer` still queued (sent by the process that held
+ * the rank before), waiting at most `ms` for each. */
+static void discard_from(group *g, int peer, int ms)
+{
+    const ucp_tag_t mask = (UINT64_C(0xf) << KIND_SHIFT) | SRC_FIELD;
+    for (int kind = KIND_P2P; kind <= KIND_COLL; kind++) {
+        ucp_tag_recv_info_t info;
+        ucp_tag_message_h m;
+        while ((m = ucp_tag_probe_nb(g->l->worker, make_tag(kind, peer, 0), mask, 1, &info))) {
+            void *buf = malloc(info.length + 1);
+            ucp_request_param_t prm = {.op_attr_mask = 0};
+            void *r = ucp_tag_msg_recv_nbx(g->l->worker, buf, buf ? info.length : 0, m, &prm);
+            if (!r || UCS_PTR_IS_ERR(r)) {
+                free(buf);
+                continue;
+            }
+            const int64_t dl = now_ms() + ms;
+            int idle = 0;
+            while (ucp_request_check_status(r) == UCS_INPROGRESS && now_ms() < dl)
+                wait_round(g->l, dl, &idle);
+            if (ucp_request_check_status(r) == UCS_INPROGRESS) {
+                ucp_request_free(r); /* UCX may still write the buffer: it stays */
+                DSR1_WARN("UCX (%s): a stale message did not finish; leaking its buffer", g->name);
+                continue;
+            }
+            ucp_request_free(r);
+            free(buf);
+        }
+    }
+}
+
+dsr1_status dsr1_comm_ucx_replace_peer(dsr1_comm *c, int peer, const void *addr, size_t len)
+{
+    group *g = c->ctx;
+    char w[128];
+    if (!g->tolerant)
+        return dsr1_error(DSR1_ERR_INVALID_ARG, "%s: replacing a peer needs a tolerant group",
+                          where(g, w));
+    if (peer < 0 || peer >= g->size || peer == g->rank || !addr || !len)
+        return dsr1_error(DSR1_ERR_INVALID_ARG,
+                          "%s: replacing rank %d of %d (address of %zu bytes)", where(g, w), peer,
+                          g->size, len);
+    dsr1_status st = usable(g);
+    if (st != DSR1_OK) return st;
+    if (g->eps[peer]) {
+        for (int p = 0; p < g->size; p++) g->mask[p] = p == peer;
+        close_eps(g, g->mask, true, now_ms() + CLEANUP_MS);
+    }
+    reap(g);
+    discard_from(g, peer, 200);
+    g->lost[peer] = UCS_ERR_NOT_CONNECTED;
+    if ((st = connect_ep(g, peer, addr)) != DSR1_OK) return st;
+    g->lost[peer] = UCS_OK;
+    if (g->culprit == peer) g->culprit = -1;
+    return DSR1_OK;
+}
 
 dsr1_status dsr1_comm_ucx_connect(dsr1_ucx_local *local, const dsr1_ucx_group_params *p,
                                   const void *const *addrs, const size_t *lens, dsr1_comm **out)
@@ -770,6 +1002,8 @@ dsr1_status dsr1_comm_ucx_connect(dsr1_ucx_local *local, const dsr1_ucx_group_pa
     g->rank = p->rank;
     g->size = p->size;
     g->timeout_ms = p->timeout_ms;
+    g->tolerant = p->tolerant;
+    g->culprit = -1;
     snprintf(g->name, sizeof(g->name), "%s", p->name ? p->name : "group");
     for (size_t r = 0; r < n; r++) {
         g->word[r] = sizeof(size_t);
@@ -780,29 +1014,22 @@ dsr1_status dsr1_comm_ucx_connect(dsr1_ucx_local *local, const dsr1_ucx_group_pa
         }
     }
     for (size_t r = 0; r < n; r++) {
-        if (!addrs[r] || !lens[r]) {
+        const void *a = addrs[r];
+        size_t alen = lens[r];
+        if ((!a || !alen) && p->tolerant && (int)r == p->rank) {
+            a = local->addr; /* a worker may leave out its own address, too */
+            alen = local->addr_len;
+        }
+        if (!a || !alen) {
+            if (p->tolerant) { /* not connected: counts as lost */
+                g->lost[r] = UCS_ERR_NOT_CONNECTED;
+                continue;
+            }
             st = dsr1_error(DSR1_ERR_INVALID_ARG, "UCX group '%s': no address for rank %zu",
                             g->name, r);
             goto err;
         }
-        ucp_ep_params_t ep = {
-            .field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
-                          UCP_EP_PARAM_FIELD_ERR_HANDLER,
-            .address = addrs[r],
-            .err_mode = UCP_ERR_HANDLING_MODE_PEER,
-            .err_handler = {.cb = on_peer_error, .arg = &g->refs[r]},
-        };
-        ucs_status_t s = ucp_ep_create(local->worker, &ep, &g->eps[r]);
-        if (s != UCS_OK) {
-            char b[32];
-            st = dsr1_error(DSR1_ERR_IO, "UCX group '%s': connecting to %s: %s%s", g->name,
-                            who(g, (int)r, b), ucs_status_string(s),
-                            s == UCS_ERR_UNREACHABLE
-                                ? " (peer failure detection needs a transport that supports it: "
-                                  "shared memory does not; include tcp, or rc/ud/dc, in UCX_TLS)"
-                                : "");
-            goto err;
-        }
+        if ((st = connect_ep(g, (int)r, a)) != DSR1_OK) goto err;
     }
     /* no immediate completion: the callback must see every notice */
     ucp_request_param_t prm = {.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK |
