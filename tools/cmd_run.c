@@ -47,6 +47,9 @@ static void run_usage(FILE *f)
             "                       mpirun -np 1 dsr1 run ... : -np N dsr1-worker --model DIR\n"
             "  --timeout-ms T       give up on a silent or lost worker after T ms (default\n"
             "                       60000)\n"
+            "  --expert-replicas R  R copies of every routed expert in each stage, on different\n"
+            "                       workers: with --transport ucx or --mpi, losing a worker\n"
+            "                       then costs its attention rank, not the run (default 1)\n"
             "  --threads N          worker threads (default: DSR1_THREADS or all cores)\n"
             "  --kernels NAME       kernel variant: auto (default: the fastest this CPU runs),\n"
             "                       portable, avx512, avx512-bf16 (docs/kernels.md)\n"
@@ -66,6 +69,21 @@ static dsr1_status write_rows(FILE *f, const float *rows, size_t n, const char *
     if (f && fwrite(rows, sizeof(float), n, f) != n)
         return dsr1_error(DSR1_ERR_IO, "writing %s: %s", path, strerror(errno));
     return DSR1_OK;
+}
+
+/* After a step failed with st: whether to run it again — the grid lost workers and went
+ * on without them (DSR1_ERR_LOST), and the run's sequence (slot 0: attention rank 0)
+ * still has its lane; its cache rows are rewritten alike. */
+static bool retry_lost(dsr1_cluster *cl, dsr1_status st)
+{
+    if (st != DSR1_ERR_LOST) return false;
+    dsr1_grid_health h;
+    bool alive[1024] = {0};
+    if (dsr1_cluster_workers(cl) > 1024 * 1024) return false;
+    dsr1_cluster_membership(cl, &h, h.lanes <= 1024 ? alive : NULL);
+    if (!alive[0]) return false;
+    fprintf(stderr, "dsr1 run: %s; retrying\n", dsr1_errmsg());
+    return true;
 }
 
 /* Teacher-forced decode of `force` on a pipelined grid with up to `depth` steps in flight;
@@ -89,9 +107,14 @@ static dsr1_status forced_pipelined(dsr1_cluster *cl, int np, const int32_t *for
             st = dsr1_cluster_submit(cl, &bb[k], &ids[k]);
             sent++;
         }
-        if (st != DSR1_OK) break;
         const int k = got % depth;
-        if ((st = dsr1_cluster_wait(cl, ids[k])) != DSR1_OK) break;
+        if (st == DSR1_OK) st = dsr1_cluster_wait(cl, ids[k]);
+        if (retry_lost(cl, st)) { /* the steps in flight were dropped: from `got` again */
+            sent = got;
+            st = DSR1_OK;
+            continue;
+        }
+        if (st != DSR1_OK) break;
         const float *r = rows + (size_t)k * vocab;
         if ((st = write_rows(df, r, (size_t)vocab * (df ? 1 : 0), dump)) != DSR1_OK) break;
         printf(",%d", argmax(r, vocab));
@@ -108,7 +131,11 @@ static dsr1_status forced_pipelined(dsr1_cluster *cl, int np, const int32_t *for
 /* One step on this process's engine or on the embedded worker grid. */
 static dsr1_status run_step(dsr1_engine *eng, dsr1_cluster *cl, const dsr1_batch *b)
 {
-    return cl ? dsr1_cluster_step(cl, b) : dsr1_engine_forward(eng, b);
+    if (!cl) return dsr1_engine_forward(eng, b);
+    dsr1_status st;
+    while (retry_lost(cl, st = dsr1_cluster_step(cl, b))) {
+    }
+    return st;
 }
 
 int dsr1_cmd_run(int argc, char **argv)
@@ -123,11 +150,13 @@ int dsr1_cmd_run(int argc, char **argv)
         {"layers", required_argument, 0, 'L'},      {"workers", required_argument, 0, 'W'},
         {"pp", required_argument, 0, 'P'},          {"transport", required_argument, 0, 'T'},
         {"mpi", no_argument, 0, 'M'},               {"timeout-ms", required_argument, 0, 'O'},
+        {"expert-replicas", required_argument, 0, 'R'},
         {0, 0, 0, 0}};
     // clang-format on
     const char *model = NULL, *prompt_s = NULL, *force_s = NULL, *dump = NULL, *kname = NULL;
     int max_tokens = 16, threads = 0, dummy = 0, layers = 0, workers = 0, pp = 1, c;
     int transport = DSR1_TRANSPORT_INPROC, mpi = dsr1_mpi_launched_size() > 1, timeout_ms = 0;
+    int replicas = 1;
     uint64_t seed = 1;
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -168,12 +197,14 @@ int dsr1_cmd_run(int argc, char **argv)
         case 'W':
         case 'P':
         case 'O':
+        case 'R':
         case 'L': {
             const char *flag = c == 'n'   ? "--max-tokens"
                                : c == 't' ? "--threads"
                                : c == 'W' ? "--workers"
                                : c == 'P' ? "--pp"
                                : c == 'O' ? "--timeout-ms"
+                               : c == 'R' ? "--expert-replicas"
                                           : "--layers";
             long v;
             if (dsr1_arg_long("dsr1 run", flag, optarg, c == 'n' ? 0 : 1, 1000000, &v)) return 2;
@@ -187,6 +218,8 @@ int dsr1_cmd_run(int argc, char **argv)
                 pp = (int)v;
             else if (c == 'O')
                 timeout_ms = (int)v;
+            else if (c == 'R')
+                replicas = (int)v;
             else
                 layers = (int)v;
             break;
@@ -261,8 +294,9 @@ int dsr1_cmd_run(int argc, char **argv)
     const int vocab = cfg->vocab_size;
     if (mpi) transport = DSR1_TRANSPORT_MPI;
     if (workers > 0 || mpi) {
-        dsr1_cluster_params cp = {ck, dummy ? cfg : NULL, seed,       workers,  pp, kern, threads,
-                                  1,  np + n_decode,      timeout_ms, transport};
+        dsr1_cluster_params cp = {ck,      dummy ? cfg : NULL, seed,       workers,  pp, kern,
+                                  threads, 1,                  np + n_decode, timeout_ms, transport};
+        cp.replicas = replicas;
         if ((st = dsr1_cluster_create(&cp, &cl)) != DSR1_OK) goto fail;
     } else {
         if (pp != 1) {

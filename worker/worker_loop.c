@@ -11,12 +11,6 @@
 #include "numa_bind.h"
 #include "wire.h"
 
-/* The world rank of a worker given its index in the grid. */
-static int world_of(int worker)
-{
-    return 1 + worker;
-}
-
 /* The world rank whose loss failed the step (-1: not known): the culprit of a data group
  * mapped back to the grid. */
 static int lost_peer(const dsr1_worker *w)
@@ -26,11 +20,6 @@ static int lost_peer(const dsr1_worker *w)
         for (int e = 0; r >= 0 && e < w->ep_size; e++)
             if ((w->member ? w->member[e] : e) == r)
                 return dsr1_world_rank(w->stage, e, w->ep_size);
-    }
-    if (w->pipe) {
-        const int r = dsr1_comm_culprit(w->pipe);
-        for (int i = 0; r >= 0 && i < w->n_stages * w->ep_size; i++)
-            if (w->pipe_rank[i] == r) return world_of(i);
     }
     const int r = dsr1_comm_culprit(w->world);
     return r > 0 ? r : -1;
@@ -63,7 +52,9 @@ static void report_error(dsr1_worker *w, dsr1_status st, uint64_t step)
     }
     DSR1_ERROR("%s", text);
     if (w->ep) dsr1_comm_abort(w->ep, text);
-    if (w->pipe) dsr1_comm_abort(w->pipe, text);
+    if (w->regroup && w->stage + 1 < w->n_stages && !w->hidden_sent) /* nothing comes */
+        dsr1_comm_send(w->world, dsr1_world_rank(w->stage + 1, w->ep_index, w->ep_size),
+                       dsr1_hidden_tag(w->epoch), "", 0);
 }
 
 dsr1_wire_sample dsr1_wire_sample_pack(const dsr1_seq_sample *q)
@@ -146,13 +137,6 @@ static void plan_seqs(const dsr1_worker *w, const dsr1_wire_step *plan, dsr1_seq
     }
 }
 
-/* The rank, in the group that carries hidden states, of this worker's lane in `stage`. */
-static int pipe_peer(const dsr1_worker *w, int stage)
-{
-    const int i = stage * w->ep_size + w->ep_index;
-    return w->pipe ? w->pipe_rank[i] : world_of(i);
-}
-
 /* One step; `plan` is a decoded STEP message. */
 static dsr1_status run_step(dsr1_worker *w, uint64_t step, const dsr1_wire_step *plan)
 {
@@ -171,11 +155,16 @@ static dsr1_status run_step(dsr1_worker *w, uint64_t step, const dsr1_wire_step 
     dsr1_batch b = {n_seqs, seqs};
     const int rows = dsr1_batch_logit_rows(&b), n_samples = dsr1_batch_samples(&b),
               n_row_lp = dsr1_batch_row_logprobs(&b);
+    w->hidden_sent = false;
     if (w->stage > 0 && n_tokens > 0) {
-        const int src = pipe_peer(w, w->stage - 1);
-        if ((st = dsr1_comm_recv(w->pipe ? w->pipe : w->world, src, DSR1_TAG_HIDDEN, &msg, &len,
-                                 NULL)))
+        const int src = dsr1_world_rank(w->stage - 1, w->ep_index, w->ep_size);
+        if ((st = dsr1_comm_recv(w->world, src, dsr1_hidden_tag(w->epoch), &msg, &len, NULL)))
             goto out;
+        if (len == 0) { /* the previous stage gave up on this step */
+            st = dsr1_error(DSR1_ERR_IO, "step %llu: stage %d gave up on it",
+                            (unsigned long long)step, w->stage - 1);
+            goto out;
+        }
         if (len != sizeof(float) * (size_t)n_tokens * D) {
             st = dsr1_error(DSR1_ERR_FORMAT,
                             "step %llu: %zu bytes of hidden states from stage %d "
@@ -201,8 +190,10 @@ static dsr1_status run_step(dsr1_worker *w, uint64_t step, const dsr1_wire_step 
     }
     if (!last) {
         if (n_tokens > 0)
-            st = dsr1_comm_send(w->pipe ? w->pipe : w->world, pipe_peer(w, w->stage + 1),
-                                DSR1_TAG_HIDDEN, hout, sizeof(float) * (size_t)n_tokens * D);
+            st = dsr1_comm_send(w->world, dsr1_world_rank(w->stage + 1, w->ep_index, w->ep_size),
+                                dsr1_hidden_tag(w->epoch), hout,
+                                sizeof(float) * (size_t)n_tokens * D);
+        w->hidden_sent = true;
     } else {
         dsr1_wire_result_seal(msg, res, res + n_samples, &len);
         st = dsr1_comm_send(w->world, 0, DSR1_TAG_RESULT, msg, len);
@@ -250,10 +241,9 @@ dsr1_status dsr1_worker_init(dsr1_worker *w, const dsr1_worker_params *p)
     const int R = p->replicas > 0 ? p->replicas : 1;
     memset(w, 0, sizeof(*w));
     int *mine = malloc(sizeof(int) * (size_t)E), n = 0;
-    w->pipe_rank = malloc(sizeof(int) * (size_t)p->workers);
     w->member = malloc(sizeof(int) * (size_t)ep);
     dsr1_status st = DSR1_OK;
-    if (!mine || !w->pipe_rank || !w->member) {
+    if (!mine || !w->member) {
         st = dsr1_error(DSR1_ERR_NOMEM, "out of memory");
         goto out;
     }
@@ -264,7 +254,6 @@ dsr1_status dsr1_worker_init(dsr1_worker *w, const dsr1_worker_params *p)
                 mine[n++] = x;
                 break;
             }
-    for (int i = 0; i < p->workers; i++) w->pipe_rank[i] = i;
     for (int e = 0; e < ep; e++) w->member[e] = e;
     w->placement = (dsr1_moe_placement){ep, R, w->owners, w->member};
     dsr1_slice s = {dsr1_stage_first_layer(L, p->pp, p->stage),
@@ -305,7 +294,6 @@ void dsr1_worker_fini(dsr1_worker *w)
     dsr1_pool_destroy(w->pool);
     dsr1_weights_destroy(w->weights);
     free(w->owners);
-    free(w->pipe_rank);
     free(w->member);
     memset(w, 0, sizeof(*w));
 }
@@ -333,87 +321,66 @@ static dsr1_status await_verdict(dsr1_worker *w, dsr1_status st)
     return dsr1_error(st, "%s", text);
 }
 
-/* Drops the data groups of the last epoch (aborted first, so that closing them waits for
- * no peer); fixed groups stay. */
+/* Drops the EP group of the last epoch (aborted first, so that closing it waits for no
+ * peer); a fixed group stays. */
 static void drop_groups(dsr1_worker *w)
 {
     if (!w->regroup) return; /* fixed groups belong to the launcher */
     if (w->ep) dsr1_comm_abort(w->ep, "the grid moves to a new epoch");
-    if (w->pipe) dsr1_comm_abort(w->pipe, "the grid moves to a new epoch");
     dsr1_comm_destroy(w->ep);
-    dsr1_comm_destroy(w->pipe);
-    w->ep = w->pipe = NULL;
+    w->ep = NULL;
 }
 
 #if DSR1_HAVE_UCX
-/* The data groups of a new epoch from everyone's addresses (a decoded CONNECT): the
- * pipeline group over the live workers in grid order, the EP group over the live workers
- * of this stage. Takes the locals (NULL where this worker has no such group). */
-static dsr1_status connect_groups(dsr1_worker *w, uint32_t epoch, const dsr1_wire_addr *a, int n,
-                                  dsr1_ucx_local *lp, dsr1_ucx_local *le)
+/* The EP group of a new epoch over the live workers of this stage, from everyone's
+ * addresses (a decoded CONNECT). Takes the local (NULL: no EP group). */
+static dsr1_status connect_ep(dsr1_worker *w, uint32_t epoch, const dsr1_wire_addr *a, int n,
+                              dsr1_ucx_local *le)
 {
     const int workers = w->n_stages * w->ep_size, me = w->world->rank - 1;
     const void **addrs = calloc((size_t)n + 1, sizeof(void *));
     size_t *lens = calloc((size_t)n + 1, sizeof(size_t));
-    char(*names)[48] = calloc((size_t)n + 1, 48);
+    char(*names)[64] = calloc((size_t)n + 1, 64);
     const char **labels = calloc((size_t)n + 1, sizeof(char *));
     dsr1_status st = DSR1_OK;
     if (!addrs || !lens || !names || !labels) {
         st = dsr1_error(DSR1_ERR_NOMEM, "out of memory");
         goto out;
     }
-    for (int i = 0; i < workers; i++) w->pipe_rank[i] = -1;
     for (int e = 0; e < w->ep_size; e++) w->member[e] = -1;
-    int np = 0, ne = 0, my_p = -1, my_e = -1;
+    int k = 0, mine = -1;
     for (int i = 0; i < n; i++) {
         const int wi = a[i].rank - 1;
         if (wi < 0 || wi >= workers) {
             st = dsr1_error(DSR1_ERR_FORMAT, "CONNECT names world rank %d", a[i].rank);
             goto out;
         }
-        if (wi == me) my_p = np;
-        w->pipe_rank[wi] = np++;
-        if (wi / w->ep_size == w->stage) {
-            if (wi == me) my_e = ne;
-            w->member[wi % w->ep_size] = ne++;
+        if (wi / w->ep_size != w->stage) continue;
+        if (le && a[i].len <= 0) {
+            st = dsr1_error(DSR1_ERR_FORMAT, "CONNECT: worker %d has no EP address", wi);
+            goto out;
         }
+        if (wi == me) mine = k;
+        w->member[wi % w->ep_size] = k;
+        addrs[k] = a[i].addr;
+        lens[k] = (size_t)a[i].len;
+        snprintf(names[k], 64, "worker %d (stage %d, EP %d)", wi, wi / w->ep_size, wi % w->ep_size);
+        labels[k] = names[k];
+        k++;
     }
-    if (my_p < 0) {
+    if (mine < 0) {
         st = dsr1_error(DSR1_ERR_UNAVAILABLE, "epoch %u leaves this worker out", epoch);
         goto out;
     }
-    char gname[48];
-    for (int g = 0; g < 2; g++) {
-        dsr1_ucx_local **local = g == 0 ? &lp : &le;
-        if (!*local) continue;
-        int k = 0;
-        for (int i = 0; i < n; i++) {
-            const int wi = a[i].rank - 1;
-            if (g == 1 && wi / w->ep_size != w->stage) continue;
-            if (a[i].len[g] <= 0) {
-                st = dsr1_error(DSR1_ERR_FORMAT, "CONNECT: worker %d has no %s address", wi,
-                                g ? "EP" : "pipeline");
-                goto out;
-            }
-            addrs[k] = a[i].addr[g];
-            lens[k] = (size_t)a[i].len[g];
-            snprintf(names[k], 48, "worker %d (stage %d, EP %d)", wi, wi / w->ep_size,
-                     wi % w->ep_size);
-            labels[k] = names[k];
-            k++;
-        }
-        if (g == 0)
-            snprintf(gname, sizeof(gname), "pipeline, epoch %u", epoch);
-        else
-            snprintf(gname, sizeof(gname), "stage %d EP, epoch %u", w->stage, epoch);
-        dsr1_ucx_group_params gp = {g ? my_e : my_p, k, dsr1_ep_timeout(w->timeout_ms), gname,
-                                    labels, false};
-        st = dsr1_comm_ucx_connect(*local, &gp, addrs, lens, g ? &w->ep : &w->pipe);
-        *local = NULL;
-        if (st != DSR1_OK) goto out;
+    if (le) {
+        char gname[48];
+        snprintf(gname, sizeof(gname), "stage %d EP, epoch %u", w->stage, epoch);
+        dsr1_ucx_group_params gp = {mine, k, dsr1_ep_timeout(w->timeout_ms), gname, labels,
+                                    false};
+        st = dsr1_comm_ucx_connect(le, &gp, addrs, lens, &w->ep);
+        le = NULL;
     }
 out:
-    dsr1_ucx_local_destroy(lp);
     dsr1_ucx_local_destroy(le);
     free(addrs);
     free(lens);
@@ -440,14 +407,15 @@ static dsr1_status regroup(dsr1_worker *w, const dsr1_wire_regroup *rg, void **n
                           "the coordinator left this worker out of epoch %u (it was taken "
                           "for lost)",
                           rg->epoch);
-    dsr1_ucx_local *lp = NULL, *le = NULL;
+    dsr1_ucx_local *le = NULL;
     dsr1_status st = DSR1_OK;
-    if (w->n_stages > 1) st = dsr1_ucx_local_create(&lp);
-    if (st == DSR1_OK && w->ep_size > 1) st = dsr1_ucx_local_create(&le);
-    dsr1_wire_addr mine = {w->world->rank, {0, 0}, {NULL, NULL}};
-    size_t l;
-    if (lp) dsr1_ucx_local_address(lp, &mine.addr[0], &l), mine.len[0] = (int32_t)l;
-    if (le) dsr1_ucx_local_address(le, &mine.addr[1], &l), mine.len[1] = (int32_t)l;
+    if (w->ep_size > 1) st = dsr1_ucx_local_create(&le);
+    dsr1_wire_addr mine = {w->world->rank, 0, NULL};
+    if (le) {
+        size_t l;
+        dsr1_ucx_local_address(le, &mine.addr, &l);
+        mine.len = (int32_t)l;
+    }
     void *msg = NULL;
     size_t len;
     if (st == DSR1_OK)
@@ -468,8 +436,8 @@ static dsr1_status regroup(dsr1_worker *w, const dsr1_wire_regroup *rg, void **n
         if (h.type == DSR1_MSG_CONNECT) {
             st = dsr1_wire_addrs_decode(msg, len, &epoch, a, workers, &n);
             if (st == DSR1_OK && epoch == rg->epoch) {
-                st = connect_groups(w, epoch, a, n, lp, le);
-                lp = le = NULL;
+                st = connect_ep(w, epoch, a, n, le);
+                le = NULL;
                 free(msg);
                 break;
             }
@@ -481,13 +449,14 @@ static dsr1_status regroup(dsr1_worker *w, const dsr1_wire_regroup *rg, void **n
         break;
     }
     free(a);
-    dsr1_ucx_local_destroy(lp);
     dsr1_ucx_local_destroy(le);
     if (st == DSR1_OK && !*next) {
         w->epoch = rg->epoch;
         w->first_step = rg->first_step;
         w->broken = false;
-        DSR1_INFO("epoch %u: %d worker(s) live", rg->epoch, w->pipe ? w->pipe->size : 1);
+        int live = 0;
+        for (int i = 0; i < workers; i++) live += rg->live[i];
+        DSR1_DEBUG("epoch %u: %d of %d workers live", rg->epoch, live, workers);
     }
     return st;
 #else
@@ -512,7 +481,6 @@ dsr1_status dsr1_worker_serve(dsr1_worker *w)
         if (!msg && (st = dsr1_comm_recv(w->world, 0, DSR1_TAG_CTRL, &msg, &len, NULL))) {
             DSR1_ERROR("waiting for the coordinator: %s", dsr1_errmsg());
             if (w->ep) dsr1_comm_abort(w->ep, "lost the coordinator");
-            if (w->pipe) dsr1_comm_abort(w->pipe, "lost the coordinator");
             return st;
         }
         void *m = msg;

@@ -17,8 +17,14 @@
 #include "moe.h"
 #include "wire.h"
 
-/* Message tags on the world group (HIDDEN also on the pipeline group). */
+/* Message tags on the world group (HIDDEN: the base of dsr1_hidden_tag). */
 enum { DSR1_TAG_CTRL = 1, DSR1_TAG_HIDDEN = 2, DSR1_TAG_RESULT = 3 };
+
+/* The tag of hidden states between stages in an epoch. */
+static inline int dsr1_hidden_tag(uint32_t epoch)
+{
+    return DSR1_TAG_HIDDEN + 16 * (int)(epoch & 0xffffff);
+}
 
 /* World ranks: 0 is the coordinator, worker (stage s, EP index e) is 1 + s * ep + e. */
 static inline int dsr1_world_rank(int stage, int ep_index, int ep)
@@ -36,18 +42,18 @@ typedef struct {
     int stage, n_stages, ep_index, ep_size;
     int numa_node;    /* its threads' and weights' NUMA node; -1: not bound */
     dsr1_comm *world; /* coordinator + all workers */
-    /* The data groups. Fixed (in-process transport): `ep` is set by the launcher and
-     * hidden states travel over world. With `regroup` (UCX), the grid's membership
-     * protocol makes them for every epoch over the live workers (see dsr1_worker_serve):
-     * `pipe` (every live worker, for hidden states; NULL with one stage) and `ep`. */
-    dsr1_comm *ep, *pipe;
+    /* The EP group. Fixed (in-process transport): set by the launcher. With `regroup`
+     * (UCX), the grid's membership protocol makes one for every epoch over the stage's live
+     * workers (see dsr1_worker_serve). Hidden states travel over world, tagged with the
+     * epoch (dsr1_hidden_tag) so that a dropped step's never meet a later one's. */
+    dsr1_comm *ep;
     bool regroup;
     int timeout_ms;      /* of the world group; the data groups' is dsr1_ep_timeout of it */
     uint32_t epoch;      /* 0 until the first REGROUP */
     uint64_t first_step; /* STEPs before it are from an earlier epoch: dropped */
     bool broken;         /* a step failed in this epoch: steps are dropped until the next */
     bool degraded;       /* some epoch left workers out (MPI_Finalize would wait for them) */
-    int *pipe_rank;      /* [workers]: a worker's rank in `pipe`, -1 when lost */
+    bool hidden_sent;    /* the step in progress has passed its hidden states on */
     int *member;         /* [ep_size]: an EP index's rank in `ep`, -1 when lost */
     dsr1_moe_placement placement;
     dsr1_engine *engine;
@@ -98,9 +104,10 @@ dsr1_seq_sample dsr1_wire_sample_unpack(const dsr1_wire_sample *r, const int32_t
  *
  * With w->regroup the worker survives the loss of others: a step that fails is reported
  * (an ERROR naming the peer whose loss failed it, status DSR1_ERR_LOST), its data groups
- * are aborted so that no peer waits for it, and it drops steps until the coordinator's
- * REGROUP for a new epoch: it then makes new data-group endpoints, sends their addresses
- * (ADDR), connects to everyone's (CONNECT) and serves the new epoch's steps. A worker
+ * is aborted and the next stage is told (an empty hidden-state message) so that no peer
+ * waits for it, and it drops steps until the coordinator's REGROUP for a new epoch: it
+ * then makes a new EP endpoint, sends its address (ADDR), connects to its stage's
+ * (CONNECT) and serves the new epoch's steps. A worker
  * that the REGROUP leaves out, or that loses the coordinator, ends with an error. */
 dsr1_status dsr1_worker_serve(dsr1_worker *w);
 

@@ -399,28 +399,26 @@ dsr1_status dsr1_wire_addrs_encode(dsr1_msg_type type, uint32_t epoch, const dsr
 {
     if (n < 0 || n > DSR1_WIRE_MAX_WORKERS)
         return dsr1_error(DSR1_ERR_RANGE, "%d addresses in one message", n);
-    size_t body = 8 + 12 * (size_t)n;
-    for (int i = 0; i < n; i++)
-        for (int g = 0; g < 2; g++) {
-            if (a[i].len[g] < 0 || a[i].len[g] > DSR1_WIRE_MAX_ADDR)
-                return dsr1_error(DSR1_ERR_RANGE, "endpoint address of %d bytes", a[i].len[g]);
-            body += pad4((size_t)a[i].len[g]);
-        }
+    size_t body = 8 + 8 * (size_t)n;
+    for (int i = 0; i < n; i++) {
+        if (a[i].len < 0 || a[i].len > DSR1_WIRE_MAX_ADDR)
+            return dsr1_error(DSR1_ERR_RANGE, "endpoint address of %d bytes", a[i].len);
+        body += pad4((size_t)a[i].len);
+    }
     unsigned char *b = calloc(1, body), *p = b;
     if (!b) return dsr1_error(DSR1_ERR_NOMEM, "out of memory");
     int32_t n32 = n;
     memcpy(p, &epoch, 4);
     memcpy(p + 4, &n32, 4);
     p += 8;
-    for (int i = 0; i < n; i++, p += 12) {
+    for (int i = 0; i < n; i++, p += 8) {
         memcpy(p, &a[i].rank, 4);
-        memcpy(p + 4, a[i].len, 8);
+        memcpy(p + 4, &a[i].len, 4);
     }
-    for (int i = 0; i < n; i++)
-        for (int g = 0; g < 2; g++) {
-            if (a[i].len[g]) memcpy(p, a[i].addr[g], (size_t)a[i].len[g]);
-            p += pad4((size_t)a[i].len[g]);
-        }
+    for (int i = 0; i < n; i++) {
+        if (a[i].len) memcpy(p, a[i].addr, (size_t)a[i].len);
+        p += pad4((size_t)a[i].len);
+    }
     dsr1_status st = dsr1_wire_simple_encode(type, epoch, b, body, msg, len);
     free(b);
     return st;
@@ -438,20 +436,18 @@ dsr1_status dsr1_wire_addrs_decode(const void *msg, size_t len, uint32_t *epoch,
     int32_t m;
     memcpy(epoch, b, 4);
     memcpy(&m, b + 4, 4);
-    if (m < 0 || m > cap || 8 + 12 * (size_t)m > h.body_bytes)
+    if (m < 0 || m > cap || 8 + 8 * (size_t)m > h.body_bytes)
         return dsr1_error(DSR1_ERR_FORMAT, "%d addresses (room for %d) in %u bytes", m, cap,
                           h.body_bytes);
-    size_t at = 8 + 12 * (size_t)m;
+    size_t at = 8 + 8 * (size_t)m;
     for (int i = 0; i < m; i++) {
-        memcpy(&a[i].rank, b + 8 + 12 * (size_t)i, 4);
-        memcpy(a[i].len, b + 12 + 12 * (size_t)i, 8);
-        for (int g = 0; g < 2; g++) {
-            const int32_t l = a[i].len[g];
-            if (l < 0 || l > DSR1_WIRE_MAX_ADDR || at + pad4((size_t)l) > h.body_bytes)
-                return dsr1_error(DSR1_ERR_FORMAT, "address %d: %d bytes past the message", i, l);
-            a[i].addr[g] = b + at;
-            at += pad4((size_t)l);
-        }
+        memcpy(&a[i].rank, b + 8 + 8 * (size_t)i, 4);
+        memcpy(&a[i].len, b + 12 + 8 * (size_t)i, 4);
+        const int32_t l = a[i].len;
+        if (l < 0 || l > DSR1_WIRE_MAX_ADDR || at + pad4((size_t)l) > h.body_bytes)
+            return dsr1_error(DSR1_ERR_FORMAT, "address %d: %d bytes past the message", i, l);
+        a[i].addr = b + at;
+        at += pad4((size_t)l);
     }
     if (at != h.body_bytes)
         return dsr1_error(DSR1_ERR_FORMAT, "addresses end at %zu of %u bytes", at, h.body_bytes);

@@ -24,10 +24,10 @@
  *   REGROUP   coordinator -> each live worker; step id = the epoch's first step (STEPs with
  *             a smaller id are from an earlier epoch and are dropped):
  *             u32 epoch, i32 n_workers, n_workers x i32 live (0/1)
- *   ADDR      worker -> coordinator: the addresses of its new data-group endpoints
+ *   ADDR      worker -> coordinator: the address of its new EP-group endpoint
  *   CONNECT   coordinator -> each live worker: everyone's addresses
- *             both: u32 epoch, i32 n, n x {i32 world rank, i32 len[2]}, then each entry's
- *             two addresses (pipeline group, EP group), each padded to 4 bytes */
+ *             both: u32 epoch, i32 n, n x {i32 world rank, i32 len}, then each entry's
+ *             address (empty for a worker without an EP group), padded to 4 bytes */
 #ifndef DSR1_WIRE_H
 #define DSR1_WIRE_H
 
@@ -155,13 +155,12 @@ dsr1_status dsr1_wire_regroup_encode(const dsr1_wire_regroup *r, void **msg, siz
 /* Checks n_workers in [1, DSR1_WIRE_MAX_WORKERS], every flag 0 or 1, and the size. */
 dsr1_status dsr1_wire_regroup_decode(const void *msg, size_t len, dsr1_wire_regroup *out);
 
-/* One worker's data-group endpoint addresses (ADDR, CONNECT): [0] the pipeline group's,
- * [1] the EP group's; a length may be 0 (no such group). Decoded, addr points into the
- * message. */
+/* One worker's EP-group endpoint address (ADDR, CONNECT); len 0: none. Decoded, addr
+ * points into the message. */
 typedef struct {
     int32_t rank;
-    int32_t len[2];
-    const void *addr[2];
+    int32_t len;
+    const void *addr;
 } dsr1_wire_addr;
 
 /* type is DSR1_MSG_ADDR or DSR1_MSG_CONNECT. */
