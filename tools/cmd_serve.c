@@ -11,7 +11,8 @@
  * Under systemd (Type=notify, deploy/systemd/) it says how it is doing through sd_notify:
  * STATUS=loading until it serves, then READY=1 and STATUS=serving (or "degraded: N of M
  * workers live" while a grid runs on fewer workers), WATCHDOG=1 every half of
- * $WATCHDOG_USEC, and STOPPING=1 at SIGINT/SIGTERM.
+ * $WATCHDOG_USEC, and STOPPING=1 at SIGINT/SIGTERM. As MPI rank 0 its READY=1 carries
+ * MAINPID= (itself), so that systemd signals the coordinator rather than mpirun.
  *
  * Batch jobs (gRPC's and OpenAI's Batches API) live in the durable batch store in the state
  * directory (--state-dir): opened before the model loads (a directory that another server
@@ -28,6 +29,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "args.h"
 #include "backend.h"
@@ -521,7 +523,12 @@ int dsr1_cmd_serve(int argc, char **argv)
     if (sv.http) printf("HTTP API on http://%s:%d\n", o.host, dsr1_http_port(sv.http));
     printf("serving on %s:%d\n", o.host, dsr1_server_port(sv.server));
     fflush(stdout);
-    dsr1_sd_notify("READY=1");
+    /* under mpirun the coordinator, not mpirun (which exits 1 when signalled), is the one
+     * systemd should stop: SIGTERM to it ends the whole job with status 0 */
+    if (o.mpi)
+        dsr1_sd_notifyf("READY=1\nMAINPID=%ld", (long)getpid());
+    else
+        dsr1_sd_notify("READY=1");
     int sig = wait_for_stop(&stop, sv.sched);
     DSR1_INFO("serve: %s: shutting down", strsignal(sig));
     dsr1_sd_notify("STOPPING=1\nSTATUS=stopping: ending the open requests");
