@@ -22,6 +22,7 @@ packages=(
     libsqlite3-dev         # the durable batch store (coordinator/batch)
     libcurl4-openssl-dev   # optional: `dsr1-bench serve --backend openai` (the HTTP API's client)
     curl                   # tests: the large upload through the Files API (curl -F)
+    slurm-wlm munge        # tests: the cluster under a private Slurm (tests/cluster/run_slurm.sh)
     nodejs npm
 )
 if [ "${DSR1_SKIP_APT:-0}" != 1 ]; then
