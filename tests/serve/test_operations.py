@@ -12,8 +12,8 @@ systemd's sd_notify, against real servers on the tiny checkpoint.
    namespace and DSR1_TEST_KILL_WORKER (worker 1, the only one of stage 1, dies a few
    messages in): Watch says SERVING, then NOT_SERVING without being asked again; /health
    turns 503, dsr1_healthy 0, GetServerInfo.healthy false, systemd hears STATUS=failed;
-   SIGTERM still ends it with status 0. While the grid serves, /health's grid, the grid
-   gauges and GetServerInfo agree (2 workers, all live) once the scheduler fills them.
+   SIGTERM still ends it with status 0. Before the loss /health's grid, the grid gauges
+   and GetServerInfo agree: epoch >= 1, 2 workers, all live, none lost.
 
 usage: test_operations.py BUILD_ROOT   (exit 77: grpcio or protoc missing; part 2 skipped
                                         without UCX)
@@ -216,24 +216,19 @@ def grid(c, grpc, stubs, build, model):
         _, text = http_get(hp, "/metrics")
         c.expect(code == 200 and h["status"] == "ok" and si.healthy, "grid: /health 200",
                  f"{code} {body}")
-        if si.epoch:  # the scheduler fills the membership (grid.h's dsr1_grid_health)
-            g = h.get("grid", {})
-            c.expect(si.workers == 2 and si.workers_live == 2 and not si.lost_workers and
-                     si.lanes_live == si.lanes >= 1,
-                     "grid: server info, 2 workers live", str(si))
-            c.expect(g.get("epoch") == si.epoch and g.get("workers") == 2 and
-                     g.get("workers_live") == 2 and g.get("lost") == "",
-                     "grid: /health's grid agrees", body)
-            c.expect(metric(text, "dsr1_grid_epoch") == si.epoch and
-                     metric(text, "dsr1_grid_workers", 'state="live"') == 2 and
-                     metric(text, "dsr1_grid_workers", 'state="lost"') == 0 and
-                     metric(text, "dsr1_grid_lanes_live") == si.lanes_live and
-                     metric(text, "dsr1_expert_replicas") == si.expert_replicas,
-                     "grid: /metrics' grid gauges agree", text)
-        else:
-            print("note: the scheduler does not fill the grid's membership yet (epoch 0)")
-            c.expect("grid" not in h and "dsr1_grid_epoch" not in text,
-                     "grid: no membership shown while it is unknown", body)
+        g = h.get("grid", {})
+        c.expect(si.epoch >= 1 and si.workers == 2 and si.workers_live == 2 and
+                 not si.lost_workers and si.lanes_live == si.lanes >= 1,
+                 "grid: server info, epoch >= 1, 2 workers live", str(si))
+        c.expect(g.get("epoch") == si.epoch and g.get("workers") == 2 and
+                 g.get("workers_live") == 2 and g.get("lanes_live") == si.lanes_live and
+                 g.get("lost") == "", "grid: /health's grid agrees", body)
+        c.expect(metric(text, "dsr1_grid_epoch") == si.epoch and
+                 metric(text, "dsr1_grid_workers", 'state="live"') == 2 and
+                 metric(text, "dsr1_grid_workers", 'state="lost"') == 0 and
+                 metric(text, "dsr1_grid_lanes_live") == si.lanes_live and
+                 metric(text, "dsr1_expert_replicas") == si.expert_replicas >= 1,
+                 "grid: /metrics' grid gauges agree", text)
         try:  # long enough to reach the kill
             list(api.Generate(pb.GenerateRequest(
                 input=pb.Input(text="Hello"), sampling=pb.SamplingParams(max_tokens=40)),
