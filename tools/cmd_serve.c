@@ -65,6 +65,10 @@ static void serve_usage(FILE *f)
            "  --workers N             run N workers as threads of this process\n"
            "  --pp P                  pipeline stages among the workers (default 1)\n"
            "  --transport NAME        between embedded workers: inproc (default) or ucx\n"
+           "  --expert-replicas R     R copies of every routed expert in each stage (default\n"
+           "                          1), on different workers: with --transport ucx or\n"
+           "                          --mpi a grid that loses a worker serves on (degraded)\n"
+           "                          while every expert keeps a live copy\n"
            "  --mpi                   coordinate the worker processes of an MPI job (implied\n"
            "                          when started by mpirun/srun with more than one rank)\n"
            "  --threads N             CPU threads (default: DSR1_THREADS or all cores)\n"
@@ -125,6 +129,7 @@ enum {
     F_BATCH_WINDOW,
     F_BATCH_WINDOW_PER_BATCH,
     F_RETENTION_DAYS,
+    F_REPLICAS,
     N_INT_FLAGS
 };
 
@@ -169,6 +174,7 @@ static const serve_opts defaults = {
             [F_BATCH_WINDOW] = {"batch-window", 1, 1 << 20, 0},
             [F_BATCH_WINDOW_PER_BATCH] = {"batch-window-per-batch", 1, 1 << 20, 0},
             [F_RETENTION_DAYS] = {"batch-retention-days", 0, 100000, 30},
+            [F_REPLICAS] = {"expert-replicas", 1, 64, 1},
         },
 };
 
@@ -386,6 +392,7 @@ static dsr1_status open_serving(const serve_opts *o, serving *sv)
         .block_tokens = (int)o->n[F_BLOCK_TOKENS].value,
         .max_step_tokens = (int)o->n[F_STEP_TOKENS].value,
         .steps_in_flight = (int)o->n[F_IN_FLIGHT].value,
+        .replicas = (int)o->n[F_REPLICAS].value,
     };
     if ((st = dsr1_backend_open(&bp, &sv->backend)) != DSR1_OK) return st;
     const dsr1_model_config *cfg = dsr1_backend_config(sv->backend);

@@ -14,9 +14,13 @@ systemd's sd_notify, against real servers on the tiny checkpoint.
    turns 503, dsr1_healthy 0, GetServerInfo.healthy false, systemd hears STATUS=failed;
    SIGTERM still ends it with status 0. Before the loss /health's grid, the grid gauges
    and GetServerInfo agree: epoch >= 1, 2 workers, all live, none lost.
+3. `dsr1 serve --workers 4 --transport ucx --expert-replicas 2`, worker 3 dies: requests
+   complete, Watch stays SERVING (nothing sent), /health 200 and GetServerInfo and
+   /metrics show epoch >= 2, 3 of 4 workers and lanes live, worker 3 lost; systemd hears
+   STATUS=degraded: 3 of 4 workers live.
 
-usage: test_operations.py BUILD_ROOT   (exit 77: grpcio or protoc missing; part 2 skipped
-                                        without UCX)
+usage: test_operations.py BUILD_ROOT   (exit 77: grpcio or protoc missing; parts 2 and 3
+                                        skipped without UCX)
 """
 import json
 import os
@@ -119,6 +123,11 @@ def metric(text, name, labels=""):
     return None
 
 
+def have_ucx(build):
+    with open(os.path.join(build, "dsr1_build_config.h")) as f:
+        return "#define DSR1_HAVE_UCX 1" in f.read()
+
+
 def single(c, grpc, stubs, build, model, tmp):
     pb, pb_grpc, hpb, hpb_grpc = stubs
     H = hpb.HealthCheckResponse
@@ -190,10 +199,9 @@ def single(c, grpc, stubs, build, model, tmp):
 def grid(c, grpc, stubs, build, model):
     pb, pb_grpc, hpb, hpb_grpc = stubs
     H = hpb.HealthCheckResponse
-    with open(os.path.join(build, "dsr1_build_config.h")) as f:
-        if "#define DSR1_HAVE_UCX 1" not in f.read():
-            print("skip part 2: built without UCX")
-            return
+    if not have_ucx(build):
+        print("skip part 2: built without UCX")
+        return
     nt = Notify(f"@dsr1-test-ops-{os.getpid()}")
     cmd, env = serve_util.serve_cmd("serve", build, model, [
         "--workers", "2", "--pp", "2", "--transport", "ucx", "--timeout-ms", "3000"])
@@ -259,6 +267,71 @@ def grid(c, grpc, stubs, build, model):
         nt.close()
 
 
+def degraded(c, grpc, stubs, build, model):
+    """A grid that survives its loss: 4 workers (1 stage), 2 copies of every expert, worker 3
+    lost; health stays SERVING while every view shows the degraded membership."""
+    pb, pb_grpc, hpb, hpb_grpc = stubs
+    H = hpb.HealthCheckResponse
+    if not have_ucx(build):
+        print("skip part 3: built without UCX")
+        return
+    nt = Notify(f"@dsr1-test-ops-degraded-{os.getpid()}")
+    cmd, env = serve_util.serve_cmd("serve", build, model, [
+        "--workers", "4", "--pp", "1", "--transport", "ucx", "--expert-replicas", "2",
+        "--timeout-ms", "3000"])
+    env = {**env, **serve_util.CLUSTER_ENV, "NOTIFY_SOCKET": nt.path,
+           "DSR1_TEST_KILL_WORKER": "3:20"}
+    server = serve_util.Server(cmd, env)
+    try:
+        chan = grpc.insecure_channel(server.target)
+        api, hs = pb_grpc.Dsr1Stub(chan), hpb_grpc.HealthStub(chan)
+        whole = Watcher(hs, hpb, "")
+        c.expect(whole.wait(lambda w: w.got) and whole.got == [H.SERVING],
+                 "degraded: watch SERVING", str(whole.got))
+        for i in range(3):  # the loss comes during these; each request still completes
+            final = list(api.Generate(pb.GenerateRequest(
+                input=pb.Input(text="Hello"),
+                sampling=pb.SamplingParams(max_tokens=24, temperature=0)), timeout=60))[-1].final
+            c.expect(final.finish_reason == pb.LENGTH and len(final.token_ids) == 24,
+                     f"degraded: generate {i} completes", str(final))
+        deadline = time.time() + 15
+        while time.time() < deadline:
+            si = api.GetServerInfo(pb.GetServerInfoRequest(), timeout=10)
+            if si.workers_live < 4:
+                break
+            time.sleep(0.2)
+        c.expect(si.healthy and si.epoch >= 2 and si.workers == 4 and si.workers_live == 3 and
+                 si.lanes == 4 and si.lanes_live == 3 and si.expert_replicas == 2 and
+                 list(si.lost_workers) == ["worker 3 (stage 0, EP 3)"],
+                 "degraded: server info (3 of 4 live, worker 3 lost)", str(si))
+        hp = http_port(server)
+        code, body = http_get(hp, "/health")
+        g = json.loads(body).get("grid", {})
+        c.expect(code == 200 and g.get("epoch") == si.epoch and g.get("workers_live") == 3 and
+                 g.get("lanes_live") == 3 and g.get("ranks_serving") == 3 and
+                 g.get("replicas") == 2 and g.get("lost") == "worker 3 (stage 0, EP 3)",
+                 "degraded: /health 200 with the membership", f"{code} {body}")
+        _, text = http_get(hp, "/metrics")
+        c.expect(metric(text, "dsr1_healthy") == 1 and
+                 metric(text, "dsr1_grid_epoch") == si.epoch and
+                 metric(text, "dsr1_grid_workers", 'state="live"') == 3 and
+                 metric(text, "dsr1_grid_workers", 'state="lost"') == 1 and
+                 metric(text, "dsr1_grid_lanes_live") == 3 and
+                 metric(text, "dsr1_expert_replicas") == 2, "degraded: /metrics", text)
+        c.expect(nt.wait_for(lambda ln: ln.startswith("STATUS=degraded: 3 of 4 workers live"), 5),
+                 "degraded notify: STATUS=degraded", str(nt.lines()[-4:]))
+        time.sleep(0.5)
+        c.expect(whole.got == [H.SERVING] and whole.end is None,
+                 "degraded: watch stays SERVING, open", f"{whole.got} {whole.end}")
+        rc = server.stop()
+        c.expect(rc == 0, "degraded: exit status 0 after SIGTERM", str(rc))
+    finally:
+        if c.failures:
+            print("---- server log (tail) ----\n" + server.tail())
+        server.stop()
+        nt.close()
+
+
 def main():
     build = sys.argv[1]
     dsr1 = os.path.join(build, "tools", "dsr1")
@@ -269,6 +342,7 @@ def main():
         c = serve_util.Checks()
         single(c, grpc, stubs, build, model, tmp)
         grid(c, grpc, stubs, build, model)
+        degraded(c, grpc, stubs, build, model)
         return c.finish()
 
 
