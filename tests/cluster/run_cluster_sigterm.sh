@@ -2,7 +2,9 @@
 # Clean shutdown of an mpirun job: SIGTERM to the coordinator (MPI rank 0, what systemd
 # signals once the coordinator named itself MAINPID, and what an operator should signal)
 # must end the whole job with status 0, the workers told by the coordinator's SHUTDOWN:
-#   1. idle, after one request
+#   1. idle, after one request; with NOTIFY_SOCKET passed to the ranks (-x), the
+#      coordinator's READY=1 names it MAINPID (what systemd signals then) and STOPPING=1
+#      follows the signal
 #   2. with a long generation streaming (the client gets its final ABORT)
 # and the coordinator logs "serve: stopped" (its orderly teardown ran) within 20 s.
 # Informational (not asserted; see docs/operations.md): SIGTERM to mpirun itself makes
@@ -31,8 +33,10 @@ fi
 
 tmp=$(mktemp -d)
 job=
+listener=
 cleanup() {
     [ -n "$job" ] && kill -KILL -- "-$job" 2>/dev/null
+    [ -n "$listener" ] && kill "$listener" 2>/dev/null
     rm -rf "$tmp"
 }
 trap cleanup EXIT
@@ -42,7 +46,7 @@ fail=0
 # coordinator and 2 workers; sets job (mpirun's pid = the session), port, cpid
 start() {
     local log=$tmp/$1.log
-    setsid mpirun --oversubscribe --bind-to none -x UCX_TLS -x UCX_NET_DEVICES \
+    setsid mpirun --oversubscribe --bind-to none -x UCX_TLS -x UCX_NET_DEVICES ${xenv:-} \
         -np 1 "$coord" --model "$model" --host 127.0.0.1 --port 0 --http-port 0 \
         --state-dir "$tmp/state-$1" --timeout-ms 5000 \
         : -np 2 "$worker" --model "$model" >"$log" 2>&1 &
@@ -84,13 +88,38 @@ expect_clean() {
     fi
 }
 
+# a stand-in for systemd's notify socket: every datagram, one line each, into a file
+notify=$tmp/notify.sock
+/usr/bin/python3 -c '
+import socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.bind(sys.argv[1])
+with open(sys.argv[2], "a") as out:
+    while True:
+        out.write(s.recv(4096).decode().replace("\n", "|") + "\n")
+        out.flush()
+' "$notify" "$tmp/notify.txt" &
+listener=$!
+for _ in $(seq 50); do [ -S "$notify" ] && break; sleep 0.1; done
+
 # 1. idle, after one request
-if start idle; then
+if NOTIFY_SOCKET=$notify xenv="-x NOTIFY_SOCKET" start idle; then
     "$dsr1" client generate --server "127.0.0.1:$port" --text Hello --max-tokens 4 \
         --timeout-s 60 >/dev/null 2>"$tmp/gen1.err" ||
         { echo "FAIL idle: generate"; cat "$tmp/gen1.err"; fail=1; }
+    if grep -q "^READY=1|MAINPID=$cpid$" "$tmp/notify.txt"; then
+        echo "ok   idle: READY=1 with MAINPID=$cpid (the coordinator)"
+    else
+        echo "FAIL idle: no READY=1|MAINPID=$cpid from the coordinator"; cat "$tmp/notify.txt"
+        fail=1
+    fi
     stop idle "$cpid"
     expect_clean idle
+    if grep -q "^STOPPING=1" "$tmp/notify.txt"; then
+        echo "ok   idle: STOPPING=1"
+    else
+        echo "FAIL idle: no STOPPING=1"; cat "$tmp/notify.txt"; fail=1
+    fi
 else
     fail=1
 fi
