@@ -11,6 +11,7 @@
  * on a usage error. Built only when the build has MPI and UCX. */
 #include <errno.h>
 #include <getopt.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -132,6 +133,10 @@ static int serve(const options *o)
     char tag[32];
     snprintf(tag, sizeof(tag), "rank %d", rank);
     dsr1_log_set_tag(tag);
+    /* mpirun forwards SIGTERM/SIGINT to every rank: a worker ends on the coordinator's
+     * SHUTDOWN (or when it loses the coordinator), so that the coordinator stops cleanly */
+    signal(SIGTERM, SIG_IGN);
+    signal(SIGINT, SIG_IGN);
     if (rank == 0) {
         /* nobody to coordinate: fail alone, the launcher ends the job */
         fprintf(stderr, "dsr1-worker: MPI rank 0 must be the coordinator: mpirun -np 1 dsr1 run "
@@ -162,7 +167,8 @@ static int serve(const options *o)
         goto out;
     }
     const int timeout = o->timeout_ms > 0 ? o->timeout_ms : h.timeout_ms > 0 ? h.timeout_ms : 60000;
-    if ((st = dsr1_mpi_connect(m, h.workers, h.pp, timeout, &world)) != DSR1_OK) goto out;
+    st = dsr1_mpi_connect(m, h.workers, h.pp, dsr1_worker_world_timeout(timeout), &world);
+    if (st != DSR1_OK) goto out;
     w.world = world;
     w.regroup = true; /* the data groups come with the grid's epochs */
     w.timeout_ms = timeout;

@@ -32,6 +32,15 @@ static inline int dsr1_world_rank(int stage, int ep_index, int ep)
     return 1 + stage * ep + ep_index;
 }
 
+/* A worker's bound on its waits on the world group, given the coordinator's: longer, so
+ * that when a peer goes silent mid-step the coordinator (which waits for the step's results
+ * with its own bound) finds it and regroups before the survivors give up on the
+ * coordinator. */
+static inline int dsr1_worker_world_timeout(int coordinator_timeout_ms)
+{
+    return coordinator_timeout_ms > 0 ? 2 * coordinator_timeout_ms : coordinator_timeout_ms;
+}
+
 /* Layers of pipeline stage s of pp: [s * L / pp, (s + 1) * L / pp). */
 static inline int dsr1_stage_first_layer(int layers, int pp, int s)
 {

@@ -69,7 +69,8 @@ static dsr1_status make_ucx_groups(dsr1_cluster *c, int timeout)
             dsr1_ucx_local_address(locals[r], &addrs[r], &lens[r]);
     }
     for (int r = 0; r < n && st == DSR1_OK; r++) {
-        dsr1_ucx_group_params gp = {r, n, timeout, "world", labels, true};
+        dsr1_ucx_group_params gp = {r, n, r ? dsr1_worker_world_timeout(timeout) : timeout,
+                                    "world", labels, true};
         st = dsr1_comm_ucx_connect(locals[r], &gp, addrs, lens, &c->world[r]);
         locals[r] = NULL;
     }
