@@ -43,8 +43,18 @@ fi
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/dsr1-slurm-test.XXXX")
 job=
+# cancel JOB: scancel, then wait (30 s at most) until Slurm is done with the job (not
+# PENDING, RUNNING or COMPLETING: slurmd stopped before its steps end would leave them)
+cancel() {
+    local st
+    scancel "$1" 2>/dev/null || true
+    for _ in $(seq 150); do
+        st=$(squeue -h -j "$1" -o %T 2>/dev/null || true)
+        case "$st" in PENDING | RUNNING | COMPLETING | SUSPENDED) sleep 0.2 ;; *) return 0 ;; esac
+    done
+}
 cleanup() {
-    if [ -n "$job" ]; then scancel "$job" 2>/dev/null || true; fi
+    if [ -n "$job" ]; then cancel "$job"; fi
     "$here/slurm_down.sh" "$tmp/slurm"
     rm -rf "$tmp"
 }
@@ -52,7 +62,12 @@ trap cleanup EXIT
 fail=0
 ok() { echo "ok: $*"; }
 bad() { echo "FAIL: $*"; fail=1; }
-joblog() { echo "---- job output (tail)"; grep -av '^\[' "$tmp/job.out" 2>/dev/null | tail -${1:-25}; }
+# joblog [N]: the job output's last N lines (default 25), without Open MPI's "[host:pid]"
+# lines and the indented lines of a usage text
+joblog() {
+    echo "---- job output (tail)"
+    grep -av '^\[\|^  ' "$tmp/job.out" 2>/dev/null | tail -"${1:-25}" || true
+}
 now() { date +%s.%N; }
 secs() { /usr/bin/python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.1f}')" "$1" "$2"; }
 t_start=$(now)
@@ -122,6 +137,15 @@ except Exception as e:
     print("unreadable:", e)' "$1"
 }
 
+# job_procs JOB: the dsr1 processes of JOB, "PID COMMAND" lines, from the pids Slurm tracks
+# for the job (every step's; under mpirun they are the children of the orted of step 0)
+job_procs() {
+    scontrol listpids "$1" 2>/dev/null | awk '$1 ~ /^[0-9]+$/ {print $1}' | while read -r p; do
+        c=$(cat /proc/"$p"/comm 2>/dev/null || true)
+        case "$c" in dsr1-coordinato* | dsr1-worker) echo "$p $c" ;; esac
+    done
+}
+
 # free_ports: two free TCP ports of the loopback interface
 free_ports() {
     /usr/bin/python3 -c '
@@ -135,7 +159,7 @@ print(*(x.getsockname()[1] for x in s))'
 # serve, requests, (FAULT=1: a worker killed, requests again), scancel
 round() {
     local launcher=$1 fault=$2 port http_port server kill_on_bad_exit serving state t0 nc nw
-    local vpid ended alive extra t_submit t_serving failed_before=$fail
+    local i vpid ended alive extra t_submit t_serving failed_before=$fail
     read -r port http_port < <(free_ports)
     server=127.0.0.1:$port
     rm -rf "$tmp/state" "$tmp/job.out"
@@ -156,16 +180,24 @@ round() {
 
     # 1. wait (at most 60 s) for "serving on", while the job is pending or running
     serving=0
-    for _ in $(seq 300); do
+    for i in $(seq 300); do
         grep -aq "serving on 127.0.0.1:$port" "$tmp/job.out" 2>/dev/null && { serving=1; break; }
         state=$(squeue -h -j "$job" -o %T 2>/dev/null || true)
-        [ -z "$state" ] || [ "$state" = PENDING ] || [ "$state" = RUNNING ] || break
-        [ -z "$state" ] && break
+        [ "$state" = PENDING ] || [ "$state" = RUNNING ] || break
+        # running workers without their coordinator (it failed; with DSR1_KILL_ON_BAD_EXIT=0
+        # nothing ends the job): checked each second from the fifth on
+        if [ "$state" = RUNNING ] && ((i > 25 && i % 5 == 0)); then
+            job_procs "$job" >"$tmp/pids"
+            if grep -q ' dsr1-worker' "$tmp/pids" && ! grep -q ' dsr1-coordinato' "$tmp/pids"; then
+                state="RUNNING without its coordinator"
+                break
+            fi
+        fi
         sleep 0.2
     done
     if [ $serving = 0 ]; then
-        bad "$launcher: the coordinator did not serve within 60 s (job state: $(scontrol show job "$job" 2>/dev/null | grep -o 'JobState=[A-Z_]*' || echo gone))"
-        scancel "$job" || true
+        bad "$launcher: the coordinator did not serve (job: ${state:-gone})"
+        cancel "$job"
         job=
         joblog; return 0
     fi
@@ -186,10 +218,7 @@ round() {
 
     # the job's dsr1 processes ("PID COMMAND" lines), from the pids Slurm tracks for the job
     # (every step's; under mpirun they are the children of the orted of step 0)
-    scontrol listpids "$job" 2>/dev/null | awk '$1 ~ /^[0-9]+$/ {print $1}' | while read -r p; do
-        c=$(cat /proc/"$p"/comm 2>/dev/null || true)
-        case "$c" in dsr1-coordinato* | dsr1-worker) echo "$p $c" ;; esac
-    done >"$tmp/pids"
+    job_procs "$job" >"$tmp/pids"
     nc=$(grep -c ' dsr1-coordinato' "$tmp/pids" || true)
     nw=$(grep -c ' dsr1-worker' "$tmp/pids" || true)
     [ "$nc" = 1 ] && [ "$nw" = 2 ] && ok "$launcher: the job runs 1 coordinator and 2 workers" ||
@@ -207,6 +236,7 @@ round() {
             state=$(squeue -h -j "$job" -o %T 2>/dev/null || true)
             [ "$state" = RUNNING ] && ok "fault: the job still runs" || bad "fault: job state ${state:-gone}"
             requests "$launcher-fault"
+        echo "fault: the coordinator's log: $(grep -a ' WARN ' "$tmp/job.out" | head -2 | cut -c1-200)"
         fi
     fi
 
@@ -225,6 +255,7 @@ round() {
         ok "$launcher: scancel: job $job CANCELLED, all tasks gone after $(secs "$t0" "$(now)") s"
     else
         bad "$launcher: scancel: after 30 s the job is ${state:-unknown}, $alive task process(es) alive"
+        cancel "$job"
     fi
     job=
     if [ $fail != "$failed_before" ]; then joblog 40; fi
