@@ -236,7 +236,7 @@ round() {
             state=$(squeue -h -j "$job" -o %T 2>/dev/null || true)
             [ "$state" = RUNNING ] && ok "fault: the job still runs" || bad "fault: job state ${state:-gone}"
             requests "$launcher-fault"
-        echo "fault: the coordinator's log: $(grep -a ' WARN ' "$tmp/job.out" | head -2 | cut -c1-200)"
+            echo "fault: the coordinator's log: $(grep -a ' WARN ' "$tmp/job.out" | head -2 | cut -c1-200)"
         fi
     fi
 
