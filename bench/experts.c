@@ -228,7 +228,7 @@ int dsr1__bench_experts(int argc, char **argv)
         fprintf(stderr, "dsr1-bench: %s\n", dsr1_errmsg());
         return 1;
     }
-    static const char *const names[] = {"portable", "avx512", "avx512-bf16"};
+    static const char *const names[] = {"portable", "avx512", "bf16-tiles"};
     const dsr1_kernels *vars[MAX_V];
     int nv = 0;
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)

@@ -575,7 +575,7 @@ int dsr1__bench_kernels(int argc, char **argv)
     const dsr1_kernels *vars[MAX_VARIANTS];
     int nv = 0;
     vars[nv++] = dsr1_kernels_portable();
-    static const char *const names[] = {"avx512", "avx512-bf16", "bf16-tiles"};
+    static const char *const names[] = {"avx512", "bf16-tiles"};
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         const dsr1_kernels *k = dsr1_kernels_select(names[i]);
         if (k) vars[nv++] = k;

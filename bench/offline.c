@@ -75,7 +75,7 @@ static void usage(FILE *f)
             "  --batch LIST       batch sizes, comma-separated (default 1,8,64)\n"
             "  --input-len N      prompt tokens per sequence (default 128)\n"
             "  --output-len N     decode steps (default 32)\n"
-            "  --kernels NAME     kernel variant: auto (default), portable, avx512, avx512-bf16\n"
+            "  --kernels NAME     kernel variant: auto (default), portable, avx512, bf16-tiles\n"
             "  --threads N        worker threads (default: DSR1_THREADS or all cores)\n"
             "  --json FILE        also write the results as JSON\n"
             "  -h, --help         this text\n\n"

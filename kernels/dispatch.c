@@ -6,13 +6,13 @@
  *   "avx512"      AVX-512 F/BW/VL/DQ with FMA and F16C (x86-64 builds only)
  *   "portable"    plain C, always available
  * and, never chosen automatically because it is not exact (docs/kernels.md):
- *   "avx512-bf16" the avx512 variant with bf16 activations in FP8 products; needs
- *                 AVX512_BF16 (vdpbf16ps) besides.
  *   "bf16-tiles"  the fast precision mode (kernels/cpu/fast.h): bf16 activations and
  *                 weights, fp32 accumulation, batch-invariant; on AMX tiles where the CPU
  *                 and Linux allow them, else on vdpbf16ps (AVX512_BF16).
  *   "bf16-tiles-emulated" its tile kernels on the tile layer's software emulation (slow:
  *                 to check the AMX path's results, bit for bit, on any machine).
+ *   "avx512-bf16" retired (it switched to bf16 at 16 rows, so it was not batch-invariant):
+ *                 an alias of "bf16-tiles", with a warning.
  * "auto" (or NULL) picks the first available of the first two, unless the environment
  * variable DSR1_KERNELS names a variant, which then decides (an unknown or unavailable name
  * there falls back to the automatic choice with a warning, since a typo in the environment
@@ -36,31 +36,24 @@ static int cpu_has_avx512(void)
 }
 #endif
 #include "cpu/fast.h"
-#if DSR1_HAVE_AVX512BF16_KERNELS
-const dsr1_kernels *dsr1__kernels_avx512_bf16(void);
-#endif
 
 /* The named variant if this build has it and this CPU runs it, else NULL with *why set. */
 static const dsr1_kernels *by_name(const char *name, const char **why)
 {
-    *why = "no such variant in this build (portable, avx512, avx512-bf16 and bf16-tiles "
-           "where built)";
+    *why = "no such variant in this build (portable, avx512 and bf16-tiles where built)";
     if (strcmp(name, "portable") == 0) return dsr1_kernels_portable();
+    if (strcmp(name, "avx512-bf16") == 0) {
+        DSR1_WARN("kernel variant 'avx512-bf16' is retired (not batch-invariant); using "
+                  "'bf16-tiles', the fast mode (docs/kernels.md)");
+        name = "bf16-tiles";
+    }
     if (strcmp(name, "bf16-tiles") == 0) return dsr1__kernels_bf16_tiles(DSR1__FAST_AUTO, why);
     if (strcmp(name, "bf16-tiles-emulated") == 0)
         return dsr1__kernels_bf16_tiles(DSR1__FAST_TILE_EMU, why);
 #if DSR1_HAVE_AVX512_KERNELS
-    if (strcmp(name, "avx512") == 0 || strcmp(name, "avx512-bf16") == 0) {
+    if (strcmp(name, "avx512") == 0) {
         *why = "this CPU has no AVX-512 F/BW/VL/DQ with AVX2 and FMA";
-        if (!cpu_has_avx512()) return NULL;
-        if (strcmp(name, "avx512") == 0) return dsr1__kernels_avx512();
-#if DSR1_HAVE_AVX512BF16_KERNELS
-        *why = "this CPU has no AVX512_BF16 (vdpbf16ps)";
-        return __builtin_cpu_supports("avx512bf16") ? dsr1__kernels_avx512_bf16() : NULL;
-#else
-        *why = "this build has no bf16 kernels (the compiler lacks -mavx512bf16)";
-        return NULL;
-#endif
+        return cpu_has_avx512() ? dsr1__kernels_avx512() : NULL;
     }
 #endif
     return NULL;

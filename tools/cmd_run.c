@@ -52,7 +52,7 @@ static void run_usage(FILE *f)
             "                       then costs its attention rank, not the run (default 1)\n"
             "  --threads N          worker threads (default: DSR1_THREADS or all cores)\n"
             "  --kernels NAME       kernel variant: auto (default: the fastest this CPU runs),\n"
-            "                       portable, avx512, avx512-bf16 (docs/kernels.md)\n"
+            "                       portable, avx512, bf16-tiles (docs/kernels.md)\n"
             "  -h, --help           this text\n");
 }
 
@@ -264,7 +264,7 @@ int dsr1_cmd_run(int argc, char **argv)
     if (!kern) {
         fprintf(stderr,
                 "dsr1 run: --kernels: '%s' is unknown or not supported by this CPU "
-                "(auto, portable, avx512, avx512-bf16)\n",
+                "(auto, portable, avx512, bf16-tiles)\n",
                 kname);
         free(prompt);
         free(force);

@@ -72,7 +72,7 @@ static void serve_usage(FILE *f)
            "  --mpi                   coordinate the worker processes of an MPI job (implied\n"
            "                          when started by mpirun/srun with more than one rank)\n"
            "  --threads N             CPU threads (default: DSR1_THREADS or all cores)\n"
-           "  --kernels NAME          auto (default), portable, avx512, avx512-bf16\n"
+           "  --kernels NAME          auto (default), portable, avx512, bf16-tiles\n"
            "  --dummy-weights         random weights from the config alone (--seed S,\n"
            "                          --layers N keeps the first N layers)\n"
            "  --kv-tokens N           KV cache per attention rank, in tokens (default 65536,\n"

@@ -38,7 +38,7 @@ static void usage(FILE *f)
             "  --layers N         with --dummy-weights: keep only the first N layers\n"
             "  --threads N        CPU threads (default: DSR1_THREADS, SLURM_CPUS_PER_TASK,\n"
             "                     or the cores divided by the ranks on this node)\n"
-            "  --kernels NAME     kernel variant: auto (default), portable, avx512, avx512-bf16\n"
+            "  --kernels NAME     kernel variant: auto (default), portable, avx512, bf16-tiles\n"
             "  --timeout-ms T     bound on every wait for a peer (default: the coordinator's)\n"
             "  -h, --help         this text\n\n"
             "environment: UCX_TLS, UCX_NET_DEVICES (UCX transports), DSR1_LOG\n");

@@ -18,9 +18,9 @@
 
 static const char *variants[] = {"portable", "avx512"};
 #define NVAR (sizeof(variants) / sizeof(variants[0]))
-/* with the bf16 precision mode, which has its own arithmetic (test_linear_bf16) but the same
+/* with the fast mode, which has its own arithmetic (test_kernels_fast.c) but the same
  * promise that expert_ffn is its linear expert after expert */
-static const char *all_variants[] = {"portable", "avx512", "avx512-bf16"};
+static const char *all_variants[] = {"portable", "avx512", "bf16-tiles"};
 #define NALL (sizeof(all_variants) / sizeof(all_variants[0]))
 
 static float frand(void)
@@ -220,52 +220,15 @@ static void test_linear_fp8_exact(void **state)
     free(x);
 }
 
-/* The bf16 precision mode. FP8 products of 16 rows or more: exact but for the activations'
- * rounding to bf16 (so the result must also differ from the exact avx512 one), each row
- * independent of the others; smaller products and other weight dtypes: the avx512
- * products, bit for bit. */
-static void test_linear_bf16(void **state)
+/* avx512-bf16 is retired (it was not batch-invariant): the name selects the fast mode,
+ * bf16-tiles, where this build and CPU have it, and nothing where they do not. */
+static void test_avx512_bf16_alias(void **state)
 {
     (void)state;
-    const dsr1_kernels *k = dsr1_kernels_select("avx512-bf16");
-    const dsr1_kernels *exact = dsr1_kernels_select("avx512");
-    if (!k) skip();
-    dsr1_pool *pool;
-    assert_int_equal(dsr1_pool_create(2, &pool), DSR1_OK);
-    srand(7);
-    static const int ms[] = {16, 17, 300};
-    for (int mi = 0; mi < 3; mi++) {
-        check_linear(k, pool, DSR1_DT_F8_E4M3, 300, 200, ms[mi], 0, 300, true);
-        check_linear(k, pool, DSR1_DT_F8_E4M3, 300, 200, ms[mi], 37, 170, true);
-        check_linear(k, pool, DSR1_DT_F8_E4M3, 5, 129, ms[mi], 0, 5, true);
-        check_linear(k, pool, DSR1_DT_F8_E4M3, 70, 600, ms[mi], 3, 67, true);
-    }
-    const int m = 300, rows = 70, cols = 600;
-    float *x = malloc(sizeof(float) * m * cols), *y = malloc(sizeof(float) * m * rows);
-    float *ye = malloc(sizeof(float) * m * rows);
-    for (int i = 0; i < m * cols; i++) x[i] = frand();
-    static const dsr1_dtype dts[] = {DSR1_DT_F8_E4M3, DSR1_DT_BF16, DSR1_DT_F32};
-    static const int small[] = {1, 3, 15};
-    for (int d = 0; d < 3; d++) {
-        rand_linear r = make_linear(dts[d], rows, cols);
-        k->linear(pool, &r.w, 0, rows, x, cols, m, y, rows);
-        exact->linear(pool, &r.w, 0, rows, x, cols, m, ye, rows);
-        assert_int_equal(memcmp(y, ye, sizeof(float) * m * rows) == 0, d > 0);
-        /* rows 150 .. 167 alone (and single-threaded): as in the 300-row product */
-        k->linear(NULL, &r.w, 0, rows, x + (size_t)150 * cols, cols, 17, ye, rows);
-        assert_memory_equal(y + (size_t)150 * rows, ye, sizeof(float) * 17 * rows);
-        for (int s = 0; s < 3; s++) {
-            k->linear(pool, &r.w, 0, rows, x, cols, small[s], y, rows);
-            exact->linear(pool, &r.w, 0, rows, x, cols, small[s], ye, rows);
-            assert_memory_equal(y, ye, sizeof(float) * small[s] * rows);
-        }
-        free(r.data);
-        free(r.scale);
-    }
-    free(x);
-    free(y);
-    free(ye);
-    dsr1_pool_destroy(pool);
+    const dsr1_kernels *alias = dsr1_kernels_select("avx512-bf16");
+    const dsr1_kernels *tiles = dsr1_kernels_select("bf16-tiles");
+    assert_ptr_equal(alias, tiles);
+    if (tiles) assert_string_equal(alias->name, tiles->name);
 }
 
 /* ---- expert_ffn ---------------------------------------------------------------------- */
@@ -536,7 +499,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_linear),           cmocka_unit_test(test_linear_batch_invariance),
-        cmocka_unit_test(test_linear_fp8_exact), cmocka_unit_test(test_linear_bf16),
+        cmocka_unit_test(test_linear_fp8_exact), cmocka_unit_test(test_avx512_bf16_alias),
         cmocka_unit_test(test_expert_ffn),       cmocka_unit_test(test_expert_ffn_bad_shapes),
         cmocka_unit_test(test_rmsnorm),          cmocka_unit_test(test_mla_attention),
     };
