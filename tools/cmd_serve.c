@@ -64,7 +64,12 @@ static void serve_usage(FILE *f)
            "                          DSR1_API_KEY; none when unset)\n"
            "  --workers N             run N workers as threads of this process\n"
            "  --pp P                  pipeline stages among the workers (default 1)\n"
-           "  --transport NAME        between embedded workers: inproc (default) or ucx\n"
+           "  --transport NAME        between embedded workers: inproc (default) or ucx; or\n"
+           "                          join: --workers N worker processes join over TCP at\n"
+           "                          --join-listen (dsr1-worker --join), no launcher\n"
+           "  --join-listen HOST:PORT where worker processes may join (dsr1-worker --join\n"
+           "                          HOST:PORT): replacements for lost workers of a ucx or\n"
+           "                          mpi grid, or every worker with --transport join\n"
            "  --expert-replicas R     R copies of every routed expert in each stage (default\n"
            "                          1), on different workers: with --transport ucx or\n"
            "                          --mpi a grid that loses a worker serves on (degraded)\n"
@@ -139,7 +144,7 @@ typedef struct {
 } int_flag;
 
 typedef struct {
-    const char *model, *host, *api_key, *kernels, *state_dir;
+    const char *model, *host, *api_key, *kernels, *state_dir, *join_listen;
     bool dummy, mpi, prefix_cache;
     int transport;
     uint64_t seed;
@@ -181,16 +186,16 @@ static const serve_opts defaults = {
 /* Parses argv into o; returns -1 to exit 0 (help), 2 on a usage error, else 0. */
 static int parse(int argc, char **argv, serve_opts *o)
 {
-    struct option opts[N_INT_FLAGS + 12] = {
+    struct option opts[N_INT_FLAGS + 13] = {
         {"model", required_argument, 0, 'm'},     {"host", required_argument, 0, 'H'},
         {"api-key", required_argument, 0, 'a'},   {"kernels", required_argument, 0, 'k'},
         {"transport", required_argument, 0, 'T'}, {"mpi", no_argument, 0, 'M'},
         {"dummy-weights", no_argument, 0, 'D'},   {"seed", required_argument, 0, 's'},
         {"no-prefix-cache", no_argument, 0, 'P'}, {"help", no_argument, 0, 'h'},
-        {"state-dir", required_argument, 0, 'S'},
+        {"state-dir", required_argument, 0, 'S'}, {"join-listen", required_argument, 0, 'J'},
     };
     for (int i = 0; i < N_INT_FLAGS; i++)
-        opts[11 + i] = (struct option){o->n[i].name, required_argument, 0, FLAG_BASE + i};
+        opts[12 + i] = (struct option){o->n[i].name, required_argument, 0, FLAG_BASE + i};
     int c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -234,11 +239,16 @@ static int parse(int argc, char **argv, serve_opts *o)
             if (dsr1_arg_u64(CMD, "--seed", optarg, &o->seed)) return 2;
             break;
         case 'T':
-            if (strcmp(optarg, "inproc") && strcmp(optarg, "ucx")) {
-                fprintf(stderr, CMD ": --transport: '%s' is not inproc or ucx\n", optarg);
+            if (strcmp(optarg, "inproc") && strcmp(optarg, "ucx") && strcmp(optarg, "join")) {
+                fprintf(stderr, CMD ": --transport: '%s' is not inproc, ucx or join\n", optarg);
                 return 2;
             }
-            o->transport = optarg[0] == 'u' ? DSR1_TRANSPORT_UCX : DSR1_TRANSPORT_INPROC;
+            o->transport = optarg[0] == 'u'   ? DSR1_TRANSPORT_UCX
+                           : optarg[0] == 'j' ? DSR1_TRANSPORT_JOIN
+                                              : DSR1_TRANSPORT_INPROC;
+            break;
+        case 'J':
+            o->join_listen = optarg;
             break;
         case 'h':
             serve_usage(stdout);
@@ -257,12 +267,21 @@ static int parse(int argc, char **argv, serve_opts *o)
         return 2;
     }
     if (!o->api_key) o->api_key = getenv("DSR1_API_KEY");
+    if (o->transport == DSR1_TRANSPORT_JOIN && (!o->join_listen || o->n[F_WORKERS].value < 1)) {
+        fprintf(stderr, CMD ": --transport join needs --workers N and --join-listen HOST:PORT\n");
+        return 2;
+    }
+    if (o->join_listen && o->transport == DSR1_TRANSPORT_INPROC && !o->mpi) {
+        fprintf(stderr, CMD ": --join-listen needs --transport ucx or join, or --mpi\n");
+        return 2;
+    }
     return 0;
 }
 
 static const char *transport_name(int t, int workers)
 {
     if (t == DSR1_TRANSPORT_MPI) return "mpi";
+    if (t == DSR1_TRANSPORT_JOIN) return "join";
     if (!workers) return "none";
     return t == DSR1_TRANSPORT_UCX ? "ucx" : "inproc";
 }
@@ -393,6 +412,7 @@ static dsr1_status open_serving(const serve_opts *o, serving *sv)
         .max_step_tokens = (int)o->n[F_STEP_TOKENS].value,
         .steps_in_flight = (int)o->n[F_IN_FLIGHT].value,
         .replicas = (int)o->n[F_REPLICAS].value,
+        .join_listen = o->join_listen,
     };
     if ((st = dsr1_backend_open(&bp, &sv->backend)) != DSR1_OK) return st;
     const dsr1_model_config *cfg = dsr1_backend_config(sv->backend);

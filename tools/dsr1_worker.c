@@ -3,6 +3,12 @@
  *
  *   mpirun -np 1 dsr1 run --model DIR ... [--pp P] : -np N dsr1-worker --model DIR
  *
+ * or joining a coordinator over TCP, without a launcher (the coordinator's
+ * --join-listen; a replacement for a lost worker, or every worker of a grid started with
+ * --transport join):
+ *
+ *   dsr1-worker --join HOST:PORT --model DIR [--worker-index I]
+ *
  * It learns the grid shape from the coordinator's hello, refuses a coordinator whose
  * protocol version, model config, weights or expert placement differ from its own, loads
  * the slice of its grid position (world rank r is worker r - 1: stage (r-1) / ep, EP rank
@@ -22,7 +28,9 @@
 #include "bootstrap_mpi.h"
 #include "ckpt.h"
 #include "kernels.h"
+#include "dsr1_build_config.h"
 #include "log.h"
+#include "rendezvous.h"
 #include "wire.h"
 #include "worker_loop.h"
 
@@ -40,6 +48,10 @@ static void usage(FILE *f)
             "                     or the cores divided by the ranks on this node)\n"
             "  --kernels NAME     kernel variant: auto (default), portable, avx512, bf16-tiles\n"
             "  --timeout-ms T     bound on every wait for a peer (default: the coordinator's)\n"
+            "  --join HOST:PORT   join the coordinator listening there (its --join-listen)\n"
+            "                     instead of an MPI job: take a lost worker's place, or one\n"
+            "                     of a grid that forms over TCP (--transport join)\n"
+            "  --worker-index I   with --join: the place asked for (default: any free one)\n"
             "  -h, --help         this text\n\n"
             "environment: UCX_TLS, UCX_NET_DEVICES (UCX transports), DSR1_LOG\n");
 }
@@ -63,6 +75,8 @@ typedef struct {
     const char *model, *kernels;
     int dummy, layers, threads, timeout_ms;
     unsigned long long seed;
+    const char *join; /* HOST:PORT, or NULL: MPI */
+    int index;        /* with join: the place asked for, -1: any */
 } options;
 
 /* Check the hello and load this worker's slice; the verdict every rank then agrees on. */
@@ -183,6 +197,157 @@ out:
     return st == DSR1_OK ? 0 : 1;
 }
 
+#if DSR1_HAVE_UCX
+/* One JOIN over the rendezvous and its WELCOME (decoded into *w; *msg keeps its bytes). */
+static dsr1_status ask(const options *o, const dsr1_wire_join *j, int timeout, void **msg,
+                       dsr1_wire_welcome *w)
+{
+    void *out, *in = NULL;
+    size_t len, inlen;
+    dsr1_status st = dsr1_wire_join_encode(j, &out, &len);
+    if (st != DSR1_OK) return st;
+    st = dsr1_rdv_join(o->join, out, len, timeout, &in, &inlen);
+    free(out);
+    if (st == DSR1_OK) st = dsr1_wire_welcome_decode(in, inlen, w);
+    if (st != DSR1_OK) {
+        free(in);
+        return dsr1_error_context(st, "joining %s", o->join);
+    }
+    *msg = in;
+    return DSR1_OK;
+}
+
+/* A worker that joins over TCP: a place and the placement, the slice loaded, then ready
+ * with its world address; it serves until SHUTDOWN. */
+static int join_serve(const options *o)
+{
+    dsr1_ckpt *ck = NULL;
+    dsr1_model_config dc;
+    const dsr1_model_config *cfg = NULL;
+    dsr1_worker w;
+    memset(&w, 0, sizeof(w));
+    dsr1_comm *world = NULL;
+    dsr1_ucx_local *local = NULL;
+    void *m1 = NULL, *m2 = NULL;
+    dsr1_wire_welcome w1 = {0}, w2 = {0};
+    int *owners = NULL, loaded = 0;
+    /* the place may wait for the rest of a forming grid, the ready for an epoch change */
+    const int wait_ms = o->timeout_ms > 0 ? 10 * o->timeout_ms : 600000;
+    dsr1_status st = DSR1_OK;
+    if (o->dummy) {
+        if ((st = dsr1_model_config_load(o->model, &dc)) == DSR1_OK) {
+            dsr1_model_config_keep_layers(&dc, o->layers);
+            cfg = &dc;
+        }
+    } else if ((st = dsr1_ckpt_open(o->model, &ck)) == DSR1_OK) {
+        cfg = dsr1_ckpt_config(ck);
+    }
+    if (st != DSR1_OK) goto out;
+    dsr1_wire_join j = {dsr1_config_hash(cfg), o->seed, o->dummy, o->index, 0, "", 0, NULL};
+    gethostname(j.host, sizeof(j.host) - 1);
+    if ((st = ask(o, &j, wait_ms, &m1, &w1)) != DSR1_OK) goto out;
+    const int E = cfg->n_routed_experts, ep = w1.workers / (w1.pp > 0 ? w1.pp : 1);
+    if (w1.pp < 1 || w1.workers % w1.pp || w1.replicas < 1 || w1.n_owners != E * w1.replicas ||
+        !(owners = malloc(sizeof(int) * (size_t)w1.n_owners + 1))) {
+        st = dsr1_error(DSR1_ERR_FORMAT, "the coordinator's grid (%d workers, %d stages, %d copies, "
+                        "%d placement entries) does not fit this model (%d experts)",
+                        w1.workers, w1.pp, w1.replicas, w1.n_owners, E);
+        goto out;
+    }
+    for (int i = 0; i < w1.n_owners; i++) owners[i] = w1.owners[i];
+    char tag[48];
+    snprintf(tag, sizeof(tag), "worker %d", w1.index);
+    dsr1_log_set_tag(tag);
+    const dsr1_kernels *k = dsr1_kernels_select(o->kernels);
+    if (!k) {
+        st = dsr1_error(DSR1_ERR_INVALID_ARG, "--kernels: unknown variant '%s'", o->kernels);
+        goto out;
+    }
+    dsr1_worker_params wp = {ck,
+                             o->dummy ? cfg : NULL,
+                             o->seed,
+                             w1.workers,
+                             w1.pp,
+                             w1.index / ep,
+                             w1.index % ep,
+                             k,
+                             o->threads > 0 ? o->threads : default_threads(),
+                             (w1.n_slots + ep - 1) / ep,
+                             w1.max_tokens,
+                             w1.kv_blocks,
+                             w1.block_tokens,
+                             w1.replicas,
+                             NULL,
+                             owners};
+    if ((st = dsr1_worker_init(&w, &wp)) != DSR1_OK) goto out;
+    loaded = 1;
+    /* loaded: ready, with the world endpoint's address */
+    if ((st = dsr1_ucx_local_create(&local)) != DSR1_OK) goto out;
+    const void *addr;
+    size_t alen;
+    dsr1_ucx_local_address(local, &addr, &alen);
+    j.ready = 1;
+    j.want = w1.index;
+    j.addr = addr;
+    j.len = (int32_t)alen;
+    if ((st = ask(o, &j, wait_ms, &m2, &w2)) != DSR1_OK) goto out;
+    if (w2.index != w1.index || w2.workers != w1.workers || w2.lens[0] <= 0) {
+        st = dsr1_error(DSR1_ERR_FORMAT, "the coordinator's second answer is for worker %d of %d",
+                        w2.index, w2.workers);
+        goto out;
+    }
+    /* the world group: the coordinator now, the others from the first epoch's CONNECT */
+    const int n = w1.workers + 1;
+    const void **addrs = calloc((size_t)n, sizeof(void *));
+    size_t *lens = calloc((size_t)n, sizeof(size_t));
+    if (!addrs || !lens) {
+        free(addrs);
+        free(lens);
+        st = dsr1_error(DSR1_ERR_NOMEM, "out of memory");
+        goto out;
+    }
+    addrs[0] = w2.addrs[0];
+    lens[0] = (size_t)w2.lens[0];
+    addrs[1 + w1.index] = addr;
+    lens[1 + w1.index] = alen;
+    const int timeout = o->timeout_ms > 0 ? o->timeout_ms : w1.timeout_ms > 0 ? w1.timeout_ms
+                                                                              : 60000;
+    dsr1_ucx_group_params gp = {1 + w1.index, n, dsr1_worker_world_timeout(timeout), "world",
+                                NULL, true};
+    st = dsr1_comm_ucx_connect(local, &gp, addrs, lens, &world);
+    local = NULL;
+    free(addrs);
+    free(lens);
+    if (st != DSR1_OK) goto out;
+    w.world = world;
+    w.regroup = true;
+    w.timeout_ms = timeout;
+    DSR1_INFO("joined the grid at %s as worker %d of %d", o->join, w1.index, w1.workers);
+    st = dsr1_worker_serve(&w);
+out:
+    if (st != DSR1_OK) fprintf(stderr, "dsr1-worker: %s\n", dsr1_errmsg());
+    if (loaded) dsr1_worker_fini(&w);
+    dsr1_comm_destroy(world);
+    dsr1_ucx_local_destroy(local);
+    free(owners);
+    free((void *)w1.lens);
+    free((void *)w1.addrs);
+    free((void *)w2.lens);
+    free((void *)w2.addrs);
+    free(m1);
+    free(m2);
+    dsr1_ckpt_close(ck);
+    return st == DSR1_OK ? 0 : 1;
+}
+#else
+static int join_serve(const options *o)
+{
+    (void)o;
+    fprintf(stderr, "dsr1-worker: --join needs a build with UCX\n");
+    return 1;
+}
+#endif
+
 int main(int argc, char **argv)
 {
     static const struct option opts[] = {{"model", required_argument, 0, 'm'},
@@ -192,10 +357,12 @@ int main(int argc, char **argv)
                                          {"threads", required_argument, 0, 't'},
                                          {"kernels", required_argument, 0, 'k'},
                                          {"timeout-ms", required_argument, 0, 'O'},
+                                         {"join", required_argument, 0, 'J'},
+                                         {"worker-index", required_argument, 0, 'I'},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
-    const char *model = NULL, *kernels = NULL;
-    long dummy = 0, layers = 0, threads = 0, timeout = 0;
+    const char *model = NULL, *kernels = NULL, *join = NULL;
+    long dummy = 0, layers = 0, threads = 0, timeout = 0, index = -1;
     uint64_t seed = 1;
     int c;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -222,6 +389,12 @@ int main(int argc, char **argv)
             if (dsr1_arg_long("dsr1-worker", "--timeout-ms", optarg, 1, 100000000, &timeout))
                 return 2;
             break;
+        case 'J':
+            join = optarg;
+            break;
+        case 'I':
+            if (dsr1_arg_long("dsr1-worker", "--worker-index", optarg, 0, 65535, &index)) return 2;
+            break;
         case 'h':
             usage(stdout);
             return 0;
@@ -242,6 +415,11 @@ int main(int argc, char **argv)
         fprintf(stderr, "dsr1-worker: --layers needs --dummy-weights\n");
         return 2;
     }
-    options o = {model, kernels, (int)dummy, (int)layers, (int)threads, (int)timeout, seed};
-    return serve(&o);
+    if (index >= 0 && !join) {
+        fprintf(stderr, "dsr1-worker: --worker-index needs --join\n");
+        return 2;
+    }
+    options o = {model,        kernels, (int)dummy, (int)layers, (int)threads,
+                 (int)timeout, seed,    join,       (int)index};
+    return join ? join_serve(&o) : serve(&o);
 }

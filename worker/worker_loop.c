@@ -242,12 +242,29 @@ dsr1_status dsr1_worker_init(dsr1_worker *w, const dsr1_worker_params *p)
     memset(w, 0, sizeof(*w));
     int *mine = malloc(sizeof(int) * (size_t)E), n = 0;
     w->member = malloc(sizeof(int) * (size_t)ep);
+    w->peer_addr = calloc((size_t)p->workers, sizeof(void *));
+    w->peer_len = calloc((size_t)p->workers, sizeof(size_t));
     dsr1_status st = DSR1_OK;
-    if (!mine || !w->member) {
+    if (!mine || !w->member || !w->peer_addr || !w->peer_len) {
         st = dsr1_error(DSR1_ERR_NOMEM, "out of memory");
         goto out;
     }
-    if ((st = dsr1_worker_placement(cfg, ep, R, p->hosts, &w->owners)) != DSR1_OK) goto out;
+    if (p->owners) {
+        if (!(w->owners = malloc(sizeof(int) * (size_t)E * R))) {
+            st = dsr1_error(DSR1_ERR_NOMEM, "out of memory");
+            goto out;
+        }
+        for (int i = 0; i < E * R; i++) {
+            if (p->owners[i] < 0 || p->owners[i] >= ep) {
+                st = dsr1_error(DSR1_ERR_INVALID_ARG, "expert placement names EP rank %d of %d",
+                                p->owners[i], ep);
+                goto out;
+            }
+            w->owners[i] = p->owners[i];
+        }
+    } else if ((st = dsr1_worker_placement(cfg, ep, R, p->hosts, &w->owners)) != DSR1_OK) {
+        goto out;
+    }
     for (int x = 0; x < E; x++)
         for (int c = 0; c < R; c++)
             if (w->owners[x * R + c] == p->ep_index) {
@@ -295,6 +312,9 @@ void dsr1_worker_fini(dsr1_worker *w)
     dsr1_weights_destroy(w->weights);
     free(w->owners);
     free(w->member);
+    for (int i = 0; w->peer_addr && i < w->n_stages * w->ep_size; i++) free(w->peer_addr[i]);
+    free(w->peer_addr);
+    free(w->peer_len);
     memset(w, 0, sizeof(*w));
 }
 
@@ -332,6 +352,26 @@ static void drop_groups(dsr1_worker *w)
 }
 
 #if DSR1_HAVE_UCX
+/* Worker wi's world address as a CONNECT gives it: recorded the first time, and a changed
+ * one (a worker that joined in its place) replaces the world endpoint. */
+static dsr1_status update_peer(dsr1_worker *w, int wi, const void *addr, size_t len)
+{
+    if (!len || wi == w->world->rank - 1) return DSR1_OK;
+    /* known, or reachable already (connected at start-up); a worker that joined knows only
+     * the coordinator at first */
+    const bool known = w->peer_addr[wi] != NULL || dsr1_comm_peer_lost(w->world, 1 + wi);
+    if (known && w->peer_len[wi] == len && !memcmp(w->peer_addr[wi], addr, len)) return DSR1_OK;
+    void *copy = malloc(len);
+    if (!copy) return dsr1_error(DSR1_ERR_NOMEM, "out of memory");
+    memcpy(copy, addr, len);
+    free(w->peer_addr[wi]);
+    w->peer_addr[wi] = copy;
+    w->peer_len[wi] = len;
+    if (!known) return DSR1_OK;
+    DSR1_DEBUG("worker %d: world endpoint at a new address", wi);
+    return dsr1_comm_ucx_replace_peer(w->world, 1 + wi, addr, len);
+}
+
 /* The EP group of a new epoch over the live workers of this stage, from everyone's
  * addresses (a decoded CONNECT). Takes the local (NULL: no EP group). */
 static dsr1_status connect_ep(dsr1_worker *w, uint32_t epoch, const dsr1_wire_addr *a, int n,
@@ -355,6 +395,8 @@ static dsr1_status connect_ep(dsr1_worker *w, uint32_t epoch, const dsr1_wire_ad
             st = dsr1_error(DSR1_ERR_FORMAT, "CONNECT names world rank %d", a[i].rank);
             goto out;
         }
+        if ((st = update_peer(w, wi, a[i].world_addr, (size_t)a[i].world_len)) != DSR1_OK)
+            goto out;
         if (wi / w->ep_size != w->stage) continue;
         if (le && a[i].len <= 0) {
             st = dsr1_error(DSR1_ERR_FORMAT, "CONNECT: worker %d has no EP address", wi);
@@ -410,12 +452,14 @@ static dsr1_status regroup(dsr1_worker *w, const dsr1_wire_regroup *rg, void **n
     dsr1_ucx_local *le = NULL;
     dsr1_status st = DSR1_OK;
     if (w->ep_size > 1) st = dsr1_ucx_local_create(&le);
-    dsr1_wire_addr mine = {w->world->rank, 0, NULL};
+    dsr1_wire_addr mine = {w->world->rank, 0, 0, NULL, NULL};
+    size_t l;
     if (le) {
-        size_t l;
         dsr1_ucx_local_address(le, &mine.addr, &l);
         mine.len = (int32_t)l;
     }
+    dsr1_comm_ucx_address(w->world, &mine.world_addr, &l);
+    mine.world_len = (int32_t)l;
     void *msg = NULL;
     size_t len;
     if (st == DSR1_OK)

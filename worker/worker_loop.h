@@ -63,6 +63,10 @@ typedef struct {
     bool broken;         /* a step failed in this epoch: steps are dropped until the next */
     bool degraded;       /* some epoch left workers out (MPI_Finalize would wait for them) */
     bool hidden_sent;    /* the step in progress has passed its hidden states on */
+    /* [workers]: the world addresses CONNECTs gave (a changed one is a worker that joined
+     * in a lost one's place: its world endpoint is replaced) */
+    void **peer_addr;
+    size_t *peer_len;
     int *member;         /* [ep_size]: an EP index's rank in `ep`, -1 when lost */
     dsr1_moe_placement placement;
     dsr1_engine *engine;
@@ -88,6 +92,7 @@ typedef struct {
     int block_tokens;
     int replicas;      /* copies of every routed expert in the stage (< 1: 1) */
     const int *hosts;  /* [ep]: host id of each EP index of the stage, or NULL */
+    const int *owners; /* or the placement itself ([E * replicas], as the coordinator sent it) */
 } dsr1_worker_params;
 
 /* The placement every worker and the coordinator compute alike: owners[E * replicas]. */

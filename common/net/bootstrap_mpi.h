@@ -28,6 +28,7 @@
 
 #include "comm.h"
 #include "model_config.h"
+#include "wire.h"
 
 /* The world size an MPI launcher advertises in the environment, or 0 when this process
  * was not started by one: Open MPI's mpirun, PMI (MPICH, Slurm's pmi2), or srun with
@@ -67,9 +68,6 @@ typedef struct {
     int32_t replicas;        /* copies of every routed expert per stage (>= 1) */
 } dsr1_hello;
 
-/* FNV-1a over every field of the config, by value (independent of struct layout). */
-uint64_t dsr1_config_hash(const dsr1_model_config *cfg);
-uint64_t dsr1_placement_hash(const int *owner, int n_experts);
 
 /* Compare a worker's own view (mine) with the coordinator's hello; a clear error names
  * the first difference (protocol version, model config, weights, placement). */

@@ -164,6 +164,8 @@ dsr1_status dsr1_comm_ucx_connect(dsr1_ucx_local *local, const dsr1_ucx_group_pa
  * works at once; collectives need every rank to have entered the same number of them (a
  * newcomer starts from none), so a group with a replaced rank should not use them. */
 dsr1_status dsr1_comm_ucx_replace_peer(dsr1_comm *c, int peer, const void *addr, size_t len);
+/* This rank's own UCP worker address in a UCX group (owned by the handle). */
+void dsr1_comm_ucx_address(const dsr1_comm *c, const void **addr, size_t *len);
 /* All `size` ranks of a group in this process, connected over loopback (embedded mode):
  * comms[r] is rank r's handle. labels as above (may be NULL). */
 dsr1_status dsr1_comm_ucx_create_local(int size, int timeout_ms, const char *name,

@@ -942,6 +942,12 @@ static void discard_from(group *g, int peer, int ms)
     }
 }
 
+void dsr1_comm_ucx_address(const dsr1_comm *c, const void **addr, size_t *len)
+{
+    const group *g = c->ctx;
+    dsr1_ucx_local_address(g->l, addr, len);
+}
+
 dsr1_status dsr1_comm_ucx_replace_peer(dsr1_comm *c, int peer, const void *addr, size_t len)
 {
     group *g = c->ctx;

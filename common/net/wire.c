@@ -41,7 +41,7 @@ dsr1_status dsr1_wire_header_decode(const void *msg, size_t len, dsr1_wire_heade
     if (ver != DSR1_WIRE_VERSION)
         return dsr1_error(DSR1_ERR_UNSUPPORTED, "peer speaks protocol version %u, this build %u",
                           ver, DSR1_WIRE_VERSION);
-    if (type < DSR1_MSG_STEP || type > DSR1_MSG_CONNECT || reserved != 0)
+    if (type < DSR1_MSG_STEP || type > DSR1_MSG_WELCOME || reserved != 0)
         return dsr1_error(DSR1_ERR_FORMAT, "unknown message type %u", type);
     if (body != len - DSR1_WIRE_HEADER)
         return dsr1_error(DSR1_ERR_FORMAT, "message body is %zu bytes, header says %u",
@@ -399,11 +399,13 @@ dsr1_status dsr1_wire_addrs_encode(dsr1_msg_type type, uint32_t epoch, const dsr
 {
     if (n < 0 || n > DSR1_WIRE_MAX_WORKERS)
         return dsr1_error(DSR1_ERR_RANGE, "%d addresses in one message", n);
-    size_t body = 8 + 8 * (size_t)n;
+    size_t body = 8 + 12 * (size_t)n;
     for (int i = 0; i < n; i++) {
-        if (a[i].len < 0 || a[i].len > DSR1_WIRE_MAX_ADDR)
-            return dsr1_error(DSR1_ERR_RANGE, "endpoint address of %d bytes", a[i].len);
-        body += pad4((size_t)a[i].len);
+        if (a[i].len < 0 || a[i].len > DSR1_WIRE_MAX_ADDR || a[i].world_len < 0 ||
+            a[i].world_len > DSR1_WIRE_MAX_ADDR)
+            return dsr1_error(DSR1_ERR_RANGE, "endpoint addresses of %d and %d bytes", a[i].len,
+                              a[i].world_len);
+        body += pad4((size_t)a[i].len) + pad4((size_t)a[i].world_len);
     }
     unsigned char *b = calloc(1, body), *p = b;
     if (!b) return dsr1_error(DSR1_ERR_NOMEM, "out of memory");
@@ -411,17 +413,30 @@ dsr1_status dsr1_wire_addrs_encode(dsr1_msg_type type, uint32_t epoch, const dsr
     memcpy(p, &epoch, 4);
     memcpy(p + 4, &n32, 4);
     p += 8;
-    for (int i = 0; i < n; i++, p += 8) {
+    for (int i = 0; i < n; i++, p += 12) {
         memcpy(p, &a[i].rank, 4);
         memcpy(p + 4, &a[i].len, 4);
+        memcpy(p + 8, &a[i].world_len, 4);
     }
     for (int i = 0; i < n; i++) {
         if (a[i].len) memcpy(p, a[i].addr, (size_t)a[i].len);
         p += pad4((size_t)a[i].len);
+        if (a[i].world_len) memcpy(p, a[i].world_addr, (size_t)a[i].world_len);
+        p += pad4((size_t)a[i].world_len);
     }
     dsr1_status st = dsr1_wire_simple_encode(type, epoch, b, body, msg, len);
     free(b);
     return st;
+}
+
+/* Takes a length-prefixed-elsewhere field of l bytes at b + *at (padded), checked. */
+static bool take_bytes(const unsigned char *b, size_t body, size_t *at, int32_t l,
+                       const void **out)
+{
+    if (l < 0 || l > DSR1_WIRE_MAX_ADDR || *at + pad4((size_t)l) > body) return false;
+    *out = b + *at;
+    *at += pad4((size_t)l);
+    return true;
 }
 
 dsr1_status dsr1_wire_addrs_decode(const void *msg, size_t len, uint32_t *epoch,
@@ -436,21 +451,212 @@ dsr1_status dsr1_wire_addrs_decode(const void *msg, size_t len, uint32_t *epoch,
     int32_t m;
     memcpy(epoch, b, 4);
     memcpy(&m, b + 4, 4);
-    if (m < 0 || m > cap || 8 + 8 * (size_t)m > h.body_bytes)
+    if (m < 0 || m > cap || 8 + 12 * (size_t)m > h.body_bytes)
         return dsr1_error(DSR1_ERR_FORMAT, "%d addresses (room for %d) in %u bytes", m, cap,
                           h.body_bytes);
-    size_t at = 8 + 8 * (size_t)m;
+    size_t at = 8 + 12 * (size_t)m;
     for (int i = 0; i < m; i++) {
-        memcpy(&a[i].rank, b + 8 + 8 * (size_t)i, 4);
-        memcpy(&a[i].len, b + 12 + 8 * (size_t)i, 4);
-        const int32_t l = a[i].len;
-        if (l < 0 || l > DSR1_WIRE_MAX_ADDR || at + pad4((size_t)l) > h.body_bytes)
-            return dsr1_error(DSR1_ERR_FORMAT, "address %d: %d bytes past the message", i, l);
-        a[i].addr = b + at;
-        at += pad4((size_t)l);
+        memcpy(&a[i].rank, b + 8 + 12 * (size_t)i, 4);
+        memcpy(&a[i].len, b + 12 + 12 * (size_t)i, 4);
+        memcpy(&a[i].world_len, b + 16 + 12 * (size_t)i, 4);
+        if (!take_bytes(b, h.body_bytes, &at, a[i].len, &a[i].addr) ||
+            !take_bytes(b, h.body_bytes, &at, a[i].world_len, &a[i].world_addr))
+            return dsr1_error(DSR1_ERR_FORMAT, "address %d: %d + %d bytes past the message", i,
+                              a[i].len, a[i].world_len);
     }
     if (at != h.body_bytes)
         return dsr1_error(DSR1_ERR_FORMAT, "addresses end at %zu of %u bytes", at, h.body_bytes);
     *n = m;
     return DSR1_OK;
 }
+
+dsr1_status dsr1_wire_join_encode(const dsr1_wire_join *j, void **msg, size_t *len)
+{
+    if (j->len < 0 || j->len > DSR1_WIRE_MAX_ADDR || (j->ready && j->len < 1))
+        return dsr1_error(DSR1_ERR_RANGE, "JOIN with an address of %d bytes", j->len);
+    const size_t body = 28 + 64 + 4 + pad4((size_t)j->len);
+    unsigned char *b = calloc(1, body);
+    if (!b) return dsr1_error(DSR1_ERR_NOMEM, "out of memory");
+    memcpy(b, &j->config_hash, 8);
+    memcpy(b + 8, &j->seed, 8);
+    memcpy(b + 16, &j->dummy, 4);
+    memcpy(b + 20, &j->want, 4);
+    memcpy(b + 24, &j->ready, 4);
+    memcpy(b + 28, j->host, strnlen(j->host, 63));
+    memcpy(b + 92, &j->len, 4);
+    if (j->len) memcpy(b + 96, j->addr, (size_t)j->len);
+    dsr1_status st = dsr1_wire_simple_encode(DSR1_MSG_JOIN, 0, b, body, msg, len);
+    free(b);
+    return st;
+}
+
+dsr1_status dsr1_wire_join_decode(const void *msg, size_t len, dsr1_wire_join *out)
+{
+    dsr1_wire_header h;
+    dsr1_status st = dsr1_wire_header_decode(msg, len, &h);
+    if (st != DSR1_OK) return st;
+    const unsigned char *b = (const unsigned char *)msg + DSR1_WIRE_HEADER;
+    if (h.type != DSR1_MSG_JOIN || h.body_bytes < 96)
+        return dsr1_error(DSR1_ERR_FORMAT, "expected a JOIN message");
+    memcpy(&out->config_hash, b, 8);
+    memcpy(&out->seed, b + 8, 8);
+    memcpy(&out->dummy, b + 16, 4);
+    memcpy(&out->want, b + 20, 4);
+    memcpy(&out->ready, b + 24, 4);
+    memcpy(out->host, b + 28, 64);
+    out->host[63] = 0;
+    memcpy(&out->len, b + 92, 4);
+    size_t at = 96;
+    if (!take_bytes(b, h.body_bytes, &at, out->len, &out->addr) || at != h.body_bytes ||
+        (out->dummy != 0 && out->dummy != 1) || out->want < -1 ||
+        (out->ready != 0 && out->ready != 1) || (out->ready && out->len < 1))
+        return dsr1_error(DSR1_ERR_FORMAT,
+                          "malformed JOIN (address of %d bytes, dummy %d, index %d, ready %d)",
+                          out->len, out->dummy, out->want, out->ready);
+    return DSR1_OK;
+}
+
+dsr1_status dsr1_wire_welcome_encode(const dsr1_wire_welcome *w, void **msg, size_t *len)
+{
+    if (w->workers < 1 || w->workers > DSR1_WIRE_MAX_WORKERS || w->n_owners < 0 ||
+        w->n_owners > (1 << 20))
+        return dsr1_error(DSR1_ERR_RANGE, "WELCOME for %d workers, %d owners", w->workers,
+                          w->n_owners);
+    size_t body = 40 + 4 * (size_t)w->n_owners;
+    for (int i = 0; i <= w->workers; i++) {
+        if (w->lens[i] < 0 || w->lens[i] > DSR1_WIRE_MAX_ADDR)
+            return dsr1_error(DSR1_ERR_RANGE, "world address of %d bytes", w->lens[i]);
+        body += 4 + pad4((size_t)w->lens[i]);
+    }
+    unsigned char *b = calloc(1, body), *p = b;
+    if (!b) return dsr1_error(DSR1_ERR_NOMEM, "out of memory");
+    const int32_t f[10] = {w->workers,   w->pp,       w->n_slots,      w->max_tokens,
+                           w->timeout_ms, w->kv_blocks, w->block_tokens, w->replicas,
+                           w->index,      w->n_owners};
+    memcpy(p, f, 40);
+    p += 40;
+    memcpy(p, w->owners, 4 * (size_t)w->n_owners);
+    p += 4 * (size_t)w->n_owners;
+    for (int i = 0; i <= w->workers; i++) {
+        memcpy(p, &w->lens[i], 4);
+        if (w->lens[i]) memcpy(p + 4, w->addrs[i], (size_t)w->lens[i]);
+        p += 4 + pad4((size_t)w->lens[i]);
+    }
+    dsr1_status st = dsr1_wire_simple_encode(DSR1_MSG_WELCOME, 0, b, body, msg, len);
+    free(b);
+    return st;
+}
+
+dsr1_status dsr1_wire_welcome_decode(const void *msg, size_t len, dsr1_wire_welcome *out)
+{
+    dsr1_wire_header h;
+    dsr1_status st = dsr1_wire_header_decode(msg, len, &h);
+    if (st != DSR1_OK) return st;
+    const unsigned char *b = (const unsigned char *)msg + DSR1_WIRE_HEADER;
+    if (h.type != DSR1_MSG_WELCOME || h.body_bytes < 40)
+        return dsr1_error(DSR1_ERR_FORMAT, "expected a WELCOME message");
+    int32_t f[10];
+    memcpy(f, b, 40);
+    *out = (dsr1_wire_welcome){f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9]};
+    if (out->workers < 1 || out->workers > DSR1_WIRE_MAX_WORKERS || out->n_owners < 0 ||
+        out->n_owners > (1 << 20) || out->index < 0 || out->index >= out->workers ||
+        40 + 4 * (size_t)out->n_owners > h.body_bytes)
+        return dsr1_error(DSR1_ERR_FORMAT, "malformed WELCOME (%d workers, index %d, %d owners)",
+                          out->workers, out->index, out->n_owners);
+    out->owners = (const int32_t *)(b + 40);
+    size_t at = 40 + 4 * (size_t)out->n_owners;
+    const void **addrs = calloc((size_t)out->workers + 1, sizeof(void *));
+    int32_t *lens = calloc((size_t)out->workers + 1, sizeof(int32_t));
+    if (!addrs || !lens) {
+        free(addrs);
+        free(lens);
+        return dsr1_error(DSR1_ERR_NOMEM, "out of memory");
+    }
+    for (int i = 0; i <= out->workers; i++) {
+        if (at + 4 > h.body_bytes) break;
+        memcpy(&lens[i], b + at, 4);
+        at += 4;
+        if (!take_bytes(b, h.body_bytes, &at, lens[i], &addrs[i])) {
+            at = SIZE_MAX;
+            break;
+        }
+        if (i == out->workers) at = at == h.body_bytes ? at : SIZE_MAX;
+    }
+    if (at != h.body_bytes) {
+        free(addrs);
+        free(lens);
+        return dsr1_error(DSR1_ERR_FORMAT, "malformed WELCOME addresses");
+    }
+    out->lens = lens;
+    out->addrs = addrs;
+    return DSR1_OK;
+}
+
+/* ---- hashes: what both sides of the wire must agree on ----------------------------- */
+
+static uint64_t fnv(uint64_t h, const void *p, size_t n)
+{
+    const unsigned char *b = p;
+    for (size_t i = 0; i < n; i++) h = (h ^ b[i]) * UINT64_C(0x100000001b3);
+    return h;
+}
+static uint64_t fnv_i(uint64_t h, int64_t v)
+{
+    unsigned char b[8];
+    for (int i = 0; i < 8; i++) b[i] = (unsigned char)((uint64_t)v >> (8 * i));
+    return fnv(h, b, 8);
+}
+static uint64_t fnv_d(uint64_t h, double v)
+{
+    int64_t bits;
+    memcpy(&bits, &v, 8);
+    return fnv_i(h, bits);
+}
+
+uint64_t dsr1_config_hash(const dsr1_model_config *c)
+{
+    uint64_t h = UINT64_C(0xcbf29ce484222325);
+    const int64_t ints[] = {c->vocab_size,
+                            c->hidden_size,
+                            c->num_hidden_layers,
+                            c->num_nextn_predict_layers,
+                            c->first_k_dense_replace,
+                            c->moe_layer_freq,
+                            c->num_attention_heads,
+                            c->q_lora_rank,
+                            c->kv_lora_rank,
+                            c->qk_nope_head_dim,
+                            c->qk_rope_head_dim,
+                            c->v_head_dim,
+                            c->intermediate_size,
+                            c->moe_intermediate_size,
+                            c->n_routed_experts,
+                            c->num_experts_per_tok,
+                            c->n_group,
+                            c->topk_group,
+                            c->n_shared_experts,
+                            c->norm_topk_prob,
+                            c->max_position_embeddings,
+                            c->bos_token_id,
+                            c->eos_token_id,
+                            c->tie_word_embeddings,
+                            c->rope_type,
+                            c->rope_original_max_position_embeddings,
+                            c->fp8,
+                            c->weight_block[0],
+                            c->weight_block[1]};
+    for (size_t i = 0; i < sizeof(ints) / sizeof(ints[0]); i++) h = fnv_i(h, ints[i]);
+    const double reals[] = {c->routed_scaling_factor, c->rms_norm_eps,       c->rope_theta,
+                            c->rope_factor,           c->rope_beta_fast,     c->rope_beta_slow,
+                            c->rope_mscale,           c->rope_mscale_all_dim};
+    for (size_t i = 0; i < sizeof(reals) / sizeof(reals[0]); i++) h = fnv_d(h, reals[i]);
+    return h;
+}
+
+uint64_t dsr1_placement_hash(const int *owner, int n_experts)
+{
+    uint64_t h = fnv_i(UINT64_C(0xcbf29ce484222325), n_experts);
+    for (int x = 0; x < n_experts; x++) h = fnv_i(h, owner[x]);
+    return h;
+}
+

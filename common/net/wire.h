@@ -24,16 +24,27 @@
  *   REGROUP   coordinator -> each live worker; step id = the epoch's first step (STEPs with
  *             a smaller id are from an earlier epoch and are dropped):
  *             u32 epoch, i32 n_workers, n_workers x i32 live (0/1)
- *   ADDR      worker -> coordinator: the address of its new EP-group endpoint
+ *   ADDR      worker -> coordinator: the address of its new EP-group endpoint and of its
+ *             world endpoint
  *   CONNECT   coordinator -> each live worker: everyone's addresses
- *             both: u32 epoch, i32 n, n x {i32 world rank, i32 len}, then each entry's
- *             address (empty for a worker without an EP group), padded to 4 bytes */
+ *             both: u32 epoch, i32 n, n x {i32 world rank, i32 len, i32 world_len}, then
+ *             each entry's EP address (empty for a worker without an EP group) and world
+ *             address (empty where not known), each padded to 4 bytes
+ * Joining (over the TCP rendezvous, common/net/rendezvous.h, not the world group):
+ *   JOIN      worker -> coordinator: u64 config hash, u64 seed, i32 dummy, i32 index wanted
+ *             (-1: any), i32 ready, 64 bytes host name (NUL-padded), i32 len, its world
+ *             address (ready 0: asking for a place, no address; 1: loaded, reachable)
+ *   WELCOME   coordinator -> worker: i32 workers, pp, n_slots, max_tokens, timeout_ms,
+ *             kv_blocks, block_tokens, replicas, index given, n_owners, then n_owners x i32
+ *             expert placement (placement.h), then workers + 1 x {i32 len, world address
+ *             padded to 4} (the coordinator's first; len 0: a worker not reachable) */
 #ifndef DSR1_WIRE_H
 #define DSR1_WIRE_H
 
 #include <stddef.h>
 #include <stdint.h>
 
+#include "model_config.h"
 #include "sampling.h"
 #include "status.h"
 
@@ -55,6 +66,8 @@ typedef enum {
     DSR1_MSG_REGROUP = 5,
     DSR1_MSG_ADDR = 6,
     DSR1_MSG_CONNECT = 7,
+    DSR1_MSG_JOIN = 8,
+    DSR1_MSG_WELCOME = 9,
 } dsr1_msg_type;
 
 #define DSR1_WIRE_MAX_WORKERS 65536
@@ -155,12 +168,12 @@ dsr1_status dsr1_wire_regroup_encode(const dsr1_wire_regroup *r, void **msg, siz
 /* Checks n_workers in [1, DSR1_WIRE_MAX_WORKERS], every flag 0 or 1, and the size. */
 dsr1_status dsr1_wire_regroup_decode(const void *msg, size_t len, dsr1_wire_regroup *out);
 
-/* One worker's EP-group endpoint address (ADDR, CONNECT); len 0: none. Decoded, addr
- * points into the message. */
+/* One worker's EP-group endpoint address (ADDR, CONNECT; len 0: none) and world address
+ * (world_len 0: not sent). Decoded, the addresses point into the message. */
 typedef struct {
     int32_t rank;
-    int32_t len;
-    const void *addr;
+    int32_t len, world_len;
+    const void *addr, *world_addr;
 } dsr1_wire_addr;
 
 /* type is DSR1_MSG_ADDR or DSR1_MSG_CONNECT. */
@@ -169,6 +182,37 @@ dsr1_status dsr1_wire_addrs_encode(dsr1_msg_type type, uint32_t epoch, const dsr
 /* Checks the type, n in [0, cap], lengths in [0, DSR1_WIRE_MAX_ADDR] and the size. */
 dsr1_status dsr1_wire_addrs_decode(const void *msg, size_t len, uint32_t *epoch,
                                    dsr1_wire_addr *a, int cap, int *n);
+
+/* JOIN: a worker asking for a place in a running grid. */
+typedef struct {
+    uint64_t config_hash, seed;
+    int32_t dummy, want; /* want: the worker index asked for, -1: any lost one */
+    int32_t ready;       /* 0: asking for a place; 1: loaded, at `addr` */
+    char host[64];       /* NUL-terminated */
+    int32_t len;
+    const void *addr; /* its world endpoint's address (ready only) */
+} dsr1_wire_join;
+
+/* WELCOME: its place. Decoded, the arrays point into the message. */
+typedef struct {
+    int32_t workers, pp, n_slots, max_tokens, timeout_ms, kv_blocks, block_tokens, replicas;
+    int32_t index, n_owners;
+    const int32_t *owners;
+    const int32_t *lens;      /* [workers + 1] world address lengths (0: none) */
+    const void *const *addrs; /* [workers + 1] */
+} dsr1_wire_welcome;
+
+dsr1_status dsr1_wire_join_encode(const dsr1_wire_join *j, void **msg, size_t *len);
+dsr1_status dsr1_wire_join_decode(const void *msg, size_t len, dsr1_wire_join *out);
+dsr1_status dsr1_wire_welcome_encode(const dsr1_wire_welcome *w, void **msg, size_t *len);
+/* Checks the counts and sizes; on success out->lens and out->addrs are malloc'ed arrays
+ * of workers + 1 entries (the addresses point into msg): free both. */
+dsr1_status dsr1_wire_welcome_decode(const void *msg, size_t len, dsr1_wire_welcome *out);
+
+/* FNV-1a over every field of the config, by value (independent of struct layout), and over
+ * an expert placement table: a worker and its coordinator must agree on both. */
+uint64_t dsr1_config_hash(const dsr1_model_config *cfg);
+uint64_t dsr1_placement_hash(const int *owner, int n_experts);
 
 dsr1_status dsr1_wire_error_decode(const void *msg, size_t len, int *status, int *rank, char *text,
                                    size_t cap);

@@ -10,29 +10,12 @@
 #include <unistd.h>
 
 #include "bootstrap_mpi.h"
+#include "cluster_internal.h"
 #include "dsr1_build_config.h"
 #include "grid.h"
 #include "log.h"
 #include "wire.h"
 #include "worker_loop.h"
-
-typedef struct {
-    dsr1_worker w;
-    pthread_t thread;
-    int started;
-    dsr1_status result;
-} worker_slot;
-
-struct dsr1_cluster {
-    int workers, pp, ep;
-    dsr1_comm **world;    /* [workers + 1], rank 0 is the coordinator's */
-    dsr1_comm **ep_comms; /* [workers]: stage s, index e at s * ep + e */
-    worker_slot *slots;
-    dsr1_grid *grid;
-    int transport, failed;
-    void *mpi;     /* dsr1_mpi of the MPI transport */
-    int mpi_clean; /* every rank can still reach MPI_Finalize */
-};
 
 #if DSR1_HAVE_UCX
 /* Names of the world ranks for UCX messages: "coordinator", "worker i (stage s, EP e)". */
@@ -69,26 +52,28 @@ static dsr1_status make_ucx_groups(dsr1_cluster *c, int timeout)
             dsr1_ucx_local_address(locals[r], &addrs[r], &lens[r]);
     }
     for (int r = 0; r < n && st == DSR1_OK; r++) {
-        dsr1_ucx_group_params gp = {r, n, r ? dsr1_worker_world_timeout(timeout) : timeout,
-                                    "world", labels, true};
+        dsr1_ucx_group_params gp = {
+            r, n, r ? dsr1_worker_world_timeout(timeout) : timeout, "world", labels, true};
         st = dsr1_comm_ucx_connect(locals[r], &gp, addrs, lens, &c->world[r]);
         locals[r] = NULL;
     }
     if (st != DSR1_OK) goto out;
-    /* test hook: DSR1_TEST_KILL_WORKER=i:n makes worker i die on receiving step n */
+    /* test hook: DSR1_TEST_KILL_WORKER=i:n[,j:m...] makes worker i die on receiving its n-th
+     * control message (and worker j on its m-th) */
     const char *kill = getenv("DSR1_TEST_KILL_WORKER");
-    int kw, ks;
-    char extra;
-    if (kill &&
-        (sscanf(kill, "%d:%d%c", &kw, &ks, &extra) != 2 || kw < 0 || kw >= c->workers || ks < 1)) {
-        st = dsr1_error(DSR1_ERR_INVALID_ARG,
-                        "DSR1_TEST_KILL_WORKER='%s': expected WORKER:STEP, worker < %d, step >= 1",
-                        kill, c->workers);
-        goto out;
-    }
-    if (kill) {
+    for (const char *k = kill; k && st == DSR1_OK;) {
+        int kw, ks, used = 0;
+        if (sscanf(k, "%d:%d%n", &kw, &ks, &used) != 2 || (k[used] && k[used] != ',') || kw < 0 ||
+            kw >= c->workers || ks < 1) {
+            st = dsr1_error(DSR1_ERR_INVALID_ARG,
+                            "DSR1_TEST_KILL_WORKER='%s': expected WORKER:STEP[,WORKER:STEP...], "
+                            "worker < %d, step >= 1",
+                            kill, c->workers);
+            break;
+        }
         DSR1_WARN("test hook: worker %d will die on step %d", kw, ks);
         dsr1_comm_ucx_crash_after(c->world[1 + kw], DSR1_TAG_CTRL, ks, NULL);
+        k = k[used] ? k + used + 1 : NULL;
     }
 out:
     for (int r = 0; locals && r < n; r++) dsr1_ucx_local_destroy(locals[r]);
@@ -195,12 +180,13 @@ static dsr1_status make_grid(dsr1_cluster *c, const dsr1_cluster_params *p,
     dsr1_grid_params gp = {c->workers, c->pp, cfg->vocab_size, c->transport != DSR1_TRANSPORT_INPROC,
                            cfg->n_routed_experts, p->replicas > 0 ? p->replicas : 1, NULL,
                            timeout};
-    int *owners = NULL;
     dsr1_status st = DSR1_OK;
-    if (gp.regroup) st = dsr1_worker_placement(cfg, c->ep, gp.replicas, hosts, &owners);
-    gp.owners = owners;
+    if (gp.regroup && !c->owners) { /* kept for the workers that join */
+        st = dsr1_worker_placement(cfg, c->ep, gp.replicas, hosts, &c->owners);
+        c->n_owners = cfg->n_routed_experts * gp.replicas;
+    }
+    gp.owners = c->owners;
     if (st == DSR1_OK) st = dsr1_grid_create(c->world[0], &gp, &c->grid);
-    free(owners);
     return st;
 }
 
@@ -211,20 +197,60 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
+/* What joining workers are told and checked against; and the listener, if any. */
+static dsr1_status remember(dsr1_cluster *c, const dsr1_cluster_params *p,
+                            const dsr1_model_config *cfg, int timeout)
+{
+    c->p = *p;
+    c->p.ckpt = NULL;
+    c->p.timeout_ms = timeout;
+    c->p.replicas = p->replicas > 0 ? p->replicas : 1;
+    c->config_hash = dsr1_config_hash(cfg);
+    if (p->transport == DSR1_TRANSPORT_JOIN && !p->join_listen)
+        return dsr1_error(DSR1_ERR_INVALID_ARG, "workers that join need an address to join at");
+    if (p->join_listen && p->transport == DSR1_TRANSPORT_INPROC)
+        return dsr1_error(DSR1_ERR_INVALID_ARG,
+                          "workers can join a UCX or MPI grid, not the in-process transport");
+    return p->join_listen ? dsr1__join_listen(c, p->join_listen) : DSR1_OK;
+}
+
+/* A grid of worker processes that join over TCP (DSR1_TRANSPORT_JOIN). */
+static dsr1_status attach_joined(dsr1_cluster *c, const dsr1_cluster_params *p,
+                                 const dsr1_model_config *cfg, int timeout)
+{
+    if (p->workers < 1 || p->pp < 1 || p->workers % p->pp || p->pp > cfg->num_hidden_layers ||
+        p->workers / p->pp > cfg->n_routed_experts)
+        return dsr1_error(DSR1_ERR_INVALID_ARG,
+                          "%d workers cannot form %d pipeline stages of a %d-layer, %d-expert "
+                          "model",
+                          p->workers, p->pp, cfg->num_hidden_layers, cfg->n_routed_experts);
+    c->workers = p->workers;
+    c->ep = p->workers / p->pp;
+    if (!(c->world = calloc((size_t)c->workers + 1, sizeof(dsr1_comm *))))
+        return dsr1_error(DSR1_ERR_NOMEM, "out of memory");
+    DSR1_INFO("grid: %d workers = %d pipeline stage(s) x %d expert-parallel rank(s), joining "
+              "over TCP, UCX transport",
+              c->workers, p->pp, c->ep);
+    dsr1_status st = dsr1__join_start(c, cfg);
+    if (st == DSR1_OK) st = make_grid(c, p, cfg, NULL, timeout);
+    return st;
+}
+
 dsr1_status dsr1_cluster_create(const dsr1_cluster_params *p, dsr1_cluster **out)
 {
     const dsr1_model_config *cfg = p->ckpt ? dsr1_ckpt_config(p->ckpt) : p->dummy_cfg;
     const int timeout = p->timeout_ms > 0 ? p->timeout_ms : 60000;
-    if (p->transport == DSR1_TRANSPORT_MPI) {
+    if (p->transport == DSR1_TRANSPORT_MPI || p->transport == DSR1_TRANSPORT_JOIN) {
         dsr1_cluster *c = calloc(1, sizeof(*c));
         dsr1_status st;
         if (!c) return dsr1_error(DSR1_ERR_NOMEM, "out of memory");
-        c->transport = DSR1_TRANSPORT_MPI;
+        c->transport = p->transport;
         c->pp = p->pp;
         if (p->pp < 1) {
             st = dsr1_error(DSR1_ERR_INVALID_ARG, "%d pipeline stages", p->pp);
-        } else {
-            st = attach_mpi(c, p, cfg, timeout);
+        } else if ((st = remember(c, p, cfg, timeout)) == DSR1_OK) {
+            st = p->transport == DSR1_TRANSPORT_MPI ? attach_mpi(c, p, cfg, timeout)
+                                                    : attach_joined(c, p, cfg, timeout);
         }
         if (st != DSR1_OK) {
             dsr1_cluster_destroy(c);
@@ -250,10 +276,11 @@ dsr1_status dsr1_cluster_create(const dsr1_cluster_params *p, dsr1_cluster **out
     c->pp = p->pp;
     c->ep = p->workers / p->pp;
     c->transport = p->transport;
+    dsr1_status st = remember(c, p, cfg, timeout);
+    if (st != DSR1_OK) goto err;
     c->world = calloc((size_t)p->workers + 1, sizeof(dsr1_comm *));
     c->ep_comms = calloc((size_t)p->workers, sizeof(dsr1_comm *));
     c->slots = calloc((size_t)p->workers, sizeof(worker_slot));
-    dsr1_status st;
     if (!c->world || !c->ep_comms || !c->slots) {
         st = dsr1_error(DSR1_ERR_NOMEM, "out of memory");
         goto err;
@@ -312,16 +339,24 @@ err:
     return st;
 }
 
+/* Between steps: workers joining (DSR1_ERR_LOST when one was admitted: a new epoch). */
+static dsr1_status poll_joins(dsr1_cluster *c)
+{
+    return c->rdv && dsr1_grid_in_flight(c->grid) == 0 ? dsr1__join_poll(c) : DSR1_OK;
+}
+
 dsr1_status dsr1_cluster_step(dsr1_cluster *c, const dsr1_batch *b)
 {
-    dsr1_status st = dsr1_grid_step(c->grid, b);
+    dsr1_status st = poll_joins(c);
+    if (st == DSR1_OK) st = dsr1_grid_step(c->grid, b);
     if (st != DSR1_OK && st != DSR1_ERR_LOST) c->failed = 1;
     return st;
 }
 
 dsr1_status dsr1_cluster_submit(dsr1_cluster *c, const dsr1_batch *b, uint64_t *step)
 {
-    return dsr1_grid_submit(c->grid, b, step);
+    dsr1_status st = poll_joins(c);
+    return st != DSR1_OK ? st : dsr1_grid_submit(c->grid, b, step);
 }
 
 dsr1_status dsr1_cluster_wait(dsr1_cluster *c, uint64_t step)
@@ -352,6 +387,8 @@ void dsr1_cluster_destroy(dsr1_cluster *c)
     free(c->world);
     free(c->ep_comms);
     free(c->slots);
+    dsr1_rdv_close(c->rdv);
+    free(c->owners);
 #if DSR1_HAVE_UCX && DSR1_HAVE_MPI
     /* after a failure some rank may be gone: MPI_Finalize could wait for it forever */
     if (c->mpi) dsr1_mpi_finalize(c->mpi, mpi_clean);

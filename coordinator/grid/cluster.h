@@ -25,6 +25,9 @@ typedef enum {
     DSR1_TRANSPORT_INPROC = 0,
     DSR1_TRANSPORT_UCX = 1,
     DSR1_TRANSPORT_MPI = 2,
+    /* no launcher: `workers` worker processes join over TCP at join_listen
+     * (`dsr1-worker --join HOST:PORT`), then talk over UCX */
+    DSR1_TRANSPORT_JOIN = 3,
 } dsr1_transport;
 
 typedef struct {
@@ -47,6 +50,10 @@ typedef struct {
      * EP ranks (and hosts, under MPI) so that the grid survives lost workers: with UCX or
      * MPI a lost worker costs its lane, not the service (grid.h) */
     int replicas;
+    /* "HOST:PORT" where worker processes may join (`dsr1-worker --join`): with UCX or MPI, a
+     * replacement for a lost worker (capacity comes back in the next epoch); with
+     * DSR1_TRANSPORT_JOIN, every worker. NULL: none. */
+    const char *join_listen;
 } dsr1_cluster_params;
 
 typedef struct dsr1_cluster dsr1_cluster;

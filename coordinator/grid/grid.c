@@ -16,6 +16,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "dsr1_build_config.h"
 #include "log.h"
 #include "placement.h"
 #include "wire.h"
@@ -46,6 +47,8 @@ struct dsr1_grid {
     bool *suspect;        /* [workers]: named by a peer, or unreachable */
     bool *lane_live;      /* [ep] */
     char lost_names[256]; /* of every worker lost so far */
+    void **waddr;         /* [workers]: world addresses the workers gave (ADDR) */
+    size_t *wlen;
 };
 
 static int64_t now_ms(void)
@@ -60,8 +63,23 @@ static void worker_name(const dsr1_grid *g, int i, char *buf, size_t cap)
     snprintf(buf, cap, "worker %d (stage %d, EP %d)", i, i / g->ep, i % g->ep);
 }
 
+/* The workers lost now, by name, for messages and the membership. */
+static void name_lost(dsr1_grid *g)
+{
+    size_t o = 0;
+    g->lost_names[0] = 0;
+    for (int i = 0; i < g->workers && o < sizeof(g->lost_names) - 1; i++)
+        if (!g->live[i]) {
+            char name[64];
+            worker_name(g, i, name, sizeof(name));
+            o += (size_t)snprintf(g->lost_names + o, sizeof(g->lost_names) - o, "%s%s",
+                                  o ? ", " : "", name);
+        }
+}
+
 static void update_lanes(dsr1_grid *g)
 {
+    name_lost(g);
     for (int e = 0; e < g->ep; e++) {
         g->lane_live[e] = true;
         for (int s = 0; s < g->pp; s++) g->lane_live[e] &= g->live[s * g->ep + e];
@@ -94,9 +112,12 @@ dsr1_status dsr1_grid_create(dsr1_comm *world, const dsr1_grid_params *p, dsr1_g
     g->reported = calloc((size_t)workers, sizeof(bool));
     g->suspect = calloc((size_t)workers, sizeof(bool));
     g->lane_live = calloc((size_t)g->ep, sizeof(bool));
+    g->waddr = calloc((size_t)workers, sizeof(void *));
+    g->wlen = calloc((size_t)workers, sizeof(size_t));
     const size_t no = (size_t)(p->regroup ? p->n_experts * g->replicas : 0);
     g->owners = malloc(sizeof(int) * (no + 1));
-    if (!g->live || !g->reported || !g->suspect || !g->lane_live || !g->owners) {
+    if (!g->live || !g->reported || !g->suspect || !g->lane_live || !g->owners || !g->waddr ||
+        !g->wlen) {
         dsr1_grid_destroy(g);
         return dsr1_error(DSR1_ERR_NOMEM, "out of memory");
     }
@@ -480,6 +501,19 @@ static dsr1_status check_coverage(dsr1_grid *g)
     return st;
 }
 
+/* Keeps worker i's world address (a copy), for the CONNECTs that tell the others. */
+static dsr1_status remember_address(dsr1_grid *g, int i, const void *addr, size_t len)
+{
+    if (g->waddr[i] && g->wlen[i] == len && !memcmp(g->waddr[i], addr, len)) return DSR1_OK;
+    void *copy = malloc(len);
+    if (!copy) return DSR1_ERR_NOMEM;
+    memcpy(copy, addr, len);
+    free(g->waddr[i]);
+    g->waddr[i] = copy;
+    g->wlen[i] = len;
+    return DSR1_OK;
+}
+
 /* Moves the grid to a new epoch over the live workers: REGROUP to each, their ADDR back,
  * everyone's addresses to each (CONNECT). A worker that cannot be reached or does not
  * answer within the timeout is lost too, and the round starts again. */
@@ -530,6 +564,11 @@ static dsr1_status regroup(dsr1_grid *g)
                 held[src - 1] = msg;
                 addr[src - 1] = a;
                 waiting--;
+                if (a.world_len > 0 && remember_address(g, src - 1, a.world_addr,
+                                                        (size_t)a.world_len) != DSR1_OK) {
+                    st = dsr1_error(DSR1_ERR_NOMEM, "out of memory");
+                    break;
+                }
                 continue;
             }
             free(msg); /* results and errors of the dropped steps */
@@ -543,15 +582,17 @@ static dsr1_status regroup(dsr1_grid *g)
                     worker_name(g, i, name, sizeof(name));
                     DSR1_WARN("grid: %s did not join epoch %u: lost", name, g->epoch);
                     g->live[i] = false;
-                    size_t o = strlen(g->lost_names);
-                    snprintf(g->lost_names + o, sizeof(g->lost_names) - o, "%s%s", o ? ", " : "",
-                             name);
                 }
             continue;
         }
+        if (st != DSR1_OK) break;
         int m = 0;
         for (int i = 0; i < n; i++)
-            if (g->live[i]) addr[m++] = addr[i];
+            if (g->live[i]) {
+                addr[m] = addr[i];
+                addr[m].world_addr = g->waddr[i];
+                addr[m++].world_len = (int32_t)g->wlen[i];
+            }
         if ((st = dsr1_wire_addrs_encode(DSR1_MSG_CONNECT, g->epoch, addr, m, &msg, &len)))
             break;
         for (int i = 0; i < n; i++)
@@ -567,8 +608,8 @@ static dsr1_status regroup(dsr1_grid *g)
         int wl = 0, ll = 0;
         for (int i = 0; i < n; i++) wl += g->live[i];
         for (int e = 0; e < g->ep; e++) ll += g->lane_live[e];
-        if (g->epoch == 1 && wl == n)
-            DSR1_INFO("grid: epoch 1, all %d workers connected", n);
+        if (wl == n)
+            DSR1_INFO("grid: epoch %u, all %d workers live", g->epoch, n);
         else
             DSR1_WARN("grid: epoch %u: %d of %d workers live, %d of %d attention ranks serve; "
                       "lost: %s",
@@ -621,9 +662,8 @@ static dsr1_status on_failure(dsr1_grid *g, dsr1_status st)
             worker_name(g, i, name, sizeof(name));
             DSR1_WARN("grid: %s lost (%s)", name, first);
             g->live[i] = false;
-            size_t o = strlen(g->lost_names);
-            snprintf(g->lost_names + o, sizeof(g->lost_names) - o, "%s%s", o ? ", " : "", name);
         }
+    name_lost(g);
     /* the steps in flight are dropped: their workers were told to stop or failed */
     for (int i = 0; i < g->nq; i++) free(g->q[i].arrived);
     g->nq = 0;
@@ -643,6 +683,46 @@ static dsr1_status on_failure(dsr1_grid *g, dsr1_status st)
     }
     return dsr1_error(DSR1_ERR_LOST, "%s; the grid goes on in epoch %u (regrouped in %lld ms)",
                       first, g->epoch, (long long)(now_ms() - t0));
+}
+
+int dsr1_grid_vacancy(const dsr1_grid *g, int want)
+{
+    if (!g->regroup || g->broken) return -1;
+    if (want >= 0) return want < g->workers && !g->live[want] ? want : -1;
+    for (int i = 0; i < g->workers; i++)
+        if (!g->live[i]) return i;
+    return -1;
+}
+
+int dsr1_grid_in_flight(const dsr1_grid *g)
+{
+    return g->nq;
+}
+
+dsr1_status dsr1_grid_admit(dsr1_grid *g, int index, const void *addr, size_t len)
+{
+    if (dsr1_grid_vacancy(g, index) != index || g->nq > 0)
+        return dsr1_error(DSR1_ERR_INVALID_ARG, "worker %d cannot join now (%s, %d steps in flight)",
+                          index, index >= 0 && index < g->workers && g->live[index] ? "live" : "no place",
+                          g->nq);
+#if DSR1_HAVE_UCX
+    dsr1_status st = dsr1_comm_ucx_replace_peer(g->world, 1 + index, addr, len);
+    if (st == DSR1_OK) st = remember_address(g, index, addr, len);
+    if (st != DSR1_OK) return st;
+    char name[64];
+    worker_name(g, index, name, sizeof(name));
+    g->live[index] = true;
+    g->suspect[index] = false;
+    const int64_t t0 = now_ms();
+    if ((st = regroup(g)) != DSR1_OK) return fail(g, st);
+    DSR1_INFO("grid: %s joined", name);
+    return dsr1_error(DSR1_ERR_LOST, "%s joined; the grid goes on in epoch %u (regrouped in %lld ms)",
+                      name, g->epoch, (long long)(now_ms() - t0));
+#else
+    (void)addr;
+    (void)len;
+    return dsr1_error(DSR1_ERR_UNSUPPORTED, "joining needs a build with UCX");
+#endif
 }
 
 void dsr1_grid_membership(const dsr1_grid *g, dsr1_grid_health *out, bool *alive)
@@ -712,5 +792,8 @@ void dsr1_grid_destroy(dsr1_grid *g)
     free(g->suspect);
     free(g->lane_live);
     free(g->owners);
+    for (int i = 0; g->waddr && i < g->workers; i++) free(g->waddr[i]);
+    free(g->waddr);
+    free(g->wlen);
     free(g);
 }

@@ -64,6 +64,17 @@ dsr1_status dsr1_grid_wait(dsr1_grid *g, uint64_t step);
  * complete lane, or an expert without a live copy in some stage — the error names what is
  * missing and the grid is failed as above. */
 dsr1_status dsr1_grid_step(dsr1_grid *g, const dsr1_batch *b);
+/* Joining (regroup only): the place of a lost worker for a replacement — `want` if that
+ * one is lost, any lost one when want < 0 (the lowest); -1 when there is none. */
+int dsr1_grid_vacancy(const dsr1_grid *g, int want);
+/* Steps submitted and not yet waited for. */
+int dsr1_grid_in_flight(const dsr1_grid *g);
+/* A replacement for lost worker `index` is reachable at this world address (the process
+ * has the same model and slice): its world endpoint is replaced and the grid moves to a
+ * new epoch with it, whose lanes serve again once live in every stage. Only with no step
+ * in flight. Returns DSR1_ERR_LOST, as after a loss (the caller reads the new lanes from
+ * dsr1_grid_membership), or the error that failed the regroup. */
+dsr1_status dsr1_grid_admit(dsr1_grid *g, int index, const void *addr, size_t len);
 /* The grid's membership; alive (may be NULL) receives one flag per lane (EP rank). */
 void dsr1_grid_membership(const dsr1_grid *g, dsr1_grid_health *out, bool *alive);
 /* Tell every worker to exit (or abort the group when the grid failed). */

@@ -74,7 +74,8 @@ dsr1_status dsr1_backend_open(const dsr1_backend_params *p, dsr1_backend **out)
         b->cfg = dsr1_ckpt_config(b->ck);
     }
     b->blocks = cache_blocks(p, b->cfg, b->block_tokens);
-    if (p->workers > 0 || p->transport == DSR1_TRANSPORT_MPI) {
+    if (p->workers > 0 || p->transport == DSR1_TRANSPORT_MPI ||
+        p->transport == DSR1_TRANSPORT_JOIN) {
         dsr1_cluster_params cp = {.ckpt = b->ck,
                                   .dummy_cfg = p->dummy_weights ? b->cfg : NULL,
                                   .seed = p->seed,
@@ -88,7 +89,8 @@ dsr1_status dsr1_backend_open(const dsr1_backend_params *p, dsr1_backend **out)
                                   .transport = p->transport,
                                   .kv_blocks = b->blocks,
                                   .block_tokens = b->block_tokens,
-                                  .replicas = p->replicas};
+                                  .replicas = p->replicas,
+                                  .join_listen = p->join_listen};
         if ((st = dsr1_cluster_create(&cp, &b->cl)) != DSR1_OK) goto fail;
         b->workers = dsr1_cluster_workers(b->cl);
         b->n_ranks = b->workers / p->pp;

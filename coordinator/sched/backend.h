@@ -28,6 +28,7 @@ typedef struct {
     int max_step_tokens; /* tokens of one step (0: default 512) */
     int steps_in_flight; /* grid with pp > 1: steps in flight (0: pp) */
     int replicas;        /* grid: copies of every routed expert per stage (0: 1) */
+    const char *join_listen; /* grid: HOST:PORT where workers may join (cluster.h) */
 } dsr1_backend_params;
 
 typedef struct dsr1_backend dsr1_backend;

@@ -601,10 +601,29 @@ static void executor_failed(dsr1_sched *s, dsr1_status st)
     }
     char why[512];
     snprintf(why, sizeof(why), "%s", dsr1_errmsg());
+    bool *was = malloc(sizeof(bool) * (size_t)x->n_ranks);
+    if (!was) {
+        fail_all(s, "out of memory");
+        return;
+    }
+    memcpy(was, s->rank_alive, sizeof(bool) * (size_t)x->n_ranks);
     if (x->recover(x->ctx, s->rank_alive) != DSR1_OK) {
+        free(was);
         fail_all(s, dsr1_errmsg());
         return;
     }
+    /* a rank back in service (a worker joined) starts with an empty cache */
+    for (int k = 0; k < x->n_ranks; k++)
+        if (!was[k] && s->rank_alive[k]) {
+            dsr1_blocks *fresh;
+            if (dsr1_blocks_create(x->blocks_per_rank, x->block_tokens, &fresh) != DSR1_OK) {
+                s->rank_alive[k] = false;
+                continue;
+            }
+            dsr1_blocks_destroy(s->blocks[k]);
+            s->blocks[k] = fresh;
+        }
+    free(was);
     for (int i = 0; i < s->inflight; i++) { /* none of them ran */
         const step_slot *st = &s->slots[(s->head + i) % s->depth];
         for (int j = 0; j < st->n; j++) st->seq_req[j]->busy = false;
@@ -625,7 +644,7 @@ static void executor_failed(dsr1_sched *s, dsr1_status st)
         return;
     }
     DSR1_WARN("sched: %s; %d of %d attention rank(s) serve, %d request(s) of lost ranks "
-              "recomputed elsewhere",
+              "to be recomputed",
               why, serving, x->n_ranks, moved);
 }
 

@@ -173,7 +173,7 @@ static void test_step_malformed(void **state)
     corrupt(0, 0x12345678, DSR1_ERR_FORMAT, "magic");
     corrupt(4, 9 | (1u << 16), DSR1_ERR_UNSUPPORTED, "version 9"); /* version 9, type STEP */
     corrupt(4, 2 | (1u << 16), DSR1_ERR_UNSUPPORTED, "version 2"); /* before sample records */
-    corrupt(4, DSR1_WIRE_VERSION | (9u << 16), DSR1_ERR_FORMAT, "unknown message type 9");
+    corrupt(4, DSR1_WIRE_VERSION | (99u << 16), DSR1_ERR_FORMAT, "unknown message type 99");
     corrupt(16, 3, DSR1_ERR_FORMAT, "header says 3");                /* body size */
     corrupt(20, 1, DSR1_ERR_FORMAT, "unknown message type");         /* reserved word */
     corrupt(COUNTS, (uint32_t)-1, DSR1_ERR_FORMAT, "out of bounds"); /* n_seqs */
@@ -370,6 +370,83 @@ static void test_other_messages(void **state)
     free(msg);
 }
 
+/* Membership messages: REGROUP, ADDR/CONNECT, JOIN, WELCOME round trip, and every cut or
+ * corrupted length is refused. */
+static void test_membership(void **state)
+{
+    (void)state;
+    void *msg;
+    size_t len;
+    const int32_t live[5] = {1, 0, 1, 1, 1};
+    dsr1_wire_regroup rg = {7, 1234, 5, live}, rd;
+    assert_int_equal(dsr1_wire_regroup_encode(&rg, &msg, &len), DSR1_OK);
+    assert_int_equal(dsr1_wire_regroup_decode(msg, len, &rd), DSR1_OK);
+    assert_int_equal(rd.epoch, 7);
+    assert_int_equal(rd.first_step, 1234);
+    assert_int_equal(rd.n_workers, 5);
+    assert_memory_equal(rd.live, live, sizeof(live));
+    for (size_t cut = DSR1_WIRE_HEADER; cut < len; cut++)
+        assert_int_not_equal(dsr1_wire_regroup_decode(msg, cut, &rd), DSR1_OK);
+    ((int32_t *)((char *)msg + DSR1_WIRE_HEADER + 8))[1] = 2; /* a flag that is not 0/1 */
+    assert_int_equal(dsr1_wire_regroup_decode(msg, len, &rd), DSR1_ERR_FORMAT);
+    free(msg);
+
+    const char ep0[] = "ep-address-0", w0[] = "world0", w2[] = "world-address-two";
+    dsr1_wire_addr a[3] = {{1, sizeof(ep0), sizeof(w0), ep0, w0},
+                           {2, 0, 0, NULL, NULL},
+                           {3, 5, sizeof(w2), "abcde", w2}},
+                   b[3];
+    uint32_t epoch;
+    int n;
+    assert_int_equal(dsr1_wire_addrs_encode(DSR1_MSG_CONNECT, 9, a, 3, &msg, &len), DSR1_OK);
+    assert_int_equal(dsr1_wire_addrs_decode(msg, len, &epoch, b, 3, &n), DSR1_OK);
+    assert_int_equal(epoch, 9);
+    assert_int_equal(n, 3);
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(b[i].rank, a[i].rank);
+        assert_int_equal(b[i].len, a[i].len);
+        assert_int_equal(b[i].world_len, a[i].world_len);
+        if (a[i].len) assert_memory_equal(b[i].addr, a[i].addr, (size_t)a[i].len);
+        if (a[i].world_len) assert_memory_equal(b[i].world_addr, a[i].world_addr, (size_t)a[i].world_len);
+    }
+    assert_int_equal(dsr1_wire_addrs_decode(msg, len, &epoch, b, 2, &n), DSR1_ERR_FORMAT);
+    for (size_t cut = DSR1_WIRE_HEADER; cut < len; cut++)
+        assert_int_not_equal(dsr1_wire_addrs_decode(msg, cut, &epoch, b, 3, &n), DSR1_OK);
+    free(msg);
+
+    dsr1_wire_join j = {0x1122334455667788ull, 42, 1, 3, 1, "host-a", sizeof(w2), w2}, jd;
+    assert_int_equal(dsr1_wire_join_encode(&j, &msg, &len), DSR1_OK);
+    assert_int_equal(dsr1_wire_join_decode(msg, len, &jd), DSR1_OK);
+    assert_true(jd.config_hash == j.config_hash && jd.seed == 42 && jd.dummy == 1 && jd.want == 3 &&
+                jd.ready == 1 && jd.len == (int32_t)sizeof(w2));
+    assert_string_equal(jd.host, "host-a");
+    assert_memory_equal(jd.addr, w2, sizeof(w2));
+    for (size_t cut = DSR1_WIRE_HEADER; cut < len; cut++)
+        assert_int_not_equal(dsr1_wire_join_decode(msg, cut, &jd), DSR1_OK);
+    free(msg);
+    j.len = 0; /* ready without an address */
+    assert_int_equal(dsr1_wire_join_encode(&j, &msg, &len), DSR1_ERR_RANGE);
+
+    const int32_t owners[6] = {0, 1, 1, 0, 2, 3}, lens[3] = {sizeof(w0), 0, 5};
+    const void *addrs[3] = {w0, NULL, "abcde"};
+    dsr1_wire_welcome w = {2, 1, 4, 64, 3000, 100, 16, 2, 1, 6, owners, lens, addrs}, wd;
+    assert_int_equal(dsr1_wire_welcome_encode(&w, &msg, &len), DSR1_OK);
+    assert_int_equal(dsr1_wire_welcome_decode(msg, len, &wd), DSR1_OK);
+    assert_true(wd.workers == 2 && wd.pp == 1 && wd.kv_blocks == 100 && wd.replicas == 2 &&
+                wd.index == 1 && wd.n_owners == 6);
+    assert_memory_equal(wd.owners, owners, sizeof(owners));
+    assert_memory_equal(wd.lens, lens, sizeof(lens));
+    assert_memory_equal(wd.addrs[0], w0, sizeof(w0));
+    assert_memory_equal(wd.addrs[2], "abcde", 5);
+    free((void *)wd.lens);
+    free((void *)wd.addrs);
+    for (size_t cut = DSR1_WIRE_HEADER; cut < len; cut++)
+        assert_int_not_equal(dsr1_wire_welcome_decode(msg, cut, &wd), DSR1_OK);
+    ((int32_t *)((char *)msg + DSR1_WIRE_HEADER))[8] = 2; /* index past the workers */
+    assert_int_equal(dsr1_wire_welcome_decode(msg, len, &wd), DSR1_ERR_FORMAT);
+    free(msg);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -377,6 +454,7 @@ int main(void)
         cmocka_unit_test(test_step_malformed),
         cmocka_unit_test(test_result),
         cmocka_unit_test(test_other_messages),
+        cmocka_unit_test(test_membership),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
