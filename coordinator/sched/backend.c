@@ -143,7 +143,9 @@ static dsr1_status backend_heartbeat(void *ctx)
     dsr1_backend *be = ctx;
     const dsr1_batch empty = {0, NULL, NULL};
     dsr1_status st = dsr1_cluster_step(be->cl, &empty);
-    return st == DSR1_OK ? st : dsr1_error_context(st, "heartbeat of an idle grid");
+    /* DSR1_ERR_LOST (a membership change) speaks for itself */
+    return st == DSR1_OK || st == DSR1_ERR_LOST ? st
+                                                : dsr1_error_context(st, "heartbeat of an idle grid");
 }
 
 /* After DSR1_ERR_LOST the grid is already in its new epoch: which lanes serve. */

@@ -643,9 +643,12 @@ static void executor_failed(dsr1_sched *s, dsr1_status st)
         fail_all(s, "no attention rank serves any more");
         return;
     }
-    DSR1_WARN("sched: %s; %d of %d attention rank(s) serve, %d request(s) of lost ranks "
-              "to be recomputed",
-              why, serving, x->n_ranks, moved);
+    if (serving == x->n_ranks)
+        DSR1_INFO("sched: %s; all %d attention ranks serve", why, serving);
+    else
+        DSR1_WARN("sched: %s; %d of %d attention rank(s) serve, %d request(s) of lost ranks to "
+                  "be recomputed",
+                  why, serving, x->n_ranks, moved);
 }
 
 static void publish_info(dsr1_sched *s)
