@@ -15,7 +15,9 @@
  *      portable, and our fastest variant's GFLOP/s over oneDNN's;
  *   3. the decode-step absorption (q' = Wk^T q over kv_b, FP8) per variant;
  *   4. MLA attention of one decode token against 1K-32K cached rows in a paged cache,
- *      per variant: time per call and cache bytes read per second against the bandwidth.
+ *      per variant: time per call and cache bytes read per second against the bandwidth
+ *      (variants with a bf16 cache, kv_bf16 — the fast mode — read the same values rounded
+ *      to bf16, half the bytes, through mla_attention_bf16).
  * Weights are random e4m3 bytes (no NaN patterns) with random positive block scales; many
  * copies (of weights, of caches) are cycled so that, as in a real step, they come from DRAM
  * rather than cache.
@@ -30,6 +32,7 @@
 
 #include "bench.h"
 #include "kernels.h"
+#include "numeric.h"
 #include "progress.h"
 
 #define MAX_VARIANTS 8
@@ -348,6 +351,7 @@ typedef struct {
     dsr1_pool *pool;
     const float *qa, *qp;
     const float *const *blocks;
+    const uint16_t *const *blocks16; /* the same cache in bf16, for variants with kv_bf16 */
     int ctx, nblocks, ncopies, next[MAX_VARIANTS];
     float *out;
 } mla_job;
@@ -355,16 +359,21 @@ typedef struct {
 static void mla_call(void *arg, int v)
 {
     mla_job *j = arg;
-    const float *const *blocks = j->blocks + (size_t)j->next[v] * j->nblocks;
-    j->vars[v]->mla_attention(j->pool, 1, MLA_HEADS, MLA_KVL, MLA_ROPE, j->qa, j->qp, blocks,
-                              MLA_BLOCK, MLA_ROW, j->ctx - 1, 0.1f, j->out);
+    const size_t at = (size_t)j->next[v] * j->nblocks;
+    if (j->vars[v]->kv_bf16 && j->vars[v]->mla_attention_bf16)
+        j->vars[v]->mla_attention_bf16(j->pool, 1, MLA_HEADS, MLA_KVL, MLA_ROPE, j->qa, j->qp,
+                                       j->blocks16 + at, MLA_BLOCK, MLA_ROW, j->ctx - 1, 0.1f,
+                                       j->out);
+    else
+        j->vars[v]->mla_attention(j->pool, 1, MLA_HEADS, MLA_KVL, MLA_ROPE, j->qa, j->qp,
+                                  j->blocks + at, MLA_BLOCK, MLA_ROW, j->ctx - 1, 0.1f, j->out);
     j->next[v] = (j->next[v] + 1) % j->ncopies;
 }
 
 static void bench_mla_attention(dsr1_pool *pool, const bench_opts *o, const dsr1_kernels **vars,
                                 int nv, results *rs)
 {
-    static const int ctxs[] = {1024, 4096, 16384, 32768};
+    static const int ctxs[] = {1024, 4096, 8192, 16384, 32768};
     const int nctx = sizeof(ctxs) / sizeof(ctxs[0]), ctx_max = ctxs[nctx - 1];
     const size_t row_bytes = sizeof(float) * MLA_ROW,
                  rows = (o->pool_bytes > 2 * ctx_max * row_bytes ? o->pool_bytes
@@ -374,7 +383,9 @@ static void bench_mla_attention(dsr1_pool *pool, const bench_opts *o, const dsr1
     float *qa = malloc(sizeof(float) * MLA_HEADS * MLA_KVL);
     float *qp = malloc(sizeof(float) * MLA_HEADS * MLA_ROPE);
     const float **blocks = malloc(sizeof(*blocks) * (rows / MLA_BLOCK));
-    if (!kv || !out || !qa || !qp || !blocks) {
+    uint16_t *kv16 = malloc(sizeof(uint16_t) * MLA_ROW * rows);
+    const uint16_t **blocks16 = malloc(sizeof(*blocks16) * (rows / MLA_BLOCK));
+    if (!kv || !out || !qa || !qp || !blocks || !kv16 || !blocks16) {
         fprintf(stderr, "dsr1-bench: out of memory for the MLA cache\n");
         goto out;
     }
@@ -390,10 +401,13 @@ static void bench_mla_attention(dsr1_pool *pool, const bench_opts *o, const dsr1
         blocks[b] = blocks[r];
         blocks[r] = t;
     }
+    /* the fast mode's bf16 cache: the same values rounded, the same block order */
+    for (size_t i = 0; i < rows * MLA_ROW; i++) kv16[i] = dsr1_f32_to_bf16(kv[i]);
+    for (size_t b = 0; b < nb; b++) blocks16[b] = kv16 + (blocks[b] - kv);
     for (int ci = 0; ci < nctx; ci++) {
         const int ctx = ctxs[ci];
         fprintf(stderr, "MLA attention, %d cached tokens ...\n", ctx);
-        mla_job j = {vars, pool, qa, qp, blocks, ctx, ctx / MLA_BLOCK, (int)(rows / ctx)};
+        mla_job j = {vars, pool, qa, qp, blocks, blocks16, ctx, ctx / MLA_BLOCK, (int)(rows / ctx)};
         j.out = out;
         double sec[MAX_VARIANTS];
         time_interleaved(mla_call, &j, nv, o, sec);
@@ -407,7 +421,8 @@ static void bench_mla_attention(dsr1_pool *pool, const bench_opts *o, const dsr1
                               ctx,
                               vars[v]->name,
                               sec[v],
-                              (double)ctx * row_bytes,
+                              (double)ctx * MLA_ROW *
+                                  (vars[v]->kv_bf16 ? sizeof(uint16_t) : sizeof(float)),
                               2.0 * MLA_HEADS * ctx * (MLA_ROW + MLA_KVL),
                               sec[0] / sec[v],
                               NAN};
@@ -415,6 +430,8 @@ static void bench_mla_attention(dsr1_pool *pool, const bench_opts *o, const dsr1
     }
 out:
     free(kv);
+    free(kv16);
+    free(blocks16);
     free(out);
     free(qa);
     free(qp);

@@ -71,6 +71,20 @@ typedef struct dsr1_kernels {
      * DSR1_ERR_INVALID_ARG for mismatched shapes, DSR1_ERR_NOMEM; y is unchanged then. */
     dsr1_status (*expert_ffn)(dsr1_pool *pool, const dsr1_expert *ex, int ne, const float *x,
                               int ldx, float *y, int ldy);
+    /* Non-zero: this variant keeps the MLA cache in bf16 (each value rounded to nearest even
+     * from the float32 the engine computes: half the memory) and its attention is
+     * mla_attention_bf16, which reads that cache; the engine then never calls mla_attention.
+     * Zero (the exact variants): a float32 cache and mla_attention. */
+    int kv_bf16;
+    /* mla_attention against a bf16 cache: the same shapes, paging and result, with kv_blocks
+     * pointing at bf16 rows (ld_kv in bf16 values). The fast mode computes it in bf16 x bf16
+     * products with fp32 accumulation and an online (flash-style) softmax over fixed
+     * 32-position chunks of absolute positions, so a token's result depends neither on t,
+     * on the other tokens of the step nor on block_tokens (docs/kernels.md). */
+    void (*mla_attention_bf16)(dsr1_pool *pool, int t, int heads, int kvl, int rope,
+                               const float *q_abs, const float *q_pe,
+                               const uint16_t *const *kv_blocks, int block_tokens, int ld_kv,
+                               int pos0, float scale, float *out);
 } dsr1_kernels;
 
 const dsr1_kernels *dsr1_kernels_portable(void);

@@ -47,7 +47,7 @@ static dsr1_status engine_new(const dsr1_weights *w, const dsr1_kernels *k, dsr1
     dsr1_status st = dsr1_rope_init(&e->rope, &w->cfg);
     if (st == DSR1_OK)
         st = dsr1_kv_cache_create(&w->cfg, w->layer_begin, w->layer_end, n_blocks, block_tokens,
-                                  &e->cache);
+                                  k->kv_bf16 && k->mla_attention_bf16, &e->cache);
     if (st == DSR1_OK && max_step_tokens < 1)
         st = dsr1_error(DSR1_ERR_INVALID_ARG, "engine: max_step_tokens %d", max_step_tokens);
     if (st == DSR1_OK) {
@@ -260,8 +260,8 @@ typedef struct {
     float *h, *x, *qa, *q, *kv, *qpe, *qabs, *oc, *ov, *y, *shared, *ffn;
     int *ids;
     float *rw;
-    int *tok_seq, *tok_pos;  /* per token: its sequence and position */
-    const float **kv_blocks; /* one sequence's blocks in one layer, for mla_attention */
+    int *tok_seq, *tok_pos; /* per token: its sequence and position */
+    const void **kv_blocks; /* one sequence's blocks in one layer, for mla_attention */
 } step_buf;
 
 static void step_free(step_buf *s)
@@ -311,7 +311,7 @@ static dsr1_status step_alloc(step_buf *s, const dsr1_model_config *c, int T, in
     s->rw = malloc(sizeof(float) * t * c->num_experts_per_tok);
     s->tok_seq = malloc(sizeof(int) * t);
     s->tok_pos = malloc(sizeof(int) * t);
-    s->kv_blocks = malloc(sizeof(float *) * ((size_t)max_blocks + 1));
+    s->kv_blocks = malloc(sizeof(void *) * ((size_t)max_blocks + 1));
     if (!s->h || !s->x || !s->qa || !s->q || !s->kv || !s->qpe || !s->qabs || !s->oc || !s->ov ||
         !s->y || !s->shared || !s->ffn || !s->ids || !s->rw || !s->tok_seq || !s->tok_pos ||
         !s->kv_blocks) {
@@ -346,8 +346,13 @@ static void attention(dsr1_engine *e, const dsr1_batch *b, int l, step_buf *s, i
         float *kvt = s->kv + (size_t)t * kvw;
         dsr1_rope_apply(&e->rope, kvt + kvl, pos);
         const int32_t *tab = seq_table(e, &b->seqs[s->tok_seq[t]]);
-        float *row = dsr1_kv_cache_block(e->cache, l, tab[pos / bt]) + (size_t)(pos % bt) * kvw;
-        memcpy(row, kvt, sizeof(float) * kvw);
+        void *blk = dsr1_kv_cache_block(e->cache, l, tab[pos / bt]);
+        if (dsr1_kv_cache_bf16(e->cache)) { /* the fast mode: rounded to nearest even */
+            uint16_t *row = (uint16_t *)blk + (size_t)(pos % bt) * kvw;
+            for (int v = 0; v < kvw; v++) row[v] = dsr1_f32_to_bf16(kvt[v]);
+        } else {
+            memcpy((float *)blk + (size_t)(pos % bt) * kvw, kvt, sizeof(float) * kvw);
+        }
         for (int h = 0; h < nh; h++) {
             float *qpe = s->qpe + ((size_t)t * nh + h) * rope;
             memcpy(qpe, s->q + (size_t)t * nh * qk + (size_t)h * qk + nope, sizeof(float) * rope);
@@ -363,9 +368,16 @@ static void attention(dsr1_engine *e, const dsr1_batch *b, int l, step_buf *s, i
         const int32_t *tab = seq_table(e, sq);
         for (int i = 0; i < seq_blocks(sq, bt); i++)
             s->kv_blocks[i] = dsr1_kv_cache_block(e->cache, l, tab[i]);
-        k->mla_attention(e->pool, sq->n_tokens, nh, kvl, rope, s->qabs + (size_t)t0 * nh * kvl,
-                         s->qpe + (size_t)t0 * nh * rope, s->kv_blocks, bt, kvw, sq->pos,
-                         e->rope.softmax_scale, s->oc + (size_t)t0 * nh * kvl);
+        if (dsr1_kv_cache_bf16(e->cache))
+            k->mla_attention_bf16(e->pool, sq->n_tokens, nh, kvl, rope,
+                                  s->qabs + (size_t)t0 * nh * kvl, s->qpe + (size_t)t0 * nh * rope,
+                                  (const uint16_t *const *)s->kv_blocks, bt, kvw, sq->pos,
+                                  e->rope.softmax_scale, s->oc + (size_t)t0 * nh * kvl);
+        else
+            k->mla_attention(e->pool, sq->n_tokens, nh, kvl, rope, s->qabs + (size_t)t0 * nh * kvl,
+                             s->qpe + (size_t)t0 * nh * rope, (const float *const *)s->kv_blocks,
+                             bt, kvw, sq->pos, e->rope.softmax_scale,
+                             s->oc + (size_t)t0 * nh * kvl);
     }
     /* expand: o_h = Wv_h (attention-weighted latent), Wv_h = the v rows after Wk_h */
     for (int h = 0; h < nh; h++)

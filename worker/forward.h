@@ -18,6 +18,9 @@
  * when asked, instead of the logit rows. On a worker grid this runs on the last pipeline
  * stage, so that only ids travel back to the coordinator.
  *
+ * The cache's values are float32, or bf16 when the kernel table has kv_bf16 (the fast mode,
+ * kernels.h): the kernel table decides, at engine creation.
+ *
  * The executor owns the MLA cache and the scratch memory (and the samplers); it borrows the
  * weights, the kernel table and the thread pool, which must outlive it. */
 #ifndef DSR1_FORWARD_H

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "fast.h"
+#include "fast_attn.h"
 #include "log.h"
 #include "numeric.h"
 
@@ -258,6 +259,21 @@ PATH_ENTRIES(DSR1__FAST_VDPBF16)
 PATH_ENTRIES(DSR1__FAST_TILE_EMU)
 PATH_ENTRIES(DSR1__FAST_TILE_AMX)
 
+/* Attention against the bf16 cache (fast_attn.h), by path. */
+static dsr1__fa_backend attn_be[4];
+
+#define ATTN_ENTRY(P)                                                                              \
+    static void attn_##P(dsr1_pool *pool, int t, int heads, int kvl, int rope, const float *q_abs, \
+                         const float *q_pe, const uint16_t *const *kv_blocks, int block_tokens,    \
+                         int ld_kv, int pos0, float scale, float *out)                             \
+    {                                                                                              \
+        dsr1__fa_attention(&attn_be[P], pool, t, heads, kvl, rope, q_abs, q_pe, kv_blocks,         \
+                           block_tokens, ld_kv, pos0, scale, out);                                 \
+    }
+ATTN_ENTRY(DSR1__FAST_VDPBF16)
+ATTN_ENTRY(DSR1__FAST_TILE_EMU)
+ATTN_ENTRY(DSR1__FAST_TILE_AMX)
+
 static void tables_init(void)
 {
 #if DSR1_HAVE_AVX512_KERNELS
@@ -268,10 +284,18 @@ static void tables_init(void)
     for (int p = 0; p < 4; p++) {
         tables[p] = *exact;
         tables[p].name = p == DSR1__FAST_TILE_EMU ? "bf16-tiles-emulated" : "bf16-tiles";
+        tables[p].kv_bf16 = 1;
     }
 #if DSR1_HAVE_AVX512BF16_KERNELS
-    if (cpu_has_bf16()) path_ops[DSR1__FAST_VDPBF16] = dsr1__fast_vd_rowops();
+    if (cpu_has_bf16()) {
+        path_ops[DSR1__FAST_VDPBF16] = dsr1__fast_vd_rowops();
+        attn_be[DSR1__FAST_VDPBF16] = *dsr1__fa_vd_backend();
+    }
 #endif
+    tables[DSR1__FAST_VDPBF16].mla_attention_bf16 = attn_DSR1__FAST_VDPBF16;
+    dsr1__fa_tile_backend(dsr1__tile_emu(), &attn_be[DSR1__FAST_TILE_EMU]);
+    tables[DSR1__FAST_TILE_EMU].mla_attention_bf16 = attn_DSR1__FAST_TILE_EMU;
+    tables[DSR1__FAST_TILE_AMX].mla_attention_bf16 = attn_DSR1__FAST_TILE_AMX;
     tables[DSR1__FAST_VDPBF16].linear = linear_DSR1__FAST_VDPBF16;
     tables[DSR1__FAST_VDPBF16].expert_ffn = expert_ffn_DSR1__FAST_VDPBF16;
     path_ops[DSR1__FAST_TILE_EMU] = dsr1__fast_tile_rowops(dsr1__tile_emu());
@@ -279,6 +303,7 @@ static void tables_init(void)
     tables[DSR1__FAST_TILE_EMU].expert_ffn = expert_ffn_DSR1__FAST_TILE_EMU;
     const dsr1__tileops *amx = dsr1__tile_amx(&amx_why);
     path_ops[DSR1__FAST_TILE_AMX] = amx ? dsr1__fast_tile_rowops(amx) : NULL;
+    if (amx) dsr1__fa_tile_backend(amx, &attn_be[DSR1__FAST_TILE_AMX]);
     tables[DSR1__FAST_TILE_AMX].linear = linear_DSR1__FAST_TILE_AMX;
     tables[DSR1__FAST_TILE_AMX].expert_ffn = expert_ffn_DSR1__FAST_TILE_AMX;
 }

@@ -43,6 +43,10 @@ typedef struct dsr1__tileops {
      * multiply-add rounded to nearest even without flushing (the AMX side vectorises it,
      * the emulation calls fmaf: the same bits). */
     void (*fma_rows)(float *tot, const float *c, const float *mul, int rows);
+    /* Not a tile instruction either: the rescale of an online softmax's output rows,
+     * o[i*ldo + j] = fma(o[i*ldo + j], alpha[i], c[i*16 + j]) for i < rows, j < 16, rounded
+     * like fma_rows (fast_attn.h). */
+    void (*rescale_rows)(float *o, size_t ldo, const float *alpha, const float *c, int rows);
 } dsr1__tileops;
 
 /* The emulation: always available. */

@@ -109,8 +109,16 @@ static void amx_fma_rows(float *tot, const float *c, const float *mul, int rows)
                                                        _mm512_loadu_ps(tot + i * 16)));
 }
 
-static const dsr1__tileops amx = {"amx",    amx_config, amx_release,  amx_zero,
-                                  amx_load, amx_store,  amx_dpbf16ps, amx_fma_rows};
+static void amx_rescale_rows(float *o, size_t ldo, const float *alpha, const float *c, int rows)
+{
+    for (int i = 0; i < rows; i++)
+        _mm512_storeu_ps(o + i * ldo,
+                         _mm512_fmadd_ps(_mm512_loadu_ps(o + i * ldo), _mm512_set1_ps(alpha[i]),
+                                         _mm512_loadu_ps(c + i * 16)));
+}
+
+static const dsr1__tileops amx = {"amx",     amx_config,   amx_release,  amx_zero,        amx_load,
+                                  amx_store, amx_dpbf16ps, amx_fma_rows, amx_rescale_rows};
 
 static const char *amx_why;
 static pthread_once_t amx_once = PTHREAD_ONCE_INIT;

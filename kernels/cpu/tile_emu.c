@@ -160,8 +160,14 @@ static void emu_fma_rows(float *tot, const float *c, const float *mul, int rows)
         for (int j = 0; j < 16; j++) tot[i * 16 + j] = fmaf(c[i * 16 + j], mul[j], tot[i * 16 + j]);
 }
 
-static const dsr1__tileops emu = {"emulated", emu_config, emu_release,  emu_zero,
-                                  emu_load,   emu_store,  emu_dpbf16ps, emu_fma_rows};
+static void emu_rescale_rows(float *o, size_t ldo, const float *alpha, const float *c, int rows)
+{
+    for (int i = 0; i < rows; i++)
+        for (int j = 0; j < 16; j++) o[i * ldo + j] = fmaf(o[i * ldo + j], alpha[i], c[i * 16 + j]);
+}
+
+static const dsr1__tileops emu = {"emulated", emu_config,   emu_release,  emu_zero,        emu_load,
+                                  emu_store,  emu_dpbf16ps, emu_fma_rows, emu_rescale_rows};
 
 const dsr1__tileops *dsr1__tile_emu(void)
 {

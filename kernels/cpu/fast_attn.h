@@ -1,0 +1,86 @@
+/* Internal to the fast precision mode: MLA attention against the bf16 cache
+ * (mla_attention_bf16 of the bf16-tiles tables, kernels.h), flash-style.
+ *
+ * Work is split into tasks (token i, group of up to 16 heads); a task runs alone from start
+ * to end on one thread, so no result depends on the thread split. For token i at absolute
+ * position P = pos0 + i, a task walks the cache in chunks of DSR1__FA_CHUNK = 32 absolute
+ * positions [q0, q0 + 32), q0 = 0, 32, ... <= P (fixed by P alone: neither block_tokens, t
+ * nor the rest of the step change a chunk). Per chunk:
+ *  1. stage (portable C): the chunk's nv = min(32, P + 1 - q0) cache rows are copied into K
+ *     [32][wpad] (bf16, zero past column kvl + rope and past row nv: positions after P are
+ *     never read), and their latents re-laid as C [16 position pairs][kvlp][2] (the B
+ *     operand of P.C, VNNI order: C[q][c] = K[2q][c], K[2q + 1][c]; zero past kvl);
+ *  2. scores S[j][h] = K[j] . Q[h] (Q = bf16(q_abs) ++ bf16(q_pe), zero-padded to wpad, laid
+ *     as VNNI pairs of 16 heads: the B operand): on the backend, fp32 accumulation;
+ *  3. online softmax (portable C, fa_softmax, shared by the backends): per head, s_j =
+ *     S[j][h] * scale for j < nv; mx = max(m, s_j...); alpha = exp(m - mx); p_j =
+ *     bf16(exp(s_j - mx)) (0 for j >= nv); l = fma(l, alpha, sum_j p_j in j order); m = mx.
+ *     exp is this file's own (dsr1__fa_exp: range reduction and a polynomial in fmaf), so
+ *     every backend computes it the same way on every machine;
+ *  4. O[h][c] = fma(O[h][c], alpha[h], (P.C)[h][c]), P.C on the backend, fp32 accumulation.
+ * Finally out[i][h][c] = O[h][c] / l[h].
+ *
+ * The backends differ only in steps 2 and 4:
+ * - tiles (tile.h: AMX or its emulation, bit for bit): scores as 2 tiles of 16 positions x
+ *   hn heads (tiles 0, 1; A = K rows, tile 4; B = Q pairs, tile 6), one TDPBF16PS per 32
+ *   columns of wpad in increasing order into the same accumulator; P.C per 16 latent
+ *   columns as ONE TDPBF16PS of hn heads x 32 positions (tile 2; A = P, tile 5; B = C,
+ *   tile 7) from zero, then the rescale (tileops.rescale_rows). The heads are the rows of P
+ *   and of the output tile (R1: 128 heads = 8 groups of 16 rows).
+ * - vdpbf16ps (fast_attn_avx512.c): a score is one VDPBF16PS chain over the pairs of wpad in
+ *   increasing order (lanes = 16 heads); a P.C element one chain over the chunk's 16
+ *   position pairs from zero (lanes = 16 latent columns), then the rescale.
+ * Compiled with -ffp-contract=off (kernels/meson.build): no multiply-add is fused unless
+ * written as fmaf, so the scalar and the vector forms of each step give the same bits. */
+#ifndef DSR1_FAST_ATTN_H
+#define DSR1_FAST_ATTN_H
+
+#include <stdint.h>
+
+#include "kernels.h"
+#include "tile.h"
+
+#define DSR1__FA_CHUNK 32 /* positions per chunk */
+#define DSR1__FA_HG    16 /* heads per task */
+
+/* One task's geometry and buffers (64-byte aligned). */
+typedef struct {
+    int hn;               /* heads of the group (1..16) */
+    int wpad, kvlp;       /* kvl + rope rounded up to 32; kvl rounded up to 16 */
+    int nv;               /* valid rows of the current chunk */
+    float scale;          /* softmax scale */
+    uint16_t *q;          /* [wpad / 2][16][2]: Q pairs, VNNI (zero past the group's heads) */
+    uint16_t *k;          /* [32][wpad]: the chunk's rows */
+    uint16_t *c;          /* [16][kvlp][2]: the chunk's latents, position pairs interleaved */
+    float *s;             /* [32][16]: scores (unscaled) */
+    uint16_t *p;          /* [16][32]: softmax numerators, bf16 */
+    float *m, *l, *alpha; /* [16] */
+    float *o;             /* [16][kvlp] */
+    float *tmp;           /* [16][16] */
+} dsr1__fa_task;
+
+/* A backend: steps 2 and 4 above (begin/end: once per task, may be NULL). */
+typedef struct dsr1__fa_backend {
+    void (*begin)(const struct dsr1__fa_backend *be, const dsr1__fa_task *x);
+    void (*scores)(const struct dsr1__fa_backend *be, dsr1__fa_task *x);
+    void (*pv)(const struct dsr1__fa_backend *be, dsr1__fa_task *x);
+    void (*end)(const struct dsr1__fa_backend *be, const dsr1__fa_task *x);
+    const dsr1__tileops *tiles; /* the tile backend's implementation */
+} dsr1__fa_backend;
+
+/* exp(x) in fp32, the same bits on every machine: 0 below -87, +inf above 88.5. */
+float dsr1__fa_exp(float x);
+
+/* mla_attention_bf16 (kernels.h) on a backend. */
+void dsr1__fa_attention(const dsr1__fa_backend *be, dsr1_pool *pool, int t, int heads, int kvl,
+                        int rope, const float *q_abs, const float *q_pe,
+                        const uint16_t *const *kv_blocks, int block_tokens, int ld_kv, int pos0,
+                        float scale, float *out);
+
+/* The tile backend over t (dsr1__tile_emu() or the AMX one). */
+void dsr1__fa_tile_backend(const dsr1__tileops *t, dsr1__fa_backend *out);
+/* The vdpbf16ps backend (built where the compiler takes -mavx512bf16; call only on a CPU
+ * with AVX-512 and AVX512_BF16). */
+const dsr1__fa_backend *dsr1__fa_vd_backend(void);
+
+#endif
