@@ -21,7 +21,9 @@
  * Weights are random e4m3 bytes (no NaN patterns) with random positive block scales; many
  * copies (of weights, of caches) are cycled so that, as in a real step, they come from DRAM
  * rather than cache.
- * usage: dsr1-bench kernels [--quick] [--json FILE] */
+ * With --attention, only the limits and section 4, for avx512 and bf16-tiles (the speed-up
+ * column is then over avx512, the exact mode).
+ * usage: dsr1-bench kernels [--quick] [--attention] [--json FILE] */
 #include <jansson.h>
 #include <math.h>
 #include <stdbool.h>
@@ -547,7 +549,7 @@ static void report_decode(const results *rs, double bw, double peak, json_t *jre
            "GB/s: weights read (absorb) or cache rows read (attention, paged in blocks of %d "
            "rows)\n",
            MLA_BLOCK);
-    printf("%-35s %-9s %10s %9s %8s %7s %7s %8s\n", "kernel", "variant", "ms/call", "GFLOP/s",
+    printf("%-35s %-10s %10s %9s %8s %7s %7s %8s\n", "kernel", "variant", "ms/call", "GFLOP/s",
            "GB/s", "%BW", "%FMA", "speedup");
     for (int i = 0; i < rs->n; i++) {
         const result *r = &rs->r[i];
@@ -558,7 +560,7 @@ static void report_decode(const results *rs, double bw, double peak, json_t *jre
             snprintf(name, sizeof(name), "MLA attention, %d cached tokens", r->ctx);
         else
             snprintf(name, sizeof(name), "absorb q' = Wk^T q (kv_b, FP8)");
-        printf("%-35s %-9s %10.3f %9.1f %8.2f %6.1f%% %6.1f%% %7.2fx\n", name, r->variant,
+        printf("%-35s %-10s %10.3f %9.1f %8.2f %6.1f%% %6.1f%% %7.2fx\n", name, r->variant,
                r->sec * 1e3, gf, gb, 100 * gb / bw, peak > 0 ? 100 * gf / peak : 0, r->speedup);
         json_array_append_new(jres, row_json(r, bw, peak));
     }
@@ -566,19 +568,28 @@ static void report_decode(const results *rs, double bw, double peak, json_t *jre
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: dsr1-bench kernels [--quick] [--json FILE]\n\n"
+    fprintf(f, "usage: dsr1-bench kernels [--quick] [--attention] [--json FILE]\n\n"
                "Machine limits (read bandwidth, FMA peak); FP8 linear at R1 expert shapes per\n"
                "kernel variant and against oneDNN's bf16/f32 matmul (n/a when not built in);\n"
                "the decode-step absorption; MLA attention over 1K-32K cached tokens.\n\n"
                "  --quick      smaller buffers, fewer repetitions, no M = 4096 (a few minutes)\n"
+               "  --attention  only MLA attention, avx512 against bf16-tiles (speed-up over\n"
+               "               avx512)\n"
                "  --json FILE  also write the results as JSON\n"
                "environment: DSR1_THREADS=N threads (default: all cores; oneDNN gets as many)\n");
 }
 
 int dsr1__bench_kernels(int argc, char **argv)
 {
-    bool quick;
+    bool quick, attention_only = false;
     const char *json_path;
+    for (int i = 1; i < argc; i++) /* --attention: taken out before the common options */
+        if (strcmp(argv[i], "--attention") == 0) {
+            attention_only = true;
+            for (int q = i; q + 1 < argc; q++) argv[q] = argv[q + 1];
+            argc--;
+            i--;
+        }
     const int prc =
         dsr1__bench_quick_json("dsr1-bench kernels", argc, argv, usage, &quick, &json_path);
     if (prc) return prc == 1 ? 0 : 2;
@@ -591,7 +602,7 @@ int dsr1__bench_kernels(int argc, char **argv)
     }
     const dsr1_kernels *vars[MAX_VARIANTS];
     int nv = 0;
-    vars[nv++] = dsr1_kernels_portable();
+    if (!attention_only) vars[nv++] = dsr1_kernels_portable();
     static const char *const names[] = {"avx512", "bf16-tiles"};
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         const dsr1_kernels *k = dsr1_kernels_select(names[i]);
@@ -610,10 +621,12 @@ int dsr1__bench_kernels(int argc, char **argv)
     }
     static const int ms_quick[] = {1, 8, 64, 512}, ms_full[] = {1, 8, 64, 512, 4096};
     const int *ms = o.quick ? ms_quick : ms_full, nm = o.quick ? 4 : 5;
-    bench_linear(pool, &o, 2048, 7168, ms, nm, vars, nv, rs);
-    bench_linear(pool, &o, 7168, 2048, ms, nm, vars, nv, rs);
-    bench_absorb(pool, &o, vars, nv, rs);
-    bench_mla_attention(pool, &o, vars, nv, rs);
+    if (!attention_only) {
+        bench_linear(pool, &o, 2048, 7168, ms, nm, vars, nv, rs);
+        bench_linear(pool, &o, 7168, 2048, ms, nm, vars, nv, rs);
+        bench_absorb(pool, &o, vars, nv, rs);
+    }
+    if (nv > 0) bench_mla_attention(pool, &o, vars, nv, rs);
 
     fprintf(stderr, "machine limits again ...\n");
     const double bw1 = dsr1__bench_read_gbps(pool, bw_bytes, passes / 2);
@@ -630,8 +643,10 @@ int dsr1__bench_kernels(int argc, char **argv)
                "(ratios use the larger values)\n");
 
     json_t *root = json_object(), *jres = json_array();
-    report_linear(rs, bw, peak, jres);
-    report_vs_onednn(rs, nv, dsr1_pool_size(pool));
+    if (!attention_only) {
+        report_linear(rs, bw, peak, jres);
+        report_vs_onednn(rs, nv, dsr1_pool_size(pool));
+    }
     report_decode(rs, bw, peak, jres);
     json_object_set_new(root, "threads", json_integer(dsr1_pool_size(pool)));
     json_object_set_new(root, "quick", json_boolean(o.quick));

@@ -73,18 +73,26 @@ static void stage(const fa_job *j, int q0, dsr1__fa_task *x)
             memset(d, 0, sizeof(uint16_t) * (size_t)x->wpad);
         }
     }
+    if (j->be->stage_c)
+        j->be->stage_c(x);
+    else
+        dsr1__fa_stage_c(x);
+}
+
+void dsr1__fa_stage_c(dsr1__fa_task *x)
+{
     for (int q = 0; q < DSR1__FA_CHUNK / 2; q++) {
         const uint16_t *k0 = x->k + (size_t)(2 * q) * x->wpad, *k1 = k0 + x->wpad;
         uint16_t *d = x->c + (size_t)q * x->kvlp * 2;
-        for (int c = 0; c < j->kvl; c++) {
+        for (int c = 0; c < x->kvl; c++) {
             d[2 * c] = k0[c];
             d[2 * c + 1] = k1[c];
         }
-        memset(d + 2 * j->kvl, 0, sizeof(uint16_t) * 2 * (size_t)(x->kvlp - j->kvl));
+        memset(d + 2 * x->kvl, 0, sizeof(uint16_t) * 2 * (size_t)(x->kvlp - x->kvl));
     }
 }
 
-static void softmax(dsr1__fa_task *x)
+void dsr1__fa_softmax(dsr1__fa_task *x)
 {
     for (int h = 0; h < x->hn; h++) {
         float s[DSR1__FA_CHUNK], mx = x->m[h];
@@ -119,6 +127,7 @@ static void fa_tasks(void *arg, int begin, int end, int tid)
     const int groups = (j->heads + DSR1__FA_HG - 1) / DSR1__FA_HG;
     dsr1__fa_task x = {.wpad = (j->kvl + j->rope + 31) / 32 * 32,
                        .kvlp = (j->kvl + 15) / 16 * 16,
+                       .kvl = j->kvl,
                        .scale = j->scale};
     const size_t sz[] = {sizeof(uint16_t) * (size_t)x.wpad * DSR1__FA_HG,
                          sizeof(uint16_t) * DSR1__FA_CHUNK * (size_t)x.wpad,
@@ -164,7 +173,10 @@ static void fa_tasks(void *arg, int begin, int end, int tid)
             x.nv = P + 1 - q0 < DSR1__FA_CHUNK ? P + 1 - q0 : DSR1__FA_CHUNK;
             stage(j, q0, &x);
             j->be->scores(j->be, &x);
-            softmax(&x);
+            if (j->be->softmax)
+                j->be->softmax(&x);
+            else
+                dsr1__fa_softmax(&x);
             j->be->pv(j->be, &x);
         }
         if (j->be->end) j->be->end(j->be, &x);
@@ -251,5 +263,5 @@ static void tile_pv(const dsr1__fa_backend *be, dsr1__fa_task *x)
 
 void dsr1__fa_tile_backend(const dsr1__tileops *t, dsr1__fa_backend *out)
 {
-    *out = (dsr1__fa_backend){tile_begin, tile_scores, tile_pv, tile_end, t};
+    *out = (dsr1__fa_backend){tile_begin, tile_scores, tile_pv, tile_end, t, NULL, NULL};
 }

@@ -46,6 +46,7 @@
 /* One task's geometry and buffers (64-byte aligned). */
 typedef struct {
     int hn;               /* heads of the group (1..16) */
+    int kvl;              /* latent values per row */
     int wpad, kvlp;       /* kvl + rope rounded up to 32; kvl rounded up to 16 */
     int nv;               /* valid rows of the current chunk */
     float scale;          /* softmax scale */
@@ -59,17 +60,24 @@ typedef struct {
     float *tmp;           /* [16][16] */
 } dsr1__fa_task;
 
-/* A backend: steps 2 and 4 above (begin/end: once per task, may be NULL). */
+/* A backend: steps 2 and 4 above (begin/end: once per task, may be NULL); optionally its
+ * own (vectorised) forms of the C layout of step 1 and of step 3, which must give the
+ * portable forms' bits (stage_c, softmax: NULL for the portable ones). */
 typedef struct dsr1__fa_backend {
     void (*begin)(const struct dsr1__fa_backend *be, const dsr1__fa_task *x);
     void (*scores)(const struct dsr1__fa_backend *be, dsr1__fa_task *x);
     void (*pv)(const struct dsr1__fa_backend *be, dsr1__fa_task *x);
     void (*end)(const struct dsr1__fa_backend *be, const dsr1__fa_task *x);
     const dsr1__tileops *tiles; /* the tile backend's implementation */
+    void (*stage_c)(dsr1__fa_task *x);
+    void (*softmax)(dsr1__fa_task *x);
 } dsr1__fa_backend;
 
 /* exp(x) in fp32, the same bits on every machine: 0 below -87, +inf above 88.5. */
 float dsr1__fa_exp(float x);
+/* The portable forms of step 1's C layout and of step 3 (exposed for the tests). */
+void dsr1__fa_stage_c(dsr1__fa_task *x);
+void dsr1__fa_softmax(dsr1__fa_task *x);
 
 /* mla_attention_bf16 (kernels.h) on a backend. */
 void dsr1__fa_attention(const dsr1__fa_backend *be, dsr1_pool *pool, int t, int heads, int kvl,
@@ -82,5 +90,8 @@ void dsr1__fa_tile_backend(const dsr1__tileops *t, dsr1__fa_backend *out);
 /* The vdpbf16ps backend (built where the compiler takes -mavx512bf16; call only on a CPU
  * with AVX-512 and AVX512_BF16). */
 const dsr1__fa_backend *dsr1__fa_vd_backend(void);
+/* Its stage_c and softmax (exposed for the tests: the portable forms' bits). */
+void dsr1__fa_vd_stage_c(dsr1__fa_task *x);
+void dsr1__fa_vd_softmax(dsr1__fa_task *x);
 
 #endif

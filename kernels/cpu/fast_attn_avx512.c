@@ -8,6 +8,7 @@
  * four rows at a time (independent chains). P.C: lanes are 16 latent columns; per head and
  * column group one accumulator takes the chunk's 16 position pairs in order from zero,
  * VDPBF16PS(acc, broadcast P[h] pair q, C[q]), then O = fma(O, alpha[h], acc). */
+#include <math.h>
 #include <string.h>
 
 #include "avx512_common.h"
@@ -20,58 +21,175 @@ DSR1_AVX512_INLINE __m512bh dword_bcast(const uint16_t *a)
     return (__m512bh)_mm512_set1_epi32(v);
 }
 
+/* Rows r0 .. r0 + NR of the chunk: NR independent chains. */
+DSR1_AVX512_INLINE void scores_rows(int nr, dsr1__fa_task *x, int r0)
+{
+    const int np = x->wpad / 2;
+    const uint16_t *k = x->k + (size_t)r0 * x->wpad;
+    __m512 a[8];
+    for (int r = 0; r < nr; r++) a[r] = _mm512_setzero_ps();
+    for (int p = 0; p < np; p++) {
+        const __m512bh q = (__m512bh)_mm512_load_si512(x->q + (size_t)p * 32);
+        for (int r = 0; r < nr; r++)
+            a[r] = _mm512_dpbf16_ps(a[r], dword_bcast(k + (size_t)r * x->wpad + 2 * p), q);
+    }
+    for (int r = 0; r < nr; r++) _mm512_store_ps(x->s + (r0 + r) * DSR1__FA_HG, a[r]);
+}
+
 static void vd_scores(const dsr1__fa_backend *be, dsr1__fa_task *x)
 {
     (void)be;
-    const int np = x->wpad / 2;
-    for (int r0 = 0; r0 < x->nv; r0 += 4) {
-        const uint16_t *k = x->k + (size_t)r0 * x->wpad;
-        __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-        for (int p = 0; p < np; p++) {
-            const __m512bh q = (__m512bh)_mm512_load_si512(x->q + (size_t)p * 32);
-            a0 = _mm512_dpbf16_ps(a0, dword_bcast(k + 2 * p), q);
-            a1 = _mm512_dpbf16_ps(a1, dword_bcast(k + x->wpad + 2 * p), q);
-            a2 = _mm512_dpbf16_ps(a2, dword_bcast(k + 2 * x->wpad + 2 * p), q);
-            a3 = _mm512_dpbf16_ps(a3, dword_bcast(k + 3 * x->wpad + 2 * p), q);
-        }
-        _mm512_store_ps(x->s + (r0 + 0) * DSR1__FA_HG, a0);
-        _mm512_store_ps(x->s + (r0 + 1) * DSR1__FA_HG, a1);
-        _mm512_store_ps(x->s + (r0 + 2) * DSR1__FA_HG, a2);
-        _mm512_store_ps(x->s + (r0 + 3) * DSR1__FA_HG, a3);
-    }
+    int r0 = 0;
+    for (; r0 + 8 <= x->nv; r0 += 8) scores_rows(8, x, r0);
+    if (r0 < x->nv) scores_rows(x->nv - r0 <= 4 ? 4 : 8, x, r0); /* rows past nv are zero */
 }
 
-/* Column groups g0 .. g0 + NG of head h. */
-DSR1_AVX512_INLINE void pv_groups(int ng, const dsr1__fa_task *x, int h, int g0)
+/* Column groups g0 .. g0 + ng of heads h .. h + nh (nh <= 2): each C vector loaded once for
+ * both heads. */
+DSR1_AVX512_INLINE void pv_groups(int nh, int ng, const dsr1__fa_task *x, int h, int g0)
 {
-    __m512 acc[8];
-    for (int g = 0; g < ng; g++) acc[g] = _mm512_setzero_ps();
-    const uint16_t *p = x->p + (size_t)h * DSR1__FA_CHUNK;
+    __m512 acc[2][8];
+    for (int i = 0; i < nh; i++)
+        for (int g = 0; g < ng; g++) acc[i][g] = _mm512_setzero_ps();
     const size_t cld = 2 * (size_t)x->kvlp;
     for (int q = 0; q < DSR1__FA_CHUNK / 2; q++) {
-        const __m512bh b = dword_bcast(p + 2 * q);
+        __m512bh b[2];
+        for (int i = 0; i < nh; i++)
+            b[i] = dword_bcast(x->p + (size_t)(h + i) * DSR1__FA_CHUNK + 2 * q);
         const uint16_t *c = x->c + (size_t)q * cld + (size_t)g0 * 32;
-        for (int g = 0; g < ng; g++)
-            acc[g] = _mm512_dpbf16_ps(acc[g], b, (__m512bh)_mm512_load_si512(c + g * 32));
+        for (int g = 0; g < ng; g++) {
+            const __m512bh cv = (__m512bh)_mm512_load_si512(c + g * 32);
+            for (int i = 0; i < nh; i++) acc[i][g] = _mm512_dpbf16_ps(acc[i][g], b[i], cv);
+        }
     }
-    const __m512 al = _mm512_set1_ps(x->alpha[h]);
-    float *o = x->o + (size_t)h * x->kvlp + (size_t)g0 * 16;
-    for (int g = 0; g < ng; g++)
-        _mm512_store_ps(o + g * 16, _mm512_fmadd_ps(_mm512_load_ps(o + g * 16), al, acc[g]));
+    for (int i = 0; i < nh; i++) {
+        const __m512 al = _mm512_set1_ps(x->alpha[h + i]);
+        float *o = x->o + (size_t)(h + i) * x->kvlp + (size_t)g0 * 16;
+        for (int g = 0; g < ng; g++)
+            _mm512_store_ps(o + g * 16, _mm512_fmadd_ps(_mm512_load_ps(o + g * 16), al, acc[i][g]));
+    }
 }
 
 static void vd_pv(const dsr1__fa_backend *be, dsr1__fa_task *x)
 {
     (void)be;
     const int groups = x->kvlp / 16;
-    for (int h = 0; h < x->hn; h++) {
+    int h = 0;
+    for (; h + 2 <= x->hn; h += 2) {
         int g0 = 0;
-        for (; g0 + 8 <= groups; g0 += 8) pv_groups(8, x, h, g0);
-        for (; g0 < groups; g0++) pv_groups(1, x, h, g0);
+        for (; g0 + 8 <= groups; g0 += 8) pv_groups(2, 8, x, h, g0);
+        for (; g0 < groups; g0++) pv_groups(2, 1, x, h, g0);
+    }
+    for (; h < x->hn; h++) {
+        int g0 = 0;
+        for (; g0 + 8 <= groups; g0 += 8) pv_groups(1, 8, x, h, g0);
+        for (; g0 < groups; g0++) pv_groups(1, 1, x, h, g0);
     }
 }
 
-static const dsr1__fa_backend vd = {NULL, vd_scores, vd_pv, NULL, NULL};
+/* ---- step 1's C layout and step 3, vectorised: the portable forms' bits ------------------ */
+
+/* C[q][c] = K[2q][c], K[2q + 1][c]: 32 columns of a row pair per two permutes. */
+static void vd_stage_c(dsr1__fa_task *x)
+{
+    __m512i lo_idx, hi_idx;
+    {
+        uint16_t lo[32], hi[32];
+        for (int c = 0; c < 16; c++) {
+            lo[2 * c] = (uint16_t)c;
+            lo[2 * c + 1] = (uint16_t)(32 + c);
+            hi[2 * c] = (uint16_t)(16 + c);
+            hi[2 * c + 1] = (uint16_t)(48 + c);
+        }
+        lo_idx = _mm512_loadu_si512(lo);
+        hi_idx = _mm512_loadu_si512(hi);
+    }
+    for (int q = 0; q < DSR1__FA_CHUNK / 2; q++) {
+        const uint16_t *k0 = x->k + (size_t)(2 * q) * x->wpad, *k1 = k0 + x->wpad;
+        uint16_t *d = x->c + (size_t)q * x->kvlp * 2;
+        for (int c = 0; c < x->kvlp; c += 32) {
+            const int n = x->kvl - c;
+            const __mmask32 m = n >= 32 ? ~(__mmask32)0 : (__mmask32)((1u << n) - 1);
+            const __m512i a = _mm512_maskz_loadu_epi16(m, k0 + c);
+            const __m512i b = _mm512_maskz_loadu_epi16(m, k1 + c);
+            _mm512_store_si512(d + 2 * c, _mm512_permutex2var_epi16(a, lo_idx, b));
+            if (c + 16 < x->kvlp)
+                _mm512_store_si512(d + 2 * c + 32, _mm512_permutex2var_epi16(a, hi_idx, b));
+        }
+    }
+}
+
+/* dsr1__fa_exp on 16 lanes: the same operations in the same order. */
+DSR1_AVX512_INLINE __m512 exp16(__m512 x)
+{
+    const __mmask16 lo = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.0f), _CMP_LT_OQ);
+    const __mmask16 hi = _mm512_cmp_ps_mask(x, _mm512_set1_ps(88.5f), _CMP_GT_OQ);
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269502f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fmadd_ps(n, _mm512_set1_ps(-0.693145751953125f), x);
+    r = _mm512_fmadd_ps(n, _mm512_set1_ps(-1.42860677e-06f), r);
+    __m512 p = _mm512_set1_ps(1.98412701e-04f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.38888892e-03f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.33333377e-03f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.16666679e-02f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.66666672e-01f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    const __m512i e = _mm512_slli_epi32(
+        _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_maskz_mov_ps((__mmask16)~lo, n)),
+                         _mm512_set1_epi32(127)),
+        23);
+    __m512 y = _mm512_mul_ps(p, _mm512_castsi512_ps(e));
+    y = _mm512_maskz_mov_ps((__mmask16)~lo, y);
+    return _mm512_mask_mov_ps(y, hi, _mm512_set1_ps(INFINITY));
+}
+
+/* fp32 -> bf16 bits, nearest even, in the low half of each lane (no NaN here). */
+DSR1_AVX512_INLINE __m512i bf16_rne(__m512 v)
+{
+    const __m512i u = _mm512_castps_si512(v);
+    const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    return _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff))),
+                             16);
+}
+
+/* Lanes are the heads: per head exactly dsr1__fa_softmax's operations. */
+static void vd_softmax(dsr1__fa_task *x)
+{
+    const __m512 m = _mm512_load_ps(x->m), sc = _mm512_set1_ps(x->scale);
+    __m512 s[DSR1__FA_CHUNK], mx = m;
+    for (int r = 0; r < x->nv; r++) {
+        s[r] = _mm512_mul_ps(_mm512_load_ps(x->s + r * DSR1__FA_HG), sc);
+        mx = _mm512_max_ps(s[r], mx); /* s > mx ? s : mx */
+    }
+    const __m512 alpha = exp16(_mm512_sub_ps(m, mx));
+    __m512 sum = _mm512_setzero_ps();
+    uint16_t pt[DSR1__FA_CHUNK][16];
+    for (int r = 0; r < DSR1__FA_CHUNK; r++) {
+        __m512i b = _mm512_setzero_si512();
+        if (r < x->nv) b = bf16_rne(exp16(_mm512_sub_ps(s[r], mx)));
+        sum = _mm512_add_ps(sum, _mm512_castsi512_ps(_mm512_slli_epi32(b, 16)));
+        _mm256_storeu_si256((__m256i *)pt[r], _mm512_cvtepi32_epi16(b));
+    }
+    _mm512_store_ps(x->l, _mm512_fmadd_ps(_mm512_load_ps(x->l), alpha, sum));
+    _mm512_store_ps(x->m, mx);
+    _mm512_store_ps(x->alpha, alpha);
+    for (int h = 0; h < x->hn; h++)
+        for (int r = 0; r < DSR1__FA_CHUNK; r++) x->p[h * DSR1__FA_CHUNK + r] = pt[r][h];
+}
+
+static const dsr1__fa_backend vd = {NULL, vd_scores, vd_pv, NULL, NULL, vd_stage_c, vd_softmax};
+
+void dsr1__fa_vd_stage_c(dsr1__fa_task *x)
+{
+    vd_stage_c(x);
+}
+
+void dsr1__fa_vd_softmax(dsr1__fa_task *x)
+{
+    vd_softmax(x);
+}
 
 const dsr1__fa_backend *dsr1__fa_vd_backend(void)
 {

@@ -313,6 +313,66 @@ static void test_attention_amx_equals_emulation(void **state)
     }
 }
 
+/* The vdpbf16ps backend's vectorised staging and softmax against the portable ones, bit for
+ * bit, on random chunks (scores spread so that some weights underflow to 0 or denormals). */
+static void test_vd_steps(void **state)
+{
+    (void)state;
+    if (!path(DSR1__FAST_VDPBF16)) {
+        printf("  skip: no vdpbf16ps here\n");
+        return;
+    }
+    for (int it = 0; it < 200; it++) {
+        dsr1__fa_task x[2];
+        const int kvl = 1 + (int)(rnd() % 200), rope = (int)(rnd() % 70);
+        for (int v = 0; v < 2; v++) {
+            dsr1__fa_task *t = &x[v];
+            *t = (dsr1__fa_task){.hn = 1 + (int)(rnd() % 16),
+                                 .kvl = kvl,
+                                 .wpad = (kvl + rope + 31) / 32 * 32,
+                                 .kvlp = (kvl + 15) / 16 * 16,
+                                 .nv = 1 + (int)(rnd() % 32),
+                                 .scale = 0.1f + (float)(rnd() % 100)};
+            t->k = aligned_alloc(64, sizeof(uint16_t) * 32 * t->wpad);
+            t->c = aligned_alloc(64, sizeof(uint16_t) * 32 * t->kvlp);
+            t->s = aligned_alloc(64, sizeof(float) * 32 * 16);
+            t->p = aligned_alloc(64, sizeof(uint16_t) * 32 * 16);
+            t->m = aligned_alloc(64, sizeof(float) * 64);
+            t->l = t->m + 16;
+            t->alpha = t->m + 32;
+            memset(t->p, 0, sizeof(uint16_t) * 32 * 16);
+            memset(t->c, 0xff, sizeof(uint16_t) * 32 * t->kvlp);
+        }
+        x[1].hn = x[0].hn;
+        x[1].nv = x[0].nv;
+        x[1].scale = x[0].scale;
+        for (int i = 0; i < 32 * x[0].wpad; i++) x[0].k[i] = x[1].k[i] = dsr1_f32_to_bf16(frand());
+        for (int i = 0; i < 32 * 16; i++) x[0].s[i] = x[1].s[i] = frand() * 10;
+        for (int h = 0; h < 16; h++) {
+            x[0].m[h] = x[1].m[h] = it % 3 == 0 ? -INFINITY : frand() * 5;
+            x[0].l[h] = x[1].l[h] = it % 3 == 0 ? 0 : 1 + 4 * fabsf(frand());
+        }
+        dsr1__fa_stage_c(&x[0]);
+        dsr1__fa_vd_stage_c(&x[1]);
+        assert_memory_equal(x[0].c, x[1].c, sizeof(uint16_t) * 32 * x[0].kvlp);
+        dsr1__fa_softmax(&x[0]);
+        dsr1__fa_vd_softmax(&x[1]);
+        for (int h = 0; h < x[0].hn; h++) {
+            assert_memory_equal(&x[0].m[h], &x[1].m[h], 4);
+            assert_memory_equal(&x[0].l[h], &x[1].l[h], 4);
+            assert_memory_equal(&x[0].alpha[h], &x[1].alpha[h], 4);
+            assert_memory_equal(x[0].p + h * 32, x[1].p + h * 32, 64);
+        }
+        for (int v = 0; v < 2; v++) {
+            free(x[v].k);
+            free(x[v].c);
+            free(x[v].s);
+            free(x[v].p);
+            free(x[v].m);
+        }
+    }
+}
+
 /* ---- the bf16 cache ------------------------------------------------------------------------ */
 
 static void test_bf16_cache(void **state)
@@ -483,6 +543,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_exp),
+        cmocka_unit_test(test_vd_steps),
         cmocka_unit_test(test_attention_paths),
         cmocka_unit_test(test_attention_invariance),
         cmocka_unit_test(test_attention_amx_equals_emulation),
