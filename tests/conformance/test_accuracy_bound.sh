@@ -2,7 +2,8 @@
 # The fast mode's accuracy bound can fail (meson test accuracy_bound): run_accuracy.sh with
 # the fast mode's bounds passes on the golden prompts, and fails (exit 1) on a checkpoint
 # where one 16 x 32 tile of every FP8 weight of the 4 layers is zeroed, which is what a tile
-# kernel that drops one TDPBF16PS step computes (corrupt_tile.py).
+# kernel that drops one TDPBF16PS step computes (corrupt_tile.py). Then router_margins.py's
+# forward pass is checked against the golden logits on two prompts.
 #
 # usage: test_accuracy_bound.sh DSR1_BINARY GOLDEN_DIR [KERNELS]
 #   KERNELS defaults to bf16-tiles-emulated (runs on any CPU: the AMX path's arithmetic).
@@ -22,4 +23,13 @@ if [ $rc != 1 ]; then
     echo "FAIL: a wrong tile was not caught by the bounds (run_accuracy.sh exit $rc, want 1)"
     exit 1
 fi
-echo "ok: the bounds pass the fast mode and fail a wrong tile"
+echo "--- router_margins.py (docs/kernels.md: why the outlier rows move) on two prompts: its"
+echo "    numpy forward must match the golden logits"
+models=${DSR1_GOLDEN_MODELS:-$PWD/models}
+py=/usr/bin/python3
+[ -x $py ] || py=python3
+if ! $py "$here/router_margins.py" "$golden/golden-tiny-a.json" "$models/tiny-a" \
+        --prompts hello,single; then
+    echo "FAIL: router_margins.py"; exit 1
+fi
+echo "ok: the bounds pass the fast mode and fail a wrong tile; router_margins.py matches the reference"

@@ -171,8 +171,8 @@ static void bit_identical(const dsr1_kernels *k)
 
 /* Every batch-invariant kernel variant this build and CPU have: each keeps a token's
  * expert output independent of the other rows of the call and adds it without contraction.
- * Not avx512-bf16: a token's result there depends on whether its expert had 16 rows or more
- * in the call (docs/kernels.md), so no placement of experts can keep it. */
+ * (avx512-bf16, whose result depended on whether an expert had 16 rows or more in the call,
+ * is retired: the name now selects bf16-tiles.) */
 static void test_bit_identical(void **state)
 {
     (void)state;
