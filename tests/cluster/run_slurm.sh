@@ -2,8 +2,10 @@
 # The cluster under real Slurm: deploy/slurm/dsr1-cluster.sbatch submitted with sbatch to a
 # private one-node Slurm (slurm_up.sh: munged, slurmctld, slurmd on this machine), serving
 # the tiny model: dsr1-coordinator as task 0 and two dsr1-worker tasks, started by
-# `srun --mpi=pmix --multi-prog` in one round, by mpirun inside the allocation in a second
-# (DSR1_SLURM_LAUNCHERS="srun mpirun"). Checks, in each round:
+# `srun --mpi=pmix --multi-prog` in one round, by mpirun inside the allocation in a second;
+# in a third (join), four dsr1-worker tasks that join the coordinator over TCP, started by
+# `srun --mpi=none --multi-prog` (DSR1_SLURM_LAUNCHERS="srun mpirun join"). Checks, in each
+# round:
 #   1. the job starts and the coordinator serves (gRPC health through `dsr1 client info`,
 #      the HTTP API's /health through curl);
 #   2. three generation requests at once complete, with the requested token counts, and a
@@ -12,7 +14,14 @@
 #      one dsr1-worker task killed with SIGKILL: the job stays up and requests still
 #      complete; that round's job runs with DSR1_KILL_ON_BAD_EXIT=0 and, so that no expert
 #      is lost with the worker, DSR1_SLURM_FAULT_ARGS (default --expert-replicas 2);
-#   4. scancel ends the job (CANCELLED) and every task of it within 30 s.
+#   3j. (join round, always) with --expert-replicas 2 and one thread per worker: one
+#      dsr1-worker task (from `scontrol listpids`) killed with SIGKILL: the job stays
+#      RUNNING, /health shows 3 of 4 workers live, every request completes and the seeded
+#      one gives the tokens it gave before the kill; then a replacement
+#      `srun --jobid=JOB --overlap -n1 --mpi=none dsr1-worker --join ...` joins the running
+#      job: /health back to 4 of 4, requests complete, the seeded one the same tokens again;
+#   4. scancel ends the job (CANCELLED) and every task of it (the replacement's too)
+#      within 30 s.
 # Every wait is bounded; Slurm is brought down on exit whatever happened.
 #
 # usage: run_slurm.sh BUILD_DIR [MODEL_DIR]   (MODEL_DIR default: models/tiny-a)
@@ -146,32 +155,67 @@ job_procs() {
     done
 }
 
-# free_ports: two free TCP ports of the loopback interface
+# free_ports: three free TCP ports of the loopback interface
 free_ports() {
     /usr/bin/python3 -c '
 import socket
-s = [socket.socket() for _ in range(2)]
+s = [socket.socket() for _ in range(3)]
 for x in s: x.bind(("127.0.0.1", 0))
 print(*(x.getsockname()[1] for x in s))'
 }
 
-# round LAUNCHER FAULT: one job of the sbatch with DSR1_LAUNCHER=LAUNCHER (srun or mpirun):
-# serve, requests, (FAULT=1: a worker killed, requests again), scancel
+# health_live: the "workers_live" of /health's grid (empty when there is no answer)
+health_live() {
+    timeout 10 curl -s "http://127.0.0.1:$http_port/health" 2>/dev/null | /usr/bin/python3 -c '
+import json, sys
+try:
+    print(json.load(sys.stdin)["grid"]["workers_live"])
+except Exception:
+    pass' || true
+}
+# wait_live N SECONDS: until /health shows N workers live (at most SECONDS); 0 when it does
+wait_live() {
+    local i
+    for i in $(seq $((5 * $2))); do
+        [ "$(health_live)" = "$1" ] && return 0
+        sleep 0.2
+    done
+    return 1
+}
+# same_seeded TAG1 TAG2: the seeded requests of two phases gave the same tokens
+same_seeded() {
+    if [ "$(ntokens "$tmp/$2-seeda.json")" = 10 ] &&
+        cmp -s <(ntokens_ids "$tmp/$1-seeda.json") <(ntokens_ids "$tmp/$2-seeda.json"); then
+        ok "$2: the seeded request gives the tokens it gave in $1"
+    else
+        bad "$2: the seeded request: $(ntokens_ids "$tmp/$2-seeda.json"), in $1: $(ntokens_ids "$tmp/$1-seeda.json")"
+    fi
+}
+
+# round LAUNCHER FAULT: one job of the sbatch with DSR1_LAUNCHER=LAUNCHER (srun, mpirun or
+# join): serve, requests, (FAULT=1: a worker killed, requests again; join: and a
+# replacement joins, requests again), scancel
 round() {
-    local launcher=$1 fault=$2 port http_port server kill_on_bad_exit serving state t0 nc nw
-    local i vpid ended alive extra t_submit t_serving failed_before=$fail
-    read -r port http_port < <(free_ports)
+    local launcher=$1 fault=$2 port http_port join_port server kill_on_bad_exit serving state
+    local t0 nc nw i vpid ended alive extra t_submit t_serving failed_before=$fail workers=2
+    local rpid= timeout_ms
+    read -r port http_port join_port < <(free_ports)
     server=127.0.0.1:$port
-    rm -rf "$tmp/state" "$tmp/job.out"
+    rm -rf "$tmp/state" "$tmp/job.out" "$tmp/replacement.out"
     mkdir "$tmp/state"
     kill_on_bad_exit=1 extra=
-    if [ "$fault" = 1 ]; then # every expert on both workers: one of them can go
+    if [ "$fault" = 1 ]; then # every expert on two workers: one of them can go
         kill_on_bad_exit=0 extra=${DSR1_SLURM_FAULT_ARGS---expert-replicas 2}
     fi
-    # one node, two workers on it, one pipeline stage (2 EP ranks); one thread each (2 cores)
+    # join: four workers (each expert on two of them), a short timeout: the idle
+    # coordinator looks for joining workers at its heartbeat, every --timeout-ms / 4
+    timeout_ms=600000
+    [ "$launcher" = join ] && workers=4 timeout_ms=8000
+    # one node, the workers on it, one pipeline stage; one thread each (2 cores)
     t_submit=$(now)
-    job=$(DSR1_MODEL=$model DSR1_BIN=$build/tools DSR1_WORKERS_PER_NODE=2 DSR1_PP=1 \
+    job=$(DSR1_MODEL=$model DSR1_BIN=$build/tools DSR1_WORKERS_PER_NODE=$workers DSR1_PP=1 \
         DSR1_THREADS=1 DSR1_KILL_ON_BAD_EXIT=$kill_on_bad_exit DSR1_LAUNCHER=$launcher \
+        DSR1_JOIN_PORT=$join_port DSR1_TIMEOUT_MS=$timeout_ms \
         DSR1_ARGS="--host 127.0.0.1 --port $port --http-port $http_port --state-dir $tmp/state $extra" \
         timeout 30 sbatch --parsable --nodes=1 --time=10 --chdir="$tmp" --output="$tmp/job.out" \
         "$root/deploy/slurm/dsr1-cluster.sbatch")
@@ -221,11 +265,13 @@ round() {
     job_procs "$job" >"$tmp/pids"
     nc=$(grep -c ' dsr1-coordinato' "$tmp/pids" || true)
     nw=$(grep -c ' dsr1-worker' "$tmp/pids" || true)
-    [ "$nc" = 1 ] && [ "$nw" = 2 ] && ok "$launcher: the job runs 1 coordinator and 2 workers" ||
+    [ "$nc" = 1 ] && [ "$nw" = $workers ] && ok "$launcher: the job runs 1 coordinator and $workers workers" ||
         bad "$launcher: the job's processes: $nc coordinator(s), $nw worker(s): $(tr '\n' ' ' <"$tmp/pids")"
 
-    # 3. (flagged) a worker task dies: the service must keep answering
-    if [ "$fault" = 1 ]; then
+    # 3. (flagged; join: always) a worker task dies: the service must keep answering
+    if [ "$fault" = 1 ] && [ "$launcher" = join ]; then
+        join_fault
+    elif [ "$fault" = 1 ]; then
         vpid=$(awk '$2 == "dsr1-worker" {print $1}' "$tmp/pids" | sed -n 2p)
         if [ -z "$vpid" ]; then
             bad "fault: no second dsr1-worker process"
@@ -251,6 +297,14 @@ round() {
         if [ "$state" != RUNNING ] && [ "$state" != COMPLETING ] && [ "$alive" = 0 ]; then ended=1; break; fi
         sleep 0.2
     done
+    if [ -n "$rpid" ]; then # the replacement's srun ends with its step
+        for _ in $(seq 50); do kill -0 "$rpid" 2>/dev/null || break; sleep 0.2; done
+        if kill -0 "$rpid" 2>/dev/null; then
+            bad "$launcher: the replacement's srun (pid $rpid) still runs after the job ended"
+            kill "$rpid" 2>/dev/null || true
+        fi
+        wait "$rpid" 2>/dev/null || true
+    fi
     if [ $ended = 1 ] && [ "$state" = CANCELLED ]; then
         ok "$launcher: scancel: job $job CANCELLED, all tasks gone after $(secs "$t0" "$(now)") s"
     else
@@ -258,17 +312,92 @@ round() {
         cancel "$job"
     fi
     job=
-    if [ $fail != "$failed_before" ]; then joblog 40; fi
+    if [ $fail != "$failed_before" ]; then
+        joblog 40
+        if [ -f "$tmp/replacement.out" ]; then
+            echo "---- replacement worker's output (tail)"
+            tail -10 "$tmp/replacement.out"
+        fi
+    fi
     return 0
 }
 
-# the rounds: srun --multi-prog (PMIx), then mpirun inside the allocation. The fault round
-# (DSR1_SLURM_FAULT=1) runs under mpirun only: Slurm's mpi/pmix plugin kills a whole step
-# when one of its PMIx clients dies, whatever --kill-on-bad-exit says (deploy/slurm/README.md)
+# join_fault: (in round, join launcher) SIGKILL to one dsr1-worker task of the job; the
+# survivors serve; a replacement joins the running job with srun --overlap; all serve again
+join_fault() {
+    local t0 t1 npids ipid irc n
+    vpid=$(awk '$2 == "dsr1-worker" {print $1}' "$tmp/pids" | sed -n 2p)
+    if [ -z "$vpid" ]; then
+        bad "join: no second dsr1-worker process"
+        return 0
+    fi
+    # a seeded request in flight at the kill (its tokens are compared with the same
+    # request's once the replacement serves)
+    generate join-inflight 40 --ids 0,19923,14,9 --temperature 1 --seed 99 &
+    ipid=$!
+    sleep 0.5
+    t0=$(now)
+    kill -KILL "$vpid"
+    echo "join: killed the second dsr1-worker task (pid $vpid), a 40-token request in flight"
+    if wait_live 3 20; then
+        ok "join: /health shows 3 of 4 workers live $(secs "$t0" "$(now)") s after the kill"
+    else
+        bad "join: /health after the kill: $(health_live) workers live (wanted 3)"
+    fi
+    state=$(squeue -h -j "$job" -o %T 2>/dev/null || true)
+    [ "$state" = RUNNING ] && ok "join: the job still runs" || bad "join: job state ${state:-gone}"
+    code=$(timeout 20 curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$http_port/health" || true)
+    [ "$code" = 200 ] && ok "join: HTTP /health: 200 (degraded, every expert has a live copy)" ||
+        bad "join: HTTP /health degraded: ${code:-no answer}"
+    irc=0
+    wait "$ipid" || irc=$?
+    n=$(ntokens "$tmp/join-inflight.json")
+    [ $irc = 0 ] && [ "$n" = 40 ] && ok "join: the request in flight at the kill: 40 tokens" ||
+        bad "join: the request in flight at the kill: exit $irc, $n tokens: $(head -c 300 "$tmp/join-inflight.err")"
+    requests join-lost
+    same_seeded join join-lost
+    echo "join: the coordinator's log: $(grep -a ' WARN ' "$tmp/job.out" | tail -1 | cut -c1-200)"
+
+    # a replacement worker, a second step of the running job (--overlap: the first step
+    # holds the job's CPUs)
+    t1=$(now)
+    timeout 120 srun --jobid="$job" --overlap -n1 --mpi=none "$build/tools/dsr1-worker" \
+        --model "$model" --join "127.0.0.1:$join_port" --threads 1 >"$tmp/replacement.out" 2>&1 &
+    rpid=$!
+    if wait_live 4 30; then
+        ok "join: a replacement joined: /health shows 4 of 4 workers live $(secs "$t1" "$(now)") s after its srun"
+    else
+        bad "join: /health after the replacement: $(health_live) workers live (wanted 4)"
+    fi
+    npids=$(scontrol listpids "$job" 2>/dev/null | awk '$3 == 1 {print $1}' | while read -r p; do
+        [ "$(cat /proc/"$p"/comm 2>/dev/null)" = dsr1-worker ] && echo "$p $(cat /proc/"$p"/comm)"; done || true)
+    if [ -n "$npids" ]; then
+        ok "join: the replacement runs as step $job.1 (pid ${npids%% *})"
+        echo "$npids" >>"$tmp/pids"
+    else
+        bad "join: no dsr1-worker in step $job.1: $(scontrol listpids "$job" 2>&1 | tr '\n' ' ')"
+    fi
+    requests join-back
+    same_seeded join join-back
+    generate join-inflight-again 40 --ids 0,19923,14,9 --temperature 1 --seed 99 || true
+    if [ "$(ntokens "$tmp/join-inflight-again.json")" = 40 ] &&
+        cmp -s <(ntokens_ids "$tmp/join-inflight.json") <(ntokens_ids "$tmp/join-inflight-again.json"); then
+        ok "join: the request in flight at the kill gave the tokens it gives undisturbed"
+    else
+        bad "join: the request in flight at the kill: $(ntokens_ids "$tmp/join-inflight.json"), undisturbed: $(ntokens_ids "$tmp/join-inflight-again.json")"
+    fi
+}
+
+# the rounds: srun --multi-prog (PMIx), mpirun inside the allocation, then join (srun
+# --mpi=none, workers joining over TCP). The join round always loses a worker and takes a
+# replacement; under mpirun that is flagged (DSR1_SLURM_FAULT=1); never under srun with
+# PMIx: Slurm's mpi/pmix plugin kills a whole step when one of its PMIx clients dies,
+# whatever --kill-on-bad-exit says (deploy/slurm/README.md)
 fault=${DSR1_SLURM_FAULT:-0}
-for launcher in ${DSR1_SLURM_LAUNCHERS:-srun mpirun}; do
+for launcher in ${DSR1_SLURM_LAUNCHERS:-srun mpirun join}; do
     f=0
     [ "$launcher" = mpirun ] && f=$fault
+    [ "$launcher" = join ] && f=1
     t0_round=$(now)
     round "$launcher" "$f"
     echo "$launcher: round took $(secs "$t0_round" "$(now)") s"
