@@ -303,7 +303,17 @@ static void tables_init(void)
     tables[DSR1__FAST_TILE_EMU].expert_ffn = expert_ffn_DSR1__FAST_TILE_EMU;
     const dsr1__tileops *amx = dsr1__tile_amx(&amx_why);
     path_ops[DSR1__FAST_TILE_AMX] = amx ? dsr1__fast_tile_rowops(amx) : NULL;
-    if (amx) dsr1__fa_tile_backend(amx, &attn_be[DSR1__FAST_TILE_AMX]);
+    if (amx) {
+        dsr1__fa_tile_backend(amx, &attn_be[DSR1__FAST_TILE_AMX]);
+#if DSR1_HAVE_AVX512BF16_KERNELS
+        /* AMX CPUs have AVX512_BF16: the vectorised staging and softmax, the portable
+         * forms' bits (tests/unit/test_attention_fast.c), so AMX still equals emulation */
+        if (cpu_has_bf16()) {
+            attn_be[DSR1__FAST_TILE_AMX].stage_c = dsr1__fa_vd_stage_c;
+            attn_be[DSR1__FAST_TILE_AMX].softmax = dsr1__fa_vd_softmax;
+        }
+#endif
+    }
     tables[DSR1__FAST_TILE_AMX].linear = linear_DSR1__FAST_TILE_AMX;
     tables[DSR1__FAST_TILE_AMX].expert_ffn = expert_ffn_DSR1__FAST_TILE_AMX;
 }

@@ -289,6 +289,39 @@ static void test_attention_invariance(void **state)
     dsr1_pool_destroy(pool);
 }
 
+/* The emulated tile backend with the vectorised staging and softmax (as the AMX path runs
+ * them) equals the portable one, bit for bit, end to end. */
+static void test_tile_vd_steps(void **state)
+{
+    (void)state;
+    if (!path(DSR1__FAST_VDPBF16)) {
+        printf("  skip: no vdpbf16ps here\n");
+        return;
+    }
+    dsr1__fa_backend plain, mixed;
+    dsr1__fa_tile_backend(dsr1__tile_emu(), &plain);
+    mixed = plain;
+    mixed.stage_c = dsr1__fa_vd_stage_c;
+    mixed.softmax = dsr1__fa_vd_softmax;
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        attn_case a =
+            make_case(shapes[s][0], shapes[s][1], shapes[s][2], shapes[s][3], shapes[s][4]);
+        const size_t no = (size_t)a.t * a.heads * a.kvl;
+        float *x = malloc(sizeof(float) * no), *y = malloc(sizeof(float) * no);
+        paged p = page(&a, 16);
+        dsr1__fa_attention(&plain, NULL, a.t, a.heads, a.kvl, a.rope, a.qa, a.qp, p.blocks, 16,
+                           p.ld, a.pos0, a.scale, x);
+        dsr1__fa_attention(&mixed, NULL, a.t, a.heads, a.kvl, a.rope, a.qa, a.qp, p.blocks, 16,
+                           p.ld, a.pos0, a.scale, y);
+        assert_memory_equal(x, y, sizeof(float) * no);
+        free(p.mem);
+        free(p.blocks);
+        free(x);
+        free(y);
+        free_case(&a);
+    }
+}
+
 static void test_attention_amx_equals_emulation(void **state)
 {
     (void)state;
@@ -546,6 +579,7 @@ int main(void)
         cmocka_unit_test(test_vd_steps),
         cmocka_unit_test(test_attention_paths),
         cmocka_unit_test(test_attention_invariance),
+        cmocka_unit_test(test_tile_vd_steps),
         cmocka_unit_test(test_attention_amx_equals_emulation),
         cmocka_unit_test(test_bf16_cache),
         cmocka_unit_test(test_engine),
