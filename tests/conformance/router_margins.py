@@ -24,6 +24,9 @@ run_accuracy.sh keeps them with DSR1_ACCURACY_KEEP) it also prints the engine's 
 beside the first flip of each prompt.
 
 usage: router_margins.py GOLDEN.json MODEL_DIR [DUMPDIR] [--prompts a,b] [--all-tokens]
+                         [--json OUT]
+--json writes {"reached": {prompt: [rows a flip of the bf16 forward reaches]}}, which
+accuracy.py --reached takes to report the rows no flip reaches apart.
 Exit 1 when the exact forward is more than 1e-4 std from the golden logits on some row.
 Takes ~30 s for tiny-a's six prompts.
 """
@@ -228,6 +231,7 @@ def main():
     ap.add_argument("dumps", nargs="?")
     ap.add_argument("--prompts")
     ap.add_argument("--all-tokens", action="store_true", help="print every token's margins")
+    ap.add_argument("--json", help="write per prompt the rows that a flip reaches")
     a = ap.parse_args()
     with open(a.golden) as f:
         g = json.load(f)
@@ -236,7 +240,7 @@ def main():
     model = Model(Checkpoint(a.model), cfg)
     vocab = cfg["vocab_size"]
     names = a.prompts.split(",") if a.prompts else list(g["prompts"])
-    all_margins, summary, worst = [], [], 0.0
+    all_margins, summary, worst, reached = [], [], 0.0, {}
     for name in names:
         p = g["prompts"][name]
         ids = np.array(p["ids"] + p["greedy"])
@@ -278,6 +282,7 @@ def main():
             touched[t] = True
             if l < nl - 1:
                 touched[t:] = True
+        reached[name] = [int(i) for i in np.nonzero(touched)[0]]
         if a.dumps:
             d = np.fromfile(os.path.join(a.dumps, name + ".f32"), dtype="<f4")
             d = d.reshape(len(rows), vocab).astype(np.float64)
@@ -305,6 +310,9 @@ def main():
               f"{(big & tch).sum()} of them reached by a flip of the bf16 forward; rows "
               f"not reached: median {np.median(eng[~tch]):.3f}, reached: "
               f"{np.median(eng[tch]) if tch.any() else float('nan'):.3f}")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"reached": reached}, f)
     if worst > 1e-4:
         print(f"FAIL: this file's exact forward is {worst:.1e} std from the golden logits: "
               "it does not compute what the reference computes")

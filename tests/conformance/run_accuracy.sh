@@ -16,6 +16,10 @@
 #                         whose FP8 tensor TENSOR has that block of weights zeroed (the
 #                         effect of one wrong tile: corrupt_tile.py), to show the bound fails
 #   DSR1_ACCURACY_KEEP    keep the dumps in this directory
+#   DSR1_ACCURACY_REACHED FILE: the rows that router near-ties flipped by bf16 reach, from
+#                         router_margins.py --json (run here, on the unchanged checkpoint,
+#                         when FILE does not exist yet: ~10 s of CPU); accuracy.py then
+#                         reports the other rows apart and bounds them (clean_*)
 #   DSR1_GOLDEN_MODELS    where the checkpoint is made (default ./models), as run_golden.sh
 # Exit 77 (skip) when the golden dir or numpy is absent.
 set -euo pipefail
@@ -37,6 +41,12 @@ if [ ! -f "$model/config.json" ] || [ ! -f "$model/.complete" ]; then
 fi
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
+reached=${DSR1_ACCURACY_REACHED:-}
+if [ -n "$reached" ] && [ ! -f "$reached" ]; then
+    if ! $py "$here/router_margins.py" "$golden" "$model" --json "$reached" > "$out/router.txt"; then
+        cat "$out/router.txt"; echo "FAIL: router_margins.py"; exit 1
+    fi
+fi
 if [ -n "${DSR1_ACCURACY_CORRUPT:-}" ]; then
     $py "$here/corrupt_tile.py" "$model" "$out/model" "$DSR1_ACCURACY_CORRUPT"
     model=$out/model
@@ -56,4 +66,5 @@ done
 args=(--bounds "${DSR1_ACCURACY_BOUNDS:-fast}" --label "$*")
 [ "${DSR1_ACCURACY_ROWS:-0}" = 1 ] && args+=(--rows)
 [ -n "${DSR1_ACCURACY_JSON:-}" ] && args+=(--json "$DSR1_ACCURACY_JSON")
+[ -n "$reached" ] && args+=(--reached "$reached")
 $py "$here/accuracy.py" "$golden" "$dumps" "${args[@]}"
