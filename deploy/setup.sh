@@ -23,6 +23,7 @@ packages=(
     libcurl4-openssl-dev   # optional: `dsr1-bench serve --backend openai` (the HTTP API's client)
     curl                   # tests: the large upload through the Files API (curl -F)
     slurm-wlm munge        # tests: the cluster under a private Slurm (tests/cluster/run_slurm.sh)
+    iproute2 nftables      # tests: workers in network namespaces, tc/nft faults (run_cluster_netns.sh)
     nodejs npm
 )
 if [ "${DSR1_SKIP_APT:-0}" != 1 ]; then
