@@ -34,7 +34,8 @@ usage: accuracy.py GOLDEN.json DUMPDIR [--rows] [--bounds fast|exact|none|K=V,..
 bf16 rounding reaches (tiny-a's router has near-ties; docs/kernels.md). The rows it does
 not list ("clean" rows) are summarised apart: their error is the fast mode's own, not a
 flip's, so a bound there sees much smaller mistakes.
-Exit 1 when a bound is passed (bounds: err_median, err_p95, kl_median, kl_p95 and, with
+Exit 2 on a missing or malformed dump (NaN or inf included), 1 when a bound is passed
+(bounds: err_median, err_p95, kl_median, kl_p95 and, with
 --reached, clean_err_median, clean_kl_median at most; top1_min, the smallest fraction of
 rows whose argmax must agree), else 0.
 """
@@ -157,14 +158,17 @@ def main():
     for name, p in g["prompts"].items():
         rows = p["prefill"] + p["decode"]
         path = os.path.join(a.dumps, name + ".f32")
+        if not os.path.isfile(path):
+            print(f"FAIL: {path}: no such dump")
+            return 2
         data = np.fromfile(path, dtype="<f4")
         if data.size != len(rows) * vocab:
             print(f"FAIL: {path}: {data.size} floats, expected {len(rows)} rows x {vocab}")
-            return 1
+            return 2
         data = data.reshape(len(rows), vocab)
         if not np.all(np.isfinite(data)):
             print(f"FAIL: {path}: NaN or inf")
-            return 1
+            return 2
         out = []
         for i, r in enumerate(rows):
             x = data[i].astype(np.float64)
@@ -202,4 +206,8 @@ def main():
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except (OSError, ValueError, KeyError) as e:  # a missing or malformed file: not a bound
+        print(f"FAIL: accuracy.py: {e!r}")
+        sys.exit(2)

@@ -9,7 +9,8 @@
 #   e.g. run_accuracy.sh build/tools/dsr1 ../shared/golden --kernels bf16-tiles
 # Environment:
 #   DSR1_ACCURACY_BOUNDS  accuracy.py's bounds (default: its --bounds fast, the fast mode's
-#                         bound; "none" reports only); exit 1 when a bound is passed
+#                         bound; "none" reports only); exit 1 when a bound is passed, 2 when
+#                         something else fails (dsr1 run, a dump, router_margins.py)
 #   DSR1_ACCURACY_ROWS=1  print every row, not just the summary
 #   DSR1_ACCURACY_JSON    write the summary as JSON to this file
 #   DSR1_ACCURACY_CORRUPT TENSOR:ROW0:COL0[:ROWS:COLS] run on a copy of the checkpoint
@@ -44,11 +45,11 @@ trap 'rm -rf "$out"' EXIT
 reached=${DSR1_ACCURACY_REACHED:-}
 if [ -n "$reached" ] && [ ! -f "$reached" ]; then
     if ! $py "$here/router_margins.py" "$golden" "$model" --json "$reached" > "$out/router.txt"; then
-        cat "$out/router.txt"; echo "FAIL: router_margins.py"; exit 1
+        cat "$out/router.txt"; echo "FAIL: router_margins.py"; exit 2
     fi
 fi
 if [ -n "${DSR1_ACCURACY_CORRUPT:-}" ]; then
-    $py "$here/corrupt_tile.py" "$model" "$out/model" "$DSR1_ACCURACY_CORRUPT"
+    $py "$here/corrupt_tile.py" "$model" "$out/model" "$DSR1_ACCURACY_CORRUPT" || exit 2
     model=$out/model
 fi
 dumps=${DSR1_ACCURACY_KEEP:-$out/dumps}
@@ -60,7 +61,7 @@ p=json.load(open(sys.argv[1]))['prompts'][sys.argv[2]]
 print(','.join(map(str,p['ids'])), ','.join(map(str,p['greedy'])))" "$golden" "$prompt")
     if ! DSR1_LOG=warn "$bin" run --model "$model" --prompt-ids "$ids" --force-ids "$greedy" \
             --dump-logits "$dumps/$prompt.f32" "$@" >/dev/null; then
-        echo "FAIL: $prompt: dsr1 run failed"; exit 1
+        echo "FAIL: $prompt: dsr1 run failed"; exit 2
     fi
 done
 args=(--bounds "${DSR1_ACCURACY_BOUNDS:-fast}" --label "$*")
