@@ -57,11 +57,21 @@ static void prep_q(const fa_job *j, int i, int h0, dsr1__fa_task *x)
     }
 }
 
-/* The chunk of positions q0 .. q0 + nv into x->k and x->c. */
-static void stage(const fa_job *j, int q0, dsr1__fa_task *x)
+/* The chunk of positions q0 .. q0 + nv into x->krow (and x->k) and x->c. */
+static void stage(const fa_job *j, int q0, dsr1__fa_task *x, const uint16_t *zero)
 {
     const int w = j->kvl + j->rope;
+    if (j->be->direct_k && w == x->wpad) {
+        for (int r = 0; r < DSR1__FA_CHUNK; r++) {
+            const int pos = q0 + r;
+            x->krow[r] = r < x->nv ? j->kv_blocks[pos / j->block_tokens] +
+                                         (size_t)(pos % j->block_tokens) * j->ld_kv
+                                   : zero;
+        }
+        goto layout;
+    }
     for (int r = 0; r < DSR1__FA_CHUNK; r++) {
+        x->krow[r] = x->k + (size_t)r * x->wpad;
         uint16_t *d = x->k + (size_t)r * x->wpad;
         if (r < x->nv) {
             const int pos = q0 + r;
@@ -73,6 +83,7 @@ static void stage(const fa_job *j, int q0, dsr1__fa_task *x)
             memset(d, 0, sizeof(uint16_t) * (size_t)x->wpad);
         }
     }
+layout:
     if (j->be->stage_c)
         j->be->stage_c(x);
     else
@@ -82,7 +93,7 @@ static void stage(const fa_job *j, int q0, dsr1__fa_task *x)
 void dsr1__fa_stage_c(dsr1__fa_task *x)
 {
     for (int q = 0; q < DSR1__FA_CHUNK / 2; q++) {
-        const uint16_t *k0 = x->k + (size_t)(2 * q) * x->wpad, *k1 = k0 + x->wpad;
+        const uint16_t *k0 = x->krow[2 * q], *k1 = x->krow[2 * q + 1];
         uint16_t *d = x->c + (size_t)q * x->kvlp * 2;
         for (int c = 0; c < x->kvl; c++) {
             d[2 * c] = k0[c];
@@ -120,72 +131,156 @@ static size_t align64(size_t n)
     return (n + 63) & ~(size_t)63;
 }
 
+/* Per-thread buffers kept between calls (a fresh large allocation each call would be
+ * mapped and page-faulted each time): slot 0 a task's scratch, slot 1 a call's partial
+ * results. They grow to the largest size asked and live as long as the thread (bounded:
+ * a few hundred KB, and 64 MB of partial results at most). NULL when out of memory. */
+static void *thread_buf(int slot, size_t bytes)
+{
+    static _Thread_local void *buf[2];
+    static _Thread_local size_t cap[2];
+    if (bytes > cap[slot]) {
+        free(buf[slot]);
+        cap[slot] = 0;
+        buf[slot] = aligned_alloc(64, align64(bytes));
+        if (!buf[slot]) return NULL;
+        cap[slot] = align64(bytes);
+    }
+    return buf[slot];
+}
+
+/* Splits of token i's positions 0 .. P: [s * SPLIT, (s + 1) * SPLIT) clipped to P. */
+static int n_splits(const fa_job *j, int i)
+{
+    return (j->pos0 + i) / DSR1__FA_SPLIT + 1;
+}
+
+/* A wave: tokens i0 .. i1, task k of token i is split k - first[i - i0]; its partial
+ * results (per head m, l and the unnormalised O) go to slot first[i - i0] + k. */
+typedef struct {
+    const fa_job *j;
+    int i0, i1;
+    const int *first; /* [i1 - i0 + 1] */
+    float *pm, *pl;   /* [slot][heads] */
+    float *po;        /* [slot][heads][kvlp] */
+    int kvlp;
+} fa_wave;
+
 static void fa_tasks(void *arg, int begin, int end, int tid)
 {
     (void)tid;
-    const fa_job *j = arg;
+    const fa_wave *wv = arg;
+    const fa_job *j = wv->j;
     const int groups = (j->heads + DSR1__FA_HG - 1) / DSR1__FA_HG;
     dsr1__fa_task x = {.wpad = (j->kvl + j->rope + 31) / 32 * 32,
                        .kvlp = (j->kvl + 15) / 16 * 16,
                        .kvl = j->kvl,
                        .scale = j->scale};
-    const size_t sz[] = {sizeof(uint16_t) * (size_t)x.wpad * DSR1__FA_HG,
+    const size_t qsz = sizeof(uint16_t) * (size_t)x.wpad * DSR1__FA_HG;
+    const size_t sz[] = {qsz * (size_t)groups,
                          sizeof(uint16_t) * DSR1__FA_CHUNK * (size_t)x.wpad,
                          sizeof(uint16_t) * DSR1__FA_CHUNK * (size_t)x.kvlp,
                          sizeof(float) * DSR1__FA_CHUNK * DSR1__FA_HG,
                          sizeof(uint16_t) * DSR1__FA_HG * DSR1__FA_CHUNK,
-                         sizeof(float) * 4 * DSR1__FA_HG,
-                         sizeof(float) * DSR1__FA_HG * (size_t)x.kvlp,
-                         sizeof(float) * DSR1__FA_HG * 16};
+                         sizeof(float) * 3 * DSR1__FA_HG * (size_t)groups,
+                         sizeof(float) * DSR1__FA_HG * 16,
+                         sizeof(uint16_t) * (size_t)x.wpad};
+    enum { NB = sizeof sz / sizeof sz[0] };
     size_t total = 0;
-    for (size_t q = 0; q < sizeof sz / sizeof sz[0]; q++) total += align64(sz[q]);
-    char *mem = aligned_alloc(64, total);
-    if (!mem) abort(); /* a few hundred KB at most; failing here, the process is lost */
-    char *at = mem;
-    void *bufs[8];
-    for (size_t q = 0; q < 8; q++) {
+    for (int q = 0; q < NB; q++) total += align64(sz[q]);
+    char *mem = thread_buf(0, total);
+    if (!mem) abort(); /* about 200 KB for R1; failing here, the process is lost */
+    char *bufs[NB], *at = mem;
+    for (int q = 0; q < NB; q++) {
         bufs[q] = at;
         at += align64(sz[q]);
     }
-    x.q = bufs[0];
-    x.k = bufs[1];
-    x.c = bufs[2];
-    x.s = bufs[3];
-    x.p = bufs[4];
-    x.m = bufs[5];
-    x.l = x.m + DSR1__FA_HG;
-    x.alpha = x.l + DSR1__FA_HG;
-    x.o = bufs[6];
-    x.tmp = bufs[7];
+    uint16_t *qall = (uint16_t *)bufs[0];
+    x.k = (uint16_t *)bufs[1];
+    x.c = (uint16_t *)bufs[2];
+    x.s = (float *)bufs[3];
+    x.p = (uint16_t *)bufs[4];
+    float *mla = (float *)bufs[5];
+    x.tmp = (float *)bufs[6];
+    const uint16_t *zero = (const uint16_t *)bufs[7];
     memset(x.p, 0, sz[4]);
+    memset(bufs[7], 0, sz[7]);
+    int i = wv->i0;
     for (int task = begin; task < end; task++) {
-        const int i = task / groups, h0 = task % groups * DSR1__FA_HG;
-        const int P = j->pos0 + i;
-        x.hn = j->heads - h0 < DSR1__FA_HG ? j->heads - h0 : DSR1__FA_HG;
-        prep_q(j, i, h0, &x);
-        for (int h = 0; h < DSR1__FA_HG; h++) {
-            x.m[h] = -INFINITY;
-            x.l[h] = 0.0f;
+        while (task >= wv->first[i + 1 - wv->i0]) i++;
+        const int sp = task - wv->first[i - wv->i0], P = j->pos0 + i;
+        const int s0 = sp * DSR1__FA_SPLIT,
+                  s1 = P + 1 < s0 + DSR1__FA_SPLIT ? P + 1 : s0 + DSR1__FA_SPLIT;
+        float *O = wv->po + (size_t)task * j->heads * x.kvlp;
+        for (int g = 0; g < groups; g++) {
+            x.hn =
+                j->heads - g * DSR1__FA_HG < DSR1__FA_HG ? j->heads - g * DSR1__FA_HG : DSR1__FA_HG;
+            x.q = (uint16_t *)((char *)qall + qsz * (size_t)g);
+            prep_q(j, i, g * DSR1__FA_HG, &x);
+            for (int h = 0; h < DSR1__FA_HG; h++) {
+                mla[g * 48 + h] = -INFINITY;
+                mla[g * 48 + 16 + h] = 0.0f;
+            }
         }
-        memset(x.o, 0, sz[6]);
-        if (j->be->begin) j->be->begin(j->be, &x);
-        for (int q0 = 0; q0 <= P; q0 += DSR1__FA_CHUNK) {
-            x.nv = P + 1 - q0 < DSR1__FA_CHUNK ? P + 1 - q0 : DSR1__FA_CHUNK;
-            stage(j, q0, &x);
-            j->be->scores(j->be, &x);
-            if (j->be->softmax)
-                j->be->softmax(&x);
-            else
-                dsr1__fa_softmax(&x);
-            j->be->pv(j->be, &x);
+        memset(O, 0, sizeof(float) * (size_t)j->heads * x.kvlp);
+        int begun_hn = 0;
+        for (int q0 = s0; q0 < s1; q0 += DSR1__FA_CHUNK) {
+            x.nv = s1 - q0 < DSR1__FA_CHUNK ? s1 - q0 : DSR1__FA_CHUNK;
+            stage(j, q0, &x, zero);
+            for (int g = 0; g < groups; g++) {
+                x.hn = j->heads - g * DSR1__FA_HG < DSR1__FA_HG ? j->heads - g * DSR1__FA_HG
+                                                                : DSR1__FA_HG;
+                x.q = (uint16_t *)((char *)qall + qsz * (size_t)g);
+                x.m = mla + g * 48;
+                x.l = x.m + 16;
+                x.alpha = x.m + 32;
+                x.o = O + (size_t)g * DSR1__FA_HG * x.kvlp;
+                if (x.hn != begun_hn && j->be->begin) {
+                    if (begun_hn && j->be->end) j->be->end(j->be, &x);
+                    j->be->begin(j->be, &x);
+                }
+                begun_hn = x.hn;
+                j->be->scores(j->be, &x);
+                if (j->be->softmax)
+                    j->be->softmax(&x);
+                else
+                    dsr1__fa_softmax(&x);
+                j->be->pv(j->be, &x);
+            }
         }
-        if (j->be->end) j->be->end(j->be, &x);
-        for (int h = 0; h < x.hn; h++) {
-            float *o = j->out + ((size_t)i * j->heads + h0 + h) * j->kvl;
-            for (int c = 0; c < j->kvl; c++) o[c] = x.o[(size_t)h * x.kvlp + c] / x.l[h];
+        if (begun_hn && j->be->end) j->be->end(j->be, &x);
+        for (int h = 0; h < j->heads; h++) {
+            wv->pm[(size_t)task * j->heads + h] = mla[h / 16 * 48 + h % 16];
+            wv->pl[(size_t)task * j->heads + h] = mla[h / 16 * 48 + 16 + h % 16];
         }
     }
-    free(mem);
+}
+
+/* out[i][h] from the splits of token i in increasing order: M = max m_s; w_s = exp(m_s - M);
+ * L = fma(l_s, w_s, L), O = fma(O_s, w_s, O) split after split from 0; out = O / L. */
+static void fa_combine(void *arg, int begin, int end, int tid)
+{
+    (void)tid;
+    const fa_wave *wv = arg;
+    const fa_job *j = wv->j;
+    for (int task = begin; task < end; task++) {
+        const int i = wv->i0 + task / j->heads, h = task % j->heads;
+        const int f0 = wv->first[i - wv->i0], f1 = wv->first[i + 1 - wv->i0];
+        float M = -INFINITY, L = 0.0f;
+        for (int s = f0; s < f1; s++) {
+            const float m = wv->pm[(size_t)s * j->heads + h];
+            M = m > M ? m : M;
+        }
+        float *o = j->out + ((size_t)i * j->heads + h) * j->kvl;
+        for (int c = 0; c < j->kvl; c++) o[c] = 0.0f;
+        for (int s = f0; s < f1; s++) {
+            const float w = dsr1__fa_exp(wv->pm[(size_t)s * j->heads + h] - M);
+            const float *os = wv->po + ((size_t)s * j->heads + h) * wv->kvlp;
+            L = fmaf(wv->pl[(size_t)s * j->heads + h], w, L);
+            for (int c = 0; c < j->kvl; c++) o[c] = fmaf(os[c], w, o[c]);
+        }
+        for (int c = 0; c < j->kvl; c++) o[c] = o[c] / L;
+    }
 }
 
 void dsr1__fa_attention(const dsr1__fa_backend *be, dsr1_pool *pool, int t, int heads, int kvl,
@@ -196,7 +291,29 @@ void dsr1__fa_attention(const dsr1__fa_backend *be, dsr1_pool *pool, int t, int 
     if (t <= 0 || heads <= 0) return;
     fa_job j = {be,           t,     heads, kvl,   rope, q_abs, q_pe, kv_blocks,
                 block_tokens, ld_kv, pos0,  scale, out};
-    dsr1_pool_run(pool, t * ((heads + DSR1__FA_HG - 1) / DSR1__FA_HG), 1, fa_tasks, &j);
+    const int kvlp = (kvl + 15) / 16 * 16;
+    /* tokens in waves whose partial results stay under 64 MB (at least one token) */
+    const size_t per_split = sizeof(float) * (size_t)heads * (kvlp + 2);
+    const size_t per_token = per_split * (size_t)n_splits(&j, t - 1);
+    const int wave = (int)((size_t)64 << 20) / per_token < 1 ? 1
+                     : (size_t)((size_t)64 << 20) / per_token > (size_t)t
+                         ? t
+                         : (int)(((size_t)64 << 20) / per_token);
+    int *first = malloc(sizeof(int) * ((size_t)wave + 1));
+    float *part = thread_buf(1, per_split * (size_t)wave * n_splits(&j, t - 1));
+    if (!first || !part) abort(); /* bounded above; failing here, the process is lost */
+    for (int i0 = 0; i0 < t; i0 += wave) {
+        const int i1 = i0 + wave < t ? i0 + wave : t;
+        first[0] = 0;
+        for (int i = i0; i < i1; i++) first[i - i0 + 1] = first[i - i0] + n_splits(&j, i);
+        const int slots = first[i1 - i0];
+        /* O first: 64-byte aligned rows (kvlp is a multiple of 16) */
+        float *po = part, *pm = po + (size_t)slots * heads * kvlp, *pl = pm + (size_t)slots * heads;
+        fa_wave wv = {&j, i0, i1, first, pm, pl, po, kvlp};
+        dsr1_pool_run(pool, slots, 1, fa_tasks, &wv);
+        dsr1_pool_run(pool, (i1 - i0) * heads, 8, fa_combine, &wv);
+    }
+    free(first);
 }
 
 /* ---- the tile backend ------------------------------------------------------------------- */
@@ -263,5 +380,6 @@ static void tile_pv(const dsr1__fa_backend *be, dsr1__fa_task *x)
 
 void dsr1__fa_tile_backend(const dsr1__tileops *t, dsr1__fa_backend *out)
 {
-    *out = (dsr1__fa_backend){tile_begin, tile_scores, tile_pv, tile_end, t, NULL, NULL};
+    *out = (dsr1__fa_backend){
+        .begin = tile_begin, .scores = tile_scores, .pv = tile_pv, .end = tile_end, .tiles = t};
 }

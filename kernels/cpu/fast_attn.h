@@ -1,15 +1,19 @@
 /* Internal to the fast precision mode: MLA attention against the bf16 cache
  * (mla_attention_bf16 of the bf16-tiles tables, kernels.h), flash-style.
  *
- * Work is split into tasks (token i, group of up to 16 heads); a task runs alone from start
- * to end on one thread, so no result depends on the thread split. For token i at absolute
- * position P = pos0 + i, a task walks the cache in chunks of DSR1__FA_CHUNK = 32 absolute
- * positions [q0, q0 + 32), q0 = 0, 32, ... <= P (fixed by P alone: neither block_tokens, t
- * nor the rest of the step change a chunk). Per chunk:
- *  1. stage (portable C): the chunk's nv = min(32, P + 1 - q0) cache rows are copied into K
- *     [32][wpad] (bf16, zero past column kvl + rope and past row nv: positions after P are
- *     never read), and their latents re-laid as C [16 position pairs][kvlp][2] (the B
- *     operand of P.C, VNNI order: C[q][c] = K[2q][c], K[2q + 1][c]; zero past kvl);
+ * For token i at absolute position P = pos0 + i, positions 0 .. P are cut into splits of
+ * DSR1__FA_SPLIT = 1024 absolute positions, and work into tasks (token, split), each run
+ * alone from start to end on one thread for all the heads, so no result depends on the
+ * thread split, and a decode token at 32K positions makes 32 tasks. A task walks its
+ * split in chunks of DSR1__FA_CHUNK = 32 absolute positions [q0, q0 + 32) (fixed by P
+ * alone: neither block_tokens, t nor the rest of the step change a split or a chunk). Per
+ * chunk, once:
+ *  1. stage (portable C): the chunk's nv = min(32, split end - q0) rows (positions after P
+ *     are never read) as K [32][wpad] (bf16, zero past column kvl + rope and past row nv;
+ *     a direct_k backend reads the rows in place through krow when kvl + rope is a multiple
+ *     of 32, as R1's 576), and their latents re-laid as C [16 position pairs][kvlp][2] (the
+ *     B operand of P.C, VNNI order: C[q][c] = K[2q][c], K[2q + 1][c]; zero past kvl);
+ * then for each group of up to 16 heads, with its own Q, running max m, sum l and output O:
  *  2. scores S[j][h] = K[j] . Q[h] (Q = bf16(q_abs) ++ bf16(q_pe), zero-padded to wpad, laid
  *     as VNNI pairs of 16 heads: the B operand): on the backend, fp32 accumulation;
  *  3. online softmax (portable C, fa_softmax, shared by the backends): per head, s_j =
@@ -18,7 +22,9 @@
  *     exp is this file's own (dsr1__fa_exp: range reduction and a polynomial in fmaf), so
  *     every backend computes it the same way on every machine;
  *  4. O[h][c] = fma(O[h][c], alpha[h], (P.C)[h][c]), P.C on the backend, fp32 accumulation.
- * Finally out[i][h][c] = O[h][c] / l[h].
+ * Then (fa_combine) per token and head, over its splits s in increasing order: M = max m_s,
+ * w_s = exp(m_s - M), L = fma(l_s, w_s, L), O = fma(O_s, w_s, O) from 0, and out = O / L
+ * (one split: exactly O / l). Tokens go in waves whose partial results fit in 64 MB.
  *
  * The backends differ only in steps 2 and 4:
  * - tiles (tile.h: AMX or its emulation, bit for bit): scores as 2 tiles of 16 positions x
@@ -40,18 +46,23 @@
 #include "kernels.h"
 #include "tile.h"
 
-#define DSR1__FA_CHUNK 32 /* positions per chunk */
-#define DSR1__FA_HG    16 /* heads per task */
+#define DSR1__FA_CHUNK 32   /* positions per chunk */
+#define DSR1__FA_HG    16   /* heads per tile group */
+#define DSR1__FA_SPLIT 1024 /* positions per task (a multiple of the chunk) */
 
 /* One task's geometry and buffers (64-byte aligned). */
 typedef struct {
-    int hn;               /* heads of the group (1..16) */
-    int kvl;              /* latent values per row */
-    int wpad, kvlp;       /* kvl + rope rounded up to 32; kvl rounded up to 16 */
-    int nv;               /* valid rows of the current chunk */
-    float scale;          /* softmax scale */
-    uint16_t *q;          /* [wpad / 2][16][2]: Q pairs, VNNI (zero past the group's heads) */
-    uint16_t *k;          /* [32][wpad]: the chunk's rows */
+    int hn;         /* heads of the group (1..16) */
+    int kvl;        /* latent values per row */
+    int wpad, kvlp; /* kvl + rope rounded up to 32; kvl rounded up to 16 */
+    int nv;         /* valid rows of the current chunk */
+    float scale;    /* softmax scale */
+    uint16_t *q;    /* [wpad / 2][16][2]: Q pairs, VNNI (zero past the group's heads) */
+    uint16_t *k;    /* [32][wpad]: the chunk's rows, staged */
+    /* The chunk's rows as read by stage_c and a direct_k backend: row r of the chunk, wpad
+     * values (zero past kvl + rope); rows past nv point at zeros. Into k, or straight into
+     * the cache where that holds (direct_k and kvl + rope == wpad: R1's 576). */
+    const uint16_t *krow[DSR1__FA_CHUNK];
     uint16_t *c;          /* [16][kvlp][2]: the chunk's latents, position pairs interleaved */
     float *s;             /* [32][16]: scores (unscaled) */
     uint16_t *p;          /* [16][32]: softmax numerators, bf16 */
@@ -70,6 +81,7 @@ typedef struct dsr1__fa_backend {
     void (*end)(const struct dsr1__fa_backend *be, const dsr1__fa_task *x);
     const dsr1__tileops *tiles; /* the tile backend's implementation */
     void (*stage_c)(dsr1__fa_task *x);
+    int direct_k; /* reads the chunk's rows through krow only (not k) */
     void (*softmax)(dsr1__fa_task *x);
 } dsr1__fa_backend;
 

@@ -25,13 +25,12 @@ DSR1_AVX512_INLINE __m512bh dword_bcast(const uint16_t *a)
 DSR1_AVX512_INLINE void scores_rows(int nr, dsr1__fa_task *x, int r0)
 {
     const int np = x->wpad / 2;
-    const uint16_t *k = x->k + (size_t)r0 * x->wpad;
+    const uint16_t *const *k = x->krow + r0;
     __m512 a[8];
     for (int r = 0; r < nr; r++) a[r] = _mm512_setzero_ps();
     for (int p = 0; p < np; p++) {
         const __m512bh q = (__m512bh)_mm512_load_si512(x->q + (size_t)p * 32);
-        for (int r = 0; r < nr; r++)
-            a[r] = _mm512_dpbf16_ps(a[r], dword_bcast(k + (size_t)r * x->wpad + 2 * p), q);
+        for (int r = 0; r < nr; r++) a[r] = _mm512_dpbf16_ps(a[r], dword_bcast(k[r] + 2 * p), q);
     }
     for (int r = 0; r < nr; r++) _mm512_store_ps(x->s + (r0 + r) * DSR1__FA_HG, a[r]);
 }
@@ -105,7 +104,7 @@ static void vd_stage_c(dsr1__fa_task *x)
         hi_idx = _mm512_loadu_si512(hi);
     }
     for (int q = 0; q < DSR1__FA_CHUNK / 2; q++) {
-        const uint16_t *k0 = x->k + (size_t)(2 * q) * x->wpad, *k1 = k0 + x->wpad;
+        const uint16_t *k0 = x->krow[2 * q], *k1 = x->krow[2 * q + 1];
         uint16_t *d = x->c + (size_t)q * x->kvlp * 2;
         for (int c = 0; c < x->kvlp; c += 32) {
             const int n = x->kvl - c;
@@ -179,7 +178,8 @@ static void vd_softmax(dsr1__fa_task *x)
         for (int r = 0; r < DSR1__FA_CHUNK; r++) x->p[h * DSR1__FA_CHUNK + r] = pt[r][h];
 }
 
-static const dsr1__fa_backend vd = {NULL, vd_scores, vd_pv, NULL, NULL, vd_stage_c, vd_softmax};
+static const dsr1__fa_backend vd = {
+    .scores = vd_scores, .pv = vd_pv, .stage_c = vd_stage_c, .direct_k = 1, .softmax = vd_softmax};
 
 void dsr1__fa_vd_stage_c(dsr1__fa_task *x)
 {
