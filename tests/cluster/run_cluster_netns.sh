@@ -105,11 +105,14 @@ ip netns exec "$nsc" timeout -k 5 300 "$dsr1" serve --model "$model" --workers 4
     --expert-replicas 2 --timeout-ms 3000 --state-dir none >"$tmp/coordinator.out" 2>"$clog" &
 cpid=$!
 disown $cpid # killed at the end: no job-control notice
-# start_worker I [tag]: dsr1-worker in namespace I (a host name of its own: its own UTS
-# namespace), asking for place I
+# start_worker I [tag]: dsr1-worker in namespace I, asking for place I, with a host name
+# of its own (a UTS namespace, where unshare may make one)
+uts=(unshare --uts)
+unshare --uts true 2>/dev/null || uts=()
 start_worker() {
-    ip netns exec "$(nsw "$1")" unshare --uts /bin/sh -c \
-        'hostname "$0" && exec timeout -k 5 300 "$@"' "dsr1-host$1" \
+    ip netns exec "$(nsw "$1")" "${uts[@]}" /bin/sh -c \
+        '[ -z "$1" ] || hostname "$0"; shift; exec timeout -k 5 300 "$@"' "dsr1-host$1" \
+        "${uts[*]}" \
         "$worker" --join $C:$PORT_JOIN --model "$model" --worker-index "$1" --threads 1 \
         >"$tmp/worker$1${2:-}.log" 2>&1 &
     disown $!
