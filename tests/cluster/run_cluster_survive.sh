@@ -336,6 +336,22 @@ def worker_pids(server):
     return out
 
 
+def rss_mb(server):
+    """Resident memory in MB: {worker: MB} of the dsr1-worker ranks (mpirun), else
+    {"server": MB} of the process holding the embedded grid."""
+    def rss(pid):
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                kb = next(int(l.split()[1]) for l in f if l.startswith("VmRSS:"))
+            return round(kb / 1024, 1)
+        except (OSError, StopIteration):
+            return None
+    pids = worker_pids(server)
+    if pids:
+        return {str(w): rss(p) for w, p in sorted(pids.items())}
+    return {"server": rss(server.proc.pid)}
+
+
 def run_load(server, a, fault=None):
     """The load; fault() is called once the streams have produced a few tokens. Returns
     (streams, batch (status, counts, texts), health codes seen, seconds, tokens)."""
@@ -420,6 +436,7 @@ def main():
             def fault():
                 return None  # the hook fires by itself
         outs, (bst, bcounts, btexts), health, secs, killed = run_load(server, a, fault)
+        res["rss_mb"] = rss_mb(server)
         if a.mode.startswith("hook:"):
             killed = server.first(r"simulates a crash")
         ntok = sum(len(o["times"]) for o in outs)
