@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <math.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -81,5 +82,33 @@ int dsr1_arg_ids(const char *cmd, const char *flag, const char *s, int32_t **ids
     }
     *ids = v;
     *n = cnt;
+    return 0;
+}
+
+static bool is_fast_variant(const char *k)
+{
+    return k && (!strcmp(k, "bf16-tiles") || !strcmp(k, "bf16-tiles-emulated") ||
+                 !strcmp(k, "avx512-bf16"));
+}
+
+int dsr1_arg_precision(const char *cmd, const char *precision, const char **kernels)
+{
+    const char *k = *kernels && strcmp(*kernels, "auto") ? *kernels : NULL;
+    if (!precision || !strcmp(precision, "exact")) {
+        if (precision && is_fast_variant(k)) {
+            fprintf(stderr, "%s: --precision exact, but --kernels %s is the fast mode\n", cmd, k);
+            return -1;
+        }
+        return 0;
+    }
+    if (strcmp(precision, "fast")) {
+        fprintf(stderr, "%s: --precision '%s': expected exact or fast\n", cmd, precision);
+        return -1;
+    }
+    if (k && !is_fast_variant(k)) {
+        fprintf(stderr, "%s: --precision fast, but --kernels %s is exact\n", cmd, k);
+        return -1;
+    }
+    if (!k) *kernels = "bf16-tiles";
     return 0;
 }

@@ -20,4 +20,10 @@ int dsr1_arg_u64(const char *cmd, const char *flag, const char *s, uint64_t *out
  * skipped so a JSON array works too. *ids is malloc'ed (free it); *n may be 0. */
 int dsr1_arg_ids(const char *cmd, const char *flag, const char *s, int32_t **ids, size_t *n);
 
+/* --precision exact|fast and --kernels together: the kernel variant to ask for. "fast" is the
+ * fast mode (docs/kernels.md: bf16-tiles, or the bf16-tiles-emulated that --kernels may
+ * name); "exact" (or no --precision) keeps *kernels, which must not then name a fast
+ * variant. precision may be NULL (not given). */
+int dsr1_arg_precision(const char *cmd, const char *precision, const char **kernels);
+
 #endif

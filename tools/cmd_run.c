@@ -51,6 +51,8 @@ static void run_usage(FILE *f)
             "                       workers: with --transport ucx or --mpi, losing a worker\n"
             "                       then costs its attention rank, not the run (default 1)\n"
             "  --threads N          worker threads (default: DSR1_THREADS or all cores)\n"
+            "  --precision MODE     exact (default: float32, DeepSeek's reference logits) or\n"
+            "                       fast (bf16 products, docs/kernels.md: --kernels bf16-tiles)\n"
             "  --kernels NAME       kernel variant: auto (default: the fastest this CPU runs),\n"
             "                       portable, avx512, bf16-tiles (docs/kernels.md)\n"
             "  -h, --help           this text\n");
@@ -151,9 +153,11 @@ int dsr1_cmd_run(int argc, char **argv)
         {"pp", required_argument, 0, 'P'},          {"transport", required_argument, 0, 'T'},
         {"mpi", no_argument, 0, 'M'},               {"timeout-ms", required_argument, 0, 'O'},
         {"expert-replicas", required_argument, 0, 'R'},
+        {"precision", required_argument, 0, 'X'},
         {0, 0, 0, 0}};
     // clang-format on
     const char *model = NULL, *prompt_s = NULL, *force_s = NULL, *dump = NULL, *kname = NULL;
+    const char *precision = NULL;
     int max_tokens = 16, threads = 0, dummy = 0, layers = 0, workers = 0, pp = 1, c;
     int transport = DSR1_TRANSPORT_INPROC, mpi = dsr1_mpi_launched_size() > 1, timeout_ms = 0;
     int replicas = 1;
@@ -175,6 +179,9 @@ int dsr1_cmd_run(int argc, char **argv)
             break;
         case 'k':
             kname = optarg;
+            break;
+        case 'X':
+            precision = optarg;
             break;
         case 'D':
             dummy = 1;
@@ -240,6 +247,7 @@ int dsr1_cmd_run(int argc, char **argv)
         fprintf(stderr, "dsr1 run: --layers needs --dummy-weights\n");
         return 2;
     }
+    if (dsr1_arg_precision("dsr1 run", precision, &kname)) return 2;
     if (!model || !prompt_s) {
         fprintf(stderr, "dsr1 run: --model and --prompt-ids are required\n\n");
         run_usage(stderr);

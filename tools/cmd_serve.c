@@ -77,6 +77,9 @@ static void serve_usage(FILE *f)
            "  --mpi                   coordinate the worker processes of an MPI job (implied\n"
            "                          when started by mpirun/srun with more than one rank)\n"
            "  --threads N             CPU threads (default: DSR1_THREADS or all cores)\n"
+           "  --precision MODE        exact (default: DeepSeek's reference logits in float32) or\n"
+           "                          fast (bf16 products: --kernels bf16-tiles; give the\n"
+           "                          workers of an MPI or joined grid the same)\n"
            "  --kernels NAME          auto (default), portable, avx512, bf16-tiles\n"
            "  --dummy-weights         random weights from the config alone (--seed S,\n"
            "                          --layers N keeps the first N layers)\n"
@@ -144,7 +147,7 @@ typedef struct {
 } int_flag;
 
 typedef struct {
-    const char *model, *host, *api_key, *kernels, *state_dir, *join_listen;
+    const char *model, *host, *api_key, *kernels, *state_dir, *join_listen, *precision;
     bool dummy, mpi, prefix_cache;
     int transport;
     uint64_t seed;
@@ -186,16 +189,17 @@ static const serve_opts defaults = {
 /* Parses argv into o; returns -1 to exit 0 (help), 2 on a usage error, else 0. */
 static int parse(int argc, char **argv, serve_opts *o)
 {
-    struct option opts[N_INT_FLAGS + 13] = {
+    struct option opts[N_INT_FLAGS + 14] = {
         {"model", required_argument, 0, 'm'},     {"host", required_argument, 0, 'H'},
         {"api-key", required_argument, 0, 'a'},   {"kernels", required_argument, 0, 'k'},
         {"transport", required_argument, 0, 'T'}, {"mpi", no_argument, 0, 'M'},
         {"dummy-weights", no_argument, 0, 'D'},   {"seed", required_argument, 0, 's'},
         {"no-prefix-cache", no_argument, 0, 'P'}, {"help", no_argument, 0, 'h'},
         {"state-dir", required_argument, 0, 'S'}, {"join-listen", required_argument, 0, 'J'},
+        {"precision", required_argument, 0, 'X'},
     };
     for (int i = 0; i < N_INT_FLAGS; i++)
-        opts[12 + i] = (struct option){o->n[i].name, required_argument, 0, FLAG_BASE + i};
+        opts[13 + i] = (struct option){o->n[i].name, required_argument, 0, FLAG_BASE + i};
     int c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -250,6 +254,9 @@ static int parse(int argc, char **argv, serve_opts *o)
         case 'J':
             o->join_listen = optarg;
             break;
+        case 'X':
+            o->precision = optarg;
+            break;
         case 'h':
             serve_usage(stdout);
             return -1;
@@ -267,6 +274,7 @@ static int parse(int argc, char **argv, serve_opts *o)
         return 2;
     }
     if (!o->api_key) o->api_key = getenv("DSR1_API_KEY");
+    if (dsr1_arg_precision(CMD, o->precision, &o->kernels)) return 2;
     if (o->transport == DSR1_TRANSPORT_JOIN && (!o->join_listen || o->n[F_WORKERS].value < 1)) {
         fprintf(stderr, CMD ": --transport join needs --workers N and --join-listen HOST:PORT\n");
         return 2;

@@ -17,6 +17,7 @@
  * on a usage error. Built only when the build has MPI and UCX. */
 #include <errno.h>
 #include <getopt.h>
+#include <stdbool.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -48,6 +49,8 @@ static void usage(FILE *f)
             "                     or the cores divided by the ranks on this node)\n"
             "  --kernels NAME     kernel variant: auto (default), portable, avx512, bf16-tiles\n"
             "  --timeout-ms T     bound on every wait for a peer (default: the coordinator's)\n"
+            "  --precision MODE   exact (default) or fast (--kernels bf16-tiles): the same as\n"
+            "                     the coordinator's\n"
             "  --join HOST:PORT   join the coordinator listening there (its --join-listen)\n"
             "                     instead of an MPI job: take a lost worker's place, or one\n"
             "                     of a grid that forms over TCP (--transport join)\n"
@@ -79,6 +82,20 @@ typedef struct {
     int index;        /* with join: the place asked for, -1: any */
 } options;
 
+/* The fast precision mode (bf16 kernels) or the exact one, by variant name. */
+static bool fast_kernels(const char *name)
+{
+    return name && !strncmp(name, "bf16-tiles", 10);
+}
+
+/* The kernel variant to run: this worker's --kernels/--precision, or the coordinator's
+ * mode (fast: 1) when it was given none. */
+static const char *kernels_for(const options *o, int fast)
+{
+    if (o->kernels && strcmp(o->kernels, "auto")) return o->kernels;
+    return fast ? "bf16-tiles" : NULL;
+}
+
 /* Check the hello and load this worker's slice; the verdict every rank then agrees on. */
 static dsr1_status prepare(const options *o, const dsr1_hello *h, int rank, const int *all_hosts,
                            const dsr1_ckpt *ck, const dsr1_model_config *cfg, dsr1_worker *w)
@@ -104,12 +121,14 @@ static dsr1_status prepare(const options *o, const dsr1_hello *h, int rank, cons
                        dsr1_placement_hash(owner, cfg->n_routed_experts * h->replicas),
                        h->kv_blocks,
                        h->block_tokens,
-                       h->replicas};
+                       h->replicas,
+                       fast_kernels(kernels_for(o, h->fast))};
     free(owner);
     st = dsr1_hello_check(h, &mine);
     if (st != DSR1_OK) return st;
-    const dsr1_kernels *k = dsr1_kernels_select(o->kernels);
-    if (!k) return dsr1_error(DSR1_ERR_INVALID_ARG, "--kernels: unknown variant '%s'", o->kernels);
+    const char *kname = kernels_for(o, h->fast);
+    const dsr1_kernels *k = dsr1_kernels_select(kname);
+    if (!k) return dsr1_error(DSR1_ERR_INVALID_ARG, "--kernels: unknown variant '%s'", kname);
     dsr1_worker_params wp = {ck,
                              o->dummy ? cfg : NULL,
                              o->seed,
@@ -258,9 +277,17 @@ static int join_serve(const options *o)
     char tag[48];
     snprintf(tag, sizeof(tag), "worker %d", w1.index);
     dsr1_log_set_tag(tag);
-    const dsr1_kernels *k = dsr1_kernels_select(o->kernels);
+    const char *kname = kernels_for(o, w1.fast);
+    if (fast_kernels(kname) != (w1.fast == 1)) {
+        st = dsr1_error(DSR1_ERR_INVALID_ARG,
+                        "the coordinator runs the %s precision mode, this worker --kernels %s: "
+                        "give both the same --precision (or none to the worker)",
+                        w1.fast ? "fast" : "exact", kname);
+        goto out;
+    }
+    const dsr1_kernels *k = dsr1_kernels_select(kname);
     if (!k) {
-        st = dsr1_error(DSR1_ERR_INVALID_ARG, "--kernels: unknown variant '%s'", o->kernels);
+        st = dsr1_error(DSR1_ERR_INVALID_ARG, "--kernels: unknown variant '%s'", kname);
         goto out;
     }
     dsr1_worker_params wp = {ck,
@@ -358,10 +385,11 @@ int main(int argc, char **argv)
                                          {"kernels", required_argument, 0, 'k'},
                                          {"timeout-ms", required_argument, 0, 'O'},
                                          {"join", required_argument, 0, 'J'},
+                                         {"precision", required_argument, 0, 'X'},
                                          {"worker-index", required_argument, 0, 'I'},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
-    const char *model = NULL, *kernels = NULL, *join = NULL;
+    const char *model = NULL, *kernels = NULL, *join = NULL, *precision = NULL;
     long dummy = 0, layers = 0, threads = 0, timeout = 0, index = -1;
     uint64_t seed = 1;
     int c;
@@ -392,6 +420,9 @@ int main(int argc, char **argv)
         case 'J':
             join = optarg;
             break;
+        case 'X':
+            precision = optarg;
+            break;
         case 'I':
             if (dsr1_arg_long("dsr1-worker", "--worker-index", optarg, 0, 65535, &index)) return 2;
             break;
@@ -415,6 +446,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "dsr1-worker: --layers needs --dummy-weights\n");
         return 2;
     }
+    if (dsr1_arg_precision("dsr1-worker", precision, &kernels)) return 2;
     if (index >= 0 && !join) {
         fprintf(stderr, "dsr1-worker: --worker-index needs --join\n");
         return 2;

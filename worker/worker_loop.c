@@ -550,7 +550,8 @@ dsr1_status dsr1_worker_serve(dsr1_worker *w)
                 }
                 continue;
             }
-            if (h.type == DSR1_MSG_CONNECT || (w->regroup && (w->broken || step < w->first_step))) {
+            if (h.type == DSR1_MSG_PING || h.type == DSR1_MSG_CONNECT ||
+                (w->regroup && (w->broken || step < w->first_step))) {
                 free(m); /* of an epoch this worker has left */
                 continue;
             }

@@ -13,7 +13,7 @@
 #include "wire.h"
 
 #define HELLO_MAGIC  UINT64_C(0x4f4c454831525344) /* "DSR1HELO" little-endian */
-#define HELLO_BYTES  72
+#define HELLO_BYTES  76
 #define VERDICT_TEXT 480
 #define SUMMARY_TEXT 3000
 
@@ -44,6 +44,11 @@ dsr1_status dsr1_hello_check(const dsr1_hello *co, const dsr1_hello *me)
         return dsr1_error(DSR1_ERR_INVALID_ARG, "the coordinator expects %s, this worker has %s", a,
                           b);
     }
+    if (co->fast != me->fast)
+        return dsr1_error(DSR1_ERR_INVALID_ARG,
+                          "the coordinator runs the %s precision mode, this worker the %s one: "
+                          "give both the same --precision (or none to the worker)",
+                          co->fast ? "fast" : "exact", me->fast ? "fast" : "exact");
     if (co->placement_hash != me->placement_hash)
         return dsr1_error(DSR1_ERR_INVALID_ARG,
                           "the coordinator's expert placement differs from this worker's "
@@ -56,7 +61,7 @@ dsr1_status dsr1_hello_check(const dsr1_hello *co, const dsr1_hello *me)
 /* ---- packing ----------------------------------------------------------------------- */
 
 /* magic 8 | protocol, workers, pp, n_slots, max_tokens, timeout_ms, dummy, replicas (4 each) |
- * seed, config_hash, placement_hash (8 each) | kv_blocks, block_tokens (4 each) */
+ * seed, config_hash, placement_hash (8 each) | kv_blocks, block_tokens, fast (4 each) */
 static void hello_pack(const dsr1_hello *h, unsigned char *b)
 {
     dsr1_put_le64(b, HELLO_MAGIC);
@@ -74,6 +79,7 @@ static void hello_pack(const dsr1_hello *h, unsigned char *b)
     dsr1_put_le64(b + 56, h->placement_hash);
     dsr1_put_le32(b + 64, (uint32_t)h->kv_blocks);
     dsr1_put_le32(b + 68, (uint32_t)h->block_tokens);
+    dsr1_put_le32(b + 72, (uint32_t)h->fast);
 }
 
 static dsr1_status hello_unpack(const unsigned char *b, int mpi_size, dsr1_hello *out)
@@ -86,8 +92,8 @@ static dsr1_status hello_unpack(const unsigned char *b, int mpi_size, dsr1_hello
                     (int32_t)dsr1_get_le32(b + 32), dsr1_get_le64(b + 40),
                     dsr1_get_le64(b + 48),          dsr1_get_le64(b + 56),
                     (int32_t)dsr1_get_le32(b + 64), (int32_t)dsr1_get_le32(b + 68),
-                    (int32_t)dsr1_get_le32(b + 36)};
-    if (h.replicas < 1 || h.dummy < 0 || h.dummy > 1)
+                    (int32_t)dsr1_get_le32(b + 36), (int32_t)dsr1_get_le32(b + 72)};
+    if (h.replicas < 1 || h.dummy < 0 || h.dummy > 1 || h.fast < 0 || h.fast > 1)
         return dsr1_error(DSR1_ERR_FORMAT, "malformed hello from the coordinator");
     if (h.workers != mpi_size - 1 || h.pp < 1 || h.workers % h.pp)
         return dsr1_error(DSR1_ERR_FORMAT,

@@ -51,7 +51,7 @@ static inline int dsr1_ep_timeout(int world_timeout_ms)
     return world_timeout_ms > 0 ? world_timeout_ms - world_timeout_ms / 4 : world_timeout_ms;
 }
 
-/* What the coordinator announces and every worker must match. Travels packed, 72 bytes,
+/* What the coordinator announces and every worker must match. Travels packed, 76 bytes,
  * little-endian, behind a magic. */
 typedef struct {
     uint32_t protocol;   /* DSR1_WIRE_VERSION */
@@ -66,6 +66,7 @@ typedef struct {
     int32_t kv_blocks;       /* > 0: paged cache blocks per worker (n_slots, max_tokens unused) */
     int32_t block_tokens;    /* tokens per cache block when paged */
     int32_t replicas;        /* copies of every routed expert per stage (>= 1) */
+    int32_t fast;            /* 1: the fast precision mode (bf16 kernels), 0: exact */
 } dsr1_hello;
 
 

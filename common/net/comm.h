@@ -143,7 +143,8 @@ typedef struct {
     /* A tolerant group (the world group of a grid that survives lost workers) never aborts
      * itself: a call that fails because of one peer (lost, or silent past the timeout)
      * returns an error naming it (culprit), sends no abort notice, and leaves the group
-     * usable with the other peers. recv from DSR1_COMM_ANY skips lost peers. Sends still in
+     * usable with the other peers. recv from DSR1_COMM_ANY skips peers lost before it
+     * began, and a peer lost while it waits ends it (naming that peer). Sends still in
      * flight to a lost peer are cancelled. dsr1_comm_abort still ends the whole group.
      * A recv from a silent peer times out blaming it without marking it lost, unless it
      * went silent halfway through a transfer (its endpoint is then closed: lost). */

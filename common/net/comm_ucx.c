@@ -106,6 +106,8 @@ struct group {
     size_t *zeros, *word; /* barrier and alltoall_sizes byte counts */
     uint64_t seq;
     bool aborted, notified, crashed;
+    unsigned losses; /* peers found lost so far (the error callback counts them) */
+    int last_lost;   /* the last of them */
     bool tolerant; /* failures blame one peer and never abort the group (comm.h) */
     bool settle;   /* a peer was lost since the last settle_lost (tolerant groups) */
     int culprit;   /* the peer the last failed call was blamed on, or -1 */
@@ -252,6 +254,8 @@ static void on_peer_error(void *arg, ucp_ep_h ep, ucs_status_t status)
     if (r->g->lost[r->peer] == UCS_OK) {
         r->g->lost[r->peer] = status == UCS_OK ? UCS_ERR_ENDPOINT_TIMEOUT : status;
         r->g->settle = true;
+        r->g->losses++;
+        r->g->last_lost = r->peer;
         DSR1_DEBUG("UCX (%s): endpoint to %s failed: %s", r->g->name, who(r->g, r->peer, b),
                    ucs_status_string(status));
     }
@@ -700,6 +704,7 @@ static dsr1_status ux_recv(dsr1_comm *c, int peer, int tag, void **data, size_t 
     const int64_t dl = deadline_after(g->timeout_ms);
     ucp_worker_h w = g->l->worker;
     int idle = 0;
+    const unsigned losses = g->losses; /* a peer lost during the wait ends a wait for anyone */
     for (;;) {
         if (g->aborted) return fail(g, "aborted");
         ucp_tag_recv_info_t info;
@@ -754,9 +759,10 @@ static dsr1_status ux_recv(dsr1_comm *c, int peer, int tag, void **data, size_t 
             return DSR1_OK;
         }
         settle_lost(g);
-        /* a tolerant recv from anyone skips the lost peers, unless all are */
+        /* a tolerant recv from anyone skips the peers lost before it began, unless all are;
+         * one lost while it waits ends it (what it waited for may have been that peer's) */
         int lp = peer != DSR1_COMM_ANY ? (g->lost[peer] || !g->eps[peer] ? peer : -1)
-                 : g->tolerant         ? -1
+                 : g->tolerant         ? (g->losses != losses ? g->last_lost : -1)
                                        : first_lost(g, NULL);
         if (lp >= 0)
             return fail_peer(g, lp, "%s was lost (%s)", who(g, lp, b),

@@ -41,7 +41,7 @@ dsr1_status dsr1_wire_header_decode(const void *msg, size_t len, dsr1_wire_heade
     if (ver != DSR1_WIRE_VERSION)
         return dsr1_error(DSR1_ERR_UNSUPPORTED, "peer speaks protocol version %u, this build %u",
                           ver, DSR1_WIRE_VERSION);
-    if (type < DSR1_MSG_STEP || type > DSR1_MSG_WELCOME || reserved != 0)
+    if (type < DSR1_MSG_STEP || type > DSR1_MSG_PING || reserved != 0)
         return dsr1_error(DSR1_ERR_FORMAT, "unknown message type %u", type);
     if (body != len - DSR1_WIRE_HEADER)
         return dsr1_error(DSR1_ERR_FORMAT, "message body is %zu bytes, header says %u",
@@ -522,7 +522,7 @@ dsr1_status dsr1_wire_welcome_encode(const dsr1_wire_welcome *w, void **msg, siz
         w->n_owners > (1 << 20))
         return dsr1_error(DSR1_ERR_RANGE, "WELCOME for %d workers, %d owners", w->workers,
                           w->n_owners);
-    size_t body = 40 + 4 * (size_t)w->n_owners;
+    size_t body = 44 + 4 * (size_t)w->n_owners;
     for (int i = 0; i <= w->workers; i++) {
         if (w->lens[i] < 0 || w->lens[i] > DSR1_WIRE_MAX_ADDR)
             return dsr1_error(DSR1_ERR_RANGE, "world address of %d bytes", w->lens[i]);
@@ -530,11 +530,11 @@ dsr1_status dsr1_wire_welcome_encode(const dsr1_wire_welcome *w, void **msg, siz
     }
     unsigned char *b = calloc(1, body), *p = b;
     if (!b) return dsr1_error(DSR1_ERR_NOMEM, "out of memory");
-    const int32_t f[10] = {w->workers,   w->pp,       w->n_slots,      w->max_tokens,
+    const int32_t f[11] = {w->workers,    w->pp,        w->n_slots,      w->max_tokens,
                            w->timeout_ms, w->kv_blocks, w->block_tokens, w->replicas,
-                           w->index,      w->n_owners};
-    memcpy(p, f, 40);
-    p += 40;
+                           w->fast,       w->index,     w->n_owners};
+    memcpy(p, f, 44);
+    p += 44;
     memcpy(p, w->owners, 4 * (size_t)w->n_owners);
     p += 4 * (size_t)w->n_owners;
     for (int i = 0; i <= w->workers; i++) {
@@ -553,18 +553,18 @@ dsr1_status dsr1_wire_welcome_decode(const void *msg, size_t len, dsr1_wire_welc
     dsr1_status st = dsr1_wire_header_decode(msg, len, &h);
     if (st != DSR1_OK) return st;
     const unsigned char *b = (const unsigned char *)msg + DSR1_WIRE_HEADER;
-    if (h.type != DSR1_MSG_WELCOME || h.body_bytes < 40)
+    if (h.type != DSR1_MSG_WELCOME || h.body_bytes < 44)
         return dsr1_error(DSR1_ERR_FORMAT, "expected a WELCOME message");
-    int32_t f[10];
-    memcpy(f, b, 40);
-    *out = (dsr1_wire_welcome){f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9]};
+    int32_t f[11];
+    memcpy(f, b, 44);
+    *out = (dsr1_wire_welcome){f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9], f[10]};
     if (out->workers < 1 || out->workers > DSR1_WIRE_MAX_WORKERS || out->n_owners < 0 ||
         out->n_owners > (1 << 20) || out->index < 0 || out->index >= out->workers ||
-        40 + 4 * (size_t)out->n_owners > h.body_bytes)
+        (out->fast != 0 && out->fast != 1) || 44 + 4 * (size_t)out->n_owners > h.body_bytes)
         return dsr1_error(DSR1_ERR_FORMAT, "malformed WELCOME (%d workers, index %d, %d owners)",
                           out->workers, out->index, out->n_owners);
-    out->owners = (const int32_t *)(b + 40);
-    size_t at = 40 + 4 * (size_t)out->n_owners;
+    out->owners = (const int32_t *)(b + 44);
+    size_t at = 44 + 4 * (size_t)out->n_owners;
     const void **addrs = calloc((size_t)out->workers + 1, sizeof(void *));
     int32_t *lens = calloc((size_t)out->workers + 1, sizeof(int32_t));
     if (!addrs || !lens) {

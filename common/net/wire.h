@@ -20,6 +20,7 @@
  *             fault: the sender itself, or, with status DSR1_ERR_LOST, the peer whose loss
  *             failed the sender's step (-1: not known)
  *   SHUTDOWN  empty
+ *   PING      empty: the coordinator is there (while the grid waits for workers to join)
  * Membership (a new epoch of the grid; see coordinator/grid/grid.c):
  *   REGROUP   coordinator -> each live worker; step id = the epoch's first step (STEPs with
  *             a smaller id are from an earlier epoch and are dropped):
@@ -35,7 +36,7 @@
  *             (-1: any), i32 ready, 64 bytes host name (NUL-padded), i32 len, its world
  *             address (ready 0: asking for a place, no address; 1: loaded, reachable)
  *   WELCOME   coordinator -> worker: i32 workers, pp, n_slots, max_tokens, timeout_ms,
- *             kv_blocks, block_tokens, replicas, index given, n_owners, then n_owners x i32
+ *             kv_blocks, block_tokens, replicas, fast, index given, n_owners, then n_owners x i32
  *             expert placement (placement.h), then workers + 1 x {i32 len, world address
  *             padded to 4} (the coordinator's first; len 0: a worker not reachable) */
 #ifndef DSR1_WIRE_H
@@ -68,6 +69,7 @@ typedef enum {
     DSR1_MSG_CONNECT = 7,
     DSR1_MSG_JOIN = 8,
     DSR1_MSG_WELCOME = 9,
+    DSR1_MSG_PING = 10,
 } dsr1_msg_type;
 
 #define DSR1_WIRE_MAX_WORKERS 65536
@@ -196,6 +198,7 @@ typedef struct {
 /* WELCOME: its place. Decoded, the arrays point into the message. */
 typedef struct {
     int32_t workers, pp, n_slots, max_tokens, timeout_ms, kv_blocks, block_tokens, replicas;
+    int32_t fast; /* 1: the fast precision mode, 0: exact */
     int32_t index, n_owners;
     const int32_t *owners;
     const int32_t *lens;      /* [workers + 1] world address lengths (0: none) */

@@ -7,6 +7,7 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 #include "bootstrap_mpi.h"
@@ -145,7 +146,8 @@ static dsr1_status attach_mpi(dsr1_cluster *c, const dsr1_cluster_params *p,
                     dsr1_placement_hash(owners, cfg->n_routed_experts * R),
                     p->kv_blocks,
                     p->block_tokens,
-                    R};
+                    R,
+                    !strncmp(p->kernels->name, "bf16-tiles", 10)};
     free(owners);
     DSR1_INFO("grid: %d workers = %d pipeline stage(s) x %d expert-parallel rank(s), %d cop%s of "
               "each expert, MPI job of %d ranks, UCX transport; waiting for the workers to load",

@@ -49,6 +49,9 @@ struct dsr1_grid {
     char lost_names[256]; /* of every worker lost so far */
     void **waddr;         /* [workers]: world addresses the workers gave (ADDR) */
     size_t *wlen;
+    /* the survivors cannot serve (coverage): no steps until workers join */
+    bool suspended;
+    char why[512];
 };
 
 static int64_t now_ms(void)
@@ -303,10 +306,26 @@ static dsr1_status check_routes(const dsr1_grid *c, const dsr1_batch *b)
     return DSR1_OK;
 }
 
+/* While suspended: tells the live workers the coordinator is there (they wait for the
+ * next epoch, and give up on a silent coordinator). */
+static void ping(dsr1_grid *g)
+{
+    void *msg;
+    size_t len;
+    if (dsr1_wire_simple_encode(DSR1_MSG_PING, g->step, NULL, 0, &msg, &len) != DSR1_OK) return;
+    for (int i = 0; i < g->workers; i++)
+        if (g->live[i]) dsr1_comm_send(g->world, 1 + i, DSR1_TAG_CTRL, msg, len);
+    free(msg);
+}
+
 dsr1_status dsr1_grid_submit(dsr1_grid *c, const dsr1_batch *b, uint64_t *step_out)
 {
     if (c->broken)
         return dsr1_error(DSR1_ERR_IO, "the worker grid failed earlier and cannot run steps");
+    if (c->suspended) {
+        ping(c);
+        return dsr1_error(DSR1_ERR_UNAVAILABLE, "%s", c->why);
+    }
     dsr1_status st = check_routes(c, b);
     if (st != DSR1_OK) return st;
     if (c->nq == c->cap) {
@@ -548,8 +567,9 @@ static dsr1_status regroup(dsr1_grid *g)
         while (!again && waiting > 0) {
             int src;
             if (dsr1_comm_recv(g->world, DSR1_COMM_ANY, DSR1_TAG_RESULT, &msg, &len, &src)) {
-                for (int i = 0; i < n; i++) /* silent past the timeout */
-                    if (g->live[i] && !held[i]) g->suspect[i] = true;
+                const int lost = dsr1_comm_culprit(g->world); /* found gone; else the silent */
+                for (int i = 0; i < n; i++)
+                    if (g->live[i] && !held[i] && (lost < 1 || lost == 1 + i)) g->suspect[i] = true;
                 again = true;
                 break;
             }
@@ -618,6 +638,16 @@ static dsr1_status regroup(dsr1_grid *g)
     return st;
 }
 
+/* The survivors cannot serve (dsr1_errmsg() says why): no steps until workers join. */
+static dsr1_status suspend(dsr1_grid *g)
+{
+    snprintf(g->why, sizeof(g->why), "%s", dsr1_errmsg());
+    g->suspended = true;
+    DSR1_ERROR("grid: %s; waiting for workers to join", g->why);
+    ping(g);
+    return dsr1_error(DSR1_ERR_UNAVAILABLE, "%s", g->why);
+}
+
 /* Hands over the failure of a step (st, from a send or a receive): without regroup, fails
  * the grid. With it: gathers the reports still coming for a moment, takes the workers they
  * blame (or that the world group found gone; failing both, those that owe the oldest step
@@ -671,6 +701,7 @@ static dsr1_status on_failure(dsr1_grid *g, dsr1_status st)
     st = regroup(g);
     memset(g->reported, 0, sizeof(bool) * (size_t)g->workers);
     memset(g->suspect, 0, sizeof(bool) * (size_t)g->workers);
+    if (st == DSR1_ERR_UNAVAILABLE) return suspend(g);
     if (st != DSR1_OK) return fail(g, st);
     /* tell the workers left out to go (a stopped process that wakes up finds this) */
     void *msg;
@@ -687,7 +718,7 @@ static dsr1_status on_failure(dsr1_grid *g, dsr1_status st)
 
 int dsr1_grid_vacancy(const dsr1_grid *g, int want)
 {
-    if (!g->regroup || g->broken) return -1;
+    if (!g->regroup || g->broken) return -1; /* suspended: places to take */
     if (want >= 0) return want < g->workers && !g->live[want] ? want : -1;
     for (int i = 0; i < g->workers; i++)
         if (!g->live[i]) return i;
@@ -714,7 +745,14 @@ dsr1_status dsr1_grid_admit(dsr1_grid *g, int index, const void *addr, size_t le
     g->live[index] = true;
     g->suspect[index] = false;
     const int64_t t0 = now_ms();
-    if ((st = regroup(g)) != DSR1_OK) return fail(g, st);
+    st = regroup(g);
+    if (st == DSR1_ERR_UNAVAILABLE) { /* still not enough: stays suspended */
+        DSR1_INFO("grid: %s joined; still waiting: %s", name, dsr1_errmsg());
+        return suspend(g);
+    }
+    if (st != DSR1_OK) return fail(g, st);
+    if (g->suspended) DSR1_WARN("grid: the grid can serve again");
+    g->suspended = false;
     DSR1_INFO("grid: %s joined", name);
     return dsr1_error(DSR1_ERR_LOST, "%s joined; the grid goes on in epoch %u (regrouped in %lld ms)",
                       name, g->epoch, (long long)(now_ms() - t0));

@@ -72,10 +72,20 @@ static dsr1_status welcome(dsr1_cluster *c, dsr1_rdv_peer *peer, int index, bool
     (void)ready;
 #endif
     const dsr1_cluster_params *p = &c->p;
-    dsr1_wire_welcome w = {c->workers,   c->pp,           p->n_slots,  p->max_tokens,
-                           p->timeout_ms, p->kv_blocks,   p->block_tokens,
-                           p->replicas > 0 ? p->replicas : 1, index,  c->n_owners,
-                           c->owners,    lens,            addrs};
+    dsr1_wire_welcome w = {c->workers,
+                           c->pp,
+                           p->n_slots,
+                           p->max_tokens,
+                           p->timeout_ms,
+                           p->kv_blocks,
+                           p->block_tokens,
+                           p->replicas > 0 ? p->replicas : 1,
+                           !strncmp(p->kernels->name, "bf16-tiles", 10),
+                           index,
+                           c->n_owners,
+                           c->owners,
+                           lens,
+                           addrs};
     void *msg;
     size_t len;
     if ((st = dsr1_wire_welcome_encode(&w, &msg, &len)) == DSR1_OK) {

@@ -164,9 +164,11 @@ static void backend_membership(void *ctx, dsr1_grid_health *out)
 dsr1_executor dsr1_backend_executor(dsr1_backend *b)
 {
     dsr1_executor x = {b, backend_step, b->n_ranks, b->blocks, b->block_tokens};
-    if (b->cl) { /* a quarter of the time a worker waits for its coordinator */
+    if (b->cl) {
         x.heartbeat = backend_heartbeat;
-        x.heartbeat_ms = b->timeout_ms / 4 > 0 ? b->timeout_ms / 4 : 1;
+        /* a quarter of the workers' patience, and at least every second: an idle grid
+         * finds a lost worker and admits a joining one within about a second */
+        x.heartbeat_ms = b->timeout_ms / 4 > 1000 ? 1000 : b->timeout_ms / 4 > 0 ? b->timeout_ms / 4 : 1;
         x.recover = backend_recover;
         x.membership = backend_membership;
     }

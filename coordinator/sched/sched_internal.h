@@ -98,6 +98,8 @@ struct dsr1_sched {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     bool stop, failed;
+    bool down;          /* mu: the grid cannot serve until workers join (executor.recover) */
+    char down_why[512]; /* mu */
     req_list incoming, live; /* mu */
     int incoming_batch;      /* mu: batch items among incoming */
     /* waiting[cls]: each class's queue, in admission order (preempted requests at the

@@ -274,6 +274,10 @@ dsr1_status dsr1_sched_submit(dsr1_sched *s, const dsr1_sched_request *q)
     pthread_mutex_lock(&s->mu);
     if (s->failed || s->stop)
         st = dsr1_error(DSR1_ERR_UNAVAILABLE, "the scheduler stopped after a worker failure");
+    else if (s->down)
+        st = dsr1_error(DSR1_ERR_UNAVAILABLE,
+                        "the worker grid cannot serve until lost workers are replaced: %s",
+                        s->down_why);
     else if (list_find(&s->live, q->id))
         st = dsr1_error(DSR1_ERR_EXISTS, "request id '%s' is already in use", q->id);
     else if (q->cls == DSR1_SCHED_INTERACTIVE && queued_interactive(s) >= s->p.max_queued)
@@ -568,14 +572,25 @@ static dsr1_status complete_step(dsr1_sched *s)
     return DSR1_OK;
 }
 
-/* An executor failure: every request ends with ERROR, new ones are refused. */
-static void fail_all(dsr1_sched *s, const char *why)
+/* Every request ends with ERROR (why); with `down`, the executor may come back (the
+ * scheduler refuses requests until it does), else it is gone for good. */
+static void fail_requests(dsr1_sched *s, const char *why, bool down)
 {
     char msg[512]; /* callbacks may overwrite the thread's message */
     snprintf(msg, sizeof(msg), "%s", why);
-    DSR1_ERROR("sched: %s; failing every request, the server is unhealthy", msg);
+    if (down)
+        DSR1_ERROR("sched: %s; failing every request, the server is unhealthy until lost "
+                   "workers are replaced",
+                   msg);
+    else
+        DSR1_ERROR("sched: %s; failing every request, the server is unhealthy", msg);
     pthread_mutex_lock(&s->mu);
-    s->failed = true;
+    if (down) {
+        s->down = true;
+        snprintf(s->down_why, sizeof(s->down_why), "%s", msg);
+    } else {
+        s->failed = true;
+    }
     s->info.healthy = false;
     for (int i = 0; i < s->incoming.n; i++)
         list_push(&s->waiting[s->incoming.v[i]->cls], s->incoming.v[i]);
@@ -588,6 +603,12 @@ static void fail_all(dsr1_sched *s, const char *why)
         while (s->waiting[c].n) finish(s, s->waiting[c].v[0], DSR1_FINISH_ERROR, NULL, msg);
 }
 
+/* An executor failure: every request ends with ERROR, new ones are refused. */
+static void fail_all(dsr1_sched *s, const char *why)
+{
+    fail_requests(s, why, false);
+}
+
 /* An executor error: DSR1_ERR_LOST (workers lost, the steps in flight did not run) moves
  * the executor to its survivors, after which the requests of the lost ranks are
  * recomputed elsewhere and those of the dropped steps run again; anything else, or a
@@ -595,6 +616,11 @@ static void fail_all(dsr1_sched *s, const char *why)
 static void executor_failed(dsr1_sched *s, dsr1_status st)
 {
     const dsr1_executor *x = &s->p.exec;
+    if (st == DSR1_ERR_UNAVAILABLE && x->recover) { /* the grid waits for replacements */
+        if (!s->down) fail_requests(s, dsr1_errmsg(), true);
+        s->inflight = 0;
+        return;
+    }
     if (st != DSR1_ERR_LOST || !x->recover) {
         fail_all(s, dsr1_errmsg());
         return;
@@ -629,6 +655,12 @@ static void executor_failed(dsr1_sched *s, dsr1_status st)
         for (int j = 0; j < st->n; j++) st->seq_req[j]->busy = false;
     }
     s->inflight = 0;
+    if (s->down) { /* it can serve again */
+        pthread_mutex_lock(&s->mu);
+        s->down = false;
+        pthread_mutex_unlock(&s->mu);
+        DSR1_WARN("sched: the worker grid serves again");
+    }
     int moved = 0, serving = 0;
     for (int i = s->running.n - 1; i >= 0; i--) {
         req *r = s->running.v[i];
@@ -677,7 +709,7 @@ static void publish_info(dsr1_sched *s)
     if (s->p.exec.membership) s->p.exec.membership(s->p.exec.ctx, &in.grid);
     for (int k = 0; k < s->p.exec.n_ranks; k++) in.ranks_serving += s->rank_alive[k];
     pthread_mutex_lock(&s->mu);
-    in.healthy = !s->failed;
+    in.healthy = !s->failed && !s->down;
     s->info = in;
     pthread_mutex_unlock(&s->mu);
 }
@@ -695,7 +727,7 @@ static void *sched_main(void *arg)
         pthread_mutex_unlock(&s->mu);
         if (stop) break;
         /* fill the pipeline, then complete the oldest step */
-        while (!s->failed && s->inflight < s->depth) {
+        while (!s->failed && !s->down && s->inflight < s->depth) {
             step_slot *st = &s->slots[(s->head + s->inflight) % s->depth];
             if (dsr1__sched_plan(s, st) == 0) break;
             publish_info(s); /* what was admitted and preempted */

@@ -150,8 +150,11 @@ typedef struct {
      * moves the grid to a new epoch on the survivors and fills alive[n_ranks] (the
      * attention ranks that still serve). The requests of lost ranks and of the steps in
      * flight are recomputed (as after a preemption); none fails. An error from recover is
-     * fatal, as for step (the survivors cannot serve: an expert or a stage without a live
-     * copy). Without recover, DSR1_ERR_LOST is fatal too. */
+     * fatal, as for step. DSR1_ERR_UNAVAILABLE from step, wait or heartbeat (with recover)
+     * says the survivors cannot serve (an expert or a stage without a live copy) but
+     * workers may join: every request fails, submissions are refused and health is false
+     * until a heartbeat returns DSR1_ERR_LOST (workers joined) and recover succeeds.
+     * Without recover, DSR1_ERR_LOST and DSR1_ERR_UNAVAILABLE are fatal too. */
     dsr1_status (*recover)(void *ctx, bool *alive);
     /* Optional: the grid's membership for dsr1_sched_info. */
     void (*membership)(void *ctx, dsr1_grid_health *out);

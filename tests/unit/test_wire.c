@@ -429,11 +429,11 @@ static void test_membership(void **state)
 
     const int32_t owners[6] = {0, 1, 1, 0, 2, 3}, lens[3] = {sizeof(w0), 0, 5};
     const void *addrs[3] = {w0, NULL, "abcde"};
-    dsr1_wire_welcome w = {2, 1, 4, 64, 3000, 100, 16, 2, 1, 6, owners, lens, addrs}, wd;
+    dsr1_wire_welcome w = {2, 1, 4, 64, 3000, 100, 16, 2, 1, 1, 6, owners, lens, addrs}, wd;
     assert_int_equal(dsr1_wire_welcome_encode(&w, &msg, &len), DSR1_OK);
     assert_int_equal(dsr1_wire_welcome_decode(msg, len, &wd), DSR1_OK);
     assert_true(wd.workers == 2 && wd.pp == 1 && wd.kv_blocks == 100 && wd.replicas == 2 &&
-                wd.index == 1 && wd.n_owners == 6);
+                wd.fast == 1 && wd.index == 1 && wd.n_owners == 6);
     assert_memory_equal(wd.owners, owners, sizeof(owners));
     assert_memory_equal(wd.lens, lens, sizeof(lens));
     assert_memory_equal(wd.addrs[0], w0, sizeof(w0));
@@ -442,7 +442,7 @@ static void test_membership(void **state)
     free((void *)wd.addrs);
     for (size_t cut = DSR1_WIRE_HEADER; cut < len; cut++)
         assert_int_not_equal(dsr1_wire_welcome_decode(msg, cut, &wd), DSR1_OK);
-    ((int32_t *)((char *)msg + DSR1_WIRE_HEADER))[8] = 2; /* index past the workers */
+    ((int32_t *)((char *)msg + DSR1_WIRE_HEADER))[9] = 2; /* index past the workers */
     assert_int_equal(dsr1_wire_welcome_decode(msg, len, &wd), DSR1_ERR_FORMAT);
     free(msg);
 }

@@ -1,0 +1,166 @@
+#!/usr/bin/env bash
+# Workers joining a running grid (issue 15): capacity lost and brought back, served over HTTP.
+#   1. embedded UCX grid, 4 workers, 2 copies of every expert, --join-listen: worker 3 dies
+#      (the DSR1_TEST_KILL_WORKER hook); requests go on (3 of 4 lanes); a `dsr1-worker
+#      --join` process takes its place: 4 of 4 again. A seeded request gives the same text
+#      before the loss, degraded, and after the join.
+#   2. 2 workers, 1 copy: worker 1 dies, some experts have no copy left: /health turns 503
+#      naming them, requests are refused at once; a replacement joins: 200 again, the same
+#      seeded text.
+#   3. no launcher (--transport join): 2 worker processes join, serve; one is SIGKILLed
+#      (2 copies: 1 of 2 lanes serve), a replacement joins: 2 of 2, the same seeded text.
+# Every server binds to 127.0.0.1; every run is bounded by `timeout`.
+#
+# usage: run_cluster_join.sh BUILD_DIR [MODEL_DIR]   (MODEL_DIR default: models/tiny-a)
+# Exit 77 (skip) when the build has no UCX or no dsr1-worker.
+set -euo pipefail
+build=$(realpath "$1")
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+model=$(realpath -m "${2:-${DSR1_GOLDEN_MODELS:-$root/models}/tiny-a}")
+. "$here/cluster_env.sh"
+dsr1=$build/tools/dsr1
+worker=$build/tools/dsr1-worker
+if ! cluster_have UCX "$build" || [ ! -x "$worker" ]; then
+    echo "skip: built without UCX or dsr1-worker"
+    exit 77
+fi
+command -v curl >/dev/null || { echo "skip: no curl"; exit 77; }
+if [ ! -f "$model/config.json" ]; then
+    golden=$root/../shared/golden
+    [ -f "$golden/make_tiny.py" ] || { echo "skip: no model at $model"; exit 77; }
+    /usr/bin/python3 "$golden/make_tiny.py" "$golden/configs/tiny-a.json" "$model"
+    touch "$model/.complete"
+fi
+py=/usr/bin/python3
+tmp=$(mktemp -d)
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$tmp"
+}
+trap cleanup EXIT
+fail=0
+free_port() { $py -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])"; }
+now() { date +%s.%N; }
+
+# complete PORT SEED: a seeded completion's text (or ERROR: and the message)
+complete() {
+    curl -s -m 60 "http://127.0.0.1:$1/v1/completions" -H 'content-type: application/json' \
+        -d "{\"model\":\"tiny-a\",\"prompt\":\"the grid keeps serving\",\"max_tokens\":16,\"temperature\":1,\"seed\":$2}" |
+        $py -c "import json,sys; d=json.load(sys.stdin); print(d['choices'][0]['text'] if 'choices' in d else 'ERROR: ' + d.get('error', {}).get('message', str(d)))"
+}
+# health PORT: "CODE live lanes_live lost"
+health() {
+    curl -s -m 10 -o "$tmp/h.json" -w '%{http_code}' "http://127.0.0.1:$1/health" >"$tmp/h.code" || true
+    $py -c "
+import json,sys
+code=open(sys.argv[1]).read().strip()
+try: g=json.load(open(sys.argv[2])).get('grid', {})
+except Exception: g={}
+print(code, g.get('workers_live'), g.get('lanes_live'), repr(g.get('lost', '')))" "$tmp/h.code" "$tmp/h.json"
+}
+# wait_health PORT WANT SECS: until health's "code live" is WANT
+wait_health() {
+    local t0 end
+    t0=$(now)
+    end=$(($(date +%s) + $3))
+    while [ "$(date +%s)" -le $end ]; do
+        if [ "$(health "$1" | cut -d' ' -f1-2)" = "$2" ]; then
+            $py -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.2f}')" "$t0" "$(now)"
+            return 0
+        fi
+        sleep 0.2
+    done
+    return 1
+}
+# serve LOG HTTP ARGS...: a server in the background, waits for /health
+serve() {
+    local log=$1 http=$2
+    shift 2
+    timeout -k 5 200 "$dsr1" serve --model "$model" --port 0 --http-port "$http" --state-dir none \
+        --timeout-ms 3000 --threads 1 "$@" >/dev/null 2>"$log" &
+    pids+=($!)
+}
+join_worker() { # LOG JOINPORT [ARGS]: a dsr1-worker joining, in the background
+    local log=$1 port=$2
+    shift 2
+    timeout -k 5 200 "$worker" --join "127.0.0.1:$port" --model "$model" --threads 1 "$@" \
+        >/dev/null 2>"$log" &
+    pids+=($!)
+}
+check() { # NAME CONDITION-RESULT(0/1) DETAIL
+    if [ "$2" = 0 ]; then echo "ok: $1${3:+: $3}"; else echo "FAIL: $1${3:+: $3}"; fail=1; fi
+}
+
+# ---- 1. R = 2: degraded, then back to full capacity ------------------------------------------
+http=$(free_port)
+jp=$(free_port)
+DSR1_TEST_KILL_WORKER=3:25 serve "$tmp/s1.log" "$http" --workers 4 --transport ucx \
+    --expert-replicas 2 --join-listen "127.0.0.1:$jp"
+wait_health "$http" "200 4" 60 >/dev/null || { echo "FAIL: server 1 did not come up"; tail "$tmp/s1.log"; exit 1; }
+ref=$(complete "$http" 7)
+# heartbeats (every 750 ms) and requests reach the hook's step 25
+for i in 1 2 3 4; do out=$(complete "$http" 7); [ "$out" = "$ref" ] || break; done
+t=$(wait_health "$http" "200 3" 30) && r=0 || r=1
+check "R=2: worker 3 lost, 3 of 4 live, still 200" $r "after ${t:-?} s: $(health "$http")"
+out=$(complete "$http" 7)
+check "R=2: degraded: the same seeded text" "$([ "$out" = "$ref" ] && echo 0 || echo 1)" "$out"
+join_worker "$tmp/w1.log" "$jp"
+t=$(wait_health "$http" "200 4" 60) && r=0 || r=1
+check "R=2: a replacement joined: 4 of 4 live" $r "after ${t:-?} s: $(health "$http")"
+same=0
+for i in 1 2 3 4 5 6; do out=$(complete "$http" 7); [ "$out" = "$ref" ] || same=1; done
+check "R=2: after the join: the same seeded text (6 requests)" $same
+grep -q "grid: worker 3 (stage 0, EP 3) joined" "$tmp/s1.log"
+check "R=2: the log says worker 3 joined" $?
+
+# ---- 2. R = 1: not serving until the lost experts come back ----------------------------------
+http=$(free_port)
+jp=$(free_port)
+DSR1_TEST_KILL_WORKER=1:25 serve "$tmp/s2.log" "$http" --workers 2 --transport ucx \
+    --join-listen "127.0.0.1:$jp"
+wait_health "$http" "200 2" 60 >/dev/null || { echo "FAIL: server 2 did not come up"; tail "$tmp/s2.log"; exit 1; }
+ref=$(complete "$http" 11)
+for i in 1 2 3 4; do complete "$http" 11 >/dev/null; done
+t=$(wait_health "$http" "503 1" 30) && r=0 || r=1
+check "R=1: worker 1 lost: /health 503" $r "after ${t:-?} s: $(health "$http")"
+grep -q "has no live copy of .* routed expert" "$tmp/s2.log"
+check "R=1: the log names the missing experts" $?
+t0=$(now)
+out=$(complete "$http" 11)
+dt=$($py -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.2f}')" "$t0" "$(now)")
+case "$out" in ERROR:*) r=0 ;; *) r=1 ;; esac
+check "R=1: a request is refused at once" $r "in $dt s: $out"
+join_worker "$tmp/w2.log" "$jp" --worker-index 1
+t=$(wait_health "$http" "200 2" 60) && r=0 || r=1
+check "R=1: a replacement joined: 200, 2 of 2" $r "after ${t:-?} s: $(health "$http")"
+out=$(complete "$http" 11)
+check "R=1: after the join: the same seeded text" "$([ "$out" = "$ref" ] && echo 0 || echo 1)" "$out"
+
+# ---- 3. no launcher: workers join, one is killed, a replacement joins ------------------------
+http=$(free_port)
+jp=$(free_port)
+serve "$tmp/s3.log" "$http" --workers 2 --transport join --expert-replicas 2 \
+    --join-listen "127.0.0.1:$jp"
+join_worker "$tmp/j0.log" "$jp"
+victim=$!
+join_worker "$tmp/j1.log" "$jp"
+wait_health "$http" "200 2" 60 >/dev/null || { echo "FAIL: server 3 did not come up"; tail "$tmp/s3.log"; exit 1; }
+ref=$(complete "$http" 13)
+kill -9 "$(pgrep -P "$victim" -x dsr1-worker || echo "$victim")" 2>/dev/null || true
+t=$(wait_health "$http" "200 1" 30) && r=0 || r=1
+check "join: a worker SIGKILLed: 1 of 2 live, still 200" $r "after ${t:-?} s: $(health "$http")"
+out=$(complete "$http" 13)
+check "join: degraded: the same seeded text" "$([ "$out" = "$ref" ] && echo 0 || echo 1)" "$out"
+join_worker "$tmp/j2.log" "$jp"
+t=$(wait_health "$http" "200 2" 60) && r=0 || r=1
+check "join: a replacement joined: 2 of 2" $r "after ${t:-?} s: $(health "$http")"
+out=$(complete "$http" 13)
+check "join: the same seeded text" "$([ "$out" = "$ref" ] && echo 0 || echo 1)" "$out"
+
+if [ $fail != 0 ]; then
+    for f in "$tmp"/s*.log; do echo "== $f"; grep -av DEBUG "$f" | tail -15; done
+fi
+exit $fail
