@@ -138,20 +138,19 @@ fast_fail "embedded, pp 1, workers 1 and 3 (both copies of experts 16-31, 48-63)
     1:40,3:40 "stage 0 has no live copy of 32 routed expert\(s\): 16, 17, .*48, 49"
 fast_fail "embedded, pp 2, workers 0 and 1 (both copies of every stage-0 expert) crash" 2 \
     0:40,1:40 "no live copy|stages without any live worker: 0\)"
-# KNOWN FAILING (reported to the lead): workers 0 and 2 (lane 0) crash on the same step;
-# the second loss is noticed during the regroup round, whose failed receive takes every
-# worker that has not sent its ADDR yet for lost, so healthy workers 1 and 3 are dropped
-# too (a served grid would lose its last lane). dsr1 run must fail here (lane 0 holds its
-# sequence), but only workers 0 and 2 may be named lost.
+# workers 0 and 2 (lane 0) crash on the same step; the second loss is noticed during the
+# regroup round, which must take only it for lost (not every worker yet to answer: healthy
+# workers 1 and 3 keep lane 1). dsr1 run fails here (lane 0 holds its sequence), but only
+# workers 0 and 2 may be named lost.
 rc=0
 DSR1_TEST_KILL_WORKER=0:40,2:40 timeout -k 5 60 "$dsr1" "${run_args[@]}" --pp 2 >/dev/null \
     2>"$tmp/k.log" || rc=$?
 if [ $rc != 0 ] && ! grep -qaE "worker (1|3) \(stage [01], EP 1\) (lost|did not join)" "$tmp/k.log"; then
     echo "ok: embedded, pp 2, workers 0 and 2 crash: exit $rc, only they are lost"
 else
-    echo "KNOWN FAILING (not counted): embedded, pp 2, workers 0 and 2 crash on one step: exit $rc, healthy workers blamed too:"
+    echo "FAIL: embedded, pp 2, workers 0 and 2 crash on one step: exit $rc, healthy workers blamed too:"
     grep -aE "grid: worker (1|3) .*(lost|did not join)" "$tmp/k.log" | head -2
-    known=1
+    fail=1
 fi
 fi # part a
 
