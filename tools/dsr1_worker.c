@@ -82,6 +82,22 @@ typedef struct {
     int index;        /* with join: the place asked for, -1: any */
 } options;
 
+/* --model: the checkpoint (*ck), or with --dummy-weights its config alone (in *dc). */
+static dsr1_status open_model(const options *o, dsr1_ckpt **ck, dsr1_model_config *dc,
+                              const dsr1_model_config **cfg)
+{
+    dsr1_status st;
+    if (o->dummy) {
+        if ((st = dsr1_model_config_load(o->model, dc)) == DSR1_OK) {
+            dsr1_model_config_keep_layers(dc, o->layers);
+            *cfg = dc;
+        }
+    } else if ((st = dsr1_ckpt_open(o->model, ck)) == DSR1_OK) {
+        *cfg = dsr1_ckpt_config(*ck);
+    }
+    return st;
+}
+
 /* The fast precision mode (bf16 kernels) or the exact one, by variant name. */
 static bool fast_kernels(const char *name)
 {
@@ -177,14 +193,7 @@ static int serve(const options *o)
         dsr1_mpi_finalize(m, false);
         return 1;
     }
-    if (o->dummy) {
-        if ((st = dsr1_model_config_load(o->model, &dc)) == DSR1_OK) {
-            dsr1_model_config_keep_layers(&dc, o->layers);
-            cfg = &dc;
-        }
-    } else if ((st = dsr1_ckpt_open(o->model, &ck)) == DSR1_OK) {
-        cfg = dsr1_ckpt_config(ck);
-    }
+    st = open_model(o, &ck, &dc, &cfg);
     dsr1_hello h;
     memset(&h, 0, sizeof(h));
     /* every rank takes part in the hello and the verdict, whatever happened before */
@@ -253,14 +262,7 @@ static int join_serve(const options *o)
     /* the place may wait for the rest of a forming grid, the ready for an epoch change */
     const int wait_ms = o->timeout_ms > 0 ? 10 * o->timeout_ms : 600000;
     dsr1_status st = DSR1_OK;
-    if (o->dummy) {
-        if ((st = dsr1_model_config_load(o->model, &dc)) == DSR1_OK) {
-            dsr1_model_config_keep_layers(&dc, o->layers);
-            cfg = &dc;
-        }
-    } else if ((st = dsr1_ckpt_open(o->model, &ck)) == DSR1_OK) {
-        cfg = dsr1_ckpt_config(ck);
-    }
+    st = open_model(o, &ck, &dc, &cfg);
     if (st != DSR1_OK) goto out;
     dsr1_wire_join j = {dsr1_config_hash(cfg), o->seed, o->dummy, o->index, 0, "", 0, NULL};
     gethostname(j.host, sizeof(j.host) - 1);

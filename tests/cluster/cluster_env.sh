@@ -10,6 +10,17 @@ export OMPI_MCA_btl_tcp_if_include=lo OMPI_MCA_oob_tcp_if_include=lo
 export OMPI_MCA_rmaps_base_oversubscribe=1
 export DSR1_NO_PROGRESS_BAR=1
 
+# cluster_tiny_model MODEL_DIR ROOT: makes the tiny-a checkpoint there with the golden
+# generator (../shared/golden beside the repository ROOT) when it is missing; exits 77
+# (skip) when it cannot
+cluster_tiny_model() {
+    local model=$1 golden=$2/../shared/golden
+    [ -f "$model/config.json" ] && return 0
+    [ -f "$golden/make_tiny.py" ] || { echo "skip: no model at $model"; exit 77; }
+    /usr/bin/python3 "$golden/make_tiny.py" "$golden/configs/tiny-a.json" "$model"
+    touch "$model/.complete"
+}
+
 # cluster_have UCX|MPI BUILD_DIR: whether the build was configured with it
 cluster_have() {
     grep -q "#define DSR1_HAVE_$1 1" "$2/dsr1_build_config.h" 2>/dev/null

@@ -22,12 +22,7 @@ model=$(realpath -m "${2:-${DSR1_GOLDEN_MODELS:-$root/models}/tiny-a}")
 dsr1=$build/tools/dsr1
 worker=$build/tools/dsr1-worker
 if ! cluster_have UCX "$build"; then echo "skip: built without UCX"; exit 77; fi
-if [ ! -f "$model/config.json" ]; then
-    golden=$root/../shared/golden
-    [ -f "$golden/make_tiny.py" ] || { echo "skip: no model at $model"; exit 77; }
-    /usr/bin/python3 "$golden/make_tiny.py" "$golden/configs/tiny-a.json" "$model"
-    touch "$model/.complete"
-fi
+cluster_tiny_model "$model" "$root"
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT

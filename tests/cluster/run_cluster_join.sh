@@ -26,12 +26,7 @@ if ! cluster_have UCX "$build" || [ ! -x "$worker" ]; then
     exit 77
 fi
 command -v curl >/dev/null || { echo "skip: no curl"; exit 77; }
-if [ ! -f "$model/config.json" ]; then
-    golden=$root/../shared/golden
-    [ -f "$golden/make_tiny.py" ] || { echo "skip: no model at $model"; exit 77; }
-    /usr/bin/python3 "$golden/make_tiny.py" "$golden/configs/tiny-a.json" "$model"
-    touch "$model/.complete"
-fi
+cluster_tiny_model "$model" "$root"
 py=/usr/bin/python3
 tmp=$(mktemp -d)
 pids=()

@@ -43,12 +43,7 @@ for b in sbatch srun scancel scontrol squeue slurmctld slurmd munged; do
     command -v $b >/dev/null || { echo "skip: $b missing (apt-get install slurm-wlm munge)"; exit 77; }
 done
 [ "$(id -u)" = 0 ] || { echo "skip: the private Slurm runs its daemons as root"; exit 77; }
-if [ ! -f "$model/config.json" ]; then
-    golden=$root/../shared/golden
-    [ -f "$golden/make_tiny.py" ] || { echo "skip: no model at $model"; exit 77; }
-    /usr/bin/python3 "$golden/make_tiny.py" "$golden/configs/tiny-a.json" "$model"
-    touch "$model/.complete"
-fi
+cluster_tiny_model "$model" "$root"
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/dsr1-slurm-test.XXXX")
 job=
