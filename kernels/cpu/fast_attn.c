@@ -2,6 +2,7 @@
  * staging of cache chunks, the online softmax with its own exp, and the tile backend (AMX
  * or its emulation, through tile.h). Plain C, compiled with -ffp-contract=off. */
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -133,20 +134,49 @@ static size_t align64(size_t n)
 
 /* Per-thread buffers kept between calls (a fresh large allocation each call would be
  * mapped and page-faulted each time): slot 0 a task's scratch, slot 1 a call's partial
- * results. They grow to the largest size asked and live as long as the thread (bounded:
- * a few hundred KB, and 64 MB of partial results at most). NULL when out of memory. */
+ * results. They grow to the largest size asked and are freed when the thread ends
+ * (bounded: a few hundred KB, and 64 MB of partial results at most). NULL when out of
+ * memory. */
+typedef struct {
+    void *buf[2];
+    size_t cap[2];
+} thread_bufs;
+
+static pthread_key_t bufs_key;
+static pthread_once_t bufs_once = PTHREAD_ONCE_INIT;
+
+static void bufs_free(void *p)
+{
+    thread_bufs *tb = p;
+    free(tb->buf[0]);
+    free(tb->buf[1]);
+    free(tb);
+}
+
+static void bufs_init(void)
+{
+    if (pthread_key_create(&bufs_key, bufs_free) != 0) abort();
+}
+
 static void *thread_buf(int slot, size_t bytes)
 {
-    static _Thread_local void *buf[2];
-    static _Thread_local size_t cap[2];
-    if (bytes > cap[slot]) {
-        free(buf[slot]);
-        cap[slot] = 0;
-        buf[slot] = aligned_alloc(64, align64(bytes));
-        if (!buf[slot]) return NULL;
-        cap[slot] = align64(bytes);
+    pthread_once(&bufs_once, bufs_init);
+    thread_bufs *tb = pthread_getspecific(bufs_key);
+    if (!tb) {
+        tb = calloc(1, sizeof(*tb));
+        if (!tb || pthread_setspecific(bufs_key, tb) != 0) {
+            free(tb);
+            return NULL;
+        }
     }
-    return buf[slot];
+    if (bytes > tb->cap[slot]) {
+        free(tb->buf[slot]);
+        tb->cap[slot] = 0;
+        tb->buf[slot] = aligned_alloc(64, align64(bytes));
+        if (!tb->buf[slot]) return NULL;
+        tb->cap[slot] = align64(bytes);
+    }
+    return tb->buf[slot];
 }
 
 /* Splits of token i's positions 0 .. P: [s * SPLIT, (s + 1) * SPLIT) clipped to P. */
@@ -180,7 +210,7 @@ static void fa_tasks(void *arg, int begin, int end, int tid)
     const size_t sz[] = {qsz * (size_t)groups,
                          sizeof(uint16_t) * DSR1__FA_CHUNK * (size_t)x.wpad,
                          sizeof(uint16_t) * DSR1__FA_CHUNK * (size_t)x.kvlp,
-                         sizeof(float) * DSR1__FA_CHUNK * DSR1__FA_HG,
+                         sizeof(float) * DSR1__FA_CHUNK * DSR1__FA_HG * (size_t)groups,
                          sizeof(uint16_t) * DSR1__FA_HG * DSR1__FA_CHUNK,
                          sizeof(float) * 3 * DSR1__FA_HG * (size_t)groups,
                          sizeof(float) * DSR1__FA_HG * 16,
@@ -227,7 +257,11 @@ static void fa_tasks(void *arg, int begin, int end, int tid)
         for (int q0 = s0; q0 < s1; q0 += DSR1__FA_CHUNK) {
             x.nv = s1 - q0 < DSR1__FA_CHUNK ? s1 - q0 : DSR1__FA_CHUNK;
             stage(j, q0, &x, zero);
+            float *const s_all = (float *)bufs[3];
+            if (j->be->scores_all)
+                j->be->scores_all(j->be, &x, groups, qall, qsz / sizeof(uint16_t), s_all);
             for (int g = 0; g < groups; g++) {
+                x.s = s_all + (size_t)g * DSR1__FA_CHUNK * DSR1__FA_HG;
                 x.hn = j->heads - g * DSR1__FA_HG < DSR1__FA_HG ? j->heads - g * DSR1__FA_HG
                                                                 : DSR1__FA_HG;
                 x.q = (uint16_t *)((char *)qall + qsz * (size_t)g);
@@ -240,7 +274,7 @@ static void fa_tasks(void *arg, int begin, int end, int tid)
                     j->be->begin(j->be, &x);
                 }
                 begun_hn = x.hn;
-                j->be->scores(j->be, &x);
+                if (!j->be->scores_all) j->be->scores(j->be, &x);
                 if (j->be->softmax)
                     j->be->softmax(&x);
                 else

@@ -82,6 +82,11 @@ typedef struct dsr1__fa_backend {
     const dsr1__tileops *tiles; /* the tile backend's implementation */
     void (*stage_c)(dsr1__fa_task *x);
     int direct_k; /* reads the chunk's rows through krow only (not k) */
+    /* Optional: step 2 for every group of the task at once (each K value loaded once for
+     * all heads), the same order per score as scores: s_all[g][32][16] from q_all + g *
+     * q_stride (uint16_t values) for groups g < groups (x: the chunk, krow, nv, wpad). */
+    void (*scores_all)(const struct dsr1__fa_backend *be, const dsr1__fa_task *x, int groups,
+                       const uint16_t *q_all, size_t q_stride, float *s_all);
     void (*softmax)(dsr1__fa_task *x);
 } dsr1__fa_backend;
 

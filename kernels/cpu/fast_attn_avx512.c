@@ -43,6 +43,58 @@ static void vd_scores(const dsr1__fa_backend *be, dsr1__fa_task *x)
     if (r0 < x->nv) scores_rows(x->nv - r0 <= 4 ? 4 : 8, x, r0); /* rows past nv are zero */
 }
 
+/* Rows r0, r0 + 1 against head groups g0 .. g0 + NG: each K pair loaded once for the NG
+ * groups; per score the chain of scores_rows. */
+DSR1_AVX512_INLINE void scores_all_rows(int ng, const dsr1__fa_task *x, int r0, int g0,
+                                        const uint16_t *q_all, size_t q_stride, float *s_all)
+{
+    const int np = x->wpad / 2;
+    const uint16_t *k0 = x->krow[r0], *k1 = x->krow[r0 + 1];
+    const uint16_t *q = q_all + (size_t)g0 * q_stride;
+    __m512 a0[8], a1[8];
+    for (int g = 0; g < ng; g++) a0[g] = a1[g] = _mm512_setzero_ps();
+    for (int p = 0; p < np; p++) {
+        const __m512bh b0 = dword_bcast(k0 + 2 * p), b1 = dword_bcast(k1 + 2 * p);
+        for (int g = 0; g < ng; g++) {
+            const __m512bh qv =
+                (__m512bh)_mm512_load_si512(q + (size_t)g * q_stride + (size_t)p * 32);
+            a0[g] = _mm512_dpbf16_ps(a0[g], b0, qv);
+            a1[g] = _mm512_dpbf16_ps(a1[g], b1, qv);
+        }
+    }
+    for (int g = 0; g < ng; g++) {
+        float *s = s_all + ((size_t)(g0 + g) * DSR1__FA_CHUNK + r0) * DSR1__FA_HG;
+        _mm512_store_ps(s, a0[g]);
+        _mm512_store_ps(s + DSR1__FA_HG, a1[g]);
+    }
+}
+
+#define SCORES_ALL_CASE(N)                                                                         \
+    case N:                                                                                        \
+        scores_all_rows(N, x, r0, g0, q_all, q_stride, s_all);                                     \
+        break;
+
+static void vd_scores_all(const dsr1__fa_backend *be, const dsr1__fa_task *x, int groups,
+                          const uint16_t *q_all, size_t q_stride, float *s_all)
+{
+    (void)be;
+    for (int r0 = 0; r0 < x->nv; r0 += 2) /* row nv (when odd) is a zero row */
+        for (int g0 = 0; g0 < groups; g0 += 8) {
+            switch (groups - g0 < 8 ? groups - g0 : 8) {
+                SCORES_ALL_CASE(1)
+                SCORES_ALL_CASE(2)
+                SCORES_ALL_CASE(3)
+                SCORES_ALL_CASE(4)
+                SCORES_ALL_CASE(5)
+                SCORES_ALL_CASE(6)
+                SCORES_ALL_CASE(7)
+            default:
+                scores_all_rows(8, x, r0, g0, q_all, q_stride, s_all);
+                break;
+            }
+        }
+}
+
 /* Column groups g0 .. g0 + ng of heads h .. h + nh (nh <= 2): each C vector loaded once for
  * both heads. */
 DSR1_AVX512_INLINE void pv_groups(int nh, int ng, const dsr1__fa_task *x, int h, int g0)
@@ -178,8 +230,12 @@ static void vd_softmax(dsr1__fa_task *x)
         for (int r = 0; r < DSR1__FA_CHUNK; r++) x->p[h * DSR1__FA_CHUNK + r] = pt[r][h];
 }
 
-static const dsr1__fa_backend vd = {
-    .scores = vd_scores, .pv = vd_pv, .stage_c = vd_stage_c, .direct_k = 1, .softmax = vd_softmax};
+static const dsr1__fa_backend vd = {.scores = vd_scores,
+                                    .pv = vd_pv,
+                                    .stage_c = vd_stage_c,
+                                    .direct_k = 1,
+                                    .scores_all = vd_scores_all,
+                                    .softmax = vd_softmax};
 
 void dsr1__fa_vd_stage_c(dsr1__fa_task *x)
 {
