@@ -329,10 +329,8 @@ void dsr1__fa_attention(const dsr1__fa_backend *be, dsr1_pool *pool, int t, int 
     /* tokens in waves whose partial results stay under 64 MB (at least one token) */
     const size_t per_split = sizeof(float) * (size_t)heads * (kvlp + 2);
     const size_t per_token = per_split * (size_t)n_splits(&j, t - 1);
-    const int wave = (int)((size_t)64 << 20) / per_token < 1 ? 1
-                     : (size_t)((size_t)64 << 20) / per_token > (size_t)t
-                         ? t
-                         : (int)(((size_t)64 << 20) / per_token);
+    const size_t fit = ((size_t)64 << 20) / per_token;
+    const int wave = fit < 1 ? 1 : fit > (size_t)t ? t : (int)fit;
     int *first = malloc(sizeof(int) * ((size_t)wave + 1));
     float *part = thread_buf(1, per_split * (size_t)wave * n_splits(&j, t - 1));
     if (!first || !part) abort(); /* bounded above; failing here, the process is lost */
@@ -352,7 +350,7 @@ void dsr1__fa_attention(const dsr1__fa_backend *be, dsr1_pool *pool, int t, int 
 
 /* ---- the tile backend ------------------------------------------------------------------- */
 
-/* One configuration for the whole task: 0, 1: scores (16 positions x hn heads); 2: P.C
+/* One configuration for a group of hn heads: 0, 1: scores (16 positions x hn heads); 2: P.C
  * (hn heads x 16 columns); 4: K (16 positions x 32 columns); 5: P (hn heads x 32
  * positions); 6: Q (16 pairs x hn heads); 7: C (16 position pairs x 16 columns). */
 static void tile_begin(const dsr1__fa_backend *be, const dsr1__fa_task *x)
