@@ -179,6 +179,8 @@ static void *thread_buf(int slot, size_t bytes)
     return tb->buf[slot];
 }
 
+size_t dsr1__fa_wave_bytes = (size_t)64 << 20;
+
 /* Splits of token i's positions 0 .. P: [s * SPLIT, (s + 1) * SPLIT) clipped to P. */
 static int n_splits(const fa_job *j, int i)
 {
@@ -329,7 +331,7 @@ void dsr1__fa_attention(const dsr1__fa_backend *be, dsr1_pool *pool, int t, int 
     /* tokens in waves whose partial results stay under 64 MB (at least one token) */
     const size_t per_split = sizeof(float) * (size_t)heads * (kvlp + 2);
     const size_t per_token = per_split * (size_t)n_splits(&j, t - 1);
-    const size_t fit = ((size_t)64 << 20) / per_token;
+    const size_t fit = dsr1__fa_wave_bytes / per_token;
     const int wave = fit < 1 ? 1 : fit > (size_t)t ? t : (int)fit;
     int *first = malloc(sizeof(int) * ((size_t)wave + 1));
     float *part = thread_buf(1, per_split * (size_t)wave * n_splits(&j, t - 1));

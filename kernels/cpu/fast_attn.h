@@ -96,6 +96,10 @@ float dsr1__fa_exp(float x);
 void dsr1__fa_stage_c(dsr1__fa_task *x);
 void dsr1__fa_softmax(dsr1__fa_task *x);
 
+/* The most bytes of partial results a wave of tokens holds (64 MB; tests lower it to make
+ * waves of one token, which must give the same bits). */
+extern size_t dsr1__fa_wave_bytes;
+
 /* mla_attention_bf16 (kernels.h) on a backend. */
 void dsr1__fa_attention(const dsr1__fa_backend *be, dsr1_pool *pool, int t, int heads, int kvl,
                         int rope, const float *q_abs, const float *q_pe,

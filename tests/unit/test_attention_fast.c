@@ -290,6 +290,12 @@ static void test_attention_invariance(void **state)
                 run_paged(k, pool, &a, bts[b], 0, 4, one);
                 run_paged(k, pool, &a, bts[b], 4, 2, one + 4 * row);
                 assert_memory_equal(all, one, sizeof(float) * t * row);
+                /* all 6 at once, in waves of one token (a tiny partial-result budget) */
+                const size_t saved = dsr1__fa_wave_bytes;
+                dsr1__fa_wave_bytes = 1;
+                run_paged(k, pool, &a, bts[b], 0, t, one);
+                dsr1__fa_wave_bytes = saved;
+                assert_memory_equal(all, one, sizeof(float) * t * row);
             }
             free(all);
             free(one);
