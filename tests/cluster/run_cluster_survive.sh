@@ -579,10 +579,18 @@ mpi_case() {
     wait_for "$log" "workers connected" || true
     # decode: once the dump holds the 64 prompt rows and 20 decoded ones (of 150)
     [ "$when" = decode ] && { wait_rows "$tmp/m.bin" 84 || true; }
-    mpirun_pid=$(pgrep -P "$mp" -x mpirun | head -1 || true)
-    vpid=$(pgrep -P "${mpirun_pid:-0}" -f dsr1-worker | sed -n 2p || true) # rank 2: worker 1
+    vpid=
+    for _ in $(seq 200); do # rank 2 (worker 1), once mpirun has started it
+        mpirun_pid=$(pgrep -P "$mp" -x mpirun | head -1 || true)
+        vpid=$(pgrep -P "${mpirun_pid:-0}" -f dsr1-worker | sed -n 2p || true)
+        [ -n "$vpid" ] && break
+        kill -0 $mp 2>/dev/null || break
+        sleep 0.05
+    done
     if [ -z "$vpid" ]; then
-        echo "FAIL: $name: no worker process"; fail=1; wait $mp || true; return
+        echo "FAIL: $name: no worker process (the job $(kill -0 $mp 2>/dev/null && echo runs || echo ended)):"
+        grep -av DEBUG "$log" | tail -8
+        fail=1; wait $mp || true; return
     fi
     victims+=("$vpid")
     at=$(now_tod)
