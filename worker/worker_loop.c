@@ -421,6 +421,11 @@ static dsr1_status connect_ep(dsr1_worker *w, uint32_t epoch, const dsr1_wire_ad
                                     false};
         st = dsr1_comm_ucx_connect(le, &gp, addrs, lens, &w->ep);
         le = NULL;
+        if (st == DSR1_OK && w->test_crash_alltoall > 0) { /* and its world handle with it */
+            dsr1_comm_ucx_crash_after(w->ep, DSR1_COMM_CRASH_COLLECTIVE, w->test_crash_alltoall,
+                                      w->world);
+            w->test_crash_alltoall = 0;
+        }
     }
 out:
     dsr1_ucx_local_destroy(le);

@@ -67,6 +67,7 @@ typedef struct {
      * in a lost one's place: its world endpoint is replaced) */
     void **peer_addr;
     size_t *peer_len;
+    int test_crash_alltoall; /* test hook: > 0, die halfway through that EP all-to-all */
     int *member;         /* [ep_size]: an EP index's rank in `ep`, -1 when lost */
     dsr1_moe_placement placement;
     dsr1_engine *engine;

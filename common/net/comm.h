@@ -175,6 +175,9 @@ dsr1_status dsr1_comm_ucx_create_local(int size, int timeout_ms, const char *nam
  * `also` (may be NULL) die the way a killed process would — their endpoints and workers
  * close without any notice — and every later call on them fails. */
 void dsr1_comm_ucx_crash_after(dsr1_comm *c, int tag, int n, dsr1_comm *also);
+/* The tag for dsr1_comm_ucx_crash_after that means: in the middle of the n-th all-to-all
+ * (after sending to half of the peers). */
+#define DSR1_COMM_CRASH_COLLECTIVE (-1)
 
 #if DSR1_HAVE_NCCL
 /* NCCL backend (comm_nccl.c): one NCCL communicator, CUDA stream and set of staging

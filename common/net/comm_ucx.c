@@ -540,6 +540,20 @@ static dsr1_status usable(group *g)
 
 /* ---- collectives ------------------------------------------------------------------- */
 
+static void crash(dsr1_comm *c);
+
+/* The test hook's crash in the middle of a collective (see dsr1_comm_ucx_crash_after). */
+static dsr1_status crash_in_collective(dsr1_comm *c, uint64_t seq)
+{
+    group *g = c->ctx;
+    char b[32];
+    DSR1_WARN("test hook: %s (%s) simulates a crash in all-to-all %llu", who(g, g->rank, b),
+              g->name, (unsigned long long)seq);
+    if (g->crash_also) crash(g->crash_also);
+    crash(c);
+    return aborted_error(g);
+}
+
 static dsr1_status ux_alltoallv(dsr1_comm *c, const void *send, const size_t *send_bytes,
                                 void *recv, const size_t *recv_bytes)
 {
@@ -553,6 +567,8 @@ static dsr1_status ux_alltoallv(dsr1_comm *c, const void *send, const size_t *se
     const int64_t dl = deadline_after(g->timeout_ms);
     ucp_worker_h w = g->l->worker;
     size_t so = 0, ro = 0, my_so = 0, my_ro = 0;
+    const bool crash_now = g->crash_tag == DSR1_COMM_CRASH_COLLECTIVE && g->crash_left > 0 &&
+                           --g->crash_left == 0; /* test hook: dies halfway through this one */
     for (int p = 0; p < n; p++) {
         if (p == me) {
             my_ro = ro;
@@ -576,6 +592,7 @@ static dsr1_status ux_alltoallv(dsr1_comm *c, const void *send, const size_t *se
             so += send_bytes[p];
             continue;
         }
+        if (crash_now && p >= n / 2) return crash_in_collective(c, seq);
         if (g->lost[p] != UCS_OK || !g->eps[p]) break; /* reported by the wait below */
         const void *buf =
             send_bytes[p] ? (const unsigned char *)send + so : (const void *)&zero_byte;
@@ -597,6 +614,7 @@ static dsr1_status ux_alltoallv(dsr1_comm *c, const void *send, const size_t *se
         g->sreq[p] = r;
         so += send_bytes[p];
     }
+    if (crash_now) return crash_in_collective(c, seq); /* the last rank: after all its sends */
     if (send_bytes[me] != recv_bytes[me])
         return fail(g, "all-to-all size mismatch: sends itself %zu bytes, %zu expected",
                     send_bytes[me], recv_bytes[me]);
@@ -689,7 +707,6 @@ static dsr1_status ux_send(dsr1_comm *c, int peer, int tag, const void *data, si
     return DSR1_OK;
 }
 
-static void crash(dsr1_comm *c);
 
 static dsr1_status ux_recv(dsr1_comm *c, int peer, int tag, void **data, size_t *len, int *src)
 {

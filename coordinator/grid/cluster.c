@@ -60,20 +60,33 @@ static dsr1_status make_ucx_groups(dsr1_cluster *c, int timeout)
     }
     if (st != DSR1_OK) goto out;
     /* test hook: DSR1_TEST_KILL_WORKER=i:n[,j:m...] makes worker i die on receiving its n-th
-     * control message (and worker j on its m-th) */
+     * control message (and worker j on its m-th); i:aN, halfway through its N-th EP
+     * all-to-all (dispatch or combine of a MoE layer) */
     const char *kill = getenv("DSR1_TEST_KILL_WORKER");
     for (const char *k = kill; k && st == DSR1_OK;) {
-        int kw, ks, used = 0;
-        if (sscanf(k, "%d:%d%n", &kw, &ks, &used) != 2 || (k[used] && k[used] != ',') || kw < 0 ||
-            kw >= c->workers || ks < 1) {
+        int kw, ks, used = 0, a2a = 0;
+        if (sscanf(k, "%d:%n", &kw, &used) == 1 && k[used] == 'a') {
+            a2a = 1;
+            k += used + 1;
+            used = 0;
+            if (sscanf(k, "%d%n", &ks, &used) != 1) ks = 0;
+        } else if (sscanf(k, "%d:%d%n", &kw, &ks, &used) != 2) {
+            ks = 0;
+        }
+        if (ks < 1 || (k[used] && k[used] != ',') || kw < 0 || kw >= c->workers) {
             st = dsr1_error(DSR1_ERR_INVALID_ARG,
-                            "DSR1_TEST_KILL_WORKER='%s': expected WORKER:STEP[,WORKER:STEP...], "
-                            "worker < %d, step >= 1",
+                            "DSR1_TEST_KILL_WORKER='%s': expected WORKER:STEP or WORKER:aN "
+                            "(the N-th all-to-all), comma-separated, worker < %d, numbers >= 1",
                             kill, c->workers);
             break;
         }
-        DSR1_WARN("test hook: worker %d will die on step %d", kw, ks);
-        dsr1_comm_ucx_crash_after(c->world[1 + kw], DSR1_TAG_CTRL, ks, NULL);
+        if (a2a) {
+            DSR1_WARN("test hook: worker %d will die in its all-to-all %d", kw, ks);
+            c->crash_a2a[kw] = ks;
+        } else {
+            DSR1_WARN("test hook: worker %d will die on step %d", kw, ks);
+            dsr1_comm_ucx_crash_after(c->world[1 + kw], DSR1_TAG_CTRL, ks, NULL);
+        }
         k = k[used] ? k + used + 1 : NULL;
     }
 out:
@@ -283,7 +296,8 @@ dsr1_status dsr1_cluster_create(const dsr1_cluster_params *p, dsr1_cluster **out
     c->world = calloc((size_t)p->workers + 1, sizeof(dsr1_comm *));
     c->ep_comms = calloc((size_t)p->workers, sizeof(dsr1_comm *));
     c->slots = calloc((size_t)p->workers, sizeof(worker_slot));
-    if (!c->world || !c->ep_comms || !c->slots) {
+    c->crash_a2a = calloc((size_t)p->workers, sizeof(int));
+    if (!c->crash_a2a || !c->world || !c->ep_comms || !c->slots) {
         st = dsr1_error(DSR1_ERR_NOMEM, "out of memory");
         goto err;
     }
@@ -325,6 +339,7 @@ dsr1_status dsr1_cluster_create(const dsr1_cluster_params *p, dsr1_cluster **out
             w->ep = c->ep > 1 && !regroup ? c->ep_comms[s * c->ep + e] : NULL;
             w->regroup = regroup;
             w->timeout_ms = timeout;
+            w->test_crash_alltoall = c->crash_a2a ? c->crash_a2a[s * c->ep + e] : 0;
         }
     for (int i = 0; i < c->workers; i++) { /* serving before the grid's first REGROUP */
         if (pthread_create(&c->slots[i].thread, NULL, worker_main, &c->slots[i]) != 0) {
@@ -389,6 +404,7 @@ void dsr1_cluster_destroy(dsr1_cluster *c)
     free(c->world);
     free(c->ep_comms);
     free(c->slots);
+    free(c->crash_a2a);
     dsr1_rdv_close(c->rdv);
     free(c->owners);
 #if DSR1_HAVE_UCX && DSR1_HAVE_MPI

@@ -32,6 +32,7 @@ struct dsr1_cluster {
     uint64_t config_hash;
     int *owners; /* [n_owners]: the placement every worker loads */
     int n_owners;
+    int *crash_a2a; /* [workers]: test hook, die in that EP all-to-all (embedded UCX) */
 };
 
 /* join.c: listen for joining workers at hostport. */

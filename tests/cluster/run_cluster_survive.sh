@@ -127,6 +127,8 @@ survive "embedded, pp 1, worker 1 crashes on its 1st message (before epoch 1)" 1
 for pp in 1 2; do
     survive "embedded, pp $pp, worker 1 crashes in prefill (message 3)" $pp 1:3
     survive "embedded, pp $pp, worker 3 crashes mid-decode (message 40)" $pp 3:40
+    # halfway through a MoE layer's dispatch or combine (sent to half its EP peers)
+    survive "embedded, pp $pp, worker 3 crashes inside an EP all-to-all (its 30th)" $pp 3:a30
 done
 survive "embedded, pp 2, workers 1 and 3 (lane 1, both stages) crash mid-decode" 2 1:40,3:40
 fast_fail "embedded, pp 1, workers 1 and 3 (both copies of experts 16-31, 48-63) crash" 1 \
