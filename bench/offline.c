@@ -24,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "args.h"
 #include "bench.h"
@@ -45,6 +46,7 @@ typedef struct {
 typedef struct {
     int batch;
     double prefill_s, prefill_flops;
+    double prefill_cpu_s, decode_cpu_s; /* the process's CPU time (all threads) in those steps */
     double decode_s, step_median_s, step_bytes, step_flops;
     double *step_s; /* output_len step times */
 } offline_row;
@@ -255,6 +257,15 @@ static void step_cost(const dsr1_weights *w, int n_tok, int head_rows, double ct
              n_tok * ctx * layers * kvw * sizeof(float);
 }
 
+/* CPU seconds of this process, all threads: what a step costs whatever else the machine runs
+ * (its wall time on a busy machine is not comparable between runs). */
+static double cpu_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
 static int32_t argmax(const float *x, int n)
 {
     int32_t best = 0;
@@ -285,7 +296,7 @@ static double median(const double *x, int n)
  * seconds in *sec, greedy next tokens in next[]. */
 static dsr1_status step(dsr1_engine *e, int b, int pos, int n_tokens, const int32_t *tokens,
                         int stride, dsr1_seq_step *seqs, float *logits, int vocab, int32_t *next,
-                        double *sec)
+                        double *sec, double *cpu)
 {
     for (int s = 0; s < b; s++)
         seqs[s] = (dsr1_seq_step){.slot = s,
@@ -294,9 +305,10 @@ static dsr1_status step(dsr1_engine *e, int b, int pos, int n_tokens, const int3
                                   .tokens = tokens + (size_t)s * stride,
                                   .logits = DSR1_LOGITS_LAST};
     const dsr1_batch batch = {.n_seqs = b, .seqs = seqs, .logits = logits};
-    const double t0 = dsr1_now();
+    const double t0 = dsr1_now(), c0 = cpu_now();
     const dsr1_status st = dsr1_engine_forward(e, &batch);
     *sec = dsr1_now() - t0;
+    *cpu += cpu_now() - c0;
     for (int s = 0; st == DSR1_OK && s < b; s++)
         next[s] = argmax(logits + (size_t)s * vocab, vocab);
     return st;
@@ -319,13 +331,17 @@ static dsr1_status run_batch(const offline_opts *o, const dsr1_weights *w, const
     if (st != DSR1_OK) goto out;
     uint64_t s = o->seed * 0x9e3779b97f4a7c15ull + (uint64_t)b;
     for (size_t i = 0; i < (size_t)b * in; i++) prompt[i] = (int32_t)(dsr1__bench_rand(&s) % vocab);
-    double t;
+    double t, tc = 0;
     fprintf(stderr, "batch %d: warm-up, prefill of %d x %d tokens ...\n", b, b, in);
-    if ((st = step(e, b, 0, 1, prompt, in, seqs, logits, vocab, next, &t)) != DSR1_OK) goto out;
-    if ((st = step(e, b, 0, in, prompt, in, seqs, logits, vocab, next, &row->prefill_s))) goto out;
+    if ((st = step(e, b, 0, 1, prompt, in, seqs, logits, vocab, next, &t, &tc)) != DSR1_OK)
+        goto out;
+    if ((st = step(e, b, 0, in, prompt, in, seqs, logits, vocab, next, &row->prefill_s,
+                   &row->prefill_cpu_s)))
+        goto out;
     fprintf(stderr, "batch %d: %d decode steps ...\n", b, o->output_len);
     for (int i = 0; i < o->output_len; i++) {
-        if ((st = step(e, b, in + i, 1, next, 1, seqs, logits, vocab, next, &row->step_s[i])))
+        if ((st = step(e, b, in + i, 1, next, 1, seqs, logits, vocab, next, &row->step_s[i],
+                       &row->decode_cpu_s)))
             goto out;
         row->decode_s += row->step_s[i];
     }
@@ -342,6 +358,14 @@ out:
     return st;
 }
 
+/* Output tokens over the prefill and decode time: the work of serving the batch's requests
+ * (SGLang's bench_one_batch reports it as the total throughput, with the input tokens). */
+static double e2e_tok_s(const offline_opts *o, const offline_row *r)
+{
+    const double t = r->prefill_s + r->decode_s;
+    return t > 0 ? (double)r->batch * o->output_len / t : 0;
+}
+
 static void report(const offline_opts *o, const dsr1_weights *w, const dsr1_kernels *k, int threads,
                    const offline_limits *lim, const offline_row *rows, int n)
 {
@@ -355,22 +379,25 @@ static void report(const offline_opts *o, const dsr1_weights *w, const dsr1_kern
            "%.1f); fp32 FMA peak %.1f GFLOP/s (before %.1f, after %.1f)\n",
            o->input_len, o->output_len, lim->bw, lim->bw0, lim->bw1, lim->peak, lim->peak0,
            lim->peak1);
-    printf("%5s %9s %9s %6s %8s %9s %8s %7s %9s %9s %7s %7s\n", "", "prefill", "prefill", "%FMA",
-           "decode", "step ms", "GB", "GFLOP", "BW roof", "FMA roof", "decode", "decode");
-    printf("%5s %9s %9s %6s %8s %9s %8s %7s %9s %9s %7s %7s\n", "batch", "s", "tok/s", "", "tok/s",
-           "(median)", "/step", "/step", "ms", "ms", "/BW roof", "/roof");
+    printf("%5s %9s %9s %6s %8s %9s %8s %7s %9s %9s %7s %7s %8s\n", "", "prefill", "prefill",
+           "%FMA", "decode", "step ms", "GB", "GFLOP", "BW roof", "FMA roof", "decode", "decode",
+           "e2e out");
+    printf("%5s %9s %9s %6s %8s %9s %8s %7s %9s %9s %7s %7s %8s\n", "batch", "s", "tok/s", "",
+           "tok/s", "(median)", "/step", "/step", "ms", "ms", "/BW roof", "/roof", "tok/s");
     for (int i = 0; i < n; i++) {
         const offline_row *r = &rows[i];
         const double bwr = r->step_bytes / (lim->bw * 1e9), fr = r->step_flops / (lim->peak * 1e9);
-        printf("%5d %9.3f %9.1f %5.1f%% %8.2f %9.2f %8.3f %7.1f %9.2f %9.2f %7.3f %7.3f\n",
+        printf("%5d %9.3f %9.1f %5.1f%% %8.2f %9.2f %8.3f %7.1f %9.2f %9.2f %7.3f %7.3f %8.2f\n",
                r->batch, r->prefill_s, (double)r->batch * o->input_len / r->prefill_s,
                100 * r->prefill_flops / r->prefill_s / (lim->peak * 1e9),
                r->decode_s > 0 ? (double)r->batch * o->output_len / r->decode_s : 0,
                r->step_median_s * 1e3, r->step_bytes / 1e9, r->step_flops / 1e9, bwr * 1e3,
-               fr * 1e3, bwr / r->step_median_s, fmax(bwr, fr) / r->step_median_s);
+               fr * 1e3, bwr / r->step_median_s, fmax(bwr, fr) / r->step_median_s, e2e_tok_s(o, r));
     }
     printf("(decode / BW roof: decode speed as a fraction of the bandwidth roofline, i.e. its "
-           "time over the median step; decode / roof: of the slower of the two rooflines)\n");
+           "time over the median step; decode / roof: of the slower of the two rooflines; e2e "
+           "out: batch x output-len over prefill + decode time, what serving the same requests "
+           "could give)\n");
     if (fmin(lim->bw0, lim->bw1) < 0.85 * lim->bw ||
         fmin(lim->peak0, lim->peak1) < 0.85 * lim->peak)
         printf("note: the limits moved by more than 15%% during the run: the machine was busy "
@@ -395,15 +422,17 @@ static int write_json(const offline_opts *o, const dsr1_weights *w, const dsr1_k
         for (int s = 0; s < o->output_len; s++)
             json_array_append_new(steps, json_real(r->step_s[s]));
         json_array_append_new(
-            jr, json_pack("{s:i,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:o}", "batch", r->batch,
-                          "prefill_seconds", r->prefill_s, "prefill_tok_s",
-                          (double)r->batch * o->input_len / r->prefill_s, "prefill_flops",
-                          r->prefill_flops, "decode_seconds", r->decode_s, "decode_tok_s",
-                          r->decode_s > 0 ? (double)r->batch * o->output_len / r->decode_s : 0,
-                          "step_median_seconds", isnan(r->step_median_s) ? 0 : r->step_median_s,
-                          "step_bytes", r->step_bytes, "step_flops", r->step_flops,
-                          "bandwidth_roofline_seconds", bwr, "fma_roofline_seconds", fr,
-                          "step_seconds", steps));
+            jr,
+            json_pack("{s:i,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:o}", "batch",
+                      r->batch, "prefill_seconds", r->prefill_s, "prefill_tok_s",
+                      (double)r->batch * o->input_len / r->prefill_s, "prefill_flops",
+                      r->prefill_flops, "decode_seconds", r->decode_s, "decode_tok_s",
+                      r->decode_s > 0 ? (double)r->batch * o->output_len / r->decode_s : 0,
+                      "step_median_seconds", isnan(r->step_median_s) ? 0 : r->step_median_s,
+                      "step_bytes", r->step_bytes, "step_flops", r->step_flops,
+                      "bandwidth_roofline_seconds", bwr, "fma_roofline_seconds", fr,
+                      "e2e_output_tok_s", e2e_tok_s(o, r), "prefill_cpu_seconds", r->prefill_cpu_s,
+                      "decode_cpu_seconds", r->decode_cpu_s, "step_seconds", steps));
     }
     json_object_set_new(root, "results", jr);
     const int rc = json_dump_file(root, o->json, JSON_INDENT(2));

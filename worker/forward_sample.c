@@ -7,6 +7,10 @@
 #include "forward_sample.h"
 
 #include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "log.h"
 
 typedef struct {
     const float *row;
@@ -25,7 +29,18 @@ struct dsr1__sampling {
     size_t rows_cap; /* floats */
     item *items;
     int items_cap;
+    /* DSR1_SCHED_PROFILE: time spent sampling, logged at destroy */
+    bool prof;
+    double prof_s;
+    int64_t prof_rows, prof_steps;
 };
+
+static double wall_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
 
 int dsr1__sample_rows(const dsr1_seq_step *q)
 {
@@ -89,6 +104,8 @@ dsr1_status dsr1__sampling_create(int vocab, dsr1_pool *pool, dsr1__sampling **o
     if (!s) return dsr1_error(DSR1_ERR_NOMEM, "out of memory");
     s->vocab = vocab;
     s->pool = pool;
+    const char *prof = getenv("DSR1_SCHED_PROFILE");
+    s->prof = prof && prof[0] && strcmp(prof, "0");
     const int n = pool ? dsr1_pool_size(pool) : 1;
     s->samplers = calloc((size_t)n, sizeof(*s->samplers));
     dsr1_status st = s->samplers ? DSR1_OK : dsr1_error(DSR1_ERR_NOMEM, "out of memory");
@@ -105,6 +122,12 @@ dsr1_status dsr1__sampling_create(int vocab, dsr1_pool *pool, dsr1__sampling **o
 void dsr1__sampling_destroy(dsr1__sampling *s)
 {
     if (!s) return;
+    if (s->prof && s->prof_steps)
+        DSR1_INFO("sampling profile: %.3f s in %lld steps (%.2f ms per step), %lld rows "
+                  "(%.3f ms per row)",
+                  s->prof_s, (long long)s->prof_steps, s->prof_s * 1e3 / (double)s->prof_steps,
+                  (long long)s->prof_rows,
+                  s->prof_rows ? s->prof_s * 1e3 / (double)s->prof_rows : 0.0);
     for (int i = 0; i < s->n_samplers; i++) dsr1_sampler_destroy(s->samplers[i]);
     free(s->samplers);
     free(s->rows);
@@ -179,6 +202,12 @@ dsr1_status dsr1__sampling_run(dsr1__sampling *s, const dsr1_batch *b, const flo
         s->items[n++] = (item){last, r, !r->next, r->next ? *r->next : 0, sample++};
         rows += (size_t)nr * V;
     }
+    const double t0 = s->prof ? wall_s() : 0;
     dsr1_pool_run(s->pool, n, 1, run_items, s);
+    if (s->prof) {
+        s->prof_s += wall_s() - t0;
+        s->prof_rows += n;
+        s->prof_steps++;
+    }
     return DSR1_OK;
 }

@@ -80,7 +80,18 @@ typedef struct {
     dsr1_batch batch; /* must outlive the step in flight */
     uint64_t id;      /* the executor's id of the step in flight */
     dsr1_status st;   /* an executor without submit: the step's outcome */
+    bool prefill;     /* DSR1_SCHED_PROFILE: the step holds prefill tokens */
 } step_slot;
+
+/* DSR1_SCHED_PROFILE set (non-empty, not 0): where the scheduler thread's wall time goes,
+ * accumulated in ns by scheduler.c and logged when the scheduler is destroyed. */
+typedef struct {
+    bool on;
+    int64_t t0;                                        /* creation */
+    int64_t intake, plan, exec, after, text, cb, idle; /* ns: text and cb are within after */
+    int64_t steps, seqs, tokens, prefill_tokens, prefill_steps, samples, deltas;
+    int64_t exec_decode; /* ns of exec in steps without prefill tokens */
+} sched_profile;
 
 /* A growable array of request pointers. */
 typedef struct {
@@ -98,8 +109,8 @@ struct dsr1_sched {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     bool stop, failed;
-    bool down;          /* mu: the grid cannot serve until workers join (executor.recover) */
-    char down_why[512]; /* mu */
+    bool down;               /* mu: the grid cannot serve until workers join (executor.recover) */
+    char down_why[512];      /* mu */
     req_list incoming, live; /* mu */
     int incoming_batch;      /* mu: batch items among incoming */
     /* waiting[cls]: each class's queue, in admission order (preempted requests at the
@@ -113,6 +124,7 @@ struct dsr1_sched {
     step_slot *slots;
     int depth, head, inflight;
     text_buf reasoning, content; /* a delta's text */
+    sched_profile prof;
 };
 
 static inline int64_t now_ns(void)

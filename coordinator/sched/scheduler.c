@@ -21,6 +21,70 @@ static double secs(int64_t a, int64_t b)
     return a && b ? (double)(b - a) / 1e9 : 0.0;
 }
 
+/* ---- DSR1_SCHED_PROFILE ------------------------------------------------------------------ */
+
+/* The clock when profiling, else 0 (no call). */
+static inline int64_t prof_now(const dsr1_sched *s)
+{
+    return s->prof.on ? now_ns() : 0;
+}
+
+/* Adds the time since *t0 to *acc and restarts *t0 (profiling only). */
+static inline void prof_add(const dsr1_sched *s, int64_t *acc, int64_t *t0)
+{
+    if (!s->prof.on) return;
+    const int64_t t = now_ns();
+    *acc += t - *t0;
+    *t0 = t;
+}
+
+/* Counts a planned step's sequences, tokens and sampled rows. */
+static void prof_step(dsr1_sched *s, step_slot *st)
+{
+    sched_profile *p = &s->prof;
+    int prefill = 0;
+    p->steps++;
+    p->seqs += st->n;
+    for (int i = 0; i < st->n; i++) {
+        const dsr1_seq_step *q = &st->seqs[i];
+        p->tokens += q->n_tokens;
+        p->samples += q->sample != NULL;
+        if (q->pos < st->seq_req[i]->n_prompt) prefill += q->n_tokens;
+    }
+    p->prefill_tokens += prefill;
+    p->prefill_steps += prefill > 0;
+    st->prefill = prefill > 0;
+}
+
+static void prof_report(const dsr1_sched *s)
+{
+    const sched_profile *p = &s->prof;
+    const double wall = (double)(now_ns() - p->t0) / 1e9;
+    const double busy = (double)(p->intake + p->plan + p->exec + p->after) / 1e9;
+#define PCT(x) ((double)(x) / 1e9), (busy > 0 ? 100.0 * (double)(x) / 1e9 / busy : 0.0)
+    DSR1_INFO("sched profile: %.2f s since start, %.2f s of scheduler work (idle %.2f s); of "
+              "the work: executor %.3f s (%.1f%%), after_step %.3f s (%.1f%%: text %.3f s "
+              "%.1f%%, callbacks %.3f s %.1f%%), plan %.3f s (%.1f%%), intake %.3f s (%.1f%%)",
+              wall, busy, (double)p->idle / 1e9, PCT(p->exec), PCT(p->after), PCT(p->text),
+              PCT(p->cb), PCT(p->plan), PCT(p->intake));
+#undef PCT
+    DSR1_INFO("sched profile: %lld steps, %.2f sequences and %.1f tokens per step, %lld steps "
+              "with prefill (%lld prefill tokens, %lld decode), %lld rows sampled, %lld deltas, "
+              "%.2f ms per step outside the executor; executor %.2f ms per decode-only step "
+              "(%lld), %.2f ms per step with prefill",
+              (long long)p->steps, p->steps ? (double)p->seqs / (double)p->steps : 0.0,
+              p->steps ? (double)p->tokens / (double)p->steps : 0.0, (long long)p->prefill_steps,
+              (long long)p->prefill_tokens, (long long)(p->tokens - p->prefill_tokens),
+              (long long)p->samples, (long long)p->deltas,
+              p->steps ? (busy - (double)p->exec / 1e9) * 1e3 / (double)p->steps : 0.0,
+              p->steps > p->prefill_steps
+                  ? (double)p->exec_decode / 1e6 / (double)(p->steps - p->prefill_steps)
+                  : 0.0,
+              (long long)(p->steps - p->prefill_steps),
+              p->prefill_steps ? (double)(p->exec - p->exec_decode) / 1e6 / (double)p->prefill_steps
+                               : 0.0);
+}
+
 const char *dsr1_finish_str(dsr1_finish f)
 {
     static const char *const names[] = {"none", "stop", "length", "abort", "error"};
@@ -365,6 +429,7 @@ static void finish(dsr1_sched *s, req *r, dsr1_finish why, const char *stop_reas
     ev.ttft_s = secs(r->t_submit, r->t_first);
     ev.e2e_s = secs(r->t_submit, t);
     r->callback(&ev);
+    if (s->prof.on) s->prof.cb += now_ns() - t;
     s->finished++;
     req_free(r);
 }
@@ -446,12 +511,14 @@ static dsr1_status take_token(dsr1_sched *s, req *r, const dsr1_sample_result *r
     if (!r->t_first) r->t_first = now_ns();
 
     dsr1_textout_delta d, tail;
+    int64_t t0 = prof_now(s);
     s->reasoning.len = s->content.len = 0;
     if ((st = dsr1_textout_push(r->text, res->token, &d)) != DSR1_OK || (st = take_text(s, &d)))
         return st;
     const bool length = !d.stopped && n_out + 1 == r->max_tokens;
     if (length && ((st = dsr1_textout_finish(r->text, &tail)) || (st = take_text(s, &tail))))
         return st;
+    prof_add(s, &s->prof.text, &t0);
     dsr1_sched_event ev = {DSR1_EV_DELTA, r->id, r->ctx};
     ev.ids = &res->token;
     ev.n_ids = 1;
@@ -461,6 +528,8 @@ static dsr1_status take_token(dsr1_sched *s, req *r, const dsr1_sample_result *r
     ev.content_len = s->content.len;
     ev.logprobs = r->lp ? res : NULL;
     r->callback(&ev);
+    s->prof.deltas++;
+    prof_add(s, &s->prof.cb, &t0);
     *ended = d.stopped || length;
     if (d.stopped)
         finish(s, r, DSR1_FINISH_STOP, d.stop_reason, NULL);
@@ -568,7 +637,9 @@ static dsr1_status complete_step(dsr1_sched *s)
     s->head = (s->head + 1) % s->depth;
     s->inflight--;
     s->steps++;
+    int64_t t0 = prof_now(s);
     after_step(s, st);
+    prof_add(s, &s->prof.after, &t0);
     return DSR1_OK;
 }
 
@@ -719,27 +790,45 @@ static void *sched_main(void *arg)
     dsr1_sched *s = arg;
     const dsr1_executor *x = &s->p.exec;
     int64_t last_work = now_ns(); /* of the last step or heartbeat */
+    sched_profile *prof = &s->prof;
     for (;;) {
+        int64_t t0 = prof_now(s);
         take_in(s);
         publish_info(s);
         pthread_mutex_lock(&s->mu);
         const bool stop = s->stop;
         pthread_mutex_unlock(&s->mu);
+        prof_add(s, &prof->intake, &t0);
         if (stop) break;
         /* fill the pipeline, then complete the oldest step */
         while (!s->failed && !s->down && s->inflight < s->depth) {
             step_slot *st = &s->slots[(s->head + s->inflight) % s->depth];
-            if (dsr1__sched_plan(s, st) == 0) break;
+            const int planned = dsr1__sched_plan(s, st);
+            if (planned && prof->on) prof_step(s, st);
+            prof_add(s, &prof->plan, &t0);
+            if (planned == 0) break;
             publish_info(s); /* what was admitted and preempted */
             s->inflight++;
+            prof_add(s, &prof->intake, &t0);
+            const int64_t exec0 = prof->exec;
             dsr1_status e = submit_step(s, st);
+            prof_add(s, &prof->exec, &t0);
+            if (!st->prefill) prof->exec_decode += prof->exec - exec0;
             if (e != DSR1_OK) {
                 executor_failed(s, e);
                 break;
             }
         }
         if (s->inflight > 0) {
+            /* complete_step's after_step counts itself; the rest is the executor's wait */
+            const int64_t after0 = prof->after, exec0 = prof->exec;
+            const bool decode = !s->slots[s->head].prefill;
             dsr1_status e = complete_step(s);
+            if (prof->on) {
+                prof_add(s, &prof->exec, &t0);
+                prof->exec -= prof->after - after0;
+                if (decode) prof->exec_decode += prof->exec - exec0;
+            }
             if (e != DSR1_OK) executor_failed(s, e);
             last_work = now_ns();
             continue;
@@ -763,6 +852,7 @@ static void *sched_main(void *arg)
             pthread_cond_timedwait(&s->cv, &s->mu, &ts);
         }
         pthread_mutex_unlock(&s->mu);
+        prof_add(s, &prof->idle, &t0);
     }
     /* shutting down: the steps in flight complete, then everything still live ends with
      * ABORT */
@@ -824,6 +914,9 @@ dsr1_status dsr1_sched_create(const dsr1_sched_params *p, dsr1_sched **out)
     dsr1_sched *s = calloc(1, sizeof(*s));
     if (!s) return dsr1_error(DSR1_ERR_NOMEM, "out of memory");
     s->p = *p;
+    const char *prof = getenv("DSR1_SCHED_PROFILE");
+    s->prof.on = prof && prof[0] && strcmp(prof, "0");
+    s->prof.t0 = now_ns();
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->cv, NULL);
     dsr1_status st = DSR1_OK;
@@ -874,5 +967,6 @@ void dsr1_sched_destroy(dsr1_sched *s)
     pthread_cond_signal(&s->cv);
     pthread_mutex_unlock(&s->mu);
     pthread_join(s->thread, NULL);
+    if (s->prof.on) prof_report(s);
     sched_free(s);
 }
