@@ -184,7 +184,8 @@ static void index_set(dsr1__chart *c)
                                              g->calls[s->calls + k].target, c->it[i].org};
         }
     }
-    qsort(c->cx + start, c->ncx - start, sizeof(dsr1__waiter), cmp_waiter);
+    if (c->ncx > start) /* none: cx may still be NULL */
+        qsort(c->cx + start, c->ncx - start, sizeof(dsr1__waiter), cmp_waiter);
     c->cxon[cur] = 1;
     c->cxoff[cur + 1] = (uint32_t)c->ncx;
 }
