@@ -369,21 +369,3 @@ const dsr1_kernels *dsr1__kernels_avx512(void)
 {
     return &avx512;
 }
-
-#if DSR1_HAVE_AVX512BF16_KERNELS
-/* The bf16 precision mode (avx512_bf16.c): FP8 products with bf16 activations, the rest as
- * above. */
-static const dsr1_kernels avx512_bf16 = {
-    .name = "avx512-bf16",
-    .linear = dsr1__avx512bf16_linear,
-    .expert_ffn = dsr1__avx512bf16_expert_ffn,
-    .linear_t = dsr1__avx512_linear_t,
-    .rmsnorm = avx512_rmsnorm,
-    .mla_attention = avx512_mla_attention,
-};
-
-const dsr1_kernels *dsr1__kernels_avx512_bf16(void)
-{
-    return &avx512_bf16;
-}
-#endif

@@ -140,11 +140,6 @@ void dsr1__avx512_linear(dsr1_pool *pool, const dsr1_linear *w, int r0, int r1, 
                          int ldx, int m, float *y, int ldy);
 dsr1_status dsr1__avx512_expert_ffn(dsr1_pool *pool, const dsr1_expert *ex, int ne, const float *x,
                                     int ldx, float *y, int ldy);
-/* The bf16 precision mode (avx512_bf16.c, built with -mavx512bf16). */
-void dsr1__avx512bf16_linear(dsr1_pool *pool, const dsr1_linear *w, int r0, int r1, const float *x,
-                             int ldx, int m, float *y, int ldy);
-dsr1_status dsr1__avx512bf16_expert_ffn(dsr1_pool *pool, const dsr1_expert *ex, int ne,
-                                        const float *x, int ldx, float *y, int ldy);
 void dsr1__avx512_linear_t(dsr1_pool *pool, const dsr1_linear *w, int r0, int r1, const float *x,
                            int ldx, int m, float *y, int ldy);
 

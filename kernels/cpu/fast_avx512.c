@@ -1,5 +1,5 @@
 /* The fast precision mode's vdpbf16ps backend (AVX512_BF16 machines without AMX; fast.h). Compiled
- * with the AVX-512 flags and -mavx512bf16 (kernels/meson.build, with avx512_bf16.c); fast_tiles.c
+ * with the AVX-512 flags and -mavx512bf16 (kernels/meson.build); fast_tiles.c
  * hands this backend out only after checking the CPU for AVX512_BF16.
  *
  * The vdpbf16ps backend: the row set's panel is filled in registers (32 FP8 bytes of each
