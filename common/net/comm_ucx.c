@@ -248,9 +248,10 @@ static bool all_lost(const group *g)
 
 static void on_peer_error(void *arg, ucp_ep_h ep, ucs_status_t status)
 {
-    (void)ep;
     peer_ref *r = arg;
     char b[32];
+    /* an endpoint closed or replaced since (replace_peer) says nothing of the peer now */
+    if (ep != r->g->eps[r->peer]) return;
     if (r->g->lost[r->peer] == UCS_OK) {
         r->g->lost[r->peer] = status == UCS_OK ? UCS_ERR_ENDPOINT_TIMEOUT : status;
         r->g->settle = true;

@@ -568,6 +568,8 @@ static dsr1_status regroup(dsr1_grid *g)
             int src;
             if (dsr1_comm_recv(g->world, DSR1_COMM_ANY, DSR1_TAG_RESULT, &msg, &len, &src)) {
                 const int lost = dsr1_comm_culprit(g->world); /* found gone; else the silent */
+                if (lost >= 1 && !(g->live[lost - 1] && !held[lost - 1]))
+                    continue; /* a peer this round does not wait for */
                 for (int i = 0; i < n; i++)
                     if (g->live[i] && !held[i] && (lost < 1 || lost == 1 + i)) g->suspect[i] = true;
                 again = true;
@@ -787,7 +789,13 @@ dsr1_status dsr1_grid_wait(dsr1_grid *c, uint64_t step)
                           (unsigned long long)step);
     while (c->q[0].pending > 0) {
         dsr1_status st = receive_one(c);
-        if (st != DSR1_OK) return on_failure(c, st);
+        if (st == DSR1_OK) continue;
+        /* the endpoint of a worker taken out earlier closing (it died, or came back from a
+         * partition and was killed) is no failure of this step */
+        const int r = dsr1_comm_culprit(c->world);
+        if (c->regroup && st == DSR1_ERR_IO && r >= 1 && r <= c->workers && !c->live[r - 1])
+            continue;
+        return on_failure(c, st);
     }
     free(c->q[0].arrived);
     memmove(c->q, c->q + 1, sizeof(*c->q) * (size_t)(c->nq - 1));
