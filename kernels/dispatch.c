@@ -83,3 +83,10 @@ const dsr1_kernels *dsr1_kernels_select(const char *force)
     }
     return best();
 }
+
+bool dsr1_kernels_name_is_fast(const char *name)
+{
+    return name != NULL &&
+           (strcmp(name, "bf16-tiles") == 0 || strcmp(name, "bf16-tiles-emulated") == 0 ||
+            strcmp(name, "avx512-bf16") == 0);
+}

@@ -92,6 +92,14 @@ const dsr1_kernels *dsr1_kernels_portable(void);
  * NULL picks automatically. Returns NULL for an unknown name. */
 const dsr1_kernels *dsr1_kernels_select(const char *force);
 
+/* Whether the variant `name` (as given to dsr1_kernels_select, or a table's `name`) is the
+ * fast precision mode (docs/kernels.md): "bf16-tiles", "bf16-tiles-emulated" and the retired
+ * alias "avx512-bf16". False for the exact ones ("portable", "avx512"), for "auto" and NULL
+ * (the automatic choice is always exact) and for names it does not know. The one place that
+ * says so, because the coordinator and every worker must agree on the mode (it is part of
+ * the hello and of WELCOME) and the command-line checks of --precision against --kernels. */
+bool dsr1_kernels_name_is_fast(const char *name);
+
 /* Dequantise row r of W into out[cols] (reference helper, also used by tests). */
 void dsr1_linear_dequant_row(const dsr1_linear *w, int r, float *out);
 

@@ -8,6 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels.h"
+
 int dsr1_arg_long(const char *cmd, const char *flag, const char *s, long lo, long hi, long *out)
 {
     char *end;
@@ -85,17 +87,11 @@ int dsr1_arg_ids(const char *cmd, const char *flag, const char *s, int32_t **ids
     return 0;
 }
 
-static bool is_fast_variant(const char *k)
-{
-    return k && (!strcmp(k, "bf16-tiles") || !strcmp(k, "bf16-tiles-emulated") ||
-                 !strcmp(k, "avx512-bf16"));
-}
-
 int dsr1_arg_precision(const char *cmd, const char *precision, const char **kernels)
 {
     const char *k = *kernels && strcmp(*kernels, "auto") ? *kernels : NULL;
     if (!precision || !strcmp(precision, "exact")) {
-        if (precision && is_fast_variant(k)) {
+        if (precision && dsr1_kernels_name_is_fast(k)) {
             fprintf(stderr, "%s: --precision exact, but --kernels %s is the fast mode\n", cmd, k);
             return -1;
         }
@@ -105,7 +101,7 @@ int dsr1_arg_precision(const char *cmd, const char *precision, const char **kern
         fprintf(stderr, "%s: --precision '%s': expected exact or fast\n", cmd, precision);
         return -1;
     }
-    if (k && !is_fast_variant(k)) {
+    if (k && !dsr1_kernels_name_is_fast(k)) {
         fprintf(stderr, "%s: --precision fast, but --kernels %s is exact\n", cmd, k);
         return -1;
     }

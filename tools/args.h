@@ -23,7 +23,7 @@ int dsr1_arg_ids(const char *cmd, const char *flag, const char *s, int32_t **ids
 /* --precision exact|fast and --kernels together: the kernel variant to ask for. "fast" is the
  * fast mode (docs/kernels.md: bf16-tiles, or the bf16-tiles-emulated that --kernels may
  * name); "exact" (or no --precision) keeps *kernels, which must not then name a fast
- * variant. precision may be NULL (not given). */
+ * variant (dsr1_kernels_name_is_fast). precision may be NULL (not given). */
 int dsr1_arg_precision(const char *cmd, const char *precision, const char **kernels);
 
 #endif

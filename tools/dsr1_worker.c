@@ -98,12 +98,6 @@ static dsr1_status open_model(const options *o, dsr1_ckpt **ck, dsr1_model_confi
     return st;
 }
 
-/* The fast precision mode (bf16 kernels) or the exact one, by variant name. */
-static bool fast_kernels(const char *name)
-{
-    return name && !strncmp(name, "bf16-tiles", 10);
-}
-
 /* The kernel variant to run: this worker's --kernels/--precision, or the coordinator's
  * mode (fast: 1) when it was given none. */
 static const char *kernels_for(const options *o, int fast)
@@ -138,7 +132,7 @@ static dsr1_status prepare(const options *o, const dsr1_hello *h, int rank, cons
                        h->kv_blocks,
                        h->block_tokens,
                        h->replicas,
-                       fast_kernels(kernels_for(o, h->fast))};
+                       dsr1_kernels_name_is_fast(kernels_for(o, h->fast))};
     free(owner);
     st = dsr1_hello_check(h, &mine);
     if (st != DSR1_OK) return st;
@@ -280,7 +274,7 @@ static int join_serve(const options *o)
     snprintf(tag, sizeof(tag), "worker %d", w1.index);
     dsr1_log_set_tag(tag);
     const char *kname = kernels_for(o, w1.fast);
-    if (fast_kernels(kname) != (w1.fast == 1)) {
+    if (dsr1_kernels_name_is_fast(kname) != (w1.fast == 1)) {
         st = dsr1_error(DSR1_ERR_INVALID_ARG,
                         "the coordinator runs the %s precision mode, this worker --kernels %s: "
                         "give both the same --precision (or none to the worker)",

@@ -13,6 +13,7 @@
 #include "bootstrap_mpi.h"
 #include "cluster_internal.h"
 #include "dsr1_build_config.h"
+#include "kernels.h"
 #include "grid.h"
 #include "log.h"
 #include "wire.h"
@@ -160,7 +161,7 @@ static dsr1_status attach_mpi(dsr1_cluster *c, const dsr1_cluster_params *p,
                     p->kv_blocks,
                     p->block_tokens,
                     R,
-                    !strncmp(p->kernels->name, "bf16-tiles", 10)};
+                    dsr1_kernels_name_is_fast(p->kernels->name)};
     free(owners);
     DSR1_INFO("grid: %d workers = %d pipeline stage(s) x %d expert-parallel rank(s), %d cop%s of "
               "each expert, MPI job of %d ranks, UCX transport; waiting for the workers to load",

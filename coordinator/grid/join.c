@@ -19,6 +19,7 @@
 
 #include "cluster_internal.h"
 #include "dsr1_build_config.h"
+#include "kernels.h"
 #include "log.h"
 #include "wire.h"
 
@@ -80,7 +81,7 @@ static dsr1_status welcome(dsr1_cluster *c, dsr1_rdv_peer *peer, int index, bool
                            p->kv_blocks,
                            p->block_tokens,
                            p->replicas > 0 ? p->replicas : 1,
-                           !strncmp(p->kernels->name, "bf16-tiles", 10),
+                           dsr1_kernels_name_is_fast(p->kernels->name),
                            index,
                            c->n_owners,
                            c->owners,

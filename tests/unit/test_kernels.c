@@ -231,6 +231,34 @@ static void test_avx512_bf16_alias(void **state)
     if (tiles) assert_string_equal(alias->name, tiles->name);
 }
 
+/* Which names are the fast mode: the coordinator and the workers compare their modes by
+ * this, so a fast name read as exact (or the reverse) would refuse a matching grid. Every
+ * table dsr1_kernels_select hands out must agree with its own name: a fast table keeps a
+ * bf16 cache, an exact one does not. */
+static void test_name_is_fast(void **state)
+{
+    (void)state;
+    assert_true(dsr1_kernels_name_is_fast("bf16-tiles"));
+    assert_true(dsr1_kernels_name_is_fast("bf16-tiles-emulated"));
+    assert_true(dsr1_kernels_name_is_fast("avx512-bf16"));
+    assert_false(dsr1_kernels_name_is_fast(NULL));
+    assert_false(dsr1_kernels_name_is_fast("auto"));
+    assert_false(dsr1_kernels_name_is_fast("portable"));
+    assert_false(dsr1_kernels_name_is_fast("avx512"));
+    assert_false(dsr1_kernels_name_is_fast(""));
+    assert_false(dsr1_kernels_name_is_fast("bf16-tiles-"));
+    assert_false(dsr1_kernels_name_is_fast("bf16"));
+    const char *names[] = {NULL,         "auto",        "portable",           "avx512",
+                           "bf16-tiles", "avx512-bf16", "bf16-tiles-emulated"};
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        const dsr1_kernels *k = dsr1_kernels_select(names[i]);
+        if (!k) continue; /* not in this build or on this CPU */
+        assert_int_equal(dsr1_kernels_name_is_fast(k->name), k->kv_bf16 != 0);
+        if (names[i] && strcmp(names[i], "auto"))
+            assert_int_equal(dsr1_kernels_name_is_fast(names[i]), k->kv_bf16 != 0);
+    }
+}
+
 /* ---- expert_ffn ---------------------------------------------------------------------- */
 
 /* The experts run one after another through k->linear: what worker/moe.c did before the
@@ -498,10 +526,15 @@ static void test_mla_attention(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_linear),           cmocka_unit_test(test_linear_batch_invariance),
-        cmocka_unit_test(test_linear_fp8_exact), cmocka_unit_test(test_avx512_bf16_alias),
-        cmocka_unit_test(test_expert_ffn),       cmocka_unit_test(test_expert_ffn_bad_shapes),
-        cmocka_unit_test(test_rmsnorm),          cmocka_unit_test(test_mla_attention),
+        cmocka_unit_test(test_linear),
+        cmocka_unit_test(test_linear_batch_invariance),
+        cmocka_unit_test(test_linear_fp8_exact),
+        cmocka_unit_test(test_avx512_bf16_alias),
+        cmocka_unit_test(test_name_is_fast),
+        cmocka_unit_test(test_expert_ffn),
+        cmocka_unit_test(test_expert_ffn_bad_shapes),
+        cmocka_unit_test(test_rmsnorm),
+        cmocka_unit_test(test_mla_attention),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
