@@ -533,6 +533,24 @@ static dsr1_status remember_address(dsr1_grid *g, int i, const void *addr, size_
     return DSR1_OK;
 }
 
+/* Takes every live worker under suspicion for lost, saying why in one line each (the line
+ * the operators and the cluster tests look for: "grid: worker N (...) lost"), and renames
+ * the lost. Both ways of losing a worker (a failed step, a regroup round it did not answer)
+ * come here, so they cannot drift apart. The caller clears the suspicions when it is done
+ * (on_failure after its regroup); lanes and coverage are worked out again by the regroup
+ * that always follows. */
+static void mark_lost(dsr1_grid *g, const char *why)
+{
+    for (int i = 0; i < g->workers; i++)
+        if (g->live[i] && g->suspect[i]) {
+            char name[64];
+            worker_name(g, i, name, sizeof(name));
+            DSR1_WARN("grid: %s lost (%s)", name, why);
+            g->live[i] = false;
+        }
+    name_lost(g);
+}
+
 /* Moves the grid to a new epoch over the live workers: REGROUP to each, their ADDR back,
  * everyone's addresses to each (CONNECT). A worker that cannot be reached or does not
  * answer within the timeout is lost too, and the round starts again. */
@@ -598,13 +616,9 @@ static dsr1_status regroup(dsr1_grid *g)
         for (int i = 0; i < n; i++) /* the world group found them gone meanwhile */
             if (g->live[i] && dsr1_comm_peer_lost(g->world, 1 + i)) g->suspect[i] = again = true;
         if (again) {
-            for (int i = 0; i < n; i++)
-                if (g->live[i] && g->suspect[i]) {
-                    char name[64];
-                    worker_name(g, i, name, sizeof(name));
-                    DSR1_WARN("grid: %s did not join epoch %u: lost", name, g->epoch);
-                    g->live[i] = false;
-                }
+            char why[48];
+            snprintf(why, sizeof(why), "did not join epoch %u", g->epoch);
+            mark_lost(g, why);
             continue;
         }
         if (st != DSR1_OK) break;
@@ -688,14 +702,7 @@ static dsr1_status on_failure(dsr1_grid *g, dsr1_status st)
             n_lost += g->suspect[i];
         }
     if (n_lost == 0) return fail(g, dsr1_error(st, "%s (no worker to blame)", first));
-    for (int i = 0; i < g->workers; i++)
-        if (g->live[i] && g->suspect[i]) {
-            char name[64];
-            worker_name(g, i, name, sizeof(name));
-            DSR1_WARN("grid: %s lost (%s)", name, first);
-            g->live[i] = false;
-        }
-    name_lost(g);
+    mark_lost(g, first);
     /* the steps in flight are dropped: their workers were told to stop or failed */
     for (int i = 0; i < g->nq; i++) free(g->q[i].arrived);
     g->nq = 0;
