@@ -25,12 +25,15 @@
  *   an odd chain over the chunk's 16 pairs, summed, added to C (tile_emu.c); then tot =
  *   fma(C, scale_b, tot). Activation rows go 16 to a tile; a short tile has fewer rows,
  *   which changes nothing for the rows it has.
- * - vdpbf16ps (AVX512_BF16 without AMX, fast_avx512.c): per block b, acc = 0; for every
- *   pair p of the block in increasing order (to a multiple of 16 pairs): acc += odd
- *   product, then += even product (VDPBF16PS: each rounded, DAZ/FTZ); then tot =
- *   fma(acc, scale_b, tot). Lanes are the 16 rows of the panel, so there is no horizontal
- *   sum.
- * The two orders differ (two chains per 32 columns vs one chain per 128), so an AMX
+ * - vdpbf16ps (AVX512_BF16 without AMX, fast_vd.c): lanes along K, as the exact avx512
+ *   variant: per block b, each of 16 lanes from zero takes its column pairs by VDPBF16PS
+ *   (odd product, then even, each rounded, DAZ/FTZ), group of 64 columns by group, the
+ *   group's "A" pairs then its "B" pairs (fast_vd.c: lane 4L + q holds the pairs 16L + 2q
+ *   and 16L + 8 + 2q of the group); then tot_lane = fma(acc_lane, scale_b, tot_lane);
+ *   at the end the 16 lanes are added in dsr1__hsum's fixed tree. Decode thus streams
+ *   the FP8 rows once and converts them in registers, with no transposition into VNNI
+ *   order (which made M = 1 run at a third of the read bandwidth).
+ * The two orders differ (per row: two chains per 32 columns vs 16 lanes), so an AMX
  * machine and an AVX512_BF16 machine give different fast-mode results, each
  * batch-invariant and each tested bit for bit against its own scalar model
  * (tests/unit/test_kernels_fast.c). */
@@ -64,10 +67,14 @@ void dsr1__fast_panel_fill(const dsr1__rowset *rs, uint16_t *P, float *mul);
  * NULL for an ops table that is neither of the two. */
 const dsr1__rowops *dsr1__fast_tile_rowops(const dsr1__tileops *t);
 
-/* The vdpbf16ps backend (fast_avx512.c, built where the compiler takes -mavx512bf16; call
- * only on a CPU with AVX-512 and AVX512_BF16), and its in-register panel fill (the
- * portable one's bits; exposed for the tests). */
+/* The vdpbf16ps backend of linear and expert_ffn (fast_vd.c, lanes along K; built where
+ * the compiler takes -mavx512bf16 -mavx512vbmi; call only on a CPU with AVX-512,
+ * AVX512_BF16 and AVX512_VBMI). */
 const dsr1__rowops *dsr1__fast_vd_rowops(void);
+/* vdpbf16ps over the VNNI panel, lanes = the set's 16 rows (fast_avx512.c, same CPU
+ * needs), and its in-register panel fill (the portable one's bits; exposed for the
+ * tests). */
+const dsr1__rowops *dsr1__fast_vdp_rowops(void);
 void dsr1__fast_panel_fill_avx512(const dsr1__rowset *rs, uint16_t *P, float *mul);
 
 /* Which arithmetic the bf16-tiles variant runs. */

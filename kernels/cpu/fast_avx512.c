@@ -266,10 +266,10 @@ static void vd_rows(const dsr1__rowset *rs, const void *act, int m, float *y, in
                      P, mul, k, rs->n, y + (size_t)i0 * ldy, ldy);
 }
 
-static const dsr1__rowops vd_rowops = {dsr1__fast_act_bytes, dsr1__fast_act_pack,
+static const dsr1__rowops vdp_rowops = {dsr1__fast_act_bytes, dsr1__fast_act_pack,
                                        dsr1__fast_act_put, vd_scratch_bytes, vd_rows};
 
-const dsr1__rowops *dsr1__fast_vd_rowops(void)
+const dsr1__rowops *dsr1__fast_vdp_rowops(void)
 {
-    return &vd_rowops;
+    return &vdp_rowops;
 }

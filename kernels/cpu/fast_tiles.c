@@ -118,15 +118,17 @@ static size_t tile_scratch_bytes(int m, int k)
 
 /* The set's panel against the activation rows, 16 rows to a tile (tile 0: C, 4: A, 6: B);
  * see fast.h for the order. */
-static void tile_rows(const dsr1__tileops *T, const dsr1__rowset *rs, const void *act, int m,
-                      float *y, int ldy, void *scratch)
+typedef void (*panel_fill_fn)(const dsr1__rowset *rs, uint16_t *P, float *mul);
+
+static void tile_rows(const dsr1__tileops *T, panel_fill_fn fill, const dsr1__rowset *rs,
+                      const void *act, int m, float *y, int ldy, void *scratch)
 {
     const int k = rs->cols, nb = (k + DSR1_QBLOCK - 1) / DSR1_QBLOCK, np = dsr1__fast_pairs(k);
     const size_t ld = dsr1__fast_act_ld(k);
     uint16_t *P = scratch;
     float *mul = (float *)((char *)scratch + dsr1__fast_panel_bytes(k));
     float *cbuf = (float *)((char *)mul + mul_bytes(k)), *tot = cbuf + 256;
-    dsr1__fast_panel_fill(rs, P, mul);
+    fill(rs, P, mul);
     dsr1__tilecfg cfg;
     int cfg_rows = -1;
     for (int i0 = 0; i0 < m; i0 += 16) {
@@ -160,17 +162,20 @@ static void tile_rows(const dsr1__tileops *T, const dsr1__rowset *rs, const void
 }
 
 static const dsr1__tileops *amx_ops; /* set by dsr1__fast_tile_rowops before any use */
+/* the AMX path's panel fill: in registers where the CPU has AVX-512 BW (every AMX CPU; set
+ * by tables_init), else the portable one, the same bits (tests/unit/test_kernels_fast.c) */
+static panel_fill_fn amx_fill = dsr1__fast_panel_fill;
 
 static void emu_rows(const dsr1__rowset *rs, const void *act, int m, float *y, int ldy,
                      void *scratch)
 {
-    tile_rows(dsr1__tile_emu(), rs, act, m, y, ldy, scratch);
+    tile_rows(dsr1__tile_emu(), dsr1__fast_panel_fill, rs, act, m, y, ldy, scratch);
 }
 
 static void amx_rows(const dsr1__rowset *rs, const void *act, int m, float *y, int ldy,
                      void *scratch)
 {
-    tile_rows(amx_ops, rs, act, m, y, ldy, scratch);
+    tile_rows(amx_ops, amx_fill, rs, act, m, y, ldy, scratch);
 }
 
 static const dsr1__rowops emu_rowops = {dsr1__fast_act_bytes, dsr1__fast_act_pack,
@@ -209,7 +214,8 @@ static int cpu_has_avx512(void)
 static int cpu_has_bf16(void)
 {
 #if DSR1_HAVE_AVX512BF16_KERNELS
-    return cpu_has_avx512() && __builtin_cpu_supports("avx512bf16");
+    return cpu_has_avx512() && __builtin_cpu_supports("avx512bf16") &&
+           __builtin_cpu_supports("avx512vbmi");
 #else
     return 0;
 #endif
@@ -309,6 +315,7 @@ static void tables_init(void)
         /* AMX CPUs have AVX512_BF16: the vectorised staging and softmax, the portable
          * forms' bits (tests/unit/test_attention_fast.c), so AMX still equals emulation */
         if (cpu_has_bf16()) {
+            amx_fill = dsr1__fast_panel_fill_avx512;
             attn_be[DSR1__FAST_TILE_AMX].stage_c = dsr1__fa_vd_stage_c;
             attn_be[DSR1__FAST_TILE_AMX].softmax = dsr1__fa_vd_softmax;
         }
@@ -333,12 +340,13 @@ const dsr1_kernels *dsr1__kernels_bf16_tiles(dsr1__fast_path path, const char **
     switch (path) {
     case DSR1__FAST_AUTO:
         if (path_ops[DSR1__FAST_TILE_AMX]) return &tables[DSR1__FAST_TILE_AMX];
-        *why = "this CPU (or build) has neither AMX-BF16 nor AVX512_BF16 (vdpbf16ps)";
+        *why = "this CPU (or build) has neither AMX-BF16 nor AVX512_BF16 with AVX512_VBMI "
+               "(vdpbf16ps)";
         if (!path_ops[DSR1__FAST_VDPBF16]) return NULL;
         pthread_once(&log_once, log_fallback);
         return &tables[DSR1__FAST_VDPBF16];
     case DSR1__FAST_VDPBF16:
-        *why = "this CPU (or build) has no AVX512_BF16 (vdpbf16ps)";
+        *why = "this CPU (or build) has no AVX512_BF16 with AVX512_VBMI (vdpbf16ps)";
         return path_ops[DSR1__FAST_VDPBF16] ? &tables[DSR1__FAST_VDPBF16] : NULL;
     case DSR1__FAST_TILE_EMU:
         return &tables[DSR1__FAST_TILE_EMU];

@@ -303,20 +303,29 @@ static float xbf(const float *x, int k, int c)
     return c < k ? bf(dsr1_f32_to_bf16(x[c])) : 0.0f;
 }
 
-/* y = x . W[r] in each path's documented order (fast.h). */
+/* y = x . W[r] in each path's documented order (fast.h). vdpbf16ps: 16 lanes along K;
+ * per 64-column group, lane d = 4L + q takes the pair at 16L + 2q (the "A" vector), then
+ * the one at 16L + 8 + 2q ("B"), each odd product then even; per block the lanes' sums
+ * times the scale into the lane totals; then dsr1__hsum's tree. */
 static float model_vdpbf16(const dsr1_linear *w, int r, const float *x)
 {
-    const int k = w->cols, nb = (k + 127) / 128, np = (k + 31) / 32 * 16;
-    float tot = 0;
+    const int k = w->cols, nb = (k + 127) / 128;
+    float tot[16] = {0};
     for (int b = 0; b < nb; b++) {
-        float acc = 0;
-        for (int p = b * 64; p < np && p < b * 64 + 64; p++) {
-            acc = step(xbf(x, k, 2 * p + 1), wbf(w, r, 2 * p + 1), acc);
-            acc = step(xbf(x, k, 2 * p), wbf(w, r, 2 * p), acc);
-        }
-        tot = fmaf(acc, fp8_scale(w, r, b), tot);
+        float acc[16] = {0};
+        for (int g0 = b * 128; g0 < k && g0 < b * 128 + 128; g0 += 64)
+            for (int h = 0; h < 2; h++)
+                for (int d = 0; d < 16; d++) {
+                    const int c = g0 + 16 * (d / 4) + 8 * h + 2 * (d % 4);
+                    acc[d] = step(xbf(x, k, c + 1), wbf(w, r, c + 1), acc[d]);
+                    acc[d] = step(xbf(x, k, c), wbf(w, r, c), acc[d]);
+                }
+        for (int d = 0; d < 16; d++) tot[d] = fmaf(acc[d], fp8_scale(w, r, b), tot[d]);
     }
-    return tot;
+    float s8[8], s4[4];
+    for (int d = 0; d < 8; d++) s8[d] = tot[d] + tot[d + 8];
+    for (int d = 0; d < 4; d++) s4[d] = s8[d] + s8[d + 4];
+    return (s4[0] + s4[2]) + (s4[1] + s4[3]);
 }
 
 static float model_tile(const dsr1_linear *w, int r, const float *x)
