@@ -1,6 +1,6 @@
 /* Subcommands of `dsr1-bench` (bench/main.c dispatches; one file per subcommand), their
  * shared option parsing (bench/opts.c), the machine limits they are measured against
- * (bench/limits.c) and the oneDNN baseline (bench/onednn.c). */
+ * (bench/limits.c, limits_amx.c) and the oneDNN baseline (bench/onednn.c). */
 #ifndef DSR1_BENCH_H
 #define DSR1_BENCH_H
 
@@ -24,6 +24,8 @@ int dsr1__bench_offline(int argc, char **argv);
 int dsr1__bench_serve(int argc, char **argv);
 /* bench/grammar.c: the grammar engine's compile and mask times over MaskBench schemas. */
 int dsr1__bench_grammar(int argc, char **argv);
+/* bench/limits.c: this machine's bandwidth and arithmetic peaks (the functions below). */
+int dsr1__bench_limits(int argc, char **argv);
 
 /* bench/opts.c: getopt_long over a subcommand's argv, with what every subcommand does the
  * same way: the option 'h' (-h, --help) prints usage to stdout; an unknown option or a
@@ -33,7 +35,7 @@ int dsr1__bench_grammar(int argc, char **argv);
  * or 2 (usage error printed: exit 2). As getopt_long, it goes on from optind. */
 int dsr1__bench_getopt(const char *cmd, int argc, char **argv, const char *shortopts,
                        const struct option *longopts, void (*usage)(FILE *f), int *end);
-/* The options of `kernels` and `experts`: --quick, --json FILE and --help. Returns 0 to
+/* The options of `kernels`, `experts` and `limits`: --quick, --json FILE and --help. Returns 0 to
  * run, 1 after help, 2 after a usage error, as dsr1__bench_getopt's *end. */
 int dsr1__bench_quick_json(const char *cmd, int argc, char **argv, void (*usage)(FILE *f),
                            bool *quick, const char **json);
@@ -54,6 +56,14 @@ double dsr1__bench_read_gbps(dsr1_pool *pool, size_t bytes, int passes);
 /* fp32 FMA peak of all pool threads with AVX-512 (register-only loop), best of `passes`
  * (each ~0.05 s on 2 cores), in GFLOP/s; 0 when the CPU has no AVX-512. */
 double dsr1__bench_fma_gflops(dsr1_pool *pool, int passes);
+/* bf16 dot-product peak of all pool threads with AVX512_BF16 (VDPBF16PS on zmm, register
+ * only; one instruction = 32 products = 64 flops), best of `passes` (each ~0.05 s on 2
+ * cores), in GFLOP/s; 0 with *why (a phrase) when the CPU or build lacks it. */
+double dsr1__bench_bf16_gflops(dsr1_pool *pool, int passes, const char **why);
+/* bf16 peak of AMX tiles on all pool threads (TDPBF16PS on tiles only, bench/limits_amx.c;
+ * one instruction = 16 x 16 x 32 products = 16384 flops), best of `passes`, in GFLOP/s; 0
+ * with *why when the CPU, the kernel's tile permission or the build lacks it. */
+double dsr1__bench_amx_gflops(dsr1_pool *pool, int passes, const char **why);
 
 /* oneDNN's matmul on y = x W^T (W: n x k f32, row-major, as dequantised from our FP8; x:
  * m x k f32), in bf16 (weights and activations converted once, f32 output) or f32, with

@@ -3,7 +3,8 @@
  *
  * Everything in one run, so that every ratio compares numbers taken minutes apart on the
  * same (often shared, noisy) machine, each the best of several repetitions:
- *   1. the limits (bench/limits.c): streaming read bandwidth and fp32 FMA peak, measured
+ *   1. the limits (bench/limits.c, `dsr1-bench limits`): streaming read bandwidth, fp32
+ *      FMA peak and the bf16 peaks of vdpbf16ps and AMX tiles (n/a where absent), measured
  *      before and again after the kernels; the larger of the two measurements is used, and
  *      a large disagreement is reported (the machine was busy at one of the two times);
  *   2. the FP8 linear layer at DeepSeek-R1 expert shapes (N x K = 2048 x 7168, gate/up, and
@@ -12,7 +13,9 @@
  *      (bench/onednn.c, when built in), all interleaved per repetition: GFLOP/s, weight
  *      GB/s, % of bandwidth, % of FMA peak, % of the roofline min(peak, bandwidth x 2M
  *      flops per weight byte), speed-up over portable, the largest difference from
- *      portable, and our fastest variant's GFLOP/s over oneDNN's;
+ *      portable, and our fastest variant's GFLOP/s over oneDNN's; bf16-tiles rows also
+ *      get %bf16, of the measured peak of the arithmetic they run on (AMX tiles where
+ *      bf16-tiles uses them, else vdpbf16ps);
  *   3. the decode-step absorption (q' = Wk^T q over kv_b, FP8) per variant;
  *   4. MLA attention of one decode token against 1K-32K cached rows in a paged cache,
  *      per variant: time per call and cache bytes read per second against the bandwidth
@@ -33,6 +36,7 @@
 #include <string.h>
 
 #include "bench.h"
+#include "cpu/tile.h"
 #include "kernels.h"
 #include "numeric.h"
 #include "progress.h"
@@ -55,6 +59,7 @@ typedef struct {
     const char *variant;
     double sec, bytes, flops, speedup, diff; /* diff: NaN when not checked */
     char impl[64];                           /* oneDNN's implementation */
+    bool bf16; /* runs the fast mode's bf16 arithmetic (AMX tiles or vdpbf16ps): gets %bf16 */
 } result;
 
 typedef struct {
@@ -254,6 +259,7 @@ static void bench_linear(dsr1_pool *pool, const bench_opts *o, int n, int k, con
                               sec[0] / sec[c],
                               diff[c]};
             if (r && cc->mm) snprintf(r->impl, sizeof(r->impl), "%s", cc->desc.impl);
+            if (r && !cc->mm) r->bf16 = cc->k->kv_bf16; /* the fast mode's tables */
             dsr1__onednn_destroy(cc->mm);
         }
     }
@@ -328,6 +334,11 @@ static void bench_absorb(dsr1_pool *pool, const bench_opts *o, const dsr1_kernel
                           2.0 * 128 * 128 * cols,
                           base / t,
                           NAN};
+        /* a fast table whose linear_t is an exact table's runs the absorption in fp32 */
+        bool own = vars[v]->kv_bf16;
+        for (int e = 0; e < nv; e++)
+            own &= vars[e]->kv_bf16 || vars[e]->linear_t != vars[v]->linear_t;
+        if (r) r->bf16 = own;
     }
 out:
     free(q);
@@ -428,6 +439,7 @@ static void bench_mla_attention(dsr1_pool *pool, const bench_opts *o, const dsr1
                               2.0 * MLA_HEADS * ctx * (MLA_ROW + MLA_KVL),
                               sec[0] / sec[v],
                               NAN};
+            if (r) r->bf16 = vars[v]->kv_bf16 && vars[v]->mla_attention_bf16;
         }
     }
 out:
@@ -465,7 +477,17 @@ static double row_peak(const result *r, double peak)
     return strstr(r->variant, "bf16") ? 2 * peak : peak;
 }
 
-static json_t *row_json(const result *r, double bw, double fma_peak)
+/* "%bf16": GFLOP/s over bf16_peak (0: not measured) for rows on the fast mode's bf16
+ * arithmetic; "-" for the others. */
+static const char *pct_bf16(const result *r, double bf16_peak, char *buf, size_t len)
+{
+    if (!r->bf16) return "-";
+    if (bf16_peak <= 0) return "n/a";
+    snprintf(buf, len, "%.1f%%", 100 * r->flops / r->sec / 1e9 / bf16_peak);
+    return buf;
+}
+
+static json_t *row_json(const result *r, double bw, double fma_peak, double bf16_peak)
 {
     const double peak = row_peak(r, fma_peak);
     const double gf = r->flops / r->sec / 1e9, gb = r->bytes / r->sec / 1e9;
@@ -477,16 +499,20 @@ static json_t *row_json(const result *r, double bw, double fma_peak)
     if (r->ctx) json_object_set_new(e, "ctx", json_integer(r->ctx));
     if (!isnan(r->diff)) json_object_set_new(e, "max_rel_diff_vs_portable", json_real(r->diff));
     if (r->impl[0]) json_object_set_new(e, "impl", json_string(r->impl));
+    if (r->bf16)
+        json_object_set_new(e, "pct_bf16_peak",
+                            bf16_peak > 0 ? json_real(100 * gf / bf16_peak) : json_null());
     return e;
 }
 
-static void report_linear(const results *rs, double bw, double peak, json_t *jres)
+static void report_linear(const results *rs, double bw, double peak, double bf16_peak, json_t *jres)
 {
     printf("\nFP8 e4m3 linear y = x W^T, W: N x K with 128x128 block scales, x: M x K fp32; "
            "oneDNN: the same W dequantised, as bf16 or f32 (%%FMA of bf16: of twice the fp32 "
-           "peak)\n");
-    printf("%5s %5s %5s  %-11s %10s %9s %8s %7s %7s %7s %8s  %s\n", "N", "K", "M", "variant",
-           "ms/call", "GFLOP/s", "W GB/s", "%BW", "%FMA", "%roof", "speedup", "max|diff|/max|y|");
+           "peak; %%bf16: of the measured peak of the bf16 arithmetic bf16-tiles runs)\n");
+    printf("%5s %5s %5s  %-11s %10s %9s %8s %7s %7s %7s %7s %8s  %s\n", "N", "K", "M", "variant",
+           "ms/call", "GFLOP/s", "W GB/s", "%BW", "%FMA", "%bf16", "%roof", "speedup",
+           "max|diff|/max|y|");
     for (int i = 0; i < rs->n; i++) {
         const result *r = &rs->r[i];
         if (!is_linear(r)) continue;
@@ -499,10 +525,12 @@ static void report_linear(const results *rs, double bw, double peak, json_t *jre
             snprintf(d, sizeof(d), "%.1e", r->diff);
         else if (r->speedup != 1.0 || strcmp(r->variant, "portable"))
             strcpy(d, "-");
-        printf("%5d %5d %5d  %-11s %10.3f %9.1f %8.2f %6.1f%% %6.1f%% %6.1f%% %7.2fx  %s\n", r->n,
-               r->k, r->m, r->variant, r->sec * 1e3, gf, gb, 100 * gb / bw,
-               pk > 0 ? 100 * gf / pk : 0, 100 * gf / roof, r->speedup, d);
-        json_t *e = row_json(r, bw, peak);
+        char b16[16];
+        printf("%5d %5d %5d  %-11s %10.3f %9.1f %8.2f %6.1f%% %6.1f%% %7s %6.1f%% %7.2fx  %s\n",
+               r->n, r->k, r->m, r->variant, r->sec * 1e3, gf, gb, 100 * gb / bw,
+               pk > 0 ? 100 * gf / pk : 0, pct_bf16(r, bf16_peak, b16, sizeof(b16)),
+               100 * gf / roof, r->speedup, d);
+        json_t *e = row_json(r, bw, peak, bf16_peak);
         json_object_set_new(e, "pct_roofline", json_real(100 * gf / roof));
         const double rb = vs_onednn(rs, r, "onednn-bf16"), rf = vs_onednn(rs, r, "onednn-f32");
         if (!isnan(rb)) json_object_set_new(e, "vs_onednn_bf16", json_real(rb));
@@ -543,14 +571,14 @@ static void report_vs_onednn(const results *rs, int nv, int threads)
     }
 }
 
-static void report_decode(const results *rs, double bw, double peak, json_t *jres)
+static void report_decode(const results *rs, double bw, double peak, double bf16_peak, json_t *jres)
 {
     printf("\ndecode-step kernels at R1 shapes (128 heads, kv_lora 512, rope 64), one token; "
            "GB/s: weights read (absorb) or cache rows read (attention, paged in blocks of %d "
            "rows)\n",
            MLA_BLOCK);
-    printf("%-35s %-10s %10s %9s %8s %7s %7s %8s\n", "kernel", "variant", "ms/call", "GFLOP/s",
-           "GB/s", "%BW", "%FMA", "speedup");
+    printf("%-35s %-10s %10s %9s %8s %7s %7s %7s %8s\n", "kernel", "variant", "ms/call", "GFLOP/s",
+           "GB/s", "%BW", "%FMA", "%bf16", "speedup");
     for (int i = 0; i < rs->n; i++) {
         const result *r = &rs->r[i];
         if (is_linear(r)) continue;
@@ -560,18 +588,32 @@ static void report_decode(const results *rs, double bw, double peak, json_t *jre
             snprintf(name, sizeof(name), "MLA attention, %d cached tokens", r->ctx);
         else
             snprintf(name, sizeof(name), "absorb q' = Wk^T q (kv_b, FP8)");
-        printf("%-35s %-10s %10.3f %9.1f %8.2f %6.1f%% %6.1f%% %7.2fx\n", name, r->variant,
-               r->sec * 1e3, gf, gb, 100 * gb / bw, peak > 0 ? 100 * gf / peak : 0, r->speedup);
-        json_array_append_new(jres, row_json(r, bw, peak));
+        char b16[16];
+        printf("%-35s %-10s %10.3f %9.1f %8.2f %6.1f%% %6.1f%% %7s %7.2fx\n", name, r->variant,
+               r->sec * 1e3, gf, gb, 100 * gb / bw, peak > 0 ? 100 * gf / peak : 0,
+               pct_bf16(r, bf16_peak, b16, sizeof(b16)), r->speedup);
+        json_array_append_new(jres, row_json(r, bw, peak, bf16_peak));
     }
+}
+
+/* A bf16 peak for the limits line: "best GFLOP/s (before b, after a)" or "n/a (why)". */
+static const char *peak_str(char *buf, size_t len, double best, double before, double after,
+                            const char *why)
+{
+    if (best > 0)
+        snprintf(buf, len, "%.1f GFLOP/s (before %.1f, after %.1f)", best, before, after);
+    else
+        snprintf(buf, len, "n/a (%s)", why);
+    return buf;
 }
 
 static void usage(FILE *f)
 {
     fprintf(f, "usage: dsr1-bench kernels [--quick] [--attention] [--json FILE]\n\n"
-               "Machine limits (read bandwidth, FMA peak); FP8 linear at R1 expert shapes per\n"
-               "kernel variant and against oneDNN's bf16/f32 matmul (n/a when not built in);\n"
-               "the decode-step absorption; MLA attention over 1K-32K cached tokens.\n\n"
+               "Machine limits (read bandwidth, FMA and bf16 peaks: dsr1-bench limits); FP8\n"
+               "linear at R1 expert shapes per kernel variant and against oneDNN's bf16/f32\n"
+               "matmul (n/a when not built in); the decode-step absorption; MLA attention over\n"
+               "1K-32K cached tokens.\n\n"
                "  --quick      smaller buffers, fewer repetitions, no M = 4096 (a few minutes)\n"
                "  --attention  only MLA attention, avx512 against bf16-tiles (speed-up over\n"
                "               avx512)\n"
@@ -610,9 +652,12 @@ int dsr1__bench_kernels(int argc, char **argv)
     }
     const size_t bw_bytes = o.quick ? (size_t)512 << 20 : (size_t)1 << 30;
     const int passes = o.quick ? 10 : 20;
+    const char *why_bf16 = "", *why_amx = "";
     fprintf(stderr, "machine limits ...\n");
     const double bw0 = dsr1__bench_read_gbps(pool, bw_bytes, passes / 2);
     const double peak0 = dsr1__bench_fma_gflops(pool, passes);
+    const double bf0 = dsr1__bench_bf16_gflops(pool, passes, &why_bf16);
+    const double amx0 = dsr1__bench_amx_gflops(pool, passes, &why_amx);
 
     results *rs = calloc(1, sizeof(*rs));
     if (!rs) {
@@ -631,23 +676,38 @@ int dsr1__bench_kernels(int argc, char **argv)
     fprintf(stderr, "machine limits again ...\n");
     const double bw1 = dsr1__bench_read_gbps(pool, bw_bytes, passes / 2);
     const double peak1 = dsr1__bench_fma_gflops(pool, passes);
+    const double bf1 = dsr1__bench_bf16_gflops(pool, passes, &why_bf16);
+    const double amx1 = dsr1__bench_amx_gflops(pool, passes, &why_amx);
     const double bw = fmax(bw0, bw1), peak = fmax(peak0, peak1);
+    const double bf16 = fmax(bf0, bf1), amx = fmax(amx0, amx1);
+    /* bf16-tiles runs on AMX tiles wherever the tile layer has them (kernels/cpu/fast.h),
+     * else on vdpbf16ps: its rows' %bf16 is of that arithmetic's peak */
+    bool has_tiles = false;
+    for (int v = 0; v < nv; v++) has_tiles |= !strcmp(vars[v]->name, "bf16-tiles");
+    const bool on_amx = dsr1__tile_amx(NULL) != NULL;
+    const double tiles_peak = on_amx ? amx : bf16;
+    const char *tiles_on = !has_tiles ? "n/a" : on_amx ? "AMX" : "vdpbf16ps";
     printf("dsr1-bench kernels%s: %d threads; variants:", o.quick ? " --quick" : "",
            dsr1_pool_size(pool));
     for (int v = 0; v < nv; v++) printf(" %s", vars[v]->name);
     printf("\nstreaming read %.1f GB/s (before %.1f, after %.1f); AVX-512 fp32 FMA peak %s%.1f "
            "GFLOP/s (before %.1f, after %.1f)\n",
            bw, bw0, bw1, peak > 0 ? "" : "(n/a) ", peak, peak0, peak1);
-    if (fmin(bw0, bw1) < 0.85 * bw || fmin(peak0, peak1) < 0.85 * peak)
+    char pk[2][160];
+    printf("AVX512_BF16 vdpbf16ps peak %s; AMX bf16 TDPBF16PS peak %s; bf16-tiles runs on %s\n",
+           peak_str(pk[0], sizeof(pk[0]), bf16, bf0, bf1, why_bf16),
+           peak_str(pk[1], sizeof(pk[1]), amx, amx0, amx1, why_amx), tiles_on);
+    if (fmin(bw0, bw1) < 0.85 * bw || fmin(peak0, peak1) < 0.85 * peak ||
+        fmin(bf0, bf1) < 0.85 * bf16 || fmin(amx0, amx1) < 0.85 * amx)
         printf("note: the limits moved by more than 15%% during the run: the machine was busy "
                "(ratios use the larger values)\n");
 
     json_t *root = json_object(), *jres = json_array();
     if (!attention_only) {
-        report_linear(rs, bw, peak, jres);
+        report_linear(rs, bw, peak, tiles_peak, jres);
         report_vs_onednn(rs, nv, dsr1_pool_size(pool));
     }
-    report_decode(rs, bw, peak, jres);
+    report_decode(rs, bw, peak, tiles_peak, jres);
     json_object_set_new(root, "threads", json_integer(dsr1_pool_size(pool)));
     json_object_set_new(root, "quick", json_boolean(o.quick));
     char ver[96];
@@ -656,6 +716,17 @@ int dsr1__bench_kernels(int argc, char **argv)
     json_object_set_new(root, "fma_peak_gflops", json_real(peak));
     json_object_set_new(root, "read_gbps_before_after", json_pack("[f,f]", bw0, bw1));
     json_object_set_new(root, "fma_peak_gflops_before_after", json_pack("[f,f]", peak0, peak1));
+    /* null where n/a */
+    json_object_set_new(root, "bf16_peak_gflops", bf16 > 0 ? json_real(bf16) : json_null());
+    json_object_set_new(root, "amx_bf16_peak_gflops", amx > 0 ? json_real(amx) : json_null());
+    if (bf16 > 0)
+        json_object_set_new(root, "bf16_peak_gflops_before_after", json_pack("[f,f]", bf0, bf1));
+    if (amx > 0)
+        json_object_set_new(root, "amx_bf16_peak_gflops_before_after",
+                            json_pack("[f,f]", amx0, amx1));
+    if (has_tiles) /* which peak its rows' pct_bf16_peak is of */
+        json_object_set_new(root, "bf16_tiles_arithmetic",
+                            json_string(on_amx ? "amx" : "vdpbf16ps"));
     json_object_set_new(root, "results", jres);
     int rc = 0;
     if (json_path && json_dump_file(root, json_path, JSON_INDENT(2)) != 0) {

@@ -12,8 +12,10 @@ typedef struct {
 } command;
 
 static const command commands[] = {
+    {"limits", dsr1__bench_limits,
+     "this machine's read bandwidth and fp32 FMA, vdpbf16ps and AMX bf16 peaks"},
     {"kernels", dsr1__bench_kernels,
-     "memory bandwidth, FMA peak, FP8 linear at R1 expert shapes per kernel variant and "
+     "machine limits, FP8 linear at R1 expert shapes per kernel variant and "
      "against oneDNN, MLA decode attention"},
     {"experts", dsr1__bench_experts,
      "the routed experts of an MoE layer at R1 shapes: expert by expert vs one grouped call"},

@@ -1,6 +1,6 @@
 /* Option parsing shared by the `dsr1-bench` subcommands (bench.h): the getopt loop's help,
- * unknown-option and stray-argument handling, and the --quick/--json pair of `kernels` and
- * `experts`. */
+ * unknown-option and stray-argument handling, and the --quick/--json pair of `kernels`,
+ * `experts` and `limits`. */
 #include <getopt.h>
 #include <stdio.h>
 
