@@ -100,6 +100,68 @@ void dsr1__rowops_linear(const dsr1__rowops *ops, dsr1_pool *pool, const dsr1_li
     free(act);
 }
 
+/* ---- linear_t ---------------------------------------------------------------------- */
+
+typedef struct {
+    const dsr1__rowops *ops;
+    const dsr1_linear *w;
+    int r0, tk0, k, m; /* k = tk0 + r1 - r0 */
+    const void *act;
+    float *y;
+    int ldy;
+    char *scratch;
+    size_t stride;
+} lt_job;
+
+static void lt_task(void *arg, int begin, int end, int tid)
+{
+    const lt_job *j = arg;
+    const dsr1_linear *w = j->w;
+    const int nbc = (w->cols + DSR1_QBLOCK - 1) / DSR1_QBLOCK;
+    const float *srow = w->scale + (size_t)((j->r0 - j->tk0) / DSR1_QBLOCK) * nbc;
+    for (int t = begin; t < end; t++) {
+        const int c0 = t * DSR1__RS_MAX;
+        dsr1__rowset rs = {.dtype = w->dtype, .cols = j->k, .tld = w->cols, .tk0 = j->tk0,
+                           .tsld = nbc};
+        rs.n = w->cols - c0 < DSR1__RS_MAX ? w->cols - c0 : DSR1__RS_MAX;
+        for (int q = 0; q < rs.n; q++) {
+            rs.row[q] = (const uint8_t *)w->data + (size_t)j->r0 * w->cols + c0 + q;
+            rs.scale[q] = srow + (c0 + q) / DSR1_QBLOCK;
+            rs.pf[q] = NULL;
+        }
+        j->ops->rows(&rs, j->act, j->m, j->y + c0, j->ldy, j->scratch + (size_t)tid * j->stride);
+    }
+}
+
+void dsr1__rowops_linear_t(const dsr1__rowops *ops, dsr1_pool *pool, const dsr1_linear *w, int r0,
+                           int r1, const float *x, int ldx, int m, float *y, int ldy)
+{
+    if (m <= 0 || r1 <= r0) return;
+    const int tk0 = r0 % DSR1_QBLOCK, k = tk0 + r1 - r0;
+    const int ms = m < LIN_MSUPER ? m : LIN_MSUPER, sets = (w->cols + DSR1__RS_MAX - 1) / DSR1__RS_MAX;
+    dsr1_pool *p = (long)(r1 - r0) * w->cols * (m + 1) < SMALL_WORK ? NULL : pool;
+    const size_t stride = round64(ops->scratch_bytes(ms, k));
+    /* the activations behind tk0 zero columns, then packed once per superblock */
+    float *xs = malloc(sizeof(float) * (size_t)ms * k);
+    void *act = aligned_alloc(64, round64(ops->act_bytes(ms, k)));
+    char *scratch = aligned_alloc(64, stride * dsr1_pool_size(p) + 64);
+    if (!xs || !act || !scratch) abort(); /* small; failing here, the process is lost */
+    for (int i0 = 0; i0 < m; i0 += LIN_MSUPER) {
+        const int mm = m - i0 < LIN_MSUPER ? m - i0 : LIN_MSUPER;
+        for (int i = 0; i < mm; i++) {
+            memset(xs + (size_t)i * k, 0, sizeof(float) * tk0);
+            memcpy(xs + (size_t)i * k + tk0, x + (size_t)(i0 + i) * ldx, sizeof(float) * (r1 - r0));
+        }
+        /* a short last superblock packs and reads fewer rows of the same buffers */
+        ops->act_pack(xs, k, NULL, mm, k, act);
+        lt_job j = {ops, w, r0, tk0, k, mm, act, y + (size_t)i0 * ldy, ldy, scratch, stride};
+        dsr1_pool_run(p, sets, 1, lt_task, &j);
+    }
+    free(scratch);
+    free(act);
+    free(xs);
+}
+
 /* ---- expert_ffn -------------------------------------------------------------------- */
 
 typedef struct {

@@ -30,6 +30,12 @@ typedef struct {
     const void *row[DSR1__RS_MAX];    /* each row's first weight */
     const float *scale[DSR1__RS_MAX]; /* FP8: the row's block scales; NULL otherwise */
     const void *pf[DSR1__RS_MAX];     /* a row to prefetch; NULL: none */
+    /* A transposed set (the fast mode's linear_t, kernels/cpu/fast.h) when tld > 0: its rows
+     * are consecutive columns of an FP8 weight W (row[j] = row[0] + j) and its columns run
+     * down W's rows, tld bytes apart (W's row length); the first tk0 columns are zero and
+     * not in memory (row[j] points at column tk0), and block b's scale is
+     * scale[j][b * tsld]. Only backends that say so take transposed sets. */
+    int tld, tk0, tsld;
 } dsr1__rowset;
 
 typedef struct dsr1__rowops {
@@ -52,6 +58,13 @@ void dsr1__rowset_add(dsr1__rowset *rs, const dsr1_linear *w, int r, int pf);
 /* The kernel table's linear entry, by row sets of DSR1__RS_MAX rows over the pool. */
 void dsr1__rowops_linear(const dsr1__rowops *ops, dsr1_pool *pool, const dsr1_linear *w, int r0,
                          int r1, const float *x, int ldx, int m, float *y, int ldy);
+
+/* The kernel table's linear_t entry (kernels.h) by transposed sets of DSR1__RS_MAX columns
+ * of an FP8 w, for a backend that takes them: per output column, the sum runs over
+ * tk0 = r0 % 128 zero columns, then x[i][0 .. r1 - r0), so that its 128-column blocks are
+ * w's scale blocks. */
+void dsr1__rowops_linear_t(const dsr1__rowops *ops, dsr1_pool *pool, const dsr1_linear *w, int r0,
+                           int r1, const float *x, int ldx, int m, float *y, int ldy);
 
 /* The kernel table's expert_ffn entry (see kernels.h). */
 dsr1_status dsr1__rowops_expert_ffn(const dsr1__rowops *ops, dsr1_pool *pool, const dsr1_expert *ex,

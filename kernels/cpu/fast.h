@@ -44,6 +44,12 @@
 #include "rowset.h"
 #include "tile.h"
 
+/* Block b's scale of row j of a set, ordinary or transposed (rowset.h). */
+static inline float dsr1__rs_scale(const dsr1__rowset *rs, int j, int b)
+{
+    return rs->scale[j][rs->tld > 0 ? (size_t)b * rs->tsld : (size_t)b];
+}
+
 /* e4m3 byte -> bf16 bits, exact; NaN (S.1111.111) -> quiet NaN 0x7fc0 with the sign. */
 extern const uint16_t dsr1__e4m3_bf16[256];
 
@@ -72,8 +78,12 @@ const dsr1__rowops *dsr1__fast_tile_rowops(const dsr1__tileops *t);
  * AVX512_BF16 and AVX512_VBMI). */
 const dsr1__rowops *dsr1__fast_vd_rowops(void);
 /* vdpbf16ps over the VNNI panel, lanes = the set's 16 rows (fast_avx512.c, same CPU
- * needs), and its in-register panel fill (the portable one's bits; exposed for the
- * tests). */
+ * needs): the vdpbf16ps path's backend of linear_t, whose transposed sets (rowset.h) it
+ * takes, as the tile backend does; and its in-register panel fill (the portable one's
+ * bits, ordinary or transposed sets; exposed for the tests). linear_t's order, per output
+ * column c: the tile order (tiles) or one chain per block over its pairs in increasing
+ * order, odd product then even, then tot = fma(acc, scale_b, tot) (vdpbf16ps), over
+ * tk0 = r0 % 128 zero columns and then x[0 .. r1 - r0) (rowset.h). */
 const dsr1__rowops *dsr1__fast_vdp_rowops(void);
 void dsr1__fast_panel_fill_avx512(const dsr1__rowset *rs, uint16_t *P, float *mul);
 
@@ -86,9 +96,10 @@ typedef enum {
 } dsr1__fast_path;
 
 /* The bf16-tiles kernel table on `path`, or NULL (why set) when this build or CPU cannot
- * run it (the emulated tiles run everywhere). Entries other than linear and expert_ffn are
- * the best exact variant's (avx512, else portable); weights other than FP8 run in the exact
- * mode. */
+ * run it (the emulated tiles run everywhere). linear, linear_t (transposed sets) and
+ * expert_ffn are the fast mode's, mla_attention_bf16 is fast_attn.h's, the other entries
+ * the best exact variant's (avx512, else portable); weights other than FP8 run in the
+ * exact mode. */
 const dsr1_kernels *dsr1__kernels_bf16_tiles(dsr1__fast_path path, const char **why);
 
 #endif

@@ -77,10 +77,34 @@ DSR1_AVX512_INLINE void transpose16x16_epi16(__m256i r[16])
     }
 }
 
+/* chunk_vnni for a transposed set (rowset.h): its 16 rows are consecutive columns of W,
+ * so pair p is two rows of W's bytes at those columns, interleaved: no transposition. */
+DSR1_AVX512_INLINE void chunk_vnni_t(const dsr1__rowset *rs, int p0, __m512i z[16])
+{
+    const int k = rs->cols;
+    const __mmask16 live = dsr1__mask16(rs->n);
+    const uint8_t *w = rs->row[0];
+    for (int t = 0; t < 16; t++) {
+        __m128i h[2];
+        for (int e = 0; e < 2; e++) {
+            const int v = 2 * (p0 + t) + e;
+            h[e] = v < rs->tk0 || v >= k
+                       ? _mm_setzero_si128()
+                       : _mm_maskz_loadu_epi8(live, w + (size_t)(v - rs->tk0) * rs->tld);
+        }
+        z[t] = e4m3x32_bf16(
+            _mm256_set_m128i(_mm_unpackhi_epi8(h[0], h[1]), _mm_unpacklo_epi8(h[0], h[1])));
+    }
+}
+
 /* The set's 32 columns from pair p0 on as VNNI: z[t] = pair p0 + t of the 16 rows, bf16
  * (zero past column k and past the set's rows). */
 DSR1_AVX512_INLINE void chunk_vnni(const dsr1__rowset *rs, int p0, __m512i z[16])
 {
+    if (rs->tld > 0) {
+        chunk_vnni_t(rs, p0, z);
+        return;
+    }
     const int c = 2 * p0, n = rs->cols - c;
     const __mmask32 tail = n >= 32 ? ~(__mmask32)0 : (__mmask32)(~0u >> (32 - n));
     __m256i r[16];
@@ -98,7 +122,7 @@ void dsr1__fast_panel_fill_avx512(const dsr1__rowset *rs, uint16_t *P, float *mu
 {
     const int k = rs->cols, np = dsr1__fast_pairs(k), nb = (k + DSR1_QBLOCK - 1) / DSR1_QBLOCK;
     for (int j = 0; j < DSR1__RS_MAX; j++)
-        for (int b = 0; b < nb; b++) mul[b * DSR1__RS_MAX + j] = j < rs->n ? rs->scale[j][b] : 0;
+        for (int b = 0; b < nb; b++) mul[b * DSR1__RS_MAX + j] = j < rs->n ? dsr1__rs_scale(rs, j, b) : 0;
     for (int c = 0; c < 2 * np; c += 32) {
         __m512i z[16];
         chunk_vnni(rs, c / 2, z);
@@ -256,7 +280,7 @@ static void vd_rows(const dsr1__rowset *rs, const void *act, int m, float *y, in
         const int nb = (k + DSR1_QBLOCK - 1) / DSR1_QBLOCK;
         for (int j = 0; j < DSR1__RS_MAX; j++)
             for (int b = 0; b < nb; b++)
-                mul[b * DSR1__RS_MAX + j] = j < rs->n ? rs->scale[j][b] : 0;
+                mul[b * DSR1__RS_MAX + j] = j < rs->n ? dsr1__rs_scale(rs, j, b) : 0;
         vd_small_any(m, rs, act, ld, mul, y, ldy);
         return;
     }

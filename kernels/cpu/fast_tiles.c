@@ -81,9 +81,17 @@ void dsr1__fast_panel_fill(const dsr1__rowset *rs, uint16_t *P, float *mul)
     const int k = rs->cols, np = dsr1__fast_pairs(k), nb = (k + DSR1_QBLOCK - 1) / DSR1_QBLOCK;
     for (int j = 0; j < DSR1__RS_MAX; j++) {
         uint16_t *pj = P + 2 * j;
-        for (int b = 0; b < nb; b++) mul[b * DSR1__RS_MAX + j] = j < rs->n ? rs->scale[j][b] : 0;
+        for (int b = 0; b < nb; b++) mul[b * DSR1__RS_MAX + j] = j < rs->n ? dsr1__rs_scale(rs, j, b) : 0;
         if (j >= rs->n) {
             for (int p = 0; p < np; p++) pj[p * 32] = pj[p * 32 + 1] = 0;
+            continue;
+        }
+        if (rs->tld > 0) { /* a transposed set: column v of row j is tld bytes after v - 1 */
+            const uint8_t *w = rs->row[j];
+            for (int v = 0; v < 2 * np; v++)
+                pj[v / 2 * 32 + v % 2] = v < rs->tk0 || v >= k
+                                             ? 0
+                                             : dsr1__e4m3_bf16[w[(size_t)(v - rs->tk0) * rs->tld]];
             continue;
         }
         const uint8_t *w = rs->row[j];
@@ -223,6 +231,7 @@ static int cpu_has_bf16(void)
 
 static const dsr1_kernels *exact;       /* the entries the fast mode leaves exact */
 static const dsr1__rowops *path_ops[4]; /* by dsr1__fast_path; NULL: not available */
+static const dsr1__rowops *path_t[4];   /* the same paths' backends of transposed sets */
 static dsr1_kernels tables[4];
 static const char *amx_why;
 static pthread_once_t once = PTHREAD_ONCE_INIT;
@@ -234,6 +243,15 @@ static void fast_linear(const dsr1__rowops *ops, dsr1_pool *pool, const dsr1_lin
         dsr1__rowops_linear(ops, pool, w, r0, r1, x, ldx, m, y, ldy);
     else
         exact->linear(pool, w, r0, r1, x, ldx, m, y, ldy);
+}
+
+static void fast_linear_t(const dsr1__rowops *ops, dsr1_pool *pool, const dsr1_linear *w, int r0,
+                          int r1, const float *x, int ldx, int m, float *y, int ldy)
+{
+    if (w->dtype == DSR1_DT_F8_E4M3)
+        dsr1__rowops_linear_t(ops, pool, w, r0, r1, x, ldx, m, y, ldy);
+    else
+        exact->linear_t(pool, w, r0, r1, x, ldx, m, y, ldy);
 }
 
 /* Experts whose weights are not all FP8 (never so in DeepSeek's checkpoints) run in the
@@ -255,6 +273,11 @@ static dsr1_status fast_expert_ffn(const dsr1__rowops *ops, dsr1_pool *pool, con
                            int ldx, int m, float *y, int ldy)                                      \
     {                                                                                              \
         fast_linear(path_ops[P], pool, w, r0, r1, x, ldx, m, y, ldy);                              \
+    }                                                                                              \
+    static void linear_t_##P(dsr1_pool *pool, const dsr1_linear *w, int r0, int r1,                \
+                             const float *x, int ldx, int m, float *y, int ldy)                    \
+    {                                                                                              \
+        fast_linear_t(path_t[P], pool, w, r0, r1, x, ldx, m, y, ldy);                              \
     }                                                                                              \
     static dsr1_status expert_ffn_##P(dsr1_pool *pool, const dsr1_expert *ex, int ne,              \
                                       const float *x, int ldx, float *y, int ldy)                  \
@@ -295,6 +318,7 @@ static void tables_init(void)
 #if DSR1_HAVE_AVX512BF16_KERNELS
     if (cpu_has_bf16()) {
         path_ops[DSR1__FAST_VDPBF16] = dsr1__fast_vd_rowops();
+        path_t[DSR1__FAST_VDPBF16] = dsr1__fast_vdp_rowops();
         attn_be[DSR1__FAST_VDPBF16] = *dsr1__fa_vd_backend();
     }
 #endif
@@ -303,9 +327,12 @@ static void tables_init(void)
     tables[DSR1__FAST_TILE_EMU].mla_attention_bf16 = attn_DSR1__FAST_TILE_EMU;
     tables[DSR1__FAST_TILE_AMX].mla_attention_bf16 = attn_DSR1__FAST_TILE_AMX;
     tables[DSR1__FAST_VDPBF16].linear = linear_DSR1__FAST_VDPBF16;
+    tables[DSR1__FAST_VDPBF16].linear_t = linear_t_DSR1__FAST_VDPBF16;
     tables[DSR1__FAST_VDPBF16].expert_ffn = expert_ffn_DSR1__FAST_VDPBF16;
     path_ops[DSR1__FAST_TILE_EMU] = dsr1__fast_tile_rowops(dsr1__tile_emu());
+    path_t[DSR1__FAST_TILE_EMU] = path_ops[DSR1__FAST_TILE_EMU];
     tables[DSR1__FAST_TILE_EMU].linear = linear_DSR1__FAST_TILE_EMU;
+    tables[DSR1__FAST_TILE_EMU].linear_t = linear_t_DSR1__FAST_TILE_EMU;
     tables[DSR1__FAST_TILE_EMU].expert_ffn = expert_ffn_DSR1__FAST_TILE_EMU;
     const dsr1__tileops *amx = dsr1__tile_amx(&amx_why);
     path_ops[DSR1__FAST_TILE_AMX] = amx ? dsr1__fast_tile_rowops(amx) : NULL;
@@ -321,7 +348,9 @@ static void tables_init(void)
         }
 #endif
     }
+    path_t[DSR1__FAST_TILE_AMX] = path_ops[DSR1__FAST_TILE_AMX];
     tables[DSR1__FAST_TILE_AMX].linear = linear_DSR1__FAST_TILE_AMX;
+    tables[DSR1__FAST_TILE_AMX].linear_t = linear_t_DSR1__FAST_TILE_AMX;
     tables[DSR1__FAST_TILE_AMX].expert_ffn = expert_ffn_DSR1__FAST_TILE_AMX;
 }
 

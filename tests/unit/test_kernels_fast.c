@@ -328,23 +328,57 @@ static float model_vdpbf16(const dsr1_linear *w, int r, const float *x)
     return (s4[0] + s4[2]) + (s4[1] + s4[3]);
 }
 
-static float model_tile(const dsr1_linear *w, int r, const float *x)
+/* The tile order over prepared operands: xv, wv the bf16 values of k columns (zero up to
+ * a multiple of 32), sc the block scales. */
+static float model_tile_v(const float *xv, const float *wv, const float *sc, int k)
 {
-    const int k = w->cols, nb = (k + 127) / 128, np = (k + 31) / 32 * 16;
+    const int nb = (k + 127) / 128, np = (k + 31) / 32 * 16;
     float tot = 0;
     for (int b = 0; b < nb; b++) {
         float c = 0;
         for (int p0 = b * 64; p0 < np && p0 < b * 64 + 64; p0 += 16) {
             float te = 0, to = 0;
             for (int p = p0; p < p0 + 16; p++) {
-                te = step(xbf(x, k, 2 * p), wbf(w, r, 2 * p), te);
-                to = step(xbf(x, k, 2 * p + 1), wbf(w, r, 2 * p + 1), to);
+                te = step(xv[2 * p], wv[2 * p], te);
+                to = step(xv[2 * p + 1], wv[2 * p + 1], to);
             }
             c = add_step(c, add_step(te, to));
         }
-        tot = fmaf(c, fp8_scale(w, r, b), tot);
+        tot = fmaf(c, sc[b], tot);
     }
     return tot;
+}
+
+/* The order of vdpbf16ps over a VNNI panel (linear_t's on that path): per block one chain
+ * over its pairs in increasing order, odd product then even, then the scale. */
+static float model_vdp_v(const float *xv, const float *wv, const float *sc, int k)
+{
+    const int nb = (k + 127) / 128, np = (k + 31) / 32 * 16;
+    float tot = 0;
+    for (int b = 0; b < nb; b++) {
+        float acc = 0;
+        for (int p = b * 64; p < np && p < b * 64 + 64; p++) {
+            acc = step(xv[2 * p + 1], wv[2 * p + 1], acc);
+            acc = step(xv[2 * p], wv[2 * p], acc);
+        }
+        tot = fmaf(acc, sc[b], tot);
+    }
+    return tot;
+}
+
+#define MODEL_K 1024 /* the widest k the models take */
+
+static float model_tile(const dsr1_linear *w, int r, const float *x)
+{
+    const int k = w->cols;
+    float xv[MODEL_K + 32], wv[MODEL_K + 32], sc[MODEL_K / 128 + 1];
+    assert_true(k <= MODEL_K);
+    for (int c = 0; c < (k + 31) / 32 * 32; c++) {
+        xv[c] = xbf(x, k, c);
+        wv[c] = wbf(w, r, c);
+    }
+    for (int b = 0; b < (k + 127) / 128; b++) sc[b] = fp8_scale(w, r, b);
+    return model_tile_v(xv, wv, sc, k);
 }
 
 /* The float64 reference of x . W[r] (unrounded x) and the bound on a fast-mode result.
@@ -371,12 +405,13 @@ typedef struct {
     dsr1__fast_path path;
     const char *name;
     float (*model)(const dsr1_linear *, int, const float *);
+    float (*model_t)(const float *, const float *, const float *, int); /* linear_t's */
 } path_case;
 
 static const path_case paths[] = {
-    {DSR1__FAST_VDPBF16, "vdpbf16ps", model_vdpbf16},
-    {DSR1__FAST_TILE_EMU, "tiles (emulated)", model_tile},
-    {DSR1__FAST_TILE_AMX, "tiles (AMX)", model_tile},
+    {DSR1__FAST_VDPBF16, "vdpbf16ps", model_vdpbf16, model_vdp_v},
+    {DSR1__FAST_TILE_EMU, "tiles (emulated)", model_tile, model_tile_v},
+    {DSR1__FAST_TILE_AMX, "tiles (AMX)", model_tile, model_tile_v},
 };
 #define NPATHS (sizeof(paths) / sizeof(paths[0]))
 
@@ -464,6 +499,109 @@ static void test_linear_paths(void **state)
                paths[pi].name, worst_ok, least_bad);
     }
     assert_true(ran >= 1); /* the emulated tiles run everywhere the variant is built */
+    dsr1_pool_destroy(pool);
+}
+
+/* linear_t on every path: y[i][c] = sum over rows r in [r0, r1) of x[i][r - r0] W[r][c], bit
+ * for bit its model over tk0 = r0 % 128 zero columns then x (rowset.h), within the bound
+ * of the float64 reference; one wrong 32-column tile of one row of W goes beyond it. */
+static void test_linear_t_paths(void **state)
+{
+    (void)state;
+    dsr1_pool *pool;
+    assert_int_equal(dsr1_pool_create(2, &pool), DSR1_OK);
+    static const int shapes[][4] = {/* rows, cols, r0, r1 */
+                                    {256, 200, 0, 128},  /* R1's: a head's 128 rows */
+                                    {256, 64, 64, 96},   /* tiny-a's: off a block's start */
+                                    {520, 70, 130, 400}, /* across blocks, odd offset pairs */
+                                    {300, 33, 131, 132}, /* one row */
+                                    {384, 512, 256, 384}};
+    static const int ms[] = {1, 4, 9, 40};
+    int ran = 0;
+    for (size_t pi = 0; pi < NPATHS; pi++) {
+        const dsr1_kernels *k = path_table(&paths[pi]);
+        if (!k) continue;
+        ran++;
+        double worst_ok = 0, least_bad = INFINITY;
+        for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+            for (size_t mi = 0; mi < sizeof ms / sizeof ms[0]; mi++) {
+                const int rows = shapes[s][0], cols = shapes[s][1], r0 = shapes[s][2],
+                          r1 = shapes[s][3], m = ms[mi], n = r1 - r0, ldx = n + 3, ldy = cols + 5;
+                const int tk0 = r0 % 128, kk = tk0 + n, kp = (kk + 31) / 32 * 32;
+                const int nb = (kk + 127) / 128, nbc = (cols + 127) / 128;
+                assert_true(kk <= MODEL_K);
+                fp8_weight f;
+                fp8_make(&f, rows, cols);
+                float *x = malloc(sizeof(float) * m * ldx), *y = malloc(sizeof(float) * m * ldy);
+                for (int i = 0; i < m * ldx; i++) x[i] = frand() * (rnd() % 4 ? 1.0f : 8.0f);
+                for (int i = 0; i < m * ldy; i++) y[i] = 12345.0f;
+                k->linear_t(pool, &f.w, r0, r1, x, ldx, m, y, ldy);
+                for (int pass = 0; pass < 2; pass++) {
+                    double worst = 0;
+                    for (int i = 0; i < m; i++)
+                        for (int c = 0; c < cols; c++) {
+                            float xv[MODEL_K + 32], wv[MODEL_K + 32], sc[MODEL_K / 128 + 1];
+                            double ref = 0, a = 0, q = 0;
+                            for (int v = 0; v < kp; v++) {
+                                const int r = r0 - tk0 + v;
+                                const int in = v >= tk0 && v < kk;
+                                xv[v] = in ? xbf(x + (size_t)i * ldx, n, v - tk0) : 0.0f;
+                                wv[v] = in ? wbf(&f.w, r, c) : 0.0f;
+                                if (in) {
+                                    const double p = (double)x[(size_t)i * ldx + v - tk0] *
+                                                     wbf(&f.w, r, c) *
+                                                     f.scale[(size_t)(r / 128) * nbc + c / 128];
+                                    ref += p;
+                                    a += fabs(p);
+                                    q += p * p;
+                                }
+                            }
+                            for (int b = 0; b < nb; b++)
+                                sc[b] = f.scale[(size_t)((r0 - tk0) / 128 + b) * nbc + c / 128];
+                            const float got = y[(size_t)i * ldy + c];
+                            if (pass == 0) {
+                                const float want = paths[pi].model_t(xv, wv, sc, kk);
+                                if (bits(got) != bits(want))
+                                    fail_msg("%s linear_t: %dx%d rows %d..%d m=%d: y[%d][%d] = %a, "
+                                             "model %a",
+                                             paths[pi].name, rows, cols, r0, r1, m, i, c, got,
+                                             want);
+                            }
+                            const double bound = 6 * ldexp(1, -8) * sqrt(q / 3) +
+                                                 2 * kk * ldexp(1, -24) * a + 1e-30;
+                            const double e = fabs(got - ref) / bound;
+                            worst = e > worst ? e : worst;
+                        }
+                    if (pass == 0) {
+                        for (int i = 0; i < m; i++)
+                            for (int c = cols; c < ldy; c++)
+                                assert_true(y[(size_t)i * ldy + c] == 12345.0f);
+                        worst_ok = worst > worst_ok ? worst : worst_ok;
+                        if (worst > 1)
+                            fail_msg("%s linear_t: %dx%d m=%d: error %.3g x bound", paths[pi].name,
+                                     rows, cols, m, worst);
+                        if (n < 32) break;
+                        /* self-check: a tile of W replaced (32 of the rows summed x 16 output
+                         * columns, the B operand of one product step) */
+                        const int ra = r0 + (int)(rnd() % (unsigned)(n - 31));
+                        for (int r = ra; r < ra + 32; r++)
+                            for (int c = 0; c < 16 && c < cols; c++)
+                                f.q[(size_t)r * cols + c] = fp8_byte();
+                    } else {
+                        least_bad = worst < least_bad ? worst : least_bad;
+                        if (worst <= 1)
+                            fail_msg("%s linear_t: a wrong tile went unnoticed (%.3g)",
+                                     paths[pi].name, worst);
+                    }
+                }
+                free(x);
+                free(y);
+                fp8_free(&f);
+            }
+        printf("bf16-tiles %s linear_t: error <= %.3f x bound; one wrong tile >= %.1f x\n",
+               paths[pi].name, worst_ok, least_bad);
+    }
+    assert_true(ran >= 1);
     dsr1_pool_destroy(pool);
 }
 
@@ -617,8 +755,10 @@ static void test_expert_ffn_paths(void **state)
             const double ok = ffn_worst(&f, x, ldx, y0, y, ldy);
             worst_ok = ok > worst_ok ? ok : worst_ok;
             if (ok > 1) fail_msg("%s expert_ffn m=%d: error %.3g x bound", paths[pi].name, m, ok);
-            /* one 32-column tile of a down row changed: the bound must catch it */
-            fp8_corrupt(&f.down[f.ex[0].n > 0 ? 0 : 1], (int)(rnd() % FD), 32); /* used */
+            /* one 16-row x 32-column tile of a used down weight changed (the B operand of
+             * one TDPBF16PS): the bound must catch it */
+            const int r16 = (int)(rnd() % (FD / 16)) * 16;
+            for (int r = r16; r < r16 + 16; r++) fp8_corrupt(&f.down[f.ex[0].n > 0 ? 0 : 1], r, 32);
             const double bad = ffn_worst(&f, x, ldx, y0, y, ldy);
             least_bad = bad < least_bad ? bad : least_bad;
             if (bad <= 1)
@@ -742,6 +882,27 @@ static void test_panel(void **state)
             const uint16_t want = j < rows && c < cols ? dsr1__e4m3_bf16[q[j * cols + c]] : 0;
             assert_int_equal(a[(c / 2) * 32 + 2 * j + c % 2], want);
         }
+    /* a transposed set (linear_t): columns 3 .. 14 of the rows 1 .. 11, after 5 zero columns */
+    const int tk0 = 5, tn = 11, tc = 12, tcols = tk0 + tn;
+    dsr1__rowset ts = {.dtype = DSR1_DT_F8_E4M3, .cols = tcols, .n = tc, .tld = cols, .tk0 = tk0,
+                       .tsld = 3};
+    for (int j = 0; j < tc; j++) {
+        ts.row[j] = q + (size_t)1 * cols + 3 + j;
+        ts.scale[j] = scale + (3 + j) / 128;
+    }
+    const size_t tb = dsr1__fast_panel_bytes(tcols);
+    memset(a, 0xaa, tb);
+    memset(b, 0x55, tb);
+    dsr1__fast_panel_fill(&ts, a, ma);
+    dsr1__fast_panel_fill_avx512(&ts, b, mb);
+    assert_memory_equal(a, b, tb);
+    assert_memory_equal(ma, mb, 16 * sizeof(float));
+    for (int j = 0; j < 16; j++)
+        for (int v = 0; v < (int)(tb / 64) * 2; v++) {
+            const int in = j < tc && v >= tk0 && v < tcols;
+            const uint16_t want = in ? dsr1__e4m3_bf16[q[(size_t)(1 + v - tk0) * cols + 3 + j]] : 0;
+            assert_int_equal(a[(v / 2) * 32 + 2 * j + v % 2], want);
+        }
     free(a);
     free(b);
     free(q);
@@ -752,7 +913,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_e4m3_bf16),        cmocka_unit_test(test_fma_daz_ftz),
         cmocka_unit_test(test_tile_emulation),   cmocka_unit_test(test_panel),
-        cmocka_unit_test(test_linear_paths),     cmocka_unit_test(test_expert_ffn_paths),
+        cmocka_unit_test(test_linear_paths),     cmocka_unit_test(test_linear_t_paths),
+        cmocka_unit_test(test_expert_ffn_paths),
         cmocka_unit_test(test_batch_invariance),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
