@@ -51,10 +51,15 @@ struct dsr1__bt {
     int page[DSR1__BATCH_PAGE];
     int page_n, page_i;
     bool page_eof;
-    int retry_idx;        /* an item the codec was busy for, -1 none */
-    int64_t busy_until;   /* monotonic ns */
-    bool validating;      /* the validator owns it */
-    bool finalize_needed; /* resumed in `finalizing` */
+    int retry_idx;      /* an item the codec was busy for, -1 none */
+    int64_t busy_until; /* monotonic ns */
+    /* items that were running when the worker grid stopped serving (done call with
+     * DSR1_ERR_UNAVAILABLE/LOST): pending again, behind the cursor, so fed from here first */
+    int *again;
+    int n_again, cap_again;
+    bool unavailable_logged; /* warned for this outage (cleared when an item starts) */
+    bool validating;         /* the validator owns it */
+    bool finalize_needed;    /* resumed in `finalizing` */
     bool no_codec_logged;
 };
 
@@ -182,6 +187,12 @@ void dsr1__finish_batch(dsr1_batches *b, dsr1__bt *bt);
 
 /* feed.c */
 void *dsr1__runner_main(void *arg);
+/* Under mu: whether a codec's or scheduler's status means that the worker grid cannot serve
+ * now (DSR1_ERR_UNAVAILABLE, DSR1_ERR_LOST) while the store itself is not closing: the item
+ * is not failed but waits. */
+bool dsr1__grid_unavailable(const dsr1_batches *b, dsr1_status st);
+/* Under mu: the first warning of an outage for bt (later ones are not logged). */
+void dsr1__warn_unavailable(dsr1__bt *bt, const char *why);
 
 /* runner.c */
 void *dsr1__writer_main(void *arg);

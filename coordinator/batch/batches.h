@@ -33,10 +33,14 @@
  * items start before those of every batch after it in that order (a batch created later
  * with a higher priority takes the window as its items finish; running items are never
  * preempted). Pending items are read from the database a page at a time, so
- * memory does not grow with the size of a batch. A batch past its completion window is
- * `expired`: its running items are aborted, its unfinished items get an error result
- * (code batch_expired), its finished results are kept. Finished batches and files are
- * deleted `retention_s` after they finished / were created.
+ * memory does not grow with the size of a batch. While the scheduler cannot serve (the
+ * worker grid suspended until lost workers are replaced: submissions refused with
+ * DSR1_ERR_UNAVAILABLE) no item fails for it: the refused item waits and is tried again
+ * every second (at most one warning per batch and outage), and an item that was running and ended
+ * with DSR1_ERR_UNAVAILABLE or DSR1_ERR_LOST goes back to pending. A batch past its
+ * completion window is `expired` all the same: its running items are aborted, its unfinished
+ * items get an error result (code batch_expired), its finished results are kept. Finished batches
+ * and files are deleted `retention_s` after they finished / were created.
  *
  * Threads. Every function is safe from any thread. Codec callbacks and subscriber
  * callbacks run on the store's threads and must not block (they may call
@@ -90,6 +94,10 @@ typedef struct {
 typedef struct {
     bool error;   /* counted as failed; an "openai" item goes to the error file */
     bool aborted; /* the scheduler aborted it (finish ABORT) */
+    /* An item in error: why (dsr1_sched_event.status), else DSR1_OK. DSR1_ERR_UNAVAILABLE or
+     * DSR1_ERR_LOST (the worker grid could not serve it): not a result; the item goes back to
+     * pending and runs again when the grid serves (bytes are ignored). */
+    dsr1_status status;
     const uint8_t *bytes;
     size_t len;
     int prompt_tokens, completion_tokens, cached_tokens;
@@ -110,8 +118,10 @@ struct dsr1_batch_codec {
                          char *custom_id, size_t cap);
     /* Submits the item to the scheduler (dsr1_sched_request.cls = DSR1_SCHED_BATCH, id =
      * ref->request_id). Returns 0 and later calls dsr1_batches_item_done(ref->key) exactly
-     * once, from any thread; or DSR1_ERR_BUSY (tried again shortly); or another error, which
-     * finishes the item with the result made by error_result(code "server_error"). */
+     * once, from any thread; or DSR1_ERR_BUSY (tried again shortly); or DSR1_ERR_UNAVAILABLE
+     * (the scheduler cannot serve now, e.g. the worker grid is suspended: the item stays
+     * pending and is tried again every second); or another error, which finishes the item
+     * with the result made by error_result(code "server_error"). */
     dsr1_status (*start)(void *ctx, const dsr1_batch_item_ref *ref);
     /* Aborts a started item (cancel, expiry, shutdown); its done call follows. */
     void (*abort)(void *ctx, const char *request_id);

@@ -3,7 +3,12 @@
  * items while the windows have room (in run order: highest priority first, then oldest
  * first; pending indexes read from the database a page at a time), purges what is past
  * retention, and sleeps until the next event: a finished item, a new batch, a codec, a busy
- * retry, an expiry. */
+ * retry, an expiry.
+ *
+ * While the worker grid cannot serve (suspended until lost workers are replaced: the
+ * scheduler refuses with DSR1_ERR_UNAVAILABLE) items are not failed: a refused item waits
+ * and is tried again every UNAVAILABLE_RETRY_NS, and the items that were running then come
+ * back to pending (runner.c). A batch past its completion window still expires. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,6 +18,24 @@
 #include "log.h"
 
 #define BUSY_RETRY_NS 20000000LL /* the scheduler was full: try again after 20 ms */
+/* the worker grid cannot serve: try again after 1 s (a join takes seconds: no hurry, and
+ * one refused submission a second per batch costs nothing) */
+#define UNAVAILABLE_RETRY_NS 1000000000LL
+
+bool dsr1__grid_unavailable(const dsr1_batches *b, dsr1_status st)
+{
+    /* "the batch store is closing" is DSR1_ERR_UNAVAILABLE too: nothing to wait for then */
+    return (st == DSR1_ERR_UNAVAILABLE || st == DSR1_ERR_LOST) && !b->stopping;
+}
+
+void dsr1__warn_unavailable(dsr1__bt *bt, const char *why)
+{
+    if (bt->unavailable_logged) return;
+    bt->unavailable_logged = true;
+    DSR1_WARN("batch %s waits: %s; its items stay pending and are tried again every %lld s "
+              "(until its completion window ends)",
+              bt->id, why, UNAVAILABLE_RETRY_NS / 1000000000LL);
+}
 
 /* Reads the next page of pending indexes of bt (outside mu; only the runner moves it). */
 static void read_page(dsr1_batches *b, dsr1__bt *bt)
@@ -81,6 +104,10 @@ static void start_item(dsr1_batches *b, dsr1__bt *bt, int si, int idx, dsr1_batc
     pthread_mutex_lock(&b->mu);
     bool mine = s->used && s->gen == gen;
     if (st == DSR1_OK) {
+        if (bt->unavailable_logged) {
+            bt->unavailable_logged = false;
+            DSR1_INFO("batch %s: the scheduler accepts its items again", bt->id);
+        }
         if (mine) {
             s->starting = false;
             if (s->abort && !s->abort_sent) {
@@ -99,11 +126,24 @@ static void start_item(dsr1_batches *b, dsr1__bt *bt, int si, int idx, dsr1_batc
         s->custom_id = NULL;
         s->used = false;
     }
-    if (st == DSR1_ERR_BUSY) {
+    const bool unavailable = dsr1__grid_unavailable(b, st);
+    if (st == DSR1_ERR_BUSY || unavailable) {
         bt->running--;
         b->running--;
         bt->retry_idx = idx;
-        bt->busy_until = dsr1__mono_ns() + BUSY_RETRY_NS;
+        bt->busy_until = dsr1__mono_ns() + (unavailable ? UNAVAILABLE_RETRY_NS : BUSY_RETRY_NS);
+        if (unavailable) {
+            char why[512];
+            snprintf(why, sizeof why, "%s", dsr1_errmsg()[0] ? dsr1_errmsg() : "unavailable");
+            dsr1__warn_unavailable(bt, why);
+        }
+        pthread_mutex_unlock(&b->mu);
+        return;
+    }
+    if (st == DSR1_ERR_UNAVAILABLE && b->stopping) { /* closing: it runs on the next open */
+        bt->running--;
+        b->running--;
+        pthread_cond_broadcast(&b->cv);
         pthread_mutex_unlock(&b->mu);
         return;
     }
@@ -149,6 +189,8 @@ static bool feed_one(dsr1_batches *b, int64_t now, int64_t *wake_ns)
         if (bt->retry_idx >= 0) {
             idx = bt->retry_idx;
             bt->retry_idx = -1;
+        } else if (bt->n_again > 0) {
+            idx = bt->again[--bt->n_again];
         } else if (bt->page_i < bt->page_n) {
             idx = bt->page[bt->page_i++];
         } else if (!bt->page_eof) {

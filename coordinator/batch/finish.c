@@ -302,6 +302,7 @@ void dsr1__finish_batch(dsr1_batches *b, dsr1__bt *bt)
     pthread_cond_broadcast(&b->cv);
     pthread_mutex_unlock(&b->mu);
     free(bt->fail_msg);
+    free(bt->again);
     free(bt);
     free(msg);
 }

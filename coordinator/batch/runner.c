@@ -1,10 +1,11 @@
 /* The runner: feeds pending items to their codecs under the global and per-batch windows
  * (oldest batch first, pending items read a page at a time, DSR1_ERR_BUSY retried after
- * 20 ms), collects finished items, and the writer thread that commits their results in
- * groups (whatever arrived while the last commit was syncing shares the next transaction)
- * before counting them and giving them to subscribers. It also ends batches: expiry and
- * cancel (abort what runs, give the rest error results), failure, the output and error
- * files of codecs that want them, the final state; and retention. */
+ * 20 ms, DSR1_ERR_UNAVAILABLE after 1 s), collects finished items (one that ended because
+ * the worker grid stopped serving goes back to pending), and the writer thread that commits
+ * their results in groups (whatever arrived while the last commit was syncing shares the next
+ * transaction) before counting them and giving them to subscribers. It also ends batches:
+ * expiry and cancel (abort what runs, give the rest error results), failure, the output and
+ * error files of codecs that want them, the final state; and retention. */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -90,6 +91,21 @@ void dsr1__enqueue(dsr1_batches *b, dsr1__res *r)
     pthread_cond_signal(&b->wcv);
 }
 
+/* Under mu: idx of bt is pending again (fed before the cursor's next page). False when out
+ * of memory: then the item is recorded as it ended, as before this existed. */
+static bool requeue(dsr1__bt *bt, int idx)
+{
+    if (bt->n_again == bt->cap_again) {
+        int cap = bt->cap_again ? 2 * bt->cap_again : 16;
+        int *v = realloc(bt->again, sizeof(int) * (size_t)cap);
+        if (!v) return false;
+        bt->again = v;
+        bt->cap_again = cap;
+    }
+    bt->again[bt->n_again++] = idx;
+    return true;
+}
+
 void dsr1_batches_item_done(dsr1_batches *b, uint64_t key, const dsr1_batch_result *r)
 {
     uint32_t i = (uint32_t)key, gen = (uint32_t)(key >> 32);
@@ -108,6 +124,17 @@ void dsr1_batches_item_done(dsr1_batches *b, uint64_t key, const dsr1_batch_resu
     s->used = false;
     bool drop = r->aborted && (reason == ABORT_CLOSE || reason == ABORT_FAIL || b->stopping);
     if (drop || bt->ending == END_FAIL) {
+        bt->running--;
+        b->running--;
+        pthread_cond_broadcast(&b->cv);
+        pthread_mutex_unlock(&b->mu);
+        free(cid);
+        return;
+    }
+    if (!r->aborted && dsr1__grid_unavailable(b, r->status) && requeue(bt, idx)) {
+        /* the grid stopped serving under it: not its result; it runs again when it serves
+         * (the refusals that follow are retried, and bounded by the completion window) */
+        dsr1__warn_unavailable(bt, "the worker grid stopped serving while its items ran");
         bt->running--;
         b->running--;
         pthread_cond_broadcast(&b->cv);

@@ -595,6 +595,7 @@ void dsr1_batches_close(dsr1_batches *b)
     while (b->active) {
         dsr1__bt *n = b->active->next;
         free(b->active->fail_msg);
+        free(b->active->again);
         free(b->active);
         b->active = n;
     }

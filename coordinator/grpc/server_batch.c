@@ -131,7 +131,7 @@ static void item_event(const dsr1_sched_event *ev)
     srv_arena a = {0};
     srv_buf buf = {NULL, 0};
     Dsr1__V1__Completion *c = dsr1__srv_completion(it->gb->s, ev, &a);
-    dsr1_batch_result r = {.aborted = ev->finish == DSR1_FINISH_ABORT};
+    dsr1_batch_result r = {.aborted = ev->finish == DSR1_FINISH_ABORT, .status = ev->status};
     if (!c || pack_result(it->index, it->custom_id, c, &buf) != DSR1_OK) {
         DSR1_ERROR("server: batch item %s: out of memory for its result", it->request_id);
         r.error = true;

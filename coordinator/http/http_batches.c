@@ -387,10 +387,15 @@ static void item_end(http_job *j)
     int status = j->status;
     const char *body = j->out ? j->out : "";
     bool aborted = false;
-    for (int i = 0; i < j->n; i++) aborted |= j->ch[i].finish == DSR1_FINISH_ABORT;
+    dsr1_status why = j->fail_st; /* a choice that ended in error says why (the store may retry) */
+    for (int i = 0; i < j->n; i++) {
+        aborted |= j->ch[i].finish == DSR1_FINISH_ABORT;
+        if (j->ch[i].finish == DSR1_FINISH_ERROR && !why) why = j->ch[i].status;
+    }
     dsr1_batch_result r = {
         .error = status != 200,
         .aborted = aborted,
+        .status = status != 200 ? why : DSR1_OK,
         .prompt_tokens = j->ch[0].prompt_tokens,
         .cached_tokens = j->ch[0].cached_tokens,
     };

@@ -532,6 +532,7 @@ static void on_event(const dsr1_sched_event *ev)
     } else {
         c->final_seen = true;
         c->finish = ev->finish;
+        c->status = ev->status;
         c->prompt_tokens = ev->prompt_tokens;
         c->completion_tokens = ev->completion_tokens;
         c->cached_tokens = ev->cached_tokens;
@@ -548,6 +549,7 @@ static void on_event(const dsr1_sched_event *ev)
             snprintf(j->fail_msg, sizeof(j->fail_msg), "%s",
                      ev->error ? ev->error : "the request was aborted");
             j->fail_status = 503;
+            j->fail_st = ev->status;
         }
         if (++j->n_final == j->n_submitted && !j->deferred) job_end(j);
     }
@@ -653,6 +655,7 @@ static void submit_rest(http_job *j)
     j->deferred = false;
     if (st) {
         j->fail_status = dsr1__http_status_of(st);
+        j->fail_st = st;
         snprintf(j->fail_msg, sizeof(j->fail_msg), "choices 1 to %d: %s", j->n - 1, dsr1_errmsg());
     }
     bool end = j->n_final == j->n_submitted;

@@ -71,6 +71,7 @@ typedef struct {
     json_t *choice; /* non-streamed: the finished choice */
     int prompt_tokens, completion_tokens, cached_tokens;
     dsr1_finish finish;
+    dsr1_status status; /* its FINAL's status (an ERROR's reason) */
 } http_choice;
 
 typedef struct http_job http_job;
@@ -99,7 +100,8 @@ struct http_job {
      * event), so that they find its blocks in the prefix cache; until then the request's
      * parameters are kept here (owned copies) */
     bool deferred;
-    int fail_status; /* submitting them failed: the answer's status, 0 if none */
+    int fail_status;     /* submitting them failed: the answer's status, 0 if none */
+    dsr1_status fail_st; /* and the scheduler's status for it */
     char fail_msg[256];
     dsr1_sched_request rest;
     int32_t *rest_prompt, *rest_bias_ids;

@@ -395,9 +395,10 @@ void dsr1__sched_release_blocks(dsr1_sched *s, req *r)
     r->n_blocks = r->n_computed = r->n_committed = 0;
 }
 
-/* Ends r: frees its blocks, takes it out of every list, sends its FINAL event, frees it. */
+/* Ends r: frees its blocks, takes it out of every list, sends its FINAL event, frees it.
+ * err: with ERROR, why as a status (dsr1_sched_event.status); else DSR1_OK. */
 static void finish(dsr1_sched *s, req *r, dsr1_finish why, const char *stop_reason,
-                   const char *error)
+                   const char *error, dsr1_status err)
 {
     if (r->state == REQ_RUNNING) {
         list_remove(&s->running, r);
@@ -421,6 +422,7 @@ static void finish(dsr1_sched *s, req *r, dsr1_finish why, const char *stop_reas
     ev.finish = why;
     ev.stop_reason = stop_reason;
     ev.error = error;
+    ev.status = why == DSR1_FINISH_ERROR ? err : DSR1_OK;
     ev.prompt_logprobs = r->plp;
     ev.prompt_tokens = r->n_prompt;
     ev.completion_tokens = n_out;
@@ -463,7 +465,7 @@ static void take_in(dsr1_sched *s)
     for (int i = 0; i < ended.n; i++) {
         dsr1_textout_delta d;
         dsr1_textout_finish(ended.v[i]->text, &d);
-        finish(s, ended.v[i], DSR1_FINISH_ABORT, NULL, ended.v[i]->abort_why);
+        finish(s, ended.v[i], DSR1_FINISH_ABORT, NULL, ended.v[i]->abort_why, DSR1_OK);
     }
     free(ended.v);
 }
@@ -532,9 +534,9 @@ static dsr1_status take_token(dsr1_sched *s, req *r, const dsr1_sample_result *r
     prof_add(s, &s->prof.cb, &t0);
     *ended = d.stopped || length;
     if (d.stopped)
-        finish(s, r, DSR1_FINISH_STOP, d.stop_reason, NULL);
+        finish(s, r, DSR1_FINISH_STOP, d.stop_reason, NULL, DSR1_OK);
     else if (length)
-        finish(s, r, DSR1_FINISH_LENGTH, NULL, NULL);
+        finish(s, r, DSR1_FINISH_LENGTH, NULL, NULL, DSR1_OK);
     return DSR1_OK;
 }
 
@@ -603,7 +605,7 @@ static void after_step(dsr1_sched *s, const step_slot *st)
             char msg[512]; /* callbacks may overwrite the thread's message */
             snprintf(msg, sizeof(msg), "%s", dsr1_errmsg());
             DSR1_WARN("sched: request %s: %s", r->id, msg);
-            finish(s, r, DSR1_FINISH_ERROR, NULL, msg);
+            finish(s, r, DSR1_FINISH_ERROR, NULL, msg, st);
         }
     }
 }
@@ -643,8 +645,9 @@ static dsr1_status complete_step(dsr1_sched *s)
     return DSR1_OK;
 }
 
-/* Every request ends with ERROR (why); with `down`, the executor may come back (the
- * scheduler refuses requests until it does), else it is gone for good. */
+/* Every request ends with ERROR (why) and status DSR1_ERR_UNAVAILABLE, what a submission
+ * gets from now on; with `down`, the executor may come back (the scheduler refuses
+ * requests until it does), else it is gone for good. */
 static void fail_requests(dsr1_sched *s, const char *why, bool down)
 {
     char msg[512]; /* callbacks may overwrite the thread's message */
@@ -669,9 +672,11 @@ static void fail_requests(dsr1_sched *s, const char *why, bool down)
     pthread_mutex_unlock(&s->mu);
     s->inflight = 0; /* the executor is gone: its steps in flight never return */
     for (int i = 0; i < s->running.n; i++) s->running.v[i]->busy = false;
-    while (s->running.n) finish(s, s->running.v[0], DSR1_FINISH_ERROR, NULL, msg);
+    while (s->running.n)
+        finish(s, s->running.v[0], DSR1_FINISH_ERROR, NULL, msg, DSR1_ERR_UNAVAILABLE);
     for (int c = 0; c < 2; c++)
-        while (s->waiting[c].n) finish(s, s->waiting[c].v[0], DSR1_FINISH_ERROR, NULL, msg);
+        while (s->waiting[c].n)
+            finish(s, s->waiting[c].v[0], DSR1_FINISH_ERROR, NULL, msg, DSR1_ERR_UNAVAILABLE);
 }
 
 /* An executor failure: every request ends with ERROR, new ones are refused. */

@@ -67,6 +67,11 @@ typedef struct {
     const char *stop_reason;                   /* STOP: the string or id; else NULL */
     const char *error;                         /* ERROR: the message */
     const dsr1_sample_result *prompt_logprobs; /* n_prompt entries, NULL unless requested */
+    /* ERROR: why, as a status (else DSR1_OK). DSR1_ERR_UNAVAILABLE: the executor failed or
+     * the worker grid went down (lost workers whose experts no survivor holds) and every
+     * request was ended; the request did nothing wrong and may be sent again once the
+     * scheduler accepts requests (the batch store puts such items back to pending). */
+    dsr1_status status;
     int prompt_tokens, completion_tokens, cached_tokens;
     double queue_s, ttft_s, e2e_s;
 } dsr1_sched_event;

@@ -6,7 +6,8 @@
 #      before the loss, degraded, and after the join.
 #   2. 2 workers, 1 copy: worker 1 dies, some experts have no copy left: /health turns 503
 #      naming them, requests are refused at once; a replacement joins: 200 again, the same
-#      seeded text.
+#      seeded text. An OpenAI batch running when the worker dies and one created while the
+#      grid is down lose no item: both complete after the join, none failed.
 #   3. no launcher (--transport join): 2 worker processes join, serve; one is SIGKILLed
 #      (2 copies: 1 of 2 lanes serve), a replacement joins: 2 of 2, the same seeded text.
 # Every server binds to 127.0.0.1; every run is bounded by `timeout`.
@@ -74,7 +75,8 @@ wait_health() {
 serve() {
     local log=$1 http=$2
     shift 2
-    timeout -k 5 200 "$dsr1" serve --model "$model" --port 0 --http-port "$http" --state-dir none \
+    timeout -k 5 200 "$dsr1" serve --model "$model" --port 0 --http-port "$http" \
+        --state-dir "${STATE_DIR:-none}" \
         --timeout-ms 3000 --threads 1 "$@" >/dev/null 2>"$log" &
     pids+=($!)
 }
@@ -84,6 +86,49 @@ join_worker() { # LOG JOINPORT [ARGS]: a dsr1-worker joining, in the background
     timeout -k 5 200 "$worker" --join "127.0.0.1:$port" --model "$model" --threads 1 "$@" \
         >/dev/null 2>"$log" &
     pids+=($!)
+}
+# batch PORT create N SEED: an OpenAI batch of N seeded completions (48 tokens), prints its id
+# batch PORT state ID: "status completed failed total"
+# batch PORT wait ID SECS: waits until it is final, then as state
+batch() {
+    $py - "$@" <<'PY'
+import json, sys, time, urllib.request
+port, op = sys.argv[1], sys.argv[2]
+base = f"http://127.0.0.1:{port}"
+def call(path, data=None, ctype="application/json"):
+    req = urllib.request.Request(base + path, data=data, headers={"Content-Type": ctype})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())
+def state(bid):
+    b = call(f"/v1/batches/{bid}")
+    c = b["request_counts"]
+    return f"{b['status']} {c['completed']} {c['failed']} {c['total']}"
+if op == "create":
+    n, seed = int(sys.argv[3]), int(sys.argv[4])
+    lines = "".join(json.dumps({"custom_id": f"c{i}", "method": "POST", "url": "/v1/completions",
+                                "body": {"model": "tiny-a", "prompt": f"batch item {i}",
+                                         "max_tokens": 48, "ignore_eos": True,
+                                         "temperature": 1, "seed": seed + i}}) + "\n"
+                    for i in range(n))
+    bnd = "dsr1-join-batch"
+    body = (f"--{bnd}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n"
+            f"--{bnd}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"b.jsonl\"\r\n"
+            f"Content-Type: application/octet-stream\r\n\r\n{lines}\r\n--{bnd}--\r\n").encode()
+    f = call("/v1/files", body, f"multipart/form-data; boundary={bnd}")
+    b = call("/v1/batches", json.dumps({"input_file_id": f["id"], "endpoint": "/v1/completions",
+                                        "completion_window": "24h"}).encode())
+    print(b["id"])
+elif op == "state":
+    print(state(sys.argv[3]))
+elif op == "wait":
+    end = time.time() + float(sys.argv[4])
+    while True:
+        s = state(sys.argv[3])
+        if s.split()[0] in ("completed", "failed", "expired", "cancelled") or time.time() > end:
+            print(s)
+            break
+        time.sleep(0.2)
+PY
 }
 check() { # NAME CONDITION-RESULT(0/1) DETAIL
     if [ "$2" = 0 ]; then echo "ok: $1${3:+: $3}"; else echo "FAIL: $1${3:+: $3}"; fail=1; fi
@@ -114,10 +159,13 @@ check "R=2: the log says worker 3 joined" $?
 # ---- 2. R = 1: not serving until the lost experts come back ----------------------------------
 http=$(free_port)
 jp=$(free_port)
-DSR1_TEST_KILL_WORKER=1:25 serve "$tmp/s2.log" "$http" --workers 2 --transport ucx \
-    --join-listen "127.0.0.1:$jp"
+mkdir "$tmp/state2"
+STATE_DIR=$tmp/state2 DSR1_TEST_KILL_WORKER=1:25 serve "$tmp/s2.log" "$http" --workers 2 \
+    --transport ucx --join-listen "127.0.0.1:$jp"
 wait_health "$http" "200 2" 60 >/dev/null || { echo "FAIL: server 2 did not come up"; tail "$tmp/s2.log"; exit 1; }
 ref=$(complete "$http" 11)
+# 4 items of 48 tokens: running when the hook kills worker 1 (step 25; ref took ~17)
+bid_run=$(batch "$http" create 4 100)
 for i in 1 2 3 4; do complete "$http" 11 >/dev/null; done
 t=$(wait_health "$http" "503 1" 30) && r=0 || r=1
 check "R=1: worker 1 lost: /health 503" $r "after ${t:-?} s: $(health "$http")"
@@ -128,11 +176,31 @@ out=$(complete "$http" 11)
 dt=$($py -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.2f}')" "$t0" "$(now)")
 case "$out" in ERROR:*) r=0 ;; *) r=1 ;; esac
 check "R=1: a request is refused at once" $r "in $dt s: $out"
+bid_down=$(batch "$http" create 2 200)
+sleep 2.5 # refused submissions wait (about one try a second), none fails
+st_run=$(batch "$http" state "$bid_run")
+st_down=$(batch "$http" state "$bid_down")
+case "$st_run/$st_down" in "in_progress "*" 0 4/in_progress 0 0 2") r=0 ;; *) r=1 ;; esac
+check "R=1: batches wait while the grid is down, no item failed" $r "$st_run / $st_down"
+grep -q "batch $bid_run waits: the worker grid stopped serving while its items ran" "$tmp/s2.log"
+check "R=1: the items running at the loss went back to pending" $?
+# one warning per batch and outage, not per item (4 interrupted, later ones refused); the
+# batch behind it in run order waits for its retry (no warning of its own needed)
+n_warn=$(grep -c "batch $bid_run waits" "$tmp/s2.log" || true)
+n_warn2=$(grep -c "batch $bid_down waits" "$tmp/s2.log" || true)
+check "R=1: one warning per waiting batch" \
+    "$([ "$n_warn" = 1 ] && [ "$n_warn2" -le 1 ] && echo 0 || echo 1)" "$n_warn, $n_warn2"
 join_worker "$tmp/w2.log" "$jp" --worker-index 1
 t=$(wait_health "$http" "200 2" 60) && r=0 || r=1
 check "R=1: a replacement joined: 200, 2 of 2" $r "after ${t:-?} s: $(health "$http")"
 out=$(complete "$http" 11)
 check "R=1: after the join: the same seeded text" "$([ "$out" = "$ref" ] && echo 0 || echo 1)" "$out"
+st_run=$(batch "$http" wait "$bid_run" 60)
+check "R=1: the batch running at the loss completed after the join" \
+    "$([ "$st_run" = "completed 4 0 4" ] && echo 0 || echo 1)" "$st_run"
+st_down=$(batch "$http" wait "$bid_down" 60)
+check "R=1: the batch created while down completed after the join" \
+    "$([ "$st_down" = "completed 2 0 2" ] && echo 0 || echo 1)" "$st_down"
 
 # ---- 3. no launcher: workers join, one is killed, a replacement joins ------------------------
 http=$(free_port)

@@ -32,7 +32,7 @@ static void *fake_main(void *arg)
         int64_t t = now_us();
         int pick = -1;
         for (int i = 0; i < NSLOTS; i++)
-            if (f->it[i].used && (f->it[i].aborted || (!f->hold && f->it[i].due <= t))) {
+            if (f->it[i].used && (f->it[i].aborted || f->down || (!f->hold && f->it[i].due <= t))) {
                 pick = i;
                 break;
             }
@@ -47,16 +47,23 @@ static void *fake_main(void *arg)
         f->running--;
         f->b_running[it.bi]--;
         bool err = (int)(rand_r(&f->seed) % 100) < f->err_pct;
+        const bool down = f->down && !it.aborted;
         pthread_mutex_unlock(&f->mu);
         size_t len = 0;
         char *bytes = malloc(f->big + 128);
-        len = (size_t)sprintf(bytes, "%s %s", it.aborted ? "aborted" : err ? "err" : "ok", it.cid);
+        len = (size_t)sprintf(bytes, "%s %s",
+                              down         ? "down"
+                              : it.aborted ? "aborted"
+                              : err        ? "err"
+                                           : "ok",
+                              it.cid);
         if (f->big) {
             memset(bytes + len, 'x', f->big);
             len += f->big;
         }
-        dsr1_batch_result r = {.error = err || it.aborted,
+        dsr1_batch_result r = {.error = err || it.aborted || down,
                                .aborted = it.aborted,
+                               .status = down ? DSR1_ERR_UNAVAILABLE : DSR1_OK,
                                .bytes = (const uint8_t *)bytes,
                                .len = len,
                                .prompt_tokens = 3,
@@ -91,6 +98,13 @@ static dsr1_status fake_start(void *ctx, const dsr1_batch_item_ref *ref)
     if ((int)(rand_r(&f->seed) % 100) < f->busy_pct) {
         pthread_mutex_unlock(&f->mu);
         return DSR1_ERR_BUSY;
+    }
+    if (f->down) {
+        f->refused++;
+        pthread_mutex_unlock(&f->mu);
+        return dsr1_error(DSR1_ERR_UNAVAILABLE,
+                          "the worker grid cannot serve until lost workers are replaced: stage 0 "
+                          "has no live copy of 1 routed expert(s): 7");
     }
     int i = 0;
     while (i < NSLOTS && f->it[i].used) i++;

@@ -2,7 +2,8 @@
  * own after a random delay with random results ("ok c<i>", "err c<i>", "aborted c<i>"), it
  * counts the starts of each index, records which batch each start was for and how many
  * items of each batch ran at once, and can hold items until they are aborted or answer
- * DSR1_ERR_BUSY at random. Error results read "<code> <custom_id> <line>". */
+ * DSR1_ERR_BUSY at random, or play a suspended worker grid (down). Error results read
+ * "<code> <custom_id> <line>". */
 #ifndef DSR1_BATCH_FAKE_H
 #define DSR1_BATCH_FAKE_H
 
@@ -34,6 +35,11 @@ typedef struct {
     int min_us, max_us; /* delay of an item */
     bool hold;          /* items finish only when aborted */
     int busy_pct, err_pct;
+    /* the worker grid suspended: starts are refused with DSR1_ERR_UNAVAILABLE (counted in
+     * refused), and the items running end at once in error with status DSR1_ERR_UNAVAILABLE,
+     * as the scheduler ends them (their bytes read "down c<i>") */
+    bool down;
+    int refused;
     size_t big; /* result bytes beyond the text (disk full) */
     int starts[MAXN];
     int running, max_running;

@@ -483,6 +483,98 @@ static void test_expiry(void **state)
     free(dir);
 }
 
+/* The worker grid suspended while a batch runs (docs/operations.md, "Losing a worker"): the
+ * items running end with DSR1_ERR_UNAVAILABLE and go back to pending, the items started
+ * meanwhile are refused and wait, tried again about once a second (not every 20 ms as a
+ * busy scheduler), and nothing is written as failed; when the grid serves again the batch
+ * completes, every item once, the interrupted ones run twice. A batch past its completion
+ * window while the grid is down still expires. */
+static void test_grid_down(void **state)
+{
+    (void)state;
+    char *dir = tmpdir();
+    fake *f = fake_new(9);
+    f->hold = true;
+    dsr1_batches *b = open_store(dir, f, 10, 0);
+    dsr1_batch_info info;
+    const int n = 40;
+    create_writer(b, "batch_g", n, "1h", &info);
+    dsr1_batch_info_clear(&info);
+    for (int i = 0; i < 400; i++) {
+        assert_int_equal(dsr1_batches_get(b, "batch_g", &info), 0);
+        int r = info.running;
+        dsr1_batch_info_clear(&info);
+        if (r == 10) break;
+        usleep(5000);
+    }
+    pthread_mutex_lock(&f->mu);
+    int started[MAXN];
+    memcpy(started, f->starts, sizeof(int) * n);
+    f->down = true;
+    pthread_mutex_unlock(&f->mu);
+    int running = 10;
+    for (int i = 0; i < 400 && running; i++) {
+        usleep(5000);
+        assert_int_equal(dsr1_batches_get(b, "batch_g", &info), 0);
+        running = info.running;
+        dsr1_batch_info_clear(&info);
+    }
+    assert_int_equal(running, 0); /* the ten back to pending */
+    usleep(2500000);
+    assert_int_equal(dsr1_batches_get(b, "batch_g", &info), 0);
+    assert_int_equal(info.state, DSR1_BATCH_IN_PROGRESS);
+    assert_int_equal(info.completed, 0);
+    assert_int_equal(info.failed, 0);
+    assert_int_equal(info.running, 0);
+    dsr1_batch_info_clear(&info);
+    pthread_mutex_lock(&f->mu);
+    const int refused = f->refused;
+    f->down = false;
+    f->hold = false;
+    pthread_mutex_unlock(&f->mu);
+    assert_true(refused >= 2 && refused <= 5); /* about one a second for 2.5 s */
+    info = wait_final(b, "batch_g", 20);
+    assert_int_equal(info.state, DSR1_BATCH_COMPLETED);
+    assert_int_equal(info.completed, n);
+    assert_int_equal(info.failed, 0);
+    dsr1_batch_info_clear(&info);
+    check_each_once(b, "batch_g", n, NULL);
+    count_code cc = {"ok", 0};
+    assert_int_equal(dsr1_batches_results(b, "batch_g", 0, count_code_fn, &cc), 0);
+    assert_int_equal(cc.n, n);
+    int twice = 0;
+    for (int i = 0; i < n; i++) {
+        assert_int_equal(f->starts[i], started[i] + 1);
+        twice += started[i];
+    }
+    assert_int_equal(twice, 10);
+
+    /* down past the completion window: expired, every item once with batch_expired */
+    pthread_mutex_lock(&f->mu);
+    f->down = true;
+    pthread_mutex_unlock(&f->mu);
+    create_writer(b, "batch_x", 20, "2s", &info);
+    dsr1_batch_info_clear(&info);
+    info = wait_final(b, "batch_x", 10);
+    assert_int_equal(info.state, DSR1_BATCH_EXPIRED);
+    assert_int_equal(info.failed, 20);
+    dsr1_batch_info_clear(&info);
+    check_each_once(b, "batch_x", 20, NULL);
+    cc = (count_code){"batch_expired", 0};
+    assert_int_equal(dsr1_batches_results(b, "batch_x", 0, count_code_fn, &cc), 0);
+    assert_int_equal(cc.n, 20);
+    /* closing while a refused item waits for its retry: prompt */
+    create_writer(b, "batch_y", 5, NULL, &info);
+    dsr1_batch_info_clear(&info);
+    usleep(100000);
+    int64_t t0 = now_us();
+    dsr1_batches_close(b);
+    assert_true(now_us() - t0 < 2000000);
+    fake_free(f);
+    rm_rf(dir);
+    free(dir);
+}
+
 typedef struct {
     int *done;
     int n;
@@ -897,6 +989,7 @@ int main(void)
         cmocka_unit_test(test_close_reopen),     cmocka_unit_test(test_crash),
         cmocka_unit_test(test_crash_validating), cmocka_unit_test(test_refusals),
         cmocka_unit_test(test_disk_full),        cmocka_unit_test(test_retention),
+        cmocka_unit_test(test_grid_down),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

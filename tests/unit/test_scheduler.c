@@ -84,6 +84,7 @@ typedef struct {
     int n_ids, n_deltas;
     bool done;
     dsr1_finish finish;
+    dsr1_status status;
     char error[128];
     int cached, completion;
     float lp[MAXOUT];
@@ -108,6 +109,7 @@ static void on_event(const dsr1_sched_event *ev)
     } else {
         r->done = true;
         r->finish = ev->finish;
+        r->status = ev->status;
         r->cached = ev->cached_tokens;
         r->completion = ev->completion_tokens;
         snprintf(r->error, sizeof(r->error), "%s", ev->error ? ev->error : "");
@@ -771,7 +773,9 @@ static void test_queue_full(void **state)
     dsr1_sched_destroy(s); /* aborts what is left */
 }
 
-/* An executor failure ends every request with ERROR; the scheduler then refuses work. */
+/* An executor failure ends every request with ERROR and status DSR1_ERR_UNAVAILABLE (what
+ * a submission gets from then on: the batch store keeps such items pending); the scheduler
+ * then refuses work. */
 static void test_executor_failure(void **state)
 {
     fixture *f = *state;
@@ -788,6 +792,7 @@ static void test_executor_failure(void **state)
     wait_done(r, 3);
     for (int i = 0; i < 3; i++) {
         assert_int_equal(r[i].finish, DSR1_FINISH_ERROR);
+        assert_int_equal(r[i].status, DSR1_ERR_UNAVAILABLE);
         assert_non_null(strstr(r[i].error, "injected worker failure"));
     }
     result x;
