@@ -117,6 +117,11 @@ static dsr1_status prepare(const options *o, const dsr1_hello *h, int rank, cons
                           ep, cfg->num_hidden_layers, cfg->n_routed_experts);
     int hosts[ep > 0 ? ep : 1], *owner = NULL; /* stage 0's hosts, as the coordinator */
     for (int e = 0; e < ep; e++) hosts[e] = all_hosts[1 + e];
+    /* the mode this worker will run is its table's (DSR1_KERNELS may pick one when no
+     * --kernels was given), which the hello check compares with the coordinator's */
+    const char *kname = kernels_for(o, h->fast);
+    const dsr1_kernels *k = dsr1_kernels_select(kname);
+    if (!k) return dsr1_error(DSR1_ERR_INVALID_ARG, "--kernels: unknown variant '%s'", kname);
     dsr1_status st = dsr1_worker_placement(cfg, ep, h->replicas, hosts, &owner);
     if (st != DSR1_OK) return st;
     dsr1_hello mine = {DSR1_WIRE_VERSION,
@@ -132,13 +137,10 @@ static dsr1_status prepare(const options *o, const dsr1_hello *h, int rank, cons
                        h->kv_blocks,
                        h->block_tokens,
                        h->replicas,
-                       dsr1_kernels_name_is_fast(kernels_for(o, h->fast))};
+                       dsr1_kernels_name_is_fast(k->name)};
     free(owner);
     st = dsr1_hello_check(h, &mine);
     if (st != DSR1_OK) return st;
-    const char *kname = kernels_for(o, h->fast);
-    const dsr1_kernels *k = dsr1_kernels_select(kname);
-    if (!k) return dsr1_error(DSR1_ERR_INVALID_ARG, "--kernels: unknown variant '%s'", kname);
     dsr1_worker_params wp = {ck,
                              o->dummy ? cfg : NULL,
                              o->seed,
@@ -274,16 +276,19 @@ static int join_serve(const options *o)
     snprintf(tag, sizeof(tag), "worker %d", w1.index);
     dsr1_log_set_tag(tag);
     const char *kname = kernels_for(o, w1.fast);
-    if (dsr1_kernels_name_is_fast(kname) != (w1.fast == 1)) {
-        st = dsr1_error(DSR1_ERR_INVALID_ARG,
-                        "the coordinator runs the %s precision mode, this worker --kernels %s: "
-                        "give both the same --precision (or none to the worker)",
-                        w1.fast ? "fast" : "exact", kname);
-        goto out;
-    }
     const dsr1_kernels *k = dsr1_kernels_select(kname);
     if (!k) {
         st = dsr1_error(DSR1_ERR_INVALID_ARG, "--kernels: unknown variant '%s'", kname);
+        goto out;
+    }
+    /* the table's mode, not the name's: DSR1_KERNELS may pick one when kname is NULL */
+    if (dsr1_kernels_name_is_fast(k->name) != (w1.fast == 1)) {
+        st = dsr1_error(DSR1_ERR_INVALID_ARG,
+                        "the coordinator runs the %s precision mode and this worker the %s one "
+                        "(kernels %s%s): give both the same --precision (or none to the worker, "
+                        "and no DSR1_KERNELS)",
+                        w1.fast ? "fast" : "exact", w1.fast ? "exact" : "fast", k->name,
+                        kname ? "" : ", from DSR1_KERNELS");
         goto out;
     }
     dsr1_worker_params wp = {ck,

@@ -9,7 +9,8 @@
 #      seeded text. An OpenAI batch running when the worker dies and one created while the
 #      grid is down lose no item: both complete after the join, none failed.
 #   3. no launcher (--transport join): 2 worker processes join, serve; one is SIGKILLed
-#      (2 copies: 1 of 2 lanes serve), a replacement joins: 2 of 2, the same seeded text.
+#      (2 copies: 1 of 2 lanes serve); a worker in the other precision mode (DSR1_KERNELS)
+#      is refused; a replacement joins: 2 of 2, the same seeded text.
 # Every server binds to 127.0.0.1; every run is bounded by `timeout`.
 #
 # usage: run_cluster_join.sh BUILD_DIR [MODEL_DIR]   (MODEL_DIR default: models/tiny-a)
@@ -31,8 +32,11 @@ cluster_tiny_model "$model" "$root"
 py=/usr/bin/python3
 tmp=$(mktemp -d)
 pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+cleanup() { # pids are timeout(1)'s: its child first, which a SIGKILLed timeout leaves behind
+    for p in "${pids[@]}"; do
+        pkill -9 -P "$p" 2>/dev/null || true
+        kill -9 "$p" 2>/dev/null || true
+    done
     wait 2>/dev/null || true
     rm -rf "$tmp"
 }
@@ -217,6 +221,13 @@ t=$(wait_health "$http" "200 1" 30) && r=0 || r=1
 check "join: a worker SIGKILLed: 1 of 2 live, still 200" $r "after ${t:-?} s: $(health "$http")"
 out=$(complete "$http" 13)
 check "join: degraded: the same seeded text" "$([ "$out" = "$ref" ] && echo 0 || echo 1)" "$out"
+# a worker whose DSR1_KERNELS picks the other precision mode is refused (its table's mode
+# counts, not its arguments), and takes no place from the replacement
+DSR1_KERNELS=bf16-tiles timeout -k 5 60 "$worker" --join "127.0.0.1:$jp" --model "$model" \
+    --threads 1 >/dev/null 2>"$tmp/jx.log" && r=1 || r=0
+grep -q 'precision mode' "$tmp/jx.log" || r=1
+check "join: a worker in the other precision mode (DSR1_KERNELS) is refused" $r \
+    "$(grep -a ERROR "$tmp/jx.log" | tail -1)"
 join_worker "$tmp/j2.log" "$jp"
 t=$(wait_health "$http" "200 2" 60) && r=0 || r=1
 check "join: a replacement joined: 2 of 2" $r "after ${t:-?} s: $(health "$http")"
