@@ -36,9 +36,10 @@
 #define SM_ROWS DSR1__RS_GROUP /* weight rows streamed together */
 #define TB_NB   DSR1__RS_MAX   /* weight rows of a converted panel */
 #define TB_KB   DSR1_QBLOCK    /* columns per block (two groups of 64) */
-#define TB_MG   16             /* activation rows per group (their totals stay in L1) */
-#define TB_MR   4              /* micro-kernel activation rows */
+#define TB_MG   12             /* activation rows per group (their totals stay in L1) */
+#define TB_MR   3              /* micro-kernel activation rows */
 #define TB_NR   4              /* micro-kernel weight rows */
+#define TB_KC   2              /* blocks per micro-kernel call (its totals in registers) */
 
 /* ---- e4m3 -> bf16 by table lookup ----------------------------------------------------- */
 
@@ -280,53 +281,64 @@ static void panel_fill(const dsr1__rowset *rs, uint16_t *P, size_t ldp, float *m
     }
 }
 
-/* mr packed activation rows (stride TB_KB) x TB_NR panel rows (stride ldp) over one block
- * of ng groups; the block sums times the rows' multipliers go into the lane totals C
- * (TB_MR x TB_NR vectors). */
-DSR1_AVX512_INLINE void micro(int mr, const uint16_t *x, const uint16_t *P, size_t ldp,
-                              const float *mul, int ng, __m512 *C)
+/* mr (<= TB_MR) packed activation rows x TB_NR panel rows over nbk consecutive blocks (x:
+ * the first block's first row; blocks m rows apart; the last block of the product has ngl
+ * groups), their lane totals C (mr x TB_NR vectors, in registers meanwhile): per block the
+ * block sums times the rows' multipliers (mul: the first block's, TB_NB apart) join them. */
+DSR1_AVX512_INLINE void micro(int mr, const uint16_t *x, int m, const uint16_t *P, size_t ldp,
+                              const float *mul, int nbk, int last, int ngl, __m512 *C)
 {
-    __m512 acc[TB_MR][TB_NR];
+    __m512 tot[TB_MR][TB_NR];
     for (int i = 0; i < mr; i++)
-        for (int jj = 0; jj < TB_NR; jj++) acc[i][jj] = _mm512_setzero_ps();
-    for (int c = 0; c < 64 * ng; c += 32) {
-        __m512bh xv[TB_MR];
-        for (int i = 0; i < mr; i++) xv[i] = (__m512bh)_mm512_load_si512(x + (size_t)i * TB_KB + c);
+        for (int jj = 0; jj < TB_NR; jj++) tot[i][jj] = C[i * TB_NR + jj];
+    for (int kb = 0; kb < nbk; kb++) {
+        const uint16_t *xb = x + (size_t)kb * m * TB_KB, *pb = P + (size_t)kb * TB_KB;
+        const int steps = 2 * (last && kb == nbk - 1 ? ngl : 2);
+        __m512 acc[TB_MR][TB_NR];
+        for (int i = 0; i < mr; i++)
+            for (int jj = 0; jj < TB_NR; jj++) acc[i][jj] = _mm512_setzero_ps();
+        for (int st = 0; st < steps; st++) {
+            __m512bh wv[TB_NR];
+            for (int jj = 0; jj < TB_NR; jj++)
+                wv[jj] = (__m512bh)_mm512_load_si512(pb + (size_t)jj * ldp + 32 * st);
+            for (int i = 0; i < mr; i++) {
+                const __m512bh xv = (__m512bh)_mm512_load_si512(xb + (size_t)i * TB_KB + 32 * st);
+                for (int jj = 0; jj < TB_NR; jj++)
+                    acc[i][jj] = _mm512_dpbf16_ps(acc[i][jj], xv, wv[jj]);
+            }
+        }
         for (int jj = 0; jj < TB_NR; jj++) {
-            const __m512bh wv = (__m512bh)_mm512_load_si512(P + (size_t)jj * ldp + c);
-            for (int i = 0; i < mr; i++) acc[i][jj] = _mm512_dpbf16_ps(acc[i][jj], xv[i], wv);
+            const __m512 s = _mm512_set1_ps(mul[kb * TB_NB + jj]);
+            for (int i = 0; i < mr; i++) tot[i][jj] = _mm512_fmadd_ps(acc[i][jj], s, tot[i][jj]);
         }
     }
-    for (int jj = 0; jj < TB_NR; jj++) {
-        const __m512 m = _mm512_set1_ps(mul[jj]);
-        for (int i = 0; i < mr; i++)
-            C[i * TB_NR + jj] = _mm512_fmadd_ps(acc[i][jj], m, C[i * TB_NR + jj]);
-    }
+    for (int i = 0; i < mr; i++)
+        for (int jj = 0; jj < TB_NR; jj++) C[i * TB_NR + jj] = tot[i][jj];
 }
 
-static void micro_any(int mr, const uint16_t *x, const uint16_t *P, size_t ldp, const float *mul,
-                      int ng, __m512 *C)
+static void micro_any(int mr, const uint16_t *x, int m, const uint16_t *P, size_t ldp,
+                      const float *mul, int nbk, int last, int ngl, __m512 *C)
 {
     switch (mr) {
     case 1:
-        micro(1, x, P, ldp, mul, ng, C);
+        micro(1, x, m, P, ldp, mul, nbk, last, ngl, C);
         break;
     case 2:
-        micro(2, x, P, ldp, mul, ng, C);
-        break;
-    case 3:
-        micro(3, x, P, ldp, mul, ng, C);
+        micro(2, x, m, P, ldp, mul, nbk, last, ngl, C);
         break;
     default:
-        micro(4, x, P, ldp, mul, ng, C);
+        micro(3, x, m, P, ldp, mul, nbk, last, ngl, C);
         break;
     }
 }
 
+/* The set's rows, converted once into the panel, against every group of TB_MG rows of the m
+ * packed activation rows X, TB_KC blocks at a time (the group's and the panel's share of
+ * them stay in L1), the group's lane totals (TB_MG x TB_NB vectors) in L1 between. */
 static void tiled_rows(const dsr1__rowset *rs, const uint16_t *X, int m, float *y, int ldy,
                        void *scratch)
 {
-    const int k = rs->cols, nb = (k + TB_KB - 1) / TB_KB;
+    const int k = rs->cols, nb = (k + TB_KB - 1) / TB_KB, ngl = (k - (nb - 1) * TB_KB + 63) / 64;
     const size_t ldp = panel_ld(k);
     uint16_t *P = scratch;
     float *mul = (float *)(P + TB_NB * ldp);
@@ -335,13 +347,14 @@ static void tiled_rows(const dsr1__rowset *rs, const uint16_t *X, int m, float *
     for (int i0 = 0; i0 < m; i0 += TB_MG) {
         const int mg = m - i0 < TB_MG ? m - i0 : TB_MG;
         for (int i = 0; i < TB_MG * TB_NB; i++) C[i] = _mm512_setzero_ps();
-        for (int c0 = 0, b = 0; c0 < k; c0 += TB_KB, b++) {
-            const int ng = (k - c0 < TB_KB ? k - c0 + 63 : TB_KB) / 64;
-            const uint16_t *Xb = X + ((size_t)b * m + i0) * TB_KB;
+        for (int b0 = 0; b0 < nb; b0 += TB_KC) {
+            const int nbk = nb - b0 < TB_KC ? nb - b0 : TB_KC, last = b0 + nbk == nb;
+            const uint16_t *Xb = X + ((size_t)b0 * m + i0) * TB_KB;
             for (int rb = 0; rb < rs->n; rb += TB_NR)
                 for (int ib = 0; ib < mg; ib += TB_MR)
-                    micro_any(mg - ib < TB_MR ? mg - ib : TB_MR, Xb + (size_t)ib * TB_KB,
-                              P + (size_t)rb * ldp + c0, ldp, mul + b * TB_NB + rb, ng,
+                    micro_any(mg - ib < TB_MR ? mg - ib : TB_MR, Xb + (size_t)ib * TB_KB, m,
+                              P + (size_t)rb * ldp + (size_t)b0 * TB_KB, ldp,
+                              mul + b0 * TB_NB + rb, nbk, last, ngl,
                               C + (size_t)ib * TB_NB + rb * TB_MR);
         }
         for (int i = 0; i < mg; i++) {
