@@ -56,6 +56,10 @@ double dsr1__bench_read_gbps(dsr1_pool *pool, size_t bytes, int passes);
 /* fp32 FMA peak of all pool threads with AVX-512 (register-only loop), best of `passes`
  * (each ~0.05 s on 2 cores), in GFLOP/s; 0 when the CPU has no AVX-512. */
 double dsr1__bench_fma_gflops(dsr1_pool *pool, int passes);
+/* The peak loops' common timing: the best of `passes` runs of 8 items per pool thread of
+ * `task` (each item flops_per_item flops), in GFLOP/s. */
+double dsr1__bench_best_gflops(dsr1_pool *pool, int passes, dsr1_pool_fn task, void *job,
+                               double flops_per_item);
 /* bf16 dot-product peak of all pool threads with AVX512_BF16 (VDPBF16PS on zmm, register
  * only; one instruction = 32 products = 64 flops), best of `passes` (each ~0.05 s on 2
  * cores), in GFLOP/s; 0 with *why (a phrase) when the CPU or build lacks it. */

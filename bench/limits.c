@@ -82,15 +82,23 @@ double dsr1__bench_fma_gflops(dsr1_pool *pool, int passes)
     fma_job *j = calloc(1, sizeof(*j));
     if (!j) return 0;
     j->iters = 1 << 21; /* ~0.05 s per pass on 2 cores */
+    const double best =
+        dsr1__bench_best_gflops(pool, passes, fma_task, j, (double)j->iters * 12 * 32);
+    free(j);
+    return best;
+}
+
+double dsr1__bench_best_gflops(dsr1_pool *pool, int passes, dsr1_pool_fn task, void *job,
+                               double flops_per_item)
+{
     const int items = dsr1_pool_size(pool) * 8;
     double best = 0;
     for (int p = 0; p < passes; p++) {
         const double t0 = dsr1_now();
-        dsr1_pool_run(pool, items, 1, fma_task, j);
-        const double g = (double)items * j->iters * 12 * 32 / (dsr1_now() - t0) / 1e9;
+        dsr1_pool_run(pool, items, 1, task, job);
+        const double g = items * flops_per_item / (dsr1_now() - t0) / 1e9;
         best = g > best ? g : best;
     }
-    free(j);
     return best;
 }
 
@@ -134,14 +142,8 @@ double dsr1__bench_bf16_gflops(dsr1_pool *pool, int passes, const char **why)
         return 0;
     }
     j->iters = 1 << 20; /* ~0.05 s per pass on 2 cores */
-    const int items = dsr1_pool_size(pool) * 8;
-    double best = 0;
-    for (int p = 0; p < passes; p++) {
-        const double t0 = dsr1_now();
-        dsr1_pool_run(pool, items, 1, bf16_task, j);
-        const double g = (double)items * j->iters * 16 * 64 / (dsr1_now() - t0) / 1e9;
-        best = g > best ? g : best;
-    }
+    const double best =
+        dsr1__bench_best_gflops(pool, passes, bf16_task, j, (double)j->iters * 16 * 64);
     free(j);
     return best;
 #else

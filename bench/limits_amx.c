@@ -74,14 +74,8 @@ double dsr1__bench_amx_gflops(dsr1_pool *pool, int passes, const char **why)
         return 0;
     }
     j->iters = 1 << 17; /* 8 items x 4 x 2^17 TDPBF16PS of 16 cycles: ~0.03 s per pass at 2 GHz */
-    const int items = dsr1_pool_size(pool) * 8;
-    double best = 0;
-    for (int p = 0; p < passes; p++) {
-        const double t0 = dsr1_now();
-        dsr1_pool_run(pool, items, 1, amx_task, j);
-        const double g = (double)items * j->iters * 4 * 16384 / (dsr1_now() - t0) / 1e9;
-        best = g > best ? g : best;
-    }
+    const double best =
+        dsr1__bench_best_gflops(pool, passes, amx_task, j, (double)j->iters * 4 * 16384);
     free(j);
     return best;
 #else

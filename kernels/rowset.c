@@ -121,8 +121,8 @@ static void lt_task(void *arg, int begin, int end, int tid)
     const float *srow = w->scale + (size_t)((j->r0 - j->tk0) / DSR1_QBLOCK) * nbc;
     for (int t = begin; t < end; t++) {
         const int c0 = t * DSR1__RS_MAX;
-        dsr1__rowset rs = {.dtype = w->dtype, .cols = j->k, .tld = w->cols, .tk0 = j->tk0,
-                           .tsld = nbc};
+        dsr1__rowset rs = {
+            .dtype = w->dtype, .cols = j->k, .tld = w->cols, .tk0 = j->tk0, .tsld = nbc};
         rs.n = w->cols - c0 < DSR1__RS_MAX ? w->cols - c0 : DSR1__RS_MAX;
         for (int q = 0; q < rs.n; q++) {
             rs.row[q] = (const uint8_t *)w->data + (size_t)j->r0 * w->cols + c0 + q;
@@ -138,7 +138,8 @@ void dsr1__rowops_linear_t(const dsr1__rowops *ops, dsr1_pool *pool, const dsr1_
 {
     if (m <= 0 || r1 <= r0) return;
     const int tk0 = r0 % DSR1_QBLOCK, k = tk0 + r1 - r0;
-    const int ms = m < LIN_MSUPER ? m : LIN_MSUPER, sets = (w->cols + DSR1__RS_MAX - 1) / DSR1__RS_MAX;
+    const int ms = m < LIN_MSUPER ? m : LIN_MSUPER,
+              sets = (w->cols + DSR1__RS_MAX - 1) / DSR1__RS_MAX;
     dsr1_pool *p = (long)(r1 - r0) * w->cols * (m + 1) < SMALL_WORK ? NULL : pool;
     const size_t stride = round64(ops->scratch_bytes(ms, k));
     /* the activations behind tk0 zero columns, then packed once per superblock */

@@ -266,7 +266,8 @@ static int join_serve(const options *o)
     const int E = cfg->n_routed_experts, ep = w1.workers / (w1.pp > 0 ? w1.pp : 1);
     if (w1.pp < 1 || w1.workers % w1.pp || w1.replicas < 1 || w1.n_owners != E * w1.replicas ||
         !(owners = malloc(sizeof(int) * (size_t)w1.n_owners + 1))) {
-        st = dsr1_error(DSR1_ERR_FORMAT, "the coordinator's grid (%d workers, %d stages, %d copies, "
+        st = dsr1_error(DSR1_ERR_FORMAT,
+                        "the coordinator's grid (%d workers, %d stages, %d copies, "
                         "%d placement entries) does not fit this model (%d experts)",
                         w1.workers, w1.pp, w1.replicas, w1.n_owners, E);
         goto out;
@@ -338,10 +339,11 @@ static int join_serve(const options *o)
     lens[0] = (size_t)w2.lens[0];
     addrs[1 + w1.index] = addr;
     lens[1 + w1.index] = alen;
-    const int timeout = o->timeout_ms > 0 ? o->timeout_ms : w1.timeout_ms > 0 ? w1.timeout_ms
-                                                                              : 60000;
-    dsr1_ucx_group_params gp = {1 + w1.index, n, dsr1_worker_world_timeout(timeout), "world",
-                                NULL, true};
+    const int timeout = o->timeout_ms > 0   ? o->timeout_ms
+                        : w1.timeout_ms > 0 ? w1.timeout_ms
+                                            : 60000;
+    dsr1_ucx_group_params gp = {1 + w1.index, n,    dsr1_worker_world_timeout(timeout),
+                                "world",      NULL, true};
     st = dsr1_comm_ucx_connect(local, &gp, addrs, lens, &world);
     local = NULL;
     free(addrs);

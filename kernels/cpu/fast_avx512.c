@@ -122,7 +122,8 @@ void dsr1__fast_panel_fill_avx512(const dsr1__rowset *rs, uint16_t *P, float *mu
 {
     const int k = rs->cols, np = dsr1__fast_pairs(k), nb = (k + DSR1_QBLOCK - 1) / DSR1_QBLOCK;
     for (int j = 0; j < DSR1__RS_MAX; j++)
-        for (int b = 0; b < nb; b++) mul[b * DSR1__RS_MAX + j] = j < rs->n ? dsr1__rs_scale(rs, j, b) : 0;
+        for (int b = 0; b < nb; b++)
+            mul[b * DSR1__RS_MAX + j] = j < rs->n ? dsr1__rs_scale(rs, j, b) : 0;
     for (int c = 0; c < 2 * np; c += 32) {
         __m512i z[16];
         chunk_vnni(rs, c / 2, z);
@@ -291,7 +292,7 @@ static void vd_rows(const dsr1__rowset *rs, const void *act, int m, float *y, in
 }
 
 static const dsr1__rowops vdp_rowops = {dsr1__fast_act_bytes, dsr1__fast_act_pack,
-                                       dsr1__fast_act_put, vd_scratch_bytes, vd_rows};
+                                        dsr1__fast_act_put, vd_scratch_bytes, vd_rows};
 
 const dsr1__rowops *dsr1__fast_vdp_rowops(void)
 {

@@ -81,7 +81,8 @@ void dsr1__fast_panel_fill(const dsr1__rowset *rs, uint16_t *P, float *mul)
     const int k = rs->cols, np = dsr1__fast_pairs(k), nb = (k + DSR1_QBLOCK - 1) / DSR1_QBLOCK;
     for (int j = 0; j < DSR1__RS_MAX; j++) {
         uint16_t *pj = P + 2 * j;
-        for (int b = 0; b < nb; b++) mul[b * DSR1__RS_MAX + j] = j < rs->n ? dsr1__rs_scale(rs, j, b) : 0;
+        for (int b = 0; b < nb; b++)
+            mul[b * DSR1__RS_MAX + j] = j < rs->n ? dsr1__rs_scale(rs, j, b) : 0;
         if (j >= rs->n) {
             for (int p = 0; p < np; p++) pj[p * 32] = pj[p * 32 + 1] = 0;
             continue;
@@ -89,9 +90,8 @@ void dsr1__fast_panel_fill(const dsr1__rowset *rs, uint16_t *P, float *mul)
         if (rs->tld > 0) { /* a transposed set: column v of row j is tld bytes after v - 1 */
             const uint8_t *w = rs->row[j];
             for (int v = 0; v < 2 * np; v++)
-                pj[v / 2 * 32 + v % 2] = v < rs->tk0 || v >= k
-                                             ? 0
-                                             : dsr1__e4m3_bf16[w[(size_t)(v - rs->tk0) * rs->tld]];
+                pj[v / 2 * 32 + v % 2] =
+                    v < rs->tk0 || v >= k ? 0 : dsr1__e4m3_bf16[w[(size_t)(v - rs->tk0) * rs->tld]];
             continue;
         }
         const uint8_t *w = rs->row[j];

@@ -120,10 +120,10 @@ DSR1_AVX512_INLINE __m256i f32x16_bf16(__m512 v)
     const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
     __m512i r = _mm512_srli_epi32(
         _mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)), odd), 16);
-    const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)),
-                                                  _mm512_set1_epi32(0x7f800000));
-    r = _mm512_mask_mov_epi32(
-        r, nan, _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40)));
+    const __mmask16 nan = _mm512_cmpgt_epu32_mask(
+        _mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)), _mm512_set1_epi32(0x7f800000));
+    r = _mm512_mask_mov_epi32(r, nan,
+                              _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40)));
     return _mm512_cvtepi32_epi16(r);
 }
 
@@ -353,9 +353,8 @@ static void tiled_rows(const dsr1__rowset *rs, const uint16_t *X, int m, float *
             for (int rb = 0; rb < rs->n; rb += TB_NR)
                 for (int ib = 0; ib < mg; ib += TB_MR)
                     micro_any(mg - ib < TB_MR ? mg - ib : TB_MR, Xb + (size_t)ib * TB_KB, m,
-                              P + (size_t)rb * ldp + (size_t)b0 * TB_KB, ldp,
-                              mul + b0 * TB_NB + rb, nbk, last, ngl,
-                              C + (size_t)ib * TB_NB + rb * TB_MR);
+                              P + (size_t)rb * ldp + (size_t)b0 * TB_KB, ldp, mul + b0 * TB_NB + rb,
+                              nbk, last, ngl, C + (size_t)ib * TB_NB + rb * TB_MR);
         }
         for (int i = 0; i < mg; i++) {
             const __m512 *ci = C + (size_t)(i / TB_MR) * TB_MR * TB_NB + (i % TB_MR) * TB_NR;

@@ -510,7 +510,7 @@ static void test_linear_t_paths(void **state)
     (void)state;
     dsr1_pool *pool;
     assert_int_equal(dsr1_pool_create(2, &pool), DSR1_OK);
-    static const int shapes[][4] = {/* rows, cols, r0, r1 */
+    static const int shapes[][4] = {                     /* rows, cols, r0, r1 */
                                     {256, 200, 0, 128},  /* R1's: a head's 128 rows */
                                     {256, 64, 64, 96},   /* tiny-a's: off a block's start */
                                     {520, 70, 130, 400}, /* across blocks, odd offset pairs */
@@ -567,8 +567,8 @@ static void test_linear_t_paths(void **state)
                                              paths[pi].name, rows, cols, r0, r1, m, i, c, got,
                                              want);
                             }
-                            const double bound = 6 * ldexp(1, -8) * sqrt(q / 3) +
-                                                 2 * kk * ldexp(1, -24) * a + 1e-30;
+                            const double bound =
+                                6 * ldexp(1, -8) * sqrt(q / 3) + 2 * kk * ldexp(1, -24) * a + 1e-30;
                             const double e = fabs(got - ref) / bound;
                             worst = e > worst ? e : worst;
                         }
@@ -884,8 +884,8 @@ static void test_panel(void **state)
         }
     /* a transposed set (linear_t): columns 3 .. 14 of the rows 1 .. 11, after 5 zero columns */
     const int tk0 = 5, tn = 11, tc = 12, tcols = tk0 + tn;
-    dsr1__rowset ts = {.dtype = DSR1_DT_F8_E4M3, .cols = tcols, .n = tc, .tld = cols, .tk0 = tk0,
-                       .tsld = 3};
+    dsr1__rowset ts = {
+        .dtype = DSR1_DT_F8_E4M3, .cols = tcols, .n = tc, .tld = cols, .tk0 = tk0, .tsld = 3};
     for (int j = 0; j < tc; j++) {
         ts.row[j] = q + (size_t)1 * cols + 3 + j;
         ts.scale[j] = scale + (3 + j) / 128;
@@ -914,8 +914,7 @@ int main(void)
         cmocka_unit_test(test_e4m3_bf16),        cmocka_unit_test(test_fma_daz_ftz),
         cmocka_unit_test(test_tile_emulation),   cmocka_unit_test(test_panel),
         cmocka_unit_test(test_linear_paths),     cmocka_unit_test(test_linear_t_paths),
-        cmocka_unit_test(test_expert_ffn_paths),
-        cmocka_unit_test(test_batch_invariance),
+        cmocka_unit_test(test_expert_ffn_paths), cmocka_unit_test(test_batch_invariance),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
