@@ -16,6 +16,15 @@
  *     over the fp32 FMA peak, the ceiling of the exact kernels.
  * Decode at small B is bound by the first, prefill and large-B decode by the second.
  *
+ * --paged runs the same batches on the engine as `dsr1 serve` runs it (the engine side of
+ * serving, without the scheduler and the frontends): a paged cache of dsr1 serve's default
+ * size (coordinator/sched/backend.c), block tables grown a block at a time as the scheduler
+ * grows them (coordinator/sched/admit.c) from a shuffled free list (a long-running server's
+ * blocks come back in any order), and the greedy draw in the engine (the sample requests
+ * the scheduler sends) instead of the argmax here after the step. --compare-paged N
+ * alternates both engines N times in one process and prints the ratios, and checks that
+ * both draw the same tokens (a sequence's logits do not depend on paging).
+ *
  * usage: dsr1-bench offline --model DIR [--dummy-weights [--layers N]] [--batch 1,8,64] ... */
 #include <getopt.h>
 #include <jansson.h>
@@ -34,6 +43,11 @@
 
 #define MAX_BATCHES 16
 #define CMD         "dsr1-bench offline"
+/* dsr1 serve's cache defaults (coordinator/sched/backend.c): blocks of 32 tokens, 64K tokens
+ * of cache, fewer when they would take more than 8 GiB */
+#define SERVE_BLOCK_TOKENS 32
+#define SERVE_KV_TOKENS    65536
+#define SERVE_KV_BYTES     (8ll << 30)
 
 typedef struct {
     const char *model, *kernels, *json;
@@ -41,14 +55,20 @@ typedef struct {
     int layers, experts, threads, input_len, output_len, nbatch;
     int batch[MAX_BATCHES];
     uint64_t seed;
+    bool paged;       /* --paged: the engine as dsr1 serve runs it */
+    int block_tokens; /* of the paged cache */
+    int compare;      /* --compare-paged N: N alternating pairs (slots, paged) per batch size */
 } offline_opts;
 
 typedef struct {
     int batch;
+    bool paged; /* run on the paged engine (else slots) */
+    int round;  /* --compare-paged: the pair it belongs to (from 1) */
     double prefill_s, prefill_flops;
     double prefill_cpu_s, decode_cpu_s; /* the process's CPU time (all threads) in those steps */
     double decode_s, step_median_s, step_bytes, step_flops;
-    double *step_s; /* output_len step times */
+    double *step_s;  /* output_len step times */
+    int32_t *tokens; /* [output_len + 1][batch]: the tokens drawn after prefill and each step */
 } offline_row;
 
 /* This machine's limits, measured after loading and at the end (bench/limits.c). */
@@ -79,10 +99,19 @@ static void usage(FILE *f)
             "  --output-len N     decode steps (default 32)\n"
             "  --kernels NAME     kernel variant: auto (default), portable, avx512, bf16-tiles\n"
             "  --threads N        worker threads (default: DSR1_THREADS or all cores)\n"
+            "  --paged            run the engine as `dsr1 serve` runs it: a paged cache of its\n"
+            "                     default size, block tables grown a block at a time from a\n"
+            "                     shuffled free list, the greedy draw in the engine (default:\n"
+            "                     one cache slot per sequence, argmax after the step)\n"
+            "  --block-tokens N   tokens per block of the paged cache (default 32, as dsr1 serve)\n"
+            "  --compare-paged N  per batch size, N pairs of runs on both engines, alternating\n"
+            "                     in one process; prints paged / slots ratios (wall and CPU\n"
+            "                     time) and whether both drew the same tokens\n"
             "  --json FILE        also write the results as JSON\n"
             "  -h, --help         this text\n\n"
             "A prefill step of T = B x input-len tokens needs scratch memory of about 1 MB per\n"
-            "token at R1's shapes; keep T within memory.\n");
+            "token at R1's shapes; keep T within memory. With --paged the prompts are prefilled\n"
+            "in that one step too (dsr1 serve splits them into steps of --max-step-tokens).\n");
 }
 
 static int parse_batches(const char *s, offline_opts *o)
@@ -118,10 +147,16 @@ static int parse(int argc, char **argv, offline_opts *o)
         {"input-len", required_argument, 0, 'i'},  {"output-len", required_argument, 0, 'o'},
         {"kernels", required_argument, 0, 'k'},    {"threads", required_argument, 0, 't'},
         {"json", required_argument, 0, 'j'},       {"help", no_argument, 0, 'h'},
+        {"paged", no_argument, 0, 'P'},            {"block-tokens", required_argument, 0, 'B'},
+        {"compare-paged", required_argument, 0, 'C'},
         {0, 0, 0, 0}};
     // clang-format on
-    *o = (offline_opts){
-        .input_len = 128, .output_len = 32, .nbatch = 3, .batch = {1, 8, 64}, .seed = 1};
+    *o = (offline_opts){.input_len = 128,
+                        .output_len = 32,
+                        .nbatch = 3,
+                        .batch = {1, 8, 64},
+                        .seed = 1,
+                        .block_tokens = SERVE_BLOCK_TOKENS};
     int c, end;
     long v;
     optind = 1;
@@ -132,6 +167,9 @@ static int parse(int argc, char **argv, offline_opts *o)
             break;
         case 'D':
             o->dummy = true;
+            break;
+        case 'P':
+            o->paged = true;
             break;
         case 'k':
             o->kernels = optarg;
@@ -149,17 +187,24 @@ static int parse(int argc, char **argv, offline_opts *o)
         case 'E':
         case 't':
         case 'i':
-        case 'o': {
+        case 'o':
+        case 'B':
+        case 'C': {
             const char *flag = c == 'L'   ? "--layers"
                                : c == 'E' ? "--experts"
                                : c == 't' ? "--threads"
                                : c == 'i' ? "--input-len"
+                               : c == 'B' ? "--block-tokens"
+                               : c == 'C' ? "--compare-paged"
                                           : "--output-len";
-            if (dsr1_arg_long(CMD, flag, optarg, c == 'o' ? 0 : 1, 1 << 20, &v)) return 2;
+            if (dsr1_arg_long(CMD, flag, optarg, c == 'o' ? 0 : 1, c == 'C' ? 100 : 1 << 20, &v))
+                return 2;
             *(c == 'L'   ? &o->layers
               : c == 'E' ? &o->experts
               : c == 't' ? &o->threads
               : c == 'i' ? &o->input_len
+              : c == 'B' ? &o->block_tokens
+              : c == 'C' ? &o->compare
                          : &o->output_len) = (int)v;
             break;
         }
@@ -173,6 +218,11 @@ static int parse(int argc, char **argv, offline_opts *o)
     }
     if (o->layers && !o->dummy) {
         fprintf(stderr, CMD ": --layers needs --dummy-weights\n");
+        return 2;
+    }
+    if (o->paged && o->compare) {
+        fprintf(stderr, CMD ": --paged and --compare-paged exclude each other (the comparison "
+                            "runs both)\n");
         return 2;
     }
     return 0;
@@ -292,68 +342,157 @@ static double median(const double *x, int n)
     return m;
 }
 
-/* One step of every sequence: n_tokens each from tokens[s * stride] at position pos;
- * seconds in *sec, greedy next tokens in next[]. */
-static dsr1_status step(dsr1_engine *e, int b, int pos, int n_tokens, const int32_t *tokens,
-                        int stride, dsr1_seq_step *seqs, float *logits, int vocab, int32_t *next,
-                        double *sec, double *cpu)
+/* The paged side of a run: the engine's cache size and the block tables, grown as the
+ * scheduler grows them (admit.c's grow_blocks: the blocks of a step's positions, taken
+ * before the step) from a free list in shuffled order. */
+typedef struct {
+    int bt, n_blocks, per_seq, n_free;
+    int32_t *free_ids; /* popped from the end */
+    int32_t *tables;   /* [b][per_seq] */
+    int *n_table;      /* [b] blocks held */
+} paged_tables;
+
+/* dsr1 serve's default cache size in blocks (backend.c's cache_blocks), or more when the
+ * batch's sequences need more. */
+static int paged_pool_blocks(const dsr1_model_config *c, int bt, int need)
 {
-    for (int s = 0; s < b; s++)
+    const int64_t row = (int64_t)(c->kv_lora_rank + c->qk_rope_head_dim) * (int64_t)sizeof(float) *
+                        c->num_hidden_layers;
+    int64_t tokens = SERVE_KV_TOKENS;
+    if (tokens * row > SERVE_KV_BYTES) tokens = SERVE_KV_BYTES / row;
+    const int64_t blocks = (tokens + bt - 1) / bt;
+    return blocks < need ? need : blocks > 1 << 30 ? 1 << 30 : (int)blocks;
+}
+
+static dsr1_status paged_init(paged_tables *p, const dsr1_model_config *c, int bt, int b,
+                              int tokens, uint64_t seed)
+{
+    *p = (paged_tables){.bt = bt, .per_seq = (tokens + bt - 1) / bt};
+    p->n_blocks = paged_pool_blocks(c, bt, b * p->per_seq);
+    p->free_ids = malloc(sizeof(int32_t) * (size_t)p->n_blocks);
+    p->tables = malloc(sizeof(int32_t) * (size_t)b * p->per_seq);
+    p->n_table = calloc((size_t)b, sizeof(int));
+    if (!p->free_ids || !p->tables || !p->n_table)
+        return dsr1_error(DSR1_ERR_NOMEM, "out of memory for %d block tables", b);
+    p->n_free = p->n_blocks;
+    for (int i = 0; i < p->n_blocks; i++) p->free_ids[i] = i;
+    uint64_t s = seed * 0x9e3779b97f4a7c15ull + 12345; /* Fisher-Yates */
+    for (int i = p->n_blocks - 1; i > 0; i--) {
+        const int j = (int)(dsr1__bench_rand(&s) % (uint64_t)(i + 1));
+        const int32_t t = p->free_ids[i];
+        p->free_ids[i] = p->free_ids[j];
+        p->free_ids[j] = t;
+    }
+    return DSR1_OK;
+}
+
+static void paged_free(paged_tables *p)
+{
+    free(p->free_ids);
+    free(p->tables);
+    free(p->n_table);
+}
+
+/* Blocks for sequence s's first `upto` positions. */
+static void paged_grow(paged_tables *p, int s, int upto)
+{
+    int32_t *t = p->tables + (size_t)s * p->per_seq;
+    while (p->n_table[s] * p->bt < upto) t[p->n_table[s]++] = p->free_ids[--p->n_free];
+}
+
+/* One step of every sequence: n_tokens each from tokens[s * stride] at position pos;
+ * seconds in *sec, the next tokens in next[] (greedy: argmax here, or drawn in the engine
+ * with paged tables, as the scheduler asks for them; `index` is the drawn token's). */
+static dsr1_status step(dsr1_engine *e, paged_tables *pt, int b, int pos, int n_tokens,
+                        const int32_t *tokens, int stride, dsr1_seq_step *seqs,
+                        dsr1_seq_sample *smp, dsr1_sample_result *res, float *logits, int vocab,
+                        uint64_t index, int32_t *next, double *sec, double *cpu)
+{
+    for (int s = 0; s < b; s++) {
         seqs[s] = (dsr1_seq_step){.slot = s,
                                   .pos = pos,
                                   .n_tokens = n_tokens,
                                   .tokens = tokens + (size_t)s * stride,
                                   .logits = DSR1_LOGITS_LAST};
-    const dsr1_batch batch = {.n_seqs = b, .seqs = seqs, .logits = logits};
+        if (pt) {
+            paged_grow(pt, s, pos + n_tokens);
+            seqs[s].blocks = pt->tables + (size_t)s * pt->per_seq;
+            seqs[s].n_blocks = pt->n_table[s];
+            smp[s] = (dsr1_seq_sample){.params = dsr1_sampling_defaults(), .step = index};
+            smp[s].params.temperature = 0;
+            seqs[s].sample = &smp[s];
+        }
+    }
+    const dsr1_batch batch = {
+        .n_seqs = b, .seqs = seqs, .logits = pt ? NULL : logits, .samples = pt ? res : NULL};
     const double t0 = dsr1_now(), c0 = cpu_now();
     const dsr1_status st = dsr1_engine_forward(e, &batch);
     *sec = dsr1_now() - t0;
     *cpu += cpu_now() - c0;
     for (int s = 0; st == DSR1_OK && s < b; s++)
-        next[s] = argmax(logits + (size_t)s * vocab, vocab);
+        next[s] = pt ? res[s].token : argmax(logits + (size_t)s * vocab, vocab);
     return st;
 }
 
 static dsr1_status run_batch(const offline_opts *o, const dsr1_weights *w, const dsr1_kernels *k,
-                             dsr1_pool *pool, int b, offline_row *row)
+                             dsr1_pool *pool, int b, bool paged, offline_row *row)
 {
-    const int vocab = w->cfg.vocab_size, in = o->input_len;
+    const int vocab = w->cfg.vocab_size, in = o->input_len, out_len = o->output_len;
     dsr1_engine *e = NULL;
+    paged_tables pt = {0};
     int32_t *prompt = malloc(sizeof(int32_t) * (size_t)b * in), *next = malloc(sizeof(int32_t) * b);
     dsr1_seq_step *seqs = malloc(sizeof(*seqs) * b);
-    float *logits = malloc(sizeof(float) * (size_t)b * vocab);
-    double *step_s = calloc((size_t)o->output_len + 1, sizeof(double)); /* + 1: never empty */
-    *row = (offline_row){b, .step_s = step_s};
+    dsr1_seq_sample *smp = malloc(sizeof(*smp) * b);
+    dsr1_sample_result *res = malloc(sizeof(*res) * b);
+    float *logits = paged ? NULL : malloc(sizeof(float) * (size_t)b * vocab);
+    double *step_s = calloc((size_t)out_len + 1, sizeof(double)); /* + 1: never empty */
+    int32_t *drawn = malloc(sizeof(int32_t) * ((size_t)out_len + 1) * b);
+    *row = (offline_row){b, paged, .step_s = step_s, .tokens = drawn};
     dsr1_status st = DSR1_OK;
-    if (!prompt || !next || !seqs || !logits || !row->step_s)
+    if (!prompt || !next || !seqs || !smp || !res || (!paged && !logits) || !step_s || !drawn)
         st = dsr1_error(DSR1_ERR_NOMEM, "out of memory for batch %d", b);
-    if (st == DSR1_OK) st = dsr1_engine_create(w, k, pool, b, in + o->output_len, &e);
+    if (st == DSR1_OK && paged) {
+        st = paged_init(&pt, &w->cfg, o->block_tokens, b, in + out_len, o->seed);
+        /* dsr1 serve's step budget; the engine's scratch follows the step's tokens */
+        if (st == DSR1_OK)
+            st = dsr1_engine_create_paged(w, k, pool, pt.n_blocks, pt.bt,
+                                          b * in > 512 ? b * in : 512, &e);
+    } else if (st == DSR1_OK) {
+        st = dsr1_engine_create(w, k, pool, b, in + out_len, &e);
+    }
     if (st != DSR1_OK) goto out;
+    paged_tables *ptp = paged ? &pt : NULL;
     uint64_t s = o->seed * 0x9e3779b97f4a7c15ull + (uint64_t)b;
     for (size_t i = 0; i < (size_t)b * in; i++) prompt[i] = (int32_t)(dsr1__bench_rand(&s) % vocab);
     double t, tc = 0;
-    fprintf(stderr, "batch %d: warm-up, prefill of %d x %d tokens ...\n", b, b, in);
-    if ((st = step(e, b, 0, 1, prompt, in, seqs, logits, vocab, next, &t, &tc)) != DSR1_OK)
+    fprintf(stderr, "batch %d%s: warm-up, prefill of %d x %d tokens ...\n", b,
+            paged ? " (paged)" : "", b, in);
+    if ((st = step(e, ptp, b, 0, 1, prompt, in, seqs, smp, res, logits, vocab, 0, next, &t, &tc)))
         goto out;
-    if ((st = step(e, b, 0, in, prompt, in, seqs, logits, vocab, next, &row->prefill_s,
-                   &row->prefill_cpu_s)))
+    if ((st = step(e, ptp, b, 0, in, prompt, in, seqs, smp, res, logits, vocab, 0, next,
+                   &row->prefill_s, &row->prefill_cpu_s)))
         goto out;
-    fprintf(stderr, "batch %d: %d decode steps ...\n", b, o->output_len);
-    for (int i = 0; i < o->output_len; i++) {
-        if ((st = step(e, b, in + i, 1, next, 1, seqs, logits, vocab, next, &row->step_s[i],
-                       &row->decode_cpu_s)))
+    memcpy(drawn, next, sizeof(int32_t) * b);
+    fprintf(stderr, "batch %d%s: %d decode steps ...\n", b, paged ? " (paged)" : "", out_len);
+    for (int i = 0; i < out_len; i++) {
+        if ((st = step(e, ptp, b, in + i, 1, next, 1, seqs, smp, res, logits, vocab,
+                       (uint64_t)i + 1, next, &row->step_s[i], &row->decode_cpu_s)))
             goto out;
         row->decode_s += row->step_s[i];
+        memcpy(drawn + (size_t)(i + 1) * b, next, sizeof(int32_t) * b);
     }
-    row->step_median_s = median(row->step_s, o->output_len);
+    row->step_median_s = median(row->step_s, out_len);
     double unused;
     step_cost(w, b * in, b, (in + 1) / 2.0, &unused, &row->prefill_flops);
-    step_cost(w, b, b, in + (o->output_len + 1) / 2.0, &row->step_bytes, &row->step_flops);
+    step_cost(w, b, b, in + (out_len + 1) / 2.0, &row->step_bytes, &row->step_flops);
 out:
     dsr1_engine_destroy(e);
+    paged_free(&pt);
     free(prompt);
     free(next);
     free(seqs);
+    free(smp);
+    free(res);
     free(logits);
     return st;
 }
@@ -366,6 +505,69 @@ static double e2e_tok_s(const offline_opts *o, const offline_row *r)
     return t > 0 ? (double)r->batch * o->output_len / t : 0;
 }
 
+static double cpu_per_token(const offline_opts *o, const offline_row *r)
+{
+    return (r->prefill_cpu_s + r->decode_cpu_s) / ((double)r->batch * o->output_len);
+}
+
+/* Whether two runs of the same batch drew the same tokens after prefill and every step. */
+static bool same_tokens(const offline_opts *o, const offline_row *a, const offline_row *b)
+{
+    return !memcmp(a->tokens, b->tokens, sizeof(int32_t) * ((size_t)o->output_len + 1) * a->batch);
+}
+
+/* --compare-paged: per batch size, the paged run over the slots run of each pair (speed:
+ * > 1 when paged is faster), in wall time (e2e out, decode) and in CPU time (per output token
+ * over prefill + decode, and decode alone), their medians, and whether every run drew the
+ * same tokens. Printed, or added to `json` (an array) when it is not NULL. */
+static void compare_report(const offline_opts *o, const offline_row *rows, int n, json_t *json)
+{
+    enum { E2E, DEC, CPU, CPU_DEC, N_RATIOS };
+    static const char *const names[N_RATIOS] = {"e2e_wall", "decode_wall", "cpu", "decode_cpu"};
+    for (int i = 0; i < n; i++) {
+        if (rows[i].round != 1 || rows[i].paged) continue; /* once per batch size */
+        const int b = rows[i].batch;
+        double *ratio[N_RATIOS];
+        int np = 0;
+        bool same = true;
+        for (int r = 0; r < N_RATIOS; r++) ratio[r] = calloc((size_t)o->compare, sizeof(double));
+        if (!ratio[0] || !ratio[1] || !ratio[2] || !ratio[3]) goto next;
+        if (!json) printf("batch %d, paged / slots (speed; same process, alternating):\n", b);
+        for (int r = 1; r <= o->compare; r++) {
+            const offline_row *sl = NULL, *pg = NULL;
+            for (int j = 0; j < n; j++)
+                if (rows[j].batch == b && rows[j].round == r)
+                    *(rows[j].paged ? &pg : &sl) = &rows[j];
+            if (!sl || !pg) continue;
+            same = same && same_tokens(o, &rows[i], sl) && same_tokens(o, &rows[i], pg);
+            ratio[E2E][np] = e2e_tok_s(o, pg) / e2e_tok_s(o, sl);
+            ratio[DEC][np] = sl->decode_s / pg->decode_s;
+            ratio[CPU][np] = cpu_per_token(o, sl) / cpu_per_token(o, pg);
+            ratio[CPU_DEC][np] = sl->decode_cpu_s / pg->decode_cpu_s;
+            if (!json)
+                printf("  pair %d: e2e %.3f, decode %.3f (wall); CPU s per output token %.4f / "
+                       "%.4f: %.3f, decode CPU %.3f\n",
+                       r, ratio[E2E][np], ratio[DEC][np], cpu_per_token(o, pg),
+                       cpu_per_token(o, sl), ratio[CPU][np], ratio[CPU_DEC][np]);
+            np++;
+        }
+        if (json) {
+            json_t *m = json_pack("{s:i,s:i,s:b}", "batch", b, "pairs", np, "same_tokens", same);
+            for (int r = 0; r < N_RATIOS; r++)
+                json_object_set_new(m, names[r], json_real(median(ratio[r], np)));
+            json_array_append_new(json, m);
+        } else {
+            printf("  median of %d: e2e %.3f, decode %.3f (wall); CPU %.3f, decode CPU %.3f; "
+                   "tokens %s\n",
+                   np, median(ratio[E2E], np), median(ratio[DEC], np), median(ratio[CPU], np),
+                   median(ratio[CPU_DEC], np),
+                   same ? "identical in every run" : "DIFFER between runs");
+        }
+    next:
+        for (int r = 0; r < N_RATIOS; r++) free(ratio[r]);
+    }
+}
+
 static void report(const offline_opts *o, const dsr1_weights *w, const dsr1_kernels *k, int threads,
                    const offline_limits *lim, const offline_row *rows, int n)
 {
@@ -375,18 +577,28 @@ static void report(const offline_opts *o, const dsr1_weights *w, const dsr1_kern
            "kernels %s, %d threads\n",
            o->model, o->dummy ? " (dummy weights)" : "", c->num_hidden_layers, moe, w->n_owned,
            c->n_routed_experts, w->bytes / 1e9, k->name, threads);
+    if (o->paged || o->compare)
+        printf(
+            "%s: paged cache as dsr1 serve's (%d blocks of %d tokens, block tables grown a block "
+            "at a time from a shuffled free list, greedy draw in the engine)%s\n",
+            o->compare ? "paged runs" : "engine", paged_pool_blocks(c, o->block_tokens, 0),
+            o->block_tokens,
+            o->compare ? "; slots runs: one cache slot per sequence, argmax after the step" : "");
     printf("input %d, output %d tokens per sequence; streaming read %.1f GB/s (before %.1f, after "
            "%.1f); fp32 FMA peak %.1f GFLOP/s (before %.1f, after %.1f)\n",
            o->input_len, o->output_len, lim->bw, lim->bw0, lim->bw1, lim->peak, lim->peak0,
            lim->peak1);
-    printf("%5s %9s %9s %6s %8s %9s %8s %7s %9s %9s %7s %7s %8s\n", "", "prefill", "prefill",
+    const char *run = o->compare ? "run      " : "";
+    printf("%s%5s %9s %9s %6s %8s %9s %8s %7s %9s %9s %7s %7s %8s\n", run, "", "prefill", "prefill",
            "%FMA", "decode", "step ms", "GB", "GFLOP", "BW roof", "FMA roof", "decode", "decode",
            "e2e out");
-    printf("%5s %9s %9s %6s %8s %9s %8s %7s %9s %9s %7s %7s %8s\n", "batch", "s", "tok/s", "",
-           "tok/s", "(median)", "/step", "/step", "ms", "ms", "/BW roof", "/roof", "tok/s");
+    printf("%s%5s %9s %9s %6s %8s %9s %8s %7s %9s %9s %7s %7s %8s\n", o->compare ? "         " : "",
+           "batch", "s", "tok/s", "", "tok/s", "(median)", "/step", "/step", "ms", "ms", "/BW roof",
+           "/roof", "tok/s");
     for (int i = 0; i < n; i++) {
         const offline_row *r = &rows[i];
         const double bwr = r->step_bytes / (lim->bw * 1e9), fr = r->step_flops / (lim->peak * 1e9);
+        if (o->compare) printf("%-5s %-3d", r->paged ? "paged" : "slots", r->round);
         printf("%5d %9.3f %9.1f %5.1f%% %8.2f %9.2f %8.3f %7.1f %9.2f %9.2f %7.3f %7.3f %8.2f\n",
                r->batch, r->prefill_s, (double)r->batch * o->input_len / r->prefill_s,
                100 * r->prefill_flops / r->prefill_s / (lim->peak * 1e9),
@@ -402,6 +614,7 @@ static void report(const offline_opts *o, const dsr1_weights *w, const dsr1_kern
         fmin(lim->peak0, lim->peak1) < 0.85 * lim->peak)
         printf("note: the limits moved by more than 15%% during the run: the machine was busy "
                "(the rooflines use the larger values)\n");
+    if (o->compare) compare_report(o, rows, n, NULL);
 }
 
 static int write_json(const offline_opts *o, const dsr1_weights *w, const dsr1_kernels *k,
@@ -414,6 +627,11 @@ static int write_json(const offline_opts *o, const dsr1_weights *w, const dsr1_k
         o->output_len, "read_gbps", lim->bw, "read_gbps_before_after", lim->bw0, lim->bw1,
         "fma_peak_gflops", lim->peak, "fma_peak_gflops_before_after", lim->peak0, lim->peak1,
         "weights_gb", w->bytes / 1e9);
+    if (o->paged || o->compare) {
+        json_object_set_new(root, "block_tokens", json_integer(o->block_tokens));
+        json_object_set_new(root, "cache_blocks",
+                            json_integer(paged_pool_blocks(&w->cfg, o->block_tokens, 0)));
+    }
     json_t *jr = json_array();
     for (int i = 0; i < n; i++) {
         const offline_row *r = &rows[i];
@@ -433,8 +651,16 @@ static int write_json(const offline_opts *o, const dsr1_weights *w, const dsr1_k
                       "bandwidth_roofline_seconds", bwr, "fma_roofline_seconds", fr,
                       "e2e_output_tok_s", e2e_tok_s(o, r), "prefill_cpu_seconds", r->prefill_cpu_s,
                       "decode_cpu_seconds", r->decode_cpu_s, "step_seconds", steps));
+        json_t *jrow = json_array_get(jr, json_array_size(jr) - 1);
+        json_object_set_new(jrow, "cache", json_string(r->paged ? "paged" : "slots"));
+        if (o->compare) json_object_set_new(jrow, "round", json_integer(r->round));
     }
     json_object_set_new(root, "results", jr);
+    if (o->compare) {
+        json_t *cmp = json_array();
+        compare_report(o, rows, n, cmp);
+        json_object_set_new(root, "paged_over_slots", cmp);
+    }
     const int rc = json_dump_file(root, o->json, JSON_INDENT(2));
     if (rc) fprintf(stderr, CMD ": cannot write %s\n", o->json);
     json_decref(root);
@@ -470,17 +696,25 @@ int dsr1__bench_offline(int argc, char **argv)
     dsr1_ckpt *ck = NULL;
     dsr1_weights *w = NULL;
     dsr1_pool *pool = NULL;
-    offline_row rows[MAX_BATCHES] = {0};
+    /* --compare-paged N: N pairs per batch size, the order alternating (slots first in odd
+     * pairs) so that a trend in the machine's load weighs on both alike */
+    const int per_batch = o.compare ? 2 * o.compare : 1;
+    offline_row *rows = calloc((size_t)o.nbatch * per_batch, sizeof(*rows));
     offline_limits lim = {0};
-    dsr1_status st = dsr1_pool_create(o.threads, &pool);
+    dsr1_status st =
+        rows ? dsr1_pool_create(o.threads, &pool) : dsr1_error(DSR1_ERR_NOMEM, "out of memory");
     if (st == DSR1_OK) st = load(&o, &ck, &w);
     if (st != DSR1_OK) goto out;
     measure_limits(pool, &lim, false);
-    for (; done < o.nbatch; done++)
-        if ((st = run_batch(&o, w, k, pool, o.batch[done], &rows[done])) != DSR1_OK) {
+    for (int i = 0; i < o.nbatch * per_batch; i++, done++) {
+        const int pair = i % per_batch / 2;
+        const bool paged = o.compare ? (i % 2 == 1) == (pair % 2 == 0) : o.paged;
+        if ((st = run_batch(&o, w, k, pool, o.batch[i / per_batch], paged, &rows[i])) != DSR1_OK) {
             done++; /* its row holds memory to free */
             goto out;
         }
+        rows[i].round = o.compare ? pair + 1 : 0;
+    }
     measure_limits(pool, &lim, true);
     if (lim.bw <= 0 || lim.peak <= 0) {
         st = dsr1_error(DSR1_ERR_UNSUPPORTED,
@@ -492,7 +726,11 @@ int dsr1__bench_offline(int argc, char **argv)
     rc = o.json ? write_json(&o, w, k, dsr1_pool_size(pool), &lim, rows, done) : 0;
 out:
     if (st != DSR1_OK) fprintf(stderr, CMD ": %s\n", dsr1_errmsg());
-    for (int i = 0; i < done; i++) free(rows[i].step_s);
+    for (int i = 0; i < done; i++) {
+        free(rows[i].step_s);
+        free(rows[i].tokens);
+    }
+    free(rows);
     dsr1_weights_destroy(w);
     dsr1_ckpt_close(ck);
     dsr1_pool_destroy(pool);

@@ -11,7 +11,7 @@ start_server() {
     "$build/tools/dsr1" serve --model "$model" --host 127.0.0.1 --port 0 --state-dir "$STATE_DIR" \
         "$@" >"$log" 2>&1 &
     SERVER_PID=$!
-    trap 'kill $SERVER_PID 2>/dev/null; wait $SERVER_PID 2>/dev/null || true; rm -rf "$STATE_DIR"' EXIT
+    trap 'kill $SERVER_PID 2>/dev/null || true; wait $SERVER_PID 2>/dev/null || true; rm -rf "$STATE_DIR"' EXIT
     for _ in $(seq 600); do
         grep -q 'serving on' "$log" && break
         kill -0 $SERVER_PID 2>/dev/null || { cat "$log"; echo "$me: the server exited"; exit 1; }
