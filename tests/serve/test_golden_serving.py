@@ -11,6 +11,8 @@ other streaming requests (random prompts, lengths and sampling; some cancelled) 
 finish around it, and the two runs must agree bit for bit.
 
 usage: test_golden_serving.py BUILD_ROOT GOLDEN_DIR [TOL] [dsr1 serve flags...]
+TOL "none": only alone == busy, bit for bit (the fast precision mode, whose distance from the
+reference tests/conformance/accuracy.py bounds: tiny-a's router flips experts under bf16).
 Exit 77 without grpcio/protoc, numpy (to make tiny-a) or the golden files.
 """
 import json
@@ -62,6 +64,8 @@ def served_rows(final):
 def compare_golden(checks, name, rows, golden_rows, tol):
     checks.expect(len(rows) == len(golden_rows), f"{name}: rows",
                   f"{len(rows)} served, {len(golden_rows)} golden")
+    if tol is None:
+        return float("nan")
     worst = 0.0
     for k, (got, ref) in enumerate(zip(rows, golden_rows)):
         ref_lp = {t: v - ref["logsumexp"] for t, v in zip(ref["top_ids"], ref["top_logits"])}
@@ -99,7 +103,7 @@ def main():
         print(__doc__)
         return 2
     build_root, golden_dir = sys.argv[1], sys.argv[2]
-    tol = float(sys.argv[3]) if len(sys.argv) > 3 else 1e-3
+    tol = None if sys.argv[3:4] == ["none"] else float(sys.argv[3]) if len(sys.argv) > 3 else 1e-3
     extra = sys.argv[4:]
     golden_file = os.path.join(golden_dir, "golden-tiny-a.json")
     if not os.path.exists(golden_file):
