@@ -69,6 +69,16 @@ size_t dsr1__fast_panel_bytes(int k);
  * (0 past the set's rows), portable C. */
 void dsr1__fast_panel_fill(const dsr1__rowset *rs, uint16_t *P, float *mul);
 
+/* Bytes of a set's block multipliers [block][16] (64-byte multiple). */
+size_t dsr1__fast_mul_bytes(int k);
+
+typedef void (*dsr1__panel_fill_fn)(const dsr1__rowset *rs, uint16_t *P, float *mul);
+
+/* The tile backend's product on AMX (tile_rows.h compiled over the intrinsics, tile_amx.c);
+ * call only after dsr1__tile_amx() gave the tile layer. */
+void dsr1__tile_amx_rows(dsr1__panel_fill_fn fill, const dsr1__rowset *rs, const void *act, int m,
+                         float *y, int ldy, void *scratch);
+
 /* The tile backend over a tile implementation (emulated or AMX): the rowset.h operations.
  * NULL for an ops table that is neither of the two. */
 const dsr1__rowops *dsr1__fast_tile_rowops(const dsr1__tileops *t);

@@ -258,16 +258,10 @@ static void vd_small_any(int mr, const dsr1__rowset *rs, const uint16_t *A, size
     }
 }
 
-static size_t mul_bytes(int k)
-{
-    const size_t nb = (size_t)(k + DSR1_QBLOCK - 1) / DSR1_QBLOCK;
-    return (nb * DSR1__RS_MAX * sizeof(float) + 63) & ~(size_t)63;
-}
-
 static size_t vd_scratch_bytes(int m, int k)
 {
     (void)m;
-    return dsr1__fast_panel_bytes(k) + mul_bytes(k);
+    return dsr1__fast_panel_bytes(k) + dsr1__fast_mul_bytes(k);
 }
 
 static void vd_rows(const dsr1__rowset *rs, const void *act, int m, float *y, int ldy,

@@ -111,79 +111,44 @@ void dsr1__fast_panel_fill(const dsr1__rowset *rs, uint16_t *P, float *mul)
 
 /* ---- the tile backend ------------------------------------------------------------------ */
 
-static size_t mul_bytes(int k)
+size_t dsr1__fast_mul_bytes(int k)
 {
     const size_t nb = (size_t)(k + DSR1_QBLOCK - 1) / DSR1_QBLOCK;
     return (nb * DSR1__RS_MAX * sizeof(float) + 63) & ~(size_t)63;
 }
 
-/* panel, multipliers, one stored accumulator tile, the totals of a 16-row tile */
+/* panel, multipliers, two stored accumulator tiles, the totals of two 16-row tiles */
 static size_t tile_scratch_bytes(int m, int k)
 {
     (void)m;
-    return dsr1__fast_panel_bytes(k) + mul_bytes(k) + 2 * 16 * 16 * sizeof(float);
+    return dsr1__fast_panel_bytes(k) + dsr1__fast_mul_bytes(k) + 4 * 16 * 16 * sizeof(float);
 }
 
-/* The set's panel against the activation rows, 16 rows to a tile (tile 0: C, 4: A, 6: B);
- * see fast.h for the order. */
-typedef void (*panel_fill_fn)(const dsr1__rowset *rs, uint16_t *P, float *mul);
+/* The product on the emulated tiles (tile_rows.h, the loop AMX runs). */
+#define TR_NAME                        emu_tile_rows
+#define TR_CONFIG(cfg)                 dsr1__tile_emu()->config(cfg)
+#define TR_RELEASE()                   dsr1__tile_emu()->release()
+#define TR_ZERO(t)                     dsr1__tile_emu()->zero(t)
+#define TR_LOAD(t, base, stride)       dsr1__tile_emu()->load(t, base, stride)
+#define TR_STORE(t, base, stride)      dsr1__tile_emu()->store(t, base, stride)
+#define TR_DP(c, a, b)                 dsr1__tile_emu()->dpbf16ps(c, a, b)
+#define TR_FMA_ROWS(tot, c, mul, rows) dsr1__tile_emu()->fma_rows(tot, c, mul, rows)
+#include "tile_rows.h"
 
-static void tile_rows(const dsr1__tileops *T, panel_fill_fn fill, const dsr1__rowset *rs,
-                      const void *act, int m, float *y, int ldy, void *scratch)
-{
-    const int k = rs->cols, nb = (k + DSR1_QBLOCK - 1) / DSR1_QBLOCK, np = dsr1__fast_pairs(k);
-    const size_t ld = dsr1__fast_act_ld(k);
-    uint16_t *P = scratch;
-    float *mul = (float *)((char *)scratch + dsr1__fast_panel_bytes(k));
-    float *cbuf = (float *)((char *)mul + mul_bytes(k)), *tot = cbuf + 256;
-    fill(rs, P, mul);
-    dsr1__tilecfg cfg;
-    int cfg_rows = -1;
-    for (int i0 = 0; i0 < m; i0 += 16) {
-        const int mr = m - i0 < 16 ? m - i0 : 16;
-        if (mr != cfg_rows) {
-            memset(&cfg, 0, sizeof cfg);
-            cfg.palette = 1;
-            cfg.rows[0] = cfg.rows[4] = (uint8_t)mr;
-            cfg.rows[6] = 16;
-            cfg.colsb[0] = cfg.colsb[4] = cfg.colsb[6] = 64;
-            T->config(&cfg);
-            cfg_rows = mr;
-        }
-        memset(tot, 0, sizeof(float) * 16 * (size_t)mr);
-        const uint16_t *A = (const uint16_t *)act + (size_t)i0 * ld;
-        for (int b = 0; b < nb; b++) {
-            T->zero(0);
-            const int p1 = (b + 1) * 64 < np ? (b + 1) * 64 : np;
-            for (int p = b * 64; p < p1; p += 16) {
-                T->load(4, A + 2 * p, ld * sizeof(uint16_t));
-                T->load(6, P + (size_t)p * 32, 64);
-                T->dpbf16ps(0, 4, 6);
-            }
-            T->store(0, cbuf, 64);
-            T->fma_rows(tot, cbuf, mul + b * DSR1__RS_MAX, mr);
-        }
-        for (int i = 0; i < mr; i++)
-            for (int j = 0; j < rs->n; j++) y[(size_t)(i0 + i) * ldy + j] = tot[i * 16 + j];
-    }
-    if (cfg_rows >= 0) T->release();
-}
-
-static const dsr1__tileops *amx_ops; /* set by dsr1__fast_tile_rowops before any use */
 /* the AMX path's panel fill: in registers where the CPU has AVX-512 BW (every AMX CPU; set
  * by tables_init), else the portable one, the same bits (tests/unit/test_kernels_fast.c) */
-static panel_fill_fn amx_fill = dsr1__fast_panel_fill;
+static dsr1__panel_fill_fn amx_fill = dsr1__fast_panel_fill;
 
 static void emu_rows(const dsr1__rowset *rs, const void *act, int m, float *y, int ldy,
                      void *scratch)
 {
-    tile_rows(dsr1__tile_emu(), dsr1__fast_panel_fill, rs, act, m, y, ldy, scratch);
+    emu_tile_rows(dsr1__fast_panel_fill, rs, act, m, y, ldy, scratch);
 }
 
 static void amx_rows(const dsr1__rowset *rs, const void *act, int m, float *y, int ldy,
                      void *scratch)
 {
-    tile_rows(amx_ops, amx_fill, rs, act, m, y, ldy, scratch);
+    dsr1__tile_amx_rows(amx_fill, rs, act, m, y, ldy, scratch);
 }
 
 static const dsr1__rowops emu_rowops = {dsr1__fast_act_bytes, dsr1__fast_act_pack,
@@ -194,10 +159,7 @@ static const dsr1__rowops amx_rowops = {dsr1__fast_act_bytes, dsr1__fast_act_pac
 const dsr1__rowops *dsr1__fast_tile_rowops(const dsr1__tileops *t)
 {
     if (t == dsr1__tile_emu()) return &emu_rowops;
-    if (t != NULL && t == dsr1__tile_amx(NULL)) {
-        amx_ops = t;
-        return &amx_rowops;
-    }
+    if (t != NULL && t == dsr1__tile_amx(NULL)) return &amx_rowops;
     return NULL;
 }
 
@@ -397,5 +359,12 @@ const dsr1__tileops *dsr1__tile_amx(const char **why)
 {
     if (why) *why = "this build has no AMX kernels (the compiler lacks -mamx-tile -mamx-bf16)";
     return NULL;
+}
+
+void dsr1__tile_amx_rows(dsr1__panel_fill_fn fill, const dsr1__rowset *rs, const void *act, int m,
+                         float *y, int ldy, void *scratch)
+{
+    (void)fill, (void)rs, (void)act, (void)m, (void)y, (void)ldy, (void)scratch;
+    abort(); /* never called: dsr1__tile_amx gave no tile layer */
 }
 #endif

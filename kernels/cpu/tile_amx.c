@@ -12,9 +12,11 @@
 #include <immintrin.h>
 #include <pthread.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "fast.h"
 #include "tile.h"
 
 #define ARCH_REQ_XCOMP_PERM 0x1023
@@ -115,6 +117,23 @@ static void amx_rescale_rows(float *o, size_t ldo, const float *alpha, const flo
         _mm512_storeu_ps(o + i * ldo,
                          _mm512_fmadd_ps(_mm512_loadu_ps(o + i * ldo), _mm512_set1_ps(alpha[i]),
                                          _mm512_loadu_ps(c + i * 16)));
+}
+
+/* The tile backend's product (tile_rows.h) on the intrinsics: no call per tile op. */
+#define TR_NAME                        amx_tile_rows
+#define TR_CONFIG(cfg)                 _tile_loadconfig(cfg)
+#define TR_RELEASE()                   _tile_release()
+#define TR_ZERO(t)                     _tile_zero(t)
+#define TR_LOAD(t, base, stride)       _tile_loadd(t, base, (long)(stride))
+#define TR_STORE(t, base, stride)      _tile_stored(t, (void *)(base), (long)(stride))
+#define TR_DP(c, a, b)                 _tile_dpbf16ps(c, a, b)
+#define TR_FMA_ROWS(tot, c, mul, rows) amx_fma_rows(tot, c, mul, rows)
+#include "tile_rows.h"
+
+void dsr1__tile_amx_rows(dsr1__panel_fill_fn fill, const dsr1__rowset *rs, const void *act, int m,
+                         float *y, int ldy, void *scratch)
+{
+    amx_tile_rows(fill, rs, act, m, y, ldy, scratch);
 }
 
 static const dsr1__tileops amx = {"amx",     amx_config,   amx_release,  amx_zero,        amx_load,
