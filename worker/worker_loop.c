@@ -374,9 +374,13 @@ static dsr1_status update_peer(dsr1_worker *w, int wi, const void *addr, size_t 
 
 /* The EP group of a new epoch over the live workers of this stage, from everyone's
  * addresses (a decoded CONNECT). Takes the local (NULL: no EP group). */
+/* The epoch's EP group from a CONNECT. *peer_failed: the group could not be connected (a
+ * peer gone, or its endpoints closed, while the epoch formed: it failed the epoch's first
+ * step, or died), which is no failure of this worker's own. */
 static dsr1_status connect_ep(dsr1_worker *w, uint32_t epoch, const dsr1_wire_addr *a, int n,
-                              dsr1_ucx_local *le)
+                              dsr1_ucx_local *le, bool *peer_failed)
 {
+    *peer_failed = false;
     const int workers = w->n_stages * w->ep_size, me = w->world->rank - 1;
     const void **addrs = calloc((size_t)n + 1, sizeof(void *));
     size_t *lens = calloc((size_t)n + 1, sizeof(size_t));
@@ -395,8 +399,7 @@ static dsr1_status connect_ep(dsr1_worker *w, uint32_t epoch, const dsr1_wire_ad
             st = dsr1_error(DSR1_ERR_FORMAT, "CONNECT names world rank %d", a[i].rank);
             goto out;
         }
-        if ((st = update_peer(w, wi, a[i].world_addr, (size_t)a[i].world_len)) != DSR1_OK)
-            goto out;
+        if ((st = update_peer(w, wi, a[i].world_addr, (size_t)a[i].world_len)) != DSR1_OK) goto out;
         if (wi / w->ep_size != w->stage) continue;
         if (le && a[i].len <= 0) {
             st = dsr1_error(DSR1_ERR_FORMAT, "CONNECT: worker %d has no EP address", wi);
@@ -417,10 +420,10 @@ static dsr1_status connect_ep(dsr1_worker *w, uint32_t epoch, const dsr1_wire_ad
     if (le) {
         char gname[48];
         snprintf(gname, sizeof(gname), "stage %d EP, epoch %u", w->stage, epoch);
-        dsr1_ucx_group_params gp = {mine, k, dsr1_ep_timeout(w->timeout_ms), gname, labels,
-                                    false};
+        dsr1_ucx_group_params gp = {mine, k, dsr1_ep_timeout(w->timeout_ms), gname, labels, false};
         st = dsr1_comm_ucx_connect(le, &gp, addrs, lens, &w->ep);
         le = NULL;
+        *peer_failed = st != DSR1_OK;
         if (st == DSR1_OK && w->test_crash_alltoall > 0) { /* and its world handle with it */
             dsr1_comm_ucx_crash_after(w->ep, DSR1_COMM_CRASH_COLLECTIVE, w->test_crash_alltoall,
                                       w->world);
@@ -445,8 +448,8 @@ static dsr1_status regroup(dsr1_worker *w, const dsr1_wire_regroup *rg, void **n
 #if DSR1_HAVE_UCX
     const int workers = w->n_stages * w->ep_size, me = w->world->rank - 1;
     if (rg->n_workers != workers)
-        return dsr1_error(DSR1_ERR_FORMAT, "REGROUP for %d workers in a grid of %d",
-                          rg->n_workers, workers);
+        return dsr1_error(DSR1_ERR_FORMAT, "REGROUP for %d workers in a grid of %d", rg->n_workers,
+                          workers);
     drop_groups(w);
     for (int i = 0; i < workers; i++) w->degraded |= !rg->live[i];
     if (!rg->live[me])
@@ -467,8 +470,8 @@ static dsr1_status regroup(dsr1_worker *w, const dsr1_wire_regroup *rg, void **n
     mine.world_len = (int32_t)l;
     void *msg = NULL;
     size_t len;
-    if (st == DSR1_OK)
-        st = dsr1_wire_addrs_encode(DSR1_MSG_ADDR, rg->epoch, &mine, 1, &msg, &len);
+    bool peer_failed = false;
+    if (st == DSR1_OK) st = dsr1_wire_addrs_encode(DSR1_MSG_ADDR, rg->epoch, &mine, 1, &msg, &len);
     if (st == DSR1_OK) st = dsr1_comm_send(w->world, 0, DSR1_TAG_RESULT, msg, len);
     free(msg);
     dsr1_wire_addr *a = malloc(sizeof(*a) * (size_t)workers);
@@ -485,9 +488,15 @@ static dsr1_status regroup(dsr1_worker *w, const dsr1_wire_regroup *rg, void **n
         if (h.type == DSR1_MSG_CONNECT) {
             st = dsr1_wire_addrs_decode(msg, len, &epoch, a, workers, &n);
             if (st == DSR1_OK && epoch == rg->epoch) {
-                st = connect_ep(w, epoch, a, n, le);
+                st = connect_ep(w, epoch, a, n, le, &peer_failed);
                 le = NULL;
                 free(msg);
+                if (peer_failed) { /* the coordinator forms the next epoch without it */
+                    DSR1_WARN("epoch %u: %s; this worker waits for the next epoch", epoch,
+                              dsr1_errmsg());
+                    drop_groups(w);
+                    st = DSR1_OK;
+                }
                 break;
             }
             free(msg);
@@ -502,7 +511,7 @@ static dsr1_status regroup(dsr1_worker *w, const dsr1_wire_regroup *rg, void **n
     if (st == DSR1_OK && !*next) {
         w->epoch = rg->epoch;
         w->first_step = rg->first_step;
-        w->broken = false;
+        w->broken = peer_failed; /* its steps are skipped until the next REGROUP */
         int live = 0;
         for (int i = 0; i < workers; i++) live += rg->live[i];
         DSR1_DEBUG("epoch %u: %d of %d workers live", rg->epoch, live, workers);
