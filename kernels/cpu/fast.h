@@ -87,6 +87,12 @@ const dsr1__rowops *dsr1__fast_tile_rowops(const dsr1__tileops *t);
  * the compiler takes -mavx512bf16 -mavx512vbmi; call only on a CPU with AVX-512,
  * AVX512_BF16 and AVX512_VBMI). */
 const dsr1__rowops *dsr1__fast_vd_rowops(void);
+/* linear_t on the vdpbf16ps path for up to 4 rows (decode), 64 output columns at a time, the
+ * same bits as dsr1__rowops_linear_t over dsr1__fast_vdp_rowops; 0 (nothing done) for
+ * shapes it does not take (more rows, non-FP8 weights, over 1024 summed rows). */
+int dsr1__fast_vd_linear_t_small(dsr1_pool *pool, const dsr1_linear *w, int r0, int r1,
+                                 const float *x, int ldx, int m, float *y, int ldy);
+
 /* vdpbf16ps over the VNNI panel, lanes = the set's 16 rows (fast_avx512.c, same CPU
  * needs): the vdpbf16ps path's backend of linear_t, whose transposed sets (rowset.h) it
  * takes, as the tile backend does; and its in-register panel fill (the portable one's

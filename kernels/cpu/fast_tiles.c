@@ -250,6 +250,16 @@ PATH_ENTRIES(DSR1__FAST_VDPBF16)
 PATH_ENTRIES(DSR1__FAST_TILE_EMU)
 PATH_ENTRIES(DSR1__FAST_TILE_AMX)
 
+/* The vdpbf16ps path's linear_t: decode-sized products by columns of 64 (the same bits). */
+static void vd_linear_t(dsr1_pool *pool, const dsr1_linear *w, int r0, int r1, const float *x,
+                        int ldx, int m, float *y, int ldy)
+{
+#if DSR1_HAVE_AVX512BF16_KERNELS
+    if (dsr1__fast_vd_linear_t_small(pool, w, r0, r1, x, ldx, m, y, ldy)) return;
+#endif
+    linear_t_DSR1__FAST_VDPBF16(pool, w, r0, r1, x, ldx, m, y, ldy);
+}
+
 /* Attention against the bf16 cache (fast_attn.h), by path. */
 static dsr1__fa_backend attn_be[4];
 
@@ -289,7 +299,7 @@ static void tables_init(void)
     tables[DSR1__FAST_TILE_EMU].mla_attention_bf16 = attn_DSR1__FAST_TILE_EMU;
     tables[DSR1__FAST_TILE_AMX].mla_attention_bf16 = attn_DSR1__FAST_TILE_AMX;
     tables[DSR1__FAST_VDPBF16].linear = linear_DSR1__FAST_VDPBF16;
-    tables[DSR1__FAST_VDPBF16].linear_t = linear_t_DSR1__FAST_VDPBF16;
+    tables[DSR1__FAST_VDPBF16].linear_t = vd_linear_t;
     tables[DSR1__FAST_VDPBF16].expert_ffn = expert_ffn_DSR1__FAST_VDPBF16;
     path_ops[DSR1__FAST_TILE_EMU] = dsr1__fast_tile_rowops(dsr1__tile_emu());
     path_t[DSR1__FAST_TILE_EMU] = path_ops[DSR1__FAST_TILE_EMU];

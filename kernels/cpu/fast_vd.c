@@ -365,6 +365,115 @@ static void tiled_rows(const dsr1__rowset *rs, const uint16_t *X, int m, float *
     }
 }
 
+/* ---- linear_t, few rows ------------------------------------------------------------- */
+
+/* linear_t (the query absorption) for m <= LT_SMALL rows in the order of the vdpbf16ps
+ * path's transposed sets (fast.h: lanes = output columns, per block one chain over the
+ * row pairs in increasing order, odd product then even, then tot = fma(acc, scale, tot)),
+ * 64 output columns at a time instead of a set's 16: rows v and v + 1 of W, 64 bytes each,
+ * interleaved byte by byte (the VNNI pairs) and converted by cvt64 give four vectors of 16
+ * pairs, column 16L + 4k + q of the 64 in lane 4L + q of vector k. The same bits as the
+ * panel path (tests/unit/test_kernels_fast.c), with a quarter of its loads and a fifth of
+ * its conversion work per weight. */
+#define LT_SMALL 4
+#define LT_KMAX  1024 /* reduction columns (tk0 + r1 - r0) this path takes */
+
+typedef struct {
+    const dsr1_linear *w;
+    int r0, tk0, k, m;
+    const uint16_t *xv; /* [m][k rounded up to 32]: bf16, zero before tk0 and from k */
+    float *y;
+    int ldy;
+} ltv_job;
+
+/* Columns c0 .. c0+64 (n valid) for mr <= 2 rows of xv (row stride kp). */
+DSR1_AVX512_INLINE void ltv_cols(int mr, const ltv_job *j, const uint16_t *xv, int kp, int c0,
+                                 int n, float *y)
+{
+    const dsr1_linear *w = j->w;
+    const vd_tab t = tab_load();
+    const int nbc = (w->cols + TB_KB - 1) / TB_KB, np = kp / 2, nb = (j->k + TB_KB - 1) / TB_KB;
+    const uint8_t *base = (const uint8_t *)w->data + (size_t)(j->r0 - j->tk0) * w->cols + c0;
+    const float *sc = w->scale + (size_t)((j->r0 - j->tk0) / TB_KB) * nbc + c0 / TB_KB;
+    const __mmask64 live = n >= 64 ? ~(__mmask64)0 : (~(__mmask64)0) >> (64 - n);
+    __m512 tot[2][4];
+    for (int i = 0; i < mr; i++)
+        for (int q = 0; q < 4; q++) tot[i][q] = _mm512_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+        __m512 acc[2][4];
+        for (int i = 0; i < mr; i++)
+            for (int q = 0; q < 4; q++) acc[i][q] = _mm512_setzero_ps();
+        const int p1 = (b + 1) * 64 < np ? (b + 1) * 64 : np;
+        for (int p = b * 64; p < p1; p++) {
+            const int v = 2 * p;
+            const __m512i a = v >= j->tk0 && v < j->k
+                                  ? _mm512_maskz_loadu_epi8(live, base + (size_t)v * w->cols)
+                                  : _mm512_setzero_si512();
+            const __m512i c = v + 1 >= j->tk0 && v + 1 < j->k
+                                  ? _mm512_maskz_loadu_epi8(live, base + (size_t)(v + 1) * w->cols)
+                                  : _mm512_setzero_si512();
+            __m512i z[4];
+            cvt64(&t, _mm512_unpacklo_epi8(a, c), &z[0], &z[1]);
+            cvt64(&t, _mm512_unpackhi_epi8(a, c), &z[2], &z[3]);
+            for (int i = 0; i < mr; i++) {
+                int32_t pr;
+                memcpy(&pr, xv + (size_t)i * kp + v, 4);
+                const __m512bh xp = (__m512bh)_mm512_set1_epi32(pr);
+                for (int q = 0; q < 4; q++)
+                    acc[i][q] = _mm512_dpbf16_ps(acc[i][q], xp, (__m512bh)z[q]);
+            }
+        }
+        const __m512 s = _mm512_set1_ps(sc[(size_t)b * nbc]);
+        for (int i = 0; i < mr; i++)
+            for (int q = 0; q < 4; q++) tot[i][q] = _mm512_fmadd_ps(acc[i][q], s, tot[i][q]);
+    }
+    for (int i = 0; i < mr; i++) {
+        float o[64];
+        for (int q = 0; q < 4; q++) _mm512_storeu_ps(o + 16 * q, tot[i][q]);
+        /* vector q lane 4L + r: column 16L + 4q + r (unpack, then cvt64's unpack) */
+        for (int q = 0; q < 4; q++)
+            for (int d = 0; d < 16; d++) {
+                const int col = 16 * (d / 4) + 4 * q + d % 4;
+                if (col < n) y[(size_t)i * j->ldy + col] = o[16 * q + d];
+            }
+    }
+}
+
+static void ltv_task(void *arg, int begin, int end, int tid)
+{
+    (void)tid;
+    const ltv_job *j = arg;
+    const int kp = (j->k + 31) / 32 * 32;
+    for (int g = begin; g < end; g++) {
+        const int c0 = 64 * g, n = j->w->cols - c0 < 64 ? j->w->cols - c0 : 64;
+        for (int i0 = 0; i0 < j->m; i0 += 2) {
+            const uint16_t *xv = j->xv + (size_t)i0 * kp;
+            float *y = j->y + (size_t)i0 * j->ldy + c0;
+            if (j->m - i0 >= 2)
+                ltv_cols(2, j, xv, kp, c0, n, y);
+            else
+                ltv_cols(1, j, xv, kp, c0, n, y);
+        }
+    }
+}
+
+int dsr1__fast_vd_linear_t_small(dsr1_pool *pool, const dsr1_linear *w, int r0, int r1,
+                                 const float *x, int ldx, int m, float *y, int ldy)
+{
+    const int tk0 = r0 % TB_KB, k = tk0 + r1 - r0, kp = (k + 31) / 32 * 32;
+    if (m > LT_SMALL || m <= 0 || r1 <= r0 || k > LT_KMAX || w->dtype != DSR1_DT_F8_E4M3) return 0;
+    pthread_once(&tab_once, tab_init);
+    uint16_t xv[LT_SMALL * LT_KMAX];
+    for (int i = 0; i < m; i++)
+        for (int v = 0; v < kp; v++)
+            xv[(size_t)i * kp + v] =
+                v < tk0 || v >= k ? 0 : dsr1_f32_to_bf16(x[(size_t)i * ldx + v - tk0]);
+    ltv_job j = {w, r0, tk0, k, m, xv, y, ldy};
+    const long work = (long)(r1 - r0) * w->cols * (m + 1);
+    dsr1_pool_run(work < 32768 ? NULL : pool, (w->cols + 63) / 64, 1, ltv_task, &j);
+    return 1;
+}
+
 /* ---- the backend --------------------------------------------------------------------- */
 
 static size_t scratch_bytes(int m, int k)
