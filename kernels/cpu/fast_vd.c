@@ -39,7 +39,7 @@
 #define TB_MG   12             /* activation rows per group (their totals stay in L1) */
 #define TB_MR   3              /* micro-kernel activation rows */
 #define TB_NR   4              /* micro-kernel weight rows */
-#define TB_KC   2              /* blocks per micro-kernel call (its totals in registers) */
+#define TB_KC   4              /* blocks per micro-kernel call (its totals in registers) */
 
 /* ---- e4m3 -> bf16 by table lookup ----------------------------------------------------- */
 
