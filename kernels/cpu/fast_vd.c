@@ -23,8 +23,9 @@
  *   streamed once, 8 rows at a time, block by block, converted in registers, against all
  *   m rows, with a software prefetch of the rows the next group reads;
  * - larger m (prefill): activations packed block-major (X[block][row][128]), the set's 16
- *   rows converted once into an L2-resident panel, groups of 16 activation rows against
- *   it block by block in a 4 x 4 register-blocked micro-kernel, the lane totals in L1. */
+ *   rows converted once into an L2-resident panel, groups of 12 activation rows against
+ *   it four blocks at a time in a 3 x 4 register-blocked micro-kernel (its lane totals in
+ *   registers over the four blocks, in L1 between). */
 #include <pthread.h>
 #include <string.h>
 
