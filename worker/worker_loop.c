@@ -373,10 +373,10 @@ static dsr1_status update_peer(dsr1_worker *w, int wi, const void *addr, size_t 
 }
 
 /* The EP group of a new epoch over the live workers of this stage, from everyone's
- * addresses (a decoded CONNECT). Takes the local (NULL: no EP group). */
-/* The epoch's EP group from a CONNECT. *peer_failed: the group could not be connected (a
- * peer gone, or its endpoints closed, while the epoch formed: it failed the epoch's first
- * step, or died), which is no failure of this worker's own. */
+ * addresses (a decoded CONNECT). Takes the local (NULL: no EP group). *peer_failed: the
+ * group could not be connected (a peer gone, or its endpoints closed, while the epoch
+ * formed: it failed the epoch's first step, or died), which is no failure of this
+ * worker's own. */
 static dsr1_status connect_ep(dsr1_worker *w, uint32_t epoch, const dsr1_wire_addr *a, int n,
                               dsr1_ucx_local *le, bool *peer_failed)
 {
