@@ -123,18 +123,14 @@ void dsr1_batches_item_done(dsr1_batches *b, uint64_t key, const dsr1_batch_resu
     s->custom_id = NULL;
     s->used = false;
     bool drop = r->aborted && (reason == ABORT_CLOSE || reason == ABORT_FAIL || b->stopping);
-    if (drop || bt->ending == END_FAIL) {
-        bt->running--;
-        b->running--;
-        pthread_cond_broadcast(&b->cv);
-        pthread_mutex_unlock(&b->mu);
-        free(cid);
-        return;
-    }
-    if (!r->aborted && dsr1__grid_unavailable(b, r->status) && requeue(bt, idx)) {
+    drop = drop || bt->ending == END_FAIL;
+    if (!drop && !r->aborted && dsr1__grid_unavailable(b, r->status) && requeue(bt, idx)) {
         /* the grid stopped serving under it: not its result; it runs again when it serves
          * (the refusals that follow are retried, and bounded by the completion window) */
         dsr1__warn_unavailable(bt, "the worker grid stopped serving while its items ran");
+        drop = true;
+    }
+    if (drop) { /* no result to record */
         bt->running--;
         b->running--;
         pthread_cond_broadcast(&b->cv);
