@@ -396,7 +396,6 @@ DSR1_AVX512_INLINE void ltv_cols(int mr, const ltv_job *j, const uint16_t *xv, i
     const int nbc = (w->cols + TB_KB - 1) / TB_KB, np = kp / 2, nb = (j->k + TB_KB - 1) / TB_KB;
     const uint8_t *base = (const uint8_t *)w->data + (size_t)(j->r0 - j->tk0) * w->cols + c0;
     const float *sc = w->scale + (size_t)((j->r0 - j->tk0) / TB_KB) * nbc + c0 / TB_KB;
-    const __mmask64 live = n >= 64 ? ~(__mmask64)0 : (~(__mmask64)0) >> (64 - n);
     __m512 tot[2][4];
     for (int i = 0; i < mr; i++)
         for (int q = 0; q < 4; q++) tot[i][q] = _mm512_setzero_ps();
@@ -407,11 +406,10 @@ DSR1_AVX512_INLINE void ltv_cols(int mr, const ltv_job *j, const uint16_t *xv, i
         const int p1 = (b + 1) * 64 < np ? (b + 1) * 64 : np;
         for (int p = b * 64; p < p1; p++) {
             const int v = 2 * p;
-            const __m512i a = v >= j->tk0 && v < j->k
-                                  ? _mm512_maskz_loadu_epi8(live, base + (size_t)v * w->cols)
-                                  : _mm512_setzero_si512();
+            const __m512i a = v >= j->tk0 && v < j->k ? wload64(base + (size_t)v * w->cols, 0, n)
+                                                      : _mm512_setzero_si512();
             const __m512i c = v + 1 >= j->tk0 && v + 1 < j->k
-                                  ? _mm512_maskz_loadu_epi8(live, base + (size_t)(v + 1) * w->cols)
+                                  ? wload64(base + (size_t)(v + 1) * w->cols, 0, n)
                                   : _mm512_setzero_si512();
             __m512i z[4];
             cvt64(&t, _mm512_unpacklo_epi8(a, c), &z[0], &z[1]);

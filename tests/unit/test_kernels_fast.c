@@ -388,6 +388,11 @@ static float model_tile(const dsr1_linear *w, int r, const float *x)
  * (k steps, then the scale) adds at most k 2^-24 sum |p_c|. Bound: 6 standard deviations
  * plus twice the accumulation's worst case. (A worst-case bound for the rounding, 2^-8
  * sum |p_c|, would be loose enough to let one wrong 32-column tile through at K = 1000.) */
+static double dot_bound(double q, double a, int k) /* q = sum p_c^2, a = sum |p_c| */
+{
+    return 6 * ldexp(1, -8) * sqrt(q / 3) + 2 * k * ldexp(1, -24) * a + 1e-30;
+}
+
 static double ref_dot(const dsr1_linear *w, int r, const float *x, double *bound)
 {
     double s = 0, a = 0, q = 0;
@@ -397,7 +402,7 @@ static double ref_dot(const dsr1_linear *w, int r, const float *x, double *bound
         a += fabs(p);
         q += p * p;
     }
-    *bound = 6 * ldexp(1, -8) * sqrt(q / 3) + 2 * w->cols * ldexp(1, -24) * a + 1e-30;
+    *bound = dot_bound(q, a, w->cols);
     return s;
 }
 
@@ -567,9 +572,7 @@ static void test_linear_t_paths(void **state)
                                              paths[pi].name, rows, cols, r0, r1, m, i, c, got,
                                              want);
                             }
-                            const double bound =
-                                6 * ldexp(1, -8) * sqrt(q / 3) + 2 * kk * ldexp(1, -24) * a + 1e-30;
-                            const double e = fabs(got - ref) / bound;
+                            const double e = fabs(got - ref) / dot_bound(q, a, kk);
                             worst = e > worst ? e : worst;
                         }
                     if (pass == 0) {
