@@ -4,10 +4,14 @@
  * every logit row as raw little-endian float32 (the layout check_logits.py reads). */
 #include <errno.h>
 #include <getopt.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "bootstrap_mpi.h"
 #include "args.h"
@@ -56,6 +60,40 @@ static void run_usage(FILE *f)
             "  --kernels NAME       kernel variant: auto (default: the fastest this CPU runs),\n"
             "                       portable, avx512, bf16-tiles (docs/kernels.md)\n"
             "  -h, --help           this text\n");
+}
+
+/* Under mpirun without recovery (its default), a rank that dies makes mpirun SIGTERM every
+ * other rank at once and SIGKILL them a second later. Dying on that SIGTERM races the
+ * grid's own report of the loss, the one line that names the lost worker: so in an MPI job
+ * SIGTERM gives the run TERM_GRACE_MS to end with its reason (its error path exits the
+ * process), then stops it with status 128 + SIGTERM. Blocked before MPI and UCX start
+ * their threads, which inherit the mask: only this thread takes the signal. */
+enum { TERM_GRACE_MS = 500 };
+
+static void *term_grace(void *set)
+{
+    int sig;
+    if (sigwait(set, &sig) != 0) return NULL;
+    DSR1_WARN("run: %s: stopping within %d ms", strsignal(sig), TERM_GRACE_MS);
+    struct timespec ts = {0, TERM_GRACE_MS * 1000000L};
+    nanosleep(&ts, NULL);
+    fflush(stdout);
+    fprintf(stderr, "dsr1 run: stopped by %s\n", strsignal(sig));
+    _exit(128 + sig);
+}
+
+static void term_grace_start(void)
+{
+    static sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    pthread_t t;
+    if (pthread_sigmask(SIG_BLOCK, &set, NULL) != 0) return;
+    if (pthread_create(&t, NULL, term_grace, &set) != 0) {
+        pthread_sigmask(SIG_UNBLOCK, &set, NULL);
+        return;
+    }
+    pthread_detach(t);
 }
 
 static int32_t argmax(const float *x, int n)
@@ -300,7 +338,10 @@ int dsr1_cmd_run(int argc, char **argv)
         cfg = dsr1_ckpt_config(ck);
     }
     const int vocab = cfg->vocab_size;
-    if (mpi) transport = DSR1_TRANSPORT_MPI;
+    if (mpi) {
+        transport = DSR1_TRANSPORT_MPI;
+        term_grace_start();
+    }
     if (workers > 0 || mpi) {
         dsr1_cluster_params cp = {ck,      dummy ? cfg : NULL, seed,       workers,  pp, kern,
                                   threads, 1,                  np + n_decode, timeout_ms, transport};
