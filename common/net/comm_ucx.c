@@ -122,6 +122,16 @@ struct group {
 
 /* ---- local endpoint ---------------------------------------------------------------- */
 
+/* Whether UCX_TLS leaves UCX's TCP transport in (unset: every transport). A key no
+ * transport takes makes UCX warn "invalid configuration" in every process. */
+static bool tcp_maybe_used(void)
+{
+    const char *t = getenv("UCX_TLS");
+    if (!t || !*t) return true;
+    if (t[0] == '^') return !strstr(t, "tcp"); /* an exclusion list */
+    return strstr(t, "tcp") || strstr(t, "all");
+}
+
 dsr1_status dsr1_ucx_local_create(dsr1_ucx_local **out)
 {
     dsr1_ucx_local *l = calloc(1, sizeof(*l));
@@ -141,7 +151,7 @@ dsr1_status dsr1_ucx_local_create(dsr1_ucx_local **out)
      * while its RX socket's event is handled), and UCX 1.13 (Debian 12's; the handler is
      * unchanged since) aborts on an assertion when the batch reaches that endpoint's stale
      * event: a lost peer took this process with it in 2-6% of the crash tests. */
-    if (!getenv("UCX_TCP_MAX_POLL")) ucp_config_modify(cfg, "MAX_POLL", "1");
+    if (!getenv("UCX_TCP_MAX_POLL") && tcp_maybe_used()) ucp_config_modify(cfg, "MAX_POLL", "1");
     ucp_params_t prm = {.field_mask = UCP_PARAM_FIELD_FEATURES,
                         .features = UCP_FEATURE_TAG | UCP_FEATURE_WAKEUP};
     s = ucp_init(&prm, cfg, &l->ctx);
