@@ -125,7 +125,13 @@ for c in 1 2 1t; do
     fi
     t0=$(now)
     kill -KILL "$vpid"
-    [ "$c" = 1t ] && kill -TERM "$cpid"
+    if [ "$c" = 1t ]; then
+        if [ -n "$cpid" ]; then
+            kill -TERM "$cpid" 2>/dev/null || true
+        else
+            echo "FAIL: $name: no coordinator process found"; fail=1
+        fi
+    fi
     rc=0
     wait $mp || rc=$?
     check "$name (worker $vw)" $rc "$(secs "$t0" "$(now)")" "$tmp/k$c.log" "$vw"
