@@ -32,7 +32,9 @@ static void usage(FILE *f)
     for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
         fprintf(f, "  %-14s %s\n", commands[i].name, commands[i].summary);
     fprintf(f, "\nenvironment: DSR1_LOG=error|warn|info|debug (default info), "
-               "DSR1_THREADS=N (default: all cores)\n");
+               "DSR1_THREADS=N (default: all cores),\n"
+               "  DSR1_WEIGHTS=map|copy (default map: the checkpoint's pages mapped; copy: into\n"
+               "  this process's memory, docs/operations.md)\n");
 }
 
 int main(int argc, char **argv)

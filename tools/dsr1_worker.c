@@ -56,7 +56,8 @@ static void usage(FILE *f)
             "                     of a grid that forms over TCP (--transport join)\n"
             "  --worker-index I   with --join: the place asked for (default: any free one)\n"
             "  -h, --help         this text\n\n"
-            "environment: UCX_TLS, UCX_NET_DEVICES (UCX transports), DSR1_LOG\n");
+            "environment: UCX_TLS, UCX_NET_DEVICES (UCX transports), DSR1_LOG, DSR1_WEIGHTS\n"
+            "(map|copy: the checkpoint's pages mapped, or copied into this process's memory)\n");
 }
 
 /* DSR1_THREADS; Slurm's --cpus-per-task; or the cores divided among the ranks the

@@ -243,6 +243,7 @@ typedef struct {
     int shard;
     uint64_t begin, end; /* file offsets */
     const uint8_t *data; /* points at `begin` */
+    uint8_t *copy;       /* DSR1_WEIGHTS=copy: the anonymous copy `data` points into */
 } map_run;
 
 struct dsr1_ckpt_map {
@@ -266,6 +267,7 @@ static dsr1_status add_run(dsr1_ckpt_map *m, int shard, uint64_t begin, uint64_t
     dsr1_status st = dsr1_st_map(m->ck->shards[shard], begin, end - begin, &p);
     if (st != DSR1_OK) return st;
     r->data = p;
+    r->copy = NULL;
     m->nruns++;
     m->mapped_bytes += end - begin;
     return DSR1_OK;
@@ -304,9 +306,59 @@ static void prefault(const dsr1_ckpt_map *m, dsr1_progress *prog)
     (void)sink;
 }
 
+/* DSR1_WEIGHTS: "map" (default, or unset): the weights are the checkpoint's pages, mapped;
+ * "copy": each mapped run is copied into anonymous memory (2 MB aligned, huge pages asked
+ * for) and the file unmapped. On the VM of docs/benchmarks.md ("weights on ext4") decode
+ * read mapped file pages far slower than its own memory; the copy costs a second pass at
+ * load and the page cache no longer backs the weights (they count as the process's). */
+static dsr1_status weights_mode(bool *copy)
+{
+    const char *v = getenv("DSR1_WEIGHTS");
+    *copy = v && !strcmp(v, "copy");
+    if (v && *v && !*copy && strcmp(v, "map"))
+        return dsr1_error(DSR1_ERR_INVALID_ARG, "DSR1_WEIGHTS: '%s' is not map or copy", v);
+    return DSR1_OK;
+}
+
+enum { COPY_ALIGN = 2 << 20 };
+
+static dsr1_status copy_runs(dsr1_ckpt_map *m)
+{
+    /* runs come shard by shard: a shard is done with its last run */
+    int shards = 0;
+    for (size_t i = 0; i < m->nruns; i++)
+        shards += i + 1 == m->nruns || m->runs[i + 1].shard != m->runs[i].shard;
+    dsr1_progress prog;
+    dsr1_progress_begin(&prog, "copying", m->mapped_bytes, shards);
+    dsr1_status st = DSR1_OK;
+    for (size_t i = 0; i < m->nruns; i++) {
+        map_run *r = &m->runs[i];
+        const size_t len = (size_t)(r->end - r->begin);
+        const size_t cap = (len + COPY_ALIGN - 1) / COPY_ALIGN * COPY_ALIGN;
+        uint8_t *c = aligned_alloc(COPY_ALIGN, cap);
+        if (!c) {
+            st = dsr1_error(DSR1_ERR_NOMEM,
+                            "DSR1_WEIGHTS=copy: no memory for a %.1f MB copy of the weights "
+                            "(%.1f MB in all; DSR1_WEIGHTS=map maps them instead)",
+                            len / 1e6, m->mapped_bytes / 1e6);
+            break;
+        }
+        madvise(c, cap, MADV_HUGEPAGE); /* a hint: 4 KB pages where refused */
+        memcpy(c, r->data, len);
+        dsr1_st_unmap(r->data, len);
+        r->data = r->copy = c;
+        dsr1_progress_add(&prog, len, i + 1 == m->nruns || m->runs[i + 1].shard != r->shard);
+    }
+    dsr1_progress_end(&prog);
+    return st;
+}
+
 dsr1_status dsr1_ckpt_map_tensors(const dsr1_ckpt *ck, dsr1_ckpt_select_fn select, void *arg,
                                   dsr1_ckpt_map **out)
 {
+    bool copy;
+    dsr1_status mst = weights_mode(&copy);
+    if (mst != DSR1_OK) return mst;
     dsr1_ckpt_map *m = calloc(1, sizeof(*m));
     if (!m) return dsr1_error(DSR1_ERR_NOMEM, "out of memory");
     m->ck = ck;
@@ -341,6 +393,7 @@ dsr1_status dsr1_ckpt_map_tensors(const dsr1_ckpt *ck, dsr1_ckpt_select_fn selec
     dsr1_progress_begin(&prog, "loading", m->tensor_bytes, ck->nshards);
     prefault(m, &prog);
     dsr1_progress_end(&prog);
+    if (copy && (st = copy_runs(m)) != DSR1_OK) goto err;
     *out = m;
     return DSR1_OK;
 err:
@@ -351,8 +404,12 @@ err:
 void dsr1_ckpt_map_release(dsr1_ckpt_map *m)
 {
     if (!m) return;
-    for (size_t i = 0; i < m->nruns; i++)
-        dsr1_st_unmap(m->runs[i].data, m->runs[i].end - m->runs[i].begin);
+    for (size_t i = 0; i < m->nruns; i++) {
+        if (m->runs[i].copy)
+            free(m->runs[i].copy);
+        else
+            dsr1_st_unmap(m->runs[i].data, m->runs[i].end - m->runs[i].begin);
+    }
     free(m->runs);
     free(m->selected);
     free(m);

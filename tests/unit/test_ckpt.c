@@ -1,6 +1,7 @@
 /* Checkpoint directories: the index and the shards must agree, shard names must stay inside
  * the directory, a single model.safetensors works without an index, and a tensor whose
- * shape disagrees with config.json is refused by name when the weights are resolved.
+ * shape disagrees with config.json is refused by name when the weights are resolved, and
+ * DSR1_WEIGHTS=copy holds the same bytes in anonymous memory.
  * Each case edits a fresh copy of a small checkpoint written by the mkmodel library. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -203,6 +204,55 @@ static void test_shape_disagrees_with_config(void **state)
     dsr1_ckpt_close(ck);
 }
 
+static bool take_all(const char *name, void *arg)
+{
+    (void)name;
+    (void)arg;
+    return true;
+}
+
+/* DSR1_WEIGHTS=copy: every tensor's bytes equal the mapped file's, held in 2 MB-aligned
+ * anonymous copies (the first tensor of each run starts one); a value other than map or
+ * copy is refused by name. */
+static void test_weights_copy(void **state)
+{
+    (void)state;
+    char d[300];
+    snprintf(d, sizeof(d), "%s/orig", base);
+    dsr1_ckpt *ck;
+    assert_int_equal(dsr1_ckpt_open(d, &ck), DSR1_OK);
+    dsr1_ckpt_map *mapped, *copied;
+    unsetenv("DSR1_WEIGHTS");
+    assert_int_equal(dsr1_ckpt_map_tensors(ck, take_all, NULL, &mapped), DSR1_OK);
+    setenv("DSR1_WEIGHTS", "copy", 1);
+    assert_int_equal(dsr1_ckpt_map_tensors(ck, take_all, NULL, &copied), DSR1_OK);
+    size_t n = dsr1_ckpt_tensor_count(ck), aligned = 0, bytes = 0;
+    for (size_t i = 0; i < n; i++) {
+        const char *name = dsr1_ckpt_tensor_at(ck, i)->name;
+        const dsr1_st_tensor *t;
+        const uint8_t *a = dsr1_ckpt_map_data(mapped, name, &t),
+                      *b = dsr1_ckpt_map_data(copied, name, NULL);
+        assert_non_null(a);
+        assert_non_null(b);
+        assert_ptr_not_equal(a, b);
+        assert_memory_equal(a, b, t->nbytes);
+        aligned += ((uintptr_t)b & ((2u << 20) - 1)) == 0;
+        bytes += t->nbytes;
+    }
+    assert_true(n > 10 && bytes > 100000);
+    assert_true(aligned >= 1 && aligned <= 2 * (size_t)dsr1_ckpt_shard_count(ck));
+    dsr1_ckpt_map_release(copied);
+    dsr1_ckpt_map_release(mapped);
+    setenv("DSR1_WEIGHTS", "anonymous", 1);
+    assert_int_equal(dsr1_ckpt_map_tensors(ck, take_all, NULL, &copied), DSR1_ERR_INVALID_ARG);
+    assert_non_null(strstr(dsr1_errmsg(), "DSR1_WEIGHTS: 'anonymous' is not map or copy"));
+    setenv("DSR1_WEIGHTS", "map", 1);
+    assert_int_equal(dsr1_ckpt_map_tensors(ck, take_all, NULL, &mapped), DSR1_OK);
+    dsr1_ckpt_map_release(mapped);
+    unsetenv("DSR1_WEIGHTS");
+    dsr1_ckpt_close(ck);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -210,6 +260,7 @@ int main(void)
         cmocka_unit_test(test_missing_shard),  cmocka_unit_test(test_shard_outside_dir),
         cmocka_unit_test(test_bad_index_json), cmocka_unit_test(test_no_weights),
         cmocka_unit_test(test_single_file),    cmocka_unit_test(test_shape_disagrees_with_config),
+        cmocka_unit_test(test_weights_copy),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
