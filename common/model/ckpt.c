@@ -324,30 +324,31 @@ enum { COPY_ALIGN = 2 << 20 };
 
 static dsr1_status copy_runs(dsr1_ckpt_map *m)
 {
-    /* runs come shard by shard: a shard is done with its last run */
-    int shards = 0;
-    for (size_t i = 0; i < m->nruns; i++)
-        shards += i + 1 == m->nruns || m->runs[i + 1].shard != m->runs[i].shard;
     dsr1_progress prog;
-    dsr1_progress_begin(&prog, "copying", m->mapped_bytes, shards);
+    dsr1_progress_begin(&prog, "copying", m->mapped_bytes, m->ck->nshards);
     dsr1_status st = DSR1_OK;
-    for (size_t i = 0; i < m->nruns; i++) {
-        map_run *r = &m->runs[i];
-        const size_t len = (size_t)(r->end - r->begin);
-        const size_t cap = (len + COPY_ALIGN - 1) / COPY_ALIGN * COPY_ALIGN;
-        uint8_t *c = aligned_alloc(COPY_ALIGN, cap);
-        if (!c) {
-            st = dsr1_error(DSR1_ERR_NOMEM,
-                            "DSR1_WEIGHTS=copy: no memory for a %.1f MB copy of the weights "
-                            "(%.1f MB in all; DSR1_WEIGHTS=map maps them instead)",
-                            len / 1e6, m->mapped_bytes / 1e6);
-            break;
+    /* runs were made shard by shard in offset order, as prefault reads them */
+    size_t i = 0;
+    for (int s = 0; s < m->ck->nshards && st == DSR1_OK; s++) {
+        for (; i < m->nruns && m->runs[i].shard == s; i++) {
+            map_run *r = &m->runs[i];
+            const size_t len = (size_t)(r->end - r->begin);
+            const size_t cap = (len + COPY_ALIGN - 1) / COPY_ALIGN * COPY_ALIGN;
+            uint8_t *c = aligned_alloc(COPY_ALIGN, cap);
+            if (!c) {
+                st = dsr1_error(DSR1_ERR_NOMEM,
+                                "DSR1_WEIGHTS=copy: no memory for a %.1f MB copy of the weights "
+                                "(%.1f MB in all; DSR1_WEIGHTS=map maps them instead)",
+                                len / 1e6, m->mapped_bytes / 1e6);
+                break;
+            }
+            madvise(c, cap, MADV_HUGEPAGE); /* a hint: 4 KB pages where refused */
+            memcpy(c, r->data, len);
+            dsr1_st_unmap(r->data, len);
+            r->data = r->copy = c;
+            dsr1_progress_add(&prog, len, 0);
         }
-        madvise(c, cap, MADV_HUGEPAGE); /* a hint: 4 KB pages where refused */
-        memcpy(c, r->data, len);
-        dsr1_st_unmap(r->data, len);
-        r->data = r->copy = c;
-        dsr1_progress_add(&prog, len, i + 1 == m->nruns || m->runs[i + 1].shard != r->shard);
+        dsr1_progress_add(&prog, 0, 1);
     }
     dsr1_progress_end(&prog);
     return st;
